@@ -1,0 +1,189 @@
+"""Load `config/ai-agent.yaml`: parse, expand `${VAR}`, check every key, build the typed `Config`.
+
+All problems are reported together in one `ConfigError`, each with its line and key path. Beta-era provider
+keys are mapped and reviewed by `ga_session.review`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import yaml
+
+from shared.config import ga_session
+from shared.config.envsubst import EnvError, environment, expand
+from shared.config.schema import ALL_TOOLS, BUILTIN_PROFILES, Config
+from shared.config.validate import SKIP, Checker, Problem, suggest
+from shared.masking import mask_tree, secret_values
+
+CONFIG_ENV = "AI_AGENT_CONFIG"
+DEFAULT_PATH = Path("config/ai-agent.yaml")
+
+
+class ConfigError(Exception):
+    """The config cannot be used; `problems` lists every reason."""
+
+    def __init__(self, source: str, problems: list[Problem]):
+        self.source = source
+        self.problems = problems
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        count = len(self.problems)
+        head = f"{self.source}: {count} error{'s' if count != 1 else ''} in the configuration"
+        return head + "".join(f"\n  - {p}" for p in self.problems)
+
+
+@dataclass
+class LoadedConfig:
+    config: Config
+    source: str
+    warnings: list[Problem] = field(default_factory=list)
+    notes: list[Problem] = field(default_factory=list)
+    secrets: set[str] = field(default_factory=set)
+
+    def masked(self) -> dict[str, Any]:
+        return mask_tree(msgspec.to_builtins(self.config))
+
+
+def resolve_path(path: str | os.PathLike[str] | None) -> Path:
+    if path:
+        return Path(path)
+    if os.environ.get(CONFIG_ENV):
+        return Path(os.environ[CONFIG_ENV])
+    return DEFAULT_PATH
+
+
+def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> LoadedConfig:
+    """Read and check the config file. `env` replaces the environment and `.env` (tests)."""
+    source = resolve_path(path)
+    try:
+        text = source.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(str(source), [Problem("", f"file not found (set {CONFIG_ENV} or pass a path)")]) from None
+    except OSError as exc:
+        raise ConfigError(str(source), [Problem("", f"cannot read the file: {exc.strerror}")]) from None
+    if env is None:
+        # .env beside the working directory first, then at the project root above config/.
+        env = environment([Path(".env"), source.resolve().parent.parent / ".env"])
+    return parse_config(text, str(source), env)
+
+
+def parse_config(text: str, source: str, env: Mapping[str, str]) -> LoadedConfig:
+    try:
+        root_node = yaml.compose(text, Loader=yaml.SafeLoader)
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark else None
+        reason = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(source, [Problem("", f"not valid YAML: {reason}", line)]) from None
+    if raw is None:
+        raw = {}
+    checker = Checker({})
+    if root_node is not None:
+        _map_lines(root_node, "", checker)
+    if not isinstance(raw, dict):
+        raise ConfigError(source, [Problem("", f"the top level must be a mapping of sections, got {type(raw).__name__}")])
+
+    expanded = _expand(raw, "", env, checker)
+    checker.check_struct(expanded, Config, "")
+    if checker.problems:
+        raise ConfigError(source, checker.problems)
+    config = msgspec.convert(expanded, Config)
+
+    _check_references(config, checker)
+    if checker.problems:
+        raise ConfigError(source, checker.problems)
+
+    provider_raw = (raw.get("providers") or {}).get("openai_realtime") or {}
+    td_raw = provider_raw.get("turn_detection") or {}
+    warnings, notes = ga_session.review(config.providers.openai_realtime, set(provider_raw), set(td_raw))
+    warnings += _advice(config)
+    warnings = [replace(p, line=checker.lines.get(p.path)) for p in warnings]
+    notes = [replace(p, line=checker.lines.get(p.path)) for p in notes]
+    return LoadedConfig(config, source, warnings, notes, secret_values(expanded))
+
+
+def _map_lines(node: yaml.Node, path: str, checker: Checker) -> None:
+    """Record the line of every key path, and report duplicate keys (PyYAML keeps the last one silently)."""
+    checker.lines.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
+        for key_node, value_node in node.value:
+            key = str(key_node.value)
+            child = f"{path}.{key}" if path else key
+            if key in seen:
+                checker.problems.append(Problem(child, "duplicate key (only the last one would count)",
+                                                key_node.start_mark.line + 1))
+            seen.add(key)
+            checker.lines[child] = key_node.start_mark.line + 1
+            _map_lines(value_node, child, checker)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _map_lines(item, f"{path}[{i}]", checker)
+
+
+def _expand(value: Any, path: str, env: Mapping[str, str], checker: Checker) -> Any:
+    if isinstance(value, dict):
+        return {k: _expand(v, f"{path}.{k}" if path else str(k), env, checker) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand(v, f"{path}[{i}]", env, checker) for i, v in enumerate(value)]
+    if isinstance(value, str):
+        try:
+            return expand(value, env)
+        except EnvError as exc:
+            checker.add(path, str(exc))
+            return SKIP
+    return value
+
+
+def _check_references(config: Config, checker: Checker) -> None:
+    """Rules that span sections: names that must point at something defined elsewhere."""
+    profiles = set(BUILTIN_PROFILES) | set(config.profiles)
+    if config.profile(config.default_profile) is None:
+        checker.add("default_profile", f"unknown profile '{config.default_profile}'"
+                    f"{suggest(config.default_profile, profiles)}; known: {', '.join(sorted(profiles))}")
+    for name, ctx in config.contexts.items():
+        if ctx.profile is not None and config.profile(ctx.profile) is None:
+            checker.add(f"contexts.{name}.profile", f"unknown profile '{ctx.profile}'"
+                        f"{suggest(ctx.profile, profiles)}; known: {', '.join(sorted(profiles))}")
+    if config.default_context is not None and config.default_context not in config.contexts:
+        checker.add("default_context", f"no context named '{config.default_context}'"
+                    f"{suggest(config.default_context, config.contexts)}")
+    provider = config.providers.openai_realtime
+    if provider.enabled and not provider.api_key and "api.openai.com" in provider.base_url:
+        checker.add("providers.openai_realtime.api_key",
+                    "required when the provider is enabled (set OPENAI_API_KEY in the environment or .env)")
+    for key in ("base_url",):
+        url = getattr(provider, key)
+        if not url.startswith(("ws://", "wss://")):
+            checker.add(f"providers.openai_realtime.{key}", f"expected a ws:// or wss:// URL, got {url!r}")
+    if not config.asterisk.ari_url.startswith(("http://", "https://")):
+        checker.add("asterisk.ari_url", f"expected an http:// or https:// URL, got {config.asterisk.ari_url!r}")
+    if not config.redis.url.startswith(("redis://", "rediss://", "unix://")):
+        checker.add("redis.url", f"expected a redis://, rediss:// or unix:// URL, got {config.redis.url!r}")
+    for i, address in enumerate(config.tools.send_email_summary.recipients):
+        if "@" not in address:
+            checker.add(f"tools.send_email_summary.recipients[{i}]", f"not an email address: {address!r}")
+
+
+def _advice(config: Config) -> list[Problem]:
+    """Settings that load but work against the guide's advice."""
+    out = []
+    if config.vad.webrtc_aggressiveness == 0:
+        out.append(Problem("vad.webrtc_aggressiveness", "0 lets the agent's own echo interrupt it; the guide says "
+                           "it MUST be 1 (see Troubleshooting: Echo / Self-Interruption)"))
+    provider = config.providers.openai_realtime
+    if provider.enabled and not provider.tools:
+        out.append(Problem("providers.openai_realtime.tools", "no tools: the agent cannot transfer or hang up; "
+                           f"available: {', '.join(ALL_TOOLS)}"))
+    if not provider.greeting and any(ctx.greeting is None for ctx in config.contexts.values()):
+        out.append(Problem("providers.openai_realtime.greeting", "empty, and a context has no greeting of its "
+                           "own: those calls start in silence until the caller speaks"))
+    return out

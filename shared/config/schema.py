@@ -1,0 +1,253 @@
+"""The typed shape of `config/ai-agent.yaml`.
+
+Keys under `providers.openai_realtime`, `contexts` and `vad` follow the user guide word for word, beta-era
+names included; `shared.config.ga_session` maps them to the GA Realtime session. The other sections hold what
+the cluster needs. Every struct forbids unknown keys: a typo is an error with a did-you-mean, never a silently
+ignored setting (the project we replace lost `temperature` and `create_response` that way).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta
+
+Port = Annotated[int, Meta(ge=1, le=65535)]
+PortOrZero = Annotated[int, Meta(ge=0, le=65535)]  # 0 = let the OS pick (tests)
+Millis = Annotated[int, Meta(ge=0, le=3_600_000)]
+NonEmpty = Annotated[str, Meta(min_length=1)]
+
+# Wire names the guide uses (beta) and the GA names; both are accepted.
+AudioFormat = Literal["pcm16", "g711_ulaw", "g711_alaw", "audio/pcm", "audio/pcmu", "audio/pcma"]
+Modality = Literal["text", "audio"]
+TurnDetectionType = Literal["server_vad", "semantic_vad", "none"]
+ToolName = Literal[
+    "transfer",
+    "cancel_transfer",
+    "hangup_call",
+    "leave_voicemail",
+    "send_email_summary",
+    "request_transcript",
+]
+ALL_TOOLS: tuple[str, ...] = ToolName.__args__  # type: ignore[attr-defined]
+
+
+class Base(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_defaults=False):
+    pass
+
+
+class TurnDetection(Base):
+    type: TurnDetectionType | None = None  # None: `turn_detection_type`, else server_vad
+    threshold: Annotated[float, Meta(ge=0.0, le=1.0)] = 0.5
+    silence_duration_ms: Annotated[int, Meta(ge=0, le=10_000)] = 1000
+    prefix_padding_ms: Annotated[int, Meta(ge=0, le=10_000)] = 300
+    create_response: bool = True
+    # None: the media worker decides barge-in itself (local echo-aware gate); true/false is sent as is.
+    interrupt_response: bool | None = None
+    # GA only, server_vad only: the server prompts the caller after this much silence.
+    idle_timeout_ms: Annotated[int, Meta(ge=5_000, le=30_000)] | None = None
+    # semantic_vad only.
+    eagerness: Literal["low", "medium", "high", "auto"] = "auto"
+
+
+class OpenAIRealtime(Base):
+    api_key: str = ""
+    enabled: bool = True
+    greeting: str = ""
+    model: NonEmpty = "gpt-realtime-2.1"
+    base_url: NonEmpty = "wss://api.openai.com/v1/realtime"
+    organization: str = ""
+    project: str = ""
+    # Beta-only: GA sessions have no temperature; accepted so the guide's config loads, then dropped.
+    temperature: Annotated[float, Meta(ge=0.0, le=2.0)] | None = None
+    max_response_output_tokens: Annotated[int, Meta(ge=1, le=4096)] | Literal["inf"] | None = None
+    voice: NonEmpty = "alloy"
+    input_audio_format: AudioFormat = "pcm16"
+    output_audio_format: AudioFormat = "pcm16"
+    input_audio_sample_rate: Annotated[int, Meta(ge=8000, le=48000)] = 24000
+    output_audio_sample_rate: Annotated[int, Meta(ge=8000, le=48000)] = 24000
+    modalities: Annotated[list[Modality], Meta(min_length=1)] = msgspec.field(
+        default_factory=lambda: ["text", "audio"]
+    )
+    instructions: str = ""
+    turn_detection_enabled: bool = True
+    turn_detection_type: TurnDetectionType | None = None
+    turn_detection: TurnDetection = msgspec.field(default_factory=TurnDetection)
+    # Caller-side transcription; the transcript log and emails need it. Empty disables it.
+    input_transcription_model: str = "gpt-4o-mini-transcribe"
+    tools: list[ToolName] = msgspec.field(default_factory=list)
+    # The guide: "Default: 100 concurrent sessions". Calls beyond it wait in the admission queue.
+    max_concurrent_sessions: Annotated[int, Meta(ge=1, le=100_000)] = 100
+
+
+class Providers(Base):
+    openai_realtime: OpenAIRealtime = msgspec.field(default_factory=OpenAIRealtime)
+
+
+class Context(Base):
+    prompt: str = ""
+    greeting: str | None = None  # None: the provider's greeting
+    profile: str | None = None  # None: `default_profile`
+    provider: Literal["openai_realtime"] = "openai_realtime"
+    tools: list[ToolName] | None = None  # None: the provider's tools
+    voice: str | None = None
+
+
+class Profile(Base):
+    """How audio travels between Asterisk and a media worker, and what the model receives."""
+
+    transport: Literal["audiosocket", "rtp"] = "audiosocket"
+    # Asterisk side: AudioSocket slin (8k), slin16, slin24; RTP ulaw or slin (8k, big-endian).
+    format: Literal["slin", "slin16", "slin24", "ulaw"] = "slin24"
+    # Model side: pcm16 at 24 kHz, or G.711 u-law at 8 kHz (no transcoding with a ulaw transport).
+    provider_format: Literal["pcm16", "g711_ulaw"] = "pcm16"
+
+
+BUILTIN_PROFILES: dict[str, Profile] = {
+    # The guide's name: 24 kHz PCM to the model; AudioSocket slin24 needs no resampling at all.
+    "telephony_pcm16_24k": Profile(transport="audiosocket", format="slin24", provider_format="pcm16"),
+    "openai_realtime_24k": Profile(transport="audiosocket", format="slin24", provider_format="pcm16"),
+    "telephony_pcm16_16k": Profile(transport="audiosocket", format="slin16", provider_format="pcm16"),
+    "telephony_slin_8k": Profile(transport="audiosocket", format="slin", provider_format="pcm16"),
+    # u-law end to end: no transcoding and no resampling.
+    "telephony_ulaw_8k": Profile(transport="rtp", format="ulaw", provider_format="g711_ulaw"),
+}
+
+
+class Vad(Base):
+    # The guide: "MUST be 1, not 0" (0 lets the agent's own echo interrupt it).
+    webrtc_aggressiveness: Annotated[int, Meta(ge=0, le=3)] = 1
+
+
+class Asterisk(Base):
+    ari_url: NonEmpty = "http://127.0.0.1:8088"
+    username: NonEmpty = "asterisk"
+    password: str = ""
+    app_name: NonEmpty = "asterisk-ai-voice-agent"
+
+
+class RedisSettings(Base):
+    url: NonEmpty = "redis://127.0.0.1:6379/0"
+    # Every key the cluster writes starts with this; tests and side-by-side clusters use their own.
+    key_prefix: Annotated[str, Meta(min_length=1, max_length=32)] = "va:"
+
+
+class ControllerSettings(Base):
+    health_host: NonEmpty = "127.0.0.1"
+    health_port: PortOrZero = 15000
+
+
+class MediaWorkerSettings(Base):
+    listen_host: NonEmpty = "0.0.0.0"
+    # The address Asterisk dials for this worker's media; must be reachable from Asterisk.
+    advertise_host: NonEmpty = "127.0.0.1"
+    audiosocket_port: PortOrZero = 8090
+    rtp_port_min: Port = 18080
+    rtp_port_max: Port = 18199
+    capacity: Annotated[int, Meta(ge=1, le=10_000)] = 200
+    heartbeat_ms: Annotated[int, Meta(ge=100, le=10_000)] = 1000
+    # A worker whose heartbeat is older than this is dead (DESIGN §3: 3 s).
+    stale_after_ms: Annotated[int, Meta(ge=500, le=60_000)] = 3000
+    prewarm_sessions: Annotated[int, Meta(ge=0, le=100)] = 2
+    health_host: NonEmpty = "127.0.0.1"
+    health_port: PortOrZero = 15001
+
+    def __post_init__(self) -> None:
+        if self.rtp_port_min > self.rtp_port_max:
+            raise ValueError("rtp_port_min must not be above rtp_port_max")
+        if self.stale_after_ms <= self.heartbeat_ms:
+            raise ValueError("stale_after_ms must be longer than heartbeat_ms")
+
+
+class ToolWorkerSettings(Base):
+    queues: Annotated[list[NonEmpty], Meta(min_length=1)] = msgspec.field(
+        default_factory=lambda: ["tools", "email"]
+    )
+    health_host: NonEmpty = "127.0.0.1"
+    health_port: PortOrZero = 15002
+
+
+class TransferDestination(Base):
+    target: NonEmpty
+    type: Literal["extension", "queue", "ringgroup"] = "extension"
+    description: str = ""
+    dialplan_context: str | None = None  # None: the context of its type in `tools.transfer`
+    priority: Annotated[int, Meta(ge=1)] = 1
+
+
+class TransferTool(Base):
+    technology: NonEmpty = "PJSIP"
+    extension_context: NonEmpty = "from-internal"
+    queue_context: NonEmpty = "ext-queues"
+    ringgroup_context: NonEmpty = "ext-group"
+    ring_timeout_ms: Annotated[int, Meta(ge=1000, le=300_000)] = 30_000
+    destinations: dict[str, TransferDestination] = msgspec.field(default_factory=dict)
+
+
+class HangupTool(Base):
+    farewell_message: str = "Thank you for calling. Goodbye!"
+    # The guide's promise: the call ends even when the farewell audio never arrives.
+    farewell_timeout_ms: Annotated[int, Meta(ge=500, le=60_000)] = 5000
+
+
+class VoicemailTool(Base):
+    dialplan_context: NonEmpty = "default"
+    extension: NonEmpty = "vm100"
+    priority: Annotated[int, Meta(ge=1)] = 1
+
+
+class EmailSummaryTool(Base):
+    send_after_every_call: bool = True
+    recipients: list[NonEmpty] = msgspec.field(default_factory=list)
+    include_transcript: bool = True
+
+
+class TranscriptTool(Base):
+    # Where the caller's copy comes from; the caller gives the address during the call.
+    bcc: list[NonEmpty] = msgspec.field(default_factory=list)
+
+
+class Tools(Base):
+    transfer: TransferTool = msgspec.field(default_factory=TransferTool)
+    hangup_call: HangupTool = msgspec.field(default_factory=HangupTool)
+    leave_voicemail: VoicemailTool = msgspec.field(default_factory=VoicemailTool)
+    send_email_summary: EmailSummaryTool = msgspec.field(default_factory=EmailSummaryTool)
+    request_transcript: TranscriptTool = msgspec.field(default_factory=TranscriptTool)
+
+
+class Email(Base):
+    smtp_host: NonEmpty = "127.0.0.1"
+    smtp_port: Port = 25
+    username: str = ""
+    password: str = ""
+    security: Literal["none", "starttls", "tls"] = "none"
+    from_address: NonEmpty = "AI Voice Agent <agent@localhost>"
+    timeout_ms: Annotated[int, Meta(ge=100, le=120_000)] = 10_000
+
+
+class Logging(Base):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["console", "json"] = "console"
+
+
+class Config(Base):
+    company_name: str = "our company"
+    default_context: str | None = None
+    default_profile: NonEmpty = "telephony_pcm16_24k"
+    call_retention_days: Annotated[int, Meta(ge=1, le=3650)] = 7
+    providers: Providers = msgspec.field(default_factory=Providers)
+    contexts: dict[NonEmpty, Context] = msgspec.field(default_factory=dict)
+    profiles: dict[NonEmpty, Profile] = msgspec.field(default_factory=dict)
+    vad: Vad = msgspec.field(default_factory=Vad)
+    asterisk: Asterisk = msgspec.field(default_factory=Asterisk)
+    redis: RedisSettings = msgspec.field(default_factory=RedisSettings)
+    controller: ControllerSettings = msgspec.field(default_factory=ControllerSettings)
+    media_worker: MediaWorkerSettings = msgspec.field(default_factory=MediaWorkerSettings)
+    tool_worker: ToolWorkerSettings = msgspec.field(default_factory=ToolWorkerSettings)
+    tools: Tools = msgspec.field(default_factory=Tools)
+    email: Email = msgspec.field(default_factory=Email)
+    logging: Logging = msgspec.field(default_factory=Logging)
+
+    def profile(self, name: str) -> Profile | None:
+        return self.profiles.get(name) or BUILTIN_PROFILES.get(name)

@@ -1,0 +1,199 @@
+"""Check a parsed config tree against the schema and report every problem at once.
+
+msgspec stops at the first error and speaks in types (`Expected float, got str`); users need all the problems,
+each with its key path, the expected value in plain words, and a did-you-mean for typos. So this walks the
+tree along the struct definitions, converting each leaf on its own, and only builds the final `Config` once
+the whole tree is clean.
+"""
+
+from __future__ import annotations
+
+import difflib
+import types
+import typing
+from dataclasses import dataclass
+from typing import Any, Annotated
+
+import msgspec
+from msgspec import inspect as mi
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One finding about one key: an error, a warning or a note, with its YAML line when known."""
+
+    path: str
+    message: str
+    line: int | None = None
+
+    def __str__(self) -> str:
+        where = f"line {self.line}: " if self.line else ""
+        return f"{where}{self.path}: {self.message}" if self.path else f"{where}{self.message}"
+
+
+class Skip:
+    """Stands for a value whose placeholder could not be expanded; already reported, so not checked again."""
+
+
+SKIP = Skip()
+
+
+def has_skip(value: Any) -> bool:
+    if isinstance(value, Skip):
+        return True
+    if isinstance(value, dict):
+        return any(has_skip(v) for v in value.values())
+    if isinstance(value, list):
+        return any(has_skip(v) for v in value)
+    return False
+
+
+def show(value: Any) -> str:
+    """A value as the user wrote it in YAML."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return repr(value)
+
+
+def suggest(word: str, candidates: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _num(x: float) -> str:
+    return f"{x:g}"
+
+
+def _bounds(ti: mi.IntType | mi.FloatType) -> str:
+    low = ti.ge if ti.ge is not None else ti.gt
+    high = ti.le if ti.le is not None else ti.lt
+    if low is not None and high is not None:
+        left = "[" if ti.ge is not None else "("
+        right = "]" if ti.le is not None else ")"
+        return f" in {left}{_num(low)}, {_num(high)}{right}"
+    if low is not None:
+        return f" {'>=' if ti.ge is not None else '>'} {_num(low)}"
+    if high is not None:
+        return f" {'<=' if ti.le is not None else '<'} {_num(high)}"
+    return ""
+
+
+def describe(ti: mi.Type) -> str:
+    """What a type accepts, in the words of the error messages."""
+    if isinstance(ti, mi.BoolType):
+        return "true or false"
+    if isinstance(ti, mi.IntType):
+        return "an integer" + _bounds(ti)
+    if isinstance(ti, mi.FloatType):
+        return "a number" + _bounds(ti)
+    if isinstance(ti, mi.StrType):
+        if ti.max_length is not None:
+            return f"a string of {ti.min_length or 0} to {ti.max_length} characters"
+        return "a non-empty string" if ti.min_length else "a string"
+    if isinstance(ti, mi.LiteralType):
+        return "one of " + ", ".join(repr(v) for v in ti.values)
+    if isinstance(ti, mi.ListType):
+        return f"a list with at least {ti.min_length} item(s)" if ti.min_length else "a list"
+    if isinstance(ti, (mi.DictType, mi.StructType)):
+        return "a mapping"
+    if isinstance(ti, mi.NoneType):
+        return "null"
+    if isinstance(ti, mi.UnionType):
+        return " or ".join(describe(t) for t in ti.types)
+    return "a valid value"
+
+
+def _literal_values(ti: mi.Type) -> list[str]:
+    if isinstance(ti, mi.LiteralType):
+        return [v for v in ti.values if isinstance(v, str)]
+    if isinstance(ti, mi.UnionType):
+        return [v for t in ti.types for v in _literal_values(t)]
+    return []
+
+
+def _strip_annotated(tp: Any) -> Any:
+    return typing.get_args(tp)[0] if typing.get_origin(tp) is Annotated else tp
+
+
+def _struct_in(tp: Any) -> type[msgspec.Struct] | None:
+    """The Struct type in `tp` or `Struct | None`, else None."""
+    tp = _strip_annotated(tp)
+    if isinstance(tp, type) and issubclass(tp, msgspec.Struct):
+        return tp
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        structs = [a for a in typing.get_args(tp) if isinstance(a, type) and issubclass(a, msgspec.Struct)]
+        return structs[0] if len(structs) == 1 else None
+    return None
+
+
+class Checker:
+    """Walks raw values along the schema; `problems` collects what is wrong."""
+
+    def __init__(self, lines: dict[str, int]):
+        self.lines = lines
+        self.problems: list[Problem] = []
+
+    def add(self, path: str, message: str) -> None:
+        self.problems.append(Problem(path, message, self.lines.get(path)))
+
+    def check(self, value: Any, tp: Any, path: str) -> None:
+        if isinstance(value, Skip):
+            return
+        struct = _struct_in(tp)
+        if struct is not None and not (value is None and struct is not _strip_annotated(tp)):
+            self.check_struct(value, struct, path)
+            return
+        base = _strip_annotated(tp)
+        origin, args = typing.get_origin(base), typing.get_args(base)
+        if origin is dict and isinstance(value, dict) and _struct_in(args[1]):
+            for key, item in value.items():
+                if not isinstance(key, str) or not key:
+                    self.add(path, f"keys must be non-empty strings, got {show(key)}")
+                    continue
+                self.check(item, args[1], f"{path}.{key}")
+            return
+        if origin is list and isinstance(value, list):
+            before = len(self.problems)
+            for i, item in enumerate(value):
+                self.check(item, args[0], f"{path}[{i}]")
+            if len(self.problems) > before:
+                return
+        self.check_leaf(value, tp, path)
+
+    def check_leaf(self, value: Any, tp: Any, path: str) -> None:
+        try:
+            msgspec.convert(value, tp)
+        except msgspec.ValidationError:
+            ti = mi.type_info(tp)
+            hint = suggest(value, _literal_values(ti)) if isinstance(value, str) else ""
+            self.add(path, f"expected {describe(ti)}, got {show(value)}{hint}")
+
+    def check_struct(self, value: Any, cls: type[msgspec.Struct], path: str) -> None:
+        if not isinstance(value, dict):
+            self.add(path, f"expected a mapping of settings, got {show(value)}")
+            return
+        fields = {f.encode_name: f for f in msgspec.structs.fields(cls)}
+        before = len(self.problems)
+        for key, item in value.items():
+            child = f"{path}.{key}" if path else str(key)
+            field = fields.get(key) if isinstance(key, str) else None
+            if field is None:
+                self.add(child, f"unknown key{suggest(str(key), fields)}")
+                continue
+            self.check(item, field.type, child)
+        for name, field in fields.items():
+            if field.required and name not in value:
+                child = f"{path}.{name}" if path else name
+                self.problems.append(Problem(child, "required key is missing", self.lines.get(path)))
+        if len(self.problems) == before and not has_skip(value):
+            # Cross-field rules live in __post_init__; run them only on an otherwise clean subtree.
+            try:
+                msgspec.convert(value, cls)
+            except msgspec.ValidationError as exc:
+                self.add(path, str(exc).split(" - at `", 1)[0])
