@@ -1,0 +1,33 @@
+"""The media worker process: registers its media address and capacity, heartbeats, and serves calls."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+from prometheus_client import Gauge
+
+from shared.messages import WorkerInfo
+from shared.service import AsyncRole
+from shared.version import VERSION
+
+CAPACITY = Gauge("va_worker_capacity", "Calls this media worker accepts at once")
+
+
+class MediaWorker(AsyncRole):
+    role = "media-worker"
+
+    def __init__(self, *args, audiosocket_port: int | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        settings = self.config.media_worker
+        self.audiosocket_port = settings.audiosocket_port if audiosocket_port is None else audiosocket_port
+        CAPACITY.set(settings.capacity)
+
+    def process_info(self) -> WorkerInfo:
+        settings = self.config.media_worker
+        return WorkerInfo(
+            id=self.id, role=self.role, hostname=socket.gethostname(), pid=os.getpid(), version=VERSION,
+            started_ms=self.started_ms, health_url=self.health_url, media_host=settings.advertise_host,
+            audiosocket_port=self.audiosocket_port, rtp_port_min=settings.rtp_port_min,
+            rtp_port_max=settings.rtp_port_max, capacity=settings.capacity,
+        )

@@ -1,0 +1,152 @@
+"""`voice-agent`: one command for every role and tool of the cluster."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+import msgspec
+import yaml
+
+from shared.config import ConfigError, LoadedConfig, load_config
+from shared.logs import setup_logging
+from shared.masking import mask_url, redact
+
+log = logging.getLogger("voice-agent")
+
+
+def _load(path: str | None) -> LoadedConfig:
+    try:
+        loaded = load_config(path)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        raise SystemExit(1) from None
+    redact.register(loaded.secrets)
+    return loaded
+
+
+def _start_role(args: argparse.Namespace, role: str) -> LoadedConfig:
+    loaded = _load(args.config)
+    settings = loaded.config.logging
+    setup_logging(role, args.log_level or settings.level, settings.format)
+    config_log = logging.getLogger("config")
+    config_log.info("loaded %s", loaded.source)
+    for problem in loaded.warnings:
+        config_log.warning("%s", problem)
+    for problem in loaded.notes:
+        config_log.debug("%s", problem)
+    return loaded
+
+
+def _health(args: argparse.Namespace, section) -> tuple[str, int]:
+    host = args.health_host or section.health_host
+    port = section.health_port if args.health_port is None else args.health_port
+    return host, port
+
+
+def cmd_controller(args: argparse.Namespace) -> int:
+    from controller.service import Controller
+
+    loaded = _start_role(args, "controller")
+    host, port = _health(args, loaded.config.controller)
+    return asyncio.run(Controller(loaded, instance_id=args.id, health_host=host, health_port=port).run())
+
+
+def cmd_media_worker(args: argparse.Namespace) -> int:
+    from media_worker.service import MediaWorker
+
+    loaded = _start_role(args, "media-worker")
+    host, port = _health(args, loaded.config.media_worker)
+    worker = MediaWorker(loaded, instance_id=args.id, health_host=host, health_port=port,
+                         audiosocket_port=args.audiosocket_port)
+    return asyncio.run(worker.run())
+
+
+def cmd_tool_worker(args: argparse.Namespace) -> int:
+    from tool_worker.service import run
+
+    loaded = _start_role(args, "tool-worker")
+    host, port = _health(args, loaded.config.tool_worker)
+    return run(loaded, instance_id=args.id, health_host=host, health_port=port, burst=args.burst)
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    loaded = _load(args.path or args.config)
+    out = [f"# {loaded.source}: OK"]
+    for problem in loaded.warnings:
+        out.append(f"# warning: {problem}")
+    for problem in loaded.notes:
+        out.append(f"# note: {problem}")
+    print("\n".join(out))
+    if not args.quiet:
+        print(yaml.safe_dump(loaded.masked(), sort_keys=False, allow_unicode=True, width=110))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from shared.redis_conn import UNAVAILABLE
+    from shared.status import collect, render
+
+    loaded = _load(args.config)
+    try:
+        status = asyncio.run(collect(loaded.config))
+    except UNAVAILABLE as exc:
+        print(f"Redis at {mask_url(loaded.config.redis.url)} is unreachable: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(msgspec.json.encode(status).decode())
+    else:
+        print(render(status))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from sim.demo import main as demo_main
+
+    return demo_main(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="voice-agent", description=__doc__)
+    parser.add_argument("--config", help="config file (default: $AI_AGENT_CONFIG or config/ai-agent.yaml)")
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="overrides logging.level")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def role(name: str, func, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--id", help="instance id (default: role-host-pid-random)")
+        p.add_argument("--health-host", help="address of /healthz, /readyz and /metrics")
+        p.add_argument("--health-port", type=int, help="port of the health endpoints (0: any free port)")
+        p.set_defaults(func=func)
+        return p
+
+    role("controller", cmd_controller, "run the controller (ARI, admission, call control)")
+    mw = role("media-worker", cmd_media_worker, "run a media worker (audio path and Realtime sessions)")
+    mw.add_argument("--audiosocket-port", type=int, help="overrides media_worker.audiosocket_port")
+    tw = role("tool-worker", cmd_tool_worker, "run an RQ tool worker on the configured queues")
+    tw.add_argument("--burst", action="store_true", help="exit once the queues are empty")
+
+    cc = sub.add_parser("check-config", help="check the config; print it with secrets masked, or every error")
+    cc.add_argument("path", nargs="?", help="config file (default: as --config)")
+    cc.add_argument("--quiet", "-q", action="store_true", help="only the verdict, warnings and notes")
+    cc.set_defaults(func=cmd_check_config)
+
+    st = sub.add_parser("status", help="live controllers, media workers (capacity, load) and tool workers")
+    st.add_argument("--json", action="store_true", help="machine-readable output")
+    st.set_defaults(func=cmd_status)
+
+    demo = sub.add_parser("demo", help="start the cluster locally, show it working, stop it cleanly")
+    demo.add_argument("--keep-running", action="store_true", help="leave the cluster up until Ctrl-C")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

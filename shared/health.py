@@ -1,0 +1,83 @@
+"""`/healthz`, `/readyz` and `/metrics` for every role.
+
+healthz: the process is alive and its loop answers. readyz: it can do its job (checks named in the body,
+503 when any fails). metrics: Prometheus text from the process's default registry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+
+import msgspec
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+
+# Each check returns None when fine, or a short reason.
+ReadyCheck = Callable[[], "str | None"]
+
+
+def make_app(role: str, instance_id: str, checks: dict[str, ReadyCheck]) -> web.Application:
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "role": role, "id": instance_id})
+
+    async def readyz(_: web.Request) -> web.Response:
+        failures = {name: reason for name, check in checks.items() if (reason := check()) is not None}
+        body = {"ready": not failures, "role": role, "id": instance_id, "failing": failures}
+        return web.json_response(body, status=503 if failures else 200, dumps=lambda o: msgspec.json.encode(o).decode())
+
+    async def metrics(_: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    return app
+
+
+async def start(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
+    """Serve `app`; returns the runner and the bound port (port 0 picks a free one)."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return runner, bound
+
+
+class ThreadedServer:
+    """The same endpoints for a blocking process (the RQ tool worker), on a loop in a daemon thread."""
+
+    def __init__(self, app: web.Application, host: str, port: int):
+        self._app, self._host, self._port = app, host, port
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self.port = 0
+        self.error: BaseException | None = None
+        self._runner: web.AppRunner | None = None
+
+    def start(self) -> int:
+        threading.Thread(target=self._run, name="health", daemon=True).start()
+        self._ready.wait(10)
+        if self.error:
+            raise self.error
+        return self.port
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._runner, self.port = self._loop.run_until_complete(start(self._app, self._host, self._port))
+        except BaseException as exc:  # reported to the starting thread
+            self.error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        self._loop.run_forever()
+
+    def stop(self) -> None:
+        if self._runner is None:
+            return
+        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(5)
+        self._loop.call_soon_threadsafe(self._loop.stop)

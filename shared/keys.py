@@ -1,0 +1,42 @@
+"""Every Redis key the cluster uses, in one place (DESIGN §3). All keys start with the configured prefix, so
+side-by-side clusters and tests never collide."""
+
+from __future__ import annotations
+
+
+class Keys:
+    def __init__(self, prefix: str = "va:"):
+        self.prefix = prefix
+        # ZSET worker id -> last heartbeat (Redis server time, ms); older than stale_after_ms = dead.
+        self.workers = f"{prefix}workers"
+        # ZSET controller id -> last heartbeat (ms).
+        self.controllers = f"{prefix}controllers"
+        # STREAM + group: worker -> controller call-control requests.
+        self.controller_inbox = f"{prefix}controller:inbox"
+        # SET of live call ids.
+        self.calls_active = f"{prefix}calls:active"
+
+    def worker(self, wid: str) -> str:
+        """HASH: media address, capacity, active, draining, version, health URL."""
+        return f"{self.prefix}worker:{wid}"
+
+    def worker_inbox(self, wid: str) -> str:
+        """STREAM: assignments and controller -> worker commands."""
+        return f"{self.prefix}worker:{wid}:inbox"
+
+    def controller(self, cid: str) -> str:
+        """HASH: host, pid, health URL, version of one controller process."""
+        return f"{self.prefix}controller:{cid}"
+
+    def call(self, call_id: str) -> str:
+        return f"{self.prefix}call:{call_id}"
+
+    def call_lease(self, call_id: str) -> str:
+        return f"{self.prefix}call:{call_id}:lease"
+
+    def call_log(self, call_id: str) -> str:
+        return f"{self.prefix}call:{call_id}:log"
+
+    def queue(self, name: str) -> str:
+        """RQ queue name: the prefix keeps clusters that share a Redis apart."""
+        return f"{self.prefix}{name}"

@@ -1,0 +1,142 @@
+"""The lifecycle every asyncio role shares: health endpoints first, then Redis (waiting for it if it is
+down), registration with heartbeats, the role's own work, and a clean stop on SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import time
+
+import redis.asyncio as aioredis
+
+from shared import health, metrics
+from shared.config import LoadedConfig
+from shared.keys import Keys
+from shared.messages import ProcessInfo
+from shared.redis_conn import UNAVAILABLE, connect
+from shared.registry import Registration
+from shared.version import VERSION
+
+log = logging.getLogger("service")
+
+
+def new_instance_id(role: str) -> str:
+    return f"{role}-{socket.gethostname()}-{os.getpid()}-{os.urandom(2).hex()}"
+
+
+class AsyncRole:
+    role = "role"
+
+    def __init__(self, loaded: LoadedConfig, *, instance_id: str | None, health_host: str, health_port: int):
+        self.loaded = loaded
+        self.config = loaded.config
+        self.keys = Keys(self.config.redis.key_prefix)
+        self.id = instance_id or new_instance_id(self.role)
+        self.health_host = health_host
+        self.health_port = health_port
+        self.health_url = ""
+        self.heartbeat_s = self.config.media_worker.heartbeat_ms / 1000
+        self.stopping = asyncio.Event()
+        self.redis: aioredis.Redis | None = None
+        self.redis_ok = False
+        self.registration: Registration | None = None
+        self.registered = False
+        self.started_ms = int(time.time() * 1000)
+
+    # --- what each role provides -------------------------------------------------------------------------
+    def process_info(self) -> ProcessInfo:
+        raise NotImplementedError
+
+    async def serve(self) -> None:
+        """The role's own work; runs after registration and must return once `self.stopping` is set."""
+        await self.stopping.wait()
+
+    def ready_checks(self) -> dict[str, health.ReadyCheck]:
+        return {
+            "redis": lambda: None if self.redis_ok else "Redis is unreachable",
+            "registered": lambda: None if self.registered else "not registered in Redis",
+        }
+
+    # --- lifecycle -------------------------------------------------------------------------------------
+    def _on_signal(self, signame: str) -> None:
+        if not self.stopping.is_set():
+            log.info("received %s: stopping", signame)
+        self.stopping.set()
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, sig.name)
+        metrics.BUILD.info({"version": VERSION, "role": self.role, "id": self.id})
+        app = health.make_app(self.role, self.id, self.ready_checks())
+        try:
+            runner, port = await health.start(app, self.health_host, self.health_port)
+        except OSError as exc:
+            log.error("cannot serve health on %s:%s: %s", self.health_host, self.health_port, exc.strerror)
+            return 2
+        self.health_url = f"http://{self.health_host}:{port}"
+        log.info("%s %s starting (version %s); health on %s", self.role, self.id, VERSION, self.health_url)
+        try:
+            self.redis = await connect(self.config.redis.url, self.stopping)
+            if self.redis is None:
+                return 0
+            self.redis_ok = True
+            metrics.REDIS_UP.set(1)
+            self.registration = Registration(self.redis, self.keys, self.process_info(),
+                                             record_ttl_ms=self.config.media_worker.stale_after_ms * 20)
+            await self._beat()
+            beats = asyncio.create_task(self._heartbeats(), name="heartbeats")
+            try:
+                await self.serve()
+            finally:
+                beats.cancel()
+                await asyncio.gather(beats, return_exceptions=True)
+                await self._deregister()
+        finally:
+            await runner.cleanup()
+            if self.redis is not None:
+                await self.redis.aclose()
+        log.info("%s %s stopped", self.role, self.id)
+        return 0
+
+    async def _beat(self) -> None:
+        assert self.registration is not None
+        await self.registration.heartbeat()
+        if not self.registered:
+            log.info("registered in Redis as %s", self.id)
+        self.registered = True
+        metrics.REGISTERED.set(1)
+
+    async def _heartbeats(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                await asyncio.wait_for(self.stopping.wait(), self.heartbeat_s)
+                return
+            except asyncio.TimeoutError:
+                pass
+            try:
+                await self._beat()
+                if not self.redis_ok:
+                    log.info("Redis is reachable again")
+                self.redis_ok = True
+                metrics.REDIS_UP.set(1)
+            except UNAVAILABLE as exc:
+                if self.redis_ok:
+                    log.warning("lost Redis (%s); retrying every %.1fs", exc, self.heartbeat_s)
+                self.redis_ok = self.registered = False
+                metrics.REDIS_UP.set(0)
+                metrics.REGISTERED.set(0)
+
+    async def _deregister(self) -> None:
+        if self.registration is None:
+            return
+        try:
+            await asyncio.wait_for(self.registration.remove(), 3)
+            log.info("deregistered %s", self.id)
+        except (asyncio.TimeoutError, *UNAVAILABLE) as exc:
+            log.warning("could not deregister (Redis: %s); the entry goes stale and is ignored", exc or "timeout")
+        self.registered = False
+        metrics.REGISTERED.set(0)

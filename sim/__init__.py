@@ -1,0 +1,1 @@
+"""Simulators (Asterisk, OpenAI Realtime), the local cluster launcher and the call generator."""

@@ -1,0 +1,101 @@
+"""Start the cluster's roles as real local processes (for the demo, the load generator and tests)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
+    """(status, body); status 0 when nothing answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+    except (urllib.error.URLError, OSError):
+        return 0, b""
+
+
+@dataclass
+class RoleProcess:
+    role: str
+    id: str
+    popen: subprocess.Popen
+    health_port: int
+    log_path: Path
+
+    @property
+    def health_url(self) -> str:
+        return f"http://127.0.0.1:{self.health_port}"
+
+    def ready(self) -> bool:
+        return http_get(self.health_url + "/readyz")[0] == 200
+
+    def readiness(self) -> dict:
+        status, body = http_get(self.health_url + "/readyz")
+        return json.loads(body) if status else {}
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+@dataclass
+class LocalCluster:
+    config_path: Path
+    workdir: Path
+    env: dict[str, str] = field(default_factory=dict)
+    processes: list[RoleProcess] = field(default_factory=list)
+
+    def start(self, role: str, *extra: str, instance_id: str | None = None) -> RoleProcess:
+        health_port = free_port()
+        instance_id = instance_id or f"{role}-{len(self.processes) + 1}-{os.getpid()}"
+        log_path = self.workdir / f"{instance_id}.log"
+        cmd = [sys.executable, "-m", "shared.cli", "--config", str(self.config_path), role,
+               "--id", instance_id, "--health-host", "127.0.0.1", "--health-port", str(health_port), *extra]
+        env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
+        with open(log_path, "ab") as log:
+            popen = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                     cwd=Path(__file__).resolve().parent.parent)
+        proc = RoleProcess(role, instance_id, popen, health_port, log_path)
+        self.processes.append(proc)
+        return proc
+
+    def wait_ready(self, procs: list[RoleProcess] | None = None, timeout: float = 30.0) -> bool:
+        """True once every process answers /readyz with 200; False if one exits or time runs out."""
+        deadline = time.monotonic() + timeout
+        pending = list(self.processes if procs is None else procs)
+        while pending:
+            if any(p.popen.poll() is not None for p in pending) or time.monotonic() > deadline:
+                return False
+            pending = [p for p in pending if not p.ready()]
+            if pending:
+                time.sleep(0.1)
+        return True
+
+    def stop(self, proc: RoleProcess, timeout: float = 15.0) -> int:
+        if proc.popen.poll() is None:
+            proc.popen.send_signal(signal.SIGTERM)
+        try:
+            return proc.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.popen.kill()
+            return proc.popen.wait()
+
+    def stop_all(self) -> dict[str, int]:
+        return {p.id: self.stop(p) for p in reversed(self.processes)}

@@ -1,0 +1,1 @@
+"""Tool workers: RQ workers that run slow or side-effect tools (email summaries, transcripts)."""
