@@ -30,7 +30,7 @@ class ConfigError(Exception):
 
     def __init__(self, source: str, problems: list[Problem]):
         self.source = source
-        self.problems = problems
+        self.problems = sorted(problems, key=lambda p: p.line or 0)
         super().__init__(str(self))
 
     def __str__(self) -> str:
@@ -96,6 +96,10 @@ def parse_config(text: str, source: str, env: Mapping[str, str]) -> LoadedConfig
     if checker.problems:
         raise ConfigError(source, checker.problems)
     config = msgspec.convert(expanded, Config)
+    provider = config.providers.openai_realtime
+    if not provider.api_key and env.get("OPENAI_API_KEY"):
+        # The guide puts the key in .env; a config without `api_key` uses it the same way.
+        provider.api_key = env["OPENAI_API_KEY"]
 
     _check_references(config, checker)
     if checker.problems:
@@ -107,7 +111,7 @@ def parse_config(text: str, source: str, env: Mapping[str, str]) -> LoadedConfig
     warnings += _advice(config)
     warnings = [replace(p, line=checker.lines.get(p.path)) for p in warnings]
     notes = [replace(p, line=checker.lines.get(p.path)) for p in notes]
-    return LoadedConfig(config, source, warnings, notes, secret_values(expanded))
+    return LoadedConfig(config, source, warnings, notes, secret_values(msgspec.to_builtins(config)))
 
 
 def _map_lines(node: yaml.Node, path: str, checker: Checker) -> None:

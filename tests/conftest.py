@@ -1,0 +1,125 @@
+"""Shared fixtures: a key prefix per test on the real Redis, local role processes, private Redis servers."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import redis
+
+from sim.cluster import LocalCluster, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG = ROOT / "config" / "ai-agent.yaml"
+# Tests share the developer's Redis but never its data: DB 9 and a fresh key prefix per test.
+REDIS_URL = os.environ.get("VA_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
+TEST_API_KEY = "sk-test-" + "k3y" * 8
+
+
+def purge(client: redis.Redis, prefix: str) -> None:
+    for pattern in (f"{prefix}*", f"rq:*{prefix}*"):
+        for key in client.scan_iter(match=pattern, count=500):
+            client.delete(key)
+
+
+@pytest.fixture
+def redis_url() -> str:
+    return REDIS_URL
+
+
+@pytest.fixture
+def prefix(redis_url):
+    value = f"va-test-{uuid.uuid4().hex[:10]}:"
+    yield value
+    client = redis.Redis.from_url(redis_url)
+    purge(client, value)
+    client.close()
+
+
+@pytest.fixture
+def rclient(redis_url):
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def cluster_env(prefix, redis_url) -> dict[str, str]:
+    return {"REDIS_URL": redis_url, "REDIS_KEY_PREFIX": prefix, "OPENAI_API_KEY": TEST_API_KEY, "LOG_LEVEL": "info"}
+
+
+@pytest.fixture
+def cluster(tmp_path, cluster_env):
+    c = LocalCluster(CONFIG, tmp_path, cluster_env)
+    yield c
+    c.stop_all()
+
+
+class PrivateRedis:
+    """A redis-server of the test's own on a free port, to stop and start at will."""
+
+    def __init__(self, workdir: Path, password: str | None = None):
+        self.port = free_port()
+        self.workdir = workdir
+        self.password = password
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                "--appendonly", "no", "--dir", str(self.workdir)]
+        if self.password:
+            args += ["--requirepass", self.password]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis.Redis.from_url(self.url)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                client.ping()
+                return
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        raise RuntimeError("private redis-server did not start")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+
+@pytest.fixture
+def private_redis(tmp_path):
+    if shutil.which("redis-server") is None:
+        pytest.fail("redis-server is not installed (scripts/setup.sh installs it)")
+    servers: list[PrivateRedis] = []
+
+    def make(password: str | None = None) -> PrivateRedis:
+        server = PrivateRedis(tmp_path, password)
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        server.stop()
+
+
+def wait_for(predicate, timeout: float = 15.0, interval: float = 0.05):
+    """Poll until `predicate()` is truthy; return its value, or fail the test with what was awaited."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {getattr(predicate, '__name__', predicate)}")
+        time.sleep(interval)
