@@ -20,54 +20,58 @@ BACKOFF_START_S = 0.25
 BACKOFF_MAX_S = 5.0
 
 
-def _next_delay(delay: float) -> float:
-    return min(delay * 2, BACKOFF_MAX_S)
+class _Retry:
+    """Backoff and the one warning per outage: the line says what and where, never a traceback."""
+
+    def __init__(self, url: str):
+        self.url = mask_url(url)
+        self.delay = BACKOFF_START_S
+        self.failures = 0
+
+    def failed(self, exc: Exception) -> float:
+        """Log the failure (loudly only the first time); return how long to wait before the next try."""
+        level = logging.WARNING if self.failures == 0 else logging.DEBUG
+        log.log(level, "Redis at %s is unreachable (%s); retrying with backoff until it is up", self.url, exc)
+        self.failures += 1
+        delay, self.delay = self.delay, min(self.delay * 2, BACKOFF_MAX_S)
+        return delay
+
+    def connected(self) -> None:
+        log.info("connected to Redis at %s", self.url)
 
 
 async def connect(url: str, stop: asyncio.Event | None = None) -> aioredis.Redis | None:
     """An asyncio client that answered PING; waits for Redis as long as it takes, or None once `stop` is set."""
     client = aioredis.Redis.from_url(url, decode_responses=True, health_check_interval=10,
                                      socket_connect_timeout=2, socket_timeout=5)
-    delay = BACKOFF_START_S
-    first = True
+    retry = _Retry(url)
     while True:
         try:
             await client.ping()
-            log.info("connected to Redis at %s", mask_url(url))
+            retry.connected()
             return client
         except UNAVAILABLE as exc:
-            # One warning per outage, then quiet retries: the line says what and where, not a traceback.
-            level = logging.WARNING if first else logging.DEBUG
-            log.log(level, "Redis at %s is unreachable (%s); retrying with backoff until it is up",
-                    mask_url(url), exc)
-            first = False
+            delay = retry.failed(exc)
         if stop is None:
             await asyncio.sleep(delay)
-        else:
-            try:
-                await asyncio.wait_for(stop.wait(), delay)
-                await client.aclose()
-                return None
-            except asyncio.TimeoutError:
-                pass
-        delay = _next_delay(delay)
+            continue
+        try:
+            await asyncio.wait_for(stop.wait(), delay)
+            await client.aclose()
+            return None
+        except asyncio.TimeoutError:
+            pass
 
 
 def connect_sync(url: str, should_stop=lambda: False) -> redis.Redis | None:
     """The blocking twin for RQ (which needs raw bytes, so no decode_responses)."""
     client = redis.Redis.from_url(url, socket_connect_timeout=2, health_check_interval=10)
-    delay = BACKOFF_START_S
-    first = True
+    retry = _Retry(url)
     while not should_stop():
         try:
             client.ping()
-            log.info("connected to Redis at %s", mask_url(url))
+            retry.connected()
             return client
         except UNAVAILABLE as exc:
-            level = logging.WARNING if first else logging.DEBUG
-            log.log(level, "Redis at %s is unreachable (%s); retrying with backoff until it is up",
-                    mask_url(url), exc)
-            first = False
-        time.sleep(delay)
-        delay = _next_delay(delay)
+            time.sleep(retry.failed(exc))
     return None
