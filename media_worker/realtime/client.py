@@ -1,0 +1,395 @@
+"""The Realtime session of one call, over a WebSocket: handshake, audio, controls, reconnect, rotation.
+
+The rules live in `protocol.RealtimeProtocol`; this module only moves frames and decides when to open a new
+connection: after an unexpected close (with backoff, replaying the conversation from the call's log) and
+shortly before the server's 60-minute limit (during silence, make-before-break).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlencode
+
+import msgspec
+import websockets
+from prometheus_client import Counter, Histogram
+from websockets.asyncio.client import ClientConnection, connect
+
+from media_worker.realtime import events as ev
+from media_worker.realtime.protocol import (
+    FATAL_CLOSE_CODES,
+    Fatal,
+    Ready,
+    RealtimeProtocol,
+    ServerError,
+    SessionRejected,
+)
+from shared.config.ga_session import effective_model
+from shared.config.schema import OpenAIRealtime
+
+log = logging.getLogger("realtime")
+
+ERRORS = Counter("va_realtime_errors_total", "Realtime error events by code", ["code"])
+RECONNECTS = Counter("va_realtime_reconnects_total", "Realtime reconnects by cause", ["cause"])
+HANDSHAKE = Histogram("va_realtime_handshake_seconds", "Connect to session.updated",
+                      buckets=(0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10))
+
+History = Callable[[], Awaitable[list[dict[str, Any]]]]
+
+
+class RealtimeError(Exception):
+    """The session cannot be used; the message says why (shown in the call's log and metrics)."""
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    url: str
+    model: str
+    api_key: str
+    organization: str = ""
+    project: str = ""
+    open_timeout_s: float = 10.0
+    handshake_timeout_s: float = 10.0
+    ping_interval_s: float = 5.0
+    ping_timeout_s: float = 10.0
+    reconnect_attempts: int = 6
+    reconnect_backoff_s: float = 0.2
+    reconnect_backoff_max_s: float = 3.0
+    rotate_before_expiry_s: float = 300.0
+    replay_buffer_ms: int = 10_000  # caller audio kept while reconnecting, then sent to the new session
+
+    @classmethod
+    def from_config(cls, p: OpenAIRealtime, **overrides: Any) -> "ClientSettings":
+        return cls(url=p.base_url, model=effective_model(p.model), api_key=p.api_key,
+                   organization=p.organization, project=p.project, **overrides)
+
+    @property
+    def endpoint(self) -> str:
+        sep = "&" if "?" in self.url else "?"
+        return f"{self.url}{sep}{urlencode({'model': self.model})}"
+
+    def headers(self) -> dict[str, str]:
+        headers = {"Authorization": f"Bearer {self.api_key}"}
+        if self.organization:
+            headers["OpenAI-Organization"] = self.organization
+        if self.project:
+            headers["OpenAI-Project"] = self.project
+        return headers
+
+
+class Connection:
+    """One WebSocket to the Realtime API that has received `session.created` (what the prewarm pool holds)."""
+
+    def __init__(self, ws: ClientConnection, first_frame: str | bytes, opened_at: float):
+        self.ws = ws
+        self.first_frame = first_frame
+        self.opened_at = opened_at
+
+    @classmethod
+    async def open(cls, settings: ClientSettings) -> "Connection":
+        started = time.monotonic()
+        try:
+            ws = await connect(settings.endpoint, additional_headers=settings.headers(), compression=None,
+                               open_timeout=settings.open_timeout_s, ping_interval=settings.ping_interval_s,
+                               ping_timeout=settings.ping_timeout_s, max_size=16 * 1024 * 1024,
+                               close_timeout=2, user_agent_header="asterisk-ai-voice-agent")
+        except websockets.InvalidStatus as exc:
+            status = exc.response.status_code
+            raise RealtimeError(f"the Realtime API refused the connection: HTTP {status}") from None
+        try:
+            first = await asyncio.wait_for(ws.recv(), settings.handshake_timeout_s)
+        except asyncio.TimeoutError:
+            await ws.close(1000, "no session.created")
+            raise RealtimeError(f"no session.created within {settings.handshake_timeout_s:g}s") from None
+        except websockets.ConnectionClosed as exc:
+            raise RealtimeError(_close_reason(exc)) from None
+        return cls(ws, first, started)
+
+    @property
+    def usable(self) -> bool:
+        return self.ws.state is websockets.protocol.State.OPEN
+
+    async def close(self) -> None:
+        await self.ws.close(1000, "done")
+
+
+def _close_reason(exc: websockets.ConnectionClosed) -> str:
+    frame = exc.rcvd
+    if frame is None:
+        return "the connection dropped (no close frame)"
+    return f"the server closed the connection: {frame.code} {frame.reason}".rstrip()
+
+
+def _close_code(exc: websockets.ConnectionClosed) -> int:
+    return exc.rcvd.code if exc.rcvd is not None else 1006
+
+
+class Reconnecting(msgspec.Struct, frozen=True):
+    cause: str
+
+
+class Reconnected(msgspec.Struct, frozen=True):
+    replayed: int
+    rotation: bool
+
+
+class Closed(msgspec.Struct, frozen=True):
+    """The session ended for good; `reason` is for people."""
+
+    reason: str
+
+
+class RealtimeClient:
+    """A call's Realtime session: `start()`, then read `events`, and `append()` the caller's audio."""
+
+    def __init__(self, settings: ClientSettings, session: dict[str, Any], *, history: History | None = None,
+                 is_quiet: Callable[[], bool] = lambda: True,
+                 connection_source: Callable[[], Awaitable[Connection]] | None = None):
+        self.settings = settings
+        self.session = session
+        self.history = history
+        self.is_quiet = is_quiet  # the call session's view: playout idle
+        self.events: asyncio.Queue[Any] = asyncio.Queue()
+        self.protocol = RealtimeProtocol(session)
+        self.expires_at: float | None = None
+        self._source = connection_source or (lambda: Connection.open(settings))
+        self._conn: Connection | None = None
+        self._reader: asyncio.Task | None = None
+        self._rotator: asyncio.Task | None = None
+        self._closing = False
+        self._connected = asyncio.Event()
+        self._switching = asyncio.Lock()  # a reconnect and a rotation never build sessions at once
+        # Caller audio (append frames, with their PCM sizes) held while no session is connected.
+        self._held: list[tuple[bytes, int]] = []
+        self._held_bytes = 0
+        self._held_limit = settings.replay_buffer_ms * 48  # bytes of 24 kHz pcm16: the largest input format
+        self.replayed = 0
+
+    # --- lifecycle -------------------------------------------------------------------------------------
+    async def start(self) -> Ready:
+        """Connect, configure, and return once the session is ready. Raises RealtimeError naming the cause."""
+        ready = await self._establish(rotation=False, replay=False)
+        self._reader = asyncio.create_task(self._read_forever(), name="realtime-reader")
+        self._rotator = asyncio.create_task(self._rotate_forever(), name="realtime-rotator")
+        return ready
+
+    async def _establish(self, *, rotation: bool, replay: bool) -> Ready:
+        async with self._switching:
+            return await self._establish_locked(rotation=rotation, replay=replay)
+
+    async def _establish_locked(self, *, rotation: bool, replay: bool) -> Ready:
+        started = time.monotonic()
+        conn = await self._source()
+        protocol = RealtimeProtocol(self.session)
+        try:
+            ready = await self._handshake(conn, protocol)
+            self.replayed = 0
+            if replay and self.history is not None:
+                items = await self.history()
+                protocol.replay(items)
+                self.replayed = len(items)
+                await self._flush(conn, protocol)
+            await self._release_held(conn)
+        except BaseException:
+            await conn.ws.close(1000, "handshake failed")
+            raise
+        HANDSHAKE.observe(time.monotonic() - started)
+        old = self._conn
+        self._conn, self.protocol = conn, protocol
+        self.expires_at = ready.expires_at
+        self._connected.set()
+        if old is not None and rotation:
+            await old.close()
+        log.info("OpenAI session configured with %d tools", ready.tools)
+        return ready
+
+    async def _handshake(self, conn: Connection, protocol: RealtimeProtocol) -> Ready:
+        deadline = time.monotonic() + self.settings.handshake_timeout_s
+        frame = conn.first_frame
+        while True:
+            for item in protocol.receive(frame):
+                if isinstance(item, Ready):
+                    return item
+                if isinstance(item, SessionRejected):
+                    ERRORS.labels(item.code or "session_rejected").inc()
+                    raise RealtimeError(f"session.update rejected: {item.message} (param {item.param}, code "
+                                        f"{item.code}); the server would keep its defaults, so the call stops here")
+                if isinstance(item, Fatal):
+                    raise RealtimeError(item.reason)
+            await self._flush(conn, protocol)
+            try:
+                frame = await asyncio.wait_for(conn.ws.recv(), max(deadline - time.monotonic(), 0.001))
+            except asyncio.TimeoutError:
+                raise RealtimeError(f"no session.updated within {self.settings.handshake_timeout_s:g}s") from None
+            except websockets.ConnectionClosed as exc:
+                raise RealtimeError(_close_reason(exc)) from None
+
+    async def close(self) -> None:
+        self._closing = True
+        for task in (self._rotator, self._reader):
+            if task is not None:
+                task.cancel()
+        await asyncio.gather(*(t for t in (self._rotator, self._reader) if t), return_exceptions=True)
+        if self._conn is not None:
+            await self._conn.close()
+
+    # --- sending ---------------------------------------------------------------------------------------
+    @staticmethod
+    async def _flush(conn: Connection, protocol: RealtimeProtocol) -> None:
+        for frame in protocol.take_outbox():
+            await conn.ws.send(frame, text=True)
+
+    async def _send_controls(self) -> None:
+        if self._conn is None or not self._connected.is_set():
+            return  # kept in the outbox of a protocol that is being replaced; the replay covers it
+        try:
+            await self._flush(self._conn, self.protocol)
+        except websockets.ConnectionClosed:
+            pass  # the reader sees the close and reconnects
+
+    async def append(self, pcm: bytes) -> None:
+        """Send caller audio. While reconnecting it is held (up to `replay_buffer_ms`) and sent afterwards."""
+        frame = RealtimeProtocol.append_frame(pcm)
+        if self._connected.is_set() and self._conn is not None:
+            try:
+                await self._conn.ws.send(frame, text=True)
+                return
+            except websockets.ConnectionClosed:
+                self._connected.clear()
+        self._hold(frame, len(pcm))
+
+    def _hold(self, frame: bytes, size: int) -> None:
+        self._held.append((frame, size))
+        self._held_bytes += size
+        while self._held_bytes > self._held_limit:
+            self._held_bytes -= self._held.pop(0)[1]  # oldest first: keep the most recent speech
+
+    async def _release_held(self, conn: Connection) -> None:
+        # Appends that arrive while these are sent are held too, so order is kept; the loop drains them.
+        while self._held:
+            held, self._held, self._held_bytes = self._held, [], 0
+            for frame, _ in held:
+                await conn.ws.send(frame, text=True)
+
+    async def create_response(self, **response: Any) -> None:
+        self.protocol.create_response(**response)
+        await self._send_controls()
+
+    async def cancel_response(self) -> bool:
+        sent = self.protocol.cancel_response()
+        await self._send_controls()
+        return sent
+
+    async def truncate(self, item_id: str, played_ms: float) -> int | None:
+        end = self.protocol.truncate(item_id, played_ms)
+        await self._send_controls()
+        return end
+
+    async def delete_item(self, item_id: str) -> None:
+        self.protocol.delete_item(item_id)
+        await self._send_controls()
+
+    async def function_output(self, call_id: str, output: str, respond: bool = True) -> None:
+        self.protocol.function_output(call_id, output, respond)
+        await self._send_controls()
+
+    async def update_session(self, session: dict[str, Any]) -> None:
+        self.session = session
+        self.protocol.update_session(session)
+        await self._send_controls()
+
+    # --- receiving, reconnect, rotation ----------------------------------------------------------------
+    async def _read_forever(self) -> None:
+        while not self._closing:
+            conn, protocol = self._conn, self.protocol
+            assert conn is not None
+            fatal: Fatal | None = None
+            try:
+                async for frame in conn.ws:
+                    for item in protocol.receive(frame):
+                        self._observe(item)
+                        self.events.put_nowait(item)
+                        if isinstance(item, Fatal):
+                            fatal = item
+                    if fatal is not None:
+                        await conn.ws.close(1000, "fatal error")
+                        break
+                    if protocol.outbox:
+                        await self._flush(conn, protocol)
+                if conn is not self._conn:
+                    continue  # rotated: the old connection closed normally, read the new one
+                cause, code = "the server closed the connection normally", 1000
+            except websockets.ConnectionClosed as exc:
+                if conn is not self._conn:
+                    continue
+                cause, code = _close_reason(exc), _close_code(exc)
+            if self._closing:
+                return
+            if fatal is not None:
+                self._finish(f"Realtime session ended: {fatal.reason}")
+                return
+            if code in FATAL_CLOSE_CODES:
+                self._finish(f"Realtime session ended: {cause}")
+                return
+            if not await self._reconnect(cause):
+                return
+
+    def _observe(self, item: Any) -> None:
+        if isinstance(item, ServerError):
+            ERRORS.labels(item.code or "unknown").inc()
+            log.warning("Realtime error %s: %s (param %s)", item.code, item.message, item.param)
+        elif isinstance(item, Fatal):
+            ERRORS.labels(item.reason.split(":")[0]).inc()
+            log.error("Realtime fatal error: %s", item.reason)
+        elif isinstance(item, ev.Malformed):
+            log.warning("Realtime sent an unusable event (%s): %s", item.type or "no type", item.reason)
+
+    def _finish(self, reason: str) -> None:
+        self._connected.clear()
+        log.warning("%s", reason)
+        self.events.put_nowait(Closed(reason))
+
+    async def _reconnect(self, cause: str) -> bool:
+        self._connected.clear()
+        RECONNECTS.labels("close").inc()
+        log.warning("Realtime connection lost (%s); reconnecting", cause)
+        self.events.put_nowait(Reconnecting(cause))
+        delay = self.settings.reconnect_backoff_s
+        for attempt in range(1, self.settings.reconnect_attempts + 1):
+            try:
+                await self._establish(rotation=False, replay=True)
+                self.events.put_nowait(Reconnected(self.replayed, rotation=False))
+                return True
+            except (RealtimeError, OSError, websockets.WebSocketException) as exc:
+                if isinstance(exc, RealtimeError) and "rejected" in str(exc):
+                    self._finish(str(exc))
+                    return False
+                log.warning("reconnect attempt %d/%d failed: %s", attempt, self.settings.reconnect_attempts, exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.settings.reconnect_backoff_max_s)
+        self._finish(f"Realtime session lost: {cause}; {self.settings.reconnect_attempts} reconnects failed")
+        return False
+
+    async def _rotate_forever(self) -> None:
+        """Open a fresh session shortly before the server's limit, at a quiet moment, then switch to it."""
+        while not self._closing:
+            if self.expires_at is None:
+                return
+            due = self.expires_at - self.settings.rotate_before_expiry_s - time.time()
+            if due > 0:
+                await asyncio.sleep(min(due, 60))
+                continue
+            while not (self.protocol.quiet and self.is_quiet()):
+                await asyncio.sleep(0.2)
+            RECONNECTS.labels("rotation").inc()
+            try:
+                await self._establish(rotation=True, replay=True)
+                self.events.put_nowait(Reconnected(self.replayed, rotation=True))
+            except (RealtimeError, OSError, websockets.WebSocketException) as exc:
+                log.warning("session rotation failed (%s); keeping the current session", exc)
+                await asyncio.sleep(5)
