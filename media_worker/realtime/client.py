@@ -57,6 +57,7 @@ class ClientSettings:
     handshake_timeout_s: float = 10.0
     ping_interval_s: float = 5.0
     ping_timeout_s: float = 10.0
+    stall_timeout_s: float = 15.0  # a response that goes this long without any event is stalled
     reconnect_attempts: int = 6
     reconnect_backoff_s: float = 0.2
     reconnect_backoff_max_s: float = 3.0
@@ -127,6 +128,10 @@ def _close_reason(exc: websockets.ConnectionClosed) -> str:
 
 def _close_code(exc: websockets.ConnectionClosed) -> int:
     return exc.rcvd.code if exc.rcvd is not None else 1006
+
+
+class _Stalled(Exception):
+    pass
 
 
 class Reconnecting(msgspec.Struct, frozen=True):
@@ -310,28 +315,32 @@ class RealtimeClient:
             assert conn is not None
             fatal: Fatal | None = None
             try:
-                async for frame in conn.ws:
+                while fatal is None:
+                    # Silence from the server is normal while the caller talks or listens, but not in the
+                    # middle of a response: that is a stalled server, and waiting longer helps nobody.
+                    limit = self.settings.stall_timeout_s if protocol.active_response else None
+                    try:
+                        frame = await asyncio.wait_for(conn.ws.recv(), limit)
+                    except asyncio.TimeoutError:
+                        raise _Stalled(f"no event for {limit:g}s during a response") from None
                     for item in protocol.receive(frame):
                         self._observe(item)
                         self.events.put_nowait(item)
                         if isinstance(item, Fatal):
                             fatal = item
-                    if fatal is not None:
-                        await conn.ws.close(1000, "fatal error")
-                        break
                     if protocol.outbox:
                         await self._flush(conn, protocol)
-                if conn is not self._conn:
-                    continue  # rotated: the old connection closed normally, read the new one
-                cause, code = "the server closed the connection normally", 1000
+                await conn.ws.close(1000, "fatal error")
+                self._finish(f"Realtime session ended: {fatal.reason}")
+                return
             except websockets.ConnectionClosed as exc:
                 if conn is not self._conn:
-                    continue
+                    continue  # rotated: the old connection was closed on purpose; read the new one
                 cause, code = _close_reason(exc), _close_code(exc)
+            except _Stalled as exc:
+                cause, code = f"the server stalled ({exc})", 1011
+                asyncio.create_task(conn.ws.close(1011, "stalled"))
             if self._closing:
-                return
-            if fatal is not None:
-                self._finish(f"Realtime session ended: {fatal.reason}")
                 return
             if code in FATAL_CLOSE_CODES:
                 self._finish(f"Realtime session ended: {cause}")

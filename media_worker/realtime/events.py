@@ -98,7 +98,7 @@ class OutputItemDone(_Event, tag="response.output_item.done"):
 class AudioDelta(_Event, tag="response.output_audio.delta"):
     response_id: str
     item_id: str
-    delta: str
+    delta: bytes  # msgspec decodes the base64 in C, straight from the frame
     output_index: int = 0
     content_index: int = 0
 

@@ -231,11 +231,7 @@ class RealtimeProtocol:
         return handler(self, event) if handler else [event]
 
     def _on_audio(self, event: ev.AudioDelta) -> list[Any]:
-        try:
-            data = binascii.a2b_base64(event.delta, strict_mode=True)
-        except (binascii.Error, ValueError) as exc:
-            self.malformed += 1
-            return [ev.Malformed(f"audio delta is not valid base64: {exc}", "response.output_audio.delta")]
+        data = event.delta
         self._item_bytes[event.item_id] = self._item_bytes.get(event.item_id, 0) + len(data)
         return [AudioChunk(event.response_id, event.item_id, data)]
 
