@@ -7,6 +7,8 @@ import socket
 
 from prometheus_client import Gauge
 
+from media_worker.realtime.client import ClientSettings
+from media_worker.realtime.pool import SessionPool
 from shared.messages import WorkerInfo
 from shared.service import AsyncRole
 from shared.version import VERSION
@@ -22,6 +24,16 @@ class MediaWorker(AsyncRole):
         settings = self.config.media_worker
         self.audiosocket_port = settings.audiosocket_port if audiosocket_port is None else audiosocket_port
         CAPACITY.set(settings.capacity)
+        provider = self.config.providers.openai_realtime
+        self.realtime = ClientSettings.from_config(provider)
+        self.pool = SessionPool(self.realtime, settings.prewarm_sessions if provider.enabled else 0)
+
+    async def serve(self) -> None:
+        self.pool.start()
+        try:
+            await self.stopping.wait()
+        finally:
+            await self.pool.stop()
 
     def process_info(self) -> WorkerInfo:
         settings = self.config.media_worker

@@ -19,6 +19,8 @@ CONFIG = ROOT / "config" / "ai-agent.yaml"
 # Tests share the developer's Redis but never its data: DB 9 and a fresh key prefix per test.
 REDIS_URL = os.environ.get("VA_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
 TEST_API_KEY = "sk-test-" + "k3y" * 8
+# Tests reach loopback only: no prewarmed sessions toward the real API, and its URL points nowhere real.
+OFFLINE = {"REALTIME_PREWARM": "0", "OPENAI_REALTIME_URL": "ws://127.0.0.1:9/v1/realtime"}
 
 
 def purge(client: redis.Redis, prefix: str) -> None:
@@ -50,7 +52,8 @@ def rclient(redis_url):
 
 @pytest.fixture
 def cluster_env(prefix, redis_url) -> dict[str, str]:
-    return {"REDIS_URL": redis_url, "REDIS_KEY_PREFIX": prefix, "OPENAI_API_KEY": TEST_API_KEY, "LOG_LEVEL": "info"}
+    return {"REDIS_URL": redis_url, "REDIS_KEY_PREFIX": prefix, "OPENAI_API_KEY": TEST_API_KEY, "LOG_LEVEL": "info",
+            **OFFLINE}
 
 
 @pytest.fixture

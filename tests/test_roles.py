@@ -15,7 +15,7 @@ from rq import Queue, Worker
 
 from shared.keys import Keys
 from sim.cluster import LocalCluster, http_get
-from tests.conftest import CONFIG, ROOT, TEST_API_KEY, wait_for
+from tests.conftest import CONFIG, OFFLINE, ROOT, TEST_API_KEY, wait_for
 
 ROLES = ["controller", "media-worker", "tool-worker"]
 
@@ -112,7 +112,7 @@ def test_status_marks_a_killed_worker_dead(cluster, cluster_env):
 def test_role_started_while_redis_is_down_waits_then_connects(role, tmp_path, private_redis, prefix):
     server = private_redis()
     cluster = LocalCluster(CONFIG, tmp_path, {"REDIS_URL": server.url, "REDIS_KEY_PREFIX": prefix,
-                                              "OPENAI_API_KEY": TEST_API_KEY})
+                                              "OPENAI_API_KEY": TEST_API_KEY, **OFFLINE})
     try:
         proc = cluster.start(role)
         wait_for(lambda: http_get(proc.health_url + "/healthz")[0] == 200)
@@ -143,7 +143,7 @@ def test_redis_outage_mid_run_then_recovery_reregisters(role, tmp_path, private_
     server = private_redis()
     server.start()
     cluster = LocalCluster(CONFIG, tmp_path, {"REDIS_URL": server.url, "REDIS_KEY_PREFIX": prefix,
-                                              "OPENAI_API_KEY": TEST_API_KEY})
+                                              "OPENAI_API_KEY": TEST_API_KEY, **OFFLINE})
     keys = Keys(prefix)
     zset = keys.workers if role == "media-worker" else keys.controllers
     try:
@@ -164,7 +164,7 @@ def test_redis_outage_mid_run_then_recovery_reregisters(role, tmp_path, private_
 def test_sigterm_while_waiting_for_redis_stops_cleanly(role, tmp_path, private_redis, prefix):
     server = private_redis()  # never started
     cluster = LocalCluster(CONFIG, tmp_path, {"REDIS_URL": server.url, "REDIS_KEY_PREFIX": prefix,
-                                              "OPENAI_API_KEY": TEST_API_KEY})
+                                              "OPENAI_API_KEY": TEST_API_KEY, **OFFLINE})
     proc = cluster.start(role)
     wait_for(lambda: http_get(proc.health_url + "/healthz")[0] == 200)
     assert cluster.stop(proc, timeout=10) == 0
@@ -175,7 +175,7 @@ def test_secrets_never_reach_logs_or_status(tmp_path, private_redis, prefix):
     server = private_redis(password="redis-pass-" + "q9" * 6)
     server.start()
     env = {"REDIS_URL": server.url, "REDIS_KEY_PREFIX": prefix, "OPENAI_API_KEY": TEST_API_KEY,
-           "ASTERISK_ARI_PASSWORD": "ari-pass-" + "z7" * 6, "LOG_LEVEL": "debug"}
+           "ASTERISK_ARI_PASSWORD": "ari-pass-" + "z7" * 6, "LOG_LEVEL": "debug", **OFFLINE}
     cluster = LocalCluster(CONFIG, tmp_path, env)
     try:
         procs = [cluster.start(role) for role in ROLES]
