@@ -24,6 +24,7 @@ BENIGN_CODES = frozenset({
     "response_cancel_not_active",               # the response ended before our cancel arrived
     "conversation_already_has_active_response",  # the server responded on its own first (pipecat #3960)
     "input_audio_buffer_commit_empty",
+    "session_expired",  # the 60-minute limit: the close that follows triggers a reconnect with replay
 })
 # Errors after which the session cannot work and must not be retried.
 FATAL_CODES = frozenset({
