@@ -102,6 +102,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sim_realtime(args: argparse.Namespace) -> int:
+    from sim.realtime.cli import run
+
+    setup_logging("sim-realtime", args.log_level or "info")
+    return run(args)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from sim.demo import main as demo_main
 
@@ -136,6 +143,14 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="live controllers, media workers (capacity, load) and tool workers")
     st.add_argument("--json", action="store_true", help="machine-readable output")
     st.set_defaults(func=cmd_status)
+
+    sim = sub.add_parser("sim", help="the simulators: an OpenAI Realtime emulator (and, later, Asterisk)")
+    sims = sim.add_subparsers(dest="simulator", required=True, metavar="SIMULATOR")
+    realtime = sims.add_parser("realtime", help="run the OpenAI Realtime GA emulator")
+    from sim.realtime.cli import add_arguments as realtime_arguments
+
+    realtime_arguments(realtime)
+    realtime.set_defaults(func=cmd_sim_realtime)
 
     demo = sub.add_parser("demo", help="start the cluster locally, show it working, stop it cleanly")
     demo.add_argument("--keep-running", action="store_true", help="leave the cluster up until Ctrl-C")
