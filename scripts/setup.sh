@@ -9,6 +9,7 @@ missing=()
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)  # the Realtime emulator's agent voice
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing Debian packages: ${missing[*]}" >&2
   $SUDO apt-get update -qq
