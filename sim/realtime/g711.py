@@ -38,6 +38,7 @@ def _encode_table(decode: np.ndarray) -> np.ndarray:
 
 
 ULAW_ENCODE = _encode_table(ULAW_DECODE)
+ULAW_ENCODE[32768] = 0xFF  # zero has two μ-law codes; silence is the positive one, 0xFF
 ALAW_ENCODE = _encode_table(ALAW_DECODE)
 
 

@@ -1,5 +1,8 @@
-"""One emulated Realtime session: the state of one WebSocket connection and the server's side of the
-conversation (reference/openai-realtime.md §1.5, §2, §3, §4 and the checklist of §8)."""
+"""One emulated Realtime session: the server's side of one WebSocket connection (reference §1, §3, §4, §8).
+
+The reader handles client events one at a time, in order; each response streams from a task of its own
+(`response.py`). Every connection is a fresh session with an empty conversation, as in production.
+"""
 
 from __future__ import annotations
 
@@ -7,297 +10,371 @@ import asyncio
 import base64
 import binascii
 import copy
-import json
+import logging
 import random
-import time
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 import numpy as np
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
-from sim.realtime import g711, voice
+from sim.realtime import g711, validate
+from sim.realtime.conversation import Conversation
+from sim.realtime.ids import Ids
+from sim.realtime.response import Response, tokens
 from sim.realtime.script import Reply
 from sim.realtime.vad import EnergyVad
-from sim.realtime.validate import SessionError, validate_update
+from sim.realtime.validate import Rejected
+from sim.realtime.voice import BYTES_PER_MS
 
 if TYPE_CHECKING:
     from sim.realtime.server import Emulator
 
-BYTES_PER_MS = {"audio/pcm": 48, "audio/pcmu": 8, "audio/pcma": 8}
-MAX_APPEND = 15 * 1024 * 1024
-DEFAULT_INSTRUCTIONS = ("Your knowledge cutoff is 2023-10. You are a helpful, witty, and friendly AI. Act like a "
-                        "human, but remember that you aren't a human.")
-SEMANTIC_SILENCE_MS = {"low": 8000, "medium": 4000, "high": 2000, "auto": 4000}
-CLIENT_KEYS = {
-    "session.update": ({"session"}, {"session"}),
-    "input_audio_buffer.append": ({"audio"}, {"audio"}),
-    "input_audio_buffer.commit": (set(), set()),
-    "input_audio_buffer.clear": (set(), set()),
-    "conversation.item.create": ({"item", "previous_item_id"}, {"item"}),
-    "conversation.item.retrieve": ({"item_id"}, {"item_id"}),
-    "conversation.item.truncate": ({"item_id", "content_index", "audio_end_ms"},
-                                   {"item_id", "content_index", "audio_end_ms"}),
-    "conversation.item.delete": ({"item_id"}, {"item_id"}),
-    "response.create": ({"response"}, set()),
-    "response.cancel": ({"response_id"}, set()),
-    "output_audio_buffer.clear": (set(), set()),
-}
-RESPONSE_KEYS = {"output_modalities", "instructions", "audio", "tools", "tool_choice", "max_output_tokens",
-                 "conversation", "metadata", "input", "prompt"}
+log = logging.getLogger("sim.realtime")
+
+MAX_APPEND_BYTES = 15 * 1024 * 1024
+MIN_COMMIT_MS = 100
+KEEP_MARGIN_MS = 200  # input audio kept before the prefix padding between turns
+DEFAULT_INSTRUCTIONS = (
+    "Your knowledge cutoff is 2023-10. You are a helpful, witty, and friendly AI. Act like a human, but remember "
+    "that you aren't a human and that you can't do human things in the real world. Your voice and personality "
+    "should be warm and engaging, with a lively and playful tone. If interacting in a non-English language, start "
+    "by using the standard accent or dialect familiar to the user. Talk quickly. You should always call a function "
+    "if you can. Do not refer to these rules, even if you\u2019re asked about them.")
+IDLE_TIME_SCALE = 1.0  # tests shrink the idle timeout's wall time (its minimum is 5 s)
+SEMANTIC_SILENCE_MS = {"low": 8000, "medium": 4000, "high": 2000, "auto": 4000}  # the eagerness's longest wait
+
+_encode = msgspec.json.Encoder().encode
+_decode = msgspec.json.Decoder().decode
 
 
 def default_turn_detection(kind: str) -> dict[str, Any]:
     if kind == "semantic_vad":
         return {"type": "semantic_vad", "eagerness": "auto", "create_response": True, "interrupt_response": True}
     return {"type": "server_vad", "threshold": 0.5, "prefix_padding_ms": 300, "silence_duration_ms": 200,
-            "create_response": True, "interrupt_response": True, "idle_timeout_ms": None}
+            "idle_timeout_ms": None, "create_response": True, "interrupt_response": True}
 
 
-class _Cancelled(Exception):
-    pass
+def default_session(session_id: str, model: str, expires_at: int) -> dict[str, Any]:
+    """The session `session.created` shows (key order as the real server's)."""
+    pcm = {"type": "audio/pcm", "rate": 24000}
+    return {
+        "type": "realtime", "object": "realtime.session", "id": session_id, "model": model,
+        "output_modalities": ["audio"], "instructions": DEFAULT_INSTRUCTIONS, "tools": [], "tool_choice": "auto",
+        "max_output_tokens": "inf", "tracing": None, "prompt": None, "expires_at": expires_at,
+        "audio": {
+            "input": {"format": dict(pcm), "transcription": None, "noise_reduction": None,
+                      "turn_detection": default_turn_detection("server_vad")},
+            "output": {"format": dict(pcm), "voice": "marin", "speed": 1.0},
+        },
+        "include": None,
+    }
 
 
-@dataclass
-class ActiveResponse:
-    id: str
-    in_conversation: bool
-    params: dict[str, Any]
-    cancel_reason: str | None = None
-    cancelled: asyncio.Event = field(default_factory=asyncio.Event)
-    task: asyncio.Task | None = None
-    audio_ms: float = 0.0
+def minutes(seconds: float) -> str:
+    """60.0 → "60"; test sessions of a few seconds → "0.05", "0.0167"."""
+    value = seconds / 60
+    return f"{value:g}" if value == int(value) else f"{value:.3g}"
 
 
 class EmulatedSession:
-    def __init__(self, emu: "Emulator", ws: ServerConnection, headers: dict[str, str], query: dict[str, str]):
+    def __init__(self, emu: "Emulator", ws: ServerConnection, headers: dict[str, str], query: dict[str, str],
+                 index: int):
         self.emu = emu
         self.ws = ws
         self.headers = headers
         self.query = query
-        self.ids = emu.ids
+        self.ids = Ids(f"{emu.seed}:{index}")
+        self.rng = random.Random(f"{emu.seed}:{index}:stream")  # chunk sizes, argument splits, jitter
         self.id = self.ids.new("sess")
         self.conversation_id = self.ids.new("conv")
         self.started = emu.clock()
-        model = query.get("model", "gpt-realtime")
-        self.config: dict[str, Any] = {
-            "type": "realtime", "object": "realtime.session", "id": self.id, "model": model,
-            "expires_at": int(time.time() + emu.max_session_s), "output_modalities": ["audio"],
-            "instructions": DEFAULT_INSTRUCTIONS, "tools": [], "tool_choice": "auto", "max_output_tokens": "inf",
-            "tracing": None, "truncation": "auto", "prompt": None,
-            "audio": {
-                "input": {"format": {"type": "audio/pcm", "rate": 24000}, "transcription": None,
-                          "noise_reduction": None, "turn_detection": default_turn_detection("server_vad")},
-                "output": {"format": {"type": "audio/pcm", "rate": 24000}, "voice": "alloy", "speed": 1.0},
-            },
-        }
-        self.items: list[dict[str, Any]] = []
-        self.item_audio: dict[str, bytearray] = {}
-        self.emitted_bytes: dict[str, int] = {}
+        self.config = default_session(self.id, query.get("model") or "gpt-realtime",
+                                      int(emu.wall_clock() + emu.max_session_s))
+        self.conversation = Conversation()
         self.received: list[dict[str, Any]] = []
         self.sent: list[dict[str, Any]] = []
         self.truncations: list[dict[str, Any]] = []
         self.function_outputs: list[dict[str, Any]] = []
+        self.responses: list[dict[str, Any]] = []  # effective settings and final status of each response
         self.closed = False
         self.close_code: int | None = None
-        self.audio_sent = False
-        self.user_turns = 0
-        self.input_ms = 0.0
-        self._input = bytearray()  # uncommitted input audio
-        self._input_start_ms = 0.0
-        self._pending_user_item: str | None = None
-        self.active: ActiveResponse | None = None
-        self._out_of_band: set[asyncio.Task] = set()
+        self.audio_present = False  # assistant audio was sent: the voice is locked
+        self.cached_tokens = 0
+        self.active: Response | None = None  # the default conversation's response
+        self._out_of_band: dict[str, Response] = {}
+        self.input_ms = 0.0  # the session's input clock: ms of audio appended
+        self._buffer = bytearray()  # uncommitted input audio, in the input format
+        self._buffer_start_ms = 0.0  # input clock at _buffer[0]
+        self._speech_item: str | None = None  # the id speech_started announced for the coming user item
+        self._speech_start_ms = 0.0
+        self._transcripts: list[tuple[str, str, float]] = []  # to send after the next response.created
+        self._idle: asyncio.TimerHandle | None = None
+        self._idle_since_ms = 0.0
         self._stalled_until = 0.0
-        self._idle_timer: asyncio.Task | None = None
-        self._send_lock = asyncio.Lock()
-        self._rng = random.Random(emu.seed ^ len(emu.sessions))
+        self._expiring = False
+        self._tasks: set[asyncio.Task] = set()
         self._vad = self._make_vad()
 
-    # --- wire -------------------------------------------------------------------------------------------
-    async def send(self, event: dict[str, Any]) -> None:
-        event = {"type": event["type"], "event_id": self.ids.new("event"), **event}
-        text = json.dumps(event, separators=(",", ":"))
+    # --- what tests look at ---------------------------------------------------------------------------
+    @property
+    def items(self) -> list[dict[str, Any]]:
+        return self.conversation.items
+
+    @property
+    def model(self) -> str:
+        return self.config["model"]
+
+    def audio_emitted_ms(self, item_id: str) -> float:
+        """Ms of audio sent for an assistant item (before any truncation)."""
+        return self.conversation.emitted_ms.get(item_id, 0.0)
+
+    # --- the wire -------------------------------------------------------------------------------------
+    async def send(self, kind: str, **fields: Any) -> None:
+        event = {"type": kind, "event_id": self.ids.new("event"), **fields}
+        text = _encode(event).decode()
+        if self._stalled_until:
+            await self.wait_stall()
         if self.emu.record:
             self.sent.append(event)
-        self.emu.wire.write(self.id, "out", text)
-        await self._wait_stall()
-        async with self._send_lock:
-            await self.ws.send(text)
+        # Logged and handed to the socket without an await in between: the log order is the wire order.
+        self.emu.wire.write(self.id, "out", text, True)
+        await self.ws.send(text)
 
     async def error(self, code: str | None, message: str, param: str | None = None,
                     client_event_id: str | None = None, kind: str = "invalid_request_error") -> None:
-        event = {"type": "error", "error": {"type": kind, "code": code, "message": message, "param": param,
-                                            "event_id": client_event_id}}
+        error = {"type": kind, "code": code, "message": message, "param": param, "event_id": client_event_id}
         if self.emu.error_delay_ms:
+            # As seen in the field: an error may arrive after later events (reference §4).
             async def later() -> None:
                 await asyncio.sleep(self.emu.error_delay_ms / 1000)
-                await self._send_quietly(event)
-            self._spawn(later())
+                await self._quietly(self.send("error", error=error))
+            self.spawn(later())
         else:
-            await self.send(event)
+            await self.send("error", error=error)
 
-    async def _send_quietly(self, event: dict[str, Any]) -> None:
+    def server_error_message(self) -> str:
+        return ("The server had an error while processing your request. Sorry about that! You can retry your "
+                "request, or contact us through our help center at help.openai.com if the error persists. (Please "
+                f"include the session ID {self.id} in your message.) We recommend you retry your request.")
+
+    async def send_rate_limits(self, response: Response, tokens_used: int) -> None:
+        limits = self.emu.rate_limits
+        used = sum(r.get("tokens", 0) for r in self.responses) + tokens_used
+        await self.send("rate_limits.updated", rate_limits=[
+            {"name": "requests", "limit": limits["requests"],
+             "remaining": max(0, limits["requests"] - len(self.responses)), "reset_seconds": 0.012},
+            {"name": "tokens", "limit": limits["tokens"], "remaining": max(0, limits["tokens"] - used),
+             "reset_seconds": round(used / max(1, limits["tokens"]) * 60, 3)}])
+        response.record["tokens"] = tokens_used
+
+    @staticmethod
+    async def _quietly(coro) -> None:
         try:
-            await self.send(event)
+            await coro
         except ConnectionClosed:
             pass
 
-    def _spawn(self, coro) -> asyncio.Task:
+    def spawn(self, coro) -> asyncio.Task:
         task = asyncio.create_task(coro)
-        self._out_of_band.add(task)
-        task.add_done_callback(self._out_of_band.discard)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
         return task
 
-    async def _wait_stall(self) -> None:
-        while (left := self._stalled_until - time.monotonic()) > 0:
+    def _task_done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None and \
+                not isinstance(task.exception(), ConnectionClosed):
+            log.error("session %s: task failed", self.id, exc_info=task.exception())
+
+    async def wait_stall(self) -> None:
+        loop = asyncio.get_running_loop()
+        while (left := self._stalled_until - loop.time()) > 0:
             await asyncio.sleep(left)
 
     # --- fault hooks for tests ------------------------------------------------------------------------
     async def send_raw(self, text: str) -> None:
-        self.emu.wire.write(self.id, "out", text)
+        """Put any frame on the wire: broken JSON, unknown types, events out of order."""
+        try:
+            _decode(text)
+            parsed = "\n" not in text
+        except msgspec.DecodeError:
+            parsed = False
+        self.emu.wire.write(self.id, "out", text, parsed)
         await self.ws.send(text)
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
+        """Close with any code: 1001, 1011 (server error), 1012 (service restart), 4000…"""
         self.close_code = code
         await self.ws.close(code, reason)
 
     async def drop(self) -> None:
-        """Abort the TCP connection without a close frame: the client sees 1006."""
+        """Abort the TCP connection with no close frame: the client sees 1006."""
         self.close_code = 1006
         self.ws.transport.abort()
 
     def stall(self, seconds: float) -> None:
-        """Stop reading and sending for a while (pings are still answered by the WebSocket layer)."""
-        self._stalled_until = time.monotonic() + seconds
+        """Stop reading and sending for a while (the WebSocket layer still answers pings)."""
+        self._stalled_until = asyncio.get_running_loop().time() + seconds
 
-    def audio_emitted_ms(self, item_id: str) -> float:
-        return self.emitted_bytes.get(item_id, 0) / self._out_bpm
-
-    # --- lifecycle ------------------------------------------------------------------------------------
+    # --- lifetime -------------------------------------------------------------------------------------
     async def run(self) -> None:
-        expiry = asyncio.create_task(self._expire())
+        expiry = self.spawn(self._expire_later())
         try:
-            await self.send({"type": "session.created", "session": copy.deepcopy(self.config)})
+            await self.send("session.created", session=copy.deepcopy(self.config))
             async for frame in self.ws:
-                await self._wait_stall()
+                if self._stalled_until:
+                    await self.wait_stall()
                 await self._on_frame(frame)
         except ConnectionClosed:
             pass
         finally:
             self.closed = True
             if self.close_code is None:
-                self.close_code = self.ws.close_code or 1006
+                self.close_code = self.ws.close_code if self.ws.close_code is not None else 1006
             expiry.cancel()
-            for task in [self._idle_timer, self.active.task if self.active else None, *self._out_of_band]:
-                if task is not None:
-                    task.cancel()
+            if self._idle is not None:
+                self._idle.cancel()
+            for task in list(self._tasks):
+                task.cancel()
+
+    async def _expire_later(self) -> None:
+        # Measured on the emulator's clock, so a test clock can move it; frames re-check it too.
+        while (left := self.emu.max_session_s - (self.emu.clock() - self.started)) > 0:
+            await asyncio.sleep(left)
+        await self._expire()
 
     async def _expire(self) -> None:
-        await asyncio.sleep(self.emu.max_session_s)
-        minutes = f"{self.emu.max_session_s / 60:g}"
-        reason = f"Your session hit the maximum duration of {minutes} minutes."
-        await self._send_quietly({"type": "error", "error": {"type": "invalid_request_error",
-                                  "code": "session_expired", "message": reason, "param": None, "event_id": None}})
+        if self._expiring:
+            return
+        self._expiring = True
+        reason = f"Your session hit the maximum duration of {minutes(self.emu.max_session_s)} minutes."
+        error = {"type": "invalid_request_error", "code": "session_expired", "message": reason, "param": None,
+                 "event_id": None}
+        await self._quietly(self.send("error", error=error))
         self.close_code = 1001
         await self.ws.close(1001, reason)
 
     # --- client events --------------------------------------------------------------------------------
     async def _on_frame(self, frame: str | bytes) -> None:
+        if self.emu.clock() - self.started >= self.emu.max_session_s:
+            await self._expire()
+            return
         if isinstance(frame, bytes):
-            self.emu.wire.write(self.id, "in", frame.decode("utf-8", "replace"))
-            await self.error("invalid_event", "Binary frames are not supported; send JSON text frames.")
+            self.emu.wire.write(self.id, "in", frame.decode("utf-8", "replace"), False)
+            await self.error("invalid_event", "Binary frames are not supported: send JSON events as text frames.")
             return
-        self.emu.wire.write(self.id, "in", frame)
         try:
-            event = json.loads(frame)
-        except ValueError:
-            await self.error("invalid_event", "We could not parse the JSON body of your request. (HINT: This "
-                             "likely means you aren't using your HTTP library correctly.)")
+            event = _decode(frame)
+        except msgspec.DecodeError:
+            self.emu.wire.write(self.id, "in", frame, False)
+            await self.error("invalid_event", "We could not parse the JSON body of your request. (HINT: This likely "
+                             "means you aren't using your HTTP library correctly. The OpenAI API expects a JSON "
+                             "payload, but what was sent was not valid JSON.)")
             return
+        self.emu.wire.write(self.id, "in", frame if "\n" not in frame else _encode(event).decode(), True)
         if not isinstance(event, dict) or "type" not in event:
-            await self.error("invalid_event", "The 'type' field is missing.")
+            eid = event.get("event_id") if isinstance(event, dict) else None
+            await self.error("invalid_event", "The 'type' field is missing.", None, eid if isinstance(eid, str) else None)
             return
         if self.emu.record:
             self.received.append(event)
-        kind, eid = event["type"], event.get("event_id")
-        if kind not in CLIENT_KEYS:
-            listed = ", ".join(f"'{k}'" for k in CLIENT_KEYS)
-            await self.error("invalid_value", f"Invalid value: '{kind}'. Supported values are: {listed}.", "type", eid)
-            return
-        allowed, required = CLIENT_KEYS[kind]
-        for key in event:
-            if key not in allowed and key not in ("type", "event_id"):
-                await self.error("unknown_parameter", f"Unknown parameter: '{key}'.", key, eid)
-                return
-        for key in required:
-            if key not in event:
-                await self.error("missing_required_parameter", f"Missing required parameter: '{key}'.", key, eid)
-                return
-        handler = getattr(self, "_on_" + kind.replace(".", "_"))
-        await handler(event, eid)
+        eid = event.get("event_id") if isinstance(event.get("event_id"), str) else None
+        try:
+            validate.check_event(event)
+            await getattr(self, "_on_" + event["type"].replace(".", "_"))(event, eid)
+        except Rejected as exc:
+            await self.error(exc.code, exc.message, exc.param, eid, exc.kind)
+        except ConnectionClosed:
+            raise
+        except Exception:  # an emulator bug must show, but not take the session down
+            log.exception("session %s: failed on %s", self.id, event["type"])
+            await self.error(None, self.server_error_message(), None, eid, "server_error")
 
     async def _on_session_update(self, event: dict, eid: str | None) -> None:
-        try:
-            merged = validate_update(event["session"], self.config, self.audio_sent)
-        except SessionError as exc:
-            await self.error(exc.code, exc.message, exc.param, eid)
-            return
+        merged = validate.apply_session_update(event["session"], self.config, self.audio_present)
         td = merged["audio"]["input"]["turn_detection"]
         if td is not None:
             merged["audio"]["input"]["turn_detection"] = {**default_turn_detection(td["type"]), **td}
-        if merged["audio"]["input"]["format"] != self.config["audio"]["input"]["format"] or \
-                merged["audio"]["input"]["turn_detection"] != self.config["audio"]["input"]["turn_detection"]:
-            self.config = merged
-            self._vad = self._make_vad()
+        old_input = self.config["audio"]["input"]
         self.config = merged
-        await self.send({"type": "session.updated", "session": copy.deepcopy(self.config)})
+        new_input = merged["audio"]["input"]
+        if new_input["format"] != old_input["format"]:
+            self._reset_buffer()  # bytes of two formats do not mix
+        if new_input["format"] != old_input["format"] or new_input["turn_detection"] != old_input["turn_detection"]:
+            self._vad = self._make_vad()
+        await self.send("session.updated", session=copy.deepcopy(self.config))
 
+    # --- input audio ----------------------------------------------------------------------------------
     @property
     def _in_format(self) -> str:
         return self.config["audio"]["input"]["format"]["type"]
 
     @property
-    def _out_format(self) -> str:
-        return self.config["audio"]["output"]["format"]["type"]
-
-    @property
-    def _out_bpm(self) -> int:
-        return BYTES_PER_MS[self._out_format]
+    def _turn_detection(self) -> dict[str, Any] | None:
+        return self.config["audio"]["input"]["turn_detection"]
 
     def _make_vad(self) -> EnergyVad | None:
-        td = self.config["audio"]["input"]["turn_detection"]
+        td = self._turn_detection
         if td is None:
             return None
-        rate = 24000 if self._in_format == "audio/pcm" else 8000
-        silence = td.get("silence_duration_ms", 200) if td["type"] == "server_vad" else \
-            SEMANTIC_SILENCE_MS[td.get("eagerness", "auto")]
-        return EnergyVad(td.get("threshold", 0.5), td.get("prefix_padding_ms", 300), silence, rate,
-                         start_ms=int(self.input_ms))
+        if td["type"] == "semantic_vad":  # approximated: server VAD with the eagerness's longest wait
+            silence = SEMANTIC_SILENCE_MS[td.get("eagerness", "auto")]
+            return EnergyVad(0.5, 300, silence, self._rate, start_ms=self.input_ms)
+        return EnergyVad(td["threshold"], td["prefix_padding_ms"], td["silence_duration_ms"], self._rate,
+                         start_ms=self.input_ms)
+
+    @property
+    def _rate(self) -> int:
+        return 24000 if self._in_format == "audio/pcm" else 8000
+
+    def _reset_buffer(self) -> None:
+        self._buffer = bytearray()
+        self._buffer_start_ms = self.input_ms
+
+    def _offset(self, ms: float) -> int:
+        """Where an input-clock time falls in the buffer, in bytes (whole samples)."""
+        raw = int(max(0.0, ms - self._buffer_start_ms) * BYTES_PER_MS[self._in_format])
+        return min(len(self._buffer), raw - raw % (2 if self._in_format == "audio/pcm" else 1))
+
+    def _trim_buffer(self, before_ms: float) -> None:
+        cut = self._offset(before_ms)
+        if cut:
+            del self._buffer[:cut]
+            self._buffer_start_ms += cut / BYTES_PER_MS[self._in_format]
+
+    def _take_buffer(self, start_ms: float | None = None, end_ms: float | None = None) -> bytes:
+        """The buffered audio between two input-clock times (default: all of it); the buffer keeps only what
+        follows `end_ms`."""
+        end = len(self._buffer) if end_ms is None else self._offset(end_ms)
+        audio = bytes(self._buffer[0 if start_ms is None else self._offset(start_ms):end])
+        if end_ms is None:
+            self._reset_buffer()
+        else:
+            self._trim_buffer(end_ms)
+        return audio
 
     async def _on_input_audio_buffer_append(self, event: dict, eid: str | None) -> None:
         audio = event["audio"]
-        if not isinstance(audio, str) or len(audio) > MAX_APPEND * 4 // 3 + 4:
-            await self.error("invalid_value", "Audio payload exceeds the 15 MiB limit per event.", "audio", eid)
-            return
+        if not isinstance(audio, str):
+            raise validate.wrong_type("audio", "a string", audio)
+        if len(audio) > (MAX_APPEND_BYTES + 2) // 3 * 4:
+            raise Rejected("invalid_value", "Invalid 'audio': the audio in one event exceeds the maximum of 15 MiB "
+                           f"({len(audio) * 3 // 4} bytes).", "audio")
         try:
             data = base64.b64decode(audio, validate=True)
         except (binascii.Error, ValueError):
-            await self.error("invalid_value", "Invalid 'audio'. Expected base64-encoded audio bytes.", "audio", eid)
-            return
+            raise Rejected("invalid_value", "Invalid 'audio'. Expected base64-encoded audio data.", "audio") from None
         fmt = self._in_format
         if fmt == "audio/pcm":
             if len(data) % 2:
-                await self.error("invalid_value", "Invalid 'audio': pcm16 audio must have an even byte count.",
-                                 "audio", eid)
-                return
+                raise Rejected("invalid_value", "Invalid 'audio': audio/pcm is 16-bit samples, so the byte count "
+                               f"must be even, but got {len(data)} bytes.", "audio")
             samples = np.frombuffer(data, dtype="<i2")
         else:
             samples = g711.decode(data, fmt)
-        if not self._input:
-            self._input_start_ms = self.input_ms
-        self._input += data
+        self._buffer += data
         self.input_ms += len(data) / BYTES_PER_MS[fmt]
         if self._vad is None:
             return
@@ -306,466 +383,294 @@ class EmulatedSession:
                 await self._speech_started(vad_event.ms)
             else:
                 await self._speech_stopped(vad_event.ms)
+        if not self._vad.speaking:
+            # Between turns only the prefix padding (and a speech onset still being confirmed) can become
+            # part of a turn: drop the rest, so hours of silence cost no memory.
+            self._trim_buffer(self.input_ms - self._vad.prefix_padding_ms - KEEP_MARGIN_MS)
 
     async def _speech_started(self, start_ms: int) -> None:
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-        self._pending_user_item = self.ids.new("item")
-        await self.send({"type": "input_audio_buffer.speech_started", "audio_start_ms": start_ms,
-                         "item_id": self._pending_user_item})
-        td = self.config["audio"]["input"]["turn_detection"] or {}
-        if self.active is not None and self.active.in_conversation and td.get("interrupt_response", True):
+        self._cancel_idle()
+        self._speech_item = self.ids.new("item")  # announced now, used by the committed item
+        self._speech_start_ms = start_ms
+        await self.send("input_audio_buffer.speech_started", audio_start_ms=start_ms, item_id=self._speech_item)
+        td = self._turn_detection or {}
+        if self.active is not None and td.get("interrupt_response", True):
             await self._cancel(self.active, "turn_detected")
 
     async def _speech_stopped(self, end_ms: int) -> None:
-        item_id = self._pending_user_item or self.ids.new("item")
-        self._pending_user_item = None
-        await self.send({"type": "input_audio_buffer.speech_stopped", "audio_end_ms": end_ms, "item_id": item_id})
-        await self._commit(item_id, eid=None)
-        td = self.config["audio"]["input"]["turn_detection"] or {}
-        if td.get("create_response", True):
-            await self._start_response({}, eid=None)
+        item_id = self._speech_item or self.ids.new("item")
+        self._speech_item = None
+        await self.send("input_audio_buffer.speech_stopped", audio_end_ms=end_ms, item_id=item_id)
+        await self._commit(item_id, self._take_buffer(self._speech_start_ms, end_ms))
+        td = self._turn_detection or {}
+        if td.get("create_response", True) and self.active is None:
+            await self.start_response({}, None)
+        else:
+            await self.flush_transcripts()
 
-    async def _commit(self, item_id: str, eid: str | None) -> None:
-        previous = self.items[-1]["id"] if self.items else None
-        audio, self._input = bytes(self._input), bytearray()
-        await self.send({"type": "input_audio_buffer.committed", "item_id": item_id, "previous_item_id": previous})
-        item = {"id": item_id, "type": "message", "object": "realtime.item", "status": "completed", "role": "user",
+    async def _commit(self, item_id: str, audio: bytes, count_turn: bool = True) -> None:
+        fmt = self._in_format
+        previous = self.conversation.last_id()
+        await self.send("input_audio_buffer.committed", previous_item_id=previous, item_id=item_id)
+        item = {"id": item_id, "type": "message", "status": "completed", "role": "user",
                 "content": [{"type": "input_audio", "transcript": None}]}
-        self.item_audio[item_id] = bytearray(audio)
-        await self._add_item(item, previous)
-        if self.config["audio"]["input"]["transcription"] is not None:
-            self._spawn(self._transcribe(item_id, self.emu.script.transcript_for(self.user_turns)))
+        self.conversation.add(item, count_turn=count_turn)
+        self.conversation.audio[item_id] = bytearray(audio)
+        self.conversation.audio_format[item_id] = fmt
+        seconds = len(audio) / BYTES_PER_MS[fmt] / 1000
+        self.conversation.audio_ms[item_id] = seconds * 1000
+        await self.send("conversation.item.added", previous_item_id=previous, item=copy.deepcopy(item))
+        await self.send("conversation.item.done", previous_item_id=previous, item=copy.deepcopy(item))
+        if self.config["audio"]["input"]["transcription"] is not None and count_turn:
+            text = self.emu.script.transcript_for(self.conversation.user_turns)
+            self._transcripts.append((item_id, text, seconds))
 
-    async def _transcribe(self, item_id: str, text: str) -> None:
-        await asyncio.sleep(0.01)  # asynchronous, as on the real server: may land after response.created
-        words = text.split(" ")
-        for i, word in enumerate(words):
-            await self._send_quietly({"type": "conversation.item.input_audio_transcription.delta",
-                                      "item_id": item_id, "content_index": 0,
-                                      "delta": word if i == 0 else " " + word})
-        await self._send_quietly({"type": "conversation.item.input_audio_transcription.completed",
-                                  "item_id": item_id, "content_index": 0, "transcript": text,
-                                  "usage": {"type": "duration", "seconds": 1}})
-        for item in self.items:
-            if item["id"] == item_id:
+    async def flush_transcripts(self) -> None:
+        """Input transcription, scripted: sent after the turn's `response.created` (or after the commit
+        when no response follows), as the real server's asynchronous transcription often lands."""
+        pending, self._transcripts = self._transcripts, []
+        model = (self.config["audio"]["input"]["transcription"] or {}).get("model", "")
+        for item_id, text, seconds in pending:
+            for piece in tokens(text):
+                await self.send("conversation.item.input_audio_transcription.delta", item_id=item_id,
+                                content_index=0, delta=piece)
+            if model == "whisper-1":
+                usage: dict[str, Any] = {"type": "duration", "seconds": round(seconds, 3)}
+            else:
+                audio_tokens, out = max(1, round(seconds * 10)), max(1, (len(text) + 3) // 4)
+                usage = {"type": "tokens", "total_tokens": audio_tokens + out, "input_tokens": audio_tokens,
+                         "input_token_details": {"text_tokens": 0, "audio_tokens": audio_tokens},
+                         "output_tokens": out}
+            await self.send("conversation.item.input_audio_transcription.completed", item_id=item_id,
+                            content_index=0, transcript=text, usage=usage)
+            item = self.conversation.find(item_id)
+            if item is not None:
                 item["content"][0]["transcript"] = text
 
-    async def _add_item(self, item: dict[str, Any], previous: str | None) -> None:
-        if item["type"] == "message" and item["role"] == "user":
-            self.user_turns += 1
-        self.items.append(item)
-        await self.send({"type": "conversation.item.added", "previous_item_id": previous, "item": item})
-        await self.send({"type": "conversation.item.done", "previous_item_id": previous, "item": item})
-
     async def _on_input_audio_buffer_commit(self, event: dict, eid: str | None) -> None:
-        buffered_ms = len(self._input) / BYTES_PER_MS[self._in_format]
-        if buffered_ms < 100:
-            await self.error("input_audio_buffer_commit_empty", "Error committing input audio buffer: buffer too "
-                             f"small. Expected at least 100ms of audio, but buffer only has {buffered_ms:.2f}ms of "
-                             "audio.", None, eid)
-            return
-        await self._commit(self._pending_user_item or self.ids.new("item"), eid)
-        self._pending_user_item = None
+        buffered = len(self._buffer) / BYTES_PER_MS[self._in_format]
+        if buffered < MIN_COMMIT_MS:
+            raise Rejected("input_audio_buffer_commit_empty", "Error committing input audio buffer: buffer too "
+                           f"small. Expected at least {MIN_COMMIT_MS}ms of audio, but buffer only has "
+                           f"{buffered:.2f}ms of audio.")
+        item_id = self._speech_item or self.ids.new("item")
+        self._speech_item = None
+        if self._vad is not None:
+            self._vad.reset()
+        await self._commit(item_id, self._take_buffer())
+        await self.flush_transcripts()  # a commit never starts a response by itself
 
     async def _on_input_audio_buffer_clear(self, event: dict, eid: str | None) -> None:
-        self._input = bytearray()
-        await self.send({"type": "input_audio_buffer.cleared"})
+        self._reset_buffer()
+        self._speech_item = None
+        if self._vad is not None:
+            self._vad.reset()
+        await self.send("input_audio_buffer.cleared")
 
     async def _on_output_audio_buffer_clear(self, event: dict, eid: str | None) -> None:
-        await self.error("invalid_value", "output_audio_buffer.clear is only supported for WebRTC and SIP "
-                         "sessions.", "type", eid)
+        raise Rejected("invalid_value", "output_audio_buffer.clear is only supported for WebRTC and SIP sessions; "
+                       "over WebSocket the client owns playback.", "type")
 
-    def _find(self, item_id: str) -> dict[str, Any] | None:
-        return next((i for i in self.items if i["id"] == item_id), None)
-
+    # --- the conversation -----------------------------------------------------------------------------
     async def _on_conversation_item_create(self, event: dict, eid: str | None) -> None:
-        item = event["item"]
-        if not isinstance(item, dict) or item.get("type") not in ("message", "function_call", "function_call_output"):
-            await self.error("invalid_value", "Invalid value for 'item.type'. Supported values are: 'message', "
-                             "'function_call', 'function_call_output'.", "item.type", eid)
-            return
-        item = {"id": item.get("id") or self.ids.new("item"), "object": "realtime.item", "status": "completed",
-                **{k: v for k, v in item.items() if k != "id"}}
+        item = self._check_new_item(event["item"])
+        after = event.get("previous_item_id")
+        if after is not None and after != "root" and self.conversation.find(after) is None:
+            raise Rejected("invalid_value", f"Invalid 'previous_item_id': no item with id '{after}' in the "
+                           "conversation.", "previous_item_id")
+        audio = None
+        for part in item.get("content", []):
+            if part.get("type") == "input_audio" and "audio" in part:
+                audio = part.pop("audio")
+                part.setdefault("transcript", None)
+        previous = self.conversation.add(item, after=after)
+        if audio is not None:
+            self.conversation.audio[item["id"]] = bytearray(audio)
+            self.conversation.audio_format[item["id"]] = self._in_format
+            self.conversation.audio_ms[item["id"]] = len(audio) / BYTES_PER_MS[self._in_format]
+        await self.send("conversation.item.added", previous_item_id=previous, item=copy.deepcopy(item))
+        await self.send("conversation.item.done", previous_item_id=previous, item=copy.deepcopy(item))
         if item["type"] == "function_call_output":
-            known = {i.get("call_id") for i in self.items if i["type"] == "function_call"}
-            if item.get("call_id") not in known:
-                await self.error("invalid_tool_call_id", f"Tool call ID '{item.get('call_id')}' not found in "
-                                 "conversation.", "item.call_id", eid)
-                return
-            self.function_outputs.append({"call_id": item["call_id"], "output": item.get("output")})
-        elif item["type"] == "message":
-            role = item.get("role")
+            self.function_outputs.append({"call_id": item["call_id"], "output": item["output"]})
+            # The race of pipecat #3960: the server answers the output on its own.
+            if self.emu.auto_respond_after_tool_output and self.active is None \
+                    and not self.conversation.pending_calls():
+                await self.start_response({}, None)
+
+    def _check_new_item(self, raw: Any) -> dict[str, Any]:
+        """A client item, checked like the server does; returns the item as the conversation keeps it."""
+        item = validate._object(raw, "item")
+        if "type" not in item:
+            raise validate.missing("item.type")
+        kind = item["type"]
+        validate._enum(kind, ("message", "function_call", "function_call_output"), "item.type")
+        allowed = {"message": {"role", "content"}, "function_call": {"call_id", "name", "arguments"},
+                   "function_call_output": {"call_id", "output"}}[kind]
+        for key in item:
+            if key not in allowed | {"id", "type", "object", "status"}:
+                raise validate.unknown(f"item.{key}")
+        for key in sorted(allowed):
+            if key not in item:
+                raise validate.missing(f"item.{key}")
+        item_id = item.get("id") or self.ids.new("item")
+        if self.conversation.find(item_id) is not None:
+            raise Rejected("invalid_value", f"Invalid 'item.id': an item with id '{item_id}' already exists in the "
+                           "conversation.", "item.id")
+        out: dict[str, Any] = {"id": item_id, "type": kind, "status": "completed"}
+        if kind == "message":
+            role = item["role"]
+            validate._enum(role, ("user", "assistant", "system"), "item.role")
             kinds = {"user": ("input_text", "input_audio", "input_image"), "system": ("input_text",),
-                     "assistant": ("output_text", "output_audio")}.get(role)
-            if kinds is None:
-                await self.error("invalid_value", f"Invalid value: '{role}'. Supported values are: 'user', "
-                                 "'assistant', 'system'.", "item.role", eid)
-                return
-            for part in item.get("content", []):
-                if part.get("type") not in kinds:
-                    await self.error("invalid_value", f"Invalid value: '{part.get('type')}' for a {role} message.",
-                                     "item.content", eid)
-                    return
-        previous = event.get("previous_item_id")
-        if previous is not None and previous != "root" and self._find(previous) is None:
-            await self.error("item_create_invalid_previous_item_id", f"Previous item with id '{previous}' not "
-                             "found.", "previous_item_id", eid)
-            return
-        await self._add_item(item, self.items[-1]["id"] if self.items else None)
-        if item["type"] == "function_call_output" and self.emu.auto_respond_after_tool_output and self.active is None:
-            await self._start_response({}, eid=None)
+                     "assistant": ("output_text",)}[role]  # assistant audio cannot be created (reference §1.4)
+            content = []
+            for i, part in enumerate(validate._array(item["content"], "item.content")):
+                path = f"item.content[{i}]"
+                part = dict(validate._object(part, path))
+                if "type" not in part:
+                    raise validate.missing(f"{path}.type")
+                validate._enum(part["type"], kinds, f"{path}.type")
+                need = {"input_text": "text", "output_text": "text", "input_audio": "audio",
+                        "input_image": "image_url"}[part["type"]]
+                if need not in part:
+                    raise validate.missing(f"{path}.{need}")
+                if part["type"] == "input_audio":
+                    try:
+                        part["audio"] = base64.b64decode(validate._string(part["audio"], f"{path}.audio"),
+                                                         validate=True)
+                    except (binascii.Error, ValueError):
+                        raise Rejected("invalid_value", f"Invalid '{path}.audio'. Expected base64-encoded audio "
+                                       "data.", f"{path}.audio") from None
+                content.append(part)
+            out.update(role=role, content=content)
+        elif kind == "function_call":
+            out.update(call_id=validate._string(item["call_id"], "item.call_id"),
+                       name=validate._string(item["name"], "item.name"),
+                       arguments=validate._string(item["arguments"], "item.arguments"))
+        else:
+            call_id = validate._string(item["call_id"], "item.call_id")
+            if call_id not in self.conversation.call_ids:
+                raise Rejected("invalid_tool_call_id", f"Tool call ID '{call_id}' not found in conversation.",
+                               "item.call_id")
+            out.update(call_id=call_id, output=validate._string(item["output"], "item.output"))
+        return out
 
     async def _on_conversation_item_retrieve(self, event: dict, eid: str | None) -> None:
-        item = self._find(event["item_id"])
+        item = self.conversation.retrieved(event["item_id"])
         if item is None:
-            await self.error("item_retrieve_invalid_item_id", f"Item with item_id not found: {event['item_id']}",
-                             "item_id", eid)
-            return
-        item = copy.deepcopy(item)
-        audio = self.item_audio.get(item["id"])
-        if audio is not None:
-            for part in item.get("content", []):
-                if part["type"] in ("input_audio", "output_audio"):
-                    part["audio"] = base64.b64encode(bytes(audio)).decode()
-        await self.send({"type": "conversation.item.retrieved", "item": item})
+            raise Rejected("item_retrieve_invalid_item_id", f"Item with item_id not found: {event['item_id']}",
+                           "item_id")
+        await self.send("conversation.item.retrieved", item=item)
 
     async def _on_conversation_item_delete(self, event: dict, eid: str | None) -> None:
-        item = self._find(event["item_id"])
-        if item is None:
-            await self.error("item_delete_invalid_item_id", f"Item with item_id not found: {event['item_id']}",
-                             "item_id", eid)
-            return
-        self.items.remove(item)
-        self.item_audio.pop(item["id"], None)
-        await self.send({"type": "conversation.item.deleted", "item_id": item["id"]})
+        item_id = event["item_id"]
+        if self.conversation.find(item_id) is None:
+            raise Rejected("item_delete_invalid_item_id", f"Item with item_id not found: {item_id}", "item_id")
+        self.conversation.delete(item_id)
+        await self.send("conversation.item.deleted", item_id=item_id)
 
     async def _on_conversation_item_truncate(self, event: dict, eid: str | None) -> None:
-        item = self._find(event["item_id"])
+        item_id, index, end = event["item_id"], event["content_index"], event["audio_end_ms"]
+        item = self.conversation.find(item_id)
         if item is None:
-            await self.error("item_truncate_invalid_item_id", f"Item with item_id not found: {event['item_id']}",
-                             "item_id", eid)
-            return
-        is_audio = item["type"] == "message" and item.get("role") == "assistant" and any(
-            p["type"] == "output_audio" for p in item.get("content", []))
-        if not is_audio:
-            await self.error("invalid_value", "Only model output audio messages can be truncated", "item_id", eid)
-            return
-        end = event["audio_end_ms"]
-        emitted = self.audio_emitted_ms(item["id"])
-        known = int(max(0.0, emitted - self.emu.truncate_shortfall_ms))
-        if not isinstance(end, int) or isinstance(end, bool) or end < 0:
-            await self.error("invalid_type", "Invalid type for 'audio_end_ms': expected an integer.",
-                             "audio_end_ms", eid)
-            return
+            raise Rejected("item_truncate_invalid_item_id", f"Item with item_id not found: {item_id}", "item_id")
+        parts = item.get("content", []) if item["type"] == "message" and item.get("role") == "assistant" else []
+        if not any(p.get("type") == "output_audio" for p in parts):
+            raise Rejected("invalid_value", "Only model output audio messages can be truncated", "item_id")
+        validate._number(index, 0, None, "content_index", integer=True)
+        if index >= len(parts) or parts[index].get("type") != "output_audio":
+            raise Rejected("invalid_value", f"Invalid 'content_index': item {item_id} has no audio content at "
+                           f"index {index}.", "content_index")
+        validate._number(end, 0, None, "audio_end_ms", integer=True)
+        # The server's idea of the audio's length; the shortfall knob emulates the drift seen in the field.
+        known = int(max(0.0, self.conversation.audio_ms.get(item_id, 0.0) - self.emu.truncate_shortfall_ms))
         if end > known:
-            await self.error("invalid_value", f"Audio content of {known}ms is already shorter than {end}ms",
-                             None, eid)
-            return
-        for part in item["content"]:
-            if part["type"] == "output_audio":
-                part["transcript"] = ""  # the server drops the transcript of a truncated item
-        audio = self.item_audio.get(item["id"])
+            raise Rejected("invalid_value", f"Audio content of {known}ms is already shorter than {end}ms")
+        parts[index]["transcript"] = ""  # the server drops a truncated item's transcript
+        audio = self.conversation.audio.get(item_id)
         if audio is not None:
-            del audio[end * self._out_bpm:]
-        self.truncations.append({"item_id": item["id"], "content_index": event["content_index"],
-                                 "audio_end_ms": end, "emitted_ms": emitted})
-        await self.send({"type": "conversation.item.truncated", "item_id": item["id"],
-                         "content_index": event["content_index"], "audio_end_ms": end})
+            bpm = BYTES_PER_MS[self.conversation.audio_format[item_id]]
+            del audio[end * bpm:]
+        self.conversation.audio_ms[item_id] = float(end)
+        self.truncations.append({"item_id": item_id, "content_index": index, "audio_end_ms": end,
+                                 "emitted_ms": self.audio_emitted_ms(item_id)})
+        await self.send("conversation.item.truncated", item_id=item_id, content_index=index, audio_end_ms=end)
+
+    # --- responses ------------------------------------------------------------------------------------
+    async def _on_response_create(self, event: dict, eid: str | None) -> None:
+        params = validate.check_response_params(event.get("response"),
+                                                lambda item_id: self.conversation.find(item_id) is not None)
+        await self.start_response(params, eid)
 
     async def _on_response_cancel(self, event: dict, eid: str | None) -> None:
         target = event.get("response_id")
-        if self.active is None or (target is not None and target != self.active.id):
-            await self.error("response_cancel_not_active", "Cancellation failed: no active response found",
-                             None, eid)
-            return
-        await self._cancel(self.active, "client_cancelled")
+        if target is None or (self.active is not None and self.active.id == target):
+            response = self.active
+        else:
+            response = self._out_of_band.get(target)
+        if response is None or response.finished or response.cancel_reason is not None:
+            raise Rejected("response_cancel_not_active", "Cancellation failed: no active response found")
+        await self._cancel(response, "client_cancelled")
 
-    async def _cancel(self, response: ActiveResponse, reason: str) -> None:
-        """Stop a response and wait until its closing events are out, as the server does before it reads
-        on: a turn that ends right after the interruption must find no active response."""
-        if response.cancel_reason is None:
-            response.cancel_reason = reason
-            response.cancelled.set()
-        if response.task is not None:
-            await asyncio.wait({response.task})
-
-    async def _on_response_create(self, event: dict, eid: str | None) -> None:
-        params = event.get("response") or {}
-        if not isinstance(params, dict):
-            await self.error("invalid_type", "Invalid type for 'response': expected an object.", "response", eid)
-            return
-        for key in params:
-            if key not in RESPONSE_KEYS:
-                await self.error("unknown_parameter", f"Unknown parameter: 'response.{key}'.", f"response.{key}", eid)
-                return
-        await self._start_response(params, eid)
-
-    # --- responses ------------------------------------------------------------------------------------
-    async def _start_response(self, params: dict[str, Any], eid: str | None) -> None:
+    async def start_response(self, params: dict[str, Any], eid: str | None, reply: Reply | None = None) -> None:
         in_conversation = params.get("conversation", "auto") != "none"
         if in_conversation and self.active is not None:
-            await self.error("conversation_already_has_active_response", "Conversation already has an active "
-                             f"response in progress: {self.active.id}. Wait until the response is finished before "
-                             "creating a new one.", None, eid)
-            return
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-        last = self.items[-1] if self.items else None
-        reply = self.emu.script.reply_for(self.user_turns, last is not None and last["type"] == "function_call_output")
-        response = ActiveResponse(self.ids.new("resp"), in_conversation, params)
+            raise Rejected("conversation_already_has_active_response", "Conversation already has an active "
+                           f"response in progress: {self.active.id}. Wait until the response is finished before "
+                           "creating a new one.")
+        self._cancel_idle()
+        if reply is None:
+            last = self.conversation.items[-1] if self.conversation.items else None
+            after_tool = last is not None and last["type"] == "function_call_output"
+            reply = self.emu.script.reply_for(self.conversation.user_turns, after_tool)
+        response = Response(self, params, reply, in_conversation)
         if in_conversation:
             self.active = response
-        response.task = asyncio.create_task(self._respond(response, reply))
-        if not in_conversation:
-            self._out_of_band.add(response.task)
-            response.task.add_done_callback(self._out_of_band.discard)
-
-    def _latest_output(self) -> str:
-        return next((o["output"] for o in reversed(self.function_outputs)), "")
-
-    def _response_object(self, r: ActiveResponse, status: str, output: list, details: dict | None,
-                         usage: dict | None) -> dict[str, Any]:
-        p = r.params
-        return {
-            "object": "realtime.response", "id": r.id, "status": status, "status_details": details,
-            "output": output, "conversation_id": self.conversation_id if r.in_conversation else None,
-            "output_modalities": p.get("output_modalities", self.config["output_modalities"]),
-            "max_output_tokens": p.get("max_output_tokens", self.config["max_output_tokens"]),
-            "audio": {"output": {"format": self.config["audio"]["output"]["format"],
-                                 "voice": (p.get("audio") or {}).get("output", {}).get(
-                                     "voice", self.config["audio"]["output"]["voice"])}},
-            "usage": usage, "metadata": p.get("metadata"),
-        }
-
-    async def _respond(self, r: ActiveResponse, reply: Reply) -> None:
-        output: list[dict[str, Any]] = []
-        try:
-            if reply.server_error:
-                err = {"type": "server_error", "code": None, "param": None, "event_id": None, **reply.server_error}
-                await self.send({"type": "error", "error": err})
-            await self.send({"type": "response.created",
-                             "response": self._response_object(r, "in_progress", [], None, None)})
-            if reply.status == "failed":
-                error = reply.error or {"type": "server_error", "code": "server_error", "message": "failed"}
-                await self._done(r, "failed", output, {"type": "failed", "error": error})
-                return
-            modalities = r.params.get("output_modalities", self.config["output_modalities"])
-            text = reply.text.replace("{output}", self._latest_output())
-            status, details = "completed", None
-            cap = r.params.get("max_output_tokens", self.config["max_output_tokens"])
-            if cap != "inf" and len(text) // 4 > cap:
-                text = text[: cap * 4]
-                status, details = "incomplete", {"type": "incomplete", "reason": "max_output_tokens"}
-            parts: list[tuple[str, int | None, bytes | None]] = []
-            if reply.tool_calls and reply.preamble:
-                parts.append((reply.preamble, None, None))
-            if text or reply.pcm is not None or not reply.tool_calls:
-                parts += _split(text, reply.items, reply.audio_ms, reply.pcm)
-            for text_part, ms, pcm in parts:
-                if reply.text_only or modalities == ["text"]:
-                    await self._text_item(r, output, text_part)
-                else:
-                    await self._audio_item(r, output, text_part, ms, pcm)
-            for call in reply.tool_calls:
-                await self._function_call(r, output, call.name, call.arguments)
-            await self._done(r, status, output, details)
-        except _Cancelled:
-            await self._done(r, "cancelled", output, {"type": "cancelled", "reason": r.cancel_reason})
-        except (ConnectionClosed, asyncio.CancelledError):
-            pass
-        finally:
-            if self.active is r:
-                self.active = None
-
-    async def _done(self, r: ActiveResponse, status: str, output: list, details: dict | None) -> None:
-        if self.active is r:
-            self.active = None
-        text_tokens = sum(len(json.dumps(o)) for o in output) // 16
-        audio_tokens = int(r.audio_ms / 50)
-        usage = {"total_tokens": 20 + text_tokens + audio_tokens, "input_tokens": 20,
-                 "output_tokens": text_tokens + audio_tokens,
-                 "input_token_details": {"text_tokens": 20, "audio_tokens": 0, "image_tokens": 0, "cached_tokens": 0,
-                                         "cached_tokens_details": {"text_tokens": 0, "audio_tokens": 0,
-                                                                   "image_tokens": 0}},
-                 "output_token_details": {"text_tokens": text_tokens, "audio_tokens": audio_tokens}}
-        await self.send({"type": "response.done",
-                         "response": self._response_object(r, status, output, details, usage)})
-        await self.send({"type": "rate_limits.updated", "rate_limits": [
-            {"name": "requests", "limit": 5000, "remaining": 4999, "reset_seconds": 0.012},
-            {"name": "tokens", "limit": 40000, "remaining": 40000 - usage["total_tokens"], "reset_seconds": 0.3}]})
-        td = self.config["audio"]["input"]["turn_detection"]
-        if r.in_conversation and td and td.get("type") == "server_vad" and td.get("idle_timeout_ms"):
-            self._idle_timer = asyncio.create_task(self._idle(td["idle_timeout_ms"] + r.audio_ms))
-
-    async def _idle(self, wait_ms: float) -> None:
-        await asyncio.sleep(wait_ms / 1000)
-        item_id = self.ids.new("item")
-        start = int(self.input_ms)
-        await self._send_quietly({"type": "input_audio_buffer.timeout_triggered", "audio_start_ms": start,
-                                  "audio_end_ms": start, "item_id": item_id})
-        try:
-            await self._commit(item_id, None)
-            await self._start_response({}, None)
-        except ConnectionClosed:
-            pass
-
-    def _new_item(self, r: ActiveResponse, output: list, item: dict[str, Any]) -> tuple[int, str | None]:
-        index = len(output)
-        previous = self.items[-1]["id"] if self.items and r.in_conversation else None
-        output.append(item)
-        if r.in_conversation:
-            self.items.append(item)
-        return index, previous
-
-    async def _item_added(self, r: ActiveResponse, index: int, item: dict, previous: str | None) -> None:
-        await self.send({"type": "response.output_item.added", "response_id": r.id, "output_index": index,
-                         "item": copy.deepcopy(item)})
-        if r.in_conversation:
-            await self.send({"type": "conversation.item.added", "previous_item_id": previous,
-                             "item": copy.deepcopy(item)})
-
-    async def _item_done(self, r: ActiveResponse, index: int, item: dict, previous: str | None) -> None:
-        await self.send({"type": "response.output_item.done", "response_id": r.id, "output_index": index,
-                         "item": copy.deepcopy(item)})
-        if r.in_conversation:
-            await self.send({"type": "conversation.item.done", "previous_item_id": previous,
-                             "item": copy.deepcopy(item)})
-
-    async def _pause(self, r: ActiveResponse, seconds: float) -> None:
-        """Wait (paced output), but wake at once on cancellation; stalls hold the stream too."""
-        if r.cancelled.is_set():
-            raise _Cancelled
-        if seconds > 0:
-            try:
-                await asyncio.wait_for(r.cancelled.wait(), seconds)
-            except asyncio.TimeoutError:
-                pass
         else:
-            await asyncio.sleep(0)
-        await self._wait_stall()
-        if r.cancelled.is_set():
-            raise _Cancelled
+            self._out_of_band[response.id] = response
+        self.responses.append(response.record)
+        await response.begin()
+        response.task = self.spawn(response.run())
 
-    async def _audio_item(self, r: ActiveResponse, output: list, text: str, ms: int | None,
-                          pcm: bytes | None) -> None:
+    async def _cancel(self, response: Response, reason: str) -> None:
+        """Stop a response and wait until its closing events are out, as the server finishes them before
+        it reads on: a turn that ends right after the interruption finds no active response."""
+        response.cancel(reason)
+        if response.task is not None and response.task is not asyncio.current_task():
+            await asyncio.wait({response.task})
+
+    def response_finished(self, response: Response) -> None:
+        if self.active is response:
+            self.active = None
+        self._out_of_band.pop(response.id, None)
+
+    def response_done(self, response: Response) -> None:
+        """After `response.done`: arm the idle timeout (server_vad `idle_timeout_ms`). As documented, it runs
+        from `response.done` plus the answer's playback duration."""
+        td = self._turn_detection
+        if not response.in_conversation or not td or td["type"] != "server_vad" or not td.get("idle_timeout_ms"):
+            return
+        self._cancel_idle()
+        self._idle_since_ms = self.input_ms
+        delay = (response.audio_ms + td["idle_timeout_ms"]) / 1000 * IDLE_TIME_SCALE
+        self._idle = asyncio.get_running_loop().call_later(delay, lambda: self.spawn(self._idle_timeout()))
+
+    def _cancel_idle(self) -> None:
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
+
+    async def _idle_timeout(self) -> None:
+        self._idle = None
+        td = self._turn_detection
+        if self.closed or self.active is not None or not td or not td.get("idle_timeout_ms"):
+            return
         item_id = self.ids.new("item")
-        item = {"id": item_id, "type": "message", "object": "realtime.item", "status": "in_progress",
-                "role": "assistant", "content": []}
-        index, previous = self._new_item(r, output, item)
-        await self._item_added(r, index, item, previous)
-        await self.send({"type": "response.content_part.added", "response_id": r.id, "item_id": item_id,
-                         "output_index": index, "content_index": 0, "part": {"type": "audio", "transcript": ""}})
-        audio = self._render(text, ms, pcm)
-        self.audio_sent = True
-        self.item_audio[item_id] = bytearray()
-        bpm = self._out_bpm
-        speed = self.emu.speed
-        sent_text = 0
-        emitted = 0
-        started = time.monotonic()
-        status = "completed"
-        try:
-            if self.emu.first_audio_delay_ms:
-                await self._pause(r, self.emu.first_audio_delay_ms / 1000)
-            while emitted < len(audio):
-                # The transcript runs ahead of the audio (reference §1.5 step 10).
-                ahead = min(len(text), int(len(text) * (emitted / len(audio) + 0.25)) + 1)
-                if ahead > sent_text:
-                    await self.send({"type": "response.output_audio_transcript.delta", "response_id": r.id,
-                                     "item_id": item_id, "output_index": index, "content_index": 0,
-                                     "delta": text[sent_text:ahead]})
-                    sent_text = ahead
-                chunk_ms = self._rng.uniform(27.0, 133.0)  # uneven, never a multiple of 20 ms on purpose
-                size = max(2, int(chunk_ms * bpm) // 2 * 2)
-                chunk = audio[emitted:emitted + size]
-                await self.send({"type": "response.output_audio.delta", "response_id": r.id, "item_id": item_id,
-                                 "output_index": index, "content_index": 0,
-                                 "delta": base64.b64encode(chunk).decode()})
-                emitted += len(chunk)
-                self.emitted_bytes[item_id] = emitted
-                self.item_audio[item_id] += chunk
-                r.audio_ms += len(chunk) / bpm
-                if speed > 0:
-                    await self._pause(r, started + emitted / bpm / 1000 / speed - time.monotonic())
-                else:
-                    await self._pause(r, 0)
-        except _Cancelled:
-            status = "incomplete"
-        spoken = text if status == "completed" else text[:sent_text]
-        if status == "completed" and sent_text < len(text):
-            await self.send({"type": "response.output_audio_transcript.delta", "response_id": r.id,
-                             "item_id": item_id, "output_index": index, "content_index": 0,
-                             "delta": text[sent_text:]})
-        common = {"response_id": r.id, "item_id": item_id, "output_index": index, "content_index": 0}
-        await self.send({"type": "response.output_audio.done", **common})
-        await self.send({"type": "response.output_audio_transcript.done", **common, "transcript": spoken})
-        await self.send({"type": "response.content_part.done", **common,
-                         "part": {"type": "audio", "transcript": spoken}})
-        item["status"] = status
-        item["content"] = [{"type": "output_audio", "transcript": spoken}]
-        await self._item_done(r, index, item, previous)
-        if status != "completed":
-            raise _Cancelled
-
-    def _render(self, text: str, ms: int | None, pcm: bytes | None) -> bytes:
-        audio = pcm if pcm is not None else voice.speech(text, ms, self.emu.seed)
-        fmt = self._out_format
-        if fmt == "audio/pcm":
-            return audio
-        samples = np.frombuffer(audio, dtype="<i2")
-        down = samples[: len(samples) // 3 * 3].reshape(-1, 3).mean(axis=1).astype(np.int16)  # 24k → 8k, crude
-        return g711.encode(down, fmt)
-
-    async def _text_item(self, r: ActiveResponse, output: list, text: str) -> None:
-        item_id = self.ids.new("item")
-        item = {"id": item_id, "type": "message", "object": "realtime.item", "status": "in_progress",
-                "role": "assistant", "content": []}
-        index, previous = self._new_item(r, output, item)
-        await self._item_added(r, index, item, previous)
-        common = {"response_id": r.id, "item_id": item_id, "output_index": index, "content_index": 0}
-        await self.send({"type": "response.content_part.added", **common, "part": {"type": "text", "text": ""}})
-        for word in _words(text):
-            await self._pause(r, 0)
-            await self.send({"type": "response.output_text.delta", **common, "delta": word})
-        await self.send({"type": "response.output_text.done", **common, "text": text})
-        await self.send({"type": "response.content_part.done", **common, "part": {"type": "text", "text": text}})
-        item["status"] = "completed"
-        item["content"] = [{"type": "output_text", "text": text}]
-        await self._item_done(r, index, item, previous)
-
-    async def _function_call(self, r: ActiveResponse, output: list, name: str, arguments: dict | str) -> None:
-        args = arguments if isinstance(arguments, str) else json.dumps(arguments)
-        item_id, call_id = self.ids.new("item"), self.ids.new("call")
-        item = {"id": item_id, "type": "function_call", "object": "realtime.item", "status": "in_progress",
-                "call_id": call_id, "name": name, "arguments": ""}
-        index, previous = self._new_item(r, output, item)
-        await self._item_added(r, index, item, previous)
-        common = {"response_id": r.id, "item_id": item_id, "output_index": index, "call_id": call_id}
-        cut = 0
-        while cut < len(args):
-            step = self._rng.randint(1, 9)
-            await self._pause(r, 0)
-            await self.send({"type": "response.function_call_arguments.delta", **common,
-                             "delta": args[cut:cut + step]})
-            cut += step
-        await self.send({"type": "response.function_call_arguments.done", **common, "name": name,
-                         "arguments": args})
-        item["status"] = "completed"
-        item["arguments"] = args
-        await self._item_done(r, index, item, previous)
-
-
-def _words(text: str) -> list[str]:
-    words = text.split(" ")
-    return [w if i == 0 else " " + w for i, w in enumerate(words)] if text else []
-
-
-def _split(text: str, items: int, ms: int | None, pcm: bytes | None) -> list[tuple[str, int | None, bytes | None]]:
-    """A reply's text (and length) shared across `items` audio items."""
-    if items <= 1 or pcm is not None:
-        return [(text, ms, pcm)]
-    words = text.split(" ")
-    per = max(1, -(-len(words) // items))
-    chunks = [" ".join(words[i:i + per]) for i in range(0, len(words), per)][:items]
-    return [(chunk, None if ms is None else ms // len(chunks), None) for chunk in chunks]
+        end = int(self.input_ms)
+        start = int(max(self._idle_since_ms, end - td["idle_timeout_ms"]))
+        await self.send("input_audio_buffer.timeout_triggered", audio_start_ms=start, audio_end_ms=end,
+                        item_id=item_id)
+        if self._vad is not None:
+            self._vad.reset()
+        await self._commit(item_id, self._take_buffer(), count_turn=False)
+        if self.active is None:
+            await self.start_response({}, None, reply=self.emu.script.idle)

@@ -1,6 +1,8 @@
-"""The GA server's rules for `session.update`, with its error codes and messages (reference §1.2, §2, §4).
+"""The GA server's input rules, with its error codes and message wording (reference §1.2, §1.3, §2, §4).
 
-Any violation rejects the whole update: the caller gets `SessionError` and the session stays as it was.
+Three checks live here: the envelope of every client event (`check_event`), `session.update`
+(`apply_session_update`) and the `response` of `response.create` (`check_response_params`). Any violation
+raises `Rejected`, which the session turns into one `error` event; the rejected event changes nothing.
 """
 
 from __future__ import annotations
@@ -12,179 +14,411 @@ from typing import Any
 FORMATS = ("audio/pcm", "audio/pcmu", "audio/pcma")
 VOICES = ("alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar")
 TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]+$")
+MAX_METADATA_KEYS = 16
 
-SESSION_KEYS = {"type", "output_modalities", "instructions", "audio", "tools", "tool_choice", "max_output_tokens",
-                "tracing", "truncation", "prompt", "include", "model"}
-AUDIO_KEYS = {"input", "output"}
-INPUT_KEYS = {"format", "transcription", "noise_reduction", "turn_detection"}
-OUTPUT_KEYS = {"format", "voice", "speed"}
-FORMAT_KEYS = {"type", "rate"}
-TRANSCRIPTION_KEYS = {"model", "language", "prompt"}
-NOISE_KEYS = {"type"}
+# Client events: allowed keys besides `type` and `event_id`, and the required ones.
+CLIENT_EVENTS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
+    "session.update": (frozenset({"session"}), frozenset({"session"})),
+    "input_audio_buffer.append": (frozenset({"audio"}), frozenset({"audio"})),
+    "input_audio_buffer.commit": (frozenset(), frozenset()),
+    "input_audio_buffer.clear": (frozenset(), frozenset()),
+    "output_audio_buffer.clear": (frozenset(), frozenset()),
+    "conversation.item.create": (frozenset({"item", "previous_item_id"}), frozenset({"item"})),
+    "conversation.item.retrieve": (frozenset({"item_id"}), frozenset({"item_id"})),
+    "conversation.item.truncate": (frozenset({"item_id", "content_index", "audio_end_ms"}),
+                                   frozenset({"item_id", "content_index", "audio_end_ms"})),
+    "conversation.item.delete": (frozenset({"item_id"}), frozenset({"item_id"})),
+    "response.create": (frozenset({"response"}), frozenset()),
+    "response.cancel": (frozenset({"response_id"}), frozenset()),
+}
+
+SESSION_KEYS = {"type", "model", "output_modalities", "instructions", "audio", "tools", "tool_choice",
+                "max_output_tokens", "tracing", "truncation", "prompt", "include", "reasoning",
+                "parallel_tool_calls"}
+RESPONSE_KEYS = {"output_modalities", "instructions", "audio", "tools", "tool_choice", "max_output_tokens",
+                 "conversation", "metadata", "input", "prompt", "reasoning", "parallel_tool_calls"}
 SERVER_VAD_KEYS = {"type", "threshold", "prefix_padding_ms", "silence_duration_ms", "create_response",
                    "interrupt_response", "idle_timeout_ms"}
 SEMANTIC_VAD_KEYS = {"type", "eagerness", "create_response", "interrupt_response"}
-FUNCTION_TOOL_KEYS = {"type", "name", "description", "parameters"}
+TRANSCRIPTION_KEYS = {"model", "language", "prompt", "languages", "keywords", "delay"}
 
 
-class SessionError(Exception):
-    def __init__(self, code: str, message: str, param: str | None):
+class Rejected(Exception):
+    """A client event the server refuses: becomes `error{type, code, message, param}`."""
+
+    def __init__(self, code: str, message: str, param: str | None = None,
+                 kind: str = "invalid_request_error"):
         super().__init__(message)
-        self.code, self.message, self.param = code, message, param
+        self.code, self.message, self.param, self.kind = code, message, param, kind
 
 
-def _unknown(obj: dict, allowed: set[str], path: str) -> None:
-    for key in obj:
-        if key not in allowed:
-            raise SessionError("unknown_parameter", f"Unknown parameter: '{path}.{key}'.", f"{path}.{key}")
+# --- wording helpers (the API's own phrasing) ---------------------------------------------------------------
+
+
+def _a(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a decimal"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return "null"
+
+
+def _listing(values: tuple) -> str:
+    quoted = [f"'{v}'" for v in values]
+    return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + ", and " + quoted[-1]
+
+
+def missing(path: str) -> Rejected:
+    return Rejected("missing_required_parameter", f"Missing required parameter: '{path}'.", path)
+
+
+def unknown(path: str) -> Rejected:
+    return Rejected("unknown_parameter", f"Unknown parameter: '{path}'.", path)
+
+
+def wrong_type(path: str, expected: str, value: Any) -> Rejected:
+    return Rejected("invalid_type", f"Invalid type for '{path}': expected {expected}, but got {_a(value)} "
+                    "instead.", path)
+
+
+def bad_value(path: str, value: Any, allowed: tuple) -> Rejected:
+    return Rejected("invalid_value", f"Invalid value: '{value}'. Supported values are: {_listing(allowed)}.", path)
+
+
+# --- primitive checks ------------------------------------------------------------------------------------------
 
 
 def _object(value: Any, path: str) -> dict:
     if not isinstance(value, dict):
-        raise SessionError("invalid_type", f"Invalid type for '{path}': expected an object, but got "
-                           f"{type(value).__name__} instead.", path)
+        raise wrong_type(path, "an object", value)
     return value
 
 
-def _value(value: Any, allowed: tuple, path: str) -> None:
+def _array(value: Any, path: str) -> list:
+    if not isinstance(value, list):
+        raise wrong_type(path, "an array", value)
+    return value
+
+
+def _string(value: Any, path: str) -> str:
+    if not isinstance(value, str):
+        raise wrong_type(path, "a string", value)
+    return value
+
+
+def _boolean(value: Any, path: str) -> None:
+    if not isinstance(value, bool):
+        raise wrong_type(path, "a boolean", value)
+
+
+def _keys(obj: dict, allowed: set[str], path: str) -> None:
+    for key in obj:
+        if key not in allowed:
+            raise unknown(f"{path}.{key}")
+
+
+def _require(obj: dict, keys: tuple[str, ...], path: str) -> None:
+    for key in keys:
+        if key not in obj:
+            raise missing(f"{path}.{key}")
+
+
+def _enum(value: Any, allowed: tuple, path: str) -> None:
     if value not in allowed:
-        listed = ", ".join(f"'{a}'" for a in allowed)
-        raise SessionError("invalid_value", f"Invalid value: '{value}'. Supported values are: {listed}.", path)
+        raise bad_value(path, value, allowed)
 
 
-def _number(value: Any, low: float, high: float, path: str, integer: bool = False) -> None:
-    kinds = (int,) if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds):
-        expected = "an integer" if integer else "a decimal"
-        raise SessionError("invalid_type", f"Invalid type for '{path}': expected {expected}, but got "
-                           f"{type(value).__name__} instead.", path)
-    if not low <= value <= high:
-        raise SessionError("decimal_above_max_value" if value > high else "decimal_below_min_value",
-                           f"Invalid '{path}': {value} is out of range; expected a value between {low:g} and "
-                           f"{high:g}.", path)
+def _number(value: Any, low: float, high: float | None, path: str, integer: bool = False) -> None:
+    kind = "integer" if integer else "decimal"
+    if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
+        raise wrong_type(path, f"an {kind}" if integer else f"a {kind}", value)
+    if value < low:
+        raise Rejected(f"{kind}_below_min_value", f"Invalid '{path}': {kind} below minimum value. Expected a "
+                       f"value >= {low:g}, but got {value} instead.", path)
+    if high is not None and value > high:
+        raise Rejected(f"{kind}_above_max_value", f"Invalid '{path}': {kind} above maximum value. Expected a "
+                       f"value <= {high:g}, but got {value} instead.", path)
+
+
+# --- envelope --------------------------------------------------------------------------------------------------
+
+
+def check_event(event: dict[str, Any]) -> None:
+    """The keys of a client event (its `type` is present). Unknown event types are an `invalid_value`."""
+    kind = event["type"]
+    if not isinstance(kind, str) or kind not in CLIENT_EVENTS:
+        raise bad_value("type", kind, tuple(CLIENT_EVENTS))
+    if "event_id" in event and not isinstance(event["event_id"], str):
+        raise wrong_type("event_id", "a string", event["event_id"])
+    allowed, required = CLIENT_EVENTS[kind]
+    for key in event:
+        if key not in allowed and key not in ("type", "event_id"):
+            raise unknown(key)
+    for key in sorted(required):
+        if key not in event:
+            raise missing(key)
+
+
+# --- shared pieces of session and response -----------------------------------------------------------------
 
 
 def _format(value: Any, path: str) -> None:
     fmt = _object(value, path)
-    _unknown(fmt, FORMAT_KEYS, path)
-    if "type" not in fmt:
-        raise SessionError("missing_required_parameter", f"Missing required parameter: '{path}.type'.", f"{path}.type")
-    _value(fmt["type"], FORMATS, f"{path}.type")
+    _keys(fmt, {"type", "rate"}, path)
+    _require(fmt, ("type",), path)
+    _enum(fmt["type"], FORMATS, f"{path}.type")
     if "rate" in fmt:
         if fmt["type"] != "audio/pcm":
-            raise SessionError("unknown_parameter", f"Unknown parameter: '{path}.rate'.", f"{path}.rate")
-        _value(fmt["rate"], (24000,), f"{path}.rate")
+            raise unknown(f"{path}.rate")
+        _enum(fmt["rate"], (24000,), f"{path}.rate")
+
+
+def _voice(value: Any, path: str) -> None:
+    if isinstance(value, dict):
+        _keys(value, {"id"}, path)
+        _require(value, ("id",), path)
+        _string(value["id"], f"{path}.id")
+    elif isinstance(value, str):
+        _enum(value, VOICES, path)
+    else:
+        raise wrong_type(path, "a string", value)
+
+
+def _tools(value: Any, path: str) -> None:
+    for i, tool in enumerate(_array(value, path)):
+        here = f"{path}[{i}]"
+        tool = _object(tool, here)
+        # Required keys before unknown ones: a nested Chat Completions tool fails on its name (reference §2).
+        _require(tool, ("type",), here)
+        _enum(tool["type"], ("function",), f"{here}.type")  # MCP tools are not emulated
+        _require(tool, ("name",), here)
+        _keys(tool, {"type", "name", "description", "parameters"}, here)
+        if not isinstance(tool["name"], str) or not TOOL_NAME.match(tool["name"]):
+            raise Rejected("invalid_value", f"Invalid '{here}.name': string does not match pattern. Expected a "
+                           "string that matches the pattern '^[a-zA-Z0-9_-]+$'.", f"{here}.name")
+        if "description" in tool:
+            _string(tool["description"], f"{here}.description")
+        if "parameters" in tool:
+            _object(tool["parameters"], f"{here}.parameters")
+
+
+def _tool_choice(value: Any, path: str) -> None:
+    if isinstance(value, str):
+        _enum(value, ("auto", "none", "required"), path)
+        return
+    choice = _object(value, path)
+    _require(choice, ("type",), path)
+    _enum(choice["type"], ("function",), f"{path}.type")
+    _require(choice, ("name",), path)  # `{type, function: {name}}` (Chat Completions) fails here
+    _keys(choice, {"type", "name"}, path)
+    _string(choice["name"], f"{path}.name")
+
+
+def _modalities(value: Any, path: str) -> None:
+    if value not in (["audio"], ["text"]):
+        raise Rejected("invalid_value", f"Invalid value for '{path}': expected ['audio'] or ['text'] (one "
+                       "modality), but got " + repr(value) + ".", path)
+
+
+def _max_tokens(value: Any, path: str) -> None:
+    if value != "inf":
+        _number(value, 1, 4096, path, integer=True)
+
+
+def _prompt(value: Any, path: str) -> None:
+    if value is None:
+        return
+    prompt = _object(value, path)
+    _keys(prompt, {"id", "variables", "version"}, path)
+    _require(prompt, ("id",), path)
+
+
+def _reasoning(value: Any, path: str) -> None:
+    if value is not None:
+        _keys(_object(value, path), {"effort"}, path)
+
+
+# --- session.update --------------------------------------------------------------------------------------------
 
 
 def _turn_detection(value: Any, path: str) -> None:
     if value is None:
         return
     td = _object(value, path)
-    if "type" not in td:
-        raise SessionError("missing_required_parameter", f"Missing required parameter: '{path}.type'.", f"{path}.type")
-    _value(td["type"], ("server_vad", "semantic_vad"), f"{path}.type")
-    _unknown(td, SERVER_VAD_KEYS if td["type"] == "server_vad" else SEMANTIC_VAD_KEYS, path)
+    _require(td, ("type",), path)
+    _enum(td["type"], ("server_vad", "semantic_vad"), f"{path}.type")
+    _keys(td, SERVER_VAD_KEYS if td["type"] == "server_vad" else SEMANTIC_VAD_KEYS, path)
     if "threshold" in td:
         _number(td["threshold"], 0, 1, f"{path}.threshold")
     for key in ("prefix_padding_ms", "silence_duration_ms"):
         if key in td:
-            _number(td[key], 0, 10_000, f"{path}.{key}", integer=True)
+            _number(td[key], 0, None, f"{path}.{key}", integer=True)
     if td.get("idle_timeout_ms") is not None:
         _number(td["idle_timeout_ms"], 5000, 30_000, f"{path}.idle_timeout_ms", integer=True)
     if "eagerness" in td:
-        _value(td["eagerness"], ("low", "medium", "high", "auto"), f"{path}.eagerness")
+        _enum(td["eagerness"], ("low", "medium", "high", "auto"), f"{path}.eagerness")
+    for key in ("create_response", "interrupt_response"):
+        if key in td:
+            _boolean(td[key], f"{path}.{key}")
 
 
-def _tools(value: Any, path: str) -> None:
-    if not isinstance(value, list):
-        raise SessionError("invalid_type", f"Invalid type for '{path}': expected an array, but got "
-                           f"{type(value).__name__} instead.", path)
-    for i, tool in enumerate(value):
-        here = f"{path}[{i}]"
-        tool = _object(tool, here)
-        # Required keys first: a nested Chat Completions tool fails on its missing name (reference §2).
-        for key in ("type", "name"):
-            if key not in tool:
-                raise SessionError("missing_required_parameter", f"Missing required parameter: '{here}.{key}'.",
-                                   f"{here}.{key}")
-        _value(tool["type"], ("function",), f"{here}.type")
-        _unknown(tool, FUNCTION_TOOL_KEYS, here)
-        if not isinstance(tool["name"], str) or not TOOL_NAME.match(tool["name"]):
-            raise SessionError("invalid_value", f"Invalid '{here}.name': string does not match pattern. Expected "
-                               "a string that matches the pattern '^[a-zA-Z0-9_-]+$'.", f"{here}.name")
+def _audio(value: Any, current: dict, audio_present: bool) -> None:
+    audio = _object(value, "session.audio")
+    _keys(audio, {"input", "output"}, "session.audio")
+    if "input" in audio:
+        inp = _object(audio["input"], "session.audio.input")
+        path = "session.audio.input"
+        _keys(inp, {"format", "transcription", "noise_reduction", "turn_detection"}, path)
+        if "format" in inp:
+            _format(inp["format"], f"{path}.format")
+        if "turn_detection" in inp:
+            _turn_detection(inp["turn_detection"], f"{path}.turn_detection")
+        if inp.get("transcription") is not None:
+            tr = _object(inp["transcription"], f"{path}.transcription")
+            _keys(tr, TRANSCRIPTION_KEYS, f"{path}.transcription")
+        if inp.get("noise_reduction") is not None:
+            nr = _object(inp["noise_reduction"], f"{path}.noise_reduction")
+            _keys(nr, {"type", "strength"}, f"{path}.noise_reduction")
+            if "type" in nr:
+                _enum(nr["type"], ("near_field", "far_field"), f"{path}.noise_reduction.type")
+    if "output" in audio:
+        out = _object(audio["output"], "session.audio.output")
+        path = "session.audio.output"
+        _keys(out, {"format", "voice", "speed"}, path)
+        if "format" in out:
+            _format(out["format"], f"{path}.format")
+        if "speed" in out:
+            _number(out["speed"], 0.25, 1.5, f"{path}.speed")
+        if "voice" in out:
+            _voice(out["voice"], f"{path}.voice")
+            if audio_present and out["voice"] != current["audio"]["output"]["voice"]:
+                raise Rejected("cannot_update_voice", "Cannot update a conversation's voice if assistant audio "
+                               "is present.", f"{path}.voice")
 
 
-def _tool_choice(value: Any, path: str) -> None:
-    if isinstance(value, str):
-        _value(value, ("auto", "none", "required"), path)
-        return
-    choice = _object(value, path)
-    if "name" not in choice:
-        raise SessionError("missing_required_parameter", f"Missing required parameter: '{path}.name'.", f"{path}.name")
-    _unknown(choice, {"type", "name"}, path)
-
-
-def validate_update(update: Any, current: dict[str, Any], audio_sent: bool) -> dict[str, Any]:
-    """The effective session after `update`, or SessionError. `current` is not modified."""
+def apply_session_update(update: Any, current: dict[str, Any], audio_present: bool) -> dict[str, Any]:
+    """The effective session after `update` (a new dict; `current` is untouched), or `Rejected`."""
     session = _object(update, "session")
     if "type" not in session:
-        raise SessionError("missing_required_parameter", "Missing required parameter: 'session.type'.", "session.type")
-    _value(session["type"], ("realtime",), "session.type")
-    _unknown(session, SESSION_KEYS, "session")
-    if "output_modalities" in session and session["output_modalities"] not in (["audio"], ["text"]):
-        raise SessionError("invalid_value", f"Invalid value: {session['output_modalities']}. Supported values "
-                           "are: ['audio'], ['text'].", "session.output_modalities")
-    if "instructions" in session and not isinstance(session["instructions"], str):
-        raise SessionError("invalid_type", "Invalid type for 'session.instructions': expected a string.",
-                           "session.instructions")
-    if "max_output_tokens" in session and session["max_output_tokens"] != "inf":
-        _number(session["max_output_tokens"], 1, 4096, "session.max_output_tokens", integer=True)
+        raise missing("session.type")
+    _enum(session["type"], ("realtime",), "session.type")  # transcription sessions are not emulated
+    _keys(session, SESSION_KEYS, "session")
+    if "model" in session and session["model"] != current["model"]:
+        raise Rejected("invalid_value", "Cannot update a session's model after it has been created.",
+                       "session.model")
+    if "output_modalities" in session:
+        _modalities(session["output_modalities"], "session.output_modalities")
+    if "instructions" in session:
+        _string(session["instructions"], "session.instructions")
+    if "max_output_tokens" in session:
+        _max_tokens(session["max_output_tokens"], "session.max_output_tokens")
     if "tools" in session:
         _tools(session["tools"], "session.tools")
     if "tool_choice" in session:
         _tool_choice(session["tool_choice"], "session.tool_choice")
-    if "model" in session and session["model"] != current.get("model"):
-        raise SessionError("invalid_value", "Cannot update a session's model.", "session.model")
-    audio = _object(session.get("audio", {}), "session.audio")
-    _unknown(audio, AUDIO_KEYS, "session.audio")
-    inp = _object(audio.get("input", {}), "session.audio.input")
-    _unknown(inp, INPUT_KEYS, "session.audio.input")
-    if "format" in inp:
-        _format(inp["format"], "session.audio.input.format")
-    if "turn_detection" in inp:
-        _turn_detection(inp["turn_detection"], "session.audio.input.turn_detection")
-    if inp.get("transcription") is not None:
-        _unknown(_object(inp["transcription"], "session.audio.input.transcription"), TRANSCRIPTION_KEYS,
-                 "session.audio.input.transcription")
-    if inp.get("noise_reduction") is not None:
-        _unknown(_object(inp["noise_reduction"], "session.audio.input.noise_reduction"), NOISE_KEYS,
-                 "session.audio.input.noise_reduction")
-    out = _object(audio.get("output", {}), "session.audio.output")
-    _unknown(out, OUTPUT_KEYS, "session.audio.output")
-    if "format" in out:
-        _format(out["format"], "session.audio.output.format")
-    if "speed" in out:
-        _number(out["speed"], 0.25, 1.5, "session.audio.output.speed")
-    if "voice" in out:
-        voice = out["voice"]
-        if not (isinstance(voice, str) or (isinstance(voice, dict) and set(voice) == {"id"})):
-            raise SessionError("invalid_type", "Invalid type for 'session.audio.output.voice'.",
-                               "session.audio.output.voice")
-        if audio_sent and voice != current["audio"]["output"]["voice"]:
-            raise SessionError("cannot_update_voice",
-                               "Cannot update a conversation's voice if assistant audio is present.",
-                               "session.audio.output.voice")
+    if "tracing" in session:
+        tracing = session["tracing"]
+        if tracing not in (None, "auto"):
+            _keys(_object(tracing, "session.tracing"), {"group_id", "metadata", "workflow_name"}, "session.tracing")
+        if current.get("tracing") is not None and tracing != current["tracing"]:
+            raise Rejected("invalid_value", "Tracing configuration cannot be modified once it has been enabled.",
+                           "session.tracing")
+    if "truncation" in session and session["truncation"] not in ("auto", "disabled"):
+        trunc = _object(session["truncation"], "session.truncation")
+        _keys(trunc, {"type", "retention_ratio", "token_limits"}, "session.truncation")
+        _require(trunc, ("type", "retention_ratio"), "session.truncation")
+        _enum(trunc["type"], ("retention_ratio",), "session.truncation.type")
+        _number(trunc["retention_ratio"], 0, 1, "session.truncation.retention_ratio")
+    if "include" in session and session["include"] is not None:
+        for i, value in enumerate(_array(session["include"], "session.include")):
+            _enum(value, ("item.input_audio_transcription.logprobs",), f"session.include[{i}]")
+    if "prompt" in session:
+        _prompt(session["prompt"], "session.prompt")
+    if "reasoning" in session:
+        _reasoning(session["reasoning"], "session.reasoning")
+    if "parallel_tool_calls" in session:
+        _boolean(session["parallel_tool_calls"], "session.parallel_tool_calls")
+    if "audio" in session:
+        _audio(session["audio"], current, audio_present)
     merged = copy.deepcopy(current)
-    _merge(merged, session)
+    _merge(merged, {k: v for k, v in session.items() if k != "type"})
     return merged
 
 
 def _merge(target: dict, update: dict) -> None:
+    """Only the fields present change; a format or a turn detection of another type is replaced whole."""
     for key, value in update.items():
-        if isinstance(value, dict) and isinstance(target.get(key), dict) and key not in ("format", "turn_detection"):
-            _merge(target[key], value)
-        elif key == "turn_detection" and isinstance(value, dict) and isinstance(target.get(key), dict) \
-                and value.get("type") == target[key].get("type"):
-            target[key].update(value)
+        old = target.get(key)
+        if isinstance(value, dict) and isinstance(old, dict) and key not in ("format", "voice") and (
+                key != "turn_detection" or value.get("type") == old.get("type")):
+            _merge(old, value)
         else:
             target[key] = copy.deepcopy(value)
+
+
+# --- response.create -------------------------------------------------------------------------------------------
+
+
+def check_response_params(params: Any, item_exists) -> dict[str, Any]:
+    """`response.create.response`; returns it (an empty dict when absent). `item_exists(id)` resolves
+    `item_reference`s in `input`."""
+    if params is None:
+        return {}
+    params = _object(params, "response")
+    _keys(params, RESPONSE_KEYS, "response")
+    if "output_modalities" in params:
+        _modalities(params["output_modalities"], "response.output_modalities")
+    if "instructions" in params:
+        _string(params["instructions"], "response.instructions")
+    if "max_output_tokens" in params:
+        _max_tokens(params["max_output_tokens"], "response.max_output_tokens")
+    if "tools" in params:
+        _tools(params["tools"], "response.tools")
+    if "tool_choice" in params:
+        _tool_choice(params["tool_choice"], "response.tool_choice")
+    if "conversation" in params:
+        _enum(params["conversation"], ("auto", "none"), "response.conversation")
+    if params.get("metadata") is not None:
+        metadata = _object(params["metadata"], "response.metadata")
+        if len(metadata) > MAX_METADATA_KEYS:
+            raise Rejected("object_above_max_properties", "Invalid 'response.metadata': too many properties. "
+                           f"Expected an object with at most {MAX_METADATA_KEYS} properties, but got "
+                           f"{len(metadata)} properties instead.", "response.metadata")
+        for key, value in metadata.items():
+            if len(key) > 64:
+                raise Rejected("invalid_value", f"Invalid 'response.metadata': keys must be at most 64 "
+                               "characters long.", "response.metadata")
+            if not isinstance(value, str) or len(value) > 512:
+                raise Rejected("invalid_value", f"Invalid 'response.metadata.{key}': values must be strings of "
+                               "at most 512 characters.", f"response.metadata.{key}")
+    if "input" in params:
+        for i, item in enumerate(_array(params["input"], "response.input")):
+            item = _object(item, f"response.input[{i}]")
+            _require(item, ("type",), f"response.input[{i}]")
+            if item["type"] == "item_reference" and not item_exists(item.get("id")):
+                raise Rejected("invalid_value", f"Invalid 'response.input[{i}].id': item with id "
+                               f"'{item.get('id')}' not found in the conversation.", f"response.input[{i}].id")
+    if "audio" in params:
+        audio = _object(params["audio"], "response.audio")
+        _keys(audio, {"output"}, "response.audio")
+        out = _object(audio.get("output", {}), "response.audio.output")
+        _keys(out, {"format", "voice"}, "response.audio.output")
+        if "format" in out:
+            _format(out["format"], "response.audio.output.format")
+        if "voice" in out:
+            _voice(out["voice"], "response.audio.output.voice")
+    if "prompt" in params:
+        _prompt(params["prompt"], "response.prompt")
+    if "reasoning" in params:
+        _reasoning(params["reasoning"], "response.reasoning")
+    if "parallel_tool_calls" in params:
+        _boolean(params["parallel_tool_calls"], "response.parallel_tool_calls")
+    return params
