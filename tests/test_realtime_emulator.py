@@ -119,7 +119,8 @@ def pcm(ms: int, amplitude: float = 0.0) -> bytes:
 
 async def append(raw: Raw, audio: bytes, frame_bytes: int = 960) -> None:
     for i in range(0, len(audio), frame_bytes):
-        await raw.send({"type": "input_audio_buffer.append", "audio": base64.b64encode(audio[i:i + frame_bytes]).decode()})
+        chunk = base64.b64encode(audio[i:i + frame_bytes]).decode()
+        await raw.send({"type": "input_audio_buffer.append", "audio": chunk})
 
 
 def kinds(events: list[dict], skip: tuple[str, ...] = ()) -> list[str]:
@@ -200,7 +201,8 @@ async def test_each_connection_is_a_fresh_session(emulator):
     await first.respond()
     await first.ws.close()
     second = await open_raw(emu)
-    assert second.seen[0]["session"]["tools"] == [] and second.seen[0]["session"]["id"] != first.seen[0]["session"]["id"]
+    assert second.seen[0]["session"]["tools"] == []
+    assert second.seen[0]["session"]["id"] != first.seen[0]["session"]["id"]
     assert emu.sessions[1].items == [] and len(emu.sessions[0].items) == 1
     await second.ws.close()
 
@@ -485,7 +487,8 @@ async def test_audio_response_follows_the_ga_order_exactly(emulator):
         if "content_index" in e:
             assert e["content_index"] == 0
     # The transcript deltas add up to the transcript, and run ahead of the audio.
-    deltas = [e for e in events if e["type"] in ("response.output_audio_transcript.delta", "response.output_audio.delta")]
+    deltas = [e for e in events
+              if e["type"] in ("response.output_audio_transcript.delta", "response.output_audio.delta")]
     assert deltas[0]["type"] == "response.output_audio_transcript.delta"
     total_audio = sum(audio_bytes(events))
     text = transcript_of(events)
@@ -576,6 +579,18 @@ async def test_g711_output_is_encoded_by_the_emulator(emulator):
     assert np.abs(g711.decode(ulaw, "audio/pcmu").astype(np.int32)).max() > 1000  # not silence
 
 
+async def test_scripted_pcm_is_sent_as_given_or_converted(emulator):
+    given = pcm(500, 0.25)
+    emu = await emulator(Script(default=Reply(text="Recorded.", pcm=given)))
+    raw = await open_raw(emu)
+    events = await raw.respond()
+    sent = b"".join(base64.b64decode(e["delta"]) for e in events if e["type"] == "response.output_audio.delta")
+    assert sent == given and transcript_of(events) == "Recorded."
+    await raw.update(audio={"output": {"format": {"type": "audio/pcma"}}})
+    events = await raw.respond()
+    assert sum(audio_bytes(events)) == 500 * 8  # resampled to 8 kHz, A-law
+
+
 async def test_text_only_responses(emulator):
     emu = await emulator(Script(default=Reply(text="Only words, no sound.")))
     raw = await open_raw(emu)
@@ -614,7 +629,8 @@ async def test_multi_item_responses_failures_and_server_errors(emulator):
         elif n == 2:
             assert (response["status"], response["output"]) == ("failed", [])
             assert response["status_details"] == {"type": "failed", "error": {
-                "type": "insufficient_quota", "code": "insufficient_quota", "message": "You exceeded your current quota."}}
+                "type": "insufficient_quota", "code": "insufficient_quota",
+                "message": "You exceeded your current quota."}}
         else:
             error = events[0]["error"]
             assert events[0]["type"] == "error" and error["type"] == "server_error"
@@ -652,7 +668,8 @@ async def test_per_response_overrides(emulator):
 
 
 async def test_scripted_incomplete_reply(emulator):
-    raw = await open_raw(await emulator(Script(default=Reply(text="Cut off in the middle of it.", status="incomplete"))))
+    script = Script(default=Reply(text="Cut off in the middle of it.", status="incomplete"))
+    raw = await open_raw(await emulator(script))
     response = (await raw.respond())[-1]["response"]
     assert response["status"] == "incomplete" and response["status_details"]["reason"] == "max_output_tokens"
 
@@ -661,7 +678,8 @@ async def test_scripted_incomplete_reply(emulator):
 
 
 async def test_function_call_flow_and_output(emulator):
-    script = Script(default=Reply(preamble="One moment.", tool_calls=[ToolCall("hangup_call", {"farewell": "Bye now"})]),
+    call = ToolCall("hangup_call", {"farewell": "Bye now"})
+    script = Script(default=Reply(preamble="One moment.", tool_calls=[call]),
                     after_tool=Reply(text="Result: {output}"))
     emu = await emulator(script)
     raw = await open_raw(emu)
@@ -689,7 +707,8 @@ async def test_function_call_flow_and_output(emulator):
     await raw.send({"type": "conversation.item.create", "event_id": "evt_bad_call", "item": {
         "type": "function_call_output", "call_id": "call_nope", "output": "{}"}})
     error = (await raw.until("error"))[-1]["error"]
-    assert (error["code"], error["event_id"], error["param"]) == ("invalid_tool_call_id", "evt_bad_call", "item.call_id")
+    assert (error["code"], error["event_id"], error["param"]) == (
+        "invalid_tool_call_id", "evt_bad_call", "item.call_id")
     await raw.send({"type": "conversation.item.create", "item": {
         "type": "function_call_output", "call_id": done["call_id"], "output": '{"ok": true}'}})
     added = (await raw.until("conversation.item.done"))
@@ -870,9 +889,11 @@ async def test_items_are_placed_and_checked_and_count_as_turns(emulator):
     await raw.send({"type": "conversation.item.create", "item": {
         "type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Earlier answer."}]}})
     await raw.until("conversation.item.done")
+    audio = base64.b64encode(pcm(200)).decode()
     await raw.send({"type": "conversation.item.create", "item": {
-        "type": "message", "role": "user", "content": [{"type": "input_audio", "audio": base64.b64encode(pcm(200)).decode()}]}})
-    assert (await raw.until("conversation.item.done"))[-1]["item"]["content"] == [{"type": "input_audio", "transcript": None}]
+        "type": "message", "role": "user", "content": [{"type": "input_audio", "audio": audio}]}})
+    content = (await raw.until("conversation.item.done"))[-1]["item"]["content"]
+    assert content == [{"type": "input_audio", "transcript": None}]
     assert transcript_of(await raw.respond()) == "Two."
     for item, param in [
         ({"type": "message", "role": "assistant", "content": [{"type": "output_audio", "transcript": "x"}]},
@@ -953,7 +974,8 @@ async def test_expiry_follows_the_injected_clock(emulator):
     now[0] += 61  # a minute passes on the test's clock
     await raw.send({"type": "response.create"})
     error = (await raw.recv())["error"]
-    assert (error["code"], error["message"]) == ("session_expired", "Your session hit the maximum duration of 1 minutes.")
+    assert (error["code"], error["message"]) == ("session_expired",
+                                                 "Your session hit the maximum duration of 1 minutes.")
     with pytest.raises(websockets.ConnectionClosed):
         await raw.recv()
 
@@ -1125,7 +1147,8 @@ def test_cli_serves_and_stops_on_sigterm(tmp_path):
         url = line.split(" ", 2)[2]
 
         async def talk() -> str:
-            async with connect(url + "?model=gpt-realtime", additional_headers={"Authorization": f"Bearer {KEY}"}) as ws:
+            headers = {"Authorization": f"Bearer {KEY}"}
+            async with connect(url + "?model=gpt-realtime", additional_headers=headers) as ws:
                 raw = Raw(ws)
                 await raw.recv()
                 return transcript_of(await raw.respond())

@@ -6,9 +6,6 @@ import argparse
 import asyncio
 import signal
 
-from sim.realtime.script import Script
-from sim.realtime.server import Emulator
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1")
@@ -27,6 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 async def _serve(args: argparse.Namespace) -> None:
+    from sim.realtime.script import Script
+    from sim.realtime.server import Emulator
+
     emu = Emulator(script=Script.from_yaml(args.script) if args.script else None,
                    api_keys=set(args.api_key) if args.api_key else None, seed=args.seed, speed=args.speed,
                    first_audio_delay_ms=args.first_audio_delay_ms, max_session_s=args.max_session_s,

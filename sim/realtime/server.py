@@ -63,7 +63,6 @@ class Emulator:
         self.error_delay_ms = error_delay_ms
         self.auto_respond_after_tool_output = auto_respond_after_tool_output
         self.clock = clock or time.monotonic
-        self.wall_clock = time.time
         self.jitter_ms = jitter_ms
         self.rate_limits = {**DEFAULT_RATE_LIMITS, **(rate_limits or {})}
         self.record = record

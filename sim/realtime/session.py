@@ -12,6 +12,7 @@ import binascii
 import copy
 import logging
 import random
+import time
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -91,7 +92,7 @@ class EmulatedSession:
         self.conversation_id = self.ids.new("conv")
         self.started = emu.clock()
         self.config = default_session(self.id, query.get("model") or "gpt-realtime",
-                                      int(emu.wall_clock() + emu.max_session_s))
+                                      int(time.time() + emu.max_session_s))
         self.conversation = Conversation()
         self.received: list[dict[str, Any]] = []
         self.sent: list[dict[str, Any]] = []
@@ -276,7 +277,8 @@ class EmulatedSession:
         self.emu.wire.write(self.id, "in", frame if "\n" not in frame else _encode(event).decode(), True)
         if not isinstance(event, dict) or "type" not in event:
             eid = event.get("event_id") if isinstance(event, dict) else None
-            await self.error("invalid_event", "The 'type' field is missing.", None, eid if isinstance(eid, str) else None)
+            await self.error("invalid_event", "The 'type' field is missing.", None,
+                             eid if isinstance(eid, str) else None)
             return
         if self.emu.record:
             self.received.append(event)
