@@ -870,6 +870,23 @@ async def test_truncate_delete_retrieve(emulator):
     assert (await raw.recv())["error"]["code"] == "item_delete_invalid_item_id"
 
 
+async def test_a_truncation_during_the_stream_sticks(emulator):
+    """Client-side barge-in: truncate first, cancel after; the item stays cut at what was played."""
+    emu = await emulator(Script(default=Reply(text="A long answer.", audio_ms=4000)), speed=2.0)
+    raw = await open_raw(emu)
+    await raw.send({"type": "response.create"})
+    item_id = (await raw.until("response.output_audio.delta"))[-1]["item_id"]
+    await raw.send({"type": "conversation.item.truncate", "item_id": item_id, "content_index": 0, "audio_end_ms": 10})
+    await raw.until("conversation.item.truncated")
+    await raw.until("response.output_audio.delta")  # the stream goes on until cancelled
+    await raw.send({"type": "response.cancel"})
+    response = (await raw.until("response.done"))[-1]["response"]
+    assert response["status"] == "cancelled" and response["output"][0]["content"][0]["transcript"] == ""
+    s = emu.sessions[0]
+    assert s.conversation.audio_ms[item_id] == 10 and len(s.conversation.audio[item_id]) == 10 * 48
+    assert s.audio_emitted_ms(item_id) > 10
+
+
 async def test_items_are_placed_and_checked_and_count_as_turns(emulator):
     script = Script(turns={1: Reply(text="One."), 2: Reply(text="Two.")}, greeting=Reply(text="Hello."))
     emu = await emulator(script)

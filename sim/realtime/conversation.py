@@ -23,6 +23,7 @@ class Conversation:
         self.audio_format: dict[str, str] = {}  # item id → "audio/pcm" | "audio/pcmu" | "audio/pcma"
         self.audio_ms: dict[str, float] = {}  # item id → current length of that audio (after truncation)
         self.emitted_ms: dict[str, float] = {}  # assistant item id → ms of audio sent in deltas
+        self.truncated: set[str] = set()  # assistant items cut by conversation.item.truncate
         self.user_turns = 0
         self.call_ids: set[str] = set()  # function calls made or replayed, for function_call_output checks
 

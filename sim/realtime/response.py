@@ -284,6 +284,8 @@ class Response:
         await self._added(index, item, previous)
         where = {"response_id": self.id, "item_id": item_id, "output_index": index, "content_index": 0}
         await s.send("response.content_part.added", **where, part={"type": "audio", "transcript": ""})
+        content = {"type": "output_audio", "transcript": ""}
+        item["content"] = [content]  # from now on the item is an audio message: it can be truncated
         audio, text = part.pcm or b"", part.text
         pieces, said, sent_text = tokens(text), 0, ""
         stored = bytearray()
@@ -309,11 +311,11 @@ class Response:
                 await s.send("response.output_audio.delta", **where, delta=base64.b64encode(chunk).decode())
                 s.audio_present = True  # the voice is locked from the first audio on
                 emitted += len(chunk)
-                stored += chunk
                 ms = len(chunk) / self.bpm
                 self.audio_ms += ms
                 s.conversation.emitted_ms[item_id] = emitted / self.bpm
-                if self.in_conversation:
+                if self.in_conversation and item_id not in s.conversation.truncated:
+                    stored += chunk  # a truncated item stays as cut, even if its stream goes on
                     s.conversation.audio_ms[item_id] = emitted / self.bpm
                 await self._pace(ms)
         except Cancelled:
@@ -325,7 +327,8 @@ class Response:
         await s.send("response.output_audio_transcript.done", **where, transcript=sent_text)
         await s.send("response.content_part.done", **where, part={"type": "audio", "transcript": sent_text})
         item["status"] = "incomplete" if cancelled or part.keep < 1 else "completed"
-        item["content"] = [{"type": "output_audio", "transcript": sent_text}]
+        # A truncation while streaming dropped the transcript for good.
+        content["transcript"] = "" if item_id in s.conversation.truncated else sent_text
         await self._done(index, item, previous)
         if cancelled:
             raise Cancelled

@@ -593,6 +593,7 @@ class EmulatedSession:
             bpm = BYTES_PER_MS[self.conversation.audio_format[item_id]]
             del audio[end * bpm:]
         self.conversation.audio_ms[item_id] = float(end)
+        self.conversation.truncated.add(item_id)
         self.truncations.append({"item_id": item_id, "content_index": index, "audio_end_ms": end,
                                  "emitted_ms": self.audio_emitted_ms(item_id)})
         await self.send("conversation.item.truncated", item_id=item_id, content_index=index, audio_end_ms=end)
