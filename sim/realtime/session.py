@@ -501,11 +501,11 @@ class EmulatedSession:
 
     def _check_new_item(self, raw: Any) -> dict[str, Any]:
         """A client item, checked like the server does; returns the item as the conversation keeps it."""
-        item = validate._object(raw, "item")
+        item = validate.as_object(raw, "item")
         if "type" not in item:
             raise validate.missing("item.type")
         kind = item["type"]
-        validate._enum(kind, ("message", "function_call", "function_call_output"), "item.type")
+        validate.one_of(kind, ("message", "function_call", "function_call_output"), "item.type")
         allowed = {"message": {"role", "content"}, "function_call": {"call_id", "name", "arguments"},
                    "function_call_output": {"call_id", "output"}}[kind]
         for key in item:
@@ -521,23 +521,23 @@ class EmulatedSession:
         out: dict[str, Any] = {"id": item_id, "type": kind, "status": "completed"}
         if kind == "message":
             role = item["role"]
-            validate._enum(role, ("user", "assistant", "system"), "item.role")
+            validate.one_of(role, ("user", "assistant", "system"), "item.role")
             kinds = {"user": ("input_text", "input_audio", "input_image"), "system": ("input_text",),
                      "assistant": ("output_text",)}[role]  # assistant audio cannot be created (reference §1.4)
             content = []
-            for i, part in enumerate(validate._array(item["content"], "item.content")):
+            for i, part in enumerate(validate.as_array(item["content"], "item.content")):
                 path = f"item.content[{i}]"
-                part = dict(validate._object(part, path))
+                part = dict(validate.as_object(part, path))
                 if "type" not in part:
                     raise validate.missing(f"{path}.type")
-                validate._enum(part["type"], kinds, f"{path}.type")
+                validate.one_of(part["type"], kinds, f"{path}.type")
                 need = {"input_text": "text", "output_text": "text", "input_audio": "audio",
                         "input_image": "image_url"}[part["type"]]
                 if need not in part:
                     raise validate.missing(f"{path}.{need}")
                 if part["type"] == "input_audio":
                     try:
-                        part["audio"] = base64.b64decode(validate._string(part["audio"], f"{path}.audio"),
+                        part["audio"] = base64.b64decode(validate.as_string(part["audio"], f"{path}.audio"),
                                                          validate=True)
                     except (binascii.Error, ValueError):
                         raise Rejected("invalid_value", f"Invalid '{path}.audio'. Expected base64-encoded audio "
@@ -545,15 +545,15 @@ class EmulatedSession:
                 content.append(part)
             out.update(role=role, content=content)
         elif kind == "function_call":
-            out.update(call_id=validate._string(item["call_id"], "item.call_id"),
-                       name=validate._string(item["name"], "item.name"),
-                       arguments=validate._string(item["arguments"], "item.arguments"))
+            out.update(call_id=validate.as_string(item["call_id"], "item.call_id"),
+                       name=validate.as_string(item["name"], "item.name"),
+                       arguments=validate.as_string(item["arguments"], "item.arguments"))
         else:
-            call_id = validate._string(item["call_id"], "item.call_id")
+            call_id = validate.as_string(item["call_id"], "item.call_id")
             if call_id not in self.conversation.call_ids:
                 raise Rejected("invalid_tool_call_id", f"Tool call ID '{call_id}' not found in conversation.",
                                "item.call_id")
-            out.update(call_id=call_id, output=validate._string(item["output"], "item.output"))
+            out.update(call_id=call_id, output=validate.as_string(item["output"], "item.output"))
         return out
 
     async def _on_conversation_item_retrieve(self, event: dict, eid: str | None) -> None:
@@ -578,11 +578,11 @@ class EmulatedSession:
         parts = item.get("content", []) if item["type"] == "message" and item.get("role") == "assistant" else []
         if not any(p.get("type") == "output_audio" for p in parts):
             raise Rejected("invalid_value", "Only model output audio messages can be truncated", "item_id")
-        validate._number(index, 0, None, "content_index", integer=True)
+        validate.in_range(index, 0, None, "content_index", integer=True)
         if index >= len(parts) or parts[index].get("type") != "output_audio":
             raise Rejected("invalid_value", f"Invalid 'content_index': item {item_id} has no audio content at "
                            f"index {index}.", "content_index")
-        validate._number(end, 0, None, "audio_end_ms", integer=True)
+        validate.in_range(end, 0, None, "audio_end_ms", integer=True)
         # The server's idea of the audio's length; the shortfall knob emulates the drift seen in the field.
         known = int(max(0.0, self.conversation.audio_ms.get(item_id, 0.0) - self.emu.truncate_shortfall_ms))
         if end > known:

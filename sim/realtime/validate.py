@@ -96,19 +96,19 @@ def bad_value(path: str, value: Any, allowed: tuple) -> Rejected:
 # --- primitive checks ------------------------------------------------------------------------------------------
 
 
-def _object(value: Any, path: str) -> dict:
+def as_object(value: Any, path: str) -> dict:
     if not isinstance(value, dict):
         raise wrong_type(path, "an object", value)
     return value
 
 
-def _array(value: Any, path: str) -> list:
+def as_array(value: Any, path: str) -> list:
     if not isinstance(value, list):
         raise wrong_type(path, "an array", value)
     return value
 
 
-def _string(value: Any, path: str) -> str:
+def as_string(value: Any, path: str) -> str:
     if not isinstance(value, str):
         raise wrong_type(path, "a string", value)
     return value
@@ -131,12 +131,12 @@ def _require(obj: dict, keys: tuple[str, ...], path: str) -> None:
             raise missing(f"{path}.{key}")
 
 
-def _enum(value: Any, allowed: tuple, path: str) -> None:
+def one_of(value: Any, allowed: tuple, path: str) -> None:
     if value not in allowed:
         raise bad_value(path, value, allowed)
 
 
-def _number(value: Any, low: float, high: float | None, path: str, integer: bool = False) -> None:
+def in_range(value: Any, low: float, high: float | None, path: str, integer: bool = False) -> None:
     kind = "integer" if integer else "decimal"
     if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
         raise wrong_type(path, f"an {kind}" if integer else f"a {kind}", value)
@@ -171,55 +171,55 @@ def check_event(event: dict[str, Any]) -> None:
 
 
 def _format(value: Any, path: str) -> None:
-    fmt = _object(value, path)
+    fmt = as_object(value, path)
     _keys(fmt, {"type", "rate"}, path)
     _require(fmt, ("type",), path)
-    _enum(fmt["type"], FORMATS, f"{path}.type")
+    one_of(fmt["type"], FORMATS, f"{path}.type")
     if "rate" in fmt:
         if fmt["type"] != "audio/pcm":
             raise unknown(f"{path}.rate")
-        _enum(fmt["rate"], (24000,), f"{path}.rate")
+        one_of(fmt["rate"], (24000,), f"{path}.rate")
 
 
 def _voice(value: Any, path: str) -> None:
     if isinstance(value, dict):
         _keys(value, {"id"}, path)
         _require(value, ("id",), path)
-        _string(value["id"], f"{path}.id")
+        as_string(value["id"], f"{path}.id")
     elif isinstance(value, str):
-        _enum(value, VOICES, path)
+        one_of(value, VOICES, path)
     else:
         raise wrong_type(path, "a string", value)
 
 
 def _tools(value: Any, path: str) -> None:
-    for i, tool in enumerate(_array(value, path)):
+    for i, tool in enumerate(as_array(value, path)):
         here = f"{path}[{i}]"
-        tool = _object(tool, here)
+        tool = as_object(tool, here)
         # Required keys before unknown ones: a nested Chat Completions tool fails on its name (reference §2).
         _require(tool, ("type",), here)
-        _enum(tool["type"], ("function",), f"{here}.type")  # MCP tools are not emulated
+        one_of(tool["type"], ("function",), f"{here}.type")  # MCP tools are not emulated
         _require(tool, ("name",), here)
         _keys(tool, {"type", "name", "description", "parameters"}, here)
         if not isinstance(tool["name"], str) or not TOOL_NAME.match(tool["name"]):
             raise Rejected("invalid_value", f"Invalid '{here}.name': string does not match pattern. Expected a "
                            "string that matches the pattern '^[a-zA-Z0-9_-]+$'.", f"{here}.name")
         if "description" in tool:
-            _string(tool["description"], f"{here}.description")
+            as_string(tool["description"], f"{here}.description")
         if "parameters" in tool:
-            _object(tool["parameters"], f"{here}.parameters")
+            as_object(tool["parameters"], f"{here}.parameters")
 
 
 def _tool_choice(value: Any, path: str) -> None:
     if isinstance(value, str):
-        _enum(value, ("auto", "none", "required"), path)
+        one_of(value, ("auto", "none", "required"), path)
         return
-    choice = _object(value, path)
+    choice = as_object(value, path)
     _require(choice, ("type",), path)
-    _enum(choice["type"], ("function",), f"{path}.type")
+    one_of(choice["type"], ("function",), f"{path}.type")
     _require(choice, ("name",), path)  # `{type, function: {name}}` (Chat Completions) fails here
     _keys(choice, {"type", "name"}, path)
-    _string(choice["name"], f"{path}.name")
+    as_string(choice["name"], f"{path}.name")
 
 
 def _modalities(value: Any, path: str) -> None:
@@ -230,20 +230,20 @@ def _modalities(value: Any, path: str) -> None:
 
 def _max_tokens(value: Any, path: str) -> None:
     if value != "inf":
-        _number(value, 1, 4096, path, integer=True)
+        in_range(value, 1, 4096, path, integer=True)
 
 
 def _prompt(value: Any, path: str) -> None:
     if value is None:
         return
-    prompt = _object(value, path)
+    prompt = as_object(value, path)
     _keys(prompt, {"id", "variables", "version"}, path)
     _require(prompt, ("id",), path)
 
 
 def _reasoning(value: Any, path: str) -> None:
     if value is not None:
-        _keys(_object(value, path), {"effort"}, path)
+        _keys(as_object(value, path), {"effort"}, path)
 
 
 # --- session.update --------------------------------------------------------------------------------------------
@@ -252,29 +252,29 @@ def _reasoning(value: Any, path: str) -> None:
 def _turn_detection(value: Any, path: str) -> None:
     if value is None:
         return
-    td = _object(value, path)
+    td = as_object(value, path)
     _require(td, ("type",), path)
-    _enum(td["type"], ("server_vad", "semantic_vad"), f"{path}.type")
+    one_of(td["type"], ("server_vad", "semantic_vad"), f"{path}.type")
     _keys(td, SERVER_VAD_KEYS if td["type"] == "server_vad" else SEMANTIC_VAD_KEYS, path)
     if "threshold" in td:
-        _number(td["threshold"], 0, 1, f"{path}.threshold")
+        in_range(td["threshold"], 0, 1, f"{path}.threshold")
     for key in ("prefix_padding_ms", "silence_duration_ms"):
         if key in td:
-            _number(td[key], 0, None, f"{path}.{key}", integer=True)
+            in_range(td[key], 0, None, f"{path}.{key}", integer=True)
     if td.get("idle_timeout_ms") is not None:
-        _number(td["idle_timeout_ms"], 5000, 30_000, f"{path}.idle_timeout_ms", integer=True)
+        in_range(td["idle_timeout_ms"], 5000, 30_000, f"{path}.idle_timeout_ms", integer=True)
     if "eagerness" in td:
-        _enum(td["eagerness"], ("low", "medium", "high", "auto"), f"{path}.eagerness")
+        one_of(td["eagerness"], ("low", "medium", "high", "auto"), f"{path}.eagerness")
     for key in ("create_response", "interrupt_response"):
         if key in td:
             _boolean(td[key], f"{path}.{key}")
 
 
 def _audio(value: Any, current: dict, audio_present: bool) -> None:
-    audio = _object(value, "session.audio")
+    audio = as_object(value, "session.audio")
     _keys(audio, {"input", "output"}, "session.audio")
     if "input" in audio:
-        inp = _object(audio["input"], "session.audio.input")
+        inp = as_object(audio["input"], "session.audio.input")
         path = "session.audio.input"
         _keys(inp, {"format", "transcription", "noise_reduction", "turn_detection"}, path)
         if "format" in inp:
@@ -282,21 +282,21 @@ def _audio(value: Any, current: dict, audio_present: bool) -> None:
         if "turn_detection" in inp:
             _turn_detection(inp["turn_detection"], f"{path}.turn_detection")
         if inp.get("transcription") is not None:
-            tr = _object(inp["transcription"], f"{path}.transcription")
+            tr = as_object(inp["transcription"], f"{path}.transcription")
             _keys(tr, TRANSCRIPTION_KEYS, f"{path}.transcription")
         if inp.get("noise_reduction") is not None:
-            nr = _object(inp["noise_reduction"], f"{path}.noise_reduction")
+            nr = as_object(inp["noise_reduction"], f"{path}.noise_reduction")
             _keys(nr, {"type", "strength"}, f"{path}.noise_reduction")
             if "type" in nr:
-                _enum(nr["type"], ("near_field", "far_field"), f"{path}.noise_reduction.type")
+                one_of(nr["type"], ("near_field", "far_field"), f"{path}.noise_reduction.type")
     if "output" in audio:
-        out = _object(audio["output"], "session.audio.output")
+        out = as_object(audio["output"], "session.audio.output")
         path = "session.audio.output"
         _keys(out, {"format", "voice", "speed"}, path)
         if "format" in out:
             _format(out["format"], f"{path}.format")
         if "speed" in out:
-            _number(out["speed"], 0.25, 1.5, f"{path}.speed")
+            in_range(out["speed"], 0.25, 1.5, f"{path}.speed")
         if "voice" in out:
             _voice(out["voice"], f"{path}.voice")
             if audio_present and out["voice"] != current["audio"]["output"]["voice"]:
@@ -306,10 +306,10 @@ def _audio(value: Any, current: dict, audio_present: bool) -> None:
 
 def apply_session_update(update: Any, current: dict[str, Any], audio_present: bool) -> dict[str, Any]:
     """The effective session after `update` (a new dict; `current` is untouched), or `Rejected`."""
-    session = _object(update, "session")
+    session = as_object(update, "session")
     if "type" not in session:
         raise missing("session.type")
-    _enum(session["type"], ("realtime",), "session.type")  # transcription sessions are not emulated
+    one_of(session["type"], ("realtime",), "session.type")  # transcription sessions are not emulated
     _keys(session, SESSION_KEYS, "session")
     if "model" in session and session["model"] != current["model"]:
         raise Rejected("invalid_value", "Cannot update a session's model after it has been created.",
@@ -317,7 +317,7 @@ def apply_session_update(update: Any, current: dict[str, Any], audio_present: bo
     if "output_modalities" in session:
         _modalities(session["output_modalities"], "session.output_modalities")
     if "instructions" in session:
-        _string(session["instructions"], "session.instructions")
+        as_string(session["instructions"], "session.instructions")
     if "max_output_tokens" in session:
         _max_tokens(session["max_output_tokens"], "session.max_output_tokens")
     if "tools" in session:
@@ -327,19 +327,19 @@ def apply_session_update(update: Any, current: dict[str, Any], audio_present: bo
     if "tracing" in session:
         tracing = session["tracing"]
         if tracing not in (None, "auto"):
-            _keys(_object(tracing, "session.tracing"), {"group_id", "metadata", "workflow_name"}, "session.tracing")
+            _keys(as_object(tracing, "session.tracing"), {"group_id", "metadata", "workflow_name"}, "session.tracing")
         if current.get("tracing") is not None and tracing != current["tracing"]:
             raise Rejected("invalid_value", "Tracing configuration cannot be modified once it has been enabled.",
                            "session.tracing")
     if "truncation" in session and session["truncation"] not in ("auto", "disabled"):
-        trunc = _object(session["truncation"], "session.truncation")
+        trunc = as_object(session["truncation"], "session.truncation")
         _keys(trunc, {"type", "retention_ratio", "token_limits"}, "session.truncation")
         _require(trunc, ("type", "retention_ratio"), "session.truncation")
-        _enum(trunc["type"], ("retention_ratio",), "session.truncation.type")
-        _number(trunc["retention_ratio"], 0, 1, "session.truncation.retention_ratio")
+        one_of(trunc["type"], ("retention_ratio",), "session.truncation.type")
+        in_range(trunc["retention_ratio"], 0, 1, "session.truncation.retention_ratio")
     if "include" in session and session["include"] is not None:
-        for i, value in enumerate(_array(session["include"], "session.include")):
-            _enum(value, ("item.input_audio_transcription.logprobs",), f"session.include[{i}]")
+        for i, value in enumerate(as_array(session["include"], "session.include")):
+            one_of(value, ("item.input_audio_transcription.logprobs",), f"session.include[{i}]")
     if "prompt" in session:
         _prompt(session["prompt"], "session.prompt")
     if "reasoning" in session:
@@ -372,12 +372,12 @@ def check_response_params(params: Any, item_exists) -> dict[str, Any]:
     `item_reference`s in `input`."""
     if params is None:
         return {}
-    params = _object(params, "response")
+    params = as_object(params, "response")
     _keys(params, RESPONSE_KEYS, "response")
     if "output_modalities" in params:
         _modalities(params["output_modalities"], "response.output_modalities")
     if "instructions" in params:
-        _string(params["instructions"], "response.instructions")
+        as_string(params["instructions"], "response.instructions")
     if "max_output_tokens" in params:
         _max_tokens(params["max_output_tokens"], "response.max_output_tokens")
     if "tools" in params:
@@ -385,9 +385,9 @@ def check_response_params(params: Any, item_exists) -> dict[str, Any]:
     if "tool_choice" in params:
         _tool_choice(params["tool_choice"], "response.tool_choice")
     if "conversation" in params:
-        _enum(params["conversation"], ("auto", "none"), "response.conversation")
+        one_of(params["conversation"], ("auto", "none"), "response.conversation")
     if params.get("metadata") is not None:
-        metadata = _object(params["metadata"], "response.metadata")
+        metadata = as_object(params["metadata"], "response.metadata")
         if len(metadata) > MAX_METADATA_KEYS:
             raise Rejected("object_above_max_properties", "Invalid 'response.metadata': too many properties. "
                            f"Expected an object with at most {MAX_METADATA_KEYS} properties, but got "
@@ -400,16 +400,16 @@ def check_response_params(params: Any, item_exists) -> dict[str, Any]:
                 raise Rejected("invalid_value", f"Invalid 'response.metadata.{key}': values must be strings of "
                                "at most 512 characters.", f"response.metadata.{key}")
     if "input" in params:
-        for i, item in enumerate(_array(params["input"], "response.input")):
-            item = _object(item, f"response.input[{i}]")
+        for i, item in enumerate(as_array(params["input"], "response.input")):
+            item = as_object(item, f"response.input[{i}]")
             _require(item, ("type",), f"response.input[{i}]")
             if item["type"] == "item_reference" and not item_exists(item.get("id")):
                 raise Rejected("invalid_value", f"Invalid 'response.input[{i}].id': item with id "
                                f"'{item.get('id')}' not found in the conversation.", f"response.input[{i}].id")
     if "audio" in params:
-        audio = _object(params["audio"], "response.audio")
+        audio = as_object(params["audio"], "response.audio")
         _keys(audio, {"output"}, "response.audio")
-        out = _object(audio.get("output", {}), "response.audio.output")
+        out = as_object(audio.get("output", {}), "response.audio.output")
         _keys(out, {"format", "voice"}, "response.audio.output")
         if "format" in out:
             _format(out["format"], "response.audio.output.format")
