@@ -1,0 +1,309 @@
+"""ARI REST calls over one aiohttp session.
+
+Every parameter goes in the query string, as the golden traces did (Asterisk accepts both); the only JSON
+body is `{"variables": …}`, which has no query form. A status the method maps (e.g. 404 on `get_channel`)
+becomes its return value; any other non-2xx raises `AriError` with Asterisk's `message`; a connection
+failure or timeout raises `AriUnavailable`. The password lives only in the session's auth; it is never in a
+log line, an error or a repr.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+import aiohttp
+import msgspec
+from prometheus_client import Counter, Histogram
+
+from controller.ari.errors import AriError, AriUnavailable
+from controller.ari.resources import AsteriskInfo, Bridge, Channel, Module, Playback, Variable
+
+log = logging.getLogger("ari")
+
+REQUESTS = Counter("va_ari_requests_total", "ARI REST requests by client method and HTTP status",
+                   ["method", "status"])
+REQUEST_SECONDS = Histogram("va_ari_request_seconds", "ARI REST request time by client method", ["method"],
+                            buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5))
+
+T = TypeVar("T")
+Params = dict[str, str | int | bool | None]
+
+_decoders: dict[Any, msgspec.json.Decoder] = {}
+_encode = msgspec.json.Encoder().encode
+
+
+def _decoder(kind: Any) -> msgspec.json.Decoder:
+    dec = _decoders.get(kind)
+    if dec is None:
+        dec = _decoders[kind] = msgspec.json.Decoder(kind)
+    return dec
+
+
+def seg(value: str) -> str:
+    """One path segment: ids are ours or Asterisk's, but a stray '/' or '?' must not change the route."""
+    return quote(value, safe="")
+
+
+def query(params: Params) -> dict[str, str]:
+    """Query parameters as Asterisk reads them: None dropped, booleans as true/false, ints as decimal."""
+    out: dict[str, str] = {}
+    for key, value in params.items():
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            out[key] = "true" if value else "false"
+        else:
+            out[key] = str(value)
+    return out
+
+
+def ari_base(base_url: str) -> str:
+    base = base_url.rstrip("/")
+    return base if base.endswith("/ari") else base + "/ari"
+
+
+def _error_message(body: bytes) -> str:
+    try:
+        data = msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        return body[:200].decode("utf-8", "replace").strip()
+    if isinstance(data, dict) and isinstance(data.get("message"), str):
+        return data["message"]
+    return body[:200].decode("utf-8", "replace").strip()
+
+
+class AriRest:
+    def __init__(self, base_url: str, username: str, password: str, *, timeout: float = 5.0):
+        self.base = ari_base(base_url)
+        self.username = username
+        self._auth = aiohttp.BasicAuth(username, password)
+        self.timeout = timeout
+        self._session: aiohttp.ClientSession | None = None
+
+    def __repr__(self) -> str:
+        return f"AriRest({self.base!r}, user={self.username!r})"
+
+    async def __aenter__(self) -> "AriRest":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def _http(self) -> aiohttp.ClientSession:
+        # Created on first use: a ClientSession belongs to the running loop.
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                auth=self._auth, timeout=aiohttp.ClientTimeout(total=self.timeout),
+                headers={"User-Agent": "asterisk-ai-voice-agent"}, raise_for_status=False)
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None and not self._session.closed:
+            await self._session.close()
+        self._session = None
+
+    # --- the one request path ---------------------------------------------------------------------------
+
+    async def _call(self, name: str, http_method: str, path: str, params: Params | None = None, *,
+                    variables: dict[str, str] | None = None, allow: frozenset[int] = frozenset()
+                    ) -> tuple[int, bytes]:
+        """Send one request; return (status, body) for 2xx and for the statuses in `allow`, raise otherwise."""
+        kwargs: dict[str, Any] = {}
+        if params:
+            kwargs["params"] = query(params)
+        if variables is not None:
+            kwargs["data"] = _encode({"variables": variables})
+            kwargs["headers"] = {"Content-Type": "application/json"}
+        started = time.perf_counter()
+        try:
+            async with self._http().request(http_method, self.base + path, **kwargs) as resp:
+                body = await resp.read()
+                status = resp.status
+        except asyncio.TimeoutError:
+            self._count(name, "timeout", started)
+            raise AriUnavailable(0, f"no answer within {self.timeout:g}s", http_method, path) from None
+        except aiohttp.ClientError as exc:
+            self._count(name, "unavailable", started)
+            raise AriUnavailable(0, f"{type(exc).__name__}: {exc}", http_method, path) from None
+        self._count(name, str(status), started)
+        log.debug("ARI %s %s -> %d (%.1f ms)", http_method, path, status, (time.perf_counter() - started) * 1000)
+        if 200 <= status < 300 or status in allow:
+            return status, body
+        raise AriError(status, _error_message(body), http_method, path)
+
+    @staticmethod
+    def _count(name: str, status: str, started: float) -> None:
+        REQUESTS.labels(name, status).inc()
+        REQUEST_SECONDS.labels(name).observe(time.perf_counter() - started)
+
+    async def _json(self, kind: type[T] | Any, name: str, http_method: str, path: str,
+                    params: Params | None = None, *, variables: dict[str, str] | None = None) -> T:
+        status, body = await self._call(name, http_method, path, params, variables=variables)
+        try:
+            return _decoder(kind).decode(body)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            raise AriError(status, f"unexpected response body: {exc}", http_method, path) from None
+
+    async def _optional(self, kind: type[T], name: str, path: str, params: Params | None = None) -> T | None:
+        """GET that maps 404 to None."""
+        status, body = await self._call(name, "GET", path, params, allow=frozenset({404}))
+        if status == 404:
+            return None
+        try:
+            return _decoder(kind).decode(body)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            raise AriError(status, f"unexpected response body: {exc}", "GET", path) from None
+
+    async def _gone_ok(self, name: str, http_method: str, path: str, params: Params | None = None) -> bool:
+        """A removal: True if done, False if the object was already gone (404)."""
+        status, _ = await self._call(name, http_method, path, params, allow=frozenset({404}))
+        return status != 404
+
+    # --- asterisk ------------------------------------------------------------------------------------------
+
+    async def ping(self) -> None:
+        await self._call("ping", "GET", "/asterisk/ping")
+
+    async def info(self, only: str | None = None) -> AsteriskInfo:
+        """`only`: build, system, config, status, or several comma-separated."""
+        return await self._json(AsteriskInfo, "info", "GET", "/asterisk/info", {"only": only})
+
+    async def module(self, name: str) -> Module | None:
+        """A loaded module (e.g. "chan_websocket.so"), or None when it is not loaded (404)."""
+        return await self._optional(Module, "module", f"/asterisk/modules/{seg(name)}")
+
+    # --- channels: reading ---------------------------------------------------------------------------------
+
+    async def list_channels(self) -> list[Channel]:
+        return await self._json(list[Channel], "list_channels", "GET", "/channels")
+
+    async def get_channel(self, cid: str) -> Channel | None:
+        return await self._optional(Channel, "get_channel", f"/channels/{seg(cid)}")
+
+    async def get_variable(self, cid: str, name: str) -> str | None:
+        """The value, or None when the variable is not set. A channel that does not exist raises (404
+        "Provided channel was not found"): the caller must tell "unset" from "gone"."""
+        path = f"/channels/{seg(cid)}/variable"
+        status, body = await self._call("get_variable", "GET", path, {"variable": name}, allow=frozenset({404}))
+        if status == 404:
+            message = _error_message(body)
+            if "channel" in message.lower():
+                raise AriError(404, message, "GET", path)
+            return None
+        try:
+            return _decoder(Variable).decode(body).value
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            raise AriError(status, f"unexpected response body: {exc}", "GET", path) from None
+
+    # --- channels: control ---------------------------------------------------------------------------------
+
+    async def set_variable(self, cid: str, name: str, value: str) -> None:
+        await self._call("set_variable", "POST", f"/channels/{seg(cid)}/variable", {"variable": name, "value": value})
+
+    async def answer(self, cid: str) -> None:
+        await self._call("answer", "POST", f"/channels/{seg(cid)}/answer")
+
+    async def ring(self, cid: str) -> None:
+        await self._call("ring", "POST", f"/channels/{seg(cid)}/ring")
+
+    async def ring_stop(self, cid: str) -> None:
+        await self._call("ring_stop", "DELETE", f"/channels/{seg(cid)}/ring")
+
+    async def hangup(self, cid: str, reason: str = "normal") -> bool:
+        """False if the channel was already gone (404)."""
+        return await self._gone_ok("hangup", "DELETE", f"/channels/{seg(cid)}", {"reason": reason})
+
+    async def continue_in_dialplan(self, cid: str, context: str, extension: str, priority: int = 1,
+                                   label: str | None = None) -> None:
+        await self._call("continue_in_dialplan", "POST", f"/channels/{seg(cid)}/continue",
+                         {"context": context, "extension": extension, "priority": priority, "label": label})
+
+    async def start_moh(self, cid: str, moh_class: str | None = None) -> None:
+        await self._call("start_moh", "POST", f"/channels/{seg(cid)}/moh", {"mohClass": moh_class})
+
+    async def stop_moh(self, cid: str) -> None:
+        await self._call("stop_moh", "DELETE", f"/channels/{seg(cid)}/moh")
+
+    async def play(self, cid: str, media: str, playback_id: str | None = None, lang: str | None = None) -> Playback:
+        """`media`: "sound:hello-world", "tone:ring", … (several comma-separated play in sequence)."""
+        return await self._json(Playback, "play", "POST", f"/channels/{seg(cid)}/play",
+                                {"media": media, "playbackId": playback_id, "lang": lang})
+
+    async def stop_playback(self, pid: str) -> bool:
+        return await self._gone_ok("stop_playback", "DELETE", f"/playbacks/{seg(pid)}")
+
+    async def dial(self, cid: str, caller: str | None = None, timeout: int | None = None) -> None:
+        await self._call("dial", "POST", f"/channels/{seg(cid)}/dial", {"caller": caller, "timeout": timeout})
+
+    # --- channels: creating --------------------------------------------------------------------------------
+
+    async def external_media(self, *, app: str, channel_id: str, external_host: str, format: str,
+                             encapsulation: str = "rtp", transport: str = "udp", data: str | None = None,
+                             connection_type: str | None = None, direction: str | None = None,
+                             variables: dict[str, str] | None = None,
+                             transport_data: str | None = None) -> Channel:
+        """AudioSocket: encapsulation="audiosocket", transport="tcp", data=<uuid> (required); Asterisk connects
+        during the POST, so the server must already listen (else 500). `data` becomes StasisStart.args."""
+        params: Params = {
+            "app": app, "channelId": channel_id, "external_host": external_host or None, "format": format,
+            "encapsulation": encapsulation, "transport": transport, "data": data,
+            "connection_type": connection_type, "direction": direction, "transport_data": transport_data,
+        }
+        return await self._json(Channel, "external_media", "POST", "/channels/externalMedia", params,
+                                variables=variables)
+
+    async def create_channel(self, *, endpoint: str, app: str, channel_id: str, app_args: str | None = None,
+                             originator: str | None = None, formats: str | None = None,
+                             variables: dict[str, str] | None = None) -> Channel:
+        """A leg that enters Stasis (state Down) without dialling; `dial` rings it. `originator` and `formats`
+        are mutually exclusive (400)."""
+        params: Params = {"endpoint": endpoint, "app": app, "channelId": channel_id, "appArgs": app_args,
+                          "originator": originator, "formats": formats}
+        return await self._json(Channel, "create_channel", "POST", "/channels/create", params, variables=variables)
+
+    async def originate(self, *, endpoint: str, context: str | None = None, extension: str | None = None,
+                        priority: int | None = None, app: str | None = None, app_args: str | None = None,
+                        caller_id: str | None = None, timeout: int | None = None, channel_id: str | None = None,
+                        formats: str | None = None, variables: dict[str, str] | None = None,
+                        label: str | None = None, originator: str | None = None) -> Channel:
+        """Either a dialplan target (context/extension/priority|label) or a Stasis app (app/app_args)."""
+        params: Params = {
+            "endpoint": endpoint, "context": context, "extension": extension, "priority": priority, "label": label,
+            "app": app, "appArgs": app_args, "callerId": caller_id, "timeout": timeout, "channelId": channel_id,
+            "originator": originator, "formats": formats,
+        }
+        return await self._json(Channel, "originate", "POST", "/channels", params, variables=variables)
+
+    # --- bridges -------------------------------------------------------------------------------------------
+
+    async def list_bridges(self) -> list[Bridge]:
+        return await self._json(list[Bridge], "list_bridges", "GET", "/bridges")
+
+    async def get_bridge(self, bid: str) -> Bridge | None:
+        return await self._optional(Bridge, "get_bridge", f"/bridges/{seg(bid)}")
+
+    async def create_bridge(self, bridge_id: str, type: str = "mixing", name: str | None = None) -> Bridge:
+        """`type`: comma-separated attributes (mixing, holding, dtmf_events, proxy_media, video_sfu …)."""
+        return await self._json(Bridge, "create_bridge", "POST", "/bridges",
+                                {"type": type, "bridgeId": bridge_id, "name": name})
+
+    async def destroy_bridge(self, bid: str) -> bool:
+        return await self._gone_ok("destroy_bridge", "DELETE", f"/bridges/{seg(bid)}")
+
+    async def add_channel(self, bid: str, *channel_ids: str, role: str | None = None,
+                          absorb_dtmf: bool | None = None, mute: bool | None = None) -> None:
+        """A channel already in another bridge is moved (204)."""
+        if not channel_ids:
+            raise ValueError("add_channel needs at least one channel id")
+        await self._call("add_channel", "POST", f"/bridges/{seg(bid)}/addChannel",
+                         {"channel": ",".join(channel_ids), "role": role, "absorbDTMF": absorb_dtmf, "mute": mute})
+
+    async def remove_channel(self, bid: str, *channel_ids: str) -> None:
+        if not channel_ids:
+            raise ValueError("remove_channel needs at least one channel id")
+        await self._call("remove_channel", "POST", f"/bridges/{seg(bid)}/removeChannel",
+                         {"channel": ",".join(channel_ids)})
