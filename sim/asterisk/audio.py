@@ -1,0 +1,318 @@
+"""Audio of the simulated Asterisk: PCM helpers, a scripted caller, a recorder, and the caller's phone.
+
+All audio here is signed 16-bit little-endian mono PCM (`bytes`) at a stated rate. Frames are 20 ms.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+import wave
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import soxr
+
+FRAME_MS = 20
+_FULL_SCALE = 32768.0
+
+
+def samples_per_frame(rate: int) -> int:
+    return rate * FRAME_MS // 1000
+
+
+def as_samples(pcm: bytes) -> np.ndarray:
+    return np.frombuffer(pcm, dtype="<i2")
+
+
+def to_pcm(samples: np.ndarray) -> bytes:
+    return np.clip(np.rint(samples), -32768, 32767).astype("<i2").tobytes()
+
+
+def resample(pcm: bytes, from_rate: int, to_rate: int) -> bytes:
+    """A whole signal at another rate (soxr HQ); identity when the rates match."""
+    if from_rate == to_rate or not pcm:
+        return pcm
+    # float in, rounded out: soxr's own int16 output adds dither, so digital silence would not stay silent
+    return to_pcm(soxr.resample(as_samples(pcm).astype(np.float32), from_rate, to_rate, quality="HQ"))
+
+
+class StreamResampler:
+    """Frame-by-frame resampling that keeps its filter state across frames (no clicks at frame edges).
+
+    soxr's "QQ" quality returns output for every input frame (a few samples of delay); the higher qualities
+    hold back 60+ ms and release it in bursts, which a 20 ms media path must not do.
+    """
+
+    def __init__(self, from_rate: int, to_rate: int):
+        self.from_rate, self.to_rate = from_rate, to_rate
+        self._stream = None if from_rate == to_rate else soxr.ResampleStream(
+            from_rate, to_rate, 1, dtype="float32", quality="QQ")
+
+    def process(self, pcm: bytes) -> bytes:
+        if self._stream is None or not pcm:
+            return pcm
+        return to_pcm(self._stream.resample_chunk(as_samples(pcm).astype(np.float32)))
+
+
+def tone_pcm(hz: float, ms: int, rate: int, dbfs: float = -12) -> bytes:
+    """A sine whose *peak* is `dbfs` below full scale (its RMS is 3 dB lower)."""
+    n = ms * rate // 1000
+    amplitude = _FULL_SCALE * 10 ** (dbfs / 20)
+    return to_pcm(amplitude * np.sin(2 * np.pi * hz * np.arange(n) / rate))
+
+
+def silence_pcm(ms: int, rate: int) -> bytes:
+    return bytes(2 * (ms * rate // 1000))
+
+
+def rms_dbfs(pcm: bytes) -> float:
+    """RMS relative to full scale (a full-scale square wave is 0 dBFS); -inf for silence or nothing."""
+    samples = as_samples(pcm).astype(np.float64)
+    if samples.size == 0:
+        return float("-inf")
+    rms = math.sqrt(float(np.mean(samples * samples)))
+    return 20 * math.log10(rms / _FULL_SCALE) if rms > 0 else float("-inf")
+
+
+def write_wav(path, pcm: bytes, rate: int) -> None:
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes(pcm)
+
+
+def read_wav(path) -> tuple[bytes, int]:
+    with wave.open(str(path), "rb") as src:
+        if src.getnchannels() != 1 or src.getsampwidth() != 2:
+            raise ValueError(f"{path}: need mono 16-bit PCM, got {src.getnchannels()} channel(s) of "
+                             f"{8 * src.getsampwidth()} bits")
+        return src.readframes(src.getnframes()), src.getframerate()
+
+
+class _Segment:
+    """Speech (pcm at its own rate) or silence (pcm is None) of a caller's script."""
+
+    __slots__ = ("pcm", "rate", "ms")
+
+    def __init__(self, pcm: bytes | None, rate: int, ms: float):
+        self.pcm, self.rate, self.ms = pcm, rate, ms
+
+    def samples_at(self, rate: int) -> int:
+        if self.pcm is None:
+            return round(self.ms * rate / 1000)
+        return len(self.pcm) // 2 if rate == self.rate else round(len(self.pcm) // 2 * rate / self.rate)
+
+
+class CallerAudio:
+    """What a simulated caller says: speech and silence segments, read out one 20 ms frame at a time.
+
+    The segments form one timeline: a frame may span a segment boundary, and it counts as speech if any of
+    its samples is speech. The last frame is padded with silence to a full 20 ms.
+    """
+
+    def __init__(self, segments: list[_Segment] | None = None):
+        self._segments: list[_Segment] = list(segments or [])
+        self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # rate -> (samples, is-speech mask)
+        self._pos_ms = 0.0  # read position, in time: the rate may differ between calls to frame()
+
+    @classmethod
+    def from_pcm(cls, pcm: bytes, rate: int) -> CallerAudio:
+        if len(pcm) % 2:
+            raise ValueError("16-bit PCM must have an even number of bytes")
+        return cls([_Segment(bytes(pcm), rate, len(pcm) // 2 * 1000 / rate)])
+
+    @classmethod
+    def from_wav(cls, path) -> CallerAudio:
+        pcm, rate = read_wav(Path(path))
+        return cls.from_pcm(pcm, rate)
+
+    @classmethod
+    def silence(cls, ms: int) -> CallerAudio:
+        return cls([_Segment(None, 8000, float(ms))])
+
+    @classmethod
+    def tone(cls, hz: float, ms: int, dbfs: float = -12, rate: int = 8000) -> CallerAudio:
+        return cls.from_pcm(tone_pcm(hz, ms, rate, dbfs), rate)
+
+    def then(self, other: CallerAudio) -> CallerAudio:
+        return CallerAudio(self._segments + other._segments)
+
+    @property
+    def duration_ms(self) -> int:
+        return round(sum(segment.ms for segment in self._segments))
+
+    @property
+    def position_ms(self) -> float:
+        return self._pos_ms
+
+    def rewind(self) -> None:
+        self._pos_ms = 0.0
+
+    def _timeline(self, rate: int) -> tuple[np.ndarray, np.ndarray]:
+        if rate not in self._cache:
+            parts, masks = [], []
+            for segment in self._segments:
+                n = segment.samples_at(rate)
+                if segment.pcm is None:
+                    part = np.zeros(n, np.int16)
+                else:
+                    part = as_samples(resample(segment.pcm, segment.rate, rate))[:n]
+                    part = np.pad(part, (0, n - len(part)))
+                parts.append(part)
+                masks.append(np.full(n, segment.pcm is not None))
+            samples = np.concatenate(parts) if parts else np.zeros(0, np.int16)
+            mask = np.concatenate(masks) if masks else np.zeros(0, bool)
+            self._cache[rate] = (samples.astype("<i2"), mask)
+        return self._cache[rate]
+
+    def frame(self, rate: int) -> tuple[bytes, bool] | None:
+        """The next 20 ms at `rate` and whether it holds speech; None when the script is over."""
+        samples, mask = self._timeline(rate)
+        start = round(self._pos_ms * rate / 1000)
+        if start >= len(samples):
+            return None
+        n = samples_per_frame(rate)
+        chunk = samples[start:start + n]
+        speech = bool(mask[start:start + n].any())
+        self._pos_ms += FRAME_MS
+        if len(chunk) < n:
+            chunk = np.pad(chunk, (0, n - len(chunk)))
+        return chunk.tobytes(), speech
+
+
+class Recorder:
+    """What one side heard, with the arrival time of every chunk (time.monotonic())."""
+
+    def __init__(self):
+        self._chunks: list[tuple[float, bytes, int]] = []
+
+    def append(self, pcm: bytes, rate: int, t: float | None = None) -> None:
+        self._chunks.append((time.monotonic() if t is None else t, bytes(pcm), rate))
+
+    def __len__(self) -> int:
+        return len(self._chunks)
+
+    def clear(self) -> None:
+        self._chunks.clear()
+
+    def timeline(self) -> list[tuple[float, int, int]]:
+        """(arrival time, samples, rate) of every chunk, in arrival order."""
+        return [(t, len(pcm) // 2, rate) for t, pcm, rate in self._chunks]
+
+    @property
+    def native_rate(self) -> int | None:
+        return self._chunks[0][2] if self._chunks else None
+
+    @property
+    def duration_ms(self) -> float:
+        return sum(len(pcm) // 2 * 1000 / rate for _, pcm, rate in self._chunks)
+
+    def pcm(self, rate: int | None = None) -> bytes:
+        """Everything heard, back to back (arrival gaps not filled), at `rate` (default: the first chunk's)."""
+        rate = rate or self.native_rate or 8000
+        out, run, run_rate = [], [], None
+        # Resample runs of equal rate as a whole: per-chunk resampling would click at every chunk edge.
+        for _, pcm, chunk_rate in self._chunks + [(0.0, b"", -1)]:
+            if chunk_rate != run_rate and run:
+                out.append(resample(b"".join(run), run_rate, rate))
+                run = []
+            run.append(pcm)
+            run_rate = chunk_rate
+        return b"".join(out)
+
+    def save_wav(self, path, rate: int | None = None) -> None:
+        rate = rate or self.native_rate or 8000
+        write_wav(path, self.pcm(rate), rate)
+
+    def rms_dbfs(self) -> float:
+        return rms_dbfs(b"".join(pcm for _, pcm, _ in self._chunks))
+
+
+class CallerEndpoint:
+    """The phone side of a caller channel: speaks its CallerAudio on a 20 ms clock and records what it hears.
+
+    start(loop) runs a clock that calls on_audio(pcm, rate) every 20 ms at the phone's native rate. After the
+    script (or with no script) the line stays open: silence is sent if send_silence (a SIP trunk streams
+    continuously), nothing otherwise (a Local channel sends only while its caller leg produces audio).
+    Audio delivered to the phone is recorded in `heard`; with echo_db set it also comes back, attenuated,
+    in what the phone sends (a line echo), consumed one frame per tick like a playout buffer would. A frame
+    that carries echo counts as audio on the line even when the caller is silent.
+    """
+
+    _MAX_LATE_S = 0.2  # behind by more than this (a stalled loop): restart the clock instead of bursting
+
+    def __init__(self, audio: CallerAudio | None, rate: int = 8000, *, send_silence: bool = True,
+                 echo_db: float | None = None, on_audio: Callable[[bytes, int], None] | None = None):
+        self.audio = audio
+        self.rate = rate
+        self.send_silence = send_silence
+        self.echo_db = echo_db
+        self.on_audio = on_audio
+        self.heard = Recorder()
+        self.sent = Recorder()
+        self.finished = asyncio.Event()
+        self.frames_sent = 0
+        self.started_t: float | None = None
+        self._echo = bytearray()
+        self._echo_resamplers: dict[int, StreamResampler] = {}
+        self._task: asyncio.Task | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        if self.running:
+            return
+        loop = loop or asyncio.get_running_loop()
+        self._task = loop.create_task(self._clock(loop), name="caller-endpoint-clock")
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+
+    def deliver(self, pcm: bytes, rate: int) -> None:
+        """Audio reaching the caller's ear."""
+        if not pcm:
+            return
+        self.heard.append(pcm, rate)
+        if self.echo_db is None:
+            return
+        resampler = self._echo_resamplers.setdefault(rate, StreamResampler(rate, self.rate))
+        echo = as_samples(resampler.process(pcm)).astype(np.float64) * 10 ** (self.echo_db / 20)
+        self._echo += to_pcm(echo)
+
+    def _next_frame(self) -> tuple[bytes, bool]:
+        frame = self.audio.frame(self.rate) if self.audio is not None else None
+        if frame is None:
+            self.finished.set()
+            frame = (silence_pcm(FRAME_MS, self.rate), False)
+        pcm, on_line = frame
+        n = 2 * samples_per_frame(self.rate)
+        if self._echo:
+            echo, self._echo[:n] = bytes(self._echo[:n]), b""
+            mixed = as_samples(pcm).astype(np.int32)
+            mixed[:len(echo) // 2] += as_samples(echo)
+            pcm, on_line = to_pcm(mixed), True
+        return pcm, on_line
+
+    async def _clock(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.started_t = time.monotonic()
+        t0, tick = loop.time(), 0
+        while True:
+            pcm, on_line = self._next_frame()
+            if on_line or self.send_silence:
+                self.frames_sent += 1
+                self.sent.append(pcm, self.rate)
+                if self.on_audio is not None:
+                    self.on_audio(pcm, self.rate)
+            tick += 1
+            delay = t0 + tick * FRAME_MS / 1000 - loop.time()
+            if delay < -self._MAX_LATE_S:
+                t0, tick, delay = loop.time(), 0, 0.0
+            await asyncio.sleep(max(0.0, delay))
