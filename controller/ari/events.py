@@ -10,7 +10,6 @@ is logged, counted and skipped.
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 import random
 import time
@@ -24,7 +23,7 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from controller.ari.event_types import KNOWN_TYPES, BadEvent, Event, decode_event, default_key, event_type
 from controller.ari.ordered import KeyedDispatcher
-from controller.ari.rest import ari_base
+from controller.ari.rest import ari_base, basic_auth
 
 log = logging.getLogger("ari")
 
@@ -48,10 +47,6 @@ def events_url(base_url: str, app: str, subscribe_all: bool = False) -> str:
     if subscribe_all:
         params["subscribeAll"] = "true"
     return urlunsplit((scheme, parts.netloc, parts.path + "/events", urlencode(params), ""))
-
-
-def basic_auth(username: str, password: str) -> str:
-    return "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
 
 
 class _RedactingLogger(logging.LoggerAdapter):

@@ -10,6 +10,7 @@ log line, an error or a repr.
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import time
 from typing import Any, TypeVar
@@ -61,6 +62,10 @@ def query(params: Params) -> dict[str, str]:
     return out
 
 
+def basic_auth(username: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
+
+
 def ari_base(base_url: str) -> str:
     base = base_url.rstrip("/")
     return base if base.endswith("/ari") else base + "/ari"
@@ -80,7 +85,7 @@ class AriRest:
     def __init__(self, base_url: str, username: str, password: str, *, timeout: float = 5.0):
         self.base = ari_base(base_url)
         self.username = username
-        self._auth = aiohttp.BasicAuth(username, password)
+        self._headers = {"Authorization": basic_auth(username, password), "User-Agent": "asterisk-ai-voice-agent"}
         self.timeout = timeout
         self._session: aiohttp.ClientSession | None = None
 
@@ -97,8 +102,7 @@ class AriRest:
         # Created on first use: a ClientSession belongs to the running loop.
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
-                auth=self._auth, timeout=aiohttp.ClientTimeout(total=self.timeout),
-                headers={"User-Agent": "asterisk-ai-voice-agent"}, raise_for_status=False)
+                headers=self._headers, timeout=aiohttp.ClientTimeout(total=self.timeout), raise_for_status=False)
         return self._session
 
     async def close(self) -> None:
