@@ -895,3 +895,49 @@ async def test_backoff_grows_is_bounded_and_stop_interrupts_it(ari):
     started = time.monotonic()
     await run.stop()
     assert time.monotonic() - started < 1.0
+
+
+async def test_bad_base_url_is_a_configuration_error():
+    async def handler(event) -> None:
+        pass
+
+    stream = EventStream("ftp://127.0.0.1:1", USER, PASSWORD, APP, handler=handler)
+    with pytest.raises(Exception) as info:
+        await asyncio.wait_for(stream.run(asyncio.Event()), 2)
+    assert "InvalidURI" in type(info.value).__name__
+
+
+async def test_metrics_have_low_cardinality_labels(ari, rest):
+    from prometheus_client import REGISTRY
+
+    def value(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    before = value("va_ari_requests_total", method="hangup", status="404")
+    ari.replies.append((404, {"message": "Channel not found"}))
+    await rest.hangup("chan-123")
+    assert value("va_ari_requests_total", method="hangup", status="404") == before + 1
+    other_before = value("va_ari_events_total", type="other")
+    start_before = value("va_ari_events_total", type="StasisStart")
+    reconnects_before = value("va_ari_reconnects_total")
+
+    async def handler(event) -> None:
+        pass
+
+    run = Run(ari, handler)
+    conn = await asyncio.wait_for(ari.ws_opened.get(), 5)
+    await until(lambda: run.stream.connected, what="connected")
+    assert value("va_ari_connected") == 1
+    await conn.send(first_event("01-inbound.json", "StasisStart"))
+    await conn.send(first_event("01-inbound.json", "ChannelConnectedLine"))
+    await until(lambda: run.stream.events_received == 2, what="2 events")
+    assert value("va_ari_events_total", type="StasisStart") == start_before + 1
+    assert value("va_ari_events_total", type="other") == other_before + 1
+    assert value("va_ari_events_total", type="ChannelConnectedLine") == 0
+    await conn.drop("1011")
+    await until(lambda: run.stream.connects == 2, what="reconnect")
+    assert value("va_ari_reconnects_total") == reconnects_before + 1
+    await run.stop()
+    assert value("va_ari_connected") == 0
+    ids = [s.labels for metric in REGISTRY.collect() if metric.name.startswith("va_ari") for s in metric.samples]
+    assert not any("chan-123" in v for labels in ids for v in labels.values())

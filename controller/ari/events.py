@@ -37,6 +37,7 @@ OnConnect = Callable[[bool], Awaitable[None]]
 
 BAD_LOG_FIRST = 10    # log the first malformed messages of a process, then one in BAD_LOG_EVERY
 BAD_LOG_EVERY = 100
+WARN_EVERY_S = 60.0  # while Asterisk stays unreachable
 
 
 def events_url(base_url: str, app: str, subscribe_all: bool = False) -> str:
@@ -101,16 +102,22 @@ class EventStream:
         delay = self._backoff_min
         failures = 0
         down_since: float | None = None
+        last_warning = 0.0
         try:
             while not stopping.is_set():
                 try:
                     ws = await self._open()
+                except websockets.InvalidURI:
+                    raise  # a configuration error: retrying cannot help
                 except Exception as exc:  # refused, reset, DNS, timeout, HTTP 401 …: all mean "try again"
                     failures += 1
+                    now = time.monotonic()
                     if down_since is None:
-                        down_since = time.monotonic()
-                    if failures == 1:
-                        log.warning("ARI events: cannot connect to %s: %s; retrying", self.url, _describe(exc))
+                        down_since = now
+                    if failures == 1 or now - last_warning >= WARN_EVERY_S:  # once, then a reminder a minute
+                        last_warning = now
+                        log.warning("ARI events: cannot connect to %s: %s; retrying (attempt %d)", self.url,
+                                    _describe(exc), failures)
                     else:
                         log.debug("ARI events: connect attempt %d failed: %s", failures, _describe(exc))
                     await self._sleep(delay, stopping)
