@@ -1,18 +1,81 @@
-"""The controller process: registers itself and (from the ARI layer on) owns the Stasis app."""
+"""The controller process: registers itself, owns the Stasis app over ARI, admits and sets up calls."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import socket
 
+from controller.admission import Admission
+from controller.ari.capabilities import Capabilities, probe
+from controller.ari.errors import AriError
+from controller.ari.events import EventStream
+from controller.ari.rest import AriRest
+from controller.call import CallDeps
+from controller.stasis import StasisApp
 from shared.messages import ProcessInfo
 from shared.service import AsyncRole
 from shared.version import VERSION
+
+log = logging.getLogger("controller")
+
+DAY_MS = 86_400_000
 
 
 class Controller(AsyncRole):
     role = "controller"
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.capabilities: Capabilities | None = None
+        self.events: EventStream | None = None
+        self.app: StasisApp | None = None
+
     def process_info(self) -> ProcessInfo:
         return ProcessInfo(id=self.id, role=self.role, hostname=socket.gethostname(), pid=os.getpid(),
                            version=VERSION, started_ms=self.started_ms, health_url=self.health_url)
+
+    def ready_checks(self):
+        checks = super().ready_checks()
+        checks["ari"] = lambda: None if self.events is not None and self.events.connected else \
+            "not connected to the ARI events WebSocket"
+        return checks
+
+    async def serve(self) -> None:
+        config = self.config
+        ari = config.asterisk
+        assert self.redis is not None
+        async with AriRest(ari.ari_url, ari.username, ari.password,
+                           timeout=config.controller.ari_timeout_ms / 1000) as rest:
+            admission = Admission(
+                self.redis, self.keys, stale_after_ms=config.media_worker.stale_after_ms,
+                provider_limit=config.providers.openai_realtime.max_concurrent_sessions,
+                queue_timeout_ms=config.controller.queue_timeout_ms,
+                retention_ms=config.call_retention_days * DAY_MS)
+            deps = CallDeps(config=config, rest=rest, redis=self.redis, keys=self.keys, admission=admission,
+                            app=ari.app_name, capabilities=lambda: self.capabilities, controller_id=self.id)
+            self.app = StasisApp(deps)
+            self.events = EventStream(ari.ari_url, ari.username, ari.password, ari.app_name,
+                                      handler=self.app.handle, key=self.app.key, on_connect=self._connected)
+            try:
+                await self.events.run(self.stopping)
+            finally:
+                await self.app.stop()
+
+    async def _connected(self, first: bool) -> None:
+        """Runs before any event of a new events connection: learn what this Asterisk can do (it may have
+        been upgraded or restarted), then reconcile."""
+        assert self.app is not None and self.events is not None
+        try:
+            self.capabilities = await probe(self.app.deps.rest)
+        except (AriError, ValueError) as exc:
+            log.warning("cannot read Asterisk's capabilities (%s); using the profiles' formats as configured", exc)
+        try:
+            await self.app.reconcile(first)
+        except AriError as exc:
+            log.warning("reconcile failed (%s); it runs again on the next connect", exc)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("reconcile failed")

@@ -15,6 +15,8 @@ class Keys:
         self.controller_inbox = f"{prefix}controller:inbox"
         # SET of live call ids.
         self.calls_active = f"{prefix}calls:active"
+        # ZSET call id -> arrival time (ms): calls waiting for a free slot, first come first served.
+        self.admission_queue = f"{prefix}admission:queue"
 
     def worker(self, wid: str) -> str:
         """HASH: media address, capacity, active, draining, version, health URL."""
@@ -33,6 +35,14 @@ class Keys:
 
     def call_lease(self, call_id: str) -> str:
         return f"{self.prefix}call:{call_id}:lease"
+
+    def worker_rtp_ports(self, wid: str) -> str:
+        """SET: RTP ports of this worker reserved by live calls."""
+        return f"{self.prefix}worker:{wid}:rtp_ports"
+
+    def provider_sessions(self, provider: str) -> str:
+        """STRING counter: live sessions of a provider, against its max_concurrent_sessions."""
+        return f"{self.prefix}provider:{provider}:sessions"
 
     def call_log(self, call_id: str) -> str:
         return f"{self.prefix}call:{call_id}:log"

@@ -49,3 +49,48 @@ def from_hash(data: dict[str, Any], cls: type[T]) -> T:
     }
     names = {f.encode_name for f in msgspec.structs.fields(cls)}
     return msgspec.convert({k: v for k, v in decoded.items() if k in names}, cls, strict=False)
+
+
+class CallPlan(msgspec.Struct, kw_only=True):
+    """Everything a media worker needs to hold one conversation; written by the controller at admission,
+    before Asterisk connects the media, so the worker can prime its Realtime session meanwhile."""
+
+    call_id: str
+    caller_channel: str
+    context: str
+    provider: str
+    profile: str
+    transport: str  # audiosocket | rtp
+    format: str  # what Asterisk sends: slin, slin16, slin24, ulaw
+    provider_format: str  # pcm16 | g711_ulaw
+    caller_name: str = ""
+    caller_number: str = ""
+    greeting: str = ""
+    instructions: str = ""
+    tools: list[str] = []
+    voice: str | None = None
+    created_ms: int = 0
+
+
+class Assignment(msgspec.Struct, kw_only=True):
+    """The worker-inbox message that hands a call to a worker (`type` = "assign")."""
+
+    call_id: str
+    epoch: int
+    rtp_port: int = 0  # the reserved port when transport is rtp
+    plan: CallPlan
+
+
+class CallEnded(msgspec.Struct, kw_only=True):
+    """Worker-inbox message (`type` = "end"): the controller tore the call down; stop its session."""
+
+    call_id: str
+    reason: str
+
+
+_inbox_encoder = msgspec.json.Encoder()
+
+
+def inbox_fields(kind: str, message: msgspec.Struct) -> dict[str, bytes]:
+    """A worker-inbox stream entry: its type and the message as JSON."""
+    return {"type": kind.encode(), "data": _inbox_encoder.encode(message)}

@@ -133,9 +133,34 @@ class RedisSettings(Base):
     key_prefix: Annotated[str, Meta(min_length=1, max_length=32)] = "va:"
 
 
+class Fallback(Base):
+    """Where a call goes when the agent cannot take it (unknown context or provider, no capacity in time,
+    setup failure): never silence."""
+
+    # continue: back to the dialplan at context/extension/priority; hangup: play `prompt`, then hang up.
+    action: Literal["continue", "hangup"] = "hangup"
+    context: str = "ai-agent-fallback"
+    extension: NonEmpty = "s"
+    priority: Annotated[int, Meta(ge=1)] = 1
+    prompt: str = "sound:ss-noservice"  # ARI media URI played before a hangup; empty: none
+    prompt_timeout_ms: Millis = 8000  # the hangup follows even if PlaybackFinished never comes
+
+    def __post_init__(self) -> None:
+        if self.action == "continue" and not self.context:
+            raise ValueError("context is required when action is 'continue'")
+
+
 class ControllerSettings(Base):
     health_host: NonEmpty = "127.0.0.1"
     health_port: PortOrZero = 15000
+    # Calls beyond the free slots (or the provider's max_concurrent_sessions) wait this long, hearing
+    # `queue_music`, before the fallback.
+    queue_timeout_ms: Millis = 30_000
+    queue_music: Literal["ringback", "moh"] = "ringback"
+    moh_class: str = "default"
+    fallback: Fallback = msgspec.field(default_factory=Fallback)
+    # One ARI step (answer, bridge, externalMedia...) that takes longer than this fails the setup.
+    ari_timeout_ms: Annotated[int, Meta(ge=100, le=60_000)] = 5000
 
 
 class MediaWorkerSettings(Base):

@@ -1,0 +1,178 @@
+"""Admission: reserve a slot on the least-loaded live media worker, atomically, in one Lua script.
+
+The script also writes the call record, adds the call to the active set and puts the assignment in the chosen
+worker's inbox, so a worker never sees a call it has no slot for, and a controller that dies between two steps
+leaves nothing half-done. Calls that find no capacity (no free slot, or the provider's
+`max_concurrent_sessions` reached) wait in a FIFO (a ZSET by arrival time): only the head may take a slot, so
+a new call cannot overtake one that has waited. `release` undoes a reservation exactly once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import msgspec
+import redis.asyncio as aioredis
+
+from shared.keys import Keys
+from shared.messages import Assignment, CallPlan
+
+_RESERVE = """
+-- KEYS: 1 workers zset, 2 calls:active set, 3 admission queue zset, 4 provider session counter
+-- ARGV: 1 prefix, 2 call id, 3 stale_after_ms, 4 provider limit, 5 needs rtp (0/1), 6 queue stale ms,
+--       7 plan json, 8 call fields json, 9.. excluded worker ids
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local prefix, call_id = ARGV[1], ARGV[2]
+
+-- A head left by a controller that died long ago must not block the line forever.
+local head = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
+while head[1] and head[1] ~= call_id and tonumber(head[2]) < now - tonumber(ARGV[6]) do
+  redis.call('ZREM', KEYS[3], head[1])
+  head = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
+end
+local function wait(reason)
+  redis.call('ZADD', KEYS[3], 'NX', now, call_id)
+  return {'queued', reason, redis.call('ZRANK', KEYS[3], call_id)}
+end
+if head[1] and head[1] ~= call_id then return wait('behind') end
+if (tonumber(redis.call('GET', KEYS[4]) or '0')) >= tonumber(ARGV[4]) then return wait('provider_limit') end
+
+local excluded = {}
+for i = 9, #ARGV do excluded[ARGV[i]] = true end
+local best, best_load, best_active, best_info = nil, nil, nil, nil
+local live = redis.call('ZRANGEBYSCORE', KEYS[1], now - tonumber(ARGV[3]), '+inf')
+for _, wid in ipairs(live) do
+  if not excluded[wid] then
+    local f = redis.call('HMGET', prefix .. 'worker:' .. wid, 'capacity', 'active', 'draining', 'media_host',
+                         'audiosocket_port', 'rtp_port_min', 'rtp_port_max')
+    local cap, active = tonumber(f[1]), tonumber(f[2] or '0') or 0
+    if cap and f[3] ~= '1' and active < cap then
+      local load = active / cap
+      if best == nil or load < best_load or (load == best_load and active < best_active) then
+        best, best_load, best_active, best_info = wid, load, active, f
+      end
+    end
+  end
+end
+if best == nil then return wait('no_capacity') end
+
+local rtp_port = 0
+if ARGV[5] == '1' then
+  local used = prefix .. 'worker:' .. best .. ':rtp_ports'
+  for p = tonumber(best_info[6]), tonumber(best_info[7]) do
+    if redis.call('SISMEMBER', used, p) == 0 then rtp_port = p; break end
+  end
+  if rtp_port == 0 then return wait('no_rtp_port') end
+  redis.call('SADD', used, rtp_port)
+end
+
+local call_key = prefix .. 'call:' .. call_id
+local epoch = redis.call('HINCRBY', call_key, 'epoch', 1)
+redis.call('HINCRBY', prefix .. 'worker:' .. best, 'active', 1)
+redis.call('INCR', KEYS[4])
+redis.call('SADD', KEYS[2], call_id)
+redis.call('ZREM', KEYS[3], call_id)
+local fields = cjson.decode(ARGV[8])
+for k, v in pairs(fields) do redis.call('HSET', call_key, k, v) end
+redis.call('HSET', call_key, 'state', 'admitted', 'worker', best, 'rtp_port', rtp_port, 'admitted_ms', now,
+           'provider_counted', '1')
+redis.call('PERSIST', call_key)
+redis.call('XADD', prefix .. 'worker:' .. best .. ':inbox', 'MAXLEN', '~', 10000, '*', 'type', 'assign',
+           'data', '{"call_id":' .. cjson.encode(call_id) .. ',"epoch":' .. epoch .. ',"rtp_port":' .. rtp_port
+           .. ',"plan":' .. ARGV[7] .. '}')  -- the plan verbatim: cjson would turn [] into {}
+return {'ok', best, best_info[4], best_info[5], rtp_port, epoch}
+"""
+
+_RELEASE = """
+-- KEYS: 1 call hash, 2 calls:active, 3 provider session counter, 4 admission queue, 5 call log
+-- ARGV: 1 prefix, 2 call id, 3 reason, 4 retention ms
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREM', KEYS[4], ARGV[2])
+local state = redis.call('HGET', KEYS[1], 'state')
+if state == 'ended' then return 0 end
+local wid = redis.call('HGET', KEYS[1], 'worker')
+if wid and wid ~= '' then
+  local wkey = ARGV[1] .. 'worker:' .. wid
+  if redis.call('EXISTS', wkey) == 1 and tonumber(redis.call('HGET', wkey, 'active') or '0') > 0 then
+    redis.call('HINCRBY', wkey, 'active', -1)
+  end
+  local port = redis.call('HGET', KEYS[1], 'rtp_port')
+  if port and port ~= '0' then redis.call('SREM', wkey .. ':rtp_ports', port) end
+  redis.call('XADD', wkey .. ':inbox', 'MAXLEN', '~', 10000, '*', 'type', 'end',
+             'data', cjson.encode({call_id = ARGV[2], reason = ARGV[3]}))
+end
+if redis.call('HGET', KEYS[1], 'provider_counted') == '1' and tonumber(redis.call('GET', KEYS[3]) or '0') > 0 then
+  redis.call('DECR', KEYS[3])
+end
+redis.call('SREM', KEYS[2], ARGV[2])
+redis.call('HSET', KEYS[1], 'state', 'ended', 'ended_ms', now, 'end_reason', ARGV[3], 'provider_counted', '0')
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+if redis.call('EXISTS', KEYS[5]) == 1 then redis.call('PEXPIRE', KEYS[5], ARGV[4]) end
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class Reserved:
+    worker_id: str
+    media_host: str
+    audiosocket_port: int
+    rtp_port: int
+    epoch: int
+
+
+@dataclass(frozen=True)
+class Queued:
+    reason: str  # behind | provider_limit | no_capacity | no_rtp_port
+    position: int  # 0 = head of the line
+
+
+_json = msgspec.json.Encoder()
+
+
+class Admission:
+    def __init__(self, redis: aioredis.Redis, keys: Keys, *, stale_after_ms: int, provider_limit: int,
+                 queue_timeout_ms: int, retention_ms: int):
+        self.redis = redis
+        self.keys = keys
+        self.stale_after_ms = stale_after_ms
+        self.provider_limit = provider_limit
+        # A queue entry older than this belongs to a call nobody is waiting for any more.
+        self.queue_stale_ms = queue_timeout_ms + 10_000
+        self.retention_ms = retention_ms
+        self._reserve = redis.register_script(_RESERVE)
+        self._release = redis.register_script(_RELEASE)
+
+    async def reserve(self, plan: CallPlan, call_fields: dict[str, str], *,
+                      exclude: tuple[str, ...] = ()) -> Reserved | Queued:
+        """Take a slot for `plan` (or a place in the line). `call_fields` go into the call record."""
+        keys = [self.keys.workers, self.keys.calls_active, self.keys.admission_queue,
+                self.keys.provider_sessions(plan.provider)]
+        args = [self.keys.prefix, plan.call_id, self.stale_after_ms, self.provider_limit,
+                "1" if plan.transport == "rtp" else "0", self.queue_stale_ms, _json.encode(plan),
+                _json.encode(call_fields), *exclude]
+        result = await self._reserve(keys=keys, args=args)
+        kind = _text(result[0])
+        if kind == "queued":
+            return Queued(_text(result[1]), int(result[2]))
+        return Reserved(_text(result[1]), _text(result[2]), int(result[3]), int(result[4]), int(result[5]))
+
+    async def release(self, call_id: str, provider: str, reason: str) -> bool:
+        """End the call's reservation (idempotent); True the first time."""
+        keys = [self.keys.call(call_id), self.keys.calls_active, self.keys.provider_sessions(provider),
+                self.keys.admission_queue, self.keys.call_log(call_id)]
+        return bool(await self._release(keys=keys, args=[self.keys.prefix, call_id, reason, self.retention_ms]))
+
+    async def leave_queue(self, call_id: str) -> None:
+        await self.redis.zrem(self.keys.admission_queue, call_id)
+
+
+def decode_assignment(fields: dict) -> Assignment:
+    data = fields.get(b"data") or fields.get("data")
+    return msgspec.json.decode(data, type=Assignment)
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

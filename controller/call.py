@@ -1,0 +1,359 @@
+"""One caller's call as the controller runs it: route, admission (or the queue), setup, teardown, fallback.
+
+Event handlers only flip flags and start tasks (the ARI reader must never wait on a call's REST work); the
+work itself runs in the call's own tasks. Setup steps that do not depend on each other run concurrently:
+answer, bridge and externalMedia go out together, and each `addChannel` waits only for what it needs.
+Teardown runs once, whatever triggered it, and deletes every channel and bridge the call created.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import redis.asyncio as aioredis
+
+from controller import ids
+from controller.admission import Admission, Queued, Reserved
+from controller.ari.capabilities import Capabilities, TransportUnavailable
+from controller.ari.errors import AriError
+from controller.ari.resources import Channel
+from controller.ari.rest import AriRest
+from controller.contexts import Route, Unroutable, resolve
+from controller.metrics import CALLS_ADMITTED, CALLS_ENDED, CALLS_FALLBACK, CALLS_QUEUED, QUEUE_WAIT, SETUP_SECONDS
+from shared.config.schema import Config
+from shared.keys import Keys
+from shared.logs import bind_call
+from shared.messages import CallPlan
+
+log = logging.getLogger("call")
+
+QUEUE_POLL_S = 0.1
+SETUP_ATTEMPTS = 2  # a worker that refuses the media connection gets one replacement
+
+
+class SetupFailed(Exception):
+    pass
+
+
+@dataclass
+class CallDeps:
+    """What every call needs from the controller process."""
+
+    config: Config
+    rest: AriRest
+    redis: aioredis.Redis
+    keys: Keys
+    admission: Admission
+    app: str
+    capabilities: Callable[[], Capabilities | None]
+    controller_id: str
+
+
+@dataclass
+class Call:
+    deps: CallDeps
+    call_id: str
+    caller: Channel
+    started: float = field(default_factory=time.monotonic)  # when StasisStart was handled
+    route: Route | None = None
+    provider: str = "openai_realtime"
+    reservation: Reserved | None = None
+    bridge: str = ""
+    media: str = ""
+    media_up: bool = False
+    state: str = "new"  # new | queued | setting_up | active | handing_off | ending | ended
+    caller_gone: asyncio.Event = field(default_factory=asyncio.Event)
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+    playback_done: dict[str, asyncio.Event] = field(default_factory=dict)
+    _setup: asyncio.Task | None = None
+    _teardown: asyncio.Task | None = None
+    on_ended: Callable[["Call"], None] | None = None
+
+    # --- event entry points (fast) ---------------------------------------------------------------------
+    def start(self) -> None:
+        self._setup = asyncio.create_task(self._run(), name=f"call-{self.call_id}")
+
+    def caller_left(self) -> None:
+        """StasisEnd of the caller: hung up, or gone to the dialplan (continue)."""
+        self.caller_gone.set()
+        self.end("caller_hangup" if self.state != "handing_off" else "handed_off")
+
+    def media_left(self) -> None:
+        """StasisEnd of our media leg: the worker closed it (or died) while the caller is still here."""
+        self.media_up = False
+        if self.state == "active" and not self.caller_gone.is_set():
+            log.warning("media leg %s ended while the call was active", self.media)
+            self.end("media_lost", fallback=True)
+
+    def playback_finished(self, playback_id: str) -> None:
+        done = self.playback_done.get(playback_id)
+        if done is not None:
+            done.set()
+
+    def end(self, reason: str, *, fallback: bool = False) -> None:
+        if self._teardown is None:
+            self._teardown = asyncio.create_task(self._end(reason, fallback), name=f"end-{self.call_id}")
+
+    async def wait_ended(self) -> None:
+        await self.ended.wait()
+
+    # --- the call's work -------------------------------------------------------------------------------
+    async def _run(self) -> None:
+        bind_call(self.call_id)
+        d = self.deps
+        try:
+            try:
+                self.route = await self._route()
+            except Unroutable as exc:
+                log.warning("call %s from %r cannot be routed: %s", self.caller.id, self.caller.caller.number, exc)
+                CALLS_FALLBACK.labels(exc.reason).inc()
+                self.end(exc.reason, fallback=True)
+                return
+            self.provider = self.route.provider
+            plan = self._plan(self.route)
+            excluded: list[str] = []
+            for attempt in range(SETUP_ATTEMPTS):
+                reserved = await self._admit(plan, tuple(excluded))
+                if reserved is None:
+                    return  # queue timeout (fallback started) or caller gone
+                try:
+                    await self._connect(reserved, plan)
+                    break
+                except SetupFailed as exc:
+                    excluded.append(reserved.worker_id)
+                    await d.admission.release(self.call_id, self.provider, "setup_failed")
+                    self.reservation = None
+                    await self._drop_media()
+                    if self.caller_gone.is_set():
+                        return
+                    log.warning("media setup on worker %s failed (%s)%s", reserved.worker_id, exc,
+                                "; trying another worker" if attempt + 1 < SETUP_ATTEMPTS else "")
+            else:
+                CALLS_FALLBACK.labels("setup_failed").inc()
+                self.end("setup_failed", fallback=True)
+                return
+            if self.caller_gone.is_set():
+                return  # teardown is already on its way
+            self.state = "active"
+            setup_ms = int((time.monotonic() - self.started) * 1000)
+            SETUP_SECONDS.observe(setup_ms / 1000)
+            await d.redis.hset(d.keys.call(self.call_id), mapping={
+                "state": "active", "bridge": self.bridge, "media_channel": self.media, "setup_ms": setup_ms})
+            log.info("call %s up on worker %s (%s %s) in %d ms", self.caller.id, self.reservation.worker_id,
+                     plan.transport, plan.format, setup_ms)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("call setup failed")
+            self.end("setup_error", fallback=True)
+
+    async def _route(self) -> Route:
+        vars_ = self.caller.channelvars
+        values: dict[str, str | None] = {}
+        for name in ("AI_CONTEXT", "AI_PROVIDER"):
+            if vars_ is not None and name in vars_:
+                values[name] = vars_[name] or None  # listed in ari.conf channelvars; "" = not set
+        missing = [n for n in ("AI_CONTEXT", "AI_PROVIDER") if n not in values]
+        if missing:  # ari.conf without channelvars: ask (404 = not set)
+            got = await asyncio.gather(*(self.deps.rest.get_variable(self.caller.id, n) for n in missing))
+            values.update(zip(missing, got))
+        return resolve(self.deps.config, values["AI_CONTEXT"], values["AI_PROVIDER"], self.caller.caller.name,
+                       self.caller.caller.number)
+
+    def _plan(self, route: Route) -> CallPlan:
+        caps = self.deps.capabilities()
+        fmt = route.profile.format
+        transport = route.profile.transport
+        if caps is not None:
+            try:
+                best = caps.best_format(transport, fmt)
+            except TransportUnavailable:
+                if transport == "audiosocket":  # e.g. chan_audiosocket not loaded: RTP is always there
+                    transport, best = "rtp", "slin"
+                else:
+                    raise
+            if best != fmt:
+                log.warning("profile %s wants %s %s; Asterisk %s offers %s", route.profile_name, transport, fmt,
+                            caps.version, best)
+            fmt = best
+        return CallPlan(
+            call_id=self.call_id, caller_channel=self.caller.id, context=route.context, provider=route.provider,
+            profile=route.profile_name, transport=transport, format=fmt,
+            provider_format=route.profile.provider_format, caller_name=self.caller.caller.name,
+            caller_number=self.caller.caller.number, greeting=route.greeting, instructions=route.instructions,
+            tools=route.tools, voice=route.voice, created_ms=int(time.time() * 1000))
+
+    async def _admit(self, plan: CallPlan, exclude: tuple[str, ...]) -> Reserved | None:
+        d = self.deps
+        fields = {"caller_channel": self.caller.id, "context": plan.context, "provider": plan.provider,
+                  "caller_name": plan.caller_name, "caller_number": plan.caller_number,
+                  "transport": plan.transport, "format": plan.format, "controller": d.controller_id,
+                  "created_ms": str(plan.created_ms), "bridge": ids.bridge_id(self.call_id),
+                  "media_channel": ids.media_channel_id(self.call_id)}
+        settings = d.config.controller
+        deadline = time.monotonic() + settings.queue_timeout_ms / 1000
+        queued_at: float | None = None
+        while True:
+            result = await d.admission.reserve(plan, fields, exclude=exclude)
+            if isinstance(result, Reserved):
+                self.reservation = result
+                CALLS_ADMITTED.inc()
+                if queued_at is not None:
+                    QUEUE_WAIT.observe(time.monotonic() - queued_at)
+                    await self._stop_queue_music()
+                return result
+            assert isinstance(result, Queued)
+            if queued_at is None:
+                queued_at = time.monotonic()
+                self.state = "queued"
+                CALLS_QUEUED.labels(result.reason).inc()
+                log.info("no capacity (%s): call %s waits, position %d", result.reason, self.caller.id,
+                         result.position)
+                await self._start_queue_music()
+            if self.caller_gone.is_set():
+                await d.admission.leave_queue(self.call_id)
+                return None
+            if time.monotonic() >= deadline:
+                await d.admission.leave_queue(self.call_id)
+                await self._stop_queue_music()
+                log.warning("no capacity for %.0f s: fallback", settings.queue_timeout_ms / 1000)
+                CALLS_FALLBACK.labels("queue_timeout").inc()
+                self.end("queue_timeout", fallback=True)
+                return None
+            try:
+                await asyncio.wait_for(self.caller_gone.wait(), QUEUE_POLL_S)
+            except asyncio.TimeoutError:
+                pass
+
+    async def _start_queue_music(self) -> None:
+        rest, settings = self.deps.rest, self.deps.config.controller
+        try:
+            if settings.queue_music == "moh":
+                await rest.start_moh(self.caller.id, settings.moh_class or None)
+            else:
+                await rest.ring(self.caller.id)
+        except AriError as exc:
+            log.info("queue music not started: %s", exc)
+
+    async def _stop_queue_music(self) -> None:
+        rest, settings = self.deps.rest, self.deps.config.controller
+        try:
+            if settings.queue_music == "moh":
+                await rest.stop_moh(self.caller.id)
+            else:
+                await rest.ring_stop(self.caller.id)
+        except AriError:
+            pass
+
+    async def _connect(self, reserved: Reserved, plan: CallPlan) -> None:
+        """Answer, bridge and the media leg, concurrently where possible. Raises SetupFailed when the media
+        leg cannot be made (the worker did not take the connection)."""
+        d = self.deps
+        self.state = "setting_up"
+        self.bridge = ids.bridge_id(self.call_id)
+        self.media = ids.media_channel_id(self.call_id)
+        timeout = d.config.controller.ari_timeout_ms / 1000
+        if plan.transport == "rtp":
+            media = dict(external_host=f"{reserved.media_host}:{reserved.rtp_port}", encapsulation="rtp",
+                         transport="udp", data=self.call_id)
+        else:
+            media = dict(external_host=f"{reserved.media_host}:{reserved.audiosocket_port}",
+                         encapsulation="audiosocket", transport="tcp", data=self.call_id)
+        bridge_task = asyncio.create_task(d.rest.create_bridge(self.bridge, "mixing", name=self.call_id))
+
+        async def caller_leg() -> None:
+            await d.rest.answer(self.caller.id)
+            await bridge_task
+            await d.rest.add_channel(self.bridge, self.caller.id)
+
+        async def media_leg() -> None:
+            try:
+                await d.rest.external_media(app=d.app, channel_id=self.media, format=plan.format, **media)
+            except AriError as exc:
+                if exc.status >= 500 or exc.status == 0:
+                    raise SetupFailed(f"externalMedia toward {media['external_host']}: {exc}") from exc
+                raise
+            self.media_up = True
+            await bridge_task
+            await d.rest.add_channel(self.bridge, self.media)
+
+        try:
+            await asyncio.wait_for(asyncio.gather(caller_leg(), media_leg(), bridge_task), timeout)
+        except asyncio.TimeoutError as exc:
+            raise SetupFailed(f"an ARI step took longer than {timeout:.1f}s") from exc
+        finally:
+            if not bridge_task.done():
+                bridge_task.cancel()
+
+    async def _drop_media(self) -> None:
+        if self.media:
+            await _quietly(self.deps.rest.hangup(self.media))
+            self.media_up = False
+
+    # --- the end ---------------------------------------------------------------------------------------
+    async def _end(self, reason: str, fallback: bool) -> None:
+        bind_call(self.call_id)
+        d = self.deps
+        if self._setup is not None and not self._setup.done() and asyncio.current_task() is not self._setup:
+            self._setup.cancel()
+            await asyncio.gather(self._setup, return_exceptions=True)
+        previous, self.state = self.state, "ending"
+        try:
+            if fallback and not self.caller_gone.is_set():
+                await self._fallback(reason)
+            # Asterisk never cleans these up by itself (reference §9.1): delete the media leg, then the bridge.
+            await self._drop_media()
+            await _quietly(d.rest.destroy_bridge(ids.bridge_id(self.call_id)))
+            await d.admission.release(self.call_id, self.provider, reason)
+        except Exception:
+            log.exception("teardown of the call failed (reason %s); reconcile will finish it", reason)
+        finally:
+            self.state = "ended"
+            CALLS_ENDED.labels(reason).inc()
+            log.info("call %s ended (%s, was %s) after %.1f s", self.caller.id, reason, previous,
+                     time.monotonic() - self.started)
+            self.ended.set()
+            if self.on_ended is not None:
+                self.on_ended(self)
+
+    async def _fallback(self, reason: str) -> None:
+        """Never silence: send the caller to the configured dialplan target, or play a prompt and hang up."""
+        d = self.deps
+        fb = d.config.controller.fallback
+        self.state = "handing_off"
+        if fb.action == "continue":
+            log.info("fallback (%s): continue to %s,%s,%d", reason, fb.context, fb.extension, fb.priority)
+            try:
+                await d.rest.continue_in_dialplan(self.caller.id, fb.context, fb.extension, fb.priority)
+                return
+            except AriError as exc:
+                log.warning("fallback continue failed (%s): hanging up", exc)
+        elif fb.prompt:
+            log.info("fallback (%s): prompt %s, then hangup", reason, fb.prompt)
+            playback_id = f"{self.call_id}-fallback"
+            done = self.playback_done[playback_id] = asyncio.Event()
+            try:
+                await d.rest.answer(self.caller.id)
+                await d.rest.play(self.caller.id, fb.prompt, playback_id=playback_id)
+                waiters = [asyncio.create_task(done.wait()), asyncio.create_task(self.caller_gone.wait())]
+                await asyncio.wait(waiters, timeout=fb.prompt_timeout_ms / 1000,
+                                   return_when=asyncio.FIRST_COMPLETED)
+                for w in waiters:
+                    w.cancel()
+            except AriError as exc:
+                log.warning("fallback prompt failed (%s): hanging up", exc)
+        if not self.caller_gone.is_set():
+            await _quietly(d.rest.hangup(self.caller.id, "normal"))
+
+
+async def _quietly(op: Awaitable) -> None:
+    """A cleanup step whose object may already be gone (404/409) must not stop the next step."""
+    try:
+        await op
+    except AriError as exc:
+        if not (exc.not_found or exc.conflict or exc.status == 0):
+            log.warning("cleanup step failed: %s", exc)

@@ -1,0 +1,198 @@
+"""The Stasis application: which call an ARI event belongs to, what it means for that call, and reconcile.
+
+Events are keyed by the call's caller channel (our own legs name their call in their id), so everything about
+one call is handled in arrival order while calls proceed in parallel.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from controller import ids
+from controller.ari.event_types import (
+    ChannelDestroyed,
+    Event,
+    PlaybackFinished,
+    StasisEnd,
+    StasisStart,
+    default_key,
+)
+from controller.ari.errors import AriError
+from controller.ari.resources import Channel
+from controller.call import Call, CallDeps
+from controller.metrics import CALLS_ACTIVE, RECONCILED
+
+log = logging.getLogger("stasis")
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class StasisApp:
+    def __init__(self, deps: CallDeps):
+        self.deps = deps
+        self.calls: dict[str, Call] = {}  # call id -> call
+        self.by_caller: dict[str, Call] = {}  # caller channel id -> call
+
+    # --- routing --------------------------------------------------------------------------------------
+    def key(self, event: Event) -> str:
+        key = default_key(event)
+        mine = ids.owner(key)
+        if mine is not None:
+            call = self.calls.get(mine[0])
+            if call is not None:
+                return call.caller.id
+        return key
+
+    async def handle(self, event: Event) -> None:
+        if isinstance(event, StasisStart):
+            await self._stasis_start(event)
+        elif isinstance(event, StasisEnd):
+            self._stasis_end(event.channel)
+        elif isinstance(event, PlaybackFinished):
+            target = event.playback.target_uri.partition(":")[2]
+            call = self.by_caller.get(target)
+            if call is not None:
+                call.playback_finished(event.playback.id)
+        elif isinstance(event, ChannelDestroyed):
+            log.debug("channel %s destroyed: %s (%s)", event.channel.id, event.cause, event.cause_txt)
+
+    async def _stasis_start(self, event: StasisStart) -> None:
+        channel = event.channel
+        mine = ids.owner(channel.id)
+        if mine is not None or (event.args and event.args[0] in ("transfer",)):
+            call = self.calls.get(mine[0]) if mine else None
+            if call is None or call.state in ("ending", "ended"):
+                # A leg of a call that is gone (e.g. created just before a restart): never leave it behind.
+                log.info("stray leg %s in Stasis: hanging it up", channel.id)
+                await _ignore_errors(self.deps.rest.hangup(channel.id))
+            return
+        if channel.name.startswith(ids.MEDIA_PREFIXES) or channel.id in self.by_caller:
+            return  # someone else's media leg, or a duplicate
+        self._new_call(channel)
+
+    def _new_call(self, channel: Channel) -> Call:
+        call = Call(self.deps, ids.new_call_id(), channel)
+        call.on_ended = self._forget
+        self.calls[call.call_id] = call
+        self.by_caller[channel.id] = call
+        CALLS_ACTIVE.set(len(self.calls))
+        log.info("call %s from %s <%s> on %s", channel.id, channel.caller.name, channel.caller.number,
+                 channel.name, extra={"call_id": call.call_id})
+        call.start()
+        return call
+
+    def _stasis_end(self, channel: Channel) -> None:
+        mine = ids.owner(channel.id)
+        if mine is not None:
+            call = self.calls.get(mine[0])
+            if call is not None and mine[1] == "em":
+                call.media_left()
+            return
+        call = self.by_caller.get(channel.id)
+        if call is not None:
+            call.caller_left()
+
+    def _forget(self, call: Call) -> None:
+        self.calls.pop(call.call_id, None)
+        if self.by_caller.get(call.caller.id) is call:
+            del self.by_caller[call.caller.id]
+        CALLS_ACTIVE.set(len(self.calls))
+
+    async def stop(self) -> None:
+        """Controller shutdown: calls keep running in Asterisk and on the workers; the next controller adopts
+        them in reconcile. Only the tasks of this process stop."""
+        for call in list(self.calls.values()):
+            for task in (call._setup,):
+                if task is not None and not task.done():
+                    task.cancel()
+
+    # --- reconcile ------------------------------------------------------------------------------------
+    async def reconcile(self, first: bool) -> None:
+        """After every (re)connect: Asterisk replays nothing, so compare what it has with what Redis and this
+        process know, adopt live calls, and delete whatever belongs to no live call."""
+        d = self.deps
+        channels = await d.rest.list_channels()
+        bridges = await d.rest.list_bridges()
+        in_stasis = {c.id: c for c in channels
+                     if c.dialplan and c.dialplan.app_name == "Stasis"
+                     and c.dialplan.app_data.split(",")[0] == d.app}
+        existing = {c.id for c in channels}
+        active_ids = [_text(c) for c in await d.redis.smembers(d.keys.calls_active)]
+        records = {}
+        for call_id in active_ids:
+            records[call_id] = {_text(k): _text(v) for k, v in (await d.redis.hgetall(d.keys.call(call_id))).items()}
+
+        adopted = cleaned = 0
+        for call in list(self.calls.values()):
+            if call.caller.id not in in_stasis and not call.caller_gone.is_set():
+                log.info("caller %s left while the events socket was down", call.caller.id)
+                call.caller_left()
+                cleaned += 1
+        for call_id, record in records.items():
+            if call_id in self.calls:
+                continue
+            caller_id = record.get("caller_channel", "")
+            caller = in_stasis.get(caller_id)
+            media_id = record.get("media_channel", "")
+            if caller is not None and record.get("state") == "active" and media_id in existing:
+                self._adopt(call_id, caller, record)
+                adopted += 1
+                continue
+            # The caller is gone (or never got its media): finish the teardown a previous controller began.
+            log.info("call %s: cleaning up (caller %s)", call_id, "gone" if caller is None else "without media")
+            if media_id in existing:
+                await _ignore_errors(d.rest.hangup(media_id))
+            await _ignore_errors(d.rest.destroy_bridge(ids.bridge_id(call_id)))
+            await d.admission.release(call_id, record.get("provider") or "openai_realtime",
+                                      "reconciled" if caller is None else "reconciled_no_media")
+            RECONCILED.labels("call").inc()
+            cleaned += 1
+            if caller is not None:
+                # A caller stuck half set up: start over as a new call rather than leave them in silence.
+                self._new_call(caller)
+
+        live = set(self.calls)
+        for channel in in_stasis.values():
+            mine = ids.owner(channel.id)
+            if mine is not None:
+                if mine[0] not in live:
+                    await _ignore_errors(d.rest.hangup(channel.id))
+                    RECONCILED.labels("channel").inc()
+                    cleaned += 1
+            elif channel.id not in self.by_caller and not channel.name.startswith(ids.MEDIA_PREFIXES):
+                # A caller that entered Stasis while no controller was listening (no StasisStart will come).
+                log.info("caller %s is in Stasis with no call: taking it", channel.id)
+                self._new_call(channel)
+        for bridge in bridges:
+            mine = ids.owner(bridge.id)
+            if mine is not None and mine[0] not in live:
+                await _ignore_errors(d.rest.destroy_bridge(bridge.id))
+                RECONCILED.labels("bridge").inc()
+                cleaned += 1
+        if adopted:
+            RECONCILED.labels("adopted").inc(adopted)
+        log.info("reconciled (%s connect): %d calls adopted, %d objects cleaned, %d calls live",
+                 "first" if first else "re", adopted, cleaned, len(self.calls))
+
+    def _adopt(self, call_id: str, caller: Channel, record: dict[str, str]) -> None:
+        call = Call(self.deps, call_id, caller)
+        call.on_ended = self._forget
+        call.state = "active"
+        call.provider = record.get("provider") or "openai_realtime"
+        call.bridge = record.get("bridge", "")
+        call.media = record.get("media_channel", "")
+        call.media_up = True
+        self.calls[call_id] = call
+        self.by_caller[caller.id] = call
+        CALLS_ACTIVE.set(len(self.calls))
+        log.info("adopted call %s (caller %s, worker %s)", call_id, caller.id, record.get("worker"))
+
+
+async def _ignore_errors(op) -> None:
+    try:
+        await op
+    except AriError as exc:
+        if not exc.gone:
+            log.warning("reconcile step failed: %s", exc)
