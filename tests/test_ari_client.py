@@ -859,10 +859,14 @@ async def test_on_connect_failure_retries(ari):
 
     run = Run(ari, handler, on_connect=on_connect)
     await until(lambda: len(calls) >= 2 and run.stream.connected, what="second on_connect")
-    assert calls[:2] == [True, False]
+    assert calls == [True, True]  # the startup reconcile never succeeded: the retry is still the first
     first = ari.ws_conns[0]
     await asyncio.wait_for(first.closed.wait(), 2)
     assert first.close_code == 1011
+    await until(lambda: len(ari.ws_conns) == 2, what="second connection")
+    await ari.ws_conns[1].drop("1011")
+    await until(lambda: len(calls) == 3, what="third on_connect")
+    assert calls == [True, True, False] and run.stream.connects == 3
     await run.stop()
 
 

@@ -3,7 +3,8 @@
 Asterisk does not replay anything on reconnect (calls already in Stasis get no new StasisStart), so
 `on_connect(first)` runs after every successful connect, once the previous connection's events are handled
 and before any event of the new one is dispatched: the controller reconciles there (GET /channels,
-/bridges). Events wait in the socket meanwhile, so none is lost. Decoding never raises: a malformed message
+/bridges). `first` stays True until an on_connect has succeeded. Events wait in the socket meanwhile, so
+none is lost. Decoding never raises: a malformed message
 is logged, counted and skipped.
 """
 
@@ -81,6 +82,7 @@ class EventStream:
         self._drain_timeout = drain_timeout
         self._stable_after = stable_after  # a connection that lasted this long resets the backoff
         self._dispatcher: KeyedDispatcher[Event] | None = None
+        self._settled = False
         self.connected = False
         self.connects = 0
         self.events_received = 0
@@ -126,10 +128,10 @@ class EventStream:
                 if down_since is not None and self.connects:
                     log.info("ARI events reconnected after %.1fs (%d failed attempts)",
                              time.monotonic() - down_since, failures)
-                first = self.connects == 0
-                self.connects += 1
-                if not first:
+                first = not self._settled  # True until an on_connect has succeeded once
+                if self.connects:
                     RECONNECTS.inc()
+                self.connects += 1
                 failures = 0
                 down_since = None
                 up_at = time.monotonic()
@@ -174,6 +176,7 @@ class EventStream:
                     log.exception("ARI events: on_connect failed; reconnecting")
                     await ws.close(1011, "on_connect failed")
                     return "on_connect failed"
+            self._settled = True
             async for message in ws:
                 await self._dispatch(message)
             return _close_text(ws)
