@@ -109,6 +109,13 @@ def cmd_sim_realtime(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def cmd_sim_asterisk(args: argparse.Namespace) -> int:
+    from sim.asterisk.cli import run
+
+    setup_logging("sim-asterisk", args.log_level or "info")
+    return run(args)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from sim.demo import main as demo_main
 
@@ -144,13 +151,18 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true", help="machine-readable output")
     st.set_defaults(func=cmd_status)
 
-    sim = sub.add_parser("sim", help="the simulators: an OpenAI Realtime emulator (and, later, Asterisk)")
+    sim = sub.add_parser("sim", help="the simulators: an OpenAI Realtime emulator and an Asterisk (ARI) simulator")
     sims = sim.add_subparsers(dest="simulator", required=True, metavar="SIMULATOR")
     realtime = sims.add_parser("realtime", help="run the OpenAI Realtime GA emulator")
     from sim.realtime.cli import add_arguments as realtime_arguments
 
     realtime_arguments(realtime)
     realtime.set_defaults(func=cmd_sim_realtime)
+    asterisk = sims.add_parser("asterisk", help="run the Asterisk 22.10.1 (ARI) simulator")
+    from sim.asterisk.cli import add_arguments as asterisk_arguments
+
+    asterisk_arguments(asterisk)
+    asterisk.set_defaults(func=cmd_sim_asterisk)
 
     demo = sub.add_parser("demo", help="start the cluster locally, show it working, stop it cleanly")
     demo.add_argument("--keep-running", action="store_true", help="leave the cluster up until Ctrl-C")

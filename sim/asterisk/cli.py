@@ -1,0 +1,45 @@
+"""`voice-agent sim asterisk`: the Asterisk simulator as a process of its own (demo, load tests).
+
+Prints `listening on http://HOST:PORT` as its first line; SIGTERM/SIGINT stop it cleanly (exit 0). ARI is at
+/ari, the control API (see sim.asterisk.control) at /sim."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8088, help="0: any free port (the URL is printed first)")
+    parser.add_argument("--user", default="asterisk", help="ARI user")
+    parser.add_argument("--password", default="secret", help="ARI password")
+    parser.add_argument("--version", dest="asterisk_version", default="22.10.1", help="reported system.version")
+    parser.add_argument("--dialplan", help="YAML dialplan {context: {exten: [App(args), ...]}} (default: built in)")
+    parser.add_argument("--workdir", help="where voicemail WAVs go (default: a temporary directory)")
+    parser.add_argument("--channelvars", default="AI_CONTEXT,AI_PROVIDER", help="ari.conf channelvars (csv)")
+    parser.add_argument("--rtp-ports", default="20000-20999", help="UnicastRTP port range")
+    parser.add_argument("--time-scale", type=float, default=1.0, help="dialplan Wait()/ring timers, times real time")
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    from sim.asterisk.server import AsteriskSim
+
+    low, _, high = args.rtp_ports.partition("-")
+    sim = AsteriskSim(users={args.user: args.password}, version=args.asterisk_version,
+                      channelvars=tuple(v for v in args.channelvars.split(",") if v), dialplan=args.dialplan,
+                      rtp_port_range=(int(low), int(high or low)), workdir=args.workdir, time_scale=args.time_scale)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await sim.start(args.host, args.port)
+    print(f"listening on {sim.url}", flush=True)
+    await stop.wait()
+    await sim.stop()
+
+
+def run(args: argparse.Namespace) -> int:
+    asyncio.run(_serve(args))
+    return 0
