@@ -254,8 +254,10 @@ class Calls:
         """An ARI-made channel's whole life: Stasis(app), then it is hung up (res_ari's channel thread)."""
         before = (ch.app_name, ch.app_data)
         self.pbx.set_dialplan_app(ch, "Stasis", data, event=dialplan_event)
-        await self.pbx.run_stasis(ch, app, args)
-        ch.app_name, ch.app_data = before
+        try:
+            await self.pbx.run_stasis(ch, app, args)
+        finally:
+            ch.app_name, ch.app_data = before
 
     def stasis_dial(self, near: Channel, caller: Channel | None, timeout: int) -> None:
         watch = StasisDialWatch(self, near, caller)
