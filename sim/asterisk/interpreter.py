@@ -145,7 +145,7 @@ class Interpreter:
                 continue
             done = asyncio.get_running_loop().create_future()
             self.pbx.play(ch, [f"sound:{name}"], "dp-" + self.pbx.ids.token(8), None,
-                          on_done=lambda d=done: d.done() or d.set_result(None))
+                          on_done=lambda d=done: d.done() or d.set_result(None), ari=False)
             await done
         self.pbx.set_var(ch, "PLAYBACKSTATUS", "SUCCESS")
         return None
@@ -303,7 +303,7 @@ class Interpreter:
         for prompt in ("vm-intro", "beep"):
             done = asyncio.get_running_loop().create_future()
             self.pbx.play(ch, [f"sound:{prompt}"], "vm-" + self.pbx.ids.token(8), None,
-                          on_done=lambda d=done: d.done() or d.set_result(None))
+                          on_done=lambda d=done: d.done() or d.set_result(None), ari=False)
             await done
         recorder = Recorder()
         stop = asyncio.Event()

@@ -364,16 +364,19 @@ class Pbx:
 
     # --- playbacks ---------------------------------------------------------------------------------------
     def play(self, target: Channel | Bridge, media: list[str], playback_id: str, app: str | None,
-             language: str = "en", on_done: Callable[[], None] | None = None) -> Playback:
+             language: str = "en", on_done: Callable[[], None] | None = None, *, ari: bool = True) -> Playback:
+        """ari=False: a dialplan Playback() - no Playback object in ARI and no Playback events."""
         kind = "bridge" if isinstance(target, Bridge) else "channel"
         playback = Playback(id=playback_id, media=list(media), target_uri=f"{kind}:{target.id}", app=app,
                             language=language)
-        self.playbacks[playback_id] = playback
+        if ari:
+            self.playbacks[playback_id] = playback
         clock = self.bridge_clock(target) if isinstance(target, Bridge) else self.clock(target)
-        playback.task = self.spawn(self._play(playback, clock, on_done), name=f"playback:{playback_id}")
+        playback.task = self.spawn(self._play(playback, clock, on_done, ari), name=f"playback:{playback_id}")
         return playback
 
-    async def _play(self, playback: Playback, clock: ToneClock, on_done: Callable[[], None] | None) -> None:
+    async def _play(self, playback: Playback, clock: ToneClock, on_done: Callable[[], None] | None,
+                    ari: bool) -> None:
         apps = [playback.app] if playback.app else []
         handle = None
         try:
@@ -381,8 +384,9 @@ class Pbx:
             for index in range(len(playback.media)):
                 playback.index = index
                 playback.state = "playing" if index == 0 else "continuing"
-                self.emit(ev.playback_event("PlaybackStarted" if index == 0 else "PlaybackContinuing",
-                                            playback.snapshot()), apps=apps)
+                if ari:
+                    self.emit(ev.playback_event("PlaybackStarted" if index == 0 else "PlaybackContinuing",
+                                                playback.snapshot()), apps=apps)
                 done = asyncio.get_running_loop().create_future()
                 handle = clock.play(media_pcm(playback.media[index], self.time_scale),
                                     lambda d=done: d.done() or d.set_result(None))
@@ -392,8 +396,9 @@ class Pbx:
             if handle is not None:
                 clock.cancel(handle)
             playback.state = "done"
-            self.playbacks.pop(playback.id, None)
-            self.emit(ev.playback_event("PlaybackFinished", playback.snapshot()), apps=apps)
+            if ari:
+                self.playbacks.pop(playback.id, None)
+                self.emit(ev.playback_event("PlaybackFinished", playback.snapshot()), apps=apps)
             if on_done is not None:
                 on_done()
 
