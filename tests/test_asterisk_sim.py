@@ -510,7 +510,8 @@ async def test_rtp_external_media_two_way_ulaw(sim, ari):
     tone = np.frombuffer(tone_pcm(1000, 300, 8000), dtype="<i2")
     call.heard.clear()
     for n, i in enumerate(range(0, len(tone), 160)):
-        header = bytes([0x80, 0]) + (n + 1).to_bytes(2, "big") + ((n + 1) * 160).to_bytes(4, "big") + b"\x01\x02\x03\x04"
+        header = (bytes([0x80, 0]) + (n + 1).to_bytes(2, "big") + ((n + 1) * 160).to_bytes(4, "big")
+                  + b"\x01\x02\x03\x04")
         udp.sendto(header + encode(tone[i:i + 160], "audio/pcmu"), source)
     await asyncio.sleep(0.1)
     udp.close()
@@ -571,7 +572,8 @@ async def test_cli_process_and_control_api(tmp_path):
         auth = {"Authorization": aiohttp.encode_basic_auth("u", "p")}
         async with aiohttp.ClientSession(headers=auth) as s:
             async with s.ws_connect(f"{url}/ari/events?app={APP}") as ws:
-                async with s.post(f"{url}/sim/calls", json={"caller_number": "6000", "variables": {"AI_CONTEXT": "x"}}) as r:
+                body = {"caller_number": "6000", "variables": {"AI_CONTEXT": "x"}}
+                async with s.post(f"{url}/sim/calls", json=body) as r:
                     assert r.status == 201
                     call_id = (await r.json())["id"]
                 event = json.loads((await ws.receive(timeout=3)).data)

@@ -16,7 +16,6 @@ Every event the simulator sent and every 2xx response body is also validated aga
 from __future__ import annotations
 
 import asyncio
-import copy
 import json
 import re
 import socket

@@ -252,8 +252,10 @@ class Pbx:
             ch.input_sink(pcm, rate)
         bridge = ch.bridge
         if bridge is not None:
+            # members on hold music or hearing ringback get that tone instead; with more than two members each
+            # one receives every other member's stream as it comes (not summed into one mix)
             for member in bridge.members:
-                if member is not ch and not member.moh:
+                if member is not ch and not member.moh and not member.ringback:
                     self.write_to(member, pcm, rate)
 
     def clock(self, ch: Channel) -> ToneClock:
