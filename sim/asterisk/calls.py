@@ -218,20 +218,32 @@ class Calls:
                         variables: dict[str, str], channel_id: str | None, other_id: str | None,
                         fmt: str | None = None) -> Channel:
         near = await self.request(endpoint, channel_id, other_id, fmt)
+        pbx = self.pbx
+        pbx.set_dialplan_app(near, "AppDial2", "(Outgoing Line)")  # ast_dial's placeholder application
+        near.restore_app = ("AppDial2", "(Outgoing Line)")
         name, number = parse_caller_id(caller_id)
         if name or number:
             near.caller_name, near.caller_number = name, number
+            pbx.emit(ev.channel_caller_id(pbx.snap(near)), channels=[near])
             near.connected_name, near.connected_number = name, number
+            pbx.emit(ev.channel_event("ChannelConnectedLine", pbx.snap(near)), channels=[near])
+            far = near.local_peer
+            if far is not None and not far.hidden:
+                pbx.emit(ev.channel_caller_id(pbx.snap(far)), channels=[far])
+                pbx.emit(ev.channel_event("ChannelConnectedLine", pbx.snap(far)), channels=[far])
         for key, value in variables.items():
-            self.pbx.set_var(near, key, value)
-        near.app_name, near.app_data = "AppDial2", "(Outgoing Line)"
+            pbx.set_var(near, key, value)
         if app:
-            self.pbx.apps.subscribe(app, near)
+            pbx.apps.subscribe(app, near)
             if near.local_peer is not None and not near.local_peer.hidden:
-                self.pbx.apps.subscribe(app, near.local_peer)  # "Subscribe to the Local channel peer also"
+                pbx.apps.subscribe(app, near.local_peer)  # "Subscribe to the Local channel peer also"
         watch = OriginateWatch(self, near, app=app, app_args=app_args, context=context or "default",
                                extension=extension or "s", priority=priority)
-        self.pbx.emit(ev.dial("", near.dialstring or "", self.pbx.snap(near)), channels=[near])
+        pbx.emit(ev.dial("", near.dialstring or "", pbx.snap(near)), channels=[near])
+        if near.tech == "Local":
+            near.device_busy = near.local_peer.device_busy = True
+            pbx.device_state(pbx.device_name(near), "INUSE")
+            pbx.device_state(pbx.device_name(near), "INUSE")
         self.dial_out(near, watch, timeout if timeout > 0 else (None if timeout == -1 else 30))
         return near
 
@@ -276,7 +288,7 @@ class Calls:
         ch.ari_created = True
         for key, value in variables.items():
             self.pbx.set_var(ch, key, value)
-        ch.app_name, ch.app_data = "AppDial2", "(Outgoing Line)"
+        self.pbx.set_dialplan_app(ch, "AppDial2", "(Outgoing Line)")
         # the answer carries the channel's own variables (transport ones), newest first, not the ari.conf set
         response = ch.snapshot(None, override_vars=dict(reversed(list(ch.variables.items()))))
         self.pbx.apps.subscribe(app, ch)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Awaitable, Callable
 
+from sim.asterisk import events as ev
 from sim.asterisk.dialplan import Dialplan, expand, parse_target, split_args, truthy
 from sim.asterisk.state import Channel, Hungup
 
@@ -54,6 +55,10 @@ class Interpreter:
 
     # --- the loop ----------------------------------------------------------------------------------------
     async def run(self, ch: Channel, context: str, exten: str, priority: int) -> None:
+        ch.pbx_run = True  # destroy() then shows ch.restore_app as the channel's application
+        await self._run(ch, context, exten, priority)
+
+    async def _run(self, ch: Channel, context: str, exten: str, priority: int) -> None:
         while not ch.hanging_up:
             steps = self.dialplan.steps(context, exten)
             if steps is None or priority < 1 or priority > len(steps):
@@ -64,6 +69,9 @@ class Interpreter:
             data = expand(step.data, lambda name: self.lookup(ch, name))
             ch.set_location(context, exten, priority)
             self.pbx.set_dialplan_app(ch, step.app, data)
+            if ch.callerid_dirty:
+                ch.callerid_dirty = False
+                self.pbx.emit(ev.channel_caller_id(self.pbx.snap(ch)), channels=[ch])
             ch.trail.append(f"{step.app}({data})")
             fn = self.apps.get(step.app.lower())
             if fn is None:

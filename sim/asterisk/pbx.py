@@ -108,6 +108,17 @@ class Pbx:
     def answer(self, ch: Channel) -> None:
         self.set_state(ch, "Up")
 
+    def device_state(self, name: str, state: str) -> None:
+        """DeviceStateChanged goes to subscribeAll apps only (no app subscribes to devices here)."""
+        self.emit(ev.device_state_changed(name, state))
+
+    @staticmethod
+    def device_name(ch: Channel) -> str:
+        """The device of a channel: its name without the `-<sequence>` / `-0x...` / `-<uuid>` suffix."""
+        if ch.tech == "AudioSocket":
+            return ch.name[:ch.name.index("-")] if "-" in ch.name else ch.name
+        return ch.name.rsplit("-", 1)[0]
+
     def run(self, ch: Channel, coro: Coroutine, name: str = "channel") -> None:
         """Run a channel's dialplan (or Stasis-only life); the channel is destroyed when it returns."""
         ch.dialplan_task = self.spawn(self._life(ch, coro), name=f"{name}:{ch.name}")
@@ -204,15 +215,26 @@ class Pbx:
         if ch.in_stasis:
             self.end_stasis(ch)
         self._stop_audio(ch)
+        if ch.pbx_run:
+            # the channel's PBX thread ends with a soft hangup of its own (seen with subscribeAll, trace 01)
+            self.emit(ev.hangup_request(16, True, self.snap(ch)), channels=[ch])
+            ch.app_name, ch.app_data = ch.restore_app
+        peer = ch.local_peer
+        if peer is not None and not peer.destroyed and not peer.hanging_up:
+            self.hangup(peer, 16, soft=False)  # a Local half hanging up queues the hangup on its other half
+        if ch.local_half and ch.device_busy:
+            for half in (ch, peer):
+                if half is not None:
+                    half.device_busy = False
+            name = self.device_name(ch)
+            self.device_state(name, "NOT_INUSE")
+            self.device_state(name, "NOT_INUSE")
         self.emit(ev.channel_destroyed(ch.hangup_cause, self.snap(ch)), channels=[ch])
         ch.destroyed = True
         self.channels.pop(ch.id, None)
         self.apps.forget_channel(ch)
         for playback in [p for p in self.playbacks.values() if p.target_uri == f"channel:{ch.id}"]:
             self.stop_playback(playback)
-        peer = ch.local_peer
-        if peer is not None and not peer.destroyed and not peer.hanging_up:
-            self.hangup(peer, 16, soft=False)
         for callback in list(ch.on_destroy):
             with contextlib.suppress(Exception):
                 callback(ch)
@@ -312,6 +334,9 @@ class Pbx:
         ch.bridge = bridge
         if bridge.stasis:
             self.apps.bridge_ref(ch.stasis_app, bridge, +1)
+        if ch.tech in ("UnicastRTP", "AudioSocket") and not ch.device_busy:
+            ch.device_busy = True
+            self.device_state(self.device_name(ch), "INUSE")
         self.emit(ev.bridge_channel_event("ChannelEnteredBridge", bridge.snapshot(), self.snap(ch)),
                   channels=[ch], bridge=bridge)
         if len(bridge.members) == 2:
@@ -326,6 +351,8 @@ class Pbx:
             return
         ch.connected_name, ch.connected_number = name, number
         self.emit(ev.channel_event("ChannelConnectedLine", self.snap(ch)), channels=[ch])
+        if ch.local_half == 1 and ch.local_peer is not None:
+            ch.local_peer.callerid_dirty = True  # its ;2 half reports it when its dialplan next moves on
 
     def leave_bridge(self, ch: Channel, why: str) -> None:
         """why: remove | move | continue | destroy keep the app's bridge reference count honest; hangup
@@ -335,6 +362,9 @@ class Pbx:
             return
         if ch.variables.get("BRIDGEPEER"):
             self.set_var(ch, "BRIDGEPEER", "")
+        if why == "hangup" and ch.device_busy and ch.tech in ("UnicastRTP", "AudioSocket"):
+            ch.device_busy = False
+            self.device_state(self.device_name(ch), "UNKNOWN")
         bridge.members.remove(ch)
         ch.bridge = None
         self.emit(ev.bridge_channel_event("ChannelLeftBridge", bridge.snapshot(), self.snap(ch)),

@@ -64,6 +64,10 @@ class Channel:
     dtmf_sink: Callable[[str], None] | None = None
     watch: Any = None                      # who is dialing this channel (ringing / answer / busy callbacks)
     pinned: set[str] = field(default_factory=set)  # variables a test fixed: dialplan Set() leaves them alone
+    pbx_run: bool = False                  # ran dialplan applications (not only an ARI Stasis life)
+    restore_app: tuple[str, str] = ("", "")  # the dialplan app its snapshot shows once the dialplan is over
+    callerid_dirty: bool = False           # a Local ;2 half owes a ChannelCallerId after its ;1's line changed
+    device_busy: bool = False              # counted INUSE in device state
     on_destroy: list[Callable[[Channel], None]] = field(default_factory=list)
     events: dict[str, asyncio.Event] = field(default_factory=dict)
 
