@@ -82,8 +82,9 @@ class StasisApp:
 
 
 class AppRegistry:
-    def __init__(self, asterisk_id: str):
+    def __init__(self, asterisk_id: str, record: bool = True):
         self.asterisk_id = asterisk_id
+        self.record = record  # keep every delivered event in sent_events (off for long-running processes)
         self.apps: dict[str, StasisApp] = {}
         self.sent_events: dict[str, list[dict]] = defaultdict(list)
         self.sockets: list[EventSocket] = []
@@ -168,7 +169,8 @@ class AppRegistry:
         if "asterisk_id" not in message:
             message["asterisk_id"] = self.asterisk_id
         message["application"] = app.name
-        self.sent_events[app.name].append(message)
+        if self.record:
+            self.sent_events[app.name].append(message)
         text = json.dumps(message, separators=(",", ":"))
         for sock in app.sockets:
             sock.send(text)

@@ -29,7 +29,8 @@ async def _serve(args: argparse.Namespace) -> None:
     low, _, high = args.rtp_ports.partition("-")
     sim = AsteriskSim(users={args.user: args.password}, version=args.asterisk_version,
                       channelvars=tuple(v for v in args.channelvars.split(",") if v), dialplan=args.dialplan,
-                      rtp_port_range=(int(low), int(high or low)), workdir=args.workdir, time_scale=args.time_scale)
+                      rtp_port_range=(int(low), int(high or low)), workdir=args.workdir, time_scale=args.time_scale,
+                      record=False)  # a long-running process keeps no event/request history
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

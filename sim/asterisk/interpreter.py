@@ -147,7 +147,10 @@ class Interpreter:
         return None
 
     async def app_playback(self, ch: Channel, data: str) -> None:
-        files = split_args(data)[0].split("&") if data else []
+        args = split_args(data)
+        files = args[0].split("&") if data else []
+        if ch.state != "Up" and "noanswer" not in args[1:]:
+            self.answer(ch)  # Playback() answers the channel first unless told `noanswer`
         for name in files:
             if not name:
                 continue

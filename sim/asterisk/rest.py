@@ -165,7 +165,8 @@ class AriRest:
         status, payload, headers = await self._dispatch(request, path, query, body)
         record = RestRecord(request.method, path, {k: v[0] for k, v in query.items()}, body, status,
                             response=payload)
-        self.sim.rest_log.append(record)
+        if self.sim.record:
+            self.sim.rest_log.append(record)
         if status == 204 or payload is None:
             return web.Response(status=status, headers=headers)
         return web.Response(status=status, text=json.dumps(payload, separators=(",", ":")),

@@ -101,7 +101,8 @@ class AsteriskSim:
                  channelvars: tuple[str, ...] | list[str] = ("AI_CONTEXT", "AI_PROVIDER"),
                  dialplan: dict | str | Path | None = None, rtp_port_range: tuple[int, int] = (20000, 20999),
                  workdir: str | Path | None = None, *, time_scale: float = 1.0, entity_id: str | None = None,
-                 voicemail_max_s: float = 120.0, control_api: bool = True):
+                 voicemail_max_s: float = 120.0, control_api: bool = True, record: bool = True,
+                 keep_ended_calls: int = 1000):
         self.users = dict(users or {"asterisk": "secret"})
         self.version = version
         self.entity_id = entity_id or random_entity_id()
@@ -113,7 +114,9 @@ class AsteriskSim:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.ids = IdSource()
-        self.apps = AppRegistry(self.entity_id)
+        self.record = record  # rest_log / sent_events kept (tests); a long-running process turns it off
+        self.keep_ended_calls = keep_ended_calls
+        self.apps = AppRegistry(self.entity_id, record=record)
         self.pbx = Pbx(apps=self.apps, ids=self.ids, channelvars=tuple(channelvars), time_scale=time_scale)
         self.dialplan = Dialplan.load(dialplan)
         self.calls = Calls(self.pbx, rtp_port_range=rtp_port_range)
@@ -223,6 +226,9 @@ class AsteriskSim:
         self.pbx.register(ch)
         call = SimCall(self, ch, endpoint)
         self.sim_calls[ch.id] = call
+        ended = [cid for cid, c in self.sim_calls.items() if c.ended]
+        for cid in ended[:max(0, len(ended) - self.keep_ended_calls)]:
+            del self.sim_calls[cid]  # what they heard is memory: keep only the most recent ended calls
 
         async def start_audio_on_answer() -> None:
             await ch.flag("answered").wait()
