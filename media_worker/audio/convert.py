@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 import soxr
 
-from media_worker.audio.fir import Downsampler, Upsampler, delay_samples, to_pcm16
+from media_worker.audio.fir import Downsampler, Upsampler, delay_samples, round_int16, to_pcm16
 from media_worker.audio.g711 import DECODE_TABLE, DECODE_TABLE_BE, DECODE_TABLE_F32, ENCODE_TABLE, ULAW_SILENCE
 
 WIRE_FORMATS = ("slin", "slin16", "slin24", "ulaw", "slin_be")  # slin_be = RTP slin (8 kHz big-endian)
@@ -138,10 +138,7 @@ class _Path:
         if x.dtype.kind == "f":
             if dst != "ulaw":
                 return to_pcm16(x, "<i2" if dst == "le" else ">i2")
-            np.rint(x, out=x)
-            np.minimum(x, 32767.0, out=x)
-            np.maximum(x, -32768.0, out=x)
-            x = x.astype(np.int16)
+            x = round_int16(x)
         if dst == "ulaw":
             return ENCODE_TABLE.take(x.view(x.dtype.str.replace("i", "u"))).tobytes()
         return x.astype("<i2" if dst == "le" else ">i2", copy=False).tobytes()

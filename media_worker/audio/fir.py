@@ -7,8 +7,8 @@ properties (perf-anchors: QQ aliases at 0 dB, LQ holds back 22–25 ms, VHQ 85 m
 
 Both classes keep their filter state across calls, so a stream cut into frames of any size gives the same
 samples as one call over the whole stream, and nothing is held back beyond the filter's own delay:
-a 20 ms frame in gives 20 ms out. The work per call is one matrix product over a strided view of
-[history + input]; no Python loop per sample.
+a 20 ms frame in gives 20 ms out. The work per call is a few matrix products over [history + input]
+(a strided window view, or contiguous blocks for the decimator's BLAS path); no Python loop per sample.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ BASE_RATE = 8000
 CUTOFF_HZ = 4000.0
 STOP_ATTENUATION_DB = 60.0  # Kaiser design target; the measured worst case above 4.6 kHz is ~59 dB
 _F32 = np.dtype(np.float32)
+_HI, _LO = np.float32(32767.0), np.float32(-32768.0)  # float32 scalars: no conversion per call
 
 
 @lru_cache(maxsize=None)
@@ -43,12 +44,17 @@ def delay_samples(factor: int) -> int:
     return (len(lowpass(factor)) - 1) // 2
 
 
+def round_int16(y: np.ndarray, dtype: str = "<i2") -> np.ndarray:
+    """Round and saturate float samples (in place, so `y` is scratch) to int16 of the given byte order."""
+    np.rint(y, out=y)
+    np.minimum(y, _HI, out=y)
+    np.maximum(y, _LO, out=y)
+    return y.astype(dtype)
+
+
 def to_pcm16(y: np.ndarray, dtype: str = "<i2") -> bytes:
     """Round and saturate float samples (in place) to int16 bytes; `dtype=">i2"` for big-endian."""
-    np.rint(y, out=y)
-    np.minimum(y, 32767.0, out=y)
-    np.maximum(y, -32768.0, out=y)
-    return y.astype(dtype).tobytes()
+    return round_int16(y, dtype).tobytes()
 
 
 class Upsampler:
@@ -103,22 +109,49 @@ class Downsampler:
     """8·factor kHz -> 8 kHz. Accepts any input length; the samples short of the next output stay in the
     state (fewer than `factor`, i.e. < 0.125 ms), so no whole frame is ever held back."""
 
+    BLOCK = 25  # outputs per block of the BLAS path
+
     def __init__(self, factor: int = 3) -> None:
-        self._h = np.asarray(lowpass(factor)[::-1], dtype=np.float32)  # symmetric, reversed for clarity
+        h = np.asarray(lowpass(factor)[::-1], dtype=np.float32)  # symmetric; y[m] = h · x[m·K .. m·K+N-1]
+        self._h = h
         self.factor = factor
         # Output m is the window ending at input sample m·factor: zeros before the stream's first sample.
-        self._pending = np.zeros(len(self._h) - 1, dtype=np.float32)
+        self._pending = np.zeros(len(h) - 1, dtype=np.float32)
+        # Whole blocks of BLOCK outputs are two contiguous matrix products (fast BLAS): block b reads input
+        # blocks b and b+1 of factor·BLOCK samples; t0/t1 hold the filter taps each block contributes.
+        k, b, n = factor, self.BLOCK, len(h)
+        span = k * b
+        if k * (b - 1) + n > 2 * span:
+            raise ValueError("filter longer than two blocks")
+        s, r = np.arange(span)[:, None], np.arange(b)[None, :]
+        taps = np.concatenate((h, np.zeros(2 * span, dtype=np.float32)))
+        j0, j1 = s - k * r, span + s - k * r
+        self._t0 = np.where((j0 >= 0) & (j0 < n), taps[np.clip(j0, 0, n)], 0).astype(np.float32)
+        self._t1 = np.where((j1 >= 0) & (j1 < n), taps[np.clip(j1, 0, n)], 0).astype(np.float32)
 
     def process_array(self, x: np.ndarray) -> np.ndarray:
         """Any real samples at the high rate -> float32 at 8 kHz (a fresh array)."""
         buf = np.concatenate((self._pending, x), dtype=np.float32)
-        taps, k = len(self._h), self.factor
+        taps, k, b = len(self._h), self.factor, self.BLOCK
         count = (len(buf) - taps) // k + 1 if len(buf) >= taps else 0
         self._pending = buf[count * k:]
         if count == 0:
             return np.empty(0, dtype=np.float32)
-        windows = np.ndarray((count, taps), _F32, buf, 0, (k * _F32.itemsize, _F32.itemsize))
-        return np.dot(windows, self._h)
+        span = k * b
+        blocks = min(count // b, len(buf) // span - 1)
+        rest = count - blocks * b
+        tail = None
+        if rest:  # the outputs short of a whole block: a strided view over the remaining windows
+            windows = np.ndarray((rest, taps), _F32, buf, blocks * span * _F32.itemsize,
+                                 (k * _F32.itemsize, _F32.itemsize))
+            tail = np.dot(windows, self._h)
+            if not blocks:
+                return tail
+        grid = buf[: (blocks + 1) * span].reshape(blocks + 1, span)
+        y = np.matmul(grid[:-1], self._t0)
+        y += np.matmul(grid[1:], self._t1)
+        y = y.reshape(-1)
+        return y if tail is None else np.concatenate((y, tail))
 
     def process(self, pcm: bytes) -> bytes:
         """PCM16 LE at 8·factor kHz -> PCM16 LE at 8 kHz."""
