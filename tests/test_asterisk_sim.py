@@ -614,3 +614,53 @@ async def test_cli_process_and_control_api(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+# --- the dialplan, sans I/O --------------------------------------------------------------------------------------
+
+def test_dialplan_parsing_expansion_and_yaml(tmp_path):
+    from sim.asterisk.dialplan import (DEFAULT_DIALPLAN, Dialplan, DialplanError, evaluate, expand, parse_step,
+                                       split_args)
+
+    step = parse_step('(retry)GotoIf($["${STASISSTATUS}"="FAILED"]?ai-agent-fallback,s,1)')
+    assert (step.label, step.app) == ("retry", "GotoIf")
+    values = {"STASISSTATUS": "FAILED", "X": "A"}
+    assert expand(step.data, values.get) == "1?ai-agent-fallback,s,1"
+    assert expand('$["${X}"!="A"]', values.get) == "0" and evaluate('"a" = "a"') == "1"
+    assert split_args("Local/6001@agents&Local/6002@agents,20,tT") == ["Local/6001@agents&Local/6002@agents", "20",
+                                                                          "tT"]
+    path = tmp_path / "plan.yaml"
+    path.write_text("ctx:\n  s:\n    - NoOp(x)\n    - (end)Hangup()\n")
+    plan = Dialplan.load(path)
+    assert plan.find_label("ctx", "s", "end") == 2 and not plan.exists("from-ai-agent-openai", "s")
+    assert Dialplan.load(None).exists("from-ai-agent-openai", "s") and "ext-queues" in DEFAULT_DIALPLAN
+    with pytest.raises(DialplanError):
+        Dialplan.load({"ctx": ["not", "a", "mapping"]})
+
+
+async def test_ring_group_first_answer_wins_and_custom_dialplan(tmp_path):
+    plan = {"in": {"s": ["Answer()", "Dial(Local/slow@grp&Local/fast@grp,5)", "Set(RESULT=${DIALSTATUS})",
+                         "Wait(100)"]},
+            "grp": {"slow": ["Ringing()", "Wait(10)", "Answer()", "Wait(100)"],
+                    "fast": ["Ringing()", "Wait(0.5)", "Answer()", "Wait(100)"]}}
+    sim = AsteriskSim(dialplan=plan, workdir=tmp_path, time_scale=SCALE)
+    await sim.start("127.0.0.1", 0)
+    try:
+        call = await sim.place_call(context="in")
+        for _ in range(100):
+            if call.channel.bridge is not None:
+                break
+            await asyncio.sleep(0.01)
+        bridge = call.channel.bridge
+        assert bridge is not None and {c.name.split("-")[0] for c in bridge.members} == {"PJSIP/5551234",
+                                                                                       "Local/fast@grp"}
+        assert not any(c.name.startswith("Local/slow@grp") for c in sim.channels.values())  # the loser hung up
+        await call.hangup()
+        assert await call.wait_ended(1)
+        for _ in range(100):
+            if not sim.channels:
+                break
+            await asyncio.sleep(0.01)
+        assert not sim.channels  # the answered agent leg went down with the caller
+    finally:
+        await sim.stop()
