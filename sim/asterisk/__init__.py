@@ -8,6 +8,9 @@ It shares no code with the product's ARI client or media worker: the two sides m
     await sim.start("127.0.0.1", 0)          # ARI at sim.url + "/ari", control API at sim.url + "/sim"
     call = await sim.place_call(context="from-ai-agent-openai", exten="s", audio=CallerAudio.tone(440, 1000))
 
+Run as a process: `voice-agent sim asterisk --port 0` (first stdout line `listening on URL`); its control API
+(POST /sim/calls ...) is described in sim/asterisk/control.py.
+
 The server side (aiohttp, numpy) is imported on first use, so `voice-agent --help` stays quick.
 """
 

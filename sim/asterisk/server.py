@@ -97,6 +97,20 @@ class SimCall:
 
 
 class AsteriskSim:
+    """A simulated Asterisk 22.10.1.
+
+    users: ARI credentials; version: `system.version` of /asterisk/info; channelvars: ari.conf `channelvars`
+    (in every channel snapshot, unset -> ""); dialplan: None (the default plan), a dict or a YAML path of
+    {context: {exten: ["App(args)", ...]}}; rtp_port_range: UnicastRTP ports; workdir: voicemail WAVs
+    (default: a temporary directory); time_scale: factor on dialplan timers (Wait, ring/dial timeouts, the
+    Local Answer() media wait) and prompt lengths, so tests need not wait in real time; record: keep
+    `rest_log` and `sent_events` (off for long-running processes).
+
+    Views: channels / bridges (live objects), rest_log, sent_events[app], voicemails, sim_calls.
+    Known simplifications: a bridge with more than two members forwards each stream to every other member
+    instead of mixing; chan_websocket (encapsulation none) answers 501; snoop/record are not simulated.
+    """
+
     def __init__(self, users: dict[str, str] | None = None, version: str = "22.10.1",
                  channelvars: tuple[str, ...] | list[str] = ("AI_CONTEXT", "AI_PROVIDER"),
                  dialplan: dict | str | Path | None = None, rtp_port_range: tuple[int, int] = (20000, 20999),
