@@ -69,6 +69,8 @@ class Call:
     caller_gone: asyncio.Event = field(default_factory=asyncio.Event)
     ended: asyncio.Event = field(default_factory=asyncio.Event)
     playback_done: dict[str, asyncio.Event] = field(default_factory=dict)
+    _bridge_made: bool = False
+    _caller_bridged: bool = False
     _setup: asyncio.Task | None = None
     _teardown: asyncio.Task | None = None
     on_ended: Callable[["Call"], None] | None = None
@@ -263,12 +265,20 @@ class Call:
         else:
             media = dict(external_host=f"{reserved.media_host}:{reserved.audiosocket_port}",
                          encapsulation="audiosocket", transport="tcp", data=self.call_id)
-        bridge_task = asyncio.create_task(d.rest.create_bridge(self.bridge, "mixing", name=self.call_id))
+        async def bridge() -> None:
+            if not self._bridge_made:
+                await d.rest.create_bridge(self.bridge, "mixing", name=self.call_id)
+                self._bridge_made = True
+
+        bridge_task = asyncio.create_task(bridge())
 
         async def caller_leg() -> None:
+            if self._caller_bridged:
+                return  # a retry on another worker: the caller is already answered and in the bridge
             await d.rest.answer(self.caller.id)
             await bridge_task
             await d.rest.add_channel(self.bridge, self.caller.id)
+            self._caller_bridged = True
 
         async def media_leg() -> None:
             try:
@@ -282,12 +292,15 @@ class Call:
             await d.rest.add_channel(self.bridge, self.media)
 
         try:
-            await asyncio.wait_for(asyncio.gather(caller_leg(), media_leg(), bridge_task), timeout)
+            # Every step runs to its end (none is left in flight for a retry to trip over), then the first
+            # failure, if any, is raised.
+            results = await asyncio.wait_for(
+                asyncio.gather(caller_leg(), media_leg(), bridge_task, return_exceptions=True), timeout)
         except asyncio.TimeoutError as exc:
             raise SetupFailed(f"an ARI step took longer than {timeout:.1f}s") from exc
-        finally:
-            if not bridge_task.done():
-                bridge_task.cancel()
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            raise next((e for e in errors if isinstance(e, SetupFailed)), errors[0])
 
     async def _drop_media(self) -> None:
         if self.media:

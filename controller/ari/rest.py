@@ -82,11 +82,13 @@ def _error_message(body: bytes) -> str:
 
 
 class AriRest:
-    def __init__(self, base_url: str, username: str, password: str, *, timeout: float = 5.0):
+    def __init__(self, base_url: str, username: str, password: str, *, timeout: float = 5.0,
+                 max_connections: int = 256):
         self.base = ari_base(base_url)
         self.username = username
         self._headers = {"Authorization": basic_auth(username, password), "User-Agent": "asterisk-ai-voice-agent"}
         self.timeout = timeout
+        self.max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
 
     def __repr__(self) -> str:
@@ -101,8 +103,11 @@ class AriRest:
     def _http(self) -> aiohttp.ClientSession:
         # Created on first use: a ClientSession belongs to the running loop.
         if self._session is None or self._session.closed:
+            # Keep-alive connections for concurrent call setups (aiohttp's default pool of 100 would queue a
+            # burst of calls, each with several steps in flight).
+            connector = aiohttp.TCPConnector(limit=self.max_connections, keepalive_timeout=30)
             self._session = aiohttp.ClientSession(
-                headers=self._headers, timeout=aiohttp.ClientTimeout(total=self.timeout), raise_for_status=False)
+                connector=connector, headers=self._headers, timeout=aiohttp.ClientTimeout(total=self.timeout), raise_for_status=False)
         return self._session
 
     async def close(self) -> None:

@@ -1,0 +1,303 @@
+"""The controller's call lifecycle through real processes: a controller subprocess, the real Redis, the Asterisk
+simulator over ARI (HTTP + WebSocket) and AudioSocket over TCP to a test listener registered as a worker."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+
+import pytest
+import redis.asyncio as aioredis
+
+from shared.keys import Keys
+from sim.asterisk import AsteriskSim
+from sim.cluster import LocalCluster
+from tests.ari_harness import ARI_PASSWORD, ARI_USER, AudioSocketListener, FakeWorker, write_config
+
+
+async def until(predicate, timeout: float = 10.0, interval: float = 0.02):
+    """Poll an (async or plain) predicate until truthy; fail with its name on timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {getattr(predicate, '__name__', predicate)}")
+        await asyncio.sleep(interval)
+
+
+@pytest.fixture
+async def sim(tmp_path):
+    s = AsteriskSim(users={ARI_USER: ARI_PASSWORD}, workdir=tmp_path / "sim")
+    await s.start("127.0.0.1", 0)
+    yield s
+    await s.stop()
+
+
+@pytest.fixture
+async def listener():
+    lst = AudioSocketListener()
+    await lst.start()
+    yield lst
+    await lst.stop()
+
+
+@pytest.fixture
+async def aredis(redis_url):
+    client = aioredis.Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def keys(prefix) -> Keys:
+    return Keys(prefix)
+
+
+@pytest.fixture
+async def workers(aredis, keys):
+    made: list[FakeWorker] = []
+
+    async def make(port: int, capacity: int = 10, wid: str | None = None) -> FakeWorker:
+        w = FakeWorker(aredis, keys, wid or f"worker-{len(made) + 1}", port, capacity)
+        await w.start()
+        made.append(w)
+        return w
+
+    yield make
+    for w in made:
+        await w.stop()
+
+
+@pytest.fixture
+def controller(tmp_path, cluster_env, sim):
+    clusters: list[LocalCluster] = []
+    counter = itertools.count(1)
+
+    async def start(**settings) -> tuple[LocalCluster, object]:
+        n = next(counter)
+        config = write_config(tmp_path / f"controller-{n}.yaml", sim.url, **settings)
+        cluster = LocalCluster(config, tmp_path, cluster_env)
+        clusters.append(cluster)
+        proc = cluster.start("controller", instance_id=f"controller-{n}")
+        ready = await asyncio.to_thread(cluster.wait_ready, [proc], 30)
+        assert ready, proc.log_text()[-3000:]
+        return cluster, proc
+
+    yield start
+    for cluster in clusters:
+        cluster.stop_all()
+
+
+def nothing_left(sim):
+    def check():
+        return not sim.channels and not sim.bridges
+    check.__name__ = "no channel or bridge left in the simulator"
+    return check
+
+
+def no_active_calls(aredis, keys):
+    async def check():
+        return await aredis.scard(keys.calls_active) == 0
+    check.__name__ = "no call left in the active set"
+    return check
+
+
+async def call_record(aredis, keys, call_id: str) -> dict[str, str]:
+    return {k.decode(): v.decode() for k, v in (await aredis.hgetall(keys.call(call_id))).items()}
+
+
+async def state_is(aredis, keys, call_id, state):
+    async def check():
+        return (await call_record(aredis, keys, call_id)).get("state") == state
+    check.__name__ = f"call {call_id} state {state}"
+    return check
+
+
+# ------------------------------------------------------------------------------------------------------------
+
+
+async def test_a_call_is_answered_bridged_given_media_and_leaves_nothing_behind(
+        sim, listener, workers, controller, aredis, keys):
+    worker = await workers(listener.port)
+    await controller()
+    call = await sim.place_call(caller_name="Alice", caller_number="5551234")
+    await listener.wait_for(1)
+    (conn,) = listener.connections.values()
+    call_id = conn.uuid
+    await until(await state_is(aredis, keys, call_id, "active"))
+    record = await call_record(aredis, keys, call_id)
+    assert record["caller_channel"] == call.channel_id and record["worker"] == worker.id
+    assert record["context"] == "demo_openai" and record["caller_number"] == "5551234"
+    bridge = sim.bridges[f"{call_id}-br"]
+    assert {c.id for c in bridge.members} == {call.channel_id, f"{call_id}-em"}
+    assert sim.channels[call.channel_id].state == "Up"
+    assert await worker.active() == 1
+
+    # The assignment reached the worker's inbox before the media leg: the plan has the filled-in greeting.
+    (_, fields), = await aredis.xrange(keys.worker_inbox(worker.id))
+    assert fields[b"type"] == b"assign"
+    from controller.admission import decode_assignment
+    plan = decode_assignment(fields).plan
+    assert plan.greeting.startswith("Hi Alice,") and plan.format == "slin24" and plan.transport == "audiosocket"
+
+    await call.hangup()
+    await until(nothing_left(sim))
+    await until(await state_is(aredis, keys, call_id, "ended"))
+    assert (await call_record(aredis, keys, call_id))["end_reason"] == "caller_hangup"
+    assert await worker.active() == 0 and await aredis.scard(keys.calls_active) == 0
+    await until(conn.closed.is_set)
+
+
+async def test_the_worker_ending_the_media_leg_sends_the_caller_to_the_fallback(
+        sim, listener, workers, controller, aredis, keys):
+    await workers(listener.port)
+    await controller()
+    call = await sim.place_call(caller_name="Bob", caller_number="100")
+    await listener.wait_for(1)
+    (conn,) = listener.connections.values()
+    await until(await state_is(aredis, keys, conn.uuid, "active"))
+    await listener.hang_up(conn.uuid)
+    await until(lambda: any("ss-noservice" in step for step in call.trail))  # the fallback context ran
+    await until(nothing_left(sim))
+    assert (await call_record(aredis, keys, conn.uuid))["end_reason"] == "media_lost"
+
+
+async def test_a_worker_that_refuses_the_media_leg_is_replaced(sim, listener, workers, controller, aredis, keys):
+    closed = AudioSocketListener()
+    await closed.start()
+    dead_port = closed.port
+    await closed.stop()  # nothing listens there any more: Asterisk answers the POST with 500
+    bad = await workers(dead_port, capacity=100, wid="refusing")
+    good = await workers(listener.port, capacity=10, wid="good")
+    await controller()
+    call = await sim.place_call()
+    await listener.wait_for(1)
+    (conn,) = listener.connections.values()
+    await until(await state_is(aredis, keys, conn.uuid, "active"))
+    assert (await call_record(aredis, keys, conn.uuid))["worker"] == "good"
+    assert await bad.active() == 0 and await good.active() == 1
+    await call.hangup()
+    await until(nothing_left(sim))
+
+
+async def test_a_controller_restart_mid_call_reconciles(sim, listener, workers, controller, aredis, keys):
+    worker = await workers(listener.port)
+    cluster, proc = await controller()
+    stays = await sim.place_call(caller_name="Stays")
+    leaves = await sim.place_call(caller_name="Leaves")
+    await listener.wait_for(2)
+    by_caller = {}
+    for conn in listener.connections.values():
+        await until(await state_is(aredis, keys, conn.uuid, "active"))
+        by_caller[(await call_record(aredis, keys, conn.uuid))["caller_channel"]] = conn.uuid
+    proc.popen.kill()  # no SIGTERM: the controller has no chance to clean anything
+    proc.popen.wait()
+    await leaves.hangup()  # while no controller listens
+    await asyncio.sleep(0.3)
+    assert f"{by_caller[leaves.channel_id]}-br" in sim.bridges  # Asterisk keeps the orphans
+
+    await controller()
+    gone = by_caller[leaves.channel_id]
+    await until(await state_is(aredis, keys, gone, "ended"))
+    await until(lambda: f"{gone}-br" not in sim.bridges and f"{gone}-em" not in sim.channels)
+    assert (await call_record(aredis, keys, gone))["end_reason"] == "reconciled"
+    kept = by_caller[stays.channel_id]
+    assert (await call_record(aredis, keys, kept))["state"] == "active"  # adopted, not torn down
+    assert await worker.active() == 1
+    await stays.hangup()  # the new controller handles the adopted call's end
+    await until(nothing_left(sim))
+    await until(await state_is(aredis, keys, kept, "ended"))
+    assert await worker.active() == 0
+
+
+async def test_full_capacity_queues_the_call_then_falls_back(sim, listener, workers, controller, aredis, keys):
+    worker = await workers(listener.port, capacity=1)
+    await controller(queue_timeout_ms=1500)
+    first = await sim.place_call(caller_name="First")
+    await listener.wait_for(1)
+    started = time.monotonic()
+    second = await sim.place_call(caller_name="Second")
+    await until(lambda: any("ss-noservice" in step for step in second.trail), timeout=10)
+    waited = time.monotonic() - started
+    assert 1.4 < waited < 5, waited
+    assert any(r.method == "POST" and r.path.endswith(f"/channels/{second.channel_id}/ring") for r in sim.rest_log)
+    assert len(listener.connections) == 1 and await worker.active() == 1
+    await until(lambda: second.ended)
+    await first.hangup()
+    await until(nothing_left(sim))
+
+
+async def test_a_queued_call_gets_the_first_free_slot(sim, listener, workers, controller, aredis, keys):
+    await workers(listener.port, capacity=1)
+    await controller(queue_timeout_ms=20_000)
+    first = await sim.place_call(caller_name="First")
+    await listener.wait_for(1)
+    second = await sim.place_call(caller_name="Second")
+    await until(lambda: any(r.path.endswith(f"/channels/{second.channel_id}/ring") for r in sim.rest_log))
+    await first.hangup()
+    await listener.wait_for(2)
+    await until(lambda: sim.channels[second.channel_id].state == "Up")
+    await second.hangup()
+    await until(nothing_left(sim))
+
+
+async def test_an_unknown_context_falls_back_without_a_slot(sim, listener, workers, controller, aredis, keys):
+    worker = await workers(listener.port)
+    await controller()
+    call = await sim.place_call(variables={"AI_CONTEXT": "no_such_context"})
+    await until(lambda: any("ss-noservice" in step for step in call.trail))
+    assert not listener.connections and await worker.active() == 0
+    assert await aredis.scard(keys.calls_active) == 0
+
+
+async def test_an_unknown_provider_with_hangup_fallback_plays_the_prompt(sim, listener, workers, controller):
+    await workers(listener.port)
+    await controller(fallback={"action": "hangup", "prompt": "sound:ss-noservice"})
+    call = await sim.place_call(variables={"AI_PROVIDER": "deepgram"})
+    await until(lambda: any(r.method == "POST" and r.path.endswith("/play") for r in sim.rest_log))
+    await until(nothing_left(sim))
+    assert not listener.connections
+
+
+async def test_without_a_controller_stasis_fails_into_the_dialplan_fallback(sim):
+    call = await sim.place_call()
+    await until(lambda: call.stasis_status == "FAILED")
+    await until(lambda: any("ss-noservice" in step for step in call.trail))
+
+
+async def test_a_dropped_events_websocket_reconnects(sim, listener, workers, controller, aredis, keys):
+    await workers(listener.port)
+    await controller()
+    before = await sim.place_call(caller_name="Before")
+    await listener.wait_for(1)
+    await sim.drop_event_sockets(code=1006)
+    await before.hangup()  # while the controller is reconnecting: reconcile must notice
+    await until(nothing_left(sim), timeout=15)
+    after = await sim.place_call(caller_name="After")
+    await listener.wait_for(2, timeout=15)
+    await after.hangup()
+    await until(nothing_left(sim))
+    await until(no_active_calls(aredis, keys))
+
+
+async def test_fifty_concurrent_call_setups(sim, listener, workers, controller, aredis, keys):
+    await workers(listener.port, capacity=60)
+    await controller()
+    calls = await asyncio.gather(*(sim.place_call(caller_name=f"Caller {i}", caller_number=str(1000 + i))
+                                   for i in range(50)))
+    await listener.wait_for(50, timeout=30)
+    by_channel = {}
+    for conn in listener.connections.values():
+        by_channel[(await call_record(aredis, keys, conn.uuid))["caller_channel"]] = conn
+    assert set(by_channel) == {c.channel_id for c in calls}
+    # Timings are measured by bench/call_setup.py, not asserted here.
+    for conn in listener.connections.values():
+        await until(await state_is(aredis, keys, conn.uuid, "active"))
+    await asyncio.gather(*(c.hangup() for c in calls))
+    await until(nothing_left(sim), timeout=20)
+    await until(no_active_calls(aredis, keys))
