@@ -110,11 +110,12 @@ class FakeWorker:
         await self.registration.remove()
 
 
-def write_config(path: Path, sim_url: str, **controller) -> Path:
-    """The shipped config, pointed at the simulator, with controller settings overridden."""
+def write_config(path: Path, sim_url: str, contexts: dict | None = None, **controller) -> Path:
+    """The shipped config, pointed at the simulator, with controller settings overridden and contexts added."""
     data = yaml.safe_load(CONFIG.read_text())
     data["asterisk"].update(ari_url=sim_url, username=ARI_USER, password=ARI_PASSWORD)
     data["controller"].update(controller)
+    data["contexts"].update(contexts or {})
     path.write_text(yaml.safe_dump(data))
     return path
 

@@ -31,8 +31,9 @@ async def until(predicate, timeout: float = 10.0, interval: float = 0.02):
 
 
 @pytest.fixture
-async def sim(tmp_path):
-    s = AsteriskSim(users={ARI_USER: ARI_PASSWORD}, workdir=tmp_path / "sim")
+async def sim(tmp_path, request):
+    version = getattr(request, "param", "22.10.1")
+    s = AsteriskSim(users={ARI_USER: ARI_PASSWORD}, workdir=tmp_path / "sim", version=version)
     await s.start("127.0.0.1", 0)
     yield s
     await s.stop()
@@ -301,3 +302,37 @@ async def test_fifty_concurrent_call_setups(sim, listener, workers, controller, 
     await asyncio.gather(*(c.hangup() for c in calls))
     await until(nothing_left(sim), timeout=20)
     await until(no_active_calls(aredis, keys))
+
+
+async def test_an_rtp_profile_gets_ulaw_external_media_on_the_reserved_port(
+        sim, listener, workers, controller, aredis, keys):
+    worker = await workers(listener.port)
+    await controller(contexts={"ulaw": {"profile": "telephony_ulaw_8k", "prompt": "Hi"}})
+    call = await sim.place_call(variables={"AI_CONTEXT": "ulaw"})
+    media = await until(lambda: next((r for r in sim.rest_log if r.path == "/channels/externalMedia"
+                                      and r.status == 200), None))
+    assert media.query["encapsulation"] == "rtp" and media.query["transport"] == "udp"
+    assert media.query["format"] == "ulaw" and media.query["external_host"] == "127.0.0.1:30000"
+    call_id = media.query["data"]
+    await until(await state_is(aredis, keys, call_id, "active"))
+    assert sim.channels[f"{call_id}-em"].name.startswith("UnicastRTP/127.0.0.1:30000")
+    assert await aredis.smembers(keys.worker_rtp_ports(worker.id)) == {b"30000"}
+    await call.hangup()
+    await until(nothing_left(sim))
+    await until(no_active_calls(aredis, keys))
+    assert await aredis.smembers(keys.worker_rtp_ports(worker.id)) == set()
+
+
+@pytest.mark.parametrize("sim", ["18.20.0"], indirect=True)
+async def test_an_older_asterisk_gets_8khz_audiosocket(sim, listener, workers, controller, aredis, keys):
+    worker = await workers(listener.port)
+    await controller()
+    call = await sim.place_call()
+    await listener.wait_for(1)
+    (_, fields), = await aredis.xrange(keys.worker_inbox(worker.id))
+    from controller.admission import decode_assignment
+    assert decode_assignment(fields).plan.format == "slin"  # slin24 needs 22.7+: the controller downgrades
+    media = next(r for r in sim.rest_log if r.path == "/channels/externalMedia")
+    assert media.query["format"] == "slin"
+    await call.hangup()
+    await until(nothing_left(sim))
