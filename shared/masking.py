@@ -12,7 +12,7 @@ MASK = "***"
 
 # Things that look like credentials whatever their source: OpenAI keys, bearer tokens, URL passwords.
 _PATTERNS = (
-    re.compile(r"sk-[A-Za-z0-9_\-]{8,}"),
+    re.compile(r"(?<![A-Za-z0-9])sk-[A-Za-z0-9_\-]{8,}"),  # not the "sk-ai-…" inside "asterisk-ai-…"
     re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._\-]{8,}"),
     re.compile(r"(?i)(basic\s+)[A-Za-z0-9+/=]{8,}"),
     re.compile(r"(://[^:/@\s]*:)[^@/\s]+(@)"),

@@ -56,11 +56,47 @@ class RoleProcess:
 
 
 @dataclass
+class SimProcess:
+    """A simulator (`voice-agent sim asterisk|realtime`) as a process; `url` is what it printed first."""
+
+    kind: str
+    popen: subprocess.Popen
+    url: str
+    log_path: Path
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+@dataclass
 class LocalCluster:
     config_path: Path
     workdir: Path
     env: dict[str, str] = field(default_factory=dict)
     processes: list[RoleProcess] = field(default_factory=list)
+    sims: list[SimProcess] = field(default_factory=list)
+
+    def start_sim(self, kind: str, *args: str, timeout: float = 20.0) -> SimProcess:
+        """Start a simulator on a free port and wait for its `listening on URL` line."""
+        log_path = self.workdir / f"sim-{kind}-{len(self.sims) + 1}.log"
+        cmd = [sys.executable, "-m", "shared.cli", "sim", kind, "--port", "0", *args]
+        env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
+        log = open(log_path, "ab")
+        popen = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, env=env, text=True,
+                                 cwd=Path(__file__).resolve().parent.parent)
+        log.close()
+        deadline = time.monotonic() + timeout
+        line = ""
+        while time.monotonic() < deadline and popen.poll() is None:
+            line = popen.stdout.readline().strip()
+            if line.startswith("listening on "):
+                break
+        if not line.startswith("listening on "):
+            popen.kill()
+            raise RuntimeError(f"sim {kind} did not start: {log_path.read_text(errors='replace')[-2000:]}")
+        sim = SimProcess(kind, popen, line.split(" ", 2)[2], log_path)
+        self.sims.append(sim)
+        return sim
 
     def start(self, role: str, *extra: str, instance_id: str | None = None) -> RoleProcess:
         health_port = free_port()
@@ -98,4 +134,17 @@ class LocalCluster:
             return proc.popen.wait()
 
     def stop_all(self) -> dict[str, int]:
-        return {p.id: self.stop(p) for p in reversed(self.processes)}
+        """Stop the roles (newest first), then the simulators; exit codes of the roles by id."""
+        codes = {p.id: self.stop(p) for p in reversed(self.processes)}
+        for sim in reversed(self.sims):
+            if sim.popen.poll() is None:
+                sim.popen.send_signal(signal.SIGTERM)
+            try:
+                sim.popen.wait(10)
+            except subprocess.TimeoutExpired:
+                sim.popen.kill()
+                sim.popen.wait()
+            if sim.popen.stdout is not None:
+                sim.popen.stdout.close()
+        self.sims.clear()
+        return codes

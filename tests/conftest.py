@@ -19,6 +19,7 @@ CONFIG = ROOT / "config" / "ai-agent.yaml"
 # Tests share the developer's Redis but never its data: DB 9 and a fresh key prefix per test.
 REDIS_URL = os.environ.get("VA_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
 TEST_API_KEY = "sk-test-" + "k3y" * 8
+TEST_ARI_PASSWORD = "ari-" + "pw" * 8
 # Tests reach loopback only: no prewarmed sessions toward the real API, and its URL points nowhere real.
 OFFLINE = {"REALTIME_PREWARM": "0", "OPENAI_REALTIME_URL": "ws://127.0.0.1:9/v1/realtime"}
 
@@ -58,9 +59,18 @@ def cluster_env(prefix, redis_url) -> dict[str, str]:
 
 @pytest.fixture
 def cluster(tmp_path, cluster_env):
+    """Local role processes, with a simulated Asterisk for the controller to connect to (it is ready only
+    with ARI up)."""
     c = LocalCluster(CONFIG, tmp_path, cluster_env)
+    attach_asterisk(c)
     yield c
     c.stop_all()
+
+
+def attach_asterisk(cluster: LocalCluster, password: str = TEST_ARI_PASSWORD) -> None:
+    """Start the Asterisk simulator as a process of `cluster` and point the cluster's ARI settings at it."""
+    ari = cluster.start_sim("asterisk", "--user", "asterisk", "--password", password)
+    cluster.env.update(ASTERISK_ARI_URL=ari.url, ASTERISK_ARI_USERNAME="asterisk", ASTERISK_ARI_PASSWORD=password)
 
 
 class PrivateRedis:

@@ -63,6 +63,7 @@ def test_console_lines_mask_registered_secrets_and_credential_shapes():
     log.info("password is hunter2-secret")
     log.info("key sk-proj-ABCDEFGH12345678 header Bearer abcdefgh.12345678")
     log.info("url redis://:pw123456@host:6379/0")
+    log.info("events of app=asterisk-ai-voice-agent")  # "sk-ai-voice-agent" inside a word is no key
     try:
         raise ValueError("boom with hunter2-secret")
     except ValueError:
@@ -73,6 +74,7 @@ def test_console_lines_mask_registered_secrets_and_credential_shapes():
     assert "password is ***" in text
     assert "Bearer ***" in text
     assert "redis://:***@host:6379/0" in text
+    assert "app=asterisk-ai-voice-agent" in text
     assert "ValueError: boom with ***" in text
 
 

@@ -15,7 +15,7 @@ from rq import Queue, Worker
 
 from shared.keys import Keys
 from sim.cluster import LocalCluster, http_get
-from tests.conftest import CONFIG, OFFLINE, ROOT, TEST_API_KEY, wait_for
+from tests.conftest import CONFIG, OFFLINE, ROOT, TEST_API_KEY, attach_asterisk, wait_for
 
 ROLES = ["controller", "media-worker", "tool-worker"]
 
@@ -113,6 +113,7 @@ def test_role_started_while_redis_is_down_waits_then_connects(role, tmp_path, pr
     server = private_redis()
     cluster = LocalCluster(CONFIG, tmp_path, {"REDIS_URL": server.url, "REDIS_KEY_PREFIX": prefix,
                                               "OPENAI_API_KEY": TEST_API_KEY, **OFFLINE})
+    attach_asterisk(cluster)
     try:
         proc = cluster.start(role)
         wait_for(lambda: http_get(proc.health_url + "/healthz")[0] == 200)
@@ -144,6 +145,7 @@ def test_redis_outage_mid_run_then_recovery_reregisters(role, tmp_path, private_
     server.start()
     cluster = LocalCluster(CONFIG, tmp_path, {"REDIS_URL": server.url, "REDIS_KEY_PREFIX": prefix,
                                               "OPENAI_API_KEY": TEST_API_KEY, **OFFLINE})
+    attach_asterisk(cluster)
     keys = Keys(prefix)
     zset = keys.workers if role == "media-worker" else keys.controllers
     try:
@@ -177,6 +179,7 @@ def test_secrets_never_reach_logs_or_status(tmp_path, private_redis, prefix):
     env = {"REDIS_URL": server.url, "REDIS_KEY_PREFIX": prefix, "OPENAI_API_KEY": TEST_API_KEY,
            "ASTERISK_ARI_PASSWORD": "ari-pass-" + "z7" * 6, "LOG_LEVEL": "debug", **OFFLINE}
     cluster = LocalCluster(CONFIG, tmp_path, env)
+    attach_asterisk(cluster, env["ASTERISK_ARI_PASSWORD"])
     try:
         procs = [cluster.start(role) for role in ROLES]
         assert cluster.wait_ready(timeout=30)
