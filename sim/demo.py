@@ -47,6 +47,12 @@ def main(args: argparse.Namespace) -> int:
     cluster = LocalCluster(config_path, workdir, env)
     ok = True
     try:
+        step("starting the Asterisk simulator")
+        ari_password = "demo-" + os.urandom(6).hex()
+        ari = cluster.start_sim("asterisk", "--user", config.asterisk.username, "--password", ari_password)
+        cluster.env.update(ASTERISK_ARI_URL=ari.url, ASTERISK_ARI_PASSWORD=ari_password)
+        print(f"simulated Asterisk 22.10.1 (ARI) on {ari.url}")
+
         step("starting controller, media worker and tool worker")
         procs = [cluster.start("controller"), cluster.start("media-worker"),
                  cluster.start("tool-worker")]

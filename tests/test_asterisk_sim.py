@@ -545,6 +545,13 @@ async def test_auth_info_modules_and_body_params(sim, ari):
     assert (await ari.req("POST", "/channels", body={"endpoint": "Local/6001@agents", "app": APP,
                                                      "variables": {"A": 1}})) == (
         400, {"message": "Only string values in the 'variables' object allowed"})
+    # reference §4: audiosocket over udp is refused with 400 (a bogus encapsulation is the traces' 501)
+    status, body = await ari.req("POST", "/channels/externalMedia", app=APP, external_host="127.0.0.1:9",
+                                 format="slin", encapsulation="audiosocket", transport="udp", data=str(uuid.uuid4()))
+    assert status == 400 and body["message"]
+    status, _ = await ari.req("POST", "/channels/externalMedia", app=APP, external_host="127.0.0.1:9",
+                              format="slin", encapsulation="bogus")
+    assert status == 501
 
 
 async def test_version_is_configurable(tmp_path):

@@ -403,6 +403,10 @@ class AriRest:
         fmt = p.get("format")
         if not fmt:
             raise bad_request("format cannot be empty")
+        if encapsulation == "audiosocket" and transport != "tcp":
+            # reference/asterisk-ari.md §4 (checked on 22.10.1): audiosocket over udp is a 400; when the
+            # reference and the source disagree, the reference wins.
+            raise bad_request("The encapsulation and/or transport is not supported")
         if (encapsulation, transport) not in (("rtp", "udp"), ("audiosocket", "tcp")):
             # chan_websocket (encapsulation none / transport websocket) is not simulated
             raise AriError(501, "The encapsulation and/or transport is not supported")
