@@ -1,40 +1,202 @@
-"""`voice-agent demo`: start a controller, a media worker and a tool worker as real processes on the local
-Redis, show them registered, healthy and serving metrics, run a job through a tool worker, then stop them
-all cleanly and show they deregistered. Exit 0 only if every step worked."""
+"""`voice-agent demo`: a complete scripted call through the real cluster on the simulators.
+
+It runs the Realtime emulator and the Asterisk simulator, a controller, two media workers and a tool worker
+as real processes on the local Redis (under a key prefix of its own, removed afterwards), places a call
+(greeting, a question and its answer, a barge-in, goodbye), saves what the caller heard as WAV, and prints
+the transcript, the measured latencies and the counters. Then `voice-agent status`, SIGTERM to everything,
+and a check that all exited 0 and deregistered. Exit 0 only if every check passed.
+
+`VA_DEMO_WORKDIR` names the directory for the WAVs, the wire log, the process logs and `demo.json` (the
+run's summary, for tests); by default it is a fresh temporary directory.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import json
 import os
+import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import redis
-from rq import Queue
 
 from shared.config import ConfigError, load_config
 from shared.keys import Keys
 from shared.status import collect, render
-from sim.cluster import LocalCluster, http_get
+from sim import demo_call, demo_report
+from sim.cluster import LocalCluster, RoleProcess, SimProcess
 
 ROOT = Path(__file__).resolve().parent.parent
+EMULATOR_SPEED = "4"  # model audio arrives 4x faster than real time, as a real model's often does
+AGENT_CONTEXT = "from-ai-agent-openai"
+GREETING_WINDOW_S = 2.0  # the greeting must be audible this soon after the caller starts hearing the line
 
 
 def step(text: str) -> None:
     print(f"\n== {text}", flush=True)
 
 
+class SimControl:
+    """The Asterisk simulator's control API (`sim/asterisk/control.py`), over plain HTTP."""
+
+    def __init__(self, url: str, user: str, password: str):
+        self.url = url
+        self.auth = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+    def request(self, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.url + path, data=data, method=method,
+                                     headers={"Authorization": self.auth, "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                raw = resp.read()
+                return resp.status, json.loads(raw) if raw else {}
+        except urllib.error.HTTPError as exc:
+            raw = exc.read()
+            return exc.code, json.loads(raw) if raw else {}
+
+
+def wait_ready_each(procs: list[RoleProcess], started: float, timeout: float) -> bool:
+    """Print a line as each process becomes ready; False if one exits or time runs out."""
+    pending = list(procs)
+    deadline = time.monotonic() + timeout
+    while pending and time.monotonic() < deadline:
+        for p in list(pending):
+            if p.popen.poll() is not None:
+                print(f"{p.id} exited with {p.popen.returncode}:\n{p.log_text()[-2000:]}")
+                return False
+            if p.ready():
+                pending.remove(p)
+                print(f"  ready after {time.monotonic() - started:5.2f}s  {p.role:<13} {p.id:<28} {p.health_url}")
+        time.sleep(0.05)
+    for p in pending:
+        print(f"{p.id} not ready after {timeout:.0f}s: {p.readiness()}\n{p.log_text()[-2000:]}")
+    return not pending
+
+
+def media_worker_args(index: int) -> list[str]:
+    """Media workers on one host need their own ports: an AudioSocket port the OS picks (the worker binds it
+    before it registers) and an RTP range each."""
+    low = 18300 + 100 * index
+    return ["--audiosocket-port", "0", "--rtp-ports", f"{low}-{low + 99}"]
+
+
+def find_call(client: redis.Redis, keys: Keys, channel_id: str) -> str | None:
+    """The controller's call id for the caller channel."""
+    if client.exists(keys.call(channel_id)):
+        return channel_id
+    for call_id in client.smembers(keys.calls_active):
+        if client.hget(keys.call(call_id), "caller_channel") == channel_id:
+            return call_id
+    return None
+
+
+def run_call(sim: SimControl, client: redis.Redis, keys: Keys, timeline: demo_call.Timeline,
+             caller_wav: Path, heard_wav: Path) -> dict:
+    """Place the call, let the caller's script play out, hang up, save the recording; what happened."""
+    status, body = sim.request("POST", "/sim/calls", {
+        "context": AGENT_CONTEXT, "caller_name": demo_call.CALLER_NAME, "caller_number": "5551234",
+        "audio_wav": str(caller_wav), "rate": demo_call.CALLER_RATE})
+    if status != 201:
+        print(f"POST /sim/calls: {status} {body}")
+        return {"placed": False}
+    channel, placed = body["id"], time.monotonic()
+    print(f"caller channel {channel}")
+    result: dict = {"placed": True, "channel": channel, "call_id": None, "answered": False}
+    answered = None
+    deadline = placed + 10
+    while time.monotonic() < deadline:  # until the agent answers
+        state = sim.request("GET", f"/sim/calls/{channel}")[1]
+        if state.get("state") == "ended":
+            break
+        if state.get("state") == "Up":
+            answered = time.monotonic()
+            break
+        time.sleep(0.02)
+    result["call_id"] = find_call(client, keys, channel)
+    if answered is None:
+        print("the call was not answered")
+        return result
+    result["answered"] = True
+    print(f"answered after {(answered - placed) * 1000:.0f} ms (call id {result['call_id']}); the caller's "
+          f"script runs {timeline.duration_s:.1f}s")
+    end = answered + timeline.duration_s
+    hung_up_by = "caller"
+    while time.monotonic() < end:  # the script plays out (unless the agent hangs up first)
+        if sim.request("GET", f"/sim/calls/{channel}")[1].get("state") == "ended":
+            hung_up_by = "agent"
+            print(f"the agent hung up {time.monotonic() - answered:.1f}s into the call")
+            break
+        time.sleep(0.1)
+    if hung_up_by == "caller":
+        sim.request("POST", f"/sim/calls/{channel}/hangup")
+    result["hung_up_by"] = hung_up_by
+    call_id = result["call_id"] or find_call(client, keys, channel)
+    result["call_id"] = call_id
+    deadline = time.monotonic() + 5
+    while call_id and time.monotonic() < deadline:
+        # The controller marks the call ended; the worker flushes the call log, then adds its figures.
+        state, figures = client.hmget(keys.call(call_id), "state", "underruns")
+        if state == "ended" and figures is not None and not client.sismember(keys.calls_active, call_id):
+            break
+        time.sleep(0.05)
+    else:
+        if call_id:
+            print("the call did not finish in Redis within 5 s (state ended, the worker's figures written)")
+    saved = sim.request("POST", f"/sim/calls/{channel}/save", {"path": str(heard_wav)})
+    result["heard_ms"] = saved[1].get("ms") if saved[0] == 200 else None
+    return result
+
+
+def purge(client: redis.Redis, prefix: str) -> int:
+    removed = 0
+    for pattern in (f"{prefix}*", f"rq:*{prefix}*"):
+        for key in client.scan_iter(match=pattern, count=500):
+            removed += client.delete(key)
+    return removed
+
+
+def report_call(client: redis.Redis, keys: Keys, call_id: str | None, heard_wav: Path,
+                plan: demo_call.Plan) -> dict:
+    """Print the transcript, latencies and the recording's speech; return them for the checks and demo.json."""
+    call = client.hgetall(keys.call(call_id)) if call_id else {}
+    entries = [demo_report.LogEntry.from_fields(fields)
+               for _, fields in (client.xrange(keys.call_log(call_id)) if call_id else [])]
+    full = (plan.greeting.text, *(a.text for a in plan.answers))
+    step("transcript (the call log stream; s since the call started, when each utterance finished)")
+    print("\n".join(demo_report.transcript_lines(entries, full)) or "(empty)")
+    step("latencies and counters (call hash)")
+    print("\n".join(demo_report.latency_lines(call)))
+    step("what the caller heard")
+    spans: list[tuple[float, float]] = []
+    greeting_share = 0.0
+    if heard_wav.exists():
+        samples, rate = demo_report.read_wav(heard_wav)
+        spans = demo_report.voiced_spans(samples, rate)
+        greeting_share = demo_report.voiced_share(samples, rate, 0, GREETING_WINDOW_S)
+        print(f"{heard_wav} ({len(samples) / rate:.1f}s); agent speech at "
+              + ", ".join(f"{a:.1f}-{b:.1f}s" for a, b in spans))
+    else:
+        print("no recording")
+    return {"call": call, "log": [e.__dict__ for e in entries], "spans": spans, "greeting_share": greeting_share}
+
+
 def main(args: argparse.Namespace) -> int:
     config_path = Path(args.config) if args.config else ROOT / "config" / "ai-agent.yaml"
-    prefix = f"va-demo-{os.getpid()}:"
-    env = {
-        # The demo never reaches OpenAI; a placeholder key satisfies the config.
-        "OPENAI_API_KEY": os.environ.get("OPENAI_API_KEY", "demo-key-not-used"),
-        "REDIS_KEY_PREFIX": prefix,
-    }
-    os.environ.update({k: v for k, v in env.items() if k not in os.environ})
+    workdir = Path(os.environ.get("VA_DEMO_WORKDIR") or tempfile.mkdtemp(prefix="voice-agent-demo-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    prefix = f"va-demo-{os.getpid()}-{os.urandom(3).hex()}:"
+    api_key = "sk-demo-" + os.urandom(12).hex()  # only the emulator accepts it; nothing reaches OpenAI
+    ari_password = "demo-" + os.urandom(6).hex()
+    env = {"OPENAI_API_KEY": api_key, "REDIS_KEY_PREFIX": prefix, "REALTIME_PREWARM": "1",
+           "OPENAI_REALTIME_URL": "ws://127.0.0.1:9/v1/realtime"}  # replaced by the emulator's URL below
+    os.environ.update(env)
     try:
         loaded = load_config(config_path)
     except ConfigError as exc:
@@ -43,47 +205,60 @@ def main(args: argparse.Namespace) -> int:
     config = loaded.config
     for warning in loaded.warnings:
         print(f"config warning: {warning}")
-    workdir = Path(tempfile.mkdtemp(prefix="voice-agent-demo-"))
-    cluster = LocalCluster(config_path, workdir, env)
-    ok = True
+    client = redis.Redis.from_url(config.redis.url, decode_responses=True, socket_connect_timeout=2)
     try:
-        step("starting the Asterisk simulator")
-        ari_password = "demo-" + os.urandom(6).hex()
-        ari = cluster.start_sim("asterisk", "--user", config.asterisk.username, "--password", ari_password)
-        cluster.env.update(ASTERISK_ARI_URL=ari.url, ASTERISK_ARI_PASSWORD=ari_password)
-        print(f"simulated Asterisk 22.10.1 (ARI) on {ari.url}")
+        client.ping()
+    except redis.RedisError as exc:
+        print(f"Redis at {config.redis.url} is not reachable ({exc}); scripts/setup.sh starts one")
+        return 1
+    keys = Keys(prefix)
+    plan = demo_call.DEFAULT_PLAN
+    timeline = demo_call.caller_timeline(plan)
+    paths = {"script": workdir / "realtime-script.yaml", "caller": workdir / "caller-says.wav",
+             "heard": workdir / "caller-heard.wav", "wire": workdir / "realtime-wire.jsonl"}
+    demo_call.write_emulator_script(paths["script"], plan)
+    demo_call.write_caller_wav(paths["caller"], timeline)
 
-        step("starting controller, media worker and tool worker")
-        procs = [cluster.start("controller"), cluster.start("media-worker"),
-                 cluster.start("tool-worker")]
-        started = time.monotonic()
-        if not cluster.wait_ready(timeout=60):
-            for p in procs:
-                print(f"--- {p.id} (exit {p.popen.poll()}):\n{p.log_text()[-2000:]}")
-            return 1
-        print(f"all three ready in {time.monotonic() - started:.2f}s (logs in {workdir})")
+    cluster = LocalCluster(config_path, workdir, env)
+    checks: dict[str, bool] = {}
+    summary: dict = {"workdir": str(workdir), "prefix": prefix, "paths": {k: str(v) for k, v in paths.items()}}
+    sims: list[SimProcess] = []
+    started = time.monotonic()
+    try:
+        step("simulators")
+        realtime = cluster.start_sim("realtime", "--script", str(paths["script"]), "--wire-log", str(paths["wire"]),
+                                     "--speed", EMULATOR_SPEED, "--api-key", api_key)
+        asterisk = cluster.start_sim("asterisk", "--user", config.asterisk.username, "--password", ari_password)
+        sims = list(cluster.sims)
+        cluster.env.update(OPENAI_REALTIME_URL=realtime.url, ASTERISK_ARI_URL=asterisk.url,
+                           ASTERISK_ARI_PASSWORD=ari_password)
+        print(f"OpenAI Realtime emulator  {realtime.url}  (speed {EMULATOR_SPEED}x, wire log {paths['wire']})")
+        print(f"Asterisk 22.10.1 (ARI)    {asterisk.url}")
 
-        step("voice-agent status")
-        print(render(asyncio.run(collect(config))))
-
-        step("health and metrics")
-        for p in procs:
-            code, body = http_get(p.health_url + "/metrics")
-            registered = next((line for line in body.decode().splitlines() if line.startswith("va_registered")), "")
-            print(f"{p.role:<13} /healthz {http_get(p.health_url + '/healthz')[0]}  /readyz "
-                  f"{http_get(p.health_url + '/readyz')[0]}  /metrics {code}  {registered}")
-
-        step("a job through the tool worker's queue")
-        conn = redis.Redis.from_url(config.redis.url)
-        job = Queue(Keys(prefix).queue("tools"), connection=conn).enqueue(
-            "tool_worker.jobs.selftest", int(time.time() * 1000), result_ttl=60)
-        deadline = time.monotonic() + 30
-        while job.get_status(refresh=True) not in ("finished", "failed") and time.monotonic() < deadline:
-            time.sleep(0.05)
-        result = job.return_value()
-        print(f"job {job.id}: {job.get_status().value}, result {result}")
-        ok &= job.get_status() == "finished"
-
+        step("controller, two media workers, tool worker")
+        procs = [cluster.start("controller"), cluster.start("media-worker", *media_worker_args(0)),
+                 cluster.start("media-worker", *media_worker_args(1)), cluster.start("tool-worker")]
+        checks["all processes ready"] = wait_ready_each(procs, time.monotonic(), timeout=30)
+        if checks["all processes ready"]:
+            step(f"a scripted call (the caller speaks from {paths['caller']})")
+            for seg in timeline.spoken():
+                print(f"  caller at {seg.start_s:5.1f}s: {seg.line.text}")
+            sim = SimControl(asterisk.url, config.asterisk.username, ari_password)
+            call = run_call(sim, client, keys, timeline, paths["caller"], paths["heard"])
+            summary["sim_call"] = call
+            checks["call set up"] = bool(call.get("answered") and call.get("call_id"))
+            result = report_call(client, keys, call.get("call_id"), paths["heard"], plan)
+            summary.update(result)
+            roles = {e["role"] for e in result["log"]}
+            checks["greeting heard"] = result["greeting_share"] > 0.3
+            checks["transcript has both roles"] = {"user", "assistant"} <= roles
+            checks["barge-in happened"] = bool(demo_report.numbers(result["call"].get("bargein_ms"))
+                                               or int(result["call"].get("truncations") or 0) > 0)
+            step("files")
+            print(f"caller-side recording  {paths['heard']}\ncaller's script        {paths['caller']}\n"
+                  f"Realtime wire log      {paths['wire']}\nprocess logs           {workdir}/*.log")
+            step("voice-agent status")
+            print(render(asyncio.run(collect(config))))
         if args.keep_running:
             step("running; press Ctrl-C to stop")
             try:
@@ -96,10 +271,23 @@ def main(args: argparse.Namespace) -> int:
         codes = cluster.stop_all()
         for pid, code in codes.items():
             print(f"{pid}: exit {code}")
-        ok &= all(code == 0 for code in codes.values())
+        for s in sims:
+            print(f"sim {s.kind}: exit {s.popen.returncode}")
+        checks["everything exited 0"] = (all(code == 0 for code in codes.values())
+                                         and all(s.popen.returncode == 0 for s in sims))
     after = asyncio.run(collect(config))
     left = len(after["controllers"]) + len(after["media_workers"]) + len(after["tool_workers"])
     print(f"registered processes left in Redis: {left}")
-    ok &= left == 0
-    print("\ndemo OK" if ok else "\ndemo FAILED")
+    checks["all deregistered"] = left == 0
+    print(f"removed {purge(client, prefix)} keys under {prefix!r}")
+    client.close()
+
+    step("checks")
+    for name, ok in checks.items():
+        print(f"  {'ok  ' if ok else 'FAIL'}  {name}")
+    ok = bool(checks) and all(checks.values())
+    summary.update(checks=checks, ok=ok, seconds=round(time.monotonic() - started, 1))
+    (workdir / "demo.json").write_text(json.dumps(summary, indent=1, default=str), encoding="utf-8")
+    print(f"\ndemo {'OK' if ok else 'FAILED'} in {summary['seconds']}s (files in {workdir})")
+    sys.stdout.flush()
     return 0 if ok else 1

@@ -84,7 +84,8 @@ class Timeline:
         self.segments.append(Segment(self.duration_s, round(1000 * seconds)))
 
     def say(self, line: Line, pcm: np.ndarray) -> None:
-        self.segments.append(Segment(self.duration_s, len(pcm) * 1000 // CALLER_RATE, line, pcm))
+        ms = len(pcm) * 1000 // CALLER_RATE  # whole ms, so every segment starts on its own sample
+        self.segments.append(Segment(self.duration_s, ms, line, pcm[:ms * CALLER_RATE // 1000]))
 
     def pcm(self) -> bytes:
         """The whole timeline as PCM16 at CALLER_RATE: the speech and digital silence."""
