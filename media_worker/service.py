@@ -1,45 +1,126 @@
-"""The media worker process: registers its media address and capacity, heartbeats, and serves calls."""
+"""The media worker process: the AudioSocket server and RTP ports, one playout clock for every call, the
+Realtime sessions (with a prewarmed pool), the inbox of assignments, and the call leases."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import socket
 
 from prometheus_client import Gauge
 
+from media_worker import inbox
+from media_worker.audio.playout import PlayoutClock
+from media_worker.calls import CallManager
 from media_worker.realtime.client import ClientSettings
 from media_worker.realtime.pool import SessionPool
+from media_worker.session import WorkerContext
+from media_worker.transport.audiosocket_server import AudioSocketServer
 from shared.messages import WorkerInfo
 from shared.service import AsyncRole
 from shared.version import VERSION
 
+log = logging.getLogger("media-worker")
+
 CAPACITY = Gauge("va_worker_capacity", "Calls this media worker accepts at once")
+LOOP_LAG = Gauge("va_playout_tick_lag_p99_ms", "p99 lateness of the 20 ms playout tick (ms)")
 
 
 class MediaWorker(AsyncRole):
     role = "media-worker"
 
-    def __init__(self, *args, audiosocket_port: int | None = None, **kwargs):
+    def __init__(self, *args, audiosocket_port: int | None = None, rtp_ports: tuple[int, int] | None = None,
+                 **kwargs):
         super().__init__(*args, **kwargs)
         settings = self.config.media_worker
         self.audiosocket_port = settings.audiosocket_port if audiosocket_port is None else audiosocket_port
+        self.rtp_ports = rtp_ports or (settings.rtp_port_min, settings.rtp_port_max)
         CAPACITY.set(settings.capacity)
         provider = self.config.providers.openai_realtime
         self.realtime = ClientSettings.from_config(provider)
         self.pool = SessionPool(self.realtime, settings.prewarm_sessions if provider.enabled else 0)
+        self.clock = PlayoutClock()
+        self.server: AudioSocketServer | None = None
+        self.calls: CallManager | None = None
+
+    def ready_checks(self):
+        checks = super().ready_checks()
+        checks["audiosocket"] = lambda: None if self.server is not None else "AudioSocket server not listening"
+        return checks
+
+    async def prepare(self) -> None:
+        # Listening before registering: the controller may send Asterisk here as soon as we are in Redis.
+        settings = self.config.media_worker
+        self.server = AudioSocketServer(settings.listen_host, self.audiosocket_port, bind=self._bind,
+                                        allowed_hosts=settings.allowed_media_hosts)
+        await self.server.start()
+        self.audiosocket_port = self.server.port
+        log.info("AudioSocket on %s:%d, RTP ports %d-%d, advertised as %s", settings.listen_host,
+                 self.audiosocket_port, *self.rtp_ports, settings.advertise_host)
+
+    def _bind(self, call_uuid: str, peer_host: str, link):
+        return self.calls.bind_audiosocket(call_uuid, peer_host, link) if self.calls is not None else None
 
     async def serve(self) -> None:
+        assert self.redis is not None
+        settings = self.config.media_worker
+        ctx = WorkerContext(config=self.config, redis=self.redis, keys=self.keys, worker_id=self.id,
+                            clock=self.clock, pool=self.pool, realtime=self.realtime)
+        self.calls = CallManager(ctx, listen_host=settings.listen_host, allowed_hosts=settings.allowed_media_hosts)
         self.pool.start()
+        stop_reading = asyncio.Event()
+        tasks = [asyncio.create_task(self.clock.run(self.stopping), name="playout-clock"),
+                 asyncio.create_task(inbox.consume(self.redis, self.keys.worker_inbox(self.id), self.calls.handle,
+                                                   stop_reading), name="inbox"),
+                 asyncio.create_task(self._leases(), name="leases")]
         try:
             await self.stopping.wait()
+            await self._drain()
         finally:
+            stop_reading.set()
+            await self.calls.stop_all("worker_stopping")
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             await self.pool.stop()
+
+    async def _drain(self) -> None:
+        """SIGTERM: take no new calls (draining in the registry), give live ones their grace period."""
+        assert self.calls is not None and self.registration is not None
+        grace = self.config.media_worker.drain_timeout_ms / 1000
+        if not self.calls.sessions or grace <= 0:
+            return
+        self.registration.info.draining = True
+        try:
+            await self.registration.heartbeat()
+        except Exception:  # Redis down: the heartbeat stops anyway and the entry goes stale
+            pass
+        log.info("draining: waiting up to %.0f s for %d calls", grace, len(self.calls.sessions))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while self.calls.sessions and loop.time() < deadline:
+            await asyncio.sleep(0.2)
+
+    async def _leases(self) -> None:
+        assert self.calls is not None
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                await self.calls.renew_leases()
+            except Exception as exc:  # Redis hiccup: the next beat tries again
+                log.debug("lease renewal failed: %s", exc)
+            LOOP_LAG.set(self.clock.lag_ms.quantile(0.99) if self.clock.lag_ms.count else 0)
+
+    async def cleanup(self) -> None:
+        if self.server is not None:
+            await self.server.stop()
 
     def process_info(self) -> WorkerInfo:
         settings = self.config.media_worker
         return WorkerInfo(
             id=self.id, role=self.role, hostname=socket.gethostname(), pid=os.getpid(), version=VERSION,
             started_ms=self.started_ms, health_url=self.health_url, media_host=settings.advertise_host,
-            audiosocket_port=self.audiosocket_port, rtp_port_min=settings.rtp_port_min,
-            rtp_port_max=settings.rtp_port_max, capacity=settings.capacity,
+            audiosocket_port=self.audiosocket_port, rtp_port_min=self.rtp_ports[0],
+            rtp_port_max=self.rtp_ports[1], capacity=settings.capacity,
         )

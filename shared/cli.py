@@ -60,7 +60,7 @@ def cmd_media_worker(args: argparse.Namespace) -> int:
     loaded = _start_role(args, "media-worker")
     host, port = _health(args, loaded.config.media_worker)
     worker = MediaWorker(loaded, instance_id=args.id, health_host=host, health_port=port,
-                         audiosocket_port=args.audiosocket_port)
+                         audiosocket_port=args.audiosocket_port, rtp_ports=args.rtp_ports)
     return asyncio.run(worker.run())
 
 
@@ -122,6 +122,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return demo_main(args)
 
 
+def _port_range(text: str) -> tuple[int, int]:
+    try:
+        low, high = (int(part) for part in text.split("-", 1))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected MIN-MAX, got {text!r}") from None
+    if not 1 <= low <= high <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port range within 1-65535")
+    return low, high
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="voice-agent", description=__doc__)
     parser.add_argument("--config", help="config file (default: $AI_AGENT_CONFIG or config/ai-agent.yaml)")
@@ -138,7 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     role("controller", cmd_controller, "run the controller (ARI, admission, call control)")
     mw = role("media-worker", cmd_media_worker, "run a media worker (audio path and Realtime sessions)")
-    mw.add_argument("--audiosocket-port", type=int, help="overrides media_worker.audiosocket_port")
+    mw.add_argument("--audiosocket-port", type=int, help="overrides media_worker.audiosocket_port (0: any free)")
+    mw.add_argument("--rtp-ports", type=_port_range, metavar="MIN-MAX",
+                    help="overrides media_worker.rtp_port_min/max (workers on one host need their own ranges)")
     tw = role("tool-worker", cmd_tool_worker, "run an RQ tool worker on the configured queues")
     tw.add_argument("--burst", action="store_true", help="exit once the queues are empty")
 

@@ -50,6 +50,13 @@ class AsyncRole:
     def process_info(self) -> ProcessInfo:
         raise NotImplementedError
 
+    async def prepare(self) -> None:
+        """Runs before Redis and registration: bind what must be listening before anyone is told about
+        this process (a media worker's AudioSocket server)."""
+
+    async def cleanup(self) -> None:
+        """Runs last, after deregistration: release what `prepare` bound."""
+
     async def serve(self) -> None:
         """The role's own work; runs after registration and must return once `self.stopping` is set."""
         await self.stopping.wait()
@@ -80,6 +87,12 @@ class AsyncRole:
         self.health_url = f"http://{self.health_host}:{port}"
         log.info("%s %s starting (version %s); health on %s", self.role, self.id, VERSION, self.health_url)
         try:
+            await self.prepare()
+        except OSError as exc:
+            log.error("cannot start: %s", exc)
+            await runner.cleanup()
+            return 2
+        try:
             self.redis = await connect(self.config.redis.url, self.stopping)
             if self.redis is None:
                 return 0
@@ -96,6 +109,7 @@ class AsyncRole:
                 await asyncio.gather(beats, return_exceptions=True)
                 await self._deregister()
         finally:
+            await self.cleanup()
             await runner.cleanup()
             if self.redis is not None:
                 await self.redis.aclose()

@@ -299,6 +299,12 @@ class RealtimeClient:
         self.protocol.delete_item(item_id)
         await self._send_controls()
 
+    async def add_user_text(self, text: str, respond: bool = True) -> None:
+        self.protocol.add_user_text(text)
+        if respond and self.protocol.active_response is None:
+            self.protocol.create_response()
+        await self._send_controls()
+
     async def function_output(self, call_id: str, output: str, respond: bool = True) -> None:
         self.protocol.function_output(call_id, output, respond)
         await self._send_controls()

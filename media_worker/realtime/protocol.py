@@ -167,6 +167,11 @@ class RealtimeProtocol:
     def delete_item(self, item_id: str) -> None:
         self._send({"type": "conversation.item.delete", "item_id": item_id})
 
+    def add_user_text(self, text: str) -> None:
+        """A user message as text (keypad digits): the model sees it in the conversation."""
+        self._send({"type": "conversation.item.create",
+                    "item": {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}})
+
     def commit(self) -> None:
         self._send({"type": "input_audio_buffer.commit"})
 

@@ -177,6 +177,18 @@ class MediaWorkerSettings(Base):
     prewarm_sessions: Annotated[int, Meta(ge=0, le=100)] = 2
     health_host: NonEmpty = "127.0.0.1"
     health_port: PortOrZero = 15001
+    # Sources allowed to send media (IP, CIDR or host name); empty: any. Put the Asterisk host(s) here.
+    allowed_media_hosts: list[NonEmpty] = msgspec.field(default_factory=list)
+    # The greeting cannot be interrupted during its first `greeting_guard_ms` (its own echo must not cut
+    # it off); if its end is never seen, normal turn-taking returns after `greeting_timeout_ms` (the guide's 5 s).
+    greeting_guard_ms: Annotated[int, Meta(ge=0, le=10_000)] = 800
+    greeting_timeout_ms: Annotated[int, Meta(ge=500, le=60_000)] = 5000
+    # An assignment whose media never connects is dropped after this long.
+    media_timeout_ms: Annotated[int, Meta(ge=1000, le=120_000)] = 15_000
+    # Keypad digits reach the model as short user messages ("The caller pressed 1").
+    dtmf_to_model: bool = True
+    # On SIGTERM: stop taking calls (draining) and let live calls finish for up to this long.
+    drain_timeout_ms: Millis = 0
 
     def __post_init__(self) -> None:
         if self.rtp_port_min > self.rtp_port_max:

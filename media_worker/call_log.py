@@ -1,0 +1,85 @@
+"""The call's conversation log in Redis (`va:call:{id}:log`): every finished utterance and tool call.
+
+It is the source of the summary emails and of the replay that rebuilds the conversation on a new Realtime
+session (after a reconnect, a rotation, or on another worker), so nothing the caller said lives only in this
+process. Writes are fire-and-forget tasks kept in order by one writer, so the audio path never waits on Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from shared.keys import Keys
+
+log = logging.getLogger("call_log")
+
+MAX_ENTRIES = 5000  # a two-hour call has a few hundred; the cap only guards against a runaway loop
+
+
+class CallLog:
+    def __init__(self, redis: aioredis.Redis, keys: Keys, call_id: str, started: float | None = None):
+        self.redis = redis
+        self.key = keys.call_log(call_id)
+        self.started = time.monotonic() if started is None else started
+        self._pending: asyncio.Queue[dict[str, str]] = asyncio.Queue()
+        self._writer: asyncio.Task | None = None
+        self.written = 0
+        self.failed = 0
+
+    def _t_ms(self) -> str:
+        return str(int((time.monotonic() - self.started) * 1000))
+
+    def utterance(self, role: str, text: str, item_id: str = "") -> None:
+        if text.strip():
+            self._put({"role": role, "text": text.strip(), "item_id": item_id, "t_ms": self._t_ms()})
+
+    def tool(self, name: str, arguments: str, output: str, call_id: str) -> None:
+        self._put({"role": "tool", "text": f"{name}({arguments}) -> {output}", "name": name,
+                   "arguments": arguments, "output": output, "item_id": call_id, "t_ms": self._t_ms()})
+
+    def _put(self, entry: dict[str, str]) -> None:
+        self._pending.put_nowait(entry)
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write(), name="call-log")
+
+    async def _write(self) -> None:
+        while not self._pending.empty():
+            entry = self._pending.get_nowait()
+            for attempt in range(5):
+                try:
+                    await self.redis.xadd(self.key, entry, maxlen=MAX_ENTRIES, approximate=True)
+                    self.written += 1
+                    break
+                except (aioredis.ConnectionError, aioredis.TimeoutError, OSError) as exc:
+                    log.warning("call log write failed (%s); retrying", exc)
+                    await asyncio.sleep(0.2 * (attempt + 1))
+            else:
+                self.failed += 1
+                log.error("call log entry lost after retries: %s", entry.get("role"))
+
+    async def flush(self, timeout: float = 5.0) -> None:
+        """Wait until everything logged so far is in Redis (call end)."""
+        if self._writer is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._writer), timeout)
+            except asyncio.TimeoutError:
+                log.warning("call log still has %d entries unwritten", self._pending.qsize())
+
+    async def history(self) -> list[dict[str, Any]]:
+        """The conversation so far, in the shape `RealtimeProtocol.replay` takes."""
+        await self.flush()
+        items: list[dict[str, Any]] = []
+        for _, fields in await self.redis.xrange(self.key):
+            f = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+                 for k, v in fields.items()}
+            if f.get("role") == "tool":
+                items.append({"call_id": f.get("item_id", ""), "name": f.get("name", ""),
+                              "arguments": f.get("arguments", "{}"), "output": f.get("output")})
+            elif f.get("role") in ("user", "assistant"):
+                items.append({"role": f["role"], "text": f.get("text", "")})
+        return items

@@ -1,0 +1,110 @@
+"""The calls of one media worker: assignments from the inbox become sessions, media connections bind to them
+(AudioSocket by the call UUID, RTP by the port reserved for the call), and leases say who owns each call."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import msgspec
+import redis.asyncio as aioredis
+
+from media_worker.session import CallSession, WorkerContext
+from media_worker.transport.link import MediaLink, MediaSink
+from media_worker.transport.rtp_endpoint import RtpEndpoint
+from shared.messages import Assignment, CallEnded
+
+log = logging.getLogger("calls")
+
+LEASE_MS = 3000  # renewed every second: a worker dead for 3 s has lost its calls (DESIGN §3)
+
+
+class CallManager:
+    def __init__(self, ctx: WorkerContext, *, listen_host: str, allowed_hosts: list[str]):
+        self.ctx = ctx
+        self.listen_host = listen_host
+        self.allowed_hosts = allowed_hosts
+        self.sessions: dict[str, CallSession] = {}
+        self._rtp: dict[str, RtpEndpoint] = {}
+
+    # --- inbox messages --------------------------------------------------------------------------------
+    async def handle(self, kind: str, data: str | bytes) -> None:
+        try:
+            if kind == "assign":
+                await self.assign(msgspec.json.decode(data, type=Assignment))
+            elif kind == "end":
+                ended = msgspec.json.decode(data, type=CallEnded)
+                session = self.sessions.get(ended.call_id)
+                if session is not None:
+                    session.stop(f"controller: {ended.reason}")
+            else:
+                log.warning("unknown inbox message type %r", kind)
+        except msgspec.ValidationError as exc:
+            log.error("unusable %s message in the inbox: %s", kind, exc)
+
+    async def assign(self, assignment: Assignment) -> None:
+        call_id = assignment.call_id
+        current = self.sessions.get(call_id)
+        if current is not None:
+            if assignment.epoch <= current.assignment.epoch:
+                return  # a duplicate delivery
+            current.stop("reassigned")
+        session = CallSession(self.ctx, assignment)
+        self.sessions[call_id] = session
+        if assignment.plan.transport == "rtp":
+            endpoint = RtpEndpoint(self.listen_host, assignment.rtp_port, assignment.plan.format,
+                                   lambda link: self._rtp_sink(session, link), allowed_hosts=self.allowed_hosts)
+            try:
+                await endpoint.open()
+            except OSError as exc:
+                log.error("call %s: cannot open RTP port %d: %s", call_id, assignment.rtp_port, exc)
+                del self.sessions[call_id]
+                return
+            self._rtp[call_id] = endpoint
+        session.start()
+        asyncio.create_task(self._forget_when_done(session), name=f"reap-{call_id}")
+        log.info("call %s assigned (epoch %d, %s %s, context %s)", call_id, assignment.epoch,
+                 assignment.plan.transport, assignment.plan.format, assignment.plan.context)
+
+    def _rtp_sink(self, session: CallSession, link: MediaLink) -> MediaSink:
+        session.attach(link, live=False)  # RTP: we can send only once Asterisk's first packet latched us
+        return session
+
+    async def _forget_when_done(self, session: CallSession) -> None:
+        await session.finished.wait()
+        if self.sessions.get(session.call_id) is session:
+            del self.sessions[session.call_id]
+        endpoint = self._rtp.pop(session.call_id, None)
+        if endpoint is not None:
+            endpoint.stop()
+        try:
+            await self.ctx.redis.delete(self.ctx.keys.call_lease(session.call_id))
+        except (aioredis.ConnectionError, aioredis.TimeoutError, OSError):
+            pass
+
+    # --- media connections -----------------------------------------------------------------------------
+    def bind_audiosocket(self, call_uuid: str, peer_host: str, link: MediaLink) -> MediaSink | None:
+        session = self.sessions.get(call_uuid)
+        if session is None or session.plan.transport != "audiosocket" or session.link is not None:
+            log.warning("AudioSocket connection from %s for unknown call %s: refused", peer_host, call_uuid)
+            return None
+        link.expect(session.plan.format)  # type: ignore[attr-defined]
+        session.attach(link)
+        return session
+
+    # --- leases and shutdown ---------------------------------------------------------------------------
+    async def renew_leases(self) -> None:
+        if not self.sessions:
+            return
+        async with self.ctx.redis.pipeline(transaction=False) as pipe:
+            for call_id, session in self.sessions.items():
+                pipe.set(self.ctx.keys.call_lease(call_id), f"{self.ctx.worker_id}:{session.assignment.epoch}",
+                         px=LEASE_MS)
+            await pipe.execute()
+
+    async def stop_all(self, reason: str) -> None:
+        sessions = list(self.sessions.values())
+        for session in sessions:
+            session.stop(reason)
+        if sessions:
+            await asyncio.wait([asyncio.create_task(s.finished.wait()) for s in sessions], timeout=5)

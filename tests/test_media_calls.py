@@ -1,0 +1,288 @@
+"""Calls end to end through real processes: a controller and a media worker (subprocesses) on the real Redis,
+the Asterisk simulator (ARI over HTTP/WebSocket, media over AudioSocket TCP or RTP UDP) and the Realtime
+emulator (WebSocket), both in this process. The simulated caller speaks from PCM and records what it hears."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import math
+import socket
+import time
+import uuid
+
+import numpy as np
+import pytest
+import redis.asyncio as aioredis
+
+from shared.keys import Keys
+from sim.asterisk import AsteriskSim
+from sim.asterisk.audio import CallerAudio
+from sim.cluster import LocalCluster
+from sim.realtime import Emulator, Reply, Script
+from sim.realtime import voice
+from tests.ari_harness import ARI_PASSWORD, ARI_USER, write_config
+from tests.conftest import TEST_API_KEY
+from tests.realtime_schema import check_client_event, check_server_event
+
+PROFILES = {"slin24": "telephony_pcm16_24k", "slin": "telephony_slin_8k", "ulaw_rtp": "telephony_ulaw_8k"}
+
+
+async def until(predicate, timeout: float = 15.0, interval: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {getattr(predicate, '__name__', predicate)}")
+        await asyncio.sleep(interval)
+
+
+def tone24k(ms: int, hz: float = 440.0, dbfs: float = -12.0) -> bytes:
+    t = np.arange(ms * 24) / 24000
+    return (np.sin(2 * math.pi * hz * t) * 32767 * 10 ** (dbfs / 20)).astype("<i2").tobytes()
+
+
+def caller_speech(text: str, ms: int, rate: int = 8000) -> CallerAudio:
+    """A caller's words: espeak-ng (another voice than the agent's) when installed, else a voice-like signal."""
+    pcm = voice.speech(text, ms, "en-us+m3", seed=7).astype("<i2").tobytes()
+    return CallerAudio.from_pcm(pcm, 24000)
+
+
+@pytest.fixture
+async def sim(tmp_path):
+    s = AsteriskSim(users={ARI_USER: ARI_PASSWORD}, workdir=tmp_path / "sim")
+    await s.start("127.0.0.1", 0)
+    yield s
+    await s.stop()
+
+
+@pytest.fixture
+async def aredis(redis_url):
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def keys(prefix) -> Keys:
+    return Keys(prefix)
+
+
+@pytest.fixture
+def cluster_up(tmp_path, cluster_env, sim):
+    """Start a controller and a media worker against the simulator and an emulator; returns the cluster."""
+    clusters: list[LocalCluster] = []
+    n = itertools.count(1)
+
+    async def start(emulator: Emulator, contexts: dict | None = None, workers: int = 1, **controller):
+        i = next(n)
+        config = write_config(tmp_path / f"cluster-{i}.yaml", sim.url, contexts=contexts, **controller)
+        env = {**cluster_env, "OPENAI_REALTIME_URL": emulator.url, "REALTIME_PREWARM": "1"}
+        cluster = LocalCluster(config, tmp_path, env)
+        clusters.append(cluster)
+        procs = [cluster.start("controller", instance_id=f"controller-{i}")]
+        for w in range(workers):
+            low = 31000 + 200 * (i * 4 + w)
+            procs.append(cluster.start("media-worker", "--audiosocket-port", "0", "--rtp-ports",
+                                       f"{low}-{low + 99}", instance_id=f"worker-{i}-{w}"))
+        ready = await asyncio.to_thread(cluster.wait_ready, procs, 30)
+        assert ready, "\n".join(p.log_text()[-3000:] for p in procs)
+        return cluster
+
+    yield start
+    for cluster in clusters:
+        cluster.stop_all()
+
+
+def emulator_factory():
+    made: list[Emulator] = []
+
+    async def make(script: Script, **kwargs) -> Emulator:
+        emu = Emulator(script=script, api_keys={TEST_API_KEY}, **kwargs)
+        await emu.start("127.0.0.1", 0)
+        made.append(emu)
+        return emu
+
+    return made, make
+
+
+@pytest.fixture
+async def emulator():
+    made, make = emulator_factory()
+    yield make
+    for emu in made:
+        await emu.stop()
+
+
+async def call_of(aredis, keys, channel_id: str) -> str:
+    async def find():
+        for call_id in await aredis.smembers(keys.calls_active):
+            if await aredis.hget(keys.call(call_id), "caller_channel") == channel_id:
+                return call_id
+        return None
+    return await until(find)
+
+
+async def log_entries(aredis, keys, call_id: str) -> list[dict]:
+    return [fields for _, fields in await aredis.xrange(keys.call_log(call_id))]
+
+
+def assert_wire_conforms(emu: Emulator) -> None:
+    for s in emu.sessions:
+        for event in s.received:
+            check_client_event(event)
+        for event in s.sent:
+            check_server_event(event)
+
+
+def loud_ms(heard, rate: int = 8000, floor_dbfs: float = -40.0) -> list[tuple[float, bool]]:
+    """The caller's timeline as (time, audible) per 20 ms frame."""
+    pcm = np.frombuffer(heard.pcm(rate), dtype="<i2").astype(np.float64)
+    n = rate // 50
+    frames = pcm[: len(pcm) // n * n].reshape(-1, n)
+    rms = np.sqrt((frames ** 2).mean(axis=1)) + 1e-9
+    return [(i * 20.0, 20 * math.log10(r / 32768) > floor_dbfs) for i, r in enumerate(rms)]
+
+
+# ------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("profile", list(PROFILES))
+async def test_a_call_end_to_end(profile, sim, emulator, cluster_up, aredis, keys):
+    script = Script(greeting=Reply(text="Hello, thanks for calling. How can I help?", audio_ms=1500),
+                    turns={1: Reply(text="We are open nine to five.", audio_ms=1200)},
+                    transcripts={1: "When are you open?"})
+    emu = await emulator(script, speed=4.0)
+    await cluster_up(emu, contexts={"t": {"profile": PROFILES[profile], "prompt": "Be brief, {caller_name}.",
+                                          "greeting": "Hello {caller_name}"}})
+    audio = CallerAudio.silence(2500).then(caller_speech("When are you open?", 900)).then(CallerAudio.silence(4000))
+    call = await sim.place_call(caller_name="Dana", variables={"AI_CONTEXT": "t"}, audio=audio)
+    call_id = await call_of(aredis, keys, call.channel_id)
+
+    async def answered():
+        roles = [e["role"] for e in await log_entries(aredis, keys, call_id)]
+        return roles.count("assistant") >= 2 and "user" in roles
+    await until(answered, timeout=20)
+    await call.hangup()
+    await until(lambda: not sim.channels and not sim.bridges)
+
+    entries = await log_entries(aredis, keys, call_id)
+    assert [e["role"] for e in entries][:3] == ["assistant", "user", "assistant"]
+    assert entries[0]["text"] == "Hello, thanks for calling. How can I help?"
+    assert entries[1]["text"] == "When are you open?" and entries[2]["text"] == "We are open nine to five."
+    # The instructions carried the filled-in template; the GA session had our tools and formats.
+    update = next(e for s in emu.sessions for e in s.received if e["type"] == "session.update")["session"]
+    assert update["instructions"] == "Be brief, Dana." and update["audio"]["input"]["turn_detection"][
+        "interrupt_response"] is False
+    expected_format = "audio/pcmu" if profile == "ulaw_rtp" else "audio/pcm"
+    assert update["audio"]["input"]["format"]["type"] == expected_format
+    # The caller heard the greeting early, and then the answer.
+    timeline = loud_ms(call.heard)
+    first_audible = next(t for t, loud in timeline if loud)
+    assert first_audible < 1000, first_audible
+    assert sum(loud for t, loud in timeline) * 20 > 1500  # most of 2.7 s of agent audio was audible
+    record = await until(lambda: _stats(aredis, keys, call_id))
+    assert float(record["greeting_ms"]) < 1000 and len(record["turn_ms"].split(",")) == 1
+    assert_wire_conforms(emu)
+
+
+async def _stats(aredis, keys, call_id):
+    record = await aredis.hgetall(keys.call(call_id))
+    return record if "worker_end_reason" in record else None
+
+
+async def test_barge_in_truncates_to_what_the_caller_heard(sim, emulator, cluster_up, aredis, keys):
+    # A long steady answer (a tone, so the caller-side recording shows exactly where it stopped).
+    script = Script(greeting=Reply(text="Hi.", audio_ms=400),
+                    turns={1: Reply(text="Let me tell you all about our opening hours in great detail.",
+                                    pcm=tone24k(6000)), 2: Reply(text="Sure.", audio_ms=500)},
+                    transcripts={1: "Opening hours?", 2: "Sorry, stop."})
+    emu = await emulator(script, speed=4.0)
+    await cluster_up(emu)
+    question_end = 1500 + 800
+    audio = (CallerAudio.silence(1500).then(caller_speech("Opening hours?", 800))
+             .then(CallerAudio.silence(3500)).then(caller_speech("Sorry, stop, one moment please.", 1500))
+             .then(CallerAudio.silence(3000)))
+    call = await sim.place_call(audio=audio)
+    call_id = await call_of(aredis, keys, call.channel_id)
+    await until(lambda: any(s.truncations for s in emu.sessions), timeout=20)
+    await asyncio.sleep(0.5)
+    await call.hangup()
+    (truncation,) = [t for s in emu.sessions for t in s.truncations]
+
+    # What the caller heard of that item: the run of tone frames after the question.
+    timeline = loud_ms(call.heard)
+    start = next(t for t, loud in timeline if loud and t > question_end)
+    end = next(t for t, loud in timeline if not loud and t > start)
+    heard_ms = end - start
+    assert abs(truncation["audio_end_ms"] - heard_ms) <= 40, (truncation, heard_ms)
+    assert 300 < heard_ms < 5000  # it was cut, not played out
+    record = await until(lambda: _stats(aredis, keys, call_id))
+    assert record["truncations"] == "1" and record["bargein_ms"]
+    assert max(float(v) for v in record["bargein_ms"].split(",")) <= 40
+    heard_text = [e for e in await log_entries(aredis, keys, call_id) if e["role"] == "assistant"][1]["text"]
+    assert heard_text.endswith("…") and len(heard_text) < len(script.turns[1].text)
+    assert_wire_conforms(emu)
+
+
+async def test_our_own_echo_does_not_interrupt_but_the_caller_does_not_talk_over_it(
+        sim, emulator, cluster_up, aredis, keys):
+    script = Script(greeting=Reply(text="Hello there, this is a long greeting that goes on for a while.",
+                                   audio_ms=3000),
+                    turns={1: Reply(text="Echo reply.", audio_ms=500)})
+    emu = await emulator(script, speed=4.0)
+    await cluster_up(emu)
+    call = await sim.place_call(audio=CallerAudio.silence(6000), echo_db=-20.0)
+    call_id = await call_of(aredis, keys, call.channel_id)
+
+    async def greeted():
+        return any(e["role"] == "assistant" for e in await log_entries(aredis, keys, call_id))
+    await until(greeted, timeout=15)
+    await asyncio.sleep(1.0)
+    await call.hangup()
+    assert all(not s.truncations for s in emu.sessions)  # the greeting played out in full
+    record = await until(lambda: _stats(aredis, keys, call_id))
+    assert record["truncations"] == "0"
+    # The echo never became a user turn: the server heard silence while we spoke.
+    assert not any(e["type"] == "input_audio_buffer.speech_started" for s in emu.sessions for e in s.sent)
+
+
+async def test_caller_hangs_up_mid_response(sim, emulator, cluster_up, aredis, keys, tmp_path):
+    script = Script(greeting=Reply(text="A long greeting.", audio_ms=5000))
+    emu = await emulator(script, speed=4.0)
+    cluster = await cluster_up(emu)
+    call = await sim.place_call(audio=CallerAudio.silence(8000))
+    call_id = await call_of(aredis, keys, call.channel_id)
+    await asyncio.sleep(1.5)
+    await call.hangup()
+    record = await until(lambda: _stats(aredis, keys, call_id))
+    assert record["worker_end_reason"] in ("media_closed", "caller_hangup")
+    await until(lambda: not sim.channels and not sim.bridges)
+    worker_log = next(p for p in cluster.processes if p.role == "media-worker").log_text()
+    assert "Traceback" not in worker_log and "ERROR" not in worker_log
+
+
+async def test_the_worker_refuses_unknown_calls_and_malformed_frames(sim, emulator, cluster_up, aredis, keys):
+    emu = await emulator(Script())
+    await cluster_up(emu)
+    (wid,) = await aredis.zrange(keys.workers, 0, -1)
+    port = int(await aredis.hget(keys.worker(wid), "audiosocket_port"))
+
+    async def exchange(payload: bytes) -> bytes:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(payload)
+        await writer.drain()
+        data = await asyncio.wait_for(reader.read(100), 5)
+        writer.close()
+        return data
+
+    unknown = uuid.uuid4().bytes
+    assert (await exchange(b"\x01\x00\x10" + unknown))[:1] == b"\xff"  # not our call: error frame, closed
+    assert (await exchange(b"\x13\xff\xff" + b"\x00" * 64))[:1] in (b"\xff", b"")  # no UUID first, huge length
+    # The worker is unharmed.
+    with socket.create_connection(("127.0.0.1", port), timeout=2):
+        pass
