@@ -61,6 +61,19 @@ def test_caller_pcm_is_speech_where_the_caller_talks_and_digital_silence_elsewhe
             assert demo_report.voiced_share(part, RATE, 0, seg.ms / 1000) > 0.6
 
 
+def test_caller_speaks_with_the_synthetic_voice_when_espeak_is_missing(monkeypatch):
+    from sim.realtime import voice
+
+    monkeypatch.setattr(voice, "espeak_available", lambda: False)
+    line = PLAN.caller[0]
+    pcm = demo_call.caller_speech(line)
+    assert len(pcm) == pytest.approx(line.ms * RATE / 1000, rel=0.1)  # the synthetic voice fills its length
+    assert demo_report.voiced_share(pcm, RATE, 0, line.ms / 1000) > 0.4  # syllables with gaps between
+    monkeypatch.setattr(voice, "espeak_available", lambda: True)
+    if voice.shutil.which("espeak-ng"):
+        assert not np.array_equal(demo_call.caller_speech(line)[:len(pcm)], pcm)
+
+
 # --- the report helpers --------------------------------------------------------------------------------------
 
 def test_numbers_and_p50_max():
