@@ -242,7 +242,7 @@ def main(args: argparse.Namespace) -> int:
         if checks["all processes ready"]:
             step(f"a scripted call (the caller speaks from {paths['caller']})")
             for seg in timeline.spoken():
-                print(f"  caller at {seg.start_s:5.1f}s: {seg.line.text}")
+                print(f"  {seg.start_s:4.1f}s after the answer the caller says: {seg.line.text}")
             sim = SimControl(asterisk.url, config.asterisk.username, ari_password)
             call = run_call(sim, client, keys, timeline, paths["caller"], paths["heard"])
             summary["sim_call"] = call
