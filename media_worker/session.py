@@ -53,6 +53,12 @@ AUDIOLESS = Counter("va_audioless_responses_total", "Responses that finished wit
 UNDERRUNS = Counter("va_playout_underruns_total", "20 ms ticks with no model audio in the middle of an item")
 PADDED = Counter("va_input_padding_frames_total", "Silence frames appended where the caller's audio had gaps")
 SESSIONS = Gauge("va_worker_calls_active", "Calls on this media worker")
+_FAST = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1)
+# Sampled (one frame in PROBE_EVERY): the per-frame path stays free of histogram work.
+INPUT_LATENCY = Histogram("va_input_append_seconds", "Caller frame in to its append sent (sampled)", buckets=_FAST)
+OUTPUT_LATENCY = Histogram("va_output_first_frame_seconds", "Model audio delta in to its first frame sent to "
+                           "Asterisk (includes the wait for the next 20 ms tick)", buckets=_FAST)
+PROBE_EVERY = 25
 
 INPUT_SLACK_FRAMES = 3  # caller audio this late (60 ms) is a gap, padded with silence; jitter below is not
 AUDIOLESS_RETRIES = 1
@@ -121,6 +127,11 @@ class CallSession:
         self._bargein_t: float | None = None
         self._ticks = 0
         self._frames_in = 0
+        self._queued_total = 0
+        self._sent_total = 0
+        self._probe_t: float | None = None
+        self._probe_seq = 0
+        self._first_delta_t: dict[str, float] = {}  # item -> when its first audio arrived, until it plays
         self.stats = {"greeting_ms": "", "turn_ms": [], "bargein_ms": [], "truncations": 0,
                       "audioless_responses": 0, "padded_frames": 0}
 
@@ -237,6 +248,9 @@ class CallSession:
         if not self.linked.is_set():
             self._go_live()
         self._frames_in += 1
+        if self._frames_in % PROBE_EVERY == 0 and self._probe_t is None:
+            self._probe_t = time.monotonic()
+            self._probe_seq = self._queued_total  # the append this frame becomes
         speaking = self.gate.incoming(self._gate_view(payload))
         if speaking and not self._caller_speaking:
             self._caller_speaking = True
@@ -276,6 +290,10 @@ class CallSession:
         link.send(frame)
         now = time.monotonic()
         if real:
+            if self._first_delta_t:
+                started = self._first_delta_t.pop(self.playout.playing_item, None)
+                if started is not None:
+                    OUTPUT_LATENCY.observe(now - started)
             self.gate.outgoing(self._gate_view(frame))
             if self._awaiting_first_frame:
                 self._first_frame(now)
@@ -330,6 +348,7 @@ class CallSession:
         self._bargein_t = time.monotonic()
         item = self.playout.flush()
         self.conv.reset_wire()
+        self._first_delta_t.clear()
         self._greeting_mode = False
         if item is None or self.client is None:
             return
@@ -372,6 +391,7 @@ class CallSession:
 
     def _queue_append(self, pcm: bytes) -> None:
         self._outgoing.append(pcm)
+        self._queued_total += 1
         self._outgoing_ready.set()
 
     async def _send_forever(self) -> None:
@@ -382,6 +402,10 @@ class CallSession:
             self._outgoing_ready.clear()
             while out:
                 await self.client.append(out.popleft())
+                self._sent_total += 1
+                if self._probe_t is not None and self._sent_total > self._probe_seq:
+                    INPUT_LATENCY.observe(time.monotonic() - self._probe_t)
+                    self._probe_t = None
 
     async def _events_forever(self) -> None:
         assert self.client is not None
@@ -426,6 +450,8 @@ class CallSession:
         self._response_audio[chunk.response_id] = self._response_audio.get(chunk.response_id, 0) + len(chunk.data)
         if chunk.item_id not in self._item_response:
             self._item_response[chunk.item_id] = chunk.response_id
+            if self.link is not None and len(self._first_delta_t) < 8:
+                self._first_delta_t[chunk.item_id] = time.monotonic()
             if chunk.response_id == self._greeting_response:
                 self._greeting_item = chunk.item_id
         self.playout.push(chunk.item_id, self.conv.to_wire(chunk.data))
