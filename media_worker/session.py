@@ -450,7 +450,7 @@ class CallSession:
         self._response_audio[chunk.response_id] = self._response_audio.get(chunk.response_id, 0) + len(chunk.data)
         if chunk.item_id not in self._item_response:
             self._item_response[chunk.item_id] = chunk.response_id
-            if self.link is not None and len(self._first_delta_t) < 8:
+            if self.linked.is_set() and len(self._first_delta_t) < 8:
                 self._first_delta_t[chunk.item_id] = time.monotonic()
             if chunk.response_id == self._greeting_response:
                 self._greeting_item = chunk.item_id

@@ -5,6 +5,7 @@ emulator (WebSocket), both in this process. The simulated caller speaks from PCM
 from __future__ import annotations
 
 import asyncio
+import json
 import itertools
 import math
 import socket
@@ -286,3 +287,26 @@ async def test_the_worker_refuses_unknown_calls_and_malformed_frames(sim, emulat
     # The worker is unharmed.
     with socket.create_connection(("127.0.0.1", port), timeout=2):
         pass
+
+
+async def test_a_reply_without_audio_is_asked_again_aloud_and_keypad_digits_reach_the_model(
+        sim, emulator, cluster_up, aredis, keys):
+    # The guide's "modalities bug": the first answer comes back as a transcript with no audio.
+    script = Script(greeting=Reply(text="Hello, now out loud.", audio_ms=1200, text_only_times=1))
+    emu = await emulator(script, speed=4.0)
+    await cluster_up(emu)
+    call = await sim.place_call(audio=CallerAudio.silence(6000))
+    call_id = await call_of(aredis, keys, call.channel_id)
+    await until(lambda: any(loud for _, loud in loud_ms(call.heard)), timeout=15)  # the retry was heard
+    call.send_dtmf("5")
+
+    def pressed():
+        return any(e["type"] == "conversation.item.create" and "pressed 5" in json.dumps(e)
+                   for s in emu.sessions for e in s.received)
+    await until(pressed)
+    await call.hangup()
+    record = await until(lambda: _stats(aredis, keys, call_id))
+    assert record["audioless_responses"] == "1"
+    creates = [e for s in emu.sessions for e in s.received if e["type"] == "response.create"]
+    assert creates[1]["response"]["output_modalities"] == ["audio"]
+    assert_wire_conforms(emu)

@@ -190,7 +190,9 @@ class Response:
         if not calls and not text and reply.pcm is None:
             # A model that cannot call the tool it was scripted to call says something instead.
             text = reply.preamble or (self.s.emu.script.default.text if reply.tool_calls else "")
-        audio = "audio" in self.modalities and not reply.text_only
+        uses = self.s.reply_uses.get(id(reply), 0)
+        self.s.reply_uses[id(reply)] = uses + 1
+        audio = "audio" in self.modalities and not (reply.text_only or uses < reply.text_only_times)
         kind = "audio" if audio else "text"
         parts: list[Part] = []
         if calls and reply.preamble:

@@ -33,6 +33,7 @@ class Reply:
     preamble: str = ""  # an audio item before the tool calls in the same response ("one moment…")
     items: int = 1  # assistant audio items in the response (gpt-realtime-2 sends several)
     text_only: bool = False  # the guide's "modalities bug": a transcript/text but no audio
+    text_only_times: int = 0  # the first N responses with this reply in a session have no audio, later ones do
     status: str = "completed"  # completed | failed (status_details.error from `error`) | incomplete
     error: dict | None = None  # for status "failed": {type, code, message}
     server_error: dict | None = None  # an `error` event (e.g. type server_error) sent just before this response

@@ -97,6 +97,7 @@ class EmulatedSession:
         self.received: list[dict[str, Any]] = []
         self.sent: list[dict[str, Any]] = []
         self.truncations: list[dict[str, Any]] = []
+        self.reply_uses: dict[int, int] = {}  # id(Reply) -> responses made with it (Reply.text_only_times)
         self.function_outputs: list[dict[str, Any]] = []
         self.responses: list[dict[str, Any]] = []  # effective settings and final status of each response
         self.closed = False
