@@ -94,3 +94,30 @@ _inbox_encoder = msgspec.json.Encoder()
 def inbox_fields(kind: str, message: msgspec.Struct) -> dict[str, bytes]:
     """A worker-inbox stream entry: its type and the message as JSON."""
     return {"type": kind.encode(), "data": _inbox_encoder.encode(message)}
+
+
+class ControlRequest(msgspec.Struct, kw_only=True):
+    """A media worker asks the controller to act on a call (`va:controller:inbox`, type "control").
+
+    `request_id` is idempotent: the controller executes a request id once, however often it is delivered."""
+
+    request_id: str
+    call_id: str
+    worker_id: str
+    action: str  # transfer | cancel_transfer | hangup | voicemail
+    destination: str = ""  # transfer: a key of tools.transfer.destinations (nothing else is ever dialled)
+    reason: str = ""
+
+
+class ControlReply(msgspec.Struct, kw_only=True):
+    """The controller's answer, in the worker's inbox (type "control_result"). A transfer gets a first reply
+    `ringing` (final=False) and then its outcome (final=True)."""
+
+    request_id: str
+    call_id: str
+    ok: bool
+    # transfer: ringing | answered | busy | no_answer | cancelled | refused | failed;
+    # cancel_transfer: cancelled | nothing_to_cancel; hangup / voicemail: done | failed
+    status: str
+    message: str = ""
+    final: bool = True
