@@ -12,7 +12,7 @@ import redis.asyncio as aioredis
 from media_worker.session import CallSession, WorkerContext
 from media_worker.transport.link import MediaLink, MediaSink
 from media_worker.transport.rtp_endpoint import RtpEndpoint
-from shared.messages import Assignment, CallEnded
+from shared.messages import Assignment, CallEnded, ControlReply
 
 log = logging.getLogger("calls")
 
@@ -32,6 +32,11 @@ class CallManager:
         try:
             if kind == "assign":
                 await self.assign(msgspec.json.decode(data, type=Assignment))
+            elif kind == "control_result":
+                reply = msgspec.json.decode(data, type=ControlReply)
+                session = self.sessions.get(reply.call_id)
+                if session is not None:
+                    session.tools.on_reply(reply)
             elif kind == "end":
                 ended = msgspec.json.decode(data, type=CallEnded)
                 session = self.sessions.get(ended.call_id)

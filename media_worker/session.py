@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from media_worker.realtime import events as ev
 from media_worker.realtime.client import ClientSettings, Closed, RealtimeClient, RealtimeError, Reconnected
 from media_worker.realtime.pool import SessionPool
 from media_worker.realtime.protocol import AudioChunk, FunctionCall
+from media_worker.tools import ToolRunner
 from media_worker.transport.link import MediaLink
 from shared.config.ga_session import build_session
 from shared.config.schema import Config
@@ -96,6 +96,13 @@ class CallSession:
         self.gate = SpeechGate(self._gate_rate, ctx.config.vad.webrtc_aggressiveness)
         self._provider_silence = silence(plan.provider_format)
         self.log = CallLog(ctx.redis, ctx.keys, self.call_id)
+        self.tools = ToolRunner(self)
+        # a scripted utterance (the farewell) and its progress
+        self._say_pending = False
+        self._say_response: str | None = None
+        self._say_started = asyncio.Event()
+        self._say_finished = False
+        self._say_played = asyncio.Event()
         self.link: MediaLink | None = None
         self.client: RealtimeClient | None = None
         self.ready = asyncio.Event()
@@ -309,6 +316,9 @@ class CallSession:
                 if self._last_playing == self._greeting_item:
                     self._greeting_mode = False
             self._last_playing = playing
+        if self._say_finished and self.playout.idle and self.playout.playing_item is None:
+            self._say_finished = False
+            self._say_played.set()
         if self._greeting_mode and now > self._greeting_deadline:
             self._greeting_mode = False  # its end was never seen: normal turn-taking returns (the guide's 5 s)
         # Asterisk sends nothing while a Local/VAD-suppressing caller is silent; the server's clock must not
@@ -433,11 +443,13 @@ class CallSession:
                 if self._greeting_pending and self._greeting_response is None:
                     self._greeting_response = item.response.id
                     self._greeting_pending = False
+                elif self._say_pending:
+                    self._say_response, self._say_pending = item.response.id, False
                 self._response_audio.setdefault(item.response.id, 0)
             elif kind is ev.ResponseDone:
                 await self._on_response_done(item.response)
             elif kind is FunctionCall:
-                await self._on_function_call(item)
+                asyncio.create_task(self.tools.run(item), name=f"tool-{item.name}")
             elif kind is Closed:
                 self.end_reason = self.end_reason or "realtime_closed"
                 log.error("Realtime session closed: %s", item.reason)
@@ -447,6 +459,8 @@ class CallSession:
                          "rotation" if item.rotation else "reconnect", item.replayed)
 
     def _on_audio_chunk(self, chunk: AudioChunk) -> None:
+        if chunk.response_id == self._say_response and not self._say_started.is_set():
+            self._say_started.set()
         self._response_audio[chunk.response_id] = self._response_audio.get(chunk.response_id, 0) + len(chunk.data)
         if chunk.item_id not in self._item_response:
             self._item_response[chunk.item_id] = chunk.response_id
@@ -458,6 +472,8 @@ class CallSession:
 
     async def _on_response_done(self, response: ev.ResponseInfo) -> None:
         assert self.client is not None
+        if response.id == self._say_response:
+            self._say_finished = True
         audio = self._response_audio.pop(response.id, 0)
         spoke = any(o.get("type") == "message" for o in response.output)
         if response.status == "completed" and spoke and audio == 0:
@@ -477,13 +493,50 @@ class CallSession:
         elif audio:
             self._audioless_retries = 0
 
-    async def _on_function_call(self, call: FunctionCall) -> None:
-        """Tools run through the controller and the tool workers (issue 6); until a tool is wired up the model
-        hears that it is unavailable, never silence."""
+    # --- what tools need from the conversation ---------------------------------------------------------
+    async def _no_active_response(self, timeout: float) -> None:
         assert self.client is not None
-        output = json.dumps({"ok": False, "error": f"the {call.name} tool is not available on this call"})
-        self.log.tool(call.name, call.arguments, output, call.call_id)
-        await self.client.function_output(call.call_id, output)
+        deadline = time.monotonic() + timeout
+        while self.client.protocol.active_response is not None and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+
+    async def tell_model(self, text: str) -> None:
+        """Tell the model what happened outside the conversation, and let it speak about it."""
+        if self.client is None:
+            return
+        await self._no_active_response(5.0)
+        await self.client.add_system_text(text)
+
+    async def say_and_wait(self, instructions: str, *, start_timeout: float, play_timeout: float) -> bool:
+        """A scripted reply with no tool calls (the farewell); True once its audio has been played out, False if
+        no audio started within `start_timeout`."""
+        assert self.client is not None
+        await self._no_active_response(2.0)
+        self._say_pending, self._say_response, self._say_finished = True, None, False
+        self._say_started.clear()
+        self._say_played.clear()
+        await self.client.create_response(tool_choice="none", instructions=instructions)
+        try:
+            await asyncio.wait_for(self._say_started.wait(), start_timeout)
+        except asyncio.TimeoutError:
+            return False
+        try:
+            await asyncio.wait_for(self._say_played.wait(), play_timeout)
+        except asyncio.TimeoutError:
+            log.warning("the scripted reply was still playing after %.0f s", play_timeout)
+        return True
+
+    async def wait_quiet(self, *, start_timeout: float, play_timeout: float) -> None:
+        """Wait for the reply under way (or about to start) to be played out."""
+        assert self.client is not None
+        deadline = time.monotonic() + start_timeout
+        while (self.client.protocol.active_response is None and self.playout.idle
+               and time.monotonic() < deadline):
+            await asyncio.sleep(0.02)
+        deadline = time.monotonic() + play_timeout
+        while ((self.client.protocol.active_response is not None or not self.playout.idle
+                or self.playout.playing_item is not None) and time.monotonic() < deadline):
+            await asyncio.sleep(0.02)
 
 
 def _swap16(data: bytes) -> bytes:

@@ -5,7 +5,45 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
+
 from shared.config.schema import Config
+
+
+# The arguments each tool takes, checked with msgspec before anything runs; they mirror the schemas below
+# (tests/test_tools.py keeps the two in step). Bad arguments go back to the model as an error, never raise.
+class TransferArgs(msgspec.Struct, forbid_unknown_fields=True):
+    destination: str
+
+
+class HangupArgs(msgspec.Struct, forbid_unknown_fields=True):
+    farewell: str = ""
+
+
+class NoArgs(msgspec.Struct, forbid_unknown_fields=True):
+    pass
+
+
+class TranscriptArgs(msgspec.Struct, forbid_unknown_fields=True):
+    email: str
+    confirmed: bool = False
+
+
+ARGS: dict[str, type[msgspec.Struct]] = {
+    "transfer": TransferArgs, "cancel_transfer": NoArgs, "hangup_call": HangupArgs,
+    "leave_voicemail": NoArgs, "send_email_summary": NoArgs, "request_transcript": TranscriptArgs,
+}
+
+
+def parse_arguments(name: str, arguments: str) -> msgspec.Struct:
+    """The model's JSON arguments as the tool's struct; raises ValueError with a message for the model."""
+    kind = ARGS.get(name)
+    if kind is None:
+        raise ValueError(f"there is no tool named {name!r}")
+    try:
+        return msgspec.json.decode(arguments or "{}", type=kind)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise ValueError(f"invalid arguments for {name}: {exc}") from None
 
 _NO_ARGS: dict[str, Any] = {"type": "object", "properties": {}, "additionalProperties": False}
 
@@ -25,8 +63,10 @@ def _transfer(config: Config) -> dict[str, Any]:
 
 
 def _email_argument(description: str) -> dict[str, Any]:
-    return {"type": "object", "properties": {"email": {"type": "string", "description": description}},
-            "required": ["email"], "additionalProperties": False}
+    return {"type": "object", "properties": {
+        "email": {"type": "string", "description": description},
+        "confirmed": {"type": "boolean", "description": "True once the caller confirmed the spelling."}},
+        "required": ["email"], "additionalProperties": False}
 
 
 def definitions(config: Config) -> dict[str, dict[str, Any]]:
@@ -52,9 +92,11 @@ def definitions(config: Config) -> dict[str, dict[str, Any]]:
             "parameters": _NO_ARGS,
         },
         "request_transcript": {
-            "description": "Email the caller a transcript of this call. Spell the address back to the caller "
-                           "and get their confirmation first.",
-            "parameters": _email_argument("The caller's email address, as confirmed."),
+            "description": "Email the caller a transcript of this call after it ends. Call it first with the "
+                           "address as the caller said it (e.g. 'john dot smith at example dot com'); read back "
+                           "the spelling it returns, and once the caller confirms, call it again with "
+                           "confirmed true.",
+            "parameters": _email_argument("The caller's email address, as they said or spelled it."),
         },
     }
 

@@ -299,6 +299,12 @@ class RealtimeClient:
         self.protocol.delete_item(item_id)
         await self._send_controls()
 
+    async def add_system_text(self, text: str, respond: bool = True) -> None:
+        self.protocol.add_system_text(text)
+        if respond and self.protocol.active_response is None:
+            self.protocol.create_response()
+        await self._send_controls()
+
     async def add_user_text(self, text: str, respond: bool = True) -> None:
         self.protocol.add_user_text(text)
         if respond and self.protocol.active_response is None:

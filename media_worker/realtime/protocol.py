@@ -172,6 +172,11 @@ class RealtimeProtocol:
         self._send({"type": "conversation.item.create",
                     "item": {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}})
 
+    def add_system_text(self, text: str) -> None:
+        """A system message: what happened outside the conversation (a transfer that failed)."""
+        self._send({"type": "conversation.item.create",
+                    "item": {"type": "message", "role": "system", "content": [{"type": "input_text", "text": text}]}})
+
     def commit(self) -> None:
         self._send({"type": "input_audio_buffer.commit"})
 
