@@ -18,6 +18,8 @@ from shared.keys import Keys
 from shared.redis_conn import UNAVAILABLE, connect_sync
 from shared.service import new_instance_id
 from shared.version import VERSION
+from tool_worker import email_jobs
+from tool_worker.worker import ToolWorker
 
 log = logging.getLogger("tool_worker")
 
@@ -75,7 +77,8 @@ def run(loaded: LoadedConfig, *, instance_id: str | None, health_host: str, heal
         if conn is None:
             return 0
         queues = [Queue(keys.queue(q), connection=conn) for q in config.tool_worker.queues]
-        worker = Worker(queues, connection=conn, name=name)
+        email_jobs.configure(config)  # the jobs (forked from here) send with this worker's config
+        worker = ToolWorker(queues, connection=conn, name=name)
         state["worker"] = worker
         log.info("listening on queues %s", ", ".join(q.name for q in queues))
         worker.work(burst=burst, logging_level=config.logging.level.upper(), with_scheduler=True)
