@@ -110,9 +110,20 @@ class FakeWorker:
         await self.registration.remove()
 
 
-def write_config(path: Path, sim_url: str, contexts: dict | None = None, **controller) -> Path:
-    """The shipped config, pointed at the simulator, with controller settings overridden and contexts added."""
-    data = yaml.safe_load(CONFIG.read_text())
+def merge(base: dict, extra: dict) -> dict:
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            merge(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+def write_config(path: Path, sim_url: str, contexts: dict | None = None, extra: dict | None = None,
+                 **controller) -> Path:
+    """The shipped config, pointed at the simulator, with controller settings overridden, contexts added and
+    `extra` merged in (nested dicts are merged key by key)."""
+    data = merge(yaml.safe_load(CONFIG.read_text()), extra or {})
     data["asterisk"].update(ari_url=sim_url, username=ARI_USER, password=ARI_PASSWORD)
     data["controller"].update(controller)
     data["contexts"].update(contexts or {})

@@ -6,147 +6,25 @@ from __future__ import annotations
 
 import asyncio
 import json
-import itertools
 import math
 import socket
-import time
 import uuid
 
 import numpy as np
 import pytest
-import redis.asyncio as aioredis
 
-from shared.keys import Keys
-from sim.asterisk import AsteriskSim
 from sim.asterisk.audio import CallerAudio
-from sim.cluster import LocalCluster
-from sim.realtime import Emulator, Reply, Script
-from sim.realtime import voice
-from tests.ari_harness import ARI_PASSWORD, ARI_USER, write_config
-from tests.conftest import TEST_API_KEY
-from tests.realtime_schema import check_client_event, check_server_event
+from sim.realtime import Reply, Script
+from tests.media_harness import (  # noqa: F401  (fixtures)
+    worker_stats, aredis, assert_wire_conforms, call_of, caller_speech, cluster_up, emulator, keys, log_entries, loud_ms,
+    sim, until)
 
 PROFILES = {"slin24": "telephony_pcm16_24k", "slin": "telephony_slin_8k", "ulaw_rtp": "telephony_ulaw_8k"}
-
-
-async def until(predicate, timeout: float = 15.0, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {getattr(predicate, '__name__', predicate)}")
-        await asyncio.sleep(interval)
 
 
 def tone24k(ms: int, hz: float = 440.0, dbfs: float = -12.0) -> bytes:
     t = np.arange(ms * 24) / 24000
     return (np.sin(2 * math.pi * hz * t) * 32767 * 10 ** (dbfs / 20)).astype("<i2").tobytes()
-
-
-def caller_speech(text: str, ms: int, rate: int = 8000) -> CallerAudio:
-    """A caller's words: espeak-ng (another voice than the agent's) when installed, else a voice-like signal."""
-    pcm = voice.speech(text, ms, "en-us+m3", seed=7).astype("<i2").tobytes()
-    return CallerAudio.from_pcm(pcm, 24000)
-
-
-@pytest.fixture
-async def sim(tmp_path):
-    s = AsteriskSim(users={ARI_USER: ARI_PASSWORD}, workdir=tmp_path / "sim")
-    await s.start("127.0.0.1", 0)
-    yield s
-    await s.stop()
-
-
-@pytest.fixture
-async def aredis(redis_url):
-    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
-    yield client
-    await client.aclose()
-
-
-@pytest.fixture
-def keys(prefix) -> Keys:
-    return Keys(prefix)
-
-
-@pytest.fixture
-def cluster_up(tmp_path, cluster_env, sim):
-    """Start a controller and a media worker against the simulator and an emulator; returns the cluster."""
-    clusters: list[LocalCluster] = []
-    n = itertools.count(1)
-
-    async def start(emulator: Emulator, contexts: dict | None = None, workers: int = 1, **controller):
-        i = next(n)
-        config = write_config(tmp_path / f"cluster-{i}.yaml", sim.url, contexts=contexts, **controller)
-        env = {**cluster_env, "OPENAI_REALTIME_URL": emulator.url, "REALTIME_PREWARM": "1"}
-        cluster = LocalCluster(config, tmp_path, env)
-        clusters.append(cluster)
-        procs = [cluster.start("controller", instance_id=f"controller-{i}")]
-        for w in range(workers):
-            low = 31000 + 200 * (i * 4 + w)
-            procs.append(cluster.start("media-worker", "--audiosocket-port", "0", "--rtp-ports",
-                                       f"{low}-{low + 99}", instance_id=f"worker-{i}-{w}"))
-        ready = await asyncio.to_thread(cluster.wait_ready, procs, 30)
-        assert ready, "\n".join(p.log_text()[-3000:] for p in procs)
-        return cluster
-
-    yield start
-    for cluster in clusters:
-        cluster.stop_all()
-
-
-def emulator_factory():
-    made: list[Emulator] = []
-
-    async def make(script: Script, **kwargs) -> Emulator:
-        emu = Emulator(script=script, api_keys={TEST_API_KEY}, **kwargs)
-        await emu.start("127.0.0.1", 0)
-        made.append(emu)
-        return emu
-
-    return made, make
-
-
-@pytest.fixture
-async def emulator():
-    made, make = emulator_factory()
-    yield make
-    for emu in made:
-        await emu.stop()
-
-
-async def call_of(aredis, keys, channel_id: str) -> str:
-    async def find():
-        for call_id in await aredis.smembers(keys.calls_active):
-            if await aredis.hget(keys.call(call_id), "caller_channel") == channel_id:
-                return call_id
-        return None
-    return await until(find)
-
-
-async def log_entries(aredis, keys, call_id: str) -> list[dict]:
-    return [fields for _, fields in await aredis.xrange(keys.call_log(call_id))]
-
-
-def assert_wire_conforms(emu: Emulator) -> None:
-    for s in emu.sessions:
-        for event in s.received:
-            check_client_event(event)
-        for event in s.sent:
-            check_server_event(event)
-
-
-def loud_ms(heard, rate: int = 8000, floor_dbfs: float = -40.0) -> list[tuple[float, bool]]:
-    """The caller's timeline as (time, audible) per 20 ms frame."""
-    pcm = np.frombuffer(heard.pcm(rate), dtype="<i2").astype(np.float64)
-    n = rate // 50
-    frames = pcm[: len(pcm) // n * n].reshape(-1, n)
-    rms = np.sqrt((frames ** 2).mean(axis=1)) + 1e-9
-    return [(i * 20.0, 20 * math.log10(r / 32768) > floor_dbfs) for i, r in enumerate(rms)]
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -186,14 +64,9 @@ async def test_a_call_end_to_end(profile, sim, emulator, cluster_up, aredis, key
     first_audible = next(t for t, loud in timeline if loud)
     assert first_audible < 1000, first_audible
     assert sum(loud for t, loud in timeline) * 20 > 1500  # most of 2.7 s of agent audio was audible
-    record = await until(lambda: _stats(aredis, keys, call_id))
+    record = await until(lambda: worker_stats(aredis, keys, call_id))
     assert float(record["greeting_ms"]) < 1000 and len(record["turn_ms"].split(",")) == 1
     assert_wire_conforms(emu)
-
-
-async def _stats(aredis, keys, call_id):
-    record = await aredis.hgetall(keys.call(call_id))
-    return record if "worker_end_reason" in record else None
 
 
 async def test_barge_in_truncates_to_what_the_caller_heard(sim, emulator, cluster_up, aredis, keys):
@@ -222,7 +95,7 @@ async def test_barge_in_truncates_to_what_the_caller_heard(sim, emulator, cluste
     heard_ms = end - start
     assert abs(truncation["audio_end_ms"] - heard_ms) <= 40, (truncation, heard_ms)
     assert 300 < heard_ms < 5000  # it was cut, not played out
-    record = await until(lambda: _stats(aredis, keys, call_id))
+    record = await until(lambda: worker_stats(aredis, keys, call_id))
     assert record["truncations"] == "1" and record["bargein_ms"]
     assert max(float(v) for v in record["bargein_ms"].split(",")) <= 40
     heard_text = [e for e in await log_entries(aredis, keys, call_id) if e["role"] == "assistant"][1]["text"]
@@ -246,7 +119,7 @@ async def test_our_own_echo_does_not_interrupt_but_the_caller_does_not_talk_over
     await asyncio.sleep(1.0)
     await call.hangup()
     assert all(not s.truncations for s in emu.sessions)  # the greeting played out in full
-    record = await until(lambda: _stats(aredis, keys, call_id))
+    record = await until(lambda: worker_stats(aredis, keys, call_id))
     assert record["truncations"] == "0"
     # The echo never became a user turn: the server heard silence while we spoke.
     assert not any(e["type"] == "input_audio_buffer.speech_started" for s in emu.sessions for e in s.sent)
@@ -260,7 +133,7 @@ async def test_caller_hangs_up_mid_response(sim, emulator, cluster_up, aredis, k
     call_id = await call_of(aredis, keys, call.channel_id)
     await asyncio.sleep(1.5)
     await call.hangup()
-    record = await until(lambda: _stats(aredis, keys, call_id))
+    record = await until(lambda: worker_stats(aredis, keys, call_id))
     assert record["worker_end_reason"] in ("media_closed", "caller_hangup")
     await until(lambda: not sim.channels and not sim.bridges)
     worker_log = next(p for p in cluster.processes if p.role == "media-worker").log_text()
@@ -305,7 +178,7 @@ async def test_a_reply_without_audio_is_asked_again_aloud_and_keypad_digits_reac
                    for s in emu.sessions for e in s.received)
     await until(pressed)
     await call.hangup()
-    record = await until(lambda: _stats(aredis, keys, call_id))
+    record = await until(lambda: worker_stats(aredis, keys, call_id))
     assert record["audioless_responses"] == "1"
     creates = [e for s in emu.sessions for e in s.received if e["type"] == "response.create"]
     assert creates[1]["response"]["output_modalities"] == ["audio"]
