@@ -116,6 +116,13 @@ def cmd_sim_asterisk(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def cmd_sim_mail(args: argparse.Namespace) -> int:
+    from sim.mail import run
+
+    setup_logging("sim-mail", args.log_level or "warning")
+    return run(args)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from sim.demo import main as demo_main
 
@@ -175,6 +182,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     asterisk_arguments(asterisk)
     asterisk.set_defaults(func=cmd_sim_asterisk)
+
+    mail = sims.add_parser("mail", help="run a local SMTP server that keeps every message as a .eml file")
+    from sim.mail import add_arguments as mail_arguments
+
+    mail_arguments(mail)
+    mail.set_defaults(func=cmd_sim_mail)
 
     demo = sub.add_parser("demo", help="start the cluster locally, show it working, stop it cleanly")
     demo.add_argument("--keep-running", action="store_true", help="leave the cluster up until Ctrl-C")

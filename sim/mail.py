@@ -1,0 +1,63 @@
+"""`voice-agent sim mail`: a local SMTP server that keeps every message it accepts as a .eml file, for the
+demo and the load test (the cluster's emails go nowhere outside the machine).
+
+    voice-agent sim mail --port 0 --dir DIR     # prints "listening on smtp://127.0.0.1:PORT" first
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+from pathlib import Path
+
+
+class MailDrop:
+    """aiosmtpd handler: each accepted message becomes DIR/NNNN.eml (the envelope in X- headers)."""
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+        self.count = 0
+
+    async def handle_DATA(self, server, session, envelope) -> str:  # noqa: N802 (aiosmtpd's name)
+        self.count += 1
+        head = f"X-Envelope-From: {envelope.mail_from}\r\nX-Envelope-To: {', '.join(envelope.rcpt_tos)}\r\n"
+        data = envelope.original_content or envelope.content
+        path = self.directory / f"{self.count:04d}.eml"
+        path.write_bytes(head.encode() + (data if isinstance(data, bytes) else data.encode()))
+        print(f"accepted message {self.count} for {', '.join(envelope.rcpt_tos)} -> {path}", flush=True)
+        return "250 Message accepted for delivery"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=2525, help="0: any free port (the URL is printed first)")
+    parser.add_argument("--dir", required=True, help="where the .eml files go")
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    from aiosmtpd.smtp import SMTP
+
+    directory = Path(args.dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    handler = MailDrop(directory)
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: SMTP(handler, hostname="sim-mail"), args.host, args.port)
+    port = server.sockets[0].getsockname()[1]
+    print(f"listening on smtp://{args.host}:{port}", flush=True)
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    server.close()
+    await server.wait_closed()
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        import aiosmtpd  # noqa: F401
+    except ImportError:
+        print("voice-agent sim mail needs aiosmtpd (pip install aiosmtpd, or the project's test extra)")
+        return 2
+    asyncio.run(_serve(args))
+    return 0
