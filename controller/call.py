@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import redis.asyncio as aioredis
 
@@ -28,6 +29,9 @@ from shared.config.schema import Config
 from shared.keys import Keys
 from shared.logs import bind_call
 from shared.messages import CallPlan
+
+if TYPE_CHECKING:
+    from controller.transfer import TransferAttempt
 
 log = logging.getLogger("call")
 
@@ -51,6 +55,8 @@ class CallDeps:
     app: str
     capabilities: Callable[[], Capabilities | None]
     controller_id: str
+    # After the teardown of a call that reached a worker: e.g. enqueue the end-of-call emails.
+    after_end: Callable[[str, str], Awaitable[None]] | None = None  # (call id, end reason)
 
 
 @dataclass
@@ -65,7 +71,13 @@ class Call:
     bridge: str = ""
     media: str = ""
     media_up: bool = False
-    state: str = "new"  # new | queued | setting_up | active | handing_off | ending | ended
+    # new | queued | setting_up | active | handing_off | transferred | ending | ended
+    state: str = "new"
+    admitted: bool = False  # a worker slot was reserved at some point (the call had a conversation)
+    end_hint: str = ""  # why the caller is about to leave Stasis (agent_hangup, voicemail, transferred)
+    transfer: "TransferAttempt | None" = None  # the controlled transfer ringing, or answered
+    agent_leg: str = ""  # an answered transfer's leg, bridged with the caller
+    extra_legs: set[str] = field(default_factory=set)  # transfer legs teardown must hang up
     caller_gone: asyncio.Event = field(default_factory=asyncio.Event)
     ended: asyncio.Event = field(default_factory=asyncio.Event)
     playback_done: dict[str, asyncio.Event] = field(default_factory=dict)
@@ -82,7 +94,27 @@ class Call:
     def caller_left(self) -> None:
         """StasisEnd of the caller: hung up, or gone to the dialplan (continue)."""
         self.caller_gone.set()
-        self.end("caller_hangup" if self.state != "handing_off" else "handed_off")
+        self.end(self.end_hint or ("caller_hangup" if self.state != "handing_off" else "handed_off"))
+
+    def transfer_leg_event(self, leg: str, *, dialstatus: str | None = None, left: bool = False,
+                           cause: int | None = None, soft: bool | None = None) -> None:
+        """A Dial, ChannelHangupRequest or StasisEnd of one of our transfer legs."""
+        attempt = self.transfer
+        if left:
+            self.extra_legs.discard(leg)
+            if leg == self.agent_leg and self.state == "transferred":
+                # The agent hung up first: nobody is left for the caller to talk to.
+                log.info("transfer leg %s hung up: hanging up the caller", leg)
+                self.end(self.end_hint or "transferred", hang_up_caller=True)
+                return
+        if attempt is None or attempt.leg != leg:
+            return
+        if dialstatus is not None:
+            attempt.dial_status(dialstatus)
+        if cause is not None or soft is not None:
+            attempt.hangup_requested(cause, soft)
+        if left:
+            attempt.leg_left()
 
     def media_left(self) -> None:
         """StasisEnd of our media leg: the worker closed it (or died) while the caller is still here."""
@@ -96,9 +128,10 @@ class Call:
         if done is not None:
             done.set()
 
-    def end(self, reason: str, *, fallback: bool = False) -> None:
+    def end(self, reason: str, *, fallback: bool = False, hang_up_caller: bool = False) -> None:
         if self._teardown is None:
-            self._teardown = asyncio.create_task(self._end(reason, fallback), name=f"end-{self.call_id}")
+            self._teardown = asyncio.create_task(self._end(reason, fallback, hang_up_caller),
+                                                 name=f"end-{self.call_id}")
 
     async def wait_ended(self) -> None:
         await self.ended.wait()
@@ -129,7 +162,7 @@ class Call:
                     excluded.append(reserved.worker_id)
                     await d.admission.release(self.call_id, self.provider, "setup_failed")
                     self.reservation = None
-                    await self._drop_media()
+                    await self.drop_media()
                     if self.caller_gone.is_set():
                         return
                     log.warning("media setup on worker %s failed (%s)%s", reserved.worker_id, exc,
@@ -203,6 +236,7 @@ class Call:
             result = await d.admission.reserve(plan, fields, exclude=exclude)
             if isinstance(result, Reserved):
                 self.reservation = result
+                self.admitted = True
                 CALLS_ADMITTED.inc()
                 if queued_at is not None:
                     QUEUE_WAIT.observe(time.monotonic() - queued_at)
@@ -302,26 +336,33 @@ class Call:
         if errors:
             raise next((e for e in errors if isinstance(e, SetupFailed)), errors[0])
 
-    async def _drop_media(self) -> None:
+    async def drop_media(self) -> None:
         if self.media:
             await _quietly(self.deps.rest.hangup(self.media))
             self.media_up = False
 
     # --- the end ---------------------------------------------------------------------------------------
-    async def _end(self, reason: str, fallback: bool) -> None:
+    async def _end(self, reason: str, fallback: bool, hang_up_caller: bool) -> None:
         bind_call(self.call_id)
         d = self.deps
         if self._setup is not None and not self._setup.done() and asyncio.current_task() is not self._setup:
             self._setup.cancel()
             await asyncio.gather(self._setup, return_exceptions=True)
         previous, self.state = self.state, "ending"
+        released = False
         try:
+            if self.transfer is not None and self.transfer.pending:
+                self.transfer.abort("the call ended")  # its task hangs the leg up and replies to the worker
+            if hang_up_caller and not self.caller_gone.is_set():
+                await _quietly(d.rest.hangup(self.caller.id, "normal"))
             if fallback and not self.caller_gone.is_set():
                 await self._fallback(reason)
-            # Asterisk never cleans these up by itself (reference §9.1): delete the media leg, then the bridge.
-            await self._drop_media()
+            # Asterisk never cleans these up by itself (reference §9.1): delete the media leg, the transfer
+            # legs (an answered agent stays in Stasis until we hang it up), then the bridge.
+            await asyncio.gather(self.drop_media(), *(_quietly(d.rest.hangup(leg)) for leg in list(self.extra_legs)))
+            self.extra_legs.clear()
             await _quietly(d.rest.destroy_bridge(ids.bridge_id(self.call_id)))
-            await d.admission.release(self.call_id, self.provider, reason)
+            released = await d.admission.release(self.call_id, self.provider, reason)
         except Exception:
             log.exception("teardown of the call failed (reason %s); reconcile will finish it", reason)
         finally:
@@ -332,6 +373,11 @@ class Call:
             self.ended.set()
             if self.on_ended is not None:
                 self.on_ended(self)
+        if released and self.admitted and d.after_end is not None:
+            try:
+                await d.after_end(self.call_id, reason)
+            except Exception:
+                log.exception("after-call work failed (reason %s)", reason)
 
     async def _fallback(self, reason: str) -> None:
         """Never silence: send the caller to the configured dialplan target, or play a prompt and hang up."""

@@ -14,3 +14,8 @@ SETUP_SECONDS = Histogram("va_call_setup_seconds", "StasisStart to caller and me
 QUEUE_WAIT = Histogram("va_call_queue_wait_seconds", "Time queued calls waited for a slot",
                        buckets=(0.1, 0.5, 1, 2, 5, 10, 20, 30, 60, 120))
 RECONCILED = Counter("va_reconcile_cleaned_total", "Objects reconcile removed or took over, by kind", ["kind"])
+CONTROL_REQUESTS = Counter("va_control_requests_total", "Call-control requests from the workers, by action and "
+                           "final status", ["action", "status"])
+CONTROL_SECONDS = Histogram("va_control_request_seconds", "Call-control request received to final reply, by action",
+                            ["action"], buckets=(0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 20, 30, 60))
+EMAILS_ENQUEUED = Counter("va_call_emails_enqueued_total", "End-of-call email jobs enqueued, by kind", ["kind"])

@@ -13,7 +13,9 @@ from controller.ari.errors import AriError
 from controller.ari.events import EventStream
 from controller.ari.rest import AriRest
 from controller.call import CallDeps
+from controller.call_emails import CallEmails
 from controller.stasis import StasisApp
+from controller.tools import CallControl, ControlInbox
 from shared.messages import ProcessInfo
 from shared.service import AsyncRole
 from shared.version import VERSION
@@ -31,6 +33,7 @@ class Controller(AsyncRole):
         self.capabilities: Capabilities | None = None
         self.events: EventStream | None = None
         self.app: StasisApp | None = None
+        self.reconciled = asyncio.Event()  # the first reconcile ran: control requests may act on calls
 
     def process_info(self) -> ProcessInfo:
         return ProcessInfo(id=self.id, role=self.role, hostname=socket.gethostname(), pid=os.getpid(),
@@ -53,15 +56,22 @@ class Controller(AsyncRole):
                 provider_limit=config.providers.openai_realtime.max_concurrent_sessions,
                 queue_timeout_ms=config.controller.queue_timeout_ms,
                 retention_ms=config.call_retention_days * DAY_MS)
+            emails = CallEmails(config, self.keys, config.redis.url)
             deps = CallDeps(config=config, rest=rest, redis=self.redis, keys=self.keys, admission=admission,
-                            app=ari.app_name, capabilities=lambda: self.capabilities, controller_id=self.id)
+                            app=ari.app_name, capabilities=lambda: self.capabilities, controller_id=self.id,
+                            after_end=emails.call_ended)
             self.app = StasisApp(deps)
             self.events = EventStream(ari.ari_url, ari.username, ari.password, ari.app_name,
                                       handler=self.app.handle, key=self.app.key, on_connect=self._connected)
+            inbox = ControlInbox(self.redis, self.keys, self.id, CallControl(self.app))
+            requests = asyncio.create_task(inbox.run(self.stopping, self.reconciled), name="control-inbox")
             try:
                 await self.events.run(self.stopping)
             finally:
+                requests.cancel()  # not waiting for its blocking read to time out
+                await asyncio.gather(requests, return_exceptions=True)
                 await self.app.stop()
+                emails.close()
 
     async def _connected(self, first: bool) -> None:
         """Runs before any event of a new events connection: learn what this Asterisk can do (it may have
@@ -79,3 +89,5 @@ class Controller(AsyncRole):
             raise
         except Exception:
             log.exception("reconcile failed")
+        finally:
+            self.reconciled.set()

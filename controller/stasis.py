@@ -11,6 +11,8 @@ import logging
 from controller import ids
 from controller.ari.event_types import (
     ChannelDestroyed,
+    ChannelHangupRequest,
+    Dial,
     Event,
     PlaybackFinished,
     StasisEnd,
@@ -55,8 +57,22 @@ class StasisApp:
             call = self.by_caller.get(target)
             if call is not None:
                 call.playback_finished(event.playback.id)
+        elif isinstance(event, Dial):
+            call, leg = self._transfer_leg(event.peer.id)
+            if call is not None:
+                call.transfer_leg_event(leg, dialstatus=event.dialstatus)
+        elif isinstance(event, ChannelHangupRequest):
+            call, leg = self._transfer_leg(event.channel.id)
+            if call is not None:
+                call.transfer_leg_event(leg, cause=event.cause, soft=event.soft)
         elif isinstance(event, ChannelDestroyed):
             log.debug("channel %s destroyed: %s (%s)", event.channel.id, event.cause, event.cause_txt)
+
+    def _transfer_leg(self, channel_id: str) -> tuple[Call | None, str]:
+        mine = ids.owner(channel_id)
+        if mine is None or not mine[1].startswith("xfer"):
+            return None, channel_id
+        return self.calls.get(mine[0]), channel_id
 
     async def _stasis_start(self, event: StasisStart) -> None:
         channel = event.channel
@@ -89,6 +105,8 @@ class StasisApp:
             call = self.calls.get(mine[0])
             if call is not None and mine[1] == "em":
                 call.media_left()
+            elif call is not None and mine[1].startswith("xfer"):
+                call.transfer_leg_event(channel.id, left=True)
             return
         call = self.by_caller.get(channel.id)
         if call is not None:
@@ -136,20 +154,33 @@ class StasisApp:
             caller_id = record.get("caller_channel", "")
             caller = in_stasis.get(caller_id)
             media_id = record.get("media_channel", "")
-            if caller is not None and record.get("state") == "active" and media_id in existing:
+            state = record.get("state")
+            agent_id = record.get("transfer_channel", "")
+            if caller is not None and state == "active" and media_id in existing:
                 self._adopt(call_id, caller, record)
                 adopted += 1
                 continue
-            # The caller is gone (or never got its media): finish the teardown a previous controller began.
-            log.info("call %s: cleaning up (caller %s)", call_id, "gone" if caller is None else "without media")
-            if media_id in existing:
-                await _ignore_errors(d.rest.hangup(media_id))
+            if caller is not None and state == "transferred" and agent_id in in_stasis:
+                self._adopt(call_id, caller, record, agent_leg=agent_id)
+                adopted += 1
+                continue
+            # The caller is gone (or never got its media, or its transfer's agent is gone): finish the teardown
+            # a previous controller began.
+            transferred = state == "transferred"
+            log.info("call %s: cleaning up (caller %s)", call_id,
+                     "gone" if caller is None else "without agent" if transferred else "without media")
+            for leg in (media_id, agent_id):
+                if leg and leg in existing:
+                    await _ignore_errors(d.rest.hangup(leg))
+            if transferred and caller is not None:
+                await _ignore_errors(d.rest.hangup(caller.id))  # the agent hung up while we were away
             await _ignore_errors(d.rest.destroy_bridge(ids.bridge_id(call_id)))
-            await d.admission.release(call_id, record.get("provider") or "openai_realtime",
-                                      "reconciled" if caller is None else "reconciled_no_media")
+            reason = "transferred" if transferred else "reconciled" if caller is None else "reconciled_no_media"
+            if await d.admission.release(call_id, record.get("provider") or "openai_realtime", reason):
+                await self._after_end(call_id, reason)
             RECONCILED.labels("call").inc()
             cleaned += 1
-            if caller is not None:
+            if caller is not None and not transferred:
                 # A caller stuck half set up: start over as a new call rather than leave them in silence.
                 self._new_call(caller)
 
@@ -159,6 +190,15 @@ class StasisApp:
             if mine is not None:
                 if mine[0] not in live:
                     await _ignore_errors(d.rest.hangup(channel.id))
+                    RECONCILED.labels("channel").inc()
+                    cleaned += 1
+                elif mine[1].startswith("xfer") and self._stale_transfer_leg(self.calls[mine[0]], channel.id):
+                    # A transfer a previous controller was ringing when it died: its request is redelivered
+                    # and dialled afresh; this leg and the hold music must not outlive it.
+                    log.info("stale transfer leg %s: hanging it up", channel.id)
+                    call = self.calls[mine[0]]
+                    await _ignore_errors(d.rest.hangup(channel.id))
+                    await _ignore_errors(d.rest.stop_moh(call.caller.id))
                     RECONCILED.labels("channel").inc()
                     cleaned += 1
             elif channel.id not in self.by_caller and not channel.name.startswith(ids.MEDIA_PREFIXES):
@@ -176,14 +216,32 @@ class StasisApp:
         log.info("reconciled (%s connect): %d calls adopted, %d objects cleaned, %d calls live",
                  "first" if first else "re", adopted, cleaned, len(self.calls))
 
-    def _adopt(self, call_id: str, caller: Channel, record: dict[str, str]) -> None:
+    @staticmethod
+    def _stale_transfer_leg(call: Call, leg: str) -> bool:
+        return leg != call.agent_leg and (call.transfer is None or call.transfer.leg != leg)
+
+    async def _after_end(self, call_id: str, reason: str) -> None:
+        if self.deps.after_end is not None:
+            try:
+                await self.deps.after_end(call_id, reason)
+            except Exception:
+                log.exception("after-call work of %s failed", call_id)
+
+    def _adopt(self, call_id: str, caller: Channel, record: dict[str, str], agent_leg: str = "") -> None:
         call = Call(self.deps, call_id, caller)
         call.on_ended = self._forget
-        call.state = "active"
+        call.admitted = True
         call.provider = record.get("provider") or "openai_realtime"
         call.bridge = record.get("bridge", "")
         call.media = record.get("media_channel", "")
-        call.media_up = True
+        if agent_leg:
+            call.state = "transferred"
+            call.end_hint = "transferred"
+            call.agent_leg = agent_leg
+            call.extra_legs.add(agent_leg)
+        else:
+            call.state = "active"
+            call.media_up = True
         self.calls[call_id] = call
         self.by_caller[caller.id] = call
         CALLS_ACTIVE.set(len(self.calls))

@@ -219,6 +219,9 @@ class TransferTool(Base):
     queue_context: NonEmpty = "ext-queues"
     ringgroup_context: NonEmpty = "ext-group"
     ring_timeout_ms: Annotated[int, Meta(ge=1000, le=300_000)] = 30_000
+    # controlled: the caller hears MOH while the controller rings the destination, and the AI stays on the
+    # call if nobody answers (cancellable); continue: hand the caller to the dialplan target and leave.
+    mode: Literal["controlled", "continue"] = "controlled"
     destinations: dict[str, TransferDestination] = msgspec.field(default_factory=dict)
 
 

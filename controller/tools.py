@@ -1,0 +1,369 @@
+"""Call-control requests from the media workers: the consumer of `va:controller:inbox` and the actions
+(transfer, cancel_transfer, hangup, voicemail).
+
+Delivery is at least once, execution once: the inbox is read through a consumer group and an entry is acked
+only after its action finished, so a controller that dies mid-request leaves it pending for the next one
+(claimed with XAUTOCLAIM); every request id has a record (`{prefix}request:{id}`, a HASH with the owner and the
+latest reply, kept an hour), so a request delivered again is answered with what was already replied, never
+executed twice. A request whose owner died before its final reply is executed again: the actions are safe to
+repeat (reconcile hangs up the transfer leg an earlier controller left ringing; a second hang-up finds the
+call ended).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+
+import msgspec
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError, ResponseError
+
+from controller import ids
+from controller.ari.errors import AriError
+from controller.call import Call
+from controller.metrics import CONTROL_REQUESTS, CONTROL_SECONDS
+from controller.stasis import StasisApp
+from controller.transfer import TransferAttempt, local_endpoint
+from shared.keys import Keys
+from shared.messages import ControlReply, ControlRequest, inbox_fields
+
+log = logging.getLogger("tools")
+
+GROUP = "controllers"
+READ_COUNT = 50
+READ_BLOCK_MS = 1000
+# A pending entry idle this long belongs to a controller that died (a live one acks within the action; a
+# transfer that rings longer is ours and recognised as in flight).
+CLAIM_IDLE_MS = 3000
+CLAIM_EVERY_S = 1.0
+REQUEST_TTL_MS = 3_600_000
+REPLY_MAXLEN = 10_000
+CANCEL_WAIT_S = 5.0
+
+Send = Callable[[ControlReply], Awaitable[None]]
+
+_decode_request = msgspec.json.Decoder(ControlRequest).decode
+_decode_reply = msgspec.json.Decoder(ControlReply).decode
+_encode = msgspec.json.Encoder().encode
+
+
+def request_key(keys: Keys, request_id: str) -> str:
+    """HASH: owner (the executing process's token) and reply (the latest reply's JSON)."""
+    return f"{keys.prefix}request:{request_id}"
+
+
+class ControlInbox:
+    """Reads the controller inbox as one consumer of the group and runs each new request once."""
+
+    def __init__(self, redis: aioredis.Redis, keys: Keys, consumer: str, actions: "CallControl"):
+        self.redis = redis
+        self.keys = keys
+        self.consumer = consumer
+        self.actions = actions
+        self.token = f"{consumer}:{uuid.uuid4().hex[:8]}"  # this process, even if a restart reuses the name
+        self.in_flight: dict[str, str] = {}  # request id -> entry id, while its action runs here
+        self._tasks: set[asyncio.Task] = set()
+        self._group_ok = False
+
+    async def run(self, stopping: asyncio.Event, ready: asyncio.Event | None = None) -> None:
+        """Until `stopping` (or cancelled); starts reading once `ready` is set (the first reconcile: requests
+        act on calls this process must know first). Running actions are cancelled on the way out and stay
+        pending for the next controller."""
+        try:
+            await self._loop(stopping, ready)
+        finally:
+            for task in list(self._tasks):
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _loop(self, stopping: asyncio.Event, ready: asyncio.Event | None) -> None:
+        if ready is not None:
+            await _until_either(ready, stopping)
+        next_claim = 0.0
+        backoff = 0.25
+        while not stopping.is_set():
+            try:
+                await self._ensure_group()
+                if time.monotonic() >= next_claim:
+                    for entry_id, fields in await self._claim():
+                        self._dispatch(entry_id, fields)
+                    next_claim = time.monotonic() + CLAIM_EVERY_S
+                got = await self.redis.xreadgroup(GROUP, self.consumer, {self.keys.controller_inbox: ">"},
+                                                  count=READ_COUNT, block=READ_BLOCK_MS)
+                for _stream, entries in got or []:
+                    for entry_id, fields in entries:
+                        self._dispatch(entry_id, fields)
+                backoff = 0.25
+            except asyncio.CancelledError:
+                raise
+            except RedisError as exc:
+                log.warning("controller inbox: %s; retrying in %.1f s", exc, backoff)
+                self._group_ok = False
+                try:
+                    await asyncio.wait_for(stopping.wait(), backoff)
+                except asyncio.TimeoutError:
+                    pass
+                backoff = min(backoff * 2, 5.0)
+
+    async def _ensure_group(self) -> None:
+        if self._group_ok:
+            return
+        try:
+            await self.redis.xgroup_create(self.keys.controller_inbox, GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._group_ok = True
+
+    async def _claim(self) -> list[tuple[str, dict]]:
+        """Entries another (dead) consumer read but never acked."""
+        claimed: list[tuple[str, dict]] = []
+        start = "0-0"
+        for _ in range(100):  # bounded: 100 pages of 100
+            result = await self.redis.xautoclaim(self.keys.controller_inbox, GROUP, self.consumer,
+                                                 min_idle_time=CLAIM_IDLE_MS, start_id=start, count=100)
+            start, entries = result[0], result[1]
+            claimed.extend((e, f) for e, f in entries if f is not None)  # None: trimmed from the stream
+            if start in ("0-0", b"0-0"):
+                break
+        return claimed
+
+    # --- one entry --------------------------------------------------------------------------------------
+    def _dispatch(self, entry_id, fields: dict) -> None:
+        task = asyncio.create_task(self._handle(_text(entry_id), fields), name=f"control-{_text(entry_id)}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _handle(self, entry_id: str, fields: dict) -> None:
+        kind = _text(fields.get("type") or fields.get(b"type") or "")
+        data = fields.get("data") or fields.get(b"data")
+        if kind != "control" or data is None:
+            log.warning("controller inbox entry %s of type %r ignored", entry_id, kind)
+            await self._ack(entry_id)
+            return
+        try:
+            request = _decode_request(data if isinstance(data, bytes) else data.encode())
+        except msgspec.DecodeError as exc:
+            log.warning("controller inbox entry %s is not a control request: %s", entry_id, exc)
+            await self._ack(entry_id)
+            return
+        key = request_key(self.keys, request.request_id)
+        if request.request_id in self.in_flight:
+            if self.in_flight[request.request_id] != entry_id:  # a second delivery while the first runs
+                await self._resend(request, key)
+                await self._ack(entry_id)
+            return  # our own entry, claimed back by the periodic claim: its task acks it
+        self.in_flight[request.request_id] = entry_id  # before any await: a duplicate in the same batch waits
+        try:
+            if not await self._take(request, key):
+                await self._ack(entry_id)
+                self.in_flight.pop(request.request_id, None)
+                return
+        except BaseException:
+            self.in_flight.pop(request.request_id, None)
+            raise
+        started = time.monotonic()
+        status = "failed"
+        try:
+            async def send(reply: ControlReply) -> None:
+                nonlocal status
+                status = reply.status
+                await self._send(request, reply)
+
+            await self.actions.execute(request, send)
+            await self._ack(entry_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("control request %s (%s) failed", request.request_id, request.action)
+            await self._send(request, reply_for(request, False, "failed", "the controller hit an internal error"))
+            await self._ack(entry_id)
+        finally:
+            self.in_flight.pop(request.request_id, None)
+            CONTROL_REQUESTS.labels(_action_label(request.action), status).inc()
+            CONTROL_SECONDS.labels(_action_label(request.action)).observe(time.monotonic() - started)
+
+    async def _take(self, request: ControlRequest, key: str) -> bool:
+        """True when this process is to execute the request; False when it was handled already (the stored
+        reply has been sent again)."""
+        if await self.redis.hsetnx(key, "owner", self.token):
+            await self.redis.pexpire(key, REQUEST_TTL_MS)
+            return True
+        owner, stored = await self.redis.hmget(key, "owner", "reply")
+        if _text(owner or "") == self.token or (stored is not None and _decode_reply(_bytes(stored)).final):
+            log.info("request %s delivered again: answered with the stored reply", request.request_id)
+            if stored is not None:
+                await self._send(request, _decode_reply(_bytes(stored)), remember=False)
+            return False
+        # Its owner (another process) died before the final reply: run it again (see the module docstring).
+        log.info("request %s was left unfinished by %s: running it again", request.request_id, _text(owner or "?"))
+        await self.redis.hset(key, "owner", self.token)
+        await self.redis.pexpire(key, REQUEST_TTL_MS)
+        return True
+
+    async def _resend(self, request: ControlRequest, key: str) -> None:
+        stored = await self.redis.hget(key, "reply")
+        if stored is not None:
+            await self._send(request, _decode_reply(_bytes(stored)), remember=False)
+
+    async def _send(self, request: ControlRequest, reply: ControlReply, *, remember: bool = True) -> None:
+        if remember:
+            await self.redis.hset(request_key(self.keys, request.request_id), "reply", _encode(reply))
+        await self.redis.xadd(self.keys.worker_inbox(request.worker_id), inbox_fields("control_result", reply),
+                              maxlen=REPLY_MAXLEN, approximate=True)
+
+    async def _ack(self, entry_id: str) -> None:
+        await self.redis.xack(self.keys.controller_inbox, GROUP, entry_id)
+
+
+def reply_for(request: ControlRequest, ok: bool, status: str, message: str = "", final: bool = True) -> ControlReply:
+    return ControlReply(request_id=request.request_id, call_id=request.call_id, ok=ok, status=status,
+                        message=message, final=final)
+
+
+class CallControl:
+    """The actions, on the calls this controller runs."""
+
+    def __init__(self, app: StasisApp):
+        self.app = app
+        self.deps = app.deps
+
+    async def execute(self, request: ControlRequest, send: Send) -> None:
+        def fail(status: str, message: str) -> Awaitable[None]:
+            return send(reply_for(request, False, status, message))
+
+        handler = {"transfer": self._transfer, "cancel_transfer": self._cancel_transfer,
+                   "hangup": self._hangup, "voicemail": self._voicemail}.get(request.action)
+        if handler is None:
+            await fail("failed", f"unknown action {request.action!r}; use transfer, cancel_transfer, hangup or "
+                                 "voicemail")
+            return
+        call = self.app.calls.get(request.call_id)
+        if call is None or call.state in ("ending", "ended"):
+            record = await self.deps.redis.hget(self.deps.keys.call(request.call_id), "state")
+            known = call is not None or record is not None
+            await fail("failed", f"call {request.call_id} has already ended" if known
+                       else f"unknown call {request.call_id}")
+            return
+        owner = await self.deps.redis.hget(self.deps.keys.call(request.call_id), "worker")
+        if owner is not None and _text(owner) != request.worker_id:
+            await fail("failed", f"call {request.call_id} is not on worker {request.worker_id}")
+            return
+        await handler(call, request, send)
+
+    # --- transfer -----------------------------------------------------------------------------------------
+    async def _transfer(self, call: Call, request: ControlRequest, send: Send) -> None:
+        settings = self.deps.config.tools.transfer
+        destination = settings.destinations.get(request.destination)
+        if destination is None:
+            allowed = ", ".join(sorted(settings.destinations)) or "none are configured"
+            await send(reply_for(request, False, "refused",
+                                 f"{request.destination!r} is not a transfer destination; allowed: {allowed}"))
+            return
+        if call.state != "active":
+            await send(reply_for(request, False, "failed", f"the call is {call.state}, not with the agent"))
+            return
+        if call.transfer is not None and call.transfer.pending:
+            await send(reply_for(request, False, "failed", "a transfer is already in progress"))
+            return
+        context = destination.dialplan_context or {
+            "extension": settings.extension_context, "queue": settings.queue_context,
+            "ringgroup": settings.ringgroup_context}[destination.type]
+        if settings.mode == "continue":
+            ok, message = await self._hand_off(call, "transferred", context, destination.target,
+                                               destination.priority)
+            await send(reply_for(request, ok, "answered" if ok else "failed", message))
+            return
+        n = await self.deps.redis.hincrby(self.deps.keys.call(call.call_id), "transfers", 1)
+        attempt = TransferAttempt(call, ids.transfer_channel_id(call.call_id, n),
+                                  local_endpoint(destination.target, context), settings.ring_timeout_ms / 1000)
+        call.transfer = attempt
+        log.info("transfer of %s to %s (%s) as %s", call.caller.id, request.destination, attempt.endpoint,
+                 attempt.leg)
+        status, message = await attempt.run(
+            lambda: send(reply_for(request, True, "ringing", f"ringing {request.destination}", final=False)))
+        await send(reply_for(request, status == "answered", status, message))
+
+    async def _cancel_transfer(self, call: Call, request: ControlRequest, send: Send) -> None:
+        attempt = call.transfer
+        if attempt is None or not attempt.cancel():
+            why = "the transfer was already answered" if call.state == "transferred" else "no transfer is ringing"
+            await send(reply_for(request, False, "nothing_to_cancel", why))
+            return
+        try:
+            await asyncio.wait_for(attempt.finished.wait(), CANCEL_WAIT_S)
+        except asyncio.TimeoutError:
+            log.warning("cancelled transfer leg %s took more than %.0f s to clean up", attempt.leg, CANCEL_WAIT_S)
+        await send(reply_for(request, True, "cancelled", "the transfer was cancelled; the caller is back"))
+
+    # --- hangup / voicemail -------------------------------------------------------------------------------
+    async def _hangup(self, call: Call, request: ControlRequest, send: Send) -> None:
+        await self._stop_transfer(call)
+        call.end_hint = "agent_hangup"
+        try:
+            await self.deps.rest.hangup(call.caller.id, "normal")  # False: already gone, fine too
+        except AriError as exc:
+            if not exc.gone:
+                call.end_hint = ""
+                await send(reply_for(request, False, "failed", str(exc)))
+                return
+        call.end("agent_hangup")
+        await send(reply_for(request, True, "done"))
+
+    async def _voicemail(self, call: Call, request: ControlRequest, send: Send) -> None:
+        if call.state != "active":
+            await send(reply_for(request, False, "failed", f"the call is {call.state}, not with the agent"))
+            return
+        await self._stop_transfer(call)
+        vm = self.deps.config.tools.leave_voicemail
+        ok, message = await self._hand_off(call, "voicemail", vm.dialplan_context, vm.extension, vm.priority)
+        await send(reply_for(request, ok, "done" if ok else "failed", message))
+
+    async def _hand_off(self, call: Call, reason: str, context: str, extension: str, priority: int
+                        ) -> tuple[bool, str]:
+        """The caller leaves Stasis for a dialplan target; teardown deletes the media leg and the bridge and
+        must not hang the caller up (reference §9.3: decide before the call, StasisEnd looks the same)."""
+        call.state, call.end_hint = "handing_off", reason
+        try:
+            await self.deps.rest.continue_in_dialplan(call.caller.id, context, extension, priority)
+        except AriError as exc:
+            log.warning("continue to %s,%s,%d failed: %s", context, extension, priority, exc)
+            if call.state == "handing_off":
+                call.state, call.end_hint = "active", ""
+            return False, str(exc)
+        log.info("call %s handed to %s,%s,%d (%s)", call.caller.id, context, extension, priority, reason)
+        return True, f"{context},{extension},{priority}"
+
+    @staticmethod
+    async def _stop_transfer(call: Call) -> None:
+        attempt = call.transfer
+        if attempt is not None and attempt.cancel():
+            try:
+                await asyncio.wait_for(attempt.finished.wait(), CANCEL_WAIT_S)
+            except asyncio.TimeoutError:
+                pass
+
+
+def _action_label(action: str) -> str:
+    return action if action in ("transfer", "cancel_transfer", "hangup", "voicemail") else "unknown"
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _bytes(value) -> bytes:
+    return value if isinstance(value, bytes) else value.encode()
+
+
+async def _until_either(first: asyncio.Event, second: asyncio.Event) -> None:
+    waiters = [asyncio.create_task(first.wait()), asyncio.create_task(second.wait())]
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waiters:
+            w.cancel()
