@@ -154,6 +154,23 @@ def run_call(sim: SimControl, client: redis.Redis, keys: Keys, timeline: demo_ca
     return result
 
 
+def wait_for_mail(directory: Path, timeout: float) -> Path | None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = sorted(directory.glob("*.eml"))
+        if found:
+            return found[0]
+        time.sleep(0.2)
+    return None
+
+
+def mail_headline(path: Path) -> str:
+    from email import message_from_bytes, policy
+
+    msg = message_from_bytes(path.read_bytes(), policy=policy.default)
+    return f"To: {msg['To']}  Subject: {msg['Subject']}"
+
+
 def purge(client: redis.Redis, prefix: str) -> int:
     removed = 0
     for pattern in (f"{prefix}*", f"rq:*{prefix}*"):
@@ -215,7 +232,8 @@ def main(args: argparse.Namespace) -> int:
     plan = demo_call.DEFAULT_PLAN
     timeline = demo_call.caller_timeline(plan)
     paths = {"script": workdir / "realtime-script.yaml", "caller": workdir / "caller-says.wav",
-             "heard": workdir / "caller-heard.wav", "wire": workdir / "realtime-wire.jsonl"}
+             "heard": workdir / "caller-heard.wav", "wire": workdir / "realtime-wire.jsonl",
+             "mail": workdir / "mail"}
     demo_call.write_emulator_script(paths["script"], plan)
     demo_call.write_caller_wav(paths["caller"], timeline)
 
@@ -229,11 +247,14 @@ def main(args: argparse.Namespace) -> int:
         realtime = cluster.start_sim("realtime", "--script", str(paths["script"]), "--wire-log", str(paths["wire"]),
                                      "--speed", EMULATOR_SPEED, "--api-key", api_key)
         asterisk = cluster.start_sim("asterisk", "--user", config.asterisk.username, "--password", ari_password)
+        mail = cluster.start_sim("mail", "--dir", str(paths["mail"]))
         sims = list(cluster.sims)
+        smtp_port = mail.url.rsplit(":", 1)[1]
         cluster.env.update(OPENAI_REALTIME_URL=realtime.url, ASTERISK_ARI_URL=asterisk.url,
-                           ASTERISK_ARI_PASSWORD=ari_password)
+                           ASTERISK_ARI_PASSWORD=ari_password, SMTP_HOST="127.0.0.1", SMTP_PORT=smtp_port)
         print(f"OpenAI Realtime emulator  {realtime.url}  (speed {EMULATOR_SPEED}x, wire log {paths['wire']})")
         print(f"Asterisk 22.10.1 (ARI)    {asterisk.url}")
+        print(f"mail server (SMTP)        {mail.url}  (messages in {paths['mail']})")
 
         step("controller, two media workers, tool worker")
         procs = [cluster.start("controller"), cluster.start("media-worker", *media_worker_args(0)),
@@ -254,9 +275,17 @@ def main(args: argparse.Namespace) -> int:
             checks["transcript has both roles"] = {"user", "assistant"} <= roles
             checks["barge-in happened"] = bool(demo_report.numbers(result["call"].get("bargein_ms"))
                                                or int(result["call"].get("truncations") or 0) > 0)
+            step("the summary email (sent by a tool worker after the call)")
+            summary_mail = wait_for_mail(paths["mail"], timeout=15)
+            checks["summary email delivered"] = summary_mail is not None
+            if summary_mail is not None:
+                print(f"{summary_mail}\n  {mail_headline(summary_mail)}")
+            else:
+                print("no email arrived within 15 s")
             step("files")
             print(f"caller-side recording  {paths['heard']}\ncaller's script        {paths['caller']}\n"
-                  f"Realtime wire log      {paths['wire']}\nprocess logs           {workdir}/*.log")
+                  f"Realtime wire log      {paths['wire']}\nsummary email          {paths['mail']}/*.eml\n"
+                  f"process logs           {workdir}/*.log")
             step("voice-agent status")
             print(render(asyncio.run(collect(config))))
         if args.keep_running:

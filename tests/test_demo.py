@@ -4,6 +4,7 @@ both simulators as processes) whose printed transcript, recording and Realtime w
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import os
 import subprocess
 import sys
@@ -136,7 +137,11 @@ def test_demo_exits_0_and_prints_the_conversation(demo_run):
     assert f"agent   {PLAN.answers[1].text}" in out  # the answer to the barge-in
     assert "answer -> first greeting frame" in out and "demo OK" in out
     assert summary["seconds"] < 40
-    assert all(summary["checks"].values()) and len(summary["checks"]) == 7
+    assert all(summary["checks"].values()) and len(summary["checks"]) == 8
+    assert summary["checks"]["summary email delivered"]
+    (mail,) = sorted((Path(summary["workdir"]) / "mail").glob("*.eml"))
+    text = mail.read_text(errors="replace")
+    assert "Subject: Call summary" in text and PLAN.caller[0].text.split()[0] in text  # the transcript is in it
     left = redis.Redis.from_url(REDIS_URL).keys(summary["prefix"] + "*")
     assert left == []  # the demo cleaned up its key prefix
 

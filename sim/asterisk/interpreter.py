@@ -222,6 +222,8 @@ class Interpreter:
         timeout = float(args[1]) if len(args) > 1 and args[1].strip() else None
         status = await self.dial(ch, targets, timeout)
         self.pbx.set_var(ch, "DIALSTATUS", status)
+        # Dial leaves HANGUPCAUSE set from the failed attempt; a following Hangup() without a cause uses it.
+        ch.hangup_cause = {"BUSY": 17, "NOANSWER": 19, "CHANUNAVAIL": 20}.get(status, ch.hangup_cause)
         return None
 
     async def app_queue(self, ch: Channel, data: str) -> None:
@@ -258,6 +260,8 @@ class Interpreter:
                     return
                 if status == "RINGING":
                     self.pbx.set_state(callee, "Ringing")
+                    if ch.local_half == 2:
+                        self.calls.far_ringing(ch)  # ringing travels back through the Local channel
                 elif status == "ANSWER":
                     self.pbx.set_state(callee, "Up")
                     result.set_result(("ANSWER", callee))

@@ -221,7 +221,9 @@ class Pbx:
             ch.app_name, ch.app_data = ch.restore_app
         peer = ch.local_peer
         if peer is not None and not peer.destroyed and not peer.hanging_up:
-            self.hangup(peer, 16, soft=False)  # a Local half hanging up queues the hangup on its other half
+            # A Local half hanging up queues the hangup on its other half, with its cause (a Dial() that found
+            # the callee busy ends its channel with 17, and the half in Stasis reports that).
+            self.hangup(peer, ch.hangup_cause, soft=False)
         if ch.local_half and ch.device_busy:
             for half in (ch, peer):
                 if half is not None:

@@ -4,6 +4,7 @@ Which reply a `response.create` (or a VAD turn) gets:
   * the last conversation item is a `function_call_output` → `after_tool`;
   * no user turn yet → `greeting` (or `default`);
   * otherwise `turns[n]` for user turn n (see `conversation.py` for how turns are counted), or `default`;
+  * the last item is a system message the client added (news such as a failed transfer) → `default`;
   * an idle timeout (`idle_timeout_ms`) → `idle`.
 A scripted tool call is made only if the response may call that tool (it is in the effective `tools` and
 `tool_choice` allows it), as a real model could not call a tool the client failed to declare.

@@ -625,7 +625,10 @@ class EmulatedSession:
         if reply is None:
             last = self.conversation.items[-1] if self.conversation.items else None
             after_tool = last is not None and last["type"] == "function_call_output"
-            reply = self.emu.script.reply_for(self.conversation.user_turns, after_tool)
+            if last is not None and last["type"] == "message" and last.get("role") == "system":
+                reply = self.emu.script.default  # news from the client (a failed transfer): no turn to repeat
+            else:
+                reply = self.emu.script.reply_for(self.conversation.user_turns, after_tool)
         response = Response(self, params, reply, in_conversation)
         if in_conversation:
             self.active = response
