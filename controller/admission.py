@@ -93,6 +93,7 @@ redis.call('ZREM', KEYS[4], ARGV[2])
 local state = redis.call('HGET', KEYS[1], 'state')
 if state == 'ended' then return 0 end
 local wid = redis.call('HGET', KEYS[1], 'worker')
+if redis.call('HGET', KEYS[1], 'worker_released') == '1' then wid = nil end  -- freed at a transfer
 if wid and wid ~= '' then
   local wkey = ARGV[1] .. 'worker:' .. wid
   if redis.call('EXISTS', wkey) == 1 and tonumber(redis.call('HGET', wkey, 'active') or '0') > 0 then
@@ -110,6 +111,31 @@ redis.call('SREM', KEYS[2], ARGV[2])
 redis.call('HSET', KEYS[1], 'state', 'ended', 'ended_ms', now, 'end_reason', ARGV[3], 'provider_counted', '0')
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 if redis.call('EXISTS', KEYS[5]) == 1 then redis.call('PEXPIRE', KEYS[5], ARGV[4]) end
+return 1
+"""
+
+
+_RELEASE_WORKER = """
+-- A call that no longer needs its media worker (transferred to a person): free the worker's slot, RTP port and
+-- the provider session now, not when the caller hangs up. KEYS: 1 call hash, 2 provider session counter.
+-- ARGV: 1 prefix, 2 call id, 3 reason
+local state = redis.call('HGET', KEYS[1], 'state')
+if state == false or state == 'ended' or redis.call('HGET', KEYS[1], 'worker_released') == '1' then return 0 end
+local wid = redis.call('HGET', KEYS[1], 'worker')
+if wid and wid ~= '' then
+  local wkey = ARGV[1] .. 'worker:' .. wid
+  if redis.call('EXISTS', wkey) == 1 and tonumber(redis.call('HGET', wkey, 'active') or '0') > 0 then
+    redis.call('HINCRBY', wkey, 'active', -1)
+  end
+  local port = redis.call('HGET', KEYS[1], 'rtp_port')
+  if port and port ~= '0' then redis.call('SREM', wkey .. ':rtp_ports', port) end
+  redis.call('XADD', wkey .. ':inbox', 'MAXLEN', '~', 10000, '*', 'type', 'end',
+             'data', cjson.encode({call_id = ARGV[2], reason = ARGV[3]}))
+end
+if redis.call('HGET', KEYS[1], 'provider_counted') == '1' and tonumber(redis.call('GET', KEYS[2]) or '0') > 0 then
+  redis.call('DECR', KEYS[2])
+end
+redis.call('HSET', KEYS[1], 'worker_released', '1', 'provider_counted', '0')
 return 1
 """
 
@@ -144,6 +170,7 @@ class Admission:
         self.retention_ms = retention_ms
         self._reserve = redis.register_script(_RESERVE)
         self._release = redis.register_script(_RELEASE)
+        self._release_worker = redis.register_script(_RELEASE_WORKER)
 
     async def reserve(self, plan: CallPlan, call_fields: dict[str, str], *,
                       exclude: tuple[str, ...] = ()) -> Reserved | Queued:
@@ -164,6 +191,12 @@ class Admission:
         keys = [self.keys.call(call_id), self.keys.calls_active, self.keys.provider_sessions(provider),
                 self.keys.admission_queue, self.keys.call_log(call_id)]
         return bool(await self._release(keys=keys, args=[self.keys.prefix, call_id, reason, self.retention_ms]))
+
+    async def release_worker(self, call_id: str, provider: str, reason: str) -> bool:
+        """Free the call's worker slot, RTP port and provider session while the call goes on without AI (an
+        answered transfer); `release` later ends the call without freeing them twice."""
+        keys = [self.keys.call(call_id), self.keys.provider_sessions(provider)]
+        return bool(await self._release_worker(keys=keys, args=[self.keys.prefix, call_id, reason]))
 
     async def leave_queue(self, call_id: str) -> None:
         await self.redis.zrem(self.keys.admission_queue, call_id)

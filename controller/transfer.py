@@ -141,6 +141,8 @@ class TransferAttempt:
         await asyncio.gather(_quietly(rest.stop_moh(call.caller.id)), call.drop_media())
         await call.deps.redis.hset(call.deps.keys.call(call.call_id),
                                    mapping={"state": "transferred", "transfer_channel": self.leg})
+        # The AI is off the call: its worker slot and provider session are free for the next caller now.
+        await call.deps.admission.release_worker(call.call_id, call.provider, "transferred")
         log.info("call %s transferred to %s", call.caller.id, self.endpoint)
 
     async def _clean_up(self) -> None:

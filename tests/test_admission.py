@@ -181,3 +181,22 @@ def test_templates_leave_unknown_braces_alone(config):
     route = resolve(config, "x", None, "A", "555")
     assert route.instructions == 'Reply as {"ok": true} for {who}'
     assert route.greeting == "{caller_number} {company_name"
+
+
+async def test_a_transferred_call_frees_its_worker_at_once_and_ends_once(env):
+    client, keys = env
+    await add_worker(client, keys, "w1", 1, rtp=(20000, 20000))
+    adm = admission(client, keys, limit=1)
+    assert isinstance(await adm.reserve(plan("a", "rtp"), {}), Reserved)
+    assert await adm.release_worker("a", "openai_realtime", "transferred") is True
+    assert await adm.release_worker("a", "openai_realtime", "transferred") is False
+    assert int(await client.hget(keys.worker("w1"), "active")) == 0
+    assert int(await client.get(keys.provider_sessions("openai_realtime"))) == 0
+    b = await adm.reserve(plan("b", "rtp"), {})  # the slot, the port and the session are free for the next call
+    assert isinstance(b, Reserved) and b.rtp_port == 20000
+    assert await adm.release("a", "openai_realtime", "transferred") is True  # the call itself ends later
+    assert int(await client.hget(keys.worker("w1"), "active")) == 1  # b's slot is untouched
+    assert await client.smembers(keys.worker_rtp_ports("w1")) == {b"20000"}
+    assert int(await client.get(keys.provider_sessions("openai_realtime"))) == 1
+    kinds = [f[b"type"] for _, f in await client.xrange(keys.worker_inbox("w1"))]
+    assert kinds == [b"assign", b"end", b"assign"]  # one end for a, sent at the transfer

@@ -56,6 +56,11 @@ async def test_transfer_answered_bridges_the_caller_with_the_agent(sim, emulator
         return bridge is not None and {c.id for c in bridge.members} == {call.channel_id, f"{call_id}-xfer1"}
     await until(bridged_with_agent, timeout=20)
     assert f"{call_id}-em" not in sim.channels  # the AI left the call
+    worker = await aredis.hget(keys.call(call_id), "worker")
+
+    async def slot_free():
+        return await aredis.hget(keys.worker(worker), "active") == "0"
+    await until(slot_free)  # the worker's slot is free while the caller talks to the agent
     assert any(r.path == "/channels/create" and r.query.get("endpoint") == "Local/6001@from-internal"
                for r in sim.rest_log)
     (entry,) = await tool_entries(aredis, keys, call_id, "transfer")
