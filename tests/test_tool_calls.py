@@ -147,3 +147,70 @@ async def test_refused_destinations_and_invalid_arguments_never_reach_asterisk(
 async def _two(entries_coro):
     entries = await entries_coro
     return entries if len(entries) >= 2 else None
+
+
+async def test_leave_voicemail_announces_then_hands_the_caller_to_voicemail(sim, emulator, cluster_up, aredis, keys):
+    script = Script(greeting=Reply(text="Hi.", audio_ms=500),
+                    turns={1: Reply(text="", tool_calls=[ToolCall("leave_voicemail")])},
+                    after_tool=Reply(text="Connecting you to voicemail now.", audio_ms=900))
+    emu = await emulator(script, speed=4.0)
+    await cluster_up(emu, extra=DESTINATIONS)
+    audio = asks("Can I leave a message?").then(caller_speech("This is my message, please call me back.", 2000))
+    call = await sim.place_call(audio=audio)
+    call_id = await call_of(aredis, keys, call.channel_id)
+    await until(lambda: any("VoiceMail" in step for step in call.trail), timeout=25)
+    # The announcement was played out before the hand-off.
+    assert any(e["role"] == "assistant" and "voicemail" in e["text"] for e in await log_entries(aredis, keys, call_id))
+    await until(lambda: f"{call_id}-em" not in sim.channels and f"{call_id}-br" not in sim.bridges)
+    await until(lambda: call.channel.input_sink is not None, timeout=15)  # past the greeting and the beep
+    await asyncio.sleep(2.0)
+    await call.hangup()
+    await until(lambda: sim.voicemails, timeout=10)
+    assert sim.voicemails[0].caller_number == "5551234"
+    record = await aredis.hgetall(keys.call(call_id))
+    assert record["end_reason"] == "voicemail"
+
+
+async def test_a_transcript_by_email_to_the_address_the_caller_spelled(
+        sim, emulator, cluster_up, aredis, keys, tmp_path, cluster_env):
+    from aiosmtpd.controller import Controller
+
+    received = []
+
+    class Handler:
+        async def handle_DATA(self, server, session, envelope):  # noqa: N802
+            received.append((list(envelope.rcpt_tos), envelope.content.decode(errors="replace")))
+            return "250 OK"
+
+    from sim.cluster import free_port
+
+    smtp = Controller(Handler(), hostname="127.0.0.1", port=free_port())
+    smtp.start()
+    try:
+        port = smtp.port
+        script = Script(greeting=Reply(text="Hi.", audio_ms=500), turns={
+            1: Reply(text="", tool_calls=[ToolCall("request_transcript", {"email": "bob dot jones at example dot com"})]),
+            2: Reply(text="", tool_calls=[ToolCall("request_transcript", {"email": "bob.jones@example.com",
+                                                                          "confirmed": True})])},
+            after_tool=Reply(text="Done.", audio_ms=500), transcripts={1: "Send me the transcript.", 2: "Yes."})
+        emu = await emulator(script, speed=4.0)
+        cluster = await cluster_up(emu, extra={"email": {"smtp_host": "127.0.0.1", "smtp_port": port},
+                                               "tools": {"send_email_summary": {"send_after_every_call": False}}})
+        tools = cluster.start("tool-worker", instance_id="tool-worker-t")
+        assert await asyncio.to_thread(cluster.wait_ready, [tools], 30), tools.log_text()[-2000:]
+        call = await sim.place_call(audio=asks("Send me the transcript.", "Yes, that's right."))
+        call_id = await call_of(aredis, keys, call.channel_id)
+        entries = await until(lambda: _two(tool_entries(aredis, keys, call_id, "request_transcript")), timeout=30)
+        first, second = (json.loads(e["output"]) for e in entries)
+        assert first["status"] == "confirm" and first["address"] == "bob.jones@example.com"
+        assert "b o b" in first["spelled"]
+        assert second["status"] == "scheduled"
+        assert not received  # nothing is sent while the call goes on
+        await call.hangup()
+        await until(lambda: received, timeout=20)
+        await asyncio.sleep(1.0)
+        (rcpts, content), = received  # exactly one message
+        assert rcpts == ["bob.jones@example.com"]
+        assert "Send me the transcript." in content or "Send me the transcript" in content.replace("=\n", "")
+    finally:
+        smtp.stop()
