@@ -129,6 +129,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return demo_main(args)
 
 
+def cmd_loadtest(args: argparse.Namespace) -> int:
+    from sim.loadtest import main as loadtest_main
+
+    return loadtest_main(args)
+
+
 def _port_range(text: str) -> tuple[int, int]:
     try:
         low, high = (int(part) for part in text.split("-", 1))
@@ -192,6 +198,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="start the cluster locally, show it working, stop it cleanly")
     demo.add_argument("--keep-running", action="store_true", help="leave the cluster up until Ctrl-C")
     demo.set_defaults(func=cmd_demo)
+
+    lt = sub.add_parser("loadtest", help="N concurrent scripted calls through the cluster, with a report")
+    from sim.loadtest import add_arguments as loadtest_arguments
+
+    loadtest_arguments(lt)
+    lt.set_defaults(func=cmd_loadtest)
     return parser
 
 

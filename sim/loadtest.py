@@ -1,0 +1,586 @@
+"""`voice-agent loadtest`: N concurrent scripted calls through the real cluster, then a report.
+
+By default everything runs here as processes, like the demo: the Realtime emulator, the Asterisk simulator,
+a mail server, a controller, K media workers and M tool workers, on the local Redis under a fresh key prefix
+(removed afterwards). Calls start evenly over `--ramp` seconds; call i is hung up `ramp + hold` seconds after
+it started, so all N are up together for `--hold` seconds. Each caller speaks the demo's plan (question,
+barge-in on the long answer, goodbye) over and over from one WAV; the emulator answers each turn.
+
+With `--ari-url` the calls go to a real Asterisk instead: ARI originate of `Local/s@<context>` (the guide's
+`from-ai-agent-openai`), the other half of each Local channel parked in a Stasis app of the load test's own.
+
+The figures come from the call records in Redis, each role's /metrics, /proc (CPU, RSS), the mail server's
+.eml files and, at the end, the simulator's `GET /sim/state` (channels and bridges left: must be 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import wave
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import redis
+import yaml
+
+from shared.config import ConfigError, load_config
+from shared.keys import Keys
+from sim import demo_call
+from sim import loadtest_report as rep
+from sim.cluster import LocalCluster, RoleProcess, http_get
+
+ROOT = Path(__file__).resolve().parent.parent
+CONTEXT = "from-ai-agent-openai"  # the guide's Stasis context
+LOADTEST_CONTEXT = "loadtest"  # the AI context (greeting, prompt, profile) the calls run in
+LOADTEST_APP = "voice-agent-loadtest"  # ARI mode: the Stasis app that holds the originating half
+EMULATOR_SPEED = "4"
+ANSWER_TIMEOUT_S = 15.0  # a call not answered this long after it was placed counts as failed
+SETTLE_TIMEOUT_S = 30.0  # after the last hangup: records ended, calls:active empty
+MAIL_TIMEOUT_S = 30.0
+
+
+# --- what the callers say and the emulator answers ------------------------------------------------------------
+
+def cycles_for(seconds: float, timeline: demo_call.Timeline) -> int:
+    return max(1, int(np.ceil(seconds / timeline.duration_s)))
+
+
+def write_caller_wav(path: Path, timeline: demo_call.Timeline, cycles: int) -> None:
+    """The demo's caller timeline, `cycles` times in a row: one WAV for every caller."""
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(demo_call.CALLER_RATE)
+        out.writeframes(timeline.pcm() * cycles)
+
+
+def emulator_script(plan: demo_call.Plan, cycles: int) -> dict:
+    """The demo's script with its turns repeated, so turn 3c+n gets answer n in every cycle c."""
+    base = demo_call.emulator_script(plan)
+    per = len(plan.answers)
+    base["turns"] = {c * per + n: reply for c in range(cycles) for n, reply in base["turns"].items()}
+    base["transcripts"] = {c * per + n: text for c in range(cycles) for n, text in base["transcripts"].items()}
+    return base
+
+
+def write_config(path: Path, source: Path, profile: str, calls: int) -> None:
+    """The config with a `loadtest` context in `profile`, and room for every call at the provider."""
+    data = yaml.safe_load(source.read_text(encoding="utf-8"))
+    data.setdefault("contexts", {})[LOADTEST_CONTEXT] = {
+        "greeting": demo_call.DEFAULT_PLAN.greeting.text, "profile": profile,
+        "prompt": "You are the load-test assistant of {company_name}."}
+    provider = data.setdefault("providers", {}).setdefault("openai_realtime", {})
+    provider["max_concurrent_sessions"] = max(int(provider.get("max_concurrent_sessions") or 0), calls)
+    path.write_text(yaml.safe_dump(data, sort_keys=False, width=120), encoding="utf-8")
+
+
+# --- where the calls go: the simulator's control API, or ARI originate -------------------------------------
+
+class Http:
+    """JSON over HTTP with Basic auth (blocking; the load test's own loop is not an audio path)."""
+
+    def __init__(self, url: str, user: str, password: str):
+        self.url = url.rstrip("/")
+        self.auth = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+    def request(self, method: str, path: str, body: dict | None = None, timeout: float = 10) -> tuple[int, object]:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.url + path, data=data, method=method,
+                                     headers={"Authorization": self.auth, "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                raw = resp.read()
+                return resp.status, json.loads(raw) if raw else {}
+        except urllib.error.HTTPError as exc:
+            raw = exc.read()
+            try:
+                return exc.code, json.loads(raw) if raw else {}
+            except ValueError:
+                return exc.code, {"message": raw.decode(errors="replace")}
+        except (urllib.error.URLError, OSError) as exc:
+            return 0, {"message": str(exc)}
+
+
+class SimTarget:
+    """Calls into the Asterisk simulator: `POST /sim/calls` with the caller's WAV."""
+
+    kind = "sim"
+
+    def __init__(self, http: Http, caller_wav: Path):
+        self.http = http
+        self.caller_wav = caller_wav
+        self.errors: Counter = Counter()
+
+    def place(self, index: int) -> str | None:
+        status, body = self.http.request("POST", "/sim/calls", {
+            "context": CONTEXT, "caller_name": f"Caller {index}", "caller_number": f"555{index:04d}",
+            "variables": {"AI_CONTEXT": LOADTEST_CONTEXT}, "audio_wav": str(self.caller_wav),
+            "rate": demo_call.CALLER_RATE})
+        if status != 201:
+            self.errors[f"place:{status}"] += 1
+            return None
+        return body["id"]
+
+    def states(self) -> dict[str, str]:
+        """Channel id -> Ring | Up | ended, for every call placed."""
+        status, body = self.http.request("GET", "/sim/state")
+        return dict(body.get("calls", {})) if status == 200 else {}
+
+    def hangup(self, channel: str) -> None:
+        status, _ = self.http.request("POST", f"/sim/calls/{channel}/hangup")
+        if status not in (204, 404):
+            self.errors[f"hangup:{status}"] += 1
+
+    def leftover(self) -> dict:
+        status, body = self.http.request("GET", "/sim/state")
+        if status != 200:
+            return {"channels": None, "bridges": None}
+        return {"channels": body.get("channels"), "bridges": body.get("bridges")}
+
+    def close(self) -> None:
+        pass
+
+
+def originate_request(index: int, run_id: str, context: str = CONTEXT, app: str = LOADTEST_APP,
+                      ai_context: str | None = None) -> tuple[str, str, dict]:
+    """The ARI originate of one load-test call: (method, path with query, JSON body).
+
+    `Local/s@<context>` runs the guide's dialplan (Set AI_CONTEXT, Stasis(asterisk-ai-voice-agent)) on its ;2
+    half, the caller as the agent sees it; the ;1 half enters our own app, which only holds it until hangup.
+    The ids are ours (channelId / otherChannelId) so the load test can find and hang up each call."""
+    channel_id = f"lt-{run_id}-{index}"
+    query = {"endpoint": f"Local/s@{context}", "app": app, "appArgs": "loadtest",
+             "callerId": f"Caller {index} <555{index:04d}>", "timeout": "30",
+             "channelId": channel_id, "otherChannelId": f"{channel_id}-2"}
+    body: dict = {"variables": {"AI_CONTEXT": ai_context}} if ai_context else {}
+    return "POST", "/ari/channels?" + urllib.parse.urlencode(query), body
+
+
+class AriTarget:
+    """Calls into a real Asterisk by ARI originate; the events socket keeps our Stasis app registered."""
+
+    kind = "ari"
+
+    def __init__(self, http: Http, user: str, password: str, context: str, ai_context: str | None):
+        from websockets.sync.client import connect
+
+        self.http = http
+        self.context = context
+        self.ai_context = ai_context
+        self.run_id = os.urandom(3).hex()
+        self.errors: Counter = Counter()
+        self.placed: list[str] = []
+        ws_url = self.http.url.replace("http", "ws", 1) + "/ari/events?" + urllib.parse.urlencode(
+            {"app": LOADTEST_APP, "api_key": f"{user}:{password}"})
+        self.ws = connect(ws_url, open_timeout=10)
+        self._reader = threading.Thread(target=self._drain, daemon=True)
+        self._reader.start()
+
+    def _drain(self) -> None:
+        try:
+            for _ in self.ws:  # events of the parked halves: nothing to do with them
+                pass
+        except Exception:  # closed at the end of the run
+            pass
+
+    def place(self, index: int) -> str | None:
+        method, path, body = originate_request(index, self.run_id, self.context, LOADTEST_APP, self.ai_context)
+        status, reply = self.http.request(method, path, body)
+        if status != 200:
+            self.errors[f"originate:{status}"] += 1
+            return None
+        self.placed.append(reply.get("id", ""))
+        return reply.get("id")
+
+    def states(self) -> dict[str, str]:
+        status, body = self.http.request("GET", "/ari/channels")
+        live = {c["id"]: c.get("state", "") for c in body} if status == 200 and isinstance(body, list) else {}
+        return {cid: live.get(cid, "ended") for cid in self.placed}
+
+    def hangup(self, channel: str) -> None:
+        status, _ = self.http.request("DELETE", f"/ari/channels/{channel}")
+        if status not in (204, 404):
+            self.errors[f"hangup:{status}"] += 1
+
+    def leftover(self) -> dict:
+        s1, channels = self.http.request("GET", "/ari/channels")
+        s2, bridges = self.http.request("GET", "/ari/bridges")
+        mine = [c for c in channels if c.get("id", "").startswith(f"lt-{self.run_id}")] if s1 == 200 else None
+        return {"channels": None if mine is None else len(mine), "bridges": len(bridges) if s2 == 200 else None}
+
+    def close(self) -> None:
+        self.ws.close()
+
+
+# --- /proc and /metrics samples -------------------------------------------------------------------------------
+
+@dataclass
+class ProcStats:
+    id: str
+    role: str
+    pid: int
+    cpu: list[tuple[float, float]] = field(default_factory=list)  # (monotonic, cpu s)
+    rss_mb: list[float] = field(default_factory=list)
+
+    def sample(self) -> None:
+        try:
+            stat = Path(f"/proc/{self.pid}/stat").read_text()
+            status = Path(f"/proc/{self.pid}/status").read_text()
+        except OSError:
+            return
+        self.cpu.append((time.monotonic(), rep.proc_cpu_seconds(stat, os.sysconf("SC_CLK_TCK"))))
+        self.rss_mb.append(rep.proc_rss_mb(status))
+
+    def cpu_at(self, t: float) -> float:
+        """CPU seconds at the last sample taken at or before t (the first sample if none)."""
+        best = self.cpu[0][1] if self.cpu else 0.0
+        for when, value in self.cpu:
+            if when <= t:
+                best = value
+        return best
+
+
+def scrape(proc: RoleProcess) -> list:
+    status, body = http_get(proc.health_url + "/metrics")
+    return rep.parse_metrics(body.decode(errors="replace")) if status == 200 else []
+
+
+# --- the run --------------------------------------------------------------------------------------------------
+
+@dataclass
+class CallTrack:
+    index: int
+    due: float  # when to place it (s since the ramp started)
+    hangup_at: float
+    channel: str | None = None
+    placed: float | None = None
+    answered: float | None = None
+    ended: float | None = None
+    hung_up: bool = False
+    failed: str = ""
+
+
+def schedule(calls: int, ramp: float, hold: float) -> list[CallTrack]:
+    """Calls started evenly over the ramp; each hung up ramp + hold after its start (all up for `hold`)."""
+    step = ramp / calls if calls else 0
+    return [CallTrack(i, i * step, i * step + ramp + hold) for i in range(calls)]
+
+
+def media_worker_args(index: int, span: int = 400) -> list[str]:
+    low = 20000 + span * index
+    return ["--audiosocket-port", "0", "--rtp-ports", f"{low}-{low + span - 1}"]
+
+
+def call_records(client: redis.Redis, keys: Keys) -> list[dict]:
+    records = []
+    for key in client.scan_iter(match=keys.call("*"), count=500):
+        if key.count(":") == keys.call("x").count(":"):  # the call hash, not its :log or :lease
+            records.append(client.hgetall(key))
+    return records
+
+
+def progress_line(elapsed: float, tracks: list[CallTrack], cpu_pct: float, lag_ms: float, own_lag_ms: float) -> str:
+    up = sum(1 for t in tracks if t.answered is not None and t.ended is None)
+    answered = sum(1 for t in tracks if t.answered is not None)
+    failed = sum(1 for t in tracks if t.failed)
+    placed = sum(1 for t in tracks if t.placed is not None)
+    return (f"t={elapsed:6.1f}s placed {placed:>4}  up {up:>4}  set up {answered:>4}  failed {failed:>3}  "
+            f"CPU {cpu_pct:5.0f}%  tick lag p99 {lag_ms:5.2f} ms  driver lag {own_lag_ms:5.1f} ms")
+
+
+def drive(target, tracks: list[CallTrack], procs: list[ProcStats], workers: list[RoleProcess],
+          ramp: float, hold: float) -> dict:
+    """Place, watch and hang up every call on schedule; sample /proc and the tick lag each second.
+    Bounded: it ends once every call is hung up or failed, or at ramp + hold + ramp + ANSWER_TIMEOUT_S."""
+    tty = sys.stdout.isatty()
+    print_every = 1.0 if tty else 5.0  # plain prints when not a TTY: fewer lines
+    start = time.monotonic()
+    deadline = 2 * ramp + hold + ANSWER_TIMEOUT_S + 5
+    timeline: list[dict] = []
+    next_sample, next_print = 0.0, 0.0
+    window: dict[str, float] = {}
+    last_cpu: tuple[float, float] | None = None
+    lag_ms = own_lag = 0.0
+    while True:
+        tick = time.monotonic()
+        now = tick - start
+        for t in tracks:
+            if t.placed is None and not t.failed and now >= t.due:
+                t.channel = target.place(t.index)
+                t.placed = time.monotonic() - start
+                if t.channel is None:
+                    t.failed = "place"
+            elif t.channel and not t.hung_up and not t.failed and now >= t.hangup_at:
+                target.hangup(t.channel)
+                t.hung_up = True
+        if now >= next_sample:
+            next_sample = now + 1.0
+            states = target.states()
+            for t in tracks:
+                if not t.channel or t.failed:
+                    continue
+                state = states.get(t.channel)
+                if state == "Up" and t.answered is None:
+                    t.answered = now
+                if state == "ended" and t.ended is None:
+                    t.ended = now
+                    if t.answered is None:
+                        t.failed = "ended_before_answer"
+                if t.answered is None and t.ended is None and t.placed is not None and \
+                        now - t.placed > ANSWER_TIMEOUT_S:
+                    t.failed = "not_answered"
+            for p in procs:
+                p.sample()
+            if "hold_start" not in window and now >= ramp:
+                window["hold_start"] = time.monotonic()
+            if "hold_end" not in window and now >= ramp + hold:
+                window["hold_end"] = time.monotonic()
+            total_cpu = sum(p.cpu[-1][1] for p in procs if p.cpu)
+            cpu_pct = 0.0 if last_cpu is None else 100 * (total_cpu - last_cpu[1]) / max(now - last_cpu[0], 1e-3)
+            last_cpu = (now, total_cpu)
+            lag_ms = max([rep.metric(scrape(w), "va_playout_tick_lag_p99_ms") for w in workers] or [0.0])
+            up = sum(1 for t in tracks if t.answered is not None and t.ended is None)
+            timeline.append({"t": round(now, 1), "up": up, "set_up": sum(1 for t in tracks if t.answered is not None),
+                             "failed": sum(1 for t in tracks if t.failed), "cpu_pct": round(cpu_pct, 1),
+                             "tick_lag_p99_ms": lag_ms})
+            if now >= next_print:
+                next_print = now + print_every
+                line = progress_line(now, tracks, cpu_pct, lag_ms, own_lag)
+                print(("\r" + line) if tty else line, end="" if tty else "\n", flush=True)
+        if all(t.failed or (t.hung_up and t.ended is not None) for t in tracks) or now > deadline:
+            break
+        own_lag = max(0.0, (time.monotonic() - tick) * 1000 - 50)
+        time.sleep(0.05)
+    if tty:
+        print()
+    window.setdefault("hold_start", start + ramp)
+    window.setdefault("hold_end", time.monotonic())
+    return {"timeline": timeline, "window": window, "started": start}
+
+
+def settle(client: redis.Redis, keys: Keys, timeout: float = SETTLE_TIMEOUT_S) -> list[dict]:
+    """Wait until every call record is ended with the worker's figures and calls:active is empty."""
+    deadline = time.monotonic() + timeout
+    while True:
+        records = call_records(client, keys)
+        done = all(r.get("state") == "ended" and "worker_end_reason" in r for r in records)
+        if (done and not client.scard(keys.calls_active)) or time.monotonic() > deadline:
+            return records
+        time.sleep(0.2)
+
+
+def count_mail(directory: Path, expected: int, timeout: float = MAIL_TIMEOUT_S) -> int:
+    deadline = time.monotonic() + timeout
+    while True:
+        found = len(list(directory.glob("*.eml"))) if directory.exists() else 0
+        if found >= expected or time.monotonic() > deadline:
+            return found
+        time.sleep(0.2)
+
+
+def purge(client: redis.Redis, prefix: str) -> int:
+    removed = 0
+    for pattern in (f"{prefix}*", f"rq:*{prefix}*"):
+        for key in client.scan_iter(match=pattern, count=500):
+            removed += client.delete(key)
+    return removed
+
+
+def process_figures(procs: list[ProcStats], window: dict, calls_up: int, run_s: float) -> list[dict]:
+    out = []
+    span = max(window["hold_end"] - window["hold_start"], 1e-3)
+    for p in procs:
+        if not p.cpu:
+            continue
+        held = p.cpu_at(window["hold_end"]) - p.cpu_at(window["hold_start"])
+        base = p.rss_mb[0]
+        peak = max(p.rss_mb)
+        out.append({"id": p.id, "role": p.role, "cpu_s": round(p.cpu[-1][1] - p.cpu[0][1], 2),
+                    "core_pct": round(100 * held / span, 1),
+                    "cpu_ms_per_call_s": round(1000 * held / (span * calls_up), 3) if calls_up else None,
+                    "rss_start_mb": round(base, 1), "rss_peak_mb": round(peak, 1),
+                    "rss_mb_per_call": round((peak - base) / calls_up, 3) if calls_up else 0.0})
+    return out
+
+
+def build_result(args: argparse.Namespace, target, tracks: list[CallTrack], records: list[dict], driven: dict,
+                 procs: list[ProcStats], worker_metrics: dict[str, list], controller_metrics: list,
+                 emails: int, emails_expected: int, left: dict, active_left: int) -> dict:
+    answered = [t for t in tracks if t.answered is not None]
+    set_up = [r for r in records if r.get("setup_ms")]
+    dropped = [t for t in answered if t.ended is not None and not t.hung_up]
+    peak = max([x["up"] for x in driven["timeline"]] or [0])
+    errors: Counter = rep.end_errors(records) + rep.ari_errors(controller_metrics) + target.errors
+    for samples in worker_metrics.values():
+        errors += rep.realtime_errors(samples)
+    errors += Counter(f"call:{t.failed}" for t in tracks if t.failed)
+    workers = [{"id": wid, "tick_lag_p99_ms": rep.metric(s, "va_playout_tick_lag_p99_ms"),
+                "underruns": rep.metric(s, "va_playout_underruns_total"),
+                "calls_admitted": None} for wid, s in worker_metrics.items()]
+    run_s = time.monotonic() - driven["started"]
+    result = {
+        "params": {"calls": args.calls, "ramp": args.ramp, "hold": args.hold, "workers": args.workers,
+                   "tool_workers": args.tool_workers, "profile": args.profile, "target": target.kind,
+                   "cores": os.cpu_count()},
+        "setup": {"placed": sum(1 for t in tracks if t.channel), "answered": len(answered),
+                  "set_up": len(set_up), "failed": sum(1 for t in tracks if t.failed),
+                  "success_rate": round(len(set_up) / args.calls, 4) if args.calls else 0.0},
+        "peak_up": peak,
+        "latency_ms": rep.latencies(records),
+        "underruns": int(sum(float(r.get("underruns") or 0) for r in records)),
+        "workers": workers,
+        "processes": process_figures(procs, driven["window"], peak, run_s),
+        "emails": {"delivered": emails, "expected": emails_expected},
+        "errors": dict(errors),
+        "dropped": len(dropped),
+        "left": left,
+        "active_left": active_left,
+        "timeline": driven["timeline"],
+        "seconds": round(run_s, 1),
+    }
+    result["checks"] = {
+        "every call set up": result["setup"]["set_up"] == args.calls and not result["setup"]["failed"],
+        "none dropped": not dropped,
+        "nothing left over": left.get("channels") == 0 and left.get("bridges") == 0 and active_left == 0,
+    }
+    result["ok"] = all(result["checks"].values())
+    return result
+
+
+def main(args: argparse.Namespace) -> int:
+    config_path = Path(args.config) if args.config else ROOT / "config" / "ai-agent.yaml"
+    workdir = Path(os.environ.get("VA_LOADTEST_WORKDIR") or tempfile.mkdtemp(prefix="voice-agent-loadtest-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    prefix = f"va-loadtest-{os.getpid()}-{os.urandom(3).hex()}:"
+    api_key = "sk-loadtest-" + os.urandom(12).hex()
+    ari_password = args.ari_password or "loadtest-" + os.urandom(6).hex()
+    env = {"OPENAI_API_KEY": api_key, "REDIS_KEY_PREFIX": prefix, "LOG_LEVEL": "warning",
+           "REALTIME_PREWARM": str(max(2, min(20, args.calls // max(args.workers, 1)))),
+           "OPENAI_REALTIME_URL": "ws://127.0.0.1:9/v1/realtime"}
+    if args.redis_url:
+        env["REDIS_URL"] = args.redis_url
+    os.environ.update(env)
+    write_config(workdir / "config.yaml", config_path, args.profile, args.calls)
+    try:
+        config = load_config(workdir / "config.yaml").config
+    except ConfigError as exc:
+        print(exc)
+        return 1
+    client = redis.Redis.from_url(config.redis.url, decode_responses=True, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        print(f"Redis at {config.redis.url} is not reachable ({exc})")
+        return 1
+    keys = Keys(prefix)
+    plan = demo_call.DEFAULT_PLAN
+    timeline = demo_call.caller_timeline(plan)
+    cycles = cycles_for(args.ramp + args.hold + 5, timeline)
+    paths = {"script": workdir / "realtime-script.yaml", "caller": workdir / "caller-says.wav",
+             "mail": workdir / "mail"}
+    paths["script"].write_text(yaml.safe_dump(emulator_script(plan, cycles), sort_keys=False, width=120),
+                               encoding="utf-8")
+    write_caller_wav(paths["caller"], timeline, cycles)
+    cluster = LocalCluster(workdir / "config.yaml", workdir, env)
+    tracks = schedule(args.calls, args.ramp, args.hold)
+    target = None
+    result: dict | None = None
+    print(f"load test: {args.calls} calls over {args.ramp:g} s, held {args.hold:g} s, {args.workers} media "
+          f"worker(s), {args.tool_workers} tool worker(s); files in {workdir}", flush=True)
+    try:
+        realtime = cluster.start_sim("realtime", "--script", str(paths["script"]), "--speed", EMULATOR_SPEED,
+                                     "--api-key", api_key)
+        mail = cluster.start_sim("mail", "--dir", str(paths["mail"]))
+        cluster.env.update(OPENAI_REALTIME_URL=realtime.url, SMTP_HOST="127.0.0.1",
+                           SMTP_PORT=mail.url.rsplit(":", 1)[1], ASTERISK_ARI_PASSWORD=ari_password)
+        if args.ari_url:
+            cluster.env.update(ASTERISK_ARI_URL=args.ari_url, ASTERISK_ARI_USERNAME=args.ari_user)
+        else:
+            asterisk = cluster.start_sim("asterisk", "--user", config.asterisk.username, "--password", ari_password)
+            cluster.env.update(ASTERISK_ARI_URL=asterisk.url)
+        controller = cluster.start("controller")
+        workers = [cluster.start("media-worker", *media_worker_args(i)) for i in range(args.workers)]
+        tools = [cluster.start("tool-worker") for _ in range(args.tool_workers)]
+        if not cluster.wait_ready(timeout=60):
+            for p in cluster.processes:
+                if not p.ready():
+                    print(f"{p.id} not ready: {p.readiness()}\n{p.log_text()[-1500:]}")
+            return 1
+        time.sleep(1.0)  # let the prewarm pools fill
+        if args.ari_url:
+            target = AriTarget(Http(args.ari_url, args.ari_user, ari_password), args.ari_user, ari_password,
+                               args.ari_context, None)
+        else:
+            target = SimTarget(Http(asterisk.url, config.asterisk.username, ari_password), paths["caller"])
+        procs = [ProcStats(p.id, p.role, p.popen.pid) for p in [controller, *workers, *tools]]
+        procs += [ProcStats(f"sim-{s.kind}", "sim", s.popen.pid) for s in cluster.sims]
+        for p in procs:
+            p.sample()
+        driven = drive(target, tracks, procs, workers, args.ramp, args.hold)
+        records = settle(client, keys)
+        for p in procs:
+            p.sample()
+        worker_metrics = {w.id: scrape(w) for w in workers}
+        controller_metrics = scrape(controller)
+        set_up = sum(1 for r in records if r.get("setup_ms"))
+        emails = count_mail(paths["mail"], set_up)
+        left = target.leftover()
+        active_left = int(client.scard(keys.calls_active))
+        result = build_result(args, target, tracks, records, driven, procs, worker_metrics, controller_metrics,
+                              emails, set_up, left, active_left)
+    finally:
+        if target is not None:
+            target.close()
+        codes = cluster.stop_all()
+        removed = purge(client, prefix)
+        client.close()
+    bad_exits = {pid: code for pid, code in codes.items() if code != 0}
+    if result is None:
+        print("the load test did not run to the end")
+        return 1
+    result["exit_codes"] = codes
+    result["checks"]["every process exited 0"] = not bad_exits
+    result["ok"] = all(result["checks"].values())
+    print("\n".join(rep.report_lines(result)))
+    print(f"removed {removed} keys under {prefix!r}")
+    for name, ok in result["checks"].items():
+        print(f"  {'ok  ' if ok else 'FAIL'}  {name}")
+    out = Path(args.out) if args.out else workdir / "results.json"
+    out.write_text(json.dumps(result, indent=1), encoding="utf-8")
+    print(f"results in {out}")
+    if args.plot:
+        written = rep.write_plot(Path(args.plot), result)
+        if written.suffix != Path(args.plot).suffix:
+            print(f"matplotlib is not installed: wrote an SVG plot instead, {written}")
+        else:
+            print(f"plot in {written}")
+    print(f"\nload test {'OK' if result['ok'] else 'FAILED'} in {result['seconds']} s")
+    return 0 if result["ok"] else 1
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--calls", type=int, default=10, help="concurrent calls")
+    p.add_argument("--ramp", type=float, default=5.0, help="seconds over which the calls start, evenly")
+    p.add_argument("--hold", type=float, default=20.0, help="seconds all calls stay up together after the ramp")
+    p.add_argument("--workers", type=int, default=2, help="media worker processes")
+    p.add_argument("--tool-workers", type=int, default=1, help="tool worker processes")
+    p.add_argument("--profile", default="telephony_pcm16_24k", help="media profile of the calls' context")
+    p.add_argument("--out", help="JSON results (default: results.json in the work directory)")
+    p.add_argument("--plot", help="PNG plot (SVG next to it without matplotlib)")
+    p.add_argument("--redis-url", help="overrides redis.url (default: the config's)")
+    p.add_argument("--ari-url", help="a real Asterisk's ARI (http://host:8088): calls by ARI originate")
+    p.add_argument("--ari-user", default="asterisk")
+    p.add_argument("--ari-password", default="")
+    p.add_argument("--ari-context", default=CONTEXT, help="the dialplan context the Local channels dial into")
