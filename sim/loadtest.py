@@ -426,9 +426,12 @@ def build_result(args: argparse.Namespace, target, tracks: list[CallTrack], reco
     for samples in worker_metrics.values():
         errors += rep.realtime_errors(samples)
     errors += Counter(f"call:{t.failed}" for t in tracks if t.failed)
+    by_worker = rep.underruns_by_worker(records)
+    # Underruns per worker from the call records: the workers' va_playout_underruns_total is kept as well,
+    # but nothing increments it at the time of writing.
     workers = [{"id": wid, "tick_lag_p99_ms": rep.metric(s, "va_playout_tick_lag_p99_ms"),
-                "underruns": rep.metric(s, "va_playout_underruns_total"),
-                "calls_admitted": None} for wid, s in worker_metrics.items()]
+                "underruns": by_worker.get(wid, 0), "underruns_metric": rep.metric(s, "va_playout_underruns_total"),
+                "calls": sum(1 for r in records if r.get("worker") == wid)} for wid, s in worker_metrics.items()]
     run_s = time.monotonic() - driven["started"]
     result = {
         "params": {"calls": args.calls, "ramp": args.ramp, "hold": args.hold, "workers": args.workers,

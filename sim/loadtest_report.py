@@ -53,6 +53,14 @@ def latencies(records: list[dict]) -> dict[str, dict]:
     return {name: summary([v for rec in records for v in numbers(rec.get(field))]) for name, field in fields.items()}
 
 
+def underruns_by_worker(records: list[dict]) -> Counter:
+    """Underruns from the call records, by the worker that played each call (the `worker` field)."""
+    out: Counter = Counter()
+    for rec in records:
+        out[rec.get("worker") or "?"] += int(float(rec.get("underruns") or 0))
+    return out
+
+
 def end_errors(records: list[dict]) -> Counter:
     """End reasons other than the normal ones, as `end:<reason>` (controller) and `worker_end:<reason>`."""
     kinds: Counter = Counter()
@@ -63,7 +71,8 @@ def end_errors(records: list[dict]) -> Counter:
         if not reason:
             kinds["end:not_ended"] += 1
         worker = rec.get("worker_end_reason")
-        if worker and worker not in NORMAL_WORKER_END:
+        # "controller: <reason>": the worker was told the call ended; normal when that reason is
+        if worker and worker not in NORMAL_WORKER_END and worker.removeprefix("controller: ") not in NORMAL_END:
             kinds[f"worker_end:{worker}"] += 1
     return kinds
 

@@ -1,0 +1,164 @@
+"""`voice-agent loadtest`: the report helpers and the ARI originate request as units, then one small real run
+(every role and simulator as processes) whose JSON results are checked."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import urllib.parse
+
+import pytest
+
+from sim import demo_call, loadtest
+from sim import loadtest_report as rep
+from sim.realtime.script import Script
+from tests.conftest import REDIS_URL, ROOT
+
+
+# --- percentiles and summaries --------------------------------------------------------------------------------
+
+def test_percentile_interpolates_between_order_statistics():
+    values = [float(v) for v in range(1, 101)]  # 1..100
+    assert rep.percentile(values, 0.5) == pytest.approx(50.5)
+    assert rep.percentile(values, 0.95) == pytest.approx(95.05)
+    assert rep.percentile(values, 0.99) == pytest.approx(99.01)
+    assert rep.percentile([7.0], 0.99) == 7.0
+    assert rep.percentile([3.0, 1.0, 2.0], 0.0) == 1.0 and rep.percentile([3.0, 1.0, 2.0], 1.0) == 3.0
+    assert rep.percentile([], 0.5) is None
+
+
+def test_summary_and_latencies_from_call_records():
+    records = [{"setup_ms": "10", "greeting_ms": "50.5", "turn_ms": "40,60", "bargein_ms": "8"},
+               {"setup_ms": "30", "greeting_ms": "", "turn_ms": "50", "bargein_ms": ""},
+               {"state": "ended"}]
+    lat = rep.latencies(records)
+    assert lat["setup"] == {"n": 2, "p50": 20.0, "p95": 29.0, "p99": 29.8, "max": 30.0}
+    assert lat["greeting"]["n"] == 1 and lat["greeting"]["p99"] == 50.5
+    assert lat["turn"]["n"] == 3 and lat["turn"]["p50"] == 50.0
+    assert lat["bargein"] == {"n": 1, "p50": 8.0, "p95": 8.0, "p99": 8.0, "max": 8.0}
+    assert rep.summary([]) == {"n": 0, "p50": None, "p95": None, "p99": None, "max": None}
+    assert rep.numbers("1, 2.5,,x,3") == [1.0, 2.5, 3.0]
+
+
+def test_end_errors_count_only_abnormal_reasons():
+    records = [{"end_reason": "caller_hangup", "worker_end_reason": "media_closed"},
+               {"end_reason": "setup_failed", "worker_end_reason": "realtime_failed"},
+               {"end_reason": "caller_hangup", "worker_end_reason": "done"},
+               {"end_reason": "caller_hangup", "worker_end_reason": "controller: caller_hangup"},
+               {"end_reason": "caller_hangup", "worker_end_reason": "controller: media_lost"},
+               {"state": "active"}]
+    assert rep.end_errors(records) == {"end:setup_failed": 1, "worker_end:realtime_failed": 1, "end:not_ended": 1,
+                                       "worker_end:controller: media_lost": 1}
+    assert rep.underruns_by_worker([{"worker": "w1", "underruns": "3"}, {"worker": "w1", "underruns": "2"},
+                                    {"worker": "w2"}]) == {"w1": 5, "w2": 0}
+
+
+METRICS = """# HELP va_ari_requests_total ARI REST requests
+# TYPE va_ari_requests_total counter
+va_ari_requests_total{method="answer",status="204"} 12.0
+va_ari_requests_total{method="delete_bridge",status="404"} 2.0
+va_ari_requests_total{method="originate",status="error"} 1.0
+va_playout_tick_lag_p99_ms 4.0
+va_playout_underruns_total 3.0
+va_realtime_errors_total{code="rate_limit_exceeded"} 2.0
+"""
+
+
+def test_metrics_parsing_and_error_kinds():
+    samples = rep.parse_metrics(METRICS)
+    assert rep.metric(samples, "va_playout_tick_lag_p99_ms") == 4.0
+    assert rep.metric(samples, "va_ari_requests_total") == 15.0
+    assert rep.metric(samples, "va_ari_requests_total", status="204") == 12.0
+    assert rep.ari_errors(samples) == {"ari:delete_bridge:404": 2, "ari:originate:error": 1}
+    assert rep.realtime_errors(samples) == {"realtime:rate_limit_exceeded": 2}
+
+
+def test_proc_parsers():
+    stat = "4242 (python -m (x)) S 1 2 3 4 5 6 7 8 9 10 250 50 0 0 20 0 1 0"
+    assert rep.proc_cpu_seconds(stat, 100) == pytest.approx(3.0)
+    assert rep.proc_rss_mb("Name:\tpython\nVmRSS:\t   65536 kB\n") == 64.0
+    assert rep.proc_rss_mb("Name:\tzombie\n") == 0.0
+
+
+def test_schedule_spreads_the_starts_and_keeps_every_call_up_through_the_hold():
+    tracks = loadtest.schedule(4, ramp=2.0, hold=10.0)
+    assert [t.due for t in tracks] == [0.0, 0.5, 1.0, 1.5]
+    assert all(t.hangup_at - t.due == 12.0 for t in tracks)
+    assert max(t.due for t in tracks) < 2.0 <= 12.0 <= min(t.hangup_at for t in tracks)
+
+
+def test_repeated_script_answers_every_cycle_like_the_first():
+    plan = demo_call.DEFAULT_PLAN
+    script = Script.from_dict(loadtest.emulator_script(plan, cycles=3))
+    per = len(plan.answers)
+    for cycle in range(3):
+        for n, answer in enumerate(plan.answers, start=1):
+            assert script.reply_for(cycle * per + n, after_tool=False).text == answer.text
+    assert script.reply_for(0, after_tool=False).text == plan.greeting.text
+
+
+def test_svg_plot_without_matplotlib_has_both_panels():
+    result = {"timeline": [{"t": 0, "up": 0, "set_up": 0}, {"t": 5, "up": 3, "set_up": 3}],
+              "latency_ms": {n: rep.summary([10.0, 20.0]) for n in rep.LATENCIES}}
+    svg = rep.svg_plot(result)
+    assert svg.startswith("<svg") and svg.endswith("</svg>")
+    assert svg.count("<polyline") == 2 and svg.count("<rect") >= 2 + 3 * len(rep.LATENCIES)
+
+
+# --- ARI originate --------------------------------------------------------------------------------------------
+
+def test_originate_request_dials_a_local_channel_into_the_stasis_context():
+    method, path, body = loadtest.originate_request(7, "ab12", context="from-ai-agent-openai",
+                                                    app="voice-agent-loadtest", ai_context="sales")
+    assert method == "POST"
+    route, query = path.split("?", 1)
+    assert route == "/ari/channels"
+    params = dict(urllib.parse.parse_qsl(query))
+    assert params["endpoint"] == "Local/s@from-ai-agent-openai"
+    assert params["app"] == "voice-agent-loadtest"
+    assert params["channelId"] == "lt-ab12-7" and params["otherChannelId"] == "lt-ab12-7-2"
+    assert params["callerId"] == "Caller 7 <5550007>"
+    assert body == {"variables": {"AI_CONTEXT": "sales"}}
+    # Every query parameter is one ARI's originate accepts (the swagger of Asterisk 22.10.1).
+    swagger = json.loads((ROOT.parent / "shared" / "ari-api-docs" / "api-docs" / "channels.json").read_text())
+    op = next(o for api in swagger["apis"] if api["path"] == "/channels" for o in api["operations"]
+              if o["httpMethod"] == "POST")
+    accepted = {p["name"] for p in op["parameters"]}
+    assert set(params) <= accepted and "variables" in accepted
+    assert loadtest.originate_request(1, "x")[2] == {}
+
+
+# --- one real run ---------------------------------------------------------------------------------------------
+
+@pytest.mark.timeout(120)
+def test_small_real_run_sets_up_every_call_and_leaves_nothing(tmp_path):
+    out = tmp_path / "results.json"
+    env = {**os.environ, "VA_LOADTEST_WORKDIR": str(tmp_path / "work")}
+    proc = subprocess.run([sys.executable, "-m", "shared.cli", "loadtest", "--calls", "6", "--workers", "2",
+                           "--ramp", "2", "--hold", "8", "--redis-url", REDIS_URL, "--out", str(out),
+                           "--plot", str(tmp_path / "plot.png")],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=110)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["setup"] == {"placed": 6, "answered": 6, "set_up": 6, "failed": 0, "success_rate": 1.0}
+    assert result["peak_up"] == 6 and result["dropped"] == 0
+    assert result["left"] == {"channels": 0, "bridges": 0} and result["active_left"] == 0
+    for name in ("setup", "greeting", "turn", "bargein"):
+        figures = result["latency_ms"][name]
+        assert figures["n"] >= 6, name  # every call: a setup, a greeting, turns and a barge-in
+        assert all(isinstance(figures[q], float) and figures[q] >= 0 for q in ("p50", "p95", "p99"))
+        assert figures["p50"] <= figures["p95"] <= figures["p99"]
+    assert result["emails"] == {"delivered": 6, "expected": 6}
+    assert len(result["workers"]) == 2 and all(w["tick_lag_p99_ms"] > 0 for w in result["workers"])
+    assert sum(w["calls"] for w in result["workers"]) == 6
+    assert sum(w["underruns"] for w in result["workers"]) == result["underruns"]
+    roles = {p["role"] for p in result["processes"]}
+    assert {"controller", "media-worker", "tool-worker", "sim"} <= roles
+    assert all(p["rss_peak_mb"] > 10 for p in result["processes"])
+    assert result["timeline"] and max(t["up"] for t in result["timeline"]) == 6
+    assert result["checks"] and all(result["checks"].values()) and result["ok"]
+    assert (tmp_path / "plot.svg").exists() or (tmp_path / "plot.png").exists()
+    assert "load test OK" in proc.stdout
+    assert not any(k.startswith(("end:", "worker_end:", "call:")) for k in result["errors"]), result["errors"]
