@@ -15,6 +15,7 @@ import json
 import os
 import platform
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -38,6 +39,7 @@ class Run:
     stderr: str = ""
     seconds: float = 0.0
     rc: int = 0
+    load: str = ""  # load average when it started: another process's CPU shows here
     data: dict = field(default_factory=dict)
 
     @property
@@ -46,13 +48,27 @@ class Run:
 
 
 def run(r: Run, timeout: float) -> Run:
+    """Run one bench in its own process group, so a hung bench and its helpers (emulator, cluster) end at the
+    timeout instead of outliving the run."""
+    r.load = " ".join(f"{v:.2f}" for v in os.getloadavg())
     t0 = time.monotonic()
+    p = subprocess.Popen([sys.executable, *r.argv], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, start_new_session=True)
     try:
-        p = subprocess.run([sys.executable, *r.argv], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
-        r.stdout, r.stderr, r.rc = p.stdout, p.stderr, p.returncode
-    except subprocess.TimeoutExpired as exc:
-        r.stdout, r.rc = (exc.stdout or b"").decode() if isinstance(exc.stdout, bytes) else (exc.stdout or ""), -1
-        r.stderr = f"timed out after {timeout:.0f} s"
+        r.stdout, r.stderr = p.communicate(timeout=timeout)
+        r.rc = p.returncode
+    except subprocess.TimeoutExpired:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(p.pid, sig)
+                r.stdout, r.stderr = p.communicate(timeout=10)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+            except ProcessLookupError:
+                break
+        r.rc = -1
+        r.stderr = f"timed out after {timeout:.0f} s and was stopped\n" + (r.stderr or "")
     r.seconds = time.monotonic() - t0
     print(f"{r.name}: {r.seconds:.1f} s, rc {r.rc}", flush=True)
     return r
@@ -209,7 +225,7 @@ def write_report(out: Path, runs: list[Run], started: dt.datetime, total: float)
         lines += frame_path_tables(by_name["frame_path"].data)
     lines += ["", "## Commands and their output", ""]
     for r in runs:
-        lines += [f"### {r.name}", "", f"`{r.command}` ({r.seconds:.1f} s, exit {r.rc})", "", "```",
+        lines += [f"### {r.name}", "", f"`{r.command}` ({r.seconds:.1f} s, exit {r.rc}, load average at start {r.load})", "", "```",
                   r.stdout.rstrip() or "(no output)", "```"]
         if r.rc != 0:
             lines += ["", "stderr (tail):", "", "```", r.stderr[-2000:].rstrip(), "```"]
@@ -228,7 +244,7 @@ def main() -> None:
         json_path = Path(tmp) / "frame_path.json"
         runs = plan(args.quick, json_path)
         for r in runs:
-            run(r, timeout=240)
+            run(r, timeout=120)
             if r.name == "frame_path" and r.rc == 0:
                 r.data = json.loads(json_path.read_text())
     write_report(args.out, runs, started, time.monotonic() - t0)
