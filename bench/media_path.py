@@ -36,9 +36,11 @@ from tests.conftest import purge  # noqa: E402
 KEY = "sk-bench-media-path"
 
 
-def cpu_seconds(pid: int) -> float:
+def cpu_times(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of a process."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 def histogram(metrics: str, name: str) -> list[tuple[float, float]]:
@@ -99,9 +101,10 @@ async def run(args: argparse.Namespace) -> None:
         calls = [await sim.place_call(variables={"AI_CONTEXT": "bench"}, caller_name=f"Caller {i}",
                                       audio=caller_audio(total, i)) for i in range(args.calls)]
         await asyncio.sleep(4)  # set-up and greetings
-        cpu0, t0 = cpu_seconds(worker.popen.pid), time.monotonic()
+        (u0, s0), t0 = cpu_times(worker.popen.pid), time.monotonic()
         await asyncio.sleep(args.seconds)
-        cpu1, t1 = cpu_seconds(worker.popen.pid), time.monotonic()
+        (u1, s1), t1 = cpu_times(worker.popen.pid), time.monotonic()
+        cpu0, cpu1 = u0 + s0, u1 + s1
         _, body = http_get(worker.health_url + "/metrics")
         metrics = body.decode()
         await asyncio.gather(*(c.hangup() for c in calls))
@@ -110,7 +113,8 @@ async def run(args: argparse.Namespace) -> None:
         cpu_ms = (cpu1 - cpu0) * 1000
         print(f"media worker, {args.calls} calls x {t1 - t0:.1f} s, profile {args.profile}:")
         print(f"  CPU {cpu_ms / 1000:.2f} s -> {cpu_ms / call_seconds:.2f} ms per call-second "
-              f"({100 * (cpu1 - cpu0) / (t1 - t0):.0f}% of one core)")
+              f"({100 * (cpu1 - cpu0) / (t1 - t0):.0f}% of one core; user {(u1 - u0) * 1000 / call_seconds:.2f} ms, "
+              f"kernel {(s1 - s0) * 1000 / call_seconds:.2f} ms)")
         for name, label in (("va_input_append_seconds", "caller frame in -> append sent"),
                             ("va_output_first_frame_seconds", "model delta in -> first frame out")):
             rows = histogram(metrics, name)

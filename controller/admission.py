@@ -84,7 +84,26 @@ redis.call('XADD', prefix .. 'worker:' .. best .. ':inbox', 'MAXLEN', '~', 10000
 return {'ok', best, best_info[4], best_info[5], rtp_port, epoch}
 """
 
-_RELEASE = """
+_FREE = """
+-- Free a call's worker slot and RTP port, and tell the worker (ARGV[1] prefix, ARGV[2] call id, ARGV[3] reason).
+local function free_worker(call_key, wid)
+  local wkey = ARGV[1] .. 'worker:' .. wid
+  if redis.call('EXISTS', wkey) == 1 and tonumber(redis.call('HGET', wkey, 'active') or '0') > 0 then
+    redis.call('HINCRBY', wkey, 'active', -1)
+  end
+  local port = redis.call('HGET', call_key, 'rtp_port')
+  if port and port ~= '0' then redis.call('SREM', wkey .. ':rtp_ports', port) end
+  redis.call('XADD', wkey .. ':inbox', 'MAXLEN', '~', 10000, '*', 'type', 'end',
+             'data', cjson.encode({call_id = ARGV[2], reason = ARGV[3]}))
+end
+local function free_session(call_key, counter)
+  if redis.call('HGET', call_key, 'provider_counted') == '1' and tonumber(redis.call('GET', counter) or '0') > 0 then
+    redis.call('DECR', counter)
+  end
+end
+"""
+
+_RELEASE = _FREE + """
 -- KEYS: 1 call hash, 2 calls:active, 3 provider session counter, 4 admission queue, 5 call log
 -- ARGV: 1 prefix, 2 call id, 3 reason, 4 retention ms
 local t = redis.call('TIME')
@@ -93,20 +112,8 @@ redis.call('ZREM', KEYS[4], ARGV[2])
 local state = redis.call('HGET', KEYS[1], 'state')
 if state == 'ended' then return 0 end
 local wid = redis.call('HGET', KEYS[1], 'worker')
-if redis.call('HGET', KEYS[1], 'worker_released') == '1' then wid = nil end  -- freed at a transfer
-if wid and wid ~= '' then
-  local wkey = ARGV[1] .. 'worker:' .. wid
-  if redis.call('EXISTS', wkey) == 1 and tonumber(redis.call('HGET', wkey, 'active') or '0') > 0 then
-    redis.call('HINCRBY', wkey, 'active', -1)
-  end
-  local port = redis.call('HGET', KEYS[1], 'rtp_port')
-  if port and port ~= '0' then redis.call('SREM', wkey .. ':rtp_ports', port) end
-  redis.call('XADD', wkey .. ':inbox', 'MAXLEN', '~', 10000, '*', 'type', 'end',
-             'data', cjson.encode({call_id = ARGV[2], reason = ARGV[3]}))
-end
-if redis.call('HGET', KEYS[1], 'provider_counted') == '1' and tonumber(redis.call('GET', KEYS[3]) or '0') > 0 then
-  redis.call('DECR', KEYS[3])
-end
+if wid and wid ~= '' and redis.call('HGET', KEYS[1], 'worker_released') ~= '1' then free_worker(KEYS[1], wid) end
+free_session(KEYS[1], KEYS[3])
 redis.call('SREM', KEYS[2], ARGV[2])
 redis.call('HSET', KEYS[1], 'state', 'ended', 'ended_ms', now, 'end_reason', ARGV[3], 'provider_counted', '0')
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
@@ -114,27 +121,15 @@ if redis.call('EXISTS', KEYS[5]) == 1 then redis.call('PEXPIRE', KEYS[5], ARGV[4
 return 1
 """
 
-
-_RELEASE_WORKER = """
+_RELEASE_WORKER = _FREE + """
 -- A call that no longer needs its media worker (transferred to a person): free the worker's slot, RTP port and
 -- the provider session now, not when the caller hangs up. KEYS: 1 call hash, 2 provider session counter.
 -- ARGV: 1 prefix, 2 call id, 3 reason
 local state = redis.call('HGET', KEYS[1], 'state')
 if state == false or state == 'ended' or redis.call('HGET', KEYS[1], 'worker_released') == '1' then return 0 end
 local wid = redis.call('HGET', KEYS[1], 'worker')
-if wid and wid ~= '' then
-  local wkey = ARGV[1] .. 'worker:' .. wid
-  if redis.call('EXISTS', wkey) == 1 and tonumber(redis.call('HGET', wkey, 'active') or '0') > 0 then
-    redis.call('HINCRBY', wkey, 'active', -1)
-  end
-  local port = redis.call('HGET', KEYS[1], 'rtp_port')
-  if port and port ~= '0' then redis.call('SREM', wkey .. ':rtp_ports', port) end
-  redis.call('XADD', wkey .. ':inbox', 'MAXLEN', '~', 10000, '*', 'type', 'end',
-             'data', cjson.encode({call_id = ARGV[2], reason = ARGV[3]}))
-end
-if redis.call('HGET', KEYS[1], 'provider_counted') == '1' and tonumber(redis.call('GET', KEYS[2]) or '0') > 0 then
-  redis.call('DECR', KEYS[2])
-end
+if wid and wid ~= '' then free_worker(KEYS[1], wid) end
+free_session(KEYS[1], KEYS[2])
 redis.call('HSET', KEYS[1], 'worker_released', '1', 'provider_counted', '0')
 return 1
 """

@@ -131,6 +131,19 @@ def write_config(path: Path, sim_url: str, contexts: dict | None = None, extra: 
     return path
 
 
+async def start_controller(config: Path, workdir: Path, env: dict[str, str], n: int,
+                           clusters: list) -> tuple:
+    """A controller process on `config`, ready (ARI connected); its cluster is added to `clusters` to stop."""
+    from sim.cluster import LocalCluster
+
+    cluster = LocalCluster(config, workdir, env)
+    clusters.append(cluster)
+    proc = cluster.start("controller", instance_id=f"controller-{n}")
+    ready = await asyncio.to_thread(cluster.wait_ready, [proc], 30)
+    assert ready, proc.log_text()[-3000:]
+    return cluster, proc
+
+
 def percentile(values: list[float], q: int) -> float:
     if len(values) == 1:
         return values[0]

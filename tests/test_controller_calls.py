@@ -13,21 +13,9 @@ import redis.asyncio as aioredis
 from shared.keys import Keys
 from sim.asterisk import AsteriskSim
 from sim.cluster import LocalCluster
-from tests.ari_harness import ARI_PASSWORD, ARI_USER, AudioSocketListener, FakeWorker, write_config
-
-
-async def until(predicate, timeout: float = 10.0, interval: float = 0.02):
-    """Poll an (async or plain) predicate until truthy; fail with its name on timeout."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {getattr(predicate, '__name__', predicate)}")
-        await asyncio.sleep(interval)
+from tests.ari_harness import (ARI_PASSWORD, ARI_USER, AudioSocketListener, FakeWorker, start_controller,
+                               write_config)
+from tests.media_harness import until
 
 
 @pytest.fixture
@@ -82,12 +70,7 @@ def controller(tmp_path, cluster_env, sim):
     async def start(**settings) -> tuple[LocalCluster, object]:
         n = next(counter)
         config = write_config(tmp_path / f"controller-{n}.yaml", sim.url, **settings)
-        cluster = LocalCluster(config, tmp_path, cluster_env)
-        clusters.append(cluster)
-        proc = cluster.start("controller", instance_id=f"controller-{n}")
-        ready = await asyncio.to_thread(cluster.wait_ready, [proc], 30)
-        assert ready, proc.log_text()[-3000:]
-        return cluster, proc
+        return await start_controller(config, tmp_path, cluster_env, n, clusters)
 
     yield start
     for cluster in clusters:

@@ -17,7 +17,7 @@ from rq import Queue
 from shared.messages import ControlReply, ControlRequest, inbox_fields
 from sim.asterisk import DEFAULT_DIALPLAN, AsteriskSim, CallerAudio
 from sim.cluster import LocalCluster
-from tests.ari_harness import ARI_PASSWORD, ARI_USER, write_config
+from tests.ari_harness import ARI_PASSWORD, ARI_USER, start_controller, write_config
 from tests.test_controller_calls import (  # noqa: F401  (fixtures)
     aredis,
     call_record,
@@ -64,12 +64,7 @@ def controller(tmp_path, cluster_env, sim):
         data["tools"]["transfer"].update({"destinations": DESTINATIONS, **(transfer or {})})
         data["tools"]["send_email_summary"]["send_after_every_call"] = summary_every_call
         path.write_text(yaml.safe_dump(data))
-        cluster = LocalCluster(path, tmp_path, cluster_env)
-        clusters.append(cluster)
-        proc = cluster.start("controller", instance_id=f"controller-{n}")
-        ready = await asyncio.to_thread(cluster.wait_ready, [proc], 30)
-        assert ready, proc.log_text()[-3000:]
-        return cluster, proc
+        return await start_controller(path, tmp_path, cluster_env, n, clusters)
 
     yield start
     for cluster in clusters:
