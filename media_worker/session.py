@@ -225,6 +225,7 @@ class CallSession:
 
     async def _save_stats(self) -> None:
         s = self.stats
+        UNDERRUNS.inc(self.playout.underruns)  # counted by the queue per tick; added to the metric once per call
         fields = {"greeting_ms": s["greeting_ms"], "turn_ms": ",".join(str(v) for v in s["turn_ms"]),
                   "bargein_ms": ",".join(str(v) for v in s["bargein_ms"]), "gate_closures": self.gate.closures,
                   "truncations": s["truncations"], "audioless_responses": s["audioless_responses"],

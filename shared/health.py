@@ -7,8 +7,10 @@ healthz: the process is alive and its loop answers. readyz: it can do its job (c
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
 import msgspec
 from aiohttp import web
@@ -37,6 +39,9 @@ def make_app(role: str, instance_id: str, checks: dict[str, ReadyCheck]) -> web.
     return app
 
 
+PORT_FILE_ENV = "VA_HEALTH_PORT_FILE"
+
+
 async def start(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
     """Serve `app`; returns the runner and the bound port (port 0 picks a free one)."""
     runner = web.AppRunner(app, access_log=None)
@@ -44,6 +49,9 @@ async def start(app: web.Application, host: str, port: int) -> tuple[web.AppRunn
     site = web.TCPSite(runner, host, port)
     await site.start()
     bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    port_file = os.environ.get(PORT_FILE_ENV)
+    if port_file:  # whoever started us with port 0 learns the port here (no race for a port picked outside)
+        Path(port_file).write_text(str(bound))
     return runner, bound
 
 

@@ -37,8 +37,19 @@ class RoleProcess:
     role: str
     id: str
     popen: subprocess.Popen
-    health_port: int
     log_path: Path
+    _port: int = 0
+
+    @property
+    def health_port(self) -> int:
+        """The port the role bound for its health endpoints (it picks a free one: no race with other
+        processes for a port chosen here); 0 until it has written it to its port file."""
+        if not self._port:
+            try:
+                self._port = int(self.log_path.with_suffix(".port").read_text() or 0)
+            except (OSError, ValueError):
+                pass
+        return self._port
 
     @property
     def health_url(self) -> str:
@@ -99,16 +110,17 @@ class LocalCluster:
         return sim
 
     def start(self, role: str, *extra: str, instance_id: str | None = None) -> RoleProcess:
-        health_port = free_port()
         instance_id = instance_id or f"{role}-{len(self.processes) + 1}-{os.getpid()}"
         log_path = self.workdir / f"{instance_id}.log"
         cmd = [sys.executable, "-m", "shared.cli", "--config", str(self.config_path), role,
-               "--id", instance_id, "--health-host", "127.0.0.1", "--health-port", str(health_port), *extra]
-        env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
+               "--id", instance_id, "--health-host", "127.0.0.1", "--health-port", "0", *extra]
+        port_file = log_path.with_suffix(".port")
+        port_file.unlink(missing_ok=True)
+        env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1", "VA_HEALTH_PORT_FILE": str(port_file)}
         with open(log_path, "ab") as log:
             popen = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
                                      cwd=Path(__file__).resolve().parent.parent)
-        proc = RoleProcess(role, instance_id, popen, health_port, log_path)
+        proc = RoleProcess(role, instance_id, popen, log_path)
         self.processes.append(proc)
         return proc
 
