@@ -16,8 +16,8 @@ import pytest
 from sim.asterisk.audio import CallerAudio
 from sim.realtime import Reply, Script
 from tests.media_harness import (  # noqa: F401  (fixtures)
-    worker_stats, aredis, assert_wire_conforms, call_of, caller_speech, cluster_up, emulator, keys, log_entries, loud_ms,
-    sim, until)
+    aredis, assert_wire_conforms, call_of, caller_speech, cluster_up, emulator, keys, log_entries, loud_ms, sim, until,
+    worker_stats)
 
 PROFILES = {"slin24": "telephony_pcm16_24k", "slin": "telephony_slin_8k", "ulaw_rtp": "telephony_ulaw_8k"}
 

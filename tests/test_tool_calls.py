@@ -189,7 +189,8 @@ async def test_a_transcript_by_email_to_the_address_the_caller_spelled(
     try:
         port = smtp.port
         script = Script(greeting=Reply(text="Hi.", audio_ms=500), turns={
-            1: Reply(text="", tool_calls=[ToolCall("request_transcript", {"email": "bob dot jones at example dot com"})]),
+            1: Reply(text="", tool_calls=[ToolCall("request_transcript",
+                                                   {"email": "bob dot jones at example dot com"})]),
             2: Reply(text="", tool_calls=[ToolCall("request_transcript", {"email": "bob.jones@example.com",
                                                                           "confirmed": True})])},
             after_tool=Reply(text="Done.", audio_ms=500), transcripts={1: "Send me the transcript.", 2: "Yes."})

@@ -107,7 +107,8 @@ class AriRest:
             # burst of calls, each with several steps in flight).
             connector = aiohttp.TCPConnector(limit=self.max_connections, keepalive_timeout=30)
             self._session = aiohttp.ClientSession(
-                connector=connector, headers=self._headers, timeout=aiohttp.ClientTimeout(total=self.timeout), raise_for_status=False)
+                connector=connector, headers=self._headers, timeout=aiohttp.ClientTimeout(total=self.timeout),
+                raise_for_status=False)
         return self._session
 
     async def close(self) -> None:
