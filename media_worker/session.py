@@ -92,8 +92,7 @@ class CallSession:
         self.wire = wire_format(plan.transport, plan.format)
         self.conv = Converter(self.wire, plan.provider_format)
         self.playout = PlayoutQueue(self.conv.wire_frame_bytes, silence(self.wire))
-        self._gate_rate = 8000 if self.conv.wire_rate == 8000 else self.conv.wire_rate
-        self.gate = SpeechGate(self._gate_rate, ctx.config.vad.webrtc_aggressiveness)
+        self.gate = SpeechGate(self.conv.wire_rate, ctx.config.vad.webrtc_aggressiveness)
         self._provider_silence = silence(plan.provider_format)
         self.log = CallLog(ctx.redis, ctx.keys, self.call_id)
         self.tools = ToolRunner(self)
@@ -105,7 +104,6 @@ class CallSession:
         self._say_played = asyncio.Event()
         self.link: MediaLink | None = None
         self.client: RealtimeClient | None = None
-        self.ready = asyncio.Event()
         self.linked = asyncio.Event()
         self.finished = asyncio.Event()
         self.end_reason = ""
@@ -168,7 +166,6 @@ class CallSession:
             ready = await self.client.start()
             log.info("Realtime session %s ready for call %s", ready.session_id, self.call_id)
             self._sender = asyncio.create_task(self._send_forever(), name=f"append-{self.call_id}")
-            self.ready.set()
             if self.plan.greeting:
                 await self._greet()
             events = asyncio.create_task(self._events_forever(), name=f"events-{self.call_id}")
@@ -225,7 +222,9 @@ class CallSession:
 
     async def _save_stats(self) -> None:
         s = self.stats
-        UNDERRUNS.inc(self.playout.underruns)  # counted by the queue per tick; added to the metric once per call
+        # Counted per tick by the queue and the clock; added to the metrics once per call, off the frame path.
+        UNDERRUNS.inc(self.playout.underruns)
+        PADDED.inc(s["padded_frames"])
         fields = {"greeting_ms": s["greeting_ms"], "turn_ms": ",".join(str(v) for v in s["turn_ms"]),
                   "bargein_ms": ",".join(str(v) for v in s["bargein_ms"]), "gate_closures": self.gate.closures,
                   "truncations": s["truncations"], "audioless_responses": s["audioless_responses"],
@@ -260,16 +259,18 @@ class CallSession:
             self._probe_t = time.monotonic()
             self._probe_seq = self._queued_total  # the append this frame becomes
         speaking = self.gate.incoming(self._gate_view(payload))
+        audible, interruptible = self._agent_audible(), self._interruptible()
         if speaking and not self._caller_speaking:
             self._caller_speaking = True
-            if self._agent_audible() and self._interruptible():
+            if audible and interruptible:
                 self._barge_in()
+                audible = False  # flushed: the caller's words go to the server from this frame on
         elif not speaking:
             self._caller_speaking = False
         # Echo guard: while the agent talks and the gate hears no real speech, the server gets silence, so it
         # never takes our own voice for a caller turn. During the greeting the caller is heard only once the
         # guard allows an interruption.
-        if (self._agent_audible() and not speaking) or (self._greeting_mode and not self._interruptible()):
+        if (audible and not speaking) or (self._greeting_mode and not interruptible):
             self._queue_append(self._provider_silence)
         else:
             self._queue_append(self.conv.to_provider(payload))
@@ -328,7 +329,6 @@ class CallSession:
         if self._frames_in < self._ticks - INPUT_SLACK_FRAMES:
             self._frames_in += 1
             self.stats["padded_frames"] += 1
-            PADDED.inc()
             self._queue_append(self._provider_silence)
 
     def _first_frame(self, now: float) -> None:

@@ -52,21 +52,26 @@ class ToolRunner:
         if queue is not None:
             queue.put_nowait(reply)
 
-    async def _request(self, action: str, tool_call_id: str, **fields: str) -> asyncio.Queue[ControlReply]:
+    async def _request(self, action: str, tool_call_id: str, **fields: str) -> str:
+        """Send a request to the controller; returns its id, whose replies `_reply` waits for."""
         s = self.s
         request = ControlRequest(request_id=f"{s.call_id}:{tool_call_id}:{action}", call_id=s.call_id,
                                  worker_id=s.ctx.worker_id, action=action, **fields)
-        queue: asyncio.Queue[ControlReply] = asyncio.Queue()
-        self._replies[request.request_id] = queue
+        self._replies[request.request_id] = asyncio.Queue()
         await s.ctx.redis.xadd(s.ctx.keys.controller_inbox, inbox_fields("control", request),
                                maxlen=100_000, approximate=True)
-        return queue
+        return request.request_id
 
-    async def _reply(self, queue: asyncio.Queue[ControlReply], timeout: float = REPLY_TIMEOUT_S) -> ControlReply | None:
+    async def _reply(self, request_id: str, timeout: float = REPLY_TIMEOUT_S, *,
+                     last: bool = True) -> ControlReply | None:
+        """The next reply to a request (None on timeout); with `last`, the request is forgotten afterwards."""
         try:
-            return await asyncio.wait_for(queue.get(), timeout)
+            return await asyncio.wait_for(self._replies[request_id].get(), timeout)
         except asyncio.TimeoutError:
             return None
+        finally:
+            if last:
+                self._replies.pop(request_id, None)
 
     # --- entry point -----------------------------------------------------------------------------------
     async def run(self, call: "FunctionCall") -> None:
@@ -107,22 +112,22 @@ class ToolRunner:
             allowed = ", ".join(sorted(destinations)) or "none are configured"
             return _out(ok=False, error=f"{args.destination!r} is not a transfer destination; use one of: "
                         f"{allowed}"), True, None
-        queue = await self._request("transfer", call.call_id, destination=args.destination)
-        first = await self._reply(queue)
+        request_id = await self._request("transfer", call.call_id, destination=args.destination)
+        first = await self._reply(request_id, last=False)
+        if first is None or first.final:
+            self._replies.pop(request_id, None)
         if first is None:
             return _out(ok=False, error="the transfer did not start in time; stay with the caller"), True, None
         if first.final:
-            self._replies.pop(first.request_id, None)
             return self._transfer_outcome(args.destination, first), first.status != "answered", None
         # Ringing: the caller hears hold music; the outcome comes later as a system message.
         return (_out(ok=True, status="ringing", message=f"Transferring to {args.destination}; the caller hears hold "
                      "music. If they ask to stop waiting, call cancel_transfer."), False,
-                lambda: self._await_transfer(args.destination, queue, first.request_id))
+                lambda: self._await_transfer(args.destination, request_id))
 
-    async def _await_transfer(self, destination: str, queue: asyncio.Queue[ControlReply], request_id: str) -> None:
+    async def _await_transfer(self, destination: str, request_id: str) -> None:
         ring_s = self.s.ctx.config.tools.transfer.ring_timeout_ms / 1000
-        reply = await self._reply(queue, ring_s + REPLY_TIMEOUT_S)
-        self._replies.pop(request_id, None)
+        reply = await self._reply(request_id, ring_s + REPLY_TIMEOUT_S)
         if reply is None or reply.status == "answered":
             if reply is not None:
                 self.s.end_reason = self.s.end_reason or "transferred"
@@ -139,9 +144,7 @@ class ToolRunner:
         return _out(ok=False, status=reply.status, error=reply.message or f"the transfer was {reply.status}")
 
     async def _cancel_transfer(self, call, args) -> Result:
-        queue = await self._request("cancel_transfer", call.call_id)
-        reply = await self._reply(queue)
-        self._replies.pop(f"{self.s.call_id}:{call.call_id}:cancel_transfer", None)
+        reply = await self._reply(await self._request("cancel_transfer", call.call_id))
         if reply is None:
             return _out(ok=False, error="could not reach the call controller"), True, None
         if reply.ok:
@@ -175,9 +178,7 @@ class ToolRunner:
         await self._control("voicemail", tool_call_id)
 
     async def _control(self, action: str, tool_call_id: str, **fields: str) -> None:
-        queue = await self._request(action, tool_call_id, **fields)
-        reply = await self._reply(queue)
-        self._replies.pop(f"{self.s.call_id}:{tool_call_id}:{action}", None)
+        reply = await self._reply(await self._request(action, tool_call_id, **fields))
         if reply is None or not reply.ok:
             why = "no answer from the controller" if reply is None else (reply.message or reply.status)
             log.error("%s failed: %s", action, why)
