@@ -46,6 +46,16 @@ def admission(client, keys, limit: int = 100) -> Admission:
                      retention_ms=60_000)
 
 
+async def test_reservations_go_to_the_least_loaded_worker(env):
+    client, keys = env
+    await add_worker(client, keys, "w1", 4)
+    await add_worker(client, keys, "w2", 2)
+    adm = admission(client, keys)
+    got = [(await adm.reserve(plan(f"c{i}"), {})).worker_id for i in range(3)]
+    # By load ratio: after one call each, w1 (1/4) is less loaded than w2 (1/2); first-fit would give w1 all three.
+    assert sorted(got) == ["w1", "w1", "w2"]
+
+
 async def test_least_loaded_worker_and_assignment_in_its_inbox(env):
     client, keys = env
     await add_worker(client, keys, "w1", 4, port=9001)

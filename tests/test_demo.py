@@ -136,7 +136,6 @@ def test_demo_exits_0_and_prints_the_conversation(demo_run):
     assert "[cut off by the caller]" in out  # the long answer, interrupted
     assert f"agent   {PLAN.answers[1].text}" in out  # the answer to the barge-in
     assert "answer -> first greeting frame" in out and "demo OK" in out
-    assert summary["seconds"] < 40
     assert all(summary["checks"].values()) and len(summary["checks"]) == 8
     assert summary["checks"]["summary email delivered"]
     (mail,) = sorted((Path(summary["workdir"]) / "mail").glob("*.eml"))

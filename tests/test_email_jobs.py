@@ -402,7 +402,6 @@ def test_summary_arrives_once_with_the_transcript_however_often_enqueued(workers
     assert entry["role"] == "tool" and entry["name"] == "email_summary" and entry["item_id"] == job_id
     assert entry["output"] == f"sent to ops@example.com (Message-ID <send_email_summary.{call_id}@example.com>)"
     assert int(entry["t_ms"]) > 120_000  # after the call's end, on the call's clock
-    assert latency < 3.0
     assert "Traceback" not in proc.log_text()
 
 

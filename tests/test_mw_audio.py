@@ -150,7 +150,6 @@ def test_fir_delay_by_impulse_is_linear_phase_and_within_3ms():
     z = samples(Upsampler3().process(pcm(x8)))
     zpeak = int(np.argmax(np.abs(z)))
     assert zpeak - 300 == delay_samples(3) == 36                 # 36 samples at 24 kHz = 1.5 ms
-    assert (zpeak - 300) / 24 <= 3.0 and 12 / 8 <= 3.0
     around = z[zpeak - 36: zpeak + 37]
     assert np.allclose(around, around[::-1], atol=1.0)
 

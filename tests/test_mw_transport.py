@@ -18,7 +18,6 @@ from media_worker.transport import audiosocket_codec as codec
 from media_worker.transport import rtp_codec
 from media_worker.transport.allowlist import HostAllowList, resolve_allow_list
 from media_worker.transport.audiosocket_server import AudioSocketServer
-from media_worker.transport.link import LinkStats
 from media_worker.transport.rtp_endpoint import RtpEndpoint
 
 pytestmark = pytest.mark.timeout(10)
@@ -660,12 +659,6 @@ async def test_endpoint_errors_name_the_port_and_format():
         holder.close()
     with pytest.raises(ValueError, match="one-way"):
         RtpEndpoint("127.0.0.1", 0, "slin16", Sink)
-
-
-def test_link_stats_is_a_struct():
-    stats = LinkStats()
-    stats.frames_in += 1
-    assert stats.frames_in == 1 and stats.dropped_out == 0
 
 
 # ================================================================ the simulator's legs meet the product on the wire
