@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -19,6 +21,13 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
     with socket.socket(socket.AF_INET, kind) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _copy_lines(stream, path: Path) -> None:
+    with open(path, "a", encoding="utf-8") as log:
+        for line in stream:
+            log.write(line)
+            log.flush()
 
 
 def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
@@ -98,13 +107,20 @@ class LocalCluster:
         log.close()
         deadline = time.monotonic() + timeout
         line = ""
-        while time.monotonic() < deadline and popen.poll() is None:
+        while popen.poll() is None:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([popen.stdout], [], [], left)[0]:
+                break  # a simulator that hangs before its first line must not hang the caller
             line = popen.stdout.readline().strip()
             if line.startswith("listening on "):
                 break
         if not line.startswith("listening on "):
             popen.kill()
+            popen.wait()
             raise RuntimeError(f"sim {kind} did not start: {log_path.read_text(errors='replace')[-2000:]}")
+        # Whatever it prints later goes to its log: an unread pipe would fill up and stall the simulator.
+        threading.Thread(target=_copy_lines, args=(popen.stdout, log_path), daemon=True,
+                         name=f"sim-{kind}-stdout").start()
         sim = SimProcess(kind, popen, line.split(" ", 2)[2], log_path)
         self.sims.append(sim)
         return sim
@@ -156,7 +172,5 @@ class LocalCluster:
             except subprocess.TimeoutExpired:
                 sim.popen.kill()
                 sim.popen.wait()
-            if sim.popen.stdout is not None:
-                sim.popen.stdout.close()
         self.sims.clear()
         return codes

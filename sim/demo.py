@@ -28,6 +28,7 @@ import redis
 
 from shared.config import ConfigError, load_config
 from shared.keys import Keys
+from shared.masking import mask_url
 from shared.status import collect, render
 from sim import demo_call, demo_report
 from sim.cluster import LocalCluster, RoleProcess, SimProcess
@@ -226,7 +227,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         client.ping()
     except redis.RedisError as exc:
-        print(f"Redis at {config.redis.url} is not reachable ({exc}); scripts/setup.sh starts one")
+        print(f"Redis at {mask_url(config.redis.url)} is not reachable ({exc}); scripts/setup.sh starts one")
         return 1
     keys = Keys(prefix)
     plan = demo_call.DEFAULT_PLAN

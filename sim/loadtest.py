@@ -37,6 +37,7 @@ import yaml
 
 from shared.config import ConfigError, load_config
 from shared.keys import Keys
+from shared.masking import mask_url
 from sim import demo_call
 from sim import loadtest_report as rep
 from sim.cluster import LocalCluster, RoleProcess, http_get
@@ -485,7 +486,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         client.ping()
     except redis.RedisError as exc:
-        print(f"Redis at {config.redis.url} is not reachable ({exc})")
+        print(f"Redis at {mask_url(config.redis.url)} is not reachable ({exc})")
         return 1
     keys = Keys(prefix)
     plan = demo_call.DEFAULT_PLAN
