@@ -84,10 +84,11 @@ class Controller(AsyncRole):
         try:
             await self.app.reconcile(first)
         except AriError as exc:
-            log.warning("reconcile failed (%s); it runs again on the next connect", exc)
-        except asyncio.CancelledError:
+            # Asterisk trouble is passing: raising makes the events stream reconnect (with backoff) and run
+            # this again, instead of waiting for the next time the socket happens to drop.
+            log.warning("reconcile failed (%s); reconnecting to try again", exc)
             raise
         except Exception:
-            log.exception("reconcile failed")
+            log.exception("reconcile failed; calls are handled, orphans wait for the next connect")
         finally:
             self.reconciled.set()
