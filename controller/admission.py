@@ -15,7 +15,7 @@ import msgspec
 import redis.asyncio as aioredis
 
 from shared.keys import Keys
-from shared.messages import Assignment, CallPlan
+from shared.messages import CallPlan
 
 _RESERVE = """
 -- KEYS: 1 workers zset, 2 calls:active set, 3 admission queue zset, 4 provider session counter
@@ -196,10 +196,6 @@ class Admission:
     async def leave_queue(self, call_id: str) -> None:
         await self.redis.zrem(self.keys.admission_queue, call_id)
 
-
-def decode_assignment(fields: dict) -> Assignment:
-    data = fields.get(b"data") or fields.get("data")
-    return msgspec.json.decode(data, type=Assignment)
 
 
 def _text(value) -> str:

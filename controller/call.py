@@ -70,7 +70,6 @@ class Call:
     reservation: Reserved | None = None
     bridge: str = ""
     media: str = ""
-    media_up: bool = False
     # new | queued | setting_up | active | handing_off | transferred | ending | ended
     state: str = "new"
     admitted: bool = False  # a worker slot was reserved at some point (the call had a conversation)
@@ -118,7 +117,6 @@ class Call:
 
     def media_left(self) -> None:
         """StasisEnd of our media leg: the worker closed it (or died) while the caller is still here."""
-        self.media_up = False
         if self.state == "active" and not self.caller_gone.is_set():
             log.warning("media leg %s ended while the call was active", self.media)
             self.end("media_lost", fallback=True)
@@ -132,9 +130,6 @@ class Call:
         if self._teardown is None:
             self._teardown = asyncio.create_task(self._end(reason, fallback, hang_up_caller),
                                                  name=f"end-{self.call_id}")
-
-    async def wait_ended(self) -> None:
-        await self.ended.wait()
 
     # --- the call's work -------------------------------------------------------------------------------
     async def _run(self) -> None:
@@ -321,7 +316,6 @@ class Call:
                 if exc.status >= 500 or exc.status == 0:
                     raise SetupFailed(f"externalMedia toward {media['external_host']}: {exc}") from exc
                 raise
-            self.media_up = True
             await bridge_task
             await d.rest.add_channel(self.bridge, self.media)
 
@@ -339,7 +333,6 @@ class Call:
     async def drop_media(self) -> None:
         if self.media:
             await _quietly(self.deps.rest.hangup(self.media))
-            self.media_up = False
 
     # --- the end ---------------------------------------------------------------------------------------
     async def _end(self, reason: str, fallback: bool, hang_up_caller: bool) -> None:

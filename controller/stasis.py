@@ -241,7 +241,6 @@ class StasisApp:
             call.extra_legs.add(agent_leg)
         else:
             call.state = "active"
-            call.media_up = True
         self.calls[call_id] = call
         self.by_caller[caller.id] = call
         CALLS_ACTIVE.set(len(self.calls))

@@ -10,11 +10,12 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import msgspec
 import redis.asyncio as aioredis
 import yaml
 
 from shared.keys import Keys
-from shared.messages import WorkerInfo
+from shared.messages import Assignment, WorkerInfo
 from shared.registry import Registration
 from tests.conftest import CONFIG
 
@@ -142,6 +143,12 @@ async def start_controller(config: Path, workdir: Path, env: dict[str, str], n: 
     ready = await asyncio.to_thread(cluster.wait_ready, [proc], 30)
     assert ready, proc.log_text()[-3000:]
     return cluster, proc
+
+
+def decode_assignment(fields: dict) -> Assignment:
+    """A worker-inbox entry (bytes or str fields) as the Assignment a media worker would decode."""
+    data = fields.get(b"data") or fields.get("data")
+    return msgspec.json.decode(data, type=Assignment)
 
 
 def percentile(values: list[float], q: int) -> float:

@@ -9,12 +9,13 @@ import msgspec
 import pytest
 import redis.asyncio as aioredis
 
-from controller.admission import Admission, Queued, Reserved, decode_assignment
+from controller.admission import Admission, Queued, Reserved
 from controller.contexts import Unroutable, resolve
 from shared.config import load_config
 from shared.keys import Keys
 from shared.messages import CallPlan, WorkerInfo
 from shared.registry import Registration
+from tests.ari_harness import decode_assignment
 from tests.conftest import CONFIG
 
 

@@ -13,8 +13,8 @@ import redis.asyncio as aioredis
 from shared.keys import Keys
 from sim.asterisk import AsteriskSim
 from sim.cluster import LocalCluster, http_get
-from tests.ari_harness import (ARI_PASSWORD, ARI_USER, AudioSocketListener, FakeWorker, start_controller,
-                               write_config)
+from tests.ari_harness import (ARI_PASSWORD, ARI_USER, AudioSocketListener, FakeWorker, decode_assignment,
+                               start_controller, write_config)
 from tests.media_harness import until
 
 
@@ -125,7 +125,6 @@ async def test_a_call_is_answered_bridged_given_media_and_leaves_nothing_behind(
     # The assignment reached the worker's inbox before the media leg: the plan has the filled-in greeting.
     (_, fields), = await aredis.xrange(keys.worker_inbox(worker.id))
     assert fields[b"type"] == b"assign"
-    from controller.admission import decode_assignment
     plan = decode_assignment(fields).plan
     assert plan.greeting.startswith("Hi Alice,") and plan.format == "slin24" and plan.transport == "audiosocket"
 
@@ -314,7 +313,6 @@ async def test_an_older_asterisk_gets_8khz_audiosocket(sim, listener, workers, c
     call = await sim.place_call()
     await listener.wait_for(1)
     (_, fields), = await aredis.xrange(keys.worker_inbox(worker.id))
-    from controller.admission import decode_assignment
     assert decode_assignment(fields).plan.format == "slin"  # slin24 needs 22.7+: the controller downgrades
     media = next(r for r in sim.rest_log if r.path == "/channels/externalMedia")
     assert media.query["format"] == "slin"
