@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -20,7 +21,7 @@ import redis.asyncio as aioredis
 from controller import ids
 from controller.admission import Admission, Queued, Reserved
 from controller.ari.capabilities import Capabilities, TransportUnavailable
-from controller.ari.errors import AriError
+from controller.ari.errors import AriError, quietly
 from controller.ari.resources import Channel
 from controller.ari.rest import AriRest
 from controller.contexts import Route, Unroutable, resolve
@@ -402,10 +403,6 @@ class Call:
             await _quietly(d.rest.hangup(self.caller.id, "normal"))
 
 
-async def _quietly(op: Awaitable) -> None:
-    """A cleanup step whose object may already be gone (404/409) must not stop the next step."""
-    try:
-        await op
-    except AriError as exc:
-        if not (exc.not_found or exc.conflict or exc.status == 0):
-            log.warning("cleanup step failed: %s", exc)
+
+# A cleanup step whose object may already be gone; status 0 (Asterisk unreachable) is left to reconcile.
+_quietly = partial(quietly, expected=(0, 404, 409))

@@ -7,6 +7,7 @@ one call is handled in arrival order while calls proceed in parallel.
 from __future__ import annotations
 
 import logging
+from functools import partial
 
 from controller import ids
 from controller.ari.event_types import (
@@ -19,7 +20,7 @@ from controller.ari.event_types import (
     StasisStart,
     default_key,
 )
-from controller.ari.errors import AriError
+from controller.ari.errors import quietly
 from controller.ari.resources import Channel
 from controller.call import Call, CallDeps
 from controller.metrics import CALLS_ACTIVE, RECONCILED
@@ -247,9 +248,5 @@ class StasisApp:
         log.info("adopted call %s (caller %s, worker %s)", call_id, caller.id, record.get("worker"))
 
 
-async def _ignore_errors(op) -> None:
-    try:
-        await op
-    except AriError as exc:
-        if not exc.gone:
-            log.warning("reconcile step failed: %s", exc)
+
+_ignore_errors = partial(quietly, what="reconcile step")

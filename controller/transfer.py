@@ -13,9 +13,10 @@ import asyncio
 import logging
 import math
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import TYPE_CHECKING
 
-from controller.ari.errors import AriError
+from controller.ari.errors import AriError, quietly
 
 if TYPE_CHECKING:
     from controller.call import Call
@@ -155,9 +156,6 @@ class TransferAttempt:
             await _quietly(rest.stop_moh(call.caller.id))
 
 
-async def _quietly(op: Awaitable) -> None:
-    try:
-        await op
-    except AriError as exc:
-        if not (exc.gone or exc.status in (400, 422)):
-            log.warning("transfer cleanup step failed: %s", exc)
+
+# A transfer leg may be gone, out of Stasis, or already out of (400/422) the bridge.
+_quietly = partial(quietly, what="transfer cleanup step", expected=(400, 404, 409, 422))

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Awaitable, Collection
+
+log = logging.getLogger("ari")
+
 
 class AriError(Exception):
     """A REST call answered with a status the method does not map to a return value."""
@@ -57,3 +62,13 @@ class AriUnavailable(AriError):
 
     Same arguments as `AriError`, with status 0.
     """
+
+
+async def quietly(op: Awaitable, *, what: str = "cleanup step", expected: Collection[int] = (404, 409)) -> None:
+    """Run an ARI step whose object may already be gone (404), or out of Stasis (409): those statuses are
+    expected and silent, any other error is logged; none stops the steps after it."""
+    try:
+        await op
+    except AriError as exc:
+        if exc.status not in expected:
+            log.warning("%s failed: %s", what, exc)
