@@ -24,7 +24,8 @@ import numpy as np
 import soxr
 
 from media_worker.audio.fir import Downsampler, Upsampler, delay_samples, round_int16, to_pcm16
-from media_worker.audio.g711 import DECODE_TABLE, DECODE_TABLE_BE, DECODE_TABLE_F32, ENCODE_TABLE, ULAW_SILENCE
+from media_worker.audio.g711 import (DECODE_TABLE, DECODE_TABLE_BE, DECODE_TABLE_F32, ULAW_SILENCE,
+                                     ulaw_encode_array)
 
 WIRE_FORMATS = ("slin", "slin16", "slin24", "ulaw", "slin_be")  # slin_be = RTP slin (8 kHz big-endian)
 PROVIDER_FORMATS = ("pcm16", "g711_ulaw")                       # pcm16 = 24 kHz LE; g711_ulaw = 8 kHz
@@ -140,7 +141,7 @@ class _Path:
                 return to_pcm16(x, "<i2" if dst == "le" else ">i2")
             x = round_int16(x)
         if dst == "ulaw":
-            return ENCODE_TABLE.take(x.view(x.dtype.str.replace("i", "u"))).tobytes()
+            return ulaw_encode_array(x)
         return x.astype("<i2" if dst == "le" else ">i2", copy=False).tobytes()
 
 

@@ -72,8 +72,9 @@ class PlayoutQueue:
         whole = len(tail) - len(tail) % size
         if whole:
             frames = self._frames
-            for start in range(0, whole, size):
-                frames.append((item_id, bytes(tail[start:start + size]), size))
+            with memoryview(tail) as view:  # one copy per frame (a bytearray slice would be a second)
+                for start in range(0, whole, size):
+                    frames.append((item_id, bytes(view[start:start + size]), size))
             del tail[:whole]
 
     def end_item(self, item_id: str) -> None:
