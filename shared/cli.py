@@ -102,6 +102,32 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_healthcheck(args: argparse.Namespace) -> int:
+    """Exit 0 when the URL answers 200; else one line saying why (the slim image has no curl)."""
+    import urllib.error
+    import urllib.request
+
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # a health URL is never proxied
+    try:
+        with opener.open(args.url, timeout=args.timeout) as response:
+            status, reason, body = response.status, response.reason, b""
+    except urllib.error.HTTPError as exc:  # 4xx/5xx: the body says which readiness check fails
+        status, reason = exc.code, exc.reason
+        try:
+            body = exc.read(300)
+        except OSError:
+            body = b""
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        cause = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+        print(f"{args.url}: {cause}", file=sys.stderr)
+        return 1
+    if status == 200:
+        return 0
+    detail = " ".join(body.decode("utf-8", "replace").split())
+    print(f"{args.url}: HTTP {status} {reason}" + (f": {detail}" if detail else ""), file=sys.stderr)
+    return 1
+
+
 def cmd_sim_realtime(args: argparse.Namespace) -> int:
     from sim.realtime.cli import run
 
@@ -175,6 +201,12 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="live controllers, media workers (capacity, load) and tool workers")
     st.add_argument("--json", action="store_true", help="machine-readable output")
     st.set_defaults(func=cmd_status)
+
+    hc = sub.add_parser("healthcheck", help="GET a URL: exit 0 on HTTP 200, else say why and exit 1 "
+                        "(container healthchecks)")
+    hc.add_argument("url", help="e.g. http://127.0.0.1:15000/readyz")
+    hc.add_argument("--timeout", type=float, default=3.0, help="seconds (default: 3)")
+    hc.set_defaults(func=cmd_healthcheck)
 
     sim = sub.add_parser("sim", help="the simulators: an OpenAI Realtime emulator and an Asterisk (ARI) simulator")
     sims = sim.add_subparsers(dest="simulator", required=True, metavar="SIMULATOR")

@@ -1,0 +1,63 @@
+"""`voice-agent healthcheck URL` (the containers' healthcheck) against a real health server."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from shared import health
+from shared.cli import main
+from tests.conftest import ROOT
+
+
+@pytest.fixture
+def server():
+    """The roles' real endpoints on a free loopback port, with a readiness check the test can fail."""
+    state = {"redis": None}
+    app = health.make_app("controller", "controller-test", {"redis": lambda: state["redis"]})
+    srv = health.ThreadedServer(app, "127.0.0.1", 0)
+    srv.start()
+    yield srv, state
+    if not state.get("stopped"):
+        srv.stop()
+
+
+def test_ready_is_exit_0_and_not_ready_says_which_check_fails(server, capsys):
+    srv, state = server
+    url = f"http://127.0.0.1:{srv.port}/readyz"
+    assert main(["healthcheck", url]) == 0
+    assert capsys.readouterr().err == ""
+
+    state["redis"] = "Redis is unreachable"
+    assert main(["healthcheck", url]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1  # one line
+    assert "HTTP 503" in err and "Redis is unreachable" in err
+
+
+def test_unknown_path_and_stopped_server_are_exit_1(server, capsys):
+    srv, state = server
+    assert main(["healthcheck", f"http://127.0.0.1:{srv.port}/nope"]) == 1
+    assert "HTTP 404" in capsys.readouterr().err
+
+    port = srv.port
+    srv.stop()
+    state["stopped"] = True  # ThreadedServer.stop() is not for twice
+    assert main(["healthcheck", f"http://127.0.0.1:{port}/readyz"]) == 1
+    assert "refused" in capsys.readouterr().err.lower()
+
+
+def test_the_installed_command_returns_the_exit_code(server):
+    srv, state = server
+    url = f"http://127.0.0.1:{srv.port}/readyz"
+    # A proxy in the environment is ignored (it would refuse the connection).
+    env = {k: v for k, v in os.environ.items() if k.lower() != "no_proxy"}
+    env.update(http_proxy="http://127.0.0.1:9", HTTP_PROXY="http://127.0.0.1:9")
+    run = [sys.executable, "-m", "shared.cli", "healthcheck", url]
+    assert subprocess.run(run, cwd=ROOT, env=env, capture_output=True, timeout=30).returncode == 0
+    state["redis"] = "Redis is unreachable"
+    res = subprocess.run(run, cwd=ROOT, env=env, capture_output=True, text=True, timeout=30)
+    assert res.returncode == 1 and "HTTP 503" in res.stderr
