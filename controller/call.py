@@ -25,7 +25,7 @@ from controller.ari.errors import AriError, quietly
 from controller.ari.resources import Channel
 from controller.ari.rest import AriRest
 from controller.contexts import Route, Unroutable, resolve
-from controller.metrics import CALLS_ADMITTED, CALLS_ENDED, CALLS_FALLBACK, CALLS_QUEUED, QUEUE_WAIT, SETUP_SECONDS
+from shared.metrics import CALLS_ADMITTED, CALLS_ENDED, CALLS_QUEUED, CALLS_REJECTED, QUEUE_WAIT, SETUP_SECONDS
 from shared.config.schema import Config
 from shared.keys import Keys
 from shared.logs import bind_call
@@ -141,7 +141,7 @@ class Call:
                 self.route = await self._route()
             except Unroutable as exc:
                 log.warning("call %s from %r cannot be routed: %s", self.caller.id, self.caller.caller.number, exc)
-                CALLS_FALLBACK.labels(exc.reason).inc()
+                CALLS_REJECTED.labels(exc.reason).inc()
                 self.end(exc.reason, fallback=True)
                 return
             self.provider = self.route.provider
@@ -164,7 +164,7 @@ class Call:
                     log.warning("media setup on worker %s failed (%s)%s", reserved.worker_id, exc,
                                 "; trying another worker" if attempt + 1 < SETUP_ATTEMPTS else "")
             else:
-                CALLS_FALLBACK.labels("setup_failed").inc()
+                CALLS_REJECTED.labels("setup_failed").inc()
                 self.end("setup_failed", fallback=True)
                 return
             if self.caller_gone.is_set():
@@ -253,7 +253,7 @@ class Call:
                 await d.admission.leave_queue(self.call_id)
                 await self._stop_queue_music()
                 log.warning("no capacity for %.0f s: fallback", settings.queue_timeout_ms / 1000)
-                CALLS_FALLBACK.labels("queue_timeout").inc()
+                CALLS_REJECTED.labels("queue_timeout").inc()
                 self.end("queue_timeout", fallback=True)
                 return None
             try:

@@ -10,7 +10,7 @@ import logging
 
 import redis
 
-from controller.metrics import EMAILS_ENQUEUED
+from shared.metrics import EMAILS_ENQUEUED
 from shared.config.schema import Config
 from shared.keys import Keys
 from tool_worker.enqueue import enqueue_summary, enqueue_transcript, release_call_jobs

@@ -7,6 +7,7 @@ import logging
 import os
 import socket
 
+from controller import cluster_metrics
 from controller.admission import Admission
 from controller.ari.capabilities import Capabilities, probe
 from controller.ari.errors import AriError
@@ -65,11 +66,13 @@ class Controller(AsyncRole):
                                       handler=self.app.handle, key=self.app.key, on_connect=self._connected)
             inbox = ControlInbox(self.redis, self.keys, self.id, CallControl(self.app))
             requests = asyncio.create_task(inbox.run(self.stopping, self.reconciled), name="control-inbox")
+            gauges = asyncio.create_task(cluster_metrics.run(self.redis, self.keys, config), name="cluster-metrics")
             try:
                 await self.events.run(self.stopping)
             finally:
                 requests.cancel()  # not waiting for its blocking read to time out
-                await asyncio.gather(requests, return_exceptions=True)
+                gauges.cancel()
+                await asyncio.gather(requests, gauges, return_exceptions=True)
                 await self.app.stop()
                 emails.close()
 

@@ -23,7 +23,7 @@ from controller.ari.event_types import (
 from controller.ari.errors import quietly
 from controller.ari.resources import Channel
 from controller.call import Call, CallDeps
-from controller.metrics import CALLS_ACTIVE, RECONCILED
+from shared.metrics import CALLS_ACTIVE, RECONCILED
 
 log = logging.getLogger("stasis")
 

@@ -25,7 +25,7 @@ from redis.exceptions import RedisError, ResponseError
 from controller import ids
 from controller.ari.errors import AriError
 from controller.call import Call
-from controller.metrics import CONTROL_REQUESTS, CONTROL_SECONDS
+from shared.metrics import CONTROL_REQUESTS, CONTROL_SECONDS
 from controller.stasis import StasisApp
 from controller.transfer import TransferAttempt, local_endpoint
 from shared.keys import Keys

@@ -8,8 +8,6 @@ import logging
 import os
 import socket
 
-from prometheus_client import Gauge
-
 from media_worker import inbox
 from media_worker.audio.playout import PlayoutClock
 from media_worker.calls import CallManager
@@ -18,13 +16,12 @@ from media_worker.realtime.pool import SessionPool
 from media_worker.session import WorkerContext
 from media_worker.transport.audiosocket_server import AudioSocketServer
 from shared.messages import WorkerInfo
+from shared.netaddr import resolve_advertise_host
+from shared.metrics import TICK_LAG, WORKER_CAPACITY, WORKER_SLOTS_FREE
 from shared.service import AsyncRole
 from shared.version import VERSION
 
 log = logging.getLogger("media-worker")
-
-CAPACITY = Gauge("va_worker_capacity", "Calls this media worker accepts at once")
-LOOP_LAG = Gauge("va_playout_tick_lag_p99_ms", "p99 lateness of the 20 ms playout tick (ms)")
 
 
 class MediaWorker(AsyncRole):
@@ -36,12 +33,14 @@ class MediaWorker(AsyncRole):
         settings = self.config.media_worker
         self.audiosocket_port = settings.audiosocket_port if audiosocket_port is None else audiosocket_port
         self.rtp_ports = rtp_ports or (settings.rtp_port_min, settings.rtp_port_max)
-        CAPACITY.set(settings.capacity)
+        WORKER_CAPACITY.set(settings.capacity)
+        WORKER_SLOTS_FREE.set(settings.capacity)
         provider = self.config.providers.openai_realtime
         self.realtime = ClientSettings.from_config(provider)
         self.pool = SessionPool(self.realtime, settings.prewarm_sessions if provider.enabled else 0)
         self.clock = PlayoutClock()
         self.server: AudioSocketServer | None = None
+        self.advertise_host = self.config.media_worker.advertise_host
         self.calls: CallManager | None = None
 
     def ready_checks(self):
@@ -56,8 +55,9 @@ class MediaWorker(AsyncRole):
                                         allowed_hosts=settings.allowed_media_hosts)
         await self.server.start()
         self.audiosocket_port = self.server.port
+        self.advertise_host = await resolve_advertise_host(settings.advertise_host, self.config.redis.url)
         log.info("AudioSocket on %s:%d, RTP ports %d-%d, advertised as %s", settings.listen_host,
-                 self.audiosocket_port, *self.rtp_ports, settings.advertise_host)
+                 self.audiosocket_port, *self.rtp_ports, self.advertise_host)
 
     def _bind(self, call_uuid: str, peer_host: str, link):
         return self.calls.bind_audiosocket(call_uuid, peer_host, link) if self.calls is not None else None
@@ -110,7 +110,10 @@ class MediaWorker(AsyncRole):
                 await self.calls.renew_leases()
             except Exception as exc:  # Redis hiccup: the next beat tries again
                 log.debug("lease renewal failed: %s", exc)
-            LOOP_LAG.set(self.clock.lag_ms.quantile(0.99) if self.clock.lag_ms.count else 0)
+            TICK_LAG.set(self.clock.lag_ms.quantile(0.99) if self.clock.lag_ms.count else 0)
+            draining = self.registration is not None and self.registration.info.draining
+            capacity = self.config.media_worker.capacity
+            WORKER_SLOTS_FREE.set(0 if draining else max(capacity - len(self.calls.sessions), 0))
 
     async def cleanup(self) -> None:
         if self.server is not None:
@@ -120,7 +123,7 @@ class MediaWorker(AsyncRole):
         settings = self.config.media_worker
         return WorkerInfo(
             id=self.id, role=self.role, hostname=socket.gethostname(), pid=os.getpid(), version=VERSION,
-            started_ms=self.started_ms, health_url=self.health_url, media_host=settings.advertise_host,
+            started_ms=self.started_ms, health_url=self.health_url, media_host=self.advertise_host,
             audiosocket_port=self.audiosocket_port, rtp_port_min=self.rtp_ports[0],
             rtp_port_max=self.rtp_ports[1], capacity=settings.capacity,
         )

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
-from prometheus_client import Counter, Gauge, Histogram
 
 from media_worker.audio.convert import Converter, silence
 from media_worker.audio.g711 import ulaw_decode
@@ -31,34 +30,35 @@ from media_worker.realtime.pool import SessionPool
 from media_worker.realtime.protocol import AudioChunk, FunctionCall
 from media_worker.tools import ToolRunner
 from media_worker.transport.link import MediaLink
+from media_worker.usage import CallUsage
 from shared.config.ga_session import build_session
 from shared.config.schema import Config
 from shared.keys import Keys
 from shared.logs import bind_call
 from shared.messages import Assignment
+from shared.metrics import (
+    AUDIOLESS,
+    BARGEIN_SECONDS,
+    CALL_COST,
+    COST,
+    GATE_CLOSURES,
+    GREETING_SECONDS,
+    INPUT_LATENCY,
+    OUTPUT_LATENCY,
+    PADDED,
+    RATE_LIMIT_LIMIT,
+    RATE_LIMIT_REMAINING,
+    TOKENS,
+    TRUNCATIONS,
+    TURN_SECONDS,
+    UNDERRUNS,
+)
+from shared.metrics import WORKER_CALLS as SESSIONS
 from shared.tools import realtime_tools
 
 log = logging.getLogger("session")
 
-_LATENCY = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1, 1.5, 2, 3, 5)
-GREETING_SECONDS = Histogram("va_greeting_first_frame_seconds", "Media connected to first greeting frame sent",
-                             buckets=_LATENCY)
-TURN_SECONDS = Histogram("va_turn_latency_seconds", "Caller end of speech (server VAD) to first agent frame",
-                         buckets=_LATENCY)
-BARGEIN_SECONDS = Histogram("va_bargein_seconds", "Caller speech detected to agent audio stopped",
-                            buckets=(0.001, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2))
-GATE_CLOSURES = Counter("va_echo_gate_closures_total", "Voiced bursts the echo gate held back as our own echo")
-TRUNCATIONS = Counter("va_truncations_total", "Agent items truncated by a barge-in")
-AUDIOLESS = Counter("va_audioless_responses_total", "Responses that finished with a transcript but no audio")
-UNDERRUNS = Counter("va_playout_underruns_total", "20 ms ticks with no model audio in the middle of an item")
-PADDED = Counter("va_input_padding_frames_total", "Silence frames appended where the caller's audio had gaps")
-SESSIONS = Gauge("va_worker_calls_active", "Calls on this media worker")
-_FAST = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1)
-# Sampled (one frame in PROBE_EVERY): the per-frame path stays free of histogram work.
-INPUT_LATENCY = Histogram("va_input_append_seconds", "Caller frame in to its append sent (sampled)", buckets=_FAST)
-OUTPUT_LATENCY = Histogram("va_output_first_frame_seconds", "Model audio delta in to its first frame sent to "
-                           "Asterisk (includes the wait for the next 20 ms tick)", buckets=_FAST)
-PROBE_EVERY = 25
+PROBE_EVERY = 25  # input latency is sampled one frame in this many: the per-frame path stays free of histograms
 
 INPUT_SLACK_FRAMES = 3  # caller audio this late (60 ms) is a gap, padded with silence; jitter below is not
 AUDIOLESS_RETRIES = 1
@@ -96,6 +96,7 @@ class CallSession:
         self._provider_silence = silence(plan.provider_format)
         self.log = CallLog(ctx.redis, ctx.keys, self.call_id)
         self.tools = ToolRunner(self)
+        self.usage = CallUsage(ctx.config.providers.openai_realtime.pricing)
         # a scripted utterance (the farewell) and its progress
         self._say_pending = False
         self._say_response: str | None = None
@@ -225,11 +226,16 @@ class CallSession:
         # Counted per tick by the queue and the clock; added to the metrics once per call, off the frame path.
         UNDERRUNS.inc(self.playout.underruns)
         PADDED.inc(s["padded_frames"])
+        GATE_CLOSURES.inc(self.gate.closures)
+        usage = self.usage
+        if usage.responses:
+            CALL_COST.observe(usage.cost)
         fields = {"greeting_ms": s["greeting_ms"], "turn_ms": ",".join(str(v) for v in s["turn_ms"]),
                   "bargein_ms": ",".join(str(v) for v in s["bargein_ms"]), "gate_closures": self.gate.closures,
                   "truncations": s["truncations"], "audioless_responses": s["audioless_responses"],
                   "underruns": self.playout.underruns, "padded_frames": s["padded_frames"],
-                  "worker_end_reason": self.end_reason or "done"}
+                  "worker_end_reason": self.end_reason or "done", "cost_usd": f"{usage.cost:.6f}",
+                  **{f"tokens_{kind}": n for kind, n in usage.totals.items()}}
         try:
             await self.ctx.redis.hset(self.ctx.keys.call(self.call_id), mapping=fields)
         except (aioredis.ConnectionError, aioredis.TimeoutError, OSError) as exc:
@@ -449,6 +455,8 @@ class CallSession:
                 self._response_audio.setdefault(item.response.id, 0)
             elif kind is ev.ResponseDone:
                 await self._on_response_done(item.response)
+            elif kind is ev.RateLimits:
+                _record_rate_limits(item.rate_limits)
             elif kind is FunctionCall:
                 asyncio.create_task(self.tools.run(item), name=f"tool-{item.name}")
             elif kind is Closed:
@@ -476,6 +484,11 @@ class CallSession:
         if response.id == self._say_response:
             self._say_finished = True
         audio = self._response_audio.pop(response.id, 0)
+        spent, cost = self.usage.add(response.usage)
+        for token_kind, n in spent.items():
+            if n:
+                TOKENS.labels(token_kind).inc(n)
+        COST.inc(cost)
         spoke = any(o.get("type") == "message" for o in response.output)
         if response.status == "completed" and spoke and audio == 0:
             # The guide's "modalities bug": a reply with a transcript but no audio leaves the caller in silence.
@@ -538,6 +551,17 @@ class CallSession:
         while ((self.client.protocol.active_response is not None or not self.playout.idle
                 or self.playout.playing_item is not None) and time.monotonic() < deadline):
             await asyncio.sleep(0.02)
+
+
+def _record_rate_limits(limits: list[dict[str, Any]]) -> None:
+    for entry in limits:
+        name = entry.get("name")
+        if name not in ("requests", "tokens"):
+            continue  # the gauges' label stays a closed set
+        for gauge, field in ((RATE_LIMIT_REMAINING, "remaining"), (RATE_LIMIT_LIMIT, "limit")):
+            value = entry.get(field)
+            if isinstance(value, (int, float)):
+                gauge.labels(name).set(value)
 
 
 def _swap16(data: bytes) -> bytes:

@@ -16,9 +16,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import Counter, Histogram
-
 from shared.messages import ControlReply, ControlRequest, inbox_fields
+from shared.metrics import TOOL_CALLS, TOOL_SECONDS
 from shared.tools import HangupArgs, TranscriptArgs, TransferArgs, parse_arguments
 
 if TYPE_CHECKING:
@@ -26,10 +25,6 @@ if TYPE_CHECKING:
     from media_worker.realtime.protocol import FunctionCall
 
 log = logging.getLogger("tools")
-
-TOOL_CALLS = Counter("va_tool_calls_total", "Tool calls by tool and outcome", ["tool", "status"])
-TOOL_SECONDS = Histogram("va_tool_seconds", "Tool call to its output, by tool and outcome", ["tool", "status"],
-                         buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30))
 
 Result = tuple[dict[str, Any], bool, Callable[[], Awaitable[None]] | None]  # (output, respond, then)
 

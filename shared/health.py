@@ -16,6 +16,8 @@ import msgspec
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
+from shared import loop_lag
+
 # Each check returns None when fine, or a short reason.
 ReadyCheck = Callable[[], "str | None"]
 
@@ -56,11 +58,12 @@ async def start(app: web.Application, host: str, port: int) -> tuple[web.AppRunn
 
 
 class ThreadedServer:
-    """The same endpoints for a blocking process (the RQ tool worker), on a loop in a daemon thread."""
+    """The same endpoints for a blocking process (the RQ tool worker), on a loop in a daemon thread (whose lag
+    is the process's reported loop lag: the main thread is RQ's, with no loop)."""
 
     def __init__(self, app: web.Application, host: str, port: int):
         self._app, self._host, self._port = app, host, port
-        self._loop = asyncio.new_event_loop()
+        self.loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self.port = 0
         self.error: BaseException | None = None
@@ -74,18 +77,19 @@ class ThreadedServer:
         return self.port
 
     def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
+        asyncio.set_event_loop(self.loop)
         try:
-            self._runner, self.port = self._loop.run_until_complete(start(self._app, self._host, self._port))
+            self._runner, self.port = self.loop.run_until_complete(start(self._app, self._host, self._port))
         except BaseException as exc:  # reported to the starting thread
             self.error = exc
             self._ready.set()
             return
         self._ready.set()
-        self._loop.run_forever()
+        self.loop.create_task(loop_lag.watch())
+        self.loop.run_forever()
 
     def stop(self) -> None:
         if self._runner is None:
             return
-        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(5)
-        self._loop.call_soon_threadsafe(self._loop.stop)
+        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self.loop).result(5)
+        self.loop.call_soon_threadsafe(self.loop.stop)

@@ -12,7 +12,7 @@ import time
 
 import redis.asyncio as aioredis
 
-from shared import health, metrics
+from shared import health, loop_lag, metrics
 from shared.config import LoadedConfig
 from shared.keys import Keys
 from shared.messages import ProcessInfo
@@ -77,6 +77,7 @@ class AsyncRole:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig.name)
+        metrics.register(self.role)
         metrics.BUILD.info({"version": VERSION, "role": self.role, "id": self.id})
         app = health.make_app(self.role, self.id, self.ready_checks())
         try:
@@ -92,6 +93,7 @@ class AsyncRole:
             log.error("cannot start: %s", exc)
             await runner.cleanup()
             return 2
+        lag = asyncio.create_task(loop_lag.watch(), name="loop-lag")
         try:
             self.redis = await connect(self.config.redis.url, self.stopping)
             if self.redis is None:
@@ -109,6 +111,7 @@ class AsyncRole:
                 await asyncio.gather(beats, return_exceptions=True)
                 await self._deregister()
         finally:
+            lag.cancel()
             await self.cleanup()
             await runner.cleanup()
             if self.redis is not None:

@@ -87,6 +87,9 @@ def latency_lines(call: dict[str, str]) -> list[str]:
     lines = [f"{'call setup (StasisStart -> media bridged)':<44} {p50_max(numbers(call.get('setup_ms')))}"]
     lines += [f"{label:<44} {p50_max(numbers(call.get(key)))}" for key, label in LATENCIES]
     lines.append("   ".join(f"{name} {call.get(name, '-')}" for name in COUNTERS))
+    if call.get("cost_usd"):
+        tokens = "  ".join(f"{k.removeprefix('tokens_')} {v}" for k, v in call.items() if k.startswith("tokens_"))
+        lines.append(f"estimated Realtime cost ${float(call['cost_usd']):.4f}  (tokens: {tokens})")
     return lines
 
 

@@ -911,6 +911,9 @@ async def test_bad_base_url_is_a_configuration_error():
 async def test_metrics_have_low_cardinality_labels(ari, rest):
     from prometheus_client import REGISTRY
 
+    from shared import metrics
+    metrics.register("controller")  # what the controller process does at start
+
     def value(name: str, **labels: str) -> float:
         return REGISTRY.get_sample_value(name, labels) or 0.0
 

@@ -208,7 +208,7 @@ async def test_full_capacity_queues_the_call_then_falls_back(sim, listener, work
     await until(lambda: any("ss-noservice" in step for step in second.trail), timeout=10)
     assert time.monotonic() - started > 1.4  # not before the queue timeout
     metrics = http_get(proc.health_url + "/metrics")[1].decode()
-    assert 'va_calls_fallback_total{reason="queue_timeout"} 1.0' in metrics  # and because of it
+    assert 'va_calls_rejected_total{reason="queue_timeout"} 1.0' in metrics  # and because of it
     assert any(r.method == "POST" and r.path.endswith(f"/channels/{second.channel_id}/ring") for r in sim.rest_log)
     assert len(listener.connections) == 1 and await worker.active() == 1
     await until(lambda: second.ended)

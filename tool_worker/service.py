@@ -63,6 +63,7 @@ def run(loaded: LoadedConfig, *, instance_id: str | None, health_host: str, heal
         metrics.REGISTERED.set(0)
         return "RQ worker not registered"
 
+    metrics.register(ROLE)
     metrics.BUILD.info({"version": VERSION, "role": ROLE, "id": name})
     server = health.ThreadedServer(health.make_app(ROLE, name, {"redis": redis_check, "registered": registered_check}),
                                    health_host, health_port)

@@ -17,10 +17,15 @@ per-message lock and a sent-marker.
 from __future__ import annotations
 
 import logging
+import time
 
+import redis
 from rq import Queue, Worker
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.utils import as_text, current_timestamp, parse_composite_key
+
+from shared.metrics import JOB_SECONDS, JOBS
 
 log = logging.getLogger("tool_worker")
 
@@ -54,6 +59,19 @@ def reclaim_abandoned(queue: Queue) -> list[str]:
     return reclaimed
 
 
+def job_outcome(job: Job) -> str:
+    """finished, failed, or retrying (RQ put it back on the queue or the schedule), as Redis has it now."""
+    try:
+        status = job.get_status(refresh=True)
+    except (NoSuchJobError, InvalidJobOperation):  # gone already: only a finished job with result_ttl=0 is
+        return "finished"
+    except redis.RedisError:
+        return "unknown"
+    if status in (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED):
+        return "retrying"
+    return status.value if status is not None else "finished"
+
+
 class ToolWorker(Worker):
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("job_monitoring_interval", HEARTBEAT_S)
@@ -68,6 +86,16 @@ class ToolWorker(Worker):
         remaining = (job.timeout - self.current_job_working_time) if job.timeout and job.timeout > 0 else None
         interval = self.job_monitoring_interval if remaining is None else min(remaining, self.job_monitoring_interval)
         return int(max(interval, 1)) + HEARTBEAT_GRACE_S
+
+    def execute_job(self, job: Job, queue: Queue):
+        # Counted here, in the parent: the work horse that ran the job is a forked child whose metrics die with it.
+        started = time.monotonic()
+        try:
+            super().execute_job(job, queue)
+        finally:
+            name = (job.func_name or "unknown").rsplit(".", 1)[-1]
+            JOB_SECONDS.labels(name).observe(time.monotonic() - started)
+            JOBS.labels(name, job_outcome(job)).inc()
 
     def run_maintenance_tasks(self):
         for queue in self.queues:

@@ -19,18 +19,17 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import websockets
-from prometheus_client import Counter, Gauge
 from websockets.asyncio.client import ClientConnection, connect
 
 from controller.ari.event_types import KNOWN_TYPES, BadEvent, Event, decode_event, default_key, event_type
 from controller.ari.ordered import KeyedDispatcher
 from controller.ari.rest import ari_base, basic_auth
+from shared.metrics import ARI_CONNECTED as CONNECTED
+from shared.metrics import ARI_EVENTS as EVENTS
+from shared.metrics import ARI_RECONNECTS as RECONNECTS
 
 log = logging.getLogger("ari")
 
-EVENTS = Counter("va_ari_events_total", "ARI events received by type (unknown types as other)", ["type"])
-RECONNECTS = Counter("va_ari_reconnects_total", "ARI events WebSocket reconnects")
-CONNECTED = Gauge("va_ari_connected", "1 while the ARI events WebSocket is connected")
 
 Handler = Callable[[Event], Awaitable[None]]
 KeyFn = Callable[[Event], "str | None"]

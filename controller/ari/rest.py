@@ -18,17 +18,12 @@ from urllib.parse import quote
 
 import aiohttp
 import msgspec
-from prometheus_client import Counter, Histogram
-
 from controller.ari.errors import AriError, AriUnavailable
 from controller.ari.resources import AsteriskInfo, Bridge, Channel, Module, Playback, Variable
+from shared.metrics import ARI_REQUEST_SECONDS as REQUEST_SECONDS
+from shared.metrics import ARI_REQUESTS as REQUESTS
 
 log = logging.getLogger("ari")
-
-REQUESTS = Counter("va_ari_requests_total", "ARI REST requests by client method and HTTP status",
-                   ["method", "status"])
-REQUEST_SECONDS = Histogram("va_ari_request_seconds", "ARI REST request time by client method", ["method"],
-                            buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5))
 
 T = TypeVar("T")
 Params = dict[str, str | int | bool | None]

@@ -17,7 +17,6 @@ from urllib.parse import urlencode
 
 import msgspec
 import websockets
-from prometheus_client import Counter, Histogram
 from websockets.asyncio.client import ClientConnection, connect
 
 from media_worker.realtime import events as ev
@@ -31,13 +30,12 @@ from media_worker.realtime.protocol import (
 )
 from shared.config.ga_session import effective_model
 from shared.config.schema import OpenAIRealtime
+from shared.metrics import REALTIME_CONNECT
+from shared.metrics import REALTIME_ERRORS as ERRORS
+from shared.metrics import REALTIME_RECONNECTS as RECONNECTS
 
 log = logging.getLogger("realtime")
 
-ERRORS = Counter("va_realtime_errors_total", "Realtime error events by code", ["code"])
-RECONNECTS = Counter("va_realtime_reconnects_total", "Realtime reconnects by cause", ["cause"])
-HANDSHAKE = Histogram("va_realtime_handshake_seconds", "Connect to session.updated",
-                      buckets=(0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10))
 
 History = Callable[[], Awaitable[list[dict[str, Any]]]]
 
@@ -203,7 +201,7 @@ class RealtimeClient:
         except BaseException:
             await conn.ws.close(1000, "handshake failed")
             raise
-        HANDSHAKE.observe(time.monotonic() - started)
+        REALTIME_CONNECT.observe(time.monotonic() - started)
         old = self._conn
         self._conn, self.protocol = conn, protocol
         self.expires_at = ready.expires_at

@@ -73,6 +73,7 @@ class ResponseInfo(msgspec.Struct, frozen=True):
     status_details: dict[str, Any] | None = None
     output: list[dict[str, Any]] = []
     metadata: dict[str, Any] | None = None
+    usage: dict[str, Any] | None = None  # only on response.done
 
 
 class ResponseCreated(_Event, tag="response.created"):

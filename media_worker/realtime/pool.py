@@ -11,14 +11,12 @@ import asyncio
 import logging
 import time
 
-from prometheus_client import Counter, Gauge
 
 from media_worker.realtime.client import ClientSettings, Connection
+from shared.metrics import POOL_READY, POOL_TAKES
 
 log = logging.getLogger("realtime.pool")
 
-POOL_READY = Gauge("va_realtime_pool_ready", "Prewarmed Realtime connections waiting for a call")
-POOL_TAKES = Counter("va_realtime_pool_takes_total", "Calls that got a connection", ["source"])
 
 
 class SessionPool:

@@ -37,6 +37,21 @@ class Base(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_defaul
     pass
 
 
+Price = Annotated[float, Meta(ge=0.0, le=10_000.0)]
+
+
+class Pricing(Base):
+    """USD per million tokens, for the cost estimate in the metrics (OpenAI's list prices for gpt-realtime;
+    check yours: they change, and differ per model and contract)."""
+
+    text_input: Price = 4.0
+    text_cached_input: Price = 0.4
+    text_output: Price = 16.0
+    audio_input: Price = 32.0
+    audio_cached_input: Price = 0.4
+    audio_output: Price = 64.0
+
+
 class TurnDetection(Base):
     type: TurnDetectionType | None = None  # None: `turn_detection_type`, else server_vad
     threshold: Annotated[float, Meta(ge=0.0, le=1.0)] = 0.5
@@ -79,6 +94,7 @@ class OpenAIRealtime(Base):
     tools: list[ToolName] = msgspec.field(default_factory=list)
     # The guide: "Default: 100 concurrent sessions". Calls beyond it wait in the admission queue.
     max_concurrent_sessions: Annotated[int, Meta(ge=1, le=100_000)] = 100
+    pricing: Pricing = msgspec.field(default_factory=Pricing)
 
 
 class Providers(Base):
@@ -165,7 +181,8 @@ class ControllerSettings(Base):
 
 class MediaWorkerSettings(Base):
     listen_host: NonEmpty = "0.0.0.0"
-    # The address Asterisk dials for this worker's media; must be reachable from Asterisk.
+    # The address Asterisk dials for this worker's media; must be reachable from Asterisk. `auto`: the address
+    # of the interface that routes towards Redis (a scaled container's own address).
     advertise_host: NonEmpty = "127.0.0.1"
     audiosocket_port: PortOrZero = 8090
     rtp_port_min: Port = 18080
