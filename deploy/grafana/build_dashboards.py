@@ -8,7 +8,7 @@ PromQL expr, a "ts" (timeseries) a list of (legend, expr). Every row is split ev
 PromQL rules: fixed windows (no template variables); a sum over a labeled metric that may have no series yet
 ends in `or vector(0)`; quantiles sum every replica's buckets by `le` first; the controllers' cluster gauges
 (va_media_workers, va_rq_*, va_calls_waiting) are the same on every controller, so they are read with max().
-The tool worker's `job` label is scraped as `exported_job` (Prometheus keeps `job` for the scrape job).
+The tool worker's `job` label is scraped as `task` (Prometheus keeps `job` for the scrape job).
 """
 
 from __future__ import annotations
@@ -261,10 +261,10 @@ DASHBOARDS = [
             ],
             [
                 ("ts", "Tool-worker jobs per minute, by job and outcome", "short", [
-                    ("{{exported_job}} {{status}}", per_minute("va_tool_jobs_total", "exported_job, status")),
+                    ("{{task}} {{status}}", per_minute("va_tool_jobs_total", "task, status")),
                 ]),
                 ("ts", "Tool-worker job duration p95, by job", "s", [
-                    ("{{exported_job}}", quantile(0.95, "va_tool_job_seconds", "15m", by="exported_job")),
+                    ("{{task}}", quantile(0.95, "va_tool_job_seconds", "15m", by="task")),
                 ]),
             ],
             [
