@@ -15,6 +15,12 @@ if [ ${#missing[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
+# The monitoring tests run a real Prometheus and promtool on deploy/prometheus/ (no exporters: no recommends).
+if ! { command -v prometheus && command -v promtool; } >/dev/null 2>&1; then
+  echo "installing Debian package: prometheus" >&2
+  [ ${#missing[@]} -gt 0 ] || $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+fi
 
 bash scripts/ensure-redis.sh
 
