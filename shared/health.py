@@ -85,11 +85,15 @@ class ThreadedServer:
             self._ready.set()
             return
         self._ready.set()
-        self.loop.create_task(loop_lag.watch())
+        lag = self.loop.create_task(loop_lag.watch())
         self.loop.run_forever()
+        lag.cancel()
+        self.loop.run_until_complete(asyncio.gather(lag, return_exceptions=True))
+        self.loop.close()
 
     def stop(self) -> None:
-        if self._runner is None:
-            return
-        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self.loop).result(5)
+        runner, self._runner = self._runner, None
+        if runner is None:
+            return  # never started, or stopped already
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), self.loop).result(5)
         self.loop.call_soon_threadsafe(self.loop.stop)
