@@ -25,11 +25,11 @@ from controller.ari.errors import AriError, quietly
 from controller.ari.resources import Channel
 from controller.ari.rest import AriRest
 from controller.contexts import Route, Unroutable, resolve
-from shared.metrics import CALLS_ADMITTED, CALLS_ENDED, CALLS_QUEUED, CALLS_REJECTED, QUEUE_WAIT, SETUP_SECONDS
 from shared.config.schema import Config
 from shared.keys import Keys
 from shared.logs import bind_call
 from shared.messages import CallPlan
+from shared.metrics import CALLS_ADMITTED, CALLS_ENDED, CALLS_QUEUED, CALLS_REJECTED, QUEUE_WAIT, SETUP_SECONDS
 
 if TYPE_CHECKING:
     from controller.transfer import TransferAttempt

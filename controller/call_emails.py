@@ -10,9 +10,9 @@ import logging
 
 import redis
 
-from shared.metrics import EMAILS_ENQUEUED
 from shared.config.schema import Config
 from shared.keys import Keys
+from shared.metrics import EMAILS_ENQUEUED
 from tool_worker.enqueue import enqueue_summary, enqueue_transcript, release_call_jobs
 
 log = logging.getLogger("emails")

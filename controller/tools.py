@@ -25,11 +25,11 @@ from redis.exceptions import RedisError, ResponseError
 from controller import ids
 from controller.ari.errors import AriError
 from controller.call import Call
-from shared.metrics import CONTROL_REQUESTS, CONTROL_SECONDS
 from controller.stasis import StasisApp
 from controller.transfer import TransferAttempt, local_endpoint
 from shared.keys import Keys
 from shared.messages import ControlReply, ControlRequest, inbox_fields
+from shared.metrics import CONTROL_REQUESTS, CONTROL_SECONDS
 
 log = logging.getLogger("tools")
 

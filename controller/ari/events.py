@@ -30,7 +30,6 @@ from shared.metrics import ARI_RECONNECTS as RECONNECTS
 
 log = logging.getLogger("ari")
 
-
 Handler = Callable[[Event], Awaitable[None]]
 KeyFn = Callable[[Event], "str | None"]
 OnConnect = Callable[[bool], Awaitable[None]]

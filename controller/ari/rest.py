@@ -18,6 +18,7 @@ from urllib.parse import quote
 
 import aiohttp
 import msgspec
+
 from controller.ari.errors import AriError, AriUnavailable
 from controller.ari.resources import AsteriskInfo, Bridge, Channel, Module, Playback, Variable
 from shared.metrics import ARI_REQUEST_SECONDS as REQUEST_SECONDS

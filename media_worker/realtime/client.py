@@ -36,7 +36,6 @@ from shared.metrics import REALTIME_RECONNECTS as RECONNECTS
 
 log = logging.getLogger("realtime")
 
-
 History = Callable[[], Awaitable[list[dict[str, Any]]]]
 
 

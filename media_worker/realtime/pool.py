@@ -11,12 +11,10 @@ import asyncio
 import logging
 import time
 
-
 from media_worker.realtime.client import ClientSettings, Connection
 from shared.metrics import POOL_READY, POOL_TAKES
 
 log = logging.getLogger("realtime.pool")
-
 
 
 class SessionPool:
