@@ -11,13 +11,14 @@ import logging
 
 import redis
 import redis.asyncio as aioredis
-from rq import Queue, Worker
+from rq import Queue
+from rq.worker_registration import WORKERS_BY_QUEUE_KEY
 
 from shared.config import Config
 from shared.keys import Keys
 from shared.metrics import CALLS_WAITING, MEDIA_WORKERS, RQ_JOBS, RQ_WORKERS
 from shared.redis_conn import UNAVAILABLE
-from shared.registry import entries
+from shared.registry import entries, worker_info
 
 log = logging.getLogger("controller")
 
@@ -27,13 +28,15 @@ JOB_STATES = ("queued", "started", "scheduled", "failed")
 
 
 def rq_keys(keys: Keys, queue_names: list[str]) -> dict[str, dict[str, str]]:
-    """queue name -> job state -> the Redis key RQ keeps it in (names from RQ itself, not guessed)."""
+    """queue name -> job state (and "workers") -> the Redis key RQ keeps it in (names from RQ, not guessed)."""
     offline = redis.Redis()  # never connects: RQ only needs it to build key names
     out = {}
     for name in queue_names:
         q = Queue(keys.queue(name), connection=offline)
         out[name] = {"queued": q.key, "started": q.started_job_registry.key,
-                     "scheduled": q.scheduled_job_registry.key, "failed": q.failed_job_registry.key}
+                     "scheduled": q.scheduled_job_registry.key, "failed": q.failed_job_registry.key,
+                     # RQ's set of every worker is shared by all clusters on this Redis; this one is ours
+                     "workers": WORKERS_BY_QUEUE_KEY % q.name}
     return out
 
 
@@ -41,20 +44,18 @@ async def refresh(client: aioredis.Redis, keys: Keys, config: Config, queues: di
     workers = await entries(client, keys.workers, keys.worker, config.media_worker.stale_after_ms)
     counts = dict.fromkeys(WORKER_STATES, 0)
     for entry in workers:
-        draining = str(entry.info.get("draining", "")).lower() in ("1", "true")
-        counts["stale" if not entry.live else "draining" if draining else "live"] += 1
+        counts["stale" if not entry.live else "draining" if worker_info(entry).draining else "live"] += 1
     for state, n in counts.items():
         MEDIA_WORKERS.labels(state).set(n)
     async with client.pipeline(transaction=False) as pipe:
         pipe.zcard(keys.admission_queue)
-        pipe.scard(Worker.redis_workers_keys)
+        pipe.sunion([states["workers"] for states in queues.values()])
         for states in queues.values():
-            pipe.llen(states["queued"])
-            for state in JOB_STATES[1:]:
-                pipe.zcard(states[state])
+            for state in JOB_STATES:  # the queue is a list, the registries are sorted sets
+                (pipe.llen if state == "queued" else pipe.zcard)(states[state])
         replies = iter(await pipe.execute())
     CALLS_WAITING.set(next(replies))
-    RQ_WORKERS.set(next(replies))
+    RQ_WORKERS.set(len(next(replies)))
     for name in queues:
         for state in JOB_STATES:
             RQ_JOBS.labels(name, state).set(next(replies))
