@@ -1,7 +1,7 @@
 """Token usage of one call, from each `response.done`'s `usage`, and its estimated cost at configured prices.
 
 Cached input tokens are billed at the cached price and are part of (not added to) the input token counts.
-Pure bookkeeping: tested with plain dicts.
+Pure bookkeeping, tested with plain dicts.
 """
 
 from __future__ import annotations
@@ -27,11 +27,10 @@ def tokens(usage: dict[str, Any] | None) -> dict[str, int]:
             "output_text": _int(out, "text_tokens"), "output_audio": _int(out, "audio_tokens")}
 
 
-def cost_usd(usage: dict[str, Any] | None, prices: Pricing) -> float:
-    """The estimated price of one response."""
-    usage = usage if isinstance(usage, dict) else {}
-    inp = usage.get("input_token_details")
+def charge(usage: dict[str, Any] | None, prices: Pricing) -> tuple[dict[str, int], float]:
+    """One response's billed tokens by kind and its estimated price in USD."""
     t = tokens(usage)
+    inp = usage.get("input_token_details") if isinstance(usage, dict) else None
     cached = inp.get("cached_tokens_details") if isinstance(inp, dict) else None
     if isinstance(cached, dict):
         cached_text, cached_audio = _int(cached, "text_tokens"), _int(cached, "audio_tokens")
@@ -43,7 +42,7 @@ def cost_usd(usage: dict[str, Any] | None, prices: Pricing) -> float:
         (t["input_text"] - cached_text) * prices.text_input + cached_text * prices.text_cached_input
         + (t["input_audio"] - cached_audio) * prices.audio_input + cached_audio * prices.audio_cached_input
         + t["output_text"] * prices.text_output + t["output_audio"] * prices.audio_output)
-    return per_token / 1_000_000
+    return t, per_token / 1_000_000
 
 
 class CallUsage:
@@ -57,7 +56,7 @@ class CallUsage:
 
     def add(self, usage: dict[str, Any] | None) -> tuple[dict[str, int], float]:
         """Count one response; returns its tokens and cost (for the cluster-wide counters)."""
-        t, c = tokens(usage), cost_usd(usage, self.prices)
+        t, c = charge(usage, self.prices)
         for kind, n in t.items():
             self.totals[kind] += n
         self.cost += c

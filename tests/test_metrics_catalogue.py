@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from media_worker.usage import CallUsage, cost_usd, tokens
+from media_worker.usage import CallUsage, charge, tokens
 from shared import metrics
 from shared.config.schema import Pricing
 from shared.netaddr import local_address_towards, resolve_advertise_host
@@ -61,12 +61,12 @@ def test_cost_bills_cached_input_at_the_cached_price():
     prices = Pricing(text_input=4, text_cached_input=0.4, text_output=16, audio_input=32, audio_cached_input=0.4,
                      audio_output=64)
     expected = ((1000 - 576) * 4 + 576 * 0.4 + (500 - 64) * 32 + 64 * 0.4 + 100 * 16 + 300 * 64) / 1e6
-    assert cost_usd(USAGE, prices) == pytest.approx(expected)
+    assert charge(USAGE, prices) == (tokens(USAGE), pytest.approx(expected))
     # without the split, cached tokens are taken from the text first
     no_split = {**USAGE, "input_token_details": {**USAGE["input_token_details"], "cached_tokens_details": None}}
-    assert cost_usd(no_split, prices) == pytest.approx(
+    assert charge(no_split, prices)[1] == pytest.approx(
         ((1000 - 640) * 4 + 640 * 0.4 + 500 * 32 + 100 * 16 + 300 * 64) / 1e6)
-    assert cost_usd({}, prices) == 0.0
+    assert charge({}, prices)[1] == 0.0 and charge(None, prices)[1] == 0.0
 
 
 def test_call_usage_adds_up_responses():
