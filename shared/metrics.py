@@ -140,9 +140,7 @@ KNOWN_LABELS: dict[str, tuple[tuple[Counter, tuple[tuple[str, ...], ...]], ...]]
         "no_context", "unknown_context", "unknown_provider", "provider_disabled", "unknown_profile", "queue_timeout",
         "setup_failed"))),),
     "media-worker": ((TOKENS, tuple((kind,) for kind in TOKEN_KINDS)),),
-    "tool-worker": ((JOBS, tuple((task, status) for task in ("send_email_summary", "send_transcript")
-                                 for status in ("finished", "failed", "retrying"))),),
-}
+}  # the tool worker's job names live with its jobs: ToolWorker starts them at 0
 
 
 def register(role: str) -> None:
@@ -151,7 +149,7 @@ def register(role: str) -> None:
     for metric in COMMON + ROLES[role]:
         if metric not in REGISTRY._collector_to_names:  # noqa: SLF001 - no public "is registered"
             REGISTRY.register(metric)
-    for metric, label_sets in KNOWN_LABELS[role]:
+    for metric, label_sets in KNOWN_LABELS.get(role, ()):
         for values in label_sets:
             metric.labels(*values)
 

@@ -25,6 +25,8 @@ from rq.job import Job
 from shared.config.schema import Config
 from shared.keys import Keys
 from sim.cluster import LocalCluster, free_port
+from sim.loadtest import scrape
+from sim.loadtest_report import metric
 from tests.conftest import wait_for
 from tool_worker import email_jobs, enqueue, render, smtp
 from tool_worker.smtp import SendFailed
@@ -403,6 +405,13 @@ def test_summary_arrives_once_with_the_transcript_however_often_enqueued(workers
     assert entry["output"] == f"sent to ops@example.com (Message-ID <send_email_summary.{call_id}@example.com>)"
     assert int(entry["t_ms"]) > 120_000  # after the call's end, on the call's clock
     assert "Traceback" not in proc.log_text()
+    # Counted by the worker process although the job ran in a forked work horse (once the horse has exited).
+    wait_for(lambda: metric(scrape(proc), "va_tool_jobs_total", task="send_email_summary", status="finished"),
+             timeout=5)
+    samples = scrape(proc)
+    assert metric(samples, "va_tool_jobs_total", task="send_email_summary", status="finished") == 1
+    assert metric(samples, "va_tool_jobs_total", task="send_transcript") == 0
+    assert metric(samples, "va_tool_job_seconds_count", task="send_email_summary") == 1
 
 
 def test_transcript_goes_to_the_confirmed_address_plus_bcc(workers, inbox, conn, keys, rclient):
@@ -465,7 +474,7 @@ def test_smtp_down_is_retried_with_backoff_then_recorded_as_failed(tmp_path, clu
     cluster = LocalCluster(worker_config(tmp_path, closed), tmp_path, cluster_env)
     monkeypatch.setenv(enqueue.RETRY_ENV, "1,1,1,1")
     try:
-        start_worker(cluster)
+        proc = start_worker(cluster)
         call_id = write_call(rclient, keys)
         t0 = time.monotonic()
         job_id = enqueue.enqueue_summary(conn, keys, call_id)
@@ -479,6 +488,11 @@ def test_smtp_down_is_retried_with_backoff_then_recorded_as_failed(tmp_path, clu
         reason = f"connection refused by 127.0.0.1:{closed}"
         assert rclient.hget(keys.call(call_id), "summary_email") == f"failed:{reason}"
         assert [e["output"] for e in email_entries(rclient, keys, call_id)] == [f"failed: {reason}"]
+        wait_for(lambda: metric(scrape(proc), "va_tool_jobs_total", task="send_email_summary", status="failed"),
+                 timeout=5)
+        samples = scrape(proc)
+        assert metric(samples, "va_tool_jobs_total", task="send_email_summary", status="retrying") == 4
+        assert metric(samples, "va_tool_jobs_total", task="send_email_summary", status="failed") == 1
     finally:
         cluster.stop_all()
 

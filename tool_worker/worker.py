@@ -26,6 +26,7 @@ from rq.job import Job, JobStatus
 from rq.utils import as_text, current_timestamp, parse_composite_key
 
 from shared.metrics import JOB_SECONDS, JOBS
+from tool_worker.enqueue import SUMMARY_FUNC, TRANSCRIPT_FUNC
 
 log = logging.getLogger("tool_worker")
 
@@ -33,6 +34,7 @@ HEARTBEAT_S = 1
 HEARTBEAT_GRACE_S = 5
 MAINTENANCE_S = 2
 MAX_RECLAIMS = 3
+OUTCOMES = ("finished", "failed", "retrying")
 
 
 def reclaim_abandoned(queue: Queue) -> list[str]:
@@ -59,6 +61,11 @@ def reclaim_abandoned(queue: Queue) -> list[str]:
     return reclaimed
 
 
+def task_name(func_name: str | None) -> str:
+    """The metrics label of a job: its function's name."""
+    return (func_name or "unknown").rsplit(".", 1)[-1]
+
+
 def job_outcome(job: Job) -> str:
     """finished, failed, or retrying (RQ put it back on the queue or the schedule), as Redis has it now."""
     try:
@@ -77,6 +84,9 @@ class ToolWorker(Worker):
         kwargs.setdefault("job_monitoring_interval", HEARTBEAT_S)
         kwargs.setdefault("maintenance_interval", MAINTENANCE_S)
         super().__init__(*args, **kwargs)
+        for func in (SUMMARY_FUNC, TRANSCRIPT_FUNC):  # at 0 from the start: increase() then sees the first one
+            for outcome in OUTCOMES:
+                JOBS.labels(task_name(func), outcome)
 
     @property
     def dequeue_timeout(self) -> int:
@@ -93,7 +103,7 @@ class ToolWorker(Worker):
         try:
             super().execute_job(job, queue)
         finally:
-            name = (job.func_name or "unknown").rsplit(".", 1)[-1]
+            name = task_name(job.func_name)
             JOB_SECONDS.labels(name).observe(time.monotonic() - started)
             JOBS.labels(name, job_outcome(job)).inc()
 
