@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -54,7 +55,7 @@ def test_the_installed_command_returns_the_exit_code(server):
     # A proxy in the environment is ignored (it would refuse the connection).
     env = {k: v for k, v in os.environ.items() if k.lower() != "no_proxy"}
     env.update(http_proxy="http://127.0.0.1:9", HTTP_PROXY="http://127.0.0.1:9")
-    run = [sys.executable, "-m", "shared.cli", "healthcheck", url]
+    run = [str(Path(sys.executable).with_name("voice-agent")), "healthcheck", url]  # what the container runs
     assert subprocess.run(run, cwd=ROOT, env=env, capture_output=True, timeout=30).returncode == 0
     state["redis"] = "Redis is unreachable"
     res = subprocess.run(run, cwd=ROOT, env=env, capture_output=True, text=True, timeout=30)
