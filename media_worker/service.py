@@ -55,6 +55,10 @@ class MediaWorker(AsyncRole):
                                         allowed_hosts=settings.allowed_media_hosts)
         await self.server.start()
         self.audiosocket_port = self.server.port
+
+    async def before_register(self) -> None:
+        # `auto` needs the route towards Redis, so it waits, like the connection, until Redis can be reached.
+        settings = self.config.media_worker
         self.advertise_host = await resolve_advertise_host(settings.advertise_host, self.config.redis.url)
         log.info("AudioSocket on %s:%d, RTP ports %d-%d, advertised as %s", settings.listen_host,
                  self.audiosocket_port, *self.rtp_ports, self.advertise_host)

@@ -54,6 +54,10 @@ class AsyncRole:
         """Runs before Redis and registration: bind what must be listening before anyone is told about
         this process (a media worker's AudioSocket server)."""
 
+    async def before_register(self) -> None:
+        """Runs once Redis is reachable, before the first registration (what needs the network: a media
+        worker's `advertise_host: auto`)."""
+
     async def cleanup(self) -> None:
         """Runs last, after deregistration: release what `prepare` bound."""
 
@@ -100,6 +104,11 @@ class AsyncRole:
                 return 0
             self.redis_ok = True
             metrics.REDIS_UP.set(1)
+            try:
+                await self.before_register()
+            except OSError as exc:
+                log.error("cannot start: %s", exc)
+                return 2
             self.registration = Registration(self.redis, self.keys, self.process_info(),
                                              record_ttl_ms=self.config.media_worker.stale_after_ms * 20)
             await self._beat()

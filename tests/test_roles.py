@@ -111,8 +111,10 @@ def test_status_marks_a_killed_worker_dead(cluster, cluster_env):
 @pytest.mark.parametrize("role", ROLES)
 def test_role_started_while_redis_is_down_waits_then_connects(role, tmp_path, private_redis, prefix):
     server = private_redis()
+    # `auto`: the media worker learns its address from the route towards Redis, once Redis can be reached
     cluster = LocalCluster(CONFIG, tmp_path, {"REDIS_URL": server.url, "REDIS_KEY_PREFIX": prefix,
-                                              "OPENAI_API_KEY": TEST_API_KEY, **OFFLINE})
+                                              "OPENAI_API_KEY": TEST_API_KEY, "MEDIA_ADVERTISE_HOST": "auto",
+                                              **OFFLINE})
     attach_asterisk(cluster)
     try:
         proc = cluster.start(role)
@@ -134,6 +136,9 @@ def test_role_started_while_redis_is_down_waits_then_connects(role, tmp_path, pr
         else:
             zset = Keys(prefix).workers if role == "media-worker" else Keys(prefix).controllers
             assert redis.Redis.from_url(server.url).zscore(zset, proc.id) is not None
+        if role == "media-worker":
+            record = redis.Redis.from_url(server.url, decode_responses=True).hgetall(Keys(prefix).worker(proc.id))
+            assert record["media_host"] == "127.0.0.1"  # the address towards this Redis
         assert cluster.stop(proc) == 0
     finally:
         cluster.stop_all()
