@@ -8,7 +8,7 @@ PromQL expr, a "ts" (timeseries) a list of (legend, expr). Every row is split ev
 PromQL rules: fixed windows (no template variables); a sum over a labeled metric that may have no series yet
 ends in `or vector(0)`; quantiles sum every replica's buckets by `le` first; the controllers' cluster gauges
 (va_media_workers, va_rq_*, va_calls_waiting) are the same on every controller, so they are read with max().
-The tool worker's `job` label is scraped as `task` (Prometheus keeps `job` for the scrape job).
+The tool worker's job label is `task` (Prometheus keeps `job` for the scrape job).
 """
 
 from __future__ import annotations
@@ -25,6 +25,16 @@ def quantile(q: float, histogram: str, window: str = "5m", by: str = "") -> str:
     """The cluster's q-quantile of a histogram, optionally per label(s) `by`."""
     labels = f"{by}, le" if by else "le"
     return f"histogram_quantile({q}, sum by ({labels}) (rate({histogram}_bucket[{window}])))"
+
+
+def percentiles(histogram: str, qs: tuple[float, ...] = (0.5, 0.95), window: str = "5m") -> list[tuple[str, str]]:
+    """(legend, expr) per quantile, the legend made from the quantile so the two cannot disagree."""
+    return [(f"p{q * 100:g}", quantile(q, histogram, window)) for q in qs]
+
+
+def last_hour(counter: str, matchers: str = "") -> str:
+    """Events in the last hour; 0 (not empty) before the first."""
+    return f"sum(increase({counter}{matchers}[1h])) or vector(0)"
 
 
 def per_minute(counter: str, by: str = "", window: str = "5m") -> str:
@@ -49,7 +59,7 @@ DASHBOARDS = [
                 ("stat", "Calls waiting for a slot", "none", "max(va_calls_waiting) or vector(0)", BAD_HIGH),
                 ("stat", "Turn latency p95 (5m)", "s", quantile(0.95, "va_turn_latency_seconds"), LATENCY),
                 ("stat", "Realtime cost, last hour", "currencyUSD",
-                 "sum(increase(va_realtime_cost_usd_total[1h])) or vector(0)"),
+                 last_hour("va_realtime_cost_usd_total")),
                 ("stat", "Targets down", "none", "count(up == 0) or vector(0)", BAD_HIGH),
             ],
             [
@@ -90,7 +100,7 @@ DASHBOARDS = [
                 ]),
                 ("ts", "Realtime cost per call (USD)", "currencyUSD", [
                     ("mean", "sum(rate(va_call_cost_usd_sum[15m])) / sum(rate(va_call_cost_usd_count[15m]))"),
-                    ("p95", quantile(0.95, "va_call_cost_usd", "15m")),
+                    *percentiles("va_call_cost_usd", (0.95,), window="15m"),
                 ]),
                 ("ts", "Targets up, by job", "short", [
                     ("{{job}} up", "sum by (job) (up)"),
@@ -104,37 +114,29 @@ DASHBOARDS = [
         "rows": [
             [
                 ("ts", "Turn latency (caller end of speech to first agent frame)", "s", [
-                    ("p50", quantile(0.5, "va_turn_latency_seconds")),
-                    ("p95", quantile(0.95, "va_turn_latency_seconds")),
-                    ("p99", quantile(0.99, "va_turn_latency_seconds")),
+                    *percentiles("va_turn_latency_seconds", (0.5, 0.95, 0.99)),
                 ]),
                 ("ts", "Greeting (media connected to first greeting frame)", "s", [
-                    ("p50", quantile(0.5, "va_greeting_first_frame_seconds", "15m")),
-                    ("p95", quantile(0.95, "va_greeting_first_frame_seconds", "15m")),
+                    *percentiles("va_greeting_first_frame_seconds", window="15m"),
                 ]),
             ],
             [
                 ("ts", "Barge-in (caller speech to agent audio stopped)", "s", [
-                    ("p50", quantile(0.5, "va_bargein_seconds", "15m")),
-                    ("p95", quantile(0.95, "va_bargein_seconds", "15m")),
+                    *percentiles("va_bargein_seconds", window="15m"),
                 ]),
                 ("ts", "Call setup (StasisStart to bridged)", "s", [
-                    ("p50", quantile(0.5, "va_call_setup_seconds", "15m")),
-                    ("p95", quantile(0.95, "va_call_setup_seconds", "15m")),
+                    *percentiles("va_call_setup_seconds", window="15m"),
                 ]),
                 ("ts", "Realtime connect (WebSocket to session.updated)", "s", [
-                    ("p50", quantile(0.5, "va_realtime_connect_seconds", "15m")),
-                    ("p95", quantile(0.95, "va_realtime_connect_seconds", "15m")),
+                    *percentiles("va_realtime_connect_seconds", window="15m"),
                 ]),
             ],
             [
                 ("ts", "Caller frame in to append sent (sampled)", "s", [
-                    ("p50", quantile(0.5, "va_input_append_seconds")),
-                    ("p99", quantile(0.99, "va_input_append_seconds")),
+                    *percentiles("va_input_append_seconds", (0.5, 0.99)),
                 ]),
                 ("ts", "Model audio in to first frame out (incl. tick wait)", "s", [
-                    ("p50", quantile(0.5, "va_output_first_frame_seconds")),
-                    ("p99", quantile(0.99, "va_output_first_frame_seconds")),
+                    *percentiles("va_output_first_frame_seconds", (0.5, 0.99)),
                 ]),
                 ("ts", "Playout tick lateness p99, by media worker", "ms", [
                     ("{{instance}}", "max by (instance) (va_playout_tick_lag_p99_ms)"),
@@ -187,8 +189,7 @@ DASHBOARDS = [
                     ("queued per minute: {{reason}}", per_minute("va_calls_queued_total", "reason")),
                 ]),
                 ("ts", "Queue wait of queued calls", "s", [
-                    ("p50", quantile(0.5, "va_call_queue_wait_seconds", "15m")),
-                    ("p95", quantile(0.95, "va_call_queue_wait_seconds", "15m")),
+                    *percentiles("va_call_queue_wait_seconds", window="15m"),
                 ]),
                 ("ts", "Realtime prewarm pool", "short", [
                     ("ready connections", "sum(va_realtime_pool_ready) or vector(0)"),
@@ -229,16 +230,16 @@ DASHBOARDS = [
         "uid": "va-tools-email", "file": "tools-email.json", "title": "Voice agent: tools and email",
         "rows": [
             [
-                ("stat", "Tool calls, last hour", "none", "sum(increase(va_tool_calls_total[1h])) or vector(0)"),
+                ("stat", "Tool calls, last hour", "none", last_hour("va_tool_calls_total")),
                 ("stat", "Failed tool calls, last hour", "none",
-                 'sum(increase(va_tool_calls_total{status!="ok"}[1h])) or vector(0)', BAD_HIGH),
+                 last_hour("va_tool_calls_total", '{status!="ok"}'), BAD_HIGH),
                 ("stat", "Emails enqueued, last hour", "none",
-                 "sum(increase(va_call_emails_enqueued_total[1h])) or vector(0)"),
+                 last_hour("va_call_emails_enqueued_total")),
                 ("stat", "Failed tool-worker jobs, last hour", "none",
-                 'sum(increase(va_tool_jobs_total{status="failed"}[1h])) or vector(0)', BAD_HIGH),
+                 last_hour("va_tool_jobs_total", '{status="failed"}'), BAD_HIGH),
                 ("stat", "RQ jobs queued", "none", 'sum(max by (queue) (va_rq_jobs{state="queued"})) or vector(0)'),
                 ("stat", "Realtime tokens, last hour", "short",
-                 "sum(increase(va_realtime_tokens_total[1h])) or vector(0)"),
+                 last_hour("va_realtime_tokens_total")),
             ],
             [
                 ("ts", "Tool calls per minute, by tool and outcome", "short", [
