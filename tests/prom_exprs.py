@@ -12,8 +12,8 @@ from pathlib import Path
 import yaml
 
 from shared.metrics import catalogue
+from tests.conftest import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 PROMETHEUS = ROOT / "deploy" / "prometheus"
 DASHBOARDS = ROOT / "deploy" / "grafana" / "dashboards"
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")

@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import sys
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -19,8 +20,6 @@ import yaml
 from shared.metrics import catalogue
 from tests.prom_exprs import PROMETHEUS, ROOT, alert_rules, base_name, dashboard_files, dashboard_queries, metric_names
 
-JOBS = {"controller", "media_worker", "tool_worker", "prometheus"}
-DATASOURCE = {"type": "prometheus", "uid": "va-prometheus"}
 
 
 def all_exprs() -> list[tuple[str, str]]:
@@ -76,7 +75,8 @@ def test_panels_that_sum_a_labeled_metric_have_a_defined_empty_result():
     # A labeled metric has no series before its first label value is used: an ungrouped sum must show 0 then.
     labeled = {name for name, (_, _, labels) in catalogue().items() if labels}
     for uid, title, expr in dashboard_queries():
-        if re.search(r"\bby\s*\(", expr) is None and {base_name(n) for n in metric_names(expr)} & labeled:
+        ungrouped = re.match(r"(sum|max|min|count)\s*\(", expr)  # the outermost aggregation keeps no label
+        if ungrouped and {base_name(n) for n in metric_names(expr)} & labeled:
             assert expr.endswith("or vector(0)"), f"{uid} / {title}: {expr}"
 
 
@@ -88,41 +88,27 @@ def test_every_exported_metric_is_on_a_dashboard():
 
 def test_jobs_named_in_queries_are_scrape_jobs():
     config = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())
-    assert {job["job_name"] for job in config["scrape_configs"]} == JOBS
+    jobs = {job["job_name"] for job in config["scrape_configs"]}
     for where, expr in all_exprs():
         for job in re.findall(r'\bjob\s*=\s*"([^"]*)"', expr):
-            assert job in JOBS, f"{where}: job {job!r} is no scrape job"
+            assert job in jobs, f"{where}: job {job!r} is no scrape job"
 
 
 # --- (c) dashboards -----------------------------------------------------------------------------------------
 
-def test_dashboards_are_valid_with_datasource_on_every_panel_and_target():
-    files = dashboard_files()
-    assert {p.name for p in files} == {"overview.json", "call-quality.json", "capacity.json", "tools-email.json"}
-    uids = []
-    for path in files:
-        board = json.loads(path.read_text())
-        uids.append(board["uid"])
-        assert board["refresh"] == "10s" and board["time"] == {"from": "now-1h", "to": "now"}, path.name
-        assert board["templating"]["list"] == [], f"{path.name}: exprs use fixed windows, no variables"
-        ids = [panel["id"] for panel in board["panels"]]
-        assert len(ids) == len(set(ids)), f"{path.name}: duplicate panel ids"
-        cells = set()
+def test_every_panel_queries_the_provisioned_datasource_with_fixed_windows():
+    # Ids and layout come from build_dashboards.py mechanically; what a hand edit of its lists could break is here.
+    uid = provisioned_datasources()[0]["uid"]
+    boards = [json.loads(path.read_text()) for path in dashboard_files()]
+    assert len({board["uid"] for board in boards}) == len(boards), "two dashboards with one uid"
+    for board in boards:
         for panel in board["panels"]:
-            where = f"{path.name} / {panel['title']}"
-            assert panel["type"] in ("timeseries", "stat"), where
-            assert panel["datasource"] == DATASOURCE, where
+            where = f"{board['uid']} / {panel['title']}"
             assert panel["targets"], f"{where}: no query"
+            for target in [panel, *panel["targets"]]:
+                assert target["datasource"]["uid"] == uid, where
             for target in panel["targets"]:
-                assert target["datasource"] == DATASOURCE, where
                 assert "$" not in target["expr"], f"{where}: template variable in {target['expr']}"
-            grid = panel["gridPos"]
-            assert grid["x"] + grid["w"] <= 24, f"{where}: wider than the dashboard"
-            mine = {(x, y) for x in range(grid["x"], grid["x"] + grid["w"])
-                    for y in range(grid["y"], grid["y"] + grid["h"])}
-            assert not mine & cells, f"{where}: overlaps another panel"
-            cells |= mine
-    assert sorted(uids) == ["va-call-quality", "va-capacity", "va-overview", "va-tools-email"]
 
 
 def test_dashboards_are_what_the_build_script_writes():
@@ -131,13 +117,21 @@ def test_dashboards_are_what_the_build_script_writes():
     assert done.returncode == 0, done.stderr
 
 
-def test_grafana_provisioning_points_at_the_dashboards_and_prometheus():
-    provisioning = ROOT / "deploy" / "grafana" / "provisioning"
-    sources = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())["datasources"]
-    assert [(s["name"], s["uid"], s["url"], s["isDefault"]) for s in sources] == [
-        ("Prometheus", "va-prometheus", "http://prometheus:9090", True)]
-    providers = yaml.safe_load((provisioning / "dashboards" / "dashboards.yml").read_text())["providers"]
-    assert [(p["type"], p["options"]["path"]) for p in providers] == [("file", "/var/lib/grafana/dashboards")]
+def provisioned_datasources() -> list[dict]:
+    path = ROOT / "deploy" / "grafana" / "provisioning" / "datasources" / "prometheus.yml"
+    return yaml.safe_load(path.read_text())["datasources"]
+
+
+def test_grafana_provisioning_points_at_the_mounted_dashboards_and_the_compose_prometheus():
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    mounts = dict(volume.split(":")[:2] for volume in compose["grafana"]["volumes"])
+    providers = yaml.safe_load((ROOT / "deploy/grafana/provisioning/dashboards/dashboards.yml").read_text())
+    assert [p["options"]["path"] for p in providers["providers"]] == [mounts["./deploy/grafana/dashboards"]]
+    [source] = provisioned_datasources()
+    url = urlsplit(source["url"])
+    assert url.hostname in compose and source["isDefault"], source
+    # the port Prometheus listens on in its container: its default, since compose gives it no command
+    assert url.port == 9090 and "command" not in compose[url.hostname], source
 
 
 # --- (d) and (e): promtool ----------------------------------------------------------------------------------
@@ -146,11 +140,6 @@ def test_promtool_accepts_the_config_and_its_rule_files():
     done = promtool("check", "config", "prometheus.yml")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "alerts.yml" in done.stdout  # the config's rule file was checked with it
-
-
-def test_promtool_accepts_the_alert_rules():
-    done = promtool("check", "rules", "alerts.yml")
-    assert done.returncode == 0, done.stdout + done.stderr
 
 
 def test_alert_unit_tests_pass():
@@ -162,11 +151,9 @@ def test_every_alert_is_made_to_fire_by_a_unit_test_and_is_complete():
     tests = yaml.safe_load((PROMETHEUS / "alerts_test.yml").read_text())["tests"]
     cases = [case for test in tests for case in test.get("alert_rule_test", [])]
     fired = {case["alertname"] for case in cases if case["exp_alerts"]}
-    quiet = {case["alertname"] for case in cases if not case["exp_alerts"]}
     names = [name for name, _ in alert_rules()]
     assert len(names) == len(set(names)), "duplicate alert names"
     assert sorted(set(names) - fired) == [], "alerts no unit test makes fire"
-    assert len(quiet) >= 5, "too few cases where an alert must not fire"
     doc = yaml.safe_load((PROMETHEUS / "alerts.yml").read_text())
     for rule in (r for group in doc["groups"] for r in group["rules"]):
         assert rule.get("for"), f"{rule['alert']}: no for"
