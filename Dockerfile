@@ -10,9 +10,8 @@ COPY media_worker media_worker
 COPY tool_worker tool_worker
 COPY shared shared
 COPY sim sim
-# aiosmtpd is for `voice-agent sim mail` only (the compose demo profile's mail catcher); the range is the
-# test extra's in pyproject.toml, whose other packages (pytest, openai, matplotlib) the image does not need.
-RUN /opt/venv/bin/pip install --no-cache-dir . "aiosmtpd>=1.4,<2"
+# The sim extra: aiosmtpd for `voice-agent sim mail` (the compose demo profile's mail catcher).
+RUN /opt/venv/bin/pip install --no-cache-dir ".[sim]"
 
 # Final stage: the venv, the default config, and no pip cache or build leftovers.
 FROM python:3.11-slim
