@@ -16,6 +16,10 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import redis
+
+from shared.masking import mask_url
+
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
     with socket.socket(socket.AF_INET, kind) as s:
@@ -39,6 +43,27 @@ def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
         return exc.code, exc.read()
     except (urllib.error.URLError, OSError):
         return 0, b""
+
+
+def redis_or_explain(url: str) -> redis.Redis | None:
+    """A client on the cluster's Redis (decoded replies), or None after printing why it is unreachable."""
+    client = redis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=2)
+    try:
+        client.ping()
+        return client
+    except redis.RedisError as exc:
+        client.close()
+        print(f"Redis at {mask_url(url)} is not reachable ({exc}); scripts/setup.sh starts one")
+        return None
+
+
+def purge(client: redis.Redis, prefix: str) -> int:
+    """Delete a cluster's keys (its prefix, and RQ's keys that embed its queue names); returns how many."""
+    removed = 0
+    for pattern in (f"{prefix}*", f"rq:*{prefix}*"):
+        for key in client.scan_iter(match=pattern, count=500):
+            removed += client.delete(key)
+    return removed
 
 
 @dataclass

@@ -28,10 +28,9 @@ import redis
 
 from shared.config import ConfigError, load_config
 from shared.keys import Keys
-from shared.masking import mask_url
 from shared.status import collect, render
 from sim import demo_call, demo_report
-from sim.cluster import LocalCluster, RoleProcess, SimProcess
+from sim.cluster import LocalCluster, RoleProcess, SimProcess, purge, redis_or_explain
 
 ROOT = Path(__file__).resolve().parent.parent
 EMULATOR_SPEED = "4"  # model audio arrives 4x faster than real time, as a real model's often does
@@ -172,14 +171,6 @@ def mail_headline(path: Path) -> str:
     return f"To: {msg['To']}  Subject: {msg['Subject']}"
 
 
-def purge(client: redis.Redis, prefix: str) -> int:
-    removed = 0
-    for pattern in (f"{prefix}*", f"rq:*{prefix}*"):
-        for key in client.scan_iter(match=pattern, count=500):
-            removed += client.delete(key)
-    return removed
-
-
 def report_call(client: redis.Redis, keys: Keys, call_id: str | None, heard_wav: Path,
                 plan: demo_call.Plan) -> dict:
     """Print the transcript, latencies and the recording's speech; return them for the checks and demo.json."""
@@ -223,11 +214,8 @@ def main(args: argparse.Namespace) -> int:
     config = loaded.config
     for warning in loaded.warnings:
         print(f"config warning: {warning}")
-    client = redis.Redis.from_url(config.redis.url, decode_responses=True, socket_connect_timeout=2)
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        print(f"Redis at {mask_url(config.redis.url)} is not reachable ({exc}); scripts/setup.sh starts one")
+    client = redis_or_explain(config.redis.url)
+    if client is None:
         return 1
     keys = Keys(prefix)
     plan = demo_call.DEFAULT_PLAN

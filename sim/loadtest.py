@@ -37,10 +37,9 @@ import yaml
 
 from shared.config import ConfigError, load_config
 from shared.keys import Keys
-from shared.masking import mask_url
 from sim import demo_call
 from sim import loadtest_report as rep
-from sim.cluster import LocalCluster, RoleProcess, http_get
+from sim.cluster import LocalCluster, RoleProcess, http_get, purge, redis_or_explain
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTEXT = "from-ai-agent-openai"  # the guide's Stasis context
@@ -391,14 +390,6 @@ def count_mail(directory: Path, expected: int, timeout: float = MAIL_TIMEOUT_S) 
         time.sleep(0.2)
 
 
-def purge(client: redis.Redis, prefix: str) -> int:
-    removed = 0
-    for pattern in (f"{prefix}*", f"rq:*{prefix}*"):
-        for key in client.scan_iter(match=pattern, count=500):
-            removed += client.delete(key)
-    return removed
-
-
 def process_figures(procs: list[ProcStats], window: dict, calls_up: int, run_s: float) -> list[dict]:
     out = []
     span = max(window["hold_end"] - window["hold_start"], 1e-3)
@@ -482,11 +473,8 @@ def main(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(exc)
         return 1
-    client = redis.Redis.from_url(config.redis.url, decode_responses=True, socket_connect_timeout=2)
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        print(f"Redis at {mask_url(config.redis.url)} is not reachable ({exc})")
+    client = redis_or_explain(config.redis.url)
+    if client is None:
         return 1
     keys = Keys(prefix)
     plan = demo_call.DEFAULT_PLAN

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from sim.cluster import LocalCluster, free_port
+from sim.cluster import LocalCluster, free_port, purge
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "config" / "ai-agent.yaml"
@@ -22,12 +22,6 @@ TEST_API_KEY = "sk-test-" + "k3y" * 8
 TEST_ARI_PASSWORD = "ari-" + "pw" * 8
 # Tests reach loopback only: no prewarmed sessions toward the real API, and its URL points nowhere real.
 OFFLINE = {"REALTIME_PREWARM": "0", "OPENAI_REALTIME_URL": "ws://127.0.0.1:9/v1/realtime"}
-
-
-def purge(client: redis.Redis, prefix: str) -> None:
-    for pattern in (f"{prefix}*", f"rq:*{prefix}*"):
-        for key in client.scan_iter(match=pattern, count=500):
-            client.delete(key)
 
 
 @pytest.fixture
