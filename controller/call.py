@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import redis.asyncio as aioredis
 
 from controller import ids
+from controller import websocket_media as wsm
 from controller.admission import Admission, Queued, Reserved
 from controller.ari.capabilities import Capabilities, TransportUnavailable
 from controller.ari.errors import AriError, quietly
@@ -28,7 +29,8 @@ from controller.contexts import Route, Unroutable, resolve
 from shared.config.schema import Config
 from shared.keys import Keys
 from shared.logs import bind_call
-from shared.messages import CallPlan
+from shared.messages import CallPlan, MediaReady
+from shared.websocket_url import media_url
 from shared.metrics import CALLS_ADMITTED, CALLS_ENDED, CALLS_QUEUED, CALLS_REJECTED, QUEUE_WAIT, SETUP_SECONDS
 
 if TYPE_CHECKING:
@@ -203,8 +205,8 @@ class Call:
             try:
                 best = caps.best_format(transport, fmt)
             except TransportUnavailable:
-                if transport == "audiosocket":  # e.g. chan_audiosocket not loaded: RTP is always there
-                    transport, best = "rtp", "slin"
+                if transport in ("audiosocket", "websocket"):  # module not loaded: RTP is always there
+                    transport, best = "rtp", "ulaw" if fmt == "ulaw" else "slin"
                 else:
                     raise
             if best != fmt:
@@ -292,6 +294,8 @@ class Call:
         if plan.transport == "rtp":
             media = dict(external_host=f"{reserved.media_host}:{reserved.rtp_port}", encapsulation="rtp",
                          transport="udp", data=self.call_id)
+        elif plan.transport == "websocket":
+            media = dict(wsm.EXTERNAL_MEDIA, data=self.call_id)
         else:
             media = dict(external_host=f"{reserved.media_host}:{reserved.audiosocket_port}",
                          encapsulation="audiosocket", transport="tcp", data=self.call_id)
@@ -312,11 +316,24 @@ class Call:
 
         async def media_leg() -> None:
             try:
-                await d.rest.external_media(app=d.app, channel_id=self.media, format=plan.format, **media)
+                leg = await d.rest.external_media(app=d.app, channel_id=self.media, format=plan.format, **media)
             except AriError as exc:
                 if exc.status >= 500 or exc.status == 0:
-                    raise SetupFailed(f"externalMedia toward {media['external_host']}: {exc}") from exc
+                    raise SetupFailed(f"externalMedia toward {media['external_host'] or 'a worker'}: {exc}") from exc
                 raise
+            if plan.transport == "websocket":  # the worker connects to Asterisk; the leg enters Stasis then
+                cid = wsm.connection_id(leg)
+                if not cid:
+                    raise SetupFailed("externalMedia (websocket) answered without a connection id")
+                await wsm.send_media_ready(d.redis, d.keys, reserved.worker_id, MediaReady(
+                    call_id=self.call_id, epoch=reserved.epoch, channel_id=self.media,
+                    url=media_url(wsm.media_base_url(d.config), cid)))
+                await bridge_task
+                try:
+                    await wsm.add_when_in_stasis(d.rest, self.bridge, self.media, timeout)
+                except AriError as exc:
+                    raise SetupFailed(f"worker {reserved.worker_id} did not connect the media: {exc}") from exc
+                return
             await bridge_task
             await d.rest.add_channel(self.bridge, self.media)
 

@@ -60,7 +60,7 @@ class CallPlan(msgspec.Struct, kw_only=True):
     context: str
     provider: str
     profile: str
-    transport: str  # audiosocket | rtp
+    transport: str  # audiosocket | rtp | websocket
     format: str  # what Asterisk sends: slin, slin16, slin24, ulaw
     provider_format: str  # pcm16 | g711_ulaw
     caller_name: str = ""
@@ -79,6 +79,19 @@ class Assignment(msgspec.Struct, kw_only=True):
     epoch: int
     rtp_port: int = 0  # the reserved port when transport is rtp
     plan: CallPlan
+
+
+class MediaReady(msgspec.Struct, kw_only=True):
+    """Worker-inbox message (`type` = "media"), WebSocket media only: the controller created the media channel
+    (externalMedia, connection_type=server); the worker connects to `url` and Asterisk then answers it.
+
+    `url` is ws(s)://<Asterisk HTTP>/media/<connection id>; the connection id is the only credential of the
+    media stream, so the URL is never logged whole."""
+
+    call_id: str
+    epoch: int
+    url: str
+    channel_id: str = ""
 
 
 class CallEnded(msgspec.Struct, kw_only=True):

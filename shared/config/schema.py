@@ -113,8 +113,9 @@ class Context(Base):
 class Profile(Base):
     """How audio travels between Asterisk and a media worker, and what the model receives."""
 
-    transport: Literal["audiosocket", "rtp"] = "audiosocket"
-    # Asterisk side: AudioSocket slin (8k), slin16, slin24; RTP ulaw or slin (8k, big-endian).
+    transport: Literal["audiosocket", "rtp", "websocket"] = "audiosocket"
+    # Asterisk side: AudioSocket slin (8k), slin16, slin24; RTP ulaw or slin (8k, big-endian);
+    # WebSocket (chan_websocket, Asterisk >= 22.6) ulaw, slin, slin16, slin24 (little-endian).
     format: Literal["slin", "slin16", "slin24", "ulaw"] = "slin24"
     # Model side: pcm16 at 24 kHz, or G.711 u-law at 8 kHz (no transcoding with a ulaw transport).
     provider_format: Literal["pcm16", "g711_ulaw"] = "pcm16"
@@ -128,6 +129,9 @@ BUILTIN_PROFILES: dict[str, Profile] = {
     "telephony_slin_8k": Profile(transport="audiosocket", format="slin", provider_format="pcm16"),
     # u-law end to end: no transcoding and no resampling.
     "telephony_ulaw_8k": Profile(transport="rtp", format="ulaw", provider_format="g711_ulaw"),
+    # WebSocket media (Asterisk >= 22.6): the worker connects to Asterisk; u-law passes through untouched.
+    "websocket_ulaw_8k": Profile(transport="websocket", format="ulaw", provider_format="g711_ulaw"),
+    "websocket_pcm16_24k": Profile(transport="websocket", format="slin24", provider_format="pcm16"),
 }
 
 
@@ -141,6 +145,9 @@ class Asterisk(Base):
     username: NonEmpty = "asterisk"
     password: str = ""
     app_name: NonEmpty = "asterisk-ai-voice-agent"
+    # WebSocket media: the base URL media workers use to reach Asterisk's HTTP server (its /media/<id>);
+    # empty: derived from ari_url (http -> ws, https -> wss, same host and port).
+    media_websocket_url: str = ""
 
 
 class RedisSettings(Base):
