@@ -1,5 +1,6 @@
 """The calls of one media worker: assignments from the inbox become sessions, media connections bind to them
-(AudioSocket by the call UUID, RTP by the port reserved for the call), and leases say who owns each call."""
+(AudioSocket by the call UUID, RTP by the port reserved for the call, WebSocket by the worker connecting to the
+URL the controller sends once the media channel exists), and leases say who owns each call."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ import redis.asyncio as aioredis
 from media_worker.session import CallSession, WorkerContext
 from media_worker.transport.link import MediaLink, MediaSink
 from media_worker.transport.rtp_endpoint import RtpEndpoint
-from shared.messages import Assignment, CallEnded, ControlReply
+from media_worker.transport.websocket_media import MediaConnectError, WebSocketMediaLink
+from shared.messages import Assignment, CallEnded, ControlReply, MediaReady
+from shared.websocket_url import redact
 
 log = logging.getLogger("calls")
 
@@ -26,6 +29,7 @@ class CallManager:
         self.allowed_hosts = allowed_hosts
         self.sessions: dict[str, CallSession] = {}
         self._rtp: dict[str, RtpEndpoint] = {}
+        self._ws: dict[str, tuple[WebSocketMediaLink, asyncio.Task]] = {}  # connecting or connected
 
     # --- inbox messages --------------------------------------------------------------------------------
     async def handle(self, kind: str, data: str | bytes) -> None:
@@ -37,6 +41,8 @@ class CallManager:
                 session = self.sessions.get(reply.call_id)
                 if session is not None:
                     session.tools.on_reply(reply)
+            elif kind == "media":
+                self.connect_websocket(msgspec.json.decode(data, type=MediaReady))
             elif kind == "end":
                 ended = msgspec.json.decode(data, type=CallEnded)
                 session = self.sessions.get(ended.call_id)
@@ -82,6 +88,11 @@ class CallManager:
         endpoint = self._rtp.pop(session.call_id, None)
         if endpoint is not None:
             endpoint.stop()
+        ws = self._ws.pop(session.call_id, None)
+        if ws is not None:
+            link, task = ws
+            task.cancel()
+            link.stop()  # no-op when the session closed it; otherwise (still connecting) it is aborted
         try:
             await self.ctx.redis.delete(self.ctx.keys.call_lease(session.call_id))
         except (aioredis.ConnectionError, aioredis.TimeoutError, OSError):
@@ -94,6 +105,39 @@ class CallManager:
             log.warning("AudioSocket connection from %s for unknown call %s: refused", peer_host, call_uuid)
             return None
         link.expect(session.plan.format)  # type: ignore[attr-defined]
+        session.attach(link)
+        return session
+
+    def connect_websocket(self, ready: MediaReady) -> None:
+        """The controller created the call's WebSocket media channel: connect to it (in a task of its own; the
+        inbox goes on). A failure ends the session: the controller's addChannel then times out and the call
+        is retried on another worker or takes the fallback."""
+        session = self.sessions.get(ready.call_id)
+        if (session is None or session.plan.transport != "websocket" or session.assignment.epoch != ready.epoch
+                or session.link is not None or ready.call_id in self._ws):
+            log.warning("media URL %s for call %s (epoch %d) not taken: no such session waiting for it",
+                        redact(ready.url), ready.call_id, ready.epoch)
+            return
+        try:
+            link = WebSocketMediaLink(ready.url, session.plan.format, call_id=ready.call_id,
+                                      on_started=lambda link: self._websocket_started(session, link))
+        except ValueError as exc:
+            log.error("call %s: unusable media URL: %s", ready.call_id, exc)
+            session.stop("media_connect_failed")
+            return
+        task = asyncio.create_task(self._connect_websocket(session, link), name=f"ws-media-{ready.call_id}")
+        self._ws[ready.call_id] = (link, task)
+
+    async def _connect_websocket(self, session: CallSession, link: WebSocketMediaLink) -> None:
+        try:
+            await link.connect()
+        except MediaConnectError as exc:
+            log.error("call %s: WebSocket media not connected: %s", session.call_id, exc)
+            session.stop("media_connect_failed")
+
+    def _websocket_started(self, session: CallSession, link: WebSocketMediaLink) -> MediaSink | None:
+        if session.finished.is_set() or session._stopping or session.link is not None:
+            return None
         session.attach(link)
         return session
 

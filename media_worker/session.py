@@ -62,6 +62,8 @@ PROBE_EVERY = 25  # input latency is sampled one frame in this many: the per-fra
 
 INPUT_SLACK_FRAMES = 3  # caller audio this late (60 ms) is a gap, padded with silence; jitter below is not
 AUDIOLESS_RETRIES = 1
+FRAME_MS = 20
+FLUSH_COUNT_TIMEOUT = 0.25  # a barge-in waits this long for Asterisk's count of the frames it flushed
 
 
 @dataclass
@@ -364,6 +366,10 @@ class CallSession:
     def _barge_in(self) -> None:
         self._bargein_t = time.monotonic()
         item = self.playout.flush()
+        # A transport that queues on Asterisk's side (WebSocket media) drops that queue too; its future
+        # tells how many frames never played, so the truncation below is exact.
+        flush = getattr(self.link, "flush", None)
+        flushed = flush() if flush is not None else None
         self.conv.reset_wire()
         self._first_delta_t.clear()
         self._greeting_mode = False
@@ -374,11 +380,19 @@ class CallSession:
         self.stats["truncations"] += 1
         log.info("barge-in: %s cut at %d ms of %d ms received", item, played, self.playout.received_ms(item))
         self._log_heard(item_cut=item)
-        asyncio.create_task(self._interrupt(item, played))
+        asyncio.create_task(self._interrupt(item, played, flushed))
 
-    async def _interrupt(self, item: str, played_ms: int) -> None:
+    async def _interrupt(self, item: str, played_ms: int, flushed: asyncio.Future[int] | None = None) -> None:
         assert self.client is not None
         await self.client.cancel_response()
+        if flushed is not None:
+            try:
+                dropped = await asyncio.wait_for(flushed, FLUSH_COUNT_TIMEOUT)
+            except asyncio.TimeoutError:
+                dropped = 0  # no STATUS in time: truncate at what we sent (at most a frame or two late)
+            if dropped:
+                played_ms = max(played_ms - dropped * FRAME_MS, 0)
+                self.stats["flushed_frames"] = self.stats.get("flushed_frames", 0) + dropped
         await self.client.truncate(item, played_ms)
 
     # --- transcripts -----------------------------------------------------------------------------------

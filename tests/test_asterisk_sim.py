@@ -529,7 +529,8 @@ async def test_auth_info_modules_and_body_params(sim, ari):
     assert (await ari.req("GET", "/asterisk/info", only="system"))[1] == {"system": info["system"]}
     assert (await ari.req("GET", "/asterisk/ping"))[1]["ping"] == "pong"
     assert (await ari.req("GET", "/asterisk/modules/chan_audiosocket.so"))[1]["status"] == "Running"
-    assert (await ari.req("GET", "/asterisk/modules/chan_websocket.so")) == (
+    assert (await ari.req("GET", "/asterisk/modules/chan_websocket.so"))[1]["status"] == "Running"
+    assert (await ari.req("GET", "/asterisk/modules/chan_bogus.so")) == (
         404, {"message": "Module could not be found in running modules"})
     for query in (f"app={APP}", f"app={APP}&api_key=asterisk:wrong"):
         with pytest.raises(aiohttp.WSServerHandshakeError) as exc:

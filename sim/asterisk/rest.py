@@ -45,6 +45,7 @@ MODULES = {
     "chan_audiosocket.so": ("AudioSocket Channel", "extended"),
     "chan_pjsip.so": ("PJSIP Channel Driver", "core"),
     "chan_rtp.so": ("RTP Media Channel", "core"),
+    "chan_websocket.so": ("Websocket Media Channel", "core"),
     "res_ari.so": ("Asterisk RESTful Interface", "core"),
     "res_audiosocket.so": ("AudioSocket support", "extended"),
     "res_musiconhold.so": ("Music On Hold Resource", "core"),
@@ -407,8 +408,18 @@ class AriRest:
             # reference/asterisk-ari.md §4 (checked on 22.10.1): audiosocket over udp is a 400; when the
             # reference and the source disagree, the reference wins.
             raise bad_request("The encapsulation and/or transport is not supported")
+        if transport == "websocket" and encapsulation != "none":
+            raise bad_request("encapsulation must be 'none' for websocket transport")
+        if transport != "websocket" and connection_type == "server":
+            raise bad_request("'server' connection_type can only be used with the websocket transport")
+        if (encapsulation, transport) == ("none", "websocket"):
+            if connection_type != "server":  # a websocket_client.conf connection: none configured here
+                raise bad_request("external_host must be a valid websocket_client connection id.")
+            from sim.asterisk import websocket_media
+            return await websocket_media.external_media(
+                self.calls, self.sim.websocket_media, app=app, fmt=fmt, data=p.get("data"),
+                channel_id=p.get("channelId"), variables=variables, transport_data=p.get("transport_data"))
         if (encapsulation, transport) not in (("rtp", "udp"), ("audiosocket", "tcp")):
-            # chan_websocket (encapsulation none / transport websocket) is not simulated
             raise AriError(501, "The encapsulation and/or transport is not supported")
         if split_host_port(host_port or "") is None:
             raise bad_request("external_host must be <host>:<port>")

@@ -21,6 +21,7 @@ from sim.asterisk.pbx import Pbx
 from sim.asterisk.rest import AriRest, RestRecord
 from sim.asterisk.state import Bridge, Channel
 from sim.asterisk.websocket import EventsEndpoint
+from sim.asterisk.websocket_media import WebSocketMediaServer
 
 log = logging.getLogger("sim.asterisk")
 
@@ -108,7 +109,8 @@ class AsteriskSim:
 
     Views: channels / bridges (live objects), rest_log, sent_events[app], voicemails, sim_calls.
     Known simplifications: a bridge with more than two members forwards each stream to every other member
-    instead of mixing; chan_websocket (encapsulation none) answers 501; snoop/record are not simulated.
+    instead of mixing; chan_websocket is simulated in server mode only (sim/asterisk/websocket_media.py);
+    snoop/record are not simulated.
     """
 
     def __init__(self, users: dict[str, str] | None = None, version: str = "22.10.1",
@@ -139,6 +141,7 @@ class AsteriskSim:
         self.calls.interpreter = self.interpreter
         self.rest = AriRest(self)
         self.events = EventsEndpoint(self)
+        self.websocket_media = WebSocketMediaServer()  # chan_websocket's /media/<connection id>
         self.rest_log: list[RestRecord] = []
         self.global_vars: dict[str, str] = {}
         self.sim_calls: dict[str, SimCall] = {}
@@ -185,6 +188,7 @@ class AsteriskSim:
         app = web.Application(client_max_size=4 * 1024 * 1024)
         app.router.add_route("GET", "/ari/events", self._events_or_rest)
         app.router.add_route("*", "/ari/{tail:.*}", self.rest.handle)
+        self.websocket_media.add_routes(app)
         if self._control is not None:
             self._control.add_routes(app)
         return app
