@@ -30,6 +30,7 @@ needs between them (started, flow control, GET_STATUS answers in order). It does
 from __future__ import annotations
 
 import collections
+import re
 from typing import Union
 
 import msgspec
@@ -119,6 +120,7 @@ _EVENTS: dict[str, type] = {
 # Events whose plain-text form is `NAME <id>` rather than key:value pairs.
 _ID_EVENTS = frozenset({"MEDIA_MARK_PROCESSED", "MEDIA_BUFFERING_COMPLETED"})
 _BOOL = {"true": True, "false": False}
+_NAME = re.compile(r"[A-Z][A-Z0-9_]*")
 
 
 def parse_event(text: str | bytes) -> Event:
@@ -158,6 +160,8 @@ def _parse_plain(text: str) -> Event:
     name, _, rest = text.partition(" ")
     cls = _EVENTS.get(name)
     if cls is None:
+        if not _NAME.fullmatch(name):
+            raise ControlError(f"not a chan_websocket event: {text[:80]!r}")
         return Unknown(name, text)
     if name in _ID_EVENTS:
         return cls(correlation_id=rest.strip())

@@ -95,7 +95,8 @@ class WebSocketMediaLink(asyncio.Protocol):
         self._set_format(fmt)
         self._on_started = on_started
         try:
-            self._ws = ClientProtocol(parse_uri(url), subprotocols=[SUBPROTOCOL], max_size=MAX_RECEIVE)
+            self._uri = parse_uri(url)
+            self._ws = ClientProtocol(self._uri, subprotocols=[SUBPROTOCOL], max_size=MAX_RECEIVE)
         except InvalidURI as exc:
             raise ValueError(f"not a WebSocket URL: {redact(url)}: {exc}") from None
         self._transport: asyncio.Transport | None = None  # None once closed: send() drops from then on
@@ -112,7 +113,7 @@ class WebSocketMediaLink(asyncio.Protocol):
         """Open the socket, upgrade, and wait for MEDIA_START. Raises MediaConnectError."""
         loop = asyncio.get_running_loop()
         self._opened = loop.create_future()
-        uri = self._ws.wsuri
+        uri = self._uri
         ssl_ctx = ssl_module.create_default_context() if uri.secure else None
         try:
             async with asyncio.timeout(timeout):
@@ -202,7 +203,8 @@ class WebSocketMediaLink(asyncio.Protocol):
                 elif opcode is Opcode.TEXT:
                     self._control(event.data)
                 elif opcode is Opcode.CLOSE:
-                    code = ws.close_code
+                    received = ws.close_rcvd  # close_code is only set once TCP is closed too
+                    code = received.code if received is not None else None
                     self._fail_open(f"closed by Asterisk ({code})")
                     self._end("hangup" if code == NORMAL_CLOSURE else "closed")
             else:
