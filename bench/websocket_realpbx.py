@@ -1,0 +1,306 @@
+"""WebSocket media (and, for comparison, AudioSocket) against a real Asterisk, by hand:
+
+    .venv/bin/python bench/websocket_realpbx.py --prefix /path/to/unpacked/asterisk --calls 3 \
+        --profiles websocket_pcm16_24k,websocket_ulaw_8k,telephony_pcm16_24k
+
+`--prefix` is a directory where Debian's asterisk 22.10.1 packages were unpacked (`dpkg -x`; issue 14 says how);
+the script writes a minimal Asterisk config into a fresh run directory (loopback only: HTTP/ARI on a free port),
+starts Asterisk from the prefix, a controller and a media worker of this checkout on the local Redis, and the
+Realtime emulator in this process. Each call is an ARI originate of `Local/s@from-ai-agent-ws`: the ;2 half runs
+the project's dialplan shape (Set AI_CONTEXT, Stasis), the ;1 half is the caller: Asterisk plays
+`caller-says.wav` into the call (a question at 2.5 s, an interruption at 6.9 s) and MixMonitor records what the
+caller hears. Printed per profile: controller setup, answer → first greeting frame (worker) and the greeting's
+onset in the caller's recording, end of caller speech → first agent frame, barge-in → audio stopped (worker)
+and caller starts interrupting → agent silent (recording), truncation vs. heard, media leg messages.
+A harness branch replaces the hand-made confs here once it lands (sim/real_asterisk.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import asyncio
+import json
+import math
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+import wave
+from pathlib import Path
+
+import aiohttp
+import numpy as np
+import soxr
+import redis.asyncio as aioredis
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from shared.keys import Keys  # noqa: E402
+from sim.cluster import LocalCluster  # noqa: E402
+from sim.realtime import Emulator, Reply, Script, voice  # noqa: E402
+
+API_KEY = "sk-bench-" + "x" * 24
+ARI_USER, ARI_PASSWORD = "asterisk", "bench-" + uuid.uuid4().hex[:12]
+APP = "asterisk-ai-voice-agent"
+QUESTION_AT, QUESTION_MS = 2.5, 900
+INTERRUPT_AT, INTERRUPT_MS = QUESTION_AT + QUESTION_MS / 1000 + 3.5, 1500
+CALL_S = INTERRUPT_AT + INTERRUPT_MS / 1000 + 3.0
+MODULES = """res_timing_timerfd res_http_websocket res_websocket_client res_stasis res_stasis_answer
+res_stasis_playback res_stasis_recording res_stasis_snoop app_dial res_ari res_ari_model res_ari_channels res_ari_bridges res_ari_asterisk
+res_ari_events res_ari_applications res_ari_endpoints res_ari_playbacks res_ari_recordings res_ari_sounds
+res_sorcery_config res_sorcery_memory res_sorcery_astdb chan_websocket chan_audiosocket res_audiosocket app_stasis
+app_playback app_mixmonitor app_echo pbx_config bridge_simple bridge_softmix bridge_holding res_musiconhold
+res_pjproject res_rtp_asterisk res_rtp_multicast chan_rtp format_wav format_pcm format_sln codec_ulaw codec_alaw codec_resample func_channel app_voicemail""".split()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_confs(run: Path, prefix: Path, http_port: int) -> Path:
+    etc = run / "etc"
+    for d in ("etc", "lib", "spool", "run", "log"):
+        (run / d).mkdir(parents=True, exist_ok=True)
+    libdir = prefix / "usr/lib/x86_64-linux-gnu"
+    (etc / "asterisk.conf").write_text(f"""[directories]
+astetcdir => {etc}
+astmoddir => {libdir}/asterisk/modules
+astvarlibdir => {run}/lib
+astdbdir => {run}/lib
+astkeydir => {run}/lib
+astdatadir => {prefix}/usr/share/asterisk
+astagidir => {run}/lib
+astspooldir => {run}/spool
+astrundir => {run}/run
+astlogdir => {run}/log
+astsbindir => {prefix}/usr/sbin
+[options]
+nofork = yes
+""")
+    (etc / "modules.conf").write_text("[modules]\nautoload=no\n" + "".join(f"load => {m}.so\n" for m in MODULES))
+    # the shipped http.conf/ari.conf shapes, on a free loopback port with a per-run password
+    (etc / "http.conf").write_text(f"[general]\nenabled=yes\nbindaddr=127.0.0.1\nbindport={http_port}\n")
+    (etc / "ari.conf").write_text(f"[general]\nenabled=yes\npretty=no\nchannelvars=AI_CONTEXT,AI_PROVIDER\n"
+                                  f"[{ARI_USER}]\ntype=user\nread_only=no\npassword_format=plain\n"
+                                  f"password={ARI_PASSWORD}\n")
+    (etc / "chan_websocket.conf").write_text("[global]\ntype=global\ncontrol_message_format=plain-text\n")
+    (etc / "logger.conf").write_text("[logfiles]\nmessages => notice,warning,error\n")
+    (etc / "extensions.conf").write_text(f"""[from-ai-agent-ws]
+exten => s,1,Set(AI_CONTEXT=${{BENCH_CONTEXT}})
+ same => n,Set(AI_PROVIDER=openai_realtime)
+ same => n,Stasis({APP})
+ same => n,Hangup()
+[ws-caller]
+exten => s,1,Answer()
+ same => n,MixMonitor({run}/heard-${{BENCH_CALL}}-mix.wav,r({run}/heard-${{BENCH_CALL}}.wav))
+ same => n,Set(BENCH_T0=${{EPOCH}})
+ same => n,Playback({run}/caller-says)
+ same => n,Hangup()
+""")
+    return etc / "asterisk.conf"
+
+
+def caller_wav(path: Path) -> None:
+    rate = 8000
+    def speech(text: str, ms: int) -> np.ndarray:
+        pcm24 = voice.speech(text, ms, "en-us+m3", seed=7).astype(np.float32)
+        return soxr.resample(pcm24, 24000, rate).astype(np.float64)
+    parts = [np.zeros(int(QUESTION_AT * rate)), speech("When are you open?", QUESTION_MS),
+             np.zeros(int(3.5 * rate)), speech("Sorry, where exactly are you?", INTERRUPT_MS), np.zeros(3 * rate)]
+    pcm = np.concatenate(parts)
+    pcm = (pcm * (16000 / max(np.abs(pcm).max(), 1.0))).clip(-32768, 32767).astype("<i2")  # peaks at -6 dBFS
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1), w.setsampwidth(2), w.setframerate(rate)
+        w.writeframes(pcm.tobytes())
+
+
+def loud(path: Path, floor_dbfs: float = -40.0) -> list[bool]:
+    with wave.open(str(path)) as w:
+        rate = w.getframerate()
+        pcm = np.frombuffer(w.readframes(w.getnframes()), "<i2").astype(np.float64)
+    n = rate // 50
+    frames = pcm[: len(pcm) // n * n].reshape(-1, n)
+    rms = np.sqrt((frames ** 2).mean(axis=1)) + 1e-9
+    return [20 * math.log10(r / 32768) > floor_dbfs for r in rms]
+
+
+def tone24k(ms: int, hz: float = 440.0) -> bytes:
+    t = np.arange(ms * 24) / 24000
+    return (np.sin(2 * math.pi * hz * t) * 32767 * 0.1).astype("<i2").tobytes()
+
+
+async def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--prefix", type=Path, required=True)
+    ap.add_argument("--calls", type=int, default=3)
+    ap.add_argument("--profiles", default="websocket_ulaw_8k,websocket_slin16,websocket_pcm16_24k,"
+                                          "telephony_pcm16_24k,telephony_ulaw_8k")
+    ap.add_argument("--redis", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+    ap.add_argument("--keep", action="store_true", help="keep the run directory")
+    ap.add_argument("--json", type=Path, help="write the figures here")
+    args = ap.parse_args()
+    run = Path(tempfile.mkdtemp(prefix="ws-realpbx-"))
+    http_port = free_port()
+    conf = write_confs(run, args.prefix.resolve(), http_port)
+    caller_wav(run / "caller-says.wav")
+    libdir = args.prefix.resolve() / "usr/lib/x86_64-linux-gnu"
+    ast = subprocess.Popen([str(libdir / "ld-linux-x86-64.so.2"), "--library-path",
+                            f"{libdir}:{args.prefix.resolve() / 'lib/x86_64-linux-gnu'}",
+                            str(args.prefix.resolve() / "usr/sbin/asterisk"), "-C", str(conf), "-f"],
+                           stdout=open(run / "asterisk.out", "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+    ari_url = f"http://127.0.0.1:{http_port}"
+    token = base64.b64encode(f"{ARI_USER}:{ARI_PASSWORD}".encode()).decode()
+    prefix = f"wsb{uuid.uuid4().hex[:6]}:"
+    keys = Keys(prefix)
+    redis = aioredis.Redis.from_url(args.redis, decode_responses=True)
+    emu = Emulator(script=Script(greeting=Reply(text="Hello, thanks for calling. How can I help?", audio_ms=1500),
+                                 turns={1: Reply(text="Let me tell you all about our opening hours in detail.",
+                                                 pcm=tone24k(6000)),
+                                        2: Reply(text="Twelve Harbour Street.", audio_ms=1500)},
+                                 transcripts={1: "When are you open?", 2: "Sorry, where exactly are you?"}),
+                   api_keys={API_KEY}, speed=4.0)
+    await emu.start("127.0.0.1", 0)
+    results: dict[str, list[dict]] = {}
+    clusters: list[LocalCluster] = []
+    try:
+        async with aiohttp.ClientSession(headers={"Authorization": f"Basic {token}"}) as http:
+            for _ in range(100):
+                try:
+                    async with http.get(f"{ari_url}/ari/asterisk/info", params={"only": "system"}) as r:
+                        if r.status == 200:
+                            print("Asterisk", (await r.json())["system"]["version"], "on", ari_url)
+                            break
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.1)
+            else:
+                raise SystemExit(f"Asterisk did not start: {(run / 'asterisk.out').read_text()[-2000:]}")
+            config = yaml.safe_load((ROOT / "config/ai-agent.yaml").read_text())
+            config["asterisk"].update(ari_url=ari_url, username=ARI_USER, password=ARI_PASSWORD)
+            config.setdefault("profiles", {})["websocket_slin16"] = {
+                "transport": "websocket", "format": "slin16", "provider_format": "pcm16"}
+            config["contexts"].update({p: {"profile": p, "greeting": "Hello {caller_name}",
+                                           "prompt": "Be brief."} for p in args.profiles.split(",")})
+            (run / "config.yaml").write_text(yaml.safe_dump(config))
+            env = {"REDIS_URL": args.redis, "REDIS_KEY_PREFIX": prefix, "OPENAI_API_KEY": API_KEY,
+                   "OPENAI_REALTIME_URL": emu.url, "REALTIME_PREWARM": "1", "LOG_LEVEL": "info"}
+            cluster = LocalCluster(run / "config.yaml", run, env)
+            clusters.append(cluster)
+            procs = [cluster.start("controller", instance_id="controller-bench"),
+                     cluster.start("media-worker", "--audiosocket-port", "0", "--rtp-ports", "32000-32099",
+                                   instance_id="worker-bench")]
+            if not await asyncio.to_thread(cluster.wait_ready, procs, 30):
+                raise SystemExit("\n".join(p.log_text()[-3000:] for p in procs))
+            n = 0
+            for profile in args.profiles.split(","):
+                for _ in range(args.calls):
+                    n += 1
+                    results.setdefault(profile, []).append(await one_call(http, ari_url, redis, keys, emu, run,
+                                                                          profile, n))
+            async with http.get(f"{ari_url}/ari/channels") as r:
+                left = await r.json()
+            async with http.get(f"{ari_url}/ari/bridges") as r:
+                left_bridges = await r.json()
+            print(f"left in Asterisk after all calls: {len(left)} channels, {len(left_bridges)} bridges")
+        report(results)
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=1))
+        worker_log = (run / "worker-bench.log") if (run / "worker-bench.log").exists() else None
+        for c in clusters:
+            for p in c.processes:
+                text = p.log_text()
+                errors = [line for line in text.splitlines() if "ERROR" in line or "Traceback" in line]
+                print(f"{p.role}: {len(errors)} error lines" + (f": {errors[:3]}" if errors else ""))
+        del worker_log
+        return 0
+    finally:
+        for c in clusters:
+            c.stop_all()
+        await emu.stop()
+        os.killpg(ast.pid, signal.SIGTERM)
+        try:
+            ast.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(ast.pid, signal.SIGKILL)
+        async for key in redis.scan_iter(f"{prefix}*"):
+            await redis.delete(key)
+        await redis.aclose()
+        if args.keep:
+            print("run directory:", run)
+        else:
+            shutil.rmtree(run, ignore_errors=True)
+
+
+async def one_call(http, ari_url, redis, keys, emu, run: Path, profile: str, n: int) -> dict:
+    truncations_before = sum(len(s.truncations) for s in emu.sessions)
+    params = {"endpoint": "Local/s@from-ai-agent-ws", "context": "ws-caller", "extension": "s", "priority": "1"}
+    body = {"variables": {"BENCH_CONTEXT": profile, "BENCH_CALL": str(n)}}
+    t0 = time.monotonic()
+    async with http.post(f"{ari_url}/ari/channels", params=params, json=body) as r:
+        assert r.status == 200, await r.text()
+    call_id = ""
+    for _ in range(100):
+        new = set(await redis.smembers(keys.calls_active)) - SEEN
+        if new:
+            call_id = new.pop()
+            SEEN.add(call_id)
+            break
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(CALL_S + 1.0)
+    record: dict = {}
+    for _ in range(100):
+        record = await redis.hgetall(keys.call(call_id)) if call_id else {}
+        if record.get("worker_end_reason"):
+            break
+        await asyncio.sleep(0.1)
+    heard = loud(run / f"heard-{n}.wav")
+    onset = next((i * 20 for i, x in enumerate(heard) if x), None)
+    # the agent's long answer: the loud run after the question; it stops when the caller interrupts
+    q_end = int((QUESTION_AT + QUESTION_MS / 1000) * 50)
+    start = next((i for i in range(q_end, len(heard)) if heard[i]), None)
+    end = next((i for i in range(start, len(heard)) if not heard[i]), None) if start is not None else None
+    truncs = [t for s in emu.sessions for t in s.truncations][truncations_before:]
+    out = {"profile": profile, "setup_ms": record.get("setup_ms"), "greeting_ms": record.get("greeting_ms"),
+           "turn_ms": record.get("turn_ms"), "bargein_ms": record.get("bargein_ms"),
+           "truncations": record.get("truncations"), "end": record.get("worker_end_reason"),
+           "greeting_onset_heard_ms": onset,
+           "interrupt_to_silence_ms": (end * 20 - INTERRUPT_AT * 1000) if end is not None else None,
+           "answer_heard_ms": ((end - start) * 20) if end is not None else None,
+           "truncated_at_ms": truncs[0]["audio_end_ms"] if truncs else None,
+           "wall_s": round(time.monotonic() - t0, 1)}
+    print(json.dumps(out))
+    return out
+
+
+SEEN: set[str] = set()
+
+
+def report(results: dict[str, list[dict]]) -> None:
+    def med(values):
+        values = [float(v) for v in values if v not in (None, "")]
+        return f"{statistics.median(values):.0f}" if values else "-"
+    print("\nprofile                  setup  greeting(worker)  greeting onset heard  turn  barge-in(worker)  "
+          "interrupt->silent heard  |trunc-heard|")
+    for profile, calls in results.items():
+        turns = [v for c in calls for v in (c["turn_ms"] or "").split(",") if v]
+        barge = [v for c in calls for v in (c["bargein_ms"] or "").split(",") if v]
+        err = [abs(c["truncated_at_ms"] - c["answer_heard_ms"]) for c in calls
+               if c["truncated_at_ms"] is not None and c["answer_heard_ms"] is not None]
+        print(f"{profile:24} {med(c['setup_ms'] for c in calls):>5}  {med(c['greeting_ms'] for c in calls):>16}  "
+              f"{med(c['greeting_onset_heard_ms'] for c in calls):>20}  {med(turns):>4}  {med(barge):>16}  "
+              f"{med(c['interrupt_to_silence_ms'] for c in calls):>23}  {med(err):>12}  (n={len(calls)}, medians, ms)")
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))
