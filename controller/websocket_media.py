@@ -20,8 +20,10 @@ from shared.messages import MediaReady, inbox_fields
 CONNECTION_ID_VAR = "MEDIA_WEBSOCKET_CONNECTION_ID"
 FRAME_SIZE_VAR = "MEDIA_WEBSOCKET_OPTIMAL_FRAME_SIZE"
 INBOX_MAXLEN = 10_000
-ADD_RETRY_S = 0.01  # first pause between addChannel attempts; doubles up to ADD_RETRY_MAX_S
-ADD_RETRY_MAX_S = 0.1
+# Pauses between addChannel attempts: the worker usually connects within a few ms of the hand-over, and the
+# greeting waits for the bridge, so the first retries are tight; then they back off.
+ADD_RETRY_S = 0.004
+ADD_RETRY_MAX_S = 0.05
 
 # externalMedia for WebSocket server mode: no external_host; Asterisk hands out a connection id.
 EXTERNAL_MEDIA = dict(external_host="", encapsulation="none", transport="websocket", connection_type="server")

@@ -19,6 +19,8 @@ from shared.websocket_url import redact
 
 log = logging.getLogger("calls")
 
+# WebSocket media: start the clock this long after MEDIA_START even if Asterisk has sent no audio yet.
+WEBSOCKET_LIVE_AFTER = 0.5
 LEASE_MS = 3000  # renewed every second: a worker dead for 3 s has lost its calls (DESIGN §3)
 
 
@@ -136,9 +138,18 @@ class CallManager:
             session.stop("media_connect_failed")
 
     def _websocket_started(self, session: CallSession, link: WebSocketMediaLink) -> MediaSink | None:
+        """MEDIA_START: the channel is answered, but not yet in the caller's bridge (the controller adds it
+        once its StasisStart arrives, a few ms later); frames sent before that are played into nothing. So,
+        as for RTP, the clock starts with the first frame Asterisk sends us, which it does only once the
+        channel is bridged; WEBSOCKET_LIVE_AFTER bounds the wait should the bridge stay silent."""
         if session.finished.is_set() or session._stopping or session.link is not None:
             return None
-        session.attach(link)
+        session.attach(link, live=False)
+
+        def live_anyway() -> None:
+            if not session.linked.is_set() and not session.finished.is_set() and not session._stopping:
+                session._go_live()
+        asyncio.get_running_loop().call_later(WEBSOCKET_LIVE_AFTER, live_anyway)
         return session
 
     # --- leases and shutdown ---------------------------------------------------------------------------
