@@ -238,6 +238,9 @@ class CallSession:
                   "underruns": self.playout.underruns, "padded_frames": s["padded_frames"],
                   "worker_end_reason": self.end_reason or "done", "cost_usd": f"{usage.cost:.6f}",
                   **{f"tokens_{kind}": n for kind, n in usage.totals.items()}}
+        summary = getattr(self.link, "summary", None)  # transport figures (WebSocket: Asterisk's queue depth)
+        if summary is not None:
+            fields.update(summary())
         try:
             await self.ctx.redis.hset(self.ctx.keys.call(self.call_id), mapping=fields)
         except (aioredis.ConnectionError, aioredis.TimeoutError, OSError) as exc:
@@ -390,9 +393,7 @@ class CallSession:
                 dropped = await asyncio.wait_for(flushed, FLUSH_COUNT_TIMEOUT)
             except asyncio.TimeoutError:
                 dropped = 0  # no STATUS in time: truncate at what we sent (at most a frame or two late)
-            if dropped:
-                played_ms = max(played_ms - dropped * FRAME_MS, 0)
-                self.stats["flushed_frames"] = self.stats.get("flushed_frames", 0) + dropped
+            played_ms = max(played_ms - dropped * FRAME_MS, 0)
         await self.client.truncate(item, played_ms)
 
     # --- transcripts -----------------------------------------------------------------------------------

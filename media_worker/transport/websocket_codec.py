@@ -228,7 +228,7 @@ class ControlState:
 
     __slots__ = ("json", "started", "paused", "format", "frame_size", "channel_id", "connection_id",
                  "flushed_frames", "errors", "_status_waiters", "max_pending", "_get_status", "_flush_media",
-                 "hangup_command")
+                 "hangup_command", "answered")
 
     def __init__(self, *, json: bool = False, max_pending: int = 16):
         self.json = json
@@ -239,6 +239,7 @@ class ControlState:
         self.channel_id = ""
         self.connection_id = ""
         self.flushed_frames: int | None = None  # queue length dropped by the last flush, once known
+        self.answered = ""  # what the last STATUS answered: "flush", "query", or "" (unasked)
         self.errors = 0
         self.max_pending = max_pending
         # What each outstanding GET_STATUS was for: "flush" (a barge-in) or "query"; answered in order.
@@ -262,7 +263,8 @@ class ControlState:
             self.paused = False
         elif kind is Status:
             self.paused = event.queue_full
-            if self._status_waiters and self._status_waiters.popleft() == "flush":
+            self.answered = self._status_waiters.popleft() if self._status_waiters else ""
+            if self.answered == "flush":
                 self.flushed_frames = event.queue_length
         elif kind is Error:
             self.errors += 1

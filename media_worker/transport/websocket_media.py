@@ -62,6 +62,7 @@ CLOSE_LINGER = 1.0           # after our close frame, the socket is reset if Ast
 FLUSH_ANSWER_TIMEOUT = 0.25  # how long a barge-in waits for the STATUS that counts the flushed frames
 NORMAL_CLOSURE = 1000
 MAX_RECEIVE = 64 * 1024      # Asterisk sends one frame per message (≤ 960 B): anything this big is wrong
+STATUS_EVERY = 250           # frames (5 s) between GET_STATUS samples of Asterisk's queue depth
 
 Started = Callable[["WebSocketMediaLink"], "MediaSink | None"]
 
@@ -106,6 +107,12 @@ class WebSocketMediaLink(asyncio.Protocol):
         self._flush_future: asyncio.Future[int] | None = None
         self._done = False
         self.xoff = 0  # MEDIA_XOFF events seen
+        # Asterisk's queue depth, sampled every STATUS_EVERY frames sent (how well our pacing meets its timer)
+        self.queue_max = 0
+        self.queue_total = 0
+        self.queue_samples = 0
+        self.flushed_frames = 0
+        self._until_status = STATUS_EVERY
 
     # ------------------------------------------------------------------ connecting
 
@@ -142,11 +149,25 @@ class WebSocketMediaLink(asyncio.Protocol):
             return False
         ws = self._ws
         ws.send_binary(payload)
+        self._until_status -= 1
+        if not self._until_status:
+            self._until_status = STATUS_EVERY
+            query = self.control.status()
+            if query is not None:
+                ws.send_text(query)
         transport.writelines(ws.data_to_send())
         stats = self.stats
         stats.frames_out += 1
         stats.bytes_out += len(payload)
         return True
+
+    def summary(self) -> dict[str, int | float]:
+        """Per-call figures for the call record (once, at the end)."""
+        samples = self.queue_samples
+        return {"media_queue_max": self.queue_max, "media_queue_samples": samples,
+                "media_queue_mean": round(self.queue_total / samples, 2) if samples else 0,
+                "media_flushed_frames": self.flushed_frames, "media_xoff": self.xoff,
+                "media_dropped_out": self.stats.dropped_out}
 
     def flush(self) -> asyncio.Future[int] | None:
         """Barge-in: drop what Asterisk has queued. The future gets the number of frames dropped (from the
@@ -262,10 +283,17 @@ class WebSocketMediaLink(asyncio.Protocol):
         if kind is wc.MediaStart:
             self._started(event)
         elif kind is wc.Status:
-            future = self._flush_future
-            if control.flushed_frames is not None and future is not None and not future.done():
-                future.set_result(control.flushed_frames)
-                self._flush_future = None
+            if control.answered == "query":
+                self.queue_samples += 1
+                self.queue_total += event.queue_length
+                if event.queue_length > self.queue_max:
+                    self.queue_max = event.queue_length
+            elif control.answered == "flush":
+                self.flushed_frames += event.queue_length
+                future = self._flush_future
+                if future is not None and not future.done():
+                    future.set_result(event.queue_length)
+                    self._flush_future = None
         elif kind is wc.DtmfEnd:
             if self._sink is not None and event.digit:
                 self.stats.dtmf_in += 1
