@@ -278,6 +278,8 @@ async def one_call(http, ari_url, redis, keys, emu, run: Path, profile: str, n: 
            "interrupt_to_silence_ms": (end * 20 - INTERRUPT_AT * 1000) if end is not None else None,
            "answer_heard_ms": ((end - start) * 20) if end is not None else None,
            "truncated_at_ms": truncs[0]["audio_end_ms"] if truncs else None,
+           "media_queue_max": record.get("media_queue_max"), "media_flushed_frames": record.get("media_flushed_frames"),
+
            "wall_s": round(time.monotonic() - t0, 1)}
     print(json.dumps(out))
     return out
@@ -291,7 +293,7 @@ def report(results: dict[str, list[dict]]) -> None:
         values = [float(v) for v in values if v not in (None, "")]
         return f"{statistics.median(values):.0f}" if values else "-"
     print("\nprofile                  setup  greeting(worker)  greeting onset heard  turn  barge-in(worker)  "
-          "interrupt->silent heard  |trunc-heard|")
+          "interrupt->silent heard  |trunc-heard|  ast.queue max")
     for profile, calls in results.items():
         turns = [v for c in calls for v in (c["turn_ms"] or "").split(",") if v]
         barge = [v for c in calls for v in (c["bargein_ms"] or "").split(",") if v]
@@ -299,7 +301,9 @@ def report(results: dict[str, list[dict]]) -> None:
                if c["truncated_at_ms"] is not None and c["answer_heard_ms"] is not None]
         print(f"{profile:24} {med(c['setup_ms'] for c in calls):>5}  {med(c['greeting_ms'] for c in calls):>16}  "
               f"{med(c['greeting_onset_heard_ms'] for c in calls):>20}  {med(turns):>4}  {med(barge):>16}  "
-              f"{med(c['interrupt_to_silence_ms'] for c in calls):>23}  {med(err):>12}  (n={len(calls)}, medians, ms)")
+              f"{med(c['interrupt_to_silence_ms'] for c in calls):>23}  {med(err):>12}  "
+              f"{max((int(c['media_queue_max']) for c in calls if c['media_queue_max']), default='-'):>13}"
+              f"  (n={len(calls)}, medians, ms)")
 
 
 if __name__ == "__main__":
