@@ -33,6 +33,7 @@ import tempfile
 import time
 import uuid
 import wave
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
@@ -140,30 +141,32 @@ def tone24k(ms: int, hz: float = 440.0) -> bytes:
     return (np.sin(2 * math.pi * hz * t) * 32767 * 0.1).astype("<i2").tobytes()
 
 
-async def main() -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--prefix", type=Path, required=True)
-    ap.add_argument("--calls", type=int, default=3)
-    ap.add_argument("--profiles", default="websocket_ulaw_8k,websocket_slin16,websocket_pcm16_24k,"
-                                          "telephony_pcm16_24k,telephony_ulaw_8k")
-    ap.add_argument("--redis", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
-    ap.add_argument("--keep", action="store_true", help="keep the run directory")
-    ap.add_argument("--json", type=Path, help="write the figures here")
-    args = ap.parse_args()
-    run = Path(tempfile.mkdtemp(prefix="ws-realpbx-"))
+@dataclass
+class RunResult:
+    results: dict[str, list[dict]]
+    left_channels: int
+    left_bridges: int
+    error_lines: dict[str, list[str]]  # role -> ERROR / Traceback lines of its log
+
+
+async def run(prefix_dir: Path, profiles: list[str], calls: int, redis_url: str, keep: bool = False) -> RunResult:
+    """Start Asterisk from `prefix_dir`, the cluster and the emulator; place `calls` calls per profile."""
+    prefix_dir = prefix_dir.resolve()
+    run_dir = Path(tempfile.mkdtemp(prefix="ws-realpbx-"))
     http_port = free_port()
-    conf = write_confs(run, args.prefix.resolve(), http_port)
-    caller_wav(run / "caller-says.wav")
-    libdir = args.prefix.resolve() / "usr/lib/x86_64-linux-gnu"
-    ast = subprocess.Popen([str(libdir / "ld-linux-x86-64.so.2"), "--library-path",
-                            f"{libdir}:{args.prefix.resolve() / 'lib/x86_64-linux-gnu'}",
-                            str(args.prefix.resolve() / "usr/sbin/asterisk"), "-C", str(conf), "-f"],
-                           stdout=open(run / "asterisk.out", "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+    conf = write_confs(run_dir, prefix_dir, http_port)
+    caller_wav(run_dir / "caller-says.wav")
+    libdir = prefix_dir / "usr/lib/x86_64-linux-gnu"
+    with open(run_dir / "asterisk.out", "wb") as out:
+        ast = subprocess.Popen([str(libdir / "ld-linux-x86-64.so.2"), "--library-path",
+                                f"{libdir}:{prefix_dir / 'lib/x86_64-linux-gnu'}",
+                                str(prefix_dir / "usr/sbin/asterisk"), "-C", str(conf), "-f"],
+                               stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     ari_url = f"http://127.0.0.1:{http_port}"
     token = base64.b64encode(f"{ARI_USER}:{ARI_PASSWORD}".encode()).decode()
-    prefix = f"wsb{uuid.uuid4().hex[:6]}:"
-    keys = Keys(prefix)
-    redis = aioredis.Redis.from_url(args.redis, decode_responses=True)
+    key_prefix = f"wsb{uuid.uuid4().hex[:6]}:"
+    keys = Keys(key_prefix)
+    redis = aioredis.Redis.from_url(redis_url, decode_responses=True)
     emu = Emulator(script=Script(greeting=Reply(text="Hello, thanks for calling. How can I help?", audio_ms=1500),
                                  turns={1: Reply(text="Let me tell you all about our opening hours in detail.",
                                                  pcm=tone24k(6000)),
@@ -172,7 +175,7 @@ async def main() -> int:
                    api_keys={API_KEY}, speed=4.0)
     await emu.start("127.0.0.1", 0)
     results: dict[str, list[dict]] = {}
-    clusters: list[LocalCluster] = []
+    cluster: LocalCluster | None = None
     try:
         async with aiohttp.ClientSession(headers={"Authorization": f"Basic {token}"}) as http:
             for _ in range(100):
@@ -185,61 +188,71 @@ async def main() -> int:
                     pass
                 await asyncio.sleep(0.1)
             else:
-                raise SystemExit(f"Asterisk did not start: {(run / 'asterisk.out').read_text()[-2000:]}")
+                raise RuntimeError(f"Asterisk did not start: {(run_dir / 'asterisk.out').read_text()[-2000:]}")
             config = yaml.safe_load((ROOT / "config/ai-agent.yaml").read_text())
             config["asterisk"].update(ari_url=ari_url, username=ARI_USER, password=ARI_PASSWORD)
             config.setdefault("profiles", {})["websocket_slin16"] = {
                 "transport": "websocket", "format": "slin16", "provider_format": "pcm16"}
             config["contexts"].update({p: {"profile": p, "greeting": "Hello {caller_name}",
-                                           "prompt": "Be brief."} for p in args.profiles.split(",")})
-            (run / "config.yaml").write_text(yaml.safe_dump(config))
-            env = {"REDIS_URL": args.redis, "REDIS_KEY_PREFIX": prefix, "OPENAI_API_KEY": API_KEY,
+                                           "prompt": "Be brief."} for p in profiles})
+            (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
+            env = {"REDIS_URL": redis_url, "REDIS_KEY_PREFIX": key_prefix, "OPENAI_API_KEY": API_KEY,
                    "OPENAI_REALTIME_URL": emu.url, "REALTIME_PREWARM": "1", "LOG_LEVEL": "info"}
-            cluster = LocalCluster(run / "config.yaml", run, env)
-            clusters.append(cluster)
+            cluster = LocalCluster(run_dir / "config.yaml", run_dir, env)
             procs = [cluster.start("controller", instance_id="controller-bench"),
                      cluster.start("media-worker", "--audiosocket-port", "0", "--rtp-ports", "32000-32099",
                                    instance_id="worker-bench")]
             if not await asyncio.to_thread(cluster.wait_ready, procs, 30):
-                raise SystemExit("\n".join(p.log_text()[-3000:] for p in procs))
+                raise RuntimeError("\n".join(p.log_text()[-3000:] for p in procs))
             n = 0
-            for profile in args.profiles.split(","):
-                for _ in range(args.calls):
+            for profile in profiles:
+                for _ in range(calls):
                     n += 1
-                    results.setdefault(profile, []).append(await one_call(http, ari_url, redis, keys, emu, run,
+                    results.setdefault(profile, []).append(await one_call(http, ari_url, redis, keys, emu, run_dir,
                                                                           profile, n))
             async with http.get(f"{ari_url}/ari/channels") as r:
                 left = await r.json()
             async with http.get(f"{ari_url}/ari/bridges") as r:
                 left_bridges = await r.json()
-            print(f"left in Asterisk after all calls: {len(left)} channels, {len(left_bridges)} bridges")
-        report(results)
-        if args.json:
-            args.json.write_text(json.dumps(results, indent=1))
-        worker_log = (run / "worker-bench.log") if (run / "worker-bench.log").exists() else None
-        for c in clusters:
-            for p in c.processes:
-                text = p.log_text()
-                errors = [line for line in text.splitlines() if "ERROR" in line or "Traceback" in line]
-                print(f"{p.role}: {len(errors)} error lines" + (f": {errors[:3]}" if errors else ""))
-        del worker_log
-        return 0
+        errors = {p.role: [line for line in p.log_text().splitlines() if "ERROR" in line or "Traceback" in line]
+                  for p in cluster.processes}
+        return RunResult(results, len(left), len(left_bridges), errors)
     finally:
-        for c in clusters:
-            c.stop_all()
+        if cluster is not None:
+            cluster.stop_all()
         await emu.stop()
         os.killpg(ast.pid, signal.SIGTERM)
         try:
             ast.wait(10)
         except subprocess.TimeoutExpired:
             os.killpg(ast.pid, signal.SIGKILL)
-        async for key in redis.scan_iter(f"{prefix}*"):
+        async for key in redis.scan_iter(f"{key_prefix}*"):
             await redis.delete(key)
         await redis.aclose()
-        if args.keep:
-            print("run directory:", run)
+        if keep:
+            print("run directory:", run_dir)
         else:
-            shutil.rmtree(run, ignore_errors=True)
+            shutil.rmtree(run_dir, ignore_errors=True)
+
+
+async def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--prefix", type=Path, required=True)
+    ap.add_argument("--calls", type=int, default=3)
+    ap.add_argument("--profiles", default="websocket_ulaw_8k,websocket_slin16,websocket_pcm16_24k,"
+                                          "telephony_pcm16_24k,telephony_ulaw_8k")
+    ap.add_argument("--redis", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+    ap.add_argument("--keep", action="store_true", help="keep the run directory")
+    ap.add_argument("--json", type=Path, help="write the figures here")
+    args = ap.parse_args()
+    result = await run(args.prefix, args.profiles.split(","), args.calls, args.redis, args.keep)
+    print(f"left in Asterisk after all calls: {result.left_channels} channels, {result.left_bridges} bridges")
+    report(result.results)
+    if args.json:
+        args.json.write_text(json.dumps(result.results, indent=1))
+    for role, lines in result.error_lines.items():
+        print(f"{role}: {len(lines)} error lines" + (f": {lines[:3]}" if lines else ""))
+    return 0
 
 
 async def one_call(http, ari_url, redis, keys, emu, run: Path, profile: str, n: int) -> dict:
