@@ -25,6 +25,7 @@ from controller.ari.errors import AriError, quietly
 from controller.ari.resources import Channel
 from controller.ari.rest import AriRest
 from controller.contexts import Route, Unroutable, resolve
+from controller.stasis_legs import NotInStasis, StasisLegs
 from shared.config.schema import Config
 from shared.keys import Keys
 from shared.logs import bind_call
@@ -81,6 +82,7 @@ class Call:
     caller_gone: asyncio.Event = field(default_factory=asyncio.Event)
     ended: asyncio.Event = field(default_factory=asyncio.Event)
     playback_done: dict[str, asyncio.Event] = field(default_factory=dict)
+    legs: StasisLegs = field(default_factory=StasisLegs)  # our own legs' Stasis membership
     _bridge_made: bool = False
     _caller_bridged: bool = False
     _setup: asyncio.Task | None = None
@@ -116,8 +118,15 @@ class Call:
         if left:
             attempt.leg_left()
 
-    def media_left(self) -> None:
-        """StasisEnd of our media leg: the worker closed it (or died) while the caller is still here."""
+    def leg_entered(self, leg: str) -> None:
+        """StasisStart of one of our own legs (media or transfer)."""
+        self.legs.entered(leg)
+
+    def media_left(self, leg: str) -> None:
+        """StasisEnd of a media leg: the worker closed it (or died) while the caller is still here."""
+        self.legs.left(leg)
+        if leg != self.media:
+            return  # the leg of a setup attempt that was given up
         if self.state == "active" and not self.caller_gone.is_set():
             log.warning("media leg %s ended while the call was active", self.media)
             self.end("media_lost", fallback=True)
@@ -148,11 +157,11 @@ class Call:
             plan = self._plan(self.route)
             excluded: list[str] = []
             for attempt in range(SETUP_ATTEMPTS):
-                reserved = await self._admit(plan, tuple(excluded))
+                reserved = await self._admit(plan, tuple(excluded), attempt)
                 if reserved is None:
                     return  # queue timeout (fallback started) or caller gone
                 try:
-                    await self._connect(reserved, plan)
+                    await self._connect(reserved, plan, attempt)
                     break
                 except SetupFailed as exc:
                     excluded.append(reserved.worker_id)
@@ -218,13 +227,13 @@ class Call:
             caller_number=self.caller.caller.number, greeting=route.greeting, instructions=route.instructions,
             tools=route.tools, voice=route.voice, created_ms=int(time.time() * 1000))
 
-    async def _admit(self, plan: CallPlan, exclude: tuple[str, ...]) -> Reserved | None:
+    async def _admit(self, plan: CallPlan, exclude: tuple[str, ...], attempt: int) -> Reserved | None:
         d = self.deps
         fields = {"caller_channel": self.caller.id, "context": plan.context, "provider": plan.provider,
                   "caller_name": plan.caller_name, "caller_number": plan.caller_number,
                   "transport": plan.transport, "format": plan.format, "controller": d.controller_id,
                   "created_ms": str(plan.created_ms), "bridge": ids.bridge_id(self.call_id),
-                  "media_channel": ids.media_channel_id(self.call_id)}
+                  "media_channel": ids.media_channel_id(self.call_id, attempt)}
         settings = d.config.controller
         deadline = time.monotonic() + settings.queue_timeout_ms / 1000
         queued_at: float | None = None
@@ -281,13 +290,15 @@ class Call:
         except AriError:
             pass
 
-    async def _connect(self, reserved: Reserved, plan: CallPlan) -> None:
+    async def _connect(self, reserved: Reserved, plan: CallPlan, attempt: int = 0) -> None:
         """Answer, bridge and the media leg, concurrently where possible. Raises SetupFailed when the media
-        leg cannot be made (the worker did not take the connection)."""
+        leg cannot be made (the worker did not take the connection, or the leg never entered Stasis)."""
         d = self.deps
         self.state = "setting_up"
         self.bridge = ids.bridge_id(self.call_id)
-        self.media = ids.media_channel_id(self.call_id)
+        # A retry gets a new id: the previous attempt's leg may not be destroyed yet, and its StasisEnd must
+        # not be taken for the new leg's.
+        self.media = ids.media_channel_id(self.call_id, attempt)
         timeout = d.config.controller.ari_timeout_ms / 1000
         if plan.transport == "rtp":
             media = dict(external_host=f"{reserved.media_host}:{reserved.rtp_port}", encapsulation="rtp",
@@ -318,7 +329,10 @@ class Call:
                     raise SetupFailed(f"externalMedia toward {media['external_host']}: {exc}") from exc
                 raise
             await bridge_task
-            await d.rest.add_channel(self.bridge, self.media)
+            try:
+                await self.legs.run(self.media, partial(d.rest.add_channel, self.bridge, self.media), timeout)
+            except NotInStasis as exc:
+                raise SetupFailed(str(exc)) from exc
 
         try:
             # Every step runs to its end (none is left in flight for a retry to trip over), then the first
