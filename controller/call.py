@@ -29,7 +29,7 @@ from controller.stasis_legs import NotInStasis, StasisLegs
 from shared.config.schema import Config
 from shared.keys import Keys
 from shared.logs import bind_call
-from shared.messages import CallPlan
+from shared.messages import CallPlan, MediaPeer, inbox_fields
 from shared.metrics import CALLS_ADMITTED, CALLS_ENDED, CALLS_QUEUED, CALLS_REJECTED, QUEUE_WAIT, SETUP_SECONDS
 
 if TYPE_CHECKING:
@@ -39,6 +39,7 @@ log = logging.getLogger("call")
 
 QUEUE_POLL_S = 0.1
 SETUP_ATTEMPTS = 2  # a worker that refuses the media connection gets one replacement
+INBOX_MAXLEN = 10_000  # as the admission script's assignments
 
 
 class SetupFailed(Exception):
@@ -323,11 +324,13 @@ class Call:
 
         async def media_leg() -> None:
             try:
-                await d.rest.external_media(app=d.app, channel_id=self.media, format=plan.format, **media)
+                leg = await d.rest.external_media(app=d.app, channel_id=self.media, format=plan.format, **media)
             except AriError as exc:
                 if exc.status >= 500 or exc.status == 0:
                     raise SetupFailed(f"externalMedia toward {media['external_host']}: {exc}") from exc
                 raise
+            if plan.transport == "rtp":
+                await self._tell_rtp_peer(reserved, leg)
             await bridge_task
             try:
                 await self.legs.run(self.media, partial(d.rest.add_channel, self.bridge, self.media), timeout)
@@ -344,6 +347,20 @@ class Call:
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
             raise next((e for e in errors if isinstance(e, SetupFailed)), errors[0])
+
+    async def _tell_rtp_peer(self, reserved: Reserved, leg: Channel) -> None:
+        """Tell the worker where Asterisk's end of the RTP leg is, so it need not wait for a first packet (a
+        silent caller, or a phone with silence suppression, sends none)."""
+        found = leg.channelvars or {}
+        host, port = found.get("UNICASTRTP_LOCAL_ADDRESS", ""), found.get("UNICASTRTP_LOCAL_PORT", "")
+        if not host or not port.isdigit() or host in ("0.0.0.0", "::"):
+            log.info("externalMedia gave no usable RTP address (%r:%r): the worker waits for the first packet",
+                     host, port)
+            return
+        d = self.deps
+        await d.redis.xadd(d.keys.worker_inbox(reserved.worker_id),
+                           inbox_fields("media_peer", MediaPeer(call_id=self.call_id, host=host, port=int(port))),
+                           maxlen=INBOX_MAXLEN, approximate=True)
 
     async def drop_media(self) -> None:
         if self.media:

@@ -12,7 +12,7 @@ import redis.asyncio as aioredis
 from media_worker.session import CallSession, WorkerContext
 from media_worker.transport.link import MediaLink, MediaSink
 from media_worker.transport.rtp_endpoint import RtpEndpoint
-from shared.messages import Assignment, CallEnded, ControlReply
+from shared.messages import Assignment, CallEnded, ControlReply, MediaPeer
 
 log = logging.getLogger("calls")
 
@@ -37,6 +37,8 @@ class CallManager:
                 session = self.sessions.get(reply.call_id)
                 if session is not None:
                     session.tools.on_reply(reply)
+            elif kind == "media_peer":
+                self.media_peer(msgspec.json.decode(data, type=MediaPeer))
             elif kind == "end":
                 ended = msgspec.json.decode(data, type=CallEnded)
                 session = self.sessions.get(ended.call_id)
@@ -72,8 +74,16 @@ class CallManager:
                  assignment.plan.transport, assignment.plan.format, assignment.plan.context)
 
     def _rtp_sink(self, session: CallSession, link: MediaLink) -> MediaSink:
-        session.attach(link, live=False)  # RTP: we can send only once Asterisk's first packet latched us
+        session.attach(link, live=False)  # RTP: live once we know Asterisk's address (media_peer, first packet)
         return session
+
+    def media_peer(self, peer: MediaPeer) -> None:
+        endpoint = self._rtp.get(peer.call_id)
+        session = self.sessions.get(peer.call_id)
+        if endpoint is None or session is None:
+            return  # the call is over already
+        if endpoint.set_peer(peer.host, peer.port):
+            session.media_ready()
 
     async def _forget_when_done(self, session: CallSession) -> None:
         await session.finished.wait()

@@ -249,6 +249,11 @@ class CallSession:
         if live:
             self._go_live()
 
+    def media_ready(self) -> None:
+        """The link knows where to send (RTP: Asterisk's address from the controller): start the clock."""
+        if self.link is not None and not self.linked.is_set():
+            self._go_live()
+
     def _go_live(self) -> None:
         self._linked_t = time.monotonic()
         self._greeting_deadline = self._linked_t + self.ctx.config.media_worker.greeting_timeout_ms / 1000

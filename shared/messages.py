@@ -88,6 +88,16 @@ class CallEnded(msgspec.Struct, kw_only=True):
     reason: str
 
 
+class MediaPeer(msgspec.Struct, kw_only=True):
+    """Worker-inbox message (`type` = "media_peer"): where Asterisk takes the call's media. ExternalMedia RTP
+    reports its own address and port in the channel's UNICASTRTP_LOCAL_ADDRESS/PORT: with it the worker sends
+    from its first frame, so a caller who stays silent still hears the greeting."""
+
+    call_id: str
+    host: str
+    port: int
+
+
 _inbox_encoder = msgspec.json.Encoder()
 
 
