@@ -1,0 +1,6 @@
+"""A real Asterisk 22 for the tests: Debian's package installed into a cache, started in a run directory of
+its own with the project's deploy/asterisk confs."""
+
+from sim.real_asterisk.install import Installation, RealAsteriskUnavailable, default_cache, install, installed
+
+__all__ = ["Installation", "RealAsteriskUnavailable", "default_cache", "install", "installed"]
