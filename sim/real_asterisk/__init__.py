@@ -4,3 +4,6 @@ its own with the project's deploy/asterisk confs."""
 from sim.real_asterisk.install import Installation, RealAsteriskUnavailable, default_cache, install, installed
 
 __all__ = ["Installation", "RealAsteriskUnavailable", "default_cache", "install", "installed"]
+from sim.real_asterisk.process import RealAsterisk, default_run_root, start  # noqa: E402
+
+__all__ += ["RealAsterisk", "default_run_root", "start"]
