@@ -2,9 +2,10 @@
 
 Each AriRest method is called (with its optional arguments) against a recording server on loopback; every
 recorded request is then checked against `tests/fixtures/ari-api-docs-22.10.1/api-docs/*.json` (what a real
-Asterisk 22.10.1 serves, recorded by `scripts/real-asterisk record-swagger`): the path matches an `apis[].path` template with that `httpMethod`, every query parameter is declared for the
-operation as `paramType: query`, required ones are present, values fit `dataType` and `allowableValues`
-(comma-separated when `allowMultiple`), and a body is sent only where a body parameter exists.
+Asterisk 22.10.1 serves, recorded by `scripts/real-asterisk record-swagger`): the path matches an
+`apis[].path` template with that `httpMethod`, every query parameter is declared for the operation as
+`paramType: query`, required ones are present, values fit `dataType` and `allowableValues` (comma-separated
+when `allowMultiple`), and a body is sent only where a body parameter exists.
 """
 
 from __future__ import annotations
