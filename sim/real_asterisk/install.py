@@ -85,11 +85,14 @@ def install(cache_dir: Path | str | None = None, log=print) -> Installation:
             raise RealAsteriskUnavailable(f"{tool} not found: installing Debian's asterisk package needs apt and dpkg")
     if not KEYRING.exists():
         raise RealAsteriskUnavailable(f"{KEYRING} missing (package debian-archive-keyring): cannot verify the archive")
-    cache.mkdir(parents=True, exist_ok=True)
-    with _locked(cache / ".lock"):
-        if found := installed(cache):  # another process finished it while we waited
-            return found
-        return _install(cache, log)
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        with _locked(cache / ".lock"):
+            if found := installed(cache):  # another process finished it while we waited
+                return found
+            return _install(cache, log)
+    except OSError as exc:
+        raise RealAsteriskUnavailable(f"cannot install into {cache}: {exc}") from None
 
 
 def _install(cache: Path, log) -> Installation:

@@ -38,10 +38,10 @@ class RealAsterisk:
     user: str
     password: str
     app: str  # the Stasis app of the shipped dialplan
-    run_dir: Path
+    run_dir: Path | None  # None: an Asterisk the harness did not start (connect()); no CLI, never stopped
     version: str  # system.version of GET /ari/asterisk/info
     pid: int
-    prefix: Path
+    prefix: Path | None
 
     def __enter__(self) -> RealAsterisk:
         return self
@@ -59,6 +59,8 @@ class RealAsterisk:
 
     def cli(self, command: str, timeout: float = CLI_TIMEOUT) -> str:
         """Run one CLI command through the run directory's control socket (`asterisk -rx`); its output."""
+        if self.run_dir is None:
+            raise RealAsteriskUnavailable(f"no CLI for the Asterisk at {self.ari_url}: the harness did not start it")
         argv = self.installation.command("-C", str(self.conf), "-rx", command)
         try:
             done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
@@ -69,12 +71,18 @@ class RealAsterisk:
                                           f"{(done.stderr or done.stdout).strip()[-500:]}")
         return done.stdout
 
+    @property
+    def started_here(self) -> bool:
+        return self.run_dir is not None
+
     def running(self) -> bool:
+        if not self.started_here:
+            return self.ari("GET", "/asterisk/info")[0] == 200
         return _alive(self.pid, self.conf)
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> None:
         """`core stop now`, then SIGTERM and SIGKILL to the process group if it is still there after `timeout`."""
-        if not self.running():
+        if not self.started_here or not self.running():
             return
         try:
             self.cli("core stop now", timeout=timeout)
@@ -131,8 +139,11 @@ def start(run_dir: Path | str | None = None, cache_dir: Path | str | None = None
         raise RealAsteriskUnavailable(f"an Asterisk already runs in {run} (stop it first)")
     low = random.randrange(20000, 40000, 200)  # a range of its own, so instances rarely share RTP ports
     cfg = confs.RunConfig(run, free_port(), (low, low + 199), confs.ari_user(), secrets.token_urlsafe(18))
-    confs.write_run_dir(inst, cfg)
-    out = open(run / "log" / "asterisk.out", "wb")
+    try:
+        confs.write_run_dir(inst, cfg)
+        out = open(run / "log" / "asterisk.out", "wb")
+    except OSError as exc:
+        raise RealAsteriskUnavailable(f"cannot write the run directory {run}: {exc}") from None
     started = time.monotonic()
     # -f: stay in the foreground (no fork, no console); a session of its own so stop() can signal the group.
     proc = subprocess.Popen(inst.command("-f", "-n", "-C", str(cfg.conf)), stdin=subprocess.DEVNULL, stdout=out,
@@ -149,6 +160,22 @@ def start(run_dir: Path | str | None = None, cache_dir: Path | str | None = None
     ast.save_state()
     log(f"real Asterisk {ast.version} up in {time.monotonic() - started:.2f}s: ARI {ast.ari_url} "
         f"(run dir {run})")
+    return ast
+
+
+def connect(ari_url: str, user: str, password: str, app: str = confs.SHIPPED_APP,
+            timeout: float = 3.0) -> RealAsterisk:
+    """An Asterisk someone else runs, once its ARI answers `GET /asterisk/info` with these credentials."""
+    ast = RealAsterisk(ari_url.rstrip("/"), user, password, app, None, "", 0, None)
+    deadline = time.monotonic() + timeout
+    status, info = ast.ari("GET", "/asterisk/info")
+    while status != 200 and status != 401 and time.monotonic() < deadline:
+        time.sleep(0.2)
+        status, info = ast.ari("GET", "/asterisk/info")
+    if status != 200:
+        why = "wrong ARI user or password" if status == 401 else f"HTTP {status}" if status else "nothing answers"
+        raise RealAsteriskUnavailable(f"ARI at {ast.ari_url}: {why}")
+    ast.version = info["system"]["version"]
     return ast
 
 
