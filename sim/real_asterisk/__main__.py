@@ -74,34 +74,37 @@ def cmd_record_swagger(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="real-asterisk", description="a real Asterisk 22 (Debian's package, "
-                                     "installed into a cache) for tests and trials, on loopback")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache", type=Path, default=None,
                         help="install cache (default $VA_ASTERISK_CACHE or ~/.cache/voice-agent/asterisk)")
     parser.add_argument("--run-root", type=Path, default=default_run_root(),
                         help="where run directories go (default $VA_ASTERISK_RUN_ROOT or /tmp/voice-agent-asterisk-UID)")
     parser.add_argument("--name", default="default", help="the instance's run directory name (default: default)")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    sub.add_parser("install", help="download and unpack the package (once; cached)").set_defaults(func=cmd_install)
+    sub = parser.add_subparsers(dest="real_asterisk_command", required=True, metavar="COMMAND")
+    sub.add_parser("install", help="download and unpack the package (once; cached)").set_defaults(action=cmd_install)
     sub.add_parser("start", help="start one in the background; print its ARI URL, user and password"
-                   ).set_defaults(func=cmd_start)
-    sub.add_parser("stop", help="stop the one `start` started").set_defaults(func=cmd_stop)
-    sub.add_parser("status", help="what is installed and running").set_defaults(func=cmd_status)
+                   ).set_defaults(action=cmd_start)
+    sub.add_parser("stop", help="stop the one `start` started").set_defaults(action=cmd_stop)
+    sub.add_parser("status", help="what is installed and running").set_defaults(action=cmd_status)
     rs = sub.add_parser("record-swagger", help="write the ARI swagger it serves to tests/fixtures/ari-api-docs-<version>/"
                         " (uses the running instance, else starts one for the purpose)")
     rs.add_argument("--out", type=Path, default=None, help="another folder to write to")
-    rs.set_defaults(func=cmd_record_swagger)
-    return parser
+    rs.set_defaults(action=cmd_record_swagger)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def run(args: argparse.Namespace) -> int:
     try:
-        return args.func(args)
+        return args.action(args)
     except RealAsteriskUnavailable as exc:
         print(f"real Asterisk unavailable: {exc}", file=sys.stderr)
         return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="real-asterisk", description="a real Asterisk 22 (Debian's package, "
+                                     "installed into a cache) for tests and trials, on loopback")
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
 
 
 if __name__ == "__main__":
