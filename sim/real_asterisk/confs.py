@@ -63,6 +63,7 @@ def write_run_dir(inst: Installation, cfg: RunConfig) -> None:
     run = cfg.run_dir
     if run.exists():
         shutil.rmtree(run)
+    run.mkdir(mode=0o700, parents=True)  # ari.conf and state.json hold the ARI password
     for sub in ("etc", "lib", "spool", "run", "log", "data/sounds"):
         (run / sub).mkdir(parents=True)
     # What the package's install scripts would link and dpkg -x does not: the en voice, the MOH files, and the
@@ -115,24 +116,22 @@ def _asterisk_conf(inst: Installation, run: Path) -> str:
 
 
 def _ari_conf(cfg: RunConfig) -> str:
-    text = (DEPLOY / "ari.conf").read_text()
-    users = re.findall(r"^\[([^\]]+)\]\s*\n(?:[^\[]*?)^type\s*=\s*user", text, re.M)
-    if users != [cfg.user]:
-        raise RealAsteriskUnavailable(f"{DEPLOY / 'ari.conf'}: expected one ARI user [{cfg.user}], found {users}")
-    text = _sub(DEPLOY / "ari.conf", r"^password\s*=\s*CHANGE_ME\S*", f"password = {cfg.password}", text)
-    return text.replace("127.0.0.1:8088", f"127.0.0.1:{cfg.http_port}")
+    text = _sub(DEPLOY / "ari.conf", r"^password\s*=\s*CHANGE_ME\S*", f"password = {cfg.password}")
+    return text.replace("127.0.0.1:8088", f"127.0.0.1:{cfg.http_port}")  # allowed_origins follows the port
 
 
-def _sub(path: Path, pattern: str, replacement: str, text: str | None = None) -> str:
-    """`text` (else the file's text) with the one line matching `pattern` replaced; an error when it is missing,
-    so a changed deploy/asterisk file fails here, not as a mysterious Asterisk that never answers."""
-    new, count = re.subn(pattern, replacement, path.read_text() if text is None else text, flags=re.M)
+def _sub(path: Path, pattern: str, replacement: str) -> str:
+    """The file's text with the one line matching `pattern` replaced; an error when it is missing, so a changed
+    deploy/asterisk file fails here, not as a mysterious Asterisk that never answers."""
+    new, count = re.subn(pattern, replacement, path.read_text(), flags=re.M)
     if count != 1:
         raise RealAsteriskUnavailable(f"{path}: expected one line matching {pattern!r}, found {count}")
     return new
 
 
 def ari_user() -> str:
-    """The ARI user the shipped ari.conf defines."""
+    """The one ARI user the shipped ari.conf defines (the password placeholder is its)."""
     found = re.findall(r"^\[([^\]]+)\]\s*\n(?:[^\[]*?)^type\s*=\s*user", (DEPLOY / "ari.conf").read_text(), re.M)
-    return found[0] if found else "asterisk"
+    if len(found) != 1:
+        raise RealAsteriskUnavailable(f"{DEPLOY / 'ari.conf'}: expected one ARI user, found {found}")
+    return found[0]

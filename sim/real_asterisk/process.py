@@ -12,7 +12,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from sim.cluster import free_port
@@ -42,6 +42,7 @@ class RealAsterisk:
     version: str  # system.version of GET /ari/asterisk/info
     pid: int
     prefix: Path | None
+    _proc: subprocess.Popen | None = field(default=None, repr=False, compare=False)  # when started by us
 
     def __enter__(self) -> RealAsterisk:
         return self
@@ -78,6 +79,8 @@ class RealAsterisk:
     def running(self) -> bool:
         if not self.started_here:
             return self.ari("GET", "/asterisk/info")[0] == 200
+        if self._proc is not None:  # our child: poll() also collects its exit status (no zombie left)
+            return self._proc.poll() is None
         return _alive(self.pid, self.conf)
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> None:
@@ -89,14 +92,22 @@ class RealAsterisk:
         except RealAsteriskUnavailable:
             pass  # the signals below end it anyway
         for sig in (signal.SIGTERM, signal.SIGKILL):
-            if _wait_gone(self.pid, self.conf, timeout):
+            if self._wait_gone(timeout):
                 return
             try:
                 os.killpg(self.pid, sig)
             except ProcessLookupError:
-                return
-        if not _wait_gone(self.pid, self.conf, timeout):
+                break
+        if not self._wait_gone(timeout):
             raise RealAsteriskUnavailable(f"Asterisk pid {self.pid} survived SIGKILL")
+
+    def _wait_gone(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while self.running():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
 
     def ari(self, method: str, path: str, timeout: float = 5.0) -> tuple[int, object]:
         """One ARI request (`path` under /ari); (status, decoded JSON or None)."""
@@ -116,7 +127,8 @@ class RealAsterisk:
 
     def save_state(self) -> Path:
         path = self.run_dir / STATE
-        path.write_text(json.dumps({k: str(v) for k, v in asdict(self).items()}, indent=1) + "\n")
+        state = {f.name: str(getattr(self, f.name)) for f in fields(self) if not f.name.startswith("_")}
+        path.write_text(json.dumps(state, indent=1) + "\n")
         return path
 
     @classmethod
@@ -150,12 +162,11 @@ def start(run_dir: Path | str | None = None, cache_dir: Path | str | None = None
                             stderr=subprocess.STDOUT, start_new_session=True, cwd=run)
     out.close()
     ast = RealAsterisk(f"http://127.0.0.1:{cfg.http_port}", cfg.user, cfg.password, confs.SHIPPED_APP, run, "",
-                       proc.pid, inst.prefix)
+                       proc.pid, inst.prefix, proc)
     try:
         ast.version = _wait_ready(ast, proc, timeout)
     except BaseException:
         ast.stop(timeout=3)
-        proc.wait(5)
         raise
     ast.save_state()
     log(f"real Asterisk {ast.version} up in {time.monotonic() - started:.2f}s: ARI {ast.ari_url} "
@@ -211,19 +222,6 @@ def _alive(pid: int, conf: Path) -> bool:
     except OSError:
         return False
     return str(conf).encode() in cmdline and stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def _wait_gone(pid: int, conf: Path, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.waitpid(pid, os.WNOHANG)  # reap it when it is our child
-        except ChildProcessError:
-            pass
-        if not _alive(pid, conf):
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def _basic(user: str, password: str) -> str:

@@ -5,6 +5,7 @@ had, and a check that every test leaves no channel or bridge behind."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 
@@ -27,6 +28,14 @@ def real_asterisk(request, tmp_path_factory) -> RealAsterisk:
         pytest.skip(f"real Asterisk unavailable: {exc}")
     yield ast
     ast.stop()
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m selects: every test in this folder is a real-PBX test
+def pytest_collection_modifyitems(items):
+    here = Path(__file__).parent
+    for item in items:
+        if here in item.path.parents:
+            item.add_marker(pytest.mark.realpbx)
 
 
 def _live(ast: RealAsterisk) -> dict[str, dict[str, str]]:
