@@ -72,6 +72,26 @@ async def test_an_originated_local_channel_enters_the_test_app_and_hangs_up(real
         await events.wait("ChannelDestroyed", channel__id=channel)
 
 
+async def test_a_sound_plays_on_a_channel_and_music_on_hold_has_files(real_asterisk):
+    needs_cli(real_asterisk)
+    status, sound = real_asterisk.ari("GET", "/sounds/hello-world")
+    # The en voice is wav files; ARI names the format by its codec, slin.
+    assert status == 200 and {"language": "en", "format": "slin"} in sound["formats"], sound
+    moh = real_asterisk.cli("moh show files")
+    assert "Class: default" in moh and "File: " in moh, moh
+    app, channel = f"va-test-{uuid.uuid4().hex[:8]}", f"va-test-{uuid.uuid4().hex[:12]}"
+    async with AriEvents(real_asterisk, app) as events:
+        query = urllib.parse.urlencode({"endpoint": "Local/s@va-harness-wait", "app": app, "channelId": channel})
+        assert real_asterisk.ari("POST", f"/channels?{query}")[0] == 200
+        await events.wait("StasisStart", channel__id=channel)
+        status, playback = real_asterisk.ari("POST", f"/channels/{channel}/play?media=sound:hello-world")
+        assert status == 201, playback
+        finished = await events.wait("PlaybackFinished", playback__id=playback["id"])
+        assert finished["playback"]["state"] == "done", finished
+        assert real_asterisk.ari("DELETE", f"/channels/{channel}")[0] == 204
+        await events.wait("StasisEnd", channel__id=channel)
+
+
 def test_a_second_instance_runs_beside_the_first(real_asterisk, tmp_path_factory):
     needs_cli(real_asterisk)
     with start(tmp_path_factory.mktemp("second") / "ast", log=lambda *_: None) as second:
