@@ -341,6 +341,8 @@ class CallSession:
             self._frames_in += 1
             self.stats["padded_frames"] += 1
             self._queue_append(self._provider_silence)
+            if not self.gate.absent():
+                self._caller_speaking = False  # so the caller's next words are a new start (a barge-in)
 
     def _first_frame(self, now: float) -> None:
         self._awaiting_first_frame = False
