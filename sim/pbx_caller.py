@@ -14,6 +14,7 @@ enters Stasis after the REST answer: steps wait for its StasisStart.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import logging
@@ -135,7 +136,8 @@ class PbxCaller:
 
     def __init__(self, ari_url: str, user: str, password: str, app: str = APP, host: str = "127.0.0.1"):
         self.ari_url = ari_url.rstrip("/")
-        self.auth = aiohttp.BasicAuth(user, password)
+        token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+        self._headers = {"Authorization": f"Basic {token}"}
         self.app = app
         self.host = host
         self.legs: dict[str, CallerLeg] = {}
@@ -148,7 +150,7 @@ class PbxCaller:
         self._n = 0
 
     async def __aenter__(self) -> PbxCaller:
-        self._http = aiohttp.ClientSession(auth=self.auth, timeout=aiohttp.ClientTimeout(total=10))
+        self._http = aiohttp.ClientSession(headers=self._headers, timeout=aiohttp.ClientTimeout(total=10))
         ws_url = self.ari_url.replace("http", "ws", 1) + f"/ari/events?app={self.app}"
         self._ws = await self._http.ws_connect(ws_url, heartbeat=10)
         self._reader = asyncio.create_task(self._read(), name="pbx-caller-events")
