@@ -171,8 +171,9 @@ class CallSession:
                 await self._greet()
             events = asyncio.create_task(self._events_forever(), name=f"events-{self.call_id}")
             try:
-                await asyncio.wait_for(self.linked.wait(), timeout)
-            except asyncio.TimeoutError:
+                async with asyncio.timeout(timeout):  # not wait_for: it can swallow stop()'s cancel on 3.11
+                    await self.linked.wait()
+            except TimeoutError:
                 self.end_reason = self.end_reason or "media_timeout"
                 log.warning("no media connection within %.0f s: dropping the call", timeout)
                 events.cancel()
