@@ -26,10 +26,11 @@ from controller.ari.errors import AriError, quietly
 from controller.ari.resources import Channel
 from controller.ari.rest import AriRest
 from controller.contexts import Route, Unroutable, resolve
+from controller.stasis_legs import NotInStasis, StasisLegs
 from shared.config.schema import Config
 from shared.keys import Keys
 from shared.logs import bind_call
-from shared.messages import CallPlan, MediaReady
+from shared.messages import CallPlan, MediaBridged, MediaPeer, MediaReady, inbox_fields
 from shared.websocket_url import media_url
 from shared.metrics import CALLS_ADMITTED, CALLS_ENDED, CALLS_QUEUED, CALLS_REJECTED, QUEUE_WAIT, SETUP_SECONDS
 
@@ -40,6 +41,7 @@ log = logging.getLogger("call")
 
 QUEUE_POLL_S = 0.1
 SETUP_ATTEMPTS = 2  # a worker that refuses the media connection gets one replacement
+INBOX_MAXLEN = 10_000  # as the admission script's assignments
 
 
 class SetupFailed(Exception):
@@ -83,6 +85,7 @@ class Call:
     caller_gone: asyncio.Event = field(default_factory=asyncio.Event)
     ended: asyncio.Event = field(default_factory=asyncio.Event)
     playback_done: dict[str, asyncio.Event] = field(default_factory=dict)
+    legs: StasisLegs = field(default_factory=StasisLegs)  # our own legs' Stasis membership
     _bridge_made: bool = False
     _caller_bridged: bool = False
     _setup: asyncio.Task | None = None
@@ -118,8 +121,15 @@ class Call:
         if left:
             attempt.leg_left()
 
-    def media_left(self) -> None:
-        """StasisEnd of our media leg: the worker closed it (or died) while the caller is still here."""
+    def leg_entered(self, leg: str) -> None:
+        """StasisStart of one of our own legs (media or transfer)."""
+        self.legs.entered(leg)
+
+    def media_left(self, leg: str) -> None:
+        """StasisEnd of a media leg: the worker closed it (or died) while the caller is still here."""
+        self.legs.left(leg)
+        if leg != self.media:
+            return  # the leg of a setup attempt that was given up
         if self.state == "active" and not self.caller_gone.is_set():
             log.warning("media leg %s ended while the call was active", self.media)
             self.end("media_lost", fallback=True)
@@ -150,11 +160,11 @@ class Call:
             plan = self._plan(self.route)
             excluded: list[str] = []
             for attempt in range(SETUP_ATTEMPTS):
-                reserved = await self._admit(plan, tuple(excluded))
+                reserved = await self._admit(plan, tuple(excluded), attempt)
                 if reserved is None:
                     return  # queue timeout (fallback started) or caller gone
                 try:
-                    await self._connect(reserved, plan)
+                    await self._connect(reserved, plan, attempt)
                     break
                 except SetupFailed as exc:
                     excluded.append(reserved.worker_id)
@@ -220,13 +230,13 @@ class Call:
             caller_number=self.caller.caller.number, greeting=route.greeting, instructions=route.instructions,
             tools=route.tools, voice=route.voice, created_ms=int(time.time() * 1000))
 
-    async def _admit(self, plan: CallPlan, exclude: tuple[str, ...]) -> Reserved | None:
+    async def _admit(self, plan: CallPlan, exclude: tuple[str, ...], attempt: int) -> Reserved | None:
         d = self.deps
         fields = {"caller_channel": self.caller.id, "context": plan.context, "provider": plan.provider,
                   "caller_name": plan.caller_name, "caller_number": plan.caller_number,
                   "transport": plan.transport, "format": plan.format, "controller": d.controller_id,
                   "created_ms": str(plan.created_ms), "bridge": ids.bridge_id(self.call_id),
-                  "media_channel": ids.media_channel_id(self.call_id)}
+                  "media_channel": ids.media_channel_id(self.call_id, attempt)}
         settings = d.config.controller
         deadline = time.monotonic() + settings.queue_timeout_ms / 1000
         queued_at: float | None = None
@@ -283,13 +293,15 @@ class Call:
         except AriError:
             pass
 
-    async def _connect(self, reserved: Reserved, plan: CallPlan) -> None:
+    async def _connect(self, reserved: Reserved, plan: CallPlan, attempt: int = 0) -> None:
         """Answer, bridge and the media leg, concurrently where possible. Raises SetupFailed when the media
-        leg cannot be made (the worker did not take the connection)."""
+        leg cannot be made (the worker did not take the connection, or the leg never entered Stasis)."""
         d = self.deps
         self.state = "setting_up"
         self.bridge = ids.bridge_id(self.call_id)
-        self.media = ids.media_channel_id(self.call_id)
+        # A retry gets a new id: the previous attempt's leg may not be destroyed yet, and its StasisEnd must
+        # not be taken for the new leg's.
+        self.media = ids.media_channel_id(self.call_id, attempt)
         timeout = d.config.controller.ari_timeout_ms / 1000
         if plan.transport == "rtp":
             media = dict(external_host=f"{reserved.media_host}:{reserved.rtp_port}", encapsulation="rtp",
@@ -321,21 +333,18 @@ class Call:
                 if exc.status >= 500 or exc.status == 0:
                     raise SetupFailed(f"externalMedia toward {media['external_host'] or 'a worker'}: {exc}") from exc
                 raise
-            if plan.transport == "websocket":  # the worker connects to Asterisk; the leg enters Stasis then
-                cid = wsm.connection_id(leg)
-                if not cid:
-                    raise SetupFailed("externalMedia (websocket) answered without a connection id")
-                await wsm.send_media_ready(d.redis, d.keys, reserved.worker_id, MediaReady(
-                    call_id=self.call_id, epoch=reserved.epoch, channel_id=self.media,
-                    url=media_url(wsm.media_base_url(d.config), cid)))
-                await bridge_task
-                try:
-                    await wsm.add_when_in_stasis(d.rest, self.bridge, self.media, timeout)
-                except AriError as exc:
-                    raise SetupFailed(f"worker {reserved.worker_id} did not connect the media: {exc}") from exc
-                return
+            if plan.transport == "rtp":
+                await self._tell_rtp_peer(reserved, leg)
+            elif plan.transport == "websocket":  # the worker connects to Asterisk; the leg enters Stasis then
+                await self._hand_websocket_to_worker(reserved, leg)
             await bridge_task
-            await d.rest.add_channel(self.bridge, self.media)
+            try:
+                await self.legs.run(self.media, partial(d.rest.add_channel, self.bridge, self.media), timeout)
+            except NotInStasis as exc:
+                raise SetupFailed(str(exc)) from exc
+            if plan.transport == "websocket":  # the worker's clock may start: what it sends is heard now
+                await wsm.send_bridged(d.redis, d.keys, reserved.worker_id,
+                                       MediaBridged(call_id=self.call_id, epoch=reserved.epoch))
 
         try:
             # Every step runs to its end (none is left in flight for a retry to trip over), then the first
@@ -347,6 +356,31 @@ class Call:
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
             raise next((e for e in errors if isinstance(e, SetupFailed)), errors[0])
+
+    async def _tell_rtp_peer(self, reserved: Reserved, leg: Channel) -> None:
+        """Tell the worker where Asterisk's end of the RTP leg is, so it need not wait for a first packet (a
+        silent caller, or a phone with silence suppression, sends none)."""
+        found = leg.channelvars or {}
+        host, port = found.get("UNICASTRTP_LOCAL_ADDRESS", ""), found.get("UNICASTRTP_LOCAL_PORT", "")
+        if not host or not port.isdigit() or host in ("0.0.0.0", "::"):
+            log.info("externalMedia gave no usable RTP address (%r:%r): the worker waits for the first packet",
+                     host, port)
+            return
+        d = self.deps
+        await d.redis.xadd(d.keys.worker_inbox(reserved.worker_id),
+                           inbox_fields("media_peer", MediaPeer(call_id=self.call_id, host=host, port=int(port))),
+                           maxlen=INBOX_MAXLEN, approximate=True)
+
+    async def _hand_websocket_to_worker(self, reserved: Reserved, leg: Channel) -> None:
+        """WebSocket media: send the worker Asterisk's connection id (as its media URL); the worker connects,
+        Asterisk answers the leg and enters it into Stasis, and the addChannel below, waiting for that, follows."""
+        cid = wsm.connection_id(leg)
+        if not cid:
+            raise SetupFailed("externalMedia (websocket) answered without MEDIA_WEBSOCKET_CONNECTION_ID")
+        d = self.deps
+        await wsm.send_media_ready(d.redis, d.keys, reserved.worker_id, MediaReady(
+            call_id=self.call_id, epoch=reserved.epoch, channel_id=self.media,
+            url=media_url(wsm.media_base_url(d.config), cid)))
 
     async def drop_media(self) -> None:
         if self.media:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import uuid
 
-_OURS = re.compile(r"^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})-(em|br|xfer\d+)$")
+_OURS = re.compile(r"^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})-(em\d*|br|xfer\d+)$")
 # Channels that only ever come from externalMedia or snoop: never a caller, whatever their args say.
 MEDIA_PREFIXES = ("UnicastRTP/", "AudioSocket/", "WebSocket/", "Snoop/")
 
@@ -20,8 +20,9 @@ def new_call_id() -> str:
     return str(uuid.uuid4())
 
 
-def media_channel_id(call_id: str) -> str:
-    return f"{call_id}-em"
+def media_channel_id(call_id: str, attempt: int = 0) -> str:
+    """The media leg of a call's setup attempt: `-em`, then `-em1`, `-em2` … for retries on other workers."""
+    return f"{call_id}-em{attempt or ''}"
 
 
 def bridge_id(call_id: str) -> str:
@@ -33,6 +34,6 @@ def transfer_channel_id(call_id: str, n: int) -> str:
 
 
 def owner(object_id: str) -> tuple[str, str] | None:
-    """(call id, kind: em | br | xferN) for an object we created, else None."""
+    """(call id, kind: em | emN | br | xferN) for an object we created, else None."""
     m = _OURS.match(object_id)
     return (m.group(1), m.group(2)) if m else None

@@ -84,6 +84,8 @@ class StasisApp:
                 # A leg of a call that is gone (e.g. created just before a restart): never leave it behind.
                 log.info("stray leg %s in Stasis: hanging it up", channel.id)
                 await _ignore_errors(self.deps.rest.hangup(channel.id))
+            else:
+                call.leg_entered(channel.id)
             return
         if channel.name.startswith(ids.MEDIA_PREFIXES) or channel.id in self.by_caller:
             return  # someone else's media leg, or a duplicate
@@ -104,9 +106,10 @@ class StasisApp:
         mine = ids.owner(channel.id)
         if mine is not None:
             call = self.calls.get(mine[0])
-            if call is not None and mine[1] == "em":
-                call.media_left()
+            if call is not None and mine[1].startswith("em"):
+                call.media_left(channel.id)
             elif call is not None and mine[1].startswith("xfer"):
+                call.legs.left(channel.id)
                 call.transfer_leg_event(channel.id, left=True)
             return
         call = self.by_caller.get(channel.id)

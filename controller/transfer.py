@@ -17,6 +17,7 @@ from functools import partial
 from typing import TYPE_CHECKING
 
 from controller.ari.errors import AriError, quietly
+from controller.stasis_legs import NotInStasis
 
 if TYPE_CHECKING:
     from controller.call import Call
@@ -99,7 +100,9 @@ class TransferAttempt:
                                               app_args=f"transfer,{call.call_id}", originator=call.caller.id)
                     call.extra_legs.add(self.leg)
                 if self.pending:
-                    await rest.dial(self.leg, timeout=max(1, math.ceil(self.timeout_s)))
+                    # The created leg enters Stasis after the REST answer: dial waits for its StasisStart.
+                    dial = partial(rest.dial, self.leg, timeout=max(1, math.ceil(self.timeout_s)))
+                    await call.legs.run(self.leg, dial, d.config.controller.ari_timeout_ms / 1000)
                     await on_ringing()
                 try:
                     status, message = await asyncio.wait_for(asyncio.shield(self.outcome),
@@ -107,7 +110,7 @@ class TransferAttempt:
                 except asyncio.TimeoutError:
                     status, message = "no_answer", f"no answer within {self.timeout_s:g} s"
                     self._settle(status, message)
-            except AriError as exc:
+            except (AriError, NotInStasis) as exc:
                 log.warning("transfer to %s failed: %s", self.endpoint, exc)
                 status, message = "failed", str(exc)
                 self._settle(status, message)

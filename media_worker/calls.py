@@ -14,7 +14,7 @@ from media_worker.session import CallSession, WorkerContext
 from media_worker.transport.link import MediaLink, MediaSink
 from media_worker.transport.rtp_endpoint import RtpEndpoint
 from media_worker.transport.websocket_media import MediaConnectError, WebSocketMediaLink
-from shared.messages import Assignment, CallEnded, ControlReply, MediaReady
+from shared.messages import Assignment, CallEnded, ControlReply, MediaBridged, MediaPeer, MediaReady
 from shared.websocket_url import redact
 
 log = logging.getLogger("calls")
@@ -43,8 +43,12 @@ class CallManager:
                 session = self.sessions.get(reply.call_id)
                 if session is not None:
                     session.tools.on_reply(reply)
+            elif kind == "media_peer":
+                self.media_peer(msgspec.json.decode(data, type=MediaPeer))
             elif kind == "media":
                 self.connect_websocket(msgspec.json.decode(data, type=MediaReady))
+            elif kind == "media_bridged":
+                self.websocket_bridged(msgspec.json.decode(data, type=MediaBridged))
             elif kind == "end":
                 ended = msgspec.json.decode(data, type=CallEnded)
                 session = self.sessions.get(ended.call_id)
@@ -80,8 +84,16 @@ class CallManager:
                  assignment.plan.transport, assignment.plan.format, assignment.plan.context)
 
     def _rtp_sink(self, session: CallSession, link: MediaLink) -> MediaSink:
-        session.attach(link, live=False)  # RTP: we can send only once Asterisk's first packet latched us
+        session.attach(link, live=False)  # RTP: live once we know Asterisk's address (media_peer, first packet)
         return session
+
+    def media_peer(self, peer: MediaPeer) -> None:
+        endpoint = self._rtp.get(peer.call_id)
+        session = self.sessions.get(peer.call_id)
+        if endpoint is None or session is None:
+            return  # the call is over already
+        if endpoint.set_peer(peer.host, peer.port):
+            session.media_ready()
 
     async def _forget_when_done(self, session: CallSession) -> None:
         await session.finished.wait()
@@ -139,18 +151,26 @@ class CallManager:
 
     def _websocket_started(self, session: CallSession, link: WebSocketMediaLink) -> MediaSink | None:
         """MEDIA_START: the channel is answered, but not yet in the caller's bridge (the controller adds it
-        once its StasisStart arrives, a few ms later); frames sent before that are played into nothing. So,
-        as for RTP, the clock starts with the first frame Asterisk sends us, which it does only once the
-        channel is bridged; WEBSOCKET_LIVE_AFTER bounds the wait should the bridge stay silent."""
+        once its StasisStart arrives, a few ms later); frames sent before that are played into nothing. So
+        the clock starts when the controller says the leg is bridged (media_bridged), or with the first frame
+        Asterisk sends us (it sends only once bridged), whichever comes first; WEBSOCKET_LIVE_AFTER bounds the
+        wait should both be lost."""
         if session.finished.is_set() or session._stopping or session.link is not None:
             return None
         session.attach(link, live=False)
 
         def live_anyway() -> None:
-            if not session.linked.is_set() and not session.finished.is_set() and not session._stopping:
-                session._go_live()
+            if not session.finished.is_set() and not session._stopping:
+                session.media_ready()
         asyncio.get_running_loop().call_later(WEBSOCKET_LIVE_AFTER, live_anyway)
         return session
+
+    def websocket_bridged(self, bridged: MediaBridged) -> None:
+        session = self.sessions.get(bridged.call_id)
+        if (session is None or session.assignment.epoch != bridged.epoch or session.link is None
+                or session.linked.is_set() or session._stopping):
+            return  # live already (the caller spoke first), or over
+        session.media_ready()
 
     # --- leases and shutdown ---------------------------------------------------------------------------
     async def renew_leases(self) -> None:

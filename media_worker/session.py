@@ -173,8 +173,9 @@ class CallSession:
                 await self._greet()
             events = asyncio.create_task(self._events_forever(), name=f"events-{self.call_id}")
             try:
-                await asyncio.wait_for(self.linked.wait(), timeout)
-            except asyncio.TimeoutError:
+                async with asyncio.timeout(timeout):  # not wait_for: it can swallow stop()'s cancel on 3.11
+                    await self.linked.wait()
+            except TimeoutError:
                 self.end_reason = self.end_reason or "media_timeout"
                 log.warning("no media connection within %.0f s: dropping the call", timeout)
                 events.cancel()
@@ -252,6 +253,11 @@ class CallSession:
         us where to, so the clock starts with the first caller frame."""
         self.link = link
         if live:
+            self._go_live()
+
+    def media_ready(self) -> None:
+        """The link knows where to send (RTP: Asterisk's address from the controller): start the clock."""
+        if self.link is not None and not self.linked.is_set():
             self._go_live()
 
     def _go_live(self) -> None:
@@ -341,6 +347,8 @@ class CallSession:
             self._frames_in += 1
             self.stats["padded_frames"] += 1
             self._queue_append(self._provider_silence)
+            if not self.gate.absent():
+                self._caller_speaking = False  # so the caller's next words are a new start (a barge-in)
 
     def _first_frame(self, now: float) -> None:
         self._awaiting_first_frame = False

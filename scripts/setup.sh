@@ -29,4 +29,16 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip 2>/dev/null || true
 .venv/bin/python -m pip install -q -e ".[test]"
+# The real-PBX tests (pytest -m realpbx) need Debian's asterisk package unpacked into a cache (once; nothing is
+# installed on the system). Without it setup goes on and those tests are skipped, loudly.
+if ! scripts/real-asterisk install >&2; then
+  cat >&2 <<'WARN'
+######################################################################################################
+#  WARNING: the real Asterisk could not be installed (the reason is printed above).
+#  The real-PBX tests (pytest -m realpbx) will be SKIPPED until it can be: they will not run.
+#  Retry with: scripts/real-asterisk install
+#  Or use an Asterisk you run: pytest -m realpbx --ari-url http://127.0.0.1:8088 --ari-password PW
+######################################################################################################
+WARN
+fi
 echo "setup done: .venv ready, Redis on 127.0.0.1:6379" >&2

@@ -149,6 +149,12 @@ def cmd_sim_mail(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def cmd_real_asterisk(args: argparse.Namespace) -> int:
+    from sim.real_asterisk.__main__ import run
+
+    return run(args)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from sim.demo import main as demo_main
 
@@ -226,6 +232,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     mail_arguments(mail)
     mail.set_defaults(func=cmd_sim_mail)
+
+    ra = sub.add_parser("real-asterisk", help="a real Asterisk 22 (Debian's package, cached) for tests and trials")
+    from sim.real_asterisk.__main__ import add_arguments as real_asterisk_arguments
+
+    real_asterisk_arguments(ra)
+    ra.set_defaults(func=cmd_real_asterisk)
 
     demo = sub.add_parser("demo", help="start the cluster locally, show it working, stop it cleanly")
     demo.add_argument("--keep-running", action="store_true", help="leave the cluster up until Ctrl-C")

@@ -94,11 +94,30 @@ class MediaReady(msgspec.Struct, kw_only=True):
     channel_id: str = ""
 
 
+class MediaBridged(msgspec.Struct, kw_only=True):
+    """Worker-inbox message (`type` = "media_bridged"), WebSocket media only: the media channel is in the
+    caller's bridge, so what the worker sends from now on is heard (before, Asterisk plays it into nothing).
+    A caller who stays silent sends no frame that could tell the worker so."""
+
+    call_id: str
+    epoch: int
+
+
 class CallEnded(msgspec.Struct, kw_only=True):
     """Worker-inbox message (`type` = "end"): the controller tore the call down; stop its session."""
 
     call_id: str
     reason: str
+
+
+class MediaPeer(msgspec.Struct, kw_only=True):
+    """Worker-inbox message (`type` = "media_peer"): where Asterisk takes the call's media. ExternalMedia RTP
+    reports its own address and port in the channel's UNICASTRTP_LOCAL_ADDRESS/PORT: with it the worker sends
+    from its first frame, so a caller who stays silent still hears the greeting."""
+
+    call_id: str
+    host: str
+    port: int
 
 
 _inbox_encoder = msgspec.json.Encoder()

@@ -24,6 +24,18 @@ TEST_ARI_PASSWORD = "ari-" + "pw" * 8
 OFFLINE = {"REALTIME_PREWARM": "0", "OPENAI_REALTIME_URL": "ws://127.0.0.1:9/v1/realtime"}
 
 
+def pytest_addoption(parser):
+    # The real-PBX suite (tests/realpbx) starts its own Asterisk unless pointed at one already running.
+    group = parser.getgroup("realpbx", "real-PBX tests (pytest -m realpbx)")
+    group.addoption("--ari-url", default=os.environ.get("VA_REAL_ASTERISK_ARI_URL"),
+                    help="use this running Asterisk's ARI (http://host:8088) instead of starting one "
+                         "($VA_REAL_ASTERISK_ARI_URL)")
+    group.addoption("--ari-user", default=os.environ.get("VA_REAL_ASTERISK_ARI_USER", "asterisk"),
+                    help="its ARI user ($VA_REAL_ASTERISK_ARI_USER, default asterisk)")
+    group.addoption("--ari-password", default=os.environ.get("VA_REAL_ASTERISK_ARI_PASSWORD", ""),
+                    help="its ARI password ($VA_REAL_ASTERISK_ARI_PASSWORD)")
+
+
 @pytest.fixture
 def redis_url() -> str:
     return REDIS_URL

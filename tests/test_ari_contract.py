@@ -1,10 +1,11 @@
 """Contract test: every request the ARI client can send is valid for the Asterisk 22.10.1 swagger.
 
 Each AriRest method is called (with its optional arguments) against a recording server on loopback; every
-recorded request is then checked against `/work/shared/ari-api-docs/api-docs/*.json` (read at test time):
-the path matches an `apis[].path` template with that `httpMethod`, every query parameter is declared for the
-operation as `paramType: query`, required ones are present, values fit `dataType` and `allowableValues`
-(comma-separated when `allowMultiple`), and a body is sent only where a body parameter exists.
+recorded request is then checked against `tests/fixtures/ari-api-docs-22.10.1/api-docs/*.json` (what a real
+Asterisk 22.10.1 serves, recorded by `scripts/real-asterisk record-swagger`): the path matches an
+`apis[].path` template with that `httpMethod`, every query parameter is declared for the operation as
+`paramType: query`, required ones are present, values fit `dataType` and `allowableValues` (comma-separated
+when `allowMultiple`), and a body is sent only where a body parameter exists.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from controller.ari.events import EventStream
 from controller.ari.rest import AriRest
 
 ROOT = Path(__file__).resolve().parent.parent
-API_DOCS = ROOT.parent / "shared" / "ari-api-docs" / "api-docs"
+API_DOCS = ROOT / "tests" / "fixtures" / "ari-api-docs-22.10.1" / "api-docs"
 APP = "asterisk-ai-voice-agent"
 
 

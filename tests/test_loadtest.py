@@ -122,7 +122,7 @@ def test_originate_request_dials_a_local_channel_into_the_stasis_context():
     assert params["callerId"] == "Caller 7 <5550007>"
     assert body == {"variables": {"AI_CONTEXT": "sales"}}
     # Every query parameter is one ARI's originate accepts (the swagger of Asterisk 22.10.1).
-    swagger = json.loads((ROOT.parent / "shared" / "ari-api-docs" / "api-docs" / "channels.json").read_text())
+    swagger = json.loads((ROOT / "tests/fixtures/ari-api-docs-22.10.1/api-docs/channels.json").read_text())
     op = next(o for api in swagger["apis"] if api["path"] == "/channels" for o in api["operations"]
               if o["httpMethod"] == "POST")
     accepted = {p["name"] for p in op["parameters"]}

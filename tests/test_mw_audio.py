@@ -490,6 +490,19 @@ def test_gate_hangs_then_closes_and_ignores_quiet_noise():
     assert not any(run_gate(quiet, np.zeros(len(noise)), noise, rate))
 
 
+def test_frames_that_never_came_close_the_gate_so_the_next_words_start_again():
+    """A caller whose phone (or a Local channel) sends nothing while silent: the session feeds the gate an
+    absent frame per missed slot; without them the gate would stay open and the next words be no new start."""
+    rate = 8000
+    words = voice(rate, 0.6, f0=105, seed=3)
+    gate = SpeechGate(rate, hang_frames=10)
+    assert any(run_gate(gate, np.zeros(len(words)), words, rate))
+    assert gate.speaking
+    closed_after = next(i for i in range(1, 20) if not gate.absent())
+    assert closed_after == 10 and not gate.speaking
+    assert any(run_gate(gate, np.zeros(len(words)), words, rate)) and gate.speech_starts == 2
+
+
 def test_gate_rejects_bad_settings():
     with pytest.raises(ValueError):
         SpeechGate(44100)

@@ -574,6 +574,25 @@ async def test_endpoint_latches_to_the_first_good_source(endpoint):
     asterisk_rtp.close()
 
 
+async def test_endpoint_sends_to_the_address_the_controller_learnt_before_any_packet(endpoint):
+    """A silent caller sends no RTP: Asterisk's address from externalMedia lets the greeting out anyway."""
+    asterisk_rtp = await UdpPeer.open()
+    assert endpoint.set_peer("127.0.0.1", asterisk_rtp.port)
+    assert endpoint.send(b"\x11" * 160)
+    await until(lambda: len(asterisk_rtp.received) == 1)
+    assert rtp_codec.parse(asterisk_rtp.received[0]).payload == b"\x11" * 160
+    assert not endpoint.set_peer("127.0.0.1", 9)  # once known, the peer is not moved by another message
+    asterisk_rtp.send(endpoint, b"\x01" * 160)  # Asterisk's packets then come from the same address
+    await until(lambda: endpoint.test_sink.audio)
+    assert endpoint.stats.dropped_source == 0 and endpoint.peer == f"127.0.0.1:{asterisk_rtp.port}"
+    asterisk_rtp.close()
+
+
+async def test_endpoint_refuses_a_peer_outside_the_allow_list(endpoint):
+    assert not endpoint.set_peer("127.0.0.2", 4000)
+    assert endpoint.latched is None
+
+
 async def test_endpoint_drops_what_is_not_the_call(endpoint):
     sink = endpoint.test_sink
     asterisk_rtp, stranger = await UdpPeer.open(), await UdpPeer.open()

@@ -317,3 +317,19 @@ async def test_prewarmed_connections_skip_the_handshake(make_emulator):
     await until(client, done())
     await client.close()
     await pool.stop()
+
+
+async def test_close_while_audio_streams_in_ends_the_reader_at_once(make_emulator):
+    """A caller who hangs up mid-greeting: close() cancels the reader while deltas pour in. With wait_for on
+    Python 3.11 that cancel could be swallowed when a frame arrived at the same moment, and the reader (and the
+    Realtime session) lived on until the stall timeout."""
+    emu = await make_emulator(Script(greeting=Reply(text="A long welcome. " * 20, audio_ms=20_000)), speed=0)
+    for _ in range(15):
+        client = RealtimeClient(settings(emu, stall_timeout_s=60.0), session_config())
+        await client.start()
+        await client.create_response(instructions="Greet.")
+        await until(client, lambda e: isinstance(e, AudioChunk))
+        async with asyncio.timeout(10):  # far below the 60 s stall timeout a swallowed cancel waits for
+            await client.close()
+    await asyncio.sleep(0.2)
+    assert not emu.open_sessions()

@@ -317,36 +317,6 @@ async def test_the_link_refuses_and_fails_clearly(ari):
 
 # ------------------------------------------------------------------ the controller's part
 
-class FakeRest:
-    """addChannel answers 422 until the channel 'enters Stasis' after `in_after` attempts."""
-
-    def __init__(self, in_after: int, status: int = 422):
-        self.in_after, self.status, self.calls = in_after, status, 0
-
-    async def add_channel(self, bridge: str, channel: str) -> None:
-        from controller.ari.errors import AriError
-        self.calls += 1
-        if self.calls <= self.in_after:
-            raise AriError(self.status, "Channel not in Stasis application", "POST", f"/bridges/{bridge}/addChannel")
-
-
-async def test_the_media_leg_is_added_once_in_stasis_and_a_worker_that_never_connects_fails_the_setup():
-    from controller.ari.errors import AriError
-    from controller.websocket_media import add_when_in_stasis
-    rest = FakeRest(in_after=3)
-    await add_when_in_stasis(rest, "b", "em", timeout=1.0)
-    assert rest.calls == 4
-    never = FakeRest(in_after=10**6)
-    t0 = asyncio.get_running_loop().time()
-    with pytest.raises(AriError) as exc:
-        await add_when_in_stasis(never, "b", "em", timeout=0.2)
-    assert exc.value.status == 422 and asyncio.get_running_loop().time() - t0 < 0.3
-    other = FakeRest(in_after=1, status=404)  # anything but 422 is not retried
-    with pytest.raises(AriError):
-        await add_when_in_stasis(other, "b", "em", timeout=1.0)
-    assert other.calls == 1
-
-
 def test_websocket_media_needs_22_6_and_carries_the_four_formats():
     from controller.ari.capabilities import TransportUnavailable, capabilities_from
     old = capabilities_from("22.5.0", audiosocket_loaded=True, websocket_loaded=True)

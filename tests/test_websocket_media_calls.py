@@ -9,7 +9,7 @@ import asyncio
 
 import pytest
 
-from sim.asterisk.audio import CallerAudio
+from sim.asterisk.audio import CallerAudio, rms_dbfs
 from sim.realtime import Reply, Script
 from tests.media_harness import (  # noqa: F401  (fixtures)
     aredis, assert_wire_conforms, call_of, caller_speech, cluster_up, emulator, keys, log_entries, loud_ms, sim, until,
@@ -108,3 +108,22 @@ async def test_caller_hangs_up_mid_greeting_on_websocket(sim, emulator, cluster_
     await until(lambda: not sim.channels and not sim.bridges and not sim.websocket_media.legs)
     worker_log = next(p for p in cluster.processes if p.role == "media-worker").log_text()
     assert "Traceback" not in worker_log and "ERROR" not in worker_log
+
+
+async def test_a_silent_caller_hears_the_greeting_at_once_on_websocket(sim, emulator, cluster_up, aredis, keys):
+    """A caller who says nothing sends no frame (as on the real PBX): the controller's media_bridged starts the
+    worker's clock, not the caller's first frame (nor the 0.5 s safety net)."""
+    emu = await emulator(Script(greeting=Reply(text="Hello there.", audio_ms=1500)), speed=4.0)
+    await cluster_up(emu, contexts={"t": {"profile": "websocket_ulaw_8k"}})
+    call = await sim.place_call(variables={"AI_CONTEXT": "t"}, audio=CallerAudio.silence(4000), send_silence=False)
+    call_id = await call_of(aredis, keys, call.channel_id)
+    await until(lambda: any(loud for _, loud in loud_ms(call.heard)), timeout=10)
+    (leg,) = sim.websocket_media.legs.values()
+    assert leg.frames_out == 0  # the caller sent nothing the worker could have started its clock on
+    await asyncio.sleep(1.0)
+    await call.hangup()
+    # arrival time of the first audible chunk, from the caller's StasisStart (the recording has no gaps)
+    first_audible = next(t for t, pcm, _ in call.heard._chunks if rms_dbfs(pcm) > -40)
+    assert first_audible - call.stasis_start_t < 0.3, first_audible - call.stasis_start_t
+    record = await until(lambda: worker_stats(aredis, keys, call_id))
+    assert float(record["greeting_ms"]) < 100

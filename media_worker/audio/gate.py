@@ -100,7 +100,15 @@ class SpeechGate:
         voiced = level > self.floor_dbfs and self._voiced(samples, x, level)
         above_echo = level > self.echo_threshold_db()
         self._advance_echo_window()
+        return self._step(voiced, above_echo)
 
+    def absent(self) -> bool:
+        """A caller frame that never came: a silent caller whose phone (or a Local channel) sends nothing. It
+        counts as an unvoiced frame, so the gate closes as if silence had been sent."""
+        self._advance_echo_window()
+        return self._step(False, False)
+
+    def _step(self, voiced: bool, above_echo: bool) -> bool:
         if self.speaking:
             if voiced:
                 self._gap = 0

@@ -100,7 +100,8 @@ class Connection:
             status = exc.response.status_code
             raise RealtimeError(f"the Realtime API refused the connection: HTTP {status}") from None
         try:
-            first = await asyncio.wait_for(ws.recv(), settings.handshake_timeout_s)
+            async with asyncio.timeout(settings.handshake_timeout_s):
+                first = await ws.recv()
         except asyncio.TimeoutError:
             await ws.close(1000, "no session.created")
             raise RealtimeError(f"no session.created within {settings.handshake_timeout_s:g}s") from None
@@ -225,7 +226,8 @@ class RealtimeClient:
                     raise RealtimeError(item.reason)
             await self._flush(conn, protocol)
             try:
-                frame = await asyncio.wait_for(conn.ws.recv(), max(deadline - time.monotonic(), 0.001))
+                async with asyncio.timeout(max(deadline - time.monotonic(), 0.001)):
+                    frame = await conn.ws.recv()
             except asyncio.TimeoutError:
                 raise RealtimeError(f"no session.updated within {self.settings.handshake_timeout_s:g}s") from None
             except websockets.ConnectionClosed as exc:
@@ -327,9 +329,12 @@ class RealtimeClient:
                 while fatal is None:
                     # Silence from the server is normal while the caller talks or listens, but not in the
                     # middle of a response: that is a stalled server, and waiting longer helps nobody.
+                    # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow the cancel of close() when
+                    # a frame arrives at the same moment, and the reader then lives on until the stall timeout.
                     limit = self.settings.stall_timeout_s if protocol.active_response else None
                     try:
-                        frame = await asyncio.wait_for(conn.ws.recv(), limit)
+                        async with asyncio.timeout(limit):
+                            frame = await conn.ws.recv()
                     except asyncio.TimeoutError:
                         raise _Stalled(f"no event for {limit:g}s during a response") from None
                     for item in protocol.receive(frame):

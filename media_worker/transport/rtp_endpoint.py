@@ -49,10 +49,10 @@ class RtpEndpoint:
     unless the latched source has been silent for `relatch_after` seconds: then the new source takes over.
     Packets carrying our own sender's SSRC (our audio looped back) are dropped.
 
-    **Sending starts once latched**: until Asterisk's first packet we do not know its port, so send()
-    returns False (counted in dropped_out) before that. The sink gets each payload as is, in arrival order
-    (ulaw bytes, or slin big-endian: the audio module converts); there is no jitter buffer and no DTMF
-    (Asterisk does not forward RFC 4733 events to externalMedia; PT 101 is dropped as a foreign PT).
+    **Sending starts once latched**: to the address the controller learnt from externalMedia (`set_peer`), or
+    else to the source of Asterisk's first packet; send() returns False (counted in dropped_out) before either.
+    The sink gets each payload as is, in arrival order (ulaw bytes, or slin big-endian: the audio module
+    converts); there is no jitter buffer and no DTMF (Asterisk does not forward RFC 4733 events to externalMedia; PT 101 is dropped as a foreign PT).
     """
 
     transport = "rtp"
@@ -108,6 +108,17 @@ class RtpEndpoint:
             transport.close()
             raise
         return self
+
+    def set_peer(self, host: str, port: int) -> bool:
+        """Asterisk's end of the leg as the controller learnt it from externalMedia: send there from now on,
+        before any packet came. False if the endpoint is closed, the host is not allowed, or a source is
+        latched already."""
+        if self._done or self._udp is None or self._latched is not None or not self._allow.allows(host):
+            return False
+        self._latched = (host, port)  # an IPv4 source is reported as (host, port): packets from it match
+        self.peer = f"{host}:{port}"
+        log.info("RTP :%d sends to %s:%d (told by the controller)", self.port, host, port)
+        return True
 
     # ------------------------------------------------------------------ MediaLink
 
