@@ -1,18 +1,17 @@
-"""WebSocket media (and, for comparison, AudioSocket) against a real Asterisk, by hand:
+"""WebSocket media (and, for comparison, AudioSocket and RTP) through a real Asterisk 22.10.1:
 
-    .venv/bin/python bench/websocket_realpbx.py --prefix /path/to/unpacked/asterisk --calls 3 \
-        --profiles websocket_pcm16_24k,websocket_ulaw_8k,telephony_pcm16_24k
+    .venv/bin/python bench/websocket_realpbx.py --calls 5 \
+        --profiles websocket_ulaw_8k,websocket_slin16,websocket_pcm16_24k,telephony_pcm16_24k,telephony_ulaw_8k
 
-`--prefix` is a directory where Debian's asterisk 22.10.1 packages were unpacked (`dpkg -x`; issue 14 says how);
-the script writes a minimal Asterisk config into a fresh run directory (loopback only: HTTP/ARI on a free port),
-starts Asterisk from the prefix, a controller and a media worker of this checkout on the local Redis, and the
-Realtime emulator in this process. Each call is an ARI originate of `Local/s@from-ai-agent-ws`: the ;2 half runs
-the project's dialplan shape (Set AI_CONTEXT, Stasis), the ;1 half is the caller: Asterisk plays
+The real Asterisk comes from the project's harness (sim.real_asterisk: Debian's package from the cache, the
+shipped deploy/asterisk confs, loopback only); this script adds two dialplan contexts over the CLI, starts a
+controller and a media worker of this checkout on the local Redis, and runs the Realtime emulator in this
+process. Each call is an ARI originate of `Local/s@from-ai-agent-ws`: the ;2 half runs the shipped dialplan's
+shape (Set AI_CONTEXT, Stasis) and is the caller the agent sees; the ;1 half is the phone: Asterisk plays
 `caller-says.wav` into the call (a question at 2.5 s, an interruption at 6.9 s) and MixMonitor records what the
-caller hears. Printed per profile: controller setup, answer → first greeting frame (worker) and the greeting's
-onset in the caller's recording, end of caller speech → first agent frame, barge-in → audio stopped (worker)
-and caller starts interrupting → agent silent (recording), truncation vs. heard, media leg messages.
-A harness branch replaces the hand-made confs here once it lands (sim/real_asterisk.py).
+caller hears. Printed per profile: controller setup, first greeting frame (worker) and the greeting's onset in
+the caller's recording, end of caller speech -> first agent frame, barge-in -> audio stopped (worker) and
+caller starts interrupting -> agent silent (recording), truncation vs. heard, Asterisk's queue depth.
 """
 
 from __future__ import annotations
@@ -24,12 +23,8 @@ import json
 import math
 import os
 import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 import uuid
 import wave
@@ -47,69 +42,26 @@ sys.path.insert(0, str(ROOT))
 
 from shared.keys import Keys  # noqa: E402
 from sim.cluster import LocalCluster  # noqa: E402
+from sim.real_asterisk import start as start_asterisk  # noqa: E402
 from sim.realtime import Emulator, Reply, Script, voice  # noqa: E402
 
 API_KEY = "sk-bench-" + "x" * 24
-ARI_USER, ARI_PASSWORD = "asterisk", "bench-" + uuid.uuid4().hex[:12]
 APP = "asterisk-ai-voice-agent"
 QUESTION_AT, QUESTION_MS = 2.5, 900
 INTERRUPT_AT, INTERRUPT_MS = QUESTION_AT + QUESTION_MS / 1000 + 3.5, 1500
 CALL_S = INTERRUPT_AT + INTERRUPT_MS / 1000 + 3.0
-MODULES = """res_timing_timerfd res_http_websocket res_websocket_client res_stasis res_stasis_answer
-res_stasis_playback res_stasis_recording res_stasis_snoop app_dial res_ari res_ari_model res_ari_channels res_ari_bridges res_ari_asterisk
-res_ari_events res_ari_applications res_ari_endpoints res_ari_playbacks res_ari_recordings res_ari_sounds
-res_sorcery_config res_sorcery_memory res_sorcery_astdb chan_websocket chan_audiosocket res_audiosocket app_stasis
-app_playback app_mixmonitor app_echo pbx_config bridge_simple bridge_softmix bridge_holding res_musiconhold
-res_pjproject res_rtp_asterisk res_rtp_multicast chan_rtp format_wav format_pcm format_sln codec_ulaw codec_alaw codec_resample func_channel app_voicemail""".split()
+CONTEXTS = {
+    "from-ai-agent-ws": ["Set(AI_CONTEXT=${BENCH_CONTEXT})", "Set(AI_PROVIDER=openai_realtime)",
+                         "Stasis(asterisk-ai-voice-agent)", "Hangup()"],
+    "ws-caller": ["Answer()", "MixMonitor({run}/heard-${BENCH_CALL}-mix.wav,r({run}/heard-${BENCH_CALL}.wav))",
+                  "Playback({run}/caller-says)", "Hangup()"],
+}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def write_confs(run: Path, prefix: Path, http_port: int) -> Path:
-    etc = run / "etc"
-    for d in ("etc", "lib", "spool", "run", "log"):
-        (run / d).mkdir(parents=True, exist_ok=True)
-    libdir = prefix / "usr/lib/x86_64-linux-gnu"
-    (etc / "asterisk.conf").write_text(f"""[directories]
-astetcdir => {etc}
-astmoddir => {libdir}/asterisk/modules
-astvarlibdir => {run}/lib
-astdbdir => {run}/lib
-astkeydir => {run}/lib
-astdatadir => {prefix}/usr/share/asterisk
-astagidir => {run}/lib
-astspooldir => {run}/spool
-astrundir => {run}/run
-astlogdir => {run}/log
-astsbindir => {prefix}/usr/sbin
-[options]
-nofork = yes
-""")
-    (etc / "modules.conf").write_text("[modules]\nautoload=no\n" + "".join(f"load => {m}.so\n" for m in MODULES))
-    # the shipped http.conf/ari.conf shapes, on a free loopback port with a per-run password
-    (etc / "http.conf").write_text(f"[general]\nenabled=yes\nbindaddr=127.0.0.1\nbindport={http_port}\n")
-    (etc / "ari.conf").write_text(f"[general]\nenabled=yes\npretty=no\nchannelvars=AI_CONTEXT,AI_PROVIDER\n"
-                                  f"[{ARI_USER}]\ntype=user\nread_only=no\npassword_format=plain\n"
-                                  f"password={ARI_PASSWORD}\n")
-    (etc / "chan_websocket.conf").write_text("[global]\ntype=global\ncontrol_message_format=plain-text\n")
-    (etc / "logger.conf").write_text("[logfiles]\nmessages => notice,warning,error\n")
-    (etc / "extensions.conf").write_text(f"""[from-ai-agent-ws]
-exten => s,1,Set(AI_CONTEXT=${{BENCH_CONTEXT}})
- same => n,Set(AI_PROVIDER=openai_realtime)
- same => n,Stasis({APP})
- same => n,Hangup()
-[ws-caller]
-exten => s,1,Answer()
- same => n,MixMonitor({run}/heard-${{BENCH_CALL}}-mix.wav,r({run}/heard-${{BENCH_CALL}}.wav))
- same => n,Set(BENCH_T0=${{EPOCH}})
- same => n,Playback({run}/caller-says)
- same => n,Hangup()
-""")
-    return etc / "asterisk.conf"
+def add_dialplan(ast, run_dir: Path) -> None:
+    for context, apps in CONTEXTS.items():
+        for priority, app in enumerate(apps, start=1):
+            ast.cli(f"dialplan add extension s,{priority},{app.replace('{run}', str(run_dir))} into {context} replace")
 
 
 def caller_wav(path: Path) -> None:
@@ -149,21 +101,15 @@ class RunResult:
     error_lines: dict[str, list[str]]  # role -> ERROR / Traceback lines of its log
 
 
-async def run(prefix_dir: Path, profiles: list[str], calls: int, redis_url: str, keep: bool = False) -> RunResult:
-    """Start Asterisk from `prefix_dir`, the cluster and the emulator; place `calls` calls per profile."""
-    prefix_dir = prefix_dir.resolve()
-    run_dir = Path(tempfile.mkdtemp(prefix="ws-realpbx-"))
-    http_port = free_port()
-    conf = write_confs(run_dir, prefix_dir, http_port)
+async def run(profiles: list[str], calls: int, redis_url: str, keep: bool = False) -> RunResult:
+    """Start a real Asterisk (the harness), the cluster and the emulator; place `calls` calls per profile."""
+    ast = start_asterisk(log=lambda line: None)
+    run_dir = ast.run_dir / "bench"
+    run_dir.mkdir()
+    add_dialplan(ast, run_dir)
     caller_wav(run_dir / "caller-says.wav")
-    libdir = prefix_dir / "usr/lib/x86_64-linux-gnu"
-    with open(run_dir / "asterisk.out", "wb") as out:
-        ast = subprocess.Popen([str(libdir / "ld-linux-x86-64.so.2"), "--library-path",
-                                f"{libdir}:{prefix_dir / 'lib/x86_64-linux-gnu'}",
-                                str(prefix_dir / "usr/sbin/asterisk"), "-C", str(conf), "-f"],
-                               stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    ari_url = f"http://127.0.0.1:{http_port}"
-    token = base64.b64encode(f"{ARI_USER}:{ARI_PASSWORD}".encode()).decode()
+    ari_url, ari_user, ari_password = ast.ari_url, ast.user, ast.password
+    token = base64.b64encode(f"{ari_user}:{ari_password}".encode()).decode()
     key_prefix = f"wsb{uuid.uuid4().hex[:6]}:"
     keys = Keys(key_prefix)
     redis = aioredis.Redis.from_url(redis_url, decode_responses=True)
@@ -178,19 +124,9 @@ async def run(prefix_dir: Path, profiles: list[str], calls: int, redis_url: str,
     cluster: LocalCluster | None = None
     try:
         async with aiohttp.ClientSession(headers={"Authorization": f"Basic {token}"}) as http:
-            for _ in range(100):
-                try:
-                    async with http.get(f"{ari_url}/ari/asterisk/info", params={"only": "system"}) as r:
-                        if r.status == 200:
-                            print("Asterisk", (await r.json())["system"]["version"], "on", ari_url)
-                            break
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.1)
-            else:
-                raise RuntimeError(f"Asterisk did not start: {(run_dir / 'asterisk.out').read_text()[-2000:]}")
+            print("Asterisk", ast.version, "on", ari_url)
             config = yaml.safe_load((ROOT / "config/ai-agent.yaml").read_text())
-            config["asterisk"].update(ari_url=ari_url, username=ARI_USER, password=ARI_PASSWORD)
+            config["asterisk"].update(ari_url=ari_url, username=ari_user, password=ari_password)
             config.setdefault("profiles", {})["websocket_slin16"] = {
                 "transport": "websocket", "format": "slin16", "provider_format": "pcm16"}
             config["contexts"].update({p: {"profile": p, "greeting": "Hello {caller_name}",
@@ -221,23 +157,18 @@ async def run(prefix_dir: Path, profiles: list[str], calls: int, redis_url: str,
         if cluster is not None:
             cluster.stop_all()
         await emu.stop()
-        os.killpg(ast.pid, signal.SIGTERM)
-        try:
-            ast.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(ast.pid, signal.SIGKILL)
+        ast.stop()
         async for key in redis.scan_iter(f"{key_prefix}*"):
             await redis.delete(key)
         await redis.aclose()
         if keep:
-            print("run directory:", run_dir)
+            print("run directory:", ast.run_dir)
         else:
-            shutil.rmtree(run_dir, ignore_errors=True)
+            shutil.rmtree(ast.run_dir, ignore_errors=True)
 
 
 async def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--prefix", type=Path, required=True)
     ap.add_argument("--calls", type=int, default=3)
     ap.add_argument("--profiles", default="websocket_ulaw_8k,websocket_slin16,websocket_pcm16_24k,"
                                           "telephony_pcm16_24k,telephony_ulaw_8k")
@@ -245,7 +176,7 @@ async def main() -> int:
     ap.add_argument("--keep", action="store_true", help="keep the run directory")
     ap.add_argument("--json", type=Path, help="write the figures here")
     args = ap.parse_args()
-    result = await run(args.prefix, args.profiles.split(","), args.calls, args.redis, args.keep)
+    result = await run(args.profiles.split(","), args.calls, args.redis, args.keep)
     print(f"left in Asterisk after all calls: {result.left_channels} channels, {result.left_bridges} bridges")
     report(result.results)
     if args.json:
