@@ -93,6 +93,10 @@ def test_control_state_counts_what_a_flush_dropped():
     assert not state.paused
     json_state = wc.ControlState(json=True)
     assert json_state.flush() == [b'{"command":"GET_STATUS"}', b'{"command":"FLUSH_MEDIA"}']
+    follows = wc.ControlState()  # an Asterisk configured for JSON: our commands follow its MEDIA_START
+    follows.receive(REAL_JSON_START)
+    assert follows.json and follows.flush() == [b'{"command":"GET_STATUS"}', b'{"command":"FLUSH_MEDIA"}']
+    assert follows.hangup_command == b'{"command":"HANGUP"}'
 
 
 def test_control_state_stops_asking_when_asterisk_stops_answering():
@@ -296,6 +300,17 @@ async def test_the_link_starts_on_media_start_flushes_with_a_count_and_hears_the
         await asyncio.sleep(0.01)
     assert sink.hangups == ["hangup"]  # Asterisk closed with 1000
     assert not link.send(bytes(320))
+
+
+async def test_the_link_speaks_json_to_an_asterisk_configured_for_it(ari):
+    _, url = await make_leg(ari, fmt="slin16", transport_data="f(json)")
+    link = WebSocketMediaLink(url, "slin16", on_started=lambda link: Sink())
+    await link.connect(timeout=2)
+    leg = next(iter(ari.sim.websocket_media.legs.values()))
+    for _ in range(20):
+        link.send(bytes(640))
+    assert await asyncio.wait_for(link.flush(), 1) >= 10  # the JSON STATUS answered the JSON GET_STATUS
+    assert leg.flushes == 1 and link.stats.bad_in == 0
 
 
 async def test_the_link_refuses_and_fails_clearly(ari):

@@ -220,7 +220,8 @@ class ControlState:
     """What one media WebSocket's control messages mean for the sender, without I/O.
 
     `receive(text)` returns the event and updates the state; the shell decides what to do with it.
-    - started: MEDIA_START seen (format and frame size known; Asterisk answers the channel right after).
+    - started: MEDIA_START seen (format and frame size known; Asterisk answers the channel right after); our
+      commands follow its control format (plain text or JSON).
     - paused: between MEDIA_XOFF and MEDIA_XON — media sent then is dropped by us, not by Asterisk.
     - flush(): the two commands of a barge-in (GET_STATUS, FLUSH_MEDIA); the next STATUS answers it, and
       `flushed_frames` tells how many unplayed frames Asterisk dropped (for exact truncation).
@@ -244,6 +245,10 @@ class ControlState:
         self.max_pending = max_pending
         # What each outstanding GET_STATUS was for: "flush" (a barge-in) or "query"; answered in order.
         self._status_waiters: collections.deque[str] = collections.deque()
+        self._set_format(json)
+
+    def _set_format(self, json: bool) -> None:
+        self.json = json
         self._get_status = command("GET_STATUS", json=json)
         self._flush_media = command("FLUSH_MEDIA", json=json)
         self.hangup_command = command("HANGUP", json=json)
@@ -252,6 +257,11 @@ class ControlState:
         event = parse_event(text)
         kind = type(event)
         if kind is MediaStart:
+            # Asterisk reads commands in the format it writes events in (chan_websocket.conf or `f(json)`):
+            # follow MEDIA_START's, so a JSON-configured Asterisk does not refuse our plain-text commands.
+            json = (text.lstrip()[:1] in ("{", b"{"))
+            if json != self.json:
+                self._set_format(json)
             self.started = True
             self.format = event.format
             self.frame_size = event.optimal_frame_size

@@ -376,7 +376,10 @@ class WebSocketMediaLink(asyncio.Protocol):
             transport.writelines(ws.data_to_send())
             asyncio.get_running_loop().call_later(CLOSE_LINGER, self._abort)
         else:
-            transport.close()
+            out = ws.data_to_send()  # e.g. the reply to Asterisk's close frame, queued by the protocol
+            if out:
+                transport.writelines(out)
+            transport.close()  # after the buffered bytes are written
 
     def _abort(self) -> None:
         raw = self._raw_transport

@@ -88,6 +88,7 @@ class WebSocketMediaLeg:
         self.commands: list[str] = []  # every command received, in order (tests read it)
         self.hangup_reason: str | None = None
         self._closed = False
+        self._closing: asyncio.Task | None = None
         self._out: collections.deque[bytes | str] = collections.deque()
         self._out_ready = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
@@ -307,15 +308,22 @@ class WebSocketMediaLeg:
             self.hangup_reason = reason
             self.on_hangup(reason)
 
-    async def close(self) -> None:
-        """Asterisk hung the channel up: close with 1000 (no on_hangup follows)."""
+    def close(self) -> None:
+        """Asterisk hung the channel up: close with 1000 (no on_hangup follows). Not a coroutine: the close
+        runs in a task of its own, so the simulator's shutdown (which cancels its tasks) cannot cut it off."""
+        if self._closed:
+            return
         self._closed = True
         for task in self._tasks:
             task.cancel()
         ws = self.ws
         if ws is not None and not ws.closed:
-            with contextlib.suppress(Exception):
-                await ws.close(code=1000)
+            self._closing = asyncio.get_running_loop().create_task(self._close_ws(ws), name="ws-media-close")
+
+    @staticmethod
+    async def _close_ws(ws: web.WebSocketResponse) -> None:
+        with contextlib.suppress(Exception):
+            await ws.close(code=1000)
 
 
 class WebSocketMediaServer:
