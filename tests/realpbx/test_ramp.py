@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 
+import pytest
+
 from sim.pbx_caller import CallerError
 from sim.realtime import Reply, Script
 from tests.media_harness import until
@@ -15,9 +17,11 @@ from tests.realpbx.pbx_harness import aredis, emulator, keys, pbx, pbx_cluster  
 CALLS, RAMP_S, HOLD_S = 50, 2.0, 20.0
 
 
-async def test_fifty_callers_in_two_seconds_are_all_served(real_asterisk, pbx, pbx_cluster, emulator, aredis, keys):
+@pytest.mark.parametrize("profile", ["telephony_pcm16_24k", "websocket_ulaw_8k"])
+async def test_fifty_callers_in_two_seconds_are_all_served(profile, real_asterisk, pbx, pbx_cluster, emulator, aredis,
+                                                           keys):
     emu = await emulator(Script(greeting=Reply(text="Hello, thanks for calling.", audio_ms=1500)), speed=4.0)
-    await pbx_cluster(emu, extra={"media_worker": {"capacity": CALLS + 10}})
+    await pbx_cluster(emu, profile, extra={"media_worker": {"capacity": CALLS + 10}})
 
     async def caller(i: int):
         await asyncio.sleep(i * RAMP_S / CALLS)
