@@ -27,7 +27,7 @@ class MediaSink(Protocol):
     """Implemented by the call session. Called on the event loop; must not block.
 
     on_audio gets one wire frame as received: AudioSocket: slin little-endian at the link's rate; RTP: the
-    payload, ulaw bytes or slin *big-endian*. on_hangup is called exactly once per link that had a sink,
+    payload, ulaw bytes or slin *big-endian*; WebSocket: one BINARY message, ulaw or slin little-endian. on_hangup is called exactly once per link that had a sink,
     with "hangup" (0x00 from Asterisk), "closed" (EOF or reset), "error" (0xff, a protocol error, a socket
     error) or "stopped" (the server or endpoint was stopped) — and never after the session itself called
     link.close(). A sink may also define on_format(fmt: str): the AudioSocket link calls it once if the
@@ -44,8 +44,8 @@ class MediaSink(Protocol):
 class MediaLink(Protocol):
     """Implemented by the transports, one per call."""
 
-    transport: str   # "audiosocket" | "rtp"
-    format: str      # "slin" | "slin16" | "slin24" (AudioSocket), "ulaw" | "slin" (RTP); "" while unknown
+    transport: str   # "audiosocket" | "rtp" | "websocket"
+    format: str      # "slin" | "slin16" | "slin24" (AudioSocket), "ulaw" | "slin" (RTP), all four (WebSocket)
     rate: int
     frame_bytes: int  # bytes of one 20 ms wire frame (payload only)
     peer: str        # "host:port" of Asterisk's side ("" while an RTP endpoint has not latched)
@@ -56,7 +56,9 @@ class MediaLink(Protocol):
         ...
 
     def close(self, hangup: bool = True) -> None:
-        """AudioSocket: send 0x00 (if hangup) then close; RTP: stop sending and close the socket."""
+        """AudioSocket: send 0x00 (if hangup) then close; RTP: stop sending and close the socket; WebSocket:
+        HANGUP (if hangup) and a close frame. A transport may also define flush() (drop what Asterisk still
+        queues; WebSocket) and summary() (figures for the call record)."""
         ...
 
 
