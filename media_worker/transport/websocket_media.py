@@ -8,9 +8,12 @@ dialling a `websocket_client.conf` entry (client mode):
 - no listening port and no per-worker entry in Asterisk's config: workers come and go (scaling, rolling
   restarts) without touching Asterisk; client mode needs one static websocket_client.conf entry per worker
   address, edited and reloaded on every change;
-- whoever holds the connection id can attach, so a call can be given to *any* worker after the controller
-  created its channel, and live takeover later is "the new worker connects" (Asterisk refuses a second
-  connection with 409 while one is open, so the old one must be gone first: no split brain);
+- whoever holds the connection id can attach, so a media channel can be given to *any* worker, chosen when
+  the controller creates it. Live takeover (another worker continues a call) is then: the controller creates
+  a new media channel, hands its id to the new worker, swaps the legs in the bridge, and drops the old one.
+  It cannot reuse the old channel: on 22.10.1 a closed or broken socket hangs its channel up (no reattach),
+  and a second connection to a live id is refused with 409 (so there is never a split brain). Client mode
+  could only take over toward a worker listed in Asterisk's config;
 - NAT and firewalls: workers only make outbound connections to Asterisk's HTTP port, which ARI already
   needs open to the cluster.
 The connection id (a random UUID) is the only credential of the media URL: it travels in the controller →
