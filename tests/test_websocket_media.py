@@ -325,8 +325,13 @@ async def test_the_link_refuses_and_fails_clearly(ari):
     _, url2 = await make_leg(ari, fmt="slin16", channel_id="em2")
     with pytest.raises(MediaConnectError, match="expects ulaw"):
         await WebSocketMediaLink(url2, "ulaw", on_started=lambda link: Sink()).connect(timeout=2)
-    with pytest.raises(MediaConnectError, match="within"):
+    with pytest.raises(MediaConnectError, match="cannot connect"):
         await WebSocketMediaLink("ws://127.0.0.1:9/media/x", "ulaw", on_started=lambda link: Sink()).connect(1)
+    silent = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)  # accepts, never upgrades
+    port = silent.sockets[0].getsockname()[1]
+    with pytest.raises(MediaConnectError, match="no MEDIA_START within 0.3 s"):
+        await WebSocketMediaLink(f"ws://127.0.0.1:{port}/media/x", "ulaw", on_started=lambda link: Sink()).connect(0.3)
+    silent.close()
     with pytest.raises(ValueError):
         WebSocketMediaLink("ws://h/media/x", "g722", on_started=lambda link: Sink())
 

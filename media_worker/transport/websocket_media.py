@@ -62,7 +62,6 @@ SUBPROTOCOL = Subprotocol("media")
 MAX_WRITE_BUFFER = 64 * 1024
 CONNECT_TIMEOUT = 3.0        # TCP + HTTP upgrade + MEDIA_START
 CLOSE_LINGER = 1.0           # after our close frame, the socket is reset if Asterisk does not close it
-FLUSH_ANSWER_TIMEOUT = 0.25  # how long a barge-in waits for the STATUS that counts the flushed frames
 NORMAL_CLOSURE = 1000
 MAX_RECEIVE = 64 * 1024      # Asterisk sends one frame per message (≤ 960 B): anything this big is wrong
 STATUS_EVERY = 250           # frames (5 s) between GET_STATUS samples of Asterisk's queue depth
@@ -131,8 +130,11 @@ class WebSocketMediaLink(asyncio.Protocol):
                 await self._opened
         except (OSError, TimeoutError, asyncio.TimeoutError) as exc:
             self._abort()
-            why = "no MEDIA_START" if isinstance(exc, (TimeoutError, asyncio.TimeoutError)) else repr(exc)
-            raise MediaConnectError(f"{redact(self.url)}: {why} within {timeout:.1f} s") from None
+            if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
+                why = f"no MEDIA_START within {timeout:.1f} s"
+            else:
+                why = f"cannot connect: {exc.strerror or exc}"
+            raise MediaConnectError(f"{redact(self.url)}: {why}") from None
         except MediaConnectError:
             self._abort()
             raise
