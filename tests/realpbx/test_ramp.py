@@ -10,12 +10,12 @@ from collections import Counter
 from sim.pbx_caller import CallerError
 from sim.realtime import Reply, Script
 from tests.media_harness import until
-from tests.realpbx.pbx_harness import aredis, emulator, keys, pbx, pbx_cluster  # noqa: F401  (fixtures)
+from tests.realpbx.pbx_harness import aredis, emulator, keys, pbx_cluster, pbx  # noqa: F401  (fixtures)
 
 CALLS, RAMP_S, HOLD_S = 50, 2.0, 20.0
 
 
-async def test_fifty_callers_in_two_seconds_are_all_served(real_asterisk, pbx, pbx_cluster, emulator, aredis, keys):
+async def test_fifty_callers_in_two_seconds_are_all_served(real_asterisk, pbx_cluster, pbx, emulator, aredis, keys):
     emu = await emulator(Script(greeting=Reply(text="Hello, thanks for calling.", audio_ms=1500)), speed=4.0)
     await pbx_cluster(emu, extra={"media_worker": {"capacity": CALLS + 10}})
 
