@@ -160,7 +160,7 @@ class Calls:
         leg = AudioSocketLeg(addr[0], addr[1], data, fmt, on_audio=lambda pcm, rate: self.pbx.read_from(ch, pcm, rate),
                              on_hangup=on_hangup, connect_timeout=self.connect_timeout)
         try:
-            await leg.connect()  # Asterisk connects during the request: refused -> 500, no channel left
+            await leg.open()  # Asterisk connects during the request: refused -> 500, no channel left
         except AudioSocketConnectError as exc:
             log.warning("Failed to connect to AudioSocket service %s: %s", host_port, exc)
             raise internal() from None
@@ -177,7 +177,8 @@ class Calls:
         near.watch = watch
         near.dialing = True
         far = near.local_peer
-        if far is None:
+        if far is None:  # a media leg: calling it sends the AudioSocket UUID, and it answers at once
+            call_media(near)
             watch.answered()
             return
         if self.interpreter is not None:
@@ -316,11 +317,18 @@ class Calls:
         await self.pbx.ari_thread_start(ch)
         dialstring = ch.dialstring or ""
         self.pbx.emit(ev.dial("", dialstring, self.pbx.snap(ch)), channels=[ch])
+        call_media(ch)
         self.pbx.set_state(ch, "Up")
         self.pbx.emit(ev.dial("ANSWER", dialstring, self.pbx.snap(ch)), channels=[ch])
         args = data.split(",") if data else []
         stasis_data = app + ("," + data if data else "")
         await self.ari_stasis(ch, app, args, stasis_data, dialplan_event=False)
+
+
+def call_media(ch: Channel) -> None:
+    identify = getattr(ch.media, "identify", None)  # AudioSocket only; an RTP leg has nothing to send
+    if identify is not None:
+        identify()
 
 
 def _codec(opts: str) -> str | None:
