@@ -10,7 +10,8 @@ import pytest
 
 from sim.asterisk import AsteriskSim
 from tests.ari_harness import ARI_PASSWORD, ARI_USER
-from tests.test_controller_calls import aredis, call_record, keys, listener, nothing_left, state_is, until, workers  # noqa: F401
+from tests.test_controller_calls import (  # noqa: F401  (fixtures)
+    aredis, call_record, keys, listener, nothing_left, state_is, until, workers)
 from tests.test_controller_tools import active_call, bridged, controller, requests_to, setup  # noqa: F401
 from tests.test_stasis_race import LATE_STASIS_MS
 

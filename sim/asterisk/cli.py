@@ -24,10 +24,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--channelvars", default="AI_CONTEXT,AI_PROVIDER", help="ari.conf channelvars (csv)")
     parser.add_argument("--rtp-ports", default="20000-20999", help="UnicastRTP port range")
     parser.add_argument("--time-scale", type=float, default=1.0, help="dialplan Wait()/ring timers, times real time")
-    parser.add_argument("--stasis-delay-ms", type=_delay_ms, default=os.environ.get(ENV, f"{DEFAULT_MS[0]:g}:{DEFAULT_MS[1]:g}"),
+    parser.add_argument("--stasis-delay-ms", type=_delay_ms,
+                        default=os.environ.get(ENV, f"{DEFAULT_MS[0]:g}:{DEFAULT_MS[1]:g}"),
                         help=f"MIN:MAX ms from the answer to originate/create/externalMedia until the channel is "
                              f"in Stasis, drawn per channel (env {ENV}; default %(default)s)")
-    parser.add_argument("--seed", type=int, help="seed of the simulator's random draws (default: unseeded)")
+    parser.add_argument("--seed", type=int, help="seed of the Stasis delay draws (default: unseeded)")
 
 
 def _delay_ms(text: str) -> tuple[float, float]:

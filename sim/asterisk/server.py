@@ -105,8 +105,8 @@ class AsteriskSim:
     {context: {exten: ["App(args)", ...]}}; rtp_port_range: UnicastRTP ports; workdir: voicemail WAVs
     (default: a temporary directory); stasis_delay_ms: (MIN, MAX) ms between the answer to originate,
     /channels/create or externalMedia and the channel's entry into Stasis (see sim.asterisk.stasis_delay),
-    drawn per channel from an RNG seeded with `seed`; time_scale: factor on dialplan timers (Wait, ring/dial timeouts, the
-    Local Answer() media wait) and prompt lengths, so tests need not wait in real time; record: keep
+    drawn per channel from an RNG seeded with `seed`; time_scale: factor on dialplan timers (Wait, ring/dial
+    timeouts, the Local Answer() media wait) and prompt lengths, so tests need not wait in real time; record: keep
     `rest_log` and `sent_events` (off for long-running processes).
 
     Views: channels / bridges (live objects), rest_log, sent_events[app], voicemails, sim_calls.
