@@ -3,9 +3,9 @@
 Asterisk answers `externalMedia` and `/channels/create` as soon as the channel exists; the channel enters the
 Stasis app a little later, from another thread, and its StasisStart comes on the events socket after that (tens
 of ms under load, in no fixed order with the REST answer). Until then every step that needs the channel under
-Stasis control (`addChannel`, `dial`, …) answers 422 "Channel not in Stasis application". So such a step
-waits for the leg's StasisStart, and a 422 that still comes is retried until the deadline: it is a race, not a
-refusal.
+Stasis control answers "Channel not in Stasis application": 422 from `addChannel`, 409 from channel steps such
+as `dial`. So such a step waits for the leg's StasisStart, and that answer, if it still comes, is retried until
+the deadline: it is a race, not a refusal.
 """
 
 from __future__ import annotations
@@ -48,8 +48,8 @@ class StasisLegs:
         return event is not None and event.is_set()
 
     async def run(self, leg: str, step: Callable[[], Awaitable[T]], timeout_s: float) -> T:
-        """`step()` once `leg` is in Stasis; a 422 is retried with backoff. Raises `NotInStasis` after
-        `timeout_s`, any other ARI error at once."""
+        """`step()` once `leg` is in Stasis; "not in Stasis" answers are retried with backoff. Raises
+        `NotInStasis` after `timeout_s`, any other ARI error at once."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         try:
@@ -62,9 +62,10 @@ class StasisLegs:
             try:
                 return await step()
             except AriError as exc:
-                if exc.status != 422 or loop.time() + delay > deadline:
-                    if exc.status == 422:
-                        raise NotInStasis(f"channel {leg}: {exc.message} for {timeout_s:.1f}s") from exc
+                racing = exc.status == 422 or (exc.status == 409 and "not in Stasis" in exc.message)
+                if not racing:
                     raise
+                if loop.time() + delay > deadline:
+                    raise NotInStasis(f"channel {leg}: {exc.message} for {timeout_s:.1f}s") from exc
             await asyncio.sleep(delay)
             delay = min(delay * 2, RETRY_MAX_S)

@@ -66,6 +66,19 @@ async def test_a_422_that_never_stops_ends_in_not_in_stasis():
         await legs.run("em", step, timeout_s=0.15)
 
 
+async def test_a_409_not_in_stasis_from_a_channel_step_is_retried_too():
+    legs, calls = StasisLegs(), []
+    legs.entered("xfer1")
+
+    async def dial():
+        calls.append(1)
+        if len(calls) < 2:
+            raise AriError(409, "Channel not in Stasis application", "POST", "/channels/xfer1/dial")
+        return "ringing"
+
+    assert await legs.run("xfer1", dial, timeout_s=2) == "ringing"
+
+
 async def test_other_errors_are_not_retried():
     legs, calls = StasisLegs(), []
     legs.entered("em")

@@ -319,7 +319,7 @@ async def test_the_link_refuses_and_fails_clearly(ari):
     refused = WebSocketMediaLink(url, "ulaw", on_started=lambda link: None)
     with pytest.raises(MediaConnectError, match="not taken"):
         await refused.connect(timeout=2)
-    await ari.wait("StasisEnd", "em1")  # our close hung the channel up
+    await ari.wait("ChannelDestroyed", "em1")  # our close hung the channel up
     with pytest.raises(MediaConnectError, match="404"):
         await WebSocketMediaLink(url, "ulaw", on_started=lambda link: Sink()).connect(timeout=2)
     _, url2 = await make_leg(ari, fmt="slin16", channel_id="em2")

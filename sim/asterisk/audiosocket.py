@@ -106,14 +106,20 @@ class AudioSocketLeg:
         self._resamplers: dict[int, StreamResampler] = {}
         self._pending = bytearray()  # resampled audio short of a whole frame
         self._closed = False
+        self._raw_uuid = b""
 
     @property
     def connected(self) -> bool:
         return self._writer is not None and not self._writer.is_closing()
 
     async def connect(self) -> None:
+        await self.open()
+        self.identify()
+
+    async def open(self) -> None:
+        """The TCP connection alone: chan_audiosocket makes it while the channel is requested."""
         try:
-            raw_uuid = uuid_module.UUID(self.uuid).bytes
+            self._raw_uuid = uuid_module.UUID(self.uuid).bytes
         except (ValueError, TypeError, AttributeError) as exc:
             raise AudioSocketConnectError(f"data {self.uuid!r} is not a UUID") from exc
         try:
@@ -124,8 +130,12 @@ class AudioSocketLeg:
         self.connected_t = time.monotonic()
         self.local_port = writer.get_extra_info("sockname")[1]
         self._writer = writer
-        self._write(encode(KIND_UUID, raw_uuid))
         self._reader_task = asyncio.get_running_loop().create_task(self._read(reader), name="audiosocket-read")
+
+    def identify(self) -> None:
+        """The UUID frame: chan_audiosocket sends it when the channel is called (audiosocket_call), which for
+        externalMedia is in the dial thread after the ARI response."""
+        self._write(encode(KIND_UUID, self._raw_uuid))
 
     def deliver(self, pcm: bytes, rate: int) -> None:
         """Bridge audio toward the worker, in 20 ms frames written at once; dropped if the socket is gone."""

@@ -160,7 +160,7 @@ class Calls:
         leg = AudioSocketLeg(addr[0], addr[1], data, fmt, on_audio=lambda pcm, rate: self.pbx.read_from(ch, pcm, rate),
                              on_hangup=on_hangup, connect_timeout=self.connect_timeout)
         try:
-            await leg.connect()  # Asterisk connects during the request: refused -> 500, no channel left
+            await leg.open()  # Asterisk connects during the request: refused -> 500, no channel left
         except AudioSocketConnectError as exc:
             log.warning("Failed to connect to AudioSocket service %s: %s", host_port, exc)
             raise internal() from None
@@ -177,7 +177,8 @@ class Calls:
         near.watch = watch
         near.dialing = True
         far = near.local_peer
-        if far is None:
+        if far is None:  # a media leg: calling it sends the AudioSocket UUID, and it answers at once
+            call_media(near)
             watch.answered()
             return
         if self.interpreter is not None:
@@ -239,13 +240,23 @@ class Calls:
                 pbx.apps.subscribe(app, near.local_peer)  # "Subscribe to the Local channel peer also"
         watch = OriginateWatch(self, near, app=app, app_args=app_args, context=context or "default",
                                extension=extension or "s", priority=priority)
+        # ast_dial_run() (Dial event, the far end's dialplan, and Stasis on answer) runs in ari_originate_dial(),
+        # a thread started after the response
+        pbx.spawn(self._originate_dial(near, watch, timeout if timeout > 0 else (None if timeout == -1 else 30)),
+                  name="originate-dial")
+        return near
+
+    async def _originate_dial(self, near: Channel, watch: Watch, timeout_s: float | None) -> None:
+        await self.pbx.ari_thread_start(near)
+        if near.hanging_up or near.destroyed:
+            return  # hung up before the thread ran: ast_call() refuses a hung-up channel, nothing is dialled
+        pbx = self.pbx
         pbx.emit(ev.dial("", near.dialstring or "", pbx.snap(near)), channels=[near])
-        if near.tech == "Local":
+        if near.tech == "Local":  # calling the Local pair puts its device in use (after Dial, trace 01)
             near.device_busy = near.local_peer.device_busy = True
             pbx.device_state(pbx.device_name(near), "INUSE")
             pbx.device_state(pbx.device_name(near), "INUSE")
-        self.dial_out(near, watch, timeout if timeout > 0 else (None if timeout == -1 else 30))
-        return near
+        self.dial_out(near, watch, timeout_s)
 
     async def create(self, endpoint: str, *, app: str, app_args: str | None, variables: dict[str, str],
                      channel_id: str | None, other_id: str | None, originator: Channel | None,
@@ -259,8 +270,12 @@ class Calls:
         self.pbx.apps.subscribe(app, near)
         args = app_args.split(",") if app_args else []
         data = app + ("," + app_args if app_args else "")
-        self.pbx.run(near, self.ari_stasis(near, app, args, data, dialplan_event=True), name="created")
+        self.pbx.run(near, self._created_life(near, app, args, data), name="created")
         return near
+
+    async def _created_life(self, ch: Channel, app: str, args: list[str], data: str) -> None:
+        await self.pbx.ari_thread_start(ch)  # ari_channel_thread(): pbx_exec(Stasis) after the response
+        await self.ari_stasis(ch, app, args, data, dialplan_event=True)
 
     async def ari_stasis(self, ch: Channel, app: str, args: list[str], data: str, *, dialplan_event: bool) -> None:
         """An ARI-made channel's whole life: Stasis(app), then it is hung up (res_ari's channel thread)."""
@@ -292,14 +307,28 @@ class Calls:
         # the answer carries the channel's own variables (transport ones), newest first, not the ari.conf set
         response = ch.snapshot(None, override_vars=dict(reversed(list(ch.variables.items()))))
         self.pbx.apps.subscribe(app, ch)
+        self.pbx.run(ch, self._external_life(ch, app, data), name="external")
+        return response
+
+    async def _external_life(self, ch: Channel, app: str, data: str | None) -> None:
+        """externalMedia goes through the originate path: the response is sent once the channel exists, then
+        ari_originate_dial() dials it (the media leg answers at once) and runs Stasis on it. A DELETE before
+        that cancels this task: the channel ends without Dial events or StasisStart."""
+        await self.pbx.ari_thread_start(ch)
         dialstring = ch.dialstring or ""
         self.pbx.emit(ev.dial("", dialstring, self.pbx.snap(ch)), channels=[ch])
+        call_media(ch)
         self.pbx.set_state(ch, "Up")
         self.pbx.emit(ev.dial("ANSWER", dialstring, self.pbx.snap(ch)), channels=[ch])
         args = data.split(",") if data else []
         stasis_data = app + ("," + data if data else "")
-        self.pbx.run(ch, self.ari_stasis(ch, app, args, stasis_data, dialplan_event=False), name="external")
-        return response
+        await self.ari_stasis(ch, app, args, stasis_data, dialplan_event=False)
+
+
+def call_media(ch: Channel) -> None:
+    identify = getattr(ch.media, "identify", None)  # AudioSocket only; an RTP leg has nothing to send
+    if identify is not None:
+        identify()
 
 
 def _codec(opts: str) -> str | None:

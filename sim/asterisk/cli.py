@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
+
+from sim.asterisk.stasis_delay import DEFAULT_MS, ENV, StasisDelay
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,6 +24,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--channelvars", default="AI_CONTEXT,AI_PROVIDER", help="ari.conf channelvars (csv)")
     parser.add_argument("--rtp-ports", default="20000-20999", help="UnicastRTP port range")
     parser.add_argument("--time-scale", type=float, default=1.0, help="dialplan Wait()/ring timers, times real time")
+    parser.add_argument("--stasis-delay-ms", type=_delay_ms,
+                        default=os.environ.get(ENV, f"{DEFAULT_MS[0]:g}:{DEFAULT_MS[1]:g}"),
+                        help=f"MIN:MAX ms from the answer to originate/create/externalMedia until the channel is "
+                             f"in Stasis, drawn per channel (env {ENV}; default %(default)s)")
+    parser.add_argument("--seed", type=int, help="seed of the Stasis delay draws (default: unseeded)")
+
+
+def _delay_ms(text: str) -> tuple[float, float]:
+    try:
+        delay = StasisDelay.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return delay.min_ms, delay.max_ms
 
 
 async def _serve(args: argparse.Namespace) -> None:
@@ -30,6 +46,7 @@ async def _serve(args: argparse.Namespace) -> None:
     sim = AsteriskSim(users={args.user: args.password}, version=args.asterisk_version,
                       channelvars=tuple(v for v in args.channelvars.split(",") if v), dialplan=args.dialplan,
                       rtp_port_range=(int(low), int(high or low)), workdir=args.workdir, time_scale=args.time_scale,
+                      stasis_delay_ms=args.stasis_delay_ms, seed=args.seed,
                       record=False)  # a long-running process keeps no event/request history
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -17,6 +17,7 @@ from typing import Any, Callable, Coroutine, Iterable
 from sim.asterisk import events as ev
 from sim.asterisk.apps import AppRegistry
 from sim.asterisk.ids import IdSource
+from sim.asterisk.stasis_delay import StasisDelay
 from sim.asterisk.state import Bridge, Channel, Hungup, Playback
 from sim.asterisk.tones import ToneClock, media_pcm
 
@@ -31,11 +32,13 @@ class MoveTo:
 
 
 class Pbx:
-    def __init__(self, *, apps: AppRegistry, ids: IdSource, channelvars: tuple[str, ...], time_scale: float = 1.0):
+    def __init__(self, *, apps: AppRegistry, ids: IdSource, channelvars: tuple[str, ...], time_scale: float = 1.0,
+                 stasis_delay: StasisDelay | None = None):
         self.apps = apps
         self.ids = ids
         self.channelvars = tuple(channelvars)
         self.time_scale = time_scale
+        self.stasis_delay = stasis_delay or StasisDelay()
         self.channels: dict[str, Channel] = {}
         self.bridges: dict[str, Bridge] = {}
         self.playbacks: dict[str, Playback] = {}
@@ -135,6 +138,12 @@ class Pbx:
                 self.destroy(ch)
 
     # --- Stasis ------------------------------------------------------------------------------------------
+    async def ari_thread_start(self, ch: Channel) -> None:
+        """The detached thread res_ari starts after answering the request that made `ch` (see stasis_delay):
+        not scaled by time_scale, it is scheduling latency, not a dialplan timer."""
+        ch.stasis_delay_s = self.stasis_delay.draw_s()
+        await asyncio.sleep(ch.stasis_delay_s)
+
     async def run_stasis(self, ch: Channel, app_name: str, args: list[str]) -> Jump | None:
         """The Stasis() application: returns where a `continue` sends the channel; raises Hungup if it was
         hung up; returns None at once with STASISSTATUS=FAILED when the app is missing or inactive."""

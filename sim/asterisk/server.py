@@ -19,6 +19,7 @@ from sim.asterisk.ids import IdSource, ast_time, random_entity_id
 from sim.asterisk.interpreter import Interpreter
 from sim.asterisk.pbx import Pbx
 from sim.asterisk.rest import AriRest, RestRecord
+from sim.asterisk.stasis_delay import DEFAULT_MS, StasisDelay
 from sim.asterisk.state import Bridge, Channel
 from sim.asterisk.websocket import EventsEndpoint
 from sim.asterisk.websocket_media import WebSocketMediaServer
@@ -103,8 +104,10 @@ class AsteriskSim:
     users: ARI credentials; version: `system.version` of /asterisk/info; channelvars: ari.conf `channelvars`
     (in every channel snapshot, unset -> ""); dialplan: None (the default plan), a dict or a YAML path of
     {context: {exten: ["App(args)", ...]}}; rtp_port_range: UnicastRTP ports; workdir: voicemail WAVs
-    (default: a temporary directory); time_scale: factor on dialplan timers (Wait, ring/dial timeouts, the
-    Local Answer() media wait) and prompt lengths, so tests need not wait in real time; record: keep
+    (default: a temporary directory); stasis_delay_ms: (MIN, MAX) ms between the answer to originate,
+    /channels/create or externalMedia and the channel's entry into Stasis (see sim.asterisk.stasis_delay),
+    drawn per channel from an RNG seeded with `seed`; time_scale: factor on dialplan timers (Wait, ring/dial
+    timeouts, the Local Answer() media wait) and prompt lengths, so tests need not wait in real time; record: keep
     `rest_log` and `sent_events` (off for long-running processes).
 
     Views: channels / bridges (live objects), rest_log, sent_events[app], voicemails, sim_calls.
@@ -118,7 +121,8 @@ class AsteriskSim:
                  dialplan: dict | str | Path | None = None, rtp_port_range: tuple[int, int] = (20000, 20999),
                  workdir: str | Path | None = None, *, time_scale: float = 1.0, entity_id: str | None = None,
                  voicemail_max_s: float = 120.0, control_api: bool = True, record: bool = True,
-                 keep_ended_calls: int = 1000):
+                 keep_ended_calls: int = 1000, stasis_delay_ms: tuple[float, float] | None = None,
+                 seed: int | None = None):
         self.users = dict(users or {"asterisk": "secret"})
         self.version = version
         self.entity_id = entity_id or random_entity_id()
@@ -133,7 +137,8 @@ class AsteriskSim:
         self.record = record  # rest_log / sent_events kept (tests); a long-running process turns it off
         self.keep_ended_calls = keep_ended_calls
         self.apps = AppRegistry(self.entity_id, record=record)
-        self.pbx = Pbx(apps=self.apps, ids=self.ids, channelvars=tuple(channelvars), time_scale=time_scale)
+        self.pbx = Pbx(apps=self.apps, ids=self.ids, channelvars=tuple(channelvars), time_scale=time_scale,
+                       stasis_delay=StasisDelay(*(stasis_delay_ms or DEFAULT_MS), seed=seed))
         self.dialplan = Dialplan.load(dialplan)
         self.calls = Calls(self.pbx, rtp_port_range=rtp_port_range)
         self.interpreter = Interpreter(self.pbx, self.calls, self.dialplan, workdir=self.workdir,

@@ -61,6 +61,7 @@ class Channel:
     trail: list[str] = field(default_factory=list)
     stasis_status: str = ""
     stasis_start_t: float | None = None
+    stasis_delay_s: float | None = None    # drawn wait between the ARI answer that made it and its Stasis entry
     dtmf_sink: Callable[[str], None] | None = None
     watch: Any = None                      # who is dialing this channel (ringing / answer / busy callbacks)
     pinned: set[str] = field(default_factory=set)  # variables a test fixed: dialplan Set() leaves them alone

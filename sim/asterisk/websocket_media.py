@@ -375,9 +375,15 @@ async def external_media(calls, server: WebSocketMediaServer, *, app: str, fmt: 
     def connected() -> None:
         if ch.destroyed or ch.hanging_up:
             return
+        # auto-answer queues ANSWER; the originate's dial thread then sees it and runs Stasis, after a
+        # scheduling delay of its own (as for the other externalMedia legs: Pbx.stasis_delay)
         pbx.set_state(ch, "Up")
         pbx.emit(ev.dial("ANSWER", ch.dialstring or "", pbx.snap(ch)), channels=[ch])
-        pbx.run(ch, calls.ari_stasis(ch, app, args, stasis_data, dialplan_event=False), name="external")
+        pbx.run(ch, enter_stasis(), name="external")
+
+    async def enter_stasis() -> None:
+        await pbx.ari_thread_start(ch)
+        await calls.ari_stasis(ch, app, args, stasis_data, dialplan_event=False)
 
     def on_hangup(reason: str) -> None:
         pbx.hangup(ch, 16, soft=False)  # chan_websocket queues a hangup: ChannelHangupRequest, cause 16

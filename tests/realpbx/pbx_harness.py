@@ -52,6 +52,8 @@ def agents_dialplan(real_asterisk: RealAsterisk) -> str:
 
 @pytest.fixture
 async def pbx(real_asterisk: RealAsterisk):
+    """Our callers. Tests name it after `pbx_cluster`: fixtures end in reverse, so a failed test's callers
+    hang up while our roles still run and clean up after them."""
     async with PbxCaller(real_asterisk.ari_url, real_asterisk.user, real_asterisk.password) as caller:
         yield caller
 

@@ -14,7 +14,7 @@ from sim.asterisk.audio import CallerAudio
 from sim.realtime import Reply, Script
 from tests.media_harness import caller_speech, until
 from tests.realpbx.pbx_harness import (  # noqa: F401  (fixtures)
-    PROFILES, aredis, call_of, emulator, keys, nothing_of_the_call_left, pbx, pbx_cluster)
+    PROFILES, aredis, call_of, emulator, keys, nothing_of_the_call_left, pbx_cluster, pbx)
 
 GREETING_MS = 1500
 QUESTION = "When are you open?"
@@ -33,7 +33,7 @@ async def log_roles(aredis, keys, call_id: str) -> list[str]:
 
 
 @pytest.mark.parametrize("transport", list(PROFILES))
-async def test_greeting_heard_and_speech_reaches_the_model(transport, pbx, pbx_cluster, emulator, aredis, keys):
+async def test_greeting_heard_and_speech_reaches_the_model(transport, pbx_cluster, pbx, emulator, aredis, keys):
     emu = await emulator(conversation(), speed=4.0)
     await pbx_cluster(emu, PROFILES[transport])
     leg = await pbx.call()
@@ -68,7 +68,7 @@ async def _with_answer(roles_coro):
 
 
 @pytest.mark.parametrize("transport", list(PROFILES))
-async def test_barge_in_stops_the_agent(transport, pbx, pbx_cluster, emulator, aredis, keys):
+async def test_barge_in_stops_the_agent(transport, pbx_cluster, pbx, emulator, aredis, keys):
     script = Script(greeting=Reply(text="Hi.", audio_ms=600),
                     turns={1: Reply(text="A long answer. " * 10, audio_ms=8000),
                            2: Reply(text="Sorry, go ahead.", audio_ms=800)},
@@ -110,7 +110,7 @@ async def _worker_done(aredis, keys, call_id):
 
 
 @pytest.mark.parametrize("transport", ["audiosocket-slin24", "rtp-ulaw", "websocket-ulaw"])
-async def test_caller_hangs_up_mid_greeting(transport, pbx, pbx_cluster, emulator, aredis, keys):
+async def test_caller_hangs_up_mid_greeting(transport, pbx_cluster, pbx, emulator, aredis, keys):
     emu = await emulator(Script(greeting=Reply(text="A long welcome. " * 5, audio_ms=5000)), speed=4.0)
     await pbx_cluster(emu, PROFILES[transport])
     leg = await pbx.call()
@@ -129,7 +129,7 @@ async def _ended(aredis, keys, call_id):
     return (await aredis.hget(keys.call(call_id), "end_reason")) == "caller_hangup"
 
 
-async def test_no_worker_sends_the_caller_to_the_dialplan_fallback(real_asterisk, pbx, pbx_cluster, aredis, keys):
+async def test_no_worker_sends_the_caller_to_the_dialplan_fallback(real_asterisk, pbx_cluster, pbx, aredis, keys):
     await pbx_cluster(None, workers=0, queue_timeout_ms=1000)
     leg = await pbx.call()
 

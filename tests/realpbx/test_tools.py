@@ -14,7 +14,7 @@ from sim.cluster import free_port
 from sim.realtime import Reply, Script, ToolCall
 from tests.media_harness import caller_speech, until
 from tests.realpbx.pbx_harness import (  # noqa: F401  (fixtures)
-    DESTINATIONS, aredis, agents_dialplan, call_of, emulator, keys, nothing_of_the_call_left, pbx, pbx_cluster)
+    DESTINATIONS, aredis, agents_dialplan, call_of, emulator, keys, nothing_of_the_call_left, pbx_cluster, pbx)
 
 
 def asked(text: str) -> CallerAudio:
@@ -45,7 +45,7 @@ def bridge_members(real_asterisk, bridge_id: str) -> set[str] | None:
 
 
 async def test_transfer_answered_bridges_the_caller_with_the_agent(
-        real_asterisk, agents_dialplan, pbx, pbx_cluster, emulator, aredis, keys):
+        real_asterisk, agents_dialplan, pbx_cluster, pbx, emulator, aredis, keys):
     emu = await emulator(transfer_script("sales"), speed=4.0)
     await pbx_cluster(emu, extra=DESTINATIONS)
     leg = await pbx.call()
@@ -55,7 +55,10 @@ async def test_transfer_answered_bridges_the_caller_with_the_agent(
     await until(lambda: bridge_members(real_asterisk, f"{call_id}-br") == {leg.peer_id, xfer}, timeout=20)
     (output,) = await until(lambda: tool_outputs(aredis, keys, call_id, "transfer"), timeout=10)
     assert output["ok"] is True
-    assert await aredis.hget(keys.call(call_id), "state") == "transferred"
+
+    async def transferred():
+        return await aredis.hget(keys.call(call_id), "state") == "transferred"
+    await until(transferred, timeout=5)  # written once the AI's leg is gone and the hold music stopped
     status, _ = real_asterisk.ari("GET", f"/channels/{call_id}-em")
     assert status == 404  # the AI's media leg is gone
     # The agent's side plays a recording: the caller hears it through the bridge.
@@ -67,7 +70,7 @@ async def test_transfer_answered_bridges_the_caller_with_the_agent(
 
 
 async def test_a_ringing_transfer_can_be_cancelled(
-        real_asterisk, agents_dialplan, pbx, pbx_cluster, emulator, aredis, keys):
+        real_asterisk, agents_dialplan, pbx_cluster, pbx, emulator, aredis, keys):
     emu = await emulator(transfer_script("nobody", {2: Reply(text="Cancelling.", audio_ms=500,
                                                              tool_calls=[ToolCall("cancel_transfer")])}), speed=4.0)
     extra = {"tools": {**DESTINATIONS["tools"], "transfer": {**DESTINATIONS["tools"]["transfer"],
@@ -88,7 +91,7 @@ async def test_a_ringing_transfer_can_be_cancelled(
 
 
 async def test_a_busy_destination_comes_back_to_the_model(
-        real_asterisk, agents_dialplan, pbx, pbx_cluster, emulator, aredis, keys):
+        real_asterisk, agents_dialplan, pbx_cluster, pbx, emulator, aredis, keys):
     emu = await emulator(transfer_script("busyline"), speed=4.0)
     await pbx_cluster(emu, extra=DESTINATIONS)
     leg = await pbx.call()
@@ -102,7 +105,7 @@ async def test_a_busy_destination_comes_back_to_the_model(
     await nothing_of_the_call_left(aredis, keys, call_id)
 
 
-async def test_hangup_call_ends_the_call_after_the_farewell(pbx, pbx_cluster, emulator, aredis, keys):
+async def test_hangup_call_ends_the_call_after_the_farewell(pbx_cluster, pbx, emulator, aredis, keys):
     script = Script(greeting=Reply(text="Hi.", audio_ms=500),
                     turns={1: Reply(text="", tool_calls=[ToolCall("hangup_call", {"farewell": "Goodbye!"})])},
                     after_tool=Reply(text="Goodbye!", audio_ms=800))
@@ -118,7 +121,7 @@ async def test_hangup_call_ends_the_call_after_the_farewell(pbx, pbx_cluster, em
     assert await aredis.hget(keys.call(call_id), "end_reason") == "agent_hangup"
 
 
-async def test_leave_voicemail_records_the_callers_message(real_asterisk, pbx, pbx_cluster, emulator, aredis, keys):
+async def test_leave_voicemail_records_the_callers_message(real_asterisk, pbx_cluster, pbx, emulator, aredis, keys):
     inbox = real_asterisk.run_dir / "spool" / "voicemail" / "default" / "100" / "INBOX"
     before = set(inbox.glob("msg*.wav")) if inbox.exists() else set()
     script = Script(greeting=Reply(text="Hi.", audio_ms=500),
@@ -163,7 +166,7 @@ def smtp_server():
     smtp.stop()
 
 
-async def test_transcript_and_summary_mails_are_delivered(smtp_server, pbx, pbx_cluster, emulator, aredis, keys):
+async def test_transcript_and_summary_mails_are_delivered(smtp_server, pbx_cluster, pbx, emulator, aredis, keys):
     script = Script(greeting=Reply(text="Hi.", audio_ms=500), turns={
         1: Reply(text="", tool_calls=[ToolCall("request_transcript", {"email": "bob.jones@example.com"})]),
         2: Reply(text="", tool_calls=[ToolCall("request_transcript", {"email": "bob.jones@example.com",
