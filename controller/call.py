@@ -336,6 +336,10 @@ class Call:
                 await self.legs.run(self.media, partial(d.rest.add_channel, self.bridge, self.media), timeout)
             except NotInStasis as exc:
                 raise SetupFailed(str(exc)) from exc
+            except AriError as exc:
+                if exc.status in (400, 404):  # the leg is gone already: the worker turned the connection away
+                    raise SetupFailed(f"media leg {self.media}: {exc}") from exc
+                raise
 
         try:
             # Every step runs to its end (none is left in flight for a retry to trip over), then the first
