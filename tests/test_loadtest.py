@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import urllib.parse
 
 import pytest
 
@@ -109,27 +108,16 @@ def test_svg_plot_without_matplotlib_has_both_panels():
     assert svg.count("<polyline") == 2 and svg.count("<rect") >= 2 + 3 * len(rep.LATENCIES)
 
 
-# --- ARI originate --------------------------------------------------------------------------------------------
+# --- callers on a real Asterisk --------------------------------------------------------------------------------
 
-def test_originate_request_dials_a_local_channel_into_the_stasis_context():
-    method, path, body = loadtest.originate_request(7, "ab12", context="from-ai-agent-openai",
-                                                    app="voice-agent-loadtest", ai_context="sales")
-    assert method == "POST"
-    route, query = path.split("?", 1)
-    assert route == "/ari/channels"
-    params = dict(urllib.parse.parse_qsl(query))
-    assert params["endpoint"] == "Local/s@from-ai-agent-openai"
-    assert params["app"] == "voice-agent-loadtest"
-    assert params["channelId"] == "lt-ab12-7" and params["otherChannelId"] == "lt-ab12-7-2"
-    assert params["callerId"] == "Caller 7 <5550007>"
-    assert body == {"variables": {"AI_CONTEXT": "sales"}}
-    # Every query parameter is one ARI's originate accepts (the swagger of Asterisk 22.10.1).
-    swagger = json.loads((ROOT / "tests/fixtures/ari-api-docs-22.10.1/api-docs/channels.json").read_text())
-    op = next(o for api in swagger["apis"] if api["path"] == "/channels" for o in api["operations"]
-              if o["httpMethod"] == "POST")
-    accepted = {p["name"] for p in op["parameters"]}
-    assert set(params) <= accepted and "variables" in accepted
-    assert loadtest.originate_request(1, "x")[2] == {}
+def test_real_pbx_caller_failures_are_counted_by_kind():
+    from sim.loadtest_pbx import error_kind
+    from sim.pbx_caller import CallerError
+
+    assert error_kind(CallerError("from-ai-agent-openai: no answer within 15s")) == "caller:no_answer"
+    assert error_kind(CallerError("from-ai-agent-openai: dial status BUSY")) == "caller:dial_busy"
+    assert error_kind(CallerError("ARI POST /bridges/x/addChannel -> 422: {...}")) == "caller:ari_422"
+    assert error_kind(CallerError("vacaller-1-rtp did not enter Stasis within 5s")) == "caller:no_stasis_start"
 
 
 # --- one real run ---------------------------------------------------------------------------------------------
