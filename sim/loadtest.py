@@ -90,7 +90,7 @@ def write_config(path: Path, source: Path, profile: str, calls: int, context: st
     path.write_text(yaml.safe_dump(data, sort_keys=False, width=120), encoding="utf-8")
 
 
-# --- where the calls go: the simulator's control API (a real Asterisk: sim/loadtest_pbx.py) -------------------------------------
+# --- where the calls go: the simulator's control API (a real Asterisk: sim/loadtest_pbx.py) --------------------
 
 class Http:
     """JSON over HTTP with Basic auth (blocking; the load test's own loop is not an audio path)."""
