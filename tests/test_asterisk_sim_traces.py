@@ -19,7 +19,6 @@ Every event the simulator sent and every 2xx response body is also validated aga
 from __future__ import annotations
 
 import asyncio
-import inspect
 import json
 import re
 import socket
@@ -574,18 +573,11 @@ async def test_08_bridge_destroyed_visibility():
     check(await replay("08-bridge-destroyed-visibility"))
 
 
-# A simulator that enters ARI-made channels into Stasis asynchronously (branch sim-race) takes this option.
-SIM_DELAYS_STASIS = "stasis_delay_ms" in inspect.signature(AsteriskSim).parameters
-
-
-@pytest.mark.xfail(not SIM_DELAYS_STASIS, strict=True,
-                   reason="the simulator enters externalMedia channels into Stasis before answering the request")
 async def test_09_media_stasis_race():
     """The media channel is added to the bridge the moment externalMedia answers: the real PBX answered 422 (its
     StasisStart had not arrived), and 204 after the StasisStart. The simulator's Stasis entry is held for 20 ms
     so that the replay loses the race as the recording did."""
-    options = {"stasis_delay_ms": (20.0, 20.0)} if SIM_DELAYS_STASIS else {}
-    r = await replay("09-media-stasis-race", **options)
+    r = await replay("09-media-stasis-race", stasis_delay_ms=(20.0, 20.0))
     check(r)
     adds = [rec.status for rec in r.sim.rest_log if rec.path.endswith("/addChannel")]
     assert adds == [204, 422, 204]

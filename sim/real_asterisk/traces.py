@@ -20,8 +20,10 @@ import sys
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
+from itertools import pairwise
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import aiohttp
 
@@ -87,17 +89,18 @@ class RtpListener(asyncio.DatagramProtocol):
                 "payload_sizes": dict(sorted(Counter(str(h[4]) for h in heads).items())),
                 "first_timestamp": heads[0][2],
                 "timestamp_advances_by_previous_payload": all(
-                    (b[2] - a[2]) % 2**32 == b[4] for a, b in zip(heads, heads[1:])),
-                "seq_step_1": all((b[1] - a[1]) % 65536 == 1 for a, b in zip(heads, heads[1:])),
+                    (b[2] - a[2]) % 2**32 == b[4] for a, b in pairwise(heads)),
+                "seq_step_1": all((b[1] - a[1]) % 65536 == 1 for a, b in pairwise(heads)),
                 "ssrcs": len({h[3] for h in heads}),
                 "marker_bits": sum(1 for h in heads if h[5]),
                 "source_port_is_local_port": {str(port) for _, port in self.packets} == {local_port}}
 
 
-class AudioSocketListener:
-    KINDS = {0x00: "hangup", 0x01: "uuid", 0x03: "dtmf", 0x10: "slin", 0x11: "slin12", 0x12: "slin16",
-             0x13: "slin24", 0x14: "slin32", 0x15: "slin44", 0x16: "slin48", 0xFF: "error"}
+AUDIOSOCKET_KINDS = {0x00: "hangup", 0x01: "uuid", 0x03: "dtmf", 0x10: "slin", 0x11: "slin12", 0x12: "slin16",
+                     0x13: "slin24", 0x14: "slin32", 0x15: "slin44", 0x16: "slin48", 0xFF: "error"}
 
+
+class AudioSocketListener:
     def __init__(self, rec: Recorder):
         self.rec = rec
         self.frames: list[tuple[int, bytes]] = []
@@ -124,7 +127,7 @@ class AudioSocketListener:
                     shown = payload.decode() if kind == 0x03 else str(uuid.UUID(bytes=payload)) if kind == 0x01 \
                         else f"{len(payload)} bytes"
                     self.rec.note(f"AudioSocket message from Asterisk: kind 0x{kind:02x} "
-                                  f"({self.KINDS.get(kind, '?')}), length {len(payload)}: {shown}", source="listener")
+                                  f"({AUDIOSOCKET_KINDS.get(kind, '?')}), length {len(payload)}: {shown}", source="listener")
                 self.frames.append((kind, payload))
         except (asyncio.IncompleteReadError, ConnectionError):
             self.rec.note("AudioSocket connection closed by Asterisk", source="listener")
@@ -257,7 +260,7 @@ class Recorder:
             self._new_event.clear()
             try:
                 await asyncio.wait_for(self._new_event.wait(), left)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     async def sleep(self, seconds: float, why: str) -> None:
@@ -385,7 +388,8 @@ async def cleanup(rec: Recorder, *ids: str, bridges: tuple[str, ...] = ()) -> No
         await rec.rest("DELETE", f"/channels/{cid}", {"reason": "normal"}, expect=204)
         # a channel made by ARI is destroyed; one that came from the dialplan only leaves Stasis (no subscribeAll)
         made_by_us = rec.labels.get(cid, "").startswith(("<chan:media", "<chan:agent"))
-        await rec.event("ChannelDestroyed" if made_by_us else "StasisEnd", lambda e: e["channel"]["id"] == cid, mark)
+        await rec.event("ChannelDestroyed" if made_by_us else "StasisEnd", lambda e, c=cid: e["channel"]["id"] == c,
+                        mark)
         await rec.sleep(0.2, "events that follow the hangup")
     for bid in bridges:
         await rec.rest("DELETE", f"/bridges/{bid}", expect=204)
@@ -727,6 +731,7 @@ async def s09_media_stasis_race(rec: Recorder) -> None:
         rec.phase("after the media channel's StasisStart, addChannel again")
         await rec.stasis_start(media, mark)
         await rec.rest("POST", f"/bridges/{bridge}/addChannel", {"channel": media}, expect=204)
+        await rec.sleep(0.5, "the bridge settles (the caller's ConnectedLine can come after a quick hangup)")
         await cleanup(rec, caller, media, bridges=(bridge,))
         await rec.sleep(0.5, "the last events")
     finally:
