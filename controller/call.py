@@ -342,6 +342,10 @@ class Call:
                 await self.legs.run(self.media, partial(d.rest.add_channel, self.bridge, self.media), timeout)
             except NotInStasis as exc:
                 raise SetupFailed(str(exc)) from exc
+            except AriError as exc:
+                if exc.status in (400, 404):  # the leg is gone already: the worker turned the connection away
+                    raise SetupFailed(f"media leg {self.media}: {exc}") from exc
+                raise
             if plan.transport == "websocket":  # the worker's clock may start: what it sends is heard now
                 await wsm.send_bridged(d.redis, d.keys, reserved.worker_id,
                                        MediaBridged(call_id=self.call_id, epoch=reserved.epoch))

@@ -19,6 +19,10 @@ from shared.websocket_url import redact
 
 log = logging.getLogger("calls")
 
+# Asterisk may connect a call's AudioSocket before this worker has read the call's assignment from its inbox
+# (the controller writes it first, but the read can lag under a burst): such a connection is held this long.
+HOLD_UNASSIGNED_S = 2.0
+MAX_HELD = 100
 # WebSocket media: start the clock this long after MEDIA_START even if Asterisk has sent no audio yet.
 WEBSOCKET_LIVE_AFTER = 0.5
 LEASE_MS = 3000  # renewed every second: a worker dead for 3 s has lost its calls (DESIGN §3)
@@ -31,6 +35,7 @@ class CallManager:
         self.allowed_hosts = allowed_hosts
         self.sessions: dict[str, CallSession] = {}
         self._rtp: dict[str, RtpEndpoint] = {}
+        self._held: dict[str, _Held] = {}  # AudioSocket connections that came before their assignment
         self._ws: dict[str, tuple[WebSocketMediaLink, asyncio.Task]] = {}  # connecting or connected
 
     # --- inbox messages --------------------------------------------------------------------------------
@@ -79,6 +84,14 @@ class CallManager:
                 return
             self._rtp[call_id] = endpoint
         session.start()
+        held = self._held.pop(call_id, None)
+        if held is not None:
+            held.timer.cancel()
+            if session.plan.transport == "audiosocket":
+                self._attach_audiosocket(session, held.link)
+                held.link.rebind(session)  # type: ignore[attr-defined]
+            else:
+                held.link.refuse()  # type: ignore[attr-defined]
         asyncio.create_task(self._forget_when_done(session), name=f"reap-{call_id}")
         log.info("call %s assigned (epoch %d, %s %s, context %s)", call_id, assignment.epoch,
                  assignment.plan.transport, assignment.plan.format, assignment.plan.context)
@@ -115,12 +128,20 @@ class CallManager:
     # --- media connections -----------------------------------------------------------------------------
     def bind_audiosocket(self, call_uuid: str, peer_host: str, link: MediaLink) -> MediaSink | None:
         session = self.sessions.get(call_uuid)
+        if session is None and call_uuid not in self._held and len(self._held) < MAX_HELD:
+            held = self._held[call_uuid] = _Held(self, call_uuid, peer_host, link)
+            held.timer = asyncio.get_running_loop().call_later(HOLD_UNASSIGNED_S, held.expire)
+            return held
         if session is None or session.plan.transport != "audiosocket" or session.link is not None:
             log.warning("AudioSocket connection from %s for unknown call %s: refused", peer_host, call_uuid)
             return None
+        self._attach_audiosocket(session, link)
+        return session
+
+    @staticmethod
+    def _attach_audiosocket(session: CallSession, link: MediaLink) -> None:
         link.expect(session.plan.format)  # type: ignore[attr-defined]
         session.attach(link)
-        return session
 
     def connect_websocket(self, ready: MediaReady) -> None:
         """The controller created the call's WebSocket media channel: connect to it (in a task of its own; the
@@ -188,3 +209,35 @@ class CallManager:
             session.stop(reason)
         if sessions:
             await asyncio.wait([asyncio.create_task(s.finished.wait()) for s in sessions], timeout=5)
+
+
+class _Held:
+    """The sink of an AudioSocket connection whose call is not assigned here yet: the caller's first frames
+    are dropped (the session is not there to take them), and without an assignment in time it is refused."""
+
+    def __init__(self, calls: CallManager, call_uuid: str, peer_host: str, link: MediaLink):
+        self.calls, self.call_uuid, self.peer_host, self.link = calls, call_uuid, peer_host, link
+        self.timer: asyncio.TimerHandle | None = None
+
+    def on_audio(self, payload: bytes) -> None:
+        pass
+
+    def on_dtmf(self, digit: str) -> None:
+        pass
+
+    def on_hangup(self, reason: str) -> None:
+        self._forget()
+
+    def expire(self) -> None:
+        if self._forget():
+            log.warning("AudioSocket connection from %s for unknown call %s: no assignment within %.0f s, refused",
+                        self.peer_host, self.call_uuid, HOLD_UNASSIGNED_S)
+            self.link.refuse()  # type: ignore[attr-defined]
+
+    def _forget(self) -> bool:
+        if self.calls._held.get(self.call_uuid) is not self:
+            return False
+        del self.calls._held[self.call_uuid]
+        if self.timer is not None:
+            self.timer.cancel()
+        return True

@@ -241,6 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="start the cluster locally, show it working, stop it cleanly")
     demo.add_argument("--keep-running", action="store_true", help="leave the cluster up until Ctrl-C")
+    demo.add_argument("--real-asterisk", action="store_true",
+                      help="call through a real Asterisk 22 (scripts/real-asterisk, cached) instead of the simulator")
     demo.set_defaults(func=cmd_demo)
 
     lt = sub.add_parser("loadtest", help="N concurrent scripted calls through the cluster, with a report")

@@ -29,7 +29,7 @@ import redis
 from shared.config import ConfigError, load_config
 from shared.keys import Keys
 from shared.status import collect, render
-from sim import demo_call, demo_report
+from sim import demo_call, demo_pbx, demo_report
 from sim.cluster import LocalCluster, RoleProcess, SimProcess, purge, redis_or_explain
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -137,21 +137,53 @@ def run_call(sim: SimControl, client: redis.Redis, keys: Keys, timeline: demo_ca
     if hung_up_by == "caller":
         sim.request("POST", f"/sim/calls/{channel}/hangup")
     result["hung_up_by"] = hung_up_by
-    call_id = result["call_id"] or find_call(client, keys, channel)
-    result["call_id"] = call_id
-    deadline = time.monotonic() + 5
-    while call_id and time.monotonic() < deadline:
-        # The controller marks the call ended; the worker flushes the call log, then adds its figures.
-        state, figures = client.hmget(keys.call(call_id), "state", "underruns")
-        if state == "ended" and figures is not None and not client.sismember(keys.calls_active, call_id):
-            break
-        time.sleep(0.05)
-    else:
-        if call_id:
-            print("the call did not finish in Redis within 5 s (state ended, the worker's figures written)")
+    result["call_id"] = result["call_id"] or find_call(client, keys, channel)
+    wait_call_finished(client, keys, result["call_id"])
     saved = sim.request("POST", f"/sim/calls/{channel}/save", {"path": str(heard_wav)})
     result["heard_ms"] = saved[1].get("ms") if saved[0] == 200 else None
     return result
+
+
+def wait_call_finished(client: redis.Redis, keys: Keys, call_id: str | None, timeout: float = 5.0) -> None:
+    """Until the controller marked the call ended and the worker flushed its log and wrote its figures."""
+    deadline = time.monotonic() + timeout
+    while call_id and time.monotonic() < deadline:
+        state, figures = client.hmget(keys.call(call_id), "state", "underruns")
+        if state == "ended" and figures is not None and not client.sismember(keys.calls_active, call_id):
+            return
+        time.sleep(0.05)
+    if call_id:
+        print(f"the call did not finish in Redis within {timeout:g} s (state ended, the worker's figures written)")
+
+
+def run_pbx_call(ast, client: redis.Redis, keys: Keys, timeline: demo_call.Timeline, caller_wav: Path,
+                 heard_wav: Path) -> dict:
+    """The same call through a real Asterisk: Asterisk plays the caller's WAV into the call and records what
+    the caller hears (sim/demo_pbx.py); what happened, with the keys of run_call."""
+    placed = time.monotonic()
+    found: dict[str, str | None] = {}
+
+    def answered(channel: str) -> None:  # the call leaves calls:active when it ends: find it now
+        found["call_id"] = find_call(client, keys, channel)
+        print(f"caller channel {channel}: answered after {(time.monotonic() - placed) * 1000:.0f} ms "
+              f"(call id {found['call_id']}); the caller's script runs {timeline.duration_s:.1f}s")
+
+    result = asyncio.run(demo_pbx.run_call(
+        ast.ari_url, ast.user, ast.password, ast.run_dir / "spool" / "recording", AGENT_CONTEXT,
+        demo_call.CALLER_NAME, "5551234", caller_wav, timeline.duration_s, heard_wav, on_answer=answered))
+    if result.get("error"):
+        print(f"the call through Asterisk failed: {result['error']}")
+    if result.get("hung_up_by") == "agent":
+        print(f"the agent hung up {result['agent_hung_up_after_s']}s into the call")
+    result["call_id"] = found.get("call_id") or (find_call(client, keys, result["channel"])
+                                                 if result.get("placed") else None)
+    wait_call_finished(client, keys, result["call_id"])
+    return result
+
+
+def asterisk_leftovers(ast) -> dict:
+    """Channels and bridges still in the real Asterisk (it is ours: anything there is left over)."""
+    return {kind: len(ast.ari("GET", f"/{kind}")[1] or []) for kind in ("channels", "bridges")}
 
 
 def wait_for_mail(directory: Path, timeout: float) -> Path | None:
@@ -196,6 +228,18 @@ def report_call(client: redis.Redis, keys: Keys, call_id: str | None, heard_wav:
     return {"call": call, "log": [e.__dict__ for e in entries], "spans": spans, "greeting_share": greeting_share}
 
 
+def start_real_asterisk(workdir: Path):
+    """The harness's real Asterisk (installed into the cache on first use) in the run's directory, or None after
+    saying why there is none."""
+    from sim.real_asterisk import RealAsteriskUnavailable, start
+
+    try:
+        return start(workdir / "asterisk")
+    except RealAsteriskUnavailable as exc:
+        print(f"no real Asterisk: {exc}")
+        return None
+
+
 def main(args: argparse.Namespace) -> int:
     config_path = Path(args.config) if args.config else ROOT / "config" / "ai-agent.yaml"
     workdir = Path(os.environ.get("VA_DEMO_WORKDIR") or tempfile.mkdtemp(prefix="voice-agent-demo-"))
@@ -230,19 +274,37 @@ def main(args: argparse.Namespace) -> int:
     checks: dict[str, bool] = {}
     summary: dict = {"workdir": str(workdir), "prefix": prefix, "paths": {k: str(v) for k, v in paths.items()}}
     sims: list[SimProcess] = []
+    procs: list[RoleProcess] = []
     started = time.monotonic()
+    real = None  # the real Asterisk of --real-asterisk, stopped at the end
+    if args.real_asterisk:
+        step("a real Asterisk (Debian's package from the cache, a run directory of its own)")
+        real = start_real_asterisk(workdir)
+        if real is None:
+            client.close()
+            return 1
+        summary["asterisk"] = {"version": real.version, "ari_url": real.ari_url, "run_dir": str(real.run_dir)}
     try:
         step("simulators")
         realtime = cluster.start_sim("realtime", "--script", str(paths["script"]), "--wire-log", str(paths["wire"]),
                                      "--speed", EMULATOR_SPEED, "--api-key", api_key)
-        asterisk = cluster.start_sim("asterisk", "--user", config.asterisk.username, "--password", ari_password)
+        if real is not None:
+            ari_url = real.ari_url
+            cluster.env.update(ASTERISK_ARI_USERNAME=real.user, ASTERISK_ARI_PASSWORD=real.password)
+        else:
+            ari_url = cluster.start_sim("asterisk", "--user", config.asterisk.username,
+                                        "--password", ari_password).url
+            cluster.env.update(ASTERISK_ARI_PASSWORD=ari_password)
         mail = cluster.start_sim("mail", "--dir", str(paths["mail"]))
         sims = list(cluster.sims)
         smtp_port = mail.url.rsplit(":", 1)[1]
-        cluster.env.update(OPENAI_REALTIME_URL=realtime.url, ASTERISK_ARI_URL=asterisk.url,
-                           ASTERISK_ARI_PASSWORD=ari_password, SMTP_HOST="127.0.0.1", SMTP_PORT=smtp_port)
+        cluster.env.update(OPENAI_REALTIME_URL=realtime.url, ASTERISK_ARI_URL=ari_url, SMTP_HOST="127.0.0.1",
+                           SMTP_PORT=smtp_port)
         print(f"OpenAI Realtime emulator  {realtime.url}  (speed {EMULATOR_SPEED}x, wire log {paths['wire']})")
-        print(f"Asterisk 22.10.1 (ARI)    {asterisk.url}")
+        if real is not None:
+            print(f"real Asterisk {real.version} (ARI)  {ari_url}  (run dir {real.run_dir})")
+        else:
+            print(f"Asterisk 22.10.1 simulator (ARI)    {ari_url}")
         print(f"mail server (SMTP)        {mail.url}  (messages in {paths['mail']})")
 
         step("controller, two media workers, tool worker")
@@ -253,8 +315,12 @@ def main(args: argparse.Namespace) -> int:
             step(f"a scripted call (the caller speaks from {paths['caller']})")
             for seg in timeline.spoken():
                 print(f"  {seg.start_s:4.1f}s after the answer the caller says: {seg.line.text}")
-            sim = SimControl(asterisk.url, config.asterisk.username, ari_password)
-            call = run_call(sim, client, keys, timeline, paths["caller"], paths["heard"])
+            if real is not None:
+                print(f"(Asterisk plays it into the call and records what the caller hears: {paths['heard']})")
+                call = run_pbx_call(real, client, keys, timeline, paths["caller"], paths["heard"])
+            else:
+                sim = SimControl(ari_url, config.asterisk.username, ari_password)
+                call = run_call(sim, client, keys, timeline, paths["caller"], paths["heard"])
             summary["sim_call"] = call
             checks["call set up"] = bool(call.get("answered") and call.get("call_id"))
             result = report_call(client, keys, call.get("call_id"), paths["heard"], plan)
@@ -293,6 +359,13 @@ def main(args: argparse.Namespace) -> int:
             print(f"sim {s.kind}: exit {s.popen.returncode}")
         checks["everything exited 0"] = (all(code == 0 for code in codes.values())
                                          and all(s.popen.returncode == 0 for s in sims))
+        if real is not None:
+            left = asterisk_leftovers(real)
+            print(f"left in Asterisk: {left['channels']} channels, {left['bridges']} bridges")
+            checks["nothing left in Asterisk"] = left == {"channels": 0, "bridges": 0}
+            summary["asterisk"]["left"] = left
+            real.stop()
+            print(f"stopped the real Asterisk (logs in {real.run_dir / 'log'})")
     after = asyncio.run(collect(config))
     left = len(after["controllers"]) + len(after["media_workers"]) + len(after["tool_workers"])
     print(f"registered processes left in Redis: {left}")

@@ -6,11 +6,15 @@ a mail server, a controller, K media workers and M tool workers, on the local Re
 it started, so all N are up together for `--hold` seconds. Each caller speaks the demo's plan (question,
 barge-in on the long answer, goodbye) over and over from one WAV; the emulator answers each turn.
 
-With `--ari-url` the calls go to a real Asterisk instead: ARI originate of `Local/s@<context>` (the guide's
-`from-ai-agent-openai`), the other half of each Local channel parked in a Stasis app of the load test's own.
+With `--real-asterisk` the calls go through a real Asterisk 22 that the harness starts for the run (Debian's
+package from the cache, `sim.real_asterisk`) and stops at the end; with `--ari-url`, through one the user runs.
+Each caller is a `sim.pbx_caller` leg (`sim/loadtest_pbx.py`): a Local channel into `--ari-context` (the
+shipped `from-ai-agent-openai`), bridged with an RTP leg to a socket here, speaking the same WAV and recording
+what it hears.
 
 The figures come from the call records in Redis, each role's /metrics, /proc (CPU, RSS), the mail server's
-.eml files and, at the end, the simulator's `GET /sim/state` (channels and bridges left: must be 0).
+.eml files and, at the end, what is left: the simulator's `GET /sim/state`, or Asterisk's `GET /channels` and
+`GET /bridges` (channels and bridges left: must be 0).
 """
 
 from __future__ import annotations
@@ -21,10 +25,8 @@ import json
 import os
 import sys
 import tempfile
-import threading
 import time
 import urllib.error
-import urllib.parse
 import urllib.request
 import wave
 from collections import Counter
@@ -40,11 +42,12 @@ from shared.keys import Keys
 from sim import demo_call
 from sim import loadtest_report as rep
 from sim.cluster import LocalCluster, RoleProcess, http_get, purge, redis_or_explain
+from sim.loadtest_pbx import PbxTarget
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTEXT = "from-ai-agent-openai"  # the guide's Stasis context
 LOADTEST_CONTEXT = "loadtest"  # the AI context (greeting, prompt, profile) the calls run in
-LOADTEST_APP = "voice-agent-loadtest"  # ARI mode: the Stasis app that holds the originating half
+SHIPPED_AI_CONTEXT = "demo_openai"  # the AI_CONTEXT that deploy/asterisk's [from-ai-agent-openai] sets
 EMULATOR_SPEED = "4"
 ANSWER_TIMEOUT_S = 15.0  # a call not answered this long after it was placed counts as failed
 SETTLE_TIMEOUT_S = 30.0  # after the last hangup: records ended, calls:active empty
@@ -75,10 +78,11 @@ def emulator_script(plan: demo_call.Plan, cycles: int) -> dict:
     return base
 
 
-def write_config(path: Path, source: Path, profile: str, calls: int) -> None:
-    """The config with a `loadtest` context in `profile`, and room for every call at the provider."""
+def write_config(path: Path, source: Path, profile: str, calls: int, context: str = LOADTEST_CONTEXT) -> None:
+    """The config with the calls' AI context (`loadtest` on the simulator; on a real Asterisk the one its dialplan
+    sets) in `profile`, and room for every call at the provider."""
     data = yaml.safe_load(source.read_text(encoding="utf-8"))
-    data.setdefault("contexts", {})[LOADTEST_CONTEXT] = {
+    data.setdefault("contexts", {})[context] = {
         "greeting": demo_call.DEFAULT_PLAN.greeting.text, "profile": profile,
         "prompt": "You are the load-test assistant of {company_name}."}
     provider = data.setdefault("providers", {}).setdefault("openai_realtime", {})
@@ -86,7 +90,7 @@ def write_config(path: Path, source: Path, profile: str, calls: int) -> None:
     path.write_text(yaml.safe_dump(data, sort_keys=False, width=120), encoding="utf-8")
 
 
-# --- where the calls go: the simulator's control API, or ARI originate -------------------------------------
+# --- where the calls go: the simulator's control API (a real Asterisk: sim/loadtest_pbx.py) --------------------
 
 class Http:
     """JSON over HTTP with Basic auth (blocking; the load test's own loop is not an audio path)."""
@@ -151,77 +155,6 @@ class SimTarget:
 
     def close(self) -> None:
         pass
-
-
-def originate_request(index: int, run_id: str, context: str = CONTEXT, app: str = LOADTEST_APP,
-                      ai_context: str | None = None) -> tuple[str, str, dict]:
-    """The ARI originate of one load-test call: (method, path with query, JSON body).
-
-    `Local/s@<context>` runs the guide's dialplan (Set AI_CONTEXT, Stasis(asterisk-ai-voice-agent)) on its ;2
-    half, the caller as the agent sees it; the ;1 half enters our own app, which only holds it until hangup.
-    The ids are ours (channelId / otherChannelId) so the load test can find and hang up each call."""
-    channel_id = f"lt-{run_id}-{index}"
-    query = {"endpoint": f"Local/s@{context}", "app": app, "appArgs": "loadtest",
-             "callerId": f"Caller {index} <555{index:04d}>", "timeout": "30",
-             "channelId": channel_id, "otherChannelId": f"{channel_id}-2"}
-    body: dict = {"variables": {"AI_CONTEXT": ai_context}} if ai_context else {}
-    return "POST", "/ari/channels?" + urllib.parse.urlencode(query), body
-
-
-class AriTarget:
-    """Calls into a real Asterisk by ARI originate; the events socket keeps our Stasis app registered."""
-
-    kind = "ari"
-
-    def __init__(self, http: Http, user: str, password: str, context: str, ai_context: str | None):
-        from websockets.sync.client import connect
-
-        self.http = http
-        self.context = context
-        self.ai_context = ai_context
-        self.run_id = os.urandom(3).hex()
-        self.errors: Counter = Counter()
-        self.placed: list[str] = []
-        ws_url = self.http.url.replace("http", "ws", 1) + "/ari/events?" + urllib.parse.urlencode(
-            {"app": LOADTEST_APP, "api_key": f"{user}:{password}"})
-        self.ws = connect(ws_url, open_timeout=10)
-        self._reader = threading.Thread(target=self._drain, daemon=True)
-        self._reader.start()
-
-    def _drain(self) -> None:
-        try:
-            for _ in self.ws:  # events of the parked halves: nothing to do with them
-                pass
-        except Exception:  # closed at the end of the run
-            pass
-
-    def place(self, index: int) -> str | None:
-        method, path, body = originate_request(index, self.run_id, self.context, LOADTEST_APP, self.ai_context)
-        status, reply = self.http.request(method, path, body)
-        if status != 200:
-            self.errors[f"originate:{status}"] += 1
-            return None
-        self.placed.append(reply.get("id", ""))
-        return reply.get("id")
-
-    def states(self) -> dict[str, str]:
-        status, body = self.http.request("GET", "/ari/channels")
-        live = {c["id"]: c.get("state", "") for c in body} if status == 200 and isinstance(body, list) else {}
-        return {cid: live.get(cid, "ended") for cid in self.placed}
-
-    def hangup(self, channel: str) -> None:
-        status, _ = self.http.request("DELETE", f"/ari/channels/{channel}")
-        if status not in (204, 404):
-            self.errors[f"hangup:{status}"] += 1
-
-    def leftover(self) -> dict:
-        s1, channels = self.http.request("GET", "/ari/channels")
-        s2, bridges = self.http.request("GET", "/ari/bridges")
-        mine = [c for c in channels if c.get("id", "").startswith(f"lt-{self.run_id}")] if s1 == 200 else None
-        return {"channels": None if mine is None else len(mine), "bridges": len(bridges) if s2 == 200 else None}
-
-    def close(self) -> None:
-        self.ws.close()
 
 
 # --- /proc and /metrics samples -------------------------------------------------------------------------------
@@ -428,6 +361,7 @@ def build_result(args: argparse.Namespace, target, tracks: list[CallTrack], reco
     result = {
         "params": {"calls": args.calls, "ramp": args.ramp, "hold": args.hold, "workers": args.workers,
                    "tool_workers": args.tool_workers, "profile": args.profile, "target": target.kind,
+                   "asterisk": getattr(args, "asterisk_version", None),
                    "cores": os.cpu_count()},
         "setup": {"placed": sum(1 for t in tracks if t.channel), "answered": len(answered),
                   "set_up": len(set_up), "failed": sum(1 for t in tracks if t.failed),
@@ -445,6 +379,8 @@ def build_result(args: argparse.Namespace, target, tracks: list[CallTrack], reco
         "timeline": driven["timeline"],
         "seconds": round(run_s, 1),
     }
+    if hasattr(target, "heard"):
+        result["caller_heard"] = target.heard()
     result["checks"] = {
         "every call set up": result["setup"]["set_up"] == args.calls and not result["setup"]["failed"],
         "none dropped": not dropped,
@@ -461,13 +397,18 @@ def main(args: argparse.Namespace) -> int:
     prefix = f"va-loadtest-{os.getpid()}-{os.urandom(3).hex()}:"
     api_key = "sk-loadtest-" + os.urandom(12).hex()
     ari_password = args.ari_password or "loadtest-" + os.urandom(6).hex()
+    if args.real_asterisk and args.ari_url:
+        print("--real-asterisk starts an Asterisk of its own: leave out --ari-url")
+        return 2
+    real_pbx = bool(args.real_asterisk or args.ari_url)
     env = {"OPENAI_API_KEY": api_key, "REDIS_KEY_PREFIX": prefix, "LOG_LEVEL": "warning",
            "REALTIME_PREWARM": str(max(2, min(20, args.calls // max(args.workers, 1)))),
            "OPENAI_REALTIME_URL": "ws://127.0.0.1:9/v1/realtime"}
     if args.redis_url:
         env["REDIS_URL"] = args.redis_url
     os.environ.update(env)
-    write_config(workdir / "config.yaml", config_path, args.profile, args.calls)
+    write_config(workdir / "config.yaml", config_path, args.profile, args.calls,
+                 SHIPPED_AI_CONTEXT if real_pbx else LOADTEST_CONTEXT)
     try:
         config = load_config(workdir / "config.yaml").config
     except ConfigError as exc:
@@ -488,6 +429,7 @@ def main(args: argparse.Namespace) -> int:
     cluster = LocalCluster(workdir / "config.yaml", workdir, env)
     tracks = schedule(args.calls, args.ramp, args.hold)
     target = None
+    asterisk_run = None  # a real Asterisk this run started (--real-asterisk), stopped at the end
     result: dict | None = None
     print(f"load test: {args.calls} calls over {args.ramp:g} s, held {args.hold:g} s, {args.workers} media "
           f"worker(s), {args.tool_workers} tool worker(s); files in {workdir}", flush=True)
@@ -497,6 +439,13 @@ def main(args: argparse.Namespace) -> int:
         mail = cluster.start_sim("mail", "--dir", str(paths["mail"]))
         cluster.env.update(OPENAI_REALTIME_URL=realtime.url, SMTP_HOST="127.0.0.1",
                            SMTP_PORT=mail.url.rsplit(":", 1)[1], ASTERISK_ARI_PASSWORD=ari_password)
+        if args.real_asterisk:
+            asterisk_run = start_real_asterisk(workdir)
+            if asterisk_run is None:
+                return 1
+            args.ari_url, args.ari_user, ari_password = asterisk_run.ari_url, asterisk_run.user, asterisk_run.password
+            args.asterisk_version = asterisk_run.version
+            cluster.env.update(ASTERISK_ARI_PASSWORD=ari_password)
         if args.ari_url:
             cluster.env.update(ASTERISK_ARI_URL=args.ari_url, ASTERISK_ARI_USERNAME=args.ari_user)
         else:
@@ -512,12 +461,13 @@ def main(args: argparse.Namespace) -> int:
             return 1
         time.sleep(1.0)  # let the prewarm pools fill
         if args.ari_url:
-            target = AriTarget(Http(args.ari_url, args.ari_user, ari_password), args.ari_user, ari_password,
-                               args.ari_context, None)
+            target = PbxTarget(args.ari_url, args.ari_user, ari_password, paths["caller"], args.ari_context)
         else:
             target = SimTarget(Http(asterisk.url, config.asterisk.username, ari_password), paths["caller"])
         procs = [ProcStats(p.id, p.role, p.popen.pid) for p in [controller, *workers, *tools]]
         procs += [ProcStats(f"sim-{s.kind}", "sim", s.popen.pid) for s in cluster.sims]
+        if asterisk_run is not None:
+            procs.append(ProcStats("asterisk", "asterisk", asterisk_run.pid))
         for p in procs:
             p.sample()
         driven = drive(target, tracks, procs, workers, args.ramp, args.hold)
@@ -538,6 +488,9 @@ def main(args: argparse.Namespace) -> int:
         codes = cluster.stop_all()
         removed = purge(client, prefix)
         client.close()
+        if asterisk_run is not None:
+            asterisk_run.stop()
+            print(f"stopped the real Asterisk (logs in {asterisk_run.run_dir / 'log'})")
     bad_exits = {pid: code for pid, code in codes.items() if code != 0}
     if result is None:
         print("the load test did not run to the end")
@@ -562,6 +515,18 @@ def main(args: argparse.Namespace) -> int:
     return 0 if result["ok"] else 1
 
 
+def start_real_asterisk(workdir: Path):
+    """The harness's real Asterisk in the run's directory (installed into the cache on first use), or None after
+    saying why there is none."""
+    from sim.real_asterisk import RealAsteriskUnavailable, start
+
+    try:
+        return start(workdir / "asterisk")
+    except RealAsteriskUnavailable as exc:
+        print(f"no real Asterisk: {exc}")
+        return None
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calls", type=int, default=10, help="concurrent calls")
     p.add_argument("--ramp", type=float, default=5.0, help="seconds over which the calls start, evenly")
@@ -572,7 +537,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="JSON results (default: results.json in the work directory)")
     p.add_argument("--plot", help="PNG plot (SVG next to it without matplotlib)")
     p.add_argument("--redis-url", help="overrides redis.url (default: the config's)")
-    p.add_argument("--ari-url", help="a real Asterisk's ARI (http://host:8088): calls by ARI originate")
+    p.add_argument("--real-asterisk", action="store_true",
+                   help="start a real Asterisk 22 (scripts/real-asterisk, cached) for the run and call through it")
+    p.add_argument("--ari-url", help="a real Asterisk you run (http://host:8088, with deploy/asterisk's confs and "
+                   "no other calls): callers on Local channels into --ari-context")
     p.add_argument("--ari-user", default="asterisk")
     p.add_argument("--ari-password", default="")
-    p.add_argument("--ari-context", default=CONTEXT, help="the dialplan context the Local channels dial into")
+    p.add_argument("--ari-context", default=CONTEXT, help="the dialplan context the Local channels dial into "
+                   f"(--profile applies to AI context {SHIPPED_AI_CONTEXT}, the one {CONTEXT} sets)")

@@ -12,6 +12,9 @@ from pathlib import Path
 NORMAL_END = {"caller_hangup"}
 NORMAL_WORKER_END = {"caller_hangup", "media_closed", "done", "controller_end", "ended"}
 LATENCIES = ("setup", "greeting", "turn", "bargein")
+# ARI answers that are not errors: a 404 to the controller's probe of a channel-driver module means "not loaded"
+# (the simulator has no chan_websocket), an answer the controller asks for and takes.
+ARI_ANSWERS = {("module", "404")}
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -102,8 +105,10 @@ def ari_errors(samples: list[tuple[str, dict[str, str], float]]) -> Counter:
     kinds: Counter = Counter()
     for name, labels, value in samples:
         status = labels.get("status", "")
-        if name == "va_ari_requests_total" and value and not status.startswith(("2", "1")):
-            kinds[f"ari:{labels.get('method', '?')}:{status or '?'}"] += int(value)
+        method = labels.get("method", "?")
+        if name == "va_ari_requests_total" and value and not status.startswith(("2", "1")) \
+                and (method, status) not in ARI_ANSWERS:
+            kinds[f"ari:{method}:{status or '?'}"] += int(value)
     return kinds
 
 
@@ -154,12 +159,19 @@ def report_lines(result: dict) -> list[str]:
         lines.append(f"  {proc['id']:<32} {proc['cpu_s']:>6.1f} {proc['core_pct']:>7.1f} "
                      f"{fmt_ms(proc['cpu_ms_per_call_s']):>10} {proc['rss_peak_mb']:>12.1f} "
                      f"{proc['rss_mb_per_call']:>8.2f}")
+    heard = result.get("caller_heard")
+    if heard:  # the real PBX's callers record what they hear
+        onset = summary(heard["greeting_onset_ms"])
+        lines.append(f"callers who heard the agent: {heard['heard_agent']} of {heard['answered']} answered; answer -> "
+                     f"first voiced frame at the caller p50 {fmt_ms(onset['p50'])}, p95 {fmt_ms(onset['p95'])}, "
+                     f"max {fmt_ms(onset['max'])} ms")
     e = result["emails"]
     lines.append(f"emails delivered: {e['delivered']} of {e['expected']}")
     errors = result["errors"]
     lines.append("errors by kind: " + (", ".join(f"{k} {v}" for k, v in sorted(errors.items())) or "none"))
     left = result["left"]
-    lines.append(f"calls dropped: {result['dropped']}; left in the simulator: {left.get('channels')} channels, "
+    where = "the simulator" if result["params"]["target"] == "sim" else "Asterisk (GET /channels, /bridges)"
+    lines.append(f"calls dropped: {result['dropped']}; left in {where}: {left.get('channels')} channels, "
                  f"{left.get('bridges')} bridges; calls still active in Redis: {result['active_left']}")
     return lines
 

@@ -1,6 +1,7 @@
 """The controller's ARI client against a small aiohttp server on loopback that answers like the golden traces.
 
-Responses and events come from `/work/shared/ari-traces/*.json`, read at test time: every recorded REST step
+Responses and events come from the golden traces of a real Asterisk in `tests/fixtures/ari-traces/*.json`
+(recorded by scripts/record-ari-traces): every recorded REST step
 the client can express is replayed (the client must send the same method, path and query, and map the
 recorded answer), and every recorded event must decode to its typed struct.
 """
@@ -33,7 +34,7 @@ from controller.ari.ordered import KeyedDispatcher
 from controller.ari.rest import AriRest
 
 ROOT = Path(__file__).resolve().parent.parent
-TRACES = ROOT.parent / "shared" / "ari-traces"
+TRACES = ROOT / "tests" / "fixtures" / "ari-traces"
 TRACE_FILES = sorted(TRACES.glob("*.json"))
 USER, PASSWORD = "aiagent", "s3cret-ari-pw-1234"
 APP = "asterisk-ai-voice-agent"
@@ -57,7 +58,7 @@ def first_event(name: str, kind: str) -> dict:
 
 
 def test_traces_are_there():
-    assert len(TRACE_FILES) >= 12, f"golden traces missing under {TRACES}"
+    assert len(TRACE_FILES) >= 13, f"golden traces missing under {TRACES}"
 
 
 # --- the fake Asterisk ----------------------------------------------------------------------------------------
@@ -256,7 +257,7 @@ def test_trace_quirks_survive_decoding():
                    if e["type"] == "StasisStart" and e["channel"]["name"].startswith("AudioSocket/")]
     assert media_start and media_start[0].args == ["<audiosocket-uuid>"]
     dials = [m.decode_event(json.dumps(e)) for e in trace_events("05-transfer-answer.json") if e["type"] == "Dial"]
-    agent = [d for d in dials if d.peer.name.startswith("Local/6001")]
+    agent = [d for d in dials if d.peer.name.startswith("Local/7001")]
     assert [d.dialstatus for d in agent] == ["", "ANSWER"] and agent[1].dialstring == ""
     assert all(d.caller is None for d in agent)
 

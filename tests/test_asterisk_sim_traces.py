@@ -1,13 +1,16 @@
 """The Asterisk simulator against the golden traces of a real Asterisk 22.10.1 and the ARI swagger.
 
-For each trace file the client's REST steps are replayed in order against the simulator, with the trace's own
-dialplan, on a clock scaled down by SCALE (the trace's waits shrink; before every step the replay also waits
-for the events that preceded it in the trace, so it acts on events, never on a fixed sleep). Placeholders
+For each trace file (tests/fixtures/ari-traces, recorded by scripts/record-ari-traces) the client's REST steps
+are replayed in order against the simulator, with the dialplan the recording used (kept in the file), on a
+clock scaled down by SCALE (the trace's waits shrink; before every step the replay also waits for the events
+that preceded it in the trace, so it acts on events, never on a fixed sleep). Placeholders
 (`<chan:caller>`, `<bridge:1>`, `<ts>`, ...) are bound to the ids the simulator produced by unifying each
 response and event with its recorded twin. Compared: status codes, full response bodies (message texts
 included), and the complete sequence of events the app received - every key, in Asterisk's key order.
 Values the README says change from run to run are matched loosely: the `0x...` address in UnicastRTP names,
-UNICASTRTP_LOCAL_PORT, and the order of list items (a bridge's `channels`, GET /channels).
+UNICASTRTP_LOCAL_PORT, the order of list items (a bridge's `channels`, GET /channels), the order within a run of
+events of one type (BRIDGEPEER, ConnectedLine on both channels), and with subscribeAll the interleaving of
+different channels' events (each channel's, bridge's or device's own order must hold).
 
 Every event the simulator sent and every 2xx response body is also validated against its swagger model
 (required properties, no undeclared ones, basic types, enum values).
@@ -30,27 +33,11 @@ import pytest
 from sim.asterisk import AsteriskSim
 
 ROOT = Path(__file__).resolve().parent.parent
-TRACES = ROOT.parent / "shared" / "ari-traces"
-API_DOCS = ROOT.parent / "shared" / "ari-api-docs" / "api-docs"
+TRACES = ROOT / "tests" / "fixtures" / "ari-traces"  # scripts/record-ari-traces
+API_DOCS = ROOT / "tests" / "fixtures" / "ari-api-docs-22.10.1" / "api-docs"
 APP = "asterisk-ai-voice-agent"
 USER, PASSWORD = "aiagent", "secret"
 SCALE = 0.1  # trace time -> replay time
-
-# The dialplan of the recording (traces README, "Dialplan used").
-TRACE_DIALPLAN = {
-    "ai-test": {"s": ["NoOp(AI agent entry)", "Set(AI_CONTEXT=sales)", "Set(AI_PROVIDER=openai_realtime)",
-                      f"Stasis({APP})", "NoOp(Back from Stasis: ${STASISSTATUS})", "Hangup()"]},
-    "caller-sim": {"s": ["Answer()", "Wait(1)", "Playback(hello-world)", "SendDTMF(1#)", "Wait(30)", "Hangup()"]},
-    "caller-vm": {"s": ["Answer()", "Wait(9)", "Playback(hello-world&hello-world&hello-world)", "Wait(2)",
-                        "Hangup()"]},
-    "caller-short": {"s": ["Answer()", "Wait(2)", "Hangup()"]},
-    "caller-xfer": {"s": ["Answer()", "Wait(1)", "Playback(hello-world)", "Wait(5)", "Hangup()"]},
-    "agents": {"6001": ["NoOp(Agent 6001 ringing)", "Answer()", "Playback(beep)", "Wait(10)", "Hangup()"],
-               "6002": ["NoOp(Agent 6002 never answers)", "Ringing()", "Wait(60)", "Hangup()"]},
-    "transfers": {"6001": ["Dial(Local/6001@agents,20)", "Hangup()"],
-                  "support": ["Queue(support,,,,30)", "Hangup()"],
-                  "vm100": ["VoiceMail(100@default,u)", "Hangup()"]},
-}
 
 TS = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+0000"
 CLIENT_CHOSEN = ("<bridge:", "<chan:media", "<chan:agent>", "<audiosocket-uuid>")
@@ -280,10 +267,13 @@ class Listeners:
 
 
 class Replay:
-    def __init__(self, name: str):
+    def __init__(self, name: str, scale: float = SCALE, **sim_options: Any):
         self.trace = load_trace(name)
         self.name = name
-        self.sim = AsteriskSim(users={USER: PASSWORD}, dialplan=TRACE_DIALPLAN, time_scale=SCALE)
+        self.scale = scale
+        # the version string the recorded Asterisk reported (Debian's package: "22.10.1+dfsg+...")
+        self.sim = AsteriskSim(users={USER: PASSWORD}, dialplan=self.trace["dialplan"], time_scale=scale,
+                               version=self.trace["asterisk_version"], **sim_options)
         self.listeners = Listeners()
         self.events: list[dict] = []
         self.ws: aiohttp.ClientWebSocketResponse | None = None
@@ -296,9 +286,9 @@ class Replay:
         await self.listeners.start()
         await self.sim.start("127.0.0.1", 0)
         self.session = aiohttp.ClientSession()
-        self.unifier = Unifier({"127.0.0.1:40000": f"127.0.0.1:{self.listeners.rtp_port}",
-                                "127.0.0.1:40001": f"127.0.0.1:{self.listeners.as_port}",
-                                "127.0.0.1:40009": f"127.0.0.1:{self.listeners.closed_port}"},
+        self.unifier = Unifier({"127.0.0.1:<rtp-listener>": f"127.0.0.1:{self.listeners.rtp_port}",
+                                "127.0.0.1:<audiosocket-listener>": f"127.0.0.1:{self.listeners.as_port}",
+                                "127.0.0.1:<closed-listener>": f"127.0.0.1:{self.listeners.closed_port}"},
                                 self.trace["placeholders"])
         self.unifier.bind["<asterisk_id>"] = self.sim.entity_id
         register = self.sim.pbx.register
@@ -352,7 +342,7 @@ class Replay:
             if step["dir"] == "media" and step.get("source") not in ("client", "listener"):
                 continue
             await self._wait_events(seen)
-            delay = t0 + step["t_ms"] / 1000 * SCALE - time.monotonic()
+            delay = t0 + step["t_ms"] / 1000 * self.scale - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
             if step["dir"] == "rest":
@@ -398,16 +388,75 @@ class Replay:
             self.created[token] = self.all_channels.get(u.bind.get(token, ""))
 
     def compare_events(self) -> list[str]:
+        if "subscribeAll=true" in (self.trace.get("events_websocket") or ""):
+            return self.compare_events_per_entity()
+        return self.compare_events_in_order()
+
+    def compare_events_per_entity(self) -> list[str]:
+        """With subscribeAll the real PBX interleaves the events of different channels (the two halves of a Local
+        channel, device states) differently from run to run; only each entity's own order is stable. Every
+        recorded event must match a distinct simulated one (the first that unifies, in recorded order), nothing
+        may be left over, and for each entity the matched events must come in the recorded order."""
+        recorded = [s["event"] for s in self.trace["steps"] if s["dir"] == "event"]
+        errors, used, matched = [], set(), []
+        for i, rec in enumerate(recorded):
+            for j, got in enumerate(self.events):
+                if j in used or got["type"] != rec["type"]:
+                    continue
+                if rec.get("variable") == "UNICASTRTP_LOCAL_PORT" and str(got.get("value", "")).isdigit():
+                    rec = {**rec, "value": got["value"]}  # the port varies run to run (README)
+                trial = Unifier(self.unifier.replacements, self.unifier.placeholders)
+                trial.bind = dict(self.unifier.bind)
+                if not trial.unify(rec, got):
+                    self.unifier.bind = trial.bind
+                    used.add(j)
+                    matched.append((i, j))
+                    break
+            else:
+                errors.append(f"event[{i}] {rec['type']}: no simulated event matches {json.dumps(rec)[:400]}")
+        extra = [self.events[j]["type"] for j in range(len(self.events)) if j not in used]
+        if extra:
+            errors.append(f"simulated events beyond the recording: {extra}")
+
+        def entity(event: dict) -> str:
+            thing = event.get("channel") or event.get("peer") or event.get("bridge") or {}
+            return thing.get("id") or (event.get("device_state") or {}).get("name", "")
+
+        last: dict[str, int] = {}
+        for i, j in sorted(matched, key=lambda m: m[1]):  # in the simulator's order
+            key = entity(self.events[j])
+            if last.get(key, -1) > i:
+                errors.append(f"event[{i}] {recorded[i]['type']}: the simulator sent it for {key} before an "
+                              f"event the real PBX sent first (recorded #{last[key]})")
+            last[key] = max(last.get(key, -1), i)
+        return errors
+
+    def compare_events_in_order(self) -> list[str]:
+        """The same sequence of event types; within a run of consecutive events of one type (ConnectedLine or
+        BRIDGEPEER on both channels of a bridge, ...) the real PBX's order varies from run to run, so a run is
+        matched as a set."""
         recorded = [s["event"] for s in self.trace["steps"] if s["dir"] == "event"]
         errors = []
         got_types = [e["type"] for e in self.events]
         rec_types = [e["type"] for e in recorded]
         if got_types != rec_types:
             errors.append(f"event types differ:\n  sim:      {got_types}\n  recorded: {rec_types}")
-        for i, (rec, got) in enumerate(zip(recorded, self.events)):
-            if rec.get("variable") == "UNICASTRTP_LOCAL_PORT" and str(got.get("value", "")).isdigit():
-                rec = {**rec, "value": got["value"]}  # the port varies run to run (README)
-            errors += self.unifier.unify(rec, got, f"event[{i}] {rec['type']}")
+        start = 0
+        while start < min(len(recorded), len(self.events)):
+            end = start + 1
+            while end < len(recorded) and rec_types[end] == rec_types[start]:
+                end += 1
+            rec_run = []
+            for rec, got in zip(recorded[start:end], self.events[start:end]):
+                if rec.get("variable") == "UNICASTRTP_LOCAL_PORT" and str(got.get("value", "")).isdigit():
+                    rec = {**rec, "value": got["value"]}  # the port varies run to run (README)
+                rec_run.append(rec)
+            where = f"event[{start}] {rec_types[start]}" + (f" (run of {end - start})" if end - start > 1 else "")
+            if end - start == 1:
+                errors += self.unifier.unify(rec_run[0], self.events[start], where)
+            else:
+                errors += self.unifier.unify(rec_run, self.events[start:end], where)
+            start = end
         return errors
 
     def swagger_errors(self) -> list[str]:
@@ -425,8 +474,8 @@ class Replay:
         return errors
 
 
-async def replay(name: str) -> Replay:
-    async with Replay(name) as r:
+async def replay(name: str, scale: float = SCALE, **sim_options: Any) -> Replay:
+    async with Replay(name, scale, **sim_options) as r:
         await r.run()
     return r
 
@@ -460,7 +509,10 @@ async def test_01_inbound():
 async def test_01_inbound_subscribe_all():
     # with subscribeAll the app also sees the ;2 half, ChannelCreated/Dialplan/CallerId, DeviceStateChanged,
     # BridgeCreated, and ChannelDestroyed for both halves of the caller
-    check(await replay("01-inbound-subscribeall"))
+    # At SCALE the ;2 half's Answer() (500 ms real, 50 ms here) can end before the replayed call setup has
+    # bridged the caller (7 ms real, 20-60 ms of REST here), and its next ChannelDialplan then still shows the
+    # old caller id; half speed keeps the recorded order.
+    check(await replay("01-inbound-subscribeall", scale=0.5))
 
 
 async def test_02_remote_hangup():
@@ -494,7 +546,7 @@ async def test_05b_transfer_cancel():
     check(await replay("05b-transfer-cancel"))
 
 
-@pytest.mark.parametrize("target", ["6001", "vm100"])
+@pytest.mark.parametrize("target", ["7003", "vm100"])
 async def test_06_continue(target):
     r = await replay(f"06-continue-{target}")
     check(r)
@@ -504,7 +556,7 @@ async def test_06_continue(target):
         assert [v.mailbox for v in r.sim.voicemails] == ["100"]
         assert r.sim.voicemails[0].duration_ms > 0  # hello-world x3 recorded from the caller
     else:
-        assert "Dial(Local/6001@agents,20)" in caller.trail
+        assert "Dial(Local/7003@va-trace-phones,20)" in caller.trail
 
 
 async def test_07_stasis_failed():
@@ -513,9 +565,19 @@ async def test_07_stasis_failed():
     statuses = {token: ch.stasis_status for token, ch in r.created.items()}
     assert statuses == {"<chan:caller-A>": "FAILED", "<chan:caller-B>": "FAILED",
                         "<chan:caller-C-orphan>": "SUCCESS", "<chan:caller-C>": "FAILED"}
-    assert all("NoOp(Back from Stasis: FAILED)" in r.created[t].trail
+    assert all("NoOp(stasis-status-FAILED)" in r.created[t].trail
                for t in ("<chan:caller-A>", "<chan:caller-B>", "<chan:caller-C>"))
 
 
 async def test_08_bridge_destroyed_visibility():
     check(await replay("08-bridge-destroyed-visibility"))
+
+
+async def test_09_media_stasis_race():
+    """The media channel is added to the bridge the moment externalMedia answers: the real PBX answered 422 (its
+    StasisStart had not arrived), and 204 after the StasisStart. The simulator's Stasis entry is held for 20 ms
+    so that the replay loses the race as the recording did."""
+    r = await replay("09-media-stasis-race", stasis_delay_ms=(20.0, 20.0))
+    check(r)
+    adds = [rec.status for rec in r.sim.rest_log if rec.path.endswith("/addChannel")]
+    assert adds == [204, 422, 204]

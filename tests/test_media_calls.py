@@ -13,6 +13,7 @@ import uuid
 import numpy as np
 import pytest
 
+from shared.messages import Assignment, CallPlan, inbox_fields
 from sim.asterisk.audio import CallerAudio
 from sim.realtime import Reply, Script
 from tests.media_harness import (  # noqa: F401  (fixtures)
@@ -160,6 +161,31 @@ async def test_the_worker_refuses_unknown_calls_and_malformed_frames(sim, emulat
     # The worker is unharmed.
     with socket.create_connection(("127.0.0.1", port), timeout=2):
         pass
+
+
+async def test_an_audiosocket_connection_before_its_assignment_is_held_until_it_arrives(
+        sim, emulator, cluster_up, aredis, keys):
+    """Under a burst Asterisk can connect before the worker has read the call's assignment from its inbox; the
+    connection is held (not refused) and bound when the assignment arrives."""
+    emu = await emulator(Script(greeting=Reply(text="Hello.", audio_ms=800)), speed=4.0)
+    await cluster_up(emu)
+    (wid,) = await aredis.zrange(keys.workers, 0, -1)
+    port = int(await aredis.hget(keys.worker(wid), "audiosocket_port"))
+    call_id = str(uuid.uuid4())
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"\x01\x00\x10" + uuid.UUID(call_id).bytes)
+    await writer.drain()
+    await asyncio.sleep(0.5)  # connected, not yet assigned
+    plan = CallPlan(call_id=call_id, caller_channel="held-caller", context="demo_openai",
+                    provider="openai_realtime", profile="telephony_slin_8k", transport="audiosocket", format="slin",
+                    provider_format="pcm16", greeting="Hello.")
+    await aredis.xadd(keys.worker_inbox(wid), inbox_fields("assign", Assignment(call_id=call_id, epoch=1, plan=plan)))
+    first = await asyncio.wait_for(reader.readexactly(3), 5)
+    assert first[0] == 0x10  # slin audio: the greeting, on the connection that came first
+    writer.write(b"\x00\x00\x00")  # hang up
+    await writer.drain()
+    writer.close()
+    await until(lambda: worker_stats(aredis, keys, call_id))
 
 
 async def test_a_reply_without_audio_is_asked_again_aloud_and_keypad_digits_reach_the_model(

@@ -209,3 +209,13 @@ def test_bad_config_stops_a_role_with_the_error_not_a_traceback(tmp_path):
     assert res.returncode == 1
     assert "line 2: media_worker.capacity: expected an integer in [1, 10000], got -1" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_an_idle_tool_worker_exits_on_sigterm_at_once(cluster):
+    """RQ's pubsub thread blocks in 60 s reads and redis-py joins it at shutdown: an idle worker used to need up
+    to a minute (and was killed after the 15 s stop timeout). The stop timeout here is far below that minute."""
+    proc = cluster.start("tool-worker")
+    assert cluster.wait_ready([proc], 30), proc.log_text()[-2000:]
+    time.sleep(2)  # the pubsub thread is inside its blocking read
+    assert cluster.stop(proc, timeout=10) == 0, proc.log_text()[-2000:]
+

@@ -34,6 +34,9 @@ HEARTBEAT_S = 1
 HEARTBEAT_GRACE_S = 5
 MAINTENANCE_S = 2
 MAX_RECLAIMS = 3
+# RQ reads its pubsub channel in 60 s blocking reads, and redis-py 8 joins that thread without a timeout when RQ
+# unsubscribes at shutdown: an idle worker took up to 60 s to exit on SIGTERM.
+PUBSUB_POLL_S = 1
 OUTCOMES = ("finished", "failed", "retrying")
 
 
@@ -87,6 +90,12 @@ class ToolWorker(Worker):
         for func in (SUMMARY_FUNC, TRANSCRIPT_FUNC):  # at 0 from the start: increase() then sees the first one
             for outcome in OUTCOMES:
                 JOBS.labels(task_name(func), outcome)
+
+    def subscribe(self):
+        self.pubsub = self.connection.pubsub()
+        self.pubsub.subscribe(**{self.pubsub_channel_name: self.handle_payload})
+        self.pubsub_thread = self.pubsub.run_in_thread(sleep_time=PUBSUB_POLL_S, daemon=True,
+                                                       exception_handler=self._pubsub_exception_handler)
 
     @property
     def dequeue_timeout(self) -> int:

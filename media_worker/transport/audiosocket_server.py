@@ -80,6 +80,16 @@ class AudioSocketLink:
         stats.bytes_out += len(payload) + 3
         return True
 
+    def rebind(self, sink: MediaSink) -> None:
+        """Hand the link to another sink (a connection held until its call's assignment arrived)."""
+        self._sink = sink
+
+    def refuse(self) -> None:
+        """Turn the connection away after all: 0xFF and close. No on_hangup follows."""
+        self._server.refused += 1
+        self._done = True
+        self._shutdown(ERROR_FRAME)
+
     def close(self, hangup: bool = True) -> None:
         """End the call's media: 0x00 (Asterisk then hangs the channel up) and close. No on_hangup follows."""
         self._done = True

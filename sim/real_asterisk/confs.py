@@ -64,7 +64,7 @@ def write_run_dir(inst: Installation, cfg: RunConfig) -> None:
     if run.exists():
         shutil.rmtree(run)
     run.mkdir(mode=0o700, parents=True)  # ari.conf and state.json hold the ARI password
-    for sub in ("etc", "lib", "spool", "run", "log", "data/sounds"):
+    for sub in ("etc", "lib", "spool/recording", "run", "log", "data/sounds"):  # ARI records into spool/recording
         (run / sub).mkdir(parents=True)
     # What the package's install scripts would link and dpkg -x does not: the en voice, the MOH files, and the
     # swagger that ARI serves under /ari/api-docs.
