@@ -16,15 +16,12 @@ missed; the WAV saved for the report starts at the answer, like the simulator's 
 from __future__ import annotations
 
 import asyncio
-import base64
-import contextlib
-import json
 import os
 import time
 import wave
 from pathlib import Path
 
-import aiohttp
+from sim.ari_app import AriApp, AriAppError
 
 APP = "va-demo-caller"
 EVENT_TIMEOUT_S = 10.0
@@ -32,17 +29,17 @@ RECORDING_TIMEOUT_S = 5.0  # after the hangup, for Asterisk to finish the record
 POLL_S = 0.1
 
 
-class DemoCallError(Exception):
+class DemoCallError(AriAppError):
     pass
 
 
-class AriDemoCaller:
+class AriDemoCaller(AriApp):
     """One scripted caller through a real Asterisk (async context manager: events socket and HTTP session)."""
 
+    error = DemoCallError
+
     def __init__(self, ari_url: str, user: str, password: str, recordings_dir: Path):
-        self.ari_url = ari_url.rstrip("/")
-        token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
-        self._headers = {"Authorization": f"Basic {token}"}
+        super().__init__(ari_url, user, password, APP)
         self.recordings_dir = recordings_dir  # where Asterisk writes stored recordings (<spool>/recording)
         run = os.urandom(3).hex()
         self.id, self.peer_id = f"vademo-{run}", f"vademo-{run}-2"
@@ -50,61 +47,25 @@ class AriDemoCaller:
         self.events: dict[str, asyncio.Event] = {}
         self.times: dict[str, float] = {}  # monotonic time of each first event of interest
         self.dial_status = ""
-        self._http: aiohttp.ClientSession | None = None
-        self._ws: aiohttp.ClientWebSocketResponse | None = None
-        self._reader: asyncio.Task | None = None
 
-    async def __aenter__(self) -> AriDemoCaller:
-        self._http = aiohttp.ClientSession(headers=self._headers, timeout=aiohttp.ClientTimeout(total=10))
-        self._ws = await self._http.ws_connect(self.ari_url.replace("http", "ws", 1) + f"/ari/events?app={APP}",
-                                               heartbeat=10)
-        self._reader = asyncio.create_task(self._read(), name="demo-caller-events")
-        return self
-
-    async def __aexit__(self, *exc) -> None:
+    async def before_close(self) -> None:
         for channel in (self.id, self.snoop_id):
-            await self._delete(f"/channels/{channel}")
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
-        if self._ws is not None:
-            await self._ws.close()
-        if self._http is not None:
-            await self._http.close()
+            await self.delete(f"/channels/{channel}")
 
-    # --- ARI -------------------------------------------------------------------------------------------
-    async def request(self, method: str, path: str, params: dict | None = None, body: dict | None = None):
-        assert self._http is not None
-        async with self._http.request(method, self.ari_url + "/ari" + path, params=params, json=body) as resp:
-            text = await resp.text()
-            if resp.status >= 300:
-                raise DemoCallError(f"ARI {method} {path} -> {resp.status}: {text.strip()}")
-            return json.loads(text) if text else None
-
-    async def _delete(self, path: str) -> None:
-        with contextlib.suppress(DemoCallError, aiohttp.ClientError, asyncio.TimeoutError):
-            await self.request("DELETE", path)
-
-    async def _read(self) -> None:
-        assert self._ws is not None
-        async for message in self._ws:
-            if message.type != aiohttp.WSMsgType.TEXT:
-                continue
-            event = json.loads(message.data)
-            kind = event.get("type")
-            if kind == "StasisStart":
-                self._mark(f"in:{event['channel']['id']}")
-            elif kind == "Dial" and event.get("peer", {}).get("id") == self.id:
-                self.dial_status = event.get("dialstatus", "")
-                if self.dial_status not in ("", "RINGING", "PROGRESS"):
-                    self._mark("dialled")
-            elif kind in ("StasisEnd", "ChannelDestroyed") and event["channel"]["id"] == self.id:
-                self._mark("gone")
-            elif kind == "RecordingStarted" and event["recording"]["name"] == self.recording:
-                self._mark("recording")
-            elif kind in ("RecordingFinished", "RecordingFailed") and event["recording"]["name"] == self.recording:
-                self._mark("recorded")
+    def on_event(self, event: dict) -> None:
+        kind = event.get("type")
+        if kind == "StasisStart":
+            self._mark(f"in:{event['channel']['id']}")
+        elif kind == "Dial" and event.get("peer", {}).get("id") == self.id:
+            self.dial_status = event.get("dialstatus", "")
+            if self.dial_status not in ("", "RINGING", "PROGRESS"):
+                self._mark("dialled")
+        elif kind in ("StasisEnd", "ChannelDestroyed") and event["channel"]["id"] == self.id:
+            self._mark("gone")
+        elif kind == "RecordingStarted" and event["recording"]["name"] == self.recording:
+            self._mark("recording")
+        elif kind in ("RecordingFinished", "RecordingFailed") and event["recording"]["name"] == self.recording:
+            self._mark("recorded")
 
     def _mark(self, name: str) -> None:
         self.times.setdefault(name, time.monotonic())
@@ -148,7 +109,7 @@ class AriDemoCaller:
         await self.request("POST", f"/channels/{self.id}/play", {"media": f"sound:{wav.with_suffix('')}"})
 
     async def hang_up(self) -> None:
-        await self._delete(f"/channels/{self.id}")
+        await self.delete(f"/channels/{self.id}")
         await self._wait("gone", "the caller's hangup")
 
     async def save_heard(self, out: Path, from_t: float) -> int:
@@ -157,7 +118,7 @@ class AriDemoCaller:
         try:
             await self._wait("recorded", "RecordingFinished", RECORDING_TIMEOUT_S)
         except DemoCallError:
-            await self._delete(f"/recordings/live/{self.recording}")  # stop it; the file is what was written
+            await self.delete(f"/recordings/live/{self.recording}")  # stop it; the file is what was written
         source = self.recordings_dir / f"{self.recording}.wav"
         if not source.exists():
             raise DemoCallError(f"no recording at {source}")

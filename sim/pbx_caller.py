@@ -14,17 +14,13 @@ enters Stasis after the REST answer: steps wait for its StasisStart.
 from __future__ import annotations
 
 import asyncio
-import base64
-import contextlib
-import json
 import logging
 import os
 import random
 import time
 from dataclasses import dataclass, field
 
-import aiohttp
-
+from sim.ari_app import AriApp, AriAppError
 from sim.asterisk.audio import CallerAudio, Recorder, rms_dbfs
 from sim.asterisk.rtp import build_packet, decode_payload, encode_payload, parse_packet
 
@@ -37,7 +33,7 @@ FRAME_SAMPLES = RATE // 50
 VOICED_DBFS = -45.0  # a 20 ms frame louder than this holds speech (digital silence is -inf, comfort hiss ~-70)
 
 
-class CallerError(Exception):
+class CallerError(AriAppError):
     pass
 
 
@@ -131,86 +127,46 @@ class CallerLeg:
             await self.pbx.delete(path)
 
 
-class PbxCaller:
+class PbxCaller(AriApp):
     """An ARI client of its own (app `va-test-caller`) that places callers into a real Asterisk."""
 
+    error = CallerError
+
     def __init__(self, ari_url: str, user: str, password: str, app: str = APP, host: str = "127.0.0.1"):
-        self.ari_url = ari_url.rstrip("/")
-        token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
-        self._headers = {"Authorization": f"Basic {token}"}
-        self.app = app
+        super().__init__(ari_url, user, password, app)
         self.host = host
         self.legs: dict[str, CallerLeg] = {}
         self._entered: dict[str, asyncio.Event] = {}
         self._answered: dict[str, asyncio.Future] = {}
-        self._http: aiohttp.ClientSession | None = None
-        self._ws: aiohttp.ClientWebSocketResponse | None = None
-        self._reader: asyncio.Task | None = None
         self._run = os.urandom(3).hex()
         self._n = 0
 
-    async def __aenter__(self) -> PbxCaller:
-        self._http = aiohttp.ClientSession(headers=self._headers, timeout=aiohttp.ClientTimeout(total=10))
-        ws_url = self.ari_url.replace("http", "ws", 1) + f"/ari/events?app={self.app}"
-        self._ws = await self._http.ws_connect(ws_url, heartbeat=10)
-        self._reader = asyncio.create_task(self._read(), name="pbx-caller-events")
-        return self
-
-    async def __aexit__(self, *exc) -> None:
+    async def before_close(self) -> None:
         for leg in list(self.legs.values()):
             if not leg.gone.is_set():
                 await self.delete(f"/channels/{leg.id}")
             await leg._close()
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
-        if self._ws is not None:
-            await self._ws.close()
-        if self._http is not None:
-            await self._http.close()
-
-    # --- REST ------------------------------------------------------------------------------------------
-    async def request(self, method: str, path: str, params: dict | None = None, body: dict | None = None):
-        assert self._http is not None
-        async with self._http.request(method, self.ari_url + "/ari" + path, params=params, json=body) as resp:
-            text = await resp.text()
-            data = json.loads(text) if text else None
-            if resp.status >= 300:
-                raise CallerError(f"ARI {method} {path} -> {resp.status}: {text.strip()}")
-            return data
-
-    async def delete(self, path: str) -> None:
-        try:
-            await self.request("DELETE", path)
-        except CallerError:
-            pass  # already gone
 
     # --- events ----------------------------------------------------------------------------------------
-    async def _read(self) -> None:
-        assert self._ws is not None
-        async for message in self._ws:
-            if message.type != aiohttp.WSMsgType.TEXT:
-                continue
-            event = json.loads(message.data)
-            kind = event.get("type")
-            if kind == "StasisStart":
-                self._event_for(event["channel"]["id"]).set()
-            elif kind == "Dial" and event.get("peer", {}).get("id") in self.legs:
-                leg = self.legs[event["peer"]["id"]]
-                leg.dial_status = event.get("dialstatus", "")
-                if leg.dial_status == "ANSWER" and leg.answered_at is None:
-                    leg.answered_at = time.monotonic()
+    def on_event(self, event: dict) -> None:
+        kind = event.get("type")
+        if kind == "StasisStart":
+            self._event_for(event["channel"]["id"]).set()
+        elif kind == "Dial" and event.get("peer", {}).get("id") in self.legs:
+            leg = self.legs[event["peer"]["id"]]
+            leg.dial_status = event.get("dialstatus", "")
+            if leg.dial_status == "ANSWER" and leg.answered_at is None:
+                leg.answered_at = time.monotonic()
+            done = self._answered.get(leg.id)
+            if done is not None and not done.done() and leg.dial_status not in ("", "RINGING", "PROGRESS"):
+                done.set_result(leg.dial_status)
+        elif kind in ("StasisEnd", "ChannelDestroyed"):
+            leg = self.legs.get(event["channel"]["id"])
+            if leg is not None:
+                leg.gone.set()
                 done = self._answered.get(leg.id)
-                if done is not None and not done.done() and leg.dial_status not in ("", "RINGING", "PROGRESS"):
-                    done.set_result(leg.dial_status)
-            elif kind in ("StasisEnd", "ChannelDestroyed"):
-                leg = self.legs.get(event["channel"]["id"])
-                if leg is not None:
-                    leg.gone.set()
-                    done = self._answered.get(leg.id)
-                    if done is not None and not done.done():
-                        done.set_result(leg.dial_status or "HANGUP")
+                if done is not None and not done.done():
+                    done.set_result(leg.dial_status or "HANGUP")
 
     def _event_for(self, channel_id: str) -> asyncio.Event:
         return self._entered.setdefault(channel_id, asyncio.Event())

@@ -8,7 +8,6 @@ import itertools
 from pathlib import Path
 
 import pytest
-import redis.asyncio as aioredis
 import yaml
 
 from shared.keys import Keys
@@ -17,7 +16,7 @@ from sim.pbx_caller import PbxCaller
 from sim.real_asterisk import RealAsterisk
 from sim.realtime import Emulator
 from tests.ari_harness import write_config
-from tests.media_harness import emulator_factory, until
+from tests.media_harness import aredis, emulator, keys, until  # noqa: F401  (fixtures, re-exported)
 
 # Test-only destinations for the transfer tool, added to the running Asterisk with `dialplan add extension`.
 AGENTS_CONTEXT = "va-test-agents"
@@ -56,26 +55,6 @@ async def pbx(real_asterisk: RealAsterisk):
     hang up while our roles still run and clean up after them."""
     async with PbxCaller(real_asterisk.ari_url, real_asterisk.user, real_asterisk.password) as caller:
         yield caller
-
-
-@pytest.fixture
-async def aredis(redis_url):
-    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
-    yield client
-    await client.aclose()
-
-
-@pytest.fixture
-def keys(prefix) -> Keys:
-    return Keys(prefix)
-
-
-@pytest.fixture
-async def emulator():
-    made, make = emulator_factory()
-    yield make
-    for emu in made:
-        await emu.stop()
 
 
 def pbx_config(path: Path, ast: RealAsterisk, profile: str, extra: dict | None = None, **controller) -> Path:
