@@ -309,7 +309,7 @@ class Bench:
                                      default=Reply(text="I see, let me check that for you.", audio_ms=RAMP_REPLY_MS)),
                        api_keys={TEST_API_KEY}, speed=EMULATOR_SPEED)
         await emu.start("127.0.0.1", 0)
-        out: dict = {"load": load()}
+        out: dict = {"load": load(), "ramp_s": ramp_s, "hold_s": hold_s}
         before = self.live()
         try:
             async with self.cluster(emu, PROFILES[transport], {"media_worker": {"capacity": calls + 10}},
@@ -403,7 +403,8 @@ class Bench:
 
 async def worker_figures(keys: Keys, client, calls: int) -> dict:
     """The media worker's own figures from the call records (written when its session ends): greeting_ms
-    (media leg linked → first greeting frame sent), turn_ms (model speech_stopped → first frame sent), bargein_ms (speech detected → agent audio stopped)."""
+    (media leg linked → first greeting frame sent), turn_ms (model speech_stopped → first frame sent),
+    bargein_ms (speech detected → agent audio stopped)."""
     deadline = time.monotonic() + 10
     while True:
         records = [await client.hgetall(key) async for key in client.scan_iter(match=keys.call("*"), _type="HASH")]
@@ -513,7 +514,7 @@ async def run(args: argparse.Namespace) -> dict:
             ast = await asyncio.to_thread(connect, args.ari_url, args.ari_user, args.ari_password)
         else:
             ast = await asyncio.to_thread(start, None, None, lambda *a: None)
-    except RealAsteriskUnavailable as exc:
+    except (RealAsteriskUnavailable, OSError) as exc:
         result["skipped"] = f"real Asterisk unavailable: {exc}"
         return result
     result["asterisk"] = ast.version
