@@ -351,8 +351,8 @@ def realpbx_table(data: dict) -> list[str]:
         lines += ["", f"Ramp: {r['calls']} calls started over {r.get('ramp_s', 0):g} s, each held "
                   f"{r.get('hold_s', 0):g} s from its answer, every caller saying a short phrase every 5 s and the "
                   "agent answering; CPU from /proc/<pid>/stat utime+stime over the window in which every answered "
-                  "call is up, divided by the call-seconds in it. Asterisk's CPU includes the test callers' half of each call (a Local channel "
-                  "pair, an ExternalMedia RTP leg and a bridge)."]
+                  "call is up, divided by the call-seconds in it. Asterisk's CPU includes the test callers' half of "
+                  "each call (a Local channel pair, an ExternalMedia RTP leg and a bridge)."]
     return lines
 
 
