@@ -440,6 +440,18 @@ def cpu_window(samples: list[tuple[float, dict]], legs: list[dict]) -> dict:
     return {"window_s": b_t - a_t, "call_seconds": call_s, "ms_per_call_s": figures}
 
 
+def merge_ramps(runs: list[dict], commit: str) -> dict:
+    """Several ramps as one: counts summed, CPU of the first, the runs kept."""
+    total = dict(runs[0], commit=commit, runs=runs)
+    for key in ("calls", "answered", "setup_failed", "fallback", "no_greeting", "redis_calls_left",
+                "redis_leases_left"):
+        total[key] = sum(r[key] for r in runs)
+    total["orphans_after_stop"] = {k: sum(r["orphans_after_stop"].get(k, 0) for r in runs)
+                                   for k in ("channels", "bridges")}
+    total["per_run_setup_failed"] = [r["setup_failed"] for r in runs]
+    return total
+
+
 def before_cluster(tree: Path):
     """LocalCluster as defined in another checkout: its roles run with that tree as cwd (so its code)."""
     spec = importlib.util.spec_from_file_location("before_cluster", tree / "sim" / "cluster.py")
@@ -521,7 +533,8 @@ async def run(args: argparse.Namespace) -> dict:
     print(f"real Asterisk {ast.version} at {ast.ari_url}; load average at start {load()}; "
           f"{os.cpu_count()} cores shared with whatever else runs on this machine", flush=True)
     try:
-        with tempfile.TemporaryDirectory(prefix="bench-realpbx-") as tmp:
+        with (contextlib.nullcontext(args.workdir) if args.workdir
+              else tempfile.TemporaryDirectory(prefix="bench-realpbx-")) as tmp:
             bench = Bench(ast, args.redis, Path(tmp))
             for transport in args.transports:
                 print(f"\n{transport} ({PROFILES[transport]}):", flush=True)
@@ -537,13 +550,21 @@ async def run(args: argparse.Namespace) -> dict:
                 tree = Path(args.before_tree).resolve()
                 head = os.popen(f"git -C {tree} rev-parse --short HEAD 2>/dev/null").read().strip() or "?"
                 print(f"\nbefore the fix: the roles of {tree} (commit {head}), audiosocket-slin24:", flush=True)
-                with phase(result, "ramp before the fix"):
-                    r = await bench.ramp("audiosocket-slin24", args.ramp_calls, args.ramp_s, args.hold,
-                                         before_cluster(tree))
-                    r["commit"] = head
-                    print("\n".join(ramp_lines(f"roles of {head}", r, args.ramp_calls, args.ramp_s, args.hold)),
-                          flush=True)
-                    result["before"] = r
+                runs = []
+                for n in range(args.before_runs):
+                    with phase(result, f"ramp before the fix ({n + 1})"):
+                        r = await bench.ramp("audiosocket-slin24", args.ramp_calls, args.ramp_s, args.hold,
+                                             before_cluster(tree))
+                        print("\n".join(ramp_lines(f"roles of {head}, run {n + 1} of {args.before_runs}", r,
+                                                   args.ramp_calls, args.ramp_s, args.hold)), flush=True)
+                        runs.append(r)
+                if runs:
+                    result["before"] = merge_ramps(runs, head)
+                    if len(runs) > 1:
+                        b = result["before"]
+                        print(f"  {len(runs)} runs: setup failures {b['setup_failed']} of {b['calls']} calls "
+                              f"(per run {', '.join(str(r['setup_failed']) for r in runs)}), fallbacks "
+                              f"{b['fallback']}", flush=True)
     finally:
         await asyncio.to_thread(ast.stop)
     print(f"\nload average at the end {load()}")
@@ -553,7 +574,8 @@ async def run(args: argparse.Namespace) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="fewer calls, one short ramp (for run_all --quick)")
-    p.add_argument("--transports", help="comma-separated, of: " + ", ".join(PROFILES))
+    p.add_argument("--transports", help="comma-separated, of: " + ", ".join(PROFILES) + " (none: only the "
+                   "--before-tree ramp)")
     p.add_argument("--calls", type=int, help="conversation calls per transport (default 16, quick 4)")
     p.add_argument("--at-once", type=int, default=4, help="conversation calls at a time")
     p.add_argument("--rounds", type=int, help="question + barge-in rounds per call (default 2, quick 1)")
@@ -562,14 +584,18 @@ def main() -> None:
     p.add_argument("--hold", type=float, help="seconds each ramp call is held (default 20, quick 10)")
     p.add_argument("--ramp-transports", help="transports that get a ramp (default all, quick audiosocket-slin24)")
     p.add_argument("--before-tree", help="a checkout whose roles run one more ramp (the 'before' figure)")
+    p.add_argument("--before-runs", type=int, default=1, help="how many ramps with the --before-tree roles "
+                   "(the race is random: one ramp gives a noisy count)")
     p.add_argument("--redis", default=REDIS_URL)
     p.add_argument("--ari-url", default=os.environ.get("VA_REAL_ASTERISK_ARI_URL"))
     p.add_argument("--ari-user", default=os.environ.get("VA_REAL_ASTERISK_ARI_USER", "asterisk"))
     p.add_argument("--ari-password", default=os.environ.get("VA_REAL_ASTERISK_ARI_PASSWORD", ""))
+    p.add_argument("--workdir", help="keep the roles' configs and logs here (default: a temporary directory)")
     p.add_argument("--json", type=Path, help="write the figures here as JSON (for run_all)")
     args = p.parse_args()
     q = args.quick
-    args.transports = args.transports.split(",") if args.transports else list(PROFILES)
+    args.transports = ([] if args.transports == "none" else args.transports.split(",") if args.transports
+                       else list(PROFILES))
     unknown = [t for t in args.transports if t not in PROFILES]
     if unknown:
         p.error(f"unknown transport(s) {unknown}; known: {', '.join(PROFILES)}")

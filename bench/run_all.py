@@ -98,7 +98,7 @@ def plan(quick: bool, json_path: Path, before_tree: Path | None = None) -> list[
                                  "--runs", "2" if q else "3", "--ramp", "5", "--hold", "10" if q else "20"],
                     timeout=900))
     # The real Asterisk 22 (sim.real_asterisk): skipped, exit 0, when it cannot be had.
-    before = ["--before-tree", str(before_tree)] if before_tree else []
+    before = ["--before-tree", str(before_tree), "--before-runs", "1" if q else "3"] if before_tree else []
     runs.append(Run("realpbx", ["bench/realpbx.py", *(["--quick"] if q else []), "--json",
                                 str(json_path.with_name("realpbx.json")), *before], timeout=300 if q else 1200))
     return runs
@@ -275,8 +275,12 @@ def _ramp_row(label: str, ramp: dict, before: bool = False) -> tuple[str, str, s
     measured = (f"{ramp['setup_failed']} / {ramp['fallback']} / {o.get('channels', '?')} channels, "
                 f"{o.get('bridges', '?')} bridges, {ramp['redis_calls_left']} Redis calls "
                 f"({ramp['answered']}/{ramp['calls']} answered)")
+    if len(ramp.get("runs") or []) > 1:
+        measured += (f" in {len(ramp['runs'])} ramps of {ramp['runs'][0]['calls']} (setup failures per ramp: "
+                     f"{', '.join(str(n) for n in ramp['per_run_setup_failed'])})")
     ok = ramp["setup_failed"] == 0 and ramp["fallback"] == 0 and orphans == 0
-    return (f"{label}: ramp of {ramp['calls']} calls over {ramp.get('ramp_s', 0):g} s, held {ramp.get('hold_s', 0):g} "
+    calls = ramp["runs"][0]["calls"] if ramp.get("runs") else ramp["calls"]
+    return (f"{label}: ramp of {calls} calls over {ramp.get('ramp_s', 0):g} s, held {ramp.get('hold_s', 0):g} "
             "s: setup failures / fallbacks / orphans", measured, "0 / 0 / 0",
             ("for comparison: " if before else "") + ("met" if ok else "missed"))
 
@@ -342,12 +346,14 @@ def realpbx_table(data: dict) -> list[str]:
                      f"{ramp_load} |")
     if data.get("before"):
         ramp, cpu, ramp_load = ramp_cells(data["before"])
-        lines.append(f"| audiosocket-slin24, roles of {data['before'].get('commit')} (before the fix) | | | | | "
+        n = len(data["before"].get("runs") or [1])
+        lines.append(f"| audiosocket-slin24, roles of {data['before'].get('commit')} (before the fix"
+                     f"{f', {n} ramps' if n > 1 else ''}) | | | | | "
                      f"{ramp} | {cpu} | {ramp_load} |")
     ramps = [t["ramp"] for t in data["transports"].values() if t.get("ramp")] + ([data["before"]] if data.get("before")
                                                                                  else [])
     if ramps:
-        r = ramps[0]
+        r = (ramps[0].get("runs") or [ramps[0]])[0]
         lines += ["", f"Ramp: {r['calls']} calls started over {r.get('ramp_s', 0):g} s, each held "
                   f"{r.get('hold_s', 0):g} s from its answer, every caller saying a short phrase every 5 s and the "
                   "agent answering; CPU from /proc/<pid>/stat utime+stime over the window in which every answered "
