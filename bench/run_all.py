@@ -1,10 +1,11 @@
 """Run every bench in bench/ with small, bounded defaults and regenerate bench/RESULTS.md.
 
-    .venv/bin/python bench/run_all.py [--out bench/RESULTS.md] [--quick]
+    .venv/bin/python bench/run_all.py [--out bench/RESULTS.md] [--quick] [--realpbx-before TREE]
 
 Each bench runs as its own subprocess (so one's CPU and threads do not disturb another), one after another;
 its stdout is kept verbatim in RESULTS.md and the figures with a DESIGN §7 budget are set beside it as "met"
-or "missed by N×". The whole run takes about 3–4 minutes on the project's 2-core machine (`--quick`: ~1).
+or "missed by N×". The whole run takes about 20 minutes on the project's 2-core machine, 8 of them on the real
+Asterisk (bench/realpbx.py, skipped when it cannot be had); `--quick` about 5.
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ def run(r: Run, timeout: float) -> Run:
     return r
 
 
-def plan(quick: bool, json_path: Path) -> list[Run]:
+def plan(quick: bool, json_path: Path, before_tree: Path | None = None) -> list[Run]:
     q = quick
     runs = [
         Run("frame_path", ["bench/frame_path.py", "--seconds", "10" if q else "30", "--rounds", "7" if q else "31",
@@ -96,6 +97,10 @@ def plan(quick: bool, json_path: Path) -> list[Run]:
     runs.append(Run("capacity", ["bench/capacity.py", "--workers", "1,2" if q else "1,2,4", "--max-calls", "100",
                                  "--runs", "2" if q else "3", "--ramp", "5", "--hold", "10" if q else "20"],
                     timeout=900))
+    # The real Asterisk 22 (sim.real_asterisk): skipped, exit 0, when it cannot be had.
+    before = ["--before-tree", str(before_tree), "--before-runs", "1" if q else "3"] if before_tree else []
+    runs.append(Run("realpbx", ["bench/realpbx.py", *(["--quick"] if q else []), "--json",
+                                str(json_path.with_name("realpbx.json")), *before], timeout=300 if q else 1200))
     return runs
 
 
@@ -207,10 +212,77 @@ def budget_rows(runs: dict[str, Run]) -> list[tuple[str, str, str, str]]:
         rows.append(("calls per media worker process, p99 tick lag ≤ 5 ms, no underruns (capacity search, the "
                      "simulators on the same 2 cores)", "n/a" if one is None else f"{one:.0f}", "≥ 200",
                      verdict(one, 200.0, lower_is_better=False, unit="calls")))
+    rows += realpbx_budget_rows(runs.get("realpbx"))
     for what, budget in [("worker killed → conversation resumes elsewhere", "p95 ≤ 1.5 s"),
                          ("call ended → summary email accepted", "p95 ≤ 1 s")]:
         rows.append((what, "not in bench/", budget, "not measured here"))
     return rows
+
+
+def _ms(stats: dict | None, key: str = "p95") -> float | None:
+    return None if not stats or stats.get(key) is None else stats[key]
+
+
+def _pp(stats: dict | None) -> str:
+    if not stats or not stats.get("n"):
+        return "n/a"
+    return f"{stats['p50']:.0f} / {stats['p95']:.0f} ms (n={stats['n']})"
+
+
+def realpbx_budget_rows(r: Run | None) -> list[tuple[str, str, str, str]]:
+    if r is None:
+        return []
+    data = r.data
+    if not data or data.get("skipped"):
+        why = data.get("skipped") if data else f"no figures (exit {r.rc})"
+        return [("real Asterisk figures (bench/realpbx.py)", f"skipped: {why}", "—", "not measured")]
+    rows = []
+    for transport, t in data["transports"].items():
+        g = t.get("greeting")
+        rows.append((f"real PBX, {transport}: answer → first greeting frame heard by the caller, p50 / p95", _pp(g),
+                     "p95 ≤ 100 ms", verdict(_ms(g), 100.0)))
+        turn = t.get("turn")
+        rows.append((f"real PBX, {transport}: caller speech end → first agent frame heard, p50 / p95 (includes the "
+                     "config's 1 s silence_duration_ms)", _pp(turn), "p95 ≤ 2 s (TurnLatencyHigh alert)",
+                     verdict(_ms(turn), 2000.0)))
+        b = t.get("barge")
+        rows.append((f"real PBX, {transport}: barge-in onset → last agent frame heard by the caller, p50 / p95 "
+                     "(includes the gate's detection)", _pp(b), "≤ 20 ms (from speech detected)",
+                     verdict(_ms(b), 20.0)))
+        wb = (t.get("worker") or {}).get("bargein_ms")
+        rows.append((f"real PBX, {transport}: barge-in speech detected → agent audio stopped (worker), p50 / p95",
+                     _pp(wb), "≤ 20 ms", verdict(_ms(wb), 20.0)))
+        ramp = t.get("ramp")
+        if ramp:
+            rows.append(_ramp_row(f"real PBX, {transport}", ramp))
+            cpu = (ramp.get("cpu") or {}).get("ms_per_call_s") or {}
+            if cpu:
+                rows.append((f"real PBX, {transport}: CPU ms per call-second in the ramp's hold, Asterisk / media "
+                             "worker / controller", " / ".join("n/a" if cpu.get(k) is None else f"{cpu[k]:.2f}"
+                                                              for k in ("asterisk", "media worker", "controller")),
+                             "media worker ≤ 2.5 ms", verdict(cpu.get("media worker"), 2.5)))
+    if data.get("before"):
+        rows.append(_ramp_row(f"real PBX, audiosocket-slin24, roles of {data['before'].get('commit')} (before the "
+                              "Stasis-entry fix)", data["before"], before=True))
+    for failure in data.get("failures") or []:
+        rows.append(("real PBX phase failed", failure, "—", "missed"))
+    return rows
+
+
+def _ramp_row(label: str, ramp: dict, before: bool = False) -> tuple[str, str, str, str]:
+    o = ramp.get("orphans_after_stop", {})
+    orphans = (o.get("channels", 0) or 0) + (o.get("bridges", 0) or 0) + ramp["redis_calls_left"]
+    measured = (f"{ramp['setup_failed']} / {ramp['fallback']} / {o.get('channels', '?')} channels, "
+                f"{o.get('bridges', '?')} bridges, {ramp['redis_calls_left']} Redis calls "
+                f"({ramp['answered']}/{ramp['calls']} answered)")
+    if len(ramp.get("runs") or []) > 1:
+        measured += (f" in {len(ramp['runs'])} ramps of {ramp['runs'][0]['calls']} (setup failures per ramp: "
+                     f"{', '.join(str(n) for n in ramp['per_run_setup_failed'])})")
+    ok = ramp["setup_failed"] == 0 and ramp["fallback"] == 0 and orphans == 0
+    calls = ramp["runs"][0]["calls"] if ramp.get("runs") else ramp["calls"]
+    return (f"{label}: ramp of {calls} calls over {ramp.get('ramp_s', 0):g} s, held {ramp.get('hold_s', 0):g} "
+            "s: setup failures / fallbacks / orphans", measured, "0 / 0 / 0",
+            ("for comparison: " if before else "") + ("met" if ok else "missed"))
 
 
 # -- report ---------------------------------------------------------------------------------------------------
@@ -247,6 +319,49 @@ def frame_path_tables(fp: dict) -> list[str]:
     return lines
 
 
+def realpbx_table(data: dict) -> list[str]:
+    lines = [f"Asterisk {data.get('asterisk', '?')} (Debian's package, sim.real_asterisk), one controller and one "
+             "media worker, the Realtime emulator (no delay of its own before its first audio), callers from "
+             "sim.pbx_caller; times as the caller hears them (frame arrival at its RTP socket), ms p50 / p95. The "
+             "machine is shared: the load average at the start of each phase is given.", "",
+             "| transport | answer → greeting heard | speech end → agent heard | barge onset → last agent frame "
+             "heard | worker: barge detected → stopped | ramp: answered, setup failures / fallbacks / orphans "
+             "(channels, bridges, Redis calls) | CPU ms per call-second: Asterisk / media worker / controller | "
+             "load average (calls; ramp) |", "|---|---:|---:|---:|---:|---|---|---|"]
+
+    def ramp_cells(ramp: dict | None) -> tuple[str, str, str]:
+        if not ramp:
+            return "not run", "—", ""
+        o = ramp.get("orphans_after_stop", {})
+        cpu = (ramp.get("cpu") or {}).get("ms_per_call_s") or {}
+        cpu_s = " / ".join("n/a" if cpu.get(k) is None else f"{cpu[k]:.2f}"
+                           for k in ("asterisk", "media worker", "controller")) if cpu else "n/a"
+        return (f"{ramp['answered']}/{ramp['calls']}, {ramp['setup_failed']} / {ramp['fallback']} / "
+                f"{o.get('channels', '?')}, {o.get('bridges', '?')}, {ramp['redis_calls_left']}", cpu_s, ramp["load"])
+
+    for transport, t in data["transports"].items():
+        ramp, cpu, ramp_load = ramp_cells(t.get("ramp"))
+        lines.append(f"| {transport} | {_pp(t.get('greeting'))} | {_pp(t.get('turn'))} | {_pp(t.get('barge'))} | "
+                     f"{_pp((t.get('worker') or {}).get('bargein_ms'))} | {ramp} | {cpu} | {t.get('load', '')}; "
+                     f"{ramp_load} |")
+    if data.get("before"):
+        ramp, cpu, ramp_load = ramp_cells(data["before"])
+        n = len(data["before"].get("runs") or [1])
+        lines.append(f"| audiosocket-slin24, roles of {data['before'].get('commit')} (before the fix"
+                     f"{f', {n} ramps' if n > 1 else ''}) | | | | | "
+                     f"{ramp} | {cpu} | {ramp_load} |")
+    ramps = [t["ramp"] for t in data["transports"].values() if t.get("ramp")] + ([data["before"]] if data.get("before")
+                                                                                 else [])
+    if ramps:
+        r = (ramps[0].get("runs") or [ramps[0]])[0]
+        lines += ["", f"Ramp: {r['calls']} calls started over {r.get('ramp_s', 0):g} s, each held "
+                  f"{r.get('hold_s', 0):g} s from its answer, every caller saying a short phrase every 5 s and the "
+                  "agent answering; CPU from /proc/<pid>/stat utime+stime over the window in which every answered "
+                  "call is up, divided by the call-seconds in it. Asterisk's CPU includes the test callers' half of "
+                  "each call (a Local channel pair, an ExternalMedia RTP leg and a bridge)."]
+    return lines
+
+
 def write_report(out: Path, runs: list[Run], started: dt.datetime, total: float) -> None:
     by_name = {r.name: r for r in runs}
     lines = ["# Bench results", "",
@@ -258,6 +373,9 @@ def write_report(out: Path, runs: list[Run], started: dt.datetime, total: float)
     if by_name["frame_path"].data:
         lines += ["", "## Per-frame path against the alternatives (bench/frame_path.py)", ""]
         lines += frame_path_tables(by_name["frame_path"].data)
+    if by_name.get("realpbx") is not None and by_name["realpbx"].data.get("transports"):
+        lines += ["", "## On the real Asterisk (bench/realpbx.py)", ""]
+        lines += realpbx_table(by_name["realpbx"].data)
     lines += ["", "## Commands and their output", ""]
     for r in runs:
         lines += [f"### {r.name}", "", f"`{r.command}` ({r.seconds:.1f} s, exit {r.rc}, load average at start {r.load})", "", "```",
@@ -272,16 +390,21 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "RESULTS.md")
     parser.add_argument("--quick", action="store_true", help="shorter runs (about a minute), for a smoke test")
+    parser.add_argument("--realpbx-before", type=Path, metavar="TREE",
+                        help="a checkout from before the Stasis-entry fix (e.g. `git worktree add /tmp/before-bench "
+                             "f0ac822`): bench/realpbx.py runs its ramp once more with that tree's roles")
     args = parser.parse_args()
     started = dt.datetime.now(dt.timezone.utc)
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp:
         json_path = Path(tmp) / "frame_path.json"
-        runs = plan(args.quick, json_path)
+        runs = plan(args.quick, json_path, args.realpbx_before)
         for r in runs:
             run(r, timeout=r.timeout)
             if r.name == "frame_path" and r.rc == 0:
                 r.data = json.loads(json_path.read_text())
+            if r.name == "realpbx" and json_path.with_name("realpbx.json").exists():
+                r.data = json.loads(json_path.with_name("realpbx.json").read_text())
     write_report(args.out, runs, started, time.monotonic() - t0)
     print(f"wrote {args.out}")
 
