@@ -7,6 +7,8 @@ import logging
 import os
 import socket
 
+from redis.exceptions import RedisError
+
 from controller import cluster_metrics
 from controller.admission import Admission
 from controller.ari.capabilities import Capabilities, probe
@@ -86,9 +88,9 @@ class Controller(AsyncRole):
             log.warning("cannot read Asterisk's capabilities (%s); using the profiles' formats as configured", exc)
         try:
             await self.app.reconcile(first)
-        except AriError as exc:
-            # Asterisk trouble is passing: raising makes the events stream reconnect (with backoff) and run
-            # this again, instead of waiting for the next time the socket happens to drop.
+        except (AriError, RedisError, OSError) as exc:
+            # Asterisk or Redis trouble is passing: raising makes the events stream reconnect (with backoff) and
+            # run this again, instead of waiting for the next time the socket happens to drop.
             log.warning("reconcile failed (%s); reconnecting to try again", exc)
             raise
         except Exception:
