@@ -135,7 +135,8 @@ async def test_caller_hangs_up_mid_response(sim, emulator, cluster_up, aredis, k
     await asyncio.sleep(1.5)
     await call.hangup()
     record = await until(lambda: worker_stats(aredis, keys, call_id))
-    assert record["worker_end_reason"] in ("media_closed", "caller_hangup")
+    # The media connection's close and the controller's end message race: either tells the caller left.
+    assert record["worker_end_reason"] in ("media_closed", "caller_hangup", "controller: caller_hangup")
     await until(lambda: not sim.channels and not sim.bridges)
     worker_log = next(p for p in cluster.processes if p.role == "media-worker").log_text()
     assert "Traceback" not in worker_log and "ERROR" not in worker_log
