@@ -1,5 +1,5 @@
 """Capacity search: the most calls a media worker process holds with p99 tick lag <= 5 ms and no underruns
-(DESIGN §7 asks >= 200), by bisection over `voice-agent loadtest` runs with 1 worker, then with 2 and 4.
+(the budget asks >= 200), by bisection over `voice-agent loadtest` runs with 1 worker, then with 2 and 4.
 
     .venv/bin/python bench/capacity.py [--workers 1,2,4] [--max-calls 240] [--runs 6] [--ramp 10] [--hold 30]
 

@@ -74,7 +74,7 @@ RAMP_TALK_EVERY_S = 5.0  # during the ramp's hold each caller speaks this often;
 RAMP_REPLY_MS = 2000
 FRAME = 160  # samples in a 20 ms frame at 8 kHz
 SETUP_REASONS = {"setup_failed", "setup_error", "queue_timeout", "media_lost"}
-BUDGETS = {"greeting": 100.0, "barge": 20.0}  # DESIGN §7 (see run_all.py)
+BUDGETS = {"greeting": 100.0, "barge": 20.0}  # ms; the budget table is in run_all.py
 
 
 # -- audio, made once (espeak-ng is a subprocess) ---------------------------------------------------------------

@@ -3,7 +3,7 @@
 
     .venv/bin/python bench/realtime_codec.py [--seconds 600] [--format pcm16|g711_ulaw]
 
-Reports CPU milliseconds per call-second (DESIGN §7 budget: ≤ 0.15 ms on passthrough profiles for all
+Reports CPU milliseconds per call-second (budget: ≤ 0.15 ms on passthrough profiles for all
 audio conversions including base64 and JSON) and per-event percentiles.
 """
 

@@ -25,7 +25,7 @@ HOLD_UNASSIGNED_S = 2.0
 MAX_HELD = 100
 # WebSocket media: start the clock this long after MEDIA_START even if Asterisk has sent no audio yet.
 WEBSOCKET_LIVE_AFTER = 0.5
-LEASE_MS = 3000  # renewed every second: a worker dead for 3 s has lost its calls (DESIGN §3)
+LEASE_MS = 3000  # renewed every second: a worker dead for 3 s has lost its calls
 
 
 class CallManager:

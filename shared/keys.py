@@ -1,4 +1,4 @@
-"""Every Redis key the cluster uses, in one place (DESIGN §3). All keys start with the configured prefix, so
+"""Every Redis key the cluster uses, in one place. All keys start with the configured prefix, so
 side-by-side clusters and tests never collide."""
 
 from __future__ import annotations

@@ -31,6 +31,7 @@ from shared.keys import Keys
 from shared.status import collect, render
 from sim import demo_call, demo_pbx, demo_report
 from sim.cluster import LocalCluster, RoleProcess, SimProcess, purge, redis_or_explain
+from sim.real_asterisk import start_or_explain
 
 ROOT = Path(__file__).resolve().parent.parent
 EMULATOR_SPEED = "4"  # model audio arrives 4x faster than real time, as a real model's often does
@@ -228,18 +229,6 @@ def report_call(client: redis.Redis, keys: Keys, call_id: str | None, heard_wav:
     return {"call": call, "log": [e.__dict__ for e in entries], "spans": spans, "greeting_share": greeting_share}
 
 
-def start_real_asterisk(workdir: Path):
-    """The harness's real Asterisk (installed into the cache on first use) in the run's directory, or None after
-    saying why there is none."""
-    from sim.real_asterisk import RealAsteriskUnavailable, start
-
-    try:
-        return start(workdir / "asterisk")
-    except RealAsteriskUnavailable as exc:
-        print(f"no real Asterisk: {exc}")
-        return None
-
-
 def main(args: argparse.Namespace) -> int:
     config_path = Path(args.config) if args.config else ROOT / "config" / "ai-agent.yaml"
     workdir = Path(os.environ.get("VA_DEMO_WORKDIR") or tempfile.mkdtemp(prefix="voice-agent-demo-"))
@@ -279,7 +268,7 @@ def main(args: argparse.Namespace) -> int:
     real = None  # the real Asterisk of --real-asterisk, stopped at the end
     if args.real_asterisk:
         step("a real Asterisk (Debian's package from the cache, a run directory of its own)")
-        real = start_real_asterisk(workdir)
+        real = start_or_explain(workdir / "asterisk")
         if real is None:
             client.close()
             return 1

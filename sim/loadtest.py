@@ -43,6 +43,7 @@ from sim import demo_call
 from sim import loadtest_report as rep
 from sim.cluster import LocalCluster, RoleProcess, http_get, purge, redis_or_explain
 from sim.loadtest_pbx import PbxTarget
+from sim.real_asterisk import start_or_explain
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTEXT = "from-ai-agent-openai"  # the guide's Stasis context
@@ -440,7 +441,7 @@ def main(args: argparse.Namespace) -> int:
         cluster.env.update(OPENAI_REALTIME_URL=realtime.url, SMTP_HOST="127.0.0.1",
                            SMTP_PORT=mail.url.rsplit(":", 1)[1], ASTERISK_ARI_PASSWORD=ari_password)
         if args.real_asterisk:
-            asterisk_run = start_real_asterisk(workdir)
+            asterisk_run = start_or_explain(workdir / "asterisk")
             if asterisk_run is None:
                 return 1
             args.ari_url, args.ari_user, ari_password = asterisk_run.ari_url, asterisk_run.user, asterisk_run.password
@@ -513,18 +514,6 @@ def main(args: argparse.Namespace) -> int:
             print(f"plot in {written}")
     print(f"\nload test {'OK' if result['ok'] else 'FAILED'} in {result['seconds']} s")
     return 0 if result["ok"] else 1
-
-
-def start_real_asterisk(workdir: Path):
-    """The harness's real Asterisk in the run's directory (installed into the cache on first use), or None after
-    saying why there is none."""
-    from sim.real_asterisk import RealAsteriskUnavailable, start
-
-    try:
-        return start(workdir / "asterisk")
-    except RealAsteriskUnavailable as exc:
-        print(f"no real Asterisk: {exc}")
-        return None
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

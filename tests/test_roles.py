@@ -40,7 +40,7 @@ def test_roles_start_register_serve_health_and_stop_cleanly(cluster, cluster_env
     controller, worker, tools = (cluster.start(role) for role in ROLES)
     assert cluster.wait_ready(timeout=30), [p.log_text() for p in cluster.processes]
 
-    # Registered in Redis, with the record DESIGN §3 describes.
+    # Registered in Redis, with the record shared/messages.py describes.
     assert rclient.zscore(keys.controllers, controller.id) is not None
     assert rclient.zscore(keys.workers, worker.id) is not None
     record = rclient.hgetall(keys.worker(worker.id))

@@ -2,7 +2,7 @@
 
 Stable job ids make a repeated enqueue a no-op: `send_email_summary-{call_id}` and
 `request_transcript-{call_id}-{n}`, n = 1, 2 ... per distinct confirmed address. (RQ 2 accepts only letters,
-digits, `_` and `-` in a job id, and uses `:` itself, hence `-` where DESIGN §3 writes `:`.)
+digits, `_` and `-` in a job id, and uses `:` itself, hence `-` where other keys use `:`.)
 
 A request made while the call is still live waits in `{call}:email_jobs` and is released when the call has
 ended (`enqueue_summary` at call end does it, or `release_call_jobs`): a summary or transcript sent mid-call

@@ -1,6 +1,6 @@
 """Is the caller really speaking, or is it our own voice coming back down the line?
 
-The worker decides barge-in itself (DESIGN §4), so this gate must not open on echo. A caller frame counts
+The worker decides barge-in itself (not the server's VAD), so this gate must not open on echo. A caller frame counts
 as speech when
 1. the VAD says voiced: webrtcvad at `aggressiveness` (the guide: 1, never 0) on an 8 or 16 kHz view of
    the frame, or an energy detector if webrtcvad is not installed, and

@@ -1,5 +1,5 @@
 """A fixed-bucket histogram of how late the playout clock woke, in ms: cheap to record every 20 ms,
-exportable as Prometheus buckets, and precise enough for the p99 ≤ 5 ms budget (DESIGN §7)."""
+exportable as Prometheus buckets, and precise enough for the p99 ≤ 5 ms budget."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 `PlayoutQueue` is sans-I/O: the session pushes model audio (already in wire format) per Realtime item and
 the clock pulls exactly one frame per tick. It counts what was actually ticked out per item, so a truncate
-after barge-in carries the true `audio_end_ms` (DESIGN §4), and `flush` empties it within one frame.
+after barge-in carries the true `audio_end_ms`, and `flush` empties it within one frame.
 """
 
 from __future__ import annotations

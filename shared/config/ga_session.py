@@ -1,4 +1,4 @@
-"""Map the guide's beta-era `providers.openai_realtime` keys to the GA Realtime session (DESIGN §5).
+"""Map the guide's beta-era `providers.openai_realtime` keys to the GA Realtime session.
 
 The beta API is shut down: its field names are rejected by the GA server (`Unknown parameter:
 'session.temperature'`). The guide's config must keep working, so every beta key is translated here, in one

@@ -196,7 +196,7 @@ class MediaWorkerSettings(Base):
     rtp_port_max: Port = 18199
     capacity: Annotated[int, Meta(ge=1, le=10_000)] = 200
     heartbeat_ms: Annotated[int, Meta(ge=100, le=10_000)] = 1000
-    # A worker whose heartbeat is older than this is dead (DESIGN §3: 3 s).
+    # A worker whose heartbeat is older than this is dead (3 s by default).
     stale_after_ms: Annotated[int, Meta(ge=500, le=60_000)] = 3000
     prewarm_sessions: Annotated[int, Meta(ge=0, le=100)] = 2
     health_host: NonEmpty = "127.0.0.1"

@@ -174,6 +174,15 @@ def start(run_dir: Path | str | None = None, cache_dir: Path | str | None = None
     return ast
 
 
+def start_or_explain(run_dir: Path) -> RealAsterisk | None:
+    """For the demo and the load test: a real Asterisk in `run_dir`, or None after printing why there is none."""
+    try:
+        return start(run_dir)
+    except RealAsteriskUnavailable as exc:
+        print(f"no real Asterisk: {exc}")
+        return None
+
+
 def connect(ari_url: str, user: str, password: str, app: str = confs.SHIPPED_APP,
             timeout: float = 3.0) -> RealAsterisk:
     """An Asterisk someone else runs, once its ARI answers `GET /asterisk/info` with these credentials."""
