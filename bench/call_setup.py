@@ -26,13 +26,21 @@ from shared.keys import Keys  # noqa: E402
 from sim.asterisk import AsteriskSim  # noqa: E402
 from sim.cluster import LocalCluster  # noqa: E402
 from tests.ari_harness import (  # noqa: E402
-    ARI_PASSWORD, ARI_USER, AudioSocketListener, FakeWorker, percentile, write_config)
+    ARI_PASSWORD,
+    ARI_USER,
+    AudioSocketListener,
+    FakeWorker,
+    percentile,
+    write_config,
+)
 from tests.conftest import purge  # noqa: E402
 
 
 def summary(name: str, values: list[float]) -> str:
-    return (f"{name:<28} n={len(values):<4} p50 {percentile(values, 50):6.1f}  p95 {percentile(values, 95):6.1f}  "
-            f"p99 {percentile(values, 99):6.1f}  max {max(values):6.1f} ms")
+    return (
+        f"{name:<28} n={len(values):<4} p50 {percentile(values, 50):6.1f}  p95 {percentile(values, 95):6.1f}  "
+        f"p99 {percentile(values, 99):6.1f}  max {max(values):6.1f} ms"
+    )
 
 
 async def run(args: argparse.Namespace) -> None:
@@ -46,8 +54,13 @@ async def run(args: argparse.Namespace) -> None:
     keys = Keys(prefix)
     worker = FakeWorker(client, keys, "bench-worker", listener.port, capacity=args.burst + 10)
     await worker.start()
-    env = {"REDIS_URL": args.redis, "REDIS_KEY_PREFIX": prefix, "OPENAI_API_KEY": "bench", "REALTIME_PREWARM": "0",
-           "LOG_LEVEL": "warning"}
+    env = {
+        "REDIS_URL": args.redis,
+        "REDIS_KEY_PREFIX": prefix,
+        "OPENAI_API_KEY": "bench",
+        "REALTIME_PREWARM": "0",
+        "LOG_LEVEL": "warning",
+    }
     cluster = LocalCluster(write_config(workdir / "controller.yaml", sim.url), workdir, env)
     proc = cluster.start("controller")
     try:

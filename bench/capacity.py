@@ -28,26 +28,47 @@ ROOT = Path(__file__).resolve().parent.parent
 def probe(calls: int, workers: int, args: argparse.Namespace) -> dict:
     """One load test run; its verdict and the figures that decided it."""
     out = Path(tempfile.mkdtemp(prefix="capacity-")) / "results.json"
-    cmd = [sys.executable, "-m", "shared.cli", "loadtest", "--calls", str(calls), "--workers", str(workers),
-           "--ramp", str(args.ramp), "--hold", str(args.hold), "--tool-workers", "1", "--out", str(out),
-           "--profile", args.profile]
+    cmd = [
+        sys.executable,
+        "-m",
+        "shared.cli",
+        "loadtest",
+        "--calls",
+        str(calls),
+        "--workers",
+        str(workers),
+        "--ramp",
+        str(args.ramp),
+        "--hold",
+        str(args.hold),
+        "--tool-workers",
+        "1",
+        "--out",
+        str(out),
+        "--profile",
+        args.profile,
+    ]
     if args.redis_url:
         cmd += ["--redis-url", args.redis_url]
     started = time.monotonic()
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
-                          timeout=2 * args.ramp + args.hold + 180)
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=2 * args.ramp + args.hold + 180)
     if not out.exists():
-        return {"calls": calls, "ok": False, "why": f"no results (exit {proc.returncode})",
-                "tail": proc.stdout[-800:]}
+        return {"calls": calls, "ok": False, "why": f"no results (exit {proc.returncode})", "tail": proc.stdout[-800:]}
     result = json.loads(out.read_text())
     lag = max([w["tick_lag_p99_ms"] for w in result["workers"]] or [float("inf")])
     media_cpu = [p for p in result["processes"] if p["role"] == "media-worker"]
-    verdict = {"calls": calls, "tick_lag_p99_ms": lag, "underruns": result["underruns"],
-               "set_up": result["setup"]["set_up"], "dropped": result["dropped"], "checks_ok": result["ok"],
-               "worker_core_pct": [p["core_pct"] for p in media_cpu],
-               "worker_ms_per_call_s": [p["cpu_ms_per_call_s"] for p in media_cpu],
-               "total_core_pct": round(sum(p["core_pct"] for p in result["processes"]), 1),
-               "seconds": round(time.monotonic() - started, 1)}
+    verdict = {
+        "calls": calls,
+        "tick_lag_p99_ms": lag,
+        "underruns": result["underruns"],
+        "set_up": result["setup"]["set_up"],
+        "dropped": result["dropped"],
+        "checks_ok": result["ok"],
+        "worker_core_pct": [p["core_pct"] for p in media_cpu],
+        "worker_ms_per_call_s": [p["cpu_ms_per_call_s"] for p in media_cpu],
+        "total_core_pct": round(sum(p["core_pct"] for p in result["processes"]), 1),
+        "seconds": round(time.monotonic() - started, 1),
+    }
     verdict["ok"] = bool(result["ok"] and lag <= args.lag_ms and result["underruns"] == 0)
     return verdict
 
@@ -63,15 +84,22 @@ def search(workers: int, args: argparse.Namespace) -> dict:
         calls = min(max(guess, low + 1), high - 1)
         verdict = probe(calls, workers, args)
         probes.append(verdict)
-        print(f"  {workers} worker(s), {calls:>4} calls: {'pass' if verdict['ok'] else 'FAIL'}  "
-              + json.dumps({k: v for k, v in verdict.items() if k not in ("calls", "ok")}), flush=True)
+        print(
+            f"  {workers} worker(s), {calls:>4} calls: {'pass' if verdict['ok'] else 'FAIL'}  "
+            + json.dumps({k: v for k, v in verdict.items() if k not in ("calls", "ok")}),
+            flush=True,
+        )
         if verdict["ok"]:
             low = calls
         else:
             high = calls
         guess = (low + high) // 2
-    return {"workers": workers, "max_calls_passing": low, "first_failing": high if high <= args.max_calls * workers
-            else None, "probes": probes}
+    return {
+        "workers": workers,
+        "max_calls_passing": low,
+        "first_failing": high if high <= args.max_calls * workers else None,
+        "probes": probes,
+    }
 
 
 def main() -> None:
@@ -89,17 +117,23 @@ def main() -> None:
     parser.add_argument("--out", help="JSON of every probe")
     args = parser.parse_args()
     cores = os.cpu_count()
-    print(f"capacity search: p99 tick lag <= {args.lag_ms} ms, no underruns; this machine has {cores} cores, "
-          "shared by the media workers, the controller, the tool worker and the simulators (the Asterisk "
-          "simulator and the Realtime emulator cost more CPU per call than a worker), so more worker "
-          f"processes than cores cannot add capacity here", flush=True)
+    print(
+        f"capacity search: p99 tick lag <= {args.lag_ms} ms, no underruns; this machine has {cores} cores, "
+        "shared by the media workers, the controller, the tool worker and the simulators (the Asterisk "
+        "simulator and the Realtime emulator cost more CPU per call than a worker), so more worker "
+        f"processes than cores cannot add capacity here",
+        flush=True,
+    )
     results = []
     for workers in (int(w) for w in args.workers.split(",")):
         found = search(workers, args)
         results.append(found)
-        print(f"=> {workers} worker(s): {found['max_calls_passing']} calls pass"
-              + (f", {found['first_failing']} fail" if found["first_failing"] else "")
-              + f" (on {cores} cores)", flush=True)
+        print(
+            f"=> {workers} worker(s): {found['max_calls_passing']} calls pass"
+            + (f", {found['first_failing']} fail" if found["first_failing"] else "")
+            + f" (on {cores} cores)",
+            flush=True,
+        )
     if args.out:
         Path(args.out).write_text(json.dumps({"cores": cores, "results": results}, indent=1), encoding="utf-8")
 

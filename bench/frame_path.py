@@ -69,7 +69,7 @@ def wire_frames(wire: str, seconds: int) -> list[bytes]:
     x = speechlike(rate, seconds, 1)
     data = ulaw_encode(x.tobytes()) if wire == "ulaw" else x.tobytes()
     n = WIRE_FRAME[wire]
-    return [data[i:i + n] for i in range(0, len(data), n)]
+    return [data[i : i + n] for i in range(0, len(data), n)]
 
 
 def delta_texts(provider: str, seconds: int) -> list[str]:
@@ -77,10 +77,20 @@ def delta_texts(provider: str, seconds: int) -> list[str]:
     x = speechlike(24000 if provider == "pcm16" else 8000, seconds, 2)
     data = x.tobytes() if provider == "pcm16" else ulaw_encode(x.tobytes())
     n = len(data) // (DELTAS_PER_S * seconds)
-    return [json.dumps({
-        "type": "response.output_audio.delta", "event_id": f"event_C{i:020d}", "response_id": "resp_C0000000000001",
-        "item_id": f"item_C{i // DELTAS_PER_S:018d}", "output_index": 0, "content_index": 0,
-        "delta": base64.b64encode(data[i * n:(i + 1) * n]).decode("ascii")}) for i in range(DELTAS_PER_S * seconds)]
+    return [
+        json.dumps(
+            {
+                "type": "response.output_audio.delta",
+                "event_id": f"event_C{i:020d}",
+                "response_id": "resp_C0000000000001",
+                "item_id": f"item_C{i // DELTAS_PER_S:018d}",
+                "output_index": 0,
+                "content_index": 0,
+                "delta": base64.b64encode(data[i * n : (i + 1) * n]).decode("ascii"),
+            }
+        )
+        for i in range(DELTAS_PER_S * seconds)
+    ]
 
 
 # -- a call's per-frame path: in(frame) -> text, out(text) -> None (queued), tick() -> frame -----------------
@@ -197,8 +207,9 @@ class OurRaw(OurPath):
 # -- timing ---------------------------------------------------------------------------------------------------
 
 
-def timed_round(make: Callable[[], object], frames: list[bytes], outs: list, seconds: int,
-                raw: bool) -> tuple[float, float, float]:
+def timed_round(
+    make: Callable[[], object], frames: list[bytes], outs: list, seconds: int, raw: bool
+) -> tuple[float, float, float]:
     """µs of CPU per call-second for in, out and tick, over `seconds` call-seconds on a fresh call."""
     path = make()
     inbound = path.inbound
@@ -219,8 +230,9 @@ def timed_round(make: Callable[[], object], frames: list[bytes], outs: list, sec
 
 
 class Variant:
-    def __init__(self, profile: str, impl: str, make: Callable[[], object], frames: list[bytes], outs: list,
-                 raw: bool = False) -> None:
+    def __init__(
+        self, profile: str, impl: str, make: Callable[[], object], frames: list[bytes], outs: list, raw: bool = False
+    ) -> None:
         self.profile, self.impl, self.make, self.frames, self.outs, self.raw = profile, impl, make, frames, outs, raw
         self.samples: list[tuple[float, float, float]] = []
 
@@ -243,15 +255,26 @@ def build_variants(seconds: int) -> list[Variant]:
         variants.append(Variant(profile, "ours", lambda w=wire, p=provider: OurPath(w, p), frames, texts))
         for name in RESAMPLERS if resampled else [None]:
             label = f"{name} + stdlib json/base64" if name else "stdlib json/base64"
-            variants.append(Variant(profile, label, lambda w=wire, p=provider, n=name: StdlibPath(w, p, n),
-                                    frames, texts))
+            variants.append(
+                Variant(profile, label, lambda w=wire, p=provider, n=name: StdlibPath(w, p, n), frames, texts)
+            )
         if resampled:  # the conversions alone, without base64/JSON, to separate resampling from glue
-            variants.append(Variant(profile, "ours, conversion only", lambda w=wire, p=provider: OurRaw(w, p),
-                                    frames, raws, raw=True))
+            variants.append(
+                Variant(
+                    profile, "ours, conversion only", lambda w=wire, p=provider: OurRaw(w, p), frames, raws, raw=True
+                )
+            )
             for name in RESAMPLERS:
-                variants.append(Variant(profile, f"{name}, conversion only",
-                                        lambda w=wire, p=provider, n=name: StdlibPath(w, p, n, glue=False),
-                                        frames, raws, raw=True))
+                variants.append(
+                    Variant(
+                        profile,
+                        f"{name}, conversion only",
+                        lambda w=wire, p=provider, n=name: StdlibPath(w, p, n, glue=False),
+                        frames,
+                        raws,
+                        raw=True,
+                    )
+                )
     return variants
 
 
@@ -265,6 +288,7 @@ def run_interleaved(variants: list[Variant], seconds: int, rounds: int) -> None:
 
 def null_loop(seconds: int, rounds: int) -> float:
     """The harness loop with a no-op path: what every figure includes beyond the work itself."""
+
     class Null:
         def inbound(self, frame: bytes) -> None:
             return None
@@ -274,6 +298,7 @@ def null_loop(seconds: int, rounds: int) -> float:
 
         def tick(self) -> bytes:
             return b""
+
     frames, outs = [b""] * (FRAMES_PER_S * seconds), [""] * (DELTAS_PER_S * seconds)
     return statistics.median(sum(timed_round(Null, frames, outs, seconds, False)) for _ in range(rounds))
 
@@ -285,11 +310,13 @@ def _float_in(cls: type) -> Callable[[], Callable[[np.ndarray], np.ndarray]]:
     def make() -> Callable[[np.ndarray], np.ndarray]:
         r = cls()
         return lambda x: r.process_array(x.astype(np.float32))
+
     return make
 
 
 def delay_resamplers(src: int, dst: int) -> dict[str, Callable[[], Callable[[np.ndarray], np.ndarray]]]:
     """Fresh streaming resamplers (int16 array in, array out) for one direction."""
+
     def soxr_make(q: str) -> Callable[[], Callable[[np.ndarray], np.ndarray]]:
         return lambda: soxr.ResampleStream(src, dst, 1, dtype="int16", quality=q).resample_chunk
 
@@ -301,14 +328,20 @@ def delay_resamplers(src: int, dst: int) -> dict[str, Callable[[], Callable[[np.
         return lambda x: np.frombuffer(r(x.tobytes()), "<i2")
 
     ours = Upsampler3 if dst > src else Downsampler3
-    return {"ours (FIR)": _float_in(ours), "soxr QQ": soxr_make("QQ"), "soxr LQ": soxr_make("LQ"),
-            "soxr VHQ": soxr_make("VHQ"), "np.interp": interp, "audioop.ratecv": ratecv}
+    return {
+        "ours (FIR)": _float_in(ours),
+        "soxr QQ": soxr_make("QQ"),
+        "soxr LQ": soxr_make("LQ"),
+        "soxr VHQ": soxr_make("VHQ"),
+        "np.interp": interp,
+        "audioop.ratecv": ratecv,
+    }
 
 
 def stream(process: Callable[[np.ndarray], np.ndarray], x: np.ndarray, chunk: int) -> tuple[np.ndarray, list[int]]:
     outs, sizes = [], []
     for i in range(0, len(x), chunk):
-        y = np.asarray(process(x[i:i + chunk]))
+        y = np.asarray(process(x[i : i + chunk]))
         outs.append(y.astype(np.float64))
         sizes.append(len(y))
     return np.concatenate(outs), sizes
@@ -320,7 +353,7 @@ def group_delay_ms(make: Callable, src: int, dst: int, chunk: int) -> float:
     x = np.zeros(src, dtype=np.int16)
     width = src // 500 | 1
     at = src // 2
-    x[at - width // 2:at + width // 2 + 1] = np.rint(16000 * np.hanning(width + 2)[1:-1]).astype(np.int16)
+    x[at - width // 2 : at + width // 2 + 1] = np.rint(16000 * np.hanning(width + 2)[1:-1]).astype(np.int16)
     y, _ = stream(make(), x, chunk)
     k = int(np.argmax(np.abs(y)))
     if 0 < k < len(y) - 1:
@@ -339,8 +372,11 @@ def held_back(make: Callable, src: int, dst: int, chunk: int) -> dict[str, float
     fed = np.minimum(np.arange(1, len(sizes) + 1) * chunk, len(x))
     held = (fed * dst / src - emitted) / dst * 1000
     tail = slice(len(sizes) // 4, None)
-    return {"held_mean_ms": float(np.mean(held[tail])), "held_max_ms": float(np.max(held[tail])),
-            "empty_calls_pct": 100.0 * float(np.mean(np.asarray(sizes)[tail] == 0))}
+    return {
+        "held_mean_ms": float(np.mean(held[tail])),
+        "held_max_ms": float(np.max(held[tail])),
+        "empty_calls_pct": 100.0 * float(np.mean(np.asarray(sizes)[tail] == 0)),
+    }
 
 
 def delay_table() -> list[dict[str, object]]:
@@ -350,9 +386,16 @@ def delay_table() -> list[dict[str, object]]:
             chunk = src * chunk_ms // 1000
             gd = group_delay_ms(make, src, dst, chunk)
             hb = held_back(make, src, dst, chunk)
-            rows.append({"resampler": name, "direction": f"{src // 1000}k->{dst // 1000}k ({chunk_ms} ms)",
-                         "group_delay_ms": gd, **hb, "added_mean_ms": gd + hb["held_mean_ms"],
-                         "added_max_ms": gd + hb["held_max_ms"]})
+            rows.append(
+                {
+                    "resampler": name,
+                    "direction": f"{src // 1000}k->{dst // 1000}k ({chunk_ms} ms)",
+                    "group_delay_ms": gd,
+                    **hb,
+                    "added_mean_ms": gd + hb["held_mean_ms"],
+                    "added_max_ms": gd + hb["held_max_ms"],
+                }
+            )
     return rows
 
 
@@ -381,7 +424,7 @@ def quality_24k_to_8k(make: Callable) -> dict[str, float]:
     for f in (4600, 5000, 8000):
         y = through(f)
         alias = abs((f + 4000) % 8000 - 4000)
-        level = max(_fit(y, alias), float(np.sqrt(2 * np.mean(y ** 2))), 0.5)
+        level = max(_fit(y, alias), float(np.sqrt(2 * np.mean(y**2))), 0.5)
         out[f"rejection_{f}_db"] = -20 * np.log10(level / amp)
     gains = [20 * np.log10(_fit(through(f), f) / amp) for f in (100, 300, 1000, 2000, 3000, 3400)]
     out["ripple_pp_db"] = max(gains) - min(gains)
@@ -400,13 +443,21 @@ def measure(seconds: int, rounds: int) -> dict[str, object]:
     variants = build_variants(seconds)
     run_interleaved(variants, seconds, rounds)
     cpu = [{"profile": v.profile, "impl": v.impl, **v.summary()} for v in variants]
-    return {"seconds": seconds, "rounds": rounds, "null_us": null_loop(seconds, rounds), "cpu": cpu,
-            "delay": delay_table(), "quality": quality_table()}
+    return {
+        "seconds": seconds,
+        "rounds": rounds,
+        "null_us": null_loop(seconds, rounds),
+        "cpu": cpu,
+        "delay": delay_table(),
+        "quality": quality_table(),
+    }
 
 
 def print_report(r: dict[str, object]) -> None:
-    print(f"µs CPU per call-second, median (min–max) of {r['rounds']} interleaved rounds of {r['seconds']} "
-          f"call-seconds; x ours = the alternative's total / ours (harness loop alone: {r['null_us']:.1f} µs)")
+    print(
+        f"µs CPU per call-second, median (min–max) of {r['rounds']} interleaved rounds of {r['seconds']} "
+        f"call-seconds; x ours = the alternative's total / ours (harness loop alone: {r['null_us']:.1f} µs)"
+    )
     ours: dict[tuple[str, bool], float] = {}
     for row in r["cpu"]:
         if row["impl"].startswith("ours"):
@@ -419,20 +470,28 @@ def print_report(r: dict[str, object]) -> None:
             print(f"  {'variant':40} {'in':>7} {'out':>7} {'tick':>6} {'total (min–max)':>22} {'x ours':>7}")
         base = ours[(row["profile"], "conversion only" in row["impl"])]
         tot = row["total"]
-        print(f"  {row['impl']:40} {row['in']['median']:7.0f} {row['out']['median']:7.0f} "
-              f"{row['tick']['median']:6.0f} {tot['median']:8.0f} ({tot['min']:5.0f}–{tot['max']:5.0f})"
-              f" {tot['median'] / base:7.2f}")
+        print(
+            f"  {row['impl']:40} {row['in']['median']:7.0f} {row['out']['median']:7.0f} "
+            f"{row['tick']['median']:6.0f} {tot['median']:8.0f} ({tot['min']:5.0f}–{tot['max']:5.0f})"
+            f" {tot['median'] / base:7.2f}"
+        )
     print("\nresampler delay: impulse group delay + audio held back after each call (from the 2nd quarter on)")
-    print(f"  {'resampler':16} {'direction':18} {'group ms':>9} {'held mean/max ms':>17} {'added mean/max ms':>18} "
-          f"{'empty calls':>11}")
+    print(
+        f"  {'resampler':16} {'direction':18} {'group ms':>9} {'held mean/max ms':>17} {'added mean/max ms':>18} "
+        f"{'empty calls':>11}"
+    )
     for d in r["delay"]:
-        print(f"  {d['resampler']:16} {d['direction']:18} {d['group_delay_ms']:9.3f} "
-              f"{d['held_mean_ms']:8.2f}/{d['held_max_ms']:<8.2f} {d['added_mean_ms']:9.2f}/{d['added_max_ms']:<8.2f}"
-              f" {d['empty_calls_pct']:10.0f}%")
+        print(
+            f"  {d['resampler']:16} {d['direction']:18} {d['group_delay_ms']:9.3f} "
+            f"{d['held_mean_ms']:8.2f}/{d['held_max_ms']:<8.2f} {d['added_mean_ms']:9.2f}/{d['added_max_ms']:<8.2f}"
+            f" {d['empty_calls_pct']:10.0f}%"
+        )
     print("\n24k -> 8k quality (100 ms chunks): rejection dB at 4.6 / 5 / 8 kHz, pass band 100 Hz–3.4 kHz")
     for name, q in r["quality"].items():
-        print(f"  {name:16} {q['rejection_4600_db']:6.1f} {q['rejection_5000_db']:6.1f} {q['rejection_8000_db']:6.1f}"
-              f"   ripple {q['ripple_pp_db']:.2f} dB p-p, {q['gain_3400_db']:+.2f} dB at 3.4 kHz")
+        print(
+            f"  {name:16} {q['rejection_4600_db']:6.1f} {q['rejection_5000_db']:6.1f} {q['rejection_8000_db']:6.1f}"
+            f"   ripple {q['ripple_pp_db']:.2f} dB p-p, {q['gain_3400_db']:+.2f} dB at 3.4 kHz"
+        )
 
 
 def main() -> None:

@@ -35,7 +35,7 @@ def speechlike(rate: int, seconds: float, seed: int) -> np.ndarray:
     x = sum(np.sin(k * phase) / k for k in range(1, 25))
     x *= 0.3 + 0.7 * (0.5 - 0.5 * np.cos(2 * np.pi * 4 * t))
     x += 0.05 * rng.standard_normal(len(t))
-    x *= 0.1 * 32767 / np.sqrt(np.mean(x ** 2))
+    x *= 0.1 * 32767 / np.sqrt(np.mean(x**2))
     return np.clip(np.rint(x), -32768, 32767).astype(np.int16)
 
 
@@ -44,14 +44,14 @@ def wire_frames(wire: str, seconds: int) -> list[bytes]:
     x = speechlike(conv.wire_rate, seconds, 1)
     data = ulaw_encode(x.tobytes()) if wire == "ulaw" else x.astype(">i2" if wire == "slin_be" else "<i2").tobytes()
     n = conv.wire_frame_bytes
-    return [data[i:i + n] for i in range(0, len(data), n)]
+    return [data[i : i + n] for i in range(0, len(data), n)]
 
 
 def provider_deltas(provider: str, seconds: int) -> list[bytes]:
     x = speechlike(24000 if provider == "pcm16" else 8000, seconds, 2)
     data = x.tobytes() if provider == "pcm16" else ulaw_encode(x.tobytes())
     n = len(data) // (10 * seconds)
-    return [data[i:i + n] for i in range(0, len(data), n)]
+    return [data[i : i + n] for i in range(0, len(data), n)]
 
 
 # -- baselines (same frames, same μ-law tables) ----------------------------------------------------------
@@ -87,31 +87,39 @@ def baseline_pair(kind: type, wire: str) -> tuple[Callable[[bytes], bytes], Call
     """wire (8 kHz slin or ulaw) <-> pcm16 24 kHz with a baseline resampler."""
     up, down = kind(8000, 24000), kind(24000, 8000)
     if wire == "ulaw":
+
         def to_provider(frame: bytes) -> bytes:
             return up.process(DECODE_TABLE.take(np.frombuffer(frame, np.uint8))).tobytes()
 
         def to_wire(delta: bytes) -> bytes:
             return ENCODE_TABLE.take(down.process(np.frombuffer(delta, "<i2")).view(np.uint16)).tobytes()
     else:
+
         def to_provider(frame: bytes) -> bytes:
             return up.process(np.frombuffer(frame, "<i2")).tobytes()
 
         def to_wire(delta: bytes) -> bytes:
             return down.process(np.frombuffer(delta, "<i2")).tobytes()
+
     return to_provider, to_wire
 
 
 # -- timing ------------------------------------------------------------------------------------------------
 
 
-def call_seconds(to_provider: Callable[[bytes], bytes], to_wire: Callable[[bytes], bytes],
-                 frames: list[bytes], deltas: list[bytes], seconds: int) -> float:
+def call_seconds(
+    to_provider: Callable[[bytes], bytes],
+    to_wire: Callable[[bytes], bytes],
+    frames: list[bytes],
+    deltas: list[bytes],
+    seconds: int,
+) -> float:
     """µs of CPU per call-second over `seconds` call-seconds."""
     t0 = time.process_time()
     for s in range(seconds):
-        for frame in frames[s * 50:(s + 1) * 50]:
+        for frame in frames[s * 50 : (s + 1) * 50]:
             to_provider(frame)
-        for delta in deltas[s * 10:(s + 1) * 10]:
+        for delta in deltas[s * 10 : (s + 1) * 10]:
             to_wire(delta)
     return (time.process_time() - t0) * 1e6 / seconds
 
@@ -132,6 +140,7 @@ def converter_variant(wire: str, provider: str, seconds: int) -> Callable[[], fl
     def run() -> float:
         conv = Converter(wire, provider)
         return call_seconds(conv.to_provider, conv.to_wire, frames, deltas, seconds)
+
     return run
 
 
@@ -140,6 +149,7 @@ def baseline_variant(kind: type, wire: str, seconds: int) -> Callable[[], float]
 
     def run() -> float:
         return call_seconds(*baseline_pair(kind, wire), frames, deltas, seconds)
+
     return run
 
 
@@ -150,12 +160,13 @@ def playout_variant(seconds: int) -> Callable[[], float]:
         q = PlayoutQueue(160, silence("ulaw"))
         t0 = time.process_time()
         for s in range(seconds):
-            for i, delta in enumerate(deltas[s * 10:(s + 1) * 10]):
+            for i, delta in enumerate(deltas[s * 10 : (s + 1) * 10]):
                 q.push(f"item{s}", delta)
                 for _ in range(5):
                     q.tick()
             q.end_item(f"item{s}")
         return (time.process_time() - t0) * 1e6 / seconds
+
     return run
 
 
@@ -163,8 +174,8 @@ def gate_variant(rate: int, seconds: int) -> Callable[[], float]:
     out = speechlike(rate, seconds, 3)
     inc = (speechlike(rate, seconds, 4) // 4).astype(np.int16)
     n = rate // 50
-    outs = [out[i:i + n].tobytes() for i in range(0, len(out), n)]
-    incs = [inc[i:i + n].tobytes() for i in range(0, len(inc), n)]
+    outs = [out[i : i + n].tobytes() for i in range(0, len(out), n)]
+    incs = [inc[i : i + n].tobytes() for i in range(0, len(inc), n)]
 
     def run() -> float:
         gate = SpeechGate(rate)
@@ -173,6 +184,7 @@ def gate_variant(rate: int, seconds: int) -> Callable[[], float]:
             gate.outgoing(o)
             gate.incoming(i)
         return (time.process_time() - t0) * 1e6 / seconds
+
     return run
 
 
@@ -183,7 +195,7 @@ def fir_quality() -> dict[str, float]:
     def through(x24: np.ndarray) -> np.ndarray:
         down = Downsampler3()
         data = np.clip(np.rint(x24), -32768, 32767).astype("<i2").tobytes()
-        return np.concatenate([np.frombuffer(down.process(data[i:i + 960]), "<i2") for i in range(0, len(data), 960)])
+        return np.concatenate([np.frombuffer(down.process(data[i : i + 960]), "<i2") for i in range(0, len(data), 960)])
 
     def fit(y: np.ndarray, f: float) -> float:
         t = np.arange(len(y)) / 8000
@@ -199,8 +211,10 @@ def fir_quality() -> dict[str, float]:
         alias = abs((f + 4000) % 8000 - 4000)
         level = max(fit(y, alias), np.sqrt(2 * np.mean(y.astype(np.float64) ** 2)), 0.5)
         out[f"rejection {f} Hz (dB)"] = -20 * np.log10(level / amp)
-    gains = [20 * np.log10(fit(through(amp * np.sin(2 * np.pi * f * t))[400:], f) / amp)
-             for f in (100, 300, 1000, 2000, 3000, 3400)]
+    gains = [
+        20 * np.log10(fit(through(amp * np.sin(2 * np.pi * f * t))[400:], f) / amp)
+        for f in (100, 300, 1000, 2000, 3000, 3400)
+    ]
     out["pass-band ripple to 3.4 kHz (dB p-p)"] = max(gains) - min(gains)
     impulse = np.zeros(2400)
     impulse[300] = 30000
@@ -235,8 +249,10 @@ def main() -> None:
         ratio = ""
         for wire in ("slin", "ulaw"):
             if name == f"{wire} <-> pcm16":
-                ratio = (f"   {value / medians[f'interp: {wire} <-> pcm16']:9.2f}"
-                         f"   {value / medians[f'soxr VHQ: {wire} <-> pcm16']:11.2f}")
+                ratio = (
+                    f"   {value / medians[f'interp: {wire} <-> pcm16']:9.2f}"
+                    f"   {value / medians[f'soxr VHQ: {wire} <-> pcm16']:11.2f}"
+                )
         print(f"{name:34} {value:10.0f}{ratio}")
     print()
     print("Downsampler3 (24k -> 8k) quality, 20 ms chunks:")

@@ -83,12 +83,20 @@ async def run(args: argparse.Namespace) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="bench-media-"))
     sim = AsteriskSim(users={ARI_USER: ARI_PASSWORD}, workdir=workdir / "sim", record=False)
     await sim.start("127.0.0.1", 0)
-    script = Script(greeting=Reply(text="Hello, how can I help?", audio_ms=1200),
-                    default=Reply(text="Sure, let me look into that for you.", audio_ms=1800))
+    script = Script(
+        greeting=Reply(text="Hello, how can I help?", audio_ms=1200),
+        default=Reply(text="Sure, let me look into that for you.", audio_ms=1800),
+    )
     emu = Emulator(script=script, api_keys={KEY}, speed=3.0, record=False)
     await emu.start("127.0.0.1", 0)
-    env = {"REDIS_URL": args.redis, "REDIS_KEY_PREFIX": prefix, "OPENAI_API_KEY": KEY, "LOG_LEVEL": "warning",
-           "OPENAI_REALTIME_URL": emu.url, "REALTIME_PREWARM": str(min(args.calls, 50))}
+    env = {
+        "REDIS_URL": args.redis,
+        "REDIS_KEY_PREFIX": prefix,
+        "OPENAI_API_KEY": KEY,
+        "LOG_LEVEL": "warning",
+        "OPENAI_REALTIME_URL": emu.url,
+        "REALTIME_PREWARM": str(min(args.calls, 50)),
+    }
     contexts = {"bench": {"profile": args.profile, "prompt": "Benchmark."}}
     cluster = LocalCluster(write_config(workdir / "config.yaml", sim.url, contexts=contexts), workdir, env)
     controller = cluster.start("controller")
@@ -98,8 +106,12 @@ async def run(args: argparse.Namespace) -> None:
             raise SystemExit(worker.log_text()[-2000:] + controller.log_text()[-2000:])
         await asyncio.sleep(2)  # let the prewarm pool fill
         total = args.seconds + 6
-        calls = [await sim.place_call(variables={"AI_CONTEXT": "bench"}, caller_name=f"Caller {i}",
-                                      audio=caller_audio(total, i)) for i in range(args.calls)]
+        calls = [
+            await sim.place_call(
+                variables={"AI_CONTEXT": "bench"}, caller_name=f"Caller {i}", audio=caller_audio(total, i)
+            )
+            for i in range(args.calls)
+        ]
         await asyncio.sleep(4)  # set-up and greetings
         (u0, s0), t0 = cpu_times(worker.popen.pid), time.monotonic()
         await asyncio.sleep(args.seconds)
@@ -112,19 +124,25 @@ async def run(args: argparse.Namespace) -> None:
         call_seconds = args.calls * (t1 - t0)
         cpu_ms = (cpu1 - cpu0) * 1000
         print(f"media worker, {args.calls} calls x {t1 - t0:.1f} s, profile {args.profile}:")
-        print(f"  CPU {cpu_ms / 1000:.2f} s -> {cpu_ms / call_seconds:.2f} ms per call-second "
-              f"({100 * (cpu1 - cpu0) / (t1 - t0):.0f}% of one core; user {(u1 - u0) * 1000 / call_seconds:.2f} ms, "
-              f"kernel {(s1 - s0) * 1000 / call_seconds:.2f} ms)")
-        for name, label in (("va_input_append_seconds", "caller frame in -> append sent"),
-                            ("va_output_first_frame_seconds", "model delta in -> first frame out")):
+        print(
+            f"  CPU {cpu_ms / 1000:.2f} s -> {cpu_ms / call_seconds:.2f} ms per call-second "
+            f"({100 * (cpu1 - cpu0) / (t1 - t0):.0f}% of one core; user {(u1 - u0) * 1000 / call_seconds:.2f} ms, "
+            f"kernel {(s1 - s0) * 1000 / call_seconds:.2f} ms)"
+        )
+        for name, label in (
+            ("va_input_append_seconds", "caller frame in -> append sent"),
+            ("va_output_first_frame_seconds", "model delta in -> first frame out"),
+        ):
             rows = histogram(metrics, name)
             p50, p99 = quantile(rows, 0.5), quantile(rows, 0.99)
             n = int(rows[-1][1]) if rows else 0
-            fmt = (lambda v: "n/a" if v is None else f"{v * 1000:.2f} ms")
+            fmt = lambda v: "n/a" if v is None else f"{v * 1000:.2f} ms"
             print(f"  {label:<36} p50 {fmt(p50)}, p99 {fmt(p99)} (n={n})")
-        print(f"  playout tick lag p99 {gauge(metrics, 'va_playout_tick_lag_p99_ms'):.2f} ms, underruns "
-              f"{gauge(metrics, 'va_playout_underruns_total'):.0f}, calls active at the end "
-              f"{gauge(metrics, 'va_worker_calls_active'):.0f}")
+        print(
+            f"  playout tick lag p99 {gauge(metrics, 'va_playout_tick_lag_p99_ms'):.2f} ms, underruns "
+            f"{gauge(metrics, 'va_playout_underruns_total'):.0f}, calls active at the end "
+            f"{gauge(metrics, 'va_worker_calls_active'):.0f}"
+        )
     finally:
         cluster.stop_all()
         await emu.stop()

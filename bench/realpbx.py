@@ -91,7 +91,7 @@ def _voiced_span(pcm: bytes) -> tuple[float, float]:
     """Seconds from the start to the first voiced 20 ms frame, and from the end of the last one to the end."""
     frames = np.frombuffer(pcm, "<i2").astype(np.float64)
     n = len(frames) // FRAME
-    rms = np.sqrt(np.mean(frames[:n * FRAME].reshape(n, FRAME) ** 2, axis=1) + 1e-9)
+    rms = np.sqrt(np.mean(frames[: n * FRAME].reshape(n, FRAME) ** 2, axis=1) + 1e-9)
     voiced = np.flatnonzero(20 * np.log10(rms / 32768) > VOICED_DBFS)
     return voiced[0] * 0.02, (n - voiced[-1] - 1) * 0.02
 
@@ -202,13 +202,21 @@ class Bench:
         workdir.mkdir(parents=True)
         prefix = f"va-bench-{uuid.uuid4().hex[:8]}:"
         config = pbx_config(workdir / "config.yaml", self.ast, profile, extra)
-        env = {"REDIS_URL": self.redis_url, "REDIS_KEY_PREFIX": prefix, "OPENAI_API_KEY": TEST_API_KEY,
-               "LOG_LEVEL": "warning", **OFFLINE, "OPENAI_REALTIME_URL": emu.url, "REALTIME_PREWARM": "1"}
+        env = {
+            "REDIS_URL": self.redis_url,
+            "REDIS_KEY_PREFIX": prefix,
+            "OPENAI_API_KEY": TEST_API_KEY,
+            "LOG_LEVEL": "warning",
+            **OFFLINE,
+            "OPENAI_REALTIME_URL": emu.url,
+            "REALTIME_PREWARM": "1",
+        }
         cluster = cluster_cls(config, workdir, env)
         low = 42000 + 400 * (self.n % 40)
         ctl = cluster.start("controller", instance_id=f"controller-{tag}")
-        worker = cluster.start("media-worker", "--audiosocket-port", "0", "--rtp-ports", f"{low}-{low + 399}",
-                               instance_id=f"worker-{tag}")
+        worker = cluster.start(
+            "media-worker", "--audiosocket-port", "0", "--rtp-ports", f"{low}-{low + 399}", instance_id=f"worker-{tag}"
+        )
         client = aioredis.Redis.from_url(self.redis_url, decode_responses=True)
         try:
             if not await asyncio.to_thread(cluster.wait_ready, [ctl, worker], 30):
@@ -238,14 +246,20 @@ class Bench:
         for r in range(rounds):
             turns[2 * r + 1] = Reply(text="We are open from nine to five, every day. " * 3, audio_ms=ANSWER_MS)
             turns[2 * r + 2] = Reply(text="Sorry, go ahead.", audio_ms=SORRY_MS)
-        emu = Emulator(script=Script(greeting=Reply(text="Hello, thanks for calling. How can I help?",
-                                                    audio_ms=GREETING_MS), turns=turns),
-                       api_keys={TEST_API_KEY}, speed=EMULATOR_SPEED)
+        emu = Emulator(
+            script=Script(
+                greeting=Reply(text="Hello, thanks for calling. How can I help?", audio_ms=GREETING_MS), turns=turns
+            ),
+            api_keys={TEST_API_KEY},
+            speed=EMULATOR_SPEED,
+        )
         await emu.start("127.0.0.1", 0)
         out = {"greeting": [], "turn": [], "barge": [], "problems": [], "load": load()}
         try:
-            async with self.cluster(emu, PROFILES[transport]) as (_, _, _, keys, client), \
-                    PbxCaller(self.ast.ari_url, self.ast.user, self.ast.password) as pbx:
+            async with (
+                self.cluster(emu, PROFILES[transport]) as (_, _, _, keys, client),
+                PbxCaller(self.ast.ari_url, self.ast.user, self.ast.password) as pbx,
+            ):
                 todo = iter(range(calls))
 
                 async def runner(k: int) -> None:
@@ -255,8 +269,10 @@ class Bench:
 
                 per_call = GREETING_MS / 1000 + rounds * 8 + 10
                 with LoopLag() as lag:
-                    await asyncio.wait_for(asyncio.gather(*(runner(k) for k in range(at_once))),
-                                           timeout=per_call * (calls / at_once + 1) + 30)
+                    await asyncio.wait_for(
+                        asyncio.gather(*(runner(k) for k in range(at_once))),
+                        timeout=per_call * (calls / at_once + 1) + 30,
+                    )
                 out["loop_lag"] = lag.summary()
                 out["worker"] = await worker_figures(keys, client, calls)
         finally:
@@ -303,35 +319,49 @@ class Bench:
 
     # -- the ramp ------------------------------------------------------------------------------------------
 
-    async def ramp(self, transport: str, calls: int, ramp_s: float, hold_s: float,
-                   cluster_cls=LocalCluster) -> dict:
-        emu = Emulator(script=Script(greeting=Reply(text="Hello, thanks for calling.", audio_ms=GREETING_MS),
-                                     default=Reply(text="I see, let me check that for you.", audio_ms=RAMP_REPLY_MS)),
-                       api_keys={TEST_API_KEY}, speed=EMULATOR_SPEED)
+    async def ramp(self, transport: str, calls: int, ramp_s: float, hold_s: float, cluster_cls=LocalCluster) -> dict:
+        emu = Emulator(
+            script=Script(
+                greeting=Reply(text="Hello, thanks for calling.", audio_ms=GREETING_MS),
+                default=Reply(text="I see, let me check that for you.", audio_ms=RAMP_REPLY_MS),
+            ),
+            api_keys={TEST_API_KEY},
+            speed=EMULATOR_SPEED,
+        )
         await emu.start("127.0.0.1", 0)
         out: dict = {"load": load(), "ramp_s": ramp_s, "hold_s": hold_s}
         before = self.live()
         try:
-            async with self.cluster(emu, PROFILES[transport], {"media_worker": {"capacity": calls + 10}},
-                                    cluster_cls) as (_, ctl, worker, keys, client), \
-                    PbxCaller(self.ast.ari_url, self.ast.user, self.ast.password) as pbx:
-                pids = {"asterisk": self.ast.pid if self.ast.started_here else 0, "media worker": worker.popen.pid,
-                        "controller": ctl.popen.pid}
+            async with (
+                self.cluster(emu, PROFILES[transport], {"media_worker": {"capacity": calls + 10}}, cluster_cls) as (
+                    _,
+                    ctl,
+                    worker,
+                    keys,
+                    client,
+                ),
+                PbxCaller(self.ast.ari_url, self.ast.user, self.ast.password) as pbx,
+            ):
+                pids = {
+                    "asterisk": self.ast.pid if self.ast.started_here else 0,
+                    "media worker": worker.popen.pid,
+                    "controller": ctl.popen.pid,
+                }
                 samples: list[tuple[float, dict]] = []
                 stop = asyncio.Event()
 
                 async def sample() -> None:
                     while not stop.is_set():
-                        samples.append((time.monotonic(), {k: cpu_seconds(p) if p else None
-                                                           for k, p in pids.items()}))
+                        samples.append((time.monotonic(), {k: cpu_seconds(p) if p else None for k, p in pids.items()}))
                         with contextlib.suppress(asyncio.TimeoutError):
                             await asyncio.wait_for(stop.wait(), 0.25)
 
                 sampler = asyncio.create_task(sample())
                 with LoopLag() as lag:
-                    legs = await asyncio.wait_for(asyncio.gather(
-                        *(self.ramp_caller(pbx, i * ramp_s / calls, hold_s) for i in range(calls))),
-                        timeout=ramp_s + hold_s + 60)
+                    legs = await asyncio.wait_for(
+                        asyncio.gather(*(self.ramp_caller(pbx, i * ramp_s / calls, hold_s) for i in range(calls))),
+                        timeout=ramp_s + hold_s + 60,
+                    )
                 stop.set()
                 await sampler
                 out["loop_lag"] = lag.summary()
@@ -369,12 +399,18 @@ class Bench:
         gone_early = leg.gone.is_set()
         with contextlib.suppress(asyncio.TimeoutError, CallerError):
             await leg.hangup()
-        return {"peer": leg.peer_id, "answered_at": leg.answered_at, "hung_at": hung, "gone_early": gone_early,
-                "greeting": leg.first_voiced_after(leg.answered_at) is not None}
+        return {
+            "peer": leg.peer_id,
+            "answered_at": leg.answered_at,
+            "hung_at": hung,
+            "gone_early": gone_early,
+            "greeting": leg.first_voiced_after(leg.answered_at) is not None,
+        }
 
     async def ramp_outcome(self, legs: list[dict], keys: Keys, client) -> dict:
         async def active() -> int:
             return await client.scard(keys.calls_active)
+
         deadline = time.monotonic() + 15
         while await active() and time.monotonic() < deadline:
             await asyncio.sleep(0.2)
@@ -382,7 +418,7 @@ class Bench:
         async for key in client.scan_iter(match=keys.call("*"), _type="HASH"):
             record = await client.hgetall(key)
             if record.get("caller_channel"):
-                records[record["caller_channel"]] = {**record, "_id": key[len(keys.call("")):]}
+                records[record["caller_channel"]] = {**record, "_id": key[len(keys.call("")) :]}
         setup_failed, fallback, no_greeting, reasons = 0, 0, 0, {}
         for leg in legs:
             record = records.get(leg.get("peer"), {})
@@ -395,10 +431,17 @@ class Bench:
             if "error" not in leg and not leg["greeting"]:
                 no_greeting += 1
         leases = sum([await client.exists(keys.call_lease(r["_id"])) for r in records.values()])
-        return {"calls": len(legs), "answered": sum(1 for leg in legs if "error" not in leg),
-                "setup_failed": setup_failed, "fallback": fallback, "no_greeting": no_greeting,
-                "end_reasons": reasons, "redis_calls_left": await active(), "redis_leases_left": leases,
-                "errors": sorted({leg["error"][:120] for leg in legs if "error" in leg})}
+        return {
+            "calls": len(legs),
+            "answered": sum(1 for leg in legs if "error" not in leg),
+            "setup_failed": setup_failed,
+            "fallback": fallback,
+            "no_greeting": no_greeting,
+            "end_reasons": reasons,
+            "redis_calls_left": await active(),
+            "redis_leases_left": leases,
+            "errors": sorted({leg["error"][:120] for leg in legs if "error" in leg}),
+        }
 
 
 async def worker_figures(keys: Keys, client, calls: int) -> dict:
@@ -443,11 +486,19 @@ def cpu_window(samples: list[tuple[float, dict]], legs: list[dict]) -> dict:
 def merge_ramps(runs: list[dict], commit: str) -> dict:
     """Several ramps as one: counts summed, CPU of the first, the runs kept."""
     total = dict(runs[0], commit=commit, runs=runs)
-    for key in ("calls", "answered", "setup_failed", "fallback", "no_greeting", "redis_calls_left",
-                "redis_leases_left"):
+    for key in (
+        "calls",
+        "answered",
+        "setup_failed",
+        "fallback",
+        "no_greeting",
+        "redis_calls_left",
+        "redis_leases_left",
+    ):
         total[key] = sum(r[key] for r in runs)
-    total["orphans_after_stop"] = {k: sum(r["orphans_after_stop"].get(k, 0) for r in runs)
-                                   for k in ("channels", "bridges")}
+    total["orphans_after_stop"] = {
+        k: sum(r["orphans_after_stop"].get(k, 0) for r in runs) for k in ("channels", "bridges")
+    }
     total["per_run_setup_failed"] = [r["setup_failed"] for r in runs]
     return total
 
@@ -466,19 +517,23 @@ def before_cluster(tree: Path):
 
 def ramp_lines(name: str, r: dict, calls: int, ramp_s: float, hold_s: float) -> list[str]:
     orphans = r.get("orphans_after_stop", {})
-    lines = [f"  ramp {calls} calls over {ramp_s:g} s, held {hold_s:g} s ({name}; load average at start {r['load']}):",
-             f"    answered {r['answered']}/{r['calls']}, setup failures {r['setup_failed']}, fallbacks "
-             f"{r['fallback']}, no greeting heard {r['no_greeting']}",
-             f"    orphans: {orphans.get('channels', '?')} channels, {orphans.get('bridges', '?')} bridges left in "
-             f"Asterisk, {r['redis_calls_left']} calls (and {r['redis_leases_left']} leases) left in Redis",
-             f"    end reasons: {', '.join(f'{k} {v}' for k, v in sorted(r['end_reasons'].items()))}"]
+    lines = [
+        f"  ramp {calls} calls over {ramp_s:g} s, held {hold_s:g} s ({name}; load average at start {r['load']}):",
+        f"    answered {r['answered']}/{r['calls']}, setup failures {r['setup_failed']}, fallbacks "
+        f"{r['fallback']}, no greeting heard {r['no_greeting']}",
+        f"    orphans: {orphans.get('channels', '?')} channels, {orphans.get('bridges', '?')} bridges left in "
+        f"Asterisk, {r['redis_calls_left']} calls (and {r['redis_leases_left']} leases) left in Redis",
+        f"    end reasons: {', '.join(f'{k} {v}' for k, v in sorted(r['end_reasons'].items()))}",
+    ]
     if r["errors"]:
         lines.append(f"    caller errors: {'; '.join(r['errors'])}")
     cpu = r.get("cpu") or {}
     if cpu:
         figures = "   ".join(f"{k} {'n/a' if v is None else f'{v:.3f}'}" for k, v in cpu["ms_per_call_s"].items())
-        lines.append(f"    CPU ms per call-second over {cpu['window_s']:.1f} s ({cpu['call_seconds']:.0f} "
-                     f"call-seconds): {figures}")
+        lines.append(
+            f"    CPU ms per call-second over {cpu['window_s']:.1f} s ({cpu['call_seconds']:.0f} "
+            f"call-seconds): {figures}"
+        )
     lines.append(f"    this process's loop lag: {r.get('loop_lag', 'n/a')}")
     return lines
 
@@ -495,8 +550,10 @@ def phase(result: dict, name: str):
 
 async def conversations(bench: Bench, transport: str, args: argparse.Namespace) -> dict:
     conv = await bench.conversations(transport, args.calls, args.at_once, args.rounds)
-    print(f"  {args.calls} calls, {args.at_once} at a time, {args.rounds} question(s) + barge-in(s) each "
-          f"(load average at start {conv['load']}; this process's loop lag {conv.get('loop_lag')}):")
+    print(
+        f"  {args.calls} calls, {args.at_once} at a time, {args.rounds} question(s) + barge-in(s) each "
+        f"(load average at start {conv['load']}; this process's loop lag {conv.get('loop_lag')}):"
+    )
     print(f"    answer -> first greeting frame heard         {fmt(pct(conv['greeting']))}")
     print(f"    caller speech end -> first agent frame heard {fmt(pct(conv['turn']))}")
     print(f"    barge-in onset -> last agent frame heard     {fmt(pct(conv['barge']))}")
@@ -508,8 +565,14 @@ async def conversations(bench: Bench, transport: str, args: argparse.Namespace) 
         print(f"      media linked -> first greeting frame sent  {fmt(w['greeting_ms'])}")
         print(f"      model speech_stopped -> first frame sent   {fmt(w['turn_ms'])}")
         print(f"      barge-in detected -> agent audio stopped   {fmt(w['bargein_ms'])}")
-    return {"greeting": pct(conv["greeting"]), "turn": pct(conv["turn"]), "barge": pct(conv["barge"]),
-            "worker": w, "problems": conv["problems"], "load": conv["load"]}
+    return {
+        "greeting": pct(conv["greeting"]),
+        "turn": pct(conv["turn"]),
+        "barge": pct(conv["barge"]),
+        "worker": w,
+        "problems": conv["problems"],
+        "load": conv["load"],
+    }
 
 
 async def run(args: argparse.Namespace) -> dict:
@@ -530,11 +593,17 @@ async def run(args: argparse.Namespace) -> dict:
         result["skipped"] = f"real Asterisk unavailable: {exc}"
         return result
     result["asterisk"] = ast.version
-    print(f"real Asterisk {ast.version} at {ast.ari_url}; load average at start {load()}; "
-          f"{os.cpu_count()} cores shared with whatever else runs on this machine", flush=True)
+    print(
+        f"real Asterisk {ast.version} at {ast.ari_url}; load average at start {load()}; "
+        f"{os.cpu_count()} cores shared with whatever else runs on this machine",
+        flush=True,
+    )
     try:
-        with (contextlib.nullcontext(args.workdir) if args.workdir
-              else tempfile.TemporaryDirectory(prefix="bench-realpbx-")) as tmp:
+        with (
+            contextlib.nullcontext(args.workdir)
+            if args.workdir
+            else tempfile.TemporaryDirectory(prefix="bench-realpbx-")
+        ) as tmp:
             bench = Bench(ast, args.redis, Path(tmp))
             for transport in args.transports:
                 print(f"\n{transport} ({PROFILES[transport]}):", flush=True)
@@ -544,8 +613,9 @@ async def run(args: argparse.Namespace) -> dict:
                 if transport in args.ramp_transports:
                     with phase(result, f"{transport} ramp"):
                         r = entry["ramp"] = await bench.ramp(transport, args.ramp_calls, args.ramp_s, args.hold)
-                        print("\n".join(ramp_lines("this tree", r, args.ramp_calls, args.ramp_s, args.hold)),
-                              flush=True)
+                        print(
+                            "\n".join(ramp_lines("this tree", r, args.ramp_calls, args.ramp_s, args.hold)), flush=True
+                        )
             if args.before_tree:
                 tree = Path(args.before_tree).resolve()
                 head = os.popen(f"git -C {tree} rev-parse --short HEAD 2>/dev/null").read().strip() or "?"
@@ -553,18 +623,32 @@ async def run(args: argparse.Namespace) -> dict:
                 runs = []
                 for n in range(args.before_runs):
                     with phase(result, f"ramp before the fix ({n + 1})"):
-                        r = await bench.ramp("audiosocket-slin24", args.ramp_calls, args.ramp_s, args.hold,
-                                             before_cluster(tree))
-                        print("\n".join(ramp_lines(f"roles of {head}, run {n + 1} of {args.before_runs}", r,
-                                                   args.ramp_calls, args.ramp_s, args.hold)), flush=True)
+                        r = await bench.ramp(
+                            "audiosocket-slin24", args.ramp_calls, args.ramp_s, args.hold, before_cluster(tree)
+                        )
+                        print(
+                            "\n".join(
+                                ramp_lines(
+                                    f"roles of {head}, run {n + 1} of {args.before_runs}",
+                                    r,
+                                    args.ramp_calls,
+                                    args.ramp_s,
+                                    args.hold,
+                                )
+                            ),
+                            flush=True,
+                        )
                         runs.append(r)
                 if runs:
                     result["before"] = merge_ramps(runs, head)
                     if len(runs) > 1:
                         b = result["before"]
-                        print(f"  {len(runs)} runs: setup failures {b['setup_failed']} of {b['calls']} calls "
-                              f"(per run {', '.join(str(r['setup_failed']) for r in runs)}), fallbacks "
-                              f"{b['fallback']}", flush=True)
+                        print(
+                            f"  {len(runs)} runs: setup failures {b['setup_failed']} of {b['calls']} calls "
+                            f"(per run {', '.join(str(r['setup_failed']) for r in runs)}), fallbacks "
+                            f"{b['fallback']}",
+                            flush=True,
+                        )
     finally:
         await asyncio.to_thread(ast.stop)
     print(f"\nload average at the end {load()}")
@@ -574,8 +658,9 @@ async def run(args: argparse.Namespace) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="fewer calls, one short ramp (for run_all --quick)")
-    p.add_argument("--transports", help="comma-separated, of: " + ", ".join(PROFILES) + " (none: only the "
-                   "--before-tree ramp)")
+    p.add_argument(
+        "--transports", help="comma-separated, of: " + ", ".join(PROFILES) + " (none: only the --before-tree ramp)"
+    )
     p.add_argument("--calls", type=int, help="conversation calls per transport (default 16, quick 4)")
     p.add_argument("--at-once", type=int, default=4, help="conversation calls at a time")
     p.add_argument("--rounds", type=int, help="question + barge-in rounds per call (default 2, quick 1)")
@@ -584,8 +669,12 @@ def main() -> None:
     p.add_argument("--hold", type=float, help="seconds each ramp call is held (default 20, quick 10)")
     p.add_argument("--ramp-transports", help="transports that get a ramp (default all, quick audiosocket-slin24)")
     p.add_argument("--before-tree", help="a checkout whose roles run one more ramp (the 'before' figure)")
-    p.add_argument("--before-runs", type=int, default=1, help="how many ramps with the --before-tree roles "
-                   "(the race is random: one ramp gives a noisy count)")
+    p.add_argument(
+        "--before-runs",
+        type=int,
+        default=1,
+        help="how many ramps with the --before-tree roles (the race is random: one ramp gives a noisy count)",
+    )
     p.add_argument("--redis", default=REDIS_URL)
     p.add_argument("--ari-url", default=os.environ.get("VA_REAL_ASTERISK_ARI_URL"))
     p.add_argument("--ari-user", default=os.environ.get("VA_REAL_ASTERISK_ARI_USER", "asterisk"))
@@ -594,8 +683,9 @@ def main() -> None:
     p.add_argument("--json", type=Path, help="write the figures here as JSON (for run_all)")
     args = p.parse_args()
     q = args.quick
-    args.transports = ([] if args.transports == "none" else args.transports.split(",") if args.transports
-                       else list(PROFILES))
+    args.transports = (
+        [] if args.transports == "none" else args.transports.split(",") if args.transports else list(PROFILES)
+    )
     unknown = [t for t in args.transports if t not in PROFILES]
     if unknown:
         p.error(f"unknown transport(s) {unknown}; known: {', '.join(PROFILES)}")
@@ -603,15 +693,22 @@ def main() -> None:
     args.rounds = args.rounds or (1 if q else 2)
     args.ramp_calls = args.ramp_calls or (20 if q else 50)
     args.hold = args.hold or (10.0 if q else 20.0)
-    args.ramp_transports = (args.ramp_transports.split(",") if args.ramp_transports
-                            else ["audiosocket-slin24"] if q else list(args.transports))
+    args.ramp_transports = (
+        args.ramp_transports.split(",")
+        if args.ramp_transports
+        else ["audiosocket-slin24"]
+        if q
+        else list(args.transports)
+    )
     started = time.monotonic()
     result = asyncio.run(run(args))
     if result["skipped"]:
         print(f"SKIPPED: {result['skipped']}")
     else:
-        print(f"done in {time.monotonic() - started:.0f} s" + (f", {len(result['failures'])} phase(s) FAILED"
-                                                               if result.get("failures") else ""))
+        print(
+            f"done in {time.monotonic() - started:.0f} s"
+            + (f", {len(result['failures'])} phase(s) FAILED" if result.get("failures") else "")
+        )
     if args.json:
         args.json.write_text(json.dumps(result, indent=1, default=str))
     sys.exit(1 if result.get("failures") else 0)

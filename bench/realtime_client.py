@@ -26,7 +26,9 @@ from shared.config.ga_session import build_session
 from shared.config.schema import OpenAIRealtime
 
 ROOT = Path(__file__).resolve().parent.parent
-SCRIPT = "default:\n  text: \"This is a long answer that keeps the audio flowing for the benchmark.\"\n  audio_ms: 10000\n"
+SCRIPT = (
+    'default:\n  text: "This is a long answer that keeps the audio flowing for the benchmark."\n  audio_ms: 10000\n'
+)
 
 
 async def one_call(url: str, seconds: float, received: list[int]) -> None:
@@ -92,8 +94,24 @@ def main() -> None:
         script = Path(tmp) / "script.yaml"
         script.write_text(SCRIPT)
         emulator = subprocess.Popen(
-            [sys.executable, "-m", "shared.cli", "sim", "realtime", "--port", "0", "--speed", "1",
-             "--script", str(script)], cwd=ROOT, stdout=subprocess.PIPE, text=True, env={**os.environ})
+            [
+                sys.executable,
+                "-m",
+                "shared.cli",
+                "sim",
+                "realtime",
+                "--port",
+                "0",
+                "--speed",
+                "1",
+                "--script",
+                str(script),
+            ],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ},
+        )
         try:
             line = emulator.stdout.readline().strip()
             url = line.split("listening on ", 1)[1]

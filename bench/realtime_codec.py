@@ -43,10 +43,19 @@ def main() -> None:
     remaining = 1000 * bytes_per_ms
     while remaining > 0:
         size = min(remaining, rng.randrange(30, 130) * bytes_per_ms // 2 * 2)
-        deltas.append(json.dumps({
-            "type": "response.output_audio.delta", "event_id": "event_" + "x" * 21, "response_id": "resp_1",
-            "item_id": "item_1", "output_index": 0, "content_index": 0,
-            "delta": base64.b64encode(bytes(rng.getrandbits(8) for _ in range(size))).decode()}))
+        deltas.append(
+            json.dumps(
+                {
+                    "type": "response.output_audio.delta",
+                    "event_id": "event_" + "x" * 21,
+                    "response_id": "resp_1",
+                    "item_id": "item_1",
+                    "output_index": 0,
+                    "content_index": 0,
+                    "delta": base64.b64encode(bytes(rng.getrandbits(8) for _ in range(size))).decode(),
+                }
+            )
+        )
         remaining -= size
 
     cpu0 = time.process_time()

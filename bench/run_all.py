@@ -54,8 +54,14 @@ def run(r: Run, timeout: float) -> Run:
     timeout instead of outliving the run."""
     r.load = " ".join(f"{v:.2f}" for v in os.getloadavg())
     t0 = time.monotonic()
-    p = subprocess.Popen([sys.executable, *r.argv], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True, start_new_session=True)
+    p = subprocess.Popen(
+        [sys.executable, *r.argv],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         r.stdout, r.stderr = p.communicate(timeout=timeout)
         r.rc = p.returncode
@@ -79,8 +85,18 @@ def run(r: Run, timeout: float) -> Run:
 def plan(quick: bool, json_path: Path, before_tree: Path | None = None) -> list[Run]:
     q = quick
     runs = [
-        Run("frame_path", ["bench/frame_path.py", "--seconds", "10" if q else "30", "--rounds", "7" if q else "31",
-                           "--json", str(json_path)]),
+        Run(
+            "frame_path",
+            [
+                "bench/frame_path.py",
+                "--seconds",
+                "10" if q else "30",
+                "--rounds",
+                "7" if q else "31",
+                "--json",
+                str(json_path),
+            ],
+        ),
         Run("realtime_codec pcm16", ["bench/realtime_codec.py", "--seconds", "300"]),
         Run("realtime_codec g711_ulaw", ["bench/realtime_codec.py", "--seconds", "300", "--format", "g711_ulaw"]),
         Run("media_audio", ["bench/media_audio.py", "--seconds", "5" if q else "10", "--rounds", "3" if q else "7"]),
@@ -88,19 +104,69 @@ def plan(quick: bool, json_path: Path, before_tree: Path | None = None) -> list[
         Run("realtime_client", ["bench/realtime_client.py", "--calls", "20", "--seconds", "5" if q else "10"]),
     ]
     for profile in MEDIA_PROFILES:
-        runs.append(Run(f"media_path {profile}", ["bench/media_path.py", "--calls", "20", "--seconds",
-                                                  "5" if q else "15", "--profile", profile]))
+        runs.append(
+            Run(
+                f"media_path {profile}",
+                ["bench/media_path.py", "--calls", "20", "--seconds", "5" if q else "15", "--profile", profile],
+            )
+        )
     # The issue's load test (100 concurrent calls for 2 minutes) and the capacity search, through real processes.
     calls, hold = ("20", "20") if q else ("100", "120")
-    runs.append(Run("loadtest", ["-m", "shared.cli", "loadtest", "--calls", calls, "--ramp", "20", "--hold", hold,
-                                 "--workers", "2", "--plot", str(ROOT / "bench" / "loadtest.png")], timeout=420))
-    runs.append(Run("capacity", ["bench/capacity.py", "--workers", "1,2" if q else "1,2,4", "--max-calls", "100",
-                                 "--runs", "2" if q else "3", "--ramp", "5", "--hold", "10" if q else "20"],
-                    timeout=900))
+    runs.append(
+        Run(
+            "loadtest",
+            [
+                "-m",
+                "shared.cli",
+                "loadtest",
+                "--calls",
+                calls,
+                "--ramp",
+                "20",
+                "--hold",
+                hold,
+                "--workers",
+                "2",
+                "--plot",
+                str(ROOT / "bench" / "loadtest.png"),
+            ],
+            timeout=420,
+        )
+    )
+    runs.append(
+        Run(
+            "capacity",
+            [
+                "bench/capacity.py",
+                "--workers",
+                "1,2" if q else "1,2,4",
+                "--max-calls",
+                "100",
+                "--runs",
+                "2" if q else "3",
+                "--ramp",
+                "5",
+                "--hold",
+                "10" if q else "20",
+            ],
+            timeout=900,
+        )
+    )
     # The real Asterisk 22 (sim.real_asterisk): skipped, exit 0, when it cannot be had.
     before = ["--before-tree", str(before_tree), "--before-runs", "1" if q else "3"] if before_tree else []
-    runs.append(Run("realpbx", ["bench/realpbx.py", *(["--quick"] if q else []), "--json",
-                                str(json_path.with_name("realpbx.json")), *before], timeout=300 if q else 1200))
+    runs.append(
+        Run(
+            "realpbx",
+            [
+                "bench/realpbx.py",
+                *(["--quick"] if q else []),
+                "--json",
+                str(json_path.with_name("realpbx.json")),
+                *before,
+            ],
+            timeout=300 if q else 1200,
+        )
+    )
     return runs
 
 
@@ -124,11 +190,20 @@ def machine() -> list[tuple[str, str]]:
             return metadata.version(pkg)
         except metadata.PackageNotFoundError:
             return "not installed"
+
     audioop = "stdlib" if sys.version_info < (3, 13) else f"audioop-lts {version('audioop-lts')}"
-    return [("CPU", cpu), ("cores", str(os.cpu_count())), ("RAM", ram),
-            ("OS", f"{platform.system()} {platform.release()} {platform.machine()}"),
-            ("Python", platform.python_version()), ("numpy", version("numpy")), ("soxr", version("soxr")),
-            ("msgspec", version("msgspec")), ("websockets", version("websockets")), ("audioop", audioop)]
+    return [
+        ("CPU", cpu),
+        ("cores", str(os.cpu_count())),
+        ("RAM", ram),
+        ("OS", f"{platform.system()} {platform.release()} {platform.machine()}"),
+        ("Python", platform.python_version()),
+        ("numpy", version("numpy")),
+        ("soxr", version("soxr")),
+        ("msgspec", version("msgspec")),
+        ("websockets", version("websockets")),
+        ("audioop", audioop),
+    ]
 
 
 # -- budgets --------------------------------------------------------------------------------------------------
@@ -154,35 +229,80 @@ def budget_rows(runs: dict[str, Run]) -> list[tuple[str, str, str, str]]:
         ours = {c["profile"]: c for c in fp["cpu"] if c["impl"] == "ours"}
         for profile, budget in [(p, 150.0) for p in PASSTHROUGH] + [(p, 400.0) for p in RESAMPLED]:
             c = ours[profile]["total"]
-            rows.append((f"CPU per call-second, audio path incl. base64 + JSON + playout: {profile}",
-                         f"{c['median']:.0f} µs ({c['min']:.0f}–{c['max']:.0f})", f"≤ {budget:.0f} µs",
-                         verdict(c["median"], budget)))
+            rows.append(
+                (
+                    f"CPU per call-second, audio path incl. base64 + JSON + playout: {profile}",
+                    f"{c['median']:.0f} µs ({c['min']:.0f}–{c['max']:.0f})",
+                    f"≤ {budget:.0f} µs",
+                    verdict(c["median"], budget),
+                )
+            )
         q = fp["quality"]["ours (FIR)"]
         worst = min(q["rejection_4600_db"], q["rejection_5000_db"], q["rejection_8000_db"])
-        rows.append(("24k→8k rejection of tones ≥ 4.6 kHz (worst of 4.6/5/8 kHz)", f"{worst:.1f} dB", "≥ 50 dB",
-                     verdict(worst, 50.0, lower_is_better=False, unit="dB")))
-        rows.append(("24k→8k pass band 100 Hz–3.4 kHz, ripple peak-to-peak", f"{q['ripple_pp_db']:.2f} dB",
-                     "≤ 1 dB", verdict(q["ripple_pp_db"], 1.0)))
+        rows.append(
+            (
+                "24k→8k rejection of tones ≥ 4.6 kHz (worst of 4.6/5/8 kHz)",
+                f"{worst:.1f} dB",
+                "≥ 50 dB",
+                verdict(worst, 50.0, lower_is_better=False, unit="dB"),
+            )
+        )
+        rows.append(
+            (
+                "24k→8k pass band 100 Hz–3.4 kHz, ripple peak-to-peak",
+                f"{q['ripple_pp_db']:.2f} dB",
+                "≤ 1 dB",
+                verdict(q["ripple_pp_db"], 1.0),
+            )
+        )
         d = [r for r in fp["delay"] if r["resampler"] == "ours (FIR)" and r["direction"].startswith("24k->8k")]
         added = max(r["added_max_ms"] for r in d)
-        rows.append(("24k→8k added delay (group delay + held back, worst chunking)", f"{added:.2f} ms", "≤ 3 ms",
-                     verdict(added, 3.0)))
+        rows.append(
+            (
+                "24k→8k added delay (group delay + held back, worst chunking)",
+                f"{added:.2f} ms",
+                "≤ 3 ms",
+                verdict(added, 3.0),
+            )
+        )
     for profile in MEDIA_PROFILES:
         out = runs[f"media_path {profile}"].stdout
         cpu = grab(r"-> ([0-9.]+) ms per call-second", out)
-        rows.append((f"CPU per call-second, whole media worker ({profile}, 20 calls)",
-                     "n/a" if cpu is None else f"{cpu:.2f} ms", "≤ 2.5 ms", verdict(cpu, 2.5)))
+        rows.append(
+            (
+                f"CPU per call-second, whole media worker ({profile}, 20 calls)",
+                "n/a" if cpu is None else f"{cpu:.2f} ms",
+                "≤ 2.5 ms",
+                verdict(cpu, 2.5),
+            )
+        )
         app = grab(r"append sent\s+p50 [0-9.]+ ms, p99 ([0-9.]+) ms", out)
-        rows.append((f"caller frame in → append sent, p99 ({profile})", "n/a" if app is None else f"{app:.2f} ms",
-                     "≤ 2 ms", verdict(app, 2.0)))
+        rows.append(
+            (
+                f"caller frame in → append sent, p99 ({profile})",
+                "n/a" if app is None else f"{app:.2f} ms",
+                "≤ 2 ms",
+                verdict(app, 2.0),
+            )
+        )
         first = grab(r"first frame out\s+p50 [0-9.]+ ms, p99 ([0-9.]+) ms", out)
-        rows.append((f"model delta in → first frame out, p99 ({profile})",
-                     "n/a" if first is None else f"{first:.2f} ms", "≤ 5 ms + one 20 ms frame = 25 ms",
-                     verdict(first, 25.0)))
+        rows.append(
+            (
+                f"model delta in → first frame out, p99 ({profile})",
+                "n/a" if first is None else f"{first:.2f} ms",
+                "≤ 5 ms + one 20 ms frame = 25 ms",
+                verdict(first, 25.0),
+            )
+        )
         if cpu:
-            rows.append((f"calls per media worker process, from CPU alone ({profile})",
-                         f"≤ {1000 / cpu:.0f} at 100 % of a core (estimate, not a load test)", "≥ 200",
-                         "met (estimate)" if 1000 / cpu >= 200 else f"missed by {200 * cpu / 1000:.1f}× (estimate)"))
+            rows.append(
+                (
+                    f"calls per media worker process, from CPU alone ({profile})",
+                    f"≤ {1000 / cpu:.0f} at 100 % of a core (estimate, not a load test)",
+                    "≥ 200",
+                    "met (estimate)" if 1000 / cpu >= 200 else f"missed by {200 * cpu / 1000:.1f}× (estimate)",
+                )
+            )
     lt = runs.get("loadtest")
     if lt is not None and lt.stdout:
         out = lt.stdout
@@ -190,31 +310,59 @@ def budget_rows(runs: dict[str, Run]) -> list[tuple[str, str, str, str]]:
         dropped = grab(r"calls dropped: (\d+)", out)
         left = re.search(r"left in the simulator: (\S+) channels, (\S+) bridges", out)
         if setup:
-            rows.append(("load test: calls set up / dropped / left over (channels, bridges)",
-                         f"{setup.group(1)}/{setup.group(2)} / {dropped:.0f} / "
-                         f"{left.group(1) if left else '?'}, {left.group(2) if left else '?'}",
-                         "all / 0 / 0", "met" if setup.group(1) == setup.group(2) and dropped == 0
-                         and left and left.group(1) == "0" and left.group(2) == "0" else "missed"))
-        for label, what, budget in [("answer -> first greeting frame", "call answered → first greeting frame, p95 "
-                                     "(load test)", 100.0),
-                                    ("barge-in -> agent audio stopped", "barge-in: speech detected → agent audio "
-                                     "stops, p95 (load test)", 20.0)]:
+            rows.append(
+                (
+                    "load test: calls set up / dropped / left over (channels, bridges)",
+                    f"{setup.group(1)}/{setup.group(2)} / {dropped:.0f} / "
+                    f"{left.group(1) if left else '?'}, {left.group(2) if left else '?'}",
+                    "all / 0 / 0",
+                    "met"
+                    if setup.group(1) == setup.group(2)
+                    and dropped == 0
+                    and left
+                    and left.group(1) == "0"
+                    and left.group(2) == "0"
+                    else "missed",
+                )
+            )
+        for label, what, budget in [
+            ("answer -> first greeting frame", "call answered → first greeting frame, p95 (load test)", 100.0),
+            ("barge-in -> agent audio stopped", "barge-in: speech detected → agent audio stops, p95 (load test)", 20.0),
+        ]:
             p95 = grab(re.escape(label) + r"\s+\d+\s+[0-9.]+\s+([0-9.]+)", out)
             rows.append((what, "n/a" if p95 is None else f"{p95:.1f} ms", f"≤ {budget:.0f} ms", verdict(p95, budget)))
-        lag = [float(v) for v in re.findall(r" ([0-9.]+)(?:,|$)", (re.search(r"tick lag p99 per worker[^:]*: (.*)",
-                                                                              out) or [None, ""])[1])]
+        lag = [
+            float(v)
+            for v in re.findall(
+                r" ([0-9.]+)(?:,|$)", (re.search(r"tick lag p99 per worker[^:]*: (.*)", out) or [None, ""])[1]
+            )
+        ]
         if lag:
-            rows.append(("load test: playout tick lag p99, worst worker", f"{max(lag):.1f} ms", "≤ 5 ms",
-                         verdict(max(lag), 5.0)))
+            rows.append(
+                (
+                    "load test: playout tick lag p99, worst worker",
+                    f"{max(lag):.1f} ms",
+                    "≤ 5 ms",
+                    verdict(max(lag), 5.0),
+                )
+            )
     cap = runs.get("capacity")
     if cap is not None and cap.stdout:
         one = grab(r"=> 1 worker\(s\): (\d+) calls pass", cap.stdout)
-        rows.append(("calls per media worker process, p99 tick lag ≤ 5 ms, no underruns (capacity search, the "
-                     "simulators on the same 2 cores)", "n/a" if one is None else f"{one:.0f}", "≥ 200",
-                     verdict(one, 200.0, lower_is_better=False, unit="calls")))
+        rows.append(
+            (
+                "calls per media worker process, p99 tick lag ≤ 5 ms, no underruns (capacity search, the "
+                "simulators on the same 2 cores)",
+                "n/a" if one is None else f"{one:.0f}",
+                "≥ 200",
+                verdict(one, 200.0, lower_is_better=False, unit="calls"),
+            )
+        )
     rows += realpbx_budget_rows(runs.get("realpbx"))
-    for what, budget in [("worker killed → conversation resumes elsewhere", "p95 ≤ 1.5 s"),
-                         ("call ended → summary email accepted", "p95 ≤ 1 s")]:
+    for what, budget in [
+        ("worker killed → conversation resumes elsewhere", "p95 ≤ 1.5 s"),
+        ("call ended → summary email accepted", "p95 ≤ 1 s"),
+    ]:
         rows.append((what, "not in bench/", budget, "not measured here"))
     return rows
 
@@ -239,31 +387,68 @@ def realpbx_budget_rows(r: Run | None) -> list[tuple[str, str, str, str]]:
     rows = []
     for transport, t in data["transports"].items():
         g = t.get("greeting")
-        rows.append((f"real PBX, {transport}: answer → first greeting frame heard by the caller, p50 / p95", _pp(g),
-                     "p95 ≤ 100 ms", verdict(_ms(g), 100.0)))
+        rows.append(
+            (
+                f"real PBX, {transport}: answer → first greeting frame heard by the caller, p50 / p95",
+                _pp(g),
+                "p95 ≤ 100 ms",
+                verdict(_ms(g), 100.0),
+            )
+        )
         turn = t.get("turn")
-        rows.append((f"real PBX, {transport}: caller speech end → first agent frame heard, p50 / p95 (includes the "
-                     "config's 1 s silence_duration_ms)", _pp(turn), "p95 ≤ 2 s (TurnLatencyHigh alert)",
-                     verdict(_ms(turn), 2000.0)))
+        rows.append(
+            (
+                f"real PBX, {transport}: caller speech end → first agent frame heard, p50 / p95 (includes the "
+                "config's 1 s silence_duration_ms)",
+                _pp(turn),
+                "p95 ≤ 2 s (TurnLatencyHigh alert)",
+                verdict(_ms(turn), 2000.0),
+            )
+        )
         b = t.get("barge")
-        rows.append((f"real PBX, {transport}: barge-in onset → last agent frame heard by the caller, p50 / p95 "
-                     "(includes the gate's detection)", _pp(b), "≤ 20 ms (from speech detected)",
-                     verdict(_ms(b), 20.0)))
+        rows.append(
+            (
+                f"real PBX, {transport}: barge-in onset → last agent frame heard by the caller, p50 / p95 "
+                "(includes the gate's detection)",
+                _pp(b),
+                "≤ 20 ms (from speech detected)",
+                verdict(_ms(b), 20.0),
+            )
+        )
         wb = (t.get("worker") or {}).get("bargein_ms")
-        rows.append((f"real PBX, {transport}: barge-in speech detected → agent audio stopped (worker), p50 / p95",
-                     _pp(wb), "≤ 20 ms", verdict(_ms(wb), 20.0)))
+        rows.append(
+            (
+                f"real PBX, {transport}: barge-in speech detected → agent audio stopped (worker), p50 / p95",
+                _pp(wb),
+                "≤ 20 ms",
+                verdict(_ms(wb), 20.0),
+            )
+        )
         ramp = t.get("ramp")
         if ramp:
             rows.append(_ramp_row(f"real PBX, {transport}", ramp))
             cpu = (ramp.get("cpu") or {}).get("ms_per_call_s") or {}
             if cpu:
-                rows.append((f"real PBX, {transport}: CPU ms per call-second in the ramp's hold, Asterisk / media "
-                             "worker / controller", " / ".join("n/a" if cpu.get(k) is None else f"{cpu[k]:.2f}"
-                                                              for k in ("asterisk", "media worker", "controller")),
-                             "media worker ≤ 2.5 ms", verdict(cpu.get("media worker"), 2.5)))
+                rows.append(
+                    (
+                        f"real PBX, {transport}: CPU ms per call-second in the ramp's hold, Asterisk / media "
+                        "worker / controller",
+                        " / ".join(
+                            "n/a" if cpu.get(k) is None else f"{cpu[k]:.2f}"
+                            for k in ("asterisk", "media worker", "controller")
+                        ),
+                        "media worker ≤ 2.5 ms",
+                        verdict(cpu.get("media worker"), 2.5),
+                    )
+                )
     if data.get("before"):
-        rows.append(_ramp_row(f"real PBX, audiosocket-slin24, roles of {data['before'].get('commit')} (before the "
-                              "Stasis-entry fix)", data["before"], before=True))
+        rows.append(
+            _ramp_row(
+                f"real PBX, audiosocket-slin24, roles of {data['before'].get('commit')} (before the Stasis-entry fix)",
+                data["before"],
+                before=True,
+            )
+        )
     for failure in data.get("failures") or []:
         rows.append(("real PBX phase failed", failure, "—", "missed"))
     return rows
@@ -272,101 +457,162 @@ def realpbx_budget_rows(r: Run | None) -> list[tuple[str, str, str, str]]:
 def _ramp_row(label: str, ramp: dict, before: bool = False) -> tuple[str, str, str, str]:
     o = ramp.get("orphans_after_stop", {})
     orphans = (o.get("channels", 0) or 0) + (o.get("bridges", 0) or 0) + ramp["redis_calls_left"]
-    measured = (f"{ramp['setup_failed']} / {ramp['fallback']} / {o.get('channels', '?')} channels, "
-                f"{o.get('bridges', '?')} bridges, {ramp['redis_calls_left']} Redis calls "
-                f"({ramp['answered']}/{ramp['calls']} answered)")
+    measured = (
+        f"{ramp['setup_failed']} / {ramp['fallback']} / {o.get('channels', '?')} channels, "
+        f"{o.get('bridges', '?')} bridges, {ramp['redis_calls_left']} Redis calls "
+        f"({ramp['answered']}/{ramp['calls']} answered)"
+    )
     if len(ramp.get("runs") or []) > 1:
-        measured += (f" in {len(ramp['runs'])} ramps of {ramp['runs'][0]['calls']} (setup failures per ramp: "
-                     f"{', '.join(str(n) for n in ramp['per_run_setup_failed'])})")
+        measured += (
+            f" in {len(ramp['runs'])} ramps of {ramp['runs'][0]['calls']} (setup failures per ramp: "
+            f"{', '.join(str(n) for n in ramp['per_run_setup_failed'])})"
+        )
     ok = ramp["setup_failed"] == 0 and ramp["fallback"] == 0 and orphans == 0
     calls = ramp["runs"][0]["calls"] if ramp.get("runs") else ramp["calls"]
-    return (f"{label}: ramp of {calls} calls over {ramp.get('ramp_s', 0):g} s, held {ramp.get('hold_s', 0):g} "
-            "s: setup failures / fallbacks / orphans", measured, "0 / 0 / 0",
-            ("for comparison: " if before else "") + ("met" if ok else "missed"))
+    return (
+        f"{label}: ramp of {calls} calls over {ramp.get('ramp_s', 0):g} s, held {ramp.get('hold_s', 0):g} "
+        "s: setup failures / fallbacks / orphans",
+        measured,
+        "0 / 0 / 0",
+        ("for comparison: " if before else "") + ("met" if ok else "missed"),
+    )
 
 
 # -- report ---------------------------------------------------------------------------------------------------
 
 
 def frame_path_tables(fp: dict) -> list[str]:
-    lines = [f"µs of CPU per call-second: median (min–max) over {fp['rounds']} interleaved rounds of "
-             f"{fp['seconds']} call-seconds each; `× ours` is the alternative's median total over ours "
-             f"(> 1: the alternative costs more). Harness loop alone: {fp['null_us']:.1f} µs.", ""]
-    base = {(c["profile"], "conversion only" in c["impl"]): c["total"]["median"]
-            for c in fp["cpu"] if c["impl"].startswith("ours")}
-    lines += ["| profile | variant | in | out | tick | total (min–max) | × ours |", "|---|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"µs of CPU per call-second: median (min–max) over {fp['rounds']} interleaved rounds of "
+        f"{fp['seconds']} call-seconds each; `× ours` is the alternative's median total over ours "
+        f"(> 1: the alternative costs more). Harness loop alone: {fp['null_us']:.1f} µs.",
+        "",
+    ]
+    base = {
+        (c["profile"], "conversion only" in c["impl"]): c["total"]["median"]
+        for c in fp["cpu"]
+        if c["impl"].startswith("ours")
+    }
+    lines += [
+        "| profile | variant | in | out | tick | total (min–max) | × ours |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
     for c in fp["cpu"]:
         ref = base[(c["profile"], "conversion only" in c["impl"])]
         t = c["total"]
-        lines.append(f"| {c['profile']} | {c['impl']} | {c['in']['median']:.0f} | {c['out']['median']:.0f} | "
-                     f"{c['tick']['median']:.0f} | {t['median']:.0f} ({t['min']:.0f}–{t['max']:.0f}) | "
-                     f"{t['median'] / ref:.2f} |")
-    lines += ["", "Resampler delay: group delay of a 2 ms Hann pulse in the concatenated output, plus the audio held "
-              "back after each call (expected minus emitted output, from the second quarter of a 2 s stream on).", "",
-              "| resampler | direction (chunk) | group delay ms | held back mean / max ms | added mean / max ms | "
-              "calls with no output |", "|---|---|---:|---:|---:|---:|"]
+        lines.append(
+            f"| {c['profile']} | {c['impl']} | {c['in']['median']:.0f} | {c['out']['median']:.0f} | "
+            f"{c['tick']['median']:.0f} | {t['median']:.0f} ({t['min']:.0f}–{t['max']:.0f}) | "
+            f"{t['median'] / ref:.2f} |"
+        )
+    lines += [
+        "",
+        "Resampler delay: group delay of a 2 ms Hann pulse in the concatenated output, plus the audio held "
+        "back after each call (expected minus emitted output, from the second quarter of a 2 s stream on).",
+        "",
+        "| resampler | direction (chunk) | group delay ms | held back mean / max ms | added mean / max ms | "
+        "calls with no output |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
     for d in fp["delay"]:
-        lines.append(f"| {d['resampler']} | {d['direction']} | {d['group_delay_ms']:.3f} | "
-                     f"{d['held_mean_ms']:.2f} / {d['held_max_ms']:.2f} | {d['added_mean_ms']:.2f} / "
-                     f"{d['added_max_ms']:.2f} | {d['empty_calls_pct']:.0f} % |")
-    lines += ["", "24k→8k quality, 100 ms chunks: rejection of a −6 dBFS tone (the larger of its alias and the "
-              "output's whole level, floored at 0.5 LSB ≈ 90 dB), pass-band gain at 100/300/1000/2000/3000/3400 Hz.",
-              "", "| resampler | 4.6 kHz dB | 5 kHz dB | 8 kHz dB | ripple p-p dB | gain at 3.4 kHz dB |",
-              "|---|---:|---:|---:|---:|---:|"]
+        lines.append(
+            f"| {d['resampler']} | {d['direction']} | {d['group_delay_ms']:.3f} | "
+            f"{d['held_mean_ms']:.2f} / {d['held_max_ms']:.2f} | {d['added_mean_ms']:.2f} / "
+            f"{d['added_max_ms']:.2f} | {d['empty_calls_pct']:.0f} % |"
+        )
+    lines += [
+        "",
+        "24k→8k quality, 100 ms chunks: rejection of a −6 dBFS tone (the larger of its alias and the "
+        "output's whole level, floored at 0.5 LSB ≈ 90 dB), pass-band gain at 100/300/1000/2000/3000/3400 Hz.",
+        "",
+        "| resampler | 4.6 kHz dB | 5 kHz dB | 8 kHz dB | ripple p-p dB | gain at 3.4 kHz dB |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for name, q in fp["quality"].items():
-        lines.append(f"| {name} | {q['rejection_4600_db']:.1f} | {q['rejection_5000_db']:.1f} | "
-                     f"{q['rejection_8000_db']:.1f} | {q['ripple_pp_db']:.2f} | {q['gain_3400_db']:+.2f} |")
+        lines.append(
+            f"| {name} | {q['rejection_4600_db']:.1f} | {q['rejection_5000_db']:.1f} | "
+            f"{q['rejection_8000_db']:.1f} | {q['ripple_pp_db']:.2f} | {q['gain_3400_db']:+.2f} |"
+        )
     return lines
 
 
 def realpbx_table(data: dict) -> list[str]:
-    lines = [f"Asterisk {data.get('asterisk', '?')} (Debian's package, sim.real_asterisk), one controller and one "
-             "media worker, the Realtime emulator (no delay of its own before its first audio), callers from "
-             "sim.pbx_caller; times as the caller hears them (frame arrival at its RTP socket), ms p50 / p95. The "
-             "machine is shared: the load average at the start of each phase is given.", "",
-             "| transport | answer → greeting heard | speech end → agent heard | barge onset → last agent frame "
-             "heard | worker: barge detected → stopped | ramp: answered, setup failures / fallbacks / orphans "
-             "(channels, bridges, Redis calls) | CPU ms per call-second: Asterisk / media worker / controller | "
-             "load average (calls; ramp) |", "|---|---:|---:|---:|---:|---|---|---|"]
+    lines = [
+        f"Asterisk {data.get('asterisk', '?')} (Debian's package, sim.real_asterisk), one controller and one "
+        "media worker, the Realtime emulator (no delay of its own before its first audio), callers from "
+        "sim.pbx_caller; times as the caller hears them (frame arrival at its RTP socket), ms p50 / p95. The "
+        "machine is shared: the load average at the start of each phase is given.",
+        "",
+        "| transport | answer → greeting heard | speech end → agent heard | barge onset → last agent frame "
+        "heard | worker: barge detected → stopped | ramp: answered, setup failures / fallbacks / orphans "
+        "(channels, bridges, Redis calls) | CPU ms per call-second: Asterisk / media worker / controller | "
+        "load average (calls; ramp) |",
+        "|---|---:|---:|---:|---:|---|---|---|",
+    ]
 
     def ramp_cells(ramp: dict | None) -> tuple[str, str, str]:
         if not ramp:
             return "not run", "—", ""
         o = ramp.get("orphans_after_stop", {})
         cpu = (ramp.get("cpu") or {}).get("ms_per_call_s") or {}
-        cpu_s = " / ".join("n/a" if cpu.get(k) is None else f"{cpu[k]:.2f}"
-                           for k in ("asterisk", "media worker", "controller")) if cpu else "n/a"
-        return (f"{ramp['answered']}/{ramp['calls']}, {ramp['setup_failed']} / {ramp['fallback']} / "
-                f"{o.get('channels', '?')}, {o.get('bridges', '?')}, {ramp['redis_calls_left']}", cpu_s, ramp["load"])
+        cpu_s = (
+            " / ".join(
+                "n/a" if cpu.get(k) is None else f"{cpu[k]:.2f}" for k in ("asterisk", "media worker", "controller")
+            )
+            if cpu
+            else "n/a"
+        )
+        return (
+            f"{ramp['answered']}/{ramp['calls']}, {ramp['setup_failed']} / {ramp['fallback']} / "
+            f"{o.get('channels', '?')}, {o.get('bridges', '?')}, {ramp['redis_calls_left']}",
+            cpu_s,
+            ramp["load"],
+        )
 
     for transport, t in data["transports"].items():
         ramp, cpu, ramp_load = ramp_cells(t.get("ramp"))
-        lines.append(f"| {transport} | {_pp(t.get('greeting'))} | {_pp(t.get('turn'))} | {_pp(t.get('barge'))} | "
-                     f"{_pp((t.get('worker') or {}).get('bargein_ms'))} | {ramp} | {cpu} | {t.get('load', '')}; "
-                     f"{ramp_load} |")
+        lines.append(
+            f"| {transport} | {_pp(t.get('greeting'))} | {_pp(t.get('turn'))} | {_pp(t.get('barge'))} | "
+            f"{_pp((t.get('worker') or {}).get('bargein_ms'))} | {ramp} | {cpu} | {t.get('load', '')}; "
+            f"{ramp_load} |"
+        )
     if data.get("before"):
         ramp, cpu, ramp_load = ramp_cells(data["before"])
         n = len(data["before"].get("runs") or [1])
-        lines.append(f"| audiosocket-slin24, roles of {data['before'].get('commit')} (before the fix"
-                     f"{f', {n} ramps' if n > 1 else ''}) | | | | | "
-                     f"{ramp} | {cpu} | {ramp_load} |")
-    ramps = [t["ramp"] for t in data["transports"].values() if t.get("ramp")] + ([data["before"]] if data.get("before")
-                                                                                 else [])
+        lines.append(
+            f"| audiosocket-slin24, roles of {data['before'].get('commit')} (before the fix"
+            f"{f', {n} ramps' if n > 1 else ''}) | | | | | "
+            f"{ramp} | {cpu} | {ramp_load} |"
+        )
+    ramps = [t["ramp"] for t in data["transports"].values() if t.get("ramp")] + (
+        [data["before"]] if data.get("before") else []
+    )
     if ramps:
         r = (ramps[0].get("runs") or [ramps[0]])[0]
-        lines += ["", f"Ramp: {r['calls']} calls started over {r.get('ramp_s', 0):g} s, each held "
-                  f"{r.get('hold_s', 0):g} s from its answer, every caller saying a short phrase every 5 s and the "
-                  "agent answering; CPU from /proc/<pid>/stat utime+stime over the window in which every answered "
-                  "call is up, divided by the call-seconds in it. Asterisk's CPU includes the test callers' half of "
-                  "each call (a Local channel pair, an ExternalMedia RTP leg and a bridge)."]
+        lines += [
+            "",
+            f"Ramp: {r['calls']} calls started over {r.get('ramp_s', 0):g} s, each held "
+            f"{r.get('hold_s', 0):g} s from its answer, every caller saying a short phrase every 5 s and the "
+            "agent answering; CPU from /proc/<pid>/stat utime+stime over the window in which every answered "
+            "call is up, divided by the call-seconds in it. Asterisk's CPU includes the test callers' half of "
+            "each call (a Local channel pair, an ExternalMedia RTP leg and a bridge).",
+        ]
     return lines
 
 
 def write_report(out: Path, runs: list[Run], started: dt.datetime, total: float) -> None:
     by_name = {r.name: r for r in runs}
-    lines = ["# Bench results", "",
-             f"Generated by `{PY} bench/run_all.py` on {started:%Y-%m-%d %H:%M} UTC in {total:.0f} s. "
-             "Do not edit by hand: rerun the command.", "", "## Machine", "", "| | |", "|---|---|"]
+    lines = [
+        "# Bench results",
+        "",
+        f"Generated by `{PY} bench/run_all.py` on {started:%Y-%m-%d %H:%M} UTC in {total:.0f} s. "
+        "Do not edit by hand: rerun the command.",
+        "",
+        "## Machine",
+        "",
+        "| | |",
+        "|---|---|",
+    ]
     lines += [f"| {k} | {v} |" for k, v in machine()]
     lines += ["", "## Budgets", "", "| what | measured | budget | verdict |", "|---|---|---|---|"]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in budget_rows(by_name)]
@@ -378,8 +624,15 @@ def write_report(out: Path, runs: list[Run], started: dt.datetime, total: float)
         lines += realpbx_table(by_name["realpbx"].data)
     lines += ["", "## Commands and their output", ""]
     for r in runs:
-        lines += [f"### {r.name}", "", f"`{r.command}` ({r.seconds:.1f} s, exit {r.rc}, load average at start {r.load})", "", "```",
-                  r.stdout.rstrip() or "(no output)", "```"]
+        lines += [
+            f"### {r.name}",
+            "",
+            f"`{r.command}` ({r.seconds:.1f} s, exit {r.rc}, load average at start {r.load})",
+            "",
+            "```",
+            r.stdout.rstrip() or "(no output)",
+            "```",
+        ]
         if r.rc != 0:
             lines += ["", "stderr (tail):", "", "```", r.stderr[-2000:].rstrip(), "```"]
         lines.append("")
@@ -390,9 +643,13 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "RESULTS.md")
     parser.add_argument("--quick", action="store_true", help="shorter runs (about a minute), for a smoke test")
-    parser.add_argument("--realpbx-before", type=Path, metavar="TREE",
-                        help="a checkout from before the Stasis-entry fix (e.g. `git worktree add /tmp/before-bench "
-                             "f0ac822`): bench/realpbx.py runs its ramp once more with that tree's roles")
+    parser.add_argument(
+        "--realpbx-before",
+        type=Path,
+        metavar="TREE",
+        help="a checkout from before the Stasis-entry fix (e.g. `git worktree add /tmp/before-bench "
+        "f0ac822`): bench/realpbx.py runs its ramp once more with that tree's roles",
+    )
     args = parser.parse_args()
     started = dt.datetime.now(dt.timezone.utc)
     t0 = time.monotonic()

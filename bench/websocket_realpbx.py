@@ -51,10 +51,18 @@ QUESTION_AT, QUESTION_MS = 2.5, 900
 INTERRUPT_AT, INTERRUPT_MS = QUESTION_AT + QUESTION_MS / 1000 + 3.5, 1500
 CALL_S = INTERRUPT_AT + INTERRUPT_MS / 1000 + 3.0
 CONTEXTS = {
-    "from-ai-agent-ws": ["Set(AI_CONTEXT=${BENCH_CONTEXT})", "Set(AI_PROVIDER=openai_realtime)",
-                         "Stasis(asterisk-ai-voice-agent)", "Hangup()"],
-    "ws-caller": ["Answer()", "MixMonitor({run}/heard-${BENCH_CALL}-mix.wav,r({run}/heard-${BENCH_CALL}.wav))",
-                  "Playback({run}/caller-says)", "Hangup()"],
+    "from-ai-agent-ws": [
+        "Set(AI_CONTEXT=${BENCH_CONTEXT})",
+        "Set(AI_PROVIDER=openai_realtime)",
+        "Stasis(asterisk-ai-voice-agent)",
+        "Hangup()",
+    ],
+    "ws-caller": [
+        "Answer()",
+        "MixMonitor({run}/heard-${BENCH_CALL}-mix.wav,r({run}/heard-${BENCH_CALL}.wav))",
+        "Playback({run}/caller-says)",
+        "Hangup()",
+    ],
 }
 
 
@@ -66,11 +74,18 @@ def add_dialplan(ast, run_dir: Path) -> None:
 
 def caller_wav(path: Path) -> None:
     rate = 8000
+
     def speech(text: str, ms: int) -> np.ndarray:
         pcm24 = voice.speech(text, ms, "en-us+m3", seed=7).astype(np.float32)
         return soxr.resample(pcm24, 24000, rate).astype(np.float64)
-    parts = [np.zeros(int(QUESTION_AT * rate)), speech("When are you open?", QUESTION_MS),
-             np.zeros(int(3.5 * rate)), speech("Sorry, where exactly are you?", INTERRUPT_MS), np.zeros(3 * rate)]
+
+    parts = [
+        np.zeros(int(QUESTION_AT * rate)),
+        speech("When are you open?", QUESTION_MS),
+        np.zeros(int(3.5 * rate)),
+        speech("Sorry, where exactly are you?", INTERRUPT_MS),
+        np.zeros(3 * rate),
+    ]
     pcm = np.concatenate(parts)
     pcm = (pcm * (16000 / max(np.abs(pcm).max(), 1.0))).clip(-32768, 32767).astype("<i2")  # peaks at -6 dBFS
     with wave.open(str(path), "wb") as w:
@@ -84,7 +99,7 @@ def loud(path: Path, floor_dbfs: float = -40.0) -> list[bool]:
         pcm = np.frombuffer(w.readframes(w.getnframes()), "<i2").astype(np.float64)
     n = rate // 50
     frames = pcm[: len(pcm) // n * n].reshape(-1, n)
-    rms = np.sqrt((frames ** 2).mean(axis=1)) + 1e-9
+    rms = np.sqrt((frames**2).mean(axis=1)) + 1e-9
     return [20 * math.log10(r / 32768) > floor_dbfs for r in rms]
 
 
@@ -113,12 +128,18 @@ async def run(profiles: list[str], calls: int, redis_url: str, keep: bool = Fals
     key_prefix = f"wsb{uuid.uuid4().hex[:6]}:"
     keys = Keys(key_prefix)
     redis = aioredis.Redis.from_url(redis_url, decode_responses=True)
-    emu = Emulator(script=Script(greeting=Reply(text="Hello, thanks for calling. How can I help?", audio_ms=1500),
-                                 turns={1: Reply(text="Let me tell you all about our opening hours in detail.",
-                                                 pcm=tone24k(6000)),
-                                        2: Reply(text="Twelve Harbour Street.", audio_ms=1500)},
-                                 transcripts={1: "When are you open?", 2: "Sorry, where exactly are you?"}),
-                   api_keys={API_KEY}, speed=4.0)
+    emu = Emulator(
+        script=Script(
+            greeting=Reply(text="Hello, thanks for calling. How can I help?", audio_ms=1500),
+            turns={
+                1: Reply(text="Let me tell you all about our opening hours in detail.", pcm=tone24k(6000)),
+                2: Reply(text="Twelve Harbour Street.", audio_ms=1500),
+            },
+            transcripts={1: "When are you open?", 2: "Sorry, where exactly are you?"},
+        ),
+        api_keys={API_KEY},
+        speed=4.0,
+    )
     await emu.start("127.0.0.1", 0)
     results: dict[str, list[dict]] = {}
     cluster: LocalCluster | None = None
@@ -128,30 +149,46 @@ async def run(profiles: list[str], calls: int, redis_url: str, keep: bool = Fals
             config = yaml.safe_load((ROOT / "config/ai-agent.yaml").read_text())
             config["asterisk"].update(ari_url=ari_url, username=ari_user, password=ari_password)
             config.setdefault("profiles", {})["websocket_slin16"] = {
-                "transport": "websocket", "format": "slin16", "provider_format": "pcm16"}
-            config["contexts"].update({p: {"profile": p, "greeting": "Hello {caller_name}",
-                                           "prompt": "Be brief."} for p in profiles})
+                "transport": "websocket",
+                "format": "slin16",
+                "provider_format": "pcm16",
+            }
+            config["contexts"].update(
+                {p: {"profile": p, "greeting": "Hello {caller_name}", "prompt": "Be brief."} for p in profiles}
+            )
             (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
-            env = {"REDIS_URL": redis_url, "REDIS_KEY_PREFIX": key_prefix, "OPENAI_API_KEY": API_KEY,
-                   "OPENAI_REALTIME_URL": emu.url, "REALTIME_PREWARM": "1", "LOG_LEVEL": "info"}
+            env = {
+                "REDIS_URL": redis_url,
+                "REDIS_KEY_PREFIX": key_prefix,
+                "OPENAI_API_KEY": API_KEY,
+                "OPENAI_REALTIME_URL": emu.url,
+                "REALTIME_PREWARM": "1",
+                "LOG_LEVEL": "info",
+            }
             cluster = LocalCluster(run_dir / "config.yaml", run_dir, env)
-            procs = [cluster.start("controller", instance_id="controller-bench"),
-                     cluster.start("media-worker", "--audiosocket-port", "0", "--rtp-ports", "32000-32099",
-                                   instance_id="worker-bench")]
+            procs = [
+                cluster.start("controller", instance_id="controller-bench"),
+                cluster.start(
+                    "media-worker", "--audiosocket-port", "0", "--rtp-ports", "32000-32099", instance_id="worker-bench"
+                ),
+            ]
             if not await asyncio.to_thread(cluster.wait_ready, procs, 30):
                 raise RuntimeError("\n".join(p.log_text()[-3000:] for p in procs))
             n = 0
             for profile in profiles:
                 for _ in range(calls):
                     n += 1
-                    results.setdefault(profile, []).append(await one_call(http, ari_url, redis, keys, emu, run_dir,
-                                                                          profile, n))
+                    results.setdefault(profile, []).append(
+                        await one_call(http, ari_url, redis, keys, emu, run_dir, profile, n)
+                    )
             async with http.get(f"{ari_url}/ari/channels") as r:
                 left = await r.json()
             async with http.get(f"{ari_url}/ari/bridges") as r:
                 left_bridges = await r.json()
-        errors = {p.role: [line for line in p.log_text().splitlines() if "ERROR" in line or "Traceback" in line]
-                  for p in cluster.processes}
+        errors = {
+            p.role: [line for line in p.log_text().splitlines() if "ERROR" in line or "Traceback" in line]
+            for p in cluster.processes
+        }
         return RunResult(results, len(left), len(left_bridges), errors)
     finally:
         if cluster is not None:
@@ -170,8 +207,10 @@ async def run(profiles: list[str], calls: int, redis_url: str, keep: bool = Fals
 async def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--calls", type=int, default=3)
-    ap.add_argument("--profiles", default="websocket_ulaw_8k,websocket_slin16,websocket_pcm16_24k,"
-                                          "telephony_pcm16_24k,telephony_ulaw_8k")
+    ap.add_argument(
+        "--profiles",
+        default="websocket_ulaw_8k,websocket_slin16,websocket_pcm16_24k,telephony_pcm16_24k,telephony_ulaw_8k",
+    )
     ap.add_argument("--redis", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
     ap.add_argument("--keep", action="store_true", help="keep the run directory")
     ap.add_argument("--json", type=Path, help="write the figures here")
@@ -215,16 +254,22 @@ async def one_call(http, ari_url, redis, keys, emu, run: Path, profile: str, n: 
     start = next((i for i in range(q_end, len(heard)) if heard[i]), None)
     end = next((i for i in range(start, len(heard)) if not heard[i]), None) if start is not None else None
     truncs = [t for s in emu.sessions for t in s.truncations][truncations_before:]
-    out = {"profile": profile, "setup_ms": record.get("setup_ms"), "greeting_ms": record.get("greeting_ms"),
-           "turn_ms": record.get("turn_ms"), "bargein_ms": record.get("bargein_ms"),
-           "truncations": record.get("truncations"), "end": record.get("worker_end_reason"),
-           "greeting_onset_heard_ms": onset,
-           "interrupt_to_silence_ms": (end * 20 - INTERRUPT_AT * 1000) if end is not None else None,
-           "answer_heard_ms": ((end - start) * 20) if end is not None else None,
-           "truncated_at_ms": truncs[0]["audio_end_ms"] if truncs else None,
-           "media_queue_max": record.get("media_queue_max"), "media_flushed_frames": record.get("media_flushed_frames"),
-
-           "wall_s": round(time.monotonic() - t0, 1)}
+    out = {
+        "profile": profile,
+        "setup_ms": record.get("setup_ms"),
+        "greeting_ms": record.get("greeting_ms"),
+        "turn_ms": record.get("turn_ms"),
+        "bargein_ms": record.get("bargein_ms"),
+        "truncations": record.get("truncations"),
+        "end": record.get("worker_end_reason"),
+        "greeting_onset_heard_ms": onset,
+        "interrupt_to_silence_ms": (end * 20 - INTERRUPT_AT * 1000) if end is not None else None,
+        "answer_heard_ms": ((end - start) * 20) if end is not None else None,
+        "truncated_at_ms": truncs[0]["audio_end_ms"] if truncs else None,
+        "media_queue_max": record.get("media_queue_max"),
+        "media_flushed_frames": record.get("media_flushed_frames"),
+        "wall_s": round(time.monotonic() - t0, 1),
+    }
     print(json.dumps(out))
     return out
 
@@ -236,18 +281,26 @@ def report(results: dict[str, list[dict]]) -> None:
     def med(values):
         values = [float(v) for v in values if v not in (None, "")]
         return f"{statistics.median(values):.0f}" if values else "-"
-    print("\nprofile                  setup  greeting(worker)  greeting onset heard  turn  barge-in(worker)  "
-          "interrupt->silent heard  |trunc-heard|  ast.queue max")
+
+    print(
+        "\nprofile                  setup  greeting(worker)  greeting onset heard  turn  barge-in(worker)  "
+        "interrupt->silent heard  |trunc-heard|  ast.queue max"
+    )
     for profile, calls in results.items():
         turns = [v for c in calls for v in (c["turn_ms"] or "").split(",") if v]
         barge = [v for c in calls for v in (c["bargein_ms"] or "").split(",") if v]
-        err = [abs(c["truncated_at_ms"] - c["answer_heard_ms"]) for c in calls
-               if c["truncated_at_ms"] is not None and c["answer_heard_ms"] is not None]
-        print(f"{profile:24} {med(c['setup_ms'] for c in calls):>5}  {med(c['greeting_ms'] for c in calls):>16}  "
-              f"{med(c['greeting_onset_heard_ms'] for c in calls):>20}  {med(turns):>4}  {med(barge):>16}  "
-              f"{med(c['interrupt_to_silence_ms'] for c in calls):>23}  {med(err):>12}  "
-              f"{max((int(c['media_queue_max']) for c in calls if c['media_queue_max']), default='-'):>13}"
-              f"  (n={len(calls)}, medians, ms)")
+        err = [
+            abs(c["truncated_at_ms"] - c["answer_heard_ms"])
+            for c in calls
+            if c["truncated_at_ms"] is not None and c["answer_heard_ms"] is not None
+        ]
+        print(
+            f"{profile:24} {med(c['setup_ms'] for c in calls):>5}  {med(c['greeting_ms'] for c in calls):>16}  "
+            f"{med(c['greeting_onset_heard_ms'] for c in calls):>20}  {med(turns):>4}  {med(barge):>16}  "
+            f"{med(c['interrupt_to_silence_ms'] for c in calls):>23}  {med(err):>12}  "
+            f"{max((int(c['media_queue_max']) for c in calls if c['media_queue_max']), default='-'):>13}"
+            f"  (n={len(calls)}, medians, ms)"
+        )
 
 
 if __name__ == "__main__":

@@ -103,7 +103,9 @@ local function free_session(call_key, counter)
 end
 """
 
-_RELEASE = _FREE + """
+_RELEASE = (
+    _FREE
+    + """
 -- KEYS: 1 call hash, 2 calls:active, 3 provider session counter, 4 admission queue, 5 call log
 -- ARGV: 1 prefix, 2 call id, 3 reason, 4 retention ms
 local t = redis.call('TIME')
@@ -120,8 +122,11 @@ redis.call('PEXPIRE', KEYS[1], ARGV[4])
 if redis.call('EXISTS', KEYS[5]) == 1 then redis.call('PEXPIRE', KEYS[5], ARGV[4]) end
 return 1
 """
+)
 
-_RELEASE_WORKER = _FREE + """
+_RELEASE_WORKER = (
+    _FREE
+    + """
 -- A call that no longer needs its media worker (transferred to a person): free the worker's slot, RTP port and
 -- the provider session now, not when the caller hangs up. KEYS: 1 call hash, 2 provider session counter.
 -- ARGV: 1 prefix, 2 call id, 3 reason
@@ -133,6 +138,7 @@ free_session(KEYS[1], KEYS[2])
 redis.call('HSET', KEYS[1], 'worker_released', '1', 'provider_counted', '0')
 return 1
 """
+)
 
 
 @dataclass(frozen=True)
@@ -154,8 +160,16 @@ _json = msgspec.json.Encoder()
 
 
 class Admission:
-    def __init__(self, redis: aioredis.Redis, keys: Keys, *, stale_after_ms: int, provider_limit: int,
-                 queue_timeout_ms: int, retention_ms: int):
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        keys: Keys,
+        *,
+        stale_after_ms: int,
+        provider_limit: int,
+        queue_timeout_ms: int,
+        retention_ms: int,
+    ):
         self.redis = redis
         self.keys = keys
         self.stale_after_ms = stale_after_ms
@@ -167,14 +181,27 @@ class Admission:
         self._release = redis.register_script(_RELEASE)
         self._release_worker = redis.register_script(_RELEASE_WORKER)
 
-    async def reserve(self, plan: CallPlan, call_fields: dict[str, str], *,
-                      exclude: tuple[str, ...] = ()) -> Reserved | Queued:
+    async def reserve(
+        self, plan: CallPlan, call_fields: dict[str, str], *, exclude: tuple[str, ...] = ()
+    ) -> Reserved | Queued:
         """Take a slot for `plan` (or a place in the line). `call_fields` go into the call record."""
-        keys = [self.keys.workers, self.keys.calls_active, self.keys.admission_queue,
-                self.keys.provider_sessions(plan.provider)]
-        args = [self.keys.prefix, plan.call_id, self.stale_after_ms, self.provider_limit,
-                "1" if plan.transport == "rtp" else "0", self.queue_stale_ms, _json.encode(plan),
-                _json.encode(call_fields), *exclude]
+        keys = [
+            self.keys.workers,
+            self.keys.calls_active,
+            self.keys.admission_queue,
+            self.keys.provider_sessions(plan.provider),
+        ]
+        args = [
+            self.keys.prefix,
+            plan.call_id,
+            self.stale_after_ms,
+            self.provider_limit,
+            "1" if plan.transport == "rtp" else "0",
+            self.queue_stale_ms,
+            _json.encode(plan),
+            _json.encode(call_fields),
+            *exclude,
+        ]
         result = await self._reserve(keys=keys, args=args)
         kind = _text(result[0])
         if kind == "queued":
@@ -183,8 +210,13 @@ class Admission:
 
     async def release(self, call_id: str, provider: str, reason: str) -> bool:
         """End the call's reservation (idempotent); True the first time."""
-        keys = [self.keys.call(call_id), self.keys.calls_active, self.keys.provider_sessions(provider),
-                self.keys.admission_queue, self.keys.call_log(call_id)]
+        keys = [
+            self.keys.call(call_id),
+            self.keys.calls_active,
+            self.keys.provider_sessions(provider),
+            self.keys.admission_queue,
+            self.keys.call_log(call_id),
+        ]
         return bool(await self._release(keys=keys, args=[self.keys.prefix, call_id, reason, self.retention_ms]))
 
     async def release_worker(self, call_id: str, provider: str, reason: str) -> bool:
@@ -195,7 +227,6 @@ class Admission:
 
     async def leave_queue(self, call_id: str) -> None:
         await self.redis.zrem(self.keys.admission_queue, call_id)
-
 
 
 def _text(value) -> str:

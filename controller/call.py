@@ -101,8 +101,15 @@ class Call:
         self.caller_gone.set()
         self.end(self.end_hint or ("caller_hangup" if self.state != "handing_off" else "handed_off"))
 
-    def transfer_leg_event(self, leg: str, *, dialstatus: str | None = None, left: bool = False,
-                           cause: int | None = None, soft: bool | None = None) -> None:
+    def transfer_leg_event(
+        self,
+        leg: str,
+        *,
+        dialstatus: str | None = None,
+        left: bool = False,
+        cause: int | None = None,
+        soft: bool | None = None,
+    ) -> None:
         """A Dial, ChannelHangupRequest or StasisEnd of one of our transfer legs."""
         attempt = self.transfer
         if left:
@@ -141,8 +148,9 @@ class Call:
 
     def end(self, reason: str, *, fallback: bool = False, hang_up_caller: bool = False) -> None:
         if self._teardown is None:
-            self._teardown = asyncio.create_task(self._end(reason, fallback, hang_up_caller),
-                                                 name=f"end-{self.call_id}")
+            self._teardown = asyncio.create_task(
+                self._end(reason, fallback, hang_up_caller), name=f"end-{self.call_id}"
+            )
 
     # --- the call's work -------------------------------------------------------------------------------
     async def _run(self) -> None:
@@ -173,8 +181,12 @@ class Call:
                     await self.drop_media()
                     if self.caller_gone.is_set():
                         return
-                    log.warning("media setup on worker %s failed (%s)%s", reserved.worker_id, exc,
-                                "; trying another worker" if attempt + 1 < SETUP_ATTEMPTS else "")
+                    log.warning(
+                        "media setup on worker %s failed (%s)%s",
+                        reserved.worker_id,
+                        exc,
+                        "; trying another worker" if attempt + 1 < SETUP_ATTEMPTS else "",
+                    )
             else:
                 CALLS_REJECTED.labels("setup_failed").inc()
                 self.end("setup_failed", fallback=True)
@@ -184,10 +196,18 @@ class Call:
             self.state = "active"
             setup_ms = int((time.monotonic() - self.started) * 1000)
             SETUP_SECONDS.observe(setup_ms / 1000)
-            await d.redis.hset(d.keys.call(self.call_id), mapping={
-                "state": "active", "bridge": self.bridge, "media_channel": self.media, "setup_ms": setup_ms})
-            log.info("call %s up on worker %s (%s %s) in %d ms", self.caller.id, self.reservation.worker_id,
-                     plan.transport, plan.format, setup_ms)
+            await d.redis.hset(
+                d.keys.call(self.call_id),
+                mapping={"state": "active", "bridge": self.bridge, "media_channel": self.media, "setup_ms": setup_ms},
+            )
+            log.info(
+                "call %s up on worker %s (%s %s) in %d ms",
+                self.caller.id,
+                self.reservation.worker_id,
+                plan.transport,
+                plan.format,
+                setup_ms,
+            )
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -204,8 +224,13 @@ class Call:
         if missing:  # ari.conf without channelvars: ask (404 = not set)
             got = await asyncio.gather(*(self.deps.rest.get_variable(self.caller.id, n) for n in missing))
             values.update(zip(missing, got))
-        return resolve(self.deps.config, values["AI_CONTEXT"], values["AI_PROVIDER"], self.caller.caller.name,
-                       self.caller.caller.number)
+        return resolve(
+            self.deps.config,
+            values["AI_CONTEXT"],
+            values["AI_PROVIDER"],
+            self.caller.caller.name,
+            self.caller.caller.number,
+        )
 
     def _plan(self, route: Route) -> CallPlan:
         caps = self.deps.capabilities()
@@ -220,23 +245,48 @@ class Call:
                 else:
                     raise
             if best != fmt:
-                log.warning("profile %s wants %s %s; Asterisk %s offers %s", route.profile_name, transport, fmt,
-                            caps.version, best)
+                log.warning(
+                    "profile %s wants %s %s; Asterisk %s offers %s",
+                    route.profile_name,
+                    transport,
+                    fmt,
+                    caps.version,
+                    best,
+                )
             fmt = best
         return CallPlan(
-            call_id=self.call_id, caller_channel=self.caller.id, context=route.context, provider=route.provider,
-            profile=route.profile_name, transport=transport, format=fmt,
-            provider_format=route.profile.provider_format, caller_name=self.caller.caller.name,
-            caller_number=self.caller.caller.number, greeting=route.greeting, instructions=route.instructions,
-            tools=route.tools, voice=route.voice, created_ms=int(time.time() * 1000))
+            call_id=self.call_id,
+            caller_channel=self.caller.id,
+            context=route.context,
+            provider=route.provider,
+            profile=route.profile_name,
+            transport=transport,
+            format=fmt,
+            provider_format=route.profile.provider_format,
+            caller_name=self.caller.caller.name,
+            caller_number=self.caller.caller.number,
+            greeting=route.greeting,
+            instructions=route.instructions,
+            tools=route.tools,
+            voice=route.voice,
+            created_ms=int(time.time() * 1000),
+        )
 
     async def _admit(self, plan: CallPlan, exclude: tuple[str, ...], attempt: int) -> Reserved | None:
         d = self.deps
-        fields = {"caller_channel": self.caller.id, "context": plan.context, "provider": plan.provider,
-                  "caller_name": plan.caller_name, "caller_number": plan.caller_number,
-                  "transport": plan.transport, "format": plan.format, "controller": d.controller_id,
-                  "created_ms": str(plan.created_ms), "bridge": ids.bridge_id(self.call_id),
-                  "media_channel": ids.media_channel_id(self.call_id, attempt)}
+        fields = {
+            "caller_channel": self.caller.id,
+            "context": plan.context,
+            "provider": plan.provider,
+            "caller_name": plan.caller_name,
+            "caller_number": plan.caller_number,
+            "transport": plan.transport,
+            "format": plan.format,
+            "controller": d.controller_id,
+            "created_ms": str(plan.created_ms),
+            "bridge": ids.bridge_id(self.call_id),
+            "media_channel": ids.media_channel_id(self.call_id, attempt),
+        }
         settings = d.config.controller
         deadline = time.monotonic() + settings.queue_timeout_ms / 1000
         queued_at: float | None = None
@@ -255,8 +305,7 @@ class Call:
                 queued_at = time.monotonic()
                 self.state = "queued"
                 CALLS_QUEUED.labels(result.reason).inc()
-                log.info("no capacity (%s): call %s waits, position %d", result.reason, self.caller.id,
-                         result.position)
+                log.info("no capacity (%s): call %s waits, position %d", result.reason, self.caller.id, result.position)
                 await self._start_queue_music()
             if self.caller_gone.is_set():
                 await d.admission.leave_queue(self.call_id)
@@ -304,13 +353,22 @@ class Call:
         self.media = ids.media_channel_id(self.call_id, attempt)
         timeout = d.config.controller.ari_timeout_ms / 1000
         if plan.transport == "rtp":
-            media = dict(external_host=f"{reserved.media_host}:{reserved.rtp_port}", encapsulation="rtp",
-                         transport="udp", data=self.call_id)
+            media = dict(
+                external_host=f"{reserved.media_host}:{reserved.rtp_port}",
+                encapsulation="rtp",
+                transport="udp",
+                data=self.call_id,
+            )
         elif plan.transport == "websocket":
             media = dict(wsm.EXTERNAL_MEDIA, data=self.call_id)
         else:
-            media = dict(external_host=f"{reserved.media_host}:{reserved.audiosocket_port}",
-                         encapsulation="audiosocket", transport="tcp", data=self.call_id)
+            media = dict(
+                external_host=f"{reserved.media_host}:{reserved.audiosocket_port}",
+                encapsulation="audiosocket",
+                transport="tcp",
+                data=self.call_id,
+            )
+
         async def bridge() -> None:
             if not self._bridge_made:
                 await d.rest.create_bridge(self.bridge, "mixing", name=self.call_id)
@@ -347,14 +405,16 @@ class Call:
                     raise SetupFailed(f"media leg {self.media}: {exc}") from exc
                 raise
             if plan.transport == "websocket":  # the worker's clock may start: what it sends is heard now
-                await wsm.send_bridged(d.redis, d.keys, reserved.worker_id,
-                                       MediaBridged(call_id=self.call_id, epoch=reserved.epoch))
+                await wsm.send_bridged(
+                    d.redis, d.keys, reserved.worker_id, MediaBridged(call_id=self.call_id, epoch=reserved.epoch)
+                )
 
         try:
             # Every step runs to its end (none is left in flight for a retry to trip over), then the first
             # failure, if any, is raised.
             results = await asyncio.wait_for(
-                asyncio.gather(caller_leg(), media_leg(), bridge_task, return_exceptions=True), timeout)
+                asyncio.gather(caller_leg(), media_leg(), bridge_task, return_exceptions=True), timeout
+            )
         except asyncio.TimeoutError as exc:
             raise SetupFailed(f"an ARI step took longer than {timeout:.1f}s") from exc
         errors = [r for r in results if isinstance(r, BaseException)]
@@ -367,13 +427,17 @@ class Call:
         found = leg.channelvars or {}
         host, port = found.get("UNICASTRTP_LOCAL_ADDRESS", ""), found.get("UNICASTRTP_LOCAL_PORT", "")
         if not host or not port.isdigit() or host in ("0.0.0.0", "::"):
-            log.info("externalMedia gave no usable RTP address (%r:%r): the worker waits for the first packet",
-                     host, port)
+            log.info(
+                "externalMedia gave no usable RTP address (%r:%r): the worker waits for the first packet", host, port
+            )
             return
         d = self.deps
-        await d.redis.xadd(d.keys.worker_inbox(reserved.worker_id),
-                           inbox_fields("media_peer", MediaPeer(call_id=self.call_id, host=host, port=int(port))),
-                           maxlen=INBOX_MAXLEN, approximate=True)
+        await d.redis.xadd(
+            d.keys.worker_inbox(reserved.worker_id),
+            inbox_fields("media_peer", MediaPeer(call_id=self.call_id, host=host, port=int(port))),
+            maxlen=INBOX_MAXLEN,
+            approximate=True,
+        )
 
     async def _hand_websocket_to_worker(self, reserved: Reserved, leg: Channel) -> None:
         """WebSocket media: send the worker Asterisk's connection id (as its media URL); the worker connects,
@@ -382,9 +446,17 @@ class Call:
         if not cid:
             raise SetupFailed("externalMedia (websocket) answered without MEDIA_WEBSOCKET_CONNECTION_ID")
         d = self.deps
-        await wsm.send_media_ready(d.redis, d.keys, reserved.worker_id, MediaReady(
-            call_id=self.call_id, epoch=reserved.epoch, channel_id=self.media,
-            url=media_url(wsm.media_base_url(d.config), cid)))
+        await wsm.send_media_ready(
+            d.redis,
+            d.keys,
+            reserved.worker_id,
+            MediaReady(
+                call_id=self.call_id,
+                epoch=reserved.epoch,
+                channel_id=self.media,
+                url=media_url(wsm.media_base_url(d.config), cid),
+            ),
+        )
 
     async def drop_media(self) -> None:
         if self.media:
@@ -417,8 +489,13 @@ class Call:
         finally:
             self.state = "ended"
             CALLS_ENDED.labels(reason).inc()
-            log.info("call %s ended (%s, was %s) after %.1f s", self.caller.id, reason, previous,
-                     time.monotonic() - self.started)
+            log.info(
+                "call %s ended (%s, was %s) after %.1f s",
+                self.caller.id,
+                reason,
+                previous,
+                time.monotonic() - self.started,
+            )
             self.ended.set()
             if self.on_ended is not None:
                 self.on_ended(self)
@@ -448,15 +525,13 @@ class Call:
                 await d.rest.answer(self.caller.id)
                 await d.rest.play(self.caller.id, fb.prompt, playback_id=playback_id)
                 waiters = [asyncio.create_task(done.wait()), asyncio.create_task(self.caller_gone.wait())]
-                await asyncio.wait(waiters, timeout=fb.prompt_timeout_ms / 1000,
-                                   return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait(waiters, timeout=fb.prompt_timeout_ms / 1000, return_when=asyncio.FIRST_COMPLETED)
                 for w in waiters:
                     w.cancel()
             except AriError as exc:
                 log.warning("fallback prompt failed (%s): hanging up", exc)
         if not self.caller_gone.is_set():
             await _quietly(d.rest.hangup(self.caller.id, "normal"))
-
 
 
 # A cleanup step whose object may already be gone; status 0 (Asterisk unreachable) is left to reconcile.

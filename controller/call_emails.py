@@ -31,8 +31,9 @@ class CallEmails:
         return jobs
 
     def _enqueue(self, call_id: str) -> list[str]:
-        requested, transcript_to = (_text(v) for v in self.conn.hmget(self.keys.call(call_id), "summary_requested",
-                                                                      "transcript_to"))
+        requested, transcript_to = (
+            _text(v) for v in self.conn.hmget(self.keys.call(call_id), "summary_requested", "transcript_to")
+        )
         jobs = release_call_jobs(self.conn, self.keys, call_id)  # what the model asked for during the call
         if requested == "1":
             # Asked for by the caller: sent even when `send_after_every_call` is off.

@@ -33,10 +33,14 @@ def rq_keys(keys: Keys, queue_names: list[str]) -> dict[str, dict[str, str]]:
     out = {}
     for name in queue_names:
         q = Queue(keys.queue(name), connection=offline)
-        out[name] = {"queued": q.key, "started": q.started_job_registry.key,
-                     "scheduled": q.scheduled_job_registry.key, "failed": q.failed_job_registry.key,
-                     # RQ's set of every worker is shared by all clusters on this Redis; this one is ours
-                     "workers": WORKERS_BY_QUEUE_KEY % q.name}
+        out[name] = {
+            "queued": q.key,
+            "started": q.started_job_registry.key,
+            "scheduled": q.scheduled_job_registry.key,
+            "failed": q.failed_job_registry.key,
+            # RQ's set of every worker is shared by all clusters on this Redis; this one is ours
+            "workers": WORKERS_BY_QUEUE_KEY % q.name,
+        }
     return out
 
 

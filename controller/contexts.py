@@ -57,12 +57,16 @@ class Route:
 
 def template_values(config: Config, caller_name: str, caller_number: str) -> dict[str, str]:
     # An unnamed caller is greeted as "there" ("Hi there, ..."), never "Hi , ..." or "Hi None".
-    return {"caller_name": caller_name.strip() or "there", "caller_number": caller_number.strip(),
-            "company_name": config.company_name}
+    return {
+        "caller_name": caller_name.strip() or "there",
+        "caller_number": caller_number.strip(),
+        "company_name": config.company_name,
+    }
 
 
-def resolve(config: Config, ai_context: str | None, ai_provider: str | None, caller_name: str,
-            caller_number: str) -> Route:
+def resolve(
+    config: Config, ai_context: str | None, ai_provider: str | None, caller_name: str, caller_number: str
+) -> Route:
     """The call's route, or `Unroutable`. An unset/empty AI_CONTEXT means `default_context`; an unset
     AI_PROVIDER means the context's provider."""
     name = (ai_context or "").strip() or config.default_context
@@ -85,6 +89,13 @@ def resolve(config: Config, ai_context: str | None, ai_provider: str | None, cal
     fill = _Template(template_values(config, caller_name, caller_number)).fill
     greeting = context.greeting if context.greeting is not None else settings.greeting
     tools = list(context.tools if context.tools is not None else settings.tools)
-    return Route(context=name, provider=provider, profile_name=profile_name, profile=profile,
-                 greeting=fill(greeting), instructions=fill(context.prompt or settings.instructions),
-                 tools=tools, voice=context.voice)
+    return Route(
+        context=name,
+        provider=provider,
+        profile_name=profile_name,
+        profile=profile,
+        greeting=fill(greeting),
+        instructions=fill(context.prompt or settings.instructions),
+        tools=tools,
+        voice=context.voice,
+    )

@@ -39,33 +39,60 @@ class Controller(AsyncRole):
         self.reconciled = asyncio.Event()  # the first reconcile ran: control requests may act on calls
 
     def process_info(self) -> ProcessInfo:
-        return ProcessInfo(id=self.id, role=self.role, hostname=socket.gethostname(), pid=os.getpid(),
-                           version=VERSION, started_ms=self.started_ms, health_url=self.health_url)
+        return ProcessInfo(
+            id=self.id,
+            role=self.role,
+            hostname=socket.gethostname(),
+            pid=os.getpid(),
+            version=VERSION,
+            started_ms=self.started_ms,
+            health_url=self.health_url,
+        )
 
     def ready_checks(self):
         checks = super().ready_checks()
-        checks["ari"] = lambda: None if self.events is not None and self.events.connected else \
-            "not connected to the ARI events WebSocket"
+        checks["ari"] = lambda: (
+            None if self.events is not None and self.events.connected else "not connected to the ARI events WebSocket"
+        )
         return checks
 
     async def serve(self) -> None:
         config = self.config
         ari = config.asterisk
         assert self.redis is not None
-        async with AriRest(ari.ari_url, ari.username, ari.password,
-                           timeout=config.controller.ari_timeout_ms / 1000) as rest:
+        async with AriRest(
+            ari.ari_url, ari.username, ari.password, timeout=config.controller.ari_timeout_ms / 1000
+        ) as rest:
             admission = Admission(
-                self.redis, self.keys, stale_after_ms=config.media_worker.stale_after_ms,
+                self.redis,
+                self.keys,
+                stale_after_ms=config.media_worker.stale_after_ms,
                 provider_limit=config.providers.openai_realtime.max_concurrent_sessions,
                 queue_timeout_ms=config.controller.queue_timeout_ms,
-                retention_ms=config.call_retention_days * DAY_MS)
+                retention_ms=config.call_retention_days * DAY_MS,
+            )
             emails = CallEmails(config, self.keys, config.redis.url)
-            deps = CallDeps(config=config, rest=rest, redis=self.redis, keys=self.keys, admission=admission,
-                            app=ari.app_name, capabilities=lambda: self.capabilities, controller_id=self.id,
-                            after_end=emails.call_ended)
+            deps = CallDeps(
+                config=config,
+                rest=rest,
+                redis=self.redis,
+                keys=self.keys,
+                admission=admission,
+                app=ari.app_name,
+                capabilities=lambda: self.capabilities,
+                controller_id=self.id,
+                after_end=emails.call_ended,
+            )
             self.app = StasisApp(deps)
-            self.events = EventStream(ari.ari_url, ari.username, ari.password, ari.app_name,
-                                      handler=self.app.handle, key=self.app.key, on_connect=self._connected)
+            self.events = EventStream(
+                ari.ari_url,
+                ari.username,
+                ari.password,
+                ari.app_name,
+                handler=self.app.handle,
+                key=self.app.key,
+                on_connect=self._connected,
+            )
             inbox = ControlInbox(self.redis, self.keys, self.id, CallControl(self.app))
             requests = asyncio.create_task(inbox.run(self.stopping, self.reconciled), name="control-inbox")
             gauges = asyncio.create_task(cluster_metrics.run(self.redis, self.keys, config), name="cluster-metrics")

@@ -97,8 +97,14 @@ class StasisApp:
         self.calls[call.call_id] = call
         self.by_caller[channel.id] = call
         CALLS_ACTIVE.set(len(self.calls))
-        log.info("call %s from %s <%s> on %s", channel.id, channel.caller.name, channel.caller.number,
-                 channel.name, extra={"call_id": call.call_id})
+        log.info(
+            "call %s from %s <%s> on %s",
+            channel.id,
+            channel.caller.name,
+            channel.caller.number,
+            channel.name,
+            extra={"call_id": call.call_id},
+        )
         call.start()
         return call
 
@@ -137,9 +143,11 @@ class StasisApp:
         d = self.deps
         channels = await d.rest.list_channels()
         bridges = await d.rest.list_bridges()
-        in_stasis = {c.id: c for c in channels
-                     if c.dialplan and c.dialplan.app_name == "Stasis"
-                     and c.dialplan.app_data.split(",")[0] == d.app}
+        in_stasis = {
+            c.id: c
+            for c in channels
+            if c.dialplan and c.dialplan.app_name == "Stasis" and c.dialplan.app_data.split(",")[0] == d.app
+        }
         existing = {c.id for c in channels}
         active_ids = [_text(c) for c in await d.redis.smembers(d.keys.calls_active)]
         records = {}
@@ -171,8 +179,11 @@ class StasisApp:
             # The caller is gone (or never got its media, or its transfer's agent is gone): finish the teardown
             # a previous controller began.
             transferred = state == "transferred"
-            log.info("call %s: cleaning up (caller %s)", call_id,
-                     "gone" if caller is None else "without agent" if transferred else "without media")
+            log.info(
+                "call %s: cleaning up (caller %s)",
+                call_id,
+                "gone" if caller is None else "without agent" if transferred else "without media",
+            )
             for leg in (media_id, agent_id):
                 if leg and leg in existing:
                     await _ignore_errors(d.rest.hangup(leg))
@@ -217,8 +228,13 @@ class StasisApp:
                 cleaned += 1
         if adopted:
             RECONCILED.labels("adopted").inc(adopted)
-        log.info("reconciled (%s connect): %d calls adopted, %d objects cleaned, %d calls live",
-                 "first" if first else "re", adopted, cleaned, len(self.calls))
+        log.info(
+            "reconciled (%s connect): %d calls adopted, %d objects cleaned, %d calls live",
+            "first" if first else "re",
+            adopted,
+            cleaned,
+            len(self.calls),
+        )
 
     @staticmethod
     def _stale_transfer_leg(call: Call, leg: str) -> bool:
@@ -249,7 +265,6 @@ class StasisApp:
         self.by_caller[caller.id] = call
         CALLS_ACTIVE.set(len(self.calls))
         log.info("adopted call %s (caller %s, worker %s)", call_id, caller.id, record.get("worker"))
-
 
 
 _ignore_errors = partial(quietly, what="reconcile step")

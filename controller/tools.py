@@ -92,8 +92,9 @@ class ControlInbox:
                     for entry_id, fields in await self._claim():
                         self._dispatch(entry_id, fields)
                     next_claim = time.monotonic() + CLAIM_EVERY_S
-                got = await self.redis.xreadgroup(GROUP, self.consumer, {self.keys.controller_inbox: ">"},
-                                                  count=READ_COUNT, block=READ_BLOCK_MS)
+                got = await self.redis.xreadgroup(
+                    GROUP, self.consumer, {self.keys.controller_inbox: ">"}, count=READ_COUNT, block=READ_BLOCK_MS
+                )
                 for _stream, entries in got or []:
                     for entry_id, fields in entries:
                         self._dispatch(entry_id, fields)
@@ -124,8 +125,9 @@ class ControlInbox:
         claimed: list[tuple[str, dict]] = []
         start = "0-0"
         for _ in range(100):  # bounded: 100 pages of 100
-            result = await self.redis.xautoclaim(self.keys.controller_inbox, GROUP, self.consumer,
-                                                 min_idle_time=CLAIM_IDLE_MS, start_id=start, count=100)
+            result = await self.redis.xautoclaim(
+                self.keys.controller_inbox, GROUP, self.consumer, min_idle_time=CLAIM_IDLE_MS, start_id=start, count=100
+            )
             start, entries = result[0], result[1]
             claimed.extend((e, f) for e, f in entries if f is not None)  # None: trimmed from the stream
             if start in ("0-0", b"0-0"):
@@ -169,6 +171,7 @@ class ControlInbox:
         started = time.monotonic()
         status = "failed"
         try:
+
             async def send(reply: ControlReply) -> None:
                 nonlocal status
                 status = reply.status
@@ -213,16 +216,21 @@ class ControlInbox:
     async def _send(self, request: ControlRequest, reply: ControlReply, *, remember: bool = True) -> None:
         if remember:
             await self.redis.hset(request_key(self.keys, request.request_id), "reply", _encode(reply))
-        await self.redis.xadd(self.keys.worker_inbox(request.worker_id), inbox_fields("control_result", reply),
-                              maxlen=REPLY_MAXLEN, approximate=True)
+        await self.redis.xadd(
+            self.keys.worker_inbox(request.worker_id),
+            inbox_fields("control_result", reply),
+            maxlen=REPLY_MAXLEN,
+            approximate=True,
+        )
 
     async def _ack(self, entry_id: str) -> None:
         await self.redis.xack(self.keys.controller_inbox, GROUP, entry_id)
 
 
 def reply_for(request: ControlRequest, ok: bool, status: str, message: str = "", final: bool = True) -> ControlReply:
-    return ControlReply(request_id=request.request_id, call_id=request.call_id, ok=ok, status=status,
-                        message=message, final=final)
+    return ControlReply(
+        request_id=request.request_id, call_id=request.call_id, ok=ok, status=status, message=message, final=final
+    )
 
 
 class CallControl:
@@ -236,18 +244,24 @@ class CallControl:
         def fail(status: str, message: str) -> Awaitable[None]:
             return send(reply_for(request, False, status, message))
 
-        handler = {"transfer": self._transfer, "cancel_transfer": self._cancel_transfer,
-                   "hangup": self._hangup, "voicemail": self._voicemail}.get(request.action)
+        handler = {
+            "transfer": self._transfer,
+            "cancel_transfer": self._cancel_transfer,
+            "hangup": self._hangup,
+            "voicemail": self._voicemail,
+        }.get(request.action)
         if handler is None:
-            await fail("failed", f"unknown action {request.action!r}; use transfer, cancel_transfer, hangup or "
-                                 "voicemail")
+            await fail(
+                "failed", f"unknown action {request.action!r}; use transfer, cancel_transfer, hangup or voicemail"
+            )
             return
         call = self.app.calls.get(request.call_id)
         if call is None or call.state in ("ending", "ended"):
             record = await self.deps.redis.hget(self.deps.keys.call(request.call_id), "state")
             known = call is not None or record is not None
-            await fail("failed", f"call {request.call_id} has already ended" if known
-                       else f"unknown call {request.call_id}")
+            await fail(
+                "failed", f"call {request.call_id} has already ended" if known else f"unknown call {request.call_id}"
+            )
             return
         owner = await self.deps.redis.hget(self.deps.keys.call(request.call_id), "worker")
         if owner is not None and _text(owner) != request.worker_id:
@@ -261,8 +275,14 @@ class CallControl:
         destination = settings.destinations.get(request.destination)
         if destination is None:
             allowed = ", ".join(sorted(settings.destinations)) or "none are configured"
-            await send(reply_for(request, False, "refused",
-                                 f"{request.destination!r} is not a transfer destination; allowed: {allowed}"))
+            await send(
+                reply_for(
+                    request,
+                    False,
+                    "refused",
+                    f"{request.destination!r} is not a transfer destination; allowed: {allowed}",
+                )
+            )
             return
         if call.state != "active":
             await send(reply_for(request, False, "failed", f"the call is {call.state}, not with the agent"))
@@ -270,22 +290,30 @@ class CallControl:
         if call.transfer is not None and call.transfer.pending:
             await send(reply_for(request, False, "failed", "a transfer is already in progress"))
             return
-        context = destination.dialplan_context or {
-            "extension": settings.extension_context, "queue": settings.queue_context,
-            "ringgroup": settings.ringgroup_context}[destination.type]
+        context = (
+            destination.dialplan_context
+            or {
+                "extension": settings.extension_context,
+                "queue": settings.queue_context,
+                "ringgroup": settings.ringgroup_context,
+            }[destination.type]
+        )
         if settings.mode == "continue":
-            ok, message = await self._hand_off(call, "transferred", context, destination.target,
-                                               destination.priority)
+            ok, message = await self._hand_off(call, "transferred", context, destination.target, destination.priority)
             await send(reply_for(request, ok, "answered" if ok else "failed", message))
             return
         n = await self.deps.redis.hincrby(self.deps.keys.call(call.call_id), "transfers", 1)
-        attempt = TransferAttempt(call, ids.transfer_channel_id(call.call_id, n),
-                                  local_endpoint(destination.target, context), settings.ring_timeout_ms / 1000)
+        attempt = TransferAttempt(
+            call,
+            ids.transfer_channel_id(call.call_id, n),
+            local_endpoint(destination.target, context),
+            settings.ring_timeout_ms / 1000,
+        )
         call.transfer = attempt
-        log.info("transfer of %s to %s (%s) as %s", call.caller.id, request.destination, attempt.endpoint,
-                 attempt.leg)
+        log.info("transfer of %s to %s (%s) as %s", call.caller.id, request.destination, attempt.endpoint, attempt.leg)
         status, message = await attempt.run(
-            lambda: send(reply_for(request, True, "ringing", f"ringing {request.destination}", final=False)))
+            lambda: send(reply_for(request, True, "ringing", f"ringing {request.destination}", final=False))
+        )
         await send(reply_for(request, status == "answered", status, message))
 
     async def _cancel_transfer(self, call: Call, request: ControlRequest, send: Send) -> None:
@@ -323,8 +351,7 @@ class CallControl:
         ok, message = await self._hand_off(call, "voicemail", vm.dialplan_context, vm.extension, vm.priority)
         await send(reply_for(request, ok, "done" if ok else "failed", message))
 
-    async def _hand_off(self, call: Call, reason: str, context: str, extension: str, priority: int
-                        ) -> tuple[bool, str]:
+    async def _hand_off(self, call: Call, reason: str, context: str, extension: str, priority: int) -> tuple[bool, str]:
         """The caller leaves Stasis for a dialplan target; teardown deletes the media leg and the bridge and
         must not hang the caller up (reference §9.3: decide before the call, StasisEnd looks the same)."""
         call.state, call.end_hint = "handing_off", reason

@@ -27,8 +27,14 @@ log = logging.getLogger("transfer")
 # Our own timer runs this much past Asterisk's dial timeout: its NOANSWER should normally come first.
 GRACE_S = 2.0
 # Dial statuses that end the ringing (RINGING / PROGRESS / "" do not).
-_FINAL_DIAL = {"ANSWER": "answered", "BUSY": "busy", "NOANSWER": "no_answer", "CANCEL": "cancelled",
-               "CONGESTION": "failed", "CHANUNAVAIL": "failed"}
+_FINAL_DIAL = {
+    "ANSWER": "answered",
+    "BUSY": "busy",
+    "NOANSWER": "no_answer",
+    "CANCEL": "cancelled",
+    "CONGESTION": "failed",
+    "CHANUNAVAIL": "failed",
+}
 # Q.850 causes of a leg that hung up before answering.
 _CAUSES = {17: "busy", 18: "no_answer", 19: "no_answer", 21: "busy"}
 
@@ -96,8 +102,13 @@ class TransferAttempt:
                 await rest.start_moh(call.caller.id, d.config.controller.moh_class or None)
                 if self.pending:
                     # `originator` (not `formats`: they are exclusive) ties the leg's codecs to the caller's.
-                    await rest.create_channel(endpoint=self.endpoint, app=d.app, channel_id=self.leg,
-                                              app_args=f"transfer,{call.call_id}", originator=call.caller.id)
+                    await rest.create_channel(
+                        endpoint=self.endpoint,
+                        app=d.app,
+                        channel_id=self.leg,
+                        app_args=f"transfer,{call.call_id}",
+                        originator=call.caller.id,
+                    )
                     call.extra_legs.add(self.leg)
                 if self.pending:
                     # The created leg enters Stasis after the REST answer: dial waits for its StasisStart.
@@ -105,8 +116,7 @@ class TransferAttempt:
                     await call.legs.run(self.leg, dial, d.config.controller.ari_timeout_ms / 1000)
                     await on_ringing()
                 try:
-                    status, message = await asyncio.wait_for(asyncio.shield(self.outcome),
-                                                             self.timeout_s + GRACE_S)
+                    status, message = await asyncio.wait_for(asyncio.shield(self.outcome), self.timeout_s + GRACE_S)
                 except asyncio.TimeoutError:
                     status, message = "no_answer", f"no answer within {self.timeout_s:g} s"
                     self._settle(status, message)
@@ -143,8 +153,9 @@ class TransferAttempt:
         if call.media:
             await _quietly(rest.remove_channel(call.bridge, call.media))
         await asyncio.gather(_quietly(rest.stop_moh(call.caller.id)), call.drop_media())
-        await call.deps.redis.hset(call.deps.keys.call(call.call_id),
-                                   mapping={"state": "transferred", "transfer_channel": self.leg})
+        await call.deps.redis.hset(
+            call.deps.keys.call(call.call_id), mapping={"state": "transferred", "transfer_channel": self.leg}
+        )
         # The AI is off the call: its worker slot and provider session are free for the next caller now.
         await call.deps.admission.release_worker(call.call_id, call.provider, "transferred")
         log.info("call %s transferred to %s", call.caller.id, self.endpoint)
@@ -157,7 +168,6 @@ class TransferAttempt:
             call.extra_legs.discard(self.leg)
         if not call.caller_gone.is_set():
             await _quietly(rest.stop_moh(call.caller.id))
-
 
 
 # A transfer leg may be gone, out of Stasis, or already out of (400/422) the bridge.

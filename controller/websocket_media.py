@@ -30,10 +30,10 @@ def connection_id(channel: Channel) -> str:
 
 
 async def send_media_ready(redis, keys, worker_id: str, ready: MediaReady) -> None:
-    await redis.xadd(keys.worker_inbox(worker_id), inbox_fields("media", ready), maxlen=INBOX_MAXLEN,
-                     approximate=True)
+    await redis.xadd(keys.worker_inbox(worker_id), inbox_fields("media", ready), maxlen=INBOX_MAXLEN, approximate=True)
 
 
 async def send_bridged(redis, keys, worker_id: str, bridged: MediaBridged) -> None:
-    await redis.xadd(keys.worker_inbox(worker_id), inbox_fields("media_bridged", bridged), maxlen=INBOX_MAXLEN,
-                     approximate=True)
+    await redis.xadd(
+        keys.worker_inbox(worker_id), inbox_fields("media_bridged", bridged), maxlen=INBOX_MAXLEN, approximate=True
+    )

@@ -39,8 +39,17 @@ class CallLog:
             self._put({"role": role, "text": text.strip(), "item_id": item_id, "t_ms": self._t_ms()})
 
     def tool(self, name: str, arguments: str, output: str, call_id: str) -> None:
-        self._put({"role": "tool", "text": f"{name}({arguments}) -> {output}", "name": name,
-                   "arguments": arguments, "output": output, "item_id": call_id, "t_ms": self._t_ms()})
+        self._put(
+            {
+                "role": "tool",
+                "text": f"{name}({arguments}) -> {output}",
+                "name": name,
+                "arguments": arguments,
+                "output": output,
+                "item_id": call_id,
+                "t_ms": self._t_ms(),
+            }
+        )
 
     def _put(self, entry: dict[str, str]) -> None:
         self._pending.put_nowait(entry)
@@ -75,11 +84,19 @@ class CallLog:
         await self.flush()
         items: list[dict[str, Any]] = []
         for _, fields in await self.redis.xrange(self.key):
-            f = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
-                 for k, v in fields.items()}
+            f = {
+                (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+                for k, v in fields.items()
+            }
             if f.get("role") == "tool":
-                items.append({"call_id": f.get("item_id", ""), "name": f.get("name", ""),
-                              "arguments": f.get("arguments", "{}"), "output": f.get("output")})
+                items.append(
+                    {
+                        "call_id": f.get("item_id", ""),
+                        "name": f.get("name", ""),
+                        "arguments": f.get("arguments", "{}"),
+                        "output": f.get("output"),
+                    }
+                )
             elif f.get("role") in ("user", "assistant"):
                 items.append({"role": f["role"], "text": f.get("text", "")})
         return items

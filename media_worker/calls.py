@@ -74,8 +74,13 @@ class CallManager:
         session = CallSession(self.ctx, assignment)
         self.sessions[call_id] = session
         if assignment.plan.transport == "rtp":
-            endpoint = RtpEndpoint(self.listen_host, assignment.rtp_port, assignment.plan.format,
-                                   lambda link: self._rtp_sink(session, link), allowed_hosts=self.allowed_hosts)
+            endpoint = RtpEndpoint(
+                self.listen_host,
+                assignment.rtp_port,
+                assignment.plan.format,
+                lambda link: self._rtp_sink(session, link),
+                allowed_hosts=self.allowed_hosts,
+            )
             try:
                 await endpoint.open()
             except OSError as exc:
@@ -93,8 +98,14 @@ class CallManager:
             else:
                 held.link.refuse()  # type: ignore[attr-defined]
         asyncio.create_task(self._forget_when_done(session), name=f"reap-{call_id}")
-        log.info("call %s assigned (epoch %d, %s %s, context %s)", call_id, assignment.epoch,
-                 assignment.plan.transport, assignment.plan.format, assignment.plan.context)
+        log.info(
+            "call %s assigned (epoch %d, %s %s, context %s)",
+            call_id,
+            assignment.epoch,
+            assignment.plan.transport,
+            assignment.plan.format,
+            assignment.plan.context,
+        )
 
     def _rtp_sink(self, session: CallSession, link: MediaLink) -> MediaSink:
         session.attach(link, live=False)  # RTP: live once we know Asterisk's address (media_peer, first packet)
@@ -148,14 +159,27 @@ class CallManager:
         inbox goes on). A failure ends the session: the controller's addChannel then times out and the call
         is retried on another worker or takes the fallback."""
         session = self.sessions.get(ready.call_id)
-        if (session is None or session.plan.transport != "websocket" or session.assignment.epoch != ready.epoch
-                or session.link is not None or ready.call_id in self._ws):
-            log.warning("media URL %s for call %s (epoch %d) not taken: no such session waiting for it",
-                        redact(ready.url), ready.call_id, ready.epoch)
+        if (
+            session is None
+            or session.plan.transport != "websocket"
+            or session.assignment.epoch != ready.epoch
+            or session.link is not None
+            or ready.call_id in self._ws
+        ):
+            log.warning(
+                "media URL %s for call %s (epoch %d) not taken: no such session waiting for it",
+                redact(ready.url),
+                ready.call_id,
+                ready.epoch,
+            )
             return
         try:
-            link = WebSocketMediaLink(ready.url, session.plan.format, call_id=ready.call_id,
-                                      on_started=lambda link: self._websocket_started(session, link))
+            link = WebSocketMediaLink(
+                ready.url,
+                session.plan.format,
+                call_id=ready.call_id,
+                on_started=lambda link: self._websocket_started(session, link),
+            )
         except ValueError as exc:
             log.error("call %s: unusable media URL: %s", ready.call_id, exc)
             session.stop("media_connect_failed")
@@ -183,13 +207,19 @@ class CallManager:
         def live_anyway() -> None:
             if not session.finished.is_set() and not session._stopping:
                 session.media_ready()
+
         asyncio.get_running_loop().call_later(WEBSOCKET_LIVE_AFTER, live_anyway)
         return session
 
     def websocket_bridged(self, bridged: MediaBridged) -> None:
         session = self.sessions.get(bridged.call_id)
-        if (session is None or session.assignment.epoch != bridged.epoch or session.link is None
-                or session.linked.is_set() or session._stopping):
+        if (
+            session is None
+            or session.assignment.epoch != bridged.epoch
+            or session.link is None
+            or session.linked.is_set()
+            or session._stopping
+        ):
             return  # live already (the caller spoke first), or over
         session.media_ready()
 
@@ -199,8 +229,9 @@ class CallManager:
             return
         async with self.ctx.redis.pipeline(transaction=False) as pipe:
             for call_id, session in self.sessions.items():
-                pipe.set(self.ctx.keys.call_lease(call_id), f"{self.ctx.worker_id}:{session.assignment.epoch}",
-                         px=LEASE_MS)
+                pipe.set(
+                    self.ctx.keys.call_lease(call_id), f"{self.ctx.worker_id}:{session.assignment.epoch}", px=LEASE_MS
+                )
             await pipe.execute()
 
     async def stop_all(self, reason: str) -> None:
@@ -230,8 +261,12 @@ class _Held:
 
     def expire(self) -> None:
         if self._forget():
-            log.warning("AudioSocket connection from %s for unknown call %s: no assignment within %.0f s, refused",
-                        self.peer_host, self.call_uuid, HOLD_UNASSIGNED_S)
+            log.warning(
+                "AudioSocket connection from %s for unknown call %s: no assignment within %.0f s, refused",
+                self.peer_host,
+                self.call_uuid,
+                HOLD_UNASSIGNED_S,
+            )
             self.link.refuse()  # type: ignore[attr-defined]
 
     def _forget(self) -> bool:

@@ -17,8 +17,9 @@ log = logging.getLogger("inbox")
 Handler = Callable[[str, str], Awaitable[None]]
 
 
-async def consume(redis: aioredis.Redis, key: str, handler: Handler, stopping: asyncio.Event,
-                  block_ms: int = 1000) -> None:
+async def consume(
+    redis: aioredis.Redis, key: str, handler: Handler, stopping: asyncio.Event, block_ms: int = 1000
+) -> None:
     last = "0-0"
     failing = False
     while not stopping.is_set():

@@ -27,8 +27,7 @@ log = logging.getLogger("media-worker")
 class MediaWorker(AsyncRole):
     role = "media-worker"
 
-    def __init__(self, *args, audiosocket_port: int | None = None, rtp_ports: tuple[int, int] | None = None,
-                 **kwargs):
+    def __init__(self, *args, audiosocket_port: int | None = None, rtp_ports: tuple[int, int] | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         settings = self.config.media_worker
         self.audiosocket_port = settings.audiosocket_port if audiosocket_port is None else audiosocket_port
@@ -51,8 +50,9 @@ class MediaWorker(AsyncRole):
     async def prepare(self) -> None:
         # Listening before registering: the controller may send Asterisk here as soon as we are in Redis.
         settings = self.config.media_worker
-        self.server = AudioSocketServer(settings.listen_host, self.audiosocket_port, bind=self._bind,
-                                        allowed_hosts=settings.allowed_media_hosts)
+        self.server = AudioSocketServer(
+            settings.listen_host, self.audiosocket_port, bind=self._bind, allowed_hosts=settings.allowed_media_hosts
+        )
         await self.server.start()
         self.audiosocket_port = self.server.port
 
@@ -60,8 +60,13 @@ class MediaWorker(AsyncRole):
         # `auto` needs the route towards Redis, so it waits, like the connection, until Redis can be reached.
         settings = self.config.media_worker
         self.advertise_host = await resolve_advertise_host(settings.advertise_host, self.config.redis.url)
-        log.info("AudioSocket on %s:%d, RTP ports %d-%d, advertised as %s", settings.listen_host,
-                 self.audiosocket_port, *self.rtp_ports, self.advertise_host)
+        log.info(
+            "AudioSocket on %s:%d, RTP ports %d-%d, advertised as %s",
+            settings.listen_host,
+            self.audiosocket_port,
+            *self.rtp_ports,
+            self.advertise_host,
+        )
 
     def _bind(self, call_uuid: str, peer_host: str, link):
         return self.calls.bind_audiosocket(call_uuid, peer_host, link) if self.calls is not None else None
@@ -69,15 +74,26 @@ class MediaWorker(AsyncRole):
     async def serve(self) -> None:
         assert self.redis is not None
         settings = self.config.media_worker
-        ctx = WorkerContext(config=self.config, redis=self.redis, keys=self.keys, worker_id=self.id,
-                            clock=self.clock, pool=self.pool, realtime=self.realtime)
+        ctx = WorkerContext(
+            config=self.config,
+            redis=self.redis,
+            keys=self.keys,
+            worker_id=self.id,
+            clock=self.clock,
+            pool=self.pool,
+            realtime=self.realtime,
+        )
         self.calls = CallManager(ctx, listen_host=settings.listen_host, allowed_hosts=settings.allowed_media_hosts)
         self.pool.start()
         stop_reading = asyncio.Event()
-        tasks = [asyncio.create_task(self.clock.run(self.stopping), name="playout-clock"),
-                 asyncio.create_task(inbox.consume(self.redis, self.keys.worker_inbox(self.id), self.calls.handle,
-                                                   stop_reading), name="inbox"),
-                 asyncio.create_task(self._leases(), name="leases")]
+        tasks = [
+            asyncio.create_task(self.clock.run(self.stopping), name="playout-clock"),
+            asyncio.create_task(
+                inbox.consume(self.redis, self.keys.worker_inbox(self.id), self.calls.handle, stop_reading),
+                name="inbox",
+            ),
+            asyncio.create_task(self._leases(), name="leases"),
+        ]
         try:
             await self.stopping.wait()
             await self._drain()
@@ -126,8 +142,16 @@ class MediaWorker(AsyncRole):
     def process_info(self) -> WorkerInfo:
         settings = self.config.media_worker
         return WorkerInfo(
-            id=self.id, role=self.role, hostname=socket.gethostname(), pid=os.getpid(), version=VERSION,
-            started_ms=self.started_ms, health_url=self.health_url, media_host=self.advertise_host,
-            audiosocket_port=self.audiosocket_port, rtp_port_min=self.rtp_ports[0],
-            rtp_port_max=self.rtp_ports[1], capacity=settings.capacity,
+            id=self.id,
+            role=self.role,
+            hostname=socket.gethostname(),
+            pid=os.getpid(),
+            version=VERSION,
+            started_ms=self.started_ms,
+            health_url=self.health_url,
+            media_host=self.advertise_host,
+            audiosocket_port=self.audiosocket_port,
+            rtp_port_min=self.rtp_ports[0],
+            rtp_port_max=self.rtp_ports[1],
+            capacity=settings.capacity,
         )

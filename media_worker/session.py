@@ -140,8 +140,14 @@ class CallSession:
         self._probe_t: float | None = None
         self._probe_seq = 0
         self._first_delta_t: dict[str, float] = {}  # item -> when its first audio arrived, until it plays
-        self.stats = {"greeting_ms": "", "turn_ms": [], "bargein_ms": [], "truncations": 0,
-                      "audioless_responses": 0, "padded_frames": 0}
+        self.stats = {
+            "greeting_ms": "",
+            "turn_ms": [],
+            "bargein_ms": [],
+            "truncations": 0,
+            "audioless_responses": 0,
+            "padded_frames": 0,
+        }
 
     # --- lifecycle -------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -151,9 +157,14 @@ class CallSession:
     def session_config(self) -> dict[str, Any]:
         config, plan = self.ctx.config, self.plan
         provider = config.providers.openai_realtime
-        session = build_session(provider, instructions=plan.instructions, tools=realtime_tools(config, plan.tools),
-                                voice=plan.voice, input_format=plan.provider_format,
-                                output_format=plan.provider_format)
+        session = build_session(
+            provider,
+            instructions=plan.instructions,
+            tools=realtime_tools(config, plan.tools),
+            voice=plan.voice,
+            input_format=plan.provider_format,
+            output_format=plan.provider_format,
+        )
         td = session["audio"]["input"].get("turn_detection")
         if td is not None and provider.turn_detection.interrupt_response is None:
             td["interrupt_response"] = False  # the worker decides barge-in (echo-aware), not the server
@@ -163,9 +174,13 @@ class CallSession:
         bind_call(self.call_id)
         timeout = self.ctx.config.media_worker.media_timeout_ms / 1000
         try:
-            self.client = RealtimeClient(self.ctx.realtime, self.session_config(), history=self.log.history,
-                                         is_quiet=lambda: self.playout.idle and not self._caller_speaking,
-                                         connection_source=self.ctx.pool.take)
+            self.client = RealtimeClient(
+                self.ctx.realtime,
+                self.session_config(),
+                history=self.log.history,
+                is_quiet=lambda: self.playout.idle and not self._caller_speaking,
+                connection_source=self.ctx.pool.take,
+            )
             ready = await self.client.start()
             log.info("Realtime session %s ready for call %s", ready.session_id, self.call_id)
             self._sender = asyncio.create_task(self._send_forever(), name=f"append-{self.call_id}")
@@ -219,9 +234,14 @@ class CallSession:
         await self.log.flush()
         await self._save_stats()
         SESSIONS.dec()
-        log.info("call %s ended on the worker (%s): %d turns, %d barge-ins, %d gate closures",
-                 self.call_id, self.end_reason or "done", len(self.stats["turn_ms"]), len(self.stats["bargein_ms"]),
-                 self.gate.closures)
+        log.info(
+            "call %s ended on the worker (%s): %d turns, %d barge-ins, %d gate closures",
+            self.call_id,
+            self.end_reason or "done",
+            len(self.stats["turn_ms"]),
+            len(self.stats["bargein_ms"]),
+            self.gate.closures,
+        )
         self.finished.set()
 
     async def _save_stats(self) -> None:
@@ -233,12 +253,19 @@ class CallSession:
         usage = self.usage
         if usage.responses:
             CALL_COST.observe(usage.cost)
-        fields = {"greeting_ms": s["greeting_ms"], "turn_ms": ",".join(str(v) for v in s["turn_ms"]),
-                  "bargein_ms": ",".join(str(v) for v in s["bargein_ms"]), "gate_closures": self.gate.closures,
-                  "truncations": s["truncations"], "audioless_responses": s["audioless_responses"],
-                  "underruns": self.playout.underruns, "padded_frames": s["padded_frames"],
-                  "worker_end_reason": self.end_reason or "done", "cost_usd": f"{usage.cost:.6f}",
-                  **{f"tokens_{kind}": n for kind, n in usage.totals.items()}}
+        fields = {
+            "greeting_ms": s["greeting_ms"],
+            "turn_ms": ",".join(str(v) for v in s["turn_ms"]),
+            "bargein_ms": ",".join(str(v) for v in s["bargein_ms"]),
+            "gate_closures": self.gate.closures,
+            "truncations": s["truncations"],
+            "audioless_responses": s["audioless_responses"],
+            "underruns": self.playout.underruns,
+            "padded_frames": s["padded_frames"],
+            "worker_end_reason": self.end_reason or "done",
+            "cost_usd": f"{usage.cost:.6f}",
+            **{f"tokens_{kind}": n for kind, n in usage.totals.items()},
+        }
         summary = getattr(self.link, "summary", None)  # transport figures (WebSocket: Asterisk's queue depth)
         if summary is not None:
             fields.update(summary())
@@ -424,7 +451,7 @@ class CallSession:
     # --- Realtime --------------------------------------------------------------------------------------
     async def _greet(self) -> None:
         assert self.client is not None
-        instructions = (f"Greet the caller now by saying exactly this, and nothing else: {self.plan.greeting}")
+        instructions = f"Greet the caller now by saying exactly this, and nothing else: {self.plan.greeting}"
         self._awaiting_first_frame = True
         self._greeting_pending = True
         await self.client.create_response(instructions=instructions)
@@ -487,8 +514,11 @@ class CallSession:
                 log.error("Realtime session closed: %s", item.reason)
                 return
             elif kind is Reconnected:
-                log.info("Realtime session replaced (%s): %d items replayed",
-                         "rotation" if item.rotation else "reconnect", item.replayed)
+                log.info(
+                    "Realtime session replaced (%s): %d items replayed",
+                    "rotation" if item.rotation else "reconnect",
+                    item.replayed,
+                )
 
     def _on_audio_chunk(self, chunk: AudioChunk) -> None:
         if chunk.response_id == self._say_response and not self._say_started.is_set():
@@ -567,12 +597,14 @@ class CallSession:
         """Wait for the reply under way (or about to start) to be played out."""
         assert self.client is not None
         deadline = time.monotonic() + start_timeout
-        while (self.client.protocol.active_response is None and self.playout.idle
-               and time.monotonic() < deadline):
+        while self.client.protocol.active_response is None and self.playout.idle and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
         deadline = time.monotonic() + play_timeout
-        while ((self.client.protocol.active_response is not None or not self.playout.idle
-                or self.playout.playing_item is not None) and time.monotonic() < deadline):
+        while (
+            self.client.protocol.active_response is not None
+            or not self.playout.idle
+            or self.playout.playing_item is not None
+        ) and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
 
 

@@ -50,15 +50,22 @@ class ToolRunner:
     async def _request(self, action: str, tool_call_id: str, **fields: str) -> str:
         """Send a request to the controller; returns its id, whose replies `_reply` waits for."""
         s = self.s
-        request = ControlRequest(request_id=f"{s.call_id}:{tool_call_id}:{action}", call_id=s.call_id,
-                                 worker_id=s.ctx.worker_id, action=action, **fields)
+        request = ControlRequest(
+            request_id=f"{s.call_id}:{tool_call_id}:{action}",
+            call_id=s.call_id,
+            worker_id=s.ctx.worker_id,
+            action=action,
+            **fields,
+        )
         self._replies[request.request_id] = asyncio.Queue()
-        await s.ctx.redis.xadd(s.ctx.keys.controller_inbox, inbox_fields("control", request),
-                               maxlen=100_000, approximate=True)
+        await s.ctx.redis.xadd(
+            s.ctx.keys.controller_inbox, inbox_fields("control", request), maxlen=100_000, approximate=True
+        )
         return request.request_id
 
-    async def _reply(self, request_id: str, timeout: float = REPLY_TIMEOUT_S, *,
-                     last: bool = True) -> ControlReply | None:
+    async def _reply(
+        self, request_id: str, timeout: float = REPLY_TIMEOUT_S, *, last: bool = True
+    ) -> ControlReply | None:
         """The next reply to a request (None on timeout); with `last`, the request is forgotten afterwards."""
         try:
             return await asyncio.wait_for(self._replies[request_id].get(), timeout)
@@ -105,8 +112,11 @@ class ToolRunner:
         if args.destination not in destinations:
             # Only configured destinations: a caller cannot talk the agent into dialling an arbitrary number.
             allowed = ", ".join(sorted(destinations)) or "none are configured"
-            return _out(ok=False, error=f"{args.destination!r} is not a transfer destination; use one of: "
-                        f"{allowed}"), True, None
+            return (
+                _out(ok=False, error=f"{args.destination!r} is not a transfer destination; use one of: {allowed}"),
+                True,
+                None,
+            )
         request_id = await self._request("transfer", call.call_id, destination=args.destination)
         first = await self._reply(request_id, last=False)
         if first is None or first.final:
@@ -116,9 +126,16 @@ class ToolRunner:
         if first.final:
             return self._transfer_outcome(args.destination, first), first.status != "answered", None
         # Ringing: the caller hears hold music; the outcome comes later as a system message.
-        return (_out(ok=True, status="ringing", message=f"Transferring to {args.destination}; the caller hears hold "
-                     "music. If they ask to stop waiting, call cancel_transfer."), False,
-                lambda: self._await_transfer(args.destination, request_id))
+        return (
+            _out(
+                ok=True,
+                status="ringing",
+                message=f"Transferring to {args.destination}; the caller hears hold "
+                "music. If they ask to stop waiting, call cancel_transfer.",
+            ),
+            False,
+            lambda: self._await_transfer(args.destination, request_id),
+        )
 
     async def _await_transfer(self, destination: str, request_id: str) -> None:
         ring_s = self.s.ctx.config.tools.transfer.ring_timeout_ms / 1000
@@ -128,9 +145,11 @@ class ToolRunner:
                 self.s.end_reason = self.s.end_reason or "transferred"
             return
         note = {"busy": "the line was busy", "no_answer": "nobody answered", "cancelled": "it was cancelled"}.get(
-            reply.status, reply.message or reply.status)
-        await self.s.tell_model(f"The transfer to {destination} did not go through: {note}. Tell the caller and "
-                                "offer to help another way.")
+            reply.status, reply.message or reply.status
+        )
+        await self.s.tell_model(
+            f"The transfer to {destination} did not go through: {note}. Tell the caller and offer to help another way."
+        )
 
     def _transfer_outcome(self, destination: str, reply: ControlReply) -> dict[str, Any]:
         if reply.status == "answered":
@@ -143,8 +162,11 @@ class ToolRunner:
         if reply is None:
             return _out(ok=False, error="could not reach the call controller"), True, None
         if reply.ok:
-            return _out(ok=True, status="cancelled", message="The transfer was cancelled; you are back with "
-                        "the caller."), True, None
+            return (
+                _out(ok=True, status="cancelled", message="The transfer was cancelled; you are back with the caller."),
+                True,
+                None,
+            )
         return _out(ok=False, status=reply.status, error=reply.message or "there is no transfer to cancel"), True, None
 
     async def _hangup_call(self, call, args: HangupArgs) -> Result:
@@ -156,16 +178,25 @@ class ToolRunner:
         guide's guard: if no farewell audio starts within `farewell_timeout_ms`, hang up anyway."""
         s = self.s
         guard = s.ctx.config.tools.hangup_call.farewell_timeout_ms / 1000
-        played = await s.say_and_wait(f"Say exactly this farewell to the caller, and nothing else: {farewell}",
-                                      start_timeout=guard, play_timeout=FAREWELL_MAX_S)
+        played = await s.say_and_wait(
+            f"Say exactly this farewell to the caller, and nothing else: {farewell}",
+            start_timeout=guard,
+            play_timeout=FAREWELL_MAX_S,
+        )
         if not played:
             log.warning("the farewell had no audio within %.1f s: hanging up anyway", guard)
         await self._control("hangup", tool_call_id, reason="agent_hangup")
 
     async def _leave_voicemail(self, call, args) -> Result:
-        return (_out(ok=True, status="connecting_to_voicemail",
-                     message="Tell the caller in one short sentence that you are connecting them to voicemail."), True,
-                lambda: self._drain_then_voicemail(call.call_id))
+        return (
+            _out(
+                ok=True,
+                status="connecting_to_voicemail",
+                message="Tell the caller in one short sentence that you are connecting them to voicemail.",
+            ),
+            True,
+            lambda: self._drain_then_voicemail(call.call_id),
+        )
 
     async def _drain_then_voicemail(self, tool_call_id: str) -> None:
         s = self.s
@@ -177,28 +208,52 @@ class ToolRunner:
         if reply is None or not reply.ok:
             why = "no answer from the controller" if reply is None else (reply.message or reply.status)
             log.error("%s failed: %s", action, why)
-            await self.s.tell_model(f"Ending the call did not work ({why}). Apologise and stay with the caller."
-                                    if action == "hangup" else f"Voicemail is not available ({why}). Offer to "
-                                    "take a message yourself.")
+            await self.s.tell_model(
+                f"Ending the call did not work ({why}). Apologise and stay with the caller."
+                if action == "hangup"
+                else f"Voicemail is not available ({why}). Offer to take a message yourself."
+            )
 
     # --- emails (sent after the call by the tool workers) ----------------------------------------------
     async def _send_email_summary(self, call, args) -> Result:
         s = self.s
         await s.ctx.redis.hset(s.ctx.keys.call(s.call_id), "summary_requested", "1")
-        return _out(ok=True, status="scheduled", message="A summary of this call will be emailed to the team "
-                    "right after the call."), True, None
+        return (
+            _out(
+                ok=True,
+                status="scheduled",
+                message="A summary of this call will be emailed to the team right after the call.",
+            ),
+            True,
+            None,
+        )
 
     async def _request_transcript(self, call, args: TranscriptArgs) -> Result:
         from shared.email_address import parse_spoken_email, spell_back
 
         address = parse_spoken_email(args.email)
         if address is None:
-            return _out(ok=False, error=f"{args.email!r} is not an email address I can use; ask the caller to "
-                        "spell it slowly"), True, None
+            return (
+                _out(
+                    ok=False,
+                    error=f"{args.email!r} is not an email address I can use; ask the caller to spell it slowly",
+                ),
+                True,
+                None,
+            )
         if not args.confirmed:
-            return _out(ok=True, status="confirm", address=address, spelled=spell_back(address),
-                        message="Read the spelling back to the caller. If they confirm, call request_transcript "
-                        "again with confirmed true."), True, None
+            return (
+                _out(
+                    ok=True,
+                    status="confirm",
+                    address=address,
+                    spelled=spell_back(address),
+                    message="Read the spelling back to the caller. If they confirm, call request_transcript "
+                    "again with confirmed true.",
+                ),
+                True,
+                None,
+            )
         s = self.s
         key = s.ctx.keys.call(s.call_id)
         current = await s.ctx.redis.hget(key, "transcript_to") or ""
@@ -206,5 +261,13 @@ class ToolRunner:
         if address not in addresses:
             addresses.append(address)
             await s.ctx.redis.hset(key, "transcript_to", ",".join(addresses))
-        return _out(ok=True, status="scheduled", address=address,
-                    message="The transcript will be emailed to that address right after the call."), True, None
+        return (
+            _out(
+                ok=True,
+                status="scheduled",
+                address=address,
+                message="The transcript will be emailed to that address right after the call.",
+            ),
+            True,
+            None,
+        )

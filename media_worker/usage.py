@@ -22,9 +22,13 @@ def tokens(usage: dict[str, Any] | None) -> dict[str, int]:
     """One response's billed tokens by kind (KINDS); missing or malformed fields count as 0."""
     usage = usage if isinstance(usage, dict) else {}
     inp, out = usage.get("input_token_details"), usage.get("output_token_details")
-    return {"input_text": _int(inp, "text_tokens"), "input_audio": _int(inp, "audio_tokens"),
-            "input_cached": _int(inp, "cached_tokens"),
-            "output_text": _int(out, "text_tokens"), "output_audio": _int(out, "audio_tokens")}
+    return {
+        "input_text": _int(inp, "text_tokens"),
+        "input_audio": _int(inp, "audio_tokens"),
+        "input_cached": _int(inp, "cached_tokens"),
+        "output_text": _int(out, "text_tokens"),
+        "output_audio": _int(out, "audio_tokens"),
+    }
 
 
 def charge(usage: dict[str, Any] | None, prices: Pricing) -> tuple[dict[str, int], float]:
@@ -39,9 +43,13 @@ def charge(usage: dict[str, Any] | None, prices: Pricing) -> tuple[dict[str, int
         cached_audio = min(t["input_cached"] - cached_text, t["input_audio"])
     cached_text, cached_audio = min(cached_text, t["input_text"]), min(cached_audio, t["input_audio"])
     per_token = (
-        (t["input_text"] - cached_text) * prices.text_input + cached_text * prices.text_cached_input
-        + (t["input_audio"] - cached_audio) * prices.audio_input + cached_audio * prices.audio_cached_input
-        + t["output_text"] * prices.text_output + t["output_audio"] * prices.audio_output)
+        (t["input_text"] - cached_text) * prices.text_input
+        + cached_text * prices.text_cached_input
+        + (t["input_audio"] - cached_audio) * prices.audio_input
+        + cached_audio * prices.audio_cached_input
+        + t["output_text"] * prices.text_output
+        + t["output_audio"] * prices.audio_output
+    )
     return t, per_token / 1_000_000
 
 

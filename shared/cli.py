@@ -59,8 +59,14 @@ def cmd_media_worker(args: argparse.Namespace) -> int:
 
     loaded = _start_role(args, "media-worker")
     host, port = _health(args, loaded.config.media_worker)
-    worker = MediaWorker(loaded, instance_id=args.id, health_host=host, health_port=port,
-                         audiosocket_port=args.audiosocket_port, rtp_ports=args.rtp_ports)
+    worker = MediaWorker(
+        loaded,
+        instance_id=args.id,
+        health_host=host,
+        health_port=port,
+        audiosocket_port=args.audiosocket_port,
+        rtp_ports=args.rtp_ports,
+    )
     return asyncio.run(worker.run())
 
 
@@ -194,8 +200,12 @@ def build_parser() -> argparse.ArgumentParser:
     role("controller", cmd_controller, "run the controller (ARI, admission, call control)")
     mw = role("media-worker", cmd_media_worker, "run a media worker (audio path and Realtime sessions)")
     mw.add_argument("--audiosocket-port", type=int, help="overrides media_worker.audiosocket_port (0: any free)")
-    mw.add_argument("--rtp-ports", type=_port_range, metavar="MIN-MAX",
-                    help="overrides media_worker.rtp_port_min/max (workers on one host need their own ranges)")
+    mw.add_argument(
+        "--rtp-ports",
+        type=_port_range,
+        metavar="MIN-MAX",
+        help="overrides media_worker.rtp_port_min/max (workers on one host need their own ranges)",
+    )
     tw = role("tool-worker", cmd_tool_worker, "run an RQ tool worker on the configured queues")
     tw.add_argument("--burst", action="store_true", help="exit once the queues are empty")
 
@@ -208,8 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true", help="machine-readable output")
     st.set_defaults(func=cmd_status)
 
-    hc = sub.add_parser("healthcheck", help="GET a URL: exit 0 on HTTP 200, else say why and exit 1 "
-                        "(container healthchecks)")
+    hc = sub.add_parser(
+        "healthcheck", help="GET a URL: exit 0 on HTTP 200, else say why and exit 1 (container healthchecks)"
+    )
     hc.add_argument("url", help="e.g. http://127.0.0.1:15000/readyz")
     hc.add_argument("--timeout", type=float, default=3.0, help="seconds (default: 3)")
     hc.set_defaults(func=cmd_healthcheck)
@@ -241,8 +252,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="start the cluster locally, show it working, stop it cleanly")
     demo.add_argument("--keep-running", action="store_true", help="leave the cluster up until Ctrl-C")
-    demo.add_argument("--real-asterisk", action="store_true",
-                      help="call through a real Asterisk 22 (scripts/real-asterisk, cached) instead of the simulator")
+    demo.add_argument(
+        "--real-asterisk",
+        action="store_true",
+        help="call through a real Asterisk 22 (scripts/real-asterisk, cached) instead of the simulator",
+    )
     demo.set_defaults(func=cmd_demo)
 
     lt = sub.add_parser("loadtest", help="N concurrent scripted calls through the cluster, with a report")

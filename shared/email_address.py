@@ -16,24 +16,61 @@ _TLD = re.compile(r"^[A-Za-z]{2,63}$|^xn--[A-Za-z0-9-]{1,59}$")
 _WRITTEN = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9.-]+")
 
 _SYMBOLS = {
-    "dot": ".", "period": ".", "point": ".", "full stop": ".",
-    "underscore": "_", "under score": "_",
-    "dash": "-", "hyphen": "-", "minus": "-",
+    "dot": ".",
+    "period": ".",
+    "point": ".",
+    "full stop": ".",
+    "underscore": "_",
+    "under score": "_",
+    "dash": "-",
+    "hyphen": "-",
+    "minus": "-",
     "plus": "+",
-    "at": "@", "at sign": "@", "at symbol": "@", "at the rate": "@", "at the rate of": "@", "@": "@",
-    "dotcom": ".com", "dotnet": ".net", "dotorg": ".org",
+    "at": "@",
+    "at sign": "@",
+    "at symbol": "@",
+    "at the rate": "@",
+    "at the rate of": "@",
+    "@": "@",
+    "dotcom": ".com",
+    "dotnet": ".net",
+    "dotorg": ".org",
 }
-_DIGITS = {"zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6",
-           "seven": "7", "eight": "8", "nine": "9"}
+_DIGITS = {
+    "zero": "0",
+    "one": "1",
+    "two": "2",
+    "three": "3",
+    "four": "4",
+    "five": "5",
+    "six": "6",
+    "seven": "7",
+    "eight": "8",
+    "nine": "9",
+}
 _REPEAT = {"double": 2, "triple": 3}
 _CAPITAL = {"capital", "uppercase", "upper", "cap"}
 # Said without ".com": "john at gmail".
-_PROVIDERS = {"gmail": "gmail.com", "googlemail": "googlemail.com", "hotmail": "hotmail.com",
-              "yahoo": "yahoo.com", "outlook": "outlook.com", "icloud": "icloud.com", "aol": "aol.com",
-              "protonmail": "protonmail.com", "live": "live.com", "msn": "msn.com"}
+_PROVIDERS = {
+    "gmail": "gmail.com",
+    "googlemail": "googlemail.com",
+    "hotmail": "hotmail.com",
+    "yahoo": "yahoo.com",
+    "outlook": "outlook.com",
+    "icloud": "icloud.com",
+    "aol": "aol.com",
+    "protonmail": "protonmail.com",
+    "live": "live.com",
+    "msn": "msn.com",
+}
 # "g mail", "hot mail": providers said as two words.
-_SPLIT_PROVIDERS = {("g", "mail"): "gmail", ("hot", "mail"): "hotmail", ("proton", "mail"): "protonmail",
-                    ("i", "cloud"): "icloud", ("out", "look"): "outlook"}
+_SPLIT_PROVIDERS = {
+    ("g", "mail"): "gmail",
+    ("hot", "mail"): "hotmail",
+    ("proton", "mail"): "protonmail",
+    ("i", "cloud"): "icloud",
+    ("out", "look"): "outlook",
+}
 _LEAD_IN = re.compile(
     r"^(?:(?:yes|yeah|yep|sure|ok|okay|so|um|uh|well|right)\b[\s,.]*)*"
     r"(?:(?:it'?s|it is|that'?s|that is|my|the|your)\s+)*"
@@ -41,7 +78,7 @@ _LEAD_IN = re.compile(
     re.IGNORECASE,
 )
 _LITERAL = "\x00"  # a token that is a plain word even if it spells a symbol
-_PUNCT = str.maketrans({c: " " for c in ",;:!?\"()[]<>"})
+_PUNCT = str.maketrans({c: " " for c in ',;:!?"()[]<>'})
 
 
 def validate_email(addr: str) -> bool:
@@ -80,11 +117,11 @@ def _translate(tokens: list[str]) -> str:
             i += 1
             capital = False
             continue
-        pair = tuple(t.lower() for t in tokens[i:i + 2])
+        pair = tuple(t.lower() for t in tokens[i : i + 2])
         # Longest spoken symbol first: "at the rate of", "at sign", "under score".
         for size in (4, 3, 2):
-            phrase = " ".join(t.lower() for t in tokens[i:i + size])
-            if len(tokens[i:i + size]) == size and phrase in _SYMBOLS:
+            phrase = " ".join(t.lower() for t in tokens[i : i + size])
+            if len(tokens[i : i + size]) == size and phrase in _SYMBOLS:
                 out.append(_SYMBOLS[phrase])
                 i += size
                 break

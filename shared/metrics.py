@@ -21,124 +21,271 @@ _FAST = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0
 BUILD = Info("va_build", "Version and role of this process", registry=None)
 REDIS_UP = Gauge("va_redis_connected", "1 while this process reaches Redis", registry=None)
 REGISTERED = Gauge("va_registered", "1 while this process is registered in Redis", registry=None)
-LOOP_LAG = Histogram("va_event_loop_lag_seconds", "How late the process's event loop ran a timer (sampled "
-                     "every 0.5 s)", buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
-                     registry=None)
+LOOP_LAG = Histogram(
+    "va_event_loop_lag_seconds",
+    "How late the process's event loop ran a timer (sampled every 0.5 s)",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+    registry=None,
+)
 COMMON = (BUILD, REDIS_UP, REGISTERED, LOOP_LAG)
 
 # --- controller: calls ----------------------------------------------------------------------------------
 CALLS_ACTIVE = Gauge("va_calls_active", "Calls this controller is running (queued, setting up or up)", registry=None)
 CALLS_ADMITTED = Counter("va_calls_admitted_total", "Calls given a media worker slot", registry=None)
-CALLS_QUEUED = Counter("va_calls_queued_total", "Calls that had to wait for capacity, by why", ["reason"],
-                       registry=None)
-CALLS_REJECTED = Counter("va_calls_rejected_total", "Calls the agent did not take and sent to the fallback, by "
-                         "why (unknown context or provider, queue timeout, setup failed)", ["reason"], registry=None)
+CALLS_QUEUED = Counter(
+    "va_calls_queued_total", "Calls that had to wait for capacity, by why", ["reason"], registry=None
+)
+CALLS_REJECTED = Counter(
+    "va_calls_rejected_total",
+    "Calls the agent did not take and sent to the fallback, by "
+    "why (unknown context or provider, queue timeout, setup failed)",
+    ["reason"],
+    registry=None,
+)
 CALLS_ENDED = Counter("va_calls_ended_total", "Calls ended, by reason", ["reason"], registry=None)
-SETUP_SECONDS = Histogram("va_call_setup_seconds", "StasisStart to caller and media leg bridged",
-                          buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5), registry=None)
-QUEUE_WAIT = Histogram("va_call_queue_wait_seconds", "Time queued calls waited for a slot",
-                       buckets=(0.1, 0.5, 1, 2, 5, 10, 20, 30, 60, 120), registry=None)
-RECONCILED = Counter("va_reconcile_cleaned_total", "Objects reconcile removed or took over, by kind", ["kind"],
-                     registry=None)
-CONTROL_REQUESTS = Counter("va_control_requests_total", "Call-control requests from the workers, by action and "
-                           "final status", ["action", "status"], registry=None)
-CONTROL_SECONDS = Histogram("va_control_request_seconds", "Call-control request received to final reply, by action",
-                            ["action"], buckets=(0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 20, 30, 60), registry=None)
-EMAILS_ENQUEUED = Counter("va_call_emails_enqueued_total", "End-of-call email jobs enqueued, by kind", ["kind"],
-                          registry=None)
+SETUP_SECONDS = Histogram(
+    "va_call_setup_seconds",
+    "StasisStart to caller and media leg bridged",
+    buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5),
+    registry=None,
+)
+QUEUE_WAIT = Histogram(
+    "va_call_queue_wait_seconds",
+    "Time queued calls waited for a slot",
+    buckets=(0.1, 0.5, 1, 2, 5, 10, 20, 30, 60, 120),
+    registry=None,
+)
+RECONCILED = Counter(
+    "va_reconcile_cleaned_total", "Objects reconcile removed or took over, by kind", ["kind"], registry=None
+)
+CONTROL_REQUESTS = Counter(
+    "va_control_requests_total",
+    "Call-control requests from the workers, by action and final status",
+    ["action", "status"],
+    registry=None,
+)
+CONTROL_SECONDS = Histogram(
+    "va_control_request_seconds",
+    "Call-control request received to final reply, by action",
+    ["action"],
+    buckets=(0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 20, 30, 60),
+    registry=None,
+)
+EMAILS_ENQUEUED = Counter(
+    "va_call_emails_enqueued_total", "End-of-call email jobs enqueued, by kind", ["kind"], registry=None
+)
 # --- controller: ARI ------------------------------------------------------------------------------------
-ARI_REQUESTS = Counter("va_ari_requests_total", "ARI REST requests by client method and HTTP status",
-                       ["method", "status"], registry=None)
-ARI_REQUEST_SECONDS = Histogram("va_ari_request_seconds", "ARI REST request time by client method", ["method"],
-                                buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5), registry=None)
-ARI_EVENTS = Counter("va_ari_events_total", "ARI events received by type (unknown types as other)", ["type"],
-                     registry=None)
+ARI_REQUESTS = Counter(
+    "va_ari_requests_total", "ARI REST requests by client method and HTTP status", ["method", "status"], registry=None
+)
+ARI_REQUEST_SECONDS = Histogram(
+    "va_ari_request_seconds",
+    "ARI REST request time by client method",
+    ["method"],
+    buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5),
+    registry=None,
+)
+ARI_EVENTS = Counter(
+    "va_ari_events_total", "ARI events received by type (unknown types as other)", ["type"], registry=None
+)
 ARI_RECONNECTS = Counter("va_ari_reconnects_total", "ARI events WebSocket reconnects", registry=None)
 ARI_CONNECTED = Gauge("va_ari_connected", "1 while the ARI events WebSocket is connected", registry=None)
 # --- controller: the cluster as Redis shows it (refreshed every few seconds; the same on every controller) ---
 CALLS_WAITING = Gauge("va_calls_waiting", "Calls in the admission queue now", registry=None)
-MEDIA_WORKERS = Gauge("va_media_workers", "Registered media workers by state (live, draining, stale)", ["state"],
-                      registry=None)
-RQ_JOBS = Gauge("va_rq_jobs", "RQ jobs by queue and state (queued, started, scheduled, failed)",
-                ["queue", "state"], registry=None)
+MEDIA_WORKERS = Gauge(
+    "va_media_workers", "Registered media workers by state (live, draining, stale)", ["state"], registry=None
+)
+RQ_JOBS = Gauge(
+    "va_rq_jobs", "RQ jobs by queue and state (queued, started, scheduled, failed)", ["queue", "state"], registry=None
+)
 RQ_WORKERS = Gauge("va_rq_workers", "RQ tool workers registered", registry=None)
-CONTROLLER = (CALLS_ACTIVE, CALLS_ADMITTED, CALLS_QUEUED, CALLS_REJECTED, CALLS_ENDED, SETUP_SECONDS, QUEUE_WAIT,
-              RECONCILED, CONTROL_REQUESTS, CONTROL_SECONDS, EMAILS_ENQUEUED, ARI_REQUESTS, ARI_REQUEST_SECONDS,
-              ARI_EVENTS, ARI_RECONNECTS, ARI_CONNECTED, CALLS_WAITING, MEDIA_WORKERS, RQ_JOBS, RQ_WORKERS)
+CONTROLLER = (
+    CALLS_ACTIVE,
+    CALLS_ADMITTED,
+    CALLS_QUEUED,
+    CALLS_REJECTED,
+    CALLS_ENDED,
+    SETUP_SECONDS,
+    QUEUE_WAIT,
+    RECONCILED,
+    CONTROL_REQUESTS,
+    CONTROL_SECONDS,
+    EMAILS_ENQUEUED,
+    ARI_REQUESTS,
+    ARI_REQUEST_SECONDS,
+    ARI_EVENTS,
+    ARI_RECONNECTS,
+    ARI_CONNECTED,
+    CALLS_WAITING,
+    MEDIA_WORKERS,
+    RQ_JOBS,
+    RQ_WORKERS,
+)
 
 # --- media worker: capacity -----------------------------------------------------------------------------
 WORKER_CAPACITY = Gauge("va_worker_capacity", "Calls this media worker accepts at once", registry=None)
 WORKER_CALLS = Gauge("va_worker_calls_active", "Calls on this media worker", registry=None)
-WORKER_SLOTS_FREE = Gauge("va_worker_slots_free", "Calls this media worker can still take (0 while draining)",
-                          registry=None)
+WORKER_SLOTS_FREE = Gauge(
+    "va_worker_slots_free", "Calls this media worker can still take (0 while draining)", registry=None
+)
 TICK_LAG = Gauge("va_playout_tick_lag_p99_ms", "p99 lateness of the 20 ms playout tick (ms)", registry=None)
 # --- media worker: conversation latency -----------------------------------------------------------------
-GREETING_SECONDS = Histogram("va_greeting_first_frame_seconds", "Media connected to first greeting frame sent",
-                             buckets=_LATENCY, registry=None)
-TURN_SECONDS = Histogram("va_turn_latency_seconds", "Caller end of speech (server VAD) to first agent frame",
-                         buckets=_LATENCY, registry=None)
-BARGEIN_SECONDS = Histogram("va_bargein_seconds", "Caller speech detected to agent audio stopped",
-                            buckets=(0.001, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2), registry=None)
+GREETING_SECONDS = Histogram(
+    "va_greeting_first_frame_seconds", "Media connected to first greeting frame sent", buckets=_LATENCY, registry=None
+)
+TURN_SECONDS = Histogram(
+    "va_turn_latency_seconds", "Caller end of speech (server VAD) to first agent frame", buckets=_LATENCY, registry=None
+)
+BARGEIN_SECONDS = Histogram(
+    "va_bargein_seconds",
+    "Caller speech detected to agent audio stopped",
+    buckets=(0.001, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2),
+    registry=None,
+)
 # Sampled (one frame in 25): the per-frame path stays free of histogram work.
-INPUT_LATENCY = Histogram("va_input_append_seconds", "Caller frame in to its append sent (sampled)", buckets=_FAST,
-                          registry=None)
-OUTPUT_LATENCY = Histogram("va_output_first_frame_seconds", "Model audio delta in to its first frame sent to "
-                           "Asterisk (includes the wait for the next 20 ms tick)", buckets=_FAST, registry=None)
+INPUT_LATENCY = Histogram(
+    "va_input_append_seconds", "Caller frame in to its append sent (sampled)", buckets=_FAST, registry=None
+)
+OUTPUT_LATENCY = Histogram(
+    "va_output_first_frame_seconds",
+    "Model audio delta in to its first frame sent to Asterisk (includes the wait for the next 20 ms tick)",
+    buckets=_FAST,
+    registry=None,
+)
 # --- media worker: audio health (added once per call, off the frame path) -------------------------------
-GATE_CLOSURES = Counter("va_echo_gate_closures_total", "Voiced bursts the echo gate held back as our own echo",
-                        registry=None)
+GATE_CLOSURES = Counter(
+    "va_echo_gate_closures_total", "Voiced bursts the echo gate held back as our own echo", registry=None
+)
 TRUNCATIONS = Counter("va_truncations_total", "Agent items truncated by a barge-in", registry=None)
-AUDIOLESS = Counter("va_audioless_responses_total", "Responses that finished with a transcript but no audio",
-                    registry=None)
-UNDERRUNS = Counter("va_playout_underruns_total", "20 ms ticks with no model audio in the middle of an item",
-                    registry=None)
-PADDED = Counter("va_input_padding_frames_total", "Silence frames appended where the caller's audio had gaps",
-                 registry=None)
+AUDIOLESS = Counter(
+    "va_audioless_responses_total", "Responses that finished with a transcript but no audio", registry=None
+)
+UNDERRUNS = Counter(
+    "va_playout_underruns_total", "20 ms ticks with no model audio in the middle of an item", registry=None
+)
+PADDED = Counter(
+    "va_input_padding_frames_total", "Silence frames appended where the caller's audio had gaps", registry=None
+)
 # --- media worker: Realtime -----------------------------------------------------------------------------
-REALTIME_ERRORS = Counter("va_realtime_errors_total", "Realtime error events by code (benign races excluded)",
-                          ["code"], registry=None)
-REALTIME_RECONNECTS = Counter("va_realtime_reconnects_total", "Realtime reconnects by cause", ["cause"],
-                              registry=None)
-REALTIME_CONNECT = Histogram("va_realtime_connect_seconds", "WebSocket connect to session.updated",
-                             buckets=(0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10), registry=None)
+REALTIME_ERRORS = Counter(
+    "va_realtime_errors_total", "Realtime error events by code (benign races excluded)", ["code"], registry=None
+)
+REALTIME_RECONNECTS = Counter("va_realtime_reconnects_total", "Realtime reconnects by cause", ["cause"], registry=None)
+REALTIME_CONNECT = Histogram(
+    "va_realtime_connect_seconds",
+    "WebSocket connect to session.updated",
+    buckets=(0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10),
+    registry=None,
+)
 POOL_READY = Gauge("va_realtime_pool_ready", "Prewarmed Realtime connections waiting for a call", registry=None)
-POOL_TAKES = Counter("va_realtime_pool_takes_total", "Calls that got a connection, by source (pool, new)",
-                     ["source"], registry=None)
-RATE_LIMIT_REMAINING = Gauge("va_realtime_rate_limit_remaining", "Remaining from the last rate_limits.updated, "
-                             "by limit (requests, tokens)", ["limit"], registry=None)
-RATE_LIMIT_LIMIT = Gauge("va_realtime_rate_limit_limit", "The limit from the last rate_limits.updated", ["limit"],
-                         registry=None)
-TOKENS = Counter("va_realtime_tokens_total", "Tokens billed, from response.done usage, by kind (input_text, "
-                 "input_audio, input_cached, output_text, output_audio)", ["kind"], registry=None)
-COST = Counter("va_realtime_cost_usd_total", "Estimated Realtime cost in USD (usage x configured prices)",
-               registry=None)
-CALL_COST = Histogram("va_call_cost_usd", "Estimated Realtime cost of one call in USD",
-                      buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5), registry=None)
+POOL_TAKES = Counter(
+    "va_realtime_pool_takes_total", "Calls that got a connection, by source (pool, new)", ["source"], registry=None
+)
+RATE_LIMIT_REMAINING = Gauge(
+    "va_realtime_rate_limit_remaining",
+    "Remaining from the last rate_limits.updated, by limit (requests, tokens)",
+    ["limit"],
+    registry=None,
+)
+RATE_LIMIT_LIMIT = Gauge(
+    "va_realtime_rate_limit_limit", "The limit from the last rate_limits.updated", ["limit"], registry=None
+)
+TOKENS = Counter(
+    "va_realtime_tokens_total",
+    "Tokens billed, from response.done usage, by kind (input_text, "
+    "input_audio, input_cached, output_text, output_audio)",
+    ["kind"],
+    registry=None,
+)
+COST = Counter(
+    "va_realtime_cost_usd_total", "Estimated Realtime cost in USD (usage x configured prices)", registry=None
+)
+CALL_COST = Histogram(
+    "va_call_cost_usd",
+    "Estimated Realtime cost of one call in USD",
+    buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5),
+    registry=None,
+)
 # --- media worker: tools --------------------------------------------------------------------------------
 TOOL_CALLS = Counter("va_tool_calls_total", "Tool calls by tool and outcome", ["tool", "status"], registry=None)
-TOOL_SECONDS = Histogram("va_tool_seconds", "Tool call to its output, by tool and outcome", ["tool", "status"],
-                         buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30), registry=None)
-MEDIA_WORKER = (WORKER_CAPACITY, WORKER_CALLS, WORKER_SLOTS_FREE, TICK_LAG, GREETING_SECONDS, TURN_SECONDS,
-                BARGEIN_SECONDS, INPUT_LATENCY, OUTPUT_LATENCY, GATE_CLOSURES, TRUNCATIONS, AUDIOLESS, UNDERRUNS,
-                PADDED, REALTIME_ERRORS, REALTIME_RECONNECTS, REALTIME_CONNECT, POOL_READY, POOL_TAKES,
-                RATE_LIMIT_REMAINING, RATE_LIMIT_LIMIT, TOKENS, COST, CALL_COST, TOOL_CALLS, TOOL_SECONDS)
+TOOL_SECONDS = Histogram(
+    "va_tool_seconds",
+    "Tool call to its output, by tool and outcome",
+    ["tool", "status"],
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30),
+    registry=None,
+)
+MEDIA_WORKER = (
+    WORKER_CAPACITY,
+    WORKER_CALLS,
+    WORKER_SLOTS_FREE,
+    TICK_LAG,
+    GREETING_SECONDS,
+    TURN_SECONDS,
+    BARGEIN_SECONDS,
+    INPUT_LATENCY,
+    OUTPUT_LATENCY,
+    GATE_CLOSURES,
+    TRUNCATIONS,
+    AUDIOLESS,
+    UNDERRUNS,
+    PADDED,
+    REALTIME_ERRORS,
+    REALTIME_RECONNECTS,
+    REALTIME_CONNECT,
+    POOL_READY,
+    POOL_TAKES,
+    RATE_LIMIT_REMAINING,
+    RATE_LIMIT_LIMIT,
+    TOKENS,
+    COST,
+    CALL_COST,
+    TOOL_CALLS,
+    TOOL_SECONDS,
+)
 
 # --- tool worker (counted in the RQ parent process) -----------------------------------------------------
 # `task`, not `job`: Prometheus's own `job` label would push ours aside (as exported_job).
-JOBS = Counter("va_tool_jobs_total", "Tool-worker jobs run, by task and outcome (finished, failed, retrying)",
-               ["task", "status"], registry=None)
-JOB_SECONDS = Histogram("va_tool_job_seconds", "One run of a tool-worker job, by task",
-                        ["task"], buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120), registry=None)
+JOBS = Counter(
+    "va_tool_jobs_total",
+    "Tool-worker jobs run, by task and outcome (finished, failed, retrying)",
+    ["task", "status"],
+    registry=None,
+)
+JOB_SECONDS = Histogram(
+    "va_tool_job_seconds",
+    "One run of a tool-worker job, by task",
+    ["task"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120),
+    registry=None,
+)
 TOOL_WORKER = (JOBS, JOB_SECONDS)
 
 ROLES: dict[str, tuple[MetricWrapperBase, ...]] = {
-    "controller": CONTROLLER, "media-worker": MEDIA_WORKER, "tool-worker": TOOL_WORKER}
+    "controller": CONTROLLER,
+    "media-worker": MEDIA_WORKER,
+    "tool-worker": TOOL_WORKER,
+}
 TOKEN_KINDS = ("input_text", "input_audio", "input_cached", "output_text", "output_audio")
 # Label values known in advance start at 0, so rate() and increase() see the first event after a restart.
 KNOWN_LABELS: dict[str, tuple[tuple[Counter, tuple[tuple[str, ...], ...]], ...]] = {
-    "controller": ((CALLS_REJECTED, tuple((reason,) for reason in (
-        "no_context", "unknown_context", "unknown_provider", "provider_disabled", "unknown_profile", "queue_timeout",
-        "setup_failed"))),),
+    "controller": (
+        (
+            CALLS_REJECTED,
+            tuple(
+                (reason,)
+                for reason in (
+                    "no_context",
+                    "unknown_context",
+                    "unknown_provider",
+                    "provider_disabled",
+                    "unknown_profile",
+                    "queue_timeout",
+                    "setup_failed",
+                )
+            ),
+        ),
+    ),
     "media-worker": ((TOKENS, tuple((kind,) for kind in TOKEN_KINDS)),),
 }  # the tool worker's job names live with its jobs: ToolWorker starts them at 0
 

@@ -42,8 +42,9 @@ class _Retry:
 
 async def connect(url: str, stop: asyncio.Event | None = None) -> aioredis.Redis | None:
     """An asyncio client that answered PING; waits for Redis as long as it takes, or None once `stop` is set."""
-    client = aioredis.Redis.from_url(url, decode_responses=True, health_check_interval=10,
-                                     socket_connect_timeout=2, socket_timeout=5)
+    client = aioredis.Redis.from_url(
+        url, decode_responses=True, health_check_interval=10, socket_connect_timeout=2, socket_timeout=5
+    )
     retry = _Retry(url)
     while True:
         try:

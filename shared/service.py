@@ -109,8 +109,9 @@ class AsyncRole:
             except OSError as exc:
                 log.error("cannot start: %s", exc)
                 return 2
-            self.registration = Registration(self.redis, self.keys, self.process_info(),
-                                             record_ttl_ms=self.config.media_worker.stale_after_ms * 20)
+            self.registration = Registration(
+                self.redis, self.keys, self.process_info(), record_ttl_ms=self.config.media_worker.stale_after_ms * 20
+            )
             await self._beat()
             beats = asyncio.create_task(self._heartbeats(), name="heartbeats")
             try:

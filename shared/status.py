@@ -30,17 +30,19 @@ async def collect(config: Config) -> dict[str, Any]:
     worker_rows = []
     for entry in workers:
         info = worker_info(entry) if entry.live else None
-        worker_rows.append({
-            "id": entry.info.get("id"),
-            "live": entry.live,
-            "heartbeat_age_ms": entry.age_ms,
-            "media": f"{info.media_host}:{info.audiosocket_port}" if info else None,
-            "capacity": info.capacity if info else 0,
-            "active": int(entry.info.get("active", 0)) if info else 0,
-            "draining": info.draining if info else False,
-            "version": entry.info.get("version"),
-            "health_url": entry.info.get("health_url"),
-        })
+        worker_rows.append(
+            {
+                "id": entry.info.get("id"),
+                "live": entry.live,
+                "heartbeat_age_ms": entry.age_ms,
+                "media": f"{info.media_host}:{info.audiosocket_port}" if info else None,
+                "capacity": info.capacity if info else 0,
+                "active": int(entry.info.get("active", 0)) if info else 0,
+                "draining": info.draining if info else False,
+                "version": entry.info.get("version"),
+                "health_url": entry.info.get("health_url"),
+            }
+        )
     live = [w for w in worker_rows if w["live"] and not w["draining"]]
 
     sync = redis.Redis.from_url(config.redis.url, socket_connect_timeout=2)
@@ -60,8 +62,13 @@ async def collect(config: Config) -> dict[str, Any]:
         "prefix": keys.prefix,
         "time_ms": int(time.time() * 1000),
         "controllers": [
-            {"id": e.info.get("id"), "live": e.live, "heartbeat_age_ms": e.age_ms,
-             "health_url": e.info.get("health_url"), "version": e.info.get("version")}
+            {
+                "id": e.info.get("id"),
+                "live": e.live,
+                "heartbeat_age_ms": e.age_ms,
+                "health_url": e.info.get("health_url"),
+                "version": e.info.get("version"),
+            }
             for e in controllers
         ],
         "media_workers": worker_rows,
@@ -84,14 +91,18 @@ def render(status: dict[str, Any]) -> str:
         lines.append(f"  {c['id']:<40} {liveness(c):<10} {c['health_url'] or ''}")
     workers = status["media_workers"]
     load = f"{status['active']}/{status['capacity']}" if status["capacity"] else "0/0"
-    lines.append(f"media workers: {sum(w['live'] for w in workers)} live, calls {load}, "
-                 f"{status['active_calls']} active call(s) in the cluster")
+    lines.append(
+        f"media workers: {sum(w['live'] for w in workers)} live, calls {load}, "
+        f"{status['active_calls']} active call(s) in the cluster"
+    )
     for w in workers:
         extra = f" media {w['media']}  calls {w['active']}/{w['capacity']}" if w["live"] else ""
         extra += "  draining" if w["draining"] else ""
         lines.append(f"  {w['id']:<40} {liveness(w):<10}{extra}")
-    lines.append(f"tool workers: {len(status['tool_workers'])}; queued jobs: "
-                 + ", ".join(f"{name} {count}" for name, count in status["queues"].items()))
+    lines.append(
+        f"tool workers: {len(status['tool_workers'])}; queued jobs: "
+        + ", ".join(f"{name} {count}" for name, count in status["queues"].items())
+    )
     for t in status["tool_workers"]:
         lines.append(f"  {t['id']:<40} {t['state']:<10} queues {', '.join(t['queues'])}")
     return "\n".join(lines)

@@ -30,8 +30,12 @@ class TranscriptArgs(msgspec.Struct, forbid_unknown_fields=True):
 
 
 ARGS: dict[str, type[msgspec.Struct]] = {
-    "transfer": TransferArgs, "cancel_transfer": NoArgs, "hangup_call": HangupArgs,
-    "leave_voicemail": NoArgs, "send_email_summary": NoArgs, "request_transcript": TranscriptArgs,
+    "transfer": TransferArgs,
+    "cancel_transfer": NoArgs,
+    "hangup_call": HangupArgs,
+    "leave_voicemail": NoArgs,
+    "send_email_summary": NoArgs,
+    "request_transcript": TranscriptArgs,
 }
 
 
@@ -45,6 +49,7 @@ def parse_arguments(name: str, arguments: str) -> msgspec.Struct:
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
         raise ValueError(f"invalid arguments for {name}: {exc}") from None
 
+
 _NO_ARGS: dict[str, Any] = {"type": "object", "properties": {}, "additionalProperties": False}
 
 
@@ -57,16 +62,25 @@ def _transfer(config: Config) -> dict[str, Any]:
         destination["enum"] = names
     return {
         "description": "Transfer the caller to a department, person or queue. Confirm with the caller first.",
-        "parameters": {"type": "object", "properties": {"destination": destination},
-                       "required": ["destination"], "additionalProperties": False},
+        "parameters": {
+            "type": "object",
+            "properties": {"destination": destination},
+            "required": ["destination"],
+            "additionalProperties": False,
+        },
     }
 
 
 def _email_argument(description: str) -> dict[str, Any]:
-    return {"type": "object", "properties": {
-        "email": {"type": "string", "description": description},
-        "confirmed": {"type": "boolean", "description": "True once the caller confirmed the spelling."}},
-        "required": ["email"], "additionalProperties": False}
+    return {
+        "type": "object",
+        "properties": {
+            "email": {"type": "string", "description": description},
+            "confirmed": {"type": "boolean", "description": "True once the caller confirmed the spelling."},
+        },
+        "required": ["email"],
+        "additionalProperties": False,
+    }
 
 
 def definitions(config: Config) -> dict[str, dict[str, Any]]:
@@ -78,10 +92,12 @@ def definitions(config: Config) -> dict[str, dict[str, Any]]:
         },
         "hangup_call": {
             "description": "End the call after you have said a brief farewell. Call it as soon as the caller "
-                           "confirms they are done.",
-            "parameters": {"type": "object", "properties": {"farewell": {
-                "type": "string", "description": "The farewell you just said, if any."}},
-                "additionalProperties": False},
+            "confirms they are done.",
+            "parameters": {
+                "type": "object",
+                "properties": {"farewell": {"type": "string", "description": "The farewell you just said, if any."}},
+                "additionalProperties": False,
+            },
         },
         "leave_voicemail": {
             "description": "Send the caller to voicemail to leave a message.",
@@ -93,9 +109,9 @@ def definitions(config: Config) -> dict[str, dict[str, Any]]:
         },
         "request_transcript": {
             "description": "Email the caller a transcript of this call after it ends. Call it first with the "
-                           "address as the caller said it (e.g. 'john dot smith at example dot com'); read back "
-                           "the spelling it returns, and once the caller confirms, call it again with "
-                           "confirmed true.",
+            "address as the caller said it (e.g. 'john dot smith at example dot com'); read back "
+            "the spelling it returns, and once the caller confirms, call it again with "
+            "confirmed true.",
             "parameters": _email_argument("The caller's email address, as they said or spelled it."),
         },
     }

@@ -127,8 +127,9 @@ class LocalCluster:
         cmd = [sys.executable, "-m", "shared.cli", "sim", kind, "--port", "0", *args]
         env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
         log = open(log_path, "ab")
-        popen = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, env=env, text=True,
-                                 cwd=Path(__file__).resolve().parent.parent)
+        popen = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=log, env=env, text=True, cwd=Path(__file__).resolve().parent.parent
+        )
         log.close()
         deadline = time.monotonic() + timeout
         line = ""
@@ -144,8 +145,9 @@ class LocalCluster:
             popen.wait()
             raise RuntimeError(f"sim {kind} did not start: {log_path.read_text(errors='replace')[-2000:]}")
         # Whatever it prints later goes to its log: an unread pipe would fill up and stall the simulator.
-        threading.Thread(target=_copy_lines, args=(popen.stdout, log_path), daemon=True,
-                         name=f"sim-{kind}-stdout").start()
+        threading.Thread(
+            target=_copy_lines, args=(popen.stdout, log_path), daemon=True, name=f"sim-{kind}-stdout"
+        ).start()
         sim = SimProcess(kind, popen, line.split(" ", 2)[2], log_path)
         self.sims.append(sim)
         return sim
@@ -153,14 +155,28 @@ class LocalCluster:
     def start(self, role: str, *extra: str, instance_id: str | None = None) -> RoleProcess:
         instance_id = instance_id or f"{role}-{len(self.processes) + 1}-{os.getpid()}"
         log_path = self.workdir / f"{instance_id}.log"
-        cmd = [sys.executable, "-m", "shared.cli", "--config", str(self.config_path), role,
-               "--id", instance_id, "--health-host", "127.0.0.1", "--health-port", "0", *extra]
+        cmd = [
+            sys.executable,
+            "-m",
+            "shared.cli",
+            "--config",
+            str(self.config_path),
+            role,
+            "--id",
+            instance_id,
+            "--health-host",
+            "127.0.0.1",
+            "--health-port",
+            "0",
+            *extra,
+        ]
         port_file = log_path.with_suffix(".port")
         port_file.unlink(missing_ok=True)
         env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1", "VA_HEALTH_PORT_FILE": str(port_file)}
         with open(log_path, "ab") as log:
-            popen = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                     cwd=Path(__file__).resolve().parent.parent)
+            popen = subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=Path(__file__).resolve().parent.parent
+            )
         proc = RoleProcess(role, instance_id, popen, log_path)
         self.processes.append(proc)
         return proc

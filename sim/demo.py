@@ -52,8 +52,12 @@ class SimControl:
 
     def request(self, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
         data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(self.url + path, data=data, method=method,
-                                     headers={"Authorization": self.auth, "Content-Type": "application/json"})
+        req = urllib.request.Request(
+            self.url + path,
+            data=data,
+            method=method,
+            headers={"Authorization": self.auth, "Content-Type": "application/json"},
+        )
         try:
             with urllib.request.urlopen(req, timeout=10) as resp:
                 raw = resp.read()
@@ -98,12 +102,21 @@ def find_call(client: redis.Redis, keys: Keys, channel_id: str) -> str | None:
     return None
 
 
-def run_call(sim: SimControl, client: redis.Redis, keys: Keys, timeline: demo_call.Timeline,
-             caller_wav: Path, heard_wav: Path) -> dict:
+def run_call(
+    sim: SimControl, client: redis.Redis, keys: Keys, timeline: demo_call.Timeline, caller_wav: Path, heard_wav: Path
+) -> dict:
     """Place the call, let the caller's script play out, hang up, save the recording; what happened."""
-    status, body = sim.request("POST", "/sim/calls", {
-        "context": AGENT_CONTEXT, "caller_name": demo_call.CALLER_NAME, "caller_number": "5551234",
-        "audio_wav": str(caller_wav), "rate": demo_call.CALLER_RATE})
+    status, body = sim.request(
+        "POST",
+        "/sim/calls",
+        {
+            "context": AGENT_CONTEXT,
+            "caller_name": demo_call.CALLER_NAME,
+            "caller_number": "5551234",
+            "audio_wav": str(caller_wav),
+            "rate": demo_call.CALLER_RATE,
+        },
+    )
     if status != 201:
         print(f"POST /sim/calls: {status} {body}")
         return {"placed": False}
@@ -125,8 +138,10 @@ def run_call(sim: SimControl, client: redis.Redis, keys: Keys, timeline: demo_ca
         print("the call was not answered")
         return result
     result["answered"] = True
-    print(f"answered after {(answered - placed) * 1000:.0f} ms (call id {result['call_id']}); the caller's "
-          f"script runs {timeline.duration_s:.1f}s")
+    print(
+        f"answered after {(answered - placed) * 1000:.0f} ms (call id {result['call_id']}); the caller's "
+        f"script runs {timeline.duration_s:.1f}s"
+    )
     end = answered + timeline.duration_s
     hung_up_by = "caller"
     while time.monotonic() < end:  # the script plays out (unless the agent hangs up first)
@@ -157,8 +172,9 @@ def wait_call_finished(client: redis.Redis, keys: Keys, call_id: str | None, tim
         print(f"the call did not finish in Redis within {timeout:g} s (state ended, the worker's figures written)")
 
 
-def run_pbx_call(ast, client: redis.Redis, keys: Keys, timeline: demo_call.Timeline, caller_wav: Path,
-                 heard_wav: Path) -> dict:
+def run_pbx_call(
+    ast, client: redis.Redis, keys: Keys, timeline: demo_call.Timeline, caller_wav: Path, heard_wav: Path
+) -> dict:
     """The same call through a real Asterisk: Asterisk plays the caller's WAV into the call and records what
     the caller hears (sim/demo_pbx.py); what happened, with the keys of run_call."""
     placed = time.monotonic()
@@ -166,18 +182,33 @@ def run_pbx_call(ast, client: redis.Redis, keys: Keys, timeline: demo_call.Timel
 
     def answered(channel: str) -> None:  # the call leaves calls:active when it ends: find it now
         found["call_id"] = find_call(client, keys, channel)
-        print(f"caller channel {channel}: answered after {(time.monotonic() - placed) * 1000:.0f} ms "
-              f"(call id {found['call_id']}); the caller's script runs {timeline.duration_s:.1f}s")
+        print(
+            f"caller channel {channel}: answered after {(time.monotonic() - placed) * 1000:.0f} ms "
+            f"(call id {found['call_id']}); the caller's script runs {timeline.duration_s:.1f}s"
+        )
 
-    result = asyncio.run(demo_pbx.run_call(
-        ast.ari_url, ast.user, ast.password, ast.run_dir / "spool" / "recording", AGENT_CONTEXT,
-        demo_call.CALLER_NAME, "5551234", caller_wav, timeline.duration_s, heard_wav, on_answer=answered))
+    result = asyncio.run(
+        demo_pbx.run_call(
+            ast.ari_url,
+            ast.user,
+            ast.password,
+            ast.run_dir / "spool" / "recording",
+            AGENT_CONTEXT,
+            demo_call.CALLER_NAME,
+            "5551234",
+            caller_wav,
+            timeline.duration_s,
+            heard_wav,
+            on_answer=answered,
+        )
+    )
     if result.get("error"):
         print(f"the call through Asterisk failed: {result['error']}")
     if result.get("hung_up_by") == "agent":
         print(f"the agent hung up {result['agent_hung_up_after_s']}s into the call")
-    result["call_id"] = found.get("call_id") or (find_call(client, keys, result["channel"])
-                                                 if result.get("placed") else None)
+    result["call_id"] = found.get("call_id") or (
+        find_call(client, keys, result["channel"]) if result.get("placed") else None
+    )
     wait_call_finished(client, keys, result["call_id"])
     return result
 
@@ -204,12 +235,13 @@ def mail_headline(path: Path) -> str:
     return f"To: {msg['To']}  Subject: {msg['Subject']}"
 
 
-def report_call(client: redis.Redis, keys: Keys, call_id: str | None, heard_wav: Path,
-                plan: demo_call.Plan) -> dict:
+def report_call(client: redis.Redis, keys: Keys, call_id: str | None, heard_wav: Path, plan: demo_call.Plan) -> dict:
     """Print the transcript, latencies and the recording's speech; return them for the checks and demo.json."""
     call = client.hgetall(keys.call(call_id)) if call_id else {}
-    entries = [demo_report.LogEntry.from_fields(fields)
-               for _, fields in (client.xrange(keys.call_log(call_id)) if call_id else [])]
+    entries = [
+        demo_report.LogEntry.from_fields(fields)
+        for _, fields in (client.xrange(keys.call_log(call_id)) if call_id else [])
+    ]
     full = (plan.greeting.text, *(a.text for a in plan.answers))
     step("transcript (the call log stream; s since the call started, when each utterance finished)")
     print("\n".join(demo_report.transcript_lines(entries, full)) or "(empty)")
@@ -222,8 +254,10 @@ def report_call(client: redis.Redis, keys: Keys, call_id: str | None, heard_wav:
         samples, rate = demo_report.read_wav(heard_wav)
         spans = demo_report.voiced_spans(samples, rate)
         greeting_share = demo_report.voiced_share(samples, rate, 0, GREETING_WINDOW_S)
-        print(f"{heard_wav} ({len(samples) / rate:.1f}s); agent speech at "
-              + ", ".join(f"{a:.1f}-{b:.1f}s" for a, b in spans))
+        print(
+            f"{heard_wav} ({len(samples) / rate:.1f}s); agent speech at "
+            + ", ".join(f"{a:.1f}-{b:.1f}s" for a, b in spans)
+        )
     else:
         print("no recording")
     return {"call": call, "log": [e.__dict__ for e in entries], "spans": spans, "greeting_share": greeting_share}
@@ -236,8 +270,12 @@ def main(args: argparse.Namespace) -> int:
     prefix = f"va-demo-{os.getpid()}-{os.urandom(3).hex()}:"
     api_key = "sk-demo-" + os.urandom(12).hex()  # only the emulator accepts it; nothing reaches OpenAI
     ari_password = "demo-" + os.urandom(6).hex()
-    env = {"OPENAI_API_KEY": api_key, "REDIS_KEY_PREFIX": prefix, "REALTIME_PREWARM": "1",
-           "OPENAI_REALTIME_URL": "ws://127.0.0.1:9/v1/realtime"}  # replaced by the emulator's URL below
+    env = {
+        "OPENAI_API_KEY": api_key,
+        "REDIS_KEY_PREFIX": prefix,
+        "REALTIME_PREWARM": "1",
+        "OPENAI_REALTIME_URL": "ws://127.0.0.1:9/v1/realtime",
+    }  # replaced by the emulator's URL below
     os.environ.update(env)
     try:
         loaded = load_config(config_path)
@@ -253,9 +291,13 @@ def main(args: argparse.Namespace) -> int:
     keys = Keys(prefix)
     plan = demo_call.DEFAULT_PLAN
     timeline = demo_call.caller_timeline(plan)
-    paths = {"script": workdir / "realtime-script.yaml", "caller": workdir / "caller-says.wav",
-             "heard": workdir / "caller-heard.wav", "wire": workdir / "realtime-wire.jsonl",
-             "mail": workdir / "mail"}
+    paths = {
+        "script": workdir / "realtime-script.yaml",
+        "caller": workdir / "caller-says.wav",
+        "heard": workdir / "caller-heard.wav",
+        "wire": workdir / "realtime-wire.jsonl",
+        "mail": workdir / "mail",
+    }
     demo_call.write_emulator_script(paths["script"], plan)
     demo_call.write_caller_wav(paths["caller"], timeline)
 
@@ -275,20 +317,29 @@ def main(args: argparse.Namespace) -> int:
         summary["asterisk"] = {"version": real.version, "ari_url": real.ari_url, "run_dir": str(real.run_dir)}
     try:
         step("simulators")
-        realtime = cluster.start_sim("realtime", "--script", str(paths["script"]), "--wire-log", str(paths["wire"]),
-                                     "--speed", EMULATOR_SPEED, "--api-key", api_key)
+        realtime = cluster.start_sim(
+            "realtime",
+            "--script",
+            str(paths["script"]),
+            "--wire-log",
+            str(paths["wire"]),
+            "--speed",
+            EMULATOR_SPEED,
+            "--api-key",
+            api_key,
+        )
         if real is not None:
             ari_url = real.ari_url
             cluster.env.update(ASTERISK_ARI_USERNAME=real.user, ASTERISK_ARI_PASSWORD=real.password)
         else:
-            ari_url = cluster.start_sim("asterisk", "--user", config.asterisk.username,
-                                        "--password", ari_password).url
+            ari_url = cluster.start_sim("asterisk", "--user", config.asterisk.username, "--password", ari_password).url
             cluster.env.update(ASTERISK_ARI_PASSWORD=ari_password)
         mail = cluster.start_sim("mail", "--dir", str(paths["mail"]))
         sims = list(cluster.sims)
         smtp_port = mail.url.rsplit(":", 1)[1]
-        cluster.env.update(OPENAI_REALTIME_URL=realtime.url, ASTERISK_ARI_URL=ari_url, SMTP_HOST="127.0.0.1",
-                           SMTP_PORT=smtp_port)
+        cluster.env.update(
+            OPENAI_REALTIME_URL=realtime.url, ASTERISK_ARI_URL=ari_url, SMTP_HOST="127.0.0.1", SMTP_PORT=smtp_port
+        )
         print(f"OpenAI Realtime emulator  {realtime.url}  (speed {EMULATOR_SPEED}x, wire log {paths['wire']})")
         if real is not None:
             print(f"real Asterisk {real.version} (ARI)  {ari_url}  (run dir {real.run_dir})")
@@ -297,8 +348,12 @@ def main(args: argparse.Namespace) -> int:
         print(f"mail server (SMTP)        {mail.url}  (messages in {paths['mail']})")
 
         step("controller, two media workers, tool worker")
-        procs = [cluster.start("controller"), cluster.start("media-worker", *media_worker_args(0)),
-                 cluster.start("media-worker", *media_worker_args(1)), cluster.start("tool-worker")]
+        procs = [
+            cluster.start("controller"),
+            cluster.start("media-worker", *media_worker_args(0)),
+            cluster.start("media-worker", *media_worker_args(1)),
+            cluster.start("tool-worker"),
+        ]
         checks["all processes ready"] = wait_ready_each(procs, time.monotonic(), timeout=30)
         if checks["all processes ready"]:
             step(f"a scripted call (the caller speaks from {paths['caller']})")
@@ -317,8 +372,9 @@ def main(args: argparse.Namespace) -> int:
             roles = {e["role"] for e in result["log"]}
             checks["greeting heard"] = result["greeting_share"] > 0.3
             checks["transcript has both roles"] = {"user", "assistant"} <= roles
-            checks["barge-in happened"] = bool(demo_report.numbers(result["call"].get("bargein_ms"))
-                                               or int(result["call"].get("truncations") or 0) > 0)
+            checks["barge-in happened"] = bool(
+                demo_report.numbers(result["call"].get("bargein_ms")) or int(result["call"].get("truncations") or 0) > 0
+            )
             step("the summary email (sent by a tool worker after the call)")
             summary_mail = wait_for_mail(paths["mail"], timeout=15)
             checks["summary email delivered"] = summary_mail is not None
@@ -327,9 +383,11 @@ def main(args: argparse.Namespace) -> int:
             else:
                 print("no email arrived within 15 s")
             step("files")
-            print(f"caller-side recording  {paths['heard']}\ncaller's script        {paths['caller']}\n"
-                  f"Realtime wire log      {paths['wire']}\nsummary email          {paths['mail']}/*.eml\n"
-                  f"process logs           {workdir}/*.log")
+            print(
+                f"caller-side recording  {paths['heard']}\ncaller's script        {paths['caller']}\n"
+                f"Realtime wire log      {paths['wire']}\nsummary email          {paths['mail']}/*.eml\n"
+                f"process logs           {workdir}/*.log"
+            )
             step("voice-agent status")
             print(render(asyncio.run(collect(config))))
         if args.keep_running:
@@ -346,8 +404,9 @@ def main(args: argparse.Namespace) -> int:
             print(f"{pid}: exit {code}")
         for s in sims:
             print(f"sim {s.kind}: exit {s.popen.returncode}")
-        checks["everything exited 0"] = (all(code == 0 for code in codes.values())
-                                         and all(s.popen.returncode == 0 for s in sims))
+        checks["everything exited 0"] = all(code == 0 for code in codes.values()) and all(
+            s.popen.returncode == 0 for s in sims
+        )
         if real is not None:
             left = asterisk_leftovers(real)
             print(f"left in Asterisk: {left['channels']} channels, {left['bridges']} bridges")

@@ -42,8 +42,11 @@ class Plan:
 DEFAULT_PLAN = Plan(
     greeting=Line(f"Hi {CALLER_NAME}, I'm your AI assistant. How can I help you today?", 3000),
     answers=(
-        Line("We are open on weekdays from eight in the morning until six in the evening, and on Saturdays "
-             "from nine until one.", 5500),
+        Line(
+            "We are open on weekdays from eight in the morning until six in the evening, and on Saturdays "
+            "from nine until one.",
+            5500,
+        ),
         Line("Of course: twelve Harbour Street, right next to the central station.", 3000),
         Line(f"You're welcome, {CALLER_NAME}. Goodbye!", 1800),
     ),
@@ -85,22 +88,20 @@ class Timeline:
 
     def say(self, line: Line, pcm: np.ndarray) -> None:
         ms = len(pcm) * 1000 // CALLER_RATE  # whole ms, so every segment starts on its own sample
-        self.segments.append(Segment(self.duration_s, ms, line, pcm[:ms * CALLER_RATE // 1000]))
+        self.segments.append(Segment(self.duration_s, ms, line, pcm[: ms * CALLER_RATE // 1000]))
 
     def pcm(self) -> bytes:
         """The whole timeline as PCM16 at CALLER_RATE: the speech and digital silence."""
-        parts = [s.pcm if s.pcm is not None else np.zeros(s.ms * CALLER_RATE // 1000, np.int16)
-                 for s in self.segments]
+        parts = [s.pcm if s.pcm is not None else np.zeros(s.ms * CALLER_RATE // 1000, np.int16) for s in self.segments]
         return np.concatenate(parts).astype("<i2").tobytes() if parts else b""
 
 
 def caller_speech(line: Line) -> np.ndarray:
     """`line` in the caller's voice at CALLER_RATE (espeak-ng, or the synthetic voice), without the silence
     around it, so the timeline knows when the caller really stops talking (the server's VAD counts from there)."""
-    speech = soxr.resample(voice.speech(line.text, line.ms, CALLER_VOICE).astype(np.float32), voice.RATE,
-                           CALLER_RATE)
+    speech = soxr.resample(voice.speech(line.text, line.ms, CALLER_VOICE).astype(np.float32), voice.RATE, CALLER_RATE)
     loud = np.flatnonzero(np.abs(speech) > 100)
-    speech = speech[loud[0]:loud[-1] + 1] if len(loud) else speech
+    speech = speech[loud[0] : loud[-1] + 1] if len(loud) else speech
     return np.clip(np.rint(speech), -32768, 32767).astype(np.int16)
 
 

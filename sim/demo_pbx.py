@@ -86,17 +86,33 @@ class AriDemoCaller(AriApp):
     # --- the call --------------------------------------------------------------------------------------
     async def dial(self, context: str, caller_name: str, caller_number: str, answer_timeout: float = 10) -> float:
         """Create the caller, start recording what it hears, dial; the monotonic time of the answer."""
-        await self.request("POST", "/channels/create", {
-            "endpoint": f"Local/s@{context}", "app": APP, "channelId": self.id, "otherChannelId": self.peer_id,
-            "formats": "slin"}, {"variables": {  # ;2's caller is ;1's connected line (core_local copies it so)
-                "CONNECTEDLINE(name)": caller_name, "CONNECTEDLINE(num)": caller_number,
-                "CALLERID(name)": caller_name, "CALLERID(num)": caller_number}})
+        await self.request(
+            "POST",
+            "/channels/create",
+            {
+                "endpoint": f"Local/s@{context}",
+                "app": APP,
+                "channelId": self.id,
+                "otherChannelId": self.peer_id,
+                "formats": "slin",
+            },
+            {
+                "variables": {  # ;2's caller is ;1's connected line (core_local copies it so)
+                    "CONNECTEDLINE(name)": caller_name,
+                    "CONNECTEDLINE(num)": caller_number,
+                    "CALLERID(name)": caller_name,
+                    "CALLERID(num)": caller_number,
+                }
+            },
+        )
         await self._wait(f"in:{self.id}", "StasisStart of the caller")
-        await self.request("POST", f"/channels/{self.id}/snoop", {"spy": "in", "app": APP,
-                                                                    "snoopId": self.snoop_id})
+        await self.request("POST", f"/channels/{self.id}/snoop", {"spy": "in", "app": APP, "snoopId": self.snoop_id})
         await self._wait(f"in:{self.snoop_id}", "StasisStart of the snoop")
-        await self.request("POST", f"/channels/{self.snoop_id}/record", {
-            "name": self.recording, "format": "wav", "ifExists": "overwrite", "beep": "false"})
+        await self.request(
+            "POST",
+            f"/channels/{self.snoop_id}/record",
+            {"name": self.recording, "format": "wav", "ifExists": "overwrite", "beep": "false"},
+        )
         await self._wait("recording", "RecordingStarted")
         await self.request("POST", f"/channels/{self.id}/dial", {"timeout": str(int(answer_timeout))})
         await self._wait("dialled", "the agent's answer", answer_timeout + 2)
@@ -135,9 +151,19 @@ class AriDemoCaller(AriApp):
         return len(frames) // (width * channels) * 1000 // rate
 
 
-async def run_call(ari_url: str, user: str, password: str, recordings_dir: Path, context: str, caller_name: str,
-                   caller_number: str, caller_wav: Path, duration_s: float, heard_wav: Path,
-                   on_answer=None) -> dict:
+async def run_call(
+    ari_url: str,
+    user: str,
+    password: str,
+    recordings_dir: Path,
+    context: str,
+    caller_name: str,
+    caller_number: str,
+    caller_wav: Path,
+    duration_s: float,
+    heard_wav: Path,
+    on_answer=None,
+) -> dict:
     """The demo's call: the caller's WAV played from the answer on, hung up after `duration_s` (unless the agent
     hangs up first), what it heard saved to `heard_wav`. The same keys as the simulator's run."""
     result: dict = {"placed": False, "answered": False}

@@ -10,9 +10,11 @@ from pathlib import Path
 
 import numpy as np
 
-LATENCIES = (("greeting_ms", "answer -> first greeting frame"),
-             ("turn_ms", "end of caller speech -> first agent frame"),
-             ("bargein_ms", "barge-in -> agent audio stopped"))
+LATENCIES = (
+    ("greeting_ms", "answer -> first greeting frame"),
+    ("turn_ms", "end of caller speech -> first agent frame"),
+    ("bargein_ms", "barge-in -> agent audio stopped"),
+)
 COUNTERS = ("gate_closures", "truncations", "audioless_responses", "underruns")
 ROLE_NAMES = {"user": "caller", "assistant": "agent", "tool": "tool"}
 VOICED_DBFS = -45.0  # a 50 ms window louder than this is speech (the agent's espeak voice sits near -20)
@@ -29,9 +31,14 @@ class LogEntry:
 
     @classmethod
     def from_fields(cls, fields: dict[str, str]) -> LogEntry:
-        return cls(role=fields.get("role", "?"), text=fields.get("text", ""), t_ms=_int(fields.get("t_ms")),
-                   name=fields.get("name", ""), arguments=fields.get("arguments", ""),
-                   output=fields.get("output", ""))
+        return cls(
+            role=fields.get("role", "?"),
+            text=fields.get("text", ""),
+            t_ms=_int(fields.get("t_ms")),
+            name=fields.get("name", ""),
+            arguments=fields.get("arguments", ""),
+            output=fields.get("output", ""),
+        )
 
 
 def _int(value: str | None) -> int:
@@ -79,8 +86,9 @@ def transcript_lines(entries: list[LogEntry], full_texts: tuple[str, ...] = ()) 
 def cut_short(heard: str, full_texts: tuple[str, ...]) -> bool:
     """Whether `heard` is the start of a longer scripted line (the worker may end a cut line with "…")."""
     head = heard.rstrip("…").rstrip(" ,.;:")
-    return bool(head) and any(full != heard and full.startswith(head) and len(full) > len(head) + 1
-                              for full in full_texts)
+    return bool(head) and any(
+        full != heard and full.startswith(head) and len(full) > len(head) + 1 for full in full_texts
+    )
 
 
 def latency_lines(call: dict[str, str]) -> list[str]:
@@ -108,8 +116,9 @@ def window_dbfs(samples: np.ndarray, rate: int, window_ms: int = 50) -> np.ndarr
         return 20 * np.log10(rms)
 
 
-def voiced_spans(samples: np.ndarray, rate: int, merge_gap_ms: int = 600,
-                 window_ms: int = 50) -> list[tuple[float, float]]:
+def voiced_spans(
+    samples: np.ndarray, rate: int, merge_gap_ms: int = 600, window_ms: int = 50
+) -> list[tuple[float, float]]:
     """(start s, end s) of speech in a recording; pauses shorter than `merge_gap_ms` (between words and
     sentences) do not split a span."""
     voiced = window_dbfs(samples, rate, window_ms) > VOICED_DBFS

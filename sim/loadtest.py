@@ -57,6 +57,7 @@ MAIL_TIMEOUT_S = 30.0
 
 # --- what the callers say and the emulator answers ------------------------------------------------------------
 
+
 def cycles_for(seconds: float, timeline: demo_call.Timeline) -> int:
     return max(1, int(np.ceil(seconds / timeline.duration_s)))
 
@@ -84,14 +85,17 @@ def write_config(path: Path, source: Path, profile: str, calls: int, context: st
     sets) in `profile`, and room for every call at the provider."""
     data = yaml.safe_load(source.read_text(encoding="utf-8"))
     data.setdefault("contexts", {})[context] = {
-        "greeting": demo_call.DEFAULT_PLAN.greeting.text, "profile": profile,
-        "prompt": "You are the load-test assistant of {company_name}."}
+        "greeting": demo_call.DEFAULT_PLAN.greeting.text,
+        "profile": profile,
+        "prompt": "You are the load-test assistant of {company_name}.",
+    }
     provider = data.setdefault("providers", {}).setdefault("openai_realtime", {})
     provider["max_concurrent_sessions"] = max(int(provider.get("max_concurrent_sessions") or 0), calls)
     path.write_text(yaml.safe_dump(data, sort_keys=False, width=120), encoding="utf-8")
 
 
 # --- where the calls go: the simulator's control API (a real Asterisk: sim/loadtest_pbx.py) --------------------
+
 
 class Http:
     """JSON over HTTP with Basic auth (blocking; the load test's own loop is not an audio path)."""
@@ -102,8 +106,12 @@ class Http:
 
     def request(self, method: str, path: str, body: dict | None = None, timeout: float = 10) -> tuple[int, object]:
         data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(self.url + path, data=data, method=method,
-                                     headers={"Authorization": self.auth, "Content-Type": "application/json"})
+        req = urllib.request.Request(
+            self.url + path,
+            data=data,
+            method=method,
+            headers={"Authorization": self.auth, "Content-Type": "application/json"},
+        )
         try:
             with urllib.request.urlopen(req, timeout=timeout) as resp:
                 raw = resp.read()
@@ -129,10 +137,18 @@ class SimTarget:
         self.errors: Counter = Counter()
 
     def place(self, index: int) -> str | None:
-        status, body = self.http.request("POST", "/sim/calls", {
-            "context": CONTEXT, "caller_name": f"Caller {index}", "caller_number": f"555{index:04d}",
-            "variables": {"AI_CONTEXT": LOADTEST_CONTEXT}, "audio_wav": str(self.caller_wav),
-            "rate": demo_call.CALLER_RATE})
+        status, body = self.http.request(
+            "POST",
+            "/sim/calls",
+            {
+                "context": CONTEXT,
+                "caller_name": f"Caller {index}",
+                "caller_number": f"555{index:04d}",
+                "variables": {"AI_CONTEXT": LOADTEST_CONTEXT},
+                "audio_wav": str(self.caller_wav),
+                "rate": demo_call.CALLER_RATE,
+            },
+        )
         if status != 201:
             self.errors[f"place:{status}"] += 1
             return None
@@ -159,6 +175,7 @@ class SimTarget:
 
 
 # --- /proc and /metrics samples -------------------------------------------------------------------------------
+
 
 @dataclass
 class ProcStats:
@@ -192,6 +209,7 @@ def scrape(proc: RoleProcess) -> list:
 
 
 # --- the run --------------------------------------------------------------------------------------------------
+
 
 @dataclass
 class CallTrack:
@@ -230,12 +248,15 @@ def progress_line(elapsed: float, tracks: list[CallTrack], cpu_pct: float, lag_m
     answered = sum(1 for t in tracks if t.answered is not None)
     failed = sum(1 for t in tracks if t.failed)
     placed = sum(1 for t in tracks if t.placed is not None)
-    return (f"t={elapsed:6.1f}s placed {placed:>4}  up {up:>4}  set up {answered:>4}  failed {failed:>3}  "
-            f"CPU {cpu_pct:5.0f}%  tick lag p99 {lag_ms:5.2f} ms  driver lag {own_lag_ms:5.1f} ms")
+    return (
+        f"t={elapsed:6.1f}s placed {placed:>4}  up {up:>4}  set up {answered:>4}  failed {failed:>3}  "
+        f"CPU {cpu_pct:5.0f}%  tick lag p99 {lag_ms:5.2f} ms  driver lag {own_lag_ms:5.1f} ms"
+    )
 
 
-def drive(target, tracks: list[CallTrack], procs: list[ProcStats], workers: list[RoleProcess],
-          ramp: float, hold: float) -> dict:
+def drive(
+    target, tracks: list[CallTrack], procs: list[ProcStats], workers: list[RoleProcess], ramp: float, hold: float
+) -> dict:
     """Place, watch and hang up every call on schedule; sample /proc and the tick lag each second.
     Bounded: it ends once every call is hung up or failed, or at ramp + hold + ramp + ANSWER_TIMEOUT_S."""
     tty = sys.stdout.isatty()
@@ -272,8 +293,12 @@ def drive(target, tracks: list[CallTrack], procs: list[ProcStats], workers: list
                     t.ended = now
                     if t.answered is None:
                         t.failed = "ended_before_answer"
-                if t.answered is None and t.ended is None and t.placed is not None and \
-                        now - t.placed > ANSWER_TIMEOUT_S:
+                if (
+                    t.answered is None
+                    and t.ended is None
+                    and t.placed is not None
+                    and now - t.placed > ANSWER_TIMEOUT_S
+                ):
                     t.failed = "not_answered"
             for p in procs:
                 p.sample()
@@ -286,9 +311,16 @@ def drive(target, tracks: list[CallTrack], procs: list[ProcStats], workers: list
             last_cpu = (now, total_cpu)
             lag_ms = max([rep.metric(scrape(w), "va_playout_tick_lag_p99_ms") for w in workers] or [0.0])
             up = sum(1 for t in tracks if t.answered is not None and t.ended is None)
-            timeline.append({"t": round(now, 1), "up": up, "set_up": sum(1 for t in tracks if t.answered is not None),
-                             "failed": sum(1 for t in tracks if t.failed), "cpu_pct": round(cpu_pct, 1),
-                             "tick_lag_p99_ms": lag_ms})
+            timeline.append(
+                {
+                    "t": round(now, 1),
+                    "up": up,
+                    "set_up": sum(1 for t in tracks if t.answered is not None),
+                    "failed": sum(1 for t in tracks if t.failed),
+                    "cpu_pct": round(cpu_pct, 1),
+                    "tick_lag_p99_ms": lag_ms,
+                }
+            )
             if now >= next_print:
                 next_print = now + print_every
                 line = progress_line(now, tracks, cpu_pct, lag_ms, own_lag)
@@ -333,17 +365,35 @@ def process_figures(procs: list[ProcStats], window: dict, calls_up: int, run_s: 
         held = p.cpu_at(window["hold_end"]) - p.cpu_at(window["hold_start"])
         base = p.rss_mb[0]
         peak = max(p.rss_mb)
-        out.append({"id": p.id, "role": p.role, "cpu_s": round(p.cpu[-1][1] - p.cpu[0][1], 2),
-                    "core_pct": round(100 * held / span, 1),
-                    "cpu_ms_per_call_s": round(1000 * held / (span * calls_up), 3) if calls_up else None,
-                    "rss_start_mb": round(base, 1), "rss_peak_mb": round(peak, 1),
-                    "rss_mb_per_call": round((peak - base) / calls_up, 3) if calls_up else 0.0})
+        out.append(
+            {
+                "id": p.id,
+                "role": p.role,
+                "cpu_s": round(p.cpu[-1][1] - p.cpu[0][1], 2),
+                "core_pct": round(100 * held / span, 1),
+                "cpu_ms_per_call_s": round(1000 * held / (span * calls_up), 3) if calls_up else None,
+                "rss_start_mb": round(base, 1),
+                "rss_peak_mb": round(peak, 1),
+                "rss_mb_per_call": round((peak - base) / calls_up, 3) if calls_up else 0.0,
+            }
+        )
     return out
 
 
-def build_result(args: argparse.Namespace, target, tracks: list[CallTrack], records: list[dict], driven: dict,
-                 procs: list[ProcStats], worker_metrics: dict[str, list], controller_metrics: list,
-                 emails: int, emails_expected: int, left: dict, active_left: int) -> dict:
+def build_result(
+    args: argparse.Namespace,
+    target,
+    tracks: list[CallTrack],
+    records: list[dict],
+    driven: dict,
+    procs: list[ProcStats],
+    worker_metrics: dict[str, list],
+    controller_metrics: list,
+    emails: int,
+    emails_expected: int,
+    left: dict,
+    active_left: int,
+) -> dict:
     answered = [t for t in tracks if t.answered is not None]
     set_up = [r for r in records if r.get("setup_ms")]
     dropped = [t for t in answered if t.ended is not None and not t.hung_up]
@@ -355,18 +405,36 @@ def build_result(args: argparse.Namespace, target, tracks: list[CallTrack], reco
     by_worker = rep.underruns_by_worker(records)
     # Underruns per worker from the call records: the workers' va_playout_underruns_total is kept as well,
     # but nothing increments it at the time of writing.
-    workers = [{"id": wid, "tick_lag_p99_ms": rep.metric(s, "va_playout_tick_lag_p99_ms"),
-                "underruns": by_worker.get(wid, 0), "underruns_metric": rep.metric(s, "va_playout_underruns_total"),
-                "calls": sum(1 for r in records if r.get("worker") == wid)} for wid, s in worker_metrics.items()]
+    workers = [
+        {
+            "id": wid,
+            "tick_lag_p99_ms": rep.metric(s, "va_playout_tick_lag_p99_ms"),
+            "underruns": by_worker.get(wid, 0),
+            "underruns_metric": rep.metric(s, "va_playout_underruns_total"),
+            "calls": sum(1 for r in records if r.get("worker") == wid),
+        }
+        for wid, s in worker_metrics.items()
+    ]
     run_s = time.monotonic() - driven["started"]
     result = {
-        "params": {"calls": args.calls, "ramp": args.ramp, "hold": args.hold, "workers": args.workers,
-                   "tool_workers": args.tool_workers, "profile": args.profile, "target": target.kind,
-                   "asterisk": getattr(args, "asterisk_version", None),
-                   "cores": os.cpu_count()},
-        "setup": {"placed": sum(1 for t in tracks if t.channel), "answered": len(answered),
-                  "set_up": len(set_up), "failed": sum(1 for t in tracks if t.failed),
-                  "success_rate": round(len(set_up) / args.calls, 4) if args.calls else 0.0},
+        "params": {
+            "calls": args.calls,
+            "ramp": args.ramp,
+            "hold": args.hold,
+            "workers": args.workers,
+            "tool_workers": args.tool_workers,
+            "profile": args.profile,
+            "target": target.kind,
+            "asterisk": getattr(args, "asterisk_version", None),
+            "cores": os.cpu_count(),
+        },
+        "setup": {
+            "placed": sum(1 for t in tracks if t.channel),
+            "answered": len(answered),
+            "set_up": len(set_up),
+            "failed": sum(1 for t in tracks if t.failed),
+            "success_rate": round(len(set_up) / args.calls, 4) if args.calls else 0.0,
+        },
         "peak_up": peak,
         "latency_ms": rep.latencies(records),
         "underruns": int(sum(float(r.get("underruns") or 0) for r in records)),
@@ -402,14 +470,23 @@ def main(args: argparse.Namespace) -> int:
         print("--real-asterisk starts an Asterisk of its own: leave out --ari-url")
         return 2
     real_pbx = bool(args.real_asterisk or args.ari_url)
-    env = {"OPENAI_API_KEY": api_key, "REDIS_KEY_PREFIX": prefix, "LOG_LEVEL": "warning",
-           "REALTIME_PREWARM": str(max(2, min(20, args.calls // max(args.workers, 1)))),
-           "OPENAI_REALTIME_URL": "ws://127.0.0.1:9/v1/realtime"}
+    env = {
+        "OPENAI_API_KEY": api_key,
+        "REDIS_KEY_PREFIX": prefix,
+        "LOG_LEVEL": "warning",
+        "REALTIME_PREWARM": str(max(2, min(20, args.calls // max(args.workers, 1)))),
+        "OPENAI_REALTIME_URL": "ws://127.0.0.1:9/v1/realtime",
+    }
     if args.redis_url:
         env["REDIS_URL"] = args.redis_url
     os.environ.update(env)
-    write_config(workdir / "config.yaml", config_path, args.profile, args.calls,
-                 SHIPPED_AI_CONTEXT if real_pbx else LOADTEST_CONTEXT)
+    write_config(
+        workdir / "config.yaml",
+        config_path,
+        args.profile,
+        args.calls,
+        SHIPPED_AI_CONTEXT if real_pbx else LOADTEST_CONTEXT,
+    )
     try:
         config = load_config(workdir / "config.yaml").config
     except ConfigError as exc:
@@ -422,24 +499,36 @@ def main(args: argparse.Namespace) -> int:
     plan = demo_call.DEFAULT_PLAN
     timeline = demo_call.caller_timeline(plan)
     cycles = cycles_for(args.ramp + args.hold + 5, timeline)
-    paths = {"script": workdir / "realtime-script.yaml", "caller": workdir / "caller-says.wav",
-             "mail": workdir / "mail"}
-    paths["script"].write_text(yaml.safe_dump(emulator_script(plan, cycles), sort_keys=False, width=120),
-                               encoding="utf-8")
+    paths = {
+        "script": workdir / "realtime-script.yaml",
+        "caller": workdir / "caller-says.wav",
+        "mail": workdir / "mail",
+    }
+    paths["script"].write_text(
+        yaml.safe_dump(emulator_script(plan, cycles), sort_keys=False, width=120), encoding="utf-8"
+    )
     write_caller_wav(paths["caller"], timeline, cycles)
     cluster = LocalCluster(workdir / "config.yaml", workdir, env)
     tracks = schedule(args.calls, args.ramp, args.hold)
     target = None
     asterisk_run = None  # a real Asterisk this run started (--real-asterisk), stopped at the end
     result: dict | None = None
-    print(f"load test: {args.calls} calls over {args.ramp:g} s, held {args.hold:g} s, {args.workers} media "
-          f"worker(s), {args.tool_workers} tool worker(s); files in {workdir}", flush=True)
+    print(
+        f"load test: {args.calls} calls over {args.ramp:g} s, held {args.hold:g} s, {args.workers} media "
+        f"worker(s), {args.tool_workers} tool worker(s); files in {workdir}",
+        flush=True,
+    )
     try:
-        realtime = cluster.start_sim("realtime", "--script", str(paths["script"]), "--speed", EMULATOR_SPEED,
-                                     "--api-key", api_key)
+        realtime = cluster.start_sim(
+            "realtime", "--script", str(paths["script"]), "--speed", EMULATOR_SPEED, "--api-key", api_key
+        )
         mail = cluster.start_sim("mail", "--dir", str(paths["mail"]))
-        cluster.env.update(OPENAI_REALTIME_URL=realtime.url, SMTP_HOST="127.0.0.1",
-                           SMTP_PORT=mail.url.rsplit(":", 1)[1], ASTERISK_ARI_PASSWORD=ari_password)
+        cluster.env.update(
+            OPENAI_REALTIME_URL=realtime.url,
+            SMTP_HOST="127.0.0.1",
+            SMTP_PORT=mail.url.rsplit(":", 1)[1],
+            ASTERISK_ARI_PASSWORD=ari_password,
+        )
         if args.real_asterisk:
             asterisk_run = start_or_explain(workdir / "asterisk")
             if asterisk_run is None:
@@ -481,8 +570,20 @@ def main(args: argparse.Namespace) -> int:
         emails = count_mail(paths["mail"], set_up)
         left = target.leftover()
         active_left = int(client.scard(keys.calls_active))
-        result = build_result(args, target, tracks, records, driven, procs, worker_metrics, controller_metrics,
-                              emails, set_up, left, active_left)
+        result = build_result(
+            args,
+            target,
+            tracks,
+            records,
+            driven,
+            procs,
+            worker_metrics,
+            controller_metrics,
+            emails,
+            set_up,
+            left,
+            active_left,
+        )
     finally:
         if target is not None:
             target.close()
@@ -526,11 +627,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="JSON results (default: results.json in the work directory)")
     p.add_argument("--plot", help="PNG plot (SVG next to it without matplotlib)")
     p.add_argument("--redis-url", help="overrides redis.url (default: the config's)")
-    p.add_argument("--real-asterisk", action="store_true",
-                   help="start a real Asterisk 22 (scripts/real-asterisk, cached) for the run and call through it")
-    p.add_argument("--ari-url", help="a real Asterisk you run (http://host:8088, with deploy/asterisk's confs and "
-                   "no other calls): callers on Local channels into --ari-context")
+    p.add_argument(
+        "--real-asterisk",
+        action="store_true",
+        help="start a real Asterisk 22 (scripts/real-asterisk, cached) for the run and call through it",
+    )
+    p.add_argument(
+        "--ari-url",
+        help="a real Asterisk you run (http://host:8088, with deploy/asterisk's confs and "
+        "no other calls): callers on Local channels into --ari-context",
+    )
     p.add_argument("--ari-user", default="asterisk")
     p.add_argument("--ari-password", default="")
-    p.add_argument("--ari-context", default=CONTEXT, help="the dialplan context the Local channels dial into "
-                   f"(--profile applies to AI context {SHIPPED_AI_CONTEXT}, the one {CONTEXT} sets)")
+    p.add_argument(
+        "--ari-context",
+        default=CONTEXT,
+        help="the dialplan context the Local channels dial into "
+        f"(--profile applies to AI context {SHIPPED_AI_CONTEXT}, the one {CONTEXT} sets)",
+    )

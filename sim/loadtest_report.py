@@ -30,11 +30,17 @@ def percentile(values: list[float], q: float) -> float | None:
 
 def summary(values: list[float]) -> dict:
     """n, p50, p95, p99, max of a list of milliseconds (None where there are none)."""
+
     def r(v: float | None) -> float | None:
         return None if v is None else round(v, 1)
 
-    return {"n": len(values), "p50": r(percentile(values, 0.5)), "p95": r(percentile(values, 0.95)),
-            "p99": r(percentile(values, 0.99)), "max": r(max(values) if values else None)}
+    return {
+        "n": len(values),
+        "p50": r(percentile(values, 0.5)),
+        "p95": r(percentile(values, 0.95)),
+        "p99": r(percentile(values, 0.99)),
+        "max": r(max(values) if values else None),
+    }
 
 
 def numbers(text: str | None) -> list[float]:
@@ -80,7 +86,7 @@ def end_errors(records: list[dict]) -> Counter:
     return kinds
 
 
-_SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{([^}]*)\})? ([0-9.eE+-]+|NaN|[+-]Inf)$')
+_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{([^}]*)\})? ([0-9.eE+-]+|NaN|[+-]Inf)$")
 _LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
 
 
@@ -106,8 +112,12 @@ def ari_errors(samples: list[tuple[str, dict[str, str], float]]) -> Counter:
     for name, labels, value in samples:
         status = labels.get("status", "")
         method = labels.get("method", "?")
-        if name == "va_ari_requests_total" and value and not status.startswith(("2", "1")) \
-                and (method, status) not in ARI_ANSWERS:
+        if (
+            name == "va_ari_requests_total"
+            and value
+            and not status.startswith(("2", "1"))
+            and (method, status) not in ARI_ANSWERS
+        ):
             kinds[f"ari:{method}:{status or '?'}"] += int(value)
     return kinds
 
@@ -139,40 +149,58 @@ def fmt_ms(value: float | None) -> str:
 def report_lines(result: dict) -> list[str]:
     """The human-readable report of a run's results (the JSON written to --out)."""
     p, s = result["params"], result["setup"]
-    lines = [f"{p['calls']} calls, ramp {p['ramp']} s, hold {p['hold']} s, {p['workers']} media worker(s), "
-             f"{p['tool_workers']} tool worker(s), profile {p['profile']}, target {p['target']}",
-             f"call setup: {s['set_up']}/{s['placed']} set up ({100 * s['success_rate']:.1f}%), "
-             f"{s['answered']} answered, {s['failed']} failed, peak {result['peak_up']} up at once",
-             "latencies (ms, from the call records)        n      p50      p95      p99      max"]
-    labels = {"setup": "call setup (StasisStart -> bridged)", "greeting": "answer -> first greeting frame",
-              "turn": "end of caller speech -> agent frame", "bargein": "barge-in -> agent audio stopped"}
+    lines = [
+        f"{p['calls']} calls, ramp {p['ramp']} s, hold {p['hold']} s, {p['workers']} media worker(s), "
+        f"{p['tool_workers']} tool worker(s), profile {p['profile']}, target {p['target']}",
+        f"call setup: {s['set_up']}/{s['placed']} set up ({100 * s['success_rate']:.1f}%), "
+        f"{s['answered']} answered, {s['failed']} failed, peak {result['peak_up']} up at once",
+        "latencies (ms, from the call records)        n      p50      p95      p99      max",
+    ]
+    labels = {
+        "setup": "call setup (StasisStart -> bridged)",
+        "greeting": "answer -> first greeting frame",
+        "turn": "end of caller speech -> agent frame",
+        "bargein": "barge-in -> agent audio stopped",
+    }
     for name in LATENCIES:
         v = result["latency_ms"][name]
-        lines.append(f"  {labels[name]:<40} {v['n']:>5} {fmt_ms(v['p50']):>8} {fmt_ms(v['p95']):>8} "
-                     f"{fmt_ms(v['p99']):>8} {fmt_ms(v['max']):>8}")
-    lines.append(f"playout underruns: {result['underruns']} (call records), by worker: "
-                 + ", ".join(f"{w['id']} {w['underruns']:.0f}" for w in result["workers"]))
-    lines.append("tick lag p99 per worker (ms, process lifetime): "
-                 + ", ".join(f"{w['id']} {w['tick_lag_p99_ms']:.2f}" for w in result["workers"]))
+        lines.append(
+            f"  {labels[name]:<40} {v['n']:>5} {fmt_ms(v['p50']):>8} {fmt_ms(v['p95']):>8} "
+            f"{fmt_ms(v['p99']):>8} {fmt_ms(v['max']):>8}"
+        )
+    lines.append(
+        f"playout underruns: {result['underruns']} (call records), by worker: "
+        + ", ".join(f"{w['id']} {w['underruns']:.0f}" for w in result["workers"])
+    )
+    lines.append(
+        "tick lag p99 per worker (ms, process lifetime): "
+        + ", ".join(f"{w['id']} {w['tick_lag_p99_ms']:.2f}" for w in result["workers"])
+    )
     lines.append("processes                           CPU s   % core  ms/call-s  RSS peak MB  MB/call")
     for proc in result["processes"]:
-        lines.append(f"  {proc['id']:<32} {proc['cpu_s']:>6.1f} {proc['core_pct']:>7.1f} "
-                     f"{fmt_ms(proc['cpu_ms_per_call_s']):>10} {proc['rss_peak_mb']:>12.1f} "
-                     f"{proc['rss_mb_per_call']:>8.2f}")
+        lines.append(
+            f"  {proc['id']:<32} {proc['cpu_s']:>6.1f} {proc['core_pct']:>7.1f} "
+            f"{fmt_ms(proc['cpu_ms_per_call_s']):>10} {proc['rss_peak_mb']:>12.1f} "
+            f"{proc['rss_mb_per_call']:>8.2f}"
+        )
     heard = result.get("caller_heard")
     if heard:  # the real PBX's callers record what they hear
         onset = summary(heard["greeting_onset_ms"])
-        lines.append(f"callers who heard the agent: {heard['heard_agent']} of {heard['answered']} answered; answer -> "
-                     f"first voiced frame at the caller p50 {fmt_ms(onset['p50'])}, p95 {fmt_ms(onset['p95'])}, "
-                     f"max {fmt_ms(onset['max'])} ms")
+        lines.append(
+            f"callers who heard the agent: {heard['heard_agent']} of {heard['answered']} answered; answer -> "
+            f"first voiced frame at the caller p50 {fmt_ms(onset['p50'])}, p95 {fmt_ms(onset['p95'])}, "
+            f"max {fmt_ms(onset['max'])} ms"
+        )
     e = result["emails"]
     lines.append(f"emails delivered: {e['delivered']} of {e['expected']}")
     errors = result["errors"]
     lines.append("errors by kind: " + (", ".join(f"{k} {v}" for k, v in sorted(errors.items())) or "none"))
     left = result["left"]
     where = "the simulator" if result["params"]["target"] == "sim" else "Asterisk (GET /channels, /bridges)"
-    lines.append(f"calls dropped: {result['dropped']}; left in {where}: {left.get('channels')} channels, "
-                 f"{left.get('bridges')} bridges; calls still active in Redis: {result['active_left']}")
+    lines.append(
+        f"calls dropped: {result['dropped']}; left in {where}: {left.get('channels')} channels, "
+        f"{left.get('bridges')} bridges; calls still active in Redis: {result['active_left']}"
+    )
     return lines
 
 
@@ -195,8 +223,9 @@ def write_plot(path: Path, result: dict) -> Path:
     top.legend()
     names = [n for n in LATENCIES if result["latency_ms"][n]["n"]]
     for i, q in enumerate(("p50", "p95", "p99")):
-        bottom.bar([j + 0.25 * i for j in range(len(names))], [result["latency_ms"][n][q] for n in names], 0.25,
-                   label=q)
+        bottom.bar(
+            [j + 0.25 * i for j in range(len(names))], [result["latency_ms"][n][q] for n in names], 0.25, label=q
+        )
     bottom.set_xticks([j + 0.25 for j in range(len(names))], names)
     bottom.set_ylabel("ms")
     bottom.legend()
@@ -209,13 +238,17 @@ def write_plot(path: Path, result: dict) -> Path:
 def svg_plot(result: dict, width: int = 720, height: int = 520) -> str:
     """Two panels by hand: calls up / set up against time, and p50/p95/p99 bars per latency."""
     timeline = result["timeline"] or [{"t": 0, "up": 0, "set_up": 0}]
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" '
-           'font-size="11">', f'<rect width="{width}" height="{height}" fill="white"/>']
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" '
+        'font-size="11">',
+        f'<rect width="{width}" height="{height}" fill="white"/>',
+    ]
     x0, y0, w, h = 50, 30, width - 80, 180
     t_max = max(t["t"] for t in timeline) or 1
     n_max = max(max(t["set_up"], t["up"]) for t in timeline) or 1
-    out.append(f'<text x="{x0}" y="18">calls up (blue) and set up in total (green) over {t_max:.0f} s; '
-               f'max {n_max}</text>')
+    out.append(
+        f'<text x="{x0}" y="18">calls up (blue) and set up in total (green) over {t_max:.0f} s; max {n_max}</text>'
+    )
     out.append(f'<rect x="{x0}" y="{y0}" width="{w}" height="{h}" fill="none" stroke="#999"/>')
     for key, colour in (("up", "#1f77b4"), ("set_up", "#2ca02c")):
         points = " ".join(f"{x0 + w * t['t'] / t_max:.1f},{y0 + h - h * t[key] / n_max:.1f}" for t in timeline)
@@ -231,8 +264,10 @@ def svg_plot(result: dict, width: int = 720, height: int = 520) -> str:
             v = result["latency_ms"][name][q] or 0
             bar_h = bh * v / v_max
             x = x0 + i * slot + 10 + j * (slot - 20) / 3
-            out.append(f'<rect x="{x:.1f}" y="{by + bh - bar_h:.1f}" width="{(slot - 20) / 3 - 2:.1f}" '
-                       f'height="{bar_h:.1f}" fill="{colour}"><title>{name} {q} {v} ms</title></rect>')
+            out.append(
+                f'<rect x="{x:.1f}" y="{by + bh - bar_h:.1f}" width="{(slot - 20) / 3 - 2:.1f}" '
+                f'height="{bar_h:.1f}" fill="{colour}"><title>{name} {q} {v} ms</title></rect>'
+            )
         out.append(f'<text x="{x0 + i * slot + slot / 2 - 20:.1f}" y="{by + bh + 14}">{name}</text>')
     out.append("</svg>")
     return "\n".join(out)

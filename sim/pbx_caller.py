@@ -89,8 +89,9 @@ class CallerLeg:
     def send_frame(self, pcm: bytes) -> None:
         if self._transport is None or self._asterisk_rtp is None:
             return
-        self._transport.sendto(build_packet(PT, self._seq, self._ts, self._ssrc, encode_payload(pcm, FORMAT)),
-                               self._asterisk_rtp)
+        self._transport.sendto(
+            build_packet(PT, self._seq, self._ts, self._ssrc, encode_payload(pcm, FORMAT)), self._asterisk_rtp
+        )
         self._seq = (self._seq + 1) & 0xFFFF
         self._ts = (self._ts + len(pcm) // 2) & 0xFFFFFFFF
 
@@ -178,8 +179,9 @@ class PbxCaller(AriApp):
             raise CallerError(f"{channel_id} did not enter Stasis within {timeout:g}s") from None
 
     # --- a call ----------------------------------------------------------------------------------------
-    async def call(self, context: str = "from-ai-agent-openai", variables: dict[str, str] | None = None,
-                   answer_timeout: float = 15) -> CallerLeg:
+    async def call(
+        self, context: str = "from-ai-agent-openai", variables: dict[str, str] | None = None, answer_timeout: float = 15
+    ) -> CallerLeg:
         """Place a caller into `context` and return once the far end answered (or raise)."""
         self._n += 1
         leg_id = f"vacaller-{self._run}-{self._n}"
@@ -188,13 +190,31 @@ class PbxCaller(AriApp):
         loop = asyncio.get_running_loop()
         leg._transport, _ = await loop.create_datagram_endpoint(lambda: _Rtp(leg), local_addr=(self.host, 0))
         port = leg._transport.get_extra_info("sockname")[1]
-        await self.request("POST", "/channels/create", {
-            "endpoint": f"Local/s@{context}", "app": self.app, "channelId": leg.id, "otherChannelId": leg.peer_id,
-            "formats": FORMAT}, {"variables": variables or {}})
+        await self.request(
+            "POST",
+            "/channels/create",
+            {
+                "endpoint": f"Local/s@{context}",
+                "app": self.app,
+                "channelId": leg.id,
+                "otherChannelId": leg.peer_id,
+                "formats": FORMAT,
+            },
+            {"variables": variables or {}},
+        )
         await self.request("POST", "/bridges", {"type": "mixing", "bridgeId": leg.bridge_id})
-        rtp = await self.request("POST", "/channels/externalMedia", {
-            "app": self.app, "channelId": leg.rtp_id, "external_host": f"{self.host}:{port}", "format": FORMAT,
-            "encapsulation": "rtp", "transport": "udp"})
+        rtp = await self.request(
+            "POST",
+            "/channels/externalMedia",
+            {
+                "app": self.app,
+                "channelId": leg.rtp_id,
+                "external_host": f"{self.host}:{port}",
+                "format": FORMAT,
+                "encapsulation": "rtp",
+                "transport": "udp",
+            },
+        )
         variables_back = rtp.get("channelvars") or {}
         address = variables_back.get("UNICASTRTP_LOCAL_ADDRESS")
         rtp_port = variables_back.get("UNICASTRTP_LOCAL_PORT")

@@ -86,9 +86,19 @@ class FakeWorker:
     """A media worker's registration (heartbeating) whose media address is a test listener."""
 
     def __init__(self, redis: aioredis.Redis, keys: Keys, wid: str, port: int, capacity: int):
-        info = WorkerInfo(id=wid, role="media-worker", hostname="test", pid=0, version="test", started_ms=0,
-                          media_host="127.0.0.1", audiosocket_port=port, rtp_port_min=30000,
-                          rtp_port_max=30099, capacity=capacity)
+        info = WorkerInfo(
+            id=wid,
+            role="media-worker",
+            hostname="test",
+            pid=0,
+            version="test",
+            started_ms=0,
+            media_host="127.0.0.1",
+            audiosocket_port=port,
+            rtp_port_min=30000,
+            rtp_port_max=30099,
+            capacity=capacity,
+        )
         self.registration = Registration(redis, keys, info, record_ttl_ms=60_000)
         self.redis, self.keys, self.id = redis, keys, wid
         self._task: asyncio.Task | None = None
@@ -120,8 +130,9 @@ def merge(base: dict, extra: dict) -> dict:
     return base
 
 
-def write_config(path: Path, sim_url: str, contexts: dict | None = None, extra: dict | None = None,
-                 **controller) -> Path:
+def write_config(
+    path: Path, sim_url: str, contexts: dict | None = None, extra: dict | None = None, **controller
+) -> Path:
     """The shipped config, pointed at the simulator, with controller settings overridden, contexts added and
     `extra` merged in (nested dicts are merged key by key)."""
     data = merge(yaml.safe_load(CONFIG.read_text()), extra or {})
@@ -132,8 +143,7 @@ def write_config(path: Path, sim_url: str, contexts: dict | None = None, extra: 
     return path
 
 
-async def start_controller(config: Path, workdir: Path, env: dict[str, str], n: int,
-                           clusters: list) -> tuple:
+async def start_controller(config: Path, workdir: Path, env: dict[str, str], n: int, clusters: list) -> tuple:
     """A controller process on `config`, ready (ARI connected); its cluster is added to `clusters` to stop."""
     from sim.cluster import LocalCluster
 

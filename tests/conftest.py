@@ -27,13 +27,21 @@ OFFLINE = {"REALTIME_PREWARM": "0", "OPENAI_REALTIME_URL": "ws://127.0.0.1:9/v1/
 def pytest_addoption(parser):
     # The real-PBX suite (tests/realpbx) starts its own Asterisk unless pointed at one already running.
     group = parser.getgroup("realpbx", "real-PBX tests (pytest -m realpbx)")
-    group.addoption("--ari-url", default=os.environ.get("VA_REAL_ASTERISK_ARI_URL"),
-                    help="use this running Asterisk's ARI (http://host:8088) instead of starting one "
-                         "($VA_REAL_ASTERISK_ARI_URL)")
-    group.addoption("--ari-user", default=os.environ.get("VA_REAL_ASTERISK_ARI_USER", "asterisk"),
-                    help="its ARI user ($VA_REAL_ASTERISK_ARI_USER, default asterisk)")
-    group.addoption("--ari-password", default=os.environ.get("VA_REAL_ASTERISK_ARI_PASSWORD", ""),
-                    help="its ARI password ($VA_REAL_ASTERISK_ARI_PASSWORD)")
+    group.addoption(
+        "--ari-url",
+        default=os.environ.get("VA_REAL_ASTERISK_ARI_URL"),
+        help="use this running Asterisk's ARI (http://host:8088) instead of starting one ($VA_REAL_ASTERISK_ARI_URL)",
+    )
+    group.addoption(
+        "--ari-user",
+        default=os.environ.get("VA_REAL_ASTERISK_ARI_USER", "asterisk"),
+        help="its ARI user ($VA_REAL_ASTERISK_ARI_USER, default asterisk)",
+    )
+    group.addoption(
+        "--ari-password",
+        default=os.environ.get("VA_REAL_ASTERISK_ARI_PASSWORD", ""),
+        help="its ARI password ($VA_REAL_ASTERISK_ARI_PASSWORD)",
+    )
 
 
 @pytest.fixture
@@ -59,8 +67,13 @@ def rclient(redis_url):
 
 @pytest.fixture
 def cluster_env(prefix, redis_url) -> dict[str, str]:
-    return {"REDIS_URL": redis_url, "REDIS_KEY_PREFIX": prefix, "OPENAI_API_KEY": TEST_API_KEY, "LOG_LEVEL": "info",
-            **OFFLINE}
+    return {
+        "REDIS_URL": redis_url,
+        "REDIS_KEY_PREFIX": prefix,
+        "OPENAI_API_KEY": TEST_API_KEY,
+        "LOG_LEVEL": "info",
+        **OFFLINE,
+    }
 
 
 @pytest.fixture
@@ -94,8 +107,19 @@ class PrivateRedis:
         return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
-        args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                "--appendonly", "no", "--dir", str(self.workdir)]
+        args = [
+            "redis-server",
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.workdir),
+        ]
         if self.password:
             args += ["--requirepass", self.password]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

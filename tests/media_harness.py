@@ -69,8 +69,9 @@ def cluster_up(tmp_path, cluster_env, sim):
     clusters: list[LocalCluster] = []
     n = itertools.count(1)
 
-    async def start(emulator: Emulator, contexts: dict | None = None, workers: int = 1, extra: dict | None = None,
-                    **controller):
+    async def start(
+        emulator: Emulator, contexts: dict | None = None, workers: int = 1, extra: dict | None = None, **controller
+    ):
         i = next(n)
         config = write_config(tmp_path / f"cluster-{i}.yaml", sim.url, contexts=contexts, extra=extra, **controller)
         env = {**cluster_env, "OPENAI_REALTIME_URL": emulator.url, "REALTIME_PREWARM": "1"}
@@ -79,8 +80,16 @@ def cluster_up(tmp_path, cluster_env, sim):
         procs = [cluster.start("controller", instance_id=f"controller-{i}")]
         for w in range(workers):
             low = 31000 + 200 * (i * 4 + w)
-            procs.append(cluster.start("media-worker", "--audiosocket-port", "0", "--rtp-ports",
-                                       f"{low}-{low + 99}", instance_id=f"worker-{i}-{w}"))
+            procs.append(
+                cluster.start(
+                    "media-worker",
+                    "--audiosocket-port",
+                    "0",
+                    "--rtp-ports",
+                    f"{low}-{low + 99}",
+                    instance_id=f"worker-{i}-{w}",
+                )
+            )
         ready = await asyncio.to_thread(cluster.wait_ready, procs, 30)
         assert ready, "\n".join(p.log_text()[-3000:] for p in procs)
         return cluster
@@ -116,6 +125,7 @@ async def call_of(aredis, keys, channel_id: str) -> str:
             if await aredis.hget(keys.call(call_id), "caller_channel") == channel_id:
                 return call_id
         return None
+
     return await until(find)
 
 
@@ -136,7 +146,7 @@ def loud_ms(heard, rate: int = 8000, floor_dbfs: float = -40.0) -> list[tuple[fl
     pcm = np.frombuffer(heard.pcm(rate), dtype="<i2").astype(np.float64)
     n = rate // 50
     frames = pcm[: len(pcm) // n * n].reshape(-1, n)
-    rms = np.sqrt((frames ** 2).mean(axis=1)) + 1e-9
+    rms = np.sqrt((frames**2).mean(axis=1)) + 1e-9
     return [(i * 20.0, 20 * math.log10(r / 32768) > floor_dbfs) for i, r in enumerate(rms)]
 
 

@@ -27,24 +27,46 @@ async def env(redis_url, prefix):
     await client.aclose()
 
 
-async def add_worker(client, keys, wid: str, capacity: int, *, draining: bool = False, port: int = 9000,
-                     rtp=(20000, 20002)) -> Registration:
-    info = WorkerInfo(id=wid, role="media-worker", hostname="h", pid=1, version="t", started_ms=0,
-                      media_host="127.0.0.1", audiosocket_port=port, rtp_port_min=rtp[0], rtp_port_max=rtp[1],
-                      capacity=capacity, draining=draining)
+async def add_worker(
+    client, keys, wid: str, capacity: int, *, draining: bool = False, port: int = 9000, rtp=(20000, 20002)
+) -> Registration:
+    info = WorkerInfo(
+        id=wid,
+        role="media-worker",
+        hostname="h",
+        pid=1,
+        version="t",
+        started_ms=0,
+        media_host="127.0.0.1",
+        audiosocket_port=port,
+        rtp_port_min=rtp[0],
+        rtp_port_max=rtp[1],
+        capacity=capacity,
+        draining=draining,
+    )
     reg = Registration(client, keys, info, record_ttl_ms=60_000)
     await reg.heartbeat()
     return reg
 
 
 def plan(call_id: str, transport: str = "audiosocket", provider: str = "openai_realtime") -> CallPlan:
-    return CallPlan(call_id=call_id, caller_channel="c-" + call_id, context="demo", provider=provider,
-                    profile="p", transport=transport, format="slin24", provider_format="pcm16", tools=[])
+    return CallPlan(
+        call_id=call_id,
+        caller_channel="c-" + call_id,
+        context="demo",
+        provider=provider,
+        profile="p",
+        transport=transport,
+        format="slin24",
+        provider_format="pcm16",
+        tools=[],
+    )
 
 
 def admission(client, keys, limit: int = 100) -> Admission:
-    return Admission(client, keys, stale_after_ms=3000, provider_limit=limit, queue_timeout_ms=30_000,
-                     retention_ms=60_000)
+    return Admission(
+        client, keys, stale_after_ms=3000, provider_limit=limit, queue_timeout_ms=30_000, retention_ms=60_000
+    )
 
 
 async def test_reservations_go_to_the_least_loaded_worker(env):
@@ -72,8 +94,9 @@ async def test_least_loaded_worker_and_assignment_in_its_inbox(env):
     assert full == Queued("no_capacity", 0)
     entries = await client.xrange(keys.worker_inbox("w2"))
     assignments = [decode_assignment(fields) for _, fields in entries]
-    assert {a.call_id for a in assignments} == {r_id for r_id in
-                                                [f"call-{i}" for i, r in enumerate(got) if r.worker_id == "w2"]}
+    assert {a.call_id for a in assignments} == {
+        r_id for r_id in [f"call-{i}" for i, r in enumerate(got) if r.worker_id == "w2"]
+    }
     assert all(a.epoch == 1 and a.plan.tools == [] and a.plan.format == "slin24" for a in assignments)
     record = await client.hgetall(keys.call("call-0"))
     assert record[b"state"] == b"admitted" and record[b"context"] == b"demo"
@@ -174,10 +197,13 @@ def test_route_fills_the_template_variables(config):
     assert resolve(config, "", None, "", "").greeting.startswith("Hi there,")  # default_context, no name
 
 
-@pytest.mark.parametrize("ctx,provider,reason", [
-    ("nope", "openai_realtime", "unknown_context"),
-    ("demo_openai", "deepgram", "unknown_provider"),
-])
+@pytest.mark.parametrize(
+    "ctx,provider,reason",
+    [
+        ("nope", "openai_realtime", "unknown_context"),
+        ("demo_openai", "deepgram", "unknown_provider"),
+    ],
+)
 def test_unroutable_calls_name_the_cause(config, ctx, provider, reason):
     with pytest.raises(Unroutable) as info:
         resolve(config, ctx, provider, "A", "1")
@@ -186,8 +212,9 @@ def test_unroutable_calls_name_the_cause(config, ctx, provider, reason):
 
 def test_templates_leave_unknown_braces_alone(config):
     base = config.contexts["demo_openai"]
-    odd = msgspec.structs.replace(base, prompt='Reply as {"ok": true} for {who}',
-                                  greeting="{caller_number} {company_name")
+    odd = msgspec.structs.replace(
+        base, prompt='Reply as {"ok": true} for {who}', greeting="{caller_number} {company_name"
+    )
     config = msgspec.structs.replace(config, contexts={"x": odd})
     route = resolve(config, "x", None, "A", "555")
     assert route.instructions == 'Reply as {"ok": true} for {who}'

@@ -49,8 +49,11 @@ def trace_events(name: str) -> list[dict]:
 
 
 def first_response(name: str, method: str, path: str) -> Any:
-    return next(s["response"] for s in load(name)["steps"]
-                if s["dir"] == "rest" and s["method"] == method and s["path"] == path and s["status"] < 300)
+    return next(
+        s["response"]
+        for s in load(name)["steps"]
+        if s["dir"] == "rest" and s["method"] == method and s["path"] == path and s["status"] < 300
+    )
 
 
 def first_event(name: str, kind: str) -> dict:
@@ -217,7 +220,10 @@ def test_every_traced_event_decodes(path: Path):
             continue
         assert type(event).__name__ == raw["type"]
         assert (event.timestamp, event.application, event.asterisk_id) == (
-            raw["timestamp"], raw["application"], raw["asterisk_id"])
+            raw["timestamp"],
+            raw["application"],
+            raw["asterisk_id"],
+        )
         _check_ids(event, raw)
         channel = raw.get("channel") or raw.get("peer")
         if channel:
@@ -248,13 +254,19 @@ def test_every_traced_event_decodes(path: Path):
 
 def test_trace_quirks_survive_decoding():
     """What the README lists as surprises is visible in the typed events."""
-    hangups = [m.decode_event(json.dumps(e)) for p in TRACE_FILES for e in
-               (s["event"] for s in json.loads(p.read_text())["steps"] if s["dir"] == "event")
-               if e["type"] == "ChannelHangupRequest"]
+    hangups = [
+        m.decode_event(json.dumps(e))
+        for p in TRACE_FILES
+        for e in (s["event"] for s in json.loads(p.read_text())["steps"] if s["dir"] == "event")
+        if e["type"] == "ChannelHangupRequest"
+    ]
     assert any(h.cause == 32 and h.soft is True for h in hangups)  # our DELETE: soft-hangup bitmask
     assert any(h.cause == 16 and h.soft is None for h in hangups)  # remote hangup: no soft key
-    media_start = [m.decode_event(json.dumps(e)) for e in trace_events("03-audiosocket-slin24.json")
-                   if e["type"] == "StasisStart" and e["channel"]["name"].startswith("AudioSocket/")]
+    media_start = [
+        m.decode_event(json.dumps(e))
+        for e in trace_events("03-audiosocket-slin24.json")
+        if e["type"] == "StasisStart" and e["channel"]["name"].startswith("AudioSocket/")
+    ]
     assert media_start and media_start[0].args == ["<audiosocket-uuid>"]
     dials = [m.decode_event(json.dumps(e)) for e in trace_events("05-transfer-answer.json") if e["type"] == "Dial"]
     agent = [d for d in dials if d.peer.name.startswith("Local/7001")]
@@ -263,34 +275,59 @@ def test_trace_quirks_survive_decoding():
 
 
 def test_playback_and_move_events_decode():
-    pb = {"type": "PlaybackFinished", "timestamp": "t", "application": APP,
-          "playback": {"id": "pb1", "media_uri": "sound:beep", "target_uri": "channel:1795.4", "language": "en",
-                       "state": "done", "new_field": 1}}
+    pb = {
+        "type": "PlaybackFinished",
+        "timestamp": "t",
+        "application": APP,
+        "playback": {
+            "id": "pb1",
+            "media_uri": "sound:beep",
+            "target_uri": "channel:1795.4",
+            "language": "en",
+            "state": "done",
+            "new_field": 1,
+        },
+    }
     event = m.decode_event(json.dumps(pb))
     assert isinstance(event, m.PlaybackFinished) and event.playback.state == "done"
     assert m.default_key(event) == "1795.4"  # ordered with its channel's events
-    started = m.decode_event(json.dumps({**pb, "type": "PlaybackStarted",
-                                         "playback": {**pb["playback"], "target_uri": "bridge:br-1"}}))
+    started = m.decode_event(
+        json.dumps({**pb, "type": "PlaybackStarted", "playback": {**pb["playback"], "target_uri": "bridge:br-1"}})
+    )
     assert isinstance(started, m.PlaybackStarted) and m.default_key(started) == "br-1"
     caller = first_event("01-inbound.json", "StasisStart")["channel"]
-    moved = m.decode_event(json.dumps({"type": "ApplicationMoveFailed", "timestamp": "t", "application": APP,
-                                       "channel": caller, "destination": "nope", "args": ["a"]}))
+    moved = m.decode_event(
+        json.dumps(
+            {
+                "type": "ApplicationMoveFailed",
+                "timestamp": "t",
+                "application": APP,
+                "channel": caller,
+                "destination": "nope",
+                "args": ["a"],
+            }
+        )
+    )
     assert isinstance(moved, m.ApplicationMoveFailed) and moved.destination == "nope" and moved.args == ["a"]
-    glob = m.decode_event(json.dumps({"type": "ChannelVarset", "timestamp": "t", "application": APP,
-                                      "variable": "G", "value": "1"}))
+    glob = m.decode_event(
+        json.dumps({"type": "ChannelVarset", "timestamp": "t", "application": APP, "variable": "G", "value": "1"})
+    )
     assert isinstance(glob, m.ChannelVarset) and glob.channel is None and m.default_key(glob) == "global"
 
 
-@pytest.mark.parametrize("data, reason", [
-    (b"not json", "not JSON"),
-    (b'[{"type": "StasisStart"}]', "not an object"),
-    (b'{"channel": {"id": "x"}}', "no event type"),
-    (b'{"type": 7}', "no event type"),
-    (b'{"type": "StasisStart", "args": []}', "channel"),
-    (b'{"type": "ChannelDestroyed", "cause": "16", "cause_txt": "x", "channel": {"id": "c"}}', "cause"),
-    (b'{"type": "ChannelDtmfReceived", "digit": "1", "channel": {"id": "c"}}', "duration_ms"),
-    (b'{"type": "StasisEnd", "channel": {"name": "no id"}}', "id"),
-])
+@pytest.mark.parametrize(
+    "data, reason",
+    [
+        (b"not json", "not JSON"),
+        (b'[{"type": "StasisStart"}]', "not an object"),
+        (b'{"channel": {"id": "x"}}', "no event type"),
+        (b'{"type": 7}', "no event type"),
+        (b'{"type": "StasisStart", "args": []}', "channel"),
+        (b'{"type": "ChannelDestroyed", "cause": "16", "cause_txt": "x", "channel": {"id": "c"}}', "cause"),
+        (b'{"type": "ChannelDtmfReceived", "digit": "1", "channel": {"id": "c"}}', "duration_ms"),
+        (b'{"type": "StasisEnd", "channel": {"name": "no id"}}', "id"),
+    ],
+)
 def test_malformed_messages_are_bad_events(data: bytes, reason: str):
     event = m.decode_event(data)
     assert isinstance(event, m.BadEvent)
@@ -329,40 +366,115 @@ def call_for(rest: AriRest, method: str, path: str, q: dict[str, str]) -> tuple[
     routes: list[tuple[str, str, Callable[..., Any]]] = [
         ("GET", r"/asterisk/info", lambda: ("info", rest.info(q.get("only"))) if set(q) <= {"only"} else None),
         ("GET", r"/channels", lambda: ("list_channels", rest.list_channels())),
-        ("GET", rf"/channels/{ID}/variable",
-         lambda c: ("get_variable", rest.get_variable(c, q["variable"])) if has("variable") else None),
+        (
+            "GET",
+            rf"/channels/{ID}/variable",
+            lambda c: ("get_variable", rest.get_variable(c, q["variable"])) if has("variable") else None,
+        ),
         ("GET", rf"/channels/{ID}", lambda c: ("get_channel", rest.get_channel(c))),
         ("POST", rf"/channels/{ID}/answer", lambda c: ("answer", rest.answer(c))),
-        ("POST", rf"/channels/{ID}/continue", lambda c: ("continue", rest.continue_in_dialplan(
-            c, q["context"], q["extension"], int(q.get("priority", 1)), q.get("label")))
-            if has("context", "extension") else None),
-        ("POST", rf"/channels/{ID}/dial",
-         lambda c: ("dial", rest.dial(c, q.get("caller"), _int(q.get("timeout"))))),
+        (
+            "POST",
+            rf"/channels/{ID}/continue",
+            lambda c: (
+                (
+                    "continue",
+                    rest.continue_in_dialplan(
+                        c, q["context"], q["extension"], int(q.get("priority", 1)), q.get("label")
+                    ),
+                )
+                if has("context", "extension")
+                else None
+            ),
+        ),
+        ("POST", rf"/channels/{ID}/dial", lambda c: ("dial", rest.dial(c, q.get("caller"), _int(q.get("timeout"))))),
         ("POST", rf"/channels/{ID}/moh", lambda c: ("start_moh", rest.start_moh(c, q.get("mohClass")))),
         ("DELETE", rf"/channels/{ID}/moh", lambda c: ("stop_moh", rest.stop_moh(c))),
         ("DELETE", rf"/channels/{ID}", lambda c: ("hangup", rest.hangup(c, q.get("reason", "normal")))),
-        ("POST", r"/channels/externalMedia", lambda: ("external_media", rest.external_media(
-            app=q["app"], channel_id=q["channelId"], external_host=q["external_host"], format=q["format"],
-            encapsulation=q.get("encapsulation", "rtp"), transport=q.get("transport", "udp"), data=q.get("data")))
-            if has("app", "channelId", "external_host", "format", "encapsulation", "transport") else None),
-        ("POST", r"/channels/create", lambda: ("create_channel", rest.create_channel(
-            endpoint=q["endpoint"], app=q["app"], channel_id=q["channelId"], app_args=q.get("appArgs"),
-            originator=q.get("originator"), formats=q.get("formats")))
-            if has("endpoint", "app", "channelId") else None),
-        ("POST", r"/channels", lambda: ("originate", rest.originate(
-            endpoint=q["endpoint"], context=q.get("context"), extension=q.get("extension"),
-            priority=_int(q.get("priority")), app=q.get("app"), app_args=q.get("appArgs"),
-            caller_id=q.get("callerId"), timeout=_int(q.get("timeout")), channel_id=q.get("channelId"),
-            formats=q.get("formats"))) if has("endpoint") else None),
+        (
+            "POST",
+            r"/channels/externalMedia",
+            lambda: (
+                (
+                    "external_media",
+                    rest.external_media(
+                        app=q["app"],
+                        channel_id=q["channelId"],
+                        external_host=q["external_host"],
+                        format=q["format"],
+                        encapsulation=q.get("encapsulation", "rtp"),
+                        transport=q.get("transport", "udp"),
+                        data=q.get("data"),
+                    ),
+                )
+                if has("app", "channelId", "external_host", "format", "encapsulation", "transport")
+                else None
+            ),
+        ),
+        (
+            "POST",
+            r"/channels/create",
+            lambda: (
+                (
+                    "create_channel",
+                    rest.create_channel(
+                        endpoint=q["endpoint"],
+                        app=q["app"],
+                        channel_id=q["channelId"],
+                        app_args=q.get("appArgs"),
+                        originator=q.get("originator"),
+                        formats=q.get("formats"),
+                    ),
+                )
+                if has("endpoint", "app", "channelId")
+                else None
+            ),
+        ),
+        (
+            "POST",
+            r"/channels",
+            lambda: (
+                (
+                    "originate",
+                    rest.originate(
+                        endpoint=q["endpoint"],
+                        context=q.get("context"),
+                        extension=q.get("extension"),
+                        priority=_int(q.get("priority")),
+                        app=q.get("app"),
+                        app_args=q.get("appArgs"),
+                        caller_id=q.get("callerId"),
+                        timeout=_int(q.get("timeout")),
+                        channel_id=q.get("channelId"),
+                        formats=q.get("formats"),
+                    ),
+                )
+                if has("endpoint")
+                else None
+            ),
+        ),
         ("GET", r"/bridges", lambda: ("list_bridges", rest.list_bridges())),
         ("GET", rf"/bridges/{ID}", lambda b: ("get_bridge", rest.get_bridge(b))),
-        ("POST", r"/bridges", lambda: ("create_bridge", rest.create_bridge(
-            q["bridgeId"], q.get("type", "mixing"), q.get("name"))) if has("bridgeId") else None),
+        (
+            "POST",
+            r"/bridges",
+            lambda: (
+                ("create_bridge", rest.create_bridge(q["bridgeId"], q.get("type", "mixing"), q.get("name")))
+                if has("bridgeId")
+                else None
+            ),
+        ),
         ("DELETE", rf"/bridges/{ID}", lambda b: ("destroy_bridge", rest.destroy_bridge(b))),
-        ("POST", rf"/bridges/{ID}/addChannel",
-         lambda b: ("add_channel", rest.add_channel(b, *q["channel"].split(","), role=q.get("role")))),
-        ("POST", rf"/bridges/{ID}/removeChannel",
-         lambda b: ("remove_channel", rest.remove_channel(b, *q["channel"].split(",")))),
+        (
+            "POST",
+            rf"/bridges/{ID}/addChannel",
+            lambda b: ("add_channel", rest.add_channel(b, *q["channel"].split(","), role=q.get("role"))),
+        ),
+        (
+            "POST",
+            rf"/bridges/{ID}/removeChannel",
+            lambda b: ("remove_channel", rest.remove_channel(b, *q["channel"].split(","))),
+        ),
     ]
     for route_method, pattern, make in routes:
         if route_method == method and (match := re.fullmatch(pattern, path)):
@@ -412,9 +524,11 @@ async def test_traced_rest_steps_replay(ari, rest, path: Path):
         name, coro = call
         ari.replies.append((step["status"], step["response"]))
         before = len(ari.requests)
-        if 200 <= step["status"] < 300 or (step["status"] == 404 and name in (
-                "get_channel", "get_bridge", "hangup", "destroy_bridge")) or (
-                step["status"] == 404 and name == "get_variable" and "variable" in step["response"]["message"]):
+        if (
+            200 <= step["status"] < 300
+            or (step["status"] == 404 and name in ("get_channel", "get_bridge", "hangup", "destroy_bridge"))
+            or (step["status"] == 404 and name == "get_variable" and "variable" in step["response"]["message"])
+        ):
             check_result(name, step["status"], step["response"], await coro)
         else:
             with pytest.raises(AriError) as info:
@@ -478,11 +592,16 @@ async def test_not_found_mappings(ari, rest):
     assert info.value.not_found and info.value.gone and not info.value.conflict
 
 
-@pytest.mark.parametrize("status, message", [(400, "Invalid reason for hangup reason provided"),
-                                             (409, "Channel not in Stasis application"),
-                                             (422, "Channel not in this bridge"),
-                                             (500, "An internal error prevented this request from being handled"),
-                                             (501, "The encapsulation and/or transport is not supported")])
+@pytest.mark.parametrize(
+    "status, message",
+    [
+        (400, "Invalid reason for hangup reason provided"),
+        (409, "Channel not in Stasis application"),
+        (422, "Channel not in this bridge"),
+        (500, "An internal error prevented this request from being handled"),
+        (501, "The encapsulation and/or transport is not supported"),
+    ],
+)
 async def test_errors_carry_status_and_message(ari, rest, status, message):
     ari.replies.append((status, {"message": message}))
     with pytest.raises(AriError) as info:
@@ -590,21 +709,26 @@ async def test_password_never_logged(ari, caplog):
 WIDE = ("slin", "slin16", "slin24")
 
 
-@pytest.mark.parametrize("version, formats, websocket", [
-    ("18.20.0", ("slin",), False),
-    ("20.17.0", WIDE, True),
-    ("21.12.0", WIDE, True),
-    ("22.6.0", ("slin",), True),
-    ("22.10.1", WIDE, True),
-    ("23.4.1", WIDE, True),
-    ("24.0.0", WIDE, True),  # newer than the table: keeps everything
-])
+@pytest.mark.parametrize(
+    "version, formats, websocket",
+    [
+        ("18.20.0", ("slin",), False),
+        ("20.17.0", WIDE, True),
+        ("21.12.0", WIDE, True),
+        ("22.6.0", ("slin",), True),
+        ("22.10.1", WIDE, True),
+        ("23.4.1", WIDE, True),
+        ("24.0.0", WIDE, True),  # newer than the table: keeps everything
+    ],
+)
 async def test_capabilities_by_version(ari, rest, version, formats, websocket):
     system = first_response("02-remote-hangup.json", "GET", "/asterisk/info")
     ari.routes[("GET", "/asterisk/info")] = (200, {"system": {**system["system"], "version": version}})
     for mod in ("chan_audiosocket.so", "chan_websocket.so"):
-        ari.routes[("GET", f"/asterisk/modules/{mod}")] = (200, {
-            "name": mod, "description": "x", "use_count": 0, "status": "Running", "support_level": "core"})
+        ari.routes[("GET", f"/asterisk/modules/{mod}")] = (
+            200,
+            {"name": mod, "description": "x", "use_count": 0, "status": "Running", "support_level": "core"},
+        )
     caps = await probe(rest)
     assert caps.version == version and caps.version_tuple == parse_version(version)
     assert caps.audiosocket is True and caps.audiosocket_formats == formats
@@ -630,9 +754,16 @@ async def test_capabilities_with_modules_absent(ari, rest):
 
 async def test_capabilities_module_not_running(ari, rest):
     ari.routes[("GET", "/asterisk/info")] = (200, {"system": {"version": "22.10.1", "entity_id": "e"}})
-    ari.routes[("GET", "/asterisk/modules/chan_audiosocket.so")] = (200, {
-        "name": "chan_audiosocket.so", "description": "x", "use_count": 0, "status": "Not Running",
-        "support_level": "extended"})
+    ari.routes[("GET", "/asterisk/modules/chan_audiosocket.so")] = (
+        200,
+        {
+            "name": "chan_audiosocket.so",
+            "description": "x",
+            "use_count": 0,
+            "status": "Not Running",
+            "support_level": "extended",
+        },
+    )
     assert (await probe(rest)).audiosocket is False
 
 
@@ -643,8 +774,9 @@ def test_capability_rules_pure():
     assert git.audiosocket_formats == ("slin",) and git.websocket_media is True  # unknown version trusts modules
     old = capabilities_from("16.30.0", False, False)
     assert old.audiosocket is False and old.websocket_media is False
-    caps = Capabilities(version="22.10.1", version_tuple=(22, 10, 1), audiosocket=True,
-                        audiosocket_formats=WIDE, websocket_media=True)
+    caps = Capabilities(
+        version="22.10.1", version_tuple=(22, 10, 1), audiosocket=True, audiosocket_formats=WIDE, websocket_media=True
+    )
     assert caps.best_format("websocket", "slin24") == "slin24"
     assert caps.best_format("audiosocket", "ulaw") == "slin"
     assert caps.best_format("audiosocket", "slin48") == "slin24"
@@ -838,10 +970,29 @@ async def test_reconnect_reconciles_before_new_events(ari, how):
     await conn.drop(how)
     await asyncio.wait_for(ari.ws_opened.get(), 5)
     await until(lambda: len([x for x in log if x.startswith("event:")]) == 5, what="events of connection 2")
-    assert log == ["on_connect:True:start", "on_connect:True:end", "event:0", "event:1", "event:2",
-                   "on_connect:False:start", "on_connect:False:end", "event:10", "event:11"] or (
-        log[:7] == ["on_connect:True:start", "on_connect:True:end", "event:0", "event:1", "event:2",
-                    "on_connect:False:start", "on_connect:False:end"] and sorted(log[7:]) == ["event:10", "event:11"])
+    assert log == [
+        "on_connect:True:start",
+        "on_connect:True:end",
+        "event:0",
+        "event:1",
+        "event:2",
+        "on_connect:False:start",
+        "on_connect:False:end",
+        "event:10",
+        "event:11",
+    ] or (
+        log[:7]
+        == [
+            "on_connect:True:start",
+            "on_connect:True:end",
+            "event:0",
+            "event:1",
+            "event:2",
+            "on_connect:False:start",
+            "on_connect:False:end",
+        ]
+        and sorted(log[7:]) == ["event:10", "event:11"]
+    )
     assert run.stream.connects == 2 and run.stream.connected
     await run.stop()
 
@@ -913,6 +1064,7 @@ async def test_metrics_have_low_cardinality_labels(ari, rest):
     from prometheus_client import REGISTRY
 
     from shared import metrics
+
     metrics.register("controller")  # what the controller process does at start
 
     def value(name: str, **labels: str) -> float:

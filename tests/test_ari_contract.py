@@ -67,9 +67,17 @@ class Swagger:
                 literal = sum(1 for seg in api["path"].split("/") if seg and not seg.startswith("{"))
                 for op in api["operations"]:
                     params = {p["name"]: p for p in op.get("parameters", [])}
-                    self.operations.append(Operation(api["path"], op["httpMethod"], op["nickname"], params,
-                                                     op.get("responseClass", "void"), _template_regex(api["path"]),
-                                                     literal))
+                    self.operations.append(
+                        Operation(
+                            api["path"],
+                            op["httpMethod"],
+                            op["nickname"],
+                            params,
+                            op.get("responseClass", "void"),
+                            _template_regex(api["path"]),
+                            literal,
+                        )
+                    )
         # A literal route wins over a template (POST /channels/externalMedia vs POST /channels/{channelId}).
         self.operations.sort(key=lambda o: -o.literal_segments)
 
@@ -149,7 +157,8 @@ def _body_problems(req: Recorded, body_params: dict[str, dict]) -> list[str]:
         if spec is None:
             out.append(f"unknown body field {key!r}")
         elif spec["dataType"] == "containers" and not (
-                isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())):
+            isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
+        ):
             out.append(f"body field {key!r} is not a string map")
     return out
 
@@ -162,21 +171,50 @@ def swagger() -> Swagger:
 
 # --- the recording server -------------------------------------------------------------------------------------
 
-CHANNEL = {"id": "c1", "name": "PJSIP/100-00000001", "state": "Up", "protocol_id": "",
-           "caller": {"name": "A", "number": "100"}, "connected": {"name": "", "number": ""}, "accountcode": "",
-           "dialplan": {"context": "ai", "exten": "s", "priority": 1, "app_name": "Stasis", "app_data": APP},
-           "creationtime": "2026-01-01T00:00:00.000+0000", "language": "en"}
-BRIDGE = {"id": "b1", "technology": "simple_bridge", "bridge_type": "mixing", "bridge_class": "stasis",
-          "creator": "Stasis", "name": "", "channels": [], "creationtime": "2026-01-01T00:00:00.000+0000",
-          "video_mode": "talker"}
+CHANNEL = {
+    "id": "c1",
+    "name": "PJSIP/100-00000001",
+    "state": "Up",
+    "protocol_id": "",
+    "caller": {"name": "A", "number": "100"},
+    "connected": {"name": "", "number": ""},
+    "accountcode": "",
+    "dialplan": {"context": "ai", "exten": "s", "priority": 1, "app_name": "Stasis", "app_data": APP},
+    "creationtime": "2026-01-01T00:00:00.000+0000",
+    "language": "en",
+}
+BRIDGE = {
+    "id": "b1",
+    "technology": "simple_bridge",
+    "bridge_type": "mixing",
+    "bridge_class": "stasis",
+    "creator": "Stasis",
+    "name": "",
+    "channels": [],
+    "creationtime": "2026-01-01T00:00:00.000+0000",
+    "video_mode": "talker",
+}
 BODIES: dict[str, Any] = {
-    "Channel": CHANNEL, "Bridge": BRIDGE, "List[Channel]": [CHANNEL], "List[Bridge]": [BRIDGE],
-    "Playback": {"id": "pb1", "media_uri": "sound:beep", "target_uri": "channel:c1", "language": "en",
-                 "state": "queued"},
+    "Channel": CHANNEL,
+    "Bridge": BRIDGE,
+    "List[Channel]": [CHANNEL],
+    "List[Bridge]": [BRIDGE],
+    "Playback": {
+        "id": "pb1",
+        "media_uri": "sound:beep",
+        "target_uri": "channel:c1",
+        "language": "en",
+        "state": "queued",
+    },
     "AsteriskInfo": {"system": {"version": "22.10.1", "entity_id": "02:00:00:00:00:01"}},
     "AsteriskPing": {"asterisk_id": "02:00:00:00:00:01", "ping": "pong", "timestamp": "t"},
-    "Module": {"name": "chan_websocket.so", "description": "x", "use_count": 0, "status": "Running",
-               "support_level": "core"},
+    "Module": {
+        "name": "chan_websocket.so",
+        "description": "x",
+        "use_count": 0,
+        "status": "Running",
+        "support_level": "core",
+    },
     "Variable": {"value": "sales"},
 }
 
@@ -208,8 +246,16 @@ class Recorder:
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         path = request.path.removeprefix("/ari")
         is_ws = request.headers.get("Upgrade", "").lower() == "websocket"
-        self.requests.append(Recorded(request.method, path, list(request.query.items()), await request.read(),
-                                      request.headers.get("Content-Type", ""), is_ws))
+        self.requests.append(
+            Recorded(
+                request.method,
+                path,
+                list(request.query.items()),
+                await request.read(),
+                request.headers.get("Content-Type", ""),
+                is_ws,
+            )
+        )
         found = self.swagger.find(request.method, path)
         if found is None:
             return web.json_response({"message": "Resource not found"}, status=404)
@@ -243,58 +289,106 @@ def every_call(rest: AriRest) -> dict[str, list[Any]]:
         "module": [rest.module("chan_audiosocket.so")],
         "list_channels": [rest.list_channels()],
         "get_channel": [rest.get_channel("1795471578.0")],
-        "get_variable": [rest.get_variable("1795471578.0", "AI_CONTEXT"),
-                         rest.get_variable("1795471578.0", "CALLERID(num)")],
+        "get_variable": [
+            rest.get_variable("1795471578.0", "AI_CONTEXT"),
+            rest.get_variable("1795471578.0", "CALLERID(num)"),
+        ],
         "set_variable": [rest.set_variable("c1", "AI_STATE", "active")],
         "answer": [rest.answer("c1")],
         "ring": [rest.ring("c1")],
         "ring_stop": [rest.ring_stop("c1")],
         "hangup": [rest.hangup("c1"), rest.hangup("c1", "busy"), rest.hangup("c1", "answered_elsewhere")],
-        "continue_in_dialplan": [rest.continue_in_dialplan("c1", "transfers", "6001"),
-                                 rest.continue_in_dialplan("c1", "transfers", "vm100", 2, label="start")],
+        "continue_in_dialplan": [
+            rest.continue_in_dialplan("c1", "transfers", "6001"),
+            rest.continue_in_dialplan("c1", "transfers", "vm100", 2, label="start"),
+        ],
         "start_moh": [rest.start_moh("c1"), rest.start_moh("c1", "default")],
         "stop_moh": [rest.stop_moh("c1")],
-        "play": [rest.play("c1", "sound:hello-world"),
-                 rest.play("c1", "sound:hello-world,sound:beep", playback_id="pb1", lang="en")],
+        "play": [
+            rest.play("c1", "sound:hello-world"),
+            rest.play("c1", "sound:hello-world,sound:beep", playback_id="pb1", lang="en"),
+        ],
         "stop_playback": [rest.stop_playback("pb1")],
         "dial": [rest.dial("agent-1"), rest.dial("agent-1", caller="c1", timeout=15)],
         "external_media": [
             rest.external_media(app=APP, channel_id="em-1", external_host="127.0.0.1:40000", format="ulaw"),
-            rest.external_media(app=APP, channel_id="em-2", external_host="127.0.0.1:40001", format="slin24",
-                                encapsulation="audiosocket", transport="tcp", data=uid, direction="both",
-                                variables={"VA_CALL": "c1"}),
-            rest.external_media(app=APP, channel_id="em-3", external_host="", format="slin24",
-                                encapsulation="none", transport="websocket", connection_type="server",
-                                transport_data="f(json)"),
-            rest.external_media(app=APP, channel_id="em-4", external_host="media-conn-1", format="ulaw",
-                                encapsulation="none", transport="websocket", connection_type="client"),
+            rest.external_media(
+                app=APP,
+                channel_id="em-2",
+                external_host="127.0.0.1:40001",
+                format="slin24",
+                encapsulation="audiosocket",
+                transport="tcp",
+                data=uid,
+                direction="both",
+                variables={"VA_CALL": "c1"},
+            ),
+            rest.external_media(
+                app=APP,
+                channel_id="em-3",
+                external_host="",
+                format="slin24",
+                encapsulation="none",
+                transport="websocket",
+                connection_type="server",
+                transport_data="f(json)",
+            ),
+            rest.external_media(
+                app=APP,
+                channel_id="em-4",
+                external_host="media-conn-1",
+                format="ulaw",
+                encapsulation="none",
+                transport="websocket",
+                connection_type="client",
+            ),
         ],
         "create_channel": [
-            rest.create_channel(endpoint="Local/6001@agents", app=APP, channel_id="agent-1",
-                                app_args="transfer,c1", originator="c1", variables={"VA_ROLE": "agent"}),
+            rest.create_channel(
+                endpoint="Local/6001@agents",
+                app=APP,
+                channel_id="agent-1",
+                app_args="transfer,c1",
+                originator="c1",
+                variables={"VA_ROLE": "agent"},
+            ),
             rest.create_channel(endpoint="PJSIP/6001", app=APP, channel_id="agent-2", formats="ulaw,alaw"),
         ],
         "originate": [
-            rest.originate(endpoint="Local/s@caller-sim", context="ai-test", extension="s", priority=1,
-                           caller_id="Alice <5551234>", timeout=30, channel_id="o-1", formats="ulaw",
-                           variables={"AI_CONTEXT": "sales"}),
-            rest.originate(endpoint="Local/s@caller-sim", app=APP, app_args="test,1", channel_id="o-2",
-                           originator="c1"),
+            rest.originate(
+                endpoint="Local/s@caller-sim",
+                context="ai-test",
+                extension="s",
+                priority=1,
+                caller_id="Alice <5551234>",
+                timeout=30,
+                channel_id="o-1",
+                formats="ulaw",
+                variables={"AI_CONTEXT": "sales"},
+            ),
+            rest.originate(
+                endpoint="Local/s@caller-sim", app=APP, app_args="test,1", channel_id="o-2", originator="c1"
+            ),
             rest.originate(endpoint="Local/s@caller-sim", context="ai-test", extension="s", label="entry"),
         ],
         "list_bridges": [rest.list_bridges()],
         "get_bridge": [rest.get_bridge("b1")],
         "create_bridge": [rest.create_bridge("b1"), rest.create_bridge("b2", "mixing,dtmf_events", name="call c1")],
         "destroy_bridge": [rest.destroy_bridge("b1")],
-        "add_channel": [rest.add_channel("b1", "c1"),
-                        rest.add_channel("b1", "c1", "em-1", role="participant", absorb_dtmf=True, mute=False)],
+        "add_channel": [
+            rest.add_channel("b1", "c1"),
+            rest.add_channel("b1", "c1", "em-1", role="participant", absorb_dtmf=True, mute=False),
+        ],
         "remove_channel": [rest.remove_channel("b1", "em-1"), rest.remove_channel("b1", "c1", "em-1")],
     }
 
 
 def public_methods() -> set[str]:
-    return {name for name, fn in inspect.getmembers(AriRest, inspect.iscoroutinefunction)
-            if not name.startswith("_") and name != "close"}
+    return {
+        name
+        for name, fn in inspect.getmembers(AriRest, inspect.iscoroutinefunction)
+        if not name.startswith("_") and name != "close"
+    }
 
 
 async def test_every_rest_method_matches_the_swagger(recorder, swagger):
@@ -314,14 +408,36 @@ async def test_every_rest_method_matches_the_swagger(recorder, swagger):
     assert problems == []
     # The requests really carry what was asked (the validator saw the optional parameters, too).
     em2 = dict(sent_by["external_media"][1].query)
-    assert em2 == {"app": APP, "channelId": "em-2", "external_host": "127.0.0.1:40001", "format": "slin24",
-                   "encapsulation": "audiosocket", "transport": "tcp", "data": em2["data"], "direction": "both"}
+    assert em2 == {
+        "app": APP,
+        "channelId": "em-2",
+        "external_host": "127.0.0.1:40001",
+        "format": "slin24",
+        "encapsulation": "audiosocket",
+        "transport": "tcp",
+        "data": em2["data"],
+        "direction": "both",
+    }
     assert json.loads(sent_by["external_media"][1].body) == {"variables": {"VA_CALL": "c1"}}
     assert "external_host" not in dict(sent_by["external_media"][2].query)  # websocket server: no host
     assert dict(sent_by["add_channel"][1].query)["channel"] == "c1,em-1"
     ops = {swagger.find(r.method, r.path)[0].nickname for reqs in sent_by.values() for r in reqs}
-    assert {"externalMedia", "create", "originate", "continueInDialplan", "addChannel", "hangup", "play",
-            "getModule", "getInfo", "getChannelVar", "setChannelVar", "dial", "startMoh", "stop"} <= ops
+    assert {
+        "externalMedia",
+        "create",
+        "originate",
+        "continueInDialplan",
+        "addChannel",
+        "hangup",
+        "play",
+        "getModule",
+        "getInfo",
+        "getChannelVar",
+        "setChannelVar",
+        "dial",
+        "startMoh",
+        "stop",
+    } <= ops
 
 
 async def test_events_websocket_matches_the_swagger(recorder, swagger):
@@ -330,8 +446,9 @@ async def test_events_websocket_matches_the_swagger(recorder, swagger):
 
     for subscribe_all in (False, True):
         stopping = asyncio.Event()
-        stream = EventStream(recorder.base_url, "aiagent", "pw", APP, handler=handler, subscribe_all=subscribe_all,
-                             backoff=(0.01, 0.02))
+        stream = EventStream(
+            recorder.base_url, "aiagent", "pw", APP, handler=handler, subscribe_all=subscribe_all, backoff=(0.01, 0.02)
+        )
         task = asyncio.create_task(stream.run(stopping))
         for _ in range(500):
             if stream.connects:
@@ -352,30 +469,44 @@ async def test_events_websocket_matches_the_swagger(recorder, swagger):
 async def test_a_bad_request_on_the_wire_fails_the_check(recorder, swagger):
     rest = AriRest(recorder.base_url, "aiagent", "pw")
     # What a buggy method would send: an undeclared parameter (the swagger spells it `channelId`).
-    await rest._call("bad", "POST", "/channels/externalMedia",
-                     {"app": APP, "format": "ulaw", "external_host": "127.0.0.1:1", "channel_id": "x"})
+    await rest._call(
+        "bad",
+        "POST",
+        "/channels/externalMedia",
+        {"app": APP, "format": "ulaw", "external_host": "127.0.0.1:1", "channel_id": "x"},
+    )
     await rest.close()
     problems = swagger.problems(recorder.requests[-1])
     assert problems == ["POST /channels/externalMedia (externalMedia): unknown query parameter 'channel_id'"]
 
 
-@pytest.mark.parametrize("req, expected", [
-    (Recorded("POST", "/channels/c1/answer", [("bogus", "1")]), "unknown query parameter 'bogus'"),
-    (Recorded("DELETE", "/channels/c1", [("reason", "bogus")]), "reason='bogus' not in"),
-    (Recorded("POST", "/channels/c1/continue", [("priority", "one")]), "priority='one' is not an int"),
-    (Recorded("POST", "/bridges/b1/addChannel", [("channel", "c1"), ("mute", "yes")]), "mute='yes' is not a boolean"),
-    (Recorded("POST", "/bridges/b1/addChannel", []), "required query parameter 'channel' missing"),
-    (Recorded("GET", "/asterisk/info", [("only", "system,bogus")]), "only='bogus' not in"),
-    (Recorded("POST", "/channels/c1/answer", [], b'{"variables": {}}', "application/json"), "no body parameter"),
-    (Recorded("POST", "/channels", [("endpoint", "Local/x")], b'{"vars": {}}', "application/json"),
-     "unknown body field 'vars'"),
-    (Recorded("POST", "/channels", [("endpoint", "Local/x")], b'{"variables": {"A": 1}}', "application/json"),
-     "not a string map"),
-    (Recorded("POST", "/channels/c1/frobnicate", []), "no such operation"),
-    (Recorded("PUT", "/channels", []), "no such operation"),
-    (Recorded("POST", "/channels/externalMedia", [("app", APP)]), "required query parameter 'format' missing"),
-    (Recorded("POST", "/channels/c1/variable", [("variable", "X"), ("value", "1"), ("variable", "Y")]), "repeated"),
-])
+@pytest.mark.parametrize(
+    "req, expected",
+    [
+        (Recorded("POST", "/channels/c1/answer", [("bogus", "1")]), "unknown query parameter 'bogus'"),
+        (Recorded("DELETE", "/channels/c1", [("reason", "bogus")]), "reason='bogus' not in"),
+        (Recorded("POST", "/channels/c1/continue", [("priority", "one")]), "priority='one' is not an int"),
+        (
+            Recorded("POST", "/bridges/b1/addChannel", [("channel", "c1"), ("mute", "yes")]),
+            "mute='yes' is not a boolean",
+        ),
+        (Recorded("POST", "/bridges/b1/addChannel", []), "required query parameter 'channel' missing"),
+        (Recorded("GET", "/asterisk/info", [("only", "system,bogus")]), "only='bogus' not in"),
+        (Recorded("POST", "/channels/c1/answer", [], b'{"variables": {}}', "application/json"), "no body parameter"),
+        (
+            Recorded("POST", "/channels", [("endpoint", "Local/x")], b'{"vars": {}}', "application/json"),
+            "unknown body field 'vars'",
+        ),
+        (
+            Recorded("POST", "/channels", [("endpoint", "Local/x")], b'{"variables": {"A": 1}}', "application/json"),
+            "not a string map",
+        ),
+        (Recorded("POST", "/channels/c1/frobnicate", []), "no such operation"),
+        (Recorded("PUT", "/channels", []), "no such operation"),
+        (Recorded("POST", "/channels/externalMedia", [("app", APP)]), "required query parameter 'format' missing"),
+        (Recorded("POST", "/channels/c1/variable", [("variable", "X"), ("value", "1"), ("variable", "Y")]), "repeated"),
+    ],
+)
 def test_validator_rejects(swagger, req: Recorded, expected: str):
     problems = swagger.problems(req)
     assert any(expected in p for p in problems), problems

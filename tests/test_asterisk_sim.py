@@ -38,7 +38,7 @@ def dominant_hz(pcm: bytes, rate: int) -> float:
 
 def rms_dbfs(pcm: bytes) -> float:
     samples = np.frombuffer(pcm, dtype="<i2").astype(np.float64)
-    return 20 * np.log10(max(np.sqrt(np.mean(samples ** 2)), 1e-9) / 32768)
+    return 20 * np.log10(max(np.sqrt(np.mean(samples**2)), 1e-9) / 32768)
 
 
 class Ari:
@@ -84,12 +84,16 @@ class Ari:
                 pass
 
     def types(self, channel_id: str | None = None) -> list[str]:
-        return [e["type"] for e in self.events
-                if channel_id is None or (e.get("channel") or e.get("peer") or {}).get("id") == channel_id]
+        return [
+            e["type"]
+            for e in self.events
+            if channel_id is None or (e.get("channel") or e.get("peer") or {}).get("id") == channel_id
+        ]
 
     async def req(self, method: str, path: str, *, body=None, auth: bool = True, **query):
-        async with self.session.request(method, f"{self.sim.url}/ari{path}", params=query, json=body,
-                                        headers=AUTH if auth else {}) as resp:
+        async with self.session.request(
+            method, f"{self.sim.url}/ari{path}", params=query, json=body, headers=AUTH if auth else {}
+        ) as resp:
             text = await resp.text()
             return resp.status, (json.loads(text) if text else None)
 
@@ -171,8 +175,17 @@ async def bridged_call(sim, ari, worker, fmt="slin16", audio=None, **call_kw):
     assert (await ari.req("POST", "/bridges", type="mixing", bridgeId=bridge_id))[0] == 200
     assert (await ari.req("POST", f"/bridges/{bridge_id}/addChannel", channel=call.channel_id))[0] == 204
     em_id, data = str(uuid.uuid4()), str(uuid.uuid4())
-    status, em = await ari.req("POST", "/channels/externalMedia", app=APP, external_host=f"127.0.0.1:{worker.port}",
-                               format=fmt, encapsulation="audiosocket", transport="tcp", data=data, channelId=em_id)
+    status, em = await ari.req(
+        "POST",
+        "/channels/externalMedia",
+        app=APP,
+        external_host=f"127.0.0.1:{worker.port}",
+        format=fmt,
+        encapsulation="audiosocket",
+        transport="tcp",
+        data=data,
+        channelId=em_id,
+    )
     assert status == 200, em
     await ari.wait("StasisStart", channel__id=em_id)
     assert (await ari.req("POST", f"/bridges/{bridge_id}/addChannel", channel=em_id))[0] == 204
@@ -186,6 +199,7 @@ def assert_swagger(ari: Ari) -> None:
 
 
 # --- callers and media -------------------------------------------------------------------------------------------
+
 
 async def test_place_call_into_stasis_with_channelvars_and_audio_both_ways(sim, ari, worker):
     await ari.connect()
@@ -208,11 +222,11 @@ async def test_place_call_into_stasis_with_channelvars_and_audio_both_ways(sim, 
         await asyncio.sleep(0.02)
     got = worker.audio(0x12)
     assert len(got) >= 640 * 25
-    assert abs(dominant_hz(got[:640 * 25], 16000) - 440) < 20
+    assert abs(dominant_hz(got[: 640 * 25], 16000) - 440) < 20
     # the worker's 1 kHz (24 kHz would be resampled the same way) reaches the caller's ear
     reply = tone_pcm(1000, 400, 16000)
     for i in range(0, len(reply), 640):
-        worker.send(0x12, reply[i:i + 640])
+        worker.send(0x12, reply[i : i + 640])
     for _ in range(100):
         if call.heard.duration_ms >= 380:
             break
@@ -273,8 +287,13 @@ async def test_worker_hangup_0x00_ends_the_media_channel_without_hangup_request(
     n = len(ari.events)
     worker.send(0x00, b"")
     await ari.wait("ChannelDestroyed", channel__id=em_id)
-    assert [e["type"] for e in ari.events[n:]] == ["ChannelVarset", "ChannelLeftBridge", "StasisEnd", "ChannelVarset",
-                                                   "ChannelDestroyed"]
+    assert [e["type"] for e in ari.events[n:]] == [
+        "ChannelVarset",
+        "ChannelLeftBridge",
+        "StasisEnd",
+        "ChannelVarset",
+        "ChannelDestroyed",
+    ]
     await asyncio.wait_for(worker.closed.wait(), 1)
     assert not call.ended
 
@@ -284,7 +303,9 @@ async def test_ari_delete_gives_cause_32_soft_and_channel_destroyed_only_for_ari
     call, bridge_id, em_id, _ = await bridged_call(sim, ari, worker)
     assert (await ari.req("DELETE", f"/channels/{call.channel_id}", reason="bogus"))[0] == 400
     assert (await ari.req("DELETE", f"/channels/{call.channel_id}", reason="normal", reason_code="16")) == (
-        400, {"message": "The reason and reason_code can't both be specified"})
+        400,
+        {"message": "The reason and reason_code can't both be specified"},
+    )
     assert (await ari.req("DELETE", f"/channels/{call.channel_id}"))[0] == 204
     request = await ari.wait("ChannelHangupRequest", channel__id=call.channel_id)
     assert (request["cause"], request["soft"]) == (32, True)
@@ -300,6 +321,7 @@ async def test_ari_delete_gives_cause_32_soft_and_channel_destroyed_only_for_ari
 
 
 # --- Stasis availability ---------------------------------------------------------------------------------------
+
 
 async def test_stasis_failed_without_app_runs_the_fallback(sim):
     call = await sim.place_call()
@@ -362,15 +384,24 @@ async def test_subscribe_all_sees_every_channel(sim, ari):
 
 # --- transfers ---------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("exten,statuses", [("6001", ["", "RINGING", "ANSWER"]), ("6003", ["", "BUSY"]),
-                                            ("6002", ["", "RINGING", "NOANSWER"])])
+
+@pytest.mark.parametrize(
+    "exten,statuses",
+    [("6001", ["", "RINGING", "ANSWER"]), ("6003", ["", "BUSY"]), ("6002", ["", "RINGING", "NOANSWER"])],
+)
 async def test_create_and_dial_an_agent(sim, ari, worker, exten, statuses):
     await ari.connect()
     call, bridge_id, em_id, _ = await bridged_call(sim, ari, worker)
     assert (await ari.req("POST", f"/channels/{call.channel_id}/moh"))[0] == 204
     leg = str(uuid.uuid4())
-    status, body = await ari.req("POST", "/channels/create", endpoint=f"Local/{exten}@agents", app=APP,
-                                 appArgs=f"transfer,{call.channel_id}", channelId=leg)
+    status, body = await ari.req(
+        "POST",
+        "/channels/create",
+        endpoint=f"Local/{exten}@agents",
+        app=APP,
+        appArgs=f"transfer,{call.channel_id}",
+        channelId=leg,
+    )
     assert status == 200 and body["state"] == "Down"
     start = await ari.wait("StasisStart", channel__id=leg)
     assert start["args"] == ["transfer", call.channel_id] and start["channel"]["state"] == "Down"
@@ -401,7 +432,7 @@ async def test_moh_replaces_bridge_audio_with_a_quiet_melody(sim, ari, worker):
     call.heard.clear()
     loud = tone_pcm(1000, 300, 16000, dbfs=-6)
     for i in range(0, len(loud), 640):
-        worker.send(0x12, loud[i:i + 640])
+        worker.send(0x12, loud[i : i + 640])
     await asyncio.sleep(0.4)
     heard = call.heard.pcm(8000)
     assert len(heard) > 8000 * 2 * 0.2
@@ -412,12 +443,17 @@ async def test_moh_replaces_bridge_audio_with_a_quiet_melody(sim, ari, worker):
 async def test_continue_to_a_dialplan_transfer_target(sim, ari, worker):
     await ari.connect()
     call, bridge_id, em_id, _ = await bridged_call(sim, ari, worker)
-    assert (await ari.req("POST", f"/channels/{call.channel_id}/continue", context="from-internal",
-                          extension="6001", priority="1"))[0] == 204
+    assert (
+        await ari.req(
+            "POST", f"/channels/{call.channel_id}/continue", context="from-internal", extension="6001", priority="1"
+        )
+    )[0] == 204
     await ari.wait("StasisEnd", channel__id=call.channel_id)
     assert ari.types(call.channel_id)[-3:] == ["ChannelVarset", "ChannelLeftBridge", "StasisEnd"]
     assert (await ari.req("POST", f"/channels/{call.channel_id}/continue")) == (
-        409, {"message": "Channel not in Stasis application"})
+        409,
+        {"message": "Channel not in Stasis application"},
+    )
     for _ in range(100):
         if "Dial(Local/6001@agents,20)" in call.trail and call.channel.bridge is not None:
             break
@@ -429,8 +465,11 @@ async def test_continue_to_a_dialplan_transfer_target(sim, ari, worker):
 async def test_queue_member_answers(sim, ari, worker):
     await ari.connect()
     call, *_ = await bridged_call(sim, ari, worker)
-    assert (await ari.req("POST", f"/channels/{call.channel_id}/continue", context="ext-queues",
-                          extension="support", priority="1"))[0] == 204
+    assert (
+        await ari.req(
+            "POST", f"/channels/{call.channel_id}/continue", context="ext-queues", extension="support", priority="1"
+        )
+    )[0] == 204
     for _ in range(100):
         if call.channel.bridge is not None:
             break
@@ -442,8 +481,11 @@ async def test_voicemail_records_the_caller(sim, ari, worker, tmp_path):
     await ari.connect()
     speech = CallerAudio.silence(300).then(CallerAudio.tone(500, 2000, rate=8000))
     call, *_ = await bridged_call(sim, ari, worker, audio=speech)
-    assert (await ari.req("POST", f"/channels/{call.channel_id}/continue", context="ext-local",
-                          extension="vmu100", priority="1"))[0] == 204
+    assert (
+        await ari.req(
+            "POST", f"/channels/{call.channel_id}/continue", context="ext-local", extension="vmu100", priority="1"
+        )
+    )[0] == 204
     for _ in range(150):
         if call.channel.input_sink is not None:
             break
@@ -465,11 +507,14 @@ async def test_playback_on_a_channel(sim, ari, worker):
     await ari.connect()
     call, *_ = await bridged_call(sim, ari, worker)
     call.heard.clear()
-    status, playback = await ari.req("POST", f"/channels/{call.channel_id}/play", media="sound:beep",
-                                     playbackId="pb1")
-    assert status == 201 and playback == {"id": "pb1", "media_uri": "sound:beep",
-                                          "target_uri": f"channel:{call.channel_id}", "language": "en",
-                                          "state": "queued"}
+    status, playback = await ari.req("POST", f"/channels/{call.channel_id}/play", media="sound:beep", playbackId="pb1")
+    assert status == 201 and playback == {
+        "id": "pb1",
+        "media_uri": "sound:beep",
+        "target_uri": f"channel:{call.channel_id}",
+        "language": "en",
+        "state": "queued",
+    }
     assert (await ari.wait("PlaybackStarted"))["playback"]["state"] == "playing"
     finished = await ari.wait("PlaybackFinished")
     assert finished["playback"]["state"] == "done"
@@ -488,8 +533,14 @@ async def test_rtp_external_media_two_way_ulaw(sim, ari):
     await ari.req("POST", f"/channels/{call.channel_id}/answer")
     await ari.req("POST", "/bridges", bridgeId="b")
     await ari.req("POST", "/bridges/b/addChannel", channel=call.channel_id)
-    status, em = await ari.req("POST", "/channels/externalMedia", app=APP, format="ulaw", channelId="em",
-                               external_host=f"127.0.0.1:{udp.getsockname()[1]}")
+    status, em = await ari.req(
+        "POST",
+        "/channels/externalMedia",
+        app=APP,
+        format="ulaw",
+        channelId="em",
+        external_host=f"127.0.0.1:{udp.getsockname()[1]}",
+    )
     assert status == 200 and em["state"] == "Down"
     assert list(em["channelvars"]) == ["UNICASTRTP_LOCAL_PORT", "UNICASTRTP_LOCAL_ADDRESS"]
     await ari.wait("StasisStart", channel__id="em")
@@ -510,9 +561,10 @@ async def test_rtp_external_media_two_way_ulaw(sim, ari):
     tone = np.frombuffer(tone_pcm(1000, 300, 8000), dtype="<i2")
     call.heard.clear()
     for n, i in enumerate(range(0, len(tone), 160)):
-        header = (bytes([0x80, 0]) + (n + 1).to_bytes(2, "big") + ((n + 1) * 160).to_bytes(4, "big")
-                  + b"\x01\x02\x03\x04")
-        udp.sendto(header + encode(tone[i:i + 160], "audio/pcmu"), source)
+        header = (
+            bytes([0x80, 0]) + (n + 1).to_bytes(2, "big") + ((n + 1) * 160).to_bytes(4, "big") + b"\x01\x02\x03\x04"
+        )
+        udp.sendto(header + encode(tone[i : i + 160], "audio/pcmu"), source)
     await asyncio.sleep(0.1)
     udp.close()
     assert call.heard.duration_ms >= 250
@@ -520,6 +572,7 @@ async def test_rtp_external_media_two_way_ulaw(sim, ari):
 
 
 # --- REST details ------------------------------------------------------------------------------------------------
+
 
 async def test_auth_info_modules_and_body_params(sim, ari):
     assert (await ari.req("GET", "/asterisk/info", auth=False)) == (401, {"message": "Authentication required"})
@@ -531,27 +584,41 @@ async def test_auth_info_modules_and_body_params(sim, ari):
     assert (await ari.req("GET", "/asterisk/modules/chan_audiosocket.so"))[1]["status"] == "Running"
     assert (await ari.req("GET", "/asterisk/modules/chan_websocket.so"))[1]["status"] == "Running"
     assert (await ari.req("GET", "/asterisk/modules/chan_bogus.so")) == (
-        404, {"message": "Module could not be found in running modules"})
+        404,
+        {"message": "Module could not be found in running modules"},
+    )
     for query in (f"app={APP}", f"app={APP}&api_key=asterisk:wrong"):
         with pytest.raises(aiohttp.WSServerHandshakeError) as exc:
             await ari.session.ws_connect(f"{sim.url}/ari/events?{query}")
         assert exc.value.status == 401
     # JSON body parameters and body variables (as Asterisk's *_parse_body accepts them)
     await ari.connect()
-    status, ch = await ari.req("POST", "/channels", body={"endpoint": "Local/6001@agents", "app": APP,
-                                                          "appArgs": "x,y", "variables": {"AI_CONTEXT": "vip"}})
+    status, ch = await ari.req(
+        "POST",
+        "/channels",
+        body={"endpoint": "Local/6001@agents", "app": APP, "appArgs": "x,y", "variables": {"AI_CONTEXT": "vip"}},
+    )
     assert status == 200 and ch["channelvars"]["AI_CONTEXT"] == "vip"
     start = await ari.wait("StasisStart", channel__id=ch["id"])
     assert start["args"] == ["x", "y"]
-    assert (await ari.req("POST", "/channels", body={"endpoint": "Local/6001@agents", "app": APP,
-                                                     "variables": {"A": 1}})) == (
-        400, {"message": "Only string values in the 'variables' object allowed"})
+    assert (
+        await ari.req("POST", "/channels", body={"endpoint": "Local/6001@agents", "app": APP, "variables": {"A": 1}})
+    ) == (400, {"message": "Only string values in the 'variables' object allowed"})
     # reference §4: audiosocket over udp is refused with 400 (a bogus encapsulation is the traces' 501)
-    status, body = await ari.req("POST", "/channels/externalMedia", app=APP, external_host="127.0.0.1:9",
-                                 format="slin", encapsulation="audiosocket", transport="udp", data=str(uuid.uuid4()))
+    status, body = await ari.req(
+        "POST",
+        "/channels/externalMedia",
+        app=APP,
+        external_host="127.0.0.1:9",
+        format="slin",
+        encapsulation="audiosocket",
+        transport="udp",
+        data=str(uuid.uuid4()),
+    )
     assert status == 400 and body["message"]
-    status, _ = await ari.req("POST", "/channels/externalMedia", app=APP, external_host="127.0.0.1:9",
-                              format="slin", encapsulation="bogus")
+    status, _ = await ari.req(
+        "POST", "/channels/externalMedia", app=APP, external_host="127.0.0.1:9", format="slin", encapsulation="bogus"
+    )
     assert status == 501
 
 
@@ -568,11 +635,33 @@ async def test_version_is_configurable(tmp_path):
 
 # --- the process and its control API -----------------------------------------------------------------------------
 
+
 async def test_cli_process_and_control_api(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "shared.cli", "sim", "asterisk", "--port", "0", "--user", "u",
-                             "--password", "p", "--workdir", str(tmp_path), "--time-scale", "0.05"],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "shared.cli",
+            "sim",
+            "asterisk",
+            "--port",
+            "0",
+            "--user",
+            "u",
+            "--password",
+            "p",
+            "--workdir",
+            str(tmp_path),
+            "--time-scale",
+            "0.05",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 15)
         assert line.startswith("listening on http://127.0.0.1:")
@@ -626,17 +715,28 @@ async def test_cli_process_and_control_api(tmp_path):
 
 # --- the dialplan, sans I/O --------------------------------------------------------------------------------------
 
+
 def test_dialplan_parsing_expansion_and_yaml(tmp_path):
-    from sim.asterisk.dialplan import (DEFAULT_DIALPLAN, Dialplan, DialplanError, evaluate, expand, parse_step,
-                                       split_args)
+    from sim.asterisk.dialplan import (
+        DEFAULT_DIALPLAN,
+        Dialplan,
+        DialplanError,
+        evaluate,
+        expand,
+        parse_step,
+        split_args,
+    )
 
     step = parse_step('(retry)GotoIf($["${STASISSTATUS}"="FAILED"]?ai-agent-fallback,s,1)')
     assert (step.label, step.app) == ("retry", "GotoIf")
     values = {"STASISSTATUS": "FAILED", "X": "A"}
     assert expand(step.data, values.get) == "1?ai-agent-fallback,s,1"
     assert expand('$["${X}"!="A"]', values.get) == "0" and evaluate('"a" = "a"') == "1"
-    assert split_args("Local/6001@agents&Local/6002@agents,20,tT") == ["Local/6001@agents&Local/6002@agents", "20",
-                                                                          "tT"]
+    assert split_args("Local/6001@agents&Local/6002@agents,20,tT") == [
+        "Local/6001@agents&Local/6002@agents",
+        "20",
+        "tT",
+    ]
     path = tmp_path / "plan.yaml"
     path.write_text("ctx:\n  s:\n    - NoOp(x)\n    - (end)Hangup()\n")
     plan = Dialplan.load(path)
@@ -647,10 +747,13 @@ def test_dialplan_parsing_expansion_and_yaml(tmp_path):
 
 
 async def test_ring_group_first_answer_wins_and_custom_dialplan(tmp_path):
-    plan = {"in": {"s": ["Answer()", "Dial(Local/slow@grp&Local/fast@grp,5)", "Set(RESULT=${DIALSTATUS})",
-                         "Wait(100)"]},
-            "grp": {"slow": ["Ringing()", "Wait(10)", "Answer()", "Wait(100)"],
-                    "fast": ["Ringing()", "Wait(0.5)", "Answer()", "Wait(100)"]}}
+    plan = {
+        "in": {"s": ["Answer()", "Dial(Local/slow@grp&Local/fast@grp,5)", "Set(RESULT=${DIALSTATUS})", "Wait(100)"]},
+        "grp": {
+            "slow": ["Ringing()", "Wait(10)", "Answer()", "Wait(100)"],
+            "fast": ["Ringing()", "Wait(0.5)", "Answer()", "Wait(100)"],
+        },
+    }
     sim = AsteriskSim(dialplan=plan, workdir=tmp_path, time_scale=SCALE)
     await sim.start("127.0.0.1", 0)
     try:
@@ -660,8 +763,10 @@ async def test_ring_group_first_answer_wins_and_custom_dialplan(tmp_path):
                 break
             await asyncio.sleep(0.01)
         bridge = call.channel.bridge
-        assert bridge is not None and {c.name.split("-")[0] for c in bridge.members} == {"PJSIP/5551234",
-                                                                                       "Local/fast@grp"}
+        assert bridge is not None and {c.name.split("-")[0] for c in bridge.members} == {
+            "PJSIP/5551234",
+            "Local/fast@grp",
+        }
         assert not any(c.name.startswith("Local/slow@grp") for c in sim.channels.values())  # the loser hung up
         await call.hangup()
         assert await call.wait_ended(1)

@@ -13,8 +13,17 @@ import pytest
 
 from sim.asterisk import audiosocket as asock
 from sim.asterisk import rtp
-from sim.asterisk.audio import (CallerAudio, CallerEndpoint, Recorder, read_wav, resample, rms_dbfs, silence_pcm,
-                                tone_pcm, write_wav)
+from sim.asterisk.audio import (
+    CallerAudio,
+    CallerEndpoint,
+    Recorder,
+    read_wav,
+    resample,
+    rms_dbfs,
+    silence_pcm,
+    tone_pcm,
+    write_wav,
+)
 
 pytestmark = pytest.mark.timeout(20)
 CALL_UUID = "3f2a6c1e-8b4d-4e7a-9c1f-0d2b5e6a7c81"
@@ -31,10 +40,11 @@ def dominant_hz(pcm: bytes, rate: int) -> float:
 
 # ---------------------------------------------------------------- AudioSocket framing (plain bytes)
 
+
 def test_parser_reassembles_frames_split_byte_by_byte():
     wire = asock.encode(0x01, uuid.UUID(CALL_UUID).bytes) + asock.encode(0x13, bytes(range(256)) * 3 + b"\x01" * 192)
     parser = asock.FrameParser()
-    frames = [frame for i in range(len(wire)) for frame in parser.feed(wire[i:i + 1])]
+    frames = [frame for i in range(len(wire)) for frame in parser.feed(wire[i : i + 1])]
     assert frames == [(0x01, uuid.UUID(CALL_UUID).bytes), (0x13, bytes(range(256)) * 3 + b"\x01" * 192)]
     assert parser.pending == 0
 
@@ -66,12 +76,16 @@ def test_oversize_length_is_rejected_before_its_payload_arrives():
 
 def test_uuid_frame_and_kind_tables():
     assert asock.encode(0x01, uuid.UUID(CALL_UUID).bytes)[:3] == bytes.fromhex("010010")  # as in the trace
-    assert (asock.KIND_BY_FORMAT["slin"], asock.KIND_BY_FORMAT["slin16"], asock.KIND_BY_FORMAT["slin24"]) == \
-        (0x10, 0x12, 0x13)
+    assert (asock.KIND_BY_FORMAT["slin"], asock.KIND_BY_FORMAT["slin16"], asock.KIND_BY_FORMAT["slin24"]) == (
+        0x10,
+        0x12,
+        0x13,
+    )
     assert asock.KIND_BY_FORMAT["slin12"] == 0x11 and asock.RATE_BY_FORMAT["slin12"] == 12000
 
 
 # ---------------------------------------------------------------- AudioSocketLeg against a test server
+
 
 class Worker:
     """A minimal AudioSocket server: the test reads and writes the raw TCP stream."""
@@ -123,8 +137,9 @@ async def worker():
 
 async def connected_leg(worker, fmt: str = "slin24", **kwargs):
     calls = Calls()
-    leg = asock.AudioSocketLeg("127.0.0.1", worker.port, CALL_UUID, fmt, on_audio=calls.on_audio,
-                               on_hangup=calls.on_hangup, **kwargs)
+    leg = asock.AudioSocketLeg(
+        "127.0.0.1", worker.port, CALL_UUID, fmt, on_audio=calls.on_audio, on_hangup=calls.on_hangup, **kwargs
+    )
     await leg.connect()
     reader, writer = await worker.accept()
     return leg, calls, reader, writer
@@ -148,7 +163,7 @@ async def test_audio_at_another_rate_is_resampled_to_the_leg_rate(worker):
     leg, calls, reader, writer = await connected_leg(worker, "slin24")
     await read_frame(reader)
     for i in range(25):  # 500 ms of 8 kHz caller audio, frame by frame
-        leg.deliver(tone_pcm(440, 500, 8000)[i * 320:(i + 1) * 320], 8000)
+        leg.deliver(tone_pcm(440, 500, 8000)[i * 320 : (i + 1) * 320], 8000)
     got = [await read_frame(reader) for _ in range(24)]
     assert {(k, len(p)) for k, p in got} == {(0x13, 960)}
     pcm = b"".join(p for _, p in got)
@@ -207,14 +222,17 @@ async def test_worker_hangup_frame_ends_the_call_and_asterisk_closes_tcp(worker)
     assert calls.hangups == ["hangup"]
 
 
-@pytest.mark.parametrize("wire,reason", [
-    (b"\xff\x00\x00", "error"),                              # the worker reports an error
-    (asock.encode(0x10, bytes(320)), "error"),               # slin 8 kHz on a slin24 leg
-    (asock.encode(0x03, b"1"), "error"),                     # not a kind Asterisk reads
-    (asock.encode(0x13, b""), "error"),                      # empty audio
-    (struct.pack(">BH", 0x13, 60000), "error"),              # absurd length
-    (None, "closed"),                                        # the worker closes the socket
-])
+@pytest.mark.parametrize(
+    "wire,reason",
+    [
+        (b"\xff\x00\x00", "error"),  # the worker reports an error
+        (asock.encode(0x10, bytes(320)), "error"),  # slin 8 kHz on a slin24 leg
+        (asock.encode(0x03, b"1"), "error"),  # not a kind Asterisk reads
+        (asock.encode(0x13, b""), "error"),  # empty audio
+        (struct.pack(">BH", 0x13, 60000), "error"),  # absurd length
+        (None, "closed"),  # the worker closes the socket
+    ],
+)
 async def test_how_the_worker_ends_a_call(worker, wire, reason):
     leg, calls, reader, writer = await connected_leg(worker)
     await read_frame(reader)
@@ -245,12 +263,14 @@ async def test_refused_port_and_bad_uuid_raise_connect_error(worker):
     free = probe.getsockname()[1]
     probe.close()
     calls = Calls()
-    leg = asock.AudioSocketLeg("127.0.0.1", free, CALL_UUID, "slin24", on_audio=calls.on_audio,
-                               on_hangup=calls.on_hangup)
+    leg = asock.AudioSocketLeg(
+        "127.0.0.1", free, CALL_UUID, "slin24", on_audio=calls.on_audio, on_hangup=calls.on_hangup
+    )
     with pytest.raises(asock.AudioSocketConnectError):
         await leg.connect()
-    bad = asock.AudioSocketLeg("127.0.0.1", worker.port, "not-a-uuid", "slin24", on_audio=calls.on_audio,
-                               on_hangup=calls.on_hangup)
+    bad = asock.AudioSocketLeg(
+        "127.0.0.1", worker.port, "not-a-uuid", "slin24", on_audio=calls.on_audio, on_hangup=calls.on_hangup
+    )
     with pytest.raises(asock.AudioSocketConnectError):
         await bad.connect()
     assert worker.connections.empty() and calls.hangups == []
@@ -261,8 +281,7 @@ async def test_connect_timeout_raises_connect_error(monkeypatch):
         await asyncio.sleep(10)
 
     monkeypatch.setattr(asyncio, "open_connection", never)
-    leg = asock.AudioSocketLeg("127.0.0.1", 9, CALL_UUID, "slin", on_audio=print, on_hangup=print,
-                               connect_timeout=0.1)
+    leg = asock.AudioSocketLeg("127.0.0.1", 9, CALL_UUID, "slin", on_audio=print, on_hangup=print, connect_timeout=0.1)
     with pytest.raises(asock.AudioSocketConnectError):
         await leg.connect()
 
@@ -280,23 +299,37 @@ async def test_dtmf_frames(worker):
 
 # ---------------------------------------------------------------- RTP (plain bytes)
 
+
 def test_packet_build_and_parse():
     wire = rtp.build_packet(0, 37188, 160, 0x40AC0A0A, b"\xff" * 160)
     assert wire[:2] == b"\x80\x00" and len(wire) == 172
     packet = rtp.parse_packet(wire)
-    assert (packet.version, packet.marker, packet.pt, packet.seq, packet.ts, packet.ssrc) == \
-        (2, False, 0, 37188, 160, 0x40AC0A0A)
+    assert (packet.version, packet.marker, packet.pt, packet.seq, packet.ts, packet.ssrc) == (
+        2,
+        False,
+        0,
+        37188,
+        160,
+        0x40AC0A0A,
+    )
     assert packet.payload == b"\xff" * 160
     # CSRCs, an extension and padding are skipped to reach the payload
     first = 0x80 | 0x20 | 0x10 | 1
-    wire = struct.pack(">BBHII", first, 10, 1, 2, 3) + struct.pack(">I", 7) + struct.pack(">HH", 0xBEDE, 1) \
-        + b"\x00" * 4 + b"\x12\x34" + b"\x00\x00\x03"
+    wire = (
+        struct.pack(">BBHII", first, 10, 1, 2, 3)
+        + struct.pack(">I", 7)
+        + struct.pack(">HH", 0xBEDE, 1)
+        + b"\x00" * 4
+        + b"\x12\x34"
+        + b"\x00\x00\x03"
+    )
     packet = rtp.parse_packet(wire)
     assert packet.csrcs == (7,) and packet.payload == b"\x12\x34"
 
 
-@pytest.mark.parametrize("data", [b"", b"\x80\x00" * 5, b"\x40" + bytes(20), b"\x8f" + bytes(20),
-                                  b"\xa0\x00" + bytes(10) + b"\x00"])
+@pytest.mark.parametrize(
+    "data", [b"", b"\x80\x00" * 5, b"\x40" + bytes(20), b"\x8f" + bytes(20), b"\xa0\x00" + bytes(10) + b"\x00"]
+)
 def test_garbage_is_not_a_packet(data):
     assert rtp.parse_packet(data) is None
 
@@ -309,6 +342,7 @@ def test_slin_payload_is_big_endian():
 
 
 # ---------------------------------------------------------------- RtpLeg against a UDP test socket
+
 
 class UdpPeer(asyncio.DatagramProtocol):
     def __init__(self):
@@ -384,7 +418,7 @@ async def test_ulaw_round_trip_of_a_tone():
     back = b"".join(p for p, _ in calls.audio)
     assert {rate for _, rate in calls.audio} == {8000} and len(back) == len(tone)
     error = samples(back) - samples(tone)
-    snr = 10 * np.log10(np.mean(samples(tone) ** 2) / np.mean(error ** 2))
+    snr = 10 * np.log10(np.mean(samples(tone) ** 2) / np.mean(error**2))
     assert snr > 30  # μ-law's ~38 dB, not noise
     assert leg.stats.packets_in == 10
     await leg.close()
@@ -426,9 +460,9 @@ async def test_pt_118_and_garbage_are_dropped_and_counted():
     leg, calls, peer = await rtp_leg("ulaw")
     target = ("127.0.0.1", leg.local_port)
     peer.transport.sendto(rtp.build_packet(118, 1, 320, 5, bytes(640)), target)
-    peer.transport.sendto(rtp.build_packet(8, 2, 160, 5, bytes(160)), target)   # alaw on a ulaw channel
+    peer.transport.sendto(rtp.build_packet(8, 2, 160, 5, bytes(160)), target)  # alaw on a ulaw channel
     peer.transport.sendto(b"\x80\x00\x00", target)
-    peer.transport.sendto(b"\x40" + bytes(171), target)                          # RTP version 1
+    peer.transport.sendto(b"\x40" + bytes(171), target)  # RTP version 1
     peer.transport.sendto(rtp.build_packet(0, 3, 160, 5, b"\xff" * 160), target)
     await wait_until(lambda: leg.stats.packets_in == 1)
     await asyncio.sleep(0.05)
@@ -458,6 +492,7 @@ async def test_rtp_deliver_before_open_or_after_close_is_dropped():
 
 
 # ---------------------------------------------------------------- caller audio, recorder, caller phone
+
 
 def test_resample_identity_and_8k_to_24k_length():
     pcm = tone_pcm(440, 100, 8000)
@@ -516,10 +551,13 @@ async def test_caller_frames_come_every_20ms():
             assert got_rate == rate
             stamps[rate].append(time.monotonic())
             sizes[rate].add(len(pcm))
+
         return on_audio
 
-    phones = [CallerEndpoint(CallerAudio.tone(440, 1000, rate=8000), rate, on_audio=on_audio_for(rate))
-              for rate in (8000, 24000)]
+    phones = [
+        CallerEndpoint(CallerAudio.tone(440, 1000, rate=8000), rate, on_audio=on_audio_for(rate))
+        for rate in (8000, 24000)
+    ]
     for phone in phones:
         phone.start()
     await asyncio.sleep(1.0)
@@ -556,7 +594,7 @@ async def test_line_echo_at_minus_20_db():
     phone.start()
     agent = tone_pcm(700, 400, 24000, dbfs=-6)
     for i in range(20):  # the agent speaks at 24 kHz, 20 ms at a time
-        phone.deliver(agent[i * 960:(i + 1) * 960], 24000)
+        phone.deliver(agent[i * 960 : (i + 1) * 960], 24000)
         await asyncio.sleep(0.02)
     await asyncio.sleep(0.06)
     phone.stop()
@@ -583,8 +621,14 @@ async def test_caller_through_audiosocket_to_an_echoing_worker(worker):
     """The pieces together: phone (8 kHz) -> slin24 leg -> a worker that sends every frame back -> phone."""
     phone = CallerEndpoint(CallerAudio.tone(500, 300, rate=8000), 8000)
     calls = Calls()
-    leg = asock.AudioSocketLeg("127.0.0.1", worker.port, CALL_UUID, "slin24",
-                               on_audio=lambda pcm, rate: phone.deliver(pcm, rate), on_hangup=calls.on_hangup)
+    leg = asock.AudioSocketLeg(
+        "127.0.0.1",
+        worker.port,
+        CALL_UUID,
+        "slin24",
+        on_audio=lambda pcm, rate: phone.deliver(pcm, rate),
+        on_hangup=calls.on_hangup,
+    )
     phone.on_audio = leg.deliver
     await leg.connect()
     reader, writer = await worker.accept()

@@ -29,8 +29,13 @@ async def make_sim(tmp_path):
     sims: list[AsteriskSim] = []
 
     async def make(stasis_delay_ms: tuple[float, float], seed: int | None = None) -> AsteriskSim:
-        s = AsteriskSim(users={"asterisk": "secret"}, workdir=tmp_path / f"sim-{len(sims)}", time_scale=SCALE,
-                        stasis_delay_ms=stasis_delay_ms, seed=seed)
+        s = AsteriskSim(
+            users={"asterisk": "secret"},
+            workdir=tmp_path / f"sim-{len(sims)}",
+            time_scale=SCALE,
+            stasis_delay_ms=stasis_delay_ms,
+            seed=seed,
+        )
         await s.start("127.0.0.1", 0)
         sims.append(s)
         return s
@@ -71,21 +76,31 @@ async def caller_in_bridge(sim: AsteriskSim, ari: Ari, bridge_id: str = "b") -> 
 
 
 async def audiosocket_media(ari: Ari, port: int, channel_id: str = "em") -> dict:
-    status, body = await ari.req("POST", "/channels/externalMedia", app=APP, external_host=f"127.0.0.1:{port}",
-                                 format="slin16", encapsulation="audiosocket", transport="tcp",
-                                 data=str(uuid.uuid4()), channelId=channel_id)
+    status, body = await ari.req(
+        "POST",
+        "/channels/externalMedia",
+        app=APP,
+        external_host=f"127.0.0.1:{port}",
+        format="slin16",
+        encapsulation="audiosocket",
+        transport="tcp",
+        data=str(uuid.uuid4()),
+        channelId=channel_id,
+    )
     assert status == 200, body
     return body
 
 
 async def rtp_media(ari: Ari, channel_id: str) -> dict:
-    status, body = await ari.req("POST", "/channels/externalMedia", app=APP, external_host="127.0.0.1:9",
-                                 format="ulaw", channelId=channel_id)
+    status, body = await ari.req(
+        "POST", "/channels/externalMedia", app=APP, external_host="127.0.0.1:9", format="ulaw", channelId=channel_id
+    )
     assert status == 200, body
     return body
 
 
 # --- before StasisStart ------------------------------------------------------------------------------------------
+
 
 async def test_external_media_before_stasis_start_is_refused_like_asterisk(make_sim, session, worker):
     sim = await make_sim(NEVER_MS)
@@ -97,10 +112,15 @@ async def test_external_media_before_stasis_start_is_refused_like_asterisk(make_
     assert await ari.req("POST", "/bridges/b/addChannel", channel="em") == (422, {"message": NOT_IN_STASIS})
     assert await ari.req("POST", "/bridges/b/removeChannel", channel="em") == (422, {"message": NOT_IN_STASIS})
     # res/ari/resource_channels.c find_control(): 409 for the channel operations
-    for method, path, query in [("POST", "/answer", {}), ("POST", "/ring", {}), ("POST", "/moh", {}),
-                                ("POST", "/play", {"media": "sound:beep"}), ("POST", "/continue", {}),
-                                ("POST", "/variable", {"variable": "X", "value": "1"}),
-                                ("POST", "/dtmf", {"dtmf": "1"})]:
+    for method, path, query in [
+        ("POST", "/answer", {}),
+        ("POST", "/ring", {}),
+        ("POST", "/moh", {}),
+        ("POST", "/play", {"media": "sound:beep"}),
+        ("POST", "/continue", {}),
+        ("POST", "/variable", {"variable": "X", "value": "1"}),
+        ("POST", "/dtmf", {"dtmf": "1"}),
+    ]:
         assert await ari.req(method, f"/channels/em{path}", **query) == (409, {"message": NOT_IN_STASIS}), path
     # what needs no control works: GET (snapshot), variable reads (ast_channel_get_by_name)
     status, body = await ari.req("GET", "/channels/em")
@@ -130,8 +150,9 @@ async def test_hanging_up_before_stasis_start_ends_the_channel_without_stasis_ev
 async def test_originate_into_an_app_is_dialled_and_in_stasis_only_later(make_sim, session):
     sim = await make_sim(NEVER_MS)
     ari = await connected(sim, session)
-    status, ch = await ari.req("POST", "/channels", endpoint="Local/6001@agents", app=APP, channelId="orig",
-                               otherChannelId="orig2")
+    status, ch = await ari.req(
+        "POST", "/channels", endpoint="Local/6001@agents", app=APP, channelId="orig", otherChannelId="orig2"
+    )
     assert status == 200 and ch["state"] == "Down"
     assert await ari.req("POST", "/channels/orig/answer") == (409, {"message": NOT_IN_STASIS})
     assert "Dial" not in ari.types("orig")  # ast_dial_run() has not started
@@ -152,6 +173,7 @@ async def test_a_created_channel_cannot_be_dialled_before_its_stasis_start(make_
 
 
 # --- after StasisStart -------------------------------------------------------------------------------------------
+
 
 async def test_after_stasis_start_the_media_leg_is_bridged(make_sim, session, worker):
     sim = await make_sim((20, 40))
@@ -180,6 +202,7 @@ async def test_created_channel_dials_after_its_stasis_start(make_sim, session):
 
 
 # --- the delay distribution --------------------------------------------------------------------------------------
+
 
 def test_delays_are_drawn_within_bounds_and_repeat_with_the_seed():
     a, b = StasisDelay(2, 8, seed=11), StasisDelay(2, 8, seed=11)
@@ -219,7 +242,12 @@ async def test_each_channel_draws_its_delay_from_the_seeded_simulator(make_sim, 
 
 
 def test_the_cli_refuses_a_bad_delay():
-    proc = subprocess.run([sys.executable, "-m", "shared.cli", "sim", "asterisk", "--stasis-delay-ms", "9:1"],
-                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
-                          timeout=30)
+    proc = subprocess.run(
+        [sys.executable, "-m", "shared.cli", "sim", "asterisk", "--stasis-delay-ms", "9:1"],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert proc.returncode == 2 and "--stasis-delay-ms" in proc.stderr

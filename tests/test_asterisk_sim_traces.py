@@ -49,6 +49,7 @@ def load_trace(name: str) -> dict:
 
 # --- unification of recorded and simulated JSON ---------------------------------------------------------------
 
+
 class Unifier:
     """Matches recorded JSON (with placeholders) against the simulator's, binding placeholders on the way."""
 
@@ -64,7 +65,7 @@ class Unifier:
             text = text.replace(old, new)
         out, pos, groups = [], 0, []
         for m in self.token_re.finditer(text):
-            out.append(re.escape(text[pos:m.start()]))
+            out.append(re.escape(text[pos : m.start()]))
             token = m.group(0)
             if token == "<ts>":
                 out.append(TS)
@@ -84,8 +85,15 @@ class Unifier:
         self._groups = groups
         return re.compile(f"^{pattern}$", re.S)
 
-    def unify(self, rec: Any, got: Any, path: str = "$", errors: list[str] | None = None, key: str | None = None,
-              commit: bool = True) -> list[str]:
+    def unify(
+        self,
+        rec: Any,
+        got: Any,
+        path: str = "$",
+        errors: list[str] | None = None,
+        key: str | None = None,
+        commit: bool = True,
+    ) -> list[str]:
         errors = [] if errors is None else errors
         if isinstance(rec, dict):
             if not isinstance(got, dict):
@@ -147,6 +155,7 @@ class Unifier:
 
 # --- swagger models ---------------------------------------------------------------------------------------------
 
+
 class Swagger:
     """Models and operations of the ARI swagger (1.1) files, for validating what the simulator sends."""
 
@@ -159,8 +168,7 @@ class Swagger:
             for api in doc.get("apis", []):
                 regex = re.compile("^" + re.sub(r"\\\{\w+\\\}", "[^/]+", re.escape(api["path"])) + "$")
                 for op in api["operations"]:
-                    self.operations.append((op["httpMethod"], regex, op.get("responseClass", "void"),
-                                            api["path"]))
+                    self.operations.append((op["httpMethod"], regex, op.get("responseClass", "void"), api["path"]))
         self.parents: dict[str, list[str]] = {}
         for name, model in self.models.items():
             for sub in model.get("subTypes", []):
@@ -184,11 +192,19 @@ class Swagger:
             for i, item in enumerate(value):
                 errors += self.validate(item, type_name[5:-1], f"{where}[{i}]")
             return errors
-        basic = {"string": str, "Date": str, "int": int, "long": int, "double": (int, float), "boolean": bool,
-                 "object": dict}
+        basic = {
+            "string": str,
+            "Date": str,
+            "int": int,
+            "long": int,
+            "double": (int, float),
+            "boolean": bool,
+            "object": dict,
+        }
         if type_name in basic:
-            ok = isinstance(value, basic[type_name]) and not (type_name in ("int", "long", "double")
-                                                              and isinstance(value, bool))
+            ok = isinstance(value, basic[type_name]) and not (
+                type_name in ("int", "long", "double") and isinstance(value, bool)
+            )
             return [] if ok else [f"{where}: {value!r} is not a {type_name}"]
         if type_name not in self.models:
             return [f"{where}: unknown model {type_name}"]
@@ -217,6 +233,7 @@ SWAGGER = Swagger(API_DOCS)
 
 
 # --- the replay -------------------------------------------------------------------------------------------------
+
 
 class Listeners:
     """The recording's media listeners: UDP for RTP, TCP for AudioSocket, plus a port where nothing listens."""
@@ -272,8 +289,13 @@ class Replay:
         self.name = name
         self.scale = scale
         # the version string the recorded Asterisk reported (Debian's package: "22.10.1+dfsg+...")
-        self.sim = AsteriskSim(users={USER: PASSWORD}, dialplan=self.trace["dialplan"], time_scale=scale,
-                               version=self.trace["asterisk_version"], **sim_options)
+        self.sim = AsteriskSim(
+            users={USER: PASSWORD},
+            dialplan=self.trace["dialplan"],
+            time_scale=scale,
+            version=self.trace["asterisk_version"],
+            **sim_options,
+        )
         self.listeners = Listeners()
         self.events: list[dict] = []
         self.ws: aiohttp.ClientWebSocketResponse | None = None
@@ -286,10 +308,14 @@ class Replay:
         await self.listeners.start()
         await self.sim.start("127.0.0.1", 0)
         self.session = aiohttp.ClientSession()
-        self.unifier = Unifier({"127.0.0.1:<rtp-listener>": f"127.0.0.1:{self.listeners.rtp_port}",
-                                "127.0.0.1:<audiosocket-listener>": f"127.0.0.1:{self.listeners.as_port}",
-                                "127.0.0.1:<closed-listener>": f"127.0.0.1:{self.listeners.closed_port}"},
-                                self.trace["placeholders"])
+        self.unifier = Unifier(
+            {
+                "127.0.0.1:<rtp-listener>": f"127.0.0.1:{self.listeners.rtp_port}",
+                "127.0.0.1:<audiosocket-listener>": f"127.0.0.1:{self.listeners.as_port}",
+                "127.0.0.1:<closed-listener>": f"127.0.0.1:{self.listeners.closed_port}",
+            },
+            self.trace["placeholders"],
+        )
         self.unifier.bind["<asterisk_id>"] = self.sim.entity_id
         register = self.sim.pbx.register
         self.all_channels: dict[str, Any] = {}
@@ -373,8 +399,9 @@ class Replay:
         path = u.substitute(step["path"])
         query = {k: u.substitute(v) for k, v in (step["query"] or {}).items()}
         headers = {} if step["status"] == 401 else self.auth  # the 401 rows were sent without credentials
-        async with self.session.request(step["method"], self.sim.url + "/ari" + path, params=query,
-                                        headers=headers) as resp:
+        async with self.session.request(
+            step["method"], self.sim.url + "/ari" + path, params=query, headers=headers
+        ) as resp:
             text = await resp.text()
             body = json.loads(text) if text else None
         where = f"{step['method']} {step['path']} (t={step['t_ms']})"
@@ -426,8 +453,10 @@ class Replay:
         for i, j in sorted(matched, key=lambda m: m[1]):  # in the simulator's order
             key = entity(self.events[j])
             if last.get(key, -1) > i:
-                errors.append(f"event[{i}] {recorded[i]['type']}: the simulator sent it for {key} before an "
-                              f"event the real PBX sent first (recorded #{last[key]})")
+                errors.append(
+                    f"event[{i}] {recorded[i]['type']}: the simulator sent it for {key} before an "
+                    f"event the real PBX sent first (recorded #{last[key]})"
+                )
             last[key] = max(last.get(key, -1), i)
         return errors
 
@@ -487,6 +516,7 @@ def check(r: Replay) -> None:
 
 # --- the traces -------------------------------------------------------------------------------------------------
 
+
 async def test_01_inbound():
     r = await replay("01-inbound")
     check(r)
@@ -494,8 +524,17 @@ async def test_01_inbound():
     # UNICASTRTP_LOCAL_PORT the answer announced; DTMF is not sent as RFC 4733 (no PT 101)
     packets = r.listeners.rtp_packets
     assert len(packets) >= 5
-    headers = [(p[0][1] & 0x7F, int.from_bytes(p[0][2:4], "big"), int.from_bytes(p[0][4:8], "big"),
-                p[0][8:12], len(p[0]) - 12, p[1][1]) for p in packets]
+    headers = [
+        (
+            p[0][1] & 0x7F,
+            int.from_bytes(p[0][2:4], "big"),
+            int.from_bytes(p[0][4:8], "big"),
+            p[0][8:12],
+            len(p[0]) - 12,
+            p[1][1],
+        )
+        for p in packets
+    ]
     assert {h[0] for h in headers} == {0}
     assert headers[0][2] == 160
     assert all((b[1] - a[1]) % 65536 == 1 for a, b in zip(headers, headers[1:]))
@@ -563,10 +602,16 @@ async def test_07_stasis_failed():
     r = await replay("07-stasis-failed")
     check(r)
     statuses = {token: ch.stasis_status for token, ch in r.created.items()}
-    assert statuses == {"<chan:caller-A>": "FAILED", "<chan:caller-B>": "FAILED",
-                        "<chan:caller-C-orphan>": "SUCCESS", "<chan:caller-C>": "FAILED"}
-    assert all("NoOp(stasis-status-FAILED)" in r.created[t].trail
-               for t in ("<chan:caller-A>", "<chan:caller-B>", "<chan:caller-C>"))
+    assert statuses == {
+        "<chan:caller-A>": "FAILED",
+        "<chan:caller-B>": "FAILED",
+        "<chan:caller-C-orphan>": "SUCCESS",
+        "<chan:caller-C>": "FAILED",
+    }
+    assert all(
+        "NoOp(stasis-status-FAILED)" in r.created[t].trail
+        for t in ("<chan:caller-A>", "<chan:caller-B>", "<chan:caller-C>")
+    )
 
 
 async def test_08_bridge_destroyed_visibility():

@@ -18,9 +18,21 @@ from shared.registry import Registration
 
 
 def _worker(wid: str, draining: bool = False) -> WorkerInfo:
-    return WorkerInfo(id=wid, role="media-worker", hostname="h", pid=1, version="t", started_ms=0, health_url="",
-                      media_host="127.0.0.1", audiosocket_port=1, rtp_port_min=2, rtp_port_max=3, capacity=4,
-                      draining=draining)
+    return WorkerInfo(
+        id=wid,
+        role="media-worker",
+        hostname="h",
+        pid=1,
+        version="t",
+        started_ms=0,
+        health_url="",
+        media_host="127.0.0.1",
+        audiosocket_port=1,
+        rtp_port_min=2,
+        rtp_port_max=3,
+        capacity=4,
+        draining=draining,
+    )
 
 
 def _value(name: str, **labels: str) -> float | None:

@@ -129,7 +129,7 @@ def host_path(service: dict, container_path: str) -> Path:
     mounts = [(ROOT / src, dst) for src, dst in binds(service)] + [(p, d) for d, p in IMAGE_FILES.items()]
     for source, target in sorted(mounts, key=lambda m: -len(m[1])):
         if container_path == target or container_path.startswith(target.rstrip("/") + "/"):
-            return source / container_path[len(target):].lstrip("/")
+            return source / container_path[len(target) :].lstrip("/")
     raise ValueError(f"{container_path} is neither mounted nor in the image")
 
 
@@ -254,8 +254,12 @@ def check_scaled(dep: Deployment) -> list[str]:
 
 
 def check_mounts(dep: Deployment) -> list[str]:
-    return [f"{name}: mounts {source}, which is not in the repo"
-            for name, svc in dep.services.items() for source, _ in binds(svc) if not (ROOT / source).exists()]
+    return [
+        f"{name}: mounts {source}, which is not in the repo"
+        for name, svc in dep.services.items()
+        for source, _ in binds(svc)
+        if not (ROOT / source).exists()
+    ]
 
 
 def check_grace(dep: Deployment) -> list[str]:
@@ -289,10 +293,12 @@ def check_prometheus(dep: Deployment, prometheus: dict) -> list[str]:
 
 def check_env_files(raw: dict, example: dict[str, str], demo_env: dict[str, str]) -> list[str]:
     used = variables(raw)
-    problems = [f"${{{var}}} is used by docker-compose.yml but missing from .env.example" for var in
-                sorted(used - set(example))]
-    problems += [f"deploy/demo.env sets {var}, which docker-compose.yml never uses" for var in
-                 sorted(set(demo_env) - used)]
+    problems = [
+        f"${{{var}}} is used by docker-compose.yml but missing from .env.example" for var in sorted(used - set(example))
+    ]
+    problems += [
+        f"deploy/demo.env sets {var}, which docker-compose.yml never uses" for var in sorted(set(demo_env) - used)
+    ]
     problems += [f"unbraced $ in {text!r} (write ${{VAR}}, or $$ for a literal $)" for text in bare_dollars(raw)]
     return problems
 
@@ -315,15 +321,21 @@ def check_demo(dep: Deployment) -> list[str]:
 
     for name in dep.agents():
         _, config, _ = dep.role(name)
-        checks = [(config.providers.openai_realtime.base_url, "sim realtime"), (config.asterisk.ari_url,
-                  "sim asterisk"), (f"smtp://{config.email.smtp_host}:{config.email.smtp_port}", "sim mail")]
+        checks = [
+            (config.providers.openai_realtime.base_url, "sim realtime"),
+            (config.asterisk.ari_url, "sim asterisk"),
+            (f"smtp://{config.email.smtp_host}:{config.email.smtp_port}", "sim mail"),
+        ]
         for url, expected in checks:
             target = urlsplit(url)
             args = sim(target.hostname or "", expected)
             if args is not None and args.port != target.port:
                 problems.append(f"{name}: {url} but {target.hostname} listens on port {args.port}")
-            if args is not None and expected == "sim asterisk" and (
-                    (config.asterisk.username, config.asterisk.password) != (args.user, args.password)):
+            if (
+                args is not None
+                and expected == "sim asterisk"
+                and ((config.asterisk.username, config.asterisk.password) != (args.user, args.password))
+            ):
                 problems.append(f"{name}: its ARI credentials are not the simulator's")
     return problems
 
@@ -340,8 +352,12 @@ def check_dockerfile(text: str, ignore: list[str], role_ports: set[int]) -> list
         problems.append(f"the final USER must be a fixed non-root uid, got {users}")
     if not re.search(r"^WORKDIR /app$", text, re.M):
         problems.append("WORKDIR /app missing (the config path is relative to it)")
-    exposed = {int(p.split("/")[0]) for line in re.findall(r"^EXPOSE (.+)$", text, re.M) for p in line.split()
-               if p.split("/")[0].isdigit()}
+    exposed = {
+        int(p.split("/")[0])
+        for line in re.findall(r"^EXPOSE (.+)$", text, re.M)
+        for p in line.split()
+        if p.split("/")[0].isdigit()
+    }
     if not role_ports <= exposed:
         problems.append(f"EXPOSE lacks the health ports {sorted(role_ports - exposed)}")
     for line in re.findall(r"^COPY (?!--from)(.+)$", text, re.M):
@@ -356,8 +372,11 @@ def check_dockerfile(text: str, ignore: list[str], role_ports: set[int]) -> list
 
 
 def dockerignore() -> list[str]:
-    return [line.strip() for line in DOCKERIGNORE.read_text().splitlines()
-            if line.strip() and not line.startswith(("#", "!"))]
+    return [
+        line.strip()
+        for line in DOCKERIGNORE.read_text().splitlines()
+        if line.strip() and not line.startswith(("#", "!"))
+    ]
 
 
 def role_ports(dep: Deployment) -> set[int]:
@@ -368,8 +387,17 @@ def role_ports(dep: Deployment) -> set[int]:
 def test_compose_is_valid_yaml_with_the_expected_services():
     raw = load_raw()
     assert isinstance(raw, dict) and isinstance(raw.get("services"), dict)
-    expected = {"redis", "controller", "media_worker", "tool_worker", "prometheus", "grafana",
-                "realtime_sim", "asterisk_sim", "mail"}
+    expected = {
+        "redis",
+        "controller",
+        "media_worker",
+        "tool_worker",
+        "prometheus",
+        "grafana",
+        "realtime_sim",
+        "asterisk_sim",
+        "mail",
+    }
     assert expected <= set(raw["services"])
     assert check_structure(production()) == []
 
@@ -428,30 +456,52 @@ def test_a_command_the_cli_does_not_know_is_reported():
     assert any("mail" in p for p in check_commands(production(raw)))
 
 
-@pytest.mark.parametrize("change, expected", [
-    (lambda s: s["controller"]["healthcheck"].update(test=["CMD", "voice-agent", "healthcheck",
-                                                           "http://127.0.0.1:15009/readyz"]), "port 15009"),
-    (lambda s: s["tool_worker"]["healthcheck"].update(test=["CMD", "voice-agent", "healthcheck",
-                                                            "http://127.0.0.1:15002/ready"]), "'/ready'"),
-    (lambda s: s["media_worker"]["healthcheck"].update(test=["CMD", "curl", "-f", "http://127.0.0.1:15001/"]),
-     "must be [CMD"),
-    (lambda s: s["media_worker"].update(command=["media-worker", "--health-port", "15011"]), "port 15011"),
-    (lambda s: s["controller"]["environment"].pop("HEALTH_HOST"), "controller: health endpoints on 127.0.0.1"),
-    (lambda s: s["tool_worker"].pop("depends_on"), "service_healthy"),
-    (lambda s: s["redis"].pop("healthcheck"), "redis: no healthcheck"),
-], ids=["port", "path", "not-ours", "port-flag", "health-host", "depends", "redis"])
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        (
+            lambda s: s["controller"]["healthcheck"].update(
+                test=["CMD", "voice-agent", "healthcheck", "http://127.0.0.1:15009/readyz"]
+            ),
+            "port 15009",
+        ),
+        (
+            lambda s: s["tool_worker"]["healthcheck"].update(
+                test=["CMD", "voice-agent", "healthcheck", "http://127.0.0.1:15002/ready"]
+            ),
+            "'/ready'",
+        ),
+        (
+            lambda s: s["media_worker"]["healthcheck"].update(test=["CMD", "curl", "-f", "http://127.0.0.1:15001/"]),
+            "must be [CMD",
+        ),
+        (lambda s: s["media_worker"].update(command=["media-worker", "--health-port", "15011"]), "port 15011"),
+        (lambda s: s["controller"]["environment"].pop("HEALTH_HOST"), "controller: health endpoints on 127.0.0.1"),
+        (lambda s: s["tool_worker"].pop("depends_on"), "service_healthy"),
+        (lambda s: s["redis"].pop("healthcheck"), "redis: no healthcheck"),
+    ],
+    ids=["port", "path", "not-ours", "port-flag", "health-host", "depends", "redis"],
+)
 def test_a_wrong_healthcheck_is_reported(change, expected):
     problems = check_healthchecks(production(mutated(change)))
     assert any(expected in p for p in problems), problems
 
 
-@pytest.mark.parametrize("change, expected", [
-    (lambda s: s["media_worker"].update(ports=["8090:8090"]), "`ports`"),
-    (lambda s: s["tool_worker"].update(container_name="tools"), "`container_name`"),
-    (lambda s: s["media_worker"].update(network_mode="host"), "host networking"),
-    (lambda s: s["media_worker"].update(environment={**s["media_worker"]["environment"],
-                                                     "MEDIA_ADVERTISE_HOST": "media.example"}), "'media.example'"),
-], ids=["ports", "container-name", "host-network", "advertise"])
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        (lambda s: s["media_worker"].update(ports=["8090:8090"]), "`ports`"),
+        (lambda s: s["tool_worker"].update(container_name="tools"), "`container_name`"),
+        (lambda s: s["media_worker"].update(network_mode="host"), "host networking"),
+        (
+            lambda s: s["media_worker"].update(
+                environment={**s["media_worker"]["environment"], "MEDIA_ADVERTISE_HOST": "media.example"}
+            ),
+            "'media.example'",
+        ),
+    ],
+    ids=["ports", "container-name", "host-network", "advertise"],
+)
 def test_a_fixed_address_on_a_scaled_service_is_reported(change, expected):
     problems = check_scaled(production(mutated(change)))
     assert any(expected in p for p in problems), problems
@@ -465,23 +515,27 @@ def test_a_missing_mount_source_and_an_undeclared_volume_are_reported():
 
 def test_a_short_stop_grace_period_is_reported(tmp_path):
     raw = mutated(lambda s: s["media_worker"].update(stop_grace_period="3s"))
-    assert check_grace(production(raw)) == ["media_worker: stop_grace_period 3s is shorter than drain_timeout_ms "
-                                            "(0 s) + 5 s"]
+    assert check_grace(production(raw)) == [
+        "media_worker: stop_grace_period 3s is shorter than drain_timeout_ms (0 s) + 5 s"
+    ]
     # a drain time longer than the grace period, from a config mounted over the image's
     config = (ROOT / "config" / "ai-agent.yaml").read_text()
     drain = config.replace("media_worker:\n", "media_worker:\n  drain_timeout_ms: 58000\n", 1)
     (tmp_path / "ai-agent.yaml").write_text(drain)
     raw = mutated(lambda s: s["media_worker"].update(volumes=[f"{tmp_path}:/app/config:ro"]))
-    assert check_grace(production(raw)) == ["media_worker: stop_grace_period 60s is shorter than drain_timeout_ms "
-                                            "(58 s) + 5 s"]
+    assert check_grace(production(raw)) == [
+        "media_worker: stop_grace_period 60s is shorter than drain_timeout_ms (58 s) + 5 s"
+    ]
 
 
 def test_a_prometheus_job_on_the_wrong_port_or_name_is_reported():
-    prometheus = {"scrape_configs": [
-        {"job_name": "controller", "dns_sd_configs": [{"names": ["controller"], "type": "A", "port": 15000}]},
-        {"job_name": "media_worker", "dns_sd_configs": [{"names": ["media_worker"], "type": "A", "port": 15002}]},
-        {"job_name": "tool_worker", "dns_sd_configs": [{"names": ["tool-worker"], "type": "A", "port": 15002}]},
-    ]}
+    prometheus = {
+        "scrape_configs": [
+            {"job_name": "controller", "dns_sd_configs": [{"names": ["controller"], "type": "A", "port": 15000}]},
+            {"job_name": "media_worker", "dns_sd_configs": [{"names": ["media_worker"], "type": "A", "port": 15002}]},
+            {"job_name": "tool_worker", "dns_sd_configs": [{"names": ["tool-worker"], "type": "A", "port": 15002}]},
+        ]
+    }
     problems = check_prometheus(production(), prometheus)
     assert any("port 15002, its health port is 15001" in p for p in problems), problems
     assert any("'tool-worker' is not a compose service" in p for p in problems), problems
@@ -497,27 +551,41 @@ def test_a_variable_missing_from_env_example_is_reported():
     assert any("NOT_USED" in p for p in check_env_files(load_raw(), example, {**demo_env, "NOT_USED": "1"}))
 
 
-@pytest.mark.parametrize("change, expected", [
-    (lambda s: s["realtime_sim"].update(command=["sim", "realtime", "--host", "0.0.0.0", "--port", "9999"]),
-     "listens on port 9999"),
-    (lambda s: s["asterisk_sim"].update(command=["sim", "asterisk", "--host", "0.0.0.0", "--port", "8088"]),
-     "ARI credentials"),
-    (lambda s: s["mail"].update(command=["sim", "mail", "--port", "2525", "--dir", "/tmp/mail"]),
-     "listens on 127.0.0.1"),
-    (lambda s: s["mail"].pop("profiles"), "mail: not a service of the demo profile"),
-], ids=["port", "credentials", "loopback", "profile"])
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        (
+            lambda s: s["realtime_sim"].update(command=["sim", "realtime", "--host", "0.0.0.0", "--port", "9999"]),
+            "listens on port 9999",
+        ),
+        (
+            lambda s: s["asterisk_sim"].update(command=["sim", "asterisk", "--host", "0.0.0.0", "--port", "8088"]),
+            "ARI credentials",
+        ),
+        (
+            lambda s: s["mail"].update(command=["sim", "mail", "--port", "2525", "--dir", "/tmp/mail"]),
+            "listens on 127.0.0.1",
+        ),
+        (lambda s: s["mail"].pop("profiles"), "mail: not a service of the demo profile"),
+    ],
+    ids=["port", "credentials", "loopback", "profile"],
+)
 def test_a_demo_agent_pointed_at_the_wrong_place_is_reported(change, expected):
     problems = check_demo(demo(mutated(change)))
     assert any(expected in p for p in problems), problems
 
 
-@pytest.mark.parametrize("change, expected", [
-    (lambda t: t.replace('ENTRYPOINT ["voice-agent"]', 'ENTRYPOINT ["python"]'), "ENTRYPOINT"),
-    (lambda t: t.replace("USER 10001:10001", "USER root"), "non-root"),
-    (lambda t: t.replace("EXPOSE 15000 ", "EXPOSE "), "15000"),
-    (lambda t: t.replace("COPY sim sim", "COPY simulators sim"), "COPY simulators"),
-    (lambda t: t.replace("COPY config config", "COPY tests tests"), "excluded by .dockerignore"),
-], ids=["entrypoint", "root", "expose", "copy-missing", "copy-ignored"])
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        (lambda t: t.replace('ENTRYPOINT ["voice-agent"]', 'ENTRYPOINT ["python"]'), "ENTRYPOINT"),
+        (lambda t: t.replace("USER 10001:10001", "USER root"), "non-root"),
+        (lambda t: t.replace("EXPOSE 15000 ", "EXPOSE "), "15000"),
+        (lambda t: t.replace("COPY sim sim", "COPY simulators sim"), "COPY simulators"),
+        (lambda t: t.replace("COPY config config", "COPY tests tests"), "excluded by .dockerignore"),
+    ],
+    ids=["entrypoint", "root", "expose", "copy-missing", "copy-ignored"],
+)
 def test_a_wrong_dockerfile_is_reported(change, expected):
     text = DOCKERFILE.read_text()
     assert change(text) != text, "the mutation must change the Dockerfile"

@@ -35,8 +35,14 @@ def test_guide_config_loads_and_maps_to_a_ga_session():
     loaded = load_config(GUIDE, env=ENV)
     provider = loaded.config.providers.openai_realtime
     assert provider.api_key == TEST_API_KEY
-    assert provider.tools == ["transfer", "cancel_transfer", "hangup_call", "leave_voicemail",
-                              "send_email_summary", "request_transcript"]
+    assert provider.tools == [
+        "transfer",
+        "cancel_transfer",
+        "hangup_call",
+        "leave_voicemail",
+        "send_email_summary",
+        "request_transcript",
+    ]
     assert loaded.config.contexts["demo_openai"].profile == "telephony_pcm16_24k"
     assert loaded.config.vad.webrtc_aggressiveness == 1
 
@@ -54,8 +60,13 @@ def test_guide_config_loads_and_maps_to_a_ga_session():
         "audio": {
             "input": {
                 "format": {"type": "audio/pcm", "rate": 24000},
-                "turn_detection": {"type": "server_vad", "threshold": 0.5, "prefix_padding_ms": 300,
-                                   "silence_duration_ms": 1000, "create_response": True},
+                "turn_detection": {
+                    "type": "server_vad",
+                    "threshold": 0.5,
+                    "prefix_padding_ms": 300,
+                    "silence_duration_ms": 1000,
+                    "create_response": True,
+                },
                 "transcription": {"model": "gpt-4o-mini-transcribe"},
             },
             "output": {"format": {"type": "audio/pcm", "rate": 24000}, "voice": "shimmer"},
@@ -77,8 +88,13 @@ def test_shipped_config_loads_cleanly_with_secrets_masked():
 
 def test_check_config_prints_masked_config_or_every_error(tmp_path):
     env = {"OPENAI_API_KEY": TEST_API_KEY, "PATH": "/usr/bin:/bin"}
-    ok = subprocess.run([sys.executable, "-m", "shared.cli", "check-config", str(CONFIG)], cwd=ROOT,
-                        capture_output=True, text=True, env=env)
+    ok = subprocess.run(
+        [sys.executable, "-m", "shared.cli", "check-config", str(CONFIG)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert ok.returncode == 0, ok.stderr
     assert ok.stdout.startswith(f"# {CONFIG}: OK")
     assert "api_key: '***'" in ok.stdout
@@ -86,13 +102,19 @@ def test_check_config_prints_masked_config_or_every_error(tmp_path):
 
     bad = tmp_path / "bad.yaml"
     bad.write_text("providers:\n  openai_realtime:\n    turn_detection:\n      threshold: high\n    voise: ash\n")
-    res = subprocess.run([sys.executable, "-m", "shared.cli", "check-config", str(bad)], cwd=ROOT,
-                         capture_output=True, text=True, env=env)
+    res = subprocess.run(
+        [sys.executable, "-m", "shared.cli", "check-config", str(bad)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert res.returncode == 1
     assert res.stdout == ""
     assert f"{bad}: 2 errors in the configuration" in res.stderr
-    assert ("line 4: providers.openai_realtime.turn_detection.threshold: "
-            "expected a number in [0, 1], got 'high'") in res.stderr
+    assert (
+        "line 4: providers.openai_realtime.turn_detection.threshold: expected a number in [0, 1], got 'high'"
+    ) in res.stderr
     assert "line 5: providers.openai_realtime.voise: unknown key (did you mean 'voice'?)" in res.stderr
     assert "Traceback" not in res.stderr
 
@@ -102,36 +124,45 @@ def test_check_config_prints_masked_config_or_every_error(tmp_path):
 
 def test_wrong_type_names_the_key_and_the_value():
     assert errors_of("media_worker:\n  capacity: lots\n") == [
-        "line 2: media_worker.capacity: expected an integer in [1, 10000], got 'lots'"]
+        "line 2: media_worker.capacity: expected an integer in [1, 10000], got 'lots'"
+    ]
     assert errors_of("providers:\n  openai_realtime:\n    enabled: maybe\n") == [
-        "line 3: providers.openai_realtime.enabled: expected true or false, got 'maybe'"]
+        "line 3: providers.openai_realtime.enabled: expected true or false, got 'maybe'"
+    ]
     assert errors_of("contexts:\n  sales: just a string\n") == [
-        "line 2: contexts.sales: expected a mapping of settings, got 'just a string'"]
+        "line 2: contexts.sales: expected a mapping of settings, got 'just a string'"
+    ]
 
 
 def test_out_of_range_and_not_allowed_values():
     assert errors_of("providers:\n  openai_realtime:\n    turn_detection:\n      threshold: 1.5\n") == [
-        "line 4: providers.openai_realtime.turn_detection.threshold: expected a number in [0, 1], got 1.5"]
+        "line 4: providers.openai_realtime.turn_detection.threshold: expected a number in [0, 1], got 1.5"
+    ]
     assert errors_of("vad:\n  webrtc_aggressiveness: 4\n") == [
-        "line 2: vad.webrtc_aggressiveness: expected an integer in [0, 3], got 4"]
+        "line 2: vad.webrtc_aggressiveness: expected an integer in [0, 3], got 4"
+    ]
     [tool_error] = errors_of("providers:\n  openai_realtime:\n    tools: [transfer, hangup]\n")
     assert tool_error.startswith("line 3: providers.openai_realtime.tools[1]: expected one of ")
     assert tool_error.endswith("got 'hangup' (did you mean 'hangup_call'?)")
     assert errors_of("media_worker:\n  rtp_port_min: 20000\n  rtp_port_max: 10000\n") == [
-        "line 1: media_worker: rtp_port_min must not be above rtp_port_max"]
+        "line 1: media_worker: rtp_port_min must not be above rtp_port_max"
+    ]
 
 
 def test_missing_required_keys():
     assert errors_of("tools:\n  transfer:\n    destinations:\n      sales: {description: Sales}\n") == [
-        "line 4: tools.transfer.destinations.sales.target: required key is missing"]
+        "line 4: tools.transfer.destinations.sales.target: required key is missing"
+    ]
     assert errors_of("company_name: x\n", env={}) == [
         "providers.openai_realtime.api_key: required when the provider is enabled "
-        "(set OPENAI_API_KEY in the environment or .env)"]
+        "(set OPENAI_API_KEY in the environment or .env)"
+    ]
 
 
 def test_unknown_keys_get_a_did_you_mean():
     assert errors_of("providers:\n  openai_realtime:\n    turn_detecton: {}\n") == [
-        "line 3: providers.openai_realtime.turn_detecton: unknown key (did you mean 'turn_detection'?)"]
+        "line 3: providers.openai_realtime.turn_detecton: unknown key (did you mean 'turn_detection'?)"
+    ]
     assert errors_of("redis:\n  host: localhost\n") == ["line 2: redis.host: unknown key"]
     assert errors_of("providers:\n  deepgram: {}\n") == ["line 2: providers.deepgram: unknown key"]
 
@@ -139,11 +170,14 @@ def test_unknown_keys_get_a_did_you_mean():
 def test_bad_placeholders():
     assert errors_of("company_name: ${COMPANY}\n", env=ENV) == [
         "line 1: company_name: environment variable COMPANY is not set "
-        "(set it in the environment or in .env, or write ${COMPANY:-default})"]
+        "(set it in the environment or in .env, or write ${COMPANY:-default})"
+    ]
     assert errors_of("company_name: ${1ABC}\n") == [
-        "line 1: company_name: '${1ABC}' is not a valid placeholder (use ${NAME} or ${NAME:-default})"]
+        "line 1: company_name: '${1ABC}' is not a valid placeholder (use ${NAME} or ${NAME:-default})"
+    ]
     assert errors_of("company_name: 'x ${ABC'\n") == [
-        "line 1: company_name: unterminated placeholder in 'x ${ABC' (missing '}')"]
+        "line 1: company_name: unterminated placeholder in 'x ${ABC' (missing '}')"
+    ]
 
 
 def test_every_error_is_reported_at_once_in_file_order():
@@ -162,8 +196,15 @@ def test_every_error_is_reported_at_once_in_file_order():
         "media_worker: {capacity: 0}\n"
     )
     problems = errors_of(text, env={})
-    assert [p.split(":")[0] for p in problems] == ["line 3", "line 5", "line 6", "line 7", "line 11", "line 11",
-                                                   "line 12"]
+    assert [p.split(":")[0] for p in problems] == [
+        "line 3",
+        "line 5",
+        "line 6",
+        "line 7",
+        "line 11",
+        "line 11",
+        "line 12",
+    ]
     assert "NOPE is not set" in problems[0]
     assert "contexts.a.prompt: duplicate key" in problems[4]
     assert "contexts.a.prompt: expected a string, got 4" in problems[5]  # YAML keeps the last duplicate
@@ -171,15 +212,16 @@ def test_every_error_is_reported_at_once_in_file_order():
 
 def test_cross_references_are_checked():
     problems = errors_of("default_context: suport\ncontexts:\n  support:\n    profile: telephony_pcm16_24\n")
-    assert problems[1].startswith("line 4: contexts.support.profile: unknown profile 'telephony_pcm16_24' "
-                                  "(did you mean 'telephony_pcm16_24k'?)")
+    assert problems[1].startswith(
+        "line 4: contexts.support.profile: unknown profile 'telephony_pcm16_24' (did you mean 'telephony_pcm16_24k'?)"
+    )
     assert problems[0] == "line 1: default_context: no context named 'suport' (did you mean 'support'?)"
 
 
 def test_file_level_problems(tmp_path):
     with pytest.raises(ConfigError, match=r"missing\.yaml: 1 error .*\n  - file not found"):
         load_config(tmp_path / "missing.yaml", env=ENV)
-    assert errors_of("providers:\n  openai_realtime: [\n") [0].startswith("line 3: not valid YAML")
+    assert errors_of("providers:\n  openai_realtime: [\n")[0].startswith("line 3: not valid YAML")
     assert errors_of("- a\n- b\n") == ["the top level must be a mapping of sections, got list"]
 
 
@@ -201,12 +243,16 @@ def test_expansion_rules():
 
 
 def test_expanded_values_are_typed_and_checked():
-    loaded = parse_config("asterisk:\n  ari_url: http://${HOST}:${PORT}\nemail:\n  smtp_port: ${PORT}\n",
-                          "t.yaml", {**ENV, "HOST": "pbx", "PORT": "2525"})
+    loaded = parse_config(
+        "asterisk:\n  ari_url: http://${HOST}:${PORT}\nemail:\n  smtp_port: ${PORT}\n",
+        "t.yaml",
+        {**ENV, "HOST": "pbx", "PORT": "2525"},
+    )
     assert loaded.config.asterisk.ari_url == "http://pbx:2525"
     assert loaded.config.email.smtp_port == 2525
     assert errors_of("email:\n  smtp_port: ${PORT}\n", env={**ENV, "PORT": "seventy"}) == [
-        "line 2: email.smtp_port: expected an integer in [1, 65535], got 'seventy'"]
+        "line 2: email.smtp_port: expected an integer in [1, 65535], got 'seventy'"
+    ]
 
 
 def test_dotenv_file_and_environment_precedence(tmp_path, monkeypatch):
@@ -214,16 +260,21 @@ def test_dotenv_file_and_environment_precedence(tmp_path, monkeypatch):
     dotenv.write_text(
         "# comment\n"
         "export OPENAI_API_KEY=from-dotenv-key\n"
-        "COMPANY_NAME=\"Acme Corp\"\n"
+        'COMPANY_NAME="Acme Corp"\n'
         "QUOTED='single # not a comment'\n"
         "TRAILING=value # a comment\n"
     )
-    assert read_dotenv(dotenv) == {"OPENAI_API_KEY": "from-dotenv-key", "COMPANY_NAME": "Acme Corp",
-                                   "QUOTED": "single # not a comment", "TRAILING": "value"}
+    assert read_dotenv(dotenv) == {
+        "OPENAI_API_KEY": "from-dotenv-key",
+        "COMPANY_NAME": "Acme Corp",
+        "QUOTED": "single # not a comment",
+        "TRAILING": "value",
+    }
     config_dir = tmp_path / "config"
     config_dir.mkdir()
-    (config_dir / "ai-agent.yaml").write_text("company_name: ${COMPANY_NAME}\n"
-                                              "providers:\n  openai_realtime:\n    api_key: ${OPENAI_API_KEY}\n")
+    (config_dir / "ai-agent.yaml").write_text(
+        "company_name: ${COMPANY_NAME}\nproviders:\n  openai_realtime:\n    api_key: ${OPENAI_API_KEY}\n"
+    )
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     monkeypatch.setenv("COMPANY_NAME", "Env Wins Ltd")
@@ -255,24 +306,29 @@ def test_modalities_map_to_one_output_modality():
     assert "callers will hear silence" in warning.message
 
 
-@pytest.mark.parametrize(("beta", "ga"), [
-    ("pcm16", {"type": "audio/pcm", "rate": 24000}),
-    ("g711_ulaw", {"type": "audio/pcmu"}),
-    ("g711_alaw", {"type": "audio/pcma"}),
-    ("audio/pcmu", {"type": "audio/pcmu"}),
-])
+@pytest.mark.parametrize(
+    ("beta", "ga"),
+    [
+        ("pcm16", {"type": "audio/pcm", "rate": 24000}),
+        ("g711_ulaw", {"type": "audio/pcmu"}),
+        ("g711_alaw", {"type": "audio/pcma"}),
+        ("audio/pcmu", {"type": "audio/pcmu"}),
+    ],
+)
 def test_audio_formats_map_to_ga_format_objects(beta, ga):
     loaded, p = provider(f"input_audio_format: {beta}\noutput_audio_format: {beta}")
     session = build_session(p, instructions="")
     assert session["audio"]["input"]["format"] == ga
     assert session["audio"]["output"]["format"] == ga
-    assert {"providers.openai_realtime.input_audio_format",
-            "providers.openai_realtime.output_audio_format"} <= set(paths_of(loaded.notes))
+    assert {"providers.openai_realtime.input_audio_format", "providers.openai_realtime.output_audio_format"} <= set(
+        paths_of(loaded.notes)
+    )
 
 
 def test_sample_rates():
     assert errors_of("providers:\n  openai_realtime:\n    input_audio_sample_rate: 4000\n") == [
-        "line 3: providers.openai_realtime.input_audio_sample_rate: expected an integer in [8000, 48000], got 4000"]
+        "line 3: providers.openai_realtime.input_audio_sample_rate: expected an integer in [8000, 48000], got 4000"
+    ]
     loaded, _ = provider("input_audio_format: g711_ulaw\ninput_audio_sample_rate: 24000")
     assert "providers.openai_realtime.input_audio_sample_rate" in paths_of(loaded.warnings)
 
@@ -284,8 +340,9 @@ def test_tokens_voice_and_temperature():
     assert session["audio"]["output"]["voice"] == "coral"
     assert "temperature" not in str(session)
     assert "providers.openai_realtime.temperature" in paths_of(loaded.warnings)
-    assert {"providers.openai_realtime.max_response_output_tokens",
-            "providers.openai_realtime.voice"} <= set(paths_of(loaded.notes))
+    assert {"providers.openai_realtime.max_response_output_tokens", "providers.openai_realtime.voice"} <= set(
+        paths_of(loaded.notes)
+    )
     _, p = provider('max_response_output_tokens: "inf"')
     assert build_session(p, instructions="")["max_output_tokens"] == "inf"
     loaded, _ = provider("voice: shimer")
@@ -298,9 +355,14 @@ def test_turn_detection_keys():
     assert build_session(p, instructions="")["audio"]["input"]["turn_detection"] is None
     _, p = provider("turn_detection_type: semantic_vad\nturn_detection:\n  eagerness: high")
     assert build_session(p, instructions="")["audio"]["input"]["turn_detection"] == {
-        "type": "semantic_vad", "eagerness": "high", "create_response": True}
-    loaded, p = provider("turn_detection_type: semantic_vad\nturn_detection:\n  type: server_vad\n"
-                         "  interrupt_response: false\n  idle_timeout_ms: 8000")
+        "type": "semantic_vad",
+        "eagerness": "high",
+        "create_response": True,
+    }
+    loaded, p = provider(
+        "turn_detection_type: semantic_vad\nturn_detection:\n  type: server_vad\n"
+        "  interrupt_response: false\n  idle_timeout_ms: 8000"
+    )
     td = build_session(p, instructions="")["audio"]["input"]["turn_detection"]
     assert td["type"] == "server_vad" and td["interrupt_response"] is False and td["idle_timeout_ms"] == 8000
     assert "providers.openai_realtime.turn_detection_type" in paths_of(loaded.warnings)

@@ -13,8 +13,15 @@ import redis.asyncio as aioredis
 from shared.keys import Keys
 from sim.asterisk import AsteriskSim
 from sim.cluster import LocalCluster, http_get
-from tests.ari_harness import (ARI_PASSWORD, ARI_USER, AudioSocketListener, FakeWorker, decode_assignment,
-                               start_controller, write_config)
+from tests.ari_harness import (
+    ARI_PASSWORD,
+    ARI_USER,
+    AudioSocketListener,
+    FakeWorker,
+    decode_assignment,
+    start_controller,
+    write_config,
+)
 from tests.media_harness import until
 
 
@@ -80,6 +87,7 @@ def controller(tmp_path, cluster_env, sim):
 def nothing_left(sim):
     def check():
         return not sim.channels and not sim.bridges
+
     check.__name__ = "no channel or bridge left in the simulator"
     return check
 
@@ -87,6 +95,7 @@ def nothing_left(sim):
 def no_active_calls(aredis, keys):
     async def check():
         return await aredis.scard(keys.calls_active) == 0
+
     check.__name__ = "no call left in the active set"
     return check
 
@@ -98,6 +107,7 @@ async def call_record(aredis, keys, call_id: str) -> dict[str, str]:
 async def state_is(aredis, keys, call_id, state):
     async def check():
         return (await call_record(aredis, keys, call_id)).get("state") == state
+
     check.__name__ = f"call {call_id} state {state}"
     return check
 
@@ -106,7 +116,8 @@ async def state_is(aredis, keys, call_id, state):
 
 
 async def test_a_call_is_answered_bridged_given_media_and_leaves_nothing_behind(
-        sim, listener, workers, controller, aredis, keys):
+    sim, listener, workers, controller, aredis, keys
+):
     worker = await workers(listener.port)
     await controller()
     call = await sim.place_call(caller_name="Alice", caller_number="5551234")
@@ -123,7 +134,7 @@ async def test_a_call_is_answered_bridged_given_media_and_leaves_nothing_behind(
     assert await worker.active() == 1
 
     # The assignment reached the worker's inbox before the media leg: the plan has the filled-in greeting.
-    (_, fields), = await aredis.xrange(keys.worker_inbox(worker.id))
+    ((_, fields),) = await aredis.xrange(keys.worker_inbox(worker.id))
     assert fields[b"type"] == b"assign"
     plan = decode_assignment(fields).plan
     assert plan.greeting.startswith("Hi Alice,") and plan.format == "slin24" and plan.transport == "audiosocket"
@@ -137,7 +148,8 @@ async def test_a_call_is_answered_bridged_given_media_and_leaves_nothing_behind(
 
 
 async def test_the_worker_ending_the_media_leg_sends_the_caller_to_the_fallback(
-        sim, listener, workers, controller, aredis, keys):
+    sim, listener, workers, controller, aredis, keys
+):
     await workers(listener.port)
     await controller()
     call = await sim.place_call(caller_name="Bob", caller_number="100")
@@ -272,8 +284,9 @@ async def test_a_dropped_events_websocket_reconnects(sim, listener, workers, con
 async def test_fifty_concurrent_call_setups(sim, listener, workers, controller, aredis, keys):
     await workers(listener.port, capacity=60)
     await controller()
-    calls = await asyncio.gather(*(sim.place_call(caller_name=f"Caller {i}", caller_number=str(1000 + i))
-                                   for i in range(50)))
+    calls = await asyncio.gather(
+        *(sim.place_call(caller_name=f"Caller {i}", caller_number=str(1000 + i)) for i in range(50))
+    )
     await listener.wait_for(50, timeout=30)
     by_channel = {}
     for conn in listener.connections.values():
@@ -288,12 +301,14 @@ async def test_fifty_concurrent_call_setups(sim, listener, workers, controller, 
 
 
 async def test_an_rtp_profile_gets_ulaw_external_media_on_the_reserved_port(
-        sim, listener, workers, controller, aredis, keys):
+    sim, listener, workers, controller, aredis, keys
+):
     worker = await workers(listener.port)
     await controller(contexts={"ulaw": {"profile": "telephony_ulaw_8k", "prompt": "Hi"}})
     call = await sim.place_call(variables={"AI_CONTEXT": "ulaw"})
-    media = await until(lambda: next((r for r in sim.rest_log if r.path == "/channels/externalMedia"
-                                      and r.status == 200), None))
+    media = await until(
+        lambda: next((r for r in sim.rest_log if r.path == "/channels/externalMedia" and r.status == 200), None)
+    )
     assert media.query["encapsulation"] == "rtp" and media.query["transport"] == "udp"
     assert media.query["format"] == "ulaw" and media.query["external_host"] == "127.0.0.1:30000"
     call_id = media.query["data"]
@@ -312,7 +327,7 @@ async def test_an_older_asterisk_gets_8khz_audiosocket(sim, listener, workers, c
     await controller()
     call = await sim.place_call()
     await listener.wait_for(1)
-    (_, fields), = await aredis.xrange(keys.worker_inbox(worker.id))
+    ((_, fields),) = await aredis.xrange(keys.worker_inbox(worker.id))
     assert decode_assignment(fields).plan.format == "slin"  # slin24 needs 22.7+: the controller downgrades
     media = next(r for r in sim.rest_log if r.path == "/channels/externalMedia")
     assert media.query["format"] == "slin"

@@ -36,12 +36,15 @@ DESTINATIONS = {
     # Local leg (a busy phone ends it with a plain hangup).
     "slow": {"type": "extension", "target": "6002", "dialplan_context": "agents", "description": "rings forever"},
     "busy": {"type": "extension", "target": "6003", "dialplan_context": "agents", "description": "always busy"},
-    "brief": {"type": "extension", "target": "7001", "dialplan_context": "test-agents",
-              "description": "answers, then hangs up after 1 s"},
+    "brief": {
+        "type": "extension",
+        "target": "7001",
+        "dialplan_context": "test-agents",
+        "description": "answers, then hangs up after 1 s",
+    },
     "support": {"type": "queue", "target": "support", "description": "Support queue"},
 }
-DIALPLAN = {**DEFAULT_DIALPLAN, "test-agents": {"7001": ["Ringing()", "Wait(0.3)", "Answer()", "Wait(1)",
-                                                          "Hangup()"]}}
+DIALPLAN = {**DEFAULT_DIALPLAN, "test-agents": {"7001": ["Ringing()", "Wait(0.3)", "Answer()", "Wait(1)", "Hangup()"]}}
 
 
 @pytest.fixture
@@ -78,8 +81,13 @@ class WorkerSide:
         self.redis, self.keys, self.worker_id = aredis, keys, worker_id
 
     async def request(self, call_id: str, action: str, destination: str = "", request_id: str | None = None) -> str:
-        request = ControlRequest(request_id=request_id or str(uuid.uuid4()), call_id=call_id,
-                                 worker_id=self.worker_id, action=action, destination=destination)
+        request = ControlRequest(
+            request_id=request_id or str(uuid.uuid4()),
+            call_id=call_id,
+            worker_id=self.worker_id,
+            action=action,
+            destination=destination,
+        )
         await self.redis.xadd(self.keys.controller_inbox, inbox_fields("control", request))
         return request.request_id
 
@@ -96,12 +104,14 @@ class WorkerSide:
         async def enough():
             got = await self.all_replies(request_id)
             return got if len(got) >= count else None
+
         enough.__name__ = f"{count} replies to {request_id}"
         return await until(enough, timeout)
 
     async def final(self, request_id: str, timeout: float = 10.0) -> ControlReply:
         async def final_reply():
             return next((r for r in await self.all_replies(request_id) if r.final), None)
+
         final_reply.__name__ = f"the final reply to {request_id}"
         return await until(final_reply, timeout)
 
@@ -122,16 +132,20 @@ def requests_to(sim, method: str, path_end: str):
 
 
 def dial_statuses(sim, leg: str) -> list[str]:
-    return [e["dialstatus"] for e in sim.sent_events.get("asterisk-ai-voice-agent", [])
-            if e["type"] == "Dial" and e["peer"]["id"] == leg]
+    return [
+        e["dialstatus"]
+        for e in sim.sent_events.get("asterisk-ai-voice-agent", [])
+        if e["type"] == "Dial" and e["peer"]["id"] == leg
+    ]
 
 
 def none_of_ours_left(sim, caller: str):
     """Our legs, bridge and the caller gone. (The simulator keeps the busy phone's own Local half ringing
     busy after the far end was released: not a channel the controller knows or may touch.)"""
+
     def check():
-        return not sim.bridges and not [c for c in sim.channels.values()
-                                        if c.id == caller or c.id.count("-") >= 4]
+        return not sim.bridges and not [c for c in sim.channels.values() if c.id == caller or c.id.count("-") >= 4]
+
     check.__name__ = "none of our channels or bridges left"
     return check
 
@@ -144,10 +158,12 @@ def bridged(sim, call_id: str) -> set[str]:
 @pytest.fixture
 async def setup(sim, listener, workers, controller, aredis, keys):
     """A controller, a worker, and a helper for the worker's side of the inbox."""
+
     async def make(**controller_settings):
         worker = await workers(listener.port)
         await controller(**controller_settings)
         return WorkerSide(aredis, keys, worker.id)
+
     return make
 
 
@@ -346,7 +362,11 @@ async def test_a_request_delivered_twice_is_executed_once(sim, listener, setup, 
     assert [r.status for r in replies if r.final] == ["answered", "answered"]
     assert replies[-1].status == "answered"
     assert await aredis.xpending(keys.controller_inbox, "controllers") == {
-        "pending": 0, "min": None, "max": None, "consumers": []}
+        "pending": 0,
+        "min": None,
+        "max": None,
+        "consumers": [],
+    }
     await call.hangup()
     await until(nothing_left(sim))
 
@@ -373,15 +393,18 @@ async def test_requests_survive_a_controller_restart(sim, listener, workers, con
     await until(await state_is(aredis, keys, id_a, "ended"))
     assert (await call_record(aredis, keys, id_a))["end_reason"] == "agent_hangup"
     assert len(requests_to(sim, "DELETE", f"/channels/{call_a.channel_id}")) == 1
+
     async def all_acked():
         return (await aredis.xpending(keys.controller_inbox, "controllers"))["pending"] == 0
+
     await until(all_acked)
     await call_b.hangup()
     await until(nothing_left(sim))
 
 
 async def test_a_transfer_ringing_when_the_controller_died_is_dialled_afresh(
-        sim, listener, workers, controller, aredis, keys):
+    sim, listener, workers, controller, aredis, keys
+):
     worker = await workers(listener.port)
     side = WorkerSide(aredis, keys, worker.id)
     _, first = await controller()
@@ -419,14 +442,16 @@ def email_jobs(redis_url: str, keys) -> set[str]:
 
 
 async def test_the_end_of_a_call_enqueues_its_summary_and_requested_transcripts(
-        sim, listener, workers, controller, aredis, keys, redis_url):
+    sim, listener, workers, controller, aredis, keys, redis_url
+):
     await workers(listener.port)
     await controller(summary_every_call=False)
     quiet, quiet_id = await active_call(sim, listener, aredis, keys, caller_name="Quiet")
     asked, asked_id = await active_call(sim, listener, aredis, keys, caller_name="Asked")
     # what the worker writes once the caller confirmed: a summary wanted, transcripts to two addresses
-    await aredis.hset(keys.call(asked_id), mapping={"summary_requested": "1",
-                                                    "transcript_to": "ann@example.com, bob@example.org"})
+    await aredis.hset(
+        keys.call(asked_id), mapping={"summary_requested": "1", "transcript_to": "ann@example.com, bob@example.org"}
+    )
     await quiet.hangup()
     await asked.hangup()
     await until(await state_is(aredis, keys, asked_id, "ended"))

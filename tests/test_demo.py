@@ -25,6 +25,7 @@ RATE = demo_call.CALLER_RATE
 
 # --- the call plan -------------------------------------------------------------------------------------------
 
+
 def test_emulator_script_is_a_valid_script_with_the_plan_lines():
     script = Script.from_dict(demo_call.emulator_script(PLAN))
     assert script.reply_for(0, after_tool=False).text == PLAN.greeting.text
@@ -54,7 +55,7 @@ def test_caller_pcm_is_speech_where_the_caller_talks_and_digital_silence_elsewhe
     samples = np.frombuffer(t.pcm(), dtype="<i2")
     assert len(samples) == pytest.approx(t.duration_s * RATE, abs=RATE * 0.05)
     for seg in t.segments:
-        part = samples[int(seg.start_s * RATE):int(seg.end_s * RATE)]
+        part = samples[int(seg.start_s * RATE) : int(seg.end_s * RATE)]
         if seg.line is None:
             assert not part.any()
         else:
@@ -72,10 +73,11 @@ def test_caller_speaks_with_the_synthetic_voice_when_espeak_is_missing(monkeypat
     assert demo_report.voiced_share(pcm, RATE, 0, line.ms / 1000) > 0.4  # syllables with gaps between
     monkeypatch.setattr(voice, "espeak_available", lambda: True)
     if voice.shutil.which("espeak-ng"):
-        assert not np.array_equal(demo_call.caller_speech(line)[:len(pcm)], pcm)
+        assert not np.array_equal(demo_call.caller_speech(line)[: len(pcm)], pcm)
 
 
 # --- the report helpers --------------------------------------------------------------------------------------
+
 
 def test_numbers_and_p50_max():
     assert demo_report.numbers("40.5,12,bad,") == [40.5, 12.0]
@@ -87,12 +89,14 @@ def test_numbers_and_p50_max():
 
 def test_transcript_marks_only_cut_agent_lines():
     full = ("We are open on weekdays from eight until six.",)
-    entries = [demo_report.LogEntry.from_fields({"role": "assistant", "text": "We are open on weekdays…",
-                                                 "t_ms": "8470"}),
-               demo_report.LogEntry.from_fields({"role": "assistant", "text": full[0], "t_ms": "9000"}),
-               demo_report.LogEntry.from_fields({"role": "user", "text": "We are", "t_ms": "9100"}),
-               demo_report.LogEntry.from_fields({"role": "tool", "text": "", "t_ms": "9500", "name": "hangup_call",
-                                                 "arguments": "{}", "output": "ok"})]
+    entries = [
+        demo_report.LogEntry.from_fields({"role": "assistant", "text": "We are open on weekdays…", "t_ms": "8470"}),
+        demo_report.LogEntry.from_fields({"role": "assistant", "text": full[0], "t_ms": "9000"}),
+        demo_report.LogEntry.from_fields({"role": "user", "text": "We are", "t_ms": "9100"}),
+        demo_report.LogEntry.from_fields(
+            {"role": "tool", "text": "", "t_ms": "9500", "name": "hangup_call", "arguments": "{}", "output": "ok"}
+        ),
+    ]
     lines = demo_report.transcript_lines(entries, full)
     assert lines[0] == "   8.47s  agent   We are open on weekdays…  [cut off by the caller]"
     assert lines[1].endswith("until six.") and "cut off" not in lines[2]
@@ -116,12 +120,14 @@ def test_voiced_spans_merge_short_pauses_and_split_at_long_ones():
 
 # --- one real demo run ---------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("demo")
     env = {**os.environ, "VA_DEMO_WORKDIR": str(workdir), "REDIS_URL": REDIS_URL, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run([sys.executable, "-m", "shared.cli", "demo"], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=90)
+    proc = subprocess.run(
+        [sys.executable, "-m", "shared.cli", "demo"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=90
+    )
     summary = json.loads((workdir / "demo.json").read_text()) if (workdir / "demo.json").exists() else {}
     return proc, summary, workdir
 
@@ -182,6 +188,12 @@ def test_demo_wire_log_validates_strictly(demo_run):
         except ValueError as exc:
             pytest.fail(f"line {n} ({record['dir']} {record['event'].get('type')}): {exc}")
     assert len(lines) > 500
-    for name in ("in SessionUpdateEvent", "in InputAudioBufferAppendEvent", "in ConversationItemTruncateEvent",
-                 "out SessionUpdatedEvent", "out ResponseAudioDeltaEvent", "out ResponseDoneEvent"):
+    for name in (
+        "in SessionUpdateEvent",
+        "in InputAudioBufferAppendEvent",
+        "in ConversationItemTruncateEvent",
+        "out SessionUpdatedEvent",
+        "out ResponseAudioDeltaEvent",
+        "out ResponseDoneEvent",
+    ):
         assert seen[name], (name, seen)

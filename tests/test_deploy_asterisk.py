@@ -15,12 +15,18 @@ from shared.config.schema import Config
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy" / "asterisk"
 # The user guide's entry context, step by step (its dialplan block; the shipped file adds the fallback line).
-GUIDE_STEPS = ["NoOp(AI Voice Agent - OpenAI Realtime)", "Set(AI_CONTEXT=demo_openai)",
-               "Set(AI_PROVIDER=openai_realtime)", "Stasis(asterisk-ai-voice-agent)", "Hangup()"]
+GUIDE_STEPS = [
+    "NoOp(AI Voice Agent - OpenAI Realtime)",
+    "Set(AI_CONTEXT=demo_openai)",
+    "Set(AI_PROVIDER=openai_realtime)",
+    "Stasis(asterisk-ai-voice-agent)",
+    "Hangup()",
+]
 DIALPLAN_FILES = ("extensions_custom.conf", "extensions_plain_asterisk.conf")
 
 
 # --- a tiny reader for Asterisk's config syntax -------------------------------------------------------------
+
 
 @dataclass
 class Step:
@@ -87,8 +93,11 @@ def exten_matches(pattern: str, exten: str) -> bool:
     if not pattern.startswith("_"):
         return pattern == exten
     parts = {"X": "[0-9]", "Z": "[1-9]", "N": "[2-9]", ".": ".+", "!": ".*"}
-    regex = re.sub(r"\[[^\]]*\]|.", lambda m: m.group(0) if m.group(0).startswith("[")
-                   else parts.get(m.group(0).upper(), re.escape(m.group(0))), pattern[1:])
+    regex = re.sub(
+        r"\[[^\]]*\]|.",
+        lambda m: m.group(0) if m.group(0).startswith("[") else parts.get(m.group(0).upper(), re.escape(m.group(0))),
+        pattern[1:],
+    )
     return re.fullmatch(regex, exten) is not None
 
 
@@ -157,18 +166,25 @@ def readme() -> str:
 
 # --- the reader itself --------------------------------------------------------------------------------------
 
+
 def test_reader_numbers_priorities_and_strips_comments():
-    sections = parse_conf("[general]\nenabled = yes ; on\n[c]\nexten => s,1,NoOp(a)\n same => n,Set(X=1\\;2)\n"
-                          "exten => s,n,Hangup()\n#include other.conf\n")
+    sections = parse_conf(
+        "[general]\nenabled = yes ; on\n[c]\nexten => s,1,NoOp(a)\n same => n,Set(X=1\\;2)\n"
+        "exten => s,n,Hangup()\n#include other.conf\n"
+    )
     assert sections["general"].keys == {"enabled": "yes"}
     assert [(s.exten, s.priority, s.app) for s in sections["c"].steps] == [
-        ("s", "1", "NoOp(a)"), ("s", "2", "Set(X=1\\;2)"), ("s", "3", "Hangup()")]
+        ("s", "1", "NoOp(a)"),
+        ("s", "2", "Set(X=1\\;2)"),
+        ("s", "3", "Hangup()"),
+    ]
     assert exten_matches("_X.", "6001") and not exten_matches("_X.", "support")
     assert exten_matches("_vmX.", "vm100") and not exten_matches("_vmX.", "vm")
     assert exten_matches("_[a-c]!", "b") and not exten_matches("600", "6001")
 
 
 # --- ari.conf and http.conf --------------------------------------------------------------------------------
+
 
 def test_ari_conf_puts_both_variables_into_stasis_start():
     general = read("ari.conf")["general"].keys
@@ -197,6 +213,7 @@ def test_http_conf_serves_the_configured_ari_port(config):
 
 # --- the dialplan --------------------------------------------------------------------------------------------
 
+
 def test_every_entry_context_uses_the_configured_app_and_has_a_fallback(config):
     plan = dialplan()
     entries = entry_contexts(plan)
@@ -205,7 +222,7 @@ def test_every_entry_context_uses_the_configured_app_and_has_a_fallback(config):
         apps = [step.app for step in section.steps]
         stasis = [i for i, app in enumerate(apps) if app_args(app, "Stasis") is not None]
         assert [app_args(apps[i], "Stasis") for i in stasis] == [config.asterisk.app_name], name
-        after = apps[stasis[0] + 1:]
+        after = apps[stasis[0] + 1 :]
         fallback = [app for app in after if app_args(app, "GotoIf") is not None]
         assert fallback and '"${STASISSTATUS}"="FAILED"' in fallback[0], name
         assert after.index(fallback[0]) < after.index("Hangup()"), name
@@ -251,11 +268,15 @@ def test_the_fallback_never_leaves_the_caller_in_silence():
 
 # --- the tools' dialplan targets ---------------------------------------------------------------------------
 
+
 def handoff_targets(config: Config) -> list[tuple[str, str | None]]:
     """(context, extension or None) the transfer and voicemail tools continue into."""
     transfer = config.tools.transfer
-    by_type = {"extension": transfer.extension_context, "queue": transfer.queue_context,
-               "ringgroup": transfer.ringgroup_context}
+    by_type = {
+        "extension": transfer.extension_context,
+        "queue": transfer.queue_context,
+        "ringgroup": transfer.ringgroup_context,
+    }
     targets: list[tuple[str, str | None]] = [(ctx, None) for ctx in by_type.values()]
     for dest in transfer.destinations.values():
         targets.append((dest.dialplan_context or by_type[dest.type], dest.target))

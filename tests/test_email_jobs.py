@@ -77,20 +77,36 @@ def inbox():
 
 
 def make_config(port: int, **email_settings) -> Config:
-    return msgspec.convert({
-        "company_name": "Acme & Sons",
-        "tools": {"send_email_summary": {"recipients": ["ops@example.com"]},
-                  "request_transcript": {"bcc": ["audit@example.com"]}},
-        "email": {"smtp_host": "127.0.0.1", "smtp_port": port, "from_address": FROM, "timeout_ms": 3000,
-                  **email_settings},
-    }, Config)
+    return msgspec.convert(
+        {
+            "company_name": "Acme & Sons",
+            "tools": {
+                "send_email_summary": {"recipients": ["ops@example.com"]},
+                "request_transcript": {"bcc": ["audit@example.com"]},
+            },
+            "email": {
+                "smtp_host": "127.0.0.1",
+                "smtp_port": port,
+                "from_address": FROM,
+                "timeout_ms": 3000,
+                **email_settings,
+            },
+        },
+        Config,
+    )
 
 
 def write_call(client: redis.Redis, keys: Keys, state: str = "ended") -> str:
     call_id = str(uuid.uuid4())
     now = int(time.time() * 1000)
-    record = {"caller_name": "Alice <script>", "caller_number": "5551234", "context": "support",
-              "created_ms": str(now - 125_000), "admitted_ms": str(now - 124_000), "state": state}
+    record = {
+        "caller_name": "Alice <script>",
+        "caller_number": "5551234",
+        "context": "support",
+        "created_ms": str(now - 125_000),
+        "admitted_ms": str(now - 124_000),
+        "state": state,
+    }
     if state == "ended":
         record.update(ended_ms=str(now - 4000), end_reason="caller_hangup")
     client.hset(keys.call(call_id), mapping=record)
@@ -98,9 +114,15 @@ def write_call(client: redis.Redis, keys: Keys, state: str = "ended") -> str:
     for entry in [
         {"role": "assistant", "text": "Hello, Acme support.", "item_id": "i1", "t_ms": "300"},
         {"role": "user", "text": "My order <b>42</b> never came & I'm upset", "item_id": "i2", "t_ms": "4200"},
-        {"role": "tool", "text": 'transfer({"destination":"sales"}) -> ok', "name": "transfer",
-         "arguments": '{"destination":"sales"}', "output": "transferred to sales", "item_id": "c1",
-         "t_ms": "65000"},
+        {
+            "role": "tool",
+            "text": 'transfer({"destination":"sales"}) -> ok',
+            "name": "transfer",
+            "arguments": '{"destination":"sales"}',
+            "output": "transferred to sales",
+            "item_id": "c1",
+            "t_ms": "65000",
+        },
         {"role": "assistant", "text": "Transferring you to sales now.", "item_id": "i3", "t_ms": "66000"},
     ]:
         client.xadd(keys.call_log(call_id), entry)
@@ -125,16 +147,23 @@ def conn(redis_url):
 
 # --- rendering ---------------------------------------------------------------------------------------------
 
+
 def sample_call() -> tuple[dict, list[dict]]:
-    call = {"id": "c-1", "caller_name": "Alice <script>", "caller_number": "5551234", "context": "support",
-            "created_ms": "1700000000000", "admitted_ms": "1700000001000", "ended_ms": "1700000121000",
-            "end_reason": "caller_hangup"}
+    call = {
+        "id": "c-1",
+        "caller_name": "Alice <script>",
+        "caller_number": "5551234",
+        "context": "support",
+        "created_ms": "1700000000000",
+        "admitted_ms": "1700000001000",
+        "ended_ms": "1700000121000",
+        "end_reason": "caller_hangup",
+    }
     entries = [
         {"role": "user", "text": "Order <b>42</b> & more", "t_ms": "4200"},
         {"role": "assistant", "text": "Let me check.", "t_ms": "5000"},
         {"role": "tool", "name": "hangup_call", "arguments": "{}", "output": "farewell spoken", "t_ms": "119000"},
-        {"role": "tool", "name": "leave_voicemail", "arguments": "{}", "output": "sent to voicemail",
-         "t_ms": "90000"},
+        {"role": "tool", "name": "leave_voicemail", "arguments": "{}", "output": "sent to voicemail", "t_ms": "90000"},
     ]
     return call, entries
 
@@ -171,7 +200,8 @@ def test_message_ids_are_deterministic_per_email():
     assert first == render.render_summary(call, entries[:1], config)["Message-ID"]
     assert first == "<send_email_summary.c-1@example.com>"
     assert render.render_transcript(call, entries, config, "bob@example.org", 2)["Message-ID"] == (
-        "<request_transcript.c-1.2@example.com>")
+        "<request_transcript.c-1.2@example.com>"
+    )
 
 
 def test_transcript_goes_to_the_caller_only_in_headers():
@@ -190,6 +220,7 @@ def test_durations_and_unknown_caller():
 
 
 # --- SMTP paths --------------------------------------------------------------------------------------------
+
 
 def test_plain_send_and_auth_success_and_failure(inbox):
     users = {"agent": "s3cret-pass"}
@@ -238,9 +269,29 @@ def test_refusals_and_outages_are_sorted_for_retry(inbox):
 @pytest.fixture
 def tls_files(tmp_path):
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
-                    "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key),
-                    "-out", str(cert)], check=True, capture_output=True, timeout=30)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
     return cert, key
 
 
@@ -270,6 +321,7 @@ def test_starttls_and_tls_against_a_self_signed_server(security, tls_files):
 
 # --- the job logic in-process ------------------------------------------------------------------------------
 
+
 def test_a_message_marked_sent_is_recorded_but_not_sent_again(inbox, conn, keys, rclient):
     """A crash after SMTP accepted (marker written) but before the records: the retry only records."""
     call_id = write_call(rclient, keys)
@@ -292,7 +344,8 @@ def test_permanent_refusal_is_recorded_and_not_raised(inbox, conn, keys, rclient
     assert result["status"] == "failed"
     assert rclient.hget(keys.call(call_id), "summary_email") == "failed:recipient refused: ops@example.com (550)"
     assert [e["output"] for e in email_entries(rclient, keys, call_id)] == [
-        "failed: recipient refused: ops@example.com (550)"]
+        "failed: recipient refused: ops@example.com (550)"
+    ]
 
 
 def test_no_recipients_or_summaries_off_are_recorded_as_skipped(inbox, conn, keys, rclient):
@@ -339,6 +392,7 @@ def test_requests_during_a_live_call_wait_for_its_end(conn, keys, rclient):
 
 
 # --- through real tool-worker processes --------------------------------------------------------------------
+
 
 def worker_config(tmp_path: Path, smtp_port: int) -> Path:
     path = tmp_path / "ai-agent.yaml"
@@ -406,8 +460,9 @@ def test_summary_arrives_once_with_the_transcript_however_often_enqueued(workers
     assert int(entry["t_ms"]) > 120_000  # after the call's end, on the call's clock
     assert "Traceback" not in proc.log_text()
     # Counted by the worker process although the job ran in a forked work horse (once the horse has exited).
-    wait_for(lambda: metric(scrape(proc), "va_tool_jobs_total", task="send_email_summary", status="finished"),
-             timeout=5)
+    wait_for(
+        lambda: metric(scrape(proc), "va_tool_jobs_total", task="send_email_summary", status="finished"), timeout=5
+    )
     samples = scrape(proc)
     assert metric(samples, "va_tool_jobs_total", task="send_email_summary", status="finished") == 1
     assert metric(samples, "va_tool_jobs_total", task="send_transcript") == 0
@@ -468,8 +523,9 @@ def test_worker_killed_mid_job_the_email_still_arrives_exactly_once(workers, inb
     assert rclient.hget(keys.call(call_id), "summary_email") == "sent"
 
 
-def test_smtp_down_is_retried_with_backoff_then_recorded_as_failed(tmp_path, cluster_env, conn, keys, rclient,
-                                                                  monkeypatch):
+def test_smtp_down_is_retried_with_backoff_then_recorded_as_failed(
+    tmp_path, cluster_env, conn, keys, rclient, monkeypatch
+):
     closed = free_port()
     cluster = LocalCluster(worker_config(tmp_path, closed), tmp_path, cluster_env)
     monkeypatch.setenv(enqueue.RETRY_ENV, "1,1,1,1")
@@ -488,8 +544,9 @@ def test_smtp_down_is_retried_with_backoff_then_recorded_as_failed(tmp_path, clu
         reason = f"connection refused by 127.0.0.1:{closed}"
         assert rclient.hget(keys.call(call_id), "summary_email") == f"failed:{reason}"
         assert [e["output"] for e in email_entries(rclient, keys, call_id)] == [f"failed: {reason}"]
-        wait_for(lambda: metric(scrape(proc), "va_tool_jobs_total", task="send_email_summary", status="failed"),
-                 timeout=5)
+        wait_for(
+            lambda: metric(scrape(proc), "va_tool_jobs_total", task="send_email_summary", status="failed"), timeout=5
+        )
         samples = scrape(proc)
         assert metric(samples, "va_tool_jobs_total", task="send_email_summary", status="retrying") == 4
         assert metric(samples, "va_tool_jobs_total", task="send_email_summary", status="failed") == 1

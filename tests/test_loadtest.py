@@ -18,6 +18,7 @@ from tests.conftest import REDIS_URL, ROOT
 
 # --- percentiles and summaries --------------------------------------------------------------------------------
 
+
 def test_percentile_interpolates_between_order_statistics():
     values = [float(v) for v in range(1, 101)]  # 1..100
     assert rep.percentile(values, 0.5) == pytest.approx(50.5)
@@ -29,9 +30,11 @@ def test_percentile_interpolates_between_order_statistics():
 
 
 def test_summary_and_latencies_from_call_records():
-    records = [{"setup_ms": "10", "greeting_ms": "50.5", "turn_ms": "40,60", "bargein_ms": "8"},
-               {"setup_ms": "30", "greeting_ms": "", "turn_ms": "50", "bargein_ms": ""},
-               {"state": "ended"}]
+    records = [
+        {"setup_ms": "10", "greeting_ms": "50.5", "turn_ms": "40,60", "bargein_ms": "8"},
+        {"setup_ms": "30", "greeting_ms": "", "turn_ms": "50", "bargein_ms": ""},
+        {"state": "ended"},
+    ]
     lat = rep.latencies(records)
     assert lat["setup"] == {"n": 2, "p50": 20.0, "p95": 29.0, "p99": 29.8, "max": 30.0}
     assert lat["greeting"]["n"] == 1 and lat["greeting"]["p99"] == 50.5
@@ -42,16 +45,23 @@ def test_summary_and_latencies_from_call_records():
 
 
 def test_end_errors_count_only_abnormal_reasons():
-    records = [{"end_reason": "caller_hangup", "worker_end_reason": "media_closed"},
-               {"end_reason": "setup_failed", "worker_end_reason": "realtime_failed"},
-               {"end_reason": "caller_hangup", "worker_end_reason": "done"},
-               {"end_reason": "caller_hangup", "worker_end_reason": "controller: caller_hangup"},
-               {"end_reason": "caller_hangup", "worker_end_reason": "controller: media_lost"},
-               {"state": "active"}]
-    assert rep.end_errors(records) == {"end:setup_failed": 1, "worker_end:realtime_failed": 1, "end:not_ended": 1,
-                                       "worker_end:controller: media_lost": 1}
-    assert rep.underruns_by_worker([{"worker": "w1", "underruns": "3"}, {"worker": "w1", "underruns": "2"},
-                                    {"worker": "w2"}]) == {"w1": 5, "w2": 0}
+    records = [
+        {"end_reason": "caller_hangup", "worker_end_reason": "media_closed"},
+        {"end_reason": "setup_failed", "worker_end_reason": "realtime_failed"},
+        {"end_reason": "caller_hangup", "worker_end_reason": "done"},
+        {"end_reason": "caller_hangup", "worker_end_reason": "controller: caller_hangup"},
+        {"end_reason": "caller_hangup", "worker_end_reason": "controller: media_lost"},
+        {"state": "active"},
+    ]
+    assert rep.end_errors(records) == {
+        "end:setup_failed": 1,
+        "worker_end:realtime_failed": 1,
+        "end:not_ended": 1,
+        "worker_end:controller: media_lost": 1,
+    }
+    assert rep.underruns_by_worker(
+        [{"worker": "w1", "underruns": "3"}, {"worker": "w1", "underruns": "2"}, {"worker": "w2"}]
+    ) == {"w1": 5, "w2": 0}
 
 
 METRICS = """# HELP va_ari_requests_total ARI REST requests
@@ -101,14 +111,17 @@ def test_repeated_script_answers_every_cycle_like_the_first():
 
 
 def test_svg_plot_without_matplotlib_has_both_panels():
-    result = {"timeline": [{"t": 0, "up": 0, "set_up": 0}, {"t": 5, "up": 3, "set_up": 3}],
-              "latency_ms": {n: rep.summary([10.0, 20.0]) for n in rep.LATENCIES}}
+    result = {
+        "timeline": [{"t": 0, "up": 0, "set_up": 0}, {"t": 5, "up": 3, "set_up": 3}],
+        "latency_ms": {n: rep.summary([10.0, 20.0]) for n in rep.LATENCIES},
+    }
     svg = rep.svg_plot(result)
     assert svg.startswith("<svg") and svg.endswith("</svg>")
     assert svg.count("<polyline") == 2 and svg.count("<rect") >= 2 + 3 * len(rep.LATENCIES)
 
 
 # --- callers on a real Asterisk --------------------------------------------------------------------------------
+
 
 def test_real_pbx_caller_failures_are_counted_by_kind():
     from sim.loadtest_pbx import error_kind
@@ -122,14 +135,38 @@ def test_real_pbx_caller_failures_are_counted_by_kind():
 
 # --- one real run ---------------------------------------------------------------------------------------------
 
+
 @pytest.mark.timeout(120)
 def test_small_real_run_sets_up_every_call_and_leaves_nothing(tmp_path):
     out = tmp_path / "results.json"
     env = {**os.environ, "VA_LOADTEST_WORKDIR": str(tmp_path / "work")}
-    proc = subprocess.run([sys.executable, "-m", "shared.cli", "loadtest", "--calls", "6", "--workers", "2",
-                           "--ramp", "2", "--hold", "8", "--redis-url", REDIS_URL, "--out", str(out),
-                           "--plot", str(tmp_path / "plot.png")],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=110)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "shared.cli",
+            "loadtest",
+            "--calls",
+            "6",
+            "--workers",
+            "2",
+            "--ramp",
+            "2",
+            "--hold",
+            "8",
+            "--redis-url",
+            REDIS_URL,
+            "--out",
+            str(out),
+            "--plot",
+            str(tmp_path / "plot.png"),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=110,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads(out.read_text())
     assert result["setup"] == {"placed": 6, "answered": 6, "set_up": 6, "failed": 0, "success_rate": 1.0}

@@ -17,8 +17,19 @@ from shared.messages import Assignment, CallPlan, inbox_fields
 from sim.asterisk.audio import CallerAudio
 from sim.realtime import Reply, Script
 from tests.media_harness import (  # noqa: F401  (fixtures)
-    aredis, assert_wire_conforms, call_of, caller_speech, cluster_up, emulator, keys, log_entries, loud_ms, sim, until,
-    worker_stats)
+    aredis,
+    assert_wire_conforms,
+    call_of,
+    caller_speech,
+    cluster_up,
+    emulator,
+    keys,
+    log_entries,
+    loud_ms,
+    sim,
+    until,
+    worker_stats,
+)
 
 PROFILES = {"slin24": "telephony_pcm16_24k", "slin": "telephony_slin_8k", "ulaw_rtp": "telephony_ulaw_8k"}
 
@@ -33,12 +44,18 @@ def tone24k(ms: int, hz: float = 440.0, dbfs: float = -12.0) -> bytes:
 
 @pytest.mark.parametrize("profile", list(PROFILES))
 async def test_a_call_end_to_end(profile, sim, emulator, cluster_up, aredis, keys):
-    script = Script(greeting=Reply(text="Hello, thanks for calling. How can I help?", audio_ms=1500),
-                    turns={1: Reply(text="We are open nine to five.", audio_ms=1200)},
-                    transcripts={1: "When are you open?"})
+    script = Script(
+        greeting=Reply(text="Hello, thanks for calling. How can I help?", audio_ms=1500),
+        turns={1: Reply(text="We are open nine to five.", audio_ms=1200)},
+        transcripts={1: "When are you open?"},
+    )
     emu = await emulator(script, speed=4.0)
-    await cluster_up(emu, contexts={"t": {"profile": PROFILES[profile], "prompt": "Be brief, {caller_name}.",
-                                          "greeting": "Hello {caller_name}"}})
+    await cluster_up(
+        emu,
+        contexts={
+            "t": {"profile": PROFILES[profile], "prompt": "Be brief, {caller_name}.", "greeting": "Hello {caller_name}"}
+        },
+    )
     audio = CallerAudio.silence(2500).then(caller_speech("When are you open?", 900)).then(CallerAudio.silence(4000))
     call = await sim.place_call(caller_name="Dana", variables={"AI_CONTEXT": "t"}, audio=audio)
     call_id = await call_of(aredis, keys, call.channel_id)
@@ -46,6 +63,7 @@ async def test_a_call_end_to_end(profile, sim, emulator, cluster_up, aredis, key
     async def answered():
         roles = [e["role"] for e in await log_entries(aredis, keys, call_id)]
         return roles.count("assistant") >= 2 and "user" in roles
+
     await until(answered, timeout=20)
     await call.hangup()
     await until(lambda: not sim.channels and not sim.bridges)
@@ -56,8 +74,10 @@ async def test_a_call_end_to_end(profile, sim, emulator, cluster_up, aredis, key
     assert entries[1]["text"] == "When are you open?" and entries[2]["text"] == "We are open nine to five."
     # The instructions carried the filled-in template; the GA session had our tools and formats.
     update = next(e for s in emu.sessions for e in s.received if e["type"] == "session.update")["session"]
-    assert update["instructions"] == "Be brief, Dana." and update["audio"]["input"]["turn_detection"][
-        "interrupt_response"] is False
+    assert (
+        update["instructions"] == "Be brief, Dana."
+        and update["audio"]["input"]["turn_detection"]["interrupt_response"] is False
+    )
     expected_format = "audio/pcmu" if profile == "ulaw_rtp" else "audio/pcm"
     assert update["audio"]["input"]["format"]["type"] == expected_format
     # The caller heard the greeting early, and then the answer.
@@ -72,16 +92,24 @@ async def test_a_call_end_to_end(profile, sim, emulator, cluster_up, aredis, key
 
 async def test_barge_in_truncates_to_what_the_caller_heard(sim, emulator, cluster_up, aredis, keys):
     # A long steady answer (a tone, so the caller-side recording shows exactly where it stopped).
-    script = Script(greeting=Reply(text="Hi.", audio_ms=400),
-                    turns={1: Reply(text="Let me tell you all about our opening hours in great detail.",
-                                    pcm=tone24k(6000)), 2: Reply(text="Sure.", audio_ms=500)},
-                    transcripts={1: "Opening hours?", 2: "Sorry, stop."})
+    script = Script(
+        greeting=Reply(text="Hi.", audio_ms=400),
+        turns={
+            1: Reply(text="Let me tell you all about our opening hours in great detail.", pcm=tone24k(6000)),
+            2: Reply(text="Sure.", audio_ms=500),
+        },
+        transcripts={1: "Opening hours?", 2: "Sorry, stop."},
+    )
     emu = await emulator(script, speed=4.0)
     await cluster_up(emu)
     question_end = 1500 + 800
-    audio = (CallerAudio.silence(1500).then(caller_speech("Opening hours?", 800))
-             .then(CallerAudio.silence(3500)).then(caller_speech("Sorry, stop, one moment please.", 1500))
-             .then(CallerAudio.silence(3000)))
+    audio = (
+        CallerAudio.silence(1500)
+        .then(caller_speech("Opening hours?", 800))
+        .then(CallerAudio.silence(3500))
+        .then(caller_speech("Sorry, stop, one moment please.", 1500))
+        .then(CallerAudio.silence(3000))
+    )
     call = await sim.place_call(audio=audio)
     call_id = await call_of(aredis, keys, call.channel_id)
     await until(lambda: any(s.truncations for s in emu.sessions), timeout=20)
@@ -105,10 +133,12 @@ async def test_barge_in_truncates_to_what_the_caller_heard(sim, emulator, cluste
 
 
 async def test_our_own_echo_does_not_interrupt_but_the_caller_does_not_talk_over_it(
-        sim, emulator, cluster_up, aredis, keys):
-    script = Script(greeting=Reply(text="Hello there, this is a long greeting that goes on for a while.",
-                                   audio_ms=3000),
-                    turns={1: Reply(text="Echo reply.", audio_ms=500)})
+    sim, emulator, cluster_up, aredis, keys
+):
+    script = Script(
+        greeting=Reply(text="Hello there, this is a long greeting that goes on for a while.", audio_ms=3000),
+        turns={1: Reply(text="Echo reply.", audio_ms=500)},
+    )
     emu = await emulator(script, speed=4.0)
     await cluster_up(emu)
     call = await sim.place_call(audio=CallerAudio.silence(6000), echo_db=-20.0)
@@ -116,6 +146,7 @@ async def test_our_own_echo_does_not_interrupt_but_the_caller_does_not_talk_over
 
     async def greeted():
         return any(e["role"] == "assistant" for e in await log_entries(aredis, keys, call_id))
+
     await until(greeted, timeout=15)
     await asyncio.sleep(1.0)
     await call.hangup()
@@ -165,7 +196,8 @@ async def test_the_worker_refuses_unknown_calls_and_malformed_frames(sim, emulat
 
 
 async def test_an_audiosocket_connection_before_its_assignment_is_held_until_it_arrives(
-        sim, emulator, cluster_up, aredis, keys):
+    sim, emulator, cluster_up, aredis, keys
+):
     """Under a burst Asterisk can connect before the worker has read the call's assignment from its inbox; the
     connection is held (not refused) and bound when the assignment arrives."""
     emu = await emulator(Script(greeting=Reply(text="Hello.", audio_ms=800)), speed=4.0)
@@ -177,9 +209,17 @@ async def test_an_audiosocket_connection_before_its_assignment_is_held_until_it_
     writer.write(b"\x01\x00\x10" + uuid.UUID(call_id).bytes)
     await writer.drain()
     await asyncio.sleep(0.5)  # connected, not yet assigned
-    plan = CallPlan(call_id=call_id, caller_channel="held-caller", context="demo_openai",
-                    provider="openai_realtime", profile="telephony_slin_8k", transport="audiosocket", format="slin",
-                    provider_format="pcm16", greeting="Hello.")
+    plan = CallPlan(
+        call_id=call_id,
+        caller_channel="held-caller",
+        context="demo_openai",
+        provider="openai_realtime",
+        profile="telephony_slin_8k",
+        transport="audiosocket",
+        format="slin",
+        provider_format="pcm16",
+        greeting="Hello.",
+    )
     await aredis.xadd(keys.worker_inbox(wid), inbox_fields("assign", Assignment(call_id=call_id, epoch=1, plan=plan)))
     first = await asyncio.wait_for(reader.readexactly(3), 5)
     assert first[0] == 0x10  # slin audio: the greeting, on the connection that came first
@@ -190,7 +230,8 @@ async def test_an_audiosocket_connection_before_its_assignment_is_held_until_it_
 
 
 async def test_a_reply_without_audio_is_asked_again_aloud_and_keypad_digits_reach_the_model(
-        sim, emulator, cluster_up, aredis, keys):
+    sim, emulator, cluster_up, aredis, keys
+):
     # The guide's "modalities bug": the first answer comes back as a transcript with no audio.
     script = Script(greeting=Reply(text="Hello, now out loud.", audio_ms=1200, text_only_times=1))
     emu = await emulator(script, speed=4.0)
@@ -201,8 +242,12 @@ async def test_a_reply_without_audio_is_asked_again_aloud_and_keypad_digits_reac
     call.send_dtmf("5")
 
     def pressed():
-        return any(e["type"] == "conversation.item.create" and "pressed 5" in json.dumps(e)
-                   for s in emu.sessions for e in s.received)
+        return any(
+            e["type"] == "conversation.item.create" and "pressed 5" in json.dumps(e)
+            for s in emu.sessions
+            for e in s.received
+        )
+
     await until(pressed)
     await call.hangup()
     record = await until(lambda: worker_stats(aredis, keys, call_id))

@@ -11,8 +11,22 @@ from shared.config.schema import Pricing
 from shared.netaddr import local_address_towards, resolve_advertise_host
 
 # Closed sets only: a call id, channel or phone number must never become a label.
-ALLOWED_LABELS = {"reason", "kind", "tool", "status", "code", "cause", "source", "limit", "state", "queue", "task",
-                  "method", "type", "action"}
+ALLOWED_LABELS = {
+    "reason",
+    "kind",
+    "tool",
+    "status",
+    "code",
+    "cause",
+    "source",
+    "limit",
+    "state",
+    "queue",
+    "task",
+    "method",
+    "type",
+    "action",
+}
 
 
 def test_every_metric_is_prefixed_and_labelled_with_closed_sets():
@@ -43,29 +57,43 @@ def test_register_is_idempotent():
 
 
 USAGE = {  # the shape of a GA response.done usage
-    "total_tokens": 1900, "input_tokens": 1500, "output_tokens": 400,
-    "input_token_details": {"text_tokens": 1000, "audio_tokens": 500, "image_tokens": 0, "cached_tokens": 640,
-                            "cached_tokens_details": {"text_tokens": 576, "audio_tokens": 64, "image_tokens": 0}},
+    "total_tokens": 1900,
+    "input_tokens": 1500,
+    "output_tokens": 400,
+    "input_token_details": {
+        "text_tokens": 1000,
+        "audio_tokens": 500,
+        "image_tokens": 0,
+        "cached_tokens": 640,
+        "cached_tokens_details": {"text_tokens": 576, "audio_tokens": 64, "image_tokens": 0},
+    },
     "output_token_details": {"text_tokens": 100, "audio_tokens": 300},
 }
 
 
 def test_tokens_by_kind():
-    assert tokens(USAGE) == {"input_text": 1000, "input_audio": 500, "input_cached": 640, "output_text": 100,
-                             "output_audio": 300}
+    assert tokens(USAGE) == {
+        "input_text": 1000,
+        "input_audio": 500,
+        "input_cached": 640,
+        "output_text": 100,
+        "output_audio": 300,
+    }
     assert tokens(None) == dict.fromkeys(tokens(USAGE), 0)
     assert tokens({"input_token_details": "junk", "output_token_details": {"audio_tokens": -5}})["output_audio"] == 0
 
 
 def test_cost_bills_cached_input_at_the_cached_price():
-    prices = Pricing(text_input=4, text_cached_input=0.4, text_output=16, audio_input=32, audio_cached_input=0.4,
-                     audio_output=64)
+    prices = Pricing(
+        text_input=4, text_cached_input=0.4, text_output=16, audio_input=32, audio_cached_input=0.4, audio_output=64
+    )
     expected = ((1000 - 576) * 4 + 576 * 0.4 + (500 - 64) * 32 + 64 * 0.4 + 100 * 16 + 300 * 64) / 1e6
     assert charge(USAGE, prices) == (tokens(USAGE), pytest.approx(expected))
     # without the split, cached tokens are taken from the text first
     no_split = {**USAGE, "input_token_details": {**USAGE["input_token_details"], "cached_tokens_details": None}}
     assert charge(no_split, prices)[1] == pytest.approx(
-        ((1000 - 640) * 4 + 640 * 0.4 + 500 * 32 + 100 * 16 + 300 * 64) / 1e6)
+        ((1000 - 640) * 4 + 640 * 0.4 + 500 * 32 + 100 * 16 + 300 * 64) / 1e6
+    )
     assert charge({}, prices)[1] == 0.0 and charge(None, prices)[1] == 0.0
 
 

@@ -21,11 +21,11 @@ from shared.metrics import catalogue
 from tests.prom_exprs import PROMETHEUS, ROOT, alert_rules, base_name, dashboard_files, dashboard_queries, metric_names
 
 
-
 def all_exprs() -> list[tuple[str, str]]:
     """(where, expr) of every panel target and every alert."""
-    return ([(f"{uid} / {title}", expr) for uid, title, expr in dashboard_queries()]
-            + [(f"alert {name}", expr) for name, expr in alert_rules()])
+    return [(f"{uid} / {title}", expr) for uid, title, expr in dashboard_queries()] + [
+        (f"alert {name}", expr) for name, expr in alert_rules()
+    ]
 
 
 def promtool(*args: str, cwd=PROMETHEUS) -> subprocess.CompletedProcess:
@@ -37,13 +37,17 @@ def promtool(*args: str, cwd=PROMETHEUS) -> subprocess.CompletedProcess:
 
 # --- the expression parser the checks rely on -------------------------------------------------------------
 
+
 def test_metric_names_takes_series_not_labels_functions_or_groupings():
-    expr = ('histogram_quantile(0.95, sum by (job, le) (rate(va_tool_seconds_bucket{status!="ok",tool=~"va_.*"}'
-            '[5m]))) / on (instance) group_left (version) va_build_info or absent(up{job="controller"})'
-            ' or vector(0)')
+    expr = (
+        'histogram_quantile(0.95, sum by (job, le) (rate(va_tool_seconds_bucket{status!="ok",tool=~"va_.*"}'
+        '[5m]))) / on (instance) group_left (version) va_build_info or absent(up{job="controller"})'
+        " or vector(0)"
+    )
     assert metric_names(expr) == {"va_tool_seconds_bucket", "va_build_info", "up"}
     assert metric_names("sum without (limit) (va_realtime_rate_limit_remaining)") == {
-        "va_realtime_rate_limit_remaining"}
+        "va_realtime_rate_limit_remaining"
+    }
 
 
 def test_base_name_maps_only_histogram_series():
@@ -54,6 +58,7 @@ def test_base_name_maps_only_histogram_series():
 
 
 # --- (a) and (b): every metric used exists, every metric exported is used ------------------------------------
+
 
 def test_every_metric_used_is_exported_and_histograms_only_through_their_series():
     kinds = catalogue()
@@ -96,6 +101,7 @@ def test_jobs_named_in_queries_are_scrape_jobs():
 
 # --- (c) dashboards -----------------------------------------------------------------------------------------
 
+
 def test_every_panel_queries_the_provisioned_datasource_with_fixed_windows():
     # Ids and layout come from build_dashboards.py mechanically; what a hand edit of its lists could break is here.
     uid = provisioned_datasources()[0]["uid"]
@@ -112,8 +118,12 @@ def test_every_panel_queries_the_provisioned_datasource_with_fixed_windows():
 
 
 def test_dashboards_are_what_the_build_script_writes():
-    done = subprocess.run([sys.executable, str(ROOT / "deploy" / "grafana" / "build_dashboards.py"), "--check"],
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "deploy" / "grafana" / "build_dashboards.py"), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
 
 
@@ -135,6 +145,7 @@ def test_grafana_provisioning_points_at_the_mounted_dashboards_and_the_compose_p
 
 
 # --- (d) and (e): promtool ----------------------------------------------------------------------------------
+
 
 def test_promtool_accepts_the_config_and_its_rule_files():
     done = promtool("check", "config", "prometheus.yml")

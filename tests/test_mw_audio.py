@@ -42,11 +42,11 @@ def voice(rate: int, seconds: float, f0: float, seed: int, dbfs: float = -18.0, 
     formants = (500 + 200 * rng.random(), 1500 + 300 * rng.random(), 2500 + 300 * rng.random())
     x = np.zeros(len(t))
     for k in range(1, int(3800 / (f0 * 1.15))):
-        amp = sum(np.exp(-((k * pitch - f) / 150.0) ** 2) for f in formants) + 0.05
-        x += amp * np.sin(k * phase) / k ** 0.5
+        amp = sum(np.exp(-(((k * pitch - f) / 150.0) ** 2)) for f in formants) + 0.05
+        x += amp * np.sin(k * phase) / k**0.5
     start = np.pi / 2 if onset else rng.uniform(0, 6)  # env = 0.5 at t=0, rising
     x *= 0.2 + 0.8 * 0.5 * (1 - np.cos(2 * np.pi * 4.0 * t + start))
-    return x * 10 ** (dbfs / 20) * 32768 / np.sqrt(np.mean(x ** 2))
+    return x * 10 ** (dbfs / 20) * 32768 / np.sqrt(np.mean(x**2))
 
 
 def fit_amplitude(y: np.ndarray, freq: float, rate: int) -> float:
@@ -58,7 +58,7 @@ def fit_amplitude(y: np.ndarray, freq: float, rate: int) -> float:
 
 
 def chunked(data: bytes, size: int) -> list[bytes]:
-    return [data[i:i + size] for i in range(0, len(data), size)]
+    return [data[i : i + size] for i in range(0, len(data), size)]
 
 
 # -- μ-law ------------------------------------------------------------------------------------------------
@@ -115,7 +115,7 @@ def downsample_stream(x24: np.ndarray, chunk: int = 480) -> np.ndarray:
 def test_downsampler_rejects_alias_bands(freq):
     y = downsample_stream(tone(freq, 24000, 0.5))[400:]  # settled
     alias = abs((freq + 4000) % 8000 - 4000)  # where the tone folds in the 8 kHz band
-    level = 20 * np.log10(max(np.sqrt(2 * np.mean(y ** 2)), fit_amplitude(y, alias, 8000), 1e-3) / (0.5 * 32767))
+    level = 20 * np.log10(max(np.sqrt(2 * np.mean(y**2)), fit_amplitude(y, alias, 8000), 1e-3) / (0.5 * 32767))
     assert level <= -50.0, f"{freq} Hz folds at {level:.1f} dB"
 
 
@@ -142,15 +142,15 @@ def test_fir_delay_by_impulse_is_linear_phase_and_within_3ms():
     impulse[300] = 30000.0  # on the 8 kHz grid (300 = 3·100)
     y = samples(Downsampler3().process(pcm(impulse)))
     peak = int(np.argmax(np.abs(y)))
-    assert peak - 100 == delay_samples(3) // 3 == 12            # 12 samples at 8 kHz = 1.5 ms
-    around = y[peak - 12: peak + 13]
-    assert np.allclose(around, around[::-1], atol=1.0)            # symmetric: linear phase
+    assert peak - 100 == delay_samples(3) // 3 == 12  # 12 samples at 8 kHz = 1.5 ms
+    around = y[peak - 12 : peak + 13]
+    assert np.allclose(around, around[::-1], atol=1.0)  # symmetric: linear phase
     x8 = np.zeros(800)
     x8[100] = 30000.0
     z = samples(Upsampler3().process(pcm(x8)))
     zpeak = int(np.argmax(np.abs(z)))
-    assert zpeak - 300 == delay_samples(3) == 36                 # 36 samples at 24 kHz = 1.5 ms
-    around = z[zpeak - 36: zpeak + 37]
+    assert zpeak - 300 == delay_samples(3) == 36  # 36 samples at 24 kHz = 1.5 ms
+    around = z[zpeak - 36 : zpeak + 37]
     assert np.allclose(around, around[::-1], atol=1.0)
 
 
@@ -162,7 +162,7 @@ def test_fir_state_continuity_any_split(factor):
     up, parts, i = Upsampler(factor), [], 0
     while i < len(x8):
         n = int(rng.integers(1, 400))
-        parts.append(up.process(pcm(x8[i:i + n])))
+        parts.append(up.process(pcm(x8[i : i + n])))
         i += n
     assert np.max(np.abs(samples(b"".join(parts)) - whole)) <= 1.0
     assert len(whole) == factor * len(x8)  # no hold-back: factor samples out for each one in
@@ -171,7 +171,7 @@ def test_fir_state_continuity_any_split(factor):
     down, parts, i = Downsampler(factor), [], 0
     while i < len(xh):
         n = int(rng.integers(1, 3000))
-        parts.append(down.process(pcm(xh[i:i + n])))
+        parts.append(down.process(pcm(xh[i : i + n])))
         i += n
     got = samples(b"".join(parts))
     assert len(got) == len(whole_down) == -(-len(xh) // factor)
@@ -204,11 +204,11 @@ def best_alignment_ser(ref: np.ndarray, got: np.ndarray, max_lag: int) -> tuple[
     best = (-np.inf, 0)
     n = len(ref) - 2 * max_lag
     for lag in range(0, max_lag):
-        seg_ref, seg_got = ref[max_lag:max_lag + n], got[max_lag + lag:max_lag + lag + n]
+        seg_ref, seg_got = ref[max_lag : max_lag + n], got[max_lag + lag : max_lag + lag + n]
         if len(seg_got) < n:
             break
         err = np.mean((seg_ref - seg_got) ** 2)
-        ser = 10 * np.log10(np.mean(seg_ref ** 2) / max(err, 1e-9))
+        ser = 10 * np.log10(np.mean(seg_ref**2) / max(err, 1e-9))
         best = max(best, (ser, lag))
     return best
 
@@ -245,10 +245,17 @@ def test_converter_byte_orders_and_frames():
     assert Converter("slin_be", "pcm16").to_provider(be) == Converter("slin", "pcm16").to_provider(le)
     assert Converter("slin_be", "g711_ulaw").to_provider(be) == ulaw_encode(le)
     codes = ulaw_encode(le)
-    assert Converter("slin_be", "g711_ulaw").to_wire(codes) == np.frombuffer(
-        ulaw_decode(codes), "<i2").astype(">i2").tobytes()
+    assert (
+        Converter("slin_be", "g711_ulaw").to_wire(codes)
+        == np.frombuffer(ulaw_decode(codes), "<i2").astype(">i2").tobytes()
+    )
     assert {w: Converter(w, "pcm16").wire_frame_bytes for w in WIRE_FORMATS} == {
-        "slin": 320, "slin16": 640, "slin24": 960, "ulaw": 160, "slin_be": 320}
+        "slin": 320,
+        "slin16": 640,
+        "slin24": 960,
+        "ulaw": 160,
+        "slin_be": 320,
+    }
     assert Converter("ulaw", "g711_ulaw").passthrough and Converter("slin24", "pcm16").passthrough
     assert not Converter("slin", "g711_ulaw").passthrough
     with pytest.raises(ValueError):
@@ -264,10 +271,10 @@ def test_converter_model_direction_is_anti_aliased():
         # Above the wire's Nyquist + 0.5 kHz: 5 and 9.5 kHz for 8 kHz wires, 9.5 and 11 kHz for slin16.
         hiss = tone(9500, 24000, 0.5, -6) + tone(11000 if wire == "slin16" else 5000, 24000, 0.5, -6)
         out = wire_samples(wire, b"".join(conv.to_wire(c) for c in chunked(pcm(hiss), 4800)))
-        settled = out[len(out) // 4:]
+        settled = out[len(out) // 4 :]
         # ulaw leaves its idle-code noise; the linear ones must be near silent.
         limit = -45.0 if wire == "ulaw" else -50.0
-        assert 20 * np.log10(np.sqrt(np.mean(settled ** 2)) / 32767 + 1e-9) <= limit, wire
+        assert 20 * np.log10(np.sqrt(np.mean(settled**2)) / 32767 + 1e-9) <= limit, wire
 
 
 def test_converter_reset_forgets_held_model_audio():
@@ -286,13 +293,13 @@ def make_queue() -> PlayoutQueue:
 
 def test_playout_frames_partial_tail_and_end_padding():
     q = make_queue()
-    q.push("a", b"\x01" * 250)                   # 1 frame + 90-byte tail
+    q.push("a", b"\x01" * 250)  # 1 frame + 90-byte tail
     assert q.queued_ms == 31 and not q.idle
     frame, real = q.tick()
     assert real and frame == b"\x01" * 160 and q.playing_item == "a"
-    frame, real = q.tick()                       # the tail waits: an underrun mid-stream
+    frame, real = q.tick()  # the tail waits: an underrun mid-stream
     assert not real and frame == b"\xff" * 160 and q.underruns == 1
-    q.push("a", b"\x02" * 100)                   # tail 90 + 100 = 1 frame + 30
+    q.push("a", b"\x02" * 100)  # tail 90 + 100 = 1 frame + 30
     assert q.tick() == (b"\x01" * 90 + b"\x02" * 70, True)
     q.end_item("a")
     assert q.tick() == (b"\x02" * 30 + b"\xff" * 130, True)
@@ -312,15 +319,15 @@ def test_playout_next_item_pads_previous_tail_and_keeps_order():
 
 def test_playout_flush_drops_now_and_ignores_late_audio():
     q = make_queue()
-    q.push("a", b"\x01" * 1600)                  # 200 ms
+    q.push("a", b"\x01" * 1600)  # 200 ms
     for _ in range(3):
         q.tick()
     assert q.flush() == "a"
     assert q.idle and q.queued_ms == 0
-    assert q.tick() == (b"\xff" * 160, False)    # within one frame: silence
-    q.push("a", b"\x01" * 800)                   # a late delta of the interrupted item
+    assert q.tick() == (b"\xff" * 160, False)  # within one frame: silence
+    q.push("a", b"\x01" * 800)  # a late delta of the interrupted item
     assert q.idle and q.played_ms("a") == 60 and q.received_ms("a") == 200
-    q.push("b", b"\x03" * 160)                   # the next response plays normally
+    q.push("b", b"\x03" * 160)  # the next response plays normally
     assert q.tick() == (b"\x03" * 160, True)
     assert q.underruns == 0
 
@@ -384,8 +391,8 @@ async def test_clock_absolute_deadlines_no_drift_and_late_skip():
     assert slots[10] == 12.515 and all(abs(s - round(s)) * 20 <= 1.0 for s in slots[:10] + slots[11:])
     assert round(slots[11]) == 13
     assert all(b > a for a, b in zip(slots, slots[1:]))
-    assert clock.late_ticks == 2 and round(slots[-1]) == 101   # 100 sends over 102 slots, 2 skipped
-    assert len(other) == len(sent)                              # one wakeup ticks every call
+    assert clock.late_ticks == 2 and round(slots[-1]) == 101  # 100 sends over 102 slots, 2 skipped
+    assert len(other) == len(sent)  # one wakeup ticks every call
     assert clock.lag_ms.count == 100 and clock.lag_ms.max >= 50.0 and clock.lag_ms.quantile(0.5) <= 0.5
 
 
@@ -436,8 +443,8 @@ def run_gate(gate: SpeechGate, out: np.ndarray, inc: np.ndarray, rate: int) -> l
     n = rate // 50
     result = []
     for i in range(0, min(len(out), len(inc)) - n + 1, n):
-        gate.outgoing(pcm(out[i:i + n]))
-        result.append(gate.incoming(pcm(inc[i:i + n])))
+        gate.outgoing(pcm(out[i : i + n]))
+        result.append(gate.incoming(pcm(inc[i : i + n])))
     return result
 
 
@@ -451,7 +458,7 @@ def delayed(x: np.ndarray, ms: int, rate: int) -> np.ndarray:
 def test_gate_never_opens_on_our_own_echo(rate, delay_ms):
     agent = voice(rate, 3.0, f0=190, seed=1, dbfs=-14)
     gate = SpeechGate(rate)
-    opened = run_gate(gate, agent, 0.1 * delayed(agent, delay_ms, rate), rate)   # echo at −20 dB
+    opened = run_gate(gate, agent, 0.1 * delayed(agent, delay_ms, rate), rate)  # echo at −20 dB
     assert not any(opened)
     assert gate.speech_starts == 0 and 1 <= gate.closures <= 2  # the VAD heard it; the echo test held it
 
@@ -469,7 +476,7 @@ def test_gate_opens_on_real_speech_while_we_play(rate):
     agent = voice(rate, 3.0, f0=190, seed=1, dbfs=-18)
     caller = voice(rate, 1.5, f0=105, seed=2, dbfs=-18)
     line = 0.1 * delayed(agent, 60, rate)
-    line[rate: rate + len(caller)] += caller[: len(line) - rate]   # the caller starts at t = 1 s
+    line[rate : rate + len(caller)] += caller[: len(line) - rate]  # the caller starts at t = 1 s
     gate = SpeechGate(rate)
     opened = run_gate(gate, agent, line, rate)
     assert not any(opened[:50])

@@ -41,6 +41,7 @@ async def until(predicate, timeout: float = 2.0):
 
 # ================================================================ AudioSocket codec (plain bytes)
 
+
 def test_encode_is_kind_length_payload():
     assert codec.encode(codec.KIND_SLIN24, b"\x01\x02" * 480) == b"\x13\x03\xc0" + b"\x01\x02" * 480
     assert codec.encode(codec.KIND_HANGUP) == codec.HANGUP_FRAME == b"\x00\x00\x00"
@@ -54,7 +55,7 @@ def test_parser_reassembles_a_stream_split_byte_by_byte():
     audio = bytes(range(256)) * 3 + b"\x07" * 192
     wire = UUID_FRAME + frame(0x13, audio) + frame(0x03, b"1") + frame(0x03, b"#") + frame(0x00)
     parser = codec.AudioSocketParser()
-    got = [f for i in range(len(wire)) for f in parser.feed(wire[i:i + 1])]
+    got = [f for i in range(len(wire)) for f in parser.feed(wire[i : i + 1])]
     assert got == [(0x01, uuid.UUID(CALL_UUID).bytes), (0x13, audio), (0x03, b"1"), (0x03, b"#"), (0x00, b"")]
     assert parser.pending == 0
 
@@ -87,8 +88,10 @@ def test_unknown_kinds_are_protocol_errors(kind):
 
 def test_other_slin_kinds_are_known_wire():
     # 0x11 slin12 .. 0x18 slin192 parse (the server refuses them with a precise error, not "garbage")
-    assert codec.AudioSocketParser().feed(frame(0x11, bytes(480)) + frame(0x18, bytes(20))) == \
-        [(0x11, bytes(480)), (0x18, bytes(20))]
+    assert codec.AudioSocketParser().feed(frame(0x11, bytes(480)) + frame(0x18, bytes(20))) == [
+        (0x11, bytes(480)),
+        (0x18, bytes(20)),
+    ]
 
 
 def test_garbage_keeps_memory_bounded():
@@ -100,6 +103,7 @@ def test_garbage_keeps_memory_bounded():
 
 
 # ================================================================ AudioSocket server (loopback TCP)
+
 
 class Sink:
     def __init__(self, link=None):
@@ -191,21 +195,21 @@ async def test_a_call_as_asterisk_plays_it(server, calls):
     await until(lambda: server.connections == 1)
     writer.write(UUID_FRAME)
     await until(lambda: calls.binds)
-    (call_uuid, peer_host, link), = calls.binds
+    ((call_uuid, peer_host, link),) = calls.binds
     sink = calls.sinks[CALL_UUID]
     assert (call_uuid, peer_host) == (CALL_UUID, "127.0.0.1")
     assert link.peer == f"127.0.0.1:{writer.get_extra_info('sockname')[1]}" and link.call_uuid == CALL_UUID
     assert (link.transport, link.format, link.rate, link.frame_bytes) == ("audiosocket", "slin24", 24000, 960)
     frames = [bytes([i]) * 960 for i in range(6)]
     wire = b"".join(frame(0x13, f) for f in frames[:3])
-    writer.write(wire)                                  # three frames in one segment
-    writer.write(frame(0x13, frames[3])[:500])          # one split across segments
+    writer.write(wire)  # three frames in one segment
+    writer.write(frame(0x13, frames[3])[:500])  # one split across segments
     await writer.drain()
     await asyncio.sleep(0.02)
     writer.write(frame(0x13, frames[3])[500:] + frame(0x03, b"1") + frame(0x13, frames[4]) + frame(0x03, b"#"))
-    writer.write(frame(0x13, frames[5][:72]))           # the short tail of a played file (trace 03)
+    writer.write(frame(0x13, frames[5][:72]))  # the short tail of a played file (trace 03)
     writer.write(frame(0x00))
-    assert await at_eof(reader)                         # Asterisk's 0x00: we close, no CLOSE-WAIT left
+    assert await at_eof(reader)  # Asterisk's 0x00: we close, no CLOSE-WAIT left
     await until(lambda: server.connections == 0)
     assert sink.audio == frames[:5] + [frames[5][:72]]
     assert sink.dtmf == ["1", "#"] and sink.hangups == ["hangup"]
@@ -360,8 +364,9 @@ async def test_a_reset_is_closed(server, calls):
     assert sink.hangups == ["closed"] and server.connections == 0
 
 
-@pytest.mark.parametrize("bad", [b"\x42\x00\x01\x00", b"\x13\x40\x00", frame(0x11, bytes(480)),
-                                 frame(0x01, uuid.UUID(CALL_UUID).bytes)])
+@pytest.mark.parametrize(
+    "bad", [b"\x42\x00\x01\x00", b"\x13\x40\x00", frame(0x11, bytes(480)), frame(0x01, uuid.UUID(CALL_UUID).bytes)]
+)
 async def test_a_malformed_frame_is_error(server, calls, bad):
     reader, writer, sink = await bound(server, calls)
     writer.write(frame(0x13, bytes(960)) + bad + frame(0x13, bytes(960)))
@@ -455,6 +460,7 @@ async def test_many_calls_at_once(server, calls):
 
 # ================================================================ RTP codec (plain bytes)
 
+
 def test_sender_header_fields_and_arithmetic():
     sender = rtp_codec.RtpSender(rtp_codec.PT_ULAW, 160, ssrc=0xDEADBEEF, seq=0xFFFE, ts=0xFFFFFF00)
     first = sender.packet(b"\x7f" * 160)
@@ -485,28 +491,37 @@ def test_parse_an_asterisk_packet():
 def test_parse_skips_csrcs_extension_and_padding():
     csrcs = struct.pack(">II", 11, 22)
     ext = struct.pack(">HH", 0xBEDE, 2) + bytes(8)
-    wire = struct.pack(">BBHII", 0x80 | 0x20 | 0x10 | 2, 0x80 | 10, 5, 6, 7) + csrcs + ext + b"\x01\x02" * 4 \
+    wire = (
+        struct.pack(">BBHII", 0x80 | 0x20 | 0x10 | 2, 0x80 | 10, 5, 6, 7)
+        + csrcs
+        + ext
+        + b"\x01\x02" * 4
         + b"\x00\x00\x03"
+    )
     assert rtp_codec.parse(wire) == rtp_codec.RtpPacket(10, 5, 6, 7, True, b"\x01\x02" * 4)
 
 
-@pytest.mark.parametrize("wire", [
-    b"",
-    bytes(11),                                                        # short
-    bytes.fromhex("40000001000000a000000001") + bytes(160),           # version 1
-    bytes.fromhex("c0000001000000a000000001") + bytes(160),           # version 3
-    bytes.fromhex("83000001000000a000000001") + bytes(8),             # 3 CSRCs announced, 2 present
-    bytes.fromhex("90000001000000a000000001") + b"\xbe\xde",          # extension header cut
-    bytes.fromhex("90000001000000a000000001") + b"\xbe\xde\x00\x05" + bytes(8),  # extension overruns
-    bytes.fromhex("a0000001000000a000000001") + bytes(10) + b"\x00",  # padding count 0
-    bytes.fromhex("a0000001000000a000000001") + bytes(4) + b"\x40",   # padding beyond the payload
-    bytes.fromhex("80c80006") + bytes(24),                            # RTCP sender report
-])
+@pytest.mark.parametrize(
+    "wire",
+    [
+        b"",
+        bytes(11),  # short
+        bytes.fromhex("40000001000000a000000001") + bytes(160),  # version 1
+        bytes.fromhex("c0000001000000a000000001") + bytes(160),  # version 3
+        bytes.fromhex("83000001000000a000000001") + bytes(8),  # 3 CSRCs announced, 2 present
+        bytes.fromhex("90000001000000a000000001") + b"\xbe\xde",  # extension header cut
+        bytes.fromhex("90000001000000a000000001") + b"\xbe\xde\x00\x05" + bytes(8),  # extension overruns
+        bytes.fromhex("a0000001000000a000000001") + bytes(10) + b"\x00",  # padding count 0
+        bytes.fromhex("a0000001000000a000000001") + bytes(4) + b"\x40",  # padding beyond the payload
+        bytes.fromhex("80c80006") + bytes(24),  # RTCP sender report
+    ],
+)
 def test_parse_garbage_is_none(wire):
     assert rtp_codec.parse(wire) is None
 
 
 # ================================================================ RTP endpoint (loopback UDP)
+
 
 class UdpPeer(asyncio.DatagramProtocol):
     """A UDP socket where Asterisk's UnicastRTP channel would be."""
@@ -531,10 +546,12 @@ class UdpPeer(asyncio.DatagramProtocol):
     def port(self) -> int:
         return self.transport.get_extra_info("sockname")[1]
 
-    def send(self, endpoint: RtpEndpoint, payload: bytes, *, pt: int = 0, seq: int = 1, ssrc: int = 0x5151,
-             ts: int = 160) -> None:
-        self.transport.sendto(struct.pack(">BBHII", 0x80, pt, seq, ts, ssrc) + payload,
-                              ("127.0.0.1", endpoint.local_port))
+    def send(
+        self, endpoint: RtpEndpoint, payload: bytes, *, pt: int = 0, seq: int = 1, ssrc: int = 0x5151, ts: int = 160
+    ) -> None:
+        self.transport.sendto(
+            struct.pack(">BBHII", 0x80, pt, seq, ts, ssrc) + payload, ("127.0.0.1", endpoint.local_port)
+        )
 
     def close(self) -> None:
         self.transport.close()
@@ -543,8 +560,14 @@ class UdpPeer(asyncio.DatagramProtocol):
 @pytest.fixture
 async def endpoint():
     sinks: list[Sink] = []
-    ep = RtpEndpoint("127.0.0.1", 0, "ulaw", lambda link: sinks.append(Sink(link)) or sinks[-1],
-                     allowed_hosts=["127.0.0.1"], relatch_after=0.3)
+    ep = RtpEndpoint(
+        "127.0.0.1",
+        0,
+        "ulaw",
+        lambda link: sinks.append(Sink(link)) or sinks[-1],
+        allowed_hosts=["127.0.0.1"],
+        relatch_after=0.3,
+    )
     link = await ep.open()
     assert link is ep and len(sinks) == 1 and sinks[0].link is ep
     ep.test_sink = sinks[0]
@@ -569,7 +592,7 @@ async def test_endpoint_latches_to_the_first_good_source(endpoint):
     assert [p.payload for p in packets] == [bytes([0x80 + i]) * 160 for i in range(5)]
     assert {(p.pt, p.ssrc, p.marker) for p in packets} == {(0, endpoint.sender.ssrc, False)}
     assert [(p.seq - packets[0].seq) % 65536 for p in packets] == [0, 1, 2, 3, 4]
-    assert [(p.ts - packets[0].ts) % 2 ** 32 for p in packets] == [0, 160, 320, 480, 640]
+    assert [(p.ts - packets[0].ts) % 2**32 for p in packets] == [0, 160, 320, 480, 640]
     assert endpoint.stats.frames_out == 5 and endpoint.stats.bytes_out == 5 * 172
     asterisk_rtp.close()
 
@@ -596,17 +619,17 @@ async def test_endpoint_refuses_a_peer_outside_the_allow_list(endpoint):
 async def test_endpoint_drops_what_is_not_the_call(endpoint):
     sink = endpoint.test_sink
     asterisk_rtp, stranger = await UdpPeer.open(), await UdpPeer.open()
-    asterisk_rtp.transport.sendto(b"garbage", ("127.0.0.1", endpoint.local_port))    # shorter than a header
+    asterisk_rtp.transport.sendto(b"garbage", ("127.0.0.1", endpoint.local_port))  # shorter than a header
     asterisk_rtp.transport.sendto(b"\x40" * 20, ("127.0.0.1", endpoint.local_port))  # version 1
-    asterisk_rtp.send(endpoint, bytes(640), pt=118)             # slin16's dynamic PT: does not latch
+    asterisk_rtp.send(endpoint, bytes(640), pt=118)  # slin16's dynamic PT: does not latch
     asterisk_rtp.send(endpoint, bytes(160), ssrc=endpoint.sender.ssrc)  # our own audio back
     await until(lambda: endpoint.stats.bad_in + endpoint.stats.dropped_pt + endpoint.stats.dropped_loop == 4)
     assert endpoint.latched is None and sink.audio == []
-    asterisk_rtp.send(endpoint, b"\x01" * 160, seq=1)           # latches
+    asterisk_rtp.send(endpoint, b"\x01" * 160, seq=1)  # latches
     await until(lambda: sink.audio)
-    stranger.send(endpoint, b"\x02" * 160, seq=1, ssrc=0x777)   # another port of the same host
-    asterisk_rtp.send(endpoint, b"\x03" * 160, seq=2, pt=8)     # alaw on a ulaw link
-    asterisk_rtp.send(endpoint, b"\x04" * 160, seq=3, pt=101)   # telephone-event
+    stranger.send(endpoint, b"\x02" * 160, seq=1, ssrc=0x777)  # another port of the same host
+    asterisk_rtp.send(endpoint, b"\x03" * 160, seq=2, pt=8)  # alaw on a ulaw link
+    asterisk_rtp.send(endpoint, b"\x04" * 160, seq=3, pt=101)  # telephone-event
     asterisk_rtp.send(endpoint, b"\x05" * 160, seq=4, ssrc=endpoint.sender.ssrc)
     asterisk_rtp.send(endpoint, b"\x06" * 160, seq=5)
     await until(lambda: len(sink.audio) == 2)
@@ -682,14 +705,21 @@ async def test_endpoint_errors_name_the_port_and_format():
 
 # ================================================================ the simulator's legs meet the product on the wire
 
+
 async def test_simulator_audiosocket_leg_against_the_server(server, calls):
     from sim.asterisk.audio import tone_pcm
     from sim.asterisk.audiosocket import AudioSocketLeg
 
     heard: list[bytes] = []
     hangups: list[str] = []
-    leg = AudioSocketLeg("127.0.0.1", server.port, CALL_UUID, "slin24",
-                         on_audio=lambda pcm, rate: heard.append(pcm), on_hangup=hangups.append)
+    leg = AudioSocketLeg(
+        "127.0.0.1",
+        server.port,
+        CALL_UUID,
+        "slin24",
+        on_audio=lambda pcm, rate: heard.append(pcm),
+        on_hangup=hangups.append,
+    )
     await leg.connect()
     await until(lambda: CALL_UUID in calls.sinks)
     sink = calls.sinks[CALL_UUID]
@@ -697,9 +727,9 @@ async def test_simulator_audiosocket_leg_against_the_server(server, calls):
     leg.deliver(caller, 24000)
     leg.send_dtmf("#")
     await until(lambda: sink.dtmf)
-    assert sink.audio == [caller[i:i + 960] for i in range(0, len(caller), 960)] and sink.dtmf == ["#"]
+    assert sink.audio == [caller[i : i + 960] for i in range(0, len(caller), 960)] and sink.dtmf == ["#"]
     agent = tone_pcm(660, 60, 24000)
-    assert all(sink.link.send(agent[i:i + 960]) for i in range(0, len(agent), 960))
+    assert all(sink.link.send(agent[i : i + 960]) for i in range(0, len(agent), 960))
     await until(lambda: len(heard) == 3)
     assert b"".join(heard) == agent
     sink.link.close()
@@ -714,8 +744,9 @@ async def test_simulator_rtp_leg_against_the_endpoint():
     import numpy as np
 
     sinks: list[Sink] = []
-    ep = RtpEndpoint("127.0.0.1", 0, "ulaw", lambda link: sinks.append(Sink(link)) or sinks[-1],
-                     allowed_hosts=["127.0.0.1"])
+    ep = RtpEndpoint(
+        "127.0.0.1", 0, "ulaw", lambda link: sinks.append(Sink(link)) or sinks[-1], allowed_hosts=["127.0.0.1"]
+    )
     await ep.open()
     heard: list[bytes] = []
     leg = RtpLeg("127.0.0.1", ep.local_port, "ulaw", on_audio=lambda pcm, rate: heard.append(pcm))
@@ -727,7 +758,7 @@ async def test_simulator_rtp_leg_against_the_endpoint():
         assert {len(p) for p in sinks[0].audio} == {160} and ep.peer == f"127.0.0.1:{leg.local_port}"
         assert b"".join(sinks[0].audio) == g711.encode(np.frombuffer(caller, "<i2"), "audio/pcmu")
         agent = g711.encode(np.frombuffer(tone_pcm(660, 60, 8000), "<i2"), "audio/pcmu")
-        assert all(ep.send(agent[i:i + 160]) for i in range(0, len(agent), 160))
+        assert all(ep.send(agent[i : i + 160]) for i in range(0, len(agent), 160))
         await until(lambda: len(heard) == 3)
         assert leg.stats.packets_in == 3 and leg.stats.dropped_malformed == 0 and leg.stats.dropped_pt == 0
         assert b"".join(heard) == g711.decode(agent, "audio/pcmu").astype("<i2").tobytes()

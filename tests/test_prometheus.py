@@ -110,13 +110,16 @@ def _prometheus_config(path: Path, sd_dir: Path) -> None:
         "rule_files": [str(ALERTS)],
         "scrape_configs": [
             {"job_name": job, "file_sd_configs": [{"files": [str(sd_dir / f"{job}-*.json")], "refresh_interval": "1s"}]}
-            for job in JOBS.values()],
+            for job in JOBS.values()
+        ],
     }
     path.write_text(yaml.safe_dump(config))
 
 
-@pytest.mark.skipif(PROMETHEUS is None and os.environ.get("CI") != "true",
-                    reason="prometheus not installed (scripts/setup.sh installs it; CI must have it)")
+@pytest.mark.skipif(
+    PROMETHEUS is None and os.environ.get("CI") != "true",
+    reason="prometheus not installed (scripts/setup.sh installs it; CI must have it)",
+)
 def test_dashboards_and_alerts_against_a_real_prometheus_scraping_a_demo_call(tmp_path):
     assert PROMETHEUS, "prometheus is not installed: scripts/setup.sh installs Debian's prometheus package"
     workdir, sd_dir = tmp_path / "demo", tmp_path / "sd"
@@ -126,15 +129,27 @@ def test_dashboards_and_alerts_against_a_real_prometheus_scraping_a_demo_call(tm
     port = free_port()
     prom_log = open(tmp_path / "prometheus.log", "wb")
     prometheus = subprocess.Popen(
-        [PROMETHEUS, f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-         f"--web.listen-address=127.0.0.1:{port}"], stdout=prom_log, stderr=subprocess.STDOUT)
+        [
+            PROMETHEUS,
+            f"--config.file={tmp_path / 'prometheus.yml'}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=prom_log,
+        stderr=subprocess.STDOUT,
+    )
     prom = Prom(f"http://127.0.0.1:{port}")
     stop = threading.Event()
     writer = threading.Thread(target=_write_targets, args=(workdir, sd_dir, stop), daemon=True)
     writer.start()
-    demo = subprocess.Popen([sys.executable, "-m", "shared.cli", "demo", "--keep-running"], cwd=ROOT,
-                            env={**os.environ, "VA_DEMO_WORKDIR": str(workdir), "PYTHONUNBUFFERED": "1"},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "shared.cli", "demo", "--keep-running"],
+        cwd=ROOT,
+        env={**os.environ, "VA_DEMO_WORKDIR": str(workdir), "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     output: list[str] = []
     try:
         deadline = time.monotonic() + 120
@@ -149,8 +164,12 @@ def test_dashboards_and_alerts_against_a_real_prometheus_scraping_a_demo_call(tm
             prom.wait_past(time.time())
 
         targets = _get(f"{prom.url}/api/v1/targets")["data"]["activeTargets"]
-        assert sorted(t["labels"]["job"] for t in targets) == ["controller", "media_worker", "media_worker",
-                                                               "tool_worker"]
+        assert sorted(t["labels"]["job"] for t in targets) == [
+            "controller",
+            "media_worker",
+            "media_worker",
+            "tool_worker",
+        ]
         assert all(t["health"] == "up" for t in targets), targets
 
         queries = dashboard_queries()
@@ -182,6 +201,7 @@ def test_dashboards_and_alerts_against_a_real_prometheus_scraping_a_demo_call(tm
         snapshot = os.environ.get("VA_METRICS_SNAPSHOT")
         if snapshot:
             from shared.metrics import catalogue
+
             lines = []
             for name, (kind, role, _labels) in catalogue().items():
                 if kind == "histogram":

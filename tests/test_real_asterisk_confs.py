@@ -18,9 +18,13 @@ from tests.conftest import ROOT
 def inst(tmp_path) -> Installation:
     """A stand-in for the unpacked package: only the folders the run directory links to."""
     prefix = tmp_path / "prefix"
-    for sub in ("usr/share/asterisk/sounds/en_US_f_Allison", "usr/share/asterisk/moh",
-                "usr/share/asterisk/rest-api", "usr/share/asterisk/documentation",
-                "usr/lib/x86_64-linux-gnu/asterisk/modules"):
+    for sub in (
+        "usr/share/asterisk/sounds/en_US_f_Allison",
+        "usr/share/asterisk/moh",
+        "usr/share/asterisk/rest-api",
+        "usr/share/asterisk/documentation",
+        "usr/lib/x86_64-linux-gnu/asterisk/modules",
+    ):
         (prefix / sub).mkdir(parents=True)
     return Installation(prefix, "1:22.10.1", "Asterisk 22.10.1")
 
@@ -51,8 +55,16 @@ def test_the_module_list_is_explicit_and_has_what_the_product_needs(inst, tmp_pa
     modules = (tmp_path / "run/etc/modules.conf").read_text()
     assert "autoload = no" in modules
     loaded = set(re.findall(r"^load = (\S+)\.so$", modules, re.M))
-    assert {"res_ari", "app_stasis", "chan_audiosocket", "chan_rtp", "chan_websocket", "app_voicemail",
-            "res_musiconhold", "codec_resample"} <= loaded
+    assert {
+        "res_ari",
+        "app_stasis",
+        "chan_audiosocket",
+        "chan_rtp",
+        "chan_websocket",
+        "app_voicemail",
+        "res_musiconhold",
+        "codec_resample",
+    } <= loaded
     assert not {"app_voicemail_odbc", "app_voicemail_imap"} & loaded  # they clash with app_voicemail
 
 
@@ -68,8 +80,21 @@ def test_a_changed_deploy_file_is_named_in_the_error(inst, tmp_path, monkeypatch
 
 
 def test_status_says_when_nothing_is_installed(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "sim.real_asterisk", "--cache", str(tmp_path / "cache"),
-                           "--run-root", str(tmp_path / "runs"), "status"], capture_output=True, text=True,
-                          timeout=30, cwd=ROOT)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sim.real_asterisk",
+            "--cache",
+            str(tmp_path / "cache"),
+            "--run-root",
+            str(tmp_path / "runs"),
+            "status",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=ROOT,
+    )
     assert done.returncode == 0, done.stderr
     assert "not installed" in done.stdout and "no real Asterisk running" in done.stdout

@@ -31,8 +31,12 @@ from sim.realtime import Emulator, Reply, Script, ToolCall
 from tests.realtime_schema import check_client_event, check_server_event
 
 KEY = "sk-test-client-key"
-HANGUP = {"type": "function", "name": "hangup_call", "description": "End the call.",
-          "parameters": {"type": "object", "properties": {"farewell": {"type": "string"}}}}
+HANGUP = {
+    "type": "function",
+    "name": "hangup_call",
+    "description": "End the call.",
+    "parameters": {"type": "object", "properties": {"farewell": {"type": "string"}}},
+}
 
 
 def session_config(**provider: Any) -> dict:
@@ -53,7 +57,7 @@ async def speak(client: RealtimeClient, ms: int = 600, silence_ms: int = 700) ->
     """A caller utterance: a tone, then enough silence for the server VAD to end the turn (20 ms frames)."""
     audio = tone(ms) + bytes(silence_ms * 48)
     for i in range(0, len(audio), 960):
-        await client.append(audio[i:i + 960])
+        await client.append(audio[i : i + 960])
 
 
 async def until(client: RealtimeClient, predicate, timeout: float = 10.0) -> list[Any]:
@@ -107,11 +111,17 @@ async def test_scripted_conversation_conforms_end_to_end(make_emulator, caplog):
     script = Script(
         greeting=Reply(text="Hello, thanks for calling."),
         turns={
-            1: Reply(text="Our opening hours are nine to five, Monday to Friday, and on Saturday mornings.",
-                     audio_ms=4000),
-            2: Reply(text="Sorry, could you repeat that?",
-                     server_error={"type": "server_error", "code": None,
-                                   "message": "The server had an error while processing your request."}),
+            1: Reply(
+                text="Our opening hours are nine to five, Monday to Friday, and on Saturday mornings.", audio_ms=4000
+            ),
+            2: Reply(
+                text="Sorry, could you repeat that?",
+                server_error={
+                    "type": "server_error",
+                    "code": None,
+                    "message": "The server had an error while processing your request.",
+                },
+            ),
             3: Reply(preamble="One moment.", tool_calls=[ToolCall("hangup_call", {"farewell": "Goodbye"})]),
             4: Reply(text="Welcome back."),
         },
@@ -157,8 +167,11 @@ async def test_scripted_conversation_conforms_end_to_end(make_emulator, caplog):
     events += await until(client, done())
     errors = [e for e in events if isinstance(e, ServerError)]
     assert errors and errors[0].message.startswith("The server had an error")
-    log += [{"role": "user", "text": "user turn 1"}, {"role": "user", "text": "user turn 2"},
-            {"role": "assistant", "text": "Sorry, could you repeat that?"}]
+    log += [
+        {"role": "user", "text": "user turn 1"},
+        {"role": "user", "text": "user turn 2"},
+        {"role": "assistant", "text": "Sorry, could you repeat that?"},
+    ]
 
     # Turn 3: a function call; the output goes back only after that response is done.
     await speak(client)
@@ -170,9 +183,11 @@ async def test_scripted_conversation_conforms_end_to_end(make_emulator, caplog):
     assert events[-1].transcript == 'Done. {"ok": true}'
     assert first.function_outputs == [{"call_id": call.call_id, "output": '{"ok": true}'}]
     await until(client, done())
-    log += [{"role": "user", "text": "user turn 3"},
-            {"call_id": call.call_id, "name": call.name, "arguments": call.arguments, "output": '{"ok": true}'},
-            {"role": "assistant", "text": 'Done. {"ok": true}'}]
+    log += [
+        {"role": "user", "text": "user turn 3"},
+        {"call_id": call.call_id, "name": call.name, "arguments": call.arguments, "output": '{"ok": true}'},
+        {"role": "assistant", "text": 'Done. {"ok": true}'},
+    ]
 
     # The connection drops: a new session, the same config, the conversation replayed, audio resumes.
     await first.drop()
@@ -216,15 +231,24 @@ async def test_session_expiry_reconnects_and_rotation_happens_before_it(make_emu
     assert_wire_conforms(emu)
 
 
-@pytest.mark.parametrize("raw, expected", [
-    ("{not json", ev.Malformed),
-    ('{"type": "response.future_event", "event_id": "event_1"}', ev.Other),
-    ('{"type": "response.output_audio.delta", "event_id": "event_2", "response_id": "resp_x", '
-     '"item_id": "item_x", "output_index": 0, "content_index": 0, "delta": "%%%broken"}', ev.Malformed),
-    ('{"type": "response.done", "event_id": "event_3", "response": {"id": "resp_never_created", '
-     '"object": "realtime.response", "status": "completed", "output": []}}', ev.ResponseDone),
-    ('{"type": "session.updated", "event_id": "event_4", "session": {"type": "realtime"}}', ev.SessionUpdated),
-])
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        ("{not json", ev.Malformed),
+        ('{"type": "response.future_event", "event_id": "event_1"}', ev.Other),
+        (
+            '{"type": "response.output_audio.delta", "event_id": "event_2", "response_id": "resp_x", '
+            '"item_id": "item_x", "output_index": 0, "content_index": 0, "delta": "%%%broken"}',
+            ev.Malformed,
+        ),
+        (
+            '{"type": "response.done", "event_id": "event_3", "response": {"id": "resp_never_created", '
+            '"object": "realtime.response", "status": "completed", "output": []}}',
+            ev.ResponseDone,
+        ),
+        ('{"type": "session.updated", "event_id": "event_4", "session": {"type": "realtime"}}', ev.SessionUpdated),
+    ],
+)
 async def test_bad_frames_are_reported_and_the_session_goes_on(make_emulator, raw, expected):
     emu = await make_emulator(Script(default=Reply(text="Still here.")))
     client = RealtimeClient(settings(emu), session_config())
@@ -267,8 +291,7 @@ async def test_tcp_drop_reconnects_and_keeps_the_callers_audio(make_emulator):
             await gate.wait()  # hold the reconnect so caller audio arrives while there is no session
         return await Connection.open(settings(emu))
 
-    client = RealtimeClient(settings(emu, reconnect_backoff_s=0.05), session_config(),
-                            connection_source=slow_source)
+    client = RealtimeClient(settings(emu, reconnect_backoff_s=0.05), session_config(), connection_source=slow_source)
     await client.start()
     await emu.sessions[0].drop()
     await until(client, lambda e: isinstance(e, Reconnecting))
@@ -295,8 +318,9 @@ async def test_a_stalled_response_is_abandoned_for_a_new_session(make_emulator):
 async def test_handshake_failures_name_their_cause(make_emulator):
     emu = await make_emulator(Script())
     with pytest.raises(RealtimeError, match="invalid_api_key: Incorrect API key provided"):
-        await RealtimeClient(ClientSettings(url=emu.url, model="gpt-realtime", api_key="sk-wrong"),
-                             session_config()).start()
+        await RealtimeClient(
+            ClientSettings(url=emu.url, model="gpt-realtime", api_key="sk-wrong"), session_config()
+        ).start()
     bad = {**session_config(), "temperature": 0.8}
     with pytest.raises(RealtimeError, match=r"session.update rejected: Unknown parameter: 'session.temperature'"):
         await RealtimeClient(settings(emu), bad).start()

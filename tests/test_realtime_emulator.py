@@ -28,8 +28,12 @@ from tests.conftest import ROOT
 from tests.realtime_schema import check_client_event, check_server_event
 
 KEY = "sk-emulator-test"
-HANGUP = {"type": "function", "name": "hangup_call", "description": "End the call.",
-          "parameters": {"type": "object", "properties": {"farewell": {"type": "string"}}}}
+HANGUP = {
+    "type": "function",
+    "name": "hangup_call",
+    "description": "End the call.",
+    "parameters": {"type": "object", "properties": {"farewell": {"type": "string"}}},
+}
 TRANSFER = {"type": "function", "name": "transfer", "parameters": {"type": "object", "properties": {}}}
 
 
@@ -119,7 +123,7 @@ def pcm(ms: int, amplitude: float = 0.0) -> bytes:
 
 async def append(raw: Raw, audio: bytes, frame_bytes: int = 960) -> None:
     for i in range(0, len(audio), frame_bytes):
-        chunk = base64.b64encode(audio[i:i + frame_bytes]).decode()
+        chunk = base64.b64encode(audio[i : i + frame_bytes]).decode()
         await raw.send({"type": "input_audio_buffer.append", "audio": chunk})
 
 
@@ -148,11 +152,20 @@ async def test_session_created_first_with_complete_ga_defaults(emulator):
     assert session["object"] == "realtime.session" and session["type"] == "realtime"
     assert session["model"] == "gpt-realtime-2.1"
     assert time.time() + 3500 < session["expires_at"] < time.time() + 3700
-    assert session["audio"]["input"]["format"] == session["audio"]["output"]["format"] == {"type": "audio/pcm",
-                                                                                           "rate": 24000}
+    assert (
+        session["audio"]["input"]["format"]
+        == session["audio"]["output"]["format"]
+        == {"type": "audio/pcm", "rate": 24000}
+    )
     assert session["audio"]["input"]["turn_detection"] == {
-        "type": "server_vad", "threshold": 0.5, "prefix_padding_ms": 300, "silence_duration_ms": 200,
-        "idle_timeout_ms": None, "create_response": True, "interrupt_response": True}
+        "type": "server_vad",
+        "threshold": 0.5,
+        "prefix_padding_ms": 300,
+        "silence_duration_ms": 200,
+        "idle_timeout_ms": None,
+        "create_response": True,
+        "interrupt_response": True,
+    }
     assert session["audio"]["output"]["voice"] == "marin"
     assert session["max_output_tokens"] == "inf" and session["tools"] == [] and session["tool_choice"] == "auto"
     assert session["instructions"].startswith("Your knowledge cutoff is 2023-10.")
@@ -165,12 +178,19 @@ async def test_session_created_first_with_complete_ga_defaults(emulator):
     await raw.ws.close()
 
 
-@pytest.mark.parametrize("headers, code, close, message", [
-    ({"Authorization": "Bearer sk-wrong-key-123"}, "invalid_api_key", 3000, "Incorrect API key provided: sk-"),
-    ({}, "invalid_api_key", 3000, "You didn't provide an API key."),
-    ({"Authorization": f"Bearer {KEY}", "OpenAI-Beta": "realtime=v1"}, "beta_api_shape_disabled", 4000,
-     "The Realtime Beta API is no longer supported. Please use /v1/realtime for the GA API."),
-])
+@pytest.mark.parametrize(
+    "headers, code, close, message",
+    [
+        ({"Authorization": "Bearer sk-wrong-key-123"}, "invalid_api_key", 3000, "Incorrect API key provided: sk-"),
+        ({}, "invalid_api_key", 3000, "You didn't provide an API key."),
+        (
+            {"Authorization": f"Bearer {KEY}", "OpenAI-Beta": "realtime=v1"},
+            "beta_api_shape_disabled",
+            4000,
+            "The Realtime Beta API is no longer supported. Please use /v1/realtime for the GA API.",
+        ),
+    ],
+)
 async def test_rejected_connections(emulator, headers, code, close, message):
     emu = await emulator()
     async with connect(emu.url + "?model=gpt-realtime", additional_headers=headers) as ws:
@@ -221,70 +241,137 @@ async def test_session_update_merges_and_replies_with_the_full_config(emulator):
     assert session["audio"]["input"]["format"] == {"type": "audio/pcm", "rate": 24000}  # untouched
     assert session["id"] == raw.seen[0]["session"]["id"] and "expires_at" in session
     # A partial turn_detection keeps the other fields; null turns VAD off; "" and [] clear.
-    td = (await raw.update(audio={"input": {"turn_detection": {"type": "server_vad", "silence_duration_ms": 700}}})
-          )["session"]["audio"]["input"]["turn_detection"]
+    td = (await raw.update(audio={"input": {"turn_detection": {"type": "server_vad", "silence_duration_ms": 700}}}))[
+        "session"
+    ]["audio"]["input"]["turn_detection"]
     assert td["silence_duration_ms"] == 700 and td["threshold"] == 0.5 and td["create_response"] is True
     session = (await raw.update(audio={"input": {"turn_detection": None}}, instructions="", tools=[]))["session"]
     assert session["audio"]["input"]["turn_detection"] is None
     assert session["instructions"] == "" and session["tools"] == [] and session["audio"]["output"]["voice"] == "cedar"
-    td = (await raw.update(audio={"input": {"turn_detection": {"type": "semantic_vad", "eagerness": "high"}}})
-          )["session"]["audio"]["input"]["turn_detection"]
+    td = (await raw.update(audio={"input": {"turn_detection": {"type": "semantic_vad", "eagerness": "high"}}}))[
+        "session"
+    ]["audio"]["input"]["turn_detection"]
     assert td == {"type": "semantic_vad", "eagerness": "high", "create_response": True, "interrupt_response": True}
     assert emu.sessions[0].config == (await raw.update())["session"]
 
 
-@pytest.mark.parametrize("session, code, message, param", [
-    ({"type": "realtime", "temperature": 0.8}, "unknown_parameter", "Unknown parameter: 'session.temperature'.",
-     "session.temperature"),
-    ({"type": "realtime", "modalities": ["text", "audio"]}, "unknown_parameter",
-     "Unknown parameter: 'session.modalities'.", "session.modalities"),
-    ({"type": "realtime", "voice": "alloy"}, "unknown_parameter", "Unknown parameter: 'session.voice'.",
-     "session.voice"),
-    ({"type": "realtime", "input_audio_format": "pcm16"}, "unknown_parameter",
-     "Unknown parameter: 'session.input_audio_format'.", "session.input_audio_format"),
-    ({"type": "realtime", "audio": {"input": {"turn_detection": {"type": "server_vad", "eagerness": "low"}}}},
-     "unknown_parameter", "Unknown parameter: 'session.audio.input.turn_detection.eagerness'.",
-     "session.audio.input.turn_detection.eagerness"),
-    ({"instructions": "x"}, "missing_required_parameter", "Missing required parameter: 'session.type'.",
-     "session.type"),
-    ({"type": "realtime", "tools": [{"type": "function", "function": {"name": "hangup", "parameters": {}}}]},
-     "missing_required_parameter", "Missing required parameter: 'session.tools[0].name'.", "session.tools[0].name"),
-    ({"type": "realtime", "tools": [{"name": "hangup"}]}, "missing_required_parameter",
-     "Missing required parameter: 'session.tools[0].type'.", "session.tools[0].type"),
-    ({"type": "realtime", "tools": [HANGUP, {"type": "function", "name": "hang.up"}]}, "invalid_value",
-     "Invalid 'session.tools[1].name': string does not match pattern. Expected a string that matches the pattern "
-     "'^[a-zA-Z0-9_-]+$'.", "session.tools[1].name"),
-    ({"type": "realtime", "tool_choice": {"type": "function", "function": {"name": "x"}}},
-     "missing_required_parameter", "Missing required parameter: 'session.tool_choice.name'.",
-     "session.tool_choice.name"),
-    ({"type": "realtime", "audio": {"input": {"format": {"type": "audio/pcm", "rate": 16000}}}},
-     "invalid_value", "Invalid value: '16000'. Supported values are: '24000'.", "session.audio.input.format.rate"),
-    ({"type": "realtime", "audio": {"output": {"format": "pcm16"}}}, "invalid_type",
-     "Invalid type for 'session.audio.output.format': expected an object, but got a string instead.",
-     "session.audio.output.format"),
-    ({"type": "realtime", "audio": {"input": {"format": {"type": "g711_ulaw"}}}}, "invalid_value",
-     "Invalid value: 'g711_ulaw'. Supported values are: 'audio/pcm', 'audio/pcmu', and 'audio/pcma'.",
-     "session.audio.input.format.type"),
-    ({"type": "realtime", "audio": {"input": {"turn_detection": {"type": "server_vad", "threshold": 1.5}}}},
-     "decimal_above_max_value", "Invalid 'session.audio.input.turn_detection.threshold': decimal above maximum "
-     "value. Expected a value <= 1, but got 1.5 instead.", "session.audio.input.turn_detection.threshold"),
-    ({"type": "realtime", "output_modalities": ["text", "audio"]}, "invalid_value", None,
-     "session.output_modalities"),
-    ({"type": "realtime", "max_output_tokens": 5000}, "integer_above_max_value", None, "session.max_output_tokens"),
-    ({"type": "realtime", "model": "gpt-realtime-mini"}, "invalid_value", None, "session.model"),
-])
+@pytest.mark.parametrize(
+    "session, code, message, param",
+    [
+        (
+            {"type": "realtime", "temperature": 0.8},
+            "unknown_parameter",
+            "Unknown parameter: 'session.temperature'.",
+            "session.temperature",
+        ),
+        (
+            {"type": "realtime", "modalities": ["text", "audio"]},
+            "unknown_parameter",
+            "Unknown parameter: 'session.modalities'.",
+            "session.modalities",
+        ),
+        (
+            {"type": "realtime", "voice": "alloy"},
+            "unknown_parameter",
+            "Unknown parameter: 'session.voice'.",
+            "session.voice",
+        ),
+        (
+            {"type": "realtime", "input_audio_format": "pcm16"},
+            "unknown_parameter",
+            "Unknown parameter: 'session.input_audio_format'.",
+            "session.input_audio_format",
+        ),
+        (
+            {"type": "realtime", "audio": {"input": {"turn_detection": {"type": "server_vad", "eagerness": "low"}}}},
+            "unknown_parameter",
+            "Unknown parameter: 'session.audio.input.turn_detection.eagerness'.",
+            "session.audio.input.turn_detection.eagerness",
+        ),
+        (
+            {"instructions": "x"},
+            "missing_required_parameter",
+            "Missing required parameter: 'session.type'.",
+            "session.type",
+        ),
+        (
+            {"type": "realtime", "tools": [{"type": "function", "function": {"name": "hangup", "parameters": {}}}]},
+            "missing_required_parameter",
+            "Missing required parameter: 'session.tools[0].name'.",
+            "session.tools[0].name",
+        ),
+        (
+            {"type": "realtime", "tools": [{"name": "hangup"}]},
+            "missing_required_parameter",
+            "Missing required parameter: 'session.tools[0].type'.",
+            "session.tools[0].type",
+        ),
+        (
+            {"type": "realtime", "tools": [HANGUP, {"type": "function", "name": "hang.up"}]},
+            "invalid_value",
+            "Invalid 'session.tools[1].name': string does not match pattern. Expected a string that matches the pattern "
+            "'^[a-zA-Z0-9_-]+$'.",
+            "session.tools[1].name",
+        ),
+        (
+            {"type": "realtime", "tool_choice": {"type": "function", "function": {"name": "x"}}},
+            "missing_required_parameter",
+            "Missing required parameter: 'session.tool_choice.name'.",
+            "session.tool_choice.name",
+        ),
+        (
+            {"type": "realtime", "audio": {"input": {"format": {"type": "audio/pcm", "rate": 16000}}}},
+            "invalid_value",
+            "Invalid value: '16000'. Supported values are: '24000'.",
+            "session.audio.input.format.rate",
+        ),
+        (
+            {"type": "realtime", "audio": {"output": {"format": "pcm16"}}},
+            "invalid_type",
+            "Invalid type for 'session.audio.output.format': expected an object, but got a string instead.",
+            "session.audio.output.format",
+        ),
+        (
+            {"type": "realtime", "audio": {"input": {"format": {"type": "g711_ulaw"}}}},
+            "invalid_value",
+            "Invalid value: 'g711_ulaw'. Supported values are: 'audio/pcm', 'audio/pcmu', and 'audio/pcma'.",
+            "session.audio.input.format.type",
+        ),
+        (
+            {"type": "realtime", "audio": {"input": {"turn_detection": {"type": "server_vad", "threshold": 1.5}}}},
+            "decimal_above_max_value",
+            "Invalid 'session.audio.input.turn_detection.threshold': decimal above maximum "
+            "value. Expected a value <= 1, but got 1.5 instead.",
+            "session.audio.input.turn_detection.threshold",
+        ),
+        (
+            {"type": "realtime", "output_modalities": ["text", "audio"]},
+            "invalid_value",
+            None,
+            "session.output_modalities",
+        ),
+        ({"type": "realtime", "max_output_tokens": 5000}, "integer_above_max_value", None, "session.max_output_tokens"),
+        ({"type": "realtime", "model": "gpt-realtime-mini"}, "invalid_value", None, "session.model"),
+    ],
+)
 async def test_session_update_rejections_change_nothing(emulator, session, code, message, param):
     emu = await emulator()
     raw = await open_raw(emu)
     before = json.dumps(emu.sessions[0].config, sort_keys=True)
     # A valid part (tools, instructions) in the same update must not be applied either.
-    await raw.send({"type": "session.update", "event_id": "evt_bad",
-                    "session": {**session, "instructions": "applied?"}}, valid=False)
+    await raw.send(
+        {"type": "session.update", "event_id": "evt_bad", "session": {**session, "instructions": "applied?"}},
+        valid=False,
+    )
     event = await raw.recv()
     error = event["error"]
     assert event["type"] == "error"
     assert (error["type"], error["code"], error["param"], error["event_id"]) == (
-        "invalid_request_error", code, param, "evt_bad")
+        "invalid_request_error",
+        code,
+        param,
+        "evt_bad",
+    )
     if message:
         assert error["message"] == message
     assert json.dumps(emu.sessions[0].config, sort_keys=True) == before
@@ -296,11 +383,19 @@ async def test_voice_locks_after_audio_and_takes_the_whole_update_with_it(emulat
     raw = await open_raw(emu)
     assert (await raw.update(audio={"output": {"voice": "ash"}}))["type"] == "session.updated"  # before audio: fine
     await raw.respond()
-    await raw.send({"type": "session.update", "event_id": "evt_v",
-                    "session": {"type": "realtime", "tools": [HANGUP], "audio": {"output": {"voice": "echo"}}}})
+    await raw.send(
+        {
+            "type": "session.update",
+            "event_id": "evt_v",
+            "session": {"type": "realtime", "tools": [HANGUP], "audio": {"output": {"voice": "echo"}}},
+        }
+    )
     error = (await raw.recv())["error"]
-    assert (error["code"], error["param"], error["event_id"]) == ("cannot_update_voice", "session.audio.output.voice",
-                                                                  "evt_v")
+    assert (error["code"], error["param"], error["event_id"]) == (
+        "cannot_update_voice",
+        "session.audio.output.voice",
+        "evt_v",
+    )
     assert error["message"] == "Cannot update a conversation's voice if assistant audio is present."
     assert emu.sessions[0].config["tools"] == []  # the tools went down with the voice
     # The same voice again is not a change.
@@ -326,9 +421,14 @@ async def test_speed_changes_apply_from_the_next_response(emulator):
 async def test_server_vad_turn_timing_and_event_order(emulator):
     emu = await emulator(Script(turns={1: Reply(text="Hi there, how can I help?")}, transcripts={1: "Hello agent."}))
     raw = await open_raw(emu)
-    await raw.update(audio={"input": {"turn_detection": {"type": "server_vad", "prefix_padding_ms": 100,
-                                                         "silence_duration_ms": 300},
-                                      "transcription": {"model": "gpt-4o-mini-transcribe"}}})
+    await raw.update(
+        audio={
+            "input": {
+                "turn_detection": {"type": "server_vad", "prefix_padding_ms": 100, "silence_duration_ms": 300},
+                "transcription": {"model": "gpt-4o-mini-transcribe"},
+            }
+        }
+    )
     await append(raw, pcm(500) + pcm(400, 0.3) + pcm(800))
     events = await raw.until("response.done")
     started, stopped = events[0], events[1]
@@ -339,10 +439,20 @@ async def test_server_vad_turn_timing_and_event_order(emulator):
     user = started["item_id"]
     assert stopped["item_id"] == user and user.startswith("item_")
     assert kinds(events, ("response.output_audio", "conversation.item.input_audio_transcription")) == [
-        "input_audio_buffer.speech_started", "input_audio_buffer.speech_stopped", "input_audio_buffer.committed",
-        "conversation.item.added", "conversation.item.done", "response.created", "response.output_item.added",
-        "conversation.item.added", "response.content_part.added", "response.content_part.done",
-        "response.output_item.done", "conversation.item.done", "response.done"]
+        "input_audio_buffer.speech_started",
+        "input_audio_buffer.speech_stopped",
+        "input_audio_buffer.committed",
+        "conversation.item.added",
+        "conversation.item.done",
+        "response.created",
+        "response.output_item.added",
+        "conversation.item.added",
+        "response.content_part.added",
+        "response.content_part.done",
+        "response.output_item.done",
+        "conversation.item.done",
+        "response.done",
+    ]
     assert events[2] == {**events[2], "item_id": user, "previous_item_id": None}
     item = events[3]["item"]
     assert (item["id"], item["role"], item["content"]) == (user, "user", [{"type": "input_audio", "transcript": None}])
@@ -362,8 +472,9 @@ async def test_server_vad_turn_timing_and_event_order(emulator):
 
 async def test_semantic_vad_waits_by_eagerness(emulator):
     raw = await open_raw(await emulator())
-    await raw.update(audio={"input": {"turn_detection": {"type": "semantic_vad", "eagerness": "high",
-                                                         "create_response": False}}})
+    await raw.update(
+        audio={"input": {"turn_detection": {"type": "semantic_vad", "eagerness": "high", "create_response": False}}}
+    )
     await append(raw, pcm(200) + pcm(300, 0.3) + pcm(1900), frame_bytes=4800)
     assert [e["type"] for e in await raw.quiet()] == ["input_audio_buffer.speech_started"]
     await append(raw, pcm(200), frame_bytes=4800)  # the 2 s of silence that "high" waits for
@@ -378,8 +489,9 @@ async def test_vad_threshold_is_an_rms_gate_in_dbfs(emulator):
     amplitude = 10 ** (-45 / 20) * math.sqrt(2)  # a sine at -45 dBFS RMS
     await append(raw, pcm(300, amplitude))
     assert await raw.quiet() == []  # under the default -40 dBFS gate
-    await raw.update(audio={"input": {"turn_detection": {"type": "server_vad", "threshold": 0.4,
-                                                         "create_response": False}}})  # -46 dBFS
+    await raw.update(
+        audio={"input": {"turn_detection": {"type": "server_vad", "threshold": 0.4, "create_response": False}}}
+    )  # -46 dBFS
     await append(raw, pcm(300, amplitude))
     assert (await raw.recv())["type"] == "input_audio_buffer.speech_started"
 
@@ -387,8 +499,19 @@ async def test_vad_threshold_is_an_rms_gate_in_dbfs(emulator):
 async def test_g711_input_runs_the_clock_at_8_bytes_per_ms(emulator):
     emu = await emulator()
     raw = await open_raw(emu)
-    await raw.update(audio={"input": {"format": {"type": "audio/pcmu"}, "turn_detection": {
-        "type": "server_vad", "prefix_padding_ms": 0, "silence_duration_ms": 200, "create_response": False}}})
+    await raw.update(
+        audio={
+            "input": {
+                "format": {"type": "audio/pcmu"},
+                "turn_detection": {
+                    "type": "server_vad",
+                    "prefix_padding_ms": 0,
+                    "silence_duration_ms": 200,
+                    "create_response": False,
+                },
+            }
+        }
+    )
     ulaw = g711.encode(np.concatenate([tone(300, 0, 8000), tone(500, 0.3, 8000), tone(400, 0, 8000)]), "audio/pcmu")
     await append(raw, ulaw, frame_bytes=160)
     events = await raw.until("input_audio_buffer.committed")
@@ -404,8 +527,10 @@ async def test_manual_turns_commit_and_clear(emulator):
     await raw.send({"type": "input_audio_buffer.commit", "event_id": "evt_c"})
     error = (await raw.recv())["error"]
     assert (error["code"], error["event_id"], error["param"]) == ("input_audio_buffer_commit_empty", "evt_c", None)
-    assert error["message"] == ("Error committing input audio buffer: buffer too small. Expected at least 100ms "
-                                "of audio, but buffer only has 60.00ms of audio.")
+    assert error["message"] == (
+        "Error committing input audio buffer: buffer too small. Expected at least 100ms "
+        "of audio, but buffer only has 60.00ms of audio."
+    )
     assert await raw.quiet() == []  # no committed for a failed commit
     await append(raw, pcm(100, 0.3))
     await raw.send({"type": "input_audio_buffer.commit"})
@@ -422,8 +547,9 @@ async def test_manual_turns_commit_and_clear(emulator):
 
 async def test_idle_timeout_prompts_the_caller(emulator, monkeypatch):
     monkeypatch.setattr(session_module, "IDLE_TIME_SCALE", 0.02)  # 5 s of idle in 0.1 s of wall time
-    emu = await emulator(Script(greeting=Reply(text="Hello."), idle=Reply(text="Still there?"),
-                                turns={1: Reply(text="Turn one.")}))
+    emu = await emulator(
+        Script(greeting=Reply(text="Hello."), idle=Reply(text="Still there?"), turns={1: Reply(text="Turn one.")})
+    )
     raw = await open_raw(emu)
     await raw.update(audio={"input": {"turn_detection": {"type": "server_vad", "idle_timeout_ms": 5000}}})
     await raw.respond()
@@ -454,32 +580,57 @@ def check_audio_item_order(events: list[dict], response_id: str) -> None:
         if "response.content_part.added" not in seen:
             continue
         body = [k for k in seen if k not in ("response.output_audio_transcript.delta", "response.output_audio.delta")]
-        assert body == ["response.output_item.added", "conversation.item.added", "response.content_part.added",
-                        "response.output_audio.done", "response.output_audio_transcript.done",
-                        "response.content_part.done", "response.output_item.done", "conversation.item.done"], item_id
+        assert body == [
+            "response.output_item.added",
+            "conversation.item.added",
+            "response.content_part.added",
+            "response.output_audio.done",
+            "response.output_audio_transcript.done",
+            "response.content_part.done",
+            "response.output_item.done",
+            "conversation.item.done",
+        ], item_id
 
 
 async def test_audio_response_follows_the_ga_order_exactly(emulator):
     emu = await emulator(Script(turns={1: Reply(text="Hello, thanks for calling. How can I help you today?")}))
     raw = await open_raw(emu)
-    await raw.send({"type": "conversation.item.create", "item": {
-        "type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]}})
+    await raw.send(
+        {
+            "type": "conversation.item.create",
+            "item": {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]},
+        }
+    )
     user = (await raw.until("conversation.item.done"))[-1]["item"]["id"]
     events = await raw.respond({"metadata": {"call": "42"}})
     rate = raw.seen[-1]
     response = events[-1]["response"]
     assert kinds(events, ("response.output_audio.delta", "response.output_audio_transcript.delta")) == [
-        "response.created", "response.output_item.added", "conversation.item.added", "response.content_part.added",
-        "response.output_audio.done", "response.output_audio_transcript.done", "response.content_part.done",
-        "response.output_item.done", "conversation.item.done", "response.done"]
+        "response.created",
+        "response.output_item.added",
+        "conversation.item.added",
+        "response.content_part.added",
+        "response.output_audio.done",
+        "response.output_audio_transcript.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "conversation.item.done",
+        "response.done",
+    ]
     check_audio_item_order(events, response["id"])
     created = events[0]["response"]
     assert created["status"] == "in_progress" and created["output"] == [] and created["usage"] is None
     assert created["id"] == response["id"] and response["id"].startswith("resp_")
     assert created["conversation_id"].startswith("conv_") and created["metadata"] == {"call": "42"}
     item_id = events[1]["item"]["id"]
-    assert events[1]["item"] == {"id": item_id, "object": "realtime.item", "type": "message", "status": "in_progress",
-                                 "role": "assistant", "content": []}
+    assert events[1]["item"] == {
+        "id": item_id,
+        "object": "realtime.item",
+        "type": "message",
+        "status": "in_progress",
+        "role": "assistant",
+        "content": [],
+    }
     assert events[2]["previous_item_id"] == user  # the chain: user item, then the answer
     for e in events[1:-1]:
         if "output_index" in e:
@@ -487,8 +638,9 @@ async def test_audio_response_follows_the_ga_order_exactly(emulator):
         if "content_index" in e:
             assert e["content_index"] == 0
     # The transcript deltas add up to the transcript, and run ahead of the audio.
-    deltas = [e for e in events
-              if e["type"] in ("response.output_audio_transcript.delta", "response.output_audio.delta")]
+    deltas = [
+        e for e in events if e["type"] in ("response.output_audio_transcript.delta", "response.output_audio.delta")
+    ]
     assert deltas[0]["type"] == "response.output_audio_transcript.delta"
     total_audio = sum(audio_bytes(events))
     text = transcript_of(events)
@@ -503,11 +655,20 @@ async def test_audio_response_follows_the_ga_order_exactly(emulator):
     assert text == "Hello, thanks for calling. How can I help you today?"
     # response.done: completed, the item without audio bytes, usage, metadata; then rate limits.
     assert response["status"] == "completed" and response["status_details"] is None
-    assert response["output"] == [{"id": item_id, "object": "realtime.item", "type": "message", "status": "completed",
-                                   "role": "assistant", "content": [{"type": "output_audio", "transcript": text}]}]
+    assert response["output"] == [
+        {
+            "id": item_id,
+            "object": "realtime.item",
+            "type": "message",
+            "status": "completed",
+            "role": "assistant",
+            "content": [{"type": "output_audio", "transcript": text}],
+        }
+    ]
     usage = response["usage"]
     assert usage["output_token_details"]["audio_tokens"] > 0 and usage["total_tokens"] == (
-        usage["input_tokens"] + usage["output_tokens"])
+        usage["input_tokens"] + usage["output_tokens"]
+    )
     assert response["metadata"] == {"call": "42"}
     assert rate["type"] == "rate_limits.updated" and [r["name"] for r in rate["rate_limits"]] == ["requests", "tokens"]
     ids = [e["event_id"] for e in raw.seen]
@@ -530,8 +691,7 @@ async def test_audio_is_paced_in_uneven_chunks(emulator):
 
 
 async def test_jitter_keeps_the_average_pace(emulator):
-    raw = await open_raw(await emulator(Script(default=Reply(text="Jittery.", audio_ms=1200)), speed=4.0,
-                                        jitter_ms=60))
+    raw = await open_raw(await emulator(Script(default=Reply(text="Jittery.", audio_ms=1200)), speed=4.0, jitter_ms=60))
     started = time.monotonic()
     await raw.send({"type": "response.create"})
     arrivals = []
@@ -545,8 +705,11 @@ async def test_jitter_keeps_the_average_pace(emulator):
 
 
 async def test_rate_limits_placement_and_counts(emulator):
-    raw = await open_raw(await emulator(Script(default=Reply(text="Hi.")),
-                                        rate_limits={"placement": "created", "requests": 100, "tokens": 1000}))
+    raw = await open_raw(
+        await emulator(
+            Script(default=Reply(text="Hi.")), rate_limits={"placement": "created", "requests": 100, "tokens": 1000}
+        )
+    )
     await raw.send({"type": "response.create"})
     events = await raw.until("response.done")
     assert kinds(events)[:2] == ["response.created", "rate_limits.updated"]
@@ -556,8 +719,9 @@ async def test_rate_limits_placement_and_counts(emulator):
 
 
 async def test_burst_mode_and_first_audio_delay(emulator):
-    raw = await open_raw(await emulator(Script(default=Reply(text="Quick.", audio_ms=3000)), speed=0,
-                                        first_audio_delay_ms=300))
+    raw = await open_raw(
+        await emulator(Script(default=Reply(text="Quick.", audio_ms=3000)), speed=0, first_audio_delay_ms=300)
+    )
     started = time.monotonic()
     await raw.send({"type": "response.create"})
     await raw.until("response.created")
@@ -596,9 +760,16 @@ async def test_text_only_responses(emulator):
     raw = await open_raw(emu)
     events = await raw.respond({"output_modalities": ["text"]})
     assert kinds(events, ("response.output_text.delta",)) == [
-        "response.created", "response.output_item.added", "conversation.item.added", "response.content_part.added",
-        "response.output_text.done", "response.content_part.done", "response.output_item.done",
-        "conversation.item.done", "response.done"]
+        "response.created",
+        "response.output_item.added",
+        "conversation.item.added",
+        "response.content_part.added",
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "conversation.item.done",
+        "response.done",
+    ]
     deltas = [e["delta"] for e in events if e["type"] == "response.output_text.delta"]
     assert len(deltas) > 3 and "".join(deltas) == "Only words, no sound."
     assert events[3]["part"] == {"type": "text", "text": ""}
@@ -611,14 +782,28 @@ async def test_text_only_responses(emulator):
 
 
 async def test_multi_item_responses_failures_and_server_errors(emulator):
-    script = Script(turns={1: Reply(text="First part. Second part.", items=2),
-                           2: Reply(status="failed", error={"type": "insufficient_quota", "code": "insufficient_quota",
-                                                            "message": "You exceeded your current quota."}),
-                           3: Reply(text="After a hiccup.", server_error={"type": "server_error"})})
+    script = Script(
+        turns={
+            1: Reply(text="First part. Second part.", items=2),
+            2: Reply(
+                status="failed",
+                error={
+                    "type": "insufficient_quota",
+                    "code": "insufficient_quota",
+                    "message": "You exceeded your current quota.",
+                },
+            ),
+            3: Reply(text="After a hiccup.", server_error={"type": "server_error"}),
+        }
+    )
     raw = await open_raw(await emulator(script))
     for n in (1, 2, 3):
-        await raw.send({"type": "conversation.item.create", "item": {
-            "type": "message", "role": "user", "content": [{"type": "input_text", "text": f"turn {n}"}]}})
+        await raw.send(
+            {
+                "type": "conversation.item.create",
+                "item": {"type": "message", "role": "user", "content": [{"type": "input_text", "text": f"turn {n}"}]},
+            }
+        )
         await raw.until("conversation.item.done")
         events = await raw.respond()
         response = events[-1]["response"]
@@ -628,9 +813,14 @@ async def test_multi_item_responses_failures_and_server_errors(emulator):
             check_audio_item_order(events, response["id"])
         elif n == 2:
             assert (response["status"], response["output"]) == ("failed", [])
-            assert response["status_details"] == {"type": "failed", "error": {
-                "type": "insufficient_quota", "code": "insufficient_quota",
-                "message": "You exceeded your current quota."}}
+            assert response["status_details"] == {
+                "type": "failed",
+                "error": {
+                    "type": "insufficient_quota",
+                    "code": "insufficient_quota",
+                    "message": "You exceeded your current quota.",
+                },
+            }
         else:
             error = events[0]["error"]
             assert events[0]["type"] == "error" and error["type"] == "server_error"
@@ -642,9 +832,15 @@ async def test_per_response_overrides(emulator):
     emu = await emulator(Script(default=Reply(text="A rather long answer that will not fit in the budget.")))
     raw = await open_raw(emu)
     await raw.update(tools=[HANGUP])
-    events = await raw.respond({"instructions": "Say goodbye.", "max_output_tokens": 10, "tools": [TRANSFER],
-                                "tool_choice": "none", "audio": {"output": {"format": {"type": "audio/pcma"},
-                                                                            "voice": "cedar"}}})
+    events = await raw.respond(
+        {
+            "instructions": "Say goodbye.",
+            "max_output_tokens": 10,
+            "tools": [TRANSFER],
+            "tool_choice": "none",
+            "audio": {"output": {"format": {"type": "audio/pcma"}, "voice": "cedar"}},
+        }
+    )
     response = events[-1]["response"]
     assert response["status"] == "incomplete"
     assert response["status_details"] == {"type": "incomplete", "reason": "max_output_tokens"}
@@ -661,8 +857,9 @@ async def test_per_response_overrides(emulator):
     error = (await raw.recv())["error"]
     assert (error["code"], error["param"], error["event_id"]) == ("unknown_parameter", "response.modalities", "evt_r")
     # (item_reference is in the reference's list but not in the SDK's GA types, hence valid=False)
-    await raw.send({"type": "response.create", "response": {"input": [{"type": "item_reference", "id": "item_x"}]}},
-                   valid=False)
+    await raw.send(
+        {"type": "response.create", "response": {"input": [{"type": "item_reference", "id": "item_x"}]}}, valid=False
+    )
     assert (await raw.recv())["error"]["param"] == "response.input[0].id"
     assert await raw.quiet() == []
 
@@ -679,8 +876,7 @@ async def test_scripted_incomplete_reply(emulator):
 
 async def test_function_call_flow_and_output(emulator):
     call = ToolCall("hangup_call", {"farewell": "Bye now"})
-    script = Script(default=Reply(preamble="One moment.", tool_calls=[call]),
-                    after_tool=Reply(text="Result: {output}"))
+    script = Script(default=Reply(preamble="One moment.", tool_calls=[call]), after_tool=Reply(text="Result: {output}"))
     emu = await emulator(script)
     raw = await open_raw(emu)
     await raw.update(tools=[HANGUP])
@@ -691,8 +887,12 @@ async def test_function_call_flow_and_output(emulator):
     call_item = response["output"][1]["id"]
     fc = [e for e in events if e.get("item_id") == call_item or (e.get("item") or {}).get("id") == call_item]
     assert kinds(fc, ("response.function_call_arguments.delta",)) == [
-        "response.output_item.added", "conversation.item.added", "response.function_call_arguments.done",
-        "response.output_item.done", "conversation.item.done"]
+        "response.output_item.added",
+        "conversation.item.added",
+        "response.function_call_arguments.done",
+        "response.output_item.done",
+        "conversation.item.done",
+    ]
     assert kinds(events)[-1] == "response.done" and kinds(events)[-2] == "conversation.item.done"
     added = fc[0]["item"]
     assert (added["status"], added["arguments"], added["name"]) == ("in_progress", "", "hangup_call")
@@ -704,14 +904,26 @@ async def test_function_call_flow_and_output(emulator):
     assert response["output"][1]["status"] == "completed" and response["output"][1]["call_id"] == done["call_id"]
     assert await raw.quiet() == []  # then it waits for the output
 
-    await raw.send({"type": "conversation.item.create", "event_id": "evt_bad_call", "item": {
-        "type": "function_call_output", "call_id": "call_nope", "output": "{}"}})
+    await raw.send(
+        {
+            "type": "conversation.item.create",
+            "event_id": "evt_bad_call",
+            "item": {"type": "function_call_output", "call_id": "call_nope", "output": "{}"},
+        }
+    )
     error = (await raw.until("error"))[-1]["error"]
     assert (error["code"], error["event_id"], error["param"]) == (
-        "invalid_tool_call_id", "evt_bad_call", "item.call_id")
-    await raw.send({"type": "conversation.item.create", "item": {
-        "type": "function_call_output", "call_id": done["call_id"], "output": '{"ok": true}'}})
-    added = (await raw.until("conversation.item.done"))
+        "invalid_tool_call_id",
+        "evt_bad_call",
+        "item.call_id",
+    )
+    await raw.send(
+        {
+            "type": "conversation.item.create",
+            "item": {"type": "function_call_output", "call_id": done["call_id"], "output": '{"ok": true}'},
+        }
+    )
+    added = await raw.until("conversation.item.done")
     assert added[-2]["type"] == "conversation.item.added" and added[-2]["previous_item_id"] == call_item
     events = await raw.respond()
     assert transcript_of(events) == 'Result: {"ok": true}'
@@ -736,8 +948,12 @@ async def test_auto_respond_after_tool_output_race(emulator):
     raw = await open_raw(await emulator(script, auto_respond_after_tool_output=True, speed=1.0))
     await raw.update(tools=[HANGUP])
     call = (await raw.respond())[-1]["response"]["output"][0]
-    await raw.send({"type": "conversation.item.create", "item": {
-        "type": "function_call_output", "call_id": call["call_id"], "output": "ok"}})
+    await raw.send(
+        {
+            "type": "conversation.item.create",
+            "item": {"type": "function_call_output", "call_id": call["call_id"], "output": "ok"},
+        }
+    )
     await raw.send({"type": "response.create", "event_id": "evt_late"})
     events = await raw.until("error")
     assert "response.created" in kinds(events)  # the server answered on its own first
@@ -756,14 +972,24 @@ async def test_one_active_response_per_conversation(emulator):
     await raw.send({"type": "response.create", "event_id": "evt_second"})
     error = (await raw.until("error"))[-1]["error"]
     assert (error["code"], error["event_id"]) == ("conversation_already_has_active_response", "evt_second")
-    assert error["message"] == (f"Conversation already has an active response in progress: {active}. Wait until "
-                                "the response is finished before creating a new one.")
+    assert error["message"] == (
+        f"Conversation already has an active response in progress: {active}. Wait until "
+        "the response is finished before creating a new one."
+    )
     # Out of band is allowed alongside: no conversation events, nothing added, no conversation id.
-    await raw.send({"type": "response.create", "response": {"conversation": "none", "output_modalities": ["text"],
-                                                            "metadata": {"purpose": "summary"}}})
+    await raw.send(
+        {
+            "type": "response.create",
+            "response": {"conversation": "none", "output_modalities": ["text"], "metadata": {"purpose": "summary"}},
+        }
+    )
     oob = await raw.until("response.done", where=lambda e: e["response"]["id"] != active)
-    mine = [e for e in oob if e.get("response_id") == oob[-1]["response"]["id"]
-            or (e.get("response") or {}).get("id") == oob[-1]["response"]["id"]]
+    mine = [
+        e
+        for e in oob
+        if e.get("response_id") == oob[-1]["response"]["id"]
+        or (e.get("response") or {}).get("id") == oob[-1]["response"]["id"]
+    ]
     assert oob[-1]["response"]["conversation_id"] is None
     assert oob[-1]["response"]["metadata"] == {"purpose": "summary"}
     item = oob[-1]["response"]["output"][0]["id"]
@@ -780,8 +1006,13 @@ async def test_response_cancel_both_ways(emulator):
     await raw.send({"type": "response.cancel", "event_id": "evt_cancel"})
     events = await raw.until("response.done")
     assert kinds(events, ("response.output_audio.delta", "response.output_audio_transcript.delta")) == [
-        "response.output_audio.done", "response.output_audio_transcript.done", "response.content_part.done",
-        "response.output_item.done", "conversation.item.done", "response.done"]
+        "response.output_audio.done",
+        "response.output_audio_transcript.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "conversation.item.done",
+        "response.done",
+    ]
     response = events[-1]["response"]
     assert response["status"] == "cancelled"
     assert response["status_details"] == {"type": "cancelled", "reason": "client_cancelled"}
@@ -792,7 +1023,10 @@ async def test_response_cancel_both_ways(emulator):
     await raw.send({"type": "response.cancel", "event_id": "evt_late"})
     error = (await raw.recv())["error"]
     assert (error["code"], error["message"], error["event_id"]) == (
-        "response_cancel_not_active", "Cancellation failed: no active response found", "evt_late")
+        "response_cancel_not_active",
+        "Cancellation failed: no active response found",
+        "evt_late",
+    )
     await raw.send({"type": "response.create"})
     created = (await raw.until("response.created"))[-1]["response"]["id"]
     await raw.send({"type": "response.cancel", "response_id": "resp_other"})
@@ -802,8 +1036,13 @@ async def test_response_cancel_both_ways(emulator):
 
 
 async def test_barge_in_cancels_with_turn_detected_and_does_not_truncate(emulator):
-    emu = await emulator(Script(default=Reply(text="A long answer that goes on.", audio_ms=6000),
-                                turns={1: Reply(text="You interrupted me.")}), speed=1.0)
+    emu = await emulator(
+        Script(
+            default=Reply(text="A long answer that goes on.", audio_ms=6000),
+            turns={1: Reply(text="You interrupted me.")},
+        ),
+        speed=1.0,
+    )
     raw = await open_raw(emu)
     await raw.send({"type": "response.create"})
     await raw.until("response.output_audio.delta")
@@ -811,8 +1050,14 @@ async def test_barge_in_cancels_with_turn_detected_and_does_not_truncate(emulato
     events = await raw.until("response.done")
     started = kinds(events).index("input_audio_buffer.speech_started")
     assert kinds(events[started:], ("response.output_audio.delta", "response.output_audio_transcript.delta")) == [
-        "input_audio_buffer.speech_started", "response.output_audio.done", "response.output_audio_transcript.done",
-        "response.content_part.done", "response.output_item.done", "conversation.item.done", "response.done"]
+        "input_audio_buffer.speech_started",
+        "response.output_audio.done",
+        "response.output_audio_transcript.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "conversation.item.done",
+        "response.done",
+    ]
     assert not any(e["type"] == "response.output_audio.delta" for e in events[started:])
     response = events[-1]["response"]
     assert response["status_details"] == {"type": "cancelled", "reason": "turn_detected"}
@@ -830,17 +1075,29 @@ async def test_truncate_delete_retrieve(emulator):
     raw = await open_raw(emu)
     events = await raw.respond()
     item_id = events[-1]["response"]["output"][0]["id"]
-    await raw.send({"type": "conversation.item.truncate", "event_id": "evt_t", "item_id": item_id,
-                    "content_index": 0, "audio_end_ms": 950})
+    await raw.send(
+        {
+            "type": "conversation.item.truncate",
+            "event_id": "evt_t",
+            "item_id": item_id,
+            "content_index": 0,
+            "audio_end_ms": 950,
+        }
+    )
     error = (await raw.recv())["error"]
     assert (error["code"], error["event_id"], error["param"]) == ("invalid_value", "evt_t", None)
     assert error["message"] == "Audio content of 915ms is already shorter than 950ms"  # 1000 − 85 shortfall
     await raw.send({"type": "conversation.item.truncate", "item_id": item_id, "content_index": 0, "audio_end_ms": 400})
     truncated = await raw.recv()
     assert {k: v for k, v in truncated.items() if k != "event_id"} == {
-        "type": "conversation.item.truncated", "item_id": item_id, "content_index": 0, "audio_end_ms": 400}
-    assert emu.sessions[0].truncations == [{"item_id": item_id, "content_index": 0, "audio_end_ms": 400,
-                                            "emitted_ms": 1000.0}]
+        "type": "conversation.item.truncated",
+        "item_id": item_id,
+        "content_index": 0,
+        "audio_end_ms": 400,
+    }
+    assert emu.sessions[0].truncations == [
+        {"item_id": item_id, "content_index": 0, "audio_end_ms": 400, "emitted_ms": 1000.0}
+    ]
     await raw.send({"type": "conversation.item.retrieve", "item_id": item_id})
     retrieved = (await raw.recv())["item"]
     assert retrieved["content"][0]["transcript"] == ""  # dropped by the truncation
@@ -849,13 +1106,24 @@ async def test_truncate_delete_retrieve(emulator):
     await raw.send({"type": "conversation.item.truncate", "item_id": item_id, "content_index": 0, "audio_end_ms": 350})
     assert (await raw.recv())["error"]["message"] == "Audio content of 315ms is already shorter than 350ms"
 
-    await raw.send({"type": "conversation.item.create", "item": {
-        "type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]}})
+    await raw.send(
+        {
+            "type": "conversation.item.create",
+            "item": {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]},
+        }
+    )
     user = (await raw.until("conversation.item.done"))[-1]["item"]["id"]
     await raw.send({"type": "conversation.item.truncate", "item_id": user, "content_index": 0, "audio_end_ms": 0})
     assert (await raw.recv())["error"]["message"] == "Only model output audio messages can be truncated"
-    await raw.send({"type": "conversation.item.truncate", "event_id": "evt_nx", "item_id": "item_nope",
-                    "content_index": 0, "audio_end_ms": 0})
+    await raw.send(
+        {
+            "type": "conversation.item.truncate",
+            "event_id": "evt_nx",
+            "item_id": "item_nope",
+            "content_index": 0,
+            "audio_end_ms": 0,
+        }
+    )
     assert (await raw.recv())["error"]["event_id"] == "evt_nx"
     await raw.send({"type": "conversation.item.retrieve", "item_id": user})
     assert (await raw.recv())["item"]["content"] == [{"type": "input_text", "text": "hi"}]
@@ -894,27 +1162,55 @@ async def test_items_are_placed_and_checked_and_count_as_turns(emulator):
     assert transcript_of(await raw.respond()) == "Hello."
     greeting = emu.sessions[0].items[0]["id"]
     # A reconnecting client replays history with items: they count as user turns.
-    await raw.send({"type": "conversation.item.create", "item": {
-        "id": "item_replayed_1", "type": "message", "role": "user", "content": [{"type": "input_text", "text": "a"}]}})
+    await raw.send(
+        {
+            "type": "conversation.item.create",
+            "item": {
+                "id": "item_replayed_1",
+                "type": "message",
+                "role": "user",
+                "content": [{"type": "input_text", "text": "a"}],
+            },
+        }
+    )
     added = (await raw.until("conversation.item.done"))[0]
     assert (added["item"]["id"], added["previous_item_id"]) == ("item_replayed_1", greeting)
     assert transcript_of(await raw.respond()) == "One."
-    await raw.send({"type": "conversation.item.create", "previous_item_id": "root", "item": {
-        "type": "message", "role": "system", "content": [{"type": "input_text", "text": "Be nice."}]}})
+    await raw.send(
+        {
+            "type": "conversation.item.create",
+            "previous_item_id": "root",
+            "item": {"type": "message", "role": "system", "content": [{"type": "input_text", "text": "Be nice."}]},
+        }
+    )
     added = (await raw.until("conversation.item.done"))[0]
     assert added["previous_item_id"] is None and emu.sessions[0].items[0]["role"] == "system"
-    await raw.send({"type": "conversation.item.create", "item": {
-        "type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Earlier answer."}]}})
+    await raw.send(
+        {
+            "type": "conversation.item.create",
+            "item": {
+                "type": "message",
+                "role": "assistant",
+                "content": [{"type": "output_text", "text": "Earlier answer."}],
+            },
+        }
+    )
     await raw.until("conversation.item.done")
     audio = base64.b64encode(pcm(200)).decode()
-    await raw.send({"type": "conversation.item.create", "item": {
-        "type": "message", "role": "user", "content": [{"type": "input_audio", "audio": audio}]}})
+    await raw.send(
+        {
+            "type": "conversation.item.create",
+            "item": {"type": "message", "role": "user", "content": [{"type": "input_audio", "audio": audio}]},
+        }
+    )
     content = (await raw.until("conversation.item.done"))[-1]["item"]["content"]
     assert content == [{"type": "input_audio", "transcript": None}]
     assert transcript_of(await raw.respond()) == "Two."
     for item, param in [
-        ({"type": "message", "role": "assistant", "content": [{"type": "output_audio", "transcript": "x"}]},
-         "item.content[0].type"),
+        (
+            {"type": "message", "role": "assistant", "content": [{"type": "output_audio", "transcript": "x"}]},
+            "item.content[0].type",
+        ),
         ({"type": "message", "role": "robot", "content": []}, "item.role"),
         ({"type": "message", "role": "user"}, "item.content"),
         ({"type": "message", "id": "item_replayed_1", "role": "user", "content": []}, "item.id"),
@@ -923,8 +1219,13 @@ async def test_items_are_placed_and_checked_and_count_as_turns(emulator):
         await raw.send({"type": "conversation.item.create", "event_id": "evt_i", "item": item}, valid=False)
         error = (await raw.recv())["error"]
         assert (error["param"], error["event_id"]) == (param, "evt_i"), error
-    await raw.send({"type": "conversation.item.create", "previous_item_id": "item_nope", "item": {
-        "type": "message", "role": "user", "content": [{"type": "input_text", "text": "x"}]}})
+    await raw.send(
+        {
+            "type": "conversation.item.create",
+            "previous_item_id": "item_nope",
+            "item": {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "x"}]},
+        }
+    )
     assert (await raw.recv())["error"]["param"] == "previous_item_id"
     assert emu.sessions[0].conversation.user_turns == 2
 
@@ -939,8 +1240,11 @@ async def test_bad_frames_get_errors_and_the_socket_stays_open(emulator):
     assert (error["type"], error["code"]) == ("invalid_request_error", "invalid_event")
     await raw.ws.send(json.dumps({"event_id": "evt_x"}))
     error = (await raw.recv())["error"]
-    assert (error["code"], error["message"], error["event_id"]) == ("invalid_event", "The 'type' field is missing.",
-                                                                   "evt_x")
+    assert (error["code"], error["message"], error["event_id"]) == (
+        "invalid_event",
+        "The 'type' field is missing.",
+        "evt_x",
+    )
     await raw.send({"type": "response.explode", "event_id": "evt_y"}, valid=False)
     error = (await raw.recv())["error"]
     assert (error["code"], error["param"], error["event_id"]) == ("invalid_value", "type", "evt_y")
@@ -991,8 +1295,10 @@ async def test_expiry_follows_the_injected_clock(emulator):
     now[0] += 61  # a minute passes on the test's clock
     await raw.send({"type": "response.create"})
     error = (await raw.recv())["error"]
-    assert (error["code"], error["message"]) == ("session_expired",
-                                                 "Your session hit the maximum duration of 1 minutes.")
+    assert (error["code"], error["message"]) == (
+        "session_expired",
+        "Your session hit the maximum duration of 1 minutes.",
+    )
     with pytest.raises(websockets.ConnectionClosed):
         await raw.recv()
 
@@ -1073,9 +1379,11 @@ async def test_many_concurrent_sessions(emulator):
 
 def test_script_from_yaml(tmp_path):
     path = tmp_path / "script.yaml"
-    path.write_text("greeting: Hello!\nturns:\n  1:\n    text: Let me check.\n    tool_calls:\n"
-                    "      - name: transfer\n        arguments: {destination: sales}\n"
-                    "after_tool:\n  text: 'Done: {output}'\ntranscripts:\n  1: I want sales.\n")
+    path.write_text(
+        "greeting: Hello!\nturns:\n  1:\n    text: Let me check.\n    tool_calls:\n"
+        "      - name: transfer\n        arguments: {destination: sales}\n"
+        "after_tool:\n  text: 'Done: {output}'\ntranscripts:\n  1: I want sales.\n"
+    )
     script = Script.from_yaml(path)
     assert script.greeting == Reply(text="Hello!")
     assert script.turns[1].tool_calls == [ToolCall("transfer", {"destination": "sales"})]
@@ -1102,7 +1410,7 @@ def test_agent_voice_is_speech_like_exact_and_deterministic(espeak, monkeypatch)
     assert len(samples) == 2500 * 24
     assert np.array_equal(samples, voice.speech(text, 2500, "marin", seed=1))
     frames = samples[: len(samples) // 480 * 480].astype(np.float64).reshape(-1, 480)
-    rms = np.sqrt((frames ** 2).mean(axis=1))
+    rms = np.sqrt((frames**2).mean(axis=1))
     voiced = rms > 300
     assert 0.3 < voiced.mean() < 0.99  # speech has pauses, and is mostly sound
     assert np.abs(np.diff(voiced.astype(int))).sum() >= 4  # syllables or words, not one long tone
@@ -1131,8 +1439,14 @@ async def test_the_official_sdk_drives_the_emulator(emulator):
     client = AsyncOpenAI(api_key=KEY, websocket_base_url=emu.base_url)
     seen = []
     async with client.realtime.connect(model="gpt-realtime") as conn:
-        await conn.session.update(session={"type": "realtime", "output_modalities": ["audio"], "tools": [HANGUP],
-                                           "audio": {"output": {"voice": "marin"}}})
+        await conn.session.update(
+            session={
+                "type": "realtime",
+                "output_modalities": ["audio"],
+                "tools": [HANGUP],
+                "audio": {"output": {"voice": "marin"}},
+            }
+        )
         async with asyncio.timeout(10):
             async for event in conn:
                 seen.append(event)
@@ -1142,8 +1456,10 @@ async def test_the_official_sdk_drives_the_emulator(emulator):
                 if event.type == "response.done":
                     break
     assert [e.type for e in seen[:2]] == ["session.created", "session.updated"]
-    assert next(e for e in seen if e.type == "response.output_audio_transcript.done").transcript == \
-        "Hello from the emulator."
+    assert (
+        next(e for e in seen if e.type == "response.output_audio_transcript.done").transcript
+        == "Hello from the emulator."
+    )
     assert seen[-1].response.status == "completed"
     s = emu.sessions[0]
     assert s.headers["authorization"] == f"Bearer {KEY}" and s.query["model"] == "gpt-realtime"
@@ -1155,9 +1471,30 @@ def test_cli_serves_and_stops_on_sigterm(tmp_path):
     script = tmp_path / "script.yaml"
     script.write_text("greeting:\n  text: Hello from the CLI.\nturns:\n  1:\n    text: Noted.\n")
     wire = tmp_path / "wire.jsonl"
-    proc = subprocess.Popen([sys.executable, "-m", "shared.cli", "sim", "realtime", "--port", "0", "--speed", "0",
-                             "--script", str(script), "--api-key", KEY, "--wire-log", str(wire)], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ})
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "shared.cli",
+            "sim",
+            "realtime",
+            "--port",
+            "0",
+            "--speed",
+            "0",
+            "--script",
+            str(script),
+            "--api-key",
+            KEY,
+            "--wire-log",
+            str(wire),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ},
+    )
     try:
         line = proc.stdout.readline().strip()
         assert line.startswith("listening on ws://127.0.0.1:") and line.endswith("/v1/realtime")

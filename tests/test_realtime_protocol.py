@@ -23,8 +23,14 @@ from shared.config.ga_session import build_session
 from shared.config.schema import OpenAIRealtime
 from tests.realtime_schema import check_client_event
 
-TOOLS = [{"type": "function", "name": "hangup_call", "description": "End the call",
-          "parameters": {"type": "object", "properties": {}}}]
+TOOLS = [
+    {
+        "type": "function",
+        "name": "hangup_call",
+        "description": "End the call",
+        "parameters": {"type": "object", "properties": {}},
+    }
+]
 
 
 def session() -> dict:
@@ -49,15 +55,22 @@ def ready_protocol() -> RealtimeProtocol:
     p = RealtimeProtocol(session())
     p.receive(frame(type="session.created", session={"id": "sess_1", "type": "realtime"}))
     p.take_outbox()
-    [r] = p.receive(frame(type="session.updated", session={"type": "realtime", "tools": TOOLS,
-                                                           "expires_at": 1_900_000_000}))
+    [r] = p.receive(
+        frame(type="session.updated", session={"type": "realtime", "tools": TOOLS, "expires_at": 1_900_000_000})
+    )
     assert isinstance(r, Ready)
     return p
 
 
 def delta(item="item_a", response="resp_1", data=b"\x00\x01" * 480) -> str:
-    return frame(type="response.output_audio.delta", response_id=response, item_id=item, output_index=0,
-                 content_index=0, delta=base64.b64encode(data).decode())
+    return frame(
+        type="response.output_audio.delta",
+        response_id=response,
+        item_id=item,
+        output_index=0,
+        content_index=0,
+        delta=base64.b64encode(data).decode(),
+    )
 
 
 def test_handshake_sends_the_ga_session_update_then_reports_ready():
@@ -69,8 +82,9 @@ def test_handshake_sends_the_ga_session_update_then_reports_ready():
     assert update["type"] == "session.update"
     assert update["session"]["type"] == "realtime"
     assert update["session"]["tools"][0]["name"] == "hangup_call"
-    [ready] = p.receive(frame(type="session.updated",
-                              session={"type": "realtime", "tools": TOOLS, "expires_at": 1_900_000_000}))
+    [ready] = p.receive(
+        frame(type="session.updated", session={"type": "realtime", "tools": TOOLS, "expires_at": 1_900_000_000})
+    )
     assert ready == Ready("sess_abc", 1, 1_900_000_000.0)
     assert p.phase is Phase.READY
 
@@ -79,13 +93,21 @@ def test_a_rejected_session_update_is_reported_with_its_param():
     p = RealtimeProtocol(session())
     p.receive(frame(type="session.created", session={"id": "sess_1", "type": "realtime"}))
     [update] = sent(p)
-    [rejected] = p.receive(frame(type="error", error={
-        "type": "invalid_request_error", "code": "missing_required_parameter",
-        "message": "Missing required parameter: 'session.tools[0].name'.", "param": "session.tools[0].name",
-        "event_id": update["event_id"]}))
-    assert rejected == SessionRejected("missing_required_parameter",
-                                       "Missing required parameter: 'session.tools[0].name'.",
-                                       "session.tools[0].name")
+    [rejected] = p.receive(
+        frame(
+            type="error",
+            error={
+                "type": "invalid_request_error",
+                "code": "missing_required_parameter",
+                "message": "Missing required parameter: 'session.tools[0].name'.",
+                "param": "session.tools[0].name",
+                "event_id": update["event_id"],
+            },
+        )
+    )
+    assert rejected == SessionRejected(
+        "missing_required_parameter", "Missing required parameter: 'session.tools[0].name'.", "session.tools[0].name"
+    )
     assert p.phase is Phase.CONFIGURING
 
 
@@ -107,14 +129,30 @@ def test_audio_deltas_become_pcm_and_are_counted_per_item():
 
 def test_broken_base64_is_reported_not_raised():
     p = ready_protocol()
-    [bad] = p.receive(frame(type="response.output_audio.delta", response_id="r", item_id="i", output_index=0,
-                            content_index=0, delta="not*base64!"))
+    [bad] = p.receive(
+        frame(
+            type="response.output_audio.delta",
+            response_id="r",
+            item_id="i",
+            output_index=0,
+            content_index=0,
+            delta="not*base64!",
+        )
+    )
     assert isinstance(bad, ev.Malformed) and "base64" in bad.reason
     assert p.received_ms("i") == 0
 
 
-@pytest.mark.parametrize("raw", ["{not json", "[1, 2]", '{"no_type": 1}', '{"type": 5}',
-                                 '{"type": "response.output_audio.delta", "delta": "AAAA"}'])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "{not json",
+        "[1, 2]",
+        '{"no_type": 1}',
+        '{"type": 5}',
+        '{"type": "response.output_audio.delta", "delta": "AAAA"}',
+    ],
+)
 def test_malformed_frames_are_reported(raw):
     p = ready_protocol()
     [bad] = p.receive(raw)
@@ -135,10 +173,16 @@ def test_truncate_is_clamped_to_received_audio_and_deletes_unheard_items():
     assert p.truncate("item_a", 0) is None
     out = sent(p)
     assert [(e["type"], e.get("audio_end_ms")) for e in out] == [
-        ("conversation.item.truncate", 400), ("conversation.item.truncate", 980), ("conversation.item.delete", None)]
+        ("conversation.item.truncate", 400),
+        ("conversation.item.truncate", 980),
+        ("conversation.item.delete", None),
+    ]
     p.receive(delta(item="item_b", data=b"\x00\x00" * 2400))
-    p.receive(frame(type="response.output_audio.done", response_id="resp_1", item_id="item_b",
-                    output_index=0, content_index=0))
+    p.receive(
+        frame(
+            type="response.output_audio.done", response_id="resp_1", item_id="item_b", output_index=0, content_index=0
+        )
+    )
     assert p.truncate("item_b", 100) is None  # heard in full: nothing to correct
     assert sent(p) == []
 
@@ -146,16 +190,27 @@ def test_truncate_is_clamped_to_received_audio_and_deletes_unheard_items():
 def test_cancel_only_when_a_response_is_active():
     p = ready_protocol()
     assert p.cancel_response() is False
-    p.receive(frame(type="response.created", response={"id": "resp_9", "object": "realtime.response",
-                                                        "status": "in_progress", "output": []}))
+    p.receive(
+        frame(
+            type="response.created",
+            response={"id": "resp_9", "object": "realtime.response", "status": "in_progress", "output": []},
+        )
+    )
     assert p.cancel_response() is True
     [cancel] = sent(p)
     assert cancel == {"type": "response.cancel", "response_id": "resp_9", "event_id": cancel["event_id"]}
 
 
 def function_call_item(call_id: str, name: str = "hangup_call") -> dict:
-    return {"id": f"item_{call_id}", "type": "function_call", "object": "realtime.item", "status": "completed",
-            "call_id": call_id, "name": name, "arguments": '{"reason": "done"}'}
+    return {
+        "id": f"item_{call_id}",
+        "type": "function_call",
+        "object": "realtime.item",
+        "status": "completed",
+        "call_id": call_id,
+        "name": name,
+        "arguments": '{"reason": "done"}',
+    }
 
 
 def test_function_output_waits_for_the_calling_responses_done_then_one_response_create():
@@ -163,14 +218,20 @@ def test_function_output_waits_for_the_calling_responses_done_then_one_response_
     p.receive(frame(type="response.created", response={"id": "resp_f", "status": "in_progress", "output": []}))
     events = []
     for call_id in ("call_1", "call_2"):
-        events += p.receive(frame(type="response.output_item.done", response_id="resp_f", output_index=0,
-                                  item=function_call_item(call_id)))
+        events += p.receive(
+            frame(
+                type="response.output_item.done", response_id="resp_f", output_index=0, item=function_call_item(call_id)
+            )
+        )
     calls = [e for e in events if isinstance(e, FunctionCall)]
     assert [(c.call_id, c.name, c.arguments) for c in calls] == [
-        ("call_1", "hangup_call", '{"reason": "done"}'), ("call_2", "hangup_call", '{"reason": "done"}')]
+        ("call_1", "hangup_call", '{"reason": "done"}'),
+        ("call_2", "hangup_call", '{"reason": "done"}'),
+    ]
     # The same item again (both output_item.done and a retry) must not run the tool twice.
-    again = p.receive(frame(type="response.output_item.done", response_id="resp_f", output_index=0,
-                            item=function_call_item("call_1")))
+    again = p.receive(
+        frame(type="response.output_item.done", response_id="resp_f", output_index=0, item=function_call_item("call_1"))
+    )
     assert not any(isinstance(e, FunctionCall) for e in again)
 
     p.function_output("call_1", '{"ok": true}')
@@ -188,16 +249,26 @@ def test_function_output_waits_for_the_calling_responses_done_then_one_response_
 
 def test_function_output_without_reply():
     p = ready_protocol()
-    p.receive(frame(type="response.output_item.done", response_id="resp_h", output_index=0,
-                    item=function_call_item("call_h")))
+    p.receive(
+        frame(type="response.output_item.done", response_id="resp_h", output_index=0, item=function_call_item("call_h"))
+    )
     p.receive(frame(type="response.done", response={"id": "resp_h", "status": "completed", "output": []}))
     p.function_output("call_h", '{"hung_up": true}', respond=False)
     assert [e["type"] for e in sent(p)] == ["conversation.item.create"]
 
 
 def error(code, message="m", **extra) -> str:
-    return frame(type="error", error={"type": "invalid_request_error", "code": code, "message": message,
-                                      "param": None, "event_id": None, **extra})
+    return frame(
+        type="error",
+        error={
+            "type": "invalid_request_error",
+            "code": code,
+            "message": message,
+            "param": None,
+            "event_id": None,
+            **extra,
+        },
+    )
 
 
 def test_error_classes():
@@ -214,11 +285,13 @@ def test_error_classes():
 
 def test_replay_rebuilds_the_conversation_as_valid_items():
     p = ready_protocol()
-    p.replay([
-        {"role": "assistant", "text": "Hello, how can I help?"},
-        {"role": "user", "text": "Transfer me to sales."},
-        {"call_id": "call_x", "name": "transfer", "arguments": '{"destination": "sales"}', "output": '{"ok": 1}'},
-    ])
+    p.replay(
+        [
+            {"role": "assistant", "text": "Hello, how can I help?"},
+            {"role": "user", "text": "Transfer me to sales."},
+            {"call_id": "call_x", "name": "transfer", "arguments": '{"destination": "sales"}', "output": '{"ok": 1}'},
+        ]
+    )
     out = sent(p)
     assert [e["item"]["type"] for e in out] == ["message", "message", "function_call", "function_call_output"]
     assert out[0]["item"]["content"] == [{"type": "output_text", "text": "Hello, how can I help?"}]

@@ -21,8 +21,14 @@ ROLES = ["controller", "media-worker", "tool-worker"]
 
 
 def status_json(env: dict[str, str]) -> dict:
-    res = subprocess.run([sys.executable, "-m", "shared.cli", "--config", str(CONFIG), "status", "--json"],
-                         cwd=ROOT, capture_output=True, text=True, env={**os.environ, **env}, timeout=30)
+    res = subprocess.run(
+        [sys.executable, "-m", "shared.cli", "--config", str(CONFIG), "status", "--json"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=30,
+    )
     assert res.returncode == 0, res.stderr
     return json.loads(res.stdout)
 
@@ -67,7 +73,8 @@ def test_roles_start_register_serve_health_and_stop_cleanly(cluster, cluster_env
     status = status_json(cluster_env)
     assert [c["id"] for c in status["controllers"]] == [controller.id]
     assert [(w["id"], w["live"], w["capacity"], w["active"]) for w in status["media_workers"]] == [
-        (worker.id, True, 200, 0)]
+        (worker.id, True, 200, 0)
+    ]
     assert status["capacity"] == 200
     assert [t["id"] for t in status["tool_workers"]] == [tools.id]
 
@@ -86,9 +93,10 @@ def test_tool_worker_runs_jobs_from_each_configured_queue(cluster, prefix, redis
     tools = cluster.start("tool-worker")
     assert cluster.wait_ready(timeout=30), tools.log_text()
     conn = redis.Redis.from_url(redis_url)
-    jobs = [Queue(Keys(prefix).queue(name), connection=conn).enqueue("tool_worker.jobs.selftest",
-                                                                      int(time.time() * 1000))
-            for name in ("tools", "email")]
+    jobs = [
+        Queue(Keys(prefix).queue(name), connection=conn).enqueue("tool_worker.jobs.selftest", int(time.time() * 1000))
+        for name in ("tools", "email")
+    ]
     wait_for(lambda: all(j.get_status(refresh=True) == "finished" for j in jobs))
     assert [j.return_value()["worker"] for j in jobs] == [tools.id, tools.id]
     conn.close()
@@ -112,9 +120,17 @@ def test_status_marks_a_killed_worker_dead(cluster, cluster_env):
 def test_role_started_while_redis_is_down_waits_then_connects(role, tmp_path, private_redis, prefix):
     server = private_redis()
     # `auto`: the media worker learns its address from the route towards Redis, once Redis can be reached
-    cluster = LocalCluster(CONFIG, tmp_path, {"REDIS_URL": server.url, "REDIS_KEY_PREFIX": prefix,
-                                              "OPENAI_API_KEY": TEST_API_KEY, "MEDIA_ADVERTISE_HOST": "auto",
-                                              **OFFLINE})
+    cluster = LocalCluster(
+        CONFIG,
+        tmp_path,
+        {
+            "REDIS_URL": server.url,
+            "REDIS_KEY_PREFIX": prefix,
+            "OPENAI_API_KEY": TEST_API_KEY,
+            "MEDIA_ADVERTISE_HOST": "auto",
+            **OFFLINE,
+        },
+    )
     attach_asterisk(cluster)
     try:
         proc = cluster.start(role)
@@ -148,8 +164,11 @@ def test_role_started_while_redis_is_down_waits_then_connects(role, tmp_path, pr
 def test_redis_outage_mid_run_then_recovery_reregisters(role, tmp_path, private_redis, prefix):
     server = private_redis()
     server.start()
-    cluster = LocalCluster(CONFIG, tmp_path, {"REDIS_URL": server.url, "REDIS_KEY_PREFIX": prefix,
-                                              "OPENAI_API_KEY": TEST_API_KEY, **OFFLINE})
+    cluster = LocalCluster(
+        CONFIG,
+        tmp_path,
+        {"REDIS_URL": server.url, "REDIS_KEY_PREFIX": prefix, "OPENAI_API_KEY": TEST_API_KEY, **OFFLINE},
+    )
     attach_asterisk(cluster)
     keys = Keys(prefix)
     zset = keys.workers if role == "media-worker" else keys.controllers
@@ -170,8 +189,11 @@ def test_redis_outage_mid_run_then_recovery_reregisters(role, tmp_path, private_
 @pytest.mark.parametrize("role", ROLES)
 def test_sigterm_while_waiting_for_redis_stops_cleanly(role, tmp_path, private_redis, prefix):
     server = private_redis()  # never started
-    cluster = LocalCluster(CONFIG, tmp_path, {"REDIS_URL": server.url, "REDIS_KEY_PREFIX": prefix,
-                                              "OPENAI_API_KEY": TEST_API_KEY, **OFFLINE})
+    cluster = LocalCluster(
+        CONFIG,
+        tmp_path,
+        {"REDIS_URL": server.url, "REDIS_KEY_PREFIX": prefix, "OPENAI_API_KEY": TEST_API_KEY, **OFFLINE},
+    )
     proc = cluster.start(role)
     wait_for(lambda: http_get(proc.health_url + "/healthz")[0] == 200)
     assert cluster.stop(proc, timeout=10) == 0
@@ -181,15 +203,27 @@ def test_sigterm_while_waiting_for_redis_stops_cleanly(role, tmp_path, private_r
 def test_secrets_never_reach_logs_or_status(tmp_path, private_redis, prefix):
     server = private_redis(password="redis-pass-" + "q9" * 6)
     server.start()
-    env = {"REDIS_URL": server.url, "REDIS_KEY_PREFIX": prefix, "OPENAI_API_KEY": TEST_API_KEY,
-           "ASTERISK_ARI_PASSWORD": "ari-pass-" + "z7" * 6, "LOG_LEVEL": "debug", **OFFLINE}
+    env = {
+        "REDIS_URL": server.url,
+        "REDIS_KEY_PREFIX": prefix,
+        "OPENAI_API_KEY": TEST_API_KEY,
+        "ASTERISK_ARI_PASSWORD": "ari-pass-" + "z7" * 6,
+        "LOG_LEVEL": "debug",
+        **OFFLINE,
+    }
     cluster = LocalCluster(CONFIG, tmp_path, env)
     attach_asterisk(cluster, env["ASTERISK_ARI_PASSWORD"])
     try:
         procs = [cluster.start(role) for role in ROLES]
         assert cluster.wait_ready(timeout=30)
-        status = subprocess.run([sys.executable, "-m", "shared.cli", "--config", str(CONFIG), "status"],
-                                cwd=ROOT, capture_output=True, text=True, env={**os.environ, **env}, timeout=30)
+        status = subprocess.run(
+            [sys.executable, "-m", "shared.cli", "--config", str(CONFIG), "status"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            env={**os.environ, **env},
+            timeout=30,
+        )
         assert status.returncode == 0, status.stderr
         assert "redis://:***@127.0.0.1" in status.stdout
     finally:
@@ -203,9 +237,14 @@ def test_secrets_never_reach_logs_or_status(tmp_path, private_redis, prefix):
 def test_bad_config_stops_a_role_with_the_error_not_a_traceback(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("media_worker:\n  capacity: -1\n")
-    res = subprocess.run([sys.executable, "-m", "shared.cli", "--config", str(bad), "media-worker"], cwd=ROOT,
-                         capture_output=True, text=True, env={**os.environ, "OPENAI_API_KEY": TEST_API_KEY},
-                         timeout=30)
+    res = subprocess.run(
+        [sys.executable, "-m", "shared.cli", "--config", str(bad), "media-worker"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OPENAI_API_KEY": TEST_API_KEY},
+        timeout=30,
+    )
     assert res.returncode == 1
     assert "line 2: media_worker.capacity: expected an integer in [1, 10000], got -1" in res.stderr
     assert "Traceback" not in res.stderr
@@ -218,4 +257,3 @@ def test_an_idle_tool_worker_exits_on_sigterm_at_once(cluster):
     assert cluster.wait_ready([proc], 30), proc.log_text()[-2000:]
     time.sleep(2)  # the pubsub thread is inside its blocking read
     assert cluster.stop(proc, timeout=10) == 0, proc.log_text()[-2000:]
-

@@ -66,12 +66,25 @@ def test_unknown_words_join_the_address_rather_than_vanish():
     assert parse_spoken_email("john at exa mple dot com star") == "john@example.comstar"
 
 
-@pytest.mark.parametrize("addr,ok", [
-    ("a@b.co", True), ("first.last+tag@sub.example.co.uk", True), ("x_y-z@ex-ample.com", True),
-    ("a@b", False), ("a@@b.com", False), (".a@b.com", False), ("a..b@c.com", False), ("a@-b.com", False),
-    ("a@b-.com", False), ("a b@c.com", False), ("a@b.c0m", False), ("a" * 65 + "@b.com", False),
-    ("a@" + "b" * 250 + ".com", False), ("a@b.xn--p1ai", True),
-])
+@pytest.mark.parametrize(
+    "addr,ok",
+    [
+        ("a@b.co", True),
+        ("first.last+tag@sub.example.co.uk", True),
+        ("x_y-z@ex-ample.com", True),
+        ("a@b", False),
+        ("a@@b.com", False),
+        (".a@b.com", False),
+        ("a..b@c.com", False),
+        ("a@-b.com", False),
+        ("a@b-.com", False),
+        ("a b@c.com", False),
+        ("a@b.c0m", False),
+        ("a" * 65 + "@b.com", False),
+        ("a@" + "b" * 250 + ".com", False),
+        ("a@b.xn--p1ai", True),
+    ],
+)
 def test_validate_email(addr, ok):
     assert validate_email(addr) is ok
 

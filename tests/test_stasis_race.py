@@ -26,8 +26,7 @@ FALLBACK = "Playback(ss-noservice)"  # the shipped fallback context's first step
 
 @pytest.fixture
 async def sim(tmp_path):
-    s = AsteriskSim(users={ARI_USER: ARI_PASSWORD}, workdir=tmp_path / "sim", stasis_delay_ms=LATE_STASIS_MS,
-                    seed=14)
+    s = AsteriskSim(users={ARI_USER: ARI_PASSWORD}, workdir=tmp_path / "sim", stasis_delay_ms=LATE_STASIS_MS, seed=14)
     await s.start("127.0.0.1", 0)
     yield s
     await s.stop()
@@ -59,13 +58,18 @@ async def call_records(aredis, keys) -> dict[str, dict]:
 async def test_calls_are_set_up_although_media_channels_reach_stasis_late(sim, emulator, cluster_up, aredis, keys):
     emu = await emulator(Script(greeting=Reply(text="Hello, how can I help?", audio_ms=1200)), speed=4.0)
     await cluster_up(emu)
-    calls = await asyncio.gather(*(sim.place_call(caller_name=f"Caller {i}", caller_number=str(2000 + i),
-                                                  audio=CallerAudio.silence(8000)) for i in range(CALLS)))
+    calls = await asyncio.gather(
+        *(
+            sim.place_call(caller_name=f"Caller {i}", caller_number=str(2000 + i), audio=CallerAudio.silence(8000))
+            for i in range(CALLS)
+        )
+    )
     await until(lambda: all(outcome(c) for c in calls), timeout=20)
     outcomes = {c.channel_id: outcome(c) for c in calls}
     records = await call_records(aredis, keys)
     assert list(outcomes.values()) == ["bridged"] * CALLS, {
-        cid: (seen, records.get(cid, {}).get("end_reason")) for cid, seen in outcomes.items()}
+        cid: (seen, records.get(cid, {}).get("end_reason")) for cid, seen in outcomes.items()
+    }
     # every caller hears the agent's greeting through its media leg
     await until(lambda: all(any(loud for _, loud in loud_ms(c.heard)) for c in calls), timeout=15)
     await asyncio.gather(*(c.hangup() for c in calls))
@@ -78,5 +82,6 @@ async def test_calls_are_set_up_although_media_channels_reach_stasis_late(sim, e
 def _no_active_calls(aredis, keys):
     async def check():
         return await aredis.scard(keys.calls_active) == 0
+
     check.__name__ = "no call left in the active set"
     return check

@@ -11,15 +11,22 @@ import pytest
 from sim.asterisk import AsteriskSim
 from tests.ari_harness import ARI_PASSWORD, ARI_USER
 from tests.test_controller_calls import (  # noqa: F401  (fixtures)
-    aredis, call_record, keys, listener, nothing_left, state_is, until, workers)
+    aredis,
+    call_record,
+    keys,
+    listener,
+    nothing_left,
+    state_is,
+    until,
+    workers,
+)
 from tests.test_controller_tools import active_call, bridged, controller, requests_to, setup  # noqa: F401
 from tests.test_stasis_race import LATE_STASIS_MS
 
 
 @pytest.fixture
 async def sim(tmp_path):
-    s = AsteriskSim(users={ARI_USER: ARI_PASSWORD}, workdir=tmp_path / "sim", stasis_delay_ms=LATE_STASIS_MS,
-                    seed=14)
+    s = AsteriskSim(users={ARI_USER: ARI_PASSWORD}, workdir=tmp_path / "sim", stasis_delay_ms=LATE_STASIS_MS, seed=14)
     await s.start("127.0.0.1", 0)
     yield s
     await s.stop()

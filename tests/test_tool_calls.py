@@ -9,14 +9,32 @@ import json
 from sim.asterisk.audio import CallerAudio
 from sim.realtime import Reply, Script, ToolCall
 from tests.media_harness import (  # noqa: F401  (fixtures)
-    aredis, assert_wire_conforms, call_of, caller_speech, cluster_up, emulator, keys, log_entries, sim, until,
-    worker_stats)
+    aredis,
+    assert_wire_conforms,
+    call_of,
+    caller_speech,
+    cluster_up,
+    emulator,
+    keys,
+    log_entries,
+    sim,
+    until,
+    worker_stats,
+)
 
-DESTINATIONS = {"tools": {"transfer": {"ring_timeout_ms": 2500, "destinations": {
-    "sales": {"type": "extension", "target": "6001", "description": "Sales team"},
-    "nobody": {"type": "extension", "target": "6002", "description": "Rings, never answers"},
-    "busyline": {"type": "extension", "target": "6003", "description": "Always busy"},
-}}, "hangup_call": {"farewell_timeout_ms": 1500}}}
+DESTINATIONS = {
+    "tools": {
+        "transfer": {
+            "ring_timeout_ms": 2500,
+            "destinations": {
+                "sales": {"type": "extension", "target": "6001", "description": "Sales team"},
+                "nobody": {"type": "extension", "target": "6002", "description": "Rings, never answers"},
+                "busyline": {"type": "extension", "target": "6003", "description": "Always busy"},
+            },
+        },
+        "hangup_call": {"farewell_timeout_ms": 1500},
+    }
+}
 
 
 def asks(*turns: str) -> CallerAudio:
@@ -28,21 +46,35 @@ def asks(*turns: str) -> CallerAudio:
 
 
 def transfer_script(destination: str, then: dict[int, Reply] | None = None) -> Script:
-    turns = {1: Reply(text="Let me connect you.", audio_ms=600,
-                      tool_calls=[ToolCall("transfer", {"destination": destination})])}
+    turns = {
+        1: Reply(
+            text="Let me connect you.", audio_ms=600, tool_calls=[ToolCall("transfer", {"destination": destination})]
+        )
+    }
     turns.update(then or {})
-    return Script(greeting=Reply(text="Hi.", audio_ms=500), turns=turns,
-                  after_tool=Reply(text="{output}", audio_ms=700), default=Reply(text="Okay.", audio_ms=500))
+    return Script(
+        greeting=Reply(text="Hi.", audio_ms=500),
+        turns=turns,
+        after_tool=Reply(text="{output}", audio_ms=700),
+        default=Reply(text="Okay.", audio_ms=500),
+    )
 
 
 async def tool_entries(aredis, keys, call_id: str, name: str | None = None) -> list[dict]:
-    return [e for e in await log_entries(aredis, keys, call_id) if e["role"] == "tool"
-            and (name is None or e["name"] == name)]
+    return [
+        e
+        for e in await log_entries(aredis, keys, call_id)
+        if e["role"] == "tool" and (name is None or e["name"] == name)
+    ]
 
 
 def system_notes(emu) -> list[str]:
-    return [json.dumps(e) for s in emu.sessions for e in s.received
-            if e["type"] == "conversation.item.create" and e["item"].get("role") == "system"]
+    return [
+        json.dumps(e)
+        for s in emu.sessions
+        for e in s.received
+        if e["type"] == "conversation.item.create" and e["item"].get("role") == "system"
+    ]
 
 
 async def test_transfer_answered_bridges_the_caller_with_the_agent(sim, emulator, cluster_up, aredis, keys):
@@ -54,15 +86,18 @@ async def test_transfer_answered_bridges_the_caller_with_the_agent(sim, emulator
     def bridged_with_agent():
         bridge = sim.bridges.get(f"{call_id}-br")
         return bridge is not None and {c.id for c in bridge.members} == {call.channel_id, f"{call_id}-xfer1"}
+
     await until(bridged_with_agent, timeout=20)
     assert f"{call_id}-em" not in sim.channels  # the AI left the call
     worker = await aredis.hget(keys.call(call_id), "worker")
 
     async def slot_free():
         return await aredis.hget(keys.worker(worker), "active") == "0"
+
     await until(slot_free)  # the worker's slot is free while the caller talks to the agent
-    assert any(r.path == "/channels/create" and r.query.get("endpoint") == "Local/6001@from-internal"
-               for r in sim.rest_log)
+    assert any(
+        r.path == "/channels/create" and r.query.get("endpoint") == "Local/6001@from-internal" for r in sim.rest_log
+    )
     (entry,) = await tool_entries(aredis, keys, call_id, "transfer")
     assert json.loads(entry["output"])["ok"] is True
     record = await until(lambda: worker_stats(aredis, keys, call_id))
@@ -73,9 +108,19 @@ async def test_transfer_answered_bridges_the_caller_with_the_agent(sim, emulator
 
 
 async def test_busy_and_unanswered_transfers_come_back_to_the_model(sim, emulator, cluster_up, aredis, keys):
-    emu = await emulator(transfer_script("busyline", {2: Reply(
-        text="Trying the other line.", audio_ms=600, tool_calls=[ToolCall("transfer", {"destination": "nobody"})])}),
-        speed=4.0)
+    emu = await emulator(
+        transfer_script(
+            "busyline",
+            {
+                2: Reply(
+                    text="Trying the other line.",
+                    audio_ms=600,
+                    tool_calls=[ToolCall("transfer", {"destination": "nobody"})],
+                )
+            },
+        ),
+        speed=4.0,
+    )
     await cluster_up(emu, extra=DESTINATIONS)
     call = await sim.place_call(audio=asks("Sales please.", "Try someone else."))
     call_id = await call_of(aredis, keys, call.channel_id)
@@ -90,10 +135,22 @@ async def test_busy_and_unanswered_transfers_come_back_to_the_model(sim, emulato
 
 
 async def test_a_ringing_transfer_can_be_cancelled(sim, emulator, cluster_up, aredis, keys):
-    emu = await emulator(transfer_script("nobody", {2: Reply(text="Cancelling.", audio_ms=500,
-                                                             tool_calls=[ToolCall("cancel_transfer")])}), speed=4.0)
-    await cluster_up(emu, extra={**DESTINATIONS, "tools": {**DESTINATIONS["tools"], "transfer": {
-        **DESTINATIONS["tools"]["transfer"], "ring_timeout_ms": 20_000}}})
+    emu = await emulator(
+        transfer_script(
+            "nobody", {2: Reply(text="Cancelling.", audio_ms=500, tool_calls=[ToolCall("cancel_transfer")])}
+        ),
+        speed=4.0,
+    )
+    await cluster_up(
+        emu,
+        extra={
+            **DESTINATIONS,
+            "tools": {
+                **DESTINATIONS["tools"],
+                "transfer": {**DESTINATIONS["tools"]["transfer"], "ring_timeout_ms": 20_000},
+            },
+        },
+    )
     call = await sim.place_call(audio=asks("Sales please.", "Actually, never mind."))
     call_id = await call_of(aredis, keys, call.channel_id)
     (cancel,) = await until(lambda: tool_entries(aredis, keys, call_id, "cancel_transfer"), timeout=30)
@@ -107,9 +164,11 @@ async def test_a_ringing_transfer_can_be_cancelled(sim, emulator, cluster_up, ar
 
 
 async def test_hangup_without_farewell_audio_is_ended_by_the_guard(sim, emulator, cluster_up, aredis, keys):
-    script = Script(greeting=Reply(text="Hi.", audio_ms=500),
-                    turns={1: Reply(text="", tool_calls=[ToolCall("hangup_call", {"farewell": "Goodbye!"})])},
-                    after_tool=Reply(text="Goodbye!", text_only=True))  # the farewell comes without audio
+    script = Script(
+        greeting=Reply(text="Hi.", audio_ms=500),
+        turns={1: Reply(text="", tool_calls=[ToolCall("hangup_call", {"farewell": "Goodbye!"})])},
+        after_tool=Reply(text="Goodbye!", text_only=True),
+    )  # the farewell comes without audio
     emu = await emulator(script, speed=4.0)
     await cluster_up(emu, extra=DESTINATIONS)
     call = await sim.place_call(audio=asks("That's all, bye."))
@@ -122,12 +181,15 @@ async def test_hangup_without_farewell_audio_is_ended_by_the_guard(sim, emulator
     assert record.get("end_reason") in ("agent_hangup", "caller_hangup")
 
 
-async def test_refused_destinations_and_invalid_arguments_never_reach_asterisk(
-        sim, emulator, cluster_up, aredis, keys):
-    script = Script(greeting=Reply(text="Hi.", audio_ms=500), turns={
-        1: Reply(text="", tool_calls=[ToolCall("transfer", {"destination": "+15551234567"})]),
-        2: Reply(text="", tool_calls=[ToolCall("transfer", {"number": "911"})])},
-        after_tool=Reply(text="I cannot do that.", audio_ms=600))
+async def test_refused_destinations_and_invalid_arguments_never_reach_asterisk(sim, emulator, cluster_up, aredis, keys):
+    script = Script(
+        greeting=Reply(text="Hi.", audio_ms=500),
+        turns={
+            1: Reply(text="", tool_calls=[ToolCall("transfer", {"destination": "+15551234567"})]),
+            2: Reply(text="", tool_calls=[ToolCall("transfer", {"number": "911"})]),
+        },
+        after_tool=Reply(text="I cannot do that.", audio_ms=600),
+    )
     emu = await emulator(script, speed=4.0)
     await cluster_up(emu, extra=DESTINATIONS)
     call = await sim.place_call(audio=asks("Call +1 555 1234567.", "Then call 911."))
@@ -137,8 +199,12 @@ async def test_refused_destinations_and_invalid_arguments_never_reach_asterisk(
     assert refused["ok"] is False and "not a transfer destination" in refused["error"] and "sales" in refused["error"]
     assert invalid["ok"] is False and "invalid arguments" in invalid["error"]
     assert not any(r.path in ("/channels/create", "/channels") and r.method == "POST" for r in sim.rest_log)
-    outputs = [e for s in emu.sessions for e in s.received if e["type"] == "conversation.item.create"
-               and e["item"]["type"] == "function_call_output"]
+    outputs = [
+        e
+        for s in emu.sessions
+        for e in s.received
+        if e["type"] == "conversation.item.create" and e["item"]["type"] == "function_call_output"
+    ]
     assert len(outputs) == 2  # the model got an answer each time
     await call.hangup()
     assert_wire_conforms(emu)
@@ -150,9 +216,11 @@ async def _two(entries_coro):
 
 
 async def test_leave_voicemail_announces_then_hands_the_caller_to_voicemail(sim, emulator, cluster_up, aredis, keys):
-    script = Script(greeting=Reply(text="Hi.", audio_ms=500),
-                    turns={1: Reply(text="", tool_calls=[ToolCall("leave_voicemail")])},
-                    after_tool=Reply(text="Connecting you to voicemail now.", audio_ms=900))
+    script = Script(
+        greeting=Reply(text="Hi.", audio_ms=500),
+        turns={1: Reply(text="", tool_calls=[ToolCall("leave_voicemail")])},
+        after_tool=Reply(text="Connecting you to voicemail now.", audio_ms=900),
+    )
     emu = await emulator(script, speed=4.0)
     await cluster_up(emu, extra=DESTINATIONS)
     audio = asks("Can I leave a message?").then(caller_speech("This is my message, please call me back.", 2000))
@@ -172,7 +240,8 @@ async def test_leave_voicemail_announces_then_hands_the_caller_to_voicemail(sim,
 
 
 async def test_a_transcript_by_email_to_the_address_the_caller_spelled(
-        sim, emulator, cluster_up, aredis, keys, tmp_path, cluster_env):
+    sim, emulator, cluster_up, aredis, keys, tmp_path, cluster_env
+):
     from aiosmtpd.controller import Controller
 
     received = []
@@ -188,15 +257,28 @@ async def test_a_transcript_by_email_to_the_address_the_caller_spelled(
     smtp.start()
     try:
         port = smtp.port
-        script = Script(greeting=Reply(text="Hi.", audio_ms=500), turns={
-            1: Reply(text="", tool_calls=[ToolCall("request_transcript",
-                                                   {"email": "bob dot jones at example dot com"})]),
-            2: Reply(text="", tool_calls=[ToolCall("request_transcript", {"email": "bob.jones@example.com",
-                                                                          "confirmed": True})])},
-            after_tool=Reply(text="Done.", audio_ms=500), transcripts={1: "Send me the transcript.", 2: "Yes."})
+        script = Script(
+            greeting=Reply(text="Hi.", audio_ms=500),
+            turns={
+                1: Reply(
+                    text="", tool_calls=[ToolCall("request_transcript", {"email": "bob dot jones at example dot com"})]
+                ),
+                2: Reply(
+                    text="",
+                    tool_calls=[ToolCall("request_transcript", {"email": "bob.jones@example.com", "confirmed": True})],
+                ),
+            },
+            after_tool=Reply(text="Done.", audio_ms=500),
+            transcripts={1: "Send me the transcript.", 2: "Yes."},
+        )
         emu = await emulator(script, speed=4.0)
-        cluster = await cluster_up(emu, extra={"email": {"smtp_host": "127.0.0.1", "smtp_port": port},
-                                               "tools": {"send_email_summary": {"send_after_every_call": False}}})
+        cluster = await cluster_up(
+            emu,
+            extra={
+                "email": {"smtp_host": "127.0.0.1", "smtp_port": port},
+                "tools": {"send_email_summary": {"send_after_every_call": False}},
+            },
+        )
         tools = cluster.start("tool-worker", instance_id="tool-worker-t")
         assert await asyncio.to_thread(cluster.wait_ready, [tools], 30), tools.log_text()[-2000:]
         call = await sim.place_call(audio=asks("Send me the transcript.", "Yes, that's right."))
@@ -210,7 +292,7 @@ async def test_a_transcript_by_email_to_the_address_the_caller_spelled(
         await call.hangup()
         await until(lambda: received, timeout=20)
         await asyncio.sleep(1.0)
-        (rcpts, content), = received  # exactly one message
+        ((rcpts, content),) = received  # exactly one message
         assert rcpts == ["bob.jones@example.com"]
         assert "Send me the transcript." in content or "Send me the transcript" in content.replace("=\n", "")
     finally:

@@ -32,13 +32,16 @@ def test_every_tool_has_a_flat_schema_matching_its_argument_struct(config):
     assert tools["transfer"]["parameters"]["properties"]["destination"]["enum"] == ["sales", "support"]
 
 
-@pytest.mark.parametrize("name,arguments,message", [
-    ("transfer", "{}", "missing required field `destination`"),
-    ("transfer", '{"destination": 5}', "Expected `str`"),
-    ("hangup_call", '{"farewell": "bye", "extra": 1}', "unknown field `extra`"),
-    ("request_transcript", "not json", "invalid arguments for request_transcript"),
-    ("format_disk", "{}", "there is no tool named 'format_disk'"),
-])
+@pytest.mark.parametrize(
+    "name,arguments,message",
+    [
+        ("transfer", "{}", "missing required field `destination`"),
+        ("transfer", '{"destination": 5}', "Expected `str`"),
+        ("hangup_call", '{"farewell": "bye", "extra": 1}', "unknown field `extra`"),
+        ("request_transcript", "not json", "invalid arguments for request_transcript"),
+        ("format_disk", "{}", "there is no tool named 'format_disk'"),
+    ],
+)
 def test_bad_arguments_become_a_message_for_the_model(name, arguments, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("`", "`")):
         parse_arguments(name, arguments)

@@ -19,28 +19,45 @@ from shared.websocket_url import media_url, redact
 APP = "asterisk-ai-voice-agent"
 
 # Recorded from Asterisk 22.10.1 (externalMedia transport=websocket connection_type=server, format ulaw).
-REAL_MEDIA_START = ("MEDIA_START connection_id:6fc19566-46db-4a1d-a973-69cadcc63940 "
-                    "channel:WebSocket/INCOMING/0x7efd5c00de30 channel_id:em1 format:ulaw optimal_frame_size:160 "
-                    "ptime:20")
-REAL_STATUS = ("STATUS channel_id:em1 queue_length:75 xon_level:800 xoff_level:900 queue_full:false "
-               "bulk_media:false media_paused:false")
-REAL_JSON_START = ('{"event":"MEDIA_START","connection_id":"04062fa9-b367-4a3a-9dc4-002d503ecd59",'
-                   '"channel":"WebSocket/INCOMING/0x7efd4c0126c0","channel_id":"em1","format":"slin16",'
-                   '"optimal_frame_size":640,"ptime":20,"channel_variables":{"MEDIA_WEBSOCKET_CONNECTION_ID":'
-                   '"04062fa9-b367-4a3a-9dc4-002d503ecd59","MEDIA_WEBSOCKET_OPTIMAL_FRAME_SIZE":"640"}}')
+REAL_MEDIA_START = (
+    "MEDIA_START connection_id:6fc19566-46db-4a1d-a973-69cadcc63940 "
+    "channel:WebSocket/INCOMING/0x7efd5c00de30 channel_id:em1 format:ulaw optimal_frame_size:160 "
+    "ptime:20"
+)
+REAL_STATUS = (
+    "STATUS channel_id:em1 queue_length:75 xon_level:800 xoff_level:900 queue_full:false "
+    "bulk_media:false media_paused:false"
+)
+REAL_JSON_START = (
+    '{"event":"MEDIA_START","connection_id":"04062fa9-b367-4a3a-9dc4-002d503ecd59",'
+    '"channel":"WebSocket/INCOMING/0x7efd4c0126c0","channel_id":"em1","format":"slin16",'
+    '"optimal_frame_size":640,"ptime":20,"channel_variables":{"MEDIA_WEBSOCKET_CONNECTION_ID":'
+    '"04062fa9-b367-4a3a-9dc4-002d503ecd59","MEDIA_WEBSOCKET_OPTIMAL_FRAME_SIZE":"640"}}'
+)
 REAL_JSON_ERROR = '{"event":"ERROR","channel_id":"em1","error_text":"Unable to parse JSON command"}'
 
 
 # ------------------------------------------------------------------ sans-I/O codec
 
+
 def test_events_as_22_10_1_prints_them():
     start = wc.parse_event(REAL_MEDIA_START)
-    assert start == wc.MediaStart(connection_id="6fc19566-46db-4a1d-a973-69cadcc63940",
-                                  channel="WebSocket/INCOMING/0x7efd5c00de30", channel_id="em1", format="ulaw",
-                                  optimal_frame_size=160, ptime=20)
+    assert start == wc.MediaStart(
+        connection_id="6fc19566-46db-4a1d-a973-69cadcc63940",
+        channel="WebSocket/INCOMING/0x7efd5c00de30",
+        channel_id="em1",
+        format="ulaw",
+        optimal_frame_size=160,
+        ptime=20,
+    )
     assert wc.parse_event(REAL_JSON_START) == wc.MediaStart(
-        connection_id="04062fa9-b367-4a3a-9dc4-002d503ecd59", channel="WebSocket/INCOMING/0x7efd4c0126c0",
-        channel_id="em1", format="slin16", optimal_frame_size=640, ptime=20)
+        connection_id="04062fa9-b367-4a3a-9dc4-002d503ecd59",
+        channel="WebSocket/INCOMING/0x7efd4c0126c0",
+        channel_id="em1",
+        format="slin16",
+        optimal_frame_size=640,
+        ptime=20,
+    )
     assert wc.parse_event(REAL_STATUS) == wc.Status(queue_length=75, queue_full=False)
     assert wc.parse_event(REAL_STATUS.replace("queue_full:false", "queue_full:true")).queue_full is True
     assert wc.parse_event("MEDIA_MARK_PROCESSED m5") == wc.MarkProcessed("m5")
@@ -49,16 +66,19 @@ def test_events_as_22_10_1_prints_them():
     assert wc.parse_event("MEDIA_XON") == wc.MediaXon()
     assert wc.parse_event("QUEUE_DRAINED") == wc.QueueDrained()
     assert wc.parse_event("DTMF_END digit:5 channel_id:em1") == wc.DtmfEnd("5")
-    assert wc.parse_event("ERROR channel_id:em1 error_text:FLUSH_MEDIA not supported in passthrough mode") == \
-        wc.Error("FLUSH_MEDIA not supported in passthrough mode")
+    assert wc.parse_event("ERROR channel_id:em1 error_text:FLUSH_MEDIA not supported in passthrough mode") == wc.Error(
+        "FLUSH_MEDIA not supported in passthrough mode"
+    )
     assert wc.parse_event(REAL_JSON_ERROR) == wc.Error("Unable to parse JSON command")
-    assert wc.parse_event('{"event":"MEDIA_MARK_PROCESSED","channel_id":"em1","correlation_id":"a"}') == \
-        wc.MarkProcessed("a")
+    assert wc.parse_event(
+        '{"event":"MEDIA_MARK_PROCESSED","channel_id":"em1","correlation_id":"a"}'
+    ) == wc.MarkProcessed("a")
     assert wc.parse_event("SOMETHING_NEW x:1") == wc.Unknown("SOMETHING_NEW", "SOMETHING_NEW x:1")
 
 
-@pytest.mark.parametrize("bad", ["", "   ", "{not json", '{"no_event": 1}', '["MEDIA_XON"]', b"\xff\xfe",
-                                 "STATUS queue_length:many"])
+@pytest.mark.parametrize(
+    "bad", ["", "   ", "{not json", '{"no_event": 1}', '["MEDIA_XON"]', b"\xff\xfe", "STATUS queue_length:many"]
+)
 def test_unreadable_control_messages_raise(bad):
     with pytest.raises(wc.ControlError):
         wc.parse_event(bad)
@@ -119,6 +139,7 @@ def test_media_url_from_the_ari_url():
 
 # ------------------------------------------------------------------ the simulator's chan_websocket
 
+
 class Ari:
     def __init__(self, sim: AsteriskSim):
         self.sim = sim
@@ -167,8 +188,17 @@ async def ari(tmp_path):
 
 
 async def make_leg(ari: Ari, fmt: str = "ulaw", channel_id: str = "em1", **extra) -> tuple[dict, str]:
-    status, body = await ari.req("POST", "/channels/externalMedia", app=APP, channelId=channel_id, format=fmt,
-                                 transport="websocket", encapsulation="none", connection_type="server", **extra)
+    status, body = await ari.req(
+        "POST",
+        "/channels/externalMedia",
+        app=APP,
+        channelId=channel_id,
+        format=fmt,
+        transport="websocket",
+        encapsulation="none",
+        connection_type="server",
+        **extra,
+    )
     assert status == 200, body
     return body, media_url(ari.sim.url, body["channelvars"]["MEDIA_WEBSOCKET_CONNECTION_ID"])
 
@@ -180,7 +210,9 @@ async def test_the_channel_enters_stasis_only_once_the_worker_connected(ari):
     assert list(body["channelvars"]) == ["MEDIA_WEBSOCKET_CONNECTION_ID", "MEDIA_WEBSOCKET_OPTIMAL_FRAME_SIZE"]
     assert body["channelvars"]["MEDIA_WEBSOCKET_OPTIMAL_FRAME_SIZE"] == "160"
     assert await ari.req("POST", "/bridges/b1/addChannel", channel="em1") == (
-        422, {"message": "Channel not in Stasis application"})
+        422,
+        {"message": "Channel not in Stasis application"},
+    )
     with pytest.raises(websockets.InvalidStatus) as unknown:
         await websockets.connect(url[:-4] + "0000", subprotocols=["media"])
     assert unknown.value.response.status_code == 404
@@ -264,6 +296,7 @@ async def test_json_control_messages_with_transport_data(ari):
 
 # ------------------------------------------------------------------ the worker's link against the simulator
 
+
 class Sink:
     def __init__(self):
         self.audio: list[bytes] = []
@@ -338,8 +371,10 @@ async def test_the_link_refuses_and_fails_clearly(ari):
 
 # ------------------------------------------------------------------ the controller's part
 
+
 def test_websocket_media_needs_22_6_and_carries_the_four_formats():
     from controller.ari.capabilities import TransportUnavailable, capabilities_from
+
     old = capabilities_from("22.5.0", audiosocket_loaded=True, websocket_loaded=True)
     with pytest.raises(TransportUnavailable):
         old.best_format("websocket", "ulaw")
@@ -350,8 +385,10 @@ def test_websocket_media_needs_22_6_and_carries_the_four_formats():
 def test_websocket_is_a_profile_transport():
     from shared.config.schema import BUILTIN_PROFILES, Profile
     import msgspec
-    assert BUILTIN_PROFILES["websocket_ulaw_8k"] == Profile(transport="websocket", format="ulaw",
-                                                            provider_format="g711_ulaw")
+
+    assert BUILTIN_PROFILES["websocket_ulaw_8k"] == Profile(
+        transport="websocket", format="ulaw", provider_format="g711_ulaw"
+    )
     assert msgspec.convert({"transport": "websocket", "format": "slin16"}, Profile).transport == "websocket"
     with pytest.raises(msgspec.ValidationError):
         msgspec.convert({"transport": "webrtc"}, Profile)

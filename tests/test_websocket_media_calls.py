@@ -12,8 +12,19 @@ import pytest
 from sim.asterisk.audio import CallerAudio, rms_dbfs
 from sim.realtime import Reply, Script
 from tests.media_harness import (  # noqa: F401  (fixtures)
-    aredis, assert_wire_conforms, call_of, caller_speech, cluster_up, emulator, keys, log_entries, loud_ms, sim, until,
-    worker_stats)
+    aredis,
+    assert_wire_conforms,
+    call_of,
+    caller_speech,
+    cluster_up,
+    emulator,
+    keys,
+    log_entries,
+    loud_ms,
+    sim,
+    until,
+    worker_stats,
+)
 from tests.test_media_calls import tone24k
 
 PROFILES = {"ulaw": "websocket_ulaw_8k", "slin24": "websocket_pcm16_24k"}
@@ -21,9 +32,11 @@ PROFILES = {"ulaw": "websocket_ulaw_8k", "slin24": "websocket_pcm16_24k"}
 
 @pytest.mark.parametrize("fmt", list(PROFILES))
 async def test_a_websocket_call_end_to_end(fmt, sim, emulator, cluster_up, aredis, keys):
-    script = Script(greeting=Reply(text="Hello, thanks for calling. How can I help?", audio_ms=1500),
-                    turns={1: Reply(text="We are open nine to five.", audio_ms=1200)},
-                    transcripts={1: "When are you open?"})
+    script = Script(
+        greeting=Reply(text="Hello, thanks for calling. How can I help?", audio_ms=1500),
+        turns={1: Reply(text="We are open nine to five.", audio_ms=1200)},
+        transcripts={1: "When are you open?"},
+    )
     emu = await emulator(script, speed=4.0)
     cluster = await cluster_up(emu, contexts={"t": {"profile": PROFILES[fmt], "greeting": "Hello {caller_name}"}})
     audio = CallerAudio.silence(2500).then(caller_speech("When are you open?", 900)).then(CallerAudio.silence(4000))
@@ -33,6 +46,7 @@ async def test_a_websocket_call_end_to_end(fmt, sim, emulator, cluster_up, aredi
     async def answered():
         roles = [e["role"] for e in await log_entries(aredis, keys, call_id)]
         return roles.count("assistant") >= 2 and "user" in roles
+
     await until(answered, timeout=20)
     (leg,) = sim.websocket_media.legs.values()
     assert leg.fmt == fmt and leg.frames_in > 100 and leg.frames_out > 100  # audio both ways, in whole frames
@@ -62,17 +76,26 @@ async def test_a_websocket_call_end_to_end(fmt, sim, emulator, cluster_up, aredi
 
 
 async def test_websocket_barge_in_flushes_asterisks_queue_and_truncates_to_what_was_heard(
-        sim, emulator, cluster_up, aredis, keys):
-    script = Script(greeting=Reply(text="Hi.", audio_ms=400),
-                    turns={1: Reply(text="Let me tell you all about our opening hours in great detail.",
-                                    pcm=tone24k(6000)), 2: Reply(text="Sure.", audio_ms=500)},
-                    transcripts={1: "Opening hours?", 2: "Sorry, stop."})
+    sim, emulator, cluster_up, aredis, keys
+):
+    script = Script(
+        greeting=Reply(text="Hi.", audio_ms=400),
+        turns={
+            1: Reply(text="Let me tell you all about our opening hours in great detail.", pcm=tone24k(6000)),
+            2: Reply(text="Sure.", audio_ms=500),
+        },
+        transcripts={1: "Opening hours?", 2: "Sorry, stop."},
+    )
     emu = await emulator(script, speed=4.0)
     await cluster_up(emu, contexts={"t": {"profile": "websocket_pcm16_24k"}})
     question_end = 1500 + 800
-    audio = (CallerAudio.silence(1500).then(caller_speech("Opening hours?", 800))
-             .then(CallerAudio.silence(3500)).then(caller_speech("Sorry, stop, one moment please.", 1500))
-             .then(CallerAudio.silence(3000)))
+    audio = (
+        CallerAudio.silence(1500)
+        .then(caller_speech("Opening hours?", 800))
+        .then(CallerAudio.silence(3500))
+        .then(caller_speech("Sorry, stop, one moment please.", 1500))
+        .then(CallerAudio.silence(3000))
+    )
     call = await sim.place_call(variables={"AI_CONTEXT": "t"}, audio=audio)
     call_id = await call_of(aredis, keys, call.channel_id)
     await until(lambda: any(s.truncations for s in emu.sessions), timeout=20)

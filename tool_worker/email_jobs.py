@@ -106,17 +106,44 @@ class Outcome:
     def __init__(self, tool: str, call_id: str, field: str, job_id: str):
         self.tool, self.call_id, self.field, self.job_id = tool, call_id, field, job_id
 
-    def record(self, conn: redis.Redis, keys: Keys, msgid: str, kind: str, output: str, hash_value: str,
-               arguments: dict[str, Any], call: dict[str, str]) -> bool:
+    def record(
+        self,
+        conn: redis.Redis,
+        keys: Keys,
+        msgid: str,
+        kind: str,
+        output: str,
+        hash_value: str,
+        arguments: dict[str, Any],
+        call: dict[str, str],
+    ) -> bool:
         start = render.call_start_ms(call)
         t_ms = str(max(0, int(time.time() * 1000) - start)) if start else "0"
         name = LOG_NAMES[self.tool]
         args = json.dumps(arguments, separators=(",", ":"))
-        entry = {"role": "tool", "text": f"{name}({args}) -> {output}", "name": name, "arguments": args,
-                 "output": output, "item_id": self.job_id, "t_ms": t_ms}
+        entry = {
+            "role": "tool",
+            "text": f"{name}({args}) -> {output}",
+            "name": name,
+            "arguments": args,
+            "output": output,
+            "item_id": self.job_id,
+            "t_ms": t_ms,
+        }
         flat = [x for kv in entry.items() for x in kv]
-        done = conn.eval(_RECORD, 3, f"{marker_key(keys, msgid)}:logged:{self.field}", keys.call(self.call_id),
-                         keys.call_log(self.call_id), kind, MARKER_TTL_S, self.field, hash_value, LOG_MAXLEN, *flat)
+        done = conn.eval(
+            _RECORD,
+            3,
+            f"{marker_key(keys, msgid)}:logged:{self.field}",
+            keys.call(self.call_id),
+            keys.call_log(self.call_id),
+            kind,
+            MARKER_TTL_S,
+            self.field,
+            hash_value,
+            LOG_MAXLEN,
+            *flat,
+        )
         return int(done) == 1
 
 
@@ -156,8 +183,16 @@ def _count_attempt() -> None:
         job.save_meta()
 
 
-def deliver(conn: redis.Redis, config: Config, keys: Keys, outcome: Outcome, call: dict[str, str],
-            message: EmailMessage, recipients: list[str], arguments: dict[str, Any]) -> dict[str, Any]:
+def deliver(
+    conn: redis.Redis,
+    config: Config,
+    keys: Keys,
+    outcome: Outcome,
+    call: dict[str, str],
+    message: EmailMessage,
+    recipients: list[str],
+    arguments: dict[str, Any],
+) -> dict[str, Any]:
     """Send `message` to `recipients` at most once, and record what happened."""
     msgid = message["Message-ID"]
     marker = marker_key(keys, msgid)
@@ -175,8 +210,9 @@ def deliver(conn: redis.Redis, config: Config, keys: Keys, outcome: Outcome, cal
                 if exc.transient:
                     raise  # RQ retries; on_job_failure records the last failure
                 log.warning("%s not sent: %s", msgid, exc.reason)
-                outcome.record(conn, keys, msgid, "failed", f"failed: {exc.reason}", f"failed:{exc.reason}",
-                               arguments, call)
+                outcome.record(
+                    conn, keys, msgid, "failed", f"failed: {exc.reason}", f"failed:{exc.reason}", arguments, call
+                )
                 return {"status": "failed", "reason": exc.reason, "message_id": msgid}
             conn.set(marker, f"sent to {', '.join(recipients)} at {int(time.time() * 1000)}", ex=MARKER_TTL_S)
     output = f"sent to {shown} (Message-ID {msgid})"
@@ -187,14 +223,22 @@ def deliver(conn: redis.Redis, config: Config, keys: Keys, outcome: Outcome, cal
     return {"status": "sent", "message_id": msgid, "to": recipients, "refused": refused}
 
 
-def _skip(conn: redis.Redis, keys: Keys, outcome: Outcome, call: dict[str, str], msgid: str, reason: str,
-          arguments: dict[str, Any]) -> dict[str, Any]:
+def _skip(
+    conn: redis.Redis,
+    keys: Keys,
+    outcome: Outcome,
+    call: dict[str, str],
+    msgid: str,
+    reason: str,
+    arguments: dict[str, Any],
+) -> dict[str, Any]:
     outcome.record(conn, keys, msgid, "skipped", f"skipped: {reason}", f"skipped:{reason}", arguments, call)
     return {"status": "skipped", "reason": reason, "message_id": msgid}
 
 
-def run_summary(conn: redis.Redis, config: Config, keys: Keys, call_id: str, reason: str,
-                job_id: str = "") -> dict[str, Any]:
+def run_summary(
+    conn: redis.Redis, config: Config, keys: Keys, call_id: str, reason: str, job_id: str = ""
+) -> dict[str, Any]:
     call, entries = read_call(conn, keys, call_id)
     if not call:
         log.warning("summary of call %s: no call record (expired?)", call_id)
@@ -216,8 +260,9 @@ def transcript_number(conn: redis.Redis, keys: Keys, call_id: str, address: str)
     return int(value) if value is not None else None
 
 
-def run_transcript(conn: redis.Redis, config: Config, keys: Keys, call_id: str, address: str,
-                   job_id: str = "") -> dict[str, Any]:
+def run_transcript(
+    conn: redis.Redis, config: Config, keys: Keys, call_id: str, address: str, job_id: str = ""
+) -> dict[str, Any]:
     call, entries = read_call(conn, keys, call_id)
     if not call:
         log.warning("transcript of call %s: no call record (expired?)", call_id)
@@ -227,14 +272,23 @@ def run_transcript(conn: redis.Redis, config: Config, keys: Keys, call_id: str, 
     message = render.render_transcript(call, entries, config, address, n)
     arguments = {"email": address}
     if not validate_email(address):
-        outcome.record(conn, keys, message["Message-ID"], "failed", "failed: invalid address",
-                       "failed:invalid address", arguments, call)
+        outcome.record(
+            conn,
+            keys,
+            message["Message-ID"],
+            "failed",
+            "failed: invalid address",
+            "failed:invalid address",
+            arguments,
+            call,
+        )
         return {"status": "failed", "reason": "invalid address"}
     recipients = [address] + [b for b in config.tools.request_transcript.bcc if b.casefold() != address.casefold()]
     return deliver(conn, config, keys, outcome, call, message, recipients, arguments)
 
 
 # The RQ jobs (enqueue.py names them by these import paths).
+
 
 def send_email_summary(call_id: str, key_prefix: str, reason: str) -> dict:
     config = current_config()
@@ -259,8 +313,11 @@ def on_job_failure(job, connection, exc_type, exc_value, _traceback) -> None:
     config = current_config()
     call_id, key_prefix, extra = job.args
     keys = Keys(key_prefix)
-    reason = exc_value.reason if isinstance(exc_value, SendFailed) else (
-        f"{exc_type.__name__}: {exc_value}" if str(exc_value) else exc_type.__name__)
+    reason = (
+        exc_value.reason
+        if isinstance(exc_value, SendFailed)
+        else (f"{exc_type.__name__}: {exc_value}" if str(exc_value) else exc_type.__name__)
+    )
     call, _ = read_call(connection, keys, call_id)
     if not call:
         return

@@ -89,9 +89,18 @@ def retry_intervals() -> list[int]:
 def _enqueue_now(conn: redis.Redis, keys: Keys, job_id: str, func: str, args: list[str]) -> None:
     queue = Queue(keys.queue(QUEUE), connection=conn)
     try:
-        queue.enqueue_call(func, args=args, job_id=job_id, timeout=JOB_TIMEOUT_S, result_ttl=RESULT_TTL_S,
-                           failure_ttl=FAILURE_TTL_S, retry=Retry(max=4, interval=retry_intervals()),
-                           on_failure=Callback(FAILURE_CALLBACK), unique=True, description=job_id)
+        queue.enqueue_call(
+            func,
+            args=args,
+            job_id=job_id,
+            timeout=JOB_TIMEOUT_S,
+            result_ttl=RESULT_TTL_S,
+            failure_ttl=FAILURE_TTL_S,
+            retry=Retry(max=4, interval=retry_intervals()),
+            on_failure=Callback(FAILURE_CALLBACK),
+            unique=True,
+            description=job_id,
+        )
     except DuplicateJobError:
         pass  # queued, running, scheduled for a retry, finished or failed: never a second send
 

@@ -107,12 +107,13 @@ def _facts(call: dict) -> list[tuple[str, str]]:
 def _plain(title: str, call: dict, entries: list[dict], with_transcript: bool) -> str:
     lines = [title, ""] + [f"{k}: {v}" for k, v in _facts(call)]
     done = actions(entries)
-    lines += ["", "Actions taken:"] + ([f"  [{_clock(e.get('t_ms'))}] {_action_text(e)}" for e in done]
-                                       or ["  none"])
+    lines += ["", "Actions taken:"] + ([f"  [{_clock(e.get('t_ms'))}] {_action_text(e)}" for e in done] or ["  none"])
     if with_transcript:
         talk = conversation(entries)
-        lines += ["", "Transcript:"] + ([f"  [{_clock(e.get('t_ms'))}] {ROLE_LABELS[e['role']]}: {e['text']}"
-                                         for e in talk] or ["  (nothing was said)"])
+        lines += ["", "Transcript:"] + (
+            [f"  [{_clock(e.get('t_ms'))}] {ROLE_LABELS[e['role']]}: {e['text']}" for e in talk]
+            or ["  (nothing was said)"]
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -121,19 +122,29 @@ def _html(title: str, call: dict, entries: list[dict], with_transcript: bool) ->
     rows = "".join(f"<tr><th align='left'>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in _facts(call))
     done = actions(entries)
     acts = "".join(f"<li><code>{esc(_clock(e.get('t_ms')))}</code> {esc(_action_text(e))}</li>" for e in done)
-    parts = [f"<html><body><h2>{esc(title)}</h2><table>{rows}</table>",
-             f"<h3>Actions taken</h3><ul>{acts or '<li>none</li>'}</ul>"]
+    parts = [
+        f"<html><body><h2>{esc(title)}</h2><table>{rows}</table>",
+        f"<h3>Actions taken</h3><ul>{acts or '<li>none</li>'}</ul>",
+    ]
     if with_transcript:
         talk = "".join(
             f"<tr><td><code>{esc(_clock(e.get('t_ms')))}</code></td><td><b>{esc(ROLE_LABELS[e['role']])}</b></td>"
-            f"<td>{esc(e['text'])}</td></tr>" for e in conversation(entries))
+            f"<td>{esc(e['text'])}</td></tr>"
+            for e in conversation(entries)
+        )
         parts.append(f"<h3>Transcript</h3><table>{talk or '<tr><td>(nothing was said)</td></tr>'}</table>")
     parts.append("</body></html>")
     return "".join(parts)
 
 
-def _message(subject: str, from_address: str, to: list[str], msgid: str, plain: str, body_html: str,
-             ) -> EmailMessage:
+def _message(
+    subject: str,
+    from_address: str,
+    to: list[str],
+    msgid: str,
+    plain: str,
+    body_html: str,
+) -> EmailMessage:
     msg = EmailMessage()
     msg["Subject"] = subject
     msg["From"] = from_address
@@ -152,20 +163,35 @@ def render_summary(call: dict, entries: list[dict], config: Config) -> EmailMess
     subject = f"Call summary: {caller_label(call)}, {format_duration(duration_s(call))}"
     title = f"Call summary - {config.company_name}"
     with_transcript = settings.include_transcript
-    return _message(subject, config.email.from_address, list(settings.recipients),
-                    message_id("send_email_summary", call_id, config.email.from_address),
-                    _plain(title, call, entries, with_transcript), _html(title, call, entries, with_transcript))
+    return _message(
+        subject,
+        config.email.from_address,
+        list(settings.recipients),
+        message_id("send_email_summary", call_id, config.email.from_address),
+        _plain(title, call, entries, with_transcript),
+        _html(title, call, entries, with_transcript),
+    )
 
 
-def render_transcript(call: dict, entries: list[dict], config: Config, to: str, n: int | None = None,
-                      ) -> EmailMessage:
+def render_transcript(
+    call: dict,
+    entries: list[dict],
+    config: Config,
+    to: str,
+    n: int | None = None,
+) -> EmailMessage:
     """The caller's copy. Bcc recipients are envelope-only (never in the headers)."""
     call_id = call.get("id") or call.get("call_id") or ""
     subject = f"Transcript of your call with {config.company_name}"
     title = f"Your call with {config.company_name}"
-    return _message(subject, config.email.from_address, [to],
-                    message_id("request_transcript", call_id, config.email.from_address, n),
-                    _plain(title, call, entries, True), _html(title, call, entries, True))
+    return _message(
+        subject,
+        config.email.from_address,
+        [to],
+        message_id("request_transcript", call_id, config.email.from_address, n),
+        _plain(title, call, entries, True),
+        _html(title, call, entries, True),
+    )
 
 
 def header_addresses(value: str | None) -> list[str]:

@@ -26,8 +26,9 @@ log = logging.getLogger("tool_worker")
 ROLE = "tool-worker"
 
 
-def run(loaded: LoadedConfig, *, instance_id: str | None, health_host: str, health_port: int,
-        burst: bool = False) -> int:
+def run(
+    loaded: LoadedConfig, *, instance_id: str | None, health_host: str, health_port: int, burst: bool = False
+) -> int:
     config = loaded.config
     keys = Keys(config.redis.key_prefix)
     name = instance_id or new_instance_id(ROLE)
@@ -65,8 +66,9 @@ def run(loaded: LoadedConfig, *, instance_id: str | None, health_host: str, heal
 
     metrics.register(ROLE)
     metrics.BUILD.info({"version": VERSION, "role": ROLE, "id": name})
-    server = health.ThreadedServer(health.make_app(ROLE, name, {"redis": redis_check, "registered": registered_check}),
-                                   health_host, health_port)
+    server = health.ThreadedServer(
+        health.make_app(ROLE, name, {"redis": redis_check, "registered": registered_check}), health_host, health_port
+    )
     try:
         port = server.start()
     except OSError as exc:

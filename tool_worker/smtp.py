@@ -58,8 +58,9 @@ def _login(client: smtplib.SMTP, settings: Email, where: str) -> None:
         raise SendFailed(f"auth failed for {settings.username} ({exc.smtp_code})", False) from None
 
 
-def send(message: EmailMessage, recipients: list[str], settings: Email,
-         context: ssl.SSLContext | None = None) -> dict[str, str]:
+def send(
+    message: EmailMessage, recipients: list[str], settings: Email, context: ssl.SSLContext | None = None
+) -> dict[str, str]:
     """Send to the envelope `recipients` (To + Bcc); return the refused ones (address -> reply) when some were
     accepted. Raises SendFailed when none was."""
     timeout = settings.timeout_ms / 1000
@@ -88,8 +89,10 @@ def send(message: EmailMessage, recipients: list[str], settings: Email,
         if settings.username:
             _login(client, settings, where)
         refused = client.send_message(message, to_addrs=recipients)
-        return {addr: f"{code} {text.decode(errors='replace') if isinstance(text, bytes) else text}"
-                for addr, (code, text) in refused.items()}
+        return {
+            addr: f"{code} {text.decode(errors='replace') if isinstance(text, bytes) else text}"
+            for addr, (code, text) in refused.items()
+        }
     except SendFailed:
         raise
     except smtplib.SMTPRecipientsRefused as exc:

@@ -25,8 +25,16 @@ AUDIOSOCKET_NARROW = ("slin",)
 AUDIOSOCKET_WIDE = ("slin", "slin16", "slin24")
 WEBSOCKET_FORMATS = ("ulaw", "slin", "slin16", "slin24")
 # Sample rate of each format name, to find "the best lower one".
-RATES = {"ulaw": 8000, "alaw": 8000, "slin": 8000, "slin12": 12000, "slin16": 16000, "slin24": 24000,
-         "slin32": 32000, "slin48": 48000}
+RATES = {
+    "ulaw": 8000,
+    "alaw": 8000,
+    "slin": 8000,
+    "slin12": 12000,
+    "slin16": 16000,
+    "slin24": 24000,
+    "slin32": 32000,
+    "slin48": 48000,
+}
 _LINEAR = frozenset(name for name in RATES if name.startswith("slin"))
 
 _VERSION = re.compile(r"(\d+)\.(\d+)(?:\.(\d+))?")
@@ -37,7 +45,7 @@ class TransportUnavailable(ValueError):
 
 
 def parse_version(version: str) -> tuple[int, ...]:
-    """"22.10.1" → (22, 10, 1); "certified-20.7-cert3" → (20, 7); "GIT-master-abc" → ()."""
+    """ "22.10.1" → (22, 10, 1); "certified-20.7-cert3" → (20, 7); "GIT-master-abc" → ()."""
     match = _VERSION.search(version)
     if not match:
         return ()
@@ -95,8 +103,9 @@ def _rate(name: str) -> int:
     return RATES.get(name, 8000)
 
 
-def capabilities_from(version: str, audiosocket_loaded: bool, websocket_loaded: bool,
-                      entity_id: str = "") -> Capabilities:
+def capabilities_from(
+    version: str, audiosocket_loaded: bool, websocket_loaded: bool, entity_id: str = ""
+) -> Capabilities:
     """The pure rules, separate from the REST calls."""
     parsed = parse_version(version)
     wide = has_feature(parsed, AUDIOSOCKET_WIDEBAND_SINCE)
@@ -104,20 +113,34 @@ def capabilities_from(version: str, audiosocket_loaded: bool, websocket_loaded: 
     if wide is None:
         log.warning("cannot read Asterisk version %r: assuming 8 kHz AudioSocket only", version)
     return Capabilities(
-        version=version, version_tuple=parsed, audiosocket=audiosocket_loaded,
+        version=version,
+        version_tuple=parsed,
+        audiosocket=audiosocket_loaded,
         audiosocket_formats=AUDIOSOCKET_WIDE if wide else AUDIOSOCKET_NARROW,
         # An unreadable version (a git build) trusts the module; a known-old one never has chan_websocket media.
-        websocket_media=websocket_loaded and ws_ok is not False, entity_id=entity_id)
+        websocket_media=websocket_loaded and ws_ok is not False,
+        entity_id=entity_id,
+    )
 
 
 async def probe(rest) -> Capabilities:  # rest: AriRest (untyped to keep this module free of aiohttp)
     info, audiosocket, websocket = await asyncio.gather(
-        rest.info("system"), rest.module("chan_audiosocket.so"), rest.module("chan_websocket.so"))
+        rest.info("system"), rest.module("chan_audiosocket.so"), rest.module("chan_websocket.so")
+    )
     system = info.system
     if system is None or not system.version:
         raise ValueError("GET /asterisk/info?only=system returned no version")
-    caps = capabilities_from(system.version, audiosocket is not None and audiosocket.running,
-                             websocket is not None and websocket.running, system.entity_id)
-    log.info("Asterisk %s: audiosocket=%s %s, websocket media=%s", caps.version, caps.audiosocket,
-             ",".join(caps.audiosocket_formats), caps.websocket_media)
+    caps = capabilities_from(
+        system.version,
+        audiosocket is not None and audiosocket.running,
+        websocket is not None and websocket.running,
+        system.entity_id,
+    )
+    log.info(
+        "Asterisk %s: audiosocket=%s %s, websocket media=%s",
+        caps.version,
+        caps.audiosocket,
+        ",".join(caps.audiosocket_formats),
+        caps.websocket_media,
+    )
     return caps

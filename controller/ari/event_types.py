@@ -99,9 +99,20 @@ class ApplicationMoveFailed(_Event, tag="ApplicationMoveFailed"):
 
 
 KnownEvent = (
-    StasisStart | StasisEnd | ChannelStateChange | ChannelHangupRequest | ChannelDestroyed | ChannelVarset
-    | ChannelDtmfReceived | ChannelEnteredBridge | ChannelLeftBridge | BridgeDestroyed | Dial
-    | PlaybackStarted | PlaybackFinished | ApplicationMoveFailed
+    StasisStart
+    | StasisEnd
+    | ChannelStateChange
+    | ChannelHangupRequest
+    | ChannelDestroyed
+    | ChannelVarset
+    | ChannelDtmfReceived
+    | ChannelEnteredBridge
+    | ChannelLeftBridge
+    | BridgeDestroyed
+    | Dial
+    | PlaybackStarted
+    | PlaybackFinished
+    | ApplicationMoveFailed
 )
 
 KNOWN_TYPES = frozenset(cls.__struct_config__.tag for cls in KnownEvent.__args__)  # type: ignore[attr-defined]

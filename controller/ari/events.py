@@ -34,7 +34,7 @@ Handler = Callable[[Event], Awaitable[None]]
 KeyFn = Callable[[Event], "str | None"]
 OnConnect = Callable[[bool], Awaitable[None]]
 
-BAD_LOG_FIRST = 10    # log the first malformed messages of a process, then one in BAD_LOG_EVERY
+BAD_LOG_FIRST = 10  # log the first malformed messages of a process, then one in BAD_LOG_EVERY
 BAD_LOG_EVERY = 100
 WARN_EVERY_S = 60.0  # while Asterisk stays unreachable
 
@@ -62,11 +62,24 @@ _ws_logger = _RedactingLogger(logging.getLogger("ari.ws"), {})
 
 
 class EventStream:
-    def __init__(self, base_url: str, username: str, password: str, app: str, *, handler: Handler,
-                 key: KeyFn | None = None, on_connect: OnConnect | None = None, subscribe_all: bool = False,
-                 backoff: tuple[float, float] = (0.2, 5.0), max_pending: int = 10_000,
-                 open_timeout: float = 10.0, ping_interval: float = 20.0, drain_timeout: float = 5.0,
-                 stable_after: float = 2.0):
+    def __init__(
+        self,
+        base_url: str,
+        username: str,
+        password: str,
+        app: str,
+        *,
+        handler: Handler,
+        key: KeyFn | None = None,
+        on_connect: OnConnect | None = None,
+        subscribe_all: bool = False,
+        backoff: tuple[float, float] = (0.2, 5.0),
+        max_pending: int = 10_000,
+        open_timeout: float = 10.0,
+        ping_interval: float = 20.0,
+        drain_timeout: float = 5.0,
+        stable_after: float = 2.0,
+    ):
         self.url = events_url(base_url, app, subscribe_all)
         self.app = app
         self._headers = {"Authorization": basic_auth(username, password)}
@@ -116,16 +129,23 @@ class EventStream:
                         down_since = now
                     if failures == 1 or now - last_warning >= WARN_EVERY_S:  # once, then a reminder a minute
                         last_warning = now
-                        log.warning("ARI events: cannot connect to %s: %s; retrying (attempt %d)", self.url,
-                                    _describe(exc), failures)
+                        log.warning(
+                            "ARI events: cannot connect to %s: %s; retrying (attempt %d)",
+                            self.url,
+                            _describe(exc),
+                            failures,
+                        )
                     else:
                         log.debug("ARI events: connect attempt %d failed: %s", failures, _describe(exc))
                     await self._sleep(delay, stopping)
                     delay = min(delay * 2, self._backoff_max)
                     continue
                 if down_since is not None and self.connects:
-                    log.info("ARI events reconnected after %.1fs (%d failed attempts)",
-                             time.monotonic() - down_since, failures)
+                    log.info(
+                        "ARI events reconnected after %.1fs (%d failed attempts)",
+                        time.monotonic() - down_since,
+                        failures,
+                    )
                 first = not self._settled  # True until an on_connect has succeeded once
                 if self.connects:
                     RECONNECTS.inc()
@@ -149,10 +169,18 @@ class EventStream:
 
     async def _open(self) -> ClientConnection:
         return await connect(
-            self.url, additional_headers=self._headers, open_timeout=self._open_timeout,
-            ping_interval=self._ping_interval, ping_timeout=self._ping_interval, close_timeout=2,
-            max_size=16 * 1024 * 1024, compression=None, proxy=None, logger=_ws_logger,
-            user_agent_header="asterisk-ai-voice-agent")
+            self.url,
+            additional_headers=self._headers,
+            open_timeout=self._open_timeout,
+            ping_interval=self._ping_interval,
+            ping_timeout=self._ping_interval,
+            close_timeout=2,
+            max_size=16 * 1024 * 1024,
+            compression=None,
+            proxy=None,
+            logger=_ws_logger,
+            user_agent_header="asterisk-ai-voice-agent",
+        )
 
     async def _serve(self, ws: ClientConnection, first: bool, stopping: asyncio.Event) -> str:
         """One connection: reconcile, then read until it closes. Returns why it ended."""
@@ -166,8 +194,9 @@ class EventStream:
                     try:
                         await asyncio.wait_for(self._dispatcher.drained(), self._drain_timeout)
                     except asyncio.TimeoutError:
-                        log.warning("ARI events: %d events of the previous connection still pending",
-                                    self._dispatcher.pending)
+                        log.warning(
+                            "ARI events: %d events of the previous connection still pending", self._dispatcher.pending
+                        )
                 try:
                     await self._on_connect(first)
                 except Exception:
@@ -200,8 +229,9 @@ class EventStream:
             self.bad_events += 1
             EVENTS.labels("bad").inc()
             if self.bad_events <= BAD_LOG_FIRST or self.bad_events % BAD_LOG_EVERY == 0:
-                log.warning("ARI events: malformed message #%d (type %s): %s", self.bad_events,
-                            event.type or "?", event.reason)
+                log.warning(
+                    "ARI events: malformed message #%d (type %s): %s", self.bad_events, event.type or "?", event.reason
+                )
             return
         kind = event_type(event)
         EVENTS.labels(kind if kind in KNOWN_TYPES else "other").inc()

@@ -20,8 +20,13 @@ T = TypeVar("T")
 
 
 class KeyedDispatcher(Generic[T]):
-    def __init__(self, handler: Callable[[T], Awaitable[None]], *, max_pending: int = 10_000,
-                 describe: Callable[[T], str] = lambda item: type(item).__name__):
+    def __init__(
+        self,
+        handler: Callable[[T], Awaitable[None]],
+        *,
+        max_pending: int = 10_000,
+        describe: Callable[[T], str] = lambda item: type(item).__name__,
+    ):
         self._handler = handler
         self._describe = describe
         self._queues: dict[str, deque[T]] = {}

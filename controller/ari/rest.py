@@ -78,8 +78,9 @@ def _error_message(body: bytes) -> str:
 
 
 class AriRest:
-    def __init__(self, base_url: str, username: str, password: str, *, timeout: float = 5.0,
-                 max_connections: int = 256):
+    def __init__(
+        self, base_url: str, username: str, password: str, *, timeout: float = 5.0, max_connections: int = 256
+    ):
         self.base = ari_base(base_url)
         self.username = username
         self._headers = {"Authorization": basic_auth(username, password), "User-Agent": "asterisk-ai-voice-agent"}
@@ -103,8 +104,11 @@ class AriRest:
             # burst of calls, each with several steps in flight).
             connector = aiohttp.TCPConnector(limit=self.max_connections, keepalive_timeout=30)
             self._session = aiohttp.ClientSession(
-                connector=connector, headers=self._headers, timeout=aiohttp.ClientTimeout(total=self.timeout),
-                raise_for_status=False)
+                connector=connector,
+                headers=self._headers,
+                timeout=aiohttp.ClientTimeout(total=self.timeout),
+                raise_for_status=False,
+            )
         return self._session
 
     async def close(self) -> None:
@@ -114,9 +118,16 @@ class AriRest:
 
     # --- the one request path ---------------------------------------------------------------------------
 
-    async def _call(self, name: str, http_method: str, path: str, params: Params | None = None, *,
-                    variables: dict[str, str] | None = None, allow: frozenset[int] = frozenset()
-                    ) -> tuple[int, bytes]:
+    async def _call(
+        self,
+        name: str,
+        http_method: str,
+        path: str,
+        params: Params | None = None,
+        *,
+        variables: dict[str, str] | None = None,
+        allow: frozenset[int] = frozenset(),
+    ) -> tuple[int, bytes]:
         """Send one request; return (status, body) for 2xx and for the statuses in `allow`, raise otherwise."""
         kwargs: dict[str, Any] = {}
         if params:
@@ -146,8 +157,16 @@ class AriRest:
         REQUESTS.labels(name, status).inc()
         REQUEST_SECONDS.labels(name).observe(time.perf_counter() - started)
 
-    async def _json(self, kind: type[T] | Any, name: str, http_method: str, path: str,
-                    params: Params | None = None, *, variables: dict[str, str] | None = None) -> T:
+    async def _json(
+        self,
+        kind: type[T] | Any,
+        name: str,
+        http_method: str,
+        path: str,
+        params: Params | None = None,
+        *,
+        variables: dict[str, str] | None = None,
+    ) -> T:
         status, body = await self._call(name, http_method, path, params, variables=variables)
         try:
             return _decoder(kind).decode(body)
@@ -223,10 +242,15 @@ class AriRest:
         """False if the channel was already gone (404)."""
         return await self._gone_ok("hangup", "DELETE", f"/channels/{seg(cid)}", {"reason": reason})
 
-    async def continue_in_dialplan(self, cid: str, context: str, extension: str, priority: int = 1,
-                                   label: str | None = None) -> None:
-        await self._call("continue_in_dialplan", "POST", f"/channels/{seg(cid)}/continue",
-                         {"context": context, "extension": extension, "priority": priority, "label": label})
+    async def continue_in_dialplan(
+        self, cid: str, context: str, extension: str, priority: int = 1, label: str | None = None
+    ) -> None:
+        await self._call(
+            "continue_in_dialplan",
+            "POST",
+            f"/channels/{seg(cid)}/continue",
+            {"context": context, "extension": extension, "priority": priority, "label": label},
+        )
 
     async def start_moh(self, cid: str, moh_class: str | None = None) -> None:
         await self._call("start_moh", "POST", f"/channels/{seg(cid)}/moh", {"mohClass": moh_class})
@@ -236,8 +260,13 @@ class AriRest:
 
     async def play(self, cid: str, media: str, playback_id: str | None = None, lang: str | None = None) -> Playback:
         """`media`: "sound:hello-world", "tone:ring", … (several comma-separated play in sequence)."""
-        return await self._json(Playback, "play", "POST", f"/channels/{seg(cid)}/play",
-                                {"media": media, "playbackId": playback_id, "lang": lang})
+        return await self._json(
+            Playback,
+            "play",
+            "POST",
+            f"/channels/{seg(cid)}/play",
+            {"media": media, "playbackId": playback_id, "lang": lang},
+        )
 
     async def stop_playback(self, pid: str) -> bool:
         return await self._gone_ok("stop_playback", "DELETE", f"/playbacks/{seg(pid)}")
@@ -247,40 +276,93 @@ class AriRest:
 
     # --- channels: creating --------------------------------------------------------------------------------
 
-    async def external_media(self, *, app: str, channel_id: str, external_host: str, format: str,
-                             encapsulation: str = "rtp", transport: str = "udp", data: str | None = None,
-                             connection_type: str | None = None, direction: str | None = None,
-                             variables: dict[str, str] | None = None,
-                             transport_data: str | None = None) -> Channel:
+    async def external_media(
+        self,
+        *,
+        app: str,
+        channel_id: str,
+        external_host: str,
+        format: str,
+        encapsulation: str = "rtp",
+        transport: str = "udp",
+        data: str | None = None,
+        connection_type: str | None = None,
+        direction: str | None = None,
+        variables: dict[str, str] | None = None,
+        transport_data: str | None = None,
+    ) -> Channel:
         """AudioSocket: encapsulation="audiosocket", transport="tcp", data=<uuid> (required); Asterisk connects
         during the POST, so the server must already listen (else 500). `data` becomes StasisStart.args."""
         params: Params = {
-            "app": app, "channelId": channel_id, "external_host": external_host or None, "format": format,
-            "encapsulation": encapsulation, "transport": transport, "data": data,
-            "connection_type": connection_type, "direction": direction, "transport_data": transport_data,
+            "app": app,
+            "channelId": channel_id,
+            "external_host": external_host or None,
+            "format": format,
+            "encapsulation": encapsulation,
+            "transport": transport,
+            "data": data,
+            "connection_type": connection_type,
+            "direction": direction,
+            "transport_data": transport_data,
         }
-        return await self._json(Channel, "external_media", "POST", "/channels/externalMedia", params,
-                                variables=variables)
+        return await self._json(
+            Channel, "external_media", "POST", "/channels/externalMedia", params, variables=variables
+        )
 
-    async def create_channel(self, *, endpoint: str, app: str, channel_id: str, app_args: str | None = None,
-                             originator: str | None = None, formats: str | None = None,
-                             variables: dict[str, str] | None = None) -> Channel:
+    async def create_channel(
+        self,
+        *,
+        endpoint: str,
+        app: str,
+        channel_id: str,
+        app_args: str | None = None,
+        originator: str | None = None,
+        formats: str | None = None,
+        variables: dict[str, str] | None = None,
+    ) -> Channel:
         """A leg that enters Stasis (state Down) without dialling; `dial` rings it. `originator` and `formats`
         are mutually exclusive (400)."""
-        params: Params = {"endpoint": endpoint, "app": app, "channelId": channel_id, "appArgs": app_args,
-                          "originator": originator, "formats": formats}
+        params: Params = {
+            "endpoint": endpoint,
+            "app": app,
+            "channelId": channel_id,
+            "appArgs": app_args,
+            "originator": originator,
+            "formats": formats,
+        }
         return await self._json(Channel, "create_channel", "POST", "/channels/create", params, variables=variables)
 
-    async def originate(self, *, endpoint: str, context: str | None = None, extension: str | None = None,
-                        priority: int | None = None, app: str | None = None, app_args: str | None = None,
-                        caller_id: str | None = None, timeout: int | None = None, channel_id: str | None = None,
-                        formats: str | None = None, variables: dict[str, str] | None = None,
-                        label: str | None = None, originator: str | None = None) -> Channel:
+    async def originate(
+        self,
+        *,
+        endpoint: str,
+        context: str | None = None,
+        extension: str | None = None,
+        priority: int | None = None,
+        app: str | None = None,
+        app_args: str | None = None,
+        caller_id: str | None = None,
+        timeout: int | None = None,
+        channel_id: str | None = None,
+        formats: str | None = None,
+        variables: dict[str, str] | None = None,
+        label: str | None = None,
+        originator: str | None = None,
+    ) -> Channel:
         """Either a dialplan target (context/extension/priority|label) or a Stasis app (app/app_args)."""
         params: Params = {
-            "endpoint": endpoint, "context": context, "extension": extension, "priority": priority, "label": label,
-            "app": app, "appArgs": app_args, "callerId": caller_id, "timeout": timeout, "channelId": channel_id,
-            "originator": originator, "formats": formats,
+            "endpoint": endpoint,
+            "context": context,
+            "extension": extension,
+            "priority": priority,
+            "label": label,
+            "app": app,
+            "appArgs": app_args,
+            "callerId": caller_id,
+            "timeout": timeout,
+            "channelId": channel_id,
+            "originator": originator,
+            "formats": formats,
         }
         return await self._json(Channel, "originate", "POST", "/channels", params, variables=variables)
 
@@ -294,22 +376,34 @@ class AriRest:
 
     async def create_bridge(self, bridge_id: str, type: str = "mixing", name: str | None = None) -> Bridge:
         """`type`: comma-separated attributes (mixing, holding, dtmf_events, proxy_media, video_sfu …)."""
-        return await self._json(Bridge, "create_bridge", "POST", "/bridges",
-                                {"type": type, "bridgeId": bridge_id, "name": name})
+        return await self._json(
+            Bridge, "create_bridge", "POST", "/bridges", {"type": type, "bridgeId": bridge_id, "name": name}
+        )
 
     async def destroy_bridge(self, bid: str) -> bool:
         return await self._gone_ok("destroy_bridge", "DELETE", f"/bridges/{seg(bid)}")
 
-    async def add_channel(self, bid: str, *channel_ids: str, role: str | None = None,
-                          absorb_dtmf: bool | None = None, mute: bool | None = None) -> None:
+    async def add_channel(
+        self,
+        bid: str,
+        *channel_ids: str,
+        role: str | None = None,
+        absorb_dtmf: bool | None = None,
+        mute: bool | None = None,
+    ) -> None:
         """A channel already in another bridge is moved (204)."""
         if not channel_ids:
             raise ValueError("add_channel needs at least one channel id")
-        await self._call("add_channel", "POST", f"/bridges/{seg(bid)}/addChannel",
-                         {"channel": ",".join(channel_ids), "role": role, "absorbDTMF": absorb_dtmf, "mute": mute})
+        await self._call(
+            "add_channel",
+            "POST",
+            f"/bridges/{seg(bid)}/addChannel",
+            {"channel": ",".join(channel_ids), "role": role, "absorbDTMF": absorb_dtmf, "mute": mute},
+        )
 
     async def remove_channel(self, bid: str, *channel_ids: str) -> None:
         if not channel_ids:
             raise ValueError("remove_channel needs at least one channel id")
-        await self._call("remove_channel", "POST", f"/bridges/{seg(bid)}/removeChannel",
-                         {"channel": ",".join(channel_ids)})
+        await self._call(
+            "remove_channel", "POST", f"/bridges/{seg(bid)}/removeChannel", {"channel": ",".join(channel_ids)}
+        )

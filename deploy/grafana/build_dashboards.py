@@ -45,122 +45,229 @@ def per_minute(counter: str, by: str = "", window: str = "5m") -> str:
 
 
 # Stat colours: (colour, from value); the first step starts at -inf.
-GOOD_HIGH = [("red", None), ("green", 1)]   # 0 is bad (free slots, connected)
-BAD_HIGH = [("green", None), ("red", 1)]    # anything above 0 is bad (targets down, failures)
+GOOD_HIGH = [("red", None), ("green", 1)]  # 0 is bad (free slots, connected)
+BAD_HIGH = [("green", None), ("red", 1)]  # anything above 0 is bad (targets down, failures)
 LATENCY = [("green", None), ("yellow", 1.5), ("red", 2)]  # the guide's "high latency" is over 2 s
 
 DASHBOARDS = [
     {
-        "uid": "va-overview", "file": "overview.json", "title": "Voice agent: overview",
+        "uid": "va-overview",
+        "file": "overview.json",
+        "title": "Voice agent: overview",
         "rows": [
             [
                 ("stat", "Active calls", "none", "sum(va_calls_active) or vector(0)"),
                 ("stat", "Free media slots", "none", "sum(va_worker_slots_free) or vector(0)", GOOD_HIGH),
                 ("stat", "Calls waiting for a slot", "none", "max(va_calls_waiting) or vector(0)", BAD_HIGH),
                 ("stat", "Turn latency p95 (5m)", "s", quantile(0.95, "va_turn_latency_seconds"), LATENCY),
-                ("stat", "Realtime cost, last hour", "currencyUSD",
-                 last_hour("va_realtime_cost_usd_total")),
+                ("stat", "Realtime cost, last hour", "currencyUSD", last_hour("va_realtime_cost_usd_total")),
                 ("stat", "Targets down", "none", "count(up == 0) or vector(0)", BAD_HIGH),
             ],
             [
-                ("ts", "Calls per minute: admitted and rejected", "short", [
-                    ("admitted", per_minute("va_calls_admitted_total")),
-                    ("rejected (all)", per_minute("va_calls_rejected_total")),
-                    ("rejected: {{reason}}", per_minute("va_calls_rejected_total", "reason")),
-                ]),
-                ("ts", "Calls ended per minute, by reason", "short", [
-                    ("{{reason}}", per_minute("va_calls_ended_total", "reason")),
-                ]),
+                (
+                    "ts",
+                    "Calls per minute: admitted and rejected",
+                    "short",
+                    [
+                        ("admitted", per_minute("va_calls_admitted_total")),
+                        ("rejected (all)", per_minute("va_calls_rejected_total")),
+                        ("rejected: {{reason}}", per_minute("va_calls_rejected_total", "reason")),
+                    ],
+                ),
+                (
+                    "ts",
+                    "Calls ended per minute, by reason",
+                    "short",
+                    [
+                        ("{{reason}}", per_minute("va_calls_ended_total", "reason")),
+                    ],
+                ),
             ],
             [
-                ("ts", "Concurrent calls", "short", [
-                    ("on controllers", "sum(va_calls_active) or vector(0)"),
-                    ("on media workers", "sum(va_worker_calls_active) or vector(0)"),
-                    ("waiting for a slot", "max(va_calls_waiting) or vector(0)"),
-                ]),
-                ("ts", "Response latency", "s", [
-                    ("turn p50", quantile(0.5, "va_turn_latency_seconds")),
-                    ("turn p95", quantile(0.95, "va_turn_latency_seconds")),
-                    ("greeting p95", quantile(0.95, "va_greeting_first_frame_seconds")),
-                ]),
+                (
+                    "ts",
+                    "Concurrent calls",
+                    "short",
+                    [
+                        ("on controllers", "sum(va_calls_active) or vector(0)"),
+                        ("on media workers", "sum(va_worker_calls_active) or vector(0)"),
+                        ("waiting for a slot", "max(va_calls_waiting) or vector(0)"),
+                    ],
+                ),
+                (
+                    "ts",
+                    "Response latency",
+                    "s",
+                    [
+                        ("turn p50", quantile(0.5, "va_turn_latency_seconds")),
+                        ("turn p95", quantile(0.95, "va_turn_latency_seconds")),
+                        ("greeting p95", quantile(0.95, "va_greeting_first_frame_seconds")),
+                    ],
+                ),
             ],
             [
-                ("ts", "Realtime errors per minute", "short", [
-                    ("all", per_minute("va_realtime_errors_total")),
-                    ("{{code}}", per_minute("va_realtime_errors_total", "code")),
-                ]),
-                ("ts", "Realtime rate limit remaining", "percentunit", [
-                    ("{{limit}} (lowest worker)",
-                     "min by (limit) (va_realtime_rate_limit_remaining / va_realtime_rate_limit_limit)"),
-                ]),
+                (
+                    "ts",
+                    "Realtime errors per minute",
+                    "short",
+                    [
+                        ("all", per_minute("va_realtime_errors_total")),
+                        ("{{code}}", per_minute("va_realtime_errors_total", "code")),
+                    ],
+                ),
+                (
+                    "ts",
+                    "Realtime rate limit remaining",
+                    "percentunit",
+                    [
+                        (
+                            "{{limit}} (lowest worker)",
+                            "min by (limit) (va_realtime_rate_limit_remaining / va_realtime_rate_limit_limit)",
+                        ),
+                    ],
+                ),
             ],
             [
-                ("ts", "Realtime cost per hour (USD)", "currencyUSD", [
-                    ("USD per hour", "sum(rate(va_realtime_cost_usd_total[5m])) * 3600 or vector(0)"),
-                ]),
-                ("ts", "Realtime cost per call (USD)", "currencyUSD", [
-                    ("mean", "sum(rate(va_call_cost_usd_sum[15m])) / sum(rate(va_call_cost_usd_count[15m]))"),
-                    *percentiles("va_call_cost_usd", (0.95,), window="15m"),
-                ]),
-                ("ts", "Targets up, by job", "short", [
-                    ("{{job}} up", "sum by (job) (up)"),
-                    ("{{job}} scraped", "count by (job) (up)"),
-                ]),
+                (
+                    "ts",
+                    "Realtime cost per hour (USD)",
+                    "currencyUSD",
+                    [
+                        ("USD per hour", "sum(rate(va_realtime_cost_usd_total[5m])) * 3600 or vector(0)"),
+                    ],
+                ),
+                (
+                    "ts",
+                    "Realtime cost per call (USD)",
+                    "currencyUSD",
+                    [
+                        ("mean", "sum(rate(va_call_cost_usd_sum[15m])) / sum(rate(va_call_cost_usd_count[15m]))"),
+                        *percentiles("va_call_cost_usd", (0.95,), window="15m"),
+                    ],
+                ),
+                (
+                    "ts",
+                    "Targets up, by job",
+                    "short",
+                    [
+                        ("{{job}} up", "sum by (job) (up)"),
+                        ("{{job}} scraped", "count by (job) (up)"),
+                    ],
+                ),
             ],
         ],
     },
     {
-        "uid": "va-call-quality", "file": "call-quality.json", "title": "Voice agent: call quality and latency",
+        "uid": "va-call-quality",
+        "file": "call-quality.json",
+        "title": "Voice agent: call quality and latency",
         "rows": [
             [
-                ("ts", "Turn latency (caller end of speech to first agent frame)", "s", [
-                    *percentiles("va_turn_latency_seconds", (0.5, 0.95, 0.99)),
-                ]),
-                ("ts", "Greeting (media connected to first greeting frame)", "s", [
-                    *percentiles("va_greeting_first_frame_seconds", window="15m"),
-                ]),
+                (
+                    "ts",
+                    "Turn latency (caller end of speech to first agent frame)",
+                    "s",
+                    [
+                        *percentiles("va_turn_latency_seconds", (0.5, 0.95, 0.99)),
+                    ],
+                ),
+                (
+                    "ts",
+                    "Greeting (media connected to first greeting frame)",
+                    "s",
+                    [
+                        *percentiles("va_greeting_first_frame_seconds", window="15m"),
+                    ],
+                ),
             ],
             [
-                ("ts", "Barge-in (caller speech to agent audio stopped)", "s", [
-                    *percentiles("va_bargein_seconds", window="15m"),
-                ]),
-                ("ts", "Call setup (StasisStart to bridged)", "s", [
-                    *percentiles("va_call_setup_seconds", window="15m"),
-                ]),
-                ("ts", "Realtime connect (WebSocket to session.updated)", "s", [
-                    *percentiles("va_realtime_connect_seconds", window="15m"),
-                ]),
+                (
+                    "ts",
+                    "Barge-in (caller speech to agent audio stopped)",
+                    "s",
+                    [
+                        *percentiles("va_bargein_seconds", window="15m"),
+                    ],
+                ),
+                (
+                    "ts",
+                    "Call setup (StasisStart to bridged)",
+                    "s",
+                    [
+                        *percentiles("va_call_setup_seconds", window="15m"),
+                    ],
+                ),
+                (
+                    "ts",
+                    "Realtime connect (WebSocket to session.updated)",
+                    "s",
+                    [
+                        *percentiles("va_realtime_connect_seconds", window="15m"),
+                    ],
+                ),
             ],
             [
-                ("ts", "Caller frame in to append sent (sampled)", "s", [
-                    *percentiles("va_input_append_seconds", (0.5, 0.99)),
-                ]),
-                ("ts", "Model audio in to first frame out (incl. tick wait)", "s", [
-                    *percentiles("va_output_first_frame_seconds", (0.5, 0.99)),
-                ]),
-                ("ts", "Playout tick lateness p99, by media worker", "ms", [
-                    ("{{instance}}", "max by (instance) (va_playout_tick_lag_p99_ms)"),
-                ]),
+                (
+                    "ts",
+                    "Caller frame in to append sent (sampled)",
+                    "s",
+                    [
+                        *percentiles("va_input_append_seconds", (0.5, 0.99)),
+                    ],
+                ),
+                (
+                    "ts",
+                    "Model audio in to first frame out (incl. tick wait)",
+                    "s",
+                    [
+                        *percentiles("va_output_first_frame_seconds", (0.5, 0.99)),
+                    ],
+                ),
+                (
+                    "ts",
+                    "Playout tick lateness p99, by media worker",
+                    "ms",
+                    [
+                        ("{{instance}}", "max by (instance) (va_playout_tick_lag_p99_ms)"),
+                    ],
+                ),
             ],
             [
-                ("ts", "Audio gaps per minute", "short", [
-                    ("playout underruns (20 ms ticks)", per_minute("va_playout_underruns_total")),
-                    ("caller padding frames", per_minute("va_input_padding_frames_total")),
-                ]),
-                ("ts", "Conversation events per minute", "short", [
-                    ("echo gate closures", per_minute("va_echo_gate_closures_total")),
-                    ("barge-in truncations", per_minute("va_truncations_total")),
-                    ("audio-less responses", per_minute("va_audioless_responses_total")),
-                ]),
-                ("ts", "Realtime errors and reconnects per minute", "short", [
-                    ("error {{code}}", per_minute("va_realtime_errors_total", "code")),
-                    ("reconnect {{cause}}", per_minute("va_realtime_reconnects_total", "cause")),
-                ]),
+                (
+                    "ts",
+                    "Audio gaps per minute",
+                    "short",
+                    [
+                        ("playout underruns (20 ms ticks)", per_minute("va_playout_underruns_total")),
+                        ("caller padding frames", per_minute("va_input_padding_frames_total")),
+                    ],
+                ),
+                (
+                    "ts",
+                    "Conversation events per minute",
+                    "short",
+                    [
+                        ("echo gate closures", per_minute("va_echo_gate_closures_total")),
+                        ("barge-in truncations", per_minute("va_truncations_total")),
+                        ("audio-less responses", per_minute("va_audioless_responses_total")),
+                    ],
+                ),
+                (
+                    "ts",
+                    "Realtime errors and reconnects per minute",
+                    "short",
+                    [
+                        ("error {{code}}", per_minute("va_realtime_errors_total", "code")),
+                        ("reconnect {{cause}}", per_minute("va_realtime_reconnects_total", "cause")),
+                    ],
+                ),
             ],
         ],
     },
     {
-        "uid": "va-capacity", "file": "capacity.json", "title": "Voice agent: capacity and workers",
+        "uid": "va-capacity",
+        "file": "capacity.json",
+        "title": "Voice agent: capacity and workers",
         "rows": [
             [
                 ("stat", "Media capacity (calls)", "none", "sum(va_worker_capacity) or vector(0)", GOOD_HIGH),
@@ -171,111 +278,231 @@ DASHBOARDS = [
                 ("stat", "ARI connected (controllers)", "none", "sum(va_ari_connected) or vector(0)", GOOD_HIGH),
             ],
             [
-                ("ts", "Media slots, by worker", "short", [
-                    ("free {{instance}}", "sum by (instance) (va_worker_slots_free)"),
-                    ("capacity {{instance}}", "sum by (instance) (va_worker_capacity)"),
-                ]),
-                ("ts", "Calls, by media worker", "short", [
-                    ("{{instance}}", "sum by (instance) (va_worker_calls_active)"),
-                    ("controllers' total", "sum(va_calls_active) or vector(0)"),
-                ]),
-                ("ts", "Media workers by state (Redis)", "short", [
-                    ("{{state}}", "max by (state) (va_media_workers)"),
-                ]),
+                (
+                    "ts",
+                    "Media slots, by worker",
+                    "short",
+                    [
+                        ("free {{instance}}", "sum by (instance) (va_worker_slots_free)"),
+                        ("capacity {{instance}}", "sum by (instance) (va_worker_capacity)"),
+                    ],
+                ),
+                (
+                    "ts",
+                    "Calls, by media worker",
+                    "short",
+                    [
+                        ("{{instance}}", "sum by (instance) (va_worker_calls_active)"),
+                        ("controllers' total", "sum(va_calls_active) or vector(0)"),
+                    ],
+                ),
+                (
+                    "ts",
+                    "Media workers by state (Redis)",
+                    "short",
+                    [
+                        ("{{state}}", "max by (state) (va_media_workers)"),
+                    ],
+                ),
             ],
             [
-                ("ts", "Admission queue", "short", [
-                    ("waiting now", "max(va_calls_waiting) or vector(0)"),
-                    ("queued per minute: {{reason}}", per_minute("va_calls_queued_total", "reason")),
-                ]),
-                ("ts", "Queue wait of queued calls", "s", [
-                    *percentiles("va_call_queue_wait_seconds", window="15m"),
-                ]),
-                ("ts", "Realtime prewarm pool", "short", [
-                    ("ready connections", "sum(va_realtime_pool_ready) or vector(0)"),
-                    ("takes per minute: {{source}}", per_minute("va_realtime_pool_takes_total", "source")),
-                ]),
+                (
+                    "ts",
+                    "Admission queue",
+                    "short",
+                    [
+                        ("waiting now", "max(va_calls_waiting) or vector(0)"),
+                        ("queued per minute: {{reason}}", per_minute("va_calls_queued_total", "reason")),
+                    ],
+                ),
+                (
+                    "ts",
+                    "Queue wait of queued calls",
+                    "s",
+                    [
+                        *percentiles("va_call_queue_wait_seconds", window="15m"),
+                    ],
+                ),
+                (
+                    "ts",
+                    "Realtime prewarm pool",
+                    "short",
+                    [
+                        ("ready connections", "sum(va_realtime_pool_ready) or vector(0)"),
+                        ("takes per minute: {{source}}", per_minute("va_realtime_pool_takes_total", "source")),
+                    ],
+                ),
             ],
             [
-                ("ts", "Event loop lag p99, by job", "s", [
-                    ("{{job}}", quantile(0.99, "va_event_loop_lag_seconds", by="job")),
-                ]),
-                ("ts", "Redis connected and registered (lowest process), by job", "short", [
-                    ("redis {{job}}", "min by (job) (va_redis_connected)"),
-                    ("registered {{job}}", "min by (job) (va_registered)"),
-                ]),
-                ("ts", "Processes, by role and version", "short", [
-                    ("{{role}} {{version}}", "count by (role, version) (va_build_info)"),
-                ]),
+                (
+                    "ts",
+                    "Event loop lag p99, by job",
+                    "s",
+                    [
+                        ("{{job}}", quantile(0.99, "va_event_loop_lag_seconds", by="job")),
+                    ],
+                ),
+                (
+                    "ts",
+                    "Redis connected and registered (lowest process), by job",
+                    "short",
+                    [
+                        ("redis {{job}}", "min by (job) (va_redis_connected)"),
+                        ("registered {{job}}", "min by (job) (va_registered)"),
+                    ],
+                ),
+                (
+                    "ts",
+                    "Processes, by role and version",
+                    "short",
+                    [
+                        ("{{role}} {{version}}", "count by (role, version) (va_build_info)"),
+                    ],
+                ),
             ],
             [
-                ("ts", "ARI events WebSocket", "short", [
-                    ("connected controllers", "sum(va_ari_connected) or vector(0)"),
-                    ("reconnects (5m)", "sum(increase(va_ari_reconnects_total[5m])) or vector(0)"),
-                ]),
-                ("ts", "ARI request latency p95, by method", "s", [
-                    ("{{method}}", quantile(0.95, "va_ari_request_seconds", by="method")),
-                ]),
-                ("ts", "ARI requests and events per minute", "short", [
-                    ("requests {{status}}", per_minute("va_ari_requests_total", "status")),
-                    ("events {{type}}", per_minute("va_ari_events_total", "type")),
-                ]),
-                ("ts", "Reconcile clean-ups (1h), by kind", "short", [
-                    ("{{kind}}", "sum by (kind) (increase(va_reconcile_cleaned_total[1h]))"),
-                ]),
+                (
+                    "ts",
+                    "ARI events WebSocket",
+                    "short",
+                    [
+                        ("connected controllers", "sum(va_ari_connected) or vector(0)"),
+                        ("reconnects (5m)", "sum(increase(va_ari_reconnects_total[5m])) or vector(0)"),
+                    ],
+                ),
+                (
+                    "ts",
+                    "ARI request latency p95, by method",
+                    "s",
+                    [
+                        ("{{method}}", quantile(0.95, "va_ari_request_seconds", by="method")),
+                    ],
+                ),
+                (
+                    "ts",
+                    "ARI requests and events per minute",
+                    "short",
+                    [
+                        ("requests {{status}}", per_minute("va_ari_requests_total", "status")),
+                        ("events {{type}}", per_minute("va_ari_events_total", "type")),
+                    ],
+                ),
+                (
+                    "ts",
+                    "Reconcile clean-ups (1h), by kind",
+                    "short",
+                    [
+                        ("{{kind}}", "sum by (kind) (increase(va_reconcile_cleaned_total[1h]))"),
+                    ],
+                ),
             ],
         ],
     },
     {
-        "uid": "va-tools-email", "file": "tools-email.json", "title": "Voice agent: tools and email",
+        "uid": "va-tools-email",
+        "file": "tools-email.json",
+        "title": "Voice agent: tools and email",
         "rows": [
             [
                 ("stat", "Tool calls, last hour", "none", last_hour("va_tool_calls_total")),
-                ("stat", "Failed tool calls, last hour", "none",
-                 last_hour("va_tool_calls_total", '{status!="ok"}'), BAD_HIGH),
-                ("stat", "Emails enqueued, last hour", "none",
-                 last_hour("va_call_emails_enqueued_total")),
-                ("stat", "Failed tool-worker jobs, last hour", "none",
-                 last_hour("va_tool_jobs_total", '{status="failed"}'), BAD_HIGH),
+                (
+                    "stat",
+                    "Failed tool calls, last hour",
+                    "none",
+                    last_hour("va_tool_calls_total", '{status!="ok"}'),
+                    BAD_HIGH,
+                ),
+                ("stat", "Emails enqueued, last hour", "none", last_hour("va_call_emails_enqueued_total")),
+                (
+                    "stat",
+                    "Failed tool-worker jobs, last hour",
+                    "none",
+                    last_hour("va_tool_jobs_total", '{status="failed"}'),
+                    BAD_HIGH,
+                ),
                 ("stat", "RQ jobs queued", "none", 'sum(max by (queue) (va_rq_jobs{state="queued"})) or vector(0)'),
-                ("stat", "Realtime tokens, last hour", "short",
-                 last_hour("va_realtime_tokens_total")),
+                ("stat", "Realtime tokens, last hour", "short", last_hour("va_realtime_tokens_total")),
             ],
             [
-                ("ts", "Tool calls per minute, by tool and outcome", "short", [
-                    ("{{tool}} {{status}}", per_minute("va_tool_calls_total", "tool, status")),
-                ]),
-                ("ts", "Tool call duration p95, by tool", "s", [
-                    ("{{tool}}", quantile(0.95, "va_tool_seconds", "15m", by="tool")),
-                ]),
+                (
+                    "ts",
+                    "Tool calls per minute, by tool and outcome",
+                    "short",
+                    [
+                        ("{{tool}} {{status}}", per_minute("va_tool_calls_total", "tool, status")),
+                    ],
+                ),
+                (
+                    "ts",
+                    "Tool call duration p95, by tool",
+                    "s",
+                    [
+                        ("{{tool}}", quantile(0.95, "va_tool_seconds", "15m", by="tool")),
+                    ],
+                ),
             ],
             [
-                ("ts", "Call-control requests per minute, by action and status", "short", [
-                    ("{{action}} {{status}}", per_minute("va_control_requests_total", "action, status")),
-                ]),
-                ("ts", "Call-control request p95, by action", "s", [
-                    ("{{action}}", quantile(0.95, "va_control_request_seconds", "15m", by="action")),
-                ]),
-                ("ts", "End-of-call emails enqueued (1h), by kind", "short", [
-                    ("{{kind}}", "sum by (kind) (increase(va_call_emails_enqueued_total[1h]))"),
-                ]),
+                (
+                    "ts",
+                    "Call-control requests per minute, by action and status",
+                    "short",
+                    [
+                        ("{{action}} {{status}}", per_minute("va_control_requests_total", "action, status")),
+                    ],
+                ),
+                (
+                    "ts",
+                    "Call-control request p95, by action",
+                    "s",
+                    [
+                        ("{{action}}", quantile(0.95, "va_control_request_seconds", "15m", by="action")),
+                    ],
+                ),
+                (
+                    "ts",
+                    "End-of-call emails enqueued (1h), by kind",
+                    "short",
+                    [
+                        ("{{kind}}", "sum by (kind) (increase(va_call_emails_enqueued_total[1h]))"),
+                    ],
+                ),
             ],
             [
-                ("ts", "Tool-worker jobs per minute, by job and outcome", "short", [
-                    ("{{task}} {{status}}", per_minute("va_tool_jobs_total", "task, status")),
-                ]),
-                ("ts", "Tool-worker job duration p95, by job", "s", [
-                    ("{{task}}", quantile(0.95, "va_tool_job_seconds", "15m", by="task")),
-                ]),
+                (
+                    "ts",
+                    "Tool-worker jobs per minute, by job and outcome",
+                    "short",
+                    [
+                        ("{{task}} {{status}}", per_minute("va_tool_jobs_total", "task, status")),
+                    ],
+                ),
+                (
+                    "ts",
+                    "Tool-worker job duration p95, by job",
+                    "s",
+                    [
+                        ("{{task}}", quantile(0.95, "va_tool_job_seconds", "15m", by="task")),
+                    ],
+                ),
             ],
             [
-                ("ts", "RQ jobs by queue and state", "short", [
-                    ("{{queue}} {{state}}", "max by (queue, state) (va_rq_jobs)"),
-                    ("tool workers", "max(va_rq_workers) or vector(0)"),
-                ]),
-                ("ts", "Realtime tokens per minute, by kind", "short", [
-                    ("{{kind}}", per_minute("va_realtime_tokens_total", "kind")),
-                ]),
+                (
+                    "ts",
+                    "RQ jobs by queue and state",
+                    "short",
+                    [
+                        ("{{queue}} {{state}}", "max by (queue, state) (va_rq_jobs)"),
+                        ("tool workers", "max(va_rq_workers) or vector(0)"),
+                    ],
+                ),
+                (
+                    "ts",
+                    "Realtime tokens per minute, by kind",
+                    "short",
+                    [
+                        ("{{kind}}", per_minute("va_realtime_tokens_total", "kind")),
+                    ],
+                ),
             ],
         ],
     },
@@ -291,21 +518,40 @@ def panel(spec: tuple, pid: int, grid: dict) -> dict:
     defaults = {"unit": unit, "thresholds": thresholds(rest[0] if rest else [("green", None)])}
     if kind == "stat":
         targets = [("", targets)]
-        options = {"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
-                   "colorMode": "value", "graphMode": "area", "justifyMode": "auto", "orientation": "auto",
-                   "textMode": "auto"}
+        options = {
+            "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+            "colorMode": "value",
+            "graphMode": "area",
+            "justifyMode": "auto",
+            "orientation": "auto",
+            "textMode": "auto",
+        }
         defaults["color"] = {"mode": "thresholds"}
     else:
-        options = {"legend": {"displayMode": "list", "placement": "bottom", "showLegend": True},
-                   "tooltip": {"mode": "multi", "sort": "desc"}}
+        options = {
+            "legend": {"displayMode": "list", "placement": "bottom", "showLegend": True},
+            "tooltip": {"mode": "multi", "sort": "desc"},
+        }
         defaults["color"] = {"mode": "palette-classic"}
-        defaults["custom"] = {"drawStyle": "line", "lineWidth": 1, "fillOpacity": 10, "showPoints": "never",
-                              "spanNulls": False}
+        defaults["custom"] = {
+            "drawStyle": "line",
+            "lineWidth": 1,
+            "fillOpacity": 10,
+            "showPoints": "never",
+            "spanNulls": False,
+        }
     return {
-        "id": pid, "type": "stat" if kind == "stat" else "timeseries", "title": title, "datasource": DATASOURCE,
-        "gridPos": grid, "fieldConfig": {"defaults": defaults, "overrides": []}, "options": options,
-        "targets": [{"datasource": DATASOURCE, "refId": chr(ord("A") + i), "expr": expr, "legendFormat": legend,
-                     "range": True} for i, (legend, expr) in enumerate(targets)],
+        "id": pid,
+        "type": "stat" if kind == "stat" else "timeseries",
+        "title": title,
+        "datasource": DATASOURCE,
+        "gridPos": grid,
+        "fieldConfig": {"defaults": defaults, "overrides": []},
+        "options": options,
+        "targets": [
+            {"datasource": DATASOURCE, "refId": chr(ord("A") + i), "expr": expr, "legendFormat": legend, "range": True}
+            for i, (legend, expr) in enumerate(targets)
+        ],
     }
 
 
@@ -318,11 +564,29 @@ def dashboard(spec: dict) -> dict:
             panels.append(panel(p, len(panels) + 1, {"h": height, "w": width, "x": i * width, "y": y}))
         y += height
     return {
-        "uid": spec["uid"], "title": spec["title"], "tags": ["voice-agent"], "timezone": "browser",
-        "schemaVersion": 39, "version": 1, "editable": True, "graphTooltip": 1, "refresh": "10s",
-        "time": {"from": "now-1h", "to": "now"}, "templating": {"list": []}, "annotations": {"list": []},
-        "links": [{"title": "Voice agent", "type": "dashboards", "tags": ["voice-agent"], "asDropdown": False,
-                   "includeVars": False, "keepTime": True, "targetBlank": False}],
+        "uid": spec["uid"],
+        "title": spec["title"],
+        "tags": ["voice-agent"],
+        "timezone": "browser",
+        "schemaVersion": 39,
+        "version": 1,
+        "editable": True,
+        "graphTooltip": 1,
+        "refresh": "10s",
+        "time": {"from": "now-1h", "to": "now"},
+        "templating": {"list": []},
+        "annotations": {"list": []},
+        "links": [
+            {
+                "title": "Voice agent",
+                "type": "dashboards",
+                "tags": ["voice-agent"],
+                "asDropdown": False,
+                "includeVars": False,
+                "keepTime": True,
+                "targetBlank": False,
+            }
+        ],
         "panels": panels,
     }
 

@@ -24,19 +24,23 @@ import numpy as np
 import soxr
 
 from media_worker.audio.fir import Downsampler, Upsampler, delay_samples, round_int16, to_pcm16
-from media_worker.audio.g711 import (DECODE_TABLE, DECODE_TABLE_BE, DECODE_TABLE_F32, ULAW_SILENCE,
-                                     ulaw_encode_array)
+from media_worker.audio.g711 import DECODE_TABLE, DECODE_TABLE_BE, DECODE_TABLE_F32, ULAW_SILENCE, ulaw_encode_array
 
 WIRE_FORMATS = ("slin", "slin16", "slin24", "ulaw", "slin_be")  # slin_be = RTP slin (8 kHz big-endian)
-PROVIDER_FORMATS = ("pcm16", "g711_ulaw")                       # pcm16 = 24 kHz LE; g711_ulaw = 8 kHz
+PROVIDER_FORMATS = ("pcm16", "g711_ulaw")  # pcm16 = 24 kHz LE; g711_ulaw = 8 kHz
 
 # format -> (sample rate, sample coding): "le"/"be" = int16 in that byte order, "ulaw" = one byte per sample
 _CODING = {
-    "slin": (8000, "le"), "slin16": (16000, "le"), "slin24": (24000, "le"), "ulaw": (8000, "ulaw"),
-    "slin_be": (8000, "be"), "pcm16": (24000, "le"), "g711_ulaw": (8000, "ulaw"),
+    "slin": (8000, "le"),
+    "slin16": (16000, "le"),
+    "slin24": (24000, "le"),
+    "ulaw": (8000, "ulaw"),
+    "slin_be": (8000, "be"),
+    "pcm16": (24000, "le"),
+    "g711_ulaw": (8000, "ulaw"),
 }
 _BYTES_PER_SAMPLE = {"le": 2, "be": 2, "ulaw": 1}
-SOXR_UP_QUALITY = "QQ"    # 16k -> 24k, caller to model: no hold-back
+SOXR_UP_QUALITY = "QQ"  # 16k -> 24k, caller to model: no hold-back
 SOXR_DOWN_QUALITY = "LQ"  # 24k -> 16k, model to caller: anti-aliased
 
 
@@ -72,8 +76,7 @@ class _FirStage:
         self._fir = resampler
         self.process_array = resampler.process_array
         # The delay in input samples: 1.5 ms at whichever rate feeds the filter.
-        self._flush = np.zeros(delay_samples(resampler.factor) * in_rate // (8000 * resampler.factor),
-                               dtype=np.float32)
+        self._flush = np.zeros(delay_samples(resampler.factor) * in_rate // (8000 * resampler.factor), dtype=np.float32)
 
     def drain_array(self) -> np.ndarray:
         tail = self._fir.process_array(self._flush).copy()

@@ -92,7 +92,7 @@ class Upsampler:
         if n != self._n:
             self._resize(n)
         buf = self._buf
-        buf[self._hist_len:] = x
+        buf[self._hist_len :] = x
         np.matmul(self._view, self._taps, out=self._out)
         buf[: self._hist_len] = buf[n:]
         return self._out.reshape(-1)
@@ -134,7 +134,7 @@ class Downsampler:
         buf = np.concatenate((self._pending, x), dtype=np.float32)
         taps, k, b = len(self._h), self.factor, self.BLOCK
         count = (len(buf) - taps) // k + 1 if len(buf) >= taps else 0
-        self._pending = buf[count * k:]
+        self._pending = buf[count * k :]
         if count == 0:
             return np.empty(0, dtype=np.float32)
         span = k * b
@@ -142,8 +142,9 @@ class Downsampler:
         rest = count - blocks * b
         tail = None
         if rest:  # the outputs short of a whole block: a strided view over the remaining windows
-            windows = np.ndarray((rest, taps), _F32, buf, blocks * span * _F32.itemsize,
-                                 (k * _F32.itemsize, _F32.itemsize))
+            windows = np.ndarray(
+                (rest, taps), _F32, buf, blocks * span * _F32.itemsize, (k * _F32.itemsize, _F32.itemsize)
+            )
             tail = np.dot(windows, self._h)
             if not blocks:
                 return tail

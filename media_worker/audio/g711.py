@@ -33,10 +33,10 @@ def _build_encode_table() -> np.ndarray:
     return (code ^ mask).astype(np.uint8)
 
 
-DECODE_TABLE = _build_decode_table()                    # code -> int16
-DECODE_TABLE_F32 = DECODE_TABLE.astype(np.float32)      # code -> float32, feeds the FIR without a cast
-DECODE_TABLE_BE = DECODE_TABLE.astype(">i2")            # code -> big-endian int16 (RTP slin)
-ENCODE_TABLE = _build_encode_table()                    # uint16 bit pattern -> code
+DECODE_TABLE = _build_decode_table()  # code -> int16
+DECODE_TABLE_F32 = DECODE_TABLE.astype(np.float32)  # code -> float32, feeds the FIR without a cast
+DECODE_TABLE_BE = DECODE_TABLE.astype(">i2")  # code -> big-endian int16 (RTP slin)
+ENCODE_TABLE = _build_encode_table()  # uint16 bit pattern -> code
 
 
 def ulaw_decode(data: bytes) -> bytes:

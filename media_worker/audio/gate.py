@@ -51,9 +51,17 @@ class _EnergyVad:
 
 
 class SpeechGate:
-    def __init__(self, rate: int, aggressiveness: int = 1, *, echo_margin_db: float = 10.0,
-                 start_frames: int = 3, hang_frames: int = 10, floor_dbfs: float = -55.0,
-                 echo_window_ms: int = ECHO_WINDOW_MS) -> None:
+    def __init__(
+        self,
+        rate: int,
+        aggressiveness: int = 1,
+        *,
+        echo_margin_db: float = 10.0,
+        start_frames: int = 3,
+        hang_frames: int = 10,
+        floor_dbfs: float = -55.0,
+        echo_window_ms: int = ECHO_WINDOW_MS,
+    ) -> None:
         if rate not in (8000, 16000, 24000):
             raise ValueError("rate must be 8000, 16000 or 24000")
         if not 0 <= aggressiveness <= 3:
@@ -71,9 +79,9 @@ class SpeechGate:
         self._out_levels = [_SILENT_DB] * (max(1, echo_window_ms // FRAME_MS) + 1)
         self._slot = 0
         self._out_now = _SILENT_DB
-        self._speech_run = 0     # consecutive voiced frames above the echo threshold
-        self._burst_run = 0      # voiced frames in the current burst (gaps < hang_frames bridged)
-        self._gap = 0            # consecutive unvoiced frames
+        self._speech_run = 0  # consecutive voiced frames above the echo threshold
+        self._burst_run = 0  # voiced frames in the current burst (gaps < hang_frames bridged)
+        self._gap = 0  # consecutive unvoiced frames
         self._burst_counted = False
         self.speaking = False
         self.closures = 0

@@ -24,8 +24,8 @@ class _ItemCount:
     __slots__ = ("received", "played", "ended", "dropped")
 
     def __init__(self) -> None:
-        self.received = 0   # bytes pushed
-        self.played = 0     # bytes of real audio ticked out (padding excluded)
+        self.received = 0  # bytes pushed
+        self.played = 0  # bytes of real audio ticked out (padding excluded)
         self.ended = False
         self.dropped = False  # flushed by a barge-in: later audio for it is discarded
 
@@ -74,7 +74,7 @@ class PlayoutQueue:
             frames = self._frames
             with memoryview(tail) as view:  # one copy per frame (a bytearray slice would be a second)
                 for start in range(0, whole, size):
-                    frames.append((item_id, bytes(view[start:start + size]), size))
+                    frames.append((item_id, bytes(view[start : start + size]), size))
             del tail[:whole]
 
     def end_item(self, item_id: str) -> None:
@@ -162,8 +162,13 @@ class PlayoutClock:
     wakeup per frame for all calls. A late wakeup does not send twice: it skips to now and counts
     `late_ticks`. `lag_ms` records how late each wakeup ran."""
 
-    def __init__(self, frame_ms: int = 20, *, clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], object] = asyncio.sleep) -> None:
+    def __init__(
+        self,
+        frame_ms: int = 20,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], object] = asyncio.sleep,
+    ) -> None:
         self.frame_ms = frame_ms
         self._period = frame_ms / 1000.0
         self._clock = clock
@@ -171,9 +176,9 @@ class PlayoutClock:
         self._ticks: dict[Hashable, Callable[[], None]] = {}
         self._snapshot: tuple[tuple[Hashable, Callable[[], None]], ...] = ()
         self.lag_ms = LagHistogram()
-        self.late_ticks = 0   # frame slots skipped because a wakeup came a whole frame late or more
-        self.ticks = 0        # wakeups run
-        self.errors = 0       # tick functions that raised (and were removed)
+        self.late_ticks = 0  # frame slots skipped because a wakeup came a whole frame late or more
+        self.ticks = 0  # wakeups run
+        self.errors = 0  # tick functions that raised (and were removed)
 
     def add(self, key: Hashable, tick_fn: Callable[[], None]) -> None:
         self._ticks[key] = tick_fn

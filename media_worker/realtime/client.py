@@ -63,8 +63,14 @@ class ClientSettings:
 
     @classmethod
     def from_config(cls, p: OpenAIRealtime, **overrides: Any) -> "ClientSettings":
-        return cls(url=p.base_url, model=effective_model(p.model), api_key=p.api_key,
-                   organization=p.organization, project=p.project, **overrides)
+        return cls(
+            url=p.base_url,
+            model=effective_model(p.model),
+            api_key=p.api_key,
+            organization=p.organization,
+            project=p.project,
+            **overrides,
+        )
 
     @property
     def endpoint(self) -> str:
@@ -92,10 +98,17 @@ class Connection:
     async def open(cls, settings: ClientSettings) -> "Connection":
         started = time.monotonic()
         try:
-            ws = await connect(settings.endpoint, additional_headers=settings.headers(), compression=None,
-                               open_timeout=settings.open_timeout_s, ping_interval=settings.ping_interval_s,
-                               ping_timeout=settings.ping_timeout_s, max_size=16 * 1024 * 1024,
-                               close_timeout=2, user_agent_header="asterisk-ai-voice-agent")
+            ws = await connect(
+                settings.endpoint,
+                additional_headers=settings.headers(),
+                compression=None,
+                open_timeout=settings.open_timeout_s,
+                ping_interval=settings.ping_interval_s,
+                ping_timeout=settings.ping_timeout_s,
+                max_size=16 * 1024 * 1024,
+                close_timeout=2,
+                user_agent_header="asterisk-ai-voice-agent",
+            )
         except websockets.InvalidStatus as exc:
             status = exc.response.status_code
             raise RealtimeError(f"the Realtime API refused the connection: HTTP {status}") from None
@@ -150,9 +163,15 @@ class Closed(msgspec.Struct, frozen=True):
 class RealtimeClient:
     """A call's Realtime session: `start()`, then read `events`, and `append()` the caller's audio."""
 
-    def __init__(self, settings: ClientSettings, session: dict[str, Any], *, history: History | None = None,
-                 is_quiet: Callable[[], bool] = lambda: True,
-                 connection_source: Callable[[], Awaitable[Connection]] | None = None):
+    def __init__(
+        self,
+        settings: ClientSettings,
+        session: dict[str, Any],
+        *,
+        history: History | None = None,
+        is_quiet: Callable[[], bool] = lambda: True,
+        connection_source: Callable[[], Awaitable[Connection]] | None = None,
+    ):
         self.settings = settings
         self.session = session
         self.history = history
@@ -220,8 +239,10 @@ class RealtimeClient:
                     return item
                 if isinstance(item, SessionRejected):
                     ERRORS.labels(item.code or "session_rejected").inc()
-                    raise RealtimeError(f"session.update rejected: {item.message} (param {item.param}, code "
-                                        f"{item.code}); the server would keep its defaults, so the call stops here")
+                    raise RealtimeError(
+                        f"session.update rejected: {item.message} (param {item.param}, code "
+                        f"{item.code}); the server would keep its defaults, so the call stops here"
+                    )
                 if isinstance(item, Fatal):
                     raise RealtimeError(item.reason)
             await self._flush(conn, protocol)

@@ -159,10 +159,30 @@ class RateLimits(_Event, tag="rate_limits.updated"):
 
 
 ServerEvent = (
-    Error | SessionCreated | SessionUpdated | SpeechStarted | SpeechStopped | Committed | TimeoutTriggered
-    | InputTranscript | InputTranscriptFailed | ResponseCreated | ResponseDone | OutputItemAdded
-    | OutputItemDone | AudioDelta | AudioDone | TranscriptDelta | TranscriptDone | TextDone
-    | FunctionArgumentsDone | ItemTruncated | ItemDeleted | ItemAdded | InputCleared | RateLimits
+    Error
+    | SessionCreated
+    | SessionUpdated
+    | SpeechStarted
+    | SpeechStopped
+    | Committed
+    | TimeoutTriggered
+    | InputTranscript
+    | InputTranscriptFailed
+    | ResponseCreated
+    | ResponseDone
+    | OutputItemAdded
+    | OutputItemDone
+    | AudioDelta
+    | AudioDone
+    | TranscriptDelta
+    | TranscriptDone
+    | TextDone
+    | FunctionArgumentsDone
+    | ItemTruncated
+    | ItemDeleted
+    | ItemAdded
+    | InputCleared
+    | RateLimits
 )
 
 KNOWN_TYPES = frozenset(cls.__struct_config__.tag for cls in ServerEvent.__args__)  # type: ignore[attr-defined]

@@ -20,17 +20,25 @@ from media_worker.realtime import events as ev
 log = logging.getLogger("realtime")
 
 # Errors that are expected in normal operation: races between our controls and the server's own progress.
-BENIGN_CODES = frozenset({
-    "response_cancel_not_active",               # the response ended before our cancel arrived
-    "conversation_already_has_active_response",  # the server responded on its own first (pipecat #3960)
-    "input_audio_buffer_commit_empty",
-    "session_expired",  # the 60-minute limit: the close that follows triggers a reconnect with replay
-})
+BENIGN_CODES = frozenset(
+    {
+        "response_cancel_not_active",  # the response ended before our cancel arrived
+        "conversation_already_has_active_response",  # the server responded on its own first (pipecat #3960)
+        "input_audio_buffer_commit_empty",
+        "session_expired",  # the 60-minute limit: the close that follows triggers a reconnect with replay
+    }
+)
 # Errors after which the session cannot work and must not be retried.
-FATAL_CODES = frozenset({
-    "invalid_api_key", "insufficient_quota", "account_deactivated", "billing_hard_limit_reached",
-    "beta_api_shape_disabled", "model_not_found",
-})
+FATAL_CODES = frozenset(
+    {
+        "invalid_api_key",
+        "insufficient_quota",
+        "account_deactivated",
+        "billing_hard_limit_reached",
+        "beta_api_shape_disabled",
+        "model_not_found",
+    }
+)
 # Close codes after which reconnecting is pointless: authentication failed, or the wrong API shape.
 FATAL_CLOSE_CODES = frozenset({3000, 4000})
 
@@ -43,7 +51,7 @@ _encode = msgspec.json.Encoder().encode
 
 
 class Phase(enum.Enum):
-    CONNECTING = "connecting"   # waiting for session.created
+    CONNECTING = "connecting"  # waiting for session.created
     CONFIGURING = "configuring"  # session.update sent, waiting for session.updated
     READY = "ready"
 
@@ -160,8 +168,7 @@ class RealtimeProtocol:
         if item_id in self._item_done and played_ms >= received - 1:
             return None  # the caller heard it all: nothing to correct
         end = int(min(played_ms, max(received - TRUNCATE_MARGIN_MS, 0)))
-        self._send({"type": "conversation.item.truncate", "item_id": item_id, "content_index": 0,
-                    "audio_end_ms": end})
+        self._send({"type": "conversation.item.truncate", "item_id": item_id, "content_index": 0, "audio_end_ms": end})
         return end
 
     def delete_item(self, item_id: str) -> None:
@@ -169,13 +176,21 @@ class RealtimeProtocol:
 
     def add_user_text(self, text: str) -> None:
         """A user message as text (keypad digits): the model sees it in the conversation."""
-        self._send({"type": "conversation.item.create",
-                    "item": {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}})
+        self._send(
+            {
+                "type": "conversation.item.create",
+                "item": {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]},
+            }
+        )
 
     def add_system_text(self, text: str) -> None:
         """A system message: what happened outside the conversation (a transfer that failed)."""
-        self._send({"type": "conversation.item.create",
-                    "item": {"type": "message", "role": "system", "content": [{"type": "input_text", "text": text}]}})
+        self._send(
+            {
+                "type": "conversation.item.create",
+                "item": {"type": "message", "role": "system", "content": [{"type": "input_text", "text": text}]},
+            }
+        )
 
     def commit(self) -> None:
         self._send({"type": "input_audio_buffer.commit"})
@@ -202,8 +217,12 @@ class RealtimeProtocol:
             if pending is None:
                 continue
             output, wants_reply = pending
-            self._send({"type": "conversation.item.create",
-                        "item": {"type": "function_call_output", "call_id": call_id, "output": output}})
+            self._send(
+                {
+                    "type": "conversation.item.create",
+                    "item": {"type": "function_call_output", "call_id": call_id, "output": output},
+                }
+            )
             self._answered.add(call_id)
             respond |= wants_reply
         calls = self._response_calls.get(response_id, [])
@@ -215,17 +234,37 @@ class RealtimeProtocol:
         Each entry is `{role, text}` or a tool call `{call_id, name, arguments, output}`."""
         for item in items:
             if "call_id" in item:
-                self._send({"type": "conversation.item.create", "item": {
-                    "type": "function_call", "call_id": item["call_id"], "name": item["name"],
-                    "arguments": item.get("arguments", "{}")}})
+                self._send(
+                    {
+                        "type": "conversation.item.create",
+                        "item": {
+                            "type": "function_call",
+                            "call_id": item["call_id"],
+                            "name": item["name"],
+                            "arguments": item.get("arguments", "{}"),
+                        },
+                    }
+                )
                 if item.get("output") is not None:
-                    self._send({"type": "conversation.item.create", "item": {
-                        "type": "function_call_output", "call_id": item["call_id"], "output": item["output"]}})
+                    self._send(
+                        {
+                            "type": "conversation.item.create",
+                            "item": {
+                                "type": "function_call_output",
+                                "call_id": item["call_id"],
+                                "output": item["output"],
+                            },
+                        }
+                    )
                 continue
             role, text = item["role"], item["text"]
             kind = "output_text" if role == "assistant" else "input_text"
-            self._send({"type": "conversation.item.create",
-                        "item": {"type": "message", "role": role, "content": [{"type": kind, "text": text}]}})
+            self._send(
+                {
+                    "type": "conversation.item.create",
+                    "item": {"type": "message", "role": role, "content": [{"type": kind, "text": text}]},
+                }
+            )
 
     # --- receiving -------------------------------------------------------------------------------------
     def receive(self, frame: str | bytes) -> list[Any]:
@@ -299,8 +338,16 @@ class RealtimeProtocol:
             return [event]  # a repeat: run each call once
         self._calls[call_id] = event.response_id
         self._response_calls.setdefault(event.response_id, []).append(call_id)
-        return [event, FunctionCall(event.response_id, str(item.get("id", "")), call_id,
-                                    str(item.get("name", "")), str(item.get("arguments", "")))]
+        return [
+            event,
+            FunctionCall(
+                event.response_id,
+                str(item.get("id", "")),
+                call_id,
+                str(item.get("name", "")),
+                str(item.get("arguments", "")),
+            ),
+        ]
 
     def _on_audio_done(self, event: ev.AudioDone) -> list[Any]:
         self._item_done.add(event.item_id)

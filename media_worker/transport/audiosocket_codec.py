@@ -9,8 +9,15 @@ from __future__ import annotations
 
 import struct
 
-KIND_HANGUP, KIND_UUID, KIND_DTMF, KIND_SLIN, KIND_SLIN16, KIND_SLIN24, KIND_ERROR = \
-    0x00, 0x01, 0x03, 0x10, 0x12, 0x13, 0xFF
+KIND_HANGUP, KIND_UUID, KIND_DTMF, KIND_SLIN, KIND_SLIN16, KIND_SLIN24, KIND_ERROR = (
+    0x00,
+    0x01,
+    0x03,
+    0x10,
+    0x12,
+    0x13,
+    0xFF,
+)
 FORMAT_BY_KIND = {KIND_SLIN: "slin", KIND_SLIN16: "slin16", KIND_SLIN24: "slin24"}
 KIND_BY_FORMAT = {fmt: kind for kind, fmt in FORMAT_BY_KIND.items()}
 RATE_BY_FORMAT = {"slin": 8000, "slin16": 16000, "slin24": 24000}
@@ -74,12 +81,11 @@ class AudioSocketParser:
             if kind not in KNOWN_KINDS:
                 raise ProtocolError(f"unknown frame kind 0x{kind:02x}", frames)
             if length > max_payload:
-                raise ProtocolError(f"frame kind 0x{kind:02x} declares {length} bytes (limit {max_payload})",
-                                    frames)
+                raise ProtocolError(f"frame kind 0x{kind:02x} declares {length} bytes (limit {max_payload})", frames)
             end = offset + HEADER_SIZE + length
             if end > size:
                 break
-            frames.append((kind, data[offset + HEADER_SIZE:end]))
+            frames.append((kind, data[offset + HEADER_SIZE : end]))
             offset = end
         if offset < size:
             self._buf = data[offset:]

@@ -14,10 +14,22 @@ import uuid as uuid_module
 from collections.abc import Callable, Sequence
 
 from media_worker.transport.allowlist import HostAllowList, resolve_allow_list
-from media_worker.transport.audiosocket_codec import (AUDIO_KINDS, ERROR_FRAME, FORMAT_BY_KIND, HANGUP_FRAME,
-                                                      HEADER, KIND_BY_FORMAT, KIND_DTMF, KIND_ERROR,
-                                                      KIND_HANGUP, KIND_UUID, MAX_PAYLOAD, RATE_BY_FORMAT,
-                                                      AudioSocketParser, ProtocolError)
+from media_worker.transport.audiosocket_codec import (
+    AUDIO_KINDS,
+    ERROR_FRAME,
+    FORMAT_BY_KIND,
+    HANGUP_FRAME,
+    HEADER,
+    KIND_BY_FORMAT,
+    KIND_DTMF,
+    KIND_ERROR,
+    KIND_HANGUP,
+    KIND_UUID,
+    MAX_PAYLOAD,
+    RATE_BY_FORMAT,
+    AudioSocketParser,
+    ProtocolError,
+)
 from media_worker.transport.link import LinkStats, MediaLink, MediaSink, frame_bytes
 
 log = logging.getLogger("media.audiosocket")
@@ -55,9 +67,9 @@ class AudioSocketLink:
         self._transport: asyncio.Transport | None = None  # None once closed: send() drops from then on
         self._raw_transport: asyncio.Transport | None = None
         self._sink: MediaSink | None = None
-        self._out_kind = -1       # kind that send() frames with; -1 while the format is unknown
-        self._in_kind = -1        # kind of the audio received so far; -1 until the first audio frame
-        self._done = False        # the link has ended (on_hangup given, or the session closed it)
+        self._out_kind = -1  # kind that send() frames with; -1 while the format is unknown
+        self._in_kind = -1  # kind of the audio received so far; -1 until the first audio frame
+        self._done = False  # the link has ended (on_hangup given, or the session closed it)
         self._timer: asyncio.TimerHandle | None = None
 
     # ------------------------------------------------------------------ the session's side (MediaLink)
@@ -228,8 +240,12 @@ class AudioSocketLink:
         self._set_format(kind)
         self._in_kind = kind
         if expected and expected != self.format:
-            log.warning("AudioSocket %s: expected %s, Asterisk sends %s; following Asterisk",
-                        self.call_uuid, expected, self.format)
+            log.warning(
+                "AudioSocket %s: expected %s, Asterisk sends %s; following Asterisk",
+                self.call_uuid,
+                expected,
+                self.format,
+            )
             on_format = getattr(self._sink, "on_format", None)
             if on_format is not None:
                 on_format(self.format)
@@ -238,8 +254,9 @@ class AudioSocketLink:
         self._timer = None
         if self._sink is None and not self._done:
             self._server.refused += 1
-            log.warning("AudioSocket connection from %s closed: no UUID within %.1f s",
-                        self.peer, self._server.uuid_timeout)
+            log.warning(
+                "AudioSocket connection from %s closed: no UUID within %.1f s", self.peer, self._server.uuid_timeout
+            )
             self._done = True
             self._shutdown(b"")
 
@@ -293,9 +310,17 @@ class AudioSocketServer:
     no UUID within uuid_timeout is closed.
     """
 
-    def __init__(self, host: str, port: int, *, bind: Bind, allowed_hosts: Sequence[str] = (),
-                 uuid_timeout: float = 2.0, max_payload: int = MAX_PAYLOAD,
-                 max_write_buffer: int = MAX_WRITE_BUFFER):
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        bind: Bind,
+        allowed_hosts: Sequence[str] = (),
+        uuid_timeout: float = 2.0,
+        max_payload: int = MAX_PAYLOAD,
+        max_write_buffer: int = MAX_WRITE_BUFFER,
+    ):
         self.host, self._port = host, port
         self.bind = bind
         self.allowed_hosts = tuple(allowed_hosts)
@@ -321,11 +346,13 @@ class AudioSocketServer:
         self.allow_list = await resolve_allow_list(self.allowed_hosts)
         loop = asyncio.get_running_loop()
         try:
-            self._server = await loop.create_server(lambda: AudioSocketLink(self), self.host, self._port,
-                                                    reuse_address=True, backlog=1024)
+            self._server = await loop.create_server(
+                lambda: AudioSocketLink(self), self.host, self._port, reuse_address=True, backlog=1024
+            )
         except OSError as exc:
-            raise OSError(exc.errno, f"AudioSocket server cannot listen on {self.host}:{self._port}: "
-                                     f"{exc.strerror or exc}") from exc
+            raise OSError(
+                exc.errno, f"AudioSocket server cannot listen on {self.host}:{self._port}: {exc.strerror or exc}"
+            ) from exc
         log.info("AudioSocket server listening on %s:%d", self.host, self.port)
 
     async def stop(self, timeout: float = CLOSE_LINGER) -> None:

@@ -12,15 +12,15 @@ class LinkStats(msgspec.Struct):
 
     frames_in: int = 0
     frames_out: int = 0
-    bytes_in: int = 0        # wire bytes, headers included
+    bytes_in: int = 0  # wire bytes, headers included
     bytes_out: int = 0
-    dropped_out: int = 0     # send() refused: socket gone, write buffer over its bound, or nowhere to send yet
-    bad_in: int = 0          # malformed input (AudioSocket protocol error, RTP that does not parse)
+    dropped_out: int = 0  # send() refused: socket gone, write buffer over its bound, or nowhere to send yet
+    bad_in: int = 0  # malformed input (AudioSocket protocol error, RTP that does not parse)
     dtmf_in: int = 0
     dropped_source: int = 0  # RTP from a host or port other than the latched source
-    dropped_pt: int = 0      # RTP with another payload type than the link's
-    dropped_loop: int = 0    # RTP carrying our own SSRC (our audio looped back)
-    relatched: int = 0       # RTP source changes after the latched one fell silent
+    dropped_pt: int = 0  # RTP with another payload type than the link's
+    dropped_loop: int = 0  # RTP carrying our own SSRC (our audio looped back)
+    relatched: int = 0  # RTP source changes after the latched one fell silent
 
 
 class MediaSink(Protocol):
@@ -44,11 +44,11 @@ class MediaSink(Protocol):
 class MediaLink(Protocol):
     """Implemented by the transports, one per call."""
 
-    transport: str   # "audiosocket" | "rtp" | "websocket"
-    format: str      # "slin" | "slin16" | "slin24" (AudioSocket), "ulaw" | "slin" (RTP), all four (WebSocket)
+    transport: str  # "audiosocket" | "rtp" | "websocket"
+    format: str  # "slin" | "slin16" | "slin24" (AudioSocket), "ulaw" | "slin" (RTP), all four (WebSocket)
     rate: int
     frame_bytes: int  # bytes of one 20 ms wire frame (payload only)
-    peer: str        # "host:port" of Asterisk's side ("" while an RTP endpoint has not latched)
+    peer: str  # "host:port" of Asterisk's side ("" while an RTP endpoint has not latched)
     stats: LinkStats
 
     def send(self, payload: bytes) -> bool:

@@ -69,8 +69,9 @@ class RtpSender:
 
     __slots__ = ("pt", "ssrc", "seq", "ts", "samples_per_frame", "bytes_per_sample", "frame_bytes", "_header")
 
-    def __init__(self, pt: int, samples_per_frame: int, ssrc: int | None = None, seq: int | None = None,
-                 ts: int | None = None):
+    def __init__(
+        self, pt: int, samples_per_frame: int, ssrc: int | None = None, seq: int | None = None, ts: int | None = None
+    ):
         if not 0 <= pt <= 127:
             raise ValueError(f"payload type {pt} is not 0..127")
         self.pt = pt

@@ -19,7 +19,7 @@ from media_worker.transport.rtp_codec import PT_BY_FORMAT, RtpSender, parse
 log = logging.getLogger("media.rtp")
 
 SinkFactory = Callable[[MediaLink], MediaSink]
-RATE = 8000                 # both product formats (ulaw, slin) are 8 kHz
+RATE = 8000  # both product formats (ulaw, slin) are 8 kHz
 SAMPLES_PER_FRAME = RATE // 50
 # A latched source silent this long may be replaced by a new one (Asterisk re-INVITEd, or restarted the
 # channel on another port); shorter gaps are normal (no RTP while the caller is silent) and keep the latch.
@@ -57,12 +57,23 @@ class RtpEndpoint:
 
     transport = "rtp"
 
-    def __init__(self, host: str, port: int, fmt: str, sink_factory: SinkFactory, *,
-                 allowed_hosts: Sequence[str] = (), relatch_after: float = RELATCH_AFTER,
-                 ssrc: int | None = None, max_write_buffer: int = MAX_WRITE_BUFFER):
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        fmt: str,
+        sink_factory: SinkFactory,
+        *,
+        allowed_hosts: Sequence[str] = (),
+        relatch_after: float = RELATCH_AFTER,
+        ssrc: int | None = None,
+        max_write_buffer: int = MAX_WRITE_BUFFER,
+    ):
         if fmt not in PT_BY_FORMAT:
-            raise ValueError(f"RTP format {fmt!r} is not one of {sorted(PT_BY_FORMAT)} "
-                             "(Asterisk drops inbound dynamic payload types: slin16 over RTP is one-way)")
+            raise ValueError(
+                f"RTP format {fmt!r} is not one of {sorted(PT_BY_FORMAT)} "
+                "(Asterisk drops inbound dynamic payload types: slin16 over RTP is one-way)"
+            )
         self.host, self.port = host, port
         self.format = fmt
         self.rate = RATE
@@ -78,8 +89,8 @@ class RtpEndpoint:
         self._sink: MediaSink = _NoSink()
         self._allow = HostAllowList()
         self._udp: asyncio.DatagramTransport | None = None  # None once closed
-        self._latched: tuple | None = None   # the source address we receive from and send to
-        self._last_rx = 0.0                  # monotonic time of the latched source's last accepted packet
+        self._latched: tuple | None = None  # the source address we receive from and send to
+        self._last_rx = 0.0  # monotonic time of the latched source's last accepted packet
         self._done = False
 
     @property
@@ -95,11 +106,13 @@ class RtpEndpoint:
         self._allow = await resolve_allow_list(self.allowed_hosts)
         loop = asyncio.get_running_loop()
         try:
-            transport, _ = await loop.create_datagram_endpoint(lambda: _RtpProtocol(self),
-                                                               local_addr=(self.host, self.port))
+            transport, _ = await loop.create_datagram_endpoint(
+                lambda: _RtpProtocol(self), local_addr=(self.host, self.port)
+            )
         except OSError as exc:
-            raise OSError(exc.errno, f"RTP endpoint cannot bind UDP {self.host}:{self.port}: "
-                                     f"{exc.strerror or exc}") from exc
+            raise OSError(
+                exc.errno, f"RTP endpoint cannot bind UDP {self.host}:{self.port}: {exc.strerror or exc}"
+            ) from exc
         self._udp = transport
         try:
             self._sink = self._sink_factory(self)

@@ -35,8 +35,8 @@ from typing import Union
 
 import msgspec
 
-MAX_TEXT = 128           # chan_websocket ignores longer TEXT messages
-MAX_MESSAGE = 65535      # res_http_websocket: header + payload above this closes with 1009
+MAX_TEXT = 128  # chan_websocket ignores longer TEXT messages
+MAX_MESSAGE = 65535  # res_http_websocket: header + payload above this closes with 1009
 FRAME_MS = 20
 XOFF_LEVEL, XON_LEVEL, QUEUE_MAX = 900, 800, 1000
 
@@ -55,6 +55,7 @@ class ControlError(ValueError):
 
 
 # ------------------------------------------------------------------ events (Asterisk -> us)
+
 
 class MediaStart(msgspec.Struct, frozen=True):
     connection_id: str = ""
@@ -109,13 +110,20 @@ class Unknown(msgspec.Struct, frozen=True):
     text: str
 
 
-Event = Union[MediaStart, MediaXoff, MediaXon, QueueDrained, MarkProcessed, BufferingCompleted, DtmfEnd,
-              Status, Error, Unknown]
+Event = Union[
+    MediaStart, MediaXoff, MediaXon, QueueDrained, MarkProcessed, BufferingCompleted, DtmfEnd, Status, Error, Unknown
+]
 
 _EVENTS: dict[str, type] = {
-    "MEDIA_START": MediaStart, "MEDIA_XOFF": MediaXoff, "MEDIA_XON": MediaXon, "QUEUE_DRAINED": QueueDrained,
-    "MEDIA_MARK_PROCESSED": MarkProcessed, "MEDIA_BUFFERING_COMPLETED": BufferingCompleted,
-    "DTMF_END": DtmfEnd, "STATUS": Status, "ERROR": Error,
+    "MEDIA_START": MediaStart,
+    "MEDIA_XOFF": MediaXoff,
+    "MEDIA_XON": MediaXon,
+    "QUEUE_DRAINED": QueueDrained,
+    "MEDIA_MARK_PROCESSED": MarkProcessed,
+    "MEDIA_BUFFERING_COMPLETED": BufferingCompleted,
+    "DTMF_END": DtmfEnd,
+    "STATUS": Status,
+    "ERROR": Error,
 }
 # Events whose plain-text form is `NAME <id>` rather than key:value pairs.
 _ID_EVENTS = frozenset({"MEDIA_MARK_PROCESSED", "MEDIA_BUFFERING_COMPLETED"})
@@ -190,8 +198,20 @@ def _parse_plain(text: str) -> Event:
 
 # ------------------------------------------------------------------ commands (us -> Asterisk)
 
-COMMANDS = frozenset({"ANSWER", "HANGUP", "START_MEDIA_BUFFERING", "STOP_MEDIA_BUFFERING", "MARK_MEDIA",
-                      "FLUSH_MEDIA", "GET_STATUS", "REPORT_QUEUE_DRAINED", "PAUSE_MEDIA", "CONTINUE_MEDIA"})
+COMMANDS = frozenset(
+    {
+        "ANSWER",
+        "HANGUP",
+        "START_MEDIA_BUFFERING",
+        "STOP_MEDIA_BUFFERING",
+        "MARK_MEDIA",
+        "FLUSH_MEDIA",
+        "GET_STATUS",
+        "REPORT_QUEUE_DRAINED",
+        "PAUSE_MEDIA",
+        "CONTINUE_MEDIA",
+    }
+)
 _json_encoder = msgspec.json.Encoder()
 
 
@@ -216,6 +236,7 @@ def command(name: str, correlation_id: str = "", *, json: bool = False) -> bytes
 
 # ------------------------------------------------------------------ the control state machine
 
+
 class ControlState:
     """What one media WebSocket's control messages mean for the sender, without I/O.
 
@@ -227,9 +248,23 @@ class ControlState:
       `flushed_frames` tells how many unplayed frames Asterisk dropped (for exact truncation).
     """
 
-    __slots__ = ("json", "started", "paused", "format", "frame_size", "channel_id", "connection_id",
-                 "flushed_frames", "errors", "_status_waiters", "max_pending", "_get_status", "_flush_media",
-                 "hangup_command", "answered")
+    __slots__ = (
+        "json",
+        "started",
+        "paused",
+        "format",
+        "frame_size",
+        "channel_id",
+        "connection_id",
+        "flushed_frames",
+        "errors",
+        "_status_waiters",
+        "max_pending",
+        "_get_status",
+        "_flush_media",
+        "hangup_command",
+        "answered",
+    )
 
     def __init__(self, *, json: bool = False, max_pending: int = 16):
         self.json = json
@@ -259,7 +294,7 @@ class ControlState:
         if kind is MediaStart:
             # Asterisk reads commands in the format it writes events in (chan_websocket.conf or `f(json)`):
             # follow MEDIA_START's, so a JSON-configured Asterisk does not refuse our plain-text commands.
-            json = (text.lstrip()[:1] in ("{", b"{"))
+            json = text.lstrip()[:1] in ("{", b"{")
             if json != self.json:
                 self._set_format(json)
             self.started = True

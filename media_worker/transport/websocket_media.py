@@ -60,11 +60,11 @@ log = logging.getLogger("media.websocket")
 SUBPROTOCOL = Subprotocol("media")
 # Bytes we let asyncio hold for an Asterisk that reads slower than we write (about 1.3 s of slin24).
 MAX_WRITE_BUFFER = 64 * 1024
-CONNECT_TIMEOUT = 3.0        # TCP + HTTP upgrade + MEDIA_START
-CLOSE_LINGER = 1.0           # after our close frame, the socket is reset if Asterisk does not close it
+CONNECT_TIMEOUT = 3.0  # TCP + HTTP upgrade + MEDIA_START
+CLOSE_LINGER = 1.0  # after our close frame, the socket is reset if Asterisk does not close it
 NORMAL_CLOSURE = 1000
-MAX_RECEIVE = 64 * 1024      # Asterisk sends one frame per message (≤ 960 B): anything this big is wrong
-STATUS_EVERY = 250           # frames (5 s) between GET_STATUS samples of Asterisk's queue depth
+MAX_RECEIVE = 64 * 1024  # Asterisk sends one frame per message (≤ 960 B): anything this big is wrong
+STATUS_EVERY = 250  # frames (5 s) between GET_STATUS samples of Asterisk's queue depth
 
 Started = Callable[["WebSocketMediaLink"], "MediaSink | None"]
 
@@ -85,8 +85,16 @@ class WebSocketMediaLink(asyncio.Protocol):
 
     transport = "websocket"
 
-    def __init__(self, url: str, fmt: str, *, on_started: Started, call_id: str = "", json: bool = False,
-                 max_write_buffer: int = MAX_WRITE_BUFFER):
+    def __init__(
+        self,
+        url: str,
+        fmt: str,
+        *,
+        on_started: Started,
+        call_id: str = "",
+        json: bool = False,
+        max_write_buffer: int = MAX_WRITE_BUFFER,
+    ):
         if fmt not in wc.RATE_BY_FORMAT:
             raise ValueError(f"WebSocket media format {fmt!r} is not one of {sorted(wc.RATE_BY_FORMAT)}")
         self.url = url
@@ -148,8 +156,12 @@ class WebSocketMediaLink(asyncio.Protocol):
 
     def send(self, payload: bytes) -> bool:
         transport = self._transport
-        if (transport is None or self._sink is None or self.control.paused
-                or transport.get_write_buffer_size() > self.max_write_buffer):
+        if (
+            transport is None
+            or self._sink is None
+            or self.control.paused
+            or transport.get_write_buffer_size() > self.max_write_buffer
+        ):
             self.stats.dropped_out += 1
             return False
         ws = self._ws
@@ -169,10 +181,14 @@ class WebSocketMediaLink(asyncio.Protocol):
     def summary(self) -> dict[str, int | float]:
         """Per-call figures for the call record (once, at the end)."""
         samples = self.queue_samples
-        return {"media_queue_max": self.queue_max, "media_queue_samples": samples,
-                "media_queue_mean": round(self.queue_total / samples, 2) if samples else 0,
-                "media_flushed_frames": self.flushed_frames, "media_xoff": self.xoff,
-                "media_dropped_out": self.stats.dropped_out}
+        return {
+            "media_queue_max": self.queue_max,
+            "media_queue_samples": samples,
+            "media_queue_mean": round(self.queue_total / samples, 2) if samples else 0,
+            "media_flushed_frames": self.flushed_frames,
+            "media_xoff": self.xoff,
+            "media_dropped_out": self.stats.dropped_out,
+        }
 
     def flush(self) -> asyncio.Future[int] | None:
         """Barge-in: drop what Asterisk has queued. The future gets the number of frames dropped (from the
@@ -270,8 +286,10 @@ class WebSocketMediaLink(asyncio.Protocol):
         if exc is None:
             return
         status = response.status_code
-        why = {404: "404: no such media channel (connection id unknown or the channel is gone)",
-               409: "409: another connection holds this media channel"}.get(status, f"handshake failed: {exc}")
+        why = {
+            404: "404: no such media channel (connection id unknown or the channel is gone)",
+            409: "409: another connection holds this media channel",
+        }.get(status, f"handshake failed: {exc}")
         self._fail_open(why)
         self._done = True
         self._shutdown(False)

@@ -131,8 +131,11 @@ def review(p: OpenAIRealtime, present: set[str], present_td: set[str]) -> tuple[
 
     model = effective_model(p.model)
     if model != p.model:
-        warn("model", f"'{p.model}' was retired with the beta Realtime API; using '{model}' instead "
-             f"(set model: {model} to silence this warning)")
+        warn(
+            "model",
+            f"'{p.model}' was retired with the beta Realtime API; using '{model}' instead "
+            f"(set model: {model} to silence this warning)",
+        )
     elif p.model in SUNSETTING_MODELS:
         date, successor = SUNSETTING_MODELS[p.model]
         warn("model", f"'{p.model}' is scheduled to shut down on {date}; consider '{successor}'")
@@ -140,11 +143,16 @@ def review(p: OpenAIRealtime, present: set[str], present_td: set[str]) -> tuple[
         warn("temperature", "GA Realtime sessions have no temperature setting; the value is ignored")
     if "modalities" in present:
         if "audio" not in p.modalities:
-            warn("modalities", "no 'audio': the agent will answer in text only and callers will hear silence; "
-                 "use [\"text\", \"audio\"]")
+            warn(
+                "modalities",
+                'no \'audio\': the agent will answer in text only and callers will hear silence; use ["text", "audio"]',
+            )
         else:
-            note("modalities", "sent as output_modalities: [\"audio\"] (GA allows one output modality; "
-                 "audio replies always carry their transcript)")
+            note(
+                "modalities",
+                'sent as output_modalities: ["audio"] (GA allows one output modality; '
+                "audio replies always carry their transcript)",
+            )
     for key in ("input_audio_format", "output_audio_format"):
         if key in present:
             target = "audio.input.format" if key.startswith("input") else "audio.output.format"
@@ -158,15 +166,21 @@ def review(p: OpenAIRealtime, present: set[str], present_td: set[str]) -> tuple[
         note("max_response_output_tokens", "sent as max_output_tokens")
     if "voice" in present:
         if p.voice not in GA_VOICES:
-            warn("voice", f"'{p.voice}' is not a known Realtime voice{suggest(p.voice, GA_VOICES)}; "
-                 f"known voices: {', '.join(GA_VOICES)}")
+            warn(
+                "voice",
+                f"'{p.voice}' is not a known Realtime voice{suggest(p.voice, GA_VOICES)}; "
+                f"known voices: {', '.join(GA_VOICES)}",
+            )
         note("voice", "sent as audio.output.voice")
     if "turn_detection_enabled" in present and not p.turn_detection_enabled:
         note("turn_detection_enabled", "false: sent as audio.input.turn_detection: null (the worker commits turns)")
     if "turn_detection_type" in present:
         if p.turn_detection.type and p.turn_detection.type != p.turn_detection_type:
-            warn("turn_detection_type", f"'{p.turn_detection_type}' conflicts with turn_detection.type "
-                 f"'{p.turn_detection.type}'; the turn_detection block wins")
+            warn(
+                "turn_detection_type",
+                f"'{p.turn_detection_type}' conflicts with turn_detection.type "
+                f"'{p.turn_detection.type}'; the turn_detection block wins",
+            )
         else:
             note("turn_detection_type", "sent as audio.input.turn_detection.type")
     if "turn_detection" in present:

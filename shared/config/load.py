@@ -89,7 +89,9 @@ def parse_config(text: str, source: str, env: Mapping[str, str]) -> LoadedConfig
     if root_node is not None:
         _map_lines(root_node, "", checker)
     if not isinstance(raw, dict):
-        raise ConfigError(source, [Problem("", f"the top level must be a mapping of sections, got {type(raw).__name__}")])
+        raise ConfigError(
+            source, [Problem("", f"the top level must be a mapping of sections, got {type(raw).__name__}")]
+        )
 
     expanded = _expand(raw, "", env, checker)
     checker.check_struct(expanded, Config, "")
@@ -123,8 +125,9 @@ def _map_lines(node: yaml.Node, path: str, checker: Checker) -> None:
             key = str(key_node.value)
             child = f"{path}.{key}" if path else key
             if key in seen:
-                checker.problems.append(Problem(child, "duplicate key (only the last one would count)",
-                                                key_node.start_mark.line + 1))
+                checker.problems.append(
+                    Problem(child, "duplicate key (only the last one would count)", key_node.start_mark.line + 1)
+                )
             seen.add(key)
             checker.lines[child] = key_node.start_mark.line + 1
             _map_lines(value_node, child, checker)
@@ -151,19 +154,29 @@ def _check_references(config: Config, checker: Checker) -> None:
     """Rules that span sections: names that must point at something defined elsewhere."""
     profiles = set(BUILTIN_PROFILES) | set(config.profiles)
     if config.profile(config.default_profile) is None:
-        checker.add("default_profile", f"unknown profile '{config.default_profile}'"
-                    f"{suggest(config.default_profile, profiles)}; known: {', '.join(sorted(profiles))}")
+        checker.add(
+            "default_profile",
+            f"unknown profile '{config.default_profile}'"
+            f"{suggest(config.default_profile, profiles)}; known: {', '.join(sorted(profiles))}",
+        )
     for name, ctx in config.contexts.items():
         if ctx.profile is not None and config.profile(ctx.profile) is None:
-            checker.add(f"contexts.{name}.profile", f"unknown profile '{ctx.profile}'"
-                        f"{suggest(ctx.profile, profiles)}; known: {', '.join(sorted(profiles))}")
+            checker.add(
+                f"contexts.{name}.profile",
+                f"unknown profile '{ctx.profile}'"
+                f"{suggest(ctx.profile, profiles)}; known: {', '.join(sorted(profiles))}",
+            )
     if config.default_context is not None and config.default_context not in config.contexts:
-        checker.add("default_context", f"no context named '{config.default_context}'"
-                    f"{suggest(config.default_context, config.contexts)}")
+        checker.add(
+            "default_context",
+            f"no context named '{config.default_context}'{suggest(config.default_context, config.contexts)}",
+        )
     provider = config.providers.openai_realtime
     if provider.enabled and not provider.api_key and "api.openai.com" in provider.base_url:
-        checker.add("providers.openai_realtime.api_key",
-                    "required when the provider is enabled (set OPENAI_API_KEY in the environment or .env)")
+        checker.add(
+            "providers.openai_realtime.api_key",
+            "required when the provider is enabled (set OPENAI_API_KEY in the environment or .env)",
+        )
     for key in ("base_url",):
         url = getattr(provider, key)
         if not url.startswith(("ws://", "wss://")):
@@ -181,13 +194,26 @@ def _advice(config: Config) -> list[Problem]:
     """Settings that load but work against the guide's advice."""
     out = []
     if config.vad.webrtc_aggressiveness == 0:
-        out.append(Problem("vad.webrtc_aggressiveness", "0 lets the agent's own echo interrupt it; the guide says "
-                           "it MUST be 1 (see Troubleshooting: Echo / Self-Interruption)"))
+        out.append(
+            Problem(
+                "vad.webrtc_aggressiveness",
+                "0 lets the agent's own echo interrupt it; the guide says "
+                "it MUST be 1 (see Troubleshooting: Echo / Self-Interruption)",
+            )
+        )
     provider = config.providers.openai_realtime
     if provider.enabled and not provider.tools:
-        out.append(Problem("providers.openai_realtime.tools", "no tools: the agent cannot transfer or hang up; "
-                           f"available: {', '.join(ALL_TOOLS)}"))
+        out.append(
+            Problem(
+                "providers.openai_realtime.tools",
+                f"no tools: the agent cannot transfer or hang up; available: {', '.join(ALL_TOOLS)}",
+            )
+        )
     if not provider.greeting and any(ctx.greeting is None for ctx in config.contexts.values()):
-        out.append(Problem("providers.openai_realtime.greeting", "empty, and a context has no greeting of its "
-                           "own: those calls start in silence until the caller speaks"))
+        out.append(
+            Problem(
+                "providers.openai_realtime.greeting",
+                "empty, and a context has no greeting of its own: those calls start in silence until the caller speaks",
+            )
+        )
     return out

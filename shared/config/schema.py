@@ -82,9 +82,7 @@ class OpenAIRealtime(Base):
     output_audio_format: AudioFormat = "pcm16"
     input_audio_sample_rate: Annotated[int, Meta(ge=8000, le=48000)] = 24000
     output_audio_sample_rate: Annotated[int, Meta(ge=8000, le=48000)] = 24000
-    modalities: Annotated[list[Modality], Meta(min_length=1)] = msgspec.field(
-        default_factory=lambda: ["text", "audio"]
-    )
+    modalities: Annotated[list[Modality], Meta(min_length=1)] = msgspec.field(default_factory=lambda: ["text", "audio"])
     instructions: str = ""
     turn_detection_enabled: bool = True
     turn_detection_type: TurnDetectionType | None = None
@@ -222,9 +220,7 @@ class MediaWorkerSettings(Base):
 
 
 class ToolWorkerSettings(Base):
-    queues: Annotated[list[NonEmpty], Meta(min_length=1)] = msgspec.field(
-        default_factory=lambda: ["tools", "email"]
-    )
+    queues: Annotated[list[NonEmpty], Meta(min_length=1)] = msgspec.field(default_factory=lambda: ["tools", "email"])
     health_host: NonEmpty = "127.0.0.1"
     health_port: PortOrZero = 15002
 

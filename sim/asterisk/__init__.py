@@ -24,9 +24,12 @@ if TYPE_CHECKING:
 __all__ = ["DEFAULT_DIALPLAN", "AsteriskSim", "CallerAudio", "Dialplan", "Recorder", "SimCall"]
 
 _LAZY = {
-    "AsteriskSim": "sim.asterisk.server", "SimCall": "sim.asterisk.server",
-    "CallerAudio": "sim.asterisk.audio", "Recorder": "sim.asterisk.audio",
-    "Dialplan": "sim.asterisk.dialplan", "DEFAULT_DIALPLAN": "sim.asterisk.dialplan",
+    "AsteriskSim": "sim.asterisk.server",
+    "SimCall": "sim.asterisk.server",
+    "CallerAudio": "sim.asterisk.audio",
+    "Recorder": "sim.asterisk.audio",
+    "Dialplan": "sim.asterisk.dialplan",
+    "DEFAULT_DIALPLAN": "sim.asterisk.dialplan",
 }
 
 

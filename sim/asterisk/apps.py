@@ -56,7 +56,7 @@ class StasisApp:
         self.name = name
         self.sockets: list[EventSocket] = []
         self.subscribe_all = False
-        self.channels: dict[str, Channel] = {}       # subscribed channels (channel_ids)
+        self.channels: dict[str, Channel] = {}  # subscribed channels (channel_ids)
         self.bridge_refs: dict[str, int] = defaultdict(int)
         self.events_allowed: list[dict] = []
         self.events_disallowed: list[dict] = []
@@ -75,10 +75,15 @@ class StasisApp:
         return not any(f.get("type") == event_type for f in self.events_disallowed)
 
     def to_json(self) -> dict:
-        return {"name": self.name, "channel_ids": list(self.channels),
-                "bridge_ids": [b for b, n in self.bridge_refs.items() if n > 0],
-                "endpoint_ids": [], "device_names": [],
-                "events_allowed": list(self.events_allowed), "events_disallowed": list(self.events_disallowed)}
+        return {
+            "name": self.name,
+            "channel_ids": list(self.channels),
+            "bridge_ids": [b for b, n in self.bridge_refs.items() if n > 0],
+            "endpoint_ids": [],
+            "device_names": [],
+            "events_allowed": list(self.events_allowed),
+            "events_disallowed": list(self.events_disallowed),
+        }
 
 
 class AppRegistry:
@@ -149,13 +154,18 @@ class AppRegistry:
             app.bridge_refs.pop(bridge.id, None)
 
     # --- delivery ------------------------------------------------------------------------------------------
-    def publish(self, event: dict, *, channels: Iterable[Channel] = (), bridge: Bridge | None = None,
-                apps: Iterable[str] = ()) -> None:
+    def publish(
+        self, event: dict, *, channels: Iterable[Channel] = (), bridge: Bridge | None = None, apps: Iterable[str] = ()
+    ) -> None:
         ids = {c.id for c in channels}
         direct = set(apps)
         for app in list(self.apps.values()):
-            if not (app.subscribe_all or app.name in direct or any(i in app.channels for i in ids)
-                    or (bridge is not None and app.bridge_refs.get(bridge.id, 0) > 0)):
+            if not (
+                app.subscribe_all
+                or app.name in direct
+                or any(i in app.channels for i in ids)
+                or (bridge is not None and app.bridge_refs.get(bridge.id, 0) > 0)
+            ):
                 continue
             if not app.wants(event["type"]):
                 continue

@@ -48,8 +48,9 @@ class StreamResampler:
 
     def __init__(self, from_rate: int, to_rate: int):
         self.from_rate, self.to_rate = from_rate, to_rate
-        self._stream = None if from_rate == to_rate else soxr.ResampleStream(
-            from_rate, to_rate, 1, dtype="float32", quality="QQ")
+        self._stream = (
+            None if from_rate == to_rate else soxr.ResampleStream(from_rate, to_rate, 1, dtype="float32", quality="QQ")
+        )
 
     def process(self, pcm: bytes) -> bytes:
         if self._stream is None or not pcm:
@@ -88,8 +89,9 @@ def write_wav(path, pcm: bytes, rate: int) -> None:
 def read_wav(path) -> tuple[bytes, int]:
     with wave.open(str(path), "rb") as src:
         if src.getnchannels() != 1 or src.getsampwidth() != 2:
-            raise ValueError(f"{path}: need mono 16-bit PCM, got {src.getnchannels()} channel(s) of "
-                             f"{8 * src.getsampwidth()} bits")
+            raise ValueError(
+                f"{path}: need mono 16-bit PCM, got {src.getnchannels()} channel(s) of {8 * src.getsampwidth()} bits"
+            )
         return src.readframes(src.getnframes()), src.getframerate()
 
 
@@ -176,8 +178,8 @@ class CallerAudio:
         if start >= len(samples):
             return None
         n = samples_per_frame(rate)
-        chunk = samples[start:start + n]
-        speech = bool(mask[start:start + n].any())
+        chunk = samples[start : start + n]
+        speech = bool(mask[start : start + n].any())
         self._pos_ms += FRAME_MS
         if len(chunk) < n:
             chunk = np.pad(chunk, (0, n - len(chunk)))
@@ -245,8 +247,15 @@ class CallerEndpoint:
 
     _MAX_LATE_S = 0.2  # behind by more than this (a stalled loop): restart the clock instead of bursting
 
-    def __init__(self, audio: CallerAudio | None, rate: int = 8000, *, send_silence: bool = True,
-                 echo_db: float | None = None, on_audio: Callable[[bytes, int], None] | None = None):
+    def __init__(
+        self,
+        audio: CallerAudio | None,
+        rate: int = 8000,
+        *,
+        send_silence: bool = True,
+        echo_db: float | None = None,
+        on_audio: Callable[[bytes, int], None] | None = None,
+    ):
         self.audio = audio
         self.rate = rate
         self.send_silence = send_silence
@@ -297,7 +306,7 @@ class CallerEndpoint:
         if self._echo:
             echo, self._echo[:n] = bytes(self._echo[:n]), b""
             mixed = as_samples(pcm).astype(np.int32)
-            mixed[:len(echo) // 2] += as_samples(echo)
+            mixed[: len(echo) // 2] += as_samples(echo)
             pcm, on_line = to_pcm(mixed), True
         return pcm, on_line
 

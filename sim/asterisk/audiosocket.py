@@ -20,10 +20,28 @@ KIND_HANGUP = 0x00
 KIND_UUID = 0x01
 KIND_DTMF = 0x03
 KIND_ERROR = 0xFF
-KIND_BY_FORMAT = {"slin": 0x10, "slin12": 0x11, "slin16": 0x12, "slin24": 0x13, "slin32": 0x14,
-                  "slin44": 0x15, "slin48": 0x16, "slin96": 0x17, "slin192": 0x18}
-RATE_BY_FORMAT = {"slin": 8000, "slin12": 12000, "slin16": 16000, "slin24": 24000, "slin32": 32000,
-                  "slin44": 44100, "slin48": 48000, "slin96": 96000, "slin192": 192000}
+KIND_BY_FORMAT = {
+    "slin": 0x10,
+    "slin12": 0x11,
+    "slin16": 0x12,
+    "slin24": 0x13,
+    "slin32": 0x14,
+    "slin44": 0x15,
+    "slin48": 0x16,
+    "slin96": 0x17,
+    "slin192": 0x18,
+}
+RATE_BY_FORMAT = {
+    "slin": 8000,
+    "slin12": 12000,
+    "slin16": 16000,
+    "slin24": 24000,
+    "slin32": 32000,
+    "slin44": 44100,
+    "slin48": 48000,
+    "slin96": 96000,
+    "slin192": 192000,
+}
 AUDIO_KINDS = frozenset(KIND_BY_FORMAT.values())
 DTMF_DIGITS = frozenset("0123456789*#ABCD")
 HEADER = struct.Struct(">BH")
@@ -70,7 +88,7 @@ class FrameParser:
             end = HEADER.size + length
             if len(self._buf) < end:
                 break
-            frames.append((kind, bytes(self._buf[HEADER.size:end])))
+            frames.append((kind, bytes(self._buf[HEADER.size : end])))
             del self._buf[:end]
         return frames
 
@@ -85,8 +103,17 @@ class AudioSocketLeg:
     close() (Asterisk hung up itself then).
     """
 
-    def __init__(self, host: str, port: int, uuid: str, fmt: str, *, on_audio: Callable[[bytes, int], None],
-                 on_hangup: Callable[[str], None], connect_timeout: float = 2.0):
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        uuid: str,
+        fmt: str,
+        *,
+        on_audio: Callable[[bytes, int], None],
+        on_hangup: Callable[[str], None],
+        connect_timeout: float = 2.0,
+    ):
         if fmt not in KIND_BY_FORMAT:
             raise ValueError(f"unknown AudioSocket format {fmt!r}")
         self.host, self.port, self.uuid, self.fmt = host, port, uuid, fmt
@@ -123,8 +150,7 @@ class AudioSocketLeg:
         except (ValueError, TypeError, AttributeError) as exc:
             raise AudioSocketConnectError(f"data {self.uuid!r} is not a UUID") from exc
         try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(self.host, self.port),
-                                                    self.connect_timeout)
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(self.host, self.port), self.connect_timeout)
         except (OSError, asyncio.TimeoutError) as exc:
             raise AudioSocketConnectError(f"AudioSocket server {self.host}:{self.port}: {exc!r}") from exc
         self.connected_t = time.monotonic()
@@ -149,7 +175,7 @@ class AudioSocketLeg:
             whole = len(self._pending) - len(self._pending) % self.frame_bytes
             data, self._pending[:whole] = bytes(self._pending[:whole]), b""
         for start in range(0, len(data), self.frame_bytes):
-            self._send(self.kind, data[start:start + self.frame_bytes])
+            self._send(self.kind, data[start : start + self.frame_bytes])
 
     def send_dtmf(self, digit: str) -> None:
         if digit not in DTMF_DIGITS or len(digit) != 1:

@@ -52,8 +52,9 @@ class Watch:
 
 
 class Calls:
-    def __init__(self, pbx: Pbx, *, rtp_port_range: tuple[int, int], bind_host: str = "127.0.0.1",
-                 connect_timeout: float = 2.0):
+    def __init__(
+        self, pbx: Pbx, *, rtp_port_range: tuple[int, int], bind_host: str = "127.0.0.1", connect_timeout: float = 2.0
+    ):
         self.pbx = pbx
         self.rtp_port_range = rtp_port_range
         self.bind_host = bind_host
@@ -61,8 +62,9 @@ class Calls:
         self.interpreter: Interpreter | None = None
 
     # --- requesting channels -----------------------------------------------------------------------------
-    async def request(self, endpoint: str, channel_id: str | None = None, other_id: str | None = None,
-                      fmt: str | None = None) -> Channel:
+    async def request(
+        self, endpoint: str, channel_id: str | None = None, other_id: str | None = None, fmt: str | None = None
+    ) -> Channel:
         tech, _, resource = endpoint.partition("/")
         if self.pbx.id_in_use(channel_id) or self.pbx.id_in_use(other_id):
             raise conflict(ID_EXISTS)
@@ -78,8 +80,9 @@ class Calls:
             parts = resource.split("/")
             if len(parts) < 2:
                 raise internal()
-            return await self.audiosocket_leg(parts[0], parts[1], _codec("/".join(parts[2:])) or fmt or "slin",
-                                              channel_id)
+            return await self.audiosocket_leg(
+                parts[0], parts[1], _codec("/".join(parts[2:])) or fmt or "slin", channel_id
+            )
         # Asterisk 22.10 answers an unknown technology with the "already exists" conflict (trace 04)
         raise conflict(ID_EXISTS)
 
@@ -89,8 +92,7 @@ class Calls:
         context = context or "default"
         base = f"Local/{exten}@{context}-{self.pbx.ids.tech_seq('Local')}"
         near = Channel(id=near_id or self.pbx.ids.unique_id(), name=base + ";1", tech="Local", local_half=1)
-        far = Channel(id=far_id or self.pbx.ids.unique_id(), name=base + ";2", tech="Local", state="Ring",
-                      local_half=2)
+        far = Channel(id=far_id or self.pbx.ids.unique_id(), name=base + ";2", tech="Local", state="Ring", local_half=2)
         near.local_peer, far.local_peer = far, near
         near.set_location(context, exten, 1)
         far.set_location(context, exten, 1)
@@ -106,8 +108,9 @@ class Calls:
         target = resource.split("/")[-1]
         name = f"{tech}/{device}-{self.pbx.ids.tech_seq(tech)}"
         near = Channel(id=channel_id or self.pbx.ids.unique_id(), name=name, tech=tech, local_half=1)
-        far = Channel(id="far-" + self.pbx.ids.token(6), name=name + ";far", tech=tech, state="Ring",
-                      local_half=2, hidden=True)
+        far = Channel(
+            id="far-" + self.pbx.ids.token(6), name=name + ";far", tech=tech, state="Ring", local_half=2, hidden=True
+        )
         near.local_peer, far.local_peer = far, near
         plan = self.interpreter.dialplan if self.interpreter else None
         for context in ("agents", "from-internal"):
@@ -128,10 +131,19 @@ class Calls:
         addr = split_host_port(host_port)
         if addr is None or fmt not in PT_BY_FORMAT:
             raise internal()
-        ch = Channel(id=channel_id or self.pbx.ids.unique_id(), name=f"UnicastRTP/{host_port}-{self.pbx.ids.pointer()}",
-                     tech="UnicastRTP")
-        leg = RtpLeg(addr[0], addr[1], fmt, on_audio=lambda pcm, rate: self.pbx.read_from(ch, pcm, rate),
-                     bind_host=self.bind_host, port_range=self.rtp_port_range)
+        ch = Channel(
+            id=channel_id or self.pbx.ids.unique_id(),
+            name=f"UnicastRTP/{host_port}-{self.pbx.ids.pointer()}",
+            tech="UnicastRTP",
+        )
+        leg = RtpLeg(
+            addr[0],
+            addr[1],
+            fmt,
+            on_audio=lambda pcm, rate: self.pbx.read_from(ch, pcm, rate),
+            bind_host=self.bind_host,
+            port_range=self.rtp_port_range,
+        )
         try:
             await leg.open()
         except OSError as exc:
@@ -150,15 +162,23 @@ class Calls:
         addr = split_host_port(host_port)
         if addr is None or fmt not in KIND_BY_FORMAT:
             raise internal()
-        ch = Channel(id=channel_id or self.pbx.ids.unique_id(), name=f"AudioSocket/{host_port}-{data}",
-                     tech="AudioSocket")
+        ch = Channel(
+            id=channel_id or self.pbx.ids.unique_id(), name=f"AudioSocket/{host_port}-{data}", tech="AudioSocket"
+        )
 
         def on_hangup(reason: str) -> None:
             # 0x00 (or EOF / error) from the worker: the channel ends without a ChannelHangupRequest (trace 03)
             self.pbx.hangup(ch, 16, soft=False, request_event=False)
 
-        leg = AudioSocketLeg(addr[0], addr[1], data, fmt, on_audio=lambda pcm, rate: self.pbx.read_from(ch, pcm, rate),
-                             on_hangup=on_hangup, connect_timeout=self.connect_timeout)
+        leg = AudioSocketLeg(
+            addr[0],
+            addr[1],
+            data,
+            fmt,
+            on_audio=lambda pcm, rate: self.pbx.read_from(ch, pcm, rate),
+            on_hangup=on_hangup,
+            connect_timeout=self.connect_timeout,
+        )
         try:
             await leg.open()  # Asterisk connects during the request: refused -> 500, no channel left
         except AudioSocketConnectError as exc:
@@ -214,10 +234,22 @@ class Calls:
             watch.busy()
 
     # --- ARI operations ----------------------------------------------------------------------------------
-    async def originate(self, endpoint: str, *, app: str | None, app_args: str | None, context: str | None,
-                        extension: str | None, priority: int, caller_id: str | None, timeout: int,
-                        variables: dict[str, str], channel_id: str | None, other_id: str | None,
-                        fmt: str | None = None) -> Channel:
+    async def originate(
+        self,
+        endpoint: str,
+        *,
+        app: str | None,
+        app_args: str | None,
+        context: str | None,
+        extension: str | None,
+        priority: int,
+        caller_id: str | None,
+        timeout: int,
+        variables: dict[str, str],
+        channel_id: str | None,
+        other_id: str | None,
+        fmt: str | None = None,
+    ) -> Channel:
         near = await self.request(endpoint, channel_id, other_id, fmt)
         pbx = self.pbx
         pbx.set_dialplan_app(near, "AppDial2", "(Outgoing Line)")  # ast_dial's placeholder application
@@ -238,12 +270,21 @@ class Calls:
             pbx.apps.subscribe(app, near)
             if near.local_peer is not None and not near.local_peer.hidden:
                 pbx.apps.subscribe(app, near.local_peer)  # "Subscribe to the Local channel peer also"
-        watch = OriginateWatch(self, near, app=app, app_args=app_args, context=context or "default",
-                               extension=extension or "s", priority=priority)
+        watch = OriginateWatch(
+            self,
+            near,
+            app=app,
+            app_args=app_args,
+            context=context or "default",
+            extension=extension or "s",
+            priority=priority,
+        )
         # ast_dial_run() (Dial event, the far end's dialplan, and Stasis on answer) runs in ari_originate_dial(),
         # a thread started after the response
-        pbx.spawn(self._originate_dial(near, watch, timeout if timeout > 0 else (None if timeout == -1 else 30)),
-                  name="originate-dial")
+        pbx.spawn(
+            self._originate_dial(near, watch, timeout if timeout > 0 else (None if timeout == -1 else 30)),
+            name="originate-dial",
+        )
         return near
 
     async def _originate_dial(self, near: Channel, watch: Watch, timeout_s: float | None) -> None:
@@ -258,9 +299,18 @@ class Calls:
             pbx.device_state(pbx.device_name(near), "INUSE")
         self.dial_out(near, watch, timeout_s)
 
-    async def create(self, endpoint: str, *, app: str, app_args: str | None, variables: dict[str, str],
-                     channel_id: str | None, other_id: str | None, originator: Channel | None,
-                     fmt: str | None = None) -> Channel:
+    async def create(
+        self,
+        endpoint: str,
+        *,
+        app: str,
+        app_args: str | None,
+        variables: dict[str, str],
+        channel_id: str | None,
+        other_id: str | None,
+        originator: Channel | None,
+        fmt: str | None = None,
+    ) -> Channel:
         near = await self.request(endpoint, channel_id, other_id, fmt)
         near.ari_created = True
         for key, value in variables.items():
@@ -288,12 +338,23 @@ class Calls:
 
     def stasis_dial(self, near: Channel, caller: Channel | None, timeout: int) -> None:
         watch = StasisDialWatch(self, near, caller)
-        self.pbx.emit(ev.dial("", near.dialstring or "", self.pbx.snap(near),
-                              self.pbx.snap(caller) if caller else None), channels=[near])
+        self.pbx.emit(
+            ev.dial("", near.dialstring or "", self.pbx.snap(near), self.pbx.snap(caller) if caller else None),
+            channels=[near],
+        )
         self.dial_out(near, watch, timeout if timeout > 0 else None)
 
-    async def external_media(self, *, app: str, host_port: str, encapsulation: str, fmt: str, data: str | None,
-                             channel_id: str | None, variables: dict[str, str]) -> dict:
+    async def external_media(
+        self,
+        *,
+        app: str,
+        host_port: str,
+        encapsulation: str,
+        fmt: str,
+        data: str | None,
+        channel_id: str | None,
+        variables: dict[str, str],
+    ) -> dict:
         if self.pbx.id_in_use(channel_id):
             raise internal()  # externalMedia reports a duplicate id as a 500 (console: do_ids_conflict)
         if encapsulation == "audiosocket":
@@ -342,8 +403,17 @@ class OriginateWatch(Watch):
     """ast_dial for POST /channels: Dial events keep the dialstring; on answer the channel runs Stasis(app)
     or the dialplan at context/extension/priority; unanswered or busy legs are hung up."""
 
-    def __init__(self, calls: Calls, near: Channel, *, app: str | None, app_args: str | None, context: str,
-                 extension: str, priority: int):
+    def __init__(
+        self,
+        calls: Calls,
+        near: Channel,
+        *,
+        app: str | None,
+        app_args: str | None,
+        context: str,
+        extension: str,
+        priority: int,
+    ):
         self.calls, self.near = calls, near
         self.app, self.app_args = app, app_args
         self.context, self.extension, self.priority = context, extension, priority
@@ -391,8 +461,10 @@ class StasisDialWatch(Watch):
         pbx = self.calls.pbx
         if self.near.destroyed or self.near.hanging_up:
             return
-        pbx.emit(ev.dial(status, "", pbx.snap(self.near), pbx.snap(self.caller) if self.caller else None),
-                 channels=[self.near])
+        pbx.emit(
+            ev.dial(status, "", pbx.snap(self.near), pbx.snap(self.caller) if self.caller else None),
+            channels=[self.near],
+        )
 
     def ringing(self) -> None:
         self.calls.pbx.set_state(self.near, "Ringing")

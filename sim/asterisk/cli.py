@@ -24,10 +24,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--channelvars", default="AI_CONTEXT,AI_PROVIDER", help="ari.conf channelvars (csv)")
     parser.add_argument("--rtp-ports", default="20000-20999", help="UnicastRTP port range")
     parser.add_argument("--time-scale", type=float, default=1.0, help="dialplan Wait()/ring timers, times real time")
-    parser.add_argument("--stasis-delay-ms", type=_delay_ms,
-                        default=os.environ.get(ENV, f"{DEFAULT_MS[0]:g}:{DEFAULT_MS[1]:g}"),
-                        help=f"MIN:MAX ms from the answer to originate/create/externalMedia until the channel is "
-                             f"in Stasis, drawn per channel (env {ENV}; default %(default)s)")
+    parser.add_argument(
+        "--stasis-delay-ms",
+        type=_delay_ms,
+        default=os.environ.get(ENV, f"{DEFAULT_MS[0]:g}:{DEFAULT_MS[1]:g}"),
+        help=f"MIN:MAX ms from the answer to originate/create/externalMedia until the channel is "
+        f"in Stasis, drawn per channel (env {ENV}; default %(default)s)",
+    )
     parser.add_argument("--seed", type=int, help="seed of the Stasis delay draws (default: unseeded)")
 
 
@@ -43,11 +46,18 @@ async def _serve(args: argparse.Namespace) -> None:
     from sim.asterisk.server import AsteriskSim
 
     low, _, high = args.rtp_ports.partition("-")
-    sim = AsteriskSim(users={args.user: args.password}, version=args.asterisk_version,
-                      channelvars=tuple(v for v in args.channelvars.split(",") if v), dialplan=args.dialplan,
-                      rtp_port_range=(int(low), int(high or low)), workdir=args.workdir, time_scale=args.time_scale,
-                      stasis_delay_ms=args.stasis_delay_ms, seed=args.seed,
-                      record=False)  # a long-running process keeps no event/request history
+    sim = AsteriskSim(
+        users={args.user: args.password},
+        version=args.asterisk_version,
+        channelvars=tuple(v for v in args.channelvars.split(",") if v),
+        dialplan=args.dialplan,
+        rtp_port_range=(int(low), int(high or low)),
+        workdir=args.workdir,
+        time_scale=args.time_scale,
+        stasis_delay_ms=args.stasis_delay_ms,
+        seed=args.seed,
+        record=False,
+    )  # a long-running process keeps no event/request history
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -67,10 +67,16 @@ class ControlApi:
         audio = CallerAudio.from_wav(body["audio_wav"]) if body.get("audio_wav") else None
         try:
             call = await self.sim.place_call(
-                context=body.get("context", "from-ai-agent-openai"), exten=str(body.get("exten", "s")),
-                caller_name=body.get("caller_name", "Alice"), caller_number=str(body.get("caller_number", "5551234")),
-                variables=body.get("variables"), audio=audio, rate=int(body.get("rate", 8000)),
-                send_silence=bool(body.get("send_silence", True)), echo_db=body.get("echo_db"))
+                context=body.get("context", "from-ai-agent-openai"),
+                exten=str(body.get("exten", "s")),
+                caller_name=body.get("caller_name", "Alice"),
+                caller_number=str(body.get("caller_number", "5551234")),
+                variables=body.get("variables"),
+                audio=audio,
+                rate=int(body.get("rate", 8000)),
+                send_silence=bool(body.get("send_silence", True)),
+                echo_db=body.get("echo_db"),
+            )
         except (TypeError, ValueError, OSError) as exc:
             return web.json_response({"message": str(exc)}, status=400)
         return web.json_response({"id": call.channel_id}, status=201)
@@ -102,9 +108,18 @@ class ControlApi:
 
     async def voicemails(self, request: web.Request) -> web.Response:
         self._auth(request)
-        return web.json_response([{"mailbox": v.mailbox, "context": v.context, "path": str(v.path),
-                                   "duration_ms": round(v.duration_ms, 1), "caller_number": v.caller_number}
-                                  for v in self.sim.voicemails])
+        return web.json_response(
+            [
+                {
+                    "mailbox": v.mailbox,
+                    "context": v.context,
+                    "path": str(v.path),
+                    "duration_ms": round(v.duration_ms, 1),
+                    "caller_number": v.caller_number,
+                }
+                for v in self.sim.voicemails
+            ]
+        )
 
     async def drop(self, request: web.Request) -> web.Response:
         body = await self._body(request)

@@ -14,19 +14,28 @@ from typing import Any, Callable
 APP = "asterisk-ai-voice-agent"
 
 DEFAULT_DIALPLAN: dict[str, dict[str, list[str]]] = {
-    "from-ai-agent-openai": {"s": [
-        "NoOp(AI agent entry)",
-        "Set(AI_CONTEXT=demo_openai)",
-        "Set(AI_PROVIDER=openai_realtime)",
-        f"Stasis({APP})",
-        '''GotoIf($["${STASISSTATUS}"="FAILED"]?ai-agent-fallback,s,1)''',
-        "Hangup()",
-    ]},
+    "from-ai-agent-openai": {
+        "s": [
+            "NoOp(AI agent entry)",
+            "Set(AI_CONTEXT=demo_openai)",
+            "Set(AI_PROVIDER=openai_realtime)",
+            f"Stasis({APP})",
+            """GotoIf($["${STASISSTATUS}"="FAILED"]?ai-agent-fallback,s,1)""",
+            "Hangup()",
+        ]
+    },
     "ai-agent-fallback": {"s": ["Playback(ss-noservice)", "Hangup()"]},
     # the phones behind the PBX: what a dialled agent does
     "agents": {
-        "6001": ["NoOp(Agent 6001 answers after 1 s)", "Ringing()", "Wait(1)", "Answer()", "Playback(agent-greeting)",
-                 "Wait(60)", "Hangup()"],
+        "6001": [
+            "NoOp(Agent 6001 answers after 1 s)",
+            "Ringing()",
+            "Wait(1)",
+            "Answer()",
+            "Playback(agent-greeting)",
+            "Wait(60)",
+            "Hangup()",
+        ],
         "6002": ["NoOp(Agent 6002 never answers)", "Ringing()", "Wait(3600)", "Hangup()"],
         "6003": ["NoOp(Agent 6003 is busy)", "Busy()"],
     },
@@ -42,17 +51,19 @@ DEFAULT_DIALPLAN: dict[str, dict[str, list[str]]] = {
     },
     "ext-group": {"600": ["Dial(Local/6002@agents&Local/6001@agents,20)", "Hangup()"]},
     "default": {"vm100": ["VoiceMail(100@default,u)", "Hangup()"]},
-    "ext-local": {"vmu100": ["VoiceMail(100@default,u)", "Hangup()"],
-                  "vmb100": ["VoiceMail(100@default,b)", "Hangup()"]},
+    "ext-local": {
+        "vmu100": ["VoiceMail(100@default,u)", "Hangup()"],
+        "vmb100": ["VoiceMail(100@default,b)", "Hangup()"],
+    },
     # a queue member (Queue() dials one of these)
-    "sim-queue-member": {"s": ["Ringing()", "Wait(1)", "Answer()", "Playback(agent-greeting)", "Wait(60)",
-                               "Hangup()"]},
+    "sim-queue-member": {"s": ["Ringing()", "Wait(1)", "Answer()", "Playback(agent-greeting)", "Wait(60)", "Hangup()"]},
     # a phone or trunk with no plan of its own: answers after 1 s
     "sim-phone": {"s": ["Ringing()", "Wait(1)", "Answer()", "Wait(3600)", "Hangup()"]},
 }
 
-_APP_RE = re.compile(r"^\s*(?:\((?P<label>[^)]*)\))?\s*(?P<app>[A-Za-z][A-Za-z0-9_]*)\s*(?:\((?P<data>.*)\))?\s*$",
-                     re.S)
+_APP_RE = re.compile(
+    r"^\s*(?:\((?P<label>[^)]*)\))?\s*(?P<app>[A-Za-z][A-Za-z0-9_]*)\s*(?:\((?P<data>.*)\))?\s*$", re.S
+)
 
 
 @dataclass(frozen=True)
@@ -87,8 +98,9 @@ class Dialplan:
         for context, extensions in raw.items():
             if not isinstance(extensions, dict):
                 raise DialplanError(f"context {context!r}: a mapping of extensions expected")
-            contexts[str(context)] = {str(exten): [parse_step(s, context, exten) for s in steps]
-                                      for exten, steps in extensions.items()}
+            contexts[str(context)] = {
+                str(exten): [parse_step(s, context, exten) for s in steps] for exten, steps in extensions.items()
+            }
         return cls(contexts)
 
     def steps(self, context: str, exten: str) -> list[Step] | None:
@@ -139,7 +151,7 @@ def expand(text: str, lookup: Callable[[str], str]) -> str:
         end = _matching(text, start + 1, "{", "}")
         if end < 0:
             break
-        text = text[:start] + lookup(text[start + 2:end]) + text[end + 1:]
+        text = text[:start] + lookup(text[start + 2 : end]) + text[end + 1 :]
     for _ in range(20):
         start = text.rfind("$[")
         if start < 0:
@@ -147,7 +159,7 @@ def expand(text: str, lookup: Callable[[str], str]) -> str:
         end = _matching(text, start + 1, "[", "]")
         if end < 0:
             break
-        text = text[:start] + evaluate(text[start + 2:end]) + text[end + 1:]
+        text = text[:start] + evaluate(text[start + 2 : end]) + text[end + 1 :]
     return text
 
 

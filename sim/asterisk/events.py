@@ -10,11 +10,22 @@ from typing import Any
 from sim.asterisk.ids import ast_time
 
 CAUSE_TXT = {
-    0: "Unknown", 1: "Unallocated (unassigned) number", 16: "Normal Clearing", 17: "User busy",
-    18: "No user responding", 19: "User alerting, no answer", 21: "Call Rejected", 26: "Answered elsewhere",
-    27: "Destination out of order", 28: "Invalid number format", 31: "Normal, unspecified",
-    34: "Circuit/channel congestion", 38: "Network out of order", 41: "Temporary failure",
-    58: "Bearer capability not available", 127: "Interworking, unspecified",
+    0: "Unknown",
+    1: "Unallocated (unassigned) number",
+    16: "Normal Clearing",
+    17: "User busy",
+    18: "No user responding",
+    19: "User alerting, no answer",
+    21: "Call Rejected",
+    26: "Answered elsewhere",
+    27: "Destination out of order",
+    28: "Invalid number format",
+    31: "Normal, unspecified",
+    34: "Circuit/channel congestion",
+    38: "Network out of order",
+    41: "Temporary failure",
+    58: "Bearer capability not available",
+    127: "Interworking, unspecified",
 }
 
 
@@ -44,8 +55,12 @@ def channel_dialplan(app: str, app_data: str, channel: dict) -> dict:
 
 
 def channel_caller_id(channel: dict) -> dict:
-    return _ev("ChannelCallerId", caller_presentation=0,
-               caller_presentation_txt="Presentation Allowed, Not Screened", channel=channel)
+    return _ev(
+        "ChannelCallerId",
+        caller_presentation=0,
+        caller_presentation_txt="Presentation Allowed, Not Screened",
+        channel=channel,
+    )
 
 
 def hangup_request(cause: int, soft: bool, channel: dict) -> dict:
@@ -86,5 +101,9 @@ def playback_event(type_: str, playback: dict) -> dict:
 
 
 def device_state_changed(name: str, state: str) -> dict:
-    return {"type": "DeviceStateChanged", "application": "", "timestamp": ast_time(),
-            "device_state": {"name": name, "state": state}}
+    return {
+        "type": "DeviceStateChanged",
+        "application": "",
+        "timestamp": ast_time(),
+        "device_state": {"name": name, "state": state},
+    }

@@ -45,11 +45,23 @@ class Interpreter:
         self.voicemail_max_s = voicemail_max_s
         self.voicemails: list[Voicemail] = []
         self.apps: dict[str, AppFn] = {
-            "noop": self.app_noop, "set": self.app_set, "answer": self.app_answer, "ringing": self.app_ringing,
-            "progress": self.app_noop, "wait": self.app_wait, "playback": self.app_playback,
-            "senddtmf": self.app_senddtmf, "stasis": self.app_stasis, "gotoif": self.app_gotoif,
-            "goto": self.app_goto, "dial": self.app_dial, "busy": self.app_busy, "congestion": self.app_busy,
-            "queue": self.app_queue, "voicemail": self.app_voicemail, "musiconhold": self.app_moh,
+            "noop": self.app_noop,
+            "set": self.app_set,
+            "answer": self.app_answer,
+            "ringing": self.app_ringing,
+            "progress": self.app_noop,
+            "wait": self.app_wait,
+            "playback": self.app_playback,
+            "senddtmf": self.app_senddtmf,
+            "stasis": self.app_stasis,
+            "gotoif": self.app_gotoif,
+            "goto": self.app_goto,
+            "dial": self.app_dial,
+            "busy": self.app_busy,
+            "congestion": self.app_busy,
+            "queue": self.app_queue,
+            "voicemail": self.app_voicemail,
+            "musiconhold": self.app_moh,
             "hangup": self.app_hangup,
         }
 
@@ -96,10 +108,16 @@ class Interpreter:
         """${NAME}: a channel variable or one of the dialplan functions the default plans use."""
         upper = name.upper()
         functions = {
-            "CALLERID(NUM)": ch.caller_number, "CALLERID(NAME)": ch.caller_name,
-            "CALLERID(ALL)": f'"{ch.caller_name}" <{ch.caller_number}>', "CHANNEL(NAME)": ch.name,
-            "CHANNEL": ch.name, "UNIQUEID": ch.id, "EXTEN": ch.exten, "CONTEXT": ch.context,
-            "CHANNEL(STATE)": ch.state, "CHANNEL(LANGUAGE)": ch.language,
+            "CALLERID(NUM)": ch.caller_number,
+            "CALLERID(NAME)": ch.caller_name,
+            "CALLERID(ALL)": f'"{ch.caller_name}" <{ch.caller_number}>',
+            "CHANNEL(NAME)": ch.name,
+            "CHANNEL": ch.name,
+            "UNIQUEID": ch.id,
+            "EXTEN": ch.exten,
+            "CONTEXT": ch.context,
+            "CHANNEL(STATE)": ch.state,
+            "CHANNEL(LANGUAGE)": ch.language,
         }
         if upper in functions:
             return functions[upper]
@@ -155,8 +173,14 @@ class Interpreter:
             if not name:
                 continue
             done = asyncio.get_running_loop().create_future()
-            self.pbx.play(ch, [f"sound:{name}"], "dp-" + self.pbx.ids.token(8), None,
-                          on_done=lambda d=done: d.done() or d.set_result(None), ari=False)
+            self.pbx.play(
+                ch,
+                [f"sound:{name}"],
+                "dp-" + self.pbx.ids.token(8),
+                None,
+                on_done=lambda d=done: d.done() or d.set_result(None),
+                ari=False,
+            )
             await done
         self.pbx.set_var(ch, "PLAYBACKSTATUS", "SUCCESS")
         return None
@@ -237,8 +261,15 @@ class Interpreter:
         self.pbx.set_var(ch, "QUEUESTATUS", "CONTINUE" if status == "ANSWER" else "TIMEOUT")
         return None
 
-    async def dial(self, ch: Channel, targets: list[str], timeout: float | None, *, moh: bool = False,
-                   callees: list[Channel] | None = None) -> str:
+    async def dial(
+        self,
+        ch: Channel,
+        targets: list[str],
+        timeout: float | None,
+        *,
+        moh: bool = False,
+        callees: list[Channel] | None = None,
+    ) -> str:
         """Ring every target; bridge the first that answers with `ch` until one side hangs up."""
         callees = list(callees or [])
         for target in targets:
@@ -269,17 +300,22 @@ class Interpreter:
                     busy.add(callee)
                     if len(busy) == len(callees):
                         result.set_result(("BUSY", None))
+
             return DialResult(on_change)
 
         for callee in callees:
-            callee.on_destroy.append(lambda c: result.done() or (
-                all(x.destroyed for x in callees) and result.set_result(("CHANUNAVAIL", None))))
+            callee.on_destroy.append(
+                lambda c: (
+                    result.done() or (all(x.destroyed for x in callees) and result.set_result(("CHANUNAVAIL", None)))
+                )
+            )
             self.calls.dial_out(callee, make_watch(callee), None)
         self.pbx.set_moh(ch, True) if moh else self.pbx.set_ringback(ch, True)
         try:
             try:
-                status, winner = await asyncio.wait_for(asyncio.shield(result),
-                                                        timeout * self.pbx.time_scale if timeout else None)
+                status, winner = await asyncio.wait_for(
+                    asyncio.shield(result), timeout * self.pbx.time_scale if timeout else None
+                )
             except asyncio.TimeoutError:
                 status, winner = "NOANSWER", None
             self.pbx.set_moh(ch, False) if moh else self.pbx.set_ringback(ch, False)
@@ -317,8 +353,14 @@ class Interpreter:
             self.answer(ch)
         for prompt in ("vm-intro", "beep"):
             done = asyncio.get_running_loop().create_future()
-            self.pbx.play(ch, [f"sound:{prompt}"], "vm-" + self.pbx.ids.token(8), None,
-                          on_done=lambda d=done: d.done() or d.set_result(None), ari=False)
+            self.pbx.play(
+                ch,
+                [f"sound:{prompt}"],
+                "vm-" + self.pbx.ids.token(8),
+                None,
+                on_done=lambda d=done: d.done() or d.set_result(None),
+                ari=False,
+            )
             await done
         recorder = Recorder()
         stop = asyncio.Event()
@@ -342,5 +384,6 @@ class Interpreter:
         n = len(list(inbox.glob("msg*.wav")))
         path = inbox / f"msg{n:04d}.wav"
         recorder.save_wav(path, 8000)  # a one-off small write at the end of the message
-        self.voicemails.append(Voicemail(box, context, path, recorder.duration_ms, ch.caller_name, ch.caller_number,
-                                         ch.id))
+        self.voicemails.append(
+            Voicemail(box, context, path, recorder.duration_ms, ch.caller_name, ch.caller_number, ch.id)
+        )

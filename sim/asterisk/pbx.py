@@ -32,8 +32,15 @@ class MoveTo:
 
 
 class Pbx:
-    def __init__(self, *, apps: AppRegistry, ids: IdSource, channelvars: tuple[str, ...], time_scale: float = 1.0,
-                 stasis_delay: StasisDelay | None = None):
+    def __init__(
+        self,
+        *,
+        apps: AppRegistry,
+        ids: IdSource,
+        channelvars: tuple[str, ...],
+        time_scale: float = 1.0,
+        stasis_delay: StasisDelay | None = None,
+    ):
         self.apps = apps
         self.ids = ids
         self.channelvars = tuple(channelvars)
@@ -56,8 +63,9 @@ class Pbx:
             snap["connected"] = {"name": near.caller_name, "number": near.caller_number}
         return snap
 
-    def emit(self, event: dict, *, channels: Iterable[Channel] = (), bridge: Bridge | None = None,
-             apps: Iterable[str] = ()) -> None:
+    def emit(
+        self, event: dict, *, channels: Iterable[Channel] = (), bridge: Bridge | None = None, apps: Iterable[str] = ()
+    ) -> None:
         channels = list(channels)
         if any(c.hidden for c in channels):
             return
@@ -119,7 +127,7 @@ class Pbx:
     def device_name(ch: Channel) -> str:
         """The device of a channel: its name without the `-<sequence>` / `-0x...` / `-<uuid>` suffix."""
         if ch.tech == "AudioSocket":
-            return ch.name[:ch.name.index("-")] if "-" in ch.name else ch.name
+            return ch.name[: ch.name.index("-")] if "-" in ch.name else ch.name
         return ch.name.rsplit("-", 1)[0]
 
     def run(self, ch: Channel, coro: Coroutine, name: str = "channel") -> None:
@@ -348,8 +356,11 @@ class Pbx:
         if ch.tech in ("UnicastRTP", "AudioSocket") and not ch.device_busy:
             ch.device_busy = True
             self.device_state(self.device_name(ch), "INUSE")
-        self.emit(ev.bridge_channel_event("ChannelEnteredBridge", bridge.snapshot(), self.snap(ch)),
-                  channels=[ch], bridge=bridge)
+        self.emit(
+            ev.bridge_channel_event("ChannelEnteredBridge", bridge.snapshot(), self.snap(ch)),
+            channels=[ch],
+            bridge=bridge,
+        )
         if len(bridge.members) == 2:
             other = bridge.members[0]
             self.set_var(other, "BRIDGEPEER", ch.name)
@@ -378,8 +389,9 @@ class Pbx:
             self.device_state(self.device_name(ch), "UNKNOWN")
         bridge.members.remove(ch)
         ch.bridge = None
-        self.emit(ev.bridge_channel_event("ChannelLeftBridge", bridge.snapshot(), self.snap(ch)),
-                  channels=[ch], bridge=bridge)
+        self.emit(
+            ev.bridge_channel_event("ChannelLeftBridge", bridge.snapshot(), self.snap(ch)), channels=[ch], bridge=bridge
+        )
         if bridge.stasis and why != "hangup":
             self.apps.bridge_ref(ch.stasis_app, bridge, -1)
 
@@ -399,27 +411,38 @@ class Pbx:
     def bridge_clock(self, bridge: Bridge) -> ToneClock:
         clock = self._bridge_clocks.get(bridge.id)
         if clock is None:
+
             def write(pcm: bytes, rate: int) -> None:
                 for member in bridge.members:
                     self.write_to(member, pcm, rate)
+
             clock = self._bridge_clocks[bridge.id] = ToneClock(write)
         return clock
 
     # --- playbacks ---------------------------------------------------------------------------------------
-    def play(self, target: Channel | Bridge, media: list[str], playback_id: str, app: str | None,
-             language: str = "en", on_done: Callable[[], None] | None = None, *, ari: bool = True) -> Playback:
+    def play(
+        self,
+        target: Channel | Bridge,
+        media: list[str],
+        playback_id: str,
+        app: str | None,
+        language: str = "en",
+        on_done: Callable[[], None] | None = None,
+        *,
+        ari: bool = True,
+    ) -> Playback:
         """ari=False: a dialplan Playback() - no Playback object in ARI and no Playback events."""
         kind = "bridge" if isinstance(target, Bridge) else "channel"
-        playback = Playback(id=playback_id, media=list(media), target_uri=f"{kind}:{target.id}", app=app,
-                            language=language)
+        playback = Playback(
+            id=playback_id, media=list(media), target_uri=f"{kind}:{target.id}", app=app, language=language
+        )
         if ari:
             self.playbacks[playback_id] = playback
         clock = self.bridge_clock(target) if isinstance(target, Bridge) else self.clock(target)
         playback.task = self.spawn(self._play(playback, clock, on_done, ari), name=f"playback:{playback_id}")
         return playback
 
-    async def _play(self, playback: Playback, clock: ToneClock, on_done: Callable[[], None] | None,
-                    ari: bool) -> None:
+    async def _play(self, playback: Playback, clock: ToneClock, on_done: Callable[[], None] | None, ari: bool) -> None:
         apps = [playback.app] if playback.app else []
         handle = None
         try:
@@ -428,11 +451,16 @@ class Pbx:
                 playback.index = index
                 playback.state = "playing" if index == 0 else "continuing"
                 if ari:
-                    self.emit(ev.playback_event("PlaybackStarted" if index == 0 else "PlaybackContinuing",
-                                                playback.snapshot()), apps=apps)
+                    self.emit(
+                        ev.playback_event(
+                            "PlaybackStarted" if index == 0 else "PlaybackContinuing", playback.snapshot()
+                        ),
+                        apps=apps,
+                    )
                 done = asyncio.get_running_loop().create_future()
-                handle = clock.play(media_pcm(playback.media[index], self.time_scale),
-                                    lambda d=done: d.done() or d.set_result(None))
+                handle = clock.play(
+                    media_pcm(playback.media[index], self.time_scale), lambda d=done: d.done() or d.set_result(None)
+                )
                 await done
                 handle = None
         finally:

@@ -29,13 +29,53 @@ log = logging.getLogger("sim.asterisk")
 Handler = Callable[[Params, dict[str, str]], Awaitable[Any]]
 
 HANGUP_REASONS = {
-    "normal": 16, "busy": 17, "congestion": 34, "no_answer": 19, "timeout": 18, "rejected": 21,
-    "unallocated": 1, "normal_unspecified": 31, "number_incomplete": 28, "codec_mismatch": 58,
-    "interworking": 127, "failure": 38, "answered_elsewhere": 26,
+    "normal": 16,
+    "busy": 17,
+    "congestion": 34,
+    "no_answer": 19,
+    "timeout": 18,
+    "rejected": 21,
+    "unallocated": 1,
+    "normal_unspecified": 31,
+    "number_incomplete": 28,
+    "codec_mismatch": 58,
+    "interworking": 127,
+    "failure": 38,
+    "answered_elsewhere": 26,
 }
-FORMATS = {"ulaw", "alaw", "gsm", "g722", "g726", "g729", "ilbc", "lpc10", "speex", "speex16", "speex32",
-           "opus", "slin", "slin12", "slin16", "slin24", "slin32", "slin44", "slin48", "slin96", "slin192",
-           "adpcm", "g719", "siren7", "siren14", "testlaw", "h264", "vp8", "vp9", "t140", "none"}
+FORMATS = {
+    "ulaw",
+    "alaw",
+    "gsm",
+    "g722",
+    "g726",
+    "g729",
+    "ilbc",
+    "lpc10",
+    "speex",
+    "speex16",
+    "speex32",
+    "opus",
+    "slin",
+    "slin12",
+    "slin16",
+    "slin24",
+    "slin32",
+    "slin44",
+    "slin48",
+    "slin96",
+    "slin192",
+    "adpcm",
+    "g719",
+    "siren7",
+    "siren14",
+    "testlaw",
+    "h264",
+    "vp8",
+    "vp9",
+    "t140",
+    "none",
+}
 BRIDGE_TYPES = {"mixing", "holding", "dtmf_events", "proxy_media", "video_sfu", "video_single", "sdp_label"}
 MODULES = {
     "app_dial.so": ("Dialing Application", "core"),
@@ -164,20 +204,27 @@ class AriRest:
             except ValueError:
                 body = None
         status, payload, headers = await self._dispatch(request, path, query, body)
-        record = RestRecord(request.method, path, {k: v[0] for k, v in query.items()}, body, status,
-                            response=payload)
+        record = RestRecord(request.method, path, {k: v[0] for k, v in query.items()}, body, status, response=payload)
         if self.sim.record:
             self.sim.rest_log.append(record)
         if status == 204 or payload is None:
             return web.Response(status=status, headers=headers)
-        return web.Response(status=status, text=json.dumps(payload, separators=(",", ":")),
-                            content_type="application/json", headers=headers)
+        return web.Response(
+            status=status,
+            text=json.dumps(payload, separators=(",", ":")),
+            content_type="application/json",
+            headers=headers,
+        )
 
-    async def _dispatch(self, request: web.Request, path: str, query: dict[str, list[str]],
-                        body: Any) -> tuple[int, Any, dict[str, str]]:
+    async def _dispatch(
+        self, request: web.Request, path: str, query: dict[str, list[str]], body: Any
+    ) -> tuple[int, Any, dict[str, str]]:
         if self.authenticate(request) is None:
-            return 401, {"message": "Authentication required"}, {
-                "WWW-Authenticate": 'Basic realm="Asterisk REST Interface"'}
+            return (
+                401,
+                {"message": "Authentication required"},
+                {"WWW-Authenticate": 'Basic realm="Asterisk REST Interface"'},
+            )
         handler, match, code = self.resolve(path, request.method)
         if handler is None:
             return code, {"message": "Resource not found" if code == 404 else "Invalid method"}, {}
@@ -224,8 +271,14 @@ class AriRest:
     async def asterisk_info(self, p: Params, m: dict) -> dict:
         sim = self.sim
         sections = {
-            "build": {"os": "Linux", "kernel": "6.1.0-sim", "options": "", "machine": "x86_64",
-                      "date": "2026-08-07 00:00:00 UTC", "user": "asterisk"},
+            "build": {
+                "os": "Linux",
+                "kernel": "6.1.0-sim",
+                "options": "",
+                "machine": "x86_64",
+                "date": "2026-08-07 00:00:00 UTC",
+                "user": "asterisk",
+            },
             "system": {"version": sim.version, "entity_id": sim.entity_id},
             "config": {"name": "", "default_language": "en", "setid": {"user": "", "group": ""}},
             "status": {"startup_time": sim.startup_time, "last_reload_time": sim.startup_time},
@@ -241,8 +294,7 @@ class AriRest:
 
     def _module(self, name: str) -> dict:
         description, level = MODULES[name]
-        return {"name": name, "description": description, "use_count": 0, "status": "Running",
-                "support_level": level}
+        return {"name": name, "description": description, "use_count": 0, "status": "Running", "support_level": level}
 
     async def module(self, p: Params, m: dict) -> dict:
         name = m["moduleName"]
@@ -368,10 +420,20 @@ class AriRest:
         if originator and self.pbx.find(originator) is None:
             raise bad_request("Provided originator channel was not found")
         fmt = self._formats(p)
-        ch = await self.calls.originate(endpoint, app=app, app_args=p.get("appArgs"), context=context,
-                                        extension=extension, priority=priority, caller_id=p.get("callerId"),
-                                        timeout=p.int("timeout", 30), variables=variables, channel_id=channel_id,
-                                        other_id=other_id, fmt=fmt)
+        ch = await self.calls.originate(
+            endpoint,
+            app=app,
+            app_args=p.get("appArgs"),
+            context=context,
+            extension=extension,
+            priority=priority,
+            caller_id=p.get("callerId"),
+            timeout=p.int("timeout", 30),
+            variables=variables,
+            channel_id=channel_id,
+            other_id=other_id,
+            fmt=fmt,
+        )
         return self.snap(ch)
 
     async def channel_create(self, p: Params, m: dict) -> dict:
@@ -385,9 +447,16 @@ class AriRest:
             raise bad_request("Application name is required")
         originator = self.pbx.find(p.get("originator") or "") if p.get("originator") else None
         fmt = self._formats(p)
-        ch = await self.calls.create(endpoint, app=app, app_args=p.get("appArgs"), variables=variables,
-                                     channel_id=p.get("channelId"), other_id=p.get("otherChannelId"),
-                                     originator=originator, fmt=fmt)
+        ch = await self.calls.create(
+            endpoint,
+            app=app,
+            app_args=p.get("appArgs"),
+            variables=variables,
+            channel_id=p.get("channelId"),
+            other_id=p.get("otherChannelId"),
+            originator=originator,
+            fmt=fmt,
+        )
         return self.snap(ch)
 
     async def external_media(self, p: Params, m: dict) -> dict:
@@ -416,9 +485,17 @@ class AriRest:
             if connection_type != "server":  # a websocket_client.conf connection: none configured here
                 raise bad_request("external_host must be a valid websocket_client connection id.")
             from sim.asterisk import websocket_media
+
             return await websocket_media.external_media(
-                self.calls, self.sim.websocket_media, app=app, fmt=fmt, data=p.get("data"),
-                channel_id=p.get("channelId"), variables=variables, transport_data=p.get("transport_data"))
+                self.calls,
+                self.sim.websocket_media,
+                app=app,
+                fmt=fmt,
+                data=p.get("data"),
+                channel_id=p.get("channelId"),
+                variables=variables,
+                transport_data=p.get("transport_data"),
+            )
         if (encapsulation, transport) not in (("rtp", "udp"), ("audiosocket", "tcp")):
             raise AriError(501, "The encapsulation and/or transport is not supported")
         if split_host_port(host_port or "") is None:
@@ -426,9 +503,15 @@ class AriRest:
         data = p.get("data")
         if encapsulation == "audiosocket" and not data:
             raise bad_request("data can not be empty")
-        return await self.calls.external_media(app=app, host_port=host_port, encapsulation=encapsulation,
-                                               fmt=fmt, data=data, channel_id=p.get("channelId"),
-                                               variables=variables)
+        return await self.calls.external_media(
+            app=app,
+            host_port=host_port,
+            encapsulation=encapsulation,
+            fmt=fmt,
+            data=data,
+            channel_id=p.get("channelId"),
+            variables=variables,
+        )
 
     # --- /channels/{id} operations -----------------------------------------------------------------------
     async def channel_hangup(self, p: Params, m: dict) -> None:
@@ -535,8 +618,14 @@ class AriRest:
             raise not_found("Provided channel was not found")
         if name.endswith(")"):
             value = self.sim.interpreter.lookup(ch, name)
-            known = name.upper() in ("CALLERID(NUM)", "CALLERID(NAME)", "CALLERID(ALL)", "CHANNEL(NAME)",
-                                     "CHANNEL(STATE)", "CHANNEL(LANGUAGE)")
+            known = name.upper() in (
+                "CALLERID(NUM)",
+                "CALLERID(NAME)",
+                "CALLERID(ALL)",
+                "CHANNEL(NAME)",
+                "CHANNEL(STATE)",
+                "CHANNEL(LANGUAGE)",
+            )
             if not known:
                 raise AriError(500, "Unable to read provided function")
             return {"value": value}
@@ -607,8 +696,7 @@ class AriRest:
         if target is None or not target.active:
             from sim.asterisk import events as ev
 
-            event = ev._ev("ApplicationMoveFailed", channel=self.snap(ch), destination=app,
-                           args=p.list("appArgs"))
+            event = ev._ev("ApplicationMoveFailed", channel=self.snap(ch), destination=app, args=p.list("appArgs"))
             self.pbx.emit(event, channels=[ch])
             return
         self.pbx.move_to_app(ch, app, p.list("appArgs"))

@@ -20,10 +20,32 @@ import numpy as np
 from sim.asterisk.audio import StreamResampler, as_samples, samples_per_frame
 from sim.realtime import g711
 
-PT_BY_FORMAT = {"ulaw": 0, "alaw": 8, "slin": 10, "slin12": 122, "slin16": 118, "slin24": 123, "slin32": 124,
-                "slin44": 125, "slin48": 126, "slin96": 127, "slin192": 96}
-RATE_BY_FORMAT = {"ulaw": 8000, "alaw": 8000, "slin": 8000, "slin12": 12000, "slin16": 16000, "slin24": 24000,
-                  "slin32": 32000, "slin44": 44100, "slin48": 48000, "slin96": 96000, "slin192": 192000}
+PT_BY_FORMAT = {
+    "ulaw": 0,
+    "alaw": 8,
+    "slin": 10,
+    "slin12": 122,
+    "slin16": 118,
+    "slin24": 123,
+    "slin32": 124,
+    "slin44": 125,
+    "slin48": 126,
+    "slin96": 127,
+    "slin192": 96,
+}
+RATE_BY_FORMAT = {
+    "ulaw": 8000,
+    "alaw": 8000,
+    "slin": 8000,
+    "slin12": 12000,
+    "slin16": 16000,
+    "slin24": 24000,
+    "slin32": 32000,
+    "slin44": 44100,
+    "slin48": 48000,
+    "slin96": 96000,
+    "slin192": 192000,
+}
 # chan_rtp installs no receive payload map: only static types (<= 34) are understood on the way in.
 MAX_STATIC_PT = 34
 HEADER = struct.Struct(">BBHII")
@@ -48,15 +70,17 @@ class RtpStats(msgspec.Struct):
     packets_out: int = 0
     bytes_in: int = 0
     bytes_out: int = 0
-    dropped_pt: int = 0          # a payload type other than the channel's (PT 118 included)
-    dropped_source: int = 0      # not from the external host
-    dropped_malformed: int = 0   # short, not version 2, bad padding/extension, odd slin length
-    dropped_out: int = 0         # delivered before open() or after close()
+    dropped_pt: int = 0  # a payload type other than the channel's (PT 118 included)
+    dropped_source: int = 0  # not from the external host
+    dropped_malformed: int = 0  # short, not version 2, bad padding/extension, odd slin length
+    dropped_out: int = 0  # delivered before open() or after close()
 
 
 def build_packet(pt: int, seq: int, ts: int, ssrc: int, payload: bytes, *, marker: bool = False) -> bytes:
-    return HEADER.pack(0x80, (0x80 if marker else 0) | (pt & 0x7F), seq & 0xFFFF, ts & 0xFFFFFFFF,
-                       ssrc & 0xFFFFFFFF) + payload
+    return (
+        HEADER.pack(0x80, (0x80 if marker else 0) | (pt & 0x7F), seq & 0xFFFF, ts & 0xFFFFFFFF, ssrc & 0xFFFFFFFF)
+        + payload
+    )
 
 
 def parse_packet(data: bytes) -> RtpPacket | None:
@@ -83,8 +107,9 @@ def parse_packet(data: bytes) -> RtpPacket | None:
         if pad == 0 or end - pad < offset:
             return None
         end -= pad
-    return RtpPacket(version, padding, extension, bool(second & 0x80), second & 0x7F, seq, ts, ssrc, csrcs,
-                     bytes(data[offset:end]))
+    return RtpPacket(
+        version, padding, extension, bool(second & 0x80), second & 0x7F, seq, ts, ssrc, csrcs, bytes(data[offset:end])
+    )
 
 
 def encode_payload(pcm: bytes, fmt: str) -> bytes:
@@ -117,9 +142,16 @@ class _Protocol(asyncio.DatagramProtocol):
 class RtpLeg:
     """The Asterisk end of one UnicastRTP channel (symmetric: any port of the external host may send)."""
 
-    def __init__(self, external_host: str, external_port: int, fmt: str, *,
-                 on_audio: Callable[[bytes, int], None], bind_host: str = "127.0.0.1",
-                 port_range: tuple[int, int] = (20000, 20999)):
+    def __init__(
+        self,
+        external_host: str,
+        external_port: int,
+        fmt: str,
+        *,
+        on_audio: Callable[[bytes, int], None],
+        bind_host: str = "127.0.0.1",
+        port_range: tuple[int, int] = (20000, 20999),
+    ):
         if fmt not in PT_BY_FORMAT:
             raise ValueError(f"unknown RTP format {fmt!r}")
         self.external_host, self.external_port, self.fmt = external_host, external_port, fmt
@@ -143,16 +175,18 @@ class RtpLeg:
 
     async def open(self) -> None:
         loop = asyncio.get_running_loop()
-        infos = await loop.getaddrinfo(self.external_host, self.external_port, family=socket.AF_INET,
-                                       type=socket.SOCK_DGRAM)
+        infos = await loop.getaddrinfo(
+            self.external_host, self.external_port, family=socket.AF_INET, type=socket.SOCK_DGRAM
+        )
         self._external_ips = {info[4][0] for info in infos}
         low, high = self.port_range
         evens = list(range(low + low % 2, high + 1, 2))  # RTP takes even ports (RTCP would be the odd one)
         start = random.randrange(len(evens))
         for port in evens[start:] + evens[:start]:
             try:
-                transport, _ = await loop.create_datagram_endpoint(lambda: _Protocol(self),
-                                                                   local_addr=(self.bind_host, port))
+                transport, _ = await loop.create_datagram_endpoint(
+                    lambda: _Protocol(self), local_addr=(self.bind_host, port)
+                )
             except OSError:
                 continue
             self._transport = transport
@@ -172,7 +206,7 @@ class RtpLeg:
             whole = len(self._pending) - len(self._pending) % self.frame_bytes
             data, self._pending[:whole] = bytes(self._pending[:whole]), b""
         for start in range(0, len(data), self.frame_bytes):
-            self._send(data[start:start + self.frame_bytes])
+            self._send(data[start : start + self.frame_bytes])
 
     def _send(self, frame: bytes) -> None:
         if self._transport is None or self._transport.is_closing():

@@ -91,11 +91,17 @@ class SimCall:
             self.sim.pbx.dtmf_in(self.channel, d, duration_ms)
 
     def to_json(self) -> dict[str, Any]:
-        return {"id": self.channel_id, "name": self.channel.name, "state": self.state,
-                "stasis_status": self.stasis_status, "in_stasis": self.channel.in_stasis,
-                "trail": list(self.trail), "heard_ms": round(self.heard.duration_ms, 1),
-                "heard_dbfs": round(self.heard.rms_dbfs(), 1) if len(self.heard) else None,
-                "bridge": self.channel.bridge.id if self.channel.bridge else None}
+        return {
+            "id": self.channel_id,
+            "name": self.channel.name,
+            "state": self.state,
+            "stasis_status": self.stasis_status,
+            "in_stasis": self.channel.in_stasis,
+            "trail": list(self.trail),
+            "heard_ms": round(self.heard.duration_ms, 1),
+            "heard_dbfs": round(self.heard.rms_dbfs(), 1) if len(self.heard) else None,
+            "bridge": self.channel.bridge.id if self.channel.bridge else None,
+        }
 
 
 class AsteriskSim:
@@ -116,13 +122,24 @@ class AsteriskSim:
     snoop/record are not simulated.
     """
 
-    def __init__(self, users: dict[str, str] | None = None, version: str = "22.10.1",
-                 channelvars: tuple[str, ...] | list[str] = ("AI_CONTEXT", "AI_PROVIDER"),
-                 dialplan: dict | str | Path | None = None, rtp_port_range: tuple[int, int] = (20000, 20999),
-                 workdir: str | Path | None = None, *, time_scale: float = 1.0, entity_id: str | None = None,
-                 voicemail_max_s: float = 120.0, control_api: bool = True, record: bool = True,
-                 keep_ended_calls: int = 1000, stasis_delay_ms: tuple[float, float] | None = None,
-                 seed: int | None = None):
+    def __init__(
+        self,
+        users: dict[str, str] | None = None,
+        version: str = "22.10.1",
+        channelvars: tuple[str, ...] | list[str] = ("AI_CONTEXT", "AI_PROVIDER"),
+        dialplan: dict | str | Path | None = None,
+        rtp_port_range: tuple[int, int] = (20000, 20999),
+        workdir: str | Path | None = None,
+        *,
+        time_scale: float = 1.0,
+        entity_id: str | None = None,
+        voicemail_max_s: float = 120.0,
+        control_api: bool = True,
+        record: bool = True,
+        keep_ended_calls: int = 1000,
+        stasis_delay_ms: tuple[float, float] | None = None,
+        seed: int | None = None,
+    ):
         self.users = dict(users or {"asterisk": "secret"})
         self.version = version
         self.entity_id = entity_id or random_entity_id()
@@ -137,12 +154,18 @@ class AsteriskSim:
         self.record = record  # rest_log / sent_events kept (tests); a long-running process turns it off
         self.keep_ended_calls = keep_ended_calls
         self.apps = AppRegistry(self.entity_id, record=record)
-        self.pbx = Pbx(apps=self.apps, ids=self.ids, channelvars=tuple(channelvars), time_scale=time_scale,
-                       stasis_delay=StasisDelay(*(stasis_delay_ms or DEFAULT_MS), seed=seed))
+        self.pbx = Pbx(
+            apps=self.apps,
+            ids=self.ids,
+            channelvars=tuple(channelvars),
+            time_scale=time_scale,
+            stasis_delay=StasisDelay(*(stasis_delay_ms or DEFAULT_MS), seed=seed),
+        )
         self.dialplan = Dialplan.load(dialplan)
         self.calls = Calls(self.pbx, rtp_port_range=rtp_port_range)
-        self.interpreter = Interpreter(self.pbx, self.calls, self.dialplan, workdir=self.workdir,
-                                       voicemail_max_s=voicemail_max_s)
+        self.interpreter = Interpreter(
+            self.pbx, self.calls, self.dialplan, workdir=self.workdir, voicemail_max_s=voicemail_max_s
+        )
         self.calls.interpreter = self.interpreter
         self.rest = AriRest(self)
         self.events = EventsEndpoint(self)
@@ -227,30 +250,49 @@ class AsteriskSim:
         await self.events.drop_all(code)
 
     # --- simulated callers -------------------------------------------------------------------------------
-    async def place_call(self, context: str = "from-ai-agent-openai", exten: str = "s", caller_name: str = "Alice",
-                         caller_number: str = "5551234", variables: dict[str, str | None] | None = None,
-                         audio=None, rate: int = 8000, send_silence: bool = True,
-                         echo_db: float | None = None) -> SimCall:
+    async def place_call(
+        self,
+        context: str = "from-ai-agent-openai",
+        exten: str = "s",
+        caller_name: str = "Alice",
+        caller_number: str = "5551234",
+        variables: dict[str, str | None] | None = None,
+        audio=None,
+        rate: int = 8000,
+        send_silence: bool = True,
+        echo_db: float | None = None,
+    ) -> SimCall:
         """A call from a phone/trunk into `context,exten,1`. `variables` are set on the channel and win over the
         dialplan's Set() (a None value keeps the variable unset). The caller's audio starts when the call is
         answered; what reaches the caller is recorded in `call.heard`."""
         from sim.asterisk.audio import CallerEndpoint
 
-        ch = Channel(id=self.ids.unique_id(), name=f"PJSIP/{caller_number or 'anonymous'}-{self.ids.tech_seq('PJSIP')}",
-                     tech="PJSIP", state="Ring", caller_name=caller_name, caller_number=caller_number)
+        ch = Channel(
+            id=self.ids.unique_id(),
+            name=f"PJSIP/{caller_number or 'anonymous'}-{self.ids.tech_seq('PJSIP')}",
+            tech="PJSIP",
+            state="Ring",
+            caller_name=caller_name,
+            caller_number=caller_number,
+        )
         ch.set_location(context, exten, 1)
         for key, value in (variables or {}).items():
             ch.pinned.add(key)
             if value is not None:
                 ch.variables[key] = value
-        endpoint = CallerEndpoint(audio, rate, send_silence=send_silence, echo_db=echo_db,
-                                  on_audio=lambda pcm, r: self.pbx.read_from(ch, pcm, r))
+        endpoint = CallerEndpoint(
+            audio,
+            rate,
+            send_silence=send_silence,
+            echo_db=echo_db,
+            on_audio=lambda pcm, r: self.pbx.read_from(ch, pcm, r),
+        )
         ch.media = endpoint
         self.pbx.register(ch)
         call = SimCall(self, ch, endpoint)
         self.sim_calls[ch.id] = call
         ended = [cid for cid, c in self.sim_calls.items() if c.ended]
-        for cid in ended[:max(0, len(ended) - self.keep_ended_calls)]:
+        for cid in ended[: max(0, len(ended) - self.keep_ended_calls)]:
             del self.sim_calls[cid]  # what they heard is memory: keep only the most recent ended calls
 
         async def start_audio_on_answer() -> None:
@@ -264,8 +306,13 @@ class AsteriskSim:
         return call
 
     def state(self) -> dict[str, Any]:
-        return {"channels": len(self.channels), "bridges": len(self.bridges),
-                "apps": {name: {"active": app.active, "channels": list(app.channels)}
-                         for name, app in self.apps.apps.items()},
-                "calls": {cid: c.state for cid, c in self.sim_calls.items()},
-                "voicemails": len(self.voicemails), "t": time.time()}
+        return {
+            "channels": len(self.channels),
+            "bridges": len(self.bridges),
+            "apps": {
+                name: {"active": app.active, "channels": list(app.channels)} for name, app in self.apps.apps.items()
+            },
+            "calls": {cid: c.state for cid, c in self.sim_calls.items()},
+            "voicemails": len(self.voicemails),
+            "t": time.time(),
+        }

@@ -20,7 +20,7 @@ class Hungup(Exception):
 class Channel:
     id: str
     name: str
-    tech: str                      # Local, PJSIP, UnicastRTP, AudioSocket
+    tech: str  # Local, PJSIP, UnicastRTP, AudioSocket
     state: str = "Down"
     caller_name: str = ""
     caller_number: str = ""
@@ -36,23 +36,23 @@ class Channel:
     creationtime: str = field(default_factory=ast_time)
     variables: dict[str, str] = field(default_factory=dict)
     # Stasis
-    stasis_app: str | None = None          # the app whose Stasis() the channel is in
+    stasis_app: str | None = None  # the app whose Stasis() the channel is in
     stasis_args: list[str] = field(default_factory=list)
-    stasis_leave: asyncio.Future | None = None   # resolved with a (context, exten, priority) or None
+    stasis_leave: asyncio.Future | None = None  # resolved with a (context, exten, priority) or None
     subscribed: set[str] = field(default_factory=set)  # apps subscribed to it outside Stasis (ARI-created)
     ari_created: bool = False
-    dialstring: str | None = None          # /channels/create: what /dial will dial
+    dialstring: str | None = None  # /channels/create: what /dial will dial
     dialing: bool = False
     # topology
     bridge: Bridge | None = None
     local_peer: Channel | None = None
-    local_half: int = 0                    # 1 or 2 for Local channels
-    hidden: bool = False                   # far end of a PJSIP/phone leg: never listed
+    local_half: int = 0  # 1 or 2 for Local channels
+    hidden: bool = False  # far end of a PJSIP/phone leg: never listed
     # media
-    media: Any = None                      # deliver(pcm, rate) / send_dtmf(d) / close(): caller, RTP or AudioSocket
-    input_sink: AudioSink | None = None    # a dialplan app consuming what the channel hears from its outside
+    media: Any = None  # deliver(pcm, rate) / send_dtmf(d) / close(): caller, RTP or AudioSocket
+    input_sink: AudioSink | None = None  # a dialplan app consuming what the channel hears from its outside
     moh: bool = False
-    ringback: bool = False                 # hearing a ring tone (ring indication or a ringing Dial)
+    ringback: bool = False  # hearing a ring tone (ring indication or a ringing Dial)
     # life
     hangup_cause: int = 16
     hanging_up: bool = False
@@ -61,14 +61,14 @@ class Channel:
     trail: list[str] = field(default_factory=list)
     stasis_status: str = ""
     stasis_start_t: float | None = None
-    stasis_delay_s: float | None = None    # drawn wait between the ARI answer that made it and its Stasis entry
+    stasis_delay_s: float | None = None  # drawn wait between the ARI answer that made it and its Stasis entry
     dtmf_sink: Callable[[str], None] | None = None
-    watch: Any = None                      # who is dialing this channel (ringing / answer / busy callbacks)
+    watch: Any = None  # who is dialing this channel (ringing / answer / busy callbacks)
     pinned: set[str] = field(default_factory=set)  # variables a test fixed: dialplan Set() leaves them alone
-    pbx_run: bool = False                  # ran dialplan applications (not only an ARI Stasis life)
+    pbx_run: bool = False  # ran dialplan applications (not only an ARI Stasis life)
     restore_app: tuple[str, str] = ("", "")  # the dialplan app its snapshot shows once the dialplan is over
-    callerid_dirty: bool = False           # a Local ;2 half owes a ChannelCallerId after its ;1's line changed
-    device_busy: bool = False              # counted INUSE in device state
+    callerid_dirty: bool = False  # a Local ;2 half owes a ChannelCallerId after its ;1's line changed
+    device_busy: bool = False  # counted INUSE in device state
     on_destroy: list[Callable[[Channel], None]] = field(default_factory=list)
     events: dict[str, asyncio.Event] = field(default_factory=dict)
 
@@ -95,8 +95,13 @@ class Channel:
             "caller": {"name": self.caller_name, "number": self.caller_number},
             "connected": {"name": self.connected_name, "number": self.connected_number},
             "accountcode": self.accountcode,
-            "dialplan": {"context": self.context, "exten": self.exten, "priority": self.priority,
-                         "app_name": self.app_name, "app_data": self.app_data},
+            "dialplan": {
+                "context": self.context,
+                "exten": self.exten,
+                "priority": self.priority,
+                "app_name": self.app_name,
+                "app_data": self.app_data,
+            },
             "creationtime": self.creationtime,
             "language": self.language,
         }
@@ -113,14 +118,14 @@ class Channel:
 @dataclass(eq=False)
 class Bridge:
     id: str
-    bridge_type: str = "mixing"            # mixing | holding
+    bridge_type: str = "mixing"  # mixing | holding
     name: str = ""
     flags: tuple[str, ...] = ("mixing",)
     bridge_class: str = "stasis"
     creator: str = "Stasis"
     creationtime: str = field(default_factory=ast_time)
     members: list[Channel] = field(default_factory=list)
-    stasis: bool = True                    # False: an internal bridge of Dial()/Queue(), not listed
+    stasis: bool = True  # False: an internal bridge of Dial()/Queue(), not listed
     destroyed: bool = False
     moh: bool = False
     variables: dict[str, str] = field(default_factory=dict)

@@ -28,7 +28,7 @@ SOUNDS: dict[str, tuple[int, float]] = {
     "silence/1": (1000, 0.0),
 }
 DEFAULT_SOUND = (1000, 600.0)
-MOH_NOTES = (330.0, 392.0)   # alternating every 500 ms
+MOH_NOTES = (330.0, 392.0)  # alternating every 500 ms
 MOH_DBFS = -30.0
 RINGBACK_HZ = 425.0
 RINGBACK_DBFS = -20.0
@@ -40,8 +40,11 @@ def media_pcm(uri: str, scale: float = 1.0) -> bytes:
     dialplan sound name; lengths follow the time scale of the simulator (never shorter than one frame)."""
     kind, _, name = uri.partition(":") if ":" in uri else ("sound", "", uri)
     if kind == "digits":
-        parts = [tone_pcm(700 + 40 * (ord(c) % 10), max(FRAME_MS, int(100 * scale)), RATE)
-                 + silence_pcm(max(FRAME_MS, int(100 * scale)), RATE) for c in name]
+        parts = [
+            tone_pcm(700 + 40 * (ord(c) % 10), max(FRAME_MS, int(100 * scale)), RATE)
+            + silence_pcm(max(FRAME_MS, int(100 * scale)), RATE)
+            for c in name
+        ]
         return b"".join(parts)
     if kind == "tone":
         ms, hz = {"busy": (2000, 480.0), "ring": (2000, RINGBACK_HZ)}.get(name, (1000, 400.0))
@@ -115,7 +118,7 @@ class ToneClock:
         while self._queue:
             item = self._queue[0]
             if item.pos < len(item.pcm):
-                frame = item.pcm[item.pos:item.pos + FRAME_BYTES]
+                frame = item.pcm[item.pos : item.pos + FRAME_BYTES]
                 item.pos += FRAME_BYTES
                 return frame
             self._queue.popleft()
@@ -124,10 +127,10 @@ class ToneClock:
         if self.moh:
             note = self._moh_frames[(self._tick // 25) % 2]
             off = (self._tick % 25) * FRAME_BYTES
-            return note[off:off + FRAME_BYTES]
+            return note[off : off + FRAME_BYTES]
         if self.ringback:
             off = (self._tick * FRAME_BYTES) % len(self._ring)
-            return self._ring[off:off + FRAME_BYTES]
+            return self._ring[off : off + FRAME_BYTES]
         return None
 
     async def _run(self) -> None:

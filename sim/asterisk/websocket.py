@@ -26,8 +26,11 @@ class EventsEndpoint:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         if self.sim.rest.authenticate(request) is None:
-            return web.json_response({"message": "Authentication required"}, status=401,
-                                     headers={"WWW-Authenticate": 'Basic realm="Asterisk REST Interface"'})
+            return web.json_response(
+                {"message": "Authentication required"},
+                status=401,
+                headers={"WWW-Authenticate": 'Basic realm="Asterisk REST Interface"'},
+            )
         apps: list[str] = []
         for value in request.query.getall("app", []):
             apps.extend(a.strip() for a in value.split(",") if a.strip())

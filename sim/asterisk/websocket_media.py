@@ -36,13 +36,21 @@ from sim.asterisk.rtp import decode_payload, encode_payload
 
 log = logging.getLogger("sim.asterisk.websocket")
 
-RATE_BY_FORMAT = {"ulaw": 8000, "alaw": 8000, "slin": 8000, "slin12": 12000, "slin16": 16000,
-                  "slin24": 24000, "slin32": 32000, "slin48": 48000}
+RATE_BY_FORMAT = {
+    "ulaw": 8000,
+    "alaw": 8000,
+    "slin": 8000,
+    "slin12": 12000,
+    "slin16": 16000,
+    "slin24": 24000,
+    "slin32": 32000,
+    "slin48": 48000,
+}
 QUEUE_MAX, XOFF_LEVEL, XON_LEVEL = 1000, 900, 800
 MAX_TEXT = 128
-MAX_MESSAGE = 65535         # header included
+MAX_MESSAGE = 65535  # header included
 MAX_PAYLOAD = MAX_MESSAGE - 8  # a masked client frame with a 16-bit length has an 8-byte header
-OUT_QUEUE = 250             # frames buffered toward a peer that reads slowly (5 s), then dropped
+OUT_QUEUE = 250  # frames buffered toward a peer that reads slowly (5 s), then dropped
 TICK_S = 0.02
 
 
@@ -62,9 +70,17 @@ class WebSocketMediaLeg:
     on_hangup(reason): the peer closed, sent HANGUP, or broke the protocol (at most once; never after close()).
     """
 
-    def __init__(self, fmt: str, channel_id: str, channel_name: str, *, json_control: bool,
-                 on_audio: Callable[[bytes, int], None], on_connected: Callable[[], None],
-                 on_hangup: Callable[[str], None]):
+    def __init__(
+        self,
+        fmt: str,
+        channel_id: str,
+        channel_name: str,
+        *,
+        json_control: bool,
+        on_audio: Callable[[bytes, int], None],
+        on_connected: Callable[[], None],
+        on_hangup: Callable[[str], None],
+    ):
         if fmt not in RATE_BY_FORMAT:
             raise ValueError(f"format {fmt!r} not simulated for WebSocket media")
         self.fmt = fmt
@@ -105,10 +121,19 @@ class WebSocketMediaLeg:
         await ws.prepare(request)
         self.ws = ws
         self.connected_t = asyncio.get_running_loop().time()
-        self._event("MEDIA_START", connection_id=self.connection_id, channel=self.channel_name,
-                    channel_id=self.channel_id, format=self.fmt, optimal_frame_size=self.frame_bytes, ptime=20)
-        self._tasks = [asyncio.create_task(self._writer(ws), name="ws-media-write"),
-                       asyncio.create_task(self._timer(), name="ws-media-timer")]
+        self._event(
+            "MEDIA_START",
+            connection_id=self.connection_id,
+            channel=self.channel_name,
+            channel_id=self.channel_id,
+            format=self.fmt,
+            optimal_frame_size=self.frame_bytes,
+            ptime=20,
+        )
+        self._tasks = [
+            asyncio.create_task(self._writer(ws), name="ws-media-write"),
+            asyncio.create_task(self._timer(), name="ws-media-timer"),
+        ]
         self.on_connected()  # auto-answer (no `n` option): Up, then Stasis
         reason = "closed"
         try:
@@ -149,7 +174,7 @@ class WebSocketMediaLeg:
             self.leftover = b""
         whole = len(data) - len(data) % size
         for start in range(0, whole, size):
-            self._queue_frame(data[start:start + size])
+            self._queue_frame(data[start : start + size])
         if len(data) > whole:
             if self.bulk:
                 self.leftover = data[whole:]
@@ -184,8 +209,15 @@ class WebSocketMediaLeg:
         if name == "HANGUP":
             return True
         if name == "GET_STATUS":
-            self._event("STATUS", queue_length=self.queue_length, xon_level=XON_LEVEL, xoff_level=XOFF_LEVEL,
-                        queue_full=self.queue_full, bulk_media=self.bulk, media_paused=self.paused)
+            self._event(
+                "STATUS",
+                queue_length=self.queue_length,
+                xon_level=XON_LEVEL,
+                xoff_level=XOFF_LEVEL,
+                queue_full=self.queue_full,
+                bulk_media=self.bulk,
+                media_paused=self.paused,
+            )
         elif name == "FLUSH_MEDIA":
             self.queue.clear()  # marks included: a mark behind flushed audio is never acknowledged
             self.queue_length = 0
@@ -257,7 +289,7 @@ class WebSocketMediaLeg:
             whole = len(self._pending) - len(self._pending) % size
             data, self._pending[:whole] = bytes(self._pending[:whole]), b""
         for start in range(0, len(data), size):
-            chunk = data[start:start + size]
+            chunk = data[start : start + size]
             self._send(encode_payload(chunk, self.fmt) if self.fmt in ("ulaw", "alaw") else chunk)
 
     def _send(self, message: bytes | str) -> None:
@@ -356,8 +388,17 @@ class WebSocketMediaServer:
         return await leg.serve(request)
 
 
-async def external_media(calls, server: WebSocketMediaServer, *, app: str, fmt: str, data: str | None,
-                         channel_id: str | None, variables: dict[str, str], transport_data: str | None) -> dict:
+async def external_media(
+    calls,
+    server: WebSocketMediaServer,
+    *,
+    app: str,
+    fmt: str,
+    data: str | None,
+    channel_id: str | None,
+    variables: dict[str, str],
+    transport_data: str | None,
+) -> dict:
     """externalMedia transport=websocket connection_type=server: the channel, Down and outside Stasis until
     the peer connects to /media/<connection id>."""
     from sim.asterisk import events as ev
@@ -367,8 +408,7 @@ async def external_media(calls, server: WebSocketMediaServer, *, app: str, fmt: 
     pbx = calls.pbx
     if pbx.id_in_use(channel_id) or fmt not in RATE_BY_FORMAT:
         raise internal()
-    ch = Channel(id=channel_id or pbx.ids.unique_id(), name=f"WebSocket/INCOMING/{pbx.ids.pointer()}",
-                 tech="WebSocket")
+    ch = Channel(id=channel_id or pbx.ids.unique_id(), name=f"WebSocket/INCOMING/{pbx.ids.pointer()}", tech="WebSocket")
     args = data.split(",") if data else []
     stasis_data = app + ("," + data if data else "")
 
@@ -388,9 +428,15 @@ async def external_media(calls, server: WebSocketMediaServer, *, app: str, fmt: 
     def on_hangup(reason: str) -> None:
         pbx.hangup(ch, 16, soft=False)  # chan_websocket queues a hangup: ChannelHangupRequest, cause 16
 
-    leg = WebSocketMediaLeg(fmt, ch.id, ch.name, json_control=_json_option(transport_data),
-                            on_audio=lambda pcm, rate: pbx.read_from(ch, pcm, rate), on_connected=connected,
-                            on_hangup=on_hangup)
+    leg = WebSocketMediaLeg(
+        fmt,
+        ch.id,
+        ch.name,
+        json_control=_json_option(transport_data),
+        on_audio=lambda pcm, rate: pbx.read_from(ch, pcm, rate),
+        on_connected=connected,
+        on_hangup=on_hangup,
+    )
     ch.media = leg
     ch.dialstring = "INCOMING" + (f"/{transport_data}" if transport_data else "")
     ch.on_destroy.append(lambda _ch: server.remove(leg))

@@ -4,5 +4,15 @@ its own with the project's deploy/asterisk confs (`python -m sim.real_asterisk`,
 from sim.real_asterisk.install import Installation, RealAsteriskUnavailable, default_cache, install, installed
 from sim.real_asterisk.process import RealAsterisk, connect, default_run_root, start, start_or_explain
 
-__all__ = ["Installation", "RealAsterisk", "RealAsteriskUnavailable", "connect", "default_cache",
-           "default_run_root", "install", "installed", "start", "start_or_explain"]
+__all__ = [
+    "Installation",
+    "RealAsterisk",
+    "RealAsteriskUnavailable",
+    "connect",
+    "default_cache",
+    "default_run_root",
+    "install",
+    "installed",
+    "start",
+    "start_or_explain",
+]

@@ -79,12 +79,12 @@ def write_run_dir(inst: Installation, cfg: RunConfig) -> None:
         "asterisk.conf": _asterisk_conf(inst, run),
         "modules.conf": "[modules]\nautoload = no\n" + "".join(f"load = {m}.so\n" for m in MODULES),
         "logger.conf": "[general]\ndateformat = %F %T.%3q\n[logfiles]\n"
-                       "messages.log => notice,warning,error\nfull.log => notice,warning,error,verbose,dtmf\n",
+        "messages.log => notice,warning,error\nfull.log => notice,warning,error,verbose,dtmf\n",
         "ari.conf": _ari_conf(cfg),
         "http.conf": _sub(DEPLOY / "http.conf", r"^bindport\s*=\s*\d+", f"bindport = {cfg.http_port}"),
         "extensions.conf": "[general]\nstatic = yes\nwriteprotect = yes\n\n[globals]\n\n"
-                           "#include extensions_custom.conf\n#include extensions_plain_asterisk.conf\n"
-                           "#include extensions_harness.conf\n",
+        "#include extensions_custom.conf\n#include extensions_plain_asterisk.conf\n"
+        "#include extensions_harness.conf\n",
         "extensions_custom.conf": (DEPLOY / "extensions_custom.conf").read_text(),
         "extensions_plain_asterisk.conf": (DEPLOY / "extensions_plain_asterisk.conf").read_text(),
         "extensions_harness.conf": HARNESS_DIALPLAN,
@@ -96,8 +96,16 @@ def write_run_dir(inst: Installation, cfg: RunConfig) -> None:
         "cel.conf": "[general]\nenable = no\n",
     }
     # Defaults are right for these; an empty file keeps "Unable to load config file" out of the log.
-    for name in ("features.conf", "acl.conf", "udptl.conf", "ccss.conf", "stasis.conf", "pjproject.conf",
-                 "websocket_client.conf", "chan_websocket.conf"):
+    for name in (
+        "features.conf",
+        "acl.conf",
+        "udptl.conf",
+        "ccss.conf",
+        "stasis.conf",
+        "pjproject.conf",
+        "websocket_client.conf",
+        "chan_websocket.conf",
+    ):
         files[name] = ""
     for name, text in files.items():
         (etc / name).write_text(text)
@@ -106,13 +114,25 @@ def write_run_dir(inst: Installation, cfg: RunConfig) -> None:
 
 
 def _asterisk_conf(inst: Installation, run: Path) -> str:
-    dirs = {"astetcdir": run / "etc", "astmoddir": inst.modules_dir, "astvarlibdir": run / "lib",
-            "astdbdir": run / "lib", "astkeydir": run / "lib", "astdatadir": run / "data",
-            "astagidir": run / "data/agi-bin", "astspooldir": run / "spool", "astrundir": run / "run",
-            "astlogdir": run / "log", "astsbindir": inst.prefix / "usr/sbin"}
+    dirs = {
+        "astetcdir": run / "etc",
+        "astmoddir": inst.modules_dir,
+        "astvarlibdir": run / "lib",
+        "astdbdir": run / "lib",
+        "astkeydir": run / "lib",
+        "astdatadir": run / "data",
+        "astagidir": run / "data/agi-bin",
+        "astspooldir": run / "spool",
+        "astrundir": run / "run",
+        "astlogdir": run / "log",
+        "astsbindir": inst.prefix / "usr/sbin",
+    }
     # No runuser/rungroup: Asterisk runs as whoever starts it (dpkg -x made no asterisk user).
-    return ("[directories]\n" + "".join(f"{k} => {v}\n" for k, v in dirs.items())
-            + "\n[options]\nverbose = 3\ntranscode_via_sln = yes\nhideconnect = yes\nnocolor = yes\n")
+    return (
+        "[directories]\n"
+        + "".join(f"{k} => {v}\n" for k, v in dirs.items())
+        + "\n[options]\nverbose = 3\ntranscode_via_sln = yes\nhideconnect = yes\nnocolor = yes\n"
+    )
 
 
 def _ari_conf(cfg: RunConfig) -> str:

@@ -15,11 +15,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # Debian sid carries asterisk 22.x (stable has none); binaries from sid need sid's glibc, hence the whole closure.
-SOURCES = ("deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] "
-           "http://deb.debian.org/debian sid main\n")
+SOURCES = "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian sid main\n"
 KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
-PACKAGES = ["asterisk", "asterisk-modules", "asterisk-config", "asterisk-core-sounds-en-wav",
-            "asterisk-moh-opsound-wav"]
+PACKAGES = [
+    "asterisk",
+    "asterisk-modules",
+    "asterisk-config",
+    "asterisk-core-sounds-en-wav",
+    "asterisk-moh-opsound-wav",
+]
 MARKER = "installed.json"
 APT_TIMEOUT = 900
 LOCK_TIMEOUT = 1200
@@ -37,8 +41,9 @@ class Installation:
 
     @property
     def libdirs(self) -> list[Path]:
-        return [d for d in (self.prefix / "usr/lib/x86_64-linux-gnu", self.prefix / "lib/x86_64-linux-gnu")
-                if d.is_dir()]
+        return [
+            d for d in (self.prefix / "usr/lib/x86_64-linux-gnu", self.prefix / "lib/x86_64-linux-gnu") if d.is_dir()
+        ]
 
     @property
     def loader(self) -> Path:
@@ -54,8 +59,13 @@ class Installation:
 
     def command(self, *args: str) -> list[str]:
         """argv running the prefix's asterisk binary with the prefix's own loader and libraries."""
-        return [str(self.loader), "--library-path", ":".join(map(str, self.libdirs)),
-                str(self.prefix / "usr/sbin/asterisk"), *args]
+        return [
+            str(self.loader),
+            "--library-path",
+            ":".join(map(str, self.libdirs)),
+            str(self.prefix / "usr/sbin/asterisk"),
+            *args,
+        ]
 
 
 def default_cache() -> Path:
@@ -103,24 +113,38 @@ def _install(cache: Path, log) -> Installation:
         (apt / sub).mkdir(parents=True)
     (apt / "sources.list").write_text(SOURCES)
     (apt / "status").write_text("")  # an empty dpkg status: apt resolves the whole closure, system untouched
-    opts = [f"-oDir::Etc::sourcelist={apt / 'sources.list'}", "-oDir::Etc::sourceparts=/nonexistent",
-            "-oDir::Etc::preferencesparts=/nonexistent", f"-oDir::Etc::preferences={apt / 'preferences'}",
-            f"-oDir::State::Lists={apt / 'lists'}", f"-oDir::State::status={apt / 'status'}",
-            f"-oDir::Cache={apt / 'cache'}", f"-oDir::Cache::archives={apt / 'archives'}",
-            "-oDebug::NoLocking=1", "-oAcquire::Languages=none", "-oAcquire::http::Timeout=30",
-            "-oAcquire::Retries=2", "-oAPT::Install-Recommends=false", "-oAPT::Update::Error-Mode=any"]
+    opts = [
+        f"-oDir::Etc::sourcelist={apt / 'sources.list'}",
+        "-oDir::Etc::sourceparts=/nonexistent",
+        "-oDir::Etc::preferencesparts=/nonexistent",
+        f"-oDir::Etc::preferences={apt / 'preferences'}",
+        f"-oDir::State::Lists={apt / 'lists'}",
+        f"-oDir::State::status={apt / 'status'}",
+        f"-oDir::Cache={apt / 'cache'}",
+        f"-oDir::Cache::archives={apt / 'archives'}",
+        "-oDebug::NoLocking=1",
+        "-oAcquire::Languages=none",
+        "-oAcquire::http::Timeout=30",
+        "-oAcquire::Retries=2",
+        "-oAPT::Install-Recommends=false",
+        "-oAPT::Update::Error-Mode=any",
+    ]
     if os.geteuid() == 0:
         opts.append("-oAPT::Sandbox::User=root")  # _apt cannot enter a cache under /root
     log(f"real Asterisk: reading Debian sid's package lists into {apt}")
     _apt(["apt-get", *opts, "update"], "apt-get update (is the Debian archive reachable?)")
-    uris = _apt(["apt-get", *opts, "install", "--print-uris", "-y", *PACKAGES], "apt-get could not resolve "
-                + " ".join(PACKAGES))
+    uris = _apt(
+        ["apt-get", *opts, "install", "--print-uris", "-y", *PACKAGES],
+        "apt-get could not resolve " + " ".join(PACKAGES),
+    )
     debs = re.findall(r"^'(\S+)' (\S+\.deb) (\d+) ", uris, re.M)
     if not debs:
         raise RealAsteriskUnavailable(f"apt-get listed nothing to download for {' '.join(PACKAGES)}")
     size = sum(int(d[2]) for d in debs)
-    log(f"real Asterisk: downloading {len(debs)} packages, {size / 1e6:.1f} MB "
-        f"({', '.join(n.split('_')[0] for _, n, _ in debs if n.startswith('asterisk'))} and their dependencies)")
+    log(
+        f"real Asterisk: downloading {len(debs)} packages, {size / 1e6:.1f} MB "
+        f"({', '.join(n.split('_')[0] for _, n, _ in debs if n.startswith('asterisk'))} and their dependencies)"
+    )
     _apt(["apt-get", *opts, "install", "--download-only", "-y", "-q", *PACKAGES], "apt-get download")
     files = sorted((apt / "archives").glob("*.deb"))
     prefix, tmp = cache / "prefix", cache / "prefix.partial"
@@ -129,15 +153,21 @@ def _install(cache: Path, log) -> Installation:
     log(f"real Asterisk: unpacking {len(files)} packages into {prefix}")
     for deb in files:
         _run(["dpkg-deb", "-x", str(deb), str(tmp)], f"dpkg-deb -x {deb.name}", 120)
-    package_version = _run(["dpkg-deb", "-f", str(next(f for f in files if f.name.startswith("asterisk_"))),
-                            "Version"], "dpkg-deb -f", 30).strip()
+    package_version = _run(
+        ["dpkg-deb", "-f", str(next(f for f in files if f.name.startswith("asterisk_"))), "Version"], "dpkg-deb -f", 30
+    ).strip()
     shutil.rmtree(prefix, ignore_errors=True)
     tmp.rename(prefix)
     shutil.rmtree(apt, ignore_errors=True)  # the prefix is the cache; the .debs are not needed again
     inst = Installation(prefix, package_version, "")
     version = _run(inst.command("-V"), "asterisk -V (the unpacked binary does not run)", 30).strip()
-    (cache / MARKER).write_text(json.dumps({"package_version": package_version, "version": version,
-                                            "packages": len(files), "download_bytes": size}, indent=1) + "\n")
+    (cache / MARKER).write_text(
+        json.dumps(
+            {"package_version": package_version, "version": version, "packages": len(files), "download_bytes": size},
+            indent=1,
+        )
+        + "\n"
+    )
     log(f"real Asterisk: {version} installed in {time.monotonic() - started:.0f}s ({_du(prefix) / 1e6:.0f} MB)")
     return Installation(prefix, package_version, version)
 
@@ -177,8 +207,9 @@ class _locked:
                 return self
             except BlockingIOError:
                 if time.monotonic() > deadline:
-                    raise RealAsteriskUnavailable(f"{self.file.name} stayed locked for {LOCK_TIMEOUT}s "
-                                                  "(another install running?)") from None
+                    raise RealAsteriskUnavailable(
+                        f"{self.file.name} stayed locked for {LOCK_TIMEOUT}s (another install running?)"
+                    ) from None
                 time.sleep(0.5)
 
     def __exit__(self, *exc):

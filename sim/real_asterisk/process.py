@@ -68,8 +68,10 @@ class RealAsterisk:
         except subprocess.TimeoutExpired:
             raise RealAsteriskUnavailable(f"asterisk -rx {command!r}: no answer within {timeout}s") from None
         if done.returncode != 0:
-            raise RealAsteriskUnavailable(f"asterisk -rx {command!r} failed (exit {done.returncode}): "
-                                          f"{(done.stderr or done.stdout).strip()[-500:]}")
+            raise RealAsteriskUnavailable(
+                f"asterisk -rx {command!r} failed (exit {done.returncode}): "
+                f"{(done.stderr or done.stdout).strip()[-500:]}"
+            )
         return done.stdout
 
     @property
@@ -111,8 +113,9 @@ class RealAsterisk:
 
     def ari(self, method: str, path: str, timeout: float = 5.0) -> tuple[int, object]:
         """One ARI request (`path` under /ari); (status, decoded JSON or None)."""
-        req = urllib.request.Request(f"{self.ari_url}/ari{path}", method=method,
-                                     headers={"Authorization": _basic(self.user, self.password)})
+        req = urllib.request.Request(
+            f"{self.ari_url}/ari{path}", method=method, headers={"Authorization": _basic(self.user, self.password)}
+        )
         try:
             with urllib.request.urlopen(req, timeout=timeout) as resp:
                 status, body = resp.status, resp.read()
@@ -134,12 +137,21 @@ class RealAsterisk:
     @classmethod
     def from_state(cls, run_dir: Path) -> RealAsterisk:
         data = json.loads((run_dir / STATE).read_text())
-        return cls(data["ari_url"], data["user"], data["password"], data["app"], Path(data["run_dir"]),
-                   data["version"], int(data["pid"]), Path(data["prefix"]))
+        return cls(
+            data["ari_url"],
+            data["user"],
+            data["password"],
+            data["app"],
+            Path(data["run_dir"]),
+            data["version"],
+            int(data["pid"]),
+            Path(data["prefix"]),
+        )
 
 
-def start(run_dir: Path | str | None = None, cache_dir: Path | str | None = None, log=print,
-          timeout: float = START_TIMEOUT) -> RealAsterisk:
+def start(
+    run_dir: Path | str | None = None, cache_dir: Path | str | None = None, log=print, timeout: float = START_TIMEOUT
+) -> RealAsterisk:
     """Install (cached) and start a real Asterisk in a fresh `run_dir` (default: a new one under the run root);
     return once ARI answers."""
     inst = install(cache_dir, log=log)
@@ -158,19 +170,33 @@ def start(run_dir: Path | str | None = None, cache_dir: Path | str | None = None
         raise RealAsteriskUnavailable(f"cannot write the run directory {run}: {exc}") from None
     started = time.monotonic()
     # -f: stay in the foreground (no fork, no console); a session of its own so stop() can signal the group.
-    proc = subprocess.Popen(inst.command("-f", "-n", "-C", str(cfg.conf)), stdin=subprocess.DEVNULL, stdout=out,
-                            stderr=subprocess.STDOUT, start_new_session=True, cwd=run)
+    proc = subprocess.Popen(
+        inst.command("-f", "-n", "-C", str(cfg.conf)),
+        stdin=subprocess.DEVNULL,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        cwd=run,
+    )
     out.close()
-    ast = RealAsterisk(f"http://127.0.0.1:{cfg.http_port}", cfg.user, cfg.password, confs.SHIPPED_APP, run, "",
-                       proc.pid, inst.prefix, proc)
+    ast = RealAsterisk(
+        f"http://127.0.0.1:{cfg.http_port}",
+        cfg.user,
+        cfg.password,
+        confs.SHIPPED_APP,
+        run,
+        "",
+        proc.pid,
+        inst.prefix,
+        proc,
+    )
     try:
         ast.version = _wait_ready(ast, proc, timeout)
     except BaseException:
         ast.stop(timeout=3)
         raise
     ast.save_state()
-    log(f"real Asterisk {ast.version} up in {time.monotonic() - started:.2f}s: ARI {ast.ari_url} "
-        f"(run dir {run})")
+    log(f"real Asterisk {ast.version} up in {time.monotonic() - started:.2f}s: ARI {ast.ari_url} (run dir {run})")
     return ast
 
 
@@ -183,8 +209,7 @@ def start_or_explain(run_dir: Path) -> RealAsterisk | None:
         return None
 
 
-def connect(ari_url: str, user: str, password: str, app: str = confs.SHIPPED_APP,
-            timeout: float = 3.0) -> RealAsterisk:
+def connect(ari_url: str, user: str, password: str, app: str = confs.SHIPPED_APP, timeout: float = 3.0) -> RealAsterisk:
     """An Asterisk someone else runs, once its ARI answers `GET /asterisk/info` with these credentials."""
     ast = RealAsterisk(ari_url.rstrip("/"), user, password, app, None, "", 0, None)
     deadline = time.monotonic() + timeout
@@ -203,14 +228,14 @@ def _wait_ready(ast: RealAsterisk, proc: subprocess.Popen, timeout: float) -> st
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RealAsteriskUnavailable(f"Asterisk exited with {proc.returncode} while starting:\n"
-                                          + _log_tail(ast.run_dir))
+            raise RealAsteriskUnavailable(
+                f"Asterisk exited with {proc.returncode} while starting:\n" + _log_tail(ast.run_dir)
+            )
         status, info = ast.ari("GET", "/asterisk/info", timeout=1)
         if status == 200:
             return info["system"]["version"]
         time.sleep(0.05)
-    raise RealAsteriskUnavailable(f"ARI at {ast.ari_url} did not answer within {timeout}s:\n"
-                                  + _log_tail(ast.run_dir))
+    raise RealAsteriskUnavailable(f"ARI at {ast.ari_url} did not answer within {timeout}s:\n" + _log_tail(ast.run_dir))
 
 
 def _log_tail(run: Path, lines: int = 15) -> str:

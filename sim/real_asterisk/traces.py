@@ -38,23 +38,33 @@ ID_TOKEN = r"(?<![\w.]){}(?![\w])"  # whole-token match of a raw id (also after 
 # simulator can replay the trace with the same plan. No spaces in app data: the CLI splits its arguments on them.
 DIALPLAN: dict[str, dict[str, list[str]]] = {
     # where the caller's ;1 half enters our app, like the shipped contexts; the Wait lets a failed Stasis be seen
-    "va-trace-agent": {"s": ["NoOp(trace-agent-entry)", "Set(AI_CONTEXT=support)", "Set(AI_PROVIDER=openai_realtime)",
-                             f"Stasis({APP})", "NoOp(stasis-status-${STASISSTATUS})", "Wait(2)", "Hangup()"]},
+    "va-trace-agent": {
+        "s": [
+            "NoOp(trace-agent-entry)",
+            "Set(AI_CONTEXT=support)",
+            "Set(AI_PROVIDER=openai_realtime)",
+            f"Stasis({APP})",
+            "NoOp(stasis-status-${STASISSTATUS})",
+            "Wait(2)",
+            "Hangup()",
+        ]
+    },
     # the caller's own side (the ;2 half of Local/s@<context>)
-    "va-trace-talker": {"s": ["Answer()", "Wait(1)", "Playback(hello-world)", "SendDTMF(1#)", "Wait(20)",
-                              "Hangup()"]},
+    "va-trace-talker": {"s": ["Answer()", "Wait(1)", "Playback(hello-world)", "SendDTMF(1#)", "Wait(20)", "Hangup()"]},
     "va-trace-holder": {"s": ["Answer()", "Wait(30)", "Hangup()"]},
     "va-trace-leaver": {"s": ["Answer()", "Wait(2)", "Hangup()"]},
     "va-trace-xfer-caller": {"s": ["Answer()", "Wait(1)", "Playback(hello-world)", "Wait(6)", "Hangup()"]},
-    "va-trace-vm-caller": {"s": ["Answer()", "Wait(6)", "Playback(hello-world&hello-world)", "Wait(1)",
-                                 "Hangup()"]},
+    "va-trace-vm-caller": {"s": ["Answer()", "Wait(6)", "Playback(hello-world&hello-world)", "Wait(1)", "Hangup()"]},
     # phones behind the PBX, and the targets a continue() points at
-    "va-trace-phones": {"7001": ["NoOp(phone-7001-answers)", "Answer()", "Playback(beep)", "Wait(10)", "Hangup()"],
-                        "7002": ["NoOp(phone-7002-rings-forever)", "Ringing()", "Wait(60)", "Hangup()"],
-                        "7003": ["NoOp(phone-7003-answers-briefly)", "Answer()", "Playback(beep)", "Wait(2)",
-                                 "Hangup()"]},
-    "va-trace-targets": {"7003": ["Dial(Local/7003@va-trace-phones,20)", "Hangup()"],
-                         "vm100": ["VoiceMail(100@default,u)", "Hangup()"]},
+    "va-trace-phones": {
+        "7001": ["NoOp(phone-7001-answers)", "Answer()", "Playback(beep)", "Wait(10)", "Hangup()"],
+        "7002": ["NoOp(phone-7002-rings-forever)", "Ringing()", "Wait(60)", "Hangup()"],
+        "7003": ["NoOp(phone-7003-answers-briefly)", "Answer()", "Playback(beep)", "Wait(2)", "Hangup()"],
+    },
+    "va-trace-targets": {
+        "7003": ["Dial(Local/7003@va-trace-phones,20)", "Hangup()"],
+        "vm100": ["VoiceMail(100@default,u)", "Hangup()"],
+    },
 }
 
 
@@ -75,29 +85,53 @@ class RtpListener(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr) -> None:
         if not self.packets:
-            self.rec.note(f"first RTP packet from Asterisk: PT {data[1] & 0x7F}, {len(data) - 12}-byte payload, "
-                          f"RTP timestamp {int.from_bytes(data[4:8], 'big')}", source="listener")
+            self.rec.note(
+                f"first RTP packet from Asterisk: PT {data[1] & 0x7F}, {len(data) - 12}-byte payload, "
+                f"RTP timestamp {int.from_bytes(data[4:8], 'big')}",
+                source="listener",
+            )
         self.packets.append((data, addr[1]))
 
     def summary(self, local_port: str | None) -> dict:
         if not self.packets:
             return {"packets": 0}
-        heads = [(p[1] & 0x7F, int.from_bytes(p[2:4], "big"), int.from_bytes(p[4:8], "big"), p[8:12], len(p) - 12,
-                  p[1] & 0x80) for p, _ in self.packets]
-        return {"packets": len(heads),
-                "payload_types": sorted({h[0] for h in heads}),
-                "payload_sizes": dict(sorted(Counter(str(h[4]) for h in heads).items())),
-                "first_timestamp": heads[0][2],
-                "timestamp_advances_by_previous_payload": all(
-                    (b[2] - a[2]) % 2**32 == b[4] for a, b in pairwise(heads)),
-                "seq_step_1": all((b[1] - a[1]) % 65536 == 1 for a, b in pairwise(heads)),
-                "ssrcs": len({h[3] for h in heads}),
-                "marker_bits": sum(1 for h in heads if h[5]),
-                "source_port_is_local_port": {str(port) for _, port in self.packets} == {local_port}}
+        heads = [
+            (
+                p[1] & 0x7F,
+                int.from_bytes(p[2:4], "big"),
+                int.from_bytes(p[4:8], "big"),
+                p[8:12],
+                len(p) - 12,
+                p[1] & 0x80,
+            )
+            for p, _ in self.packets
+        ]
+        return {
+            "packets": len(heads),
+            "payload_types": sorted({h[0] for h in heads}),
+            "payload_sizes": dict(sorted(Counter(str(h[4]) for h in heads).items())),
+            "first_timestamp": heads[0][2],
+            "timestamp_advances_by_previous_payload": all((b[2] - a[2]) % 2**32 == b[4] for a, b in pairwise(heads)),
+            "seq_step_1": all((b[1] - a[1]) % 65536 == 1 for a, b in pairwise(heads)),
+            "ssrcs": len({h[3] for h in heads}),
+            "marker_bits": sum(1 for h in heads if h[5]),
+            "source_port_is_local_port": {str(port) for _, port in self.packets} == {local_port},
+        }
 
 
-AUDIOSOCKET_KINDS = {0x00: "hangup", 0x01: "uuid", 0x03: "dtmf", 0x10: "slin", 0x11: "slin12", 0x12: "slin16",
-                     0x13: "slin24", 0x14: "slin32", 0x15: "slin44", 0x16: "slin48", 0xFF: "error"}
+AUDIOSOCKET_KINDS = {
+    0x00: "hangup",
+    0x01: "uuid",
+    0x03: "dtmf",
+    0x10: "slin",
+    0x11: "slin12",
+    0x12: "slin16",
+    0x13: "slin24",
+    0x14: "slin32",
+    0x15: "slin44",
+    0x16: "slin48",
+    0xFF: "error",
+}
 
 
 class AudioSocketListener:
@@ -124,18 +158,28 @@ class AudioSocketListener:
                 kind = head[0]
                 audio_seen = any(k >= 0x10 and k != 0xFF for k, _ in self.frames)
                 if kind < 0x10 or kind == 0xFF or not audio_seen:  # every control message, and the first audio
-                    shown = payload.decode() if kind == 0x03 else str(uuid.UUID(bytes=payload)) if kind == 0x01 \
+                    shown = (
+                        payload.decode()
+                        if kind == 0x03
+                        else str(uuid.UUID(bytes=payload))
+                        if kind == 0x01
                         else f"{len(payload)} bytes"
-                    self.rec.note(f"AudioSocket message from Asterisk: kind 0x{kind:02x} "
-                                  f"({AUDIOSOCKET_KINDS.get(kind, '?')}), length {len(payload)}: {shown}", source="listener")
+                    )
+                    self.rec.note(
+                        f"AudioSocket message from Asterisk: kind 0x{kind:02x} "
+                        f"({AUDIOSOCKET_KINDS.get(kind, '?')}), length {len(payload)}: {shown}",
+                        source="listener",
+                    )
                 self.frames.append((kind, payload))
         except (asyncio.IncompleteReadError, ConnectionError):
             self.rec.note("AudioSocket connection closed by Asterisk", source="listener")
             self.closed.set()
 
     async def send_audio_then_hangup(self, kind: int, size: int, frames: int) -> None:
-        self.rec.note(f"listener starts sending {frames} frames of kind 0x{kind:02x} ({size} bytes) every 20 ms",
-                      source="listener")
+        self.rec.note(
+            f"listener starts sending {frames} frames of kind 0x{kind:02x} ({size} bytes) every 20 ms",
+            source="listener",
+        )
         for _ in range(frames):
             self.writer.write(bytes([kind]) + size.to_bytes(2, "big") + bytes(size))
             await self.writer.drain()
@@ -146,8 +190,11 @@ class AudioSocketListener:
 
     def summary(self) -> dict:
         kinds = Counter(f"0x{k:02x}/{len(p)}" for k, p in self.frames)
-        return {"messages": len(self.frames), "kinds": dict(sorted(kinds.items())),
-                "dtmf": [p.decode() for k, p in self.frames if k == 0x03]}
+        return {
+            "messages": len(self.frames),
+            "kinds": dict(sorted(kinds.items())),
+            "dtmf": [p.decode() for k, p in self.frames if k == 0x03],
+        }
 
     def close(self) -> None:
         if self.writer is not None:
@@ -204,13 +251,18 @@ class Recorder:
         await self.close_ws()
         await self.session.close()
 
-    async def rest(self, method: str, path: str, query: dict[str, Any] | None = None, auth: bool = True,
-                   expect: int | None = None) -> tuple[int, Any]:
+    async def rest(
+        self, method: str, path: str, query: dict[str, Any] | None = None, auth: bool = True, expect: int | None = None
+    ) -> tuple[int, Any]:
         q = {k: str(v) for k, v in (query or {}).items() if v is not None} or None
         step = {"t_ms": self.now(), "dir": "rest", "method": method, "path": path, "query": q, "body": None}
-        async with self.session.request(method, f"{self.ast.ari_url}/ari{path}", params=q,
-                                        headers=self.auth if auth else None,
-                                        timeout=aiohttp.ClientTimeout(total=WAIT)) as resp:
+        async with self.session.request(
+            method,
+            f"{self.ast.ari_url}/ari{path}",
+            params=q,
+            headers=self.auth if auth else None,
+            timeout=aiohttp.ClientTimeout(total=WAIT),
+        ) as resp:
             text = await resp.text()
         try:
             body = json.loads(text) if text else None
@@ -224,8 +276,11 @@ class Recorder:
 
     async def open_ws(self, subscribe_all: bool = False) -> None:
         self.ws_query = f"app={APP}" + ("&subscribeAll=true" if subscribe_all else "")
-        self.ws = await self.session.ws_connect(f"{self.ast.ari_url}/ari/events?{self.ws_query}", headers=self.auth,
-                                                timeout=aiohttp.ClientWSTimeout(ws_close=WAIT))
+        self.ws = await self.session.ws_connect(
+            f"{self.ast.ari_url}/ari/events?{self.ws_query}",
+            headers=self.auth,
+            timeout=aiohttp.ClientWSTimeout(ws_close=WAIT),
+        )
         self.note(f"events WebSocket connected: /ari/events?{self.ws_query}")
         self._reader = asyncio.create_task(self._read(self.ws))
 
@@ -246,8 +301,9 @@ class Recorder:
         self.ws = self._reader = None
         self.note("events WebSocket closed by the client")
 
-    async def event(self, type_: str, where: Callable[[dict], bool] = lambda e: True, after: int = 0,
-                    timeout: float = WAIT) -> dict:
+    async def event(
+        self, type_: str, where: Callable[[dict], bool] = lambda e: True, after: int = 0, timeout: float = WAIT
+    ) -> dict:
         """The first event of this type (from index `after` on) that satisfies `where`, waiting for it."""
         deadline = time.monotonic() + timeout
         while True:
@@ -269,20 +325,37 @@ class Recorder:
 
     # --- what the controller does --------------------------------------------------------------------------
 
-    async def originate(self, caller_context: str, label: str = "<chan:caller>", name: str = "Alice",
-                        number: str = "5550100") -> str:
+    async def originate(
+        self, caller_context: str, label: str = "<chan:caller>", name: str = "Alice", number: str = "5550100"
+    ) -> str:
         """The caller: a Local channel whose ;1 half runs the agent context (our Stasis app) and ;2 half the
         caller's own context."""
-        _, chan = await self.rest("POST", "/channels", {
-            "endpoint": f"Local/s@{caller_context}", "context": "va-trace-agent", "extension": "s", "priority": 1,
-            "callerId": f"{name} <{number}>", "formats": "ulaw"}, expect=200)
+        _, chan = await self.rest(
+            "POST",
+            "/channels",
+            {
+                "endpoint": f"Local/s@{caller_context}",
+                "context": "va-trace-agent",
+                "extension": "s",
+                "priority": 1,
+                "callerId": f"{name} <{number}>",
+                "formats": "ulaw",
+            },
+            expect=200,
+        )
         return self.label(chan["id"], label)
 
     async def stasis_start(self, cid: str, after: int = 0) -> dict:
         return await self.event("StasisStart", lambda e: e["channel"]["id"] == cid, after)
 
-    async def inbound_setup(self, caller_context: str, transport: str = "rtp", fmt: str = "ulaw",
-                            rtp: RtpListener | None = None, audiosocket_port: int = 0) -> tuple[str, str, str]:
+    async def inbound_setup(
+        self,
+        caller_context: str,
+        transport: str = "rtp",
+        fmt: str = "ulaw",
+        rtp: RtpListener | None = None,
+        audiosocket_port: int = 0,
+    ) -> tuple[str, str, str]:
         """A call answered and bridged with its media channel, the media channel added only after its
         StasisStart (what the controller must do); (caller, media, bridge)."""
         caller = await self.originate(caller_context)
@@ -297,16 +370,29 @@ class Recorder:
         await self.rest("POST", f"/bridges/{bridge}/addChannel", {"channel": media}, expect=204)
         return caller, media, bridge
 
-    async def external_media(self, transport: str, fmt: str, audiosocket_port: int = 0,
-                             label: str = "<chan:media>") -> str:
+    async def external_media(
+        self, transport: str, fmt: str, audiosocket_port: int = 0, label: str = "<chan:media>"
+    ) -> str:
         media = self.new_id(label)
         if transport == "rtp":
-            query = {"app": APP, "channelId": media, "external_host": self.port_of("rtp"), "format": fmt,
-                     "encapsulation": "rtp", "transport": "udp"}
+            query = {
+                "app": APP,
+                "channelId": media,
+                "external_host": self.port_of("rtp"),
+                "format": fmt,
+                "encapsulation": "rtp",
+                "transport": "udp",
+            }
         else:
-            query = {"app": APP, "channelId": media, "external_host": self.port_of("audiosocket"), "format": fmt,
-                     "encapsulation": "audiosocket", "transport": "tcp",
-                     "data": self.new_id("<audiosocket-uuid>")}
+            query = {
+                "app": APP,
+                "channelId": media,
+                "external_host": self.port_of("audiosocket"),
+                "format": fmt,
+                "encapsulation": "audiosocket",
+                "transport": "tcp",
+                "data": self.new_id("<audiosocket-uuid>"),
+            }
         self.last_external = await self.rest("POST", "/channels/externalMedia", query, expect=200)
         return media
 
@@ -321,8 +407,9 @@ class Recorder:
     def document(self, entity_id: str, version: str) -> dict:
         self._label_local_halves()
         mapping = {**self.labels, entity_id: "<asterisk_id>"}
-        pattern = re.compile("|".join(ID_TOKEN.format(re.escape(raw)) for raw in sorted(mapping, key=len,
-                                                                                          reverse=True)))
+        pattern = re.compile(
+            "|".join(ID_TOKEN.format(re.escape(raw)) for raw in sorted(mapping, key=len, reverse=True))
+        )
         ports = re.compile("|".join(re.escape(p) + r"(?!\d)" for p in self.ports)) if self.ports else None
         leftovers: set[str] = set()
 
@@ -345,11 +432,16 @@ class Recorder:
         if leftovers:
             raise RuntimeError(f"{self.name}: unlabelled Asterisk ids {sorted(leftovers)}")
         placeholders = sorted(set(mapping.values()) - {"<asterisk_id>"}) + ["<asterisk_id>"]
-        return {"scenario": self.name, "asterisk_version": version, "description": self.description,
-                "events_websocket": f"/ari/events?{self.ws_query}" if self.ws_query else None,
-                "placeholders": placeholders,
-                "listeners": sorted(self.ports.values()),
-                "dialplan": DIALPLAN, "steps": steps}
+        return {
+            "scenario": self.name,
+            "asterisk_version": version,
+            "description": self.description,
+            "events_websocket": f"/ari/events?{self.ws_query}" if self.ws_query else None,
+            "placeholders": placeholders,
+            "listeners": sorted(self.ports.values()),
+            "dialplan": DIALPLAN,
+            "steps": steps,
+        }
 
     def _label_local_halves(self) -> None:
         """The ;2 half of a labelled Local channel gets the label with ';2' (seen with subscribeAll, in GET
@@ -388,8 +480,9 @@ async def cleanup(rec: Recorder, *ids: str, bridges: tuple[str, ...] = ()) -> No
         await rec.rest("DELETE", f"/channels/{cid}", {"reason": "normal"}, expect=204)
         # a channel made by ARI is destroyed; one that came from the dialplan only leaves Stasis (no subscribeAll)
         made_by_us = rec.labels.get(cid, "").startswith(("<chan:media", "<chan:agent"))
-        await rec.event("ChannelDestroyed" if made_by_us else "StasisEnd", lambda e, c=cid: e["channel"]["id"] == c,
-                        mark)
+        await rec.event(
+            "ChannelDestroyed" if made_by_us else "StasisEnd", lambda e, c=cid: e["channel"]["id"] == c, mark
+        )
         await rec.sleep(0.2, "events that follow the hangup")
     for bid in bridges:
         await rec.rest("DELETE", f"/bridges/{bid}", expect=204)
@@ -488,8 +581,13 @@ async def s04_errors(rec: Recorder) -> None:
         half2 = next(c["id"] for c in channels if c["name"].endswith(";2"))
         rec.label(half2, "<chan:caller;2>")
         checks: list[tuple[str, str, str, dict | None, dict]] = [
-            ("operations on a channel that is not in Stasis (the ;2 half)", "POST", f"/channels/{half2}/answer",
-             None, {}),
+            (
+                "operations on a channel that is not in Stasis (the ;2 half)",
+                "POST",
+                f"/channels/{half2}/answer",
+                None,
+                {},
+            ),
             ("", "POST", f"/channels/{half2}/continue", None, {}),
             ("", "GET", f"/channels/{half2}/variable", {"variable": "AI_CONTEXT"}, {}),
             ("", "POST", f"/bridges/{bridge}/addChannel", {"channel": half2}, {}),
@@ -501,29 +599,103 @@ async def s04_errors(rec: Recorder) -> None:
             ("", "DELETE", "/bridges/no-such-bridge", None, {}),
             ("variables", "GET", f"/channels/{caller}/variable", {"variable": "NOT_SET_ANYWHERE"}, {}),
             ("", "GET", f"/channels/{caller}/variable", None, {}),
-            ("externalMedia parameters", "POST", "/channels/externalMedia",
-             {"channelId": "em-no-app", "external_host": rec.port_of("audiosocket"), "format": "slin16",
-              "encapsulation": "audiosocket", "transport": "tcp", "data": str(uuid.UUID(int=1))}, {}),
-            ("", "POST", "/channels/externalMedia",
-             {"app": APP, "channelId": "em-no-data", "external_host": rec.port_of("audiosocket"), "format": "slin16",
-              "encapsulation": "audiosocket", "transport": "tcp"}, {}),
-            ("", "POST", "/channels/externalMedia",
-             {"app": APP, "channelId": "em-no-host", "format": "ulaw", "encapsulation": "rtp", "transport": "udp"},
-             {}),
-            ("", "POST", "/channels/externalMedia",
-             {"app": APP, "channelId": "em-no-format", "external_host": rec.port_of("audiosocket"),
-              "encapsulation": "rtp", "transport": "udp"}, {}),
-            ("", "POST", "/channels/externalMedia",
-             {"app": APP, "channelId": "em-bogus", "external_host": rec.port_of("audiosocket"), "format": "ulaw",
-              "encapsulation": "bogus", "transport": "udp"}, {}),
-            ("AudioSocket to a port where nothing listens", "POST", "/channels/externalMedia",
-             {"app": APP, "channelId": "em-refused", "external_host": rec.port_of("closed"), "format": "slin16",
-              "encapsulation": "audiosocket", "transport": "tcp", "data": str(uuid.UUID(int=2))}, {}),
-            ("creating channels", "POST", "/channels/create",
-             {"endpoint": "Local/7001@va-trace-phones", "app": APP, "channelId": "create-both",
-              "originator": caller, "formats": "ulaw"}, {}),
-            ("", "POST", "/channels/create",
-             {"endpoint": "Local/7001@va-trace-phones", "app": APP, "channelId": caller}, {}),
+            (
+                "externalMedia parameters",
+                "POST",
+                "/channels/externalMedia",
+                {
+                    "channelId": "em-no-app",
+                    "external_host": rec.port_of("audiosocket"),
+                    "format": "slin16",
+                    "encapsulation": "audiosocket",
+                    "transport": "tcp",
+                    "data": str(uuid.UUID(int=1)),
+                },
+                {},
+            ),
+            (
+                "",
+                "POST",
+                "/channels/externalMedia",
+                {
+                    "app": APP,
+                    "channelId": "em-no-data",
+                    "external_host": rec.port_of("audiosocket"),
+                    "format": "slin16",
+                    "encapsulation": "audiosocket",
+                    "transport": "tcp",
+                },
+                {},
+            ),
+            (
+                "",
+                "POST",
+                "/channels/externalMedia",
+                {"app": APP, "channelId": "em-no-host", "format": "ulaw", "encapsulation": "rtp", "transport": "udp"},
+                {},
+            ),
+            (
+                "",
+                "POST",
+                "/channels/externalMedia",
+                {
+                    "app": APP,
+                    "channelId": "em-no-format",
+                    "external_host": rec.port_of("audiosocket"),
+                    "encapsulation": "rtp",
+                    "transport": "udp",
+                },
+                {},
+            ),
+            (
+                "",
+                "POST",
+                "/channels/externalMedia",
+                {
+                    "app": APP,
+                    "channelId": "em-bogus",
+                    "external_host": rec.port_of("audiosocket"),
+                    "format": "ulaw",
+                    "encapsulation": "bogus",
+                    "transport": "udp",
+                },
+                {},
+            ),
+            (
+                "AudioSocket to a port where nothing listens",
+                "POST",
+                "/channels/externalMedia",
+                {
+                    "app": APP,
+                    "channelId": "em-refused",
+                    "external_host": rec.port_of("closed"),
+                    "format": "slin16",
+                    "encapsulation": "audiosocket",
+                    "transport": "tcp",
+                    "data": str(uuid.UUID(int=2)),
+                },
+                {},
+            ),
+            (
+                "creating channels",
+                "POST",
+                "/channels/create",
+                {
+                    "endpoint": "Local/7001@va-trace-phones",
+                    "app": APP,
+                    "channelId": "create-both",
+                    "originator": caller,
+                    "formats": "ulaw",
+                },
+                {},
+            ),
+            (
+                "",
+                "POST",
+                "/channels/create",
+                {"endpoint": "Local/7001@va-trace-phones", "app": APP, "channelId": caller},
+                {},
+            ),
             ("", "POST", "/channels/create", {"endpoint": "Bogus/7001", "app": APP, "channelId": "bogus-tech"}, {}),
             ("", "POST", "/channels", {"app": APP}, {}),
             ("bridges", "POST", "/bridges", {"type": "mixing", "bridgeId": bridge}, {}),
@@ -559,8 +731,17 @@ async def transfer(rec: Recorder, phone: str) -> None:
         await rec.rest("POST", f"/channels/{caller}/moh", expect=204)
         agent = rec.new_id("<chan:agent>")
         mark = len(rec.events)
-        await rec.rest("POST", "/channels/create", {"endpoint": f"Local/{phone}@va-trace-phones", "app": APP,
-                                                    "appArgs": f"transfer,{caller}", "channelId": agent}, expect=200)
+        await rec.rest(
+            "POST",
+            "/channels/create",
+            {
+                "endpoint": f"Local/{phone}@va-trace-phones",
+                "app": APP,
+                "appArgs": f"transfer,{caller}",
+                "channelId": agent,
+            },
+            expect=200,
+        )
         await rec.stasis_start(agent, mark)
         await rec.rest("POST", f"/channels/{agent}/dial", {"timeout": 15}, expect=204)
         if phone == "7001":
@@ -606,11 +787,16 @@ async def continue_to(rec: Recorder, target: str, caller_context: str, wait: flo
         rec.phase("call setup")
         caller, media, bridge = await rec.inbound_setup(caller_context)
         rec.phase(f"continue the caller in the dialplan at va-trace-targets,{target},1")
-        await rec.rest("POST", f"/channels/{caller}/continue",
-                       {"context": "va-trace-targets", "extension": target, "priority": 1}, expect=204)
+        await rec.rest(
+            "POST",
+            f"/channels/{caller}/continue",
+            {"context": "va-trace-targets", "extension": target, "priority": 1},
+            expect=204,
+        )
         await rec.event("StasisEnd", lambda e: e["channel"]["id"] == caller)
-        await rec.rest("POST", f"/channels/{caller}/continue",
-                       {"context": "va-trace-targets", "extension": target, "priority": 1})
+        await rec.rest(
+            "POST", f"/channels/{caller}/continue", {"context": "va-trace-targets", "extension": target, "priority": 1}
+        )
         await rec.sleep(0.5, "the caller runs the target's dialplan")
         await rec.rest("GET", f"/channels/{caller}", expect=200)
         await rec.sleep(wait, "until the caller's dialplan has ended")
@@ -754,10 +940,14 @@ SCENARIOS: dict[str, tuple[Callable, str]] = {
     "06-continue-7003": (s06_continue_7003, "continue to a Dial() of a phone that answers and hangs up."),
     "06-continue-vm100": (s06_continue_vm100, "continue to VoiceMail(100); the caller leaves a message."),
     "07-stasis-failed": (s07_stasis_failed, "Stasis() when the app is absent, gone, or gone with a call left."),
-    "08-bridge-destroyed-visibility": (s08_bridge_destroyed_visibility,
-                                       "When an app without subscribeAll gets BridgeDestroyed."),
-    "09-media-stasis-race": (s09_media_stasis_race,
-                             "addChannel of the media channel before its StasisStart: 422, then 204 after it."),
+    "08-bridge-destroyed-visibility": (
+        s08_bridge_destroyed_visibility,
+        "When an app without subscribeAll gets BridgeDestroyed.",
+    ),
+    "09-media-stasis-race": (
+        s09_media_stasis_race,
+        "addChannel of the media channel before its StasisStart: 422, then 204 after it.",
+    ),
 }
 MAX_ATTEMPTS = 40  # for scenarios that need a race to go one way
 
@@ -780,9 +970,11 @@ async def record(name: str, out: Path, log=print) -> dict:
             ast.stop()
         out.mkdir(parents=True, exist_ok=True)
         (out / f"{name}.json").write_text(json.dumps(doc, indent=1) + "\n")
-        log(f"{name}: {sum(s['dir'] == 'rest' for s in doc['steps'])} requests, "
+        log(
+            f"{name}: {sum(s['dir'] == 'rest' for s in doc['steps'])} requests, "
             f"{sum(s['dir'] == 'event' for s in doc['steps'])} events"
-            + (f" (attempt {attempt})" if attempt > 1 else ""))
+            + (f" (attempt {attempt})" if attempt > 1 else "")
+        )
         return doc
     raise RuntimeError(f"{name}: not shown in {MAX_ATTEMPTS} attempts")
 

@@ -21,8 +21,10 @@ __all__ = ["EmulatedSession", "Emulator", "Reply", "Script", "ToolCall"]
 def __getattr__(name: str):
     if name == "Emulator":
         from sim.realtime.server import Emulator
+
         return Emulator
     if name == "EmulatedSession":
         from sim.realtime.session import EmulatedSession
+
         return EmulatedSession
     raise AttributeError(f"module 'sim.realtime' has no attribute {name!r}")

@@ -80,5 +80,4 @@ class Conversation:
         return [i["call_id"] for i in self.items if i["type"] == "function_call" and i["call_id"] not in answered]
 
     def latest_output(self) -> str:
-        return next((str(i.get("output", "")) for i in reversed(self.items) if i["type"] == "function_call_output"),
-                    "")
+        return next((str(i.get("output", "")) for i in reversed(self.items) if i["type"] == "function_call_output"), "")

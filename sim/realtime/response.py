@@ -86,11 +86,18 @@ class Response:
         self.task: asyncio.Task | None = None
         self.cut = False  # max_output_tokens (or a scripted "incomplete") cut the output
         self.record: dict[str, Any] = {
-            "id": self.id, "status": self.status, "conversation": "auto" if in_conversation else "none",
-            "instructions": self.instructions, "tools": [t.get("name") for t in self.tools],
-            "tool_choice": self.tool_choice, "output_modalities": self.modalities,
-            "max_output_tokens": self.max_output_tokens, "metadata": self.metadata, "voice": self.voice,
-            "format": self.format, "input": params.get("input"),
+            "id": self.id,
+            "status": self.status,
+            "conversation": "auto" if in_conversation else "none",
+            "instructions": self.instructions,
+            "tools": [t.get("name") for t in self.tools],
+            "tool_choice": self.tool_choice,
+            "output_modalities": self.modalities,
+            "max_output_tokens": self.max_output_tokens,
+            "metadata": self.metadata,
+            "voice": self.voice,
+            "format": self.format,
+            "input": params.get("input"),
         }
         self._waiter: asyncio.Future | None = None
         self._delay_pending = session.emu.first_audio_delay_ms > 0
@@ -116,8 +123,17 @@ class Response:
         `run` in a task of its own."""
         s = self.s
         if self.reply.server_error:
-            await s.send("error", error={"type": "server_error", "code": None, "param": None, "event_id": None,
-                                         "message": s.server_error_message(), **self.reply.server_error})
+            await s.send(
+                "error",
+                error={
+                    "type": "server_error",
+                    "code": None,
+                    "param": None,
+                    "event_id": None,
+                    "message": s.server_error_message(),
+                    **self.reply.server_error,
+                },
+            )
         await s.send("response.created", response=self._object())
         if s.emu.rate_limits["placement"] == "created":
             await s.send_rate_limits(self, 0)
@@ -179,8 +195,13 @@ class Response:
             if call.name in names and choice != "none" and not forced:
                 calls.append(call)
             else:
-                log.warning("session %s: scripted call to %r not made: the response may not call it (tools %s, "
-                            "tool_choice %s)", self.s.id, call.name, sorted(names), choice)
+                log.warning(
+                    "session %s: scripted call to %r not made: the response may not call it (tools %s, tool_choice %s)",
+                    self.s.id,
+                    call.name,
+                    sorted(names),
+                    choice,
+                )
         return calls
 
     def _plan(self) -> list[Part]:
@@ -210,7 +231,7 @@ class Response:
         words = text.split(" ")
         count = max(1, min(reply.items, len(words)))
         per = -(-len(words) // count)
-        chunks = [" ".join(words[i:i + per]) for i in range(0, len(words), per)] or [""]
+        chunks = [" ".join(words[i : i + per]) for i in range(0, len(words), per)] or [""]
         parts = []
         for chunk in chunks:
             ms = reply.audio_ms // len(chunks) if reply.audio_ms is not None else default_ms(chunk, self.speed)
@@ -220,6 +241,7 @@ class Response:
     def _apply_token_cap(self, parts: list[Part], audio: bool) -> bool:
         """`max_output_tokens` (or a scripted "incomplete") cuts the output: the part where the budget runs
         out keeps its share (a call is all or nothing), later parts are dropped. True if anything was cut."""
+
         def cost(p: Part) -> int:
             if p.kind == "call":
                 return text_tokens(_arguments(p.call))
@@ -263,20 +285,28 @@ class Response:
         return index, previous
 
     async def _added(self, index: int, item: dict[str, Any], previous: str | None) -> None:
-        await self.s.send("response.output_item.added", response_id=self.id, output_index=index,
-                          item=copy.deepcopy(item))
+        await self.s.send(
+            "response.output_item.added", response_id=self.id, output_index=index, item=copy.deepcopy(item)
+        )
         if self.in_conversation:
             await self.s.send("conversation.item.added", previous_item_id=previous, item=copy.deepcopy(item))
 
     async def _done(self, index: int, item: dict[str, Any], previous: str | None) -> None:
-        await self.s.send("response.output_item.done", response_id=self.id, output_index=index,
-                          item=copy.deepcopy(item))
+        await self.s.send(
+            "response.output_item.done", response_id=self.id, output_index=index, item=copy.deepcopy(item)
+        )
         if self.in_conversation:
             await self.s.send("conversation.item.done", previous_item_id=previous, item=copy.deepcopy(item))
 
     def _message(self) -> dict[str, Any]:
-        return {"id": self.s.ids.new("item"), "object": "realtime.item", "type": "message",
-                "status": "in_progress", "role": "assistant", "content": []}
+        return {
+            "id": self.s.ids.new("item"),
+            "object": "realtime.item",
+            "type": "message",
+            "status": "in_progress",
+            "role": "assistant",
+            "content": [],
+        }
 
     async def _audio_item(self, part: Part) -> None:
         s = self.s
@@ -309,7 +339,7 @@ class Response:
                 if ahead:
                     sent_text += ahead
                     await s.send("response.output_audio_transcript.delta", **where, delta=ahead)
-                chunk = audio[emitted:emitted + size]
+                chunk = audio[emitted : emitted + size]
                 await s.send("response.output_audio.delta", **where, delta=base64.b64encode(chunk).decode())
                 s.audio_present = True  # the voice is locked from the first audio on
                 emitted += len(chunk)
@@ -323,7 +353,7 @@ class Response:
         except Cancelled:
             cancelled = True
         if not cancelled and len(sent_text) < len(text):
-            await s.send("response.output_audio_transcript.delta", **where, delta=text[len(sent_text):])
+            await s.send("response.output_audio_transcript.delta", **where, delta=text[len(sent_text) :])
             sent_text = text
         await s.send("response.output_audio.done", **where)
         await s.send("response.output_audio_transcript.done", **where, transcript=sent_text)
@@ -389,8 +419,15 @@ class Response:
         """Once started, a call is finished: a client must never see half a call (reference §8 #18)."""
         s = self.s
         args = _arguments(call)
-        item = {"id": s.ids.new("item"), "object": "realtime.item", "type": "function_call",
-                "status": "in_progress", "call_id": s.ids.new("call"), "name": call.name, "arguments": ""}
+        item = {
+            "id": s.ids.new("item"),
+            "object": "realtime.item",
+            "type": "function_call",
+            "status": "in_progress",
+            "call_id": s.ids.new("call"),
+            "name": call.name,
+            "arguments": "",
+        }
         index, previous = self._open(item)
         await self._added(index, item, previous)
         where = {"response_id": self.id, "item_id": item["id"], "output_index": index, "call_id": item["call_id"]}
@@ -398,7 +435,7 @@ class Response:
         cut = 0
         while cut < len(args):
             step = s.rng.randint(2, 17)  # arbitrary splits, as the model's tokens fall
-            await s.send("response.function_call_arguments.delta", **where, delta=args[cut:cut + step])
+            await s.send("response.function_call_arguments.delta", **where, delta=args[cut : cut + step])
             cut += step
             await asyncio.sleep(0)
         await s.send("response.function_call_arguments.done", **where, name=call.name, arguments=args)
@@ -425,15 +462,23 @@ class Response:
         elif self.status == "incomplete":
             details = {"type": "incomplete", "reason": "max_output_tokens"}
         elif self.status == "failed":
-            details = {"type": "failed", "error": self.reply.error or {
-                "type": "server_error", "code": "server_error", "message": self.s.server_error_message()}}
+            details = {
+                "type": "failed",
+                "error": self.reply.error
+                or {"type": "server_error", "code": "server_error", "message": self.s.server_error_message()},
+            }
         return {
-            "object": "realtime.response", "id": self.id, "status": self.status, "status_details": details,
+            "object": "realtime.response",
+            "id": self.id,
+            "status": self.status,
+            "status_details": details,
             "output": copy.deepcopy(self.output),
             "conversation_id": self.s.conversation_id if self.in_conversation else None,
-            "output_modalities": list(self.modalities), "max_output_tokens": self.max_output_tokens,
+            "output_modalities": list(self.modalities),
+            "max_output_tokens": self.max_output_tokens,
             "audio": {"output": {"format": copy.deepcopy(self.format), "voice": copy.deepcopy(self.voice)}},
-            "usage": usage, "metadata": copy.deepcopy(self.metadata),
+            "usage": usage,
+            "metadata": copy.deepcopy(self.metadata),
         }
 
     def _usage(self) -> dict[str, Any]:
@@ -451,16 +496,22 @@ class Response:
             text_in += text_tokens(str(item.get("arguments", "")) + str(item.get("output", "")))
         cached = min(self.s.cached_tokens, text_in) // 64 * 64
         self.s.cached_tokens = text_in + audio_in  # the next response can reuse this prefix
-        text_out = sum(text_tokens(p.get("transcript") or p.get("text") or "")
-                       for o in self.output for p in o.get("content", []))
+        text_out = sum(
+            text_tokens(p.get("transcript") or p.get("text") or "") for o in self.output for p in o.get("content", [])
+        )
         text_out += sum(text_tokens(o.get("arguments", "")) for o in self.output)
         audio_out = int(self.audio_ms * AUDIO_TOKENS_PER_S / 1000)
         return {
-            "total_tokens": text_in + audio_in + text_out + audio_out, "input_tokens": text_in + audio_in,
+            "total_tokens": text_in + audio_in + text_out + audio_out,
+            "input_tokens": text_in + audio_in,
             "output_tokens": text_out + audio_out,
-            "input_token_details": {"text_tokens": text_in, "audio_tokens": audio_in, "image_tokens": 0,
-                                    "cached_tokens": cached, "cached_tokens_details": {
-                                        "text_tokens": cached, "audio_tokens": 0, "image_tokens": 0}},
+            "input_token_details": {
+                "text_tokens": text_in,
+                "audio_tokens": audio_in,
+                "image_tokens": 0,
+                "cached_tokens": cached,
+                "cached_tokens_details": {"text_tokens": cached, "audio_tokens": 0, "image_tokens": 0},
+            },
             "output_token_details": {"text_tokens": text_out, "audio_tokens": audio_out},
         }
 

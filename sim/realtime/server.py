@@ -1,9 +1,9 @@
 """The emulator's WebSocket server: the GA endpoint, its authentication and the beta-shape rejection.
 
-    emu = Emulator(script=Script(...))
-    await emu.start()                  # ws://127.0.0.1:PORT/v1/realtime
-    ... clients connect to emu.url + "?model=gpt-realtime" (the SDK: websocket_base_url=emu.base_url) ...
-    await emu.stop()
+emu = Emulator(script=Script(...))
+await emu.start()                  # ws://127.0.0.1:PORT/v1/realtime
+... clients connect to emu.url + "?model=gpt-realtime" (the SDK: websocket_base_url=emu.base_url) ...
+await emu.stop()
 """
 
 from __future__ import annotations
@@ -29,19 +29,33 @@ log = logging.getLogger("sim.realtime")
 
 PATH = "/v1/realtime"
 BETA_MESSAGE = "The Realtime Beta API is no longer supported. Please use /v1/realtime for the GA API."
-NO_KEY_MESSAGE = ("You didn't provide an API key. You need to provide your API key in an Authorization header using "
-                  "Bearer auth (i.e. Authorization: Bearer YOUR_KEY). You can obtain an API key from "
-                  "https://platform.openai.com/account/api-keys.")
+NO_KEY_MESSAGE = (
+    "You didn't provide an API key. You need to provide your API key in an Authorization header using "
+    "Bearer auth (i.e. Authorization: Bearer YOUR_KEY). You can obtain an API key from "
+    "https://platform.openai.com/account/api-keys."
+)
 DEFAULT_RATE_LIMITS = {"placement": "done", "requests": 5000, "tokens": 40000}
 _AUDIO_CACHE_SIZE = 512
 
 
 class Emulator:
-    def __init__(self, script: Script | None = None, api_keys: set[str] | None = None, seed: int = 0,
-                 speed: float = 3.0, first_audio_delay_ms: int = 0, max_session_s: float = 3600.0,
-                 wire_log: str | Path | None = None, truncate_shortfall_ms: float = 0, error_delay_ms: int = 0,
-                 auto_respond_after_tool_output: bool = False, clock: Callable[[], float] | None = None,
-                 jitter_ms: float = 0.0, rate_limits: dict[str, Any] | None = None, record: bool = True):
+    def __init__(
+        self,
+        script: Script | None = None,
+        api_keys: set[str] | None = None,
+        seed: int = 0,
+        speed: float = 3.0,
+        first_audio_delay_ms: int = 0,
+        max_session_s: float = 3600.0,
+        wire_log: str | Path | None = None,
+        truncate_shortfall_ms: float = 0,
+        error_delay_ms: int = 0,
+        auto_respond_after_tool_output: bool = False,
+        clock: Callable[[], float] | None = None,
+        jitter_ms: float = 0.0,
+        rate_limits: dict[str, Any] | None = None,
+        record: bool = True,
+    ):
         """
         script: the replies (see `Script`). api_keys: accepted Bearer keys (None: any non-empty one).
         seed: ids, chunk sizes, splits and jitter. speed: audio pace, N× real time (0: burst).
@@ -83,8 +97,16 @@ class Emulator:
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
         # Frames up to 32 MiB: a 15 MiB append is 20 MiB of base64, and must get the emulator's own error.
-        self._server = await serve(self._handle, host, port, process_request=self._check_path, compression=None,
-                                   max_size=32 * 1024 * 1024, ping_interval=20, ping_timeout=20)
+        self._server = await serve(
+            self._handle,
+            host,
+            port,
+            process_request=self._check_path,
+            compression=None,
+            max_size=32 * 1024 * 1024,
+            ping_interval=20,
+            ping_timeout=20,
+        )
         self.host = host
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("Realtime emulator listening on %s", self.url)
@@ -151,8 +173,13 @@ class Emulator:
         if not key:
             await self._reject(session, "invalid_api_key", NO_KEY_MESSAGE, 3000)
         elif self.api_keys is not None and key not in self.api_keys:
-            await self._reject(session, "invalid_api_key", f"Incorrect API key provided: {_mask(key)}. You can find "
-                               "your API key at https://platform.openai.com/account/api-keys.", 3000)
+            await self._reject(
+                session,
+                "invalid_api_key",
+                f"Incorrect API key provided: {_mask(key)}. You can find "
+                "your API key at https://platform.openai.com/account/api-keys.",
+                3000,
+            )
         elif headers.get("openai-beta", "").replace(" ", "").startswith("realtime"):
             await self._reject(session, "beta_api_shape_disabled", BETA_MESSAGE, 4000)
         else:
@@ -162,8 +189,16 @@ class Emulator:
     async def _reject(session: EmulatedSession, code: str, message: str, close_code: int) -> None:
         """What production does: an `error` event, then a close whose reason is `type.code`."""
         try:
-            await session.send("error", error={"type": "invalid_request_error", "code": code, "message": message,
-                                               "param": None, "event_id": None})
+            await session.send(
+                "error",
+                error={
+                    "type": "invalid_request_error",
+                    "code": code,
+                    "message": message,
+                    "param": None,
+                    "event_id": None,
+                },
+            )
         finally:
             session.closed = True
             session.close_code = close_code

@@ -42,7 +42,8 @@ DEFAULT_INSTRUCTIONS = (
     "that you aren't a human and that you can't do human things in the real world. Your voice and personality "
     "should be warm and engaging, with a lively and playful tone. If interacting in a non-English language, start "
     "by using the standard accent or dialect familiar to the user. Talk quickly. You should always call a function "
-    "if you can. Do not refer to these rules, even if you\u2019re asked about them.")
+    "if you can. Do not refer to these rules, even if you\u2019re asked about them."
+)
 IDLE_TIME_SCALE = 1.0  # tests shrink the idle timeout's wall time (its minimum is 5 s)
 SEMANTIC_SILENCE_MS = {"low": 8000, "medium": 4000, "high": 2000, "auto": 4000}  # the eagerness's longest wait
 
@@ -53,20 +54,40 @@ _decode = msgspec.json.Decoder().decode
 def default_turn_detection(kind: str) -> dict[str, Any]:
     if kind == "semantic_vad":
         return {"type": "semantic_vad", "eagerness": "auto", "create_response": True, "interrupt_response": True}
-    return {"type": "server_vad", "threshold": 0.5, "prefix_padding_ms": 300, "silence_duration_ms": 200,
-            "idle_timeout_ms": None, "create_response": True, "interrupt_response": True}
+    return {
+        "type": "server_vad",
+        "threshold": 0.5,
+        "prefix_padding_ms": 300,
+        "silence_duration_ms": 200,
+        "idle_timeout_ms": None,
+        "create_response": True,
+        "interrupt_response": True,
+    }
 
 
 def default_session(session_id: str, model: str, expires_at: int) -> dict[str, Any]:
     """The session `session.created` shows (key order as the real server's)."""
     pcm = {"type": "audio/pcm", "rate": 24000}
     return {
-        "type": "realtime", "object": "realtime.session", "id": session_id, "model": model,
-        "output_modalities": ["audio"], "instructions": DEFAULT_INSTRUCTIONS, "tools": [], "tool_choice": "auto",
-        "max_output_tokens": "inf", "tracing": None, "prompt": None, "expires_at": expires_at,
+        "type": "realtime",
+        "object": "realtime.session",
+        "id": session_id,
+        "model": model,
+        "output_modalities": ["audio"],
+        "instructions": DEFAULT_INSTRUCTIONS,
+        "tools": [],
+        "tool_choice": "auto",
+        "max_output_tokens": "inf",
+        "tracing": None,
+        "prompt": None,
+        "expires_at": expires_at,
         "audio": {
-            "input": {"format": dict(pcm), "transcription": None, "noise_reduction": None,
-                      "turn_detection": default_turn_detection("server_vad")},
+            "input": {
+                "format": dict(pcm),
+                "transcription": None,
+                "noise_reduction": None,
+                "turn_detection": default_turn_detection("server_vad"),
+            },
             "output": {"format": dict(pcm), "voice": "marin", "speed": 1.0},
         },
         "include": None,
@@ -80,8 +101,9 @@ def minutes(seconds: float) -> str:
 
 
 class EmulatedSession:
-    def __init__(self, emu: "Emulator", ws: ServerConnection, headers: dict[str, str], query: dict[str, str],
-                 index: int):
+    def __init__(
+        self, emu: "Emulator", ws: ServerConnection, headers: dict[str, str], query: dict[str, str], index: int
+    ):
         self.emu = emu
         self.ws = ws
         self.headers = headers
@@ -91,8 +113,9 @@ class EmulatedSession:
         self.id = self.ids.new("sess")
         self.conversation_id = self.ids.new("conv")
         self.started = emu.clock()
-        self.config = default_session(self.id, query.get("model") or "gpt-realtime",
-                                      int(time.time() + emu.max_session_s))
+        self.config = default_session(
+            self.id, query.get("model") or "gpt-realtime", int(time.time() + emu.max_session_s)
+        )
         self.conversation = Conversation()
         self.received: list[dict[str, Any]] = []
         self.sent: list[dict[str, Any]] = []
@@ -144,31 +167,52 @@ class EmulatedSession:
         self.emu.wire.write(self.id, "out", text, True)
         await self.ws.send(text)
 
-    async def error(self, code: str | None, message: str, param: str | None = None,
-                    client_event_id: str | None = None, kind: str = "invalid_request_error") -> None:
+    async def error(
+        self,
+        code: str | None,
+        message: str,
+        param: str | None = None,
+        client_event_id: str | None = None,
+        kind: str = "invalid_request_error",
+    ) -> None:
         error = {"type": kind, "code": code, "message": message, "param": param, "event_id": client_event_id}
         if self.emu.error_delay_ms:
             # As seen in the field: an error may arrive after later events (reference §4).
             async def later() -> None:
                 await asyncio.sleep(self.emu.error_delay_ms / 1000)
                 await self._quietly(self.send("error", error=error))
+
             self.spawn(later())
         else:
             await self.send("error", error=error)
 
     def server_error_message(self) -> str:
-        return ("The server had an error while processing your request. Sorry about that! You can retry your "
-                "request, or contact us through our help center at help.openai.com if the error persists. (Please "
-                f"include the session ID {self.id} in your message.) We recommend you retry your request.")
+        return (
+            "The server had an error while processing your request. Sorry about that! You can retry your "
+            "request, or contact us through our help center at help.openai.com if the error persists. (Please "
+            f"include the session ID {self.id} in your message.) We recommend you retry your request."
+        )
 
     async def send_rate_limits(self, response: Response, tokens_used: int) -> None:
         limits = self.emu.rate_limits
         used = sum(r.get("tokens", 0) for r in self.responses) + tokens_used
-        await self.send("rate_limits.updated", rate_limits=[
-            {"name": "requests", "limit": limits["requests"],
-             "remaining": max(0, limits["requests"] - len(self.responses)), "reset_seconds": 0.012},
-            {"name": "tokens", "limit": limits["tokens"], "remaining": max(0, limits["tokens"] - used),
-             "reset_seconds": round(used / max(1, limits["tokens"]) * 60, 3)}])
+        await self.send(
+            "rate_limits.updated",
+            rate_limits=[
+                {
+                    "name": "requests",
+                    "limit": limits["requests"],
+                    "remaining": max(0, limits["requests"] - len(self.responses)),
+                    "reset_seconds": 0.012,
+                },
+                {
+                    "name": "tokens",
+                    "limit": limits["tokens"],
+                    "remaining": max(0, limits["tokens"] - used),
+                    "reset_seconds": round(used / max(1, limits["tokens"]) * 60, 3),
+                },
+            ],
+        )
         response.record["tokens"] = tokens_used
 
     @staticmethod
@@ -186,8 +230,7 @@ class EmulatedSession:
 
     def _task_done(self, task: asyncio.Task) -> None:
         self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None and \
-                not isinstance(task.exception(), ConnectionClosed):
+        if not task.cancelled() and task.exception() is not None and not isinstance(task.exception(), ConnectionClosed):
             log.error("session %s: task failed", self.id, exc_info=task.exception())
 
     async def wait_stall(self) -> None:
@@ -252,8 +295,13 @@ class EmulatedSession:
             return
         self._expiring = True
         reason = f"Your session hit the maximum duration of {minutes(self.emu.max_session_s)} minutes."
-        error = {"type": "invalid_request_error", "code": "session_expired", "message": reason, "param": None,
-                 "event_id": None}
+        error = {
+            "type": "invalid_request_error",
+            "code": "session_expired",
+            "message": reason,
+            "param": None,
+            "event_id": None,
+        }
         await self._quietly(self.send("error", error=error))
         self.close_code = 1001
         await self.ws.close(1001, reason)
@@ -271,15 +319,19 @@ class EmulatedSession:
             event = _decode(frame)
         except msgspec.DecodeError:
             self.emu.wire.write(self.id, "in", frame, False)
-            await self.error("invalid_event", "We could not parse the JSON body of your request. (HINT: This likely "
-                             "means you aren't using your HTTP library correctly. The OpenAI API expects a JSON "
-                             "payload, but what was sent was not valid JSON.)")
+            await self.error(
+                "invalid_event",
+                "We could not parse the JSON body of your request. (HINT: This likely "
+                "means you aren't using your HTTP library correctly. The OpenAI API expects a JSON "
+                "payload, but what was sent was not valid JSON.)",
+            )
             return
         self.emu.wire.write(self.id, "in", frame if "\n" not in frame else _encode(event).decode(), True)
         if not isinstance(event, dict) or "type" not in event:
             eid = event.get("event_id") if isinstance(event, dict) else None
-            await self.error("invalid_event", "The 'type' field is missing.", None,
-                             eid if isinstance(eid, str) else None)
+            await self.error(
+                "invalid_event", "The 'type' field is missing.", None, eid if isinstance(eid, str) else None
+            )
             return
         if self.emu.record:
             self.received.append(event)
@@ -325,8 +377,9 @@ class EmulatedSession:
         if td["type"] == "semantic_vad":  # approximated: server VAD with the eagerness's longest wait
             silence = SEMANTIC_SILENCE_MS[td.get("eagerness", "auto")]
             return EnergyVad(0.5, 300, silence, self._rate, start_ms=self.input_ms)
-        return EnergyVad(td["threshold"], td["prefix_padding_ms"], td["silence_duration_ms"], self._rate,
-                         start_ms=self.input_ms)
+        return EnergyVad(
+            td["threshold"], td["prefix_padding_ms"], td["silence_duration_ms"], self._rate, start_ms=self.input_ms
+        )
 
     @property
     def _rate(self) -> int:
@@ -351,7 +404,7 @@ class EmulatedSession:
         """The buffered audio between two input-clock times (default: all of it); the buffer keeps only what
         follows `end_ms`."""
         end = len(self._buffer) if end_ms is None else self._offset(end_ms)
-        audio = bytes(self._buffer[0 if start_ms is None else self._offset(start_ms):end])
+        audio = bytes(self._buffer[0 if start_ms is None else self._offset(start_ms) : end])
         if end_ms is None:
             self._reset_buffer()
         else:
@@ -363,8 +416,11 @@ class EmulatedSession:
         if not isinstance(audio, str):
             raise validate.wrong_type("audio", "a string", audio)
         if len(audio) > (MAX_APPEND_BYTES + 2) // 3 * 4:
-            raise Rejected("invalid_value", "Invalid 'audio': the audio in one event exceeds the maximum of 15 MiB "
-                           f"({len(audio) * 3 // 4} bytes).", "audio")
+            raise Rejected(
+                "invalid_value",
+                f"Invalid 'audio': the audio in one event exceeds the maximum of 15 MiB ({len(audio) * 3 // 4} bytes).",
+                "audio",
+            )
         try:
             data = base64.b64decode(audio, validate=True)
         except (binascii.Error, ValueError):
@@ -372,8 +428,12 @@ class EmulatedSession:
         fmt = self._in_format
         if fmt == "audio/pcm":
             if len(data) % 2:
-                raise Rejected("invalid_value", "Invalid 'audio': audio/pcm is 16-bit samples, so the byte count "
-                               f"must be even, but got {len(data)} bytes.", "audio")
+                raise Rejected(
+                    "invalid_value",
+                    "Invalid 'audio': audio/pcm is 16-bit samples, so the byte count "
+                    f"must be even, but got {len(data)} bytes.",
+                    "audio",
+                )
             samples = np.frombuffer(data, dtype="<i2")
         else:
             samples = g711.decode(data, fmt)
@@ -415,8 +475,13 @@ class EmulatedSession:
         fmt = self._in_format
         previous = self.conversation.last_id()
         await self.send("input_audio_buffer.committed", previous_item_id=previous, item_id=item_id)
-        item = {"id": item_id, "type": "message", "status": "completed", "role": "user",
-                "content": [{"type": "input_audio", "transcript": None}]}
+        item = {
+            "id": item_id,
+            "type": "message",
+            "status": "completed",
+            "role": "user",
+            "content": [{"type": "input_audio", "transcript": None}],
+        }
         self.conversation.add(item, count_turn=count_turn)
         self.conversation.audio[item_id] = bytearray(audio)
         self.conversation.audio_format[item_id] = fmt
@@ -435,17 +500,27 @@ class EmulatedSession:
         model = (self.config["audio"]["input"]["transcription"] or {}).get("model", "")
         for item_id, text, seconds in pending:
             for piece in tokens(text):
-                await self.send("conversation.item.input_audio_transcription.delta", item_id=item_id,
-                                content_index=0, delta=piece)
+                await self.send(
+                    "conversation.item.input_audio_transcription.delta", item_id=item_id, content_index=0, delta=piece
+                )
             if model == "whisper-1":
                 usage: dict[str, Any] = {"type": "duration", "seconds": round(seconds, 3)}
             else:
                 audio_tokens, out = max(1, round(seconds * 10)), max(1, (len(text) + 3) // 4)
-                usage = {"type": "tokens", "total_tokens": audio_tokens + out, "input_tokens": audio_tokens,
-                         "input_token_details": {"text_tokens": 0, "audio_tokens": audio_tokens},
-                         "output_tokens": out}
-            await self.send("conversation.item.input_audio_transcription.completed", item_id=item_id,
-                            content_index=0, transcript=text, usage=usage)
+                usage = {
+                    "type": "tokens",
+                    "total_tokens": audio_tokens + out,
+                    "input_tokens": audio_tokens,
+                    "input_token_details": {"text_tokens": 0, "audio_tokens": audio_tokens},
+                    "output_tokens": out,
+                }
+            await self.send(
+                "conversation.item.input_audio_transcription.completed",
+                item_id=item_id,
+                content_index=0,
+                transcript=text,
+                usage=usage,
+            )
             item = self.conversation.find(item_id)
             if item is not None:
                 item["content"][0]["transcript"] = text
@@ -453,9 +528,12 @@ class EmulatedSession:
     async def _on_input_audio_buffer_commit(self, event: dict, eid: str | None) -> None:
         buffered = len(self._buffer) / BYTES_PER_MS[self._in_format]
         if buffered < MIN_COMMIT_MS:
-            raise Rejected("input_audio_buffer_commit_empty", "Error committing input audio buffer: buffer too "
-                           f"small. Expected at least {MIN_COMMIT_MS}ms of audio, but buffer only has "
-                           f"{buffered:.2f}ms of audio.")
+            raise Rejected(
+                "input_audio_buffer_commit_empty",
+                "Error committing input audio buffer: buffer too "
+                f"small. Expected at least {MIN_COMMIT_MS}ms of audio, but buffer only has "
+                f"{buffered:.2f}ms of audio.",
+            )
         item_id = self._speech_item or self.ids.new("item")
         self._speech_item = None
         if self._vad is not None:
@@ -471,16 +549,23 @@ class EmulatedSession:
         await self.send("input_audio_buffer.cleared")
 
     async def _on_output_audio_buffer_clear(self, event: dict, eid: str | None) -> None:
-        raise Rejected("invalid_value", "output_audio_buffer.clear is only supported for WebRTC and SIP sessions; "
-                       "over WebSocket the client owns playback.", "type")
+        raise Rejected(
+            "invalid_value",
+            "output_audio_buffer.clear is only supported for WebRTC and SIP sessions; "
+            "over WebSocket the client owns playback.",
+            "type",
+        )
 
     # --- the conversation -----------------------------------------------------------------------------
     async def _on_conversation_item_create(self, event: dict, eid: str | None) -> None:
         item = self._check_new_item(event["item"])
         after = event.get("previous_item_id")
         if after is not None and after != "root" and self.conversation.find(after) is None:
-            raise Rejected("invalid_value", f"Invalid 'previous_item_id': no item with id '{after}' in the "
-                           "conversation.", "previous_item_id")
+            raise Rejected(
+                "invalid_value",
+                f"Invalid 'previous_item_id': no item with id '{after}' in the conversation.",
+                "previous_item_id",
+            )
         audio = None
         for part in item.get("content", []):
             if part.get("type") == "input_audio" and "audio" in part:
@@ -496,8 +581,11 @@ class EmulatedSession:
         if item["type"] == "function_call_output":
             self.function_outputs.append({"call_id": item["call_id"], "output": item["output"]})
             # The race of pipecat #3960: the server answers the output on its own.
-            if self.emu.auto_respond_after_tool_output and self.active is None \
-                    and not self.conversation.pending_calls():
+            if (
+                self.emu.auto_respond_after_tool_output
+                and self.active is None
+                and not self.conversation.pending_calls()
+            ):
                 await self.start_response({}, None)
 
     def _check_new_item(self, raw: Any) -> dict[str, Any]:
@@ -507,8 +595,11 @@ class EmulatedSession:
             raise validate.missing("item.type")
         kind = item["type"]
         validate.one_of(kind, ("message", "function_call", "function_call_output"), "item.type")
-        allowed = {"message": {"role", "content"}, "function_call": {"call_id", "name", "arguments"},
-                   "function_call_output": {"call_id", "output"}}[kind]
+        allowed = {
+            "message": {"role", "content"},
+            "function_call": {"call_id", "name", "arguments"},
+            "function_call_output": {"call_id", "output"},
+        }[kind]
         for key in item:
             if key not in allowed | {"id", "type", "object", "status"}:
                 raise validate.unknown(f"item.{key}")
@@ -517,14 +608,20 @@ class EmulatedSession:
                 raise validate.missing(f"item.{key}")
         item_id = item.get("id") or self.ids.new("item")
         if self.conversation.find(item_id) is not None:
-            raise Rejected("invalid_value", f"Invalid 'item.id': an item with id '{item_id}' already exists in the "
-                           "conversation.", "item.id")
+            raise Rejected(
+                "invalid_value",
+                f"Invalid 'item.id': an item with id '{item_id}' already exists in the conversation.",
+                "item.id",
+            )
         out: dict[str, Any] = {"id": item_id, "type": kind, "status": "completed"}
         if kind == "message":
             role = item["role"]
             validate.one_of(role, ("user", "assistant", "system"), "item.role")
-            kinds = {"user": ("input_text", "input_audio", "input_image"), "system": ("input_text",),
-                     "assistant": ("output_text",)}[role]  # assistant audio cannot be created (reference §1.4)
+            kinds = {
+                "user": ("input_text", "input_audio", "input_image"),
+                "system": ("input_text",),
+                "assistant": ("output_text",),
+            }[role]  # assistant audio cannot be created (reference §1.4)
             content = []
             for i, part in enumerate(validate.as_array(item["content"], "item.content")):
                 path = f"item.content[{i}]"
@@ -532,36 +629,48 @@ class EmulatedSession:
                 if "type" not in part:
                     raise validate.missing(f"{path}.type")
                 validate.one_of(part["type"], kinds, f"{path}.type")
-                need = {"input_text": "text", "output_text": "text", "input_audio": "audio",
-                        "input_image": "image_url"}[part["type"]]
+                need = {
+                    "input_text": "text",
+                    "output_text": "text",
+                    "input_audio": "audio",
+                    "input_image": "image_url",
+                }[part["type"]]
                 if need not in part:
                     raise validate.missing(f"{path}.{need}")
                 if part["type"] == "input_audio":
                     try:
-                        part["audio"] = base64.b64decode(validate.as_string(part["audio"], f"{path}.audio"),
-                                                         validate=True)
+                        part["audio"] = base64.b64decode(
+                            validate.as_string(part["audio"], f"{path}.audio"), validate=True
+                        )
                     except (binascii.Error, ValueError):
-                        raise Rejected("invalid_value", f"Invalid '{path}.audio'. Expected base64-encoded audio "
-                                       "data.", f"{path}.audio") from None
+                        raise Rejected(
+                            "invalid_value",
+                            f"Invalid '{path}.audio'. Expected base64-encoded audio data.",
+                            f"{path}.audio",
+                        ) from None
                 content.append(part)
             out.update(role=role, content=content)
         elif kind == "function_call":
-            out.update(call_id=validate.as_string(item["call_id"], "item.call_id"),
-                       name=validate.as_string(item["name"], "item.name"),
-                       arguments=validate.as_string(item["arguments"], "item.arguments"))
+            out.update(
+                call_id=validate.as_string(item["call_id"], "item.call_id"),
+                name=validate.as_string(item["name"], "item.name"),
+                arguments=validate.as_string(item["arguments"], "item.arguments"),
+            )
         else:
             call_id = validate.as_string(item["call_id"], "item.call_id")
             if call_id not in self.conversation.call_ids:
-                raise Rejected("invalid_tool_call_id", f"Tool call ID '{call_id}' not found in conversation.",
-                               "item.call_id")
+                raise Rejected(
+                    "invalid_tool_call_id", f"Tool call ID '{call_id}' not found in conversation.", "item.call_id"
+                )
             out.update(call_id=call_id, output=validate.as_string(item["output"], "item.output"))
         return out
 
     async def _on_conversation_item_retrieve(self, event: dict, eid: str | None) -> None:
         item = self.conversation.retrieved(event["item_id"])
         if item is None:
-            raise Rejected("item_retrieve_invalid_item_id", f"Item with item_id not found: {event['item_id']}",
-                           "item_id")
+            raise Rejected(
+                "item_retrieve_invalid_item_id", f"Item with item_id not found: {event['item_id']}", "item_id"
+            )
         await self.send("conversation.item.retrieved", item=item)
 
     async def _on_conversation_item_delete(self, event: dict, eid: str | None) -> None:
@@ -581,8 +690,11 @@ class EmulatedSession:
             raise Rejected("invalid_value", "Only model output audio messages can be truncated", "item_id")
         validate.in_range(index, 0, None, "content_index", integer=True)
         if index >= len(parts) or parts[index].get("type") != "output_audio":
-            raise Rejected("invalid_value", f"Invalid 'content_index': item {item_id} has no audio content at "
-                           f"index {index}.", "content_index")
+            raise Rejected(
+                "invalid_value",
+                f"Invalid 'content_index': item {item_id} has no audio content at index {index}.",
+                "content_index",
+            )
         validate.in_range(end, 0, None, "audio_end_ms", integer=True)
         # The server's idea of the audio's length; the shortfall knob emulates the drift seen in the field.
         known = int(max(0.0, self.conversation.audio_ms.get(item_id, 0.0) - self.emu.truncate_shortfall_ms))
@@ -592,17 +704,24 @@ class EmulatedSession:
         audio = self.conversation.audio.get(item_id)
         if audio is not None:
             bpm = BYTES_PER_MS[self.conversation.audio_format[item_id]]
-            del audio[end * bpm:]
+            del audio[end * bpm :]
         self.conversation.audio_ms[item_id] = float(end)
         self.conversation.truncated.add(item_id)
-        self.truncations.append({"item_id": item_id, "content_index": index, "audio_end_ms": end,
-                                 "emitted_ms": self.audio_emitted_ms(item_id)})
+        self.truncations.append(
+            {
+                "item_id": item_id,
+                "content_index": index,
+                "audio_end_ms": end,
+                "emitted_ms": self.audio_emitted_ms(item_id),
+            }
+        )
         await self.send("conversation.item.truncated", item_id=item_id, content_index=index, audio_end_ms=end)
 
     # --- responses ------------------------------------------------------------------------------------
     async def _on_response_create(self, event: dict, eid: str | None) -> None:
-        params = validate.check_response_params(event.get("response"),
-                                                lambda item_id: self.conversation.find(item_id) is not None)
+        params = validate.check_response_params(
+            event.get("response"), lambda item_id: self.conversation.find(item_id) is not None
+        )
         await self.start_response(params, eid)
 
     async def _on_response_cancel(self, event: dict, eid: str | None) -> None:
@@ -618,9 +737,12 @@ class EmulatedSession:
     async def start_response(self, params: dict[str, Any], eid: str | None, reply: Reply | None = None) -> None:
         in_conversation = params.get("conversation", "auto") != "none"
         if in_conversation and self.active is not None:
-            raise Rejected("conversation_already_has_active_response", "Conversation already has an active "
-                           f"response in progress: {self.active.id}. Wait until the response is finished before "
-                           "creating a new one.")
+            raise Rejected(
+                "conversation_already_has_active_response",
+                "Conversation already has an active "
+                f"response in progress: {self.active.id}. Wait until the response is finished before "
+                "creating a new one.",
+            )
         self._cancel_idle()
         if reply is None:
             last = self.conversation.items[-1] if self.conversation.items else None
@@ -674,8 +796,7 @@ class EmulatedSession:
         item_id = self.ids.new("item")
         end = int(self.input_ms)
         start = int(max(self._idle_since_ms, end - td["idle_timeout_ms"]))
-        await self.send("input_audio_buffer.timeout_triggered", audio_start_ms=start, audio_end_ms=end,
-                        item_id=item_id)
+        await self.send("input_audio_buffer.timeout_triggered", audio_start_ms=start, audio_end_ms=end, item_id=item_id)
         if self._vad is not None:
             self._vad.reset()
         await self._commit(item_id, self._take_buffer(), count_turn=False)

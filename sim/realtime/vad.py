@@ -29,8 +29,9 @@ class VadEvent:
 
 
 class EnergyVad:
-    def __init__(self, threshold: float, prefix_padding_ms: int, silence_duration_ms: int, rate: int,
-                 start_ms: float = 0):
+    def __init__(
+        self, threshold: float, prefix_padding_ms: int, silence_duration_ms: int, rate: int, start_ms: float = 0
+    ):
         self.prefix_padding_ms = prefix_padding_ms
         self.silence_duration_ms = silence_duration_ms
         self.rate = rate

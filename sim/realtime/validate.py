@@ -25,20 +25,54 @@ CLIENT_EVENTS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "output_audio_buffer.clear": (frozenset(), frozenset()),
     "conversation.item.create": (frozenset({"item", "previous_item_id"}), frozenset({"item"})),
     "conversation.item.retrieve": (frozenset({"item_id"}), frozenset({"item_id"})),
-    "conversation.item.truncate": (frozenset({"item_id", "content_index", "audio_end_ms"}),
-                                   frozenset({"item_id", "content_index", "audio_end_ms"})),
+    "conversation.item.truncate": (
+        frozenset({"item_id", "content_index", "audio_end_ms"}),
+        frozenset({"item_id", "content_index", "audio_end_ms"}),
+    ),
     "conversation.item.delete": (frozenset({"item_id"}), frozenset({"item_id"})),
     "response.create": (frozenset({"response"}), frozenset()),
     "response.cancel": (frozenset({"response_id"}), frozenset()),
 }
 
-SESSION_KEYS = {"type", "model", "output_modalities", "instructions", "audio", "tools", "tool_choice",
-                "max_output_tokens", "tracing", "truncation", "prompt", "include", "reasoning",
-                "parallel_tool_calls"}
-RESPONSE_KEYS = {"output_modalities", "instructions", "audio", "tools", "tool_choice", "max_output_tokens",
-                 "conversation", "metadata", "input", "prompt", "reasoning", "parallel_tool_calls"}
-SERVER_VAD_KEYS = {"type", "threshold", "prefix_padding_ms", "silence_duration_ms", "create_response",
-                   "interrupt_response", "idle_timeout_ms"}
+SESSION_KEYS = {
+    "type",
+    "model",
+    "output_modalities",
+    "instructions",
+    "audio",
+    "tools",
+    "tool_choice",
+    "max_output_tokens",
+    "tracing",
+    "truncation",
+    "prompt",
+    "include",
+    "reasoning",
+    "parallel_tool_calls",
+}
+RESPONSE_KEYS = {
+    "output_modalities",
+    "instructions",
+    "audio",
+    "tools",
+    "tool_choice",
+    "max_output_tokens",
+    "conversation",
+    "metadata",
+    "input",
+    "prompt",
+    "reasoning",
+    "parallel_tool_calls",
+}
+SERVER_VAD_KEYS = {
+    "type",
+    "threshold",
+    "prefix_padding_ms",
+    "silence_duration_ms",
+    "create_response",
+    "interrupt_response",
+    "idle_timeout_ms",
+}
 SEMANTIC_VAD_KEYS = {"type", "eagerness", "create_response", "interrupt_response"}
 TRANSCRIPTION_KEYS = {"model", "language", "prompt", "languages", "keywords", "delay"}
 
@@ -46,8 +80,7 @@ TRANSCRIPTION_KEYS = {"model", "language", "prompt", "languages", "keywords", "d
 class Rejected(Exception):
     """A client event the server refuses: becomes `error{type, code, message, param}`."""
 
-    def __init__(self, code: str, message: str, param: str | None = None,
-                 kind: str = "invalid_request_error"):
+    def __init__(self, code: str, message: str, param: str | None = None, kind: str = "invalid_request_error"):
         super().__init__(message)
         self.code, self.message, self.param, self.kind = code, message, param, kind
 
@@ -85,8 +118,9 @@ def unknown(path: str) -> Rejected:
 
 
 def wrong_type(path: str, expected: str, value: Any) -> Rejected:
-    return Rejected("invalid_type", f"Invalid type for '{path}': expected {expected}, but got {_a(value)} "
-                    "instead.", path)
+    return Rejected(
+        "invalid_type", f"Invalid type for '{path}': expected {expected}, but got {_a(value)} instead.", path
+    )
 
 
 def bad_value(path: str, value: Any, allowed: tuple) -> Rejected:
@@ -141,11 +175,17 @@ def in_range(value: Any, low: float, high: float | None, path: str, integer: boo
     if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
         raise wrong_type(path, f"an {kind}" if integer else f"a {kind}", value)
     if value < low:
-        raise Rejected(f"{kind}_below_min_value", f"Invalid '{path}': {kind} below minimum value. Expected a "
-                       f"value >= {low:g}, but got {value} instead.", path)
+        raise Rejected(
+            f"{kind}_below_min_value",
+            f"Invalid '{path}': {kind} below minimum value. Expected a value >= {low:g}, but got {value} instead.",
+            path,
+        )
     if high is not None and value > high:
-        raise Rejected(f"{kind}_above_max_value", f"Invalid '{path}': {kind} above maximum value. Expected a "
-                       f"value <= {high:g}, but got {value} instead.", path)
+        raise Rejected(
+            f"{kind}_above_max_value",
+            f"Invalid '{path}': {kind} above maximum value. Expected a value <= {high:g}, but got {value} instead.",
+            path,
+        )
 
 
 # --- envelope --------------------------------------------------------------------------------------------------
@@ -202,8 +242,12 @@ def _tools(value: Any, path: str) -> None:
         _require(tool, ("name",), here)
         _keys(tool, {"type", "name", "description", "parameters"}, here)
         if not isinstance(tool["name"], str) or not TOOL_NAME.match(tool["name"]):
-            raise Rejected("invalid_value", f"Invalid '{here}.name': string does not match pattern. Expected a "
-                           "string that matches the pattern '^[a-zA-Z0-9_-]+$'.", f"{here}.name")
+            raise Rejected(
+                "invalid_value",
+                f"Invalid '{here}.name': string does not match pattern. Expected a "
+                "string that matches the pattern '^[a-zA-Z0-9_-]+$'.",
+                f"{here}.name",
+            )
         if "description" in tool:
             as_string(tool["description"], f"{here}.description")
         if "parameters" in tool:
@@ -224,8 +268,11 @@ def _tool_choice(value: Any, path: str) -> None:
 
 def _modalities(value: Any, path: str) -> None:
     if value not in (["audio"], ["text"]):
-        raise Rejected("invalid_value", f"Invalid value for '{path}': expected ['audio'] or ['text'] (one "
-                       "modality), but got " + repr(value) + ".", path)
+        raise Rejected(
+            "invalid_value",
+            f"Invalid value for '{path}': expected ['audio'] or ['text'] (one modality), but got " + repr(value) + ".",
+            path,
+        )
 
 
 def _max_tokens(value: Any, path: str) -> None:
@@ -300,8 +347,11 @@ def _audio(value: Any, current: dict, audio_present: bool) -> None:
         if "voice" in out:
             _voice(out["voice"], f"{path}.voice")
             if audio_present and out["voice"] != current["audio"]["output"]["voice"]:
-                raise Rejected("cannot_update_voice", "Cannot update a conversation's voice if assistant audio "
-                               "is present.", f"{path}.voice")
+                raise Rejected(
+                    "cannot_update_voice",
+                    "Cannot update a conversation's voice if assistant audio is present.",
+                    f"{path}.voice",
+                )
 
 
 def apply_session_update(update: Any, current: dict[str, Any], audio_present: bool) -> dict[str, Any]:
@@ -312,8 +362,7 @@ def apply_session_update(update: Any, current: dict[str, Any], audio_present: bo
     one_of(session["type"], ("realtime",), "session.type")  # transcription sessions are not emulated
     _keys(session, SESSION_KEYS, "session")
     if "model" in session and session["model"] != current["model"]:
-        raise Rejected("invalid_value", "Cannot update a session's model after it has been created.",
-                       "session.model")
+        raise Rejected("invalid_value", "Cannot update a session's model after it has been created.", "session.model")
     if "output_modalities" in session:
         _modalities(session["output_modalities"], "session.output_modalities")
     if "instructions" in session:
@@ -329,8 +378,9 @@ def apply_session_update(update: Any, current: dict[str, Any], audio_present: bo
         if tracing not in (None, "auto"):
             _keys(as_object(tracing, "session.tracing"), {"group_id", "metadata", "workflow_name"}, "session.tracing")
         if current.get("tracing") is not None and tracing != current["tracing"]:
-            raise Rejected("invalid_value", "Tracing configuration cannot be modified once it has been enabled.",
-                           "session.tracing")
+            raise Rejected(
+                "invalid_value", "Tracing configuration cannot be modified once it has been enabled.", "session.tracing"
+            )
     if "truncation" in session and session["truncation"] not in ("auto", "disabled"):
         trunc = as_object(session["truncation"], "session.truncation")
         _keys(trunc, {"type", "retention_ratio", "token_limits"}, "session.truncation")
@@ -357,8 +407,12 @@ def _merge(target: dict, update: dict) -> None:
     """Only the fields present change; a format or a turn detection of another type is replaced whole."""
     for key, value in update.items():
         old = target.get(key)
-        if isinstance(value, dict) and isinstance(old, dict) and key not in ("format", "voice") and (
-                key != "turn_detection" or value.get("type") == old.get("type")):
+        if (
+            isinstance(value, dict)
+            and isinstance(old, dict)
+            and key not in ("format", "voice")
+            and (key != "turn_detection" or value.get("type") == old.get("type"))
+        ):
             _merge(old, value)
         else:
             target[key] = copy.deepcopy(value)
@@ -389,23 +443,36 @@ def check_response_params(params: Any, item_exists) -> dict[str, Any]:
     if params.get("metadata") is not None:
         metadata = as_object(params["metadata"], "response.metadata")
         if len(metadata) > MAX_METADATA_KEYS:
-            raise Rejected("object_above_max_properties", "Invalid 'response.metadata': too many properties. "
-                           f"Expected an object with at most {MAX_METADATA_KEYS} properties, but got "
-                           f"{len(metadata)} properties instead.", "response.metadata")
+            raise Rejected(
+                "object_above_max_properties",
+                "Invalid 'response.metadata': too many properties. "
+                f"Expected an object with at most {MAX_METADATA_KEYS} properties, but got "
+                f"{len(metadata)} properties instead.",
+                "response.metadata",
+            )
         for key, value in metadata.items():
             if len(key) > 64:
-                raise Rejected("invalid_value", f"Invalid 'response.metadata': keys must be at most 64 "
-                               "characters long.", "response.metadata")
+                raise Rejected(
+                    "invalid_value",
+                    f"Invalid 'response.metadata': keys must be at most 64 characters long.",
+                    "response.metadata",
+                )
             if not isinstance(value, str) or len(value) > 512:
-                raise Rejected("invalid_value", f"Invalid 'response.metadata.{key}': values must be strings of "
-                               "at most 512 characters.", f"response.metadata.{key}")
+                raise Rejected(
+                    "invalid_value",
+                    f"Invalid 'response.metadata.{key}': values must be strings of at most 512 characters.",
+                    f"response.metadata.{key}",
+                )
     if "input" in params:
         for i, item in enumerate(as_array(params["input"], "response.input")):
             item = as_object(item, f"response.input[{i}]")
             _require(item, ("type",), f"response.input[{i}]")
             if item["type"] == "item_reference" and not item_exists(item.get("id")):
-                raise Rejected("invalid_value", f"Invalid 'response.input[{i}].id': item with id "
-                               f"'{item.get('id')}' not found in the conversation.", f"response.input[{i}].id")
+                raise Rejected(
+                    "invalid_value",
+                    f"Invalid 'response.input[{i}].id': item with id '{item.get('id')}' not found in the conversation.",
+                    f"response.input[{i}].id",
+                )
     if "audio" in params:
         audio = as_object(params["audio"], "response.audio")
         _keys(audio, {"output"}, "response.audio")

@@ -27,8 +27,18 @@ MIN_MS = 300
 BYTES_PER_MS = {"audio/pcm": 48, "audio/pcmu": 8, "audio/pcma": 8}
 _ESPEAK_WPM = 165
 # Session voices as espeak variants: only so that two voices do not sound the same.
-_VARIANTS = {"alloy": "f2", "ash": "m3", "ballad": "m2", "coral": "f4", "echo": "m1", "sage": "f1",
-             "shimmer": "f3", "verse": "m4", "marin": "f5", "cedar": "m7"}
+_VARIANTS = {
+    "alloy": "f2",
+    "ash": "m3",
+    "ballad": "m2",
+    "coral": "f4",
+    "echo": "m1",
+    "sage": "f1",
+    "shimmer": "f3",
+    "verse": "m4",
+    "marin": "f5",
+    "cedar": "m7",
+}
 
 
 def default_ms(text: str, speed: float = 1.0) -> int:
@@ -73,8 +83,12 @@ def from_pcm24(pcm: bytes, fmt: str) -> bytes:
 def _run_espeak(text: str, voice: str, wpm: int) -> np.ndarray | None:
     variant = _VARIANTS.get(voice, "f5")
     try:
-        wav = subprocess.run(["espeak-ng", "-v", f"en-us+{variant}", "-s", str(wpm), "--stdout", text],
-                             capture_output=True, timeout=30, check=True).stdout
+        wav = subprocess.run(
+            ["espeak-ng", "-v", f"en-us+{variant}", "-s", str(wpm), "--stdout", text],
+            capture_output=True,
+            timeout=30,
+            check=True,
+        ).stdout
         with wave.open(io.BytesIO(wav)) as w:
             rate, frames = w.getframerate(), w.readframes(w.getnframes())
     except (OSError, subprocess.SubprocessError, wave.Error, EOFError):

@@ -39,16 +39,24 @@ class AriEvents:
 
     async def wait(self, type_: str, timeout: float = 5.0, **fields) -> dict:
         """The first event of `type_` whose fields match (`channel__id="x"` is event["channel"]["id"] == "x")."""
+
         def match() -> dict | None:
-            return next((e for e in self.events if e["type"] == type_ and all(
-                _get(e, key.split("__")) == value for key, value in fields.items())), None)
+            return next(
+                (
+                    e
+                    for e in self.events
+                    if e["type"] == type_ and all(_get(e, key.split("__")) == value for key, value in fields.items())
+                ),
+                None,
+            )
 
         async with self._changed:
             try:
                 return await asyncio.wait_for(self._changed.wait_for(match), timeout)
             except TimeoutError:
-                raise AssertionError(f"no {type_} {fields} within {timeout}s on app {self.app}; got "
-                                     f"{[e['type'] for e in self.events]}") from None
+                raise AssertionError(
+                    f"no {type_} {fields} within {timeout}s on app {self.app}; got {[e['type'] for e in self.events]}"
+                ) from None
 
 
 def _get(event: dict, path: list[str]):

@@ -81,10 +81,15 @@ def pytest_terminal_summary(terminalreporter):
         return
     tr = terminalreporter
     first, *rest = str(cause).splitlines() or [""]
-    tr.write_sep("!", f"REAL ASTERISK UNAVAILABLE — {len(skipped)} real-PBX tests SKIPPED: {first}", red=True,
-                 bold=True)
+    tr.write_sep(
+        "!", f"REAL ASTERISK UNAVAILABLE — {len(skipped)} real-PBX tests SKIPPED: {first}", red=True, bold=True
+    )
     for line in rest:
         tr.write_line(f"  {line}", red=True, bold=True)
-    tr.write_line("  These tests did not pass: they did not run. Fix the cause (scripts/real-asterisk install), "
-                  "or point the suite at a running Asterisk with --ari-url.", red=True, bold=True)
+    tr.write_line(
+        "  These tests did not pass: they did not run. Fix the cause (scripts/real-asterisk install), "
+        "or point the suite at a running Asterisk with --ari-url.",
+        red=True,
+        bold=True,
+    )
     tr.write_sep("!", red=True, bold=True)

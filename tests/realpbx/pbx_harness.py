@@ -25,12 +25,20 @@ AGENTS = {
     "6002": ["Ringing()", "Wait(60)"],  # rings, never answers
     "6003": ["Busy(5)"],
 }
-DESTINATIONS = {"tools": {"transfer": {
-    "extension_context": AGENTS_CONTEXT, "ring_timeout_ms": 3000, "destinations": {
-        "sales": {"type": "extension", "target": "6001", "description": "Sales team"},
-        "nobody": {"type": "extension", "target": "6002", "description": "Rings, never answers"},
-        "busyline": {"type": "extension", "target": "6003", "description": "Always busy"}}},
-    "hangup_call": {"farewell_timeout_ms": 1500}}}
+DESTINATIONS = {
+    "tools": {
+        "transfer": {
+            "extension_context": AGENTS_CONTEXT,
+            "ring_timeout_ms": 3000,
+            "destinations": {
+                "sales": {"type": "extension", "target": "6001", "description": "Sales team"},
+                "nobody": {"type": "extension", "target": "6002", "description": "Rings, never answers"},
+                "busyline": {"type": "extension", "target": "6003", "description": "Always busy"},
+            },
+        },
+        "hangup_call": {"farewell_timeout_ms": 1500},
+    }
+}
 PROFILES = {  # transport and format of each shipped profile the suite runs on
     "audiosocket-slin": "telephony_slin_8k",
     "audiosocket-slin16": "telephony_pcm16_16k",
@@ -75,8 +83,14 @@ def pbx_cluster(tmp_path, cluster_env, real_asterisk):
     clusters: list[LocalCluster] = []
     n = itertools.count(1)
 
-    async def start(emu: Emulator | None, profile: str = "telephony_pcm16_24k", workers: int = 1,
-                    tool_workers: int = 0, extra: dict | None = None, **controller) -> LocalCluster:
+    async def start(
+        emu: Emulator | None,
+        profile: str = "telephony_pcm16_24k",
+        workers: int = 1,
+        tool_workers: int = 0,
+        extra: dict | None = None,
+        **controller,
+    ) -> LocalCluster:
         i = next(n)
         config = pbx_config(tmp_path / f"cluster-{i}.yaml", real_asterisk, profile, extra, **controller)
         env = dict(cluster_env)
@@ -86,8 +100,16 @@ def pbx_cluster(tmp_path, cluster_env, real_asterisk):
         clusters.append(cluster)
         procs = [cluster.start("controller", instance_id=f"controller-{i}")]
         for w in range(workers):
-            procs.append(cluster.start("media-worker", "--audiosocket-port", "0", "--rtp-ports",
-                                       _rtp_range(i, w), instance_id=f"worker-{i}-{w}"))
+            procs.append(
+                cluster.start(
+                    "media-worker",
+                    "--audiosocket-port",
+                    "0",
+                    "--rtp-ports",
+                    _rtp_range(i, w),
+                    instance_id=f"worker-{i}-{w}",
+                )
+            )
         for t in range(tool_workers):
             procs.append(cluster.start("tool-worker", instance_id=f"tools-{i}-{t}"))
         ready = await asyncio.to_thread(cluster.wait_ready, procs, 30)
@@ -107,16 +129,19 @@ def _rtp_range(i: int, w: int) -> str:
 
 async def call_of(aredis, keys: Keys, peer_channel: str, timeout: float = 15) -> str:
     """The call id of the caller whose far half (the channel the agent sees) is `peer_channel`."""
+
     async def find():
         for call_id in await aredis.smembers(keys.calls_active):
             if await aredis.hget(keys.call(call_id), "caller_channel") == peer_channel:
                 return call_id
         return None
+
     return await until(find, timeout=timeout)
 
 
 async def nothing_of_the_call_left(aredis, keys: Keys, call_id: str) -> None:
     """The call is out of the active set, its lease is gone and no worker counts it."""
+
     async def clean():
         if await aredis.sismember(keys.calls_active, call_id) or await aredis.exists(keys.call_lease(call_id)):
             return False
@@ -124,4 +149,5 @@ async def nothing_of_the_call_left(aredis, keys: Keys, call_id: str) -> None:
             if int(await aredis.hget(keys.worker(worker), "active") or 0):
                 return False
         return True
+
     await until(clean, timeout=10)

@@ -14,7 +14,15 @@ from sim.asterisk.audio import CallerAudio
 from sim.realtime import Reply, Script
 from tests.media_harness import caller_speech, until
 from tests.realpbx.pbx_harness import (  # noqa: F401  (fixtures)
-    PROFILES, aredis, call_of, emulator, keys, nothing_of_the_call_left, pbx_cluster, pbx)
+    PROFILES,
+    aredis,
+    call_of,
+    emulator,
+    keys,
+    nothing_of_the_call_left,
+    pbx_cluster,
+    pbx,
+)
 
 GREETING_MS = 1500
 QUESTION = "When are you open?"
@@ -22,10 +30,14 @@ SPEECH_MS = 900
 
 
 def conversation() -> Script:
-    return Script(greeting=Reply(text="Hello, thanks for calling. How can I help?", audio_ms=GREETING_MS),
-                  turns={1: Reply(text="We are open from nine to five.", audio_ms=1200),
-                         2: Reply(text="Twelve Harbour Street.", audio_ms=1000)},
-                  transcripts={1: QUESTION, 2: "Where are you?"})
+    return Script(
+        greeting=Reply(text="Hello, thanks for calling. How can I help?", audio_ms=GREETING_MS),
+        turns={
+            1: Reply(text="We are open from nine to five.", audio_ms=1200),
+            2: Reply(text="Twelve Harbour Street.", audio_ms=1000),
+        },
+        transcripts={1: QUESTION, 2: "Where are you?"},
+    )
 
 
 async def log_roles(aredis, keys, call_id: str) -> list[str]:
@@ -66,10 +78,11 @@ async def _with_answer(roles_coro):
 
 @pytest.mark.parametrize("transport", list(PROFILES))
 async def test_barge_in_stops_the_agent(transport, pbx_cluster, pbx, emulator, aredis, keys):
-    script = Script(greeting=Reply(text="Hi.", audio_ms=600),
-                    turns={1: Reply(text="A long answer. " * 10, audio_ms=8000),
-                           2: Reply(text="Sorry, go ahead.", audio_ms=800)},
-                    transcripts={1: QUESTION, 2: "Wait, stop."})
+    script = Script(
+        greeting=Reply(text="Hi.", audio_ms=600),
+        turns={1: Reply(text="A long answer. " * 10, audio_ms=8000), 2: Reply(text="Sorry, go ahead.", audio_ms=800)},
+        transcripts={1: QUESTION, 2: "Wait, stop."},
+    )
     emu = await emulator(script, speed=4.0)
     await pbx_cluster(emu, PROFILES[transport])
     leg = await pbx.call()
@@ -132,8 +145,12 @@ async def test_no_worker_sends_the_caller_to_the_dialplan_fallback(real_asterisk
 
     def in_voicemail():
         status, channel = real_asterisk.ari("GET", f"/channels/{leg.peer_id}")
-        return status == 200 and channel["dialplan"]["context"] == "ai-agent-fallback" and \
-            channel["dialplan"]["app_name"] == "VoiceMail"
+        return (
+            status == 200
+            and channel["dialplan"]["context"] == "ai-agent-fallback"
+            and channel["dialplan"]["app_name"] == "VoiceMail"
+        )
+
     await until(in_voicemail, timeout=10)
     await until(lambda: leg.first_voiced_after(leg.answered_at), timeout=5)  # the fallback's prompt is heard
     await leg.hangup()

@@ -15,15 +15,43 @@ pytestmark = pytest.mark.realpbx
 
 # What the controller, the media transports and the tools' dialplan use (ARI wants the name with ".so": 409 without).
 PRODUCT_MODULES = [
-    "res_ari", "res_ari_channels", "res_ari_bridges", "res_ari_events", "res_stasis", "app_stasis",
-    "res_http_websocket", "chan_audiosocket", "res_audiosocket", "chan_rtp", "res_rtp_asterisk",
-    "chan_websocket", "res_websocket_client", "bridge_simple", "bridge_softmix", "app_dial", "app_playback",
-    "app_record", "app_mixmonitor", "app_voicemail", "res_musiconhold", "format_wav", "format_pcm",
-    "codec_ulaw", "codec_alaw", "codec_resample",
+    "res_ari",
+    "res_ari_channels",
+    "res_ari_bridges",
+    "res_ari_events",
+    "res_stasis",
+    "app_stasis",
+    "res_http_websocket",
+    "chan_audiosocket",
+    "res_audiosocket",
+    "chan_rtp",
+    "res_rtp_asterisk",
+    "chan_websocket",
+    "res_websocket_client",
+    "bridge_simple",
+    "bridge_softmix",
+    "app_dial",
+    "app_playback",
+    "app_record",
+    "app_mixmonitor",
+    "app_voicemail",
+    "res_musiconhold",
+    "format_wav",
+    "format_pcm",
+    "codec_ulaw",
+    "codec_alaw",
+    "codec_resample",
 ]
 # Every context of deploy/asterisk/extensions_custom.conf and extensions_plain_asterisk.conf.
-SHIPPED_CONTEXTS = ["from-ai-agent-openai", "from-ai-agent-sales", "ai-agent-fallback", "from-internal",
-                    "ext-queues", "ext-group", "default"]
+SHIPPED_CONTEXTS = [
+    "from-ai-agent-openai",
+    "from-ai-agent-sales",
+    "ai-agent-fallback",
+    "from-internal",
+    "ext-queues",
+    "ext-group",
+    "default",
+]
 
 
 def needs_cli(ast: RealAsterisk) -> None:
@@ -60,8 +88,9 @@ async def test_an_originated_local_channel_enters_the_test_app_and_hangs_up(real
     needs_cli(real_asterisk)  # va-harness-wait is the harness's own context
     app, channel = f"va-test-{uuid.uuid4().hex[:8]}", f"va-test-{uuid.uuid4().hex[:12]}"
     async with AriEvents(real_asterisk, app) as events:
-        query = urllib.parse.urlencode({"endpoint": "Local/s@va-harness-wait", "app": app, "channelId": channel,
-                                        "callerId": "Harness <5550100>"})
+        query = urllib.parse.urlencode(
+            {"endpoint": "Local/s@va-harness-wait", "app": app, "channelId": channel, "callerId": "Harness <5550100>"}
+        )
         status, created = real_asterisk.ari("POST", f"/channels?{query}")
         assert status == 200, created
         start_event = await events.wait("StasisStart", channel__id=channel)

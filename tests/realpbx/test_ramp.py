@@ -18,8 +18,9 @@ CALLS, RAMP_S, HOLD_S = 50, 2.0, 20.0
 
 
 @pytest.mark.parametrize("profile", ["telephony_pcm16_24k", "websocket_ulaw_8k"])
-async def test_fifty_callers_in_two_seconds_are_all_served(profile, real_asterisk, pbx_cluster, pbx, emulator, aredis,
-                                                           keys):
+async def test_fifty_callers_in_two_seconds_are_all_served(
+    profile, real_asterisk, pbx_cluster, pbx, emulator, aredis, keys
+):
     emu = await emulator(Script(greeting=Reply(text="Hello, thanks for calling.", audio_ms=1500)), speed=4.0)
     await pbx_cluster(emu, profile, extra={"media_worker": {"capacity": CALLS + 10}})
 

@@ -14,7 +14,16 @@ from sim.cluster import free_port
 from sim.realtime import Reply, Script, ToolCall
 from tests.media_harness import caller_speech, until
 from tests.realpbx.pbx_harness import (  # noqa: F401  (fixtures)
-    DESTINATIONS, aredis, agents_dialplan, call_of, emulator, keys, nothing_of_the_call_left, pbx_cluster, pbx)
+    DESTINATIONS,
+    aredis,
+    agents_dialplan,
+    call_of,
+    emulator,
+    keys,
+    nothing_of_the_call_left,
+    pbx_cluster,
+    pbx,
+)
 
 
 def asked(text: str) -> CallerAudio:
@@ -22,21 +31,35 @@ def asked(text: str) -> CallerAudio:
 
 
 def transfer_script(destination: str, then: dict[int, Reply] | None = None) -> Script:
-    turns = {1: Reply(text="Let me connect you.", audio_ms=600,
-                      tool_calls=[ToolCall("transfer", {"destination": destination})])}
+    turns = {
+        1: Reply(
+            text="Let me connect you.", audio_ms=600, tool_calls=[ToolCall("transfer", {"destination": destination})]
+        )
+    }
     turns.update(then or {})
-    return Script(greeting=Reply(text="Hi.", audio_ms=500), turns=turns,
-                  after_tool=Reply(text="{output}", audio_ms=700), default=Reply(text="Okay.", audio_ms=500))
+    return Script(
+        greeting=Reply(text="Hi.", audio_ms=500),
+        turns=turns,
+        after_tool=Reply(text="{output}", audio_ms=700),
+        default=Reply(text="Okay.", audio_ms=500),
+    )
 
 
 def system_notes(emu) -> list[str]:
-    return [json.dumps(e) for s in emu.sessions for e in s.received
-            if e["type"] == "conversation.item.create" and e["item"].get("role") == "system"]
+    return [
+        json.dumps(e)
+        for s in emu.sessions
+        for e in s.received
+        if e["type"] == "conversation.item.create" and e["item"].get("role") == "system"
+    ]
 
 
 async def tool_outputs(aredis, keys, call_id: str, name: str) -> list[dict]:
-    return [json.loads(fields["output"]) for _, fields in await aredis.xrange(keys.call_log(call_id))
-            if fields.get("role") == "tool" and fields.get("name") == name]
+    return [
+        json.loads(fields["output"])
+        for _, fields in await aredis.xrange(keys.call_log(call_id))
+        if fields.get("role") == "tool" and fields.get("name") == name
+    ]
 
 
 def bridge_members(real_asterisk, bridge_id: str) -> set[str] | None:
@@ -45,7 +68,8 @@ def bridge_members(real_asterisk, bridge_id: str) -> set[str] | None:
 
 
 async def test_transfer_answered_bridges_the_caller_with_the_agent(
-        real_asterisk, agents_dialplan, pbx_cluster, pbx, emulator, aredis, keys):
+    real_asterisk, agents_dialplan, pbx_cluster, pbx, emulator, aredis, keys
+):
     emu = await emulator(transfer_script("sales"), speed=4.0)
     await pbx_cluster(emu, extra=DESTINATIONS)
     leg = await pbx.call()
@@ -58,6 +82,7 @@ async def test_transfer_answered_bridges_the_caller_with_the_agent(
 
     async def transferred():
         return await aredis.hget(keys.call(call_id), "state") == "transferred"
+
     await until(transferred, timeout=5)  # written once the AI's leg is gone and the hold music stopped
     status, _ = real_asterisk.ari("GET", f"/channels/{call_id}-em")
     assert status == 404  # the AI's media leg is gone
@@ -70,11 +95,17 @@ async def test_transfer_answered_bridges_the_caller_with_the_agent(
 
 
 async def test_a_ringing_transfer_can_be_cancelled(
-        real_asterisk, agents_dialplan, pbx_cluster, pbx, emulator, aredis, keys):
-    emu = await emulator(transfer_script("nobody", {2: Reply(text="Cancelling.", audio_ms=500,
-                                                             tool_calls=[ToolCall("cancel_transfer")])}), speed=4.0)
-    extra = {"tools": {**DESTINATIONS["tools"], "transfer": {**DESTINATIONS["tools"]["transfer"],
-                                                               "ring_timeout_ms": 20_000}}}
+    real_asterisk, agents_dialplan, pbx_cluster, pbx, emulator, aredis, keys
+):
+    emu = await emulator(
+        transfer_script(
+            "nobody", {2: Reply(text="Cancelling.", audio_ms=500, tool_calls=[ToolCall("cancel_transfer")])}
+        ),
+        speed=4.0,
+    )
+    extra = {
+        "tools": {**DESTINATIONS["tools"], "transfer": {**DESTINATIONS["tools"]["transfer"], "ring_timeout_ms": 20_000}}
+    }
     await pbx_cluster(emu, extra=extra)
     leg = await pbx.call()
     call_id = await call_of(aredis, keys, leg.peer_id)
@@ -91,7 +122,8 @@ async def test_a_ringing_transfer_can_be_cancelled(
 
 
 async def test_a_busy_destination_comes_back_to_the_model(
-        real_asterisk, agents_dialplan, pbx_cluster, pbx, emulator, aredis, keys):
+    real_asterisk, agents_dialplan, pbx_cluster, pbx, emulator, aredis, keys
+):
     emu = await emulator(transfer_script("busyline"), speed=4.0)
     await pbx_cluster(emu, extra=DESTINATIONS)
     leg = await pbx.call()
@@ -106,9 +138,11 @@ async def test_a_busy_destination_comes_back_to_the_model(
 
 
 async def test_hangup_call_ends_the_call_after_the_farewell(pbx_cluster, pbx, emulator, aredis, keys):
-    script = Script(greeting=Reply(text="Hi.", audio_ms=500),
-                    turns={1: Reply(text="", tool_calls=[ToolCall("hangup_call", {"farewell": "Goodbye!"})])},
-                    after_tool=Reply(text="Goodbye!", audio_ms=800))
+    script = Script(
+        greeting=Reply(text="Hi.", audio_ms=500),
+        turns={1: Reply(text="", tool_calls=[ToolCall("hangup_call", {"farewell": "Goodbye!"})])},
+        after_tool=Reply(text="Goodbye!", audio_ms=800),
+    )
     emu = await emulator(script, speed=4.0)
     await pbx_cluster(emu, extra=DESTINATIONS)
     leg = await pbx.call()
@@ -124,9 +158,11 @@ async def test_hangup_call_ends_the_call_after_the_farewell(pbx_cluster, pbx, em
 async def test_leave_voicemail_records_the_callers_message(real_asterisk, pbx_cluster, pbx, emulator, aredis, keys):
     inbox = real_asterisk.run_dir / "spool" / "voicemail" / "default" / "100" / "INBOX"
     before = set(inbox.glob("msg*.wav")) if inbox.exists() else set()
-    script = Script(greeting=Reply(text="Hi.", audio_ms=500),
-                    turns={1: Reply(text="", tool_calls=[ToolCall("leave_voicemail")])},
-                    after_tool=Reply(text="Connecting you to voicemail now.", audio_ms=900))
+    script = Script(
+        greeting=Reply(text="Hi.", audio_ms=500),
+        turns={1: Reply(text="", tool_calls=[ToolCall("leave_voicemail")])},
+        after_tool=Reply(text="Connecting you to voicemail now.", audio_ms=900),
+    )
     emu = await emulator(script, speed=4.0)
     await pbx_cluster(emu, extra=DESTINATIONS)
     leg = await pbx.call()
@@ -136,6 +172,7 @@ async def test_leave_voicemail_records_the_callers_message(real_asterisk, pbx_cl
     def in_voicemail():
         status, channel = real_asterisk.ari("GET", f"/channels/{leg.peer_id}")
         return status == 200 and channel["dialplan"]["app_name"] == "VoiceMail"
+
     await until(in_voicemail, timeout=20)
     # After the mailbox's "unavailable" greeting and the beep, VoiceMail records into the mailbox's tmp/.
     await until(lambda: any((inbox.parent / "tmp").glob("*")), timeout=30)
@@ -167,15 +204,27 @@ def smtp_server():
 
 
 async def test_transcript_and_summary_mails_are_delivered(smtp_server, pbx_cluster, pbx, emulator, aredis, keys):
-    script = Script(greeting=Reply(text="Hi.", audio_ms=500), turns={
-        1: Reply(text="", tool_calls=[ToolCall("request_transcript", {"email": "bob.jones@example.com"})]),
-        2: Reply(text="", tool_calls=[ToolCall("request_transcript", {"email": "bob.jones@example.com",
-                                                                      "confirmed": True})])},
-        after_tool=Reply(text="Done.", audio_ms=500), transcripts={1: "Send me the transcript.", 2: "Yes."})
+    script = Script(
+        greeting=Reply(text="Hi.", audio_ms=500),
+        turns={
+            1: Reply(text="", tool_calls=[ToolCall("request_transcript", {"email": "bob.jones@example.com"})]),
+            2: Reply(
+                text="",
+                tool_calls=[ToolCall("request_transcript", {"email": "bob.jones@example.com", "confirmed": True})],
+            ),
+        },
+        after_tool=Reply(text="Done.", audio_ms=500),
+        transcripts={1: "Send me the transcript.", 2: "Yes."},
+    )
     emu = await emulator(script, speed=4.0)
-    await pbx_cluster(emu, tool_workers=1, extra={
-        "email": {"smtp_host": "127.0.0.1", "smtp_port": smtp_server.port},
-        "tools": {"send_email_summary": {"send_after_every_call": True, "recipients": ["ops@example.com"]}}})
+    await pbx_cluster(
+        emu,
+        tool_workers=1,
+        extra={
+            "email": {"smtp_host": "127.0.0.1", "smtp_port": smtp_server.port},
+            "tools": {"send_email_summary": {"send_after_every_call": True, "recipients": ["ops@example.com"]}},
+        },
+    )
     leg = await pbx.call()
     call_id = await call_of(aredis, keys, leg.peer_id)
     await leg.say(asked("Send me the transcript."))

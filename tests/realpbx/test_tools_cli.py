@@ -26,10 +26,16 @@ def needs_harness(ast: RealAsterisk) -> None:
 
 
 def run(args: list[str], workdir: Path, timeout: float) -> subprocess.CompletedProcess:
-    env = {**os.environ, "VA_DEMO_WORKDIR": str(workdir), "VA_LOADTEST_WORKDIR": str(workdir),
-           "REDIS_URL": REDIS_URL, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, "-m", "shared.cli", *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    env = {
+        **os.environ,
+        "VA_DEMO_WORKDIR": str(workdir),
+        "VA_LOADTEST_WORKDIR": str(workdir),
+        "REDIS_URL": REDIS_URL,
+        "PYTHONUNBUFFERED": "1",
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "shared.cli", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def stopped(run_dir: Path) -> bool:
@@ -76,13 +82,28 @@ def test_demo_recording_by_asterisk_holds_the_agent_and_only_the_agent(demo_run)
 def test_small_loadtest_on_the_real_asterisk(real_asterisk, tmp_path):
     needs_harness(real_asterisk)
     out = tmp_path / "results.json"
-    proc = run(["loadtest", "--real-asterisk", "--calls", str(CALLS), "--ramp", "2", "--hold", "8",
-                "--redis-url", REDIS_URL, "--out", str(out)], tmp_path / "work", timeout=150)
+    proc = run(
+        [
+            "loadtest",
+            "--real-asterisk",
+            "--calls",
+            str(CALLS),
+            "--ramp",
+            "2",
+            "--hold",
+            "8",
+            "--redis-url",
+            REDIS_URL,
+            "--out",
+            str(out),
+        ],
+        tmp_path / "work",
+        timeout=150,
+    )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     result = json.loads(out.read_text())
     assert result["params"]["target"] == "real-asterisk" and result["params"]["asterisk"].startswith("22.")
-    assert result["setup"] == {"placed": CALLS, "answered": CALLS, "set_up": CALLS, "failed": 0,
-                               "success_rate": 1.0}
+    assert result["setup"] == {"placed": CALLS, "answered": CALLS, "set_up": CALLS, "failed": 0, "success_rate": 1.0}
     assert result["errors"] == {}, result["errors"]
     assert result["dropped"] == 0 and result["active_left"] == 0
     assert result["left"] == {"channels": 0, "bridges": 0}  # GET /channels and /bridges of that Asterisk

@@ -18,14 +18,25 @@ pytestmark = pytest.mark.realpbx
 
 
 def requests(doc: dict) -> list[tuple]:
-    return [(s["method"], s["path"], json.dumps(s["query"], sort_keys=True), s["status"],
-             s["response"].get("message") if isinstance(s["response"], dict) else None)
-            for s in doc["steps"] if s["dir"] == "rest"]
+    return [
+        (
+            s["method"],
+            s["path"],
+            json.dumps(s["query"], sort_keys=True),
+            s["status"],
+            s["response"].get("message") if isinstance(s["response"], dict) else None,
+        )
+        for s in doc["steps"]
+        if s["dir"] == "rest"
+    ]
 
 
 def events(doc: dict) -> Counter:
-    return Counter((s["event"]["type"], (s["event"].get("channel") or s["event"].get("peer") or {}).get("id"))
-                   for s in doc["steps"] if s["dir"] == "event")
+    return Counter(
+        (s["event"]["type"], (s["event"].get("channel") or s["event"].get("peer") or {}).get("id"))
+        for s in doc["steps"]
+        if s["dir"] == "event"
+    )
 
 
 @pytest.mark.parametrize("name", ["01-inbound", "04-errors"])
