@@ -31,7 +31,7 @@ def probe(calls: int, workers: int, args: argparse.Namespace) -> dict:
     cmd = [
         sys.executable,
         "-m",
-        "shared.cli",
+        "voice_agent.cli",
         "loadtest",
         "--calls",
         str(calls),

@@ -97,7 +97,7 @@ def main() -> None:
             [
                 sys.executable,
                 "-m",
-                "shared.cli",
+                "voice_agent.cli",
                 "sim",
                 "realtime",
                 "--port",

@@ -117,7 +117,7 @@ def plan(quick: bool, json_path: Path, before_tree: Path | None = None) -> list[
             "loadtest",
             [
                 "-m",
-                "shared.cli",
+                "voice_agent.cli",
                 "loadtest",
                 "--calls",
                 calls,

@@ -18,7 +18,7 @@ from controller.ari.rest import AriRest
 from controller.call import CallDeps
 from controller.call_emails import CallEmails
 from controller.stasis import StasisApp
-from controller.tools import CallControl, ControlInbox
+from controller.call_control import CallControl, ControlInbox
 from shared.messages import ProcessInfo
 from shared.service import AsyncRole
 from shared.version import VERSION

@@ -28,7 +28,7 @@ from media_worker.realtime import events as ev
 from media_worker.realtime.client import ClientSettings, Closed, RealtimeClient, RealtimeError, Reconnected
 from media_worker.realtime.pool import SessionPool
 from media_worker.realtime.protocol import AudioChunk, FunctionCall
-from media_worker.tools import ToolRunner
+from media_worker.tool_calls import ToolRunner
 from media_worker.transport.link import MediaLink
 from media_worker.usage import CallUsage
 from shared.config.ga_session import build_session
@@ -54,7 +54,7 @@ from shared.metrics import (
     UNDERRUNS,
 )
 from shared.metrics import WORKER_CALLS as SESSIONS
-from shared.tools import realtime_tools
+from shared.tool_schemas import realtime_tools
 
 log = logging.getLogger("session")
 

@@ -124,7 +124,7 @@ class LocalCluster:
     def start_sim(self, kind: str, *args: str, timeout: float = 20.0) -> SimProcess:
         """Start a simulator on a free port and wait for its `listening on URL` line."""
         log_path = self.workdir / f"sim-{kind}-{len(self.sims) + 1}.log"
-        cmd = [sys.executable, "-m", "shared.cli", "sim", kind, "--port", "0", *args]
+        cmd = [sys.executable, "-m", "voice_agent.cli", "sim", kind, "--port", "0", *args]
         env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
         log = open(log_path, "ab")
         popen = subprocess.Popen(
@@ -158,7 +158,7 @@ class LocalCluster:
         cmd = [
             sys.executable,
             "-m",
-            "shared.cli",
+            "voice_agent.cli",
             "--config",
             str(self.config_path),
             role,

@@ -642,7 +642,7 @@ async def test_cli_process_and_control_api(tmp_path):
         [
             sys.executable,
             "-m",
-            "shared.cli",
+            "voice_agent.cli",
             "sim",
             "asterisk",
             "--port",

@@ -243,7 +243,7 @@ async def test_each_channel_draws_its_delay_from_the_seeded_simulator(make_sim, 
 
 def test_the_cli_refuses_a_bad_delay():
     proc = subprocess.run(
-        [sys.executable, "-m", "shared.cli", "sim", "asterisk", "--stasis-delay-ms", "9:1"],
+        [sys.executable, "-m", "voice_agent.cli", "sim", "asterisk", "--stasis-delay-ms", "9:1"],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         capture_output=True,

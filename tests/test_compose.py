@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from shared.cli import _health, build_parser
+from voice_agent.cli import _health, build_parser
 from shared.config import ConfigError, load_config
 from shared.config.load import CONFIG_ENV, DEFAULT_PATH
 from shared.config.envsubst import read_dotenv

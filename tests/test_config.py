@@ -89,7 +89,7 @@ def test_shipped_config_loads_cleanly_with_secrets_masked():
 def test_check_config_prints_masked_config_or_every_error(tmp_path):
     env = {"OPENAI_API_KEY": TEST_API_KEY, "PATH": "/usr/bin:/bin"}
     ok = subprocess.run(
-        [sys.executable, "-m", "shared.cli", "check-config", str(CONFIG)],
+        [sys.executable, "-m", "voice_agent.cli", "check-config", str(CONFIG)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -103,7 +103,7 @@ def test_check_config_prints_masked_config_or_every_error(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("providers:\n  openai_realtime:\n    turn_detection:\n      threshold: high\n    voise: ash\n")
     res = subprocess.run(
-        [sys.executable, "-m", "shared.cli", "check-config", str(bad)],
+        [sys.executable, "-m", "voice_agent.cli", "check-config", str(bad)],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -126,7 +126,7 @@ def demo_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("demo")
     env = {**os.environ, "VA_DEMO_WORKDIR": str(workdir), "REDIS_URL": REDIS_URL, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "shared.cli", "demo"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=90
+        [sys.executable, "-m", "voice_agent.cli", "demo"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=90
     )
     summary = json.loads((workdir / "demo.json").read_text()) if (workdir / "demo.json").exists() else {}
     return proc, summary, workdir

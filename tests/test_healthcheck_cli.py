@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from shared import health
-from shared.cli import main
+from voice_agent.cli import main
 from tests.conftest import ROOT
 
 

@@ -144,7 +144,7 @@ def test_small_real_run_sets_up_every_call_and_leaves_nothing(tmp_path):
         [
             sys.executable,
             "-m",
-            "shared.cli",
+            "voice_agent.cli",
             "loadtest",
             "--calls",
             "6",

@@ -143,7 +143,7 @@ def test_dashboards_and_alerts_against_a_real_prometheus_scraping_a_demo_call(tm
     writer = threading.Thread(target=_write_targets, args=(workdir, sd_dir, stop), daemon=True)
     writer.start()
     demo = subprocess.Popen(
-        [sys.executable, "-m", "shared.cli", "demo", "--keep-running"],
+        [sys.executable, "-m", "voice_agent.cli", "demo", "--keep-running"],
         cwd=ROOT,
         env={**os.environ, "VA_DEMO_WORKDIR": str(workdir), "PYTHONUNBUFFERED": "1"},
         stdout=subprocess.PIPE,

@@ -1475,7 +1475,7 @@ def test_cli_serves_and_stops_on_sigterm(tmp_path):
         [
             sys.executable,
             "-m",
-            "shared.cli",
+            "voice_agent.cli",
             "sim",
             "realtime",
             "--port",

@@ -22,7 +22,7 @@ ROLES = ["controller", "media-worker", "tool-worker"]
 
 def status_json(env: dict[str, str]) -> dict:
     res = subprocess.run(
-        [sys.executable, "-m", "shared.cli", "--config", str(CONFIG), "status", "--json"],
+        [sys.executable, "-m", "voice_agent.cli", "--config", str(CONFIG), "status", "--json"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -217,7 +217,7 @@ def test_secrets_never_reach_logs_or_status(tmp_path, private_redis, prefix):
         procs = [cluster.start(role) for role in ROLES]
         assert cluster.wait_ready(timeout=30)
         status = subprocess.run(
-            [sys.executable, "-m", "shared.cli", "--config", str(CONFIG), "status"],
+            [sys.executable, "-m", "voice_agent.cli", "--config", str(CONFIG), "status"],
             cwd=ROOT,
             capture_output=True,
             text=True,
@@ -238,7 +238,7 @@ def test_bad_config_stops_a_role_with_the_error_not_a_traceback(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("media_worker:\n  capacity: -1\n")
     res = subprocess.run(
-        [sys.executable, "-m", "shared.cli", "--config", str(bad), "media-worker"],
+        [sys.executable, "-m", "voice_agent.cli", "--config", str(bad), "media-worker"],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -7,7 +7,7 @@ import pytest
 
 from shared.config import load_config
 from shared.config.schema import ALL_TOOLS
-from shared.tools import ARGS, parse_arguments, realtime_tools
+from shared.tool_schemas import ARGS, parse_arguments, realtime_tools
 from tests.conftest import CONFIG
 
 

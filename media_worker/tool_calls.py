@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from shared.messages import ControlReply, ControlRequest, inbox_fields
 from shared.metrics import TOOL_CALLS, TOOL_SECONDS
-from shared.tools import HangupArgs, TranscriptArgs, TransferArgs, parse_arguments
+from shared.tool_schemas import HangupArgs, TranscriptArgs, TransferArgs, parse_arguments
 
 if TYPE_CHECKING:
     from media_worker.session import CallSession
