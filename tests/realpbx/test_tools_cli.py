@@ -34,7 +34,12 @@ def run(args: list[str], workdir: Path, timeout: float) -> subprocess.CompletedP
         "PYTHONUNBUFFERED": "1",
     }
     return subprocess.run(
-        [sys.executable, "-m", "voice_agent.cli", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "voice_agent.cli", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
