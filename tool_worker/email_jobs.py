@@ -30,9 +30,9 @@ from rq import get_current_job
 from shared.config import load_config
 from shared.config.schema import Config
 from shared.email_address import validate_email
+from shared.email_queue import transcripts_key
 from shared.keys import Keys
 from tool_worker import render, smtp
-from tool_worker.enqueue import transcripts_key
 from tool_worker.smtp import SendFailed
 
 log = logging.getLogger("tool_worker.email")
@@ -287,7 +287,7 @@ def run_transcript(
     return deliver(conn, config, keys, outcome, call, message, recipients, arguments)
 
 
-# The RQ jobs (enqueue.py names them by these import paths).
+# The RQ jobs (shared/email_queue.py names them by these import paths).
 
 
 def send_email_summary(call_id: str, key_prefix: str, reason: str) -> dict:

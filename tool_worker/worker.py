@@ -25,8 +25,8 @@ from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.utils import as_text, current_timestamp, parse_composite_key
 
+from shared.email_queue import SUMMARY_FUNC, TRANSCRIPT_FUNC
 from shared.metrics import JOB_SECONDS, JOBS
-from tool_worker.enqueue import SUMMARY_FUNC, TRANSCRIPT_FUNC
 
 log = logging.getLogger("tool_worker")
 
