@@ -26,7 +26,8 @@ from controller import ids
 from controller.ari.errors import AriError
 from controller.call import Call
 from controller.stasis import StasisApp
-from controller.transfer import TransferAttempt, local_endpoint
+from controller.transfer import local_endpoint, run_transfer
+from controller.transfer_leg import TransferLeg
 from shared.keys import Keys
 from shared.messages import ControlReply, ControlRequest, inbox_fields
 from shared.metrics import CONTROL_REQUESTS, CONTROL_SECONDS
@@ -303,16 +304,19 @@ class CallControl:
             await send(reply_for(request, ok, "answered" if ok else "failed", message))
             return
         n = await self.deps.redis.hincrby(self.deps.keys.call(call.call_id), "transfers", 1)
-        attempt = TransferAttempt(
-            call,
+        transfer = TransferLeg(
             ids.transfer_channel_id(call.call_id, n),
             local_endpoint(destination.target, context),
             settings.ring_timeout_ms / 1000,
         )
-        call.transfer = attempt
-        log.info("transfer of %s to %s (%s) as %s", call.caller.id, request.destination, attempt.endpoint, attempt.leg)
-        status, message = await attempt.run(
-            lambda: send(reply_for(request, True, "ringing", f"ringing {request.destination}", final=False))
+        call.transfer = transfer
+        log.info(
+            "transfer of %s to %s (%s) as %s", call.caller.id, request.destination, transfer.endpoint, transfer.leg
+        )
+        status, message = await run_transfer(
+            call,
+            transfer,
+            lambda: send(reply_for(request, True, "ringing", f"ringing {request.destination}", final=False)),
         )
         await send(reply_for(request, status == "answered", status, message))
 

@@ -75,7 +75,7 @@ async def entries(redis: aioredis.Redis, zset: str, record_key, stale_after_ms: 
             pipe.hgetall(record_key(member))
         records = await pipe.execute()
     out = []
-    for (member, beat), record in zip(members, records):
+    for (member, beat), record in zip(members, records, strict=True):
         age = now - int(beat)
         out.append(Entry(info=record or {"id": member}, age_ms=age, live=age <= stale_after_ms))
     return out
