@@ -394,7 +394,7 @@ class Call:
         self._caller_bridged = True
 
     async def _bridge_media(
-        self, reserved: Reserved, plan: CallPlan, bridge_made: asyncio.Task[None], timeout: float
+        self, reserved: Reserved, plan: CallPlan, bridge_made: asyncio.Task[None], stasis_wait_s: float
     ) -> None:
         """The media leg toward the reserved worker, handed to it, then added to the bridge once in Stasis."""
         d = self.deps
@@ -405,7 +405,7 @@ class Call:
             await self._hand_websocket_to_worker(reserved, leg)
         await bridge_made
         try:
-            await self.legs.run(self.media, partial(d.rest.add_channel, self.bridge, self.media), timeout)
+            await self.legs.run(self.media, partial(d.rest.add_channel, self.bridge, self.media), stasis_wait_s)
         except NotInStasis as exc:
             raise SetupFailed(str(exc)) from exc
         except AriError as exc:
