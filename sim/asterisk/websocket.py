@@ -9,23 +9,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from typing import TYPE_CHECKING
-
 from aiohttp import WSMsgType, web
 
 from sim.asterisk.apps import EventSocket
-
-if TYPE_CHECKING:
-    from sim.asterisk.server import AsteriskSim
+from sim.asterisk.core import AsteriskCore
+from sim.asterisk.rest import authenticate
 
 
 class EventsEndpoint:
-    def __init__(self, sim: AsteriskSim):
+    def __init__(self, sim: AsteriskCore):
         self.sim = sim
         self.transports: dict[EventSocket, asyncio.BaseTransport] = {}
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        if self.sim.rest.authenticate(request) is None:
+        if authenticate(request, self.sim.users) is None:
             return web.json_response(
                 {"message": "Authentication required"},
                 status=401,
