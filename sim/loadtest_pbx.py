@@ -23,7 +23,7 @@ CLOSE_TIMEOUT_S = 30.0
 
 @dataclass
 class PbxCall:
-    state: str = "Ring"  # Ring -> Up -> ended (what drive() reads)
+    state: str = "Ring"  # Ring -> Up -> ended (what the load test's Driver reads)
     leg: CallerLeg | None = None
     error: str = ""
 
