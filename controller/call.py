@@ -327,6 +327,8 @@ class Call:
                 CALLS_REJECTED.labels("queue_timeout").inc()
                 self.end("queue_timeout", fallback=True)
                 return None
+            # Slots are freed by other calls' ends, in this process or another, through Redis, which tells nobody:
+            # the reservation is retried on a short period, and a caller hanging up ends the wait at once.
             try:
                 await asyncio.wait_for(self.caller_gone.wait(), QUEUE_POLL_S)
             except asyncio.TimeoutError:
