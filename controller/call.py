@@ -71,7 +71,7 @@ class CallDeps:
     capabilities: Callable[[], Capabilities | None]
     controller_id: str
     # After the teardown of a call that reached a worker: e.g. enqueue the end-of-call emails.
-    after_end: Callable[[str, str], Awaitable[None]] | None = None  # (call id, end reason)
+    after_end: Callable[[str, str], Awaitable[object]] | None = None  # (call id, end reason); its result is ignored
 
 
 @dataclass
@@ -213,7 +213,7 @@ class Call:
             log.info(
                 "call %s up on worker %s (%s %s) in %d ms",
                 self.caller.id,
-                self.reservation.worker_id,
+                reserved.worker_id,
                 plan.transport,
                 plan.format,
                 setup_ms,
@@ -244,7 +244,7 @@ class Call:
 
     def _plan(self, route: Route) -> CallPlan:
         caps = self.deps.capabilities()
-        fmt = route.profile.format
+        fmt: str = route.profile.format
         transport = route.profile.transport
         if caps is not None:
             try:

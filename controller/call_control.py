@@ -96,7 +96,9 @@ class ControlInbox:
                 got = await self.redis.xreadgroup(
                     GROUP, self.consumer, {self.keys.controller_inbox: ">"}, count=READ_COUNT, block=READ_BLOCK_MS
                 )
-                for _stream, entries in got or []:
+                if not isinstance(got, list):  # RESP2, the connection's protocol: [[stream, [[id, fields], ...]]]
+                    raise TypeError(f"XREADGROUP answered a {type(got).__name__}")
+                for _stream, entries in got:
                     for entry_id, fields in entries:
                         self._dispatch(entry_id, fields)
                 backoff = 0.25

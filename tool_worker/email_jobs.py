@@ -94,7 +94,8 @@ def _text(value: Any) -> str:
 
 def read_call(conn: redis.Redis, keys: Keys, call_id: str) -> tuple[dict[str, str], list[dict[str, str]]]:
     call = {_text(k): _text(v) for k, v in conn.hgetall(keys.call(call_id)).items()}
-    entries = [{_text(k): _text(v) for k, v in fields.items()} for _, fields in conn.xrange(keys.call_log(call_id))]
+    call_log = conn.xrange(keys.call_log(call_id)) or []
+    entries = [{_text(k): _text(v) for k, v in fields.items()} for _, fields in call_log if fields is not None]
     if call:
         call.setdefault("id", call_id)
     return call, entries

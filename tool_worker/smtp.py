@@ -51,9 +51,13 @@ def _login(client: smtplib.SMTP, settings: Email, where: str) -> None:
     if mechanism is None:
         raise SendFailed(f"{where} does not offer AUTH PLAIN or LOGIN (use starttls or tls?)", False)
     client.user, client.password = settings.username, settings.password
-    auth = {"PLAIN": client.auth_plain, "LOGIN": client.auth_login, "CRAM-MD5": client.auth_cram_md5}[mechanism]
     try:
-        client.auth(mechanism, auth, initial_response_ok=mechanism != "CRAM-MD5")
+        if mechanism == "PLAIN":
+            client.auth("PLAIN", client.auth_plain)
+        elif mechanism == "LOGIN":
+            client.auth("LOGIN", client.auth_login)
+        else:
+            client.auth("CRAM-MD5", client.auth_cram_md5, initial_response_ok=False)
     except smtplib.SMTPAuthenticationError as exc:
         raise SendFailed(f"auth failed for {settings.username} ({exc.smtp_code})", False) from None
 

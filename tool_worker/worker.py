@@ -47,6 +47,8 @@ def reclaim_abandoned(queue: Queue) -> list[str]:
     registry = queue.started_job_registry
     reclaimed: list[str] = []
     for entry in conn.zrangebyscore(registry.key, 0, current_timestamp()):
+        if not isinstance(entry, (bytes, str)):
+            continue  # a (member, score) pair: not asked for here
         job_id, _ = parse_composite_key(as_text(entry))
         job = Job.fetch(job_id, connection=conn) if conn.exists(Job.key_for(job_id)) else None
         if job is None or job.get_status() != JobStatus.STARTED:
