@@ -97,10 +97,19 @@ def find_call(client: redis.Redis, keys: Keys, channel_id: str) -> str | None:
     """The controller's call id for the caller channel."""
     if client.exists(keys.call(channel_id)):
         return channel_id
-    for call_id in client.smembers(keys.calls_active):
-        if client.hget(keys.call(call_id), "caller_channel") == channel_id:
+    for member in client.smembers(keys.calls_active):
+        call_id = _text(member)
+        if _text(client.hget(keys.call(call_id), "caller_channel")) == channel_id:
             return call_id
     return None
+
+
+def _text(value: bytes | str | None) -> str:
+    return value.decode() if isinstance(value, bytes) else (value or "")
+
+
+def _texts(fields: dict[bytes | str, bytes | str]) -> dict[str, str]:
+    return {_text(k): _text(v) for k, v in fields.items()}
 
 
 def run_call(
@@ -193,7 +202,7 @@ def run_pbx_call(
             ast.ari_url,
             ast.user,
             ast.password,
-            ast.run_dir / "spool" / "recording",
+            ast.own_run_dir / "spool" / "recording",
             AGENT_CONTEXT,
             demo_call.CALLER_NAME,
             "5551234",
@@ -238,11 +247,9 @@ def mail_headline(path: Path) -> str:
 
 def report_call(client: redis.Redis, keys: Keys, call_id: str | None, heard_wav: Path, plan: demo_call.Plan) -> dict:
     """Print the transcript, latencies and the recording's speech; return them for the checks and demo.json."""
-    call = client.hgetall(keys.call(call_id)) if call_id else {}
-    entries = [
-        demo_report.LogEntry.from_fields(fields)
-        for _, fields in (client.xrange(keys.call_log(call_id)) if call_id else [])
-    ]
+    call = _texts(client.hgetall(keys.call(call_id))) if call_id else {}
+    call_log = (client.xrange(keys.call_log(call_id)) or []) if call_id else []
+    entries = [demo_report.LogEntry.from_fields(_texts(fields)) for _, fields in call_log if fields is not None]
     full = (plan.greeting.text, *(a.text for a in plan.answers))
     step("transcript (the call log stream; s since the call started, when each utterance finished)")
     print("\n".join(demo_report.transcript_lines(entries, full)) or "(empty)")
@@ -419,8 +426,9 @@ def scripted_call(run: DemoRun) -> None:
     """The call, its report, and the checks on what happened in it."""
     paths = run.paths
     step(f"a scripted call (the caller speaks from {paths['caller']})")
-    for seg in run.timeline.spoken():
-        print(f"  {seg.start_s:4.1f}s after the answer the caller says: {seg.line.text}")
+    for seg in run.timeline.segments:
+        if seg.line is not None:
+            print(f"  {seg.start_s:4.1f}s after the answer the caller says: {seg.line.text}")
     if run.real is not None:
         print(f"(Asterisk plays it into the call and records what the caller hears: {paths['heard']})")
         call = run_pbx_call(run.real, run.client, run.keys, run.timeline, paths["caller"], paths["heard"])
@@ -476,7 +484,7 @@ def stop_everything(run: DemoRun) -> None:
         run.checks["nothing left in Asterisk"] = left == {"channels": 0, "bridges": 0}
         run.summary["asterisk"]["left"] = left
         run.real.stop()
-        print(f"stopped the real Asterisk (logs in {run.real.run_dir / 'log'})")
+        print(f"stopped the real Asterisk (logs in {run.real.own_run_dir / 'log'})")
 
 
 def finish(run: DemoRun, started: float) -> int:

@@ -32,6 +32,7 @@ import wave
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import redis
@@ -104,7 +105,7 @@ class Http:
         self.url = url.rstrip("/")
         self.auth = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
-    def request(self, method: str, path: str, body: dict | None = None, timeout: float = 10) -> tuple[int, object]:
+    def request(self, method: str, path: str, body: dict | None = None, timeout: float = 10) -> tuple[int, Any]:
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(
             self.url + path,
@@ -685,7 +686,7 @@ def tear_down(run: LoadRun) -> tuple[dict[str, int], int]:
     run.client.close()
     if run.asterisk_run is not None:
         run.asterisk_run.stop()
-        print(f"stopped the real Asterisk (logs in {run.asterisk_run.run_dir / 'log'})")
+        print(f"stopped the real Asterisk (logs in {run.asterisk_run.own_run_dir / 'log'})")
     return codes, removed
 
 

@@ -106,12 +106,16 @@ class PbxTarget:
 
     def heard(self) -> dict:
         """What the callers heard: how many heard the agent, and answer -> first voiced frame at the caller."""
-        answered = [c.leg for c in self.calls.values() if c.leg is not None and c.leg.answered_at is not None]
+        answered = [
+            (c.leg, c.leg.answered_at)
+            for c in self.calls.values()
+            if c.leg is not None and c.leg.answered_at is not None
+        ]
         onsets = []
-        for leg in answered:
-            first = leg.first_voiced_after(leg.answered_at)
+        for leg, answered_at in answered:
+            first = leg.first_voiced_after(answered_at)
             if first is not None:
-                onsets.append(1000 * (first - leg.answered_at))
+                onsets.append(1000 * (first - answered_at))
         return {"answered": len(answered), "heard_agent": len(onsets), "greeting_onset_ms": onsets}
 
     def leftover(self) -> dict:

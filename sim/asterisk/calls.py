@@ -306,7 +306,7 @@ class Calls:
         pbx = self.pbx
         pbx.emit(ev.dial("", near.dialstring or "", pbx.snap(near)), channels=[near])
         if near.tech == "Local":  # calling the Local pair puts its device in use (after Dial, trace 01)
-            near.device_busy = near.local_peer.device_busy = True
+            near.device_busy = near.far_end().device_busy = True
             pbx.device_state(pbx.device_name(near), "INUSE")
             pbx.device_state(pbx.device_name(near), "INUSE")
         self.dial_out(near, watch, timeout_s)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from functools import partial
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Awaitable, Callable
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, Awaitable, Callable
 from sim.asterisk import events as ev
 from sim.asterisk.calls import Calls, DialResult
 from sim.asterisk.dialplan import Dialplan, expand, parse_target, split_args, truthy
-from sim.asterisk.state import Channel, Hungup
+from sim.asterisk.state import Channel, Hungup, settle
 
 if TYPE_CHECKING:
     from sim.asterisk.pbx import Pbx
@@ -172,13 +173,13 @@ class Interpreter:
         for name in files:
             if not name:
                 continue
-            done = asyncio.get_running_loop().create_future()
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self.pbx.play(
                 ch,
                 [f"sound:{name}"],
                 "dp-" + self.pbx.ids.token(8),
                 None,
-                on_done=lambda d=done: d.done() or d.set_result(None),
+                on_done=partial(settle, done),
                 ari=False,
             )
             await done
@@ -256,7 +257,7 @@ class Interpreter:
         if ch.state != "Up":
             self.answer(ch)
         member = self.calls.phone("PJSIP", f"queue-{args[0] or 'default'}", None)
-        member.local_peer.set_location("sim-queue-member", "s", 1)
+        member.far_end().set_location("sim-queue-member", "s", 1)
         status = await self.dial(ch, [], timeout, moh=True, callees=[member])
         self.pbx.set_var(ch, "QUEUESTATUS", "CONTINUE" if status == "ANSWER" else "TIMEOUT")
         return None
@@ -341,13 +342,13 @@ class Interpreter:
         if ch.state != "Up":
             self.answer(ch)
         for prompt in ("vm-intro", "beep"):
-            done = asyncio.get_running_loop().create_future()
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self.pbx.play(
                 ch,
                 [f"sound:{prompt}"],
                 "vm-" + self.pbx.ids.token(8),
                 None,
-                on_done=lambda d=done: d.done() or d.set_result(None),
+                on_done=partial(settle, done),
                 ari=False,
             )
             await done

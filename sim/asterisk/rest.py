@@ -189,13 +189,13 @@ class AriRest:
         return authenticate(request, self.sim.users)
 
     def resolve(self, path: str, method: str) -> tuple[Handler | None, dict[str, str], int]:
-        candidates = [r for r in self.routes if r.regex.match(path)]
-        candidates.sort(key=lambda r: not r.literal)
+        candidates = [(r, m) for r in self.routes if (m := r.regex.match(path))]
+        candidates.sort(key=lambda found: not found[0].literal)
         if not candidates:
             return None, {}, 404
-        for route in candidates:
+        for route, match in candidates:
             if method in route.methods:
-                return route.methods[method], route.regex.match(path).groupdict(), 200
+                return route.methods[method], match.groupdict(), 200
         return None, {}, 405
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -503,7 +503,7 @@ class AriRest:
             )
         if (encapsulation, transport) not in (("rtp", "udp"), ("audiosocket", "tcp")):
             raise AriError(501, "The encapsulation and/or transport is not supported")
-        if split_host_port(host_port or "") is None:
+        if not host_port or split_host_port(host_port) is None:
             raise bad_request("external_host must be <host>:<port>")
         data = p.get("data")
         if encapsulation == "audiosocket" and not data:

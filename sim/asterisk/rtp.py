@@ -178,7 +178,7 @@ class RtpLeg:
         infos = await loop.getaddrinfo(
             self.external_host, self.external_port, family=socket.AF_INET, type=socket.SOCK_DGRAM
         )
-        self._external_ips = {info[4][0] for info in infos}
+        self._external_ips = {str(info[4][0]) for info in infos}
         low, high = self.port_range
         evens = list(range(low + low % 2, high + 1, 2))  # RTP takes even ports (RTCP would be the odd one)
         start = random.randrange(len(evens))
