@@ -488,7 +488,7 @@ class Call:
                 await _quietly(d.rest.hangup(self.caller.id, "normal"))
             if fallback and not self.caller_gone.is_set():
                 await self._fallback(reason)
-            # Asterisk never cleans these up by itself (reference §9.1): delete the media leg, the transfer
+            # Asterisk never cleans these up by itself: delete the media leg, the transfer
             # legs (an answered agent stays in Stasis until we hang it up), then the bridge.
             await asyncio.gather(self.drop_media(), *(_quietly(d.rest.hangup(leg)) for leg in list(self.extra_legs)))
             self.extra_legs.clear()

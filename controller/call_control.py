@@ -359,7 +359,7 @@ class CallControl:
 
     async def _hand_off(self, call: Call, reason: str, context: str, extension: str, priority: int) -> tuple[bool, str]:
         """The caller leaves Stasis for a dialplan target; teardown deletes the media leg and the bridge and
-        must not hang the caller up (reference §9.3: decide before the call, StasisEnd looks the same)."""
+        must not hang the caller up (decided before the call to continue: its StasisEnd looks like a hangup's)."""
         call.state, call.end_hint = "handing_off", reason
         try:
             await self.deps.rest.continue_in_dialplan(call.caller.id, context, extension, priority)

@@ -1,4 +1,4 @@
-"""One ARI-controlled, cancellable transfer (reference §7): MOH on the caller, a new leg created into our
+"""One ARI-controlled, cancellable transfer: MOH on the caller, a new leg created into our
 Stasis app and rung toward the destination, then either the leg joins the caller's bridge (the AI leaves) or
 it is hung up and the caller is back with the AI. The leg's outcome is a `TransferLeg`
 (`controller/transfer_leg.py`), which the call's events settle.
@@ -25,7 +25,7 @@ GRACE_S = 2.0
 
 def local_endpoint(target: str, context: str) -> str:
     """Always a Local channel to a configured target in a configured context: what the model says is never
-    dialled (the anchor's #571 dialled "PJSIP/200")."""
+    dialled (a model's "PJSIP/200" would reach any extension)."""
     return f"Local/{target}@{context}"
 
 

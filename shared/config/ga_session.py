@@ -23,7 +23,7 @@ RETIRED_MODELS = {
     "gpt-4o-mini-realtime-preview": "gpt-realtime-2.1-mini",
     "gpt-4o-realtime-preview": "gpt-realtime-2.1",
 }
-# GA models with an announced shutdown date (reference/openai-realtime.md §0).
+# GA models with an announced shutdown date (OpenAI's deprecations page).
 SUNSETTING_MODELS = {
     "gpt-realtime": ("2027-01-20", "gpt-realtime-2.1"),
     "gpt-realtime-mini": ("2027-01-20", "gpt-realtime-2.1-mini"),

@@ -1,7 +1,7 @@
 """AudioSocket as chan_audiosocket speaks it: Asterisk is the TCP client of the media worker.
 
 Wire: kind(1) | length(2, big-endian) | payload; audio is little-endian slin at the kind's rate
-(reference asterisk-ari.md §6.2). Asterisk does not re-time AudioSocket: what either side writes is
+(as a real Asterisk 22.10.1 sends it). Asterisk does not re-time AudioSocket: what either side writes is
 forwarded at once, so the sender owns the 20 ms clock.
 """
 

@@ -479,8 +479,7 @@ class AriRest:
         if not fmt:
             raise bad_request("format cannot be empty")
         if encapsulation == "audiosocket" and transport != "tcp":
-            # reference/asterisk-ari.md §4 (checked on 22.10.1): audiosocket over udp is a 400; when the
-            # reference and the source disagree, the reference wins.
+            # Checked on 22.10.1: audiosocket over udp is a 400.
             raise bad_request("The encapsulation and/or transport is not supported")
         if transport == "websocket" and encapsulation != "none":
             raise bad_request("encapsulation must be 'none' for websocket transport")
