@@ -13,7 +13,7 @@ from controller import cluster_metrics
 from controller.admission import Admission
 from controller.ari.capabilities import Capabilities, probe
 from controller.ari.errors import AriError
-from controller.ari.events import EventStream
+from controller.ari.events import EventStream, Reconnect
 from controller.ari.rest import AriRest
 from controller.call import CallDeps
 from controller.call_emails import CallEmails
@@ -121,7 +121,7 @@ class Controller(AsyncRole):
             # Asterisk or Redis trouble is passing: raising makes the events stream reconnect (with backoff) and
             # run this again, instead of waiting for the next time the socket happens to drop.
             log.warning("reconcile failed (%s); reconnecting to try again", exc)
-            raise
+            raise Reconnect from exc
         except Exception:
             log.exception("reconcile failed; calls are handled, orphans wait for the next connect")
         finally:
