@@ -14,7 +14,6 @@ import time
 from collections.abc import Awaitable, Callable
 from functools import partial
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import redis.asyncio as aioredis
 
@@ -24,18 +23,16 @@ from controller.admission import Admission, Queued, Reserved
 from controller.ari.capabilities import Capabilities, TransportUnavailable
 from controller.ari.errors import AriError, quietly
 from controller.ari.resources import Channel
-from controller.ari.rest import AriRest
+from controller.ari.rest import AriRest, MediaTransport
 from controller.contexts import Route, Unroutable, resolve
 from controller.stasis_legs import NotInStasis, StasisLegs
+from controller.transfer_leg import TransferLeg
 from shared.config.schema import Config
 from shared.keys import Keys
 from shared.logs import bind_call
 from shared.messages import CallPlan, MediaBridged, MediaPeer, MediaReady, inbox_fields
 from shared.websocket_url import media_url
 from shared.metrics import CALLS_ADMITTED, CALLS_ENDED, CALLS_QUEUED, CALLS_REJECTED, QUEUE_WAIT, SETUP_SECONDS
-
-if TYPE_CHECKING:
-    from controller.transfer import TransferAttempt
 
 log = logging.getLogger("call")
 
@@ -46,6 +43,19 @@ INBOX_MAXLEN = 10_000  # as the admission script's assignments
 
 class SetupFailed(Exception):
     pass
+
+
+def media_transport(transport: str, reserved: Reserved) -> MediaTransport:
+    """externalMedia's transport arguments toward the reserved worker."""
+    if transport == "rtp":
+        return MediaTransport(
+            external_host=f"{reserved.media_host}:{reserved.rtp_port}", encapsulation="rtp", transport="udp"
+        )
+    if transport == "websocket":
+        return wsm.EXTERNAL_MEDIA
+    return MediaTransport(
+        external_host=f"{reserved.media_host}:{reserved.audiosocket_port}", encapsulation="audiosocket", transport="tcp"
+    )
 
 
 @dataclass
@@ -61,7 +71,7 @@ class CallDeps:
     capabilities: Callable[[], Capabilities | None]
     controller_id: str
     # After the teardown of a call that reached a worker: e.g. enqueue the end-of-call emails.
-    after_end: Callable[[str, str], Awaitable[None]] | None = None  # (call id, end reason)
+    after_end: Callable[[str, str], Awaitable[object]] | None = None  # (call id, end reason); its result is ignored
 
 
 @dataclass
@@ -79,7 +89,7 @@ class Call:
     state: str = "new"
     admitted: bool = False  # a worker slot was reserved at some point (the call had a conversation)
     end_hint: str = ""  # why the caller is about to leave Stasis (agent_hangup, voicemail, transferred)
-    transfer: "TransferAttempt | None" = None  # the controlled transfer ringing, or answered
+    transfer: TransferLeg | None = None  # the controlled transfer ringing, or answered
     agent_leg: str = ""  # an answered transfer's leg, bridged with the caller
     extra_legs: set[str] = field(default_factory=set)  # transfer legs teardown must hang up
     caller_gone: asyncio.Event = field(default_factory=asyncio.Event)
@@ -203,7 +213,7 @@ class Call:
             log.info(
                 "call %s up on worker %s (%s %s) in %d ms",
                 self.caller.id,
-                self.reservation.worker_id,
+                reserved.worker_id,
                 plan.transport,
                 plan.format,
                 setup_ms,
@@ -223,7 +233,7 @@ class Call:
         missing = [n for n in ("AI_CONTEXT", "AI_PROVIDER") if n not in values]
         if missing:  # ari.conf without channelvars: ask (404 = not set)
             got = await asyncio.gather(*(self.deps.rest.get_variable(self.caller.id, n) for n in missing))
-            values.update(zip(missing, got))
+            values.update(zip(missing, got, strict=True))
         return resolve(
             self.deps.config,
             values["AI_CONTEXT"],
@@ -234,7 +244,7 @@ class Call:
 
     def _plan(self, route: Route) -> CallPlan:
         caps = self.deps.capabilities()
-        fmt = route.profile.format
+        fmt: str = route.profile.format
         transport = route.profile.transport
         if caps is not None:
             try:
@@ -317,6 +327,8 @@ class Call:
                 CALLS_REJECTED.labels("queue_timeout").inc()
                 self.end("queue_timeout", fallback=True)
                 return None
+            # Slots are freed by other calls' ends, in this process or another, through Redis, which tells nobody:
+            # the reservation is retried on a short period, and a caller hanging up ends the wait at once.
             try:
                 await asyncio.wait_for(self.caller_gone.wait(), QUEUE_POLL_S)
             except asyncio.TimeoutError:
@@ -345,81 +357,79 @@ class Call:
     async def _connect(self, reserved: Reserved, plan: CallPlan, attempt: int = 0) -> None:
         """Answer, bridge and the media leg, concurrently where possible. Raises SetupFailed when the media
         leg cannot be made (the worker did not take the connection, or the leg never entered Stasis)."""
-        d = self.deps
         self.state = "setting_up"
         self.bridge = ids.bridge_id(self.call_id)
         # A retry gets a new id: the previous attempt's leg may not be destroyed yet, and its StasisEnd must
         # not be taken for the new leg's.
         self.media = ids.media_channel_id(self.call_id, attempt)
-        timeout = d.config.controller.ari_timeout_ms / 1000
-        if plan.transport == "rtp":
-            media = dict(
-                external_host=f"{reserved.media_host}:{reserved.rtp_port}",
-                encapsulation="rtp",
-                transport="udp",
-                data=self.call_id,
-            )
-        elif plan.transport == "websocket":
-            media = dict(wsm.EXTERNAL_MEDIA, data=self.call_id)
-        else:
-            media = dict(
-                external_host=f"{reserved.media_host}:{reserved.audiosocket_port}",
-                encapsulation="audiosocket",
-                transport="tcp",
-                data=self.call_id,
-            )
-
-        async def bridge() -> None:
-            if not self._bridge_made:
-                await d.rest.create_bridge(self.bridge, "mixing", name=self.call_id)
-                self._bridge_made = True
-
-        bridge_task = asyncio.create_task(bridge())
-
-        async def caller_leg() -> None:
-            if self._caller_bridged:
-                return  # a retry on another worker: the caller is already answered and in the bridge
-            await d.rest.answer(self.caller.id)
-            await bridge_task
-            await d.rest.add_channel(self.bridge, self.caller.id)
-            self._caller_bridged = True
-
-        async def media_leg() -> None:
-            try:
-                leg = await d.rest.external_media(app=d.app, channel_id=self.media, format=plan.format, **media)
-            except AriError as exc:
-                if exc.status >= 500 or exc.status == 0:
-                    raise SetupFailed(f"externalMedia toward {media['external_host'] or 'a worker'}: {exc}") from exc
-                raise
-            if plan.transport == "rtp":
-                await self._tell_rtp_peer(reserved, leg)
-            elif plan.transport == "websocket":  # the worker connects to Asterisk; the leg enters Stasis then
-                await self._hand_websocket_to_worker(reserved, leg)
-            await bridge_task
-            try:
-                await self.legs.run(self.media, partial(d.rest.add_channel, self.bridge, self.media), timeout)
-            except NotInStasis as exc:
-                raise SetupFailed(str(exc)) from exc
-            except AriError as exc:
-                if exc.status in (400, 404):  # the leg is gone already: the worker turned the connection away
-                    raise SetupFailed(f"media leg {self.media}: {exc}") from exc
-                raise
-            if plan.transport == "websocket":  # the worker's clock may start: what it sends is heard now
-                await wsm.send_bridged(
-                    d.redis, d.keys, reserved.worker_id, MediaBridged(call_id=self.call_id, epoch=reserved.epoch)
-                )
-
+        timeout = self.deps.config.controller.ari_timeout_ms / 1000
+        bridge_made = asyncio.create_task(self._make_bridge())
         try:
             # Every step runs to its end (none is left in flight for a retry to trip over), then the first
             # failure, if any, is raised.
             results = await asyncio.wait_for(
-                asyncio.gather(caller_leg(), media_leg(), bridge_task, return_exceptions=True), timeout
+                asyncio.gather(
+                    self._bridge_caller(bridge_made),
+                    self._bridge_media(reserved, plan, bridge_made, timeout),
+                    bridge_made,
+                    return_exceptions=True,
+                ),
+                timeout,
             )
         except asyncio.TimeoutError as exc:
             raise SetupFailed(f"an ARI step took longer than {timeout:.1f}s") from exc
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
             raise next((e for e in errors if isinstance(e, SetupFailed)), errors[0])
+
+    async def _make_bridge(self) -> None:
+        if not self._bridge_made:
+            await self.deps.rest.create_bridge(self.bridge, "mixing", name=self.call_id)
+            self._bridge_made = True
+
+    async def _bridge_caller(self, bridge_made: asyncio.Task[None]) -> None:
+        if self._caller_bridged:
+            return  # a retry on another worker: the caller is already answered and in the bridge
+        await self.deps.rest.answer(self.caller.id)
+        await bridge_made
+        await self.deps.rest.add_channel(self.bridge, self.caller.id)
+        self._caller_bridged = True
+
+    async def _bridge_media(
+        self, reserved: Reserved, plan: CallPlan, bridge_made: asyncio.Task[None], stasis_wait_s: float
+    ) -> None:
+        """The media leg toward the reserved worker, handed to it, then added to the bridge once in Stasis."""
+        d = self.deps
+        leg = await self._create_media_leg(reserved, plan)
+        if plan.transport == "rtp":
+            await self._tell_rtp_peer(reserved, leg)
+        elif plan.transport == "websocket":  # the worker connects to Asterisk; the leg enters Stasis then
+            await self._hand_websocket_to_worker(reserved, leg)
+        await bridge_made
+        try:
+            await self.legs.run(self.media, partial(d.rest.add_channel, self.bridge, self.media), stasis_wait_s)
+        except NotInStasis as exc:
+            raise SetupFailed(str(exc)) from exc
+        except AriError as exc:
+            if exc.status in (400, 404):  # the leg is gone already: the worker turned the connection away
+                raise SetupFailed(f"media leg {self.media}: {exc}") from exc
+            raise
+        if plan.transport == "websocket":  # the worker's clock may start: what it sends is heard now
+            await wsm.send_bridged(
+                d.redis, d.keys, reserved.worker_id, MediaBridged(call_id=self.call_id, epoch=reserved.epoch)
+            )
+
+    async def _create_media_leg(self, reserved: Reserved, plan: CallPlan) -> Channel:
+        d = self.deps
+        media = media_transport(plan.transport, reserved)
+        try:
+            return await d.rest.external_media(
+                app=d.app, channel_id=self.media, format=plan.format, data=self.call_id, **media
+            )
+        except AriError as exc:
+            if exc.status >= 500 or exc.status == 0:
+                raise SetupFailed(f"externalMedia toward {media['external_host'] or 'a worker'}: {exc}") from exc
+            raise
 
     async def _tell_rtp_peer(self, reserved: Reserved, leg: Channel) -> None:
         """Tell the worker where Asterisk's end of the RTP leg is, so it need not wait for a first packet (a
@@ -478,7 +488,7 @@ class Call:
                 await _quietly(d.rest.hangup(self.caller.id, "normal"))
             if fallback and not self.caller_gone.is_set():
                 await self._fallback(reason)
-            # Asterisk never cleans these up by itself (reference §9.1): delete the media leg, the transfer
+            # Asterisk never cleans these up by itself: delete the media leg, the transfer
             # legs (an answered agent stays in Stasis until we hang it up), then the bridge.
             await asyncio.gather(self.drop_media(), *(_quietly(d.rest.hangup(leg)) for leg in list(self.extra_legs)))
             self.extra_legs.clear()

@@ -26,7 +26,8 @@ from controller import ids
 from controller.ari.errors import AriError
 from controller.call import Call
 from controller.stasis import StasisApp
-from controller.transfer import TransferAttempt, local_endpoint
+from controller.transfer import local_endpoint, run_transfer
+from controller.transfer_leg import TransferLeg
 from shared.keys import Keys
 from shared.messages import ControlReply, ControlRequest, inbox_fields
 from shared.metrics import CONTROL_REQUESTS, CONTROL_SECONDS
@@ -95,7 +96,9 @@ class ControlInbox:
                 got = await self.redis.xreadgroup(
                     GROUP, self.consumer, {self.keys.controller_inbox: ">"}, count=READ_COUNT, block=READ_BLOCK_MS
                 )
-                for _stream, entries in got or []:
+                if not isinstance(got, list):  # RESP2, the connection's protocol: [[stream, [[id, fields], ...]]]
+                    raise TypeError(f"XREADGROUP answered a {type(got).__name__}")
+                for _stream, entries in got:
                     for entry_id, fields in entries:
                         self._dispatch(entry_id, fields)
                 backoff = 0.25
@@ -303,16 +306,19 @@ class CallControl:
             await send(reply_for(request, ok, "answered" if ok else "failed", message))
             return
         n = await self.deps.redis.hincrby(self.deps.keys.call(call.call_id), "transfers", 1)
-        attempt = TransferAttempt(
-            call,
+        transfer = TransferLeg(
             ids.transfer_channel_id(call.call_id, n),
             local_endpoint(destination.target, context),
             settings.ring_timeout_ms / 1000,
         )
-        call.transfer = attempt
-        log.info("transfer of %s to %s (%s) as %s", call.caller.id, request.destination, attempt.endpoint, attempt.leg)
-        status, message = await attempt.run(
-            lambda: send(reply_for(request, True, "ringing", f"ringing {request.destination}", final=False))
+        call.transfer = transfer
+        log.info(
+            "transfer of %s to %s (%s) as %s", call.caller.id, request.destination, transfer.endpoint, transfer.leg
+        )
+        status, message = await run_transfer(
+            call,
+            transfer,
+            lambda: send(reply_for(request, True, "ringing", f"ringing {request.destination}", final=False)),
         )
         await send(reply_for(request, status == "answered", status, message))
 
@@ -353,7 +359,7 @@ class CallControl:
 
     async def _hand_off(self, call: Call, reason: str, context: str, extension: str, priority: int) -> tuple[bool, str]:
         """The caller leaves Stasis for a dialplan target; teardown deletes the media leg and the bridge and
-        must not hang the caller up (reference §9.3: decide before the call, StasisEnd looks the same)."""
+        must not hang the caller up (decided before the call to continue: its StasisEnd looks like a hangup's)."""
         call.state, call.end_hint = "handing_off", reason
         try:
             await self.deps.rest.continue_in_dialplan(call.caller.id, context, extension, priority)

@@ -1,5 +1,7 @@
 """The end-of-call emails: once a call has ended, enqueue its summary and the transcripts the caller asked for
-as tool-worker jobs (`tool_worker/enqueue.py`; stable job ids, so a repeated enqueue is a no-op).
+as tool-worker jobs (`shared/email_queue.py`; stable job ids, so a repeated enqueue is a no-op). The media worker
+only notes the requests in the call record (`summary_requested`, `transcript_to`) while the call is live: a
+summary or transcript sent mid-call would miss the rest of the conversation.
 
 RQ speaks through a synchronous Redis client, so the enqueueing runs in a thread, off the event loop."""
 
@@ -11,9 +13,9 @@ import logging
 import redis
 
 from shared.config.schema import Config
+from shared.email_queue import enqueue_summary, enqueue_transcript
 from shared.keys import Keys
 from shared.metrics import EMAILS_ENQUEUED
-from tool_worker.enqueue import enqueue_summary, enqueue_transcript, release_call_jobs
 
 log = logging.getLogger("emails")
 
@@ -34,7 +36,7 @@ class CallEmails:
         requested, transcript_to = (
             _text(v) for v in self.conn.hmget(self.keys.call(call_id), "summary_requested", "transcript_to")
         )
-        jobs = release_call_jobs(self.conn, self.keys, call_id)  # what the model asked for during the call
+        jobs: list[str] = []
         if requested == "1":
             # Asked for by the caller: sent even when `send_after_every_call` is off.
             jobs.append(enqueue_summary(self.conn, self.keys, call_id, reason="tool"))

@@ -73,4 +73,4 @@ async def run(client: aioredis.Redis, keys: Keys, config: Config) -> None:
             await refresh(client, keys, config, queues)
         except (*UNAVAILABLE, redis.RedisError) as exc:
             log.debug("cluster metrics not refreshed: %s", exc)
-        await asyncio.sleep(REFRESH_S)
+        await asyncio.sleep(REFRESH_S)  # other processes write these figures in Redis, which notifies nobody

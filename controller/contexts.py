@@ -88,7 +88,7 @@ def resolve(
         raise Unroutable("unknown_profile", f"profile {profile_name!r} of context {name!r} does not exist")
     fill = _Template(template_values(config, caller_name, caller_number)).fill
     greeting = context.greeting if context.greeting is not None else settings.greeting
-    tools = list(context.tools if context.tools is not None else settings.tools)
+    tools: list[str] = list(context.tools if context.tools is not None else settings.tools)
     return Route(
         context=name,
         provider=provider,

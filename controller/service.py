@@ -13,12 +13,14 @@ from controller import cluster_metrics
 from controller.admission import Admission
 from controller.ari.capabilities import Capabilities, probe
 from controller.ari.errors import AriError
-from controller.ari.events import EventStream
+from controller.ari.events import EventStream, Reconnect
 from controller.ari.rest import AriRest
 from controller.call import CallDeps
 from controller.call_emails import CallEmails
 from controller.stasis import StasisApp
 from controller.call_control import CallControl, ControlInbox
+from shared import health
+from shared.config import LoadedConfig
 from shared.messages import ProcessInfo
 from shared.service import AsyncRole
 from shared.version import VERSION
@@ -31,8 +33,8 @@ DAY_MS = 86_400_000
 class Controller(AsyncRole):
     role = "controller"
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, loaded: LoadedConfig, *, instance_id: str | None, health_host: str, health_port: int):
+        super().__init__(loaded, instance_id=instance_id, health_host=health_host, health_port=health_port)
         self.capabilities: Capabilities | None = None
         self.events: EventStream | None = None
         self.app: StasisApp | None = None
@@ -49,7 +51,7 @@ class Controller(AsyncRole):
             health_url=self.health_url,
         )
 
-    def ready_checks(self):
+    def ready_checks(self) -> dict[str, health.ReadyCheck]:
         checks = super().ready_checks()
         checks["ari"] = lambda: (
             None if self.events is not None and self.events.connected else "not connected to the ARI events WebSocket"
@@ -119,7 +121,7 @@ class Controller(AsyncRole):
             # Asterisk or Redis trouble is passing: raising makes the events stream reconnect (with backoff) and
             # run this again, instead of waiting for the next time the socket happens to drop.
             log.warning("reconcile failed (%s); reconnecting to try again", exc)
-            raise
+            raise Reconnect from exc
         except Exception:
             log.exception("reconcile failed; calls are handled, orphans wait for the next connect")
         finally:

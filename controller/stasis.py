@@ -7,6 +7,7 @@ one call is handled in arrival order while calls proceed in parallel.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from functools import partial
 
 from controller import ids
@@ -21,11 +22,21 @@ from controller.ari.event_types import (
     default_key,
 )
 from controller.ari.errors import quietly
-from controller.ari.resources import Channel
+from controller.ari.resources import Bridge, Channel
 from controller.call import Call, CallDeps
 from shared.metrics import CALLS_ACTIVE, RECONCILED
 
 log = logging.getLogger("stasis")
+
+
+@dataclass
+class Held:
+    """What Asterisk and Redis hold when reconcile starts."""
+
+    in_stasis: dict[str, Channel]  # channel id -> channel, for the channels in our Stasis app
+    existing: set[str]  # every channel id Asterisk has
+    bridges: list[Bridge]
+    records: dict[str, dict[str, str]]  # call id -> call record, for the calls Redis lists as active
 
 
 def _text(value) -> str:
@@ -140,92 +151,21 @@ class StasisApp:
     async def reconcile(self, first: bool) -> None:
         """After every (re)connect: Asterisk replays nothing, so compare what it has with what Redis and this
         process know, adopt live calls, and delete whatever belongs to no live call."""
-        d = self.deps
-        channels = await d.rest.list_channels()
-        bridges = await d.rest.list_bridges()
-        in_stasis = {
-            c.id: c
-            for c in channels
-            if c.dialplan and c.dialplan.app_name == "Stasis" and c.dialplan.app_data.split(",")[0] == d.app
-        }
-        existing = {c.id for c in channels}
-        active_ids = [_text(c) for c in await d.redis.smembers(d.keys.calls_active)]
-        records = {}
-        for call_id in active_ids:
-            records[call_id] = {_text(k): _text(v) for k, v in (await d.redis.hgetall(d.keys.call(call_id))).items()}
-
-        adopted = cleaned = 0
-        for call in list(self.calls.values()):
-            if call.caller.id not in in_stasis and not call.caller_gone.is_set():
-                log.info("caller %s left while the events socket was down", call.caller.id)
-                call.caller_left()
-                cleaned += 1
-        for call_id, record in records.items():
+        held = await self._what_is_held()
+        cleaned = self._end_calls_whose_caller_left(held)
+        adopted = 0
+        for call_id, record in held.records.items():
             if call_id in self.calls:
                 continue
-            caller_id = record.get("caller_channel", "")
-            caller = in_stasis.get(caller_id)
-            media_id = record.get("media_channel", "")
-            state = record.get("state")
-            agent_id = record.get("transfer_channel", "")
-            if caller is not None and state == "active" and media_id in existing:
-                self._adopt(call_id, caller, record)
+            if self._adopt_if_live(call_id, record, held):
                 adopted += 1
-                continue
-            if caller is not None and state == "transferred" and agent_id in in_stasis:
-                self._adopt(call_id, caller, record, agent_leg=agent_id)
-                adopted += 1
-                continue
-            # The caller is gone (or never got its media, or its transfer's agent is gone): finish the teardown
-            # a previous controller began.
-            transferred = state == "transferred"
-            log.info(
-                "call %s: cleaning up (caller %s)",
-                call_id,
-                "gone" if caller is None else "without agent" if transferred else "without media",
-            )
-            for leg in (media_id, agent_id):
-                if leg and leg in existing:
-                    await _ignore_errors(d.rest.hangup(leg))
-            if transferred and caller is not None:
-                await _ignore_errors(d.rest.hangup(caller.id))  # the agent hung up while we were away
-            await _ignore_errors(d.rest.destroy_bridge(ids.bridge_id(call_id)))
-            reason = "transferred" if transferred else "reconciled" if caller is None else "reconciled_no_media"
-            if await d.admission.release(call_id, record.get("provider") or "openai_realtime", reason):
-                await self._after_end(call_id, reason)
-            RECONCILED.labels("call").inc()
-            cleaned += 1
-            if caller is not None and not transferred:
-                # A caller stuck half set up: start over as a new call rather than leave them in silence.
-                self._new_call(caller)
-
-        live = set(self.calls)
-        for channel in in_stasis.values():
-            mine = ids.owner(channel.id)
-            if mine is not None:
-                if mine[0] not in live:
-                    await _ignore_errors(d.rest.hangup(channel.id))
-                    RECONCILED.labels("channel").inc()
-                    cleaned += 1
-                elif mine[1].startswith("xfer") and self._stale_transfer_leg(self.calls[mine[0]], channel.id):
-                    # A transfer a previous controller was ringing when it died: its request is redelivered
-                    # and dialled afresh; this leg and the hold music must not outlive it.
-                    log.info("stale transfer leg %s: hanging it up", channel.id)
-                    call = self.calls[mine[0]]
-                    await _ignore_errors(d.rest.hangup(channel.id))
-                    await _ignore_errors(d.rest.stop_moh(call.caller.id))
-                    RECONCILED.labels("channel").inc()
-                    cleaned += 1
-            elif channel.id not in self.by_caller and not channel.name.startswith(ids.MEDIA_PREFIXES):
-                # A caller that entered Stasis while no controller was listening (no StasisStart will come).
-                log.info("caller %s is in Stasis with no call: taking it", channel.id)
-                self._new_call(channel)
-        for bridge in bridges:
-            mine = ids.owner(bridge.id)
-            if mine is not None and mine[0] not in live:
-                await _ignore_errors(d.rest.destroy_bridge(bridge.id))
-                RECONCILED.labels("bridge").inc()
+            else:
+                await self._finish_teardown(call_id, record, held)
                 cleaned += 1
+        live = set(self.calls)
+        for channel in held.in_stasis.values():
+            cleaned += await self._reconcile_channel(channel, live)
+        cleaned += await self._delete_orphan_bridges(held.bridges, live)
         if adopted:
             RECONCILED.labels("adopted").inc(adopted)
         log.info(
@@ -235,6 +175,107 @@ class StasisApp:
             cleaned,
             len(self.calls),
         )
+
+    async def _what_is_held(self) -> Held:
+        d = self.deps
+        channels = await d.rest.list_channels()
+        bridges = await d.rest.list_bridges()
+        in_stasis = {
+            c.id: c
+            for c in channels
+            if c.dialplan and c.dialplan.app_name == "Stasis" and c.dialplan.app_data.split(",")[0] == d.app
+        }
+        records = {}
+        for member in await d.redis.smembers(d.keys.calls_active):
+            call_id = _text(member)
+            records[call_id] = {_text(k): _text(v) for k, v in (await d.redis.hgetall(d.keys.call(call_id))).items()}
+        return Held(in_stasis=in_stasis, existing={c.id for c in channels}, bridges=bridges, records=records)
+
+    def _end_calls_whose_caller_left(self, held: Held) -> int:
+        ended = 0
+        for call in list(self.calls.values()):
+            if call.caller.id not in held.in_stasis and not call.caller_gone.is_set():
+                log.info("caller %s left while the events socket was down", call.caller.id)
+                call.caller_left()
+                ended += 1
+        return ended
+
+    def _adopt_if_live(self, call_id: str, record: dict[str, str], held: Held) -> bool:
+        """A call in Redis (set up by a previous controller) whose caller is still in Stasis with the agent: its
+        media leg, or after a transfer the agent's leg."""
+        caller = held.in_stasis.get(record.get("caller_channel", ""))
+        if caller is None:
+            return False
+        state = record.get("state")
+        if state == "active" and record.get("media_channel", "") in held.existing:
+            self._adopt(call_id, caller, record)
+            return True
+        agent_id = record.get("transfer_channel", "")
+        if state == "transferred" and agent_id in held.in_stasis:
+            self._adopt(call_id, caller, record, agent_leg=agent_id)
+            return True
+        return False
+
+    async def _finish_teardown(self, call_id: str, record: dict[str, str], held: Held) -> None:
+        """The caller is gone (or never got its media, or its transfer's agent is gone): finish the teardown a
+        previous controller began."""
+        d = self.deps
+        caller = held.in_stasis.get(record.get("caller_channel", ""))
+        transferred = record.get("state") == "transferred"
+        log.info(
+            "call %s: cleaning up (caller %s)",
+            call_id,
+            "gone" if caller is None else "without agent" if transferred else "without media",
+        )
+        for leg in (record.get("media_channel", ""), record.get("transfer_channel", "")):
+            if leg and leg in held.existing:
+                await _ignore_errors(d.rest.hangup(leg))
+        if transferred and caller is not None:
+            await _ignore_errors(d.rest.hangup(caller.id))  # the agent hung up while we were away
+        await _ignore_errors(d.rest.destroy_bridge(ids.bridge_id(call_id)))
+        reason = "transferred" if transferred else "reconciled" if caller is None else "reconciled_no_media"
+        if await d.admission.release(call_id, record.get("provider") or "openai_realtime", reason):
+            await self._after_end(call_id, reason)
+        RECONCILED.labels("call").inc()
+        if caller is not None and not transferred:
+            # A caller stuck half set up: start over as a new call rather than leave them in silence.
+            self._new_call(caller)
+
+    async def _reconcile_channel(self, channel: Channel, live: set[str]) -> int:
+        """One channel in our Stasis app: a leg of a call that is gone, a transfer leg nobody rings any more, or
+        a caller nobody took. Returns the number of objects cleaned (0 or 1)."""
+        mine = ids.owner(channel.id)
+        if mine is None:
+            if channel.id not in self.by_caller and not channel.name.startswith(ids.MEDIA_PREFIXES):
+                # A caller that entered Stasis while no controller was listening (no StasisStart will come).
+                log.info("caller %s is in Stasis with no call: taking it", channel.id)
+                self._new_call(channel)
+            return 0
+        call_id, leg_kind = mine
+        if call_id not in live:
+            await _ignore_errors(self.deps.rest.hangup(channel.id))
+            RECONCILED.labels("channel").inc()
+            return 1
+        call = self.calls[call_id]
+        if leg_kind.startswith("xfer") and self._stale_transfer_leg(call, channel.id):
+            # A transfer a previous controller was ringing when it died: its request is redelivered and dialled
+            # afresh; this leg and the hold music must not outlive it.
+            log.info("stale transfer leg %s: hanging it up", channel.id)
+            await _ignore_errors(self.deps.rest.hangup(channel.id))
+            await _ignore_errors(self.deps.rest.stop_moh(call.caller.id))
+            RECONCILED.labels("channel").inc()
+            return 1
+        return 0
+
+    async def _delete_orphan_bridges(self, bridges: list[Bridge], live: set[str]) -> int:
+        deleted = 0
+        for bridge in bridges:
+            mine = ids.owner(bridge.id)
+            if mine is not None and mine[0] not in live:
+                await _ignore_errors(self.deps.rest.destroy_bridge(bridge.id))
+                RECONCILED.labels("bridge").inc()
+                deleted += 1
+        return deleted
 
     @staticmethod
     def _stale_transfer_leg(call: Call, leg: str) -> bool:

@@ -9,6 +9,7 @@ a worker that never connects fails the setup at controller.ari_timeout_ms and th
 from __future__ import annotations
 
 from controller.ari.resources import Channel
+from controller.ari.rest import MediaTransport
 from shared.config.schema import Config
 from shared.messages import MediaBridged, MediaReady, inbox_fields
 
@@ -17,7 +18,7 @@ FRAME_SIZE_VAR = "MEDIA_WEBSOCKET_OPTIMAL_FRAME_SIZE"
 INBOX_MAXLEN = 10_000
 
 # externalMedia for WebSocket server mode: no external_host; Asterisk hands out a connection id.
-EXTERNAL_MEDIA = dict(external_host="", encapsulation="none", transport="websocket", connection_type="server")
+EXTERNAL_MEDIA = MediaTransport(external_host="", encapsulation="none", transport="websocket", connection_type="server")
 
 
 def media_base_url(config: Config) -> str:

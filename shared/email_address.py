@@ -127,7 +127,7 @@ def _translate(tokens: list[str]) -> str:
                 break
         else:
             if pair in _SPLIT_PROVIDERS:
-                out.append(_SPLIT_PROVIDERS[pair])  # type: ignore[index]
+                out.append(_SPLIT_PROVIDERS[pair])
                 i += 2
             elif low in _CAPITAL and i + 1 < len(tokens) and len(tokens[i + 1]) == 1:
                 capital = True

@@ -50,10 +50,10 @@ async def start(app: web.Application, host: str, port: int) -> tuple[web.AppRunn
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
-    bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    bound = int(runner.addresses[0][1])
     port_file = os.environ.get(PORT_FILE_ENV)
     if port_file:  # whoever started us with port 0 learns the port here (no race for a port picked outside)
-        Path(port_file).write_text(str(bound))
+        await asyncio.to_thread(Path(port_file).write_text, str(bound))
     return runner, bound
 
 

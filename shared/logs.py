@@ -35,11 +35,17 @@ class _ContextFilter(logging.Filter):
         return True
 
 
+def _call_and_role(record: logging.LogRecord) -> tuple[str, str]:
+    """The fields _ContextFilter adds to every record (absent on a record that did not pass through it)."""
+    return getattr(record, "call_id", ""), getattr(record, "role", "")
+
+
 class ConsoleFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.created))
-        call = f" [call={record.call_id}]" if getattr(record, "call_id", "") else ""
-        line = f"{stamp}.{int(record.msecs):03d} {record.levelname:<7} {record.role} {record.name}{call}: "
+        call_id, role = _call_and_role(record)
+        call = f" [call={call_id}]" if call_id else ""
+        line = f"{stamp}.{int(record.msecs):03d} {record.levelname:<7} {role} {record.name}{call}: "
         line += record.getMessage()
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
@@ -48,15 +54,16 @@ class ConsoleFormatter(logging.Formatter):
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
+        call_id, role = _call_and_role(record)
         entry = {
             "ts": round(record.created, 3),
             "level": record.levelname.lower(),
-            "role": record.role,
+            "role": role,
             "logger": record.name,
             "msg": redact(record.getMessage()),
         }
-        if getattr(record, "call_id", ""):
-            entry["call_id"] = record.call_id
+        if call_id:
+            entry["call_id"] = call_id
         if record.exc_info:
             entry["exc"] = redact(self.formatException(record.exc_info))
         return _json.encode(entry).decode()

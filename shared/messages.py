@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any, TypeVar
 
 import msgspec
+from redis.typing import EncodableT, FieldT
 
 T = TypeVar("T", bound=msgspec.Struct)
 
@@ -123,7 +124,7 @@ class MediaPeer(msgspec.Struct, kw_only=True):
 _inbox_encoder = msgspec.json.Encoder()
 
 
-def inbox_fields(kind: str, message: msgspec.Struct) -> dict[str, bytes]:
+def inbox_fields(kind: str, message: msgspec.Struct) -> dict[FieldT, EncodableT]:
     """A worker-inbox stream entry: its type and the message as JSON."""
     return {"type": kind.encode(), "data": _inbox_encoder.encode(message)}
 

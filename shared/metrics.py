@@ -306,9 +306,12 @@ _SUFFIX = {"counter": "_total", "info": "_info"}
 
 def catalogue() -> dict[str, tuple[str, str, tuple[str, ...]]]:
     """Exposed name (`_total` on counters, `_info` on infos) -> (type, role, labels) of every metric."""
-    out = {}
+    out: dict[str, tuple[str, str, tuple[str, ...]]] = {}
     for role, group in (("all", COMMON), *ROLES.items()):
         for metric in group:
-            kind = metric._type  # noqa: SLF001
-            out[metric._name + _SUFFIX.get(kind, "")] = (kind, role, tuple(metric._labelnames))  # noqa: SLF001
+            # prometheus_client has no public accessors for these; every concrete metric class sets them.
+            kind, name, labels = metric._type, metric._name, tuple(metric._labelnames)
+            if kind is None:
+                raise TypeError(f"metric {name} has no type")
+            out[name + _SUFFIX.get(kind, "")] = (kind, role, labels)
     return out

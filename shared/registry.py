@@ -66,16 +66,25 @@ async def redis_now_ms(redis: aioredis.Redis) -> int:
     return int(seconds) * 1000 + int(micros) // 1000
 
 
+def _scored(row: object) -> tuple[str, float]:
+    """One (member, score) row of a ZRANGE … WITHSCORES reply (redis-py types it together with the scoreless
+    shape)."""
+    if not isinstance(row, (tuple, list)) or len(row) != 2:
+        raise TypeError(f"not a (member, score) row: {row!r}")
+    member, score = row
+    return (member.decode() if isinstance(member, bytes) else str(member)), float(score)
+
+
 async def entries(redis: aioredis.Redis, zset: str, record_key, stale_after_ms: int) -> list[Entry]:
     """Every registered process of one kind, live or stale, oldest heartbeat last."""
     now = await redis_now_ms(redis)
-    members = await redis.zrevrange(zset, 0, -1, withscores=True)
+    members = [_scored(row) for row in await redis.zrevrange(zset, 0, -1, withscores=True)]
     async with redis.pipeline(transaction=False) as pipe:
         for member, _ in members:
             pipe.hgetall(record_key(member))
         records = await pipe.execute()
     out = []
-    for (member, beat), record in zip(members, records):
+    for (member, beat), record in zip(members, records, strict=True):
         age = now - int(beat)
         out.append(Entry(info=record or {"id": member}, age_ms=age, live=age <= stale_after_ms))
     return out

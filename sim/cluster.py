@@ -131,13 +131,16 @@ class LocalCluster:
             cmd, stdout=subprocess.PIPE, stderr=log, env=env, text=True, cwd=Path(__file__).resolve().parent.parent
         )
         log.close()
+        stdout = popen.stdout
+        if stdout is None:
+            raise RuntimeError(f"sim {kind}: no stdout pipe")  # stdout=PIPE above: never
         deadline = time.monotonic() + timeout
         line = ""
         while popen.poll() is None:
             left = deadline - time.monotonic()
-            if left <= 0 or not select.select([popen.stdout], [], [], left)[0]:
+            if left <= 0 or not select.select([stdout], [], [], left)[0]:
                 break  # a simulator that hangs before its first line must not hang the caller
-            line = popen.stdout.readline().strip()
+            line = stdout.readline().strip()
             if line.startswith("listening on "):
                 break
         if not line.startswith("listening on "):

@@ -22,16 +22,17 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import redis
 
-from shared.config import ConfigError, load_config
+from shared.config import Config, ConfigError, load_config
 from shared.keys import Keys
 from shared.status import collect, render
 from sim import demo_call, demo_pbx, demo_report
-from sim.cluster import LocalCluster, RoleProcess, SimProcess, purge, redis_or_explain
-from sim.real_asterisk import start_or_explain
+from sim.cluster import LocalCluster, RoleProcess, purge, redis_or_explain
+from sim.real_asterisk import RealAsterisk, start_or_explain
 
 ROOT = Path(__file__).resolve().parent.parent
 EMULATOR_SPEED = "4"  # model audio arrives 4x faster than real time, as a real model's often does
@@ -96,10 +97,19 @@ def find_call(client: redis.Redis, keys: Keys, channel_id: str) -> str | None:
     """The controller's call id for the caller channel."""
     if client.exists(keys.call(channel_id)):
         return channel_id
-    for call_id in client.smembers(keys.calls_active):
-        if client.hget(keys.call(call_id), "caller_channel") == channel_id:
+    for member in client.smembers(keys.calls_active):
+        call_id = _text(member)
+        if _text(client.hget(keys.call(call_id), "caller_channel")) == channel_id:
             return call_id
     return None
+
+
+def _text(value: bytes | str | None) -> str:
+    return value.decode() if isinstance(value, bytes) else (value or "")
+
+
+def _texts(fields: dict[bytes | str, bytes | str]) -> dict[str, str]:
+    return {_text(k): _text(v) for k, v in fields.items()}
 
 
 def run_call(
@@ -192,7 +202,7 @@ def run_pbx_call(
             ast.ari_url,
             ast.user,
             ast.password,
-            ast.run_dir / "spool" / "recording",
+            ast.own_run_dir / "spool" / "recording",
             AGENT_CONTEXT,
             demo_call.CALLER_NAME,
             "5551234",
@@ -237,11 +247,9 @@ def mail_headline(path: Path) -> str:
 
 def report_call(client: redis.Redis, keys: Keys, call_id: str | None, heard_wav: Path, plan: demo_call.Plan) -> dict:
     """Print the transcript, latencies and the recording's speech; return them for the checks and demo.json."""
-    call = client.hgetall(keys.call(call_id)) if call_id else {}
-    entries = [
-        demo_report.LogEntry.from_fields(fields)
-        for _, fields in (client.xrange(keys.call_log(call_id)) if call_id else [])
-    ]
+    call = _texts(client.hgetall(keys.call(call_id))) if call_id else {}
+    call_log = (client.xrange(keys.call_log(call_id)) or []) if call_id else []
+    entries = [demo_report.LogEntry.from_fields(_texts(fields)) for _, fields in call_log if fields is not None]
     full = (plan.greeting.text, *(a.text for a in plan.answers))
     step("transcript (the call log stream; s since the call started, when each utterance finished)")
     print("\n".join(demo_report.transcript_lines(entries, full)) or "(empty)")
@@ -263,32 +271,94 @@ def report_call(client: redis.Redis, keys: Keys, call_id: str | None, heard_wav:
     return {"call": call, "log": [e.__dict__ for e in entries], "spans": spans, "greeting_share": greeting_share}
 
 
+@dataclass
+class DemoRun:
+    """One demo's set-up and what it found: its files, its cluster's key prefix, the checks and the summary."""
+
+    workdir: Path
+    prefix: str
+    api_key: str
+    ari_password: str
+    config: Config
+    client: redis.Redis
+    keys: Keys
+    plan: demo_call.Plan
+    timeline: demo_call.Timeline
+    paths: dict[str, Path]
+    cluster: LocalCluster
+    checks: dict[str, bool] = field(default_factory=dict)
+    summary: dict = field(default_factory=dict)
+    real: RealAsterisk | None = None  # the real Asterisk of --real-asterisk, stopped at the end
+    ari_url: str = ""
+
+
 def main(args: argparse.Namespace) -> int:
+    run = prepare(args)
+    if run is None:
+        return 1
+    started = time.monotonic()
+    if args.real_asterisk:
+        step("a real Asterisk (Debian's package from the cache, a run directory of its own)")
+        run.real = start_or_explain(run.workdir / "asterisk")
+        if run.real is None:
+            run.client.close()
+            return 1
+        run.summary["asterisk"] = {
+            "version": run.real.version,
+            "ari_url": run.real.ari_url,
+            "run_dir": str(run.real.run_dir),
+        }
+    procs: list[RoleProcess] = []
+    try:
+        start_simulators(run)
+        step("controller, two media workers, tool worker")
+        procs = [
+            run.cluster.start("controller"),
+            run.cluster.start("media-worker", *media_worker_args(0)),
+            run.cluster.start("media-worker", *media_worker_args(1)),
+            run.cluster.start("tool-worker"),
+        ]
+        run.checks["all processes ready"] = wait_ready_each(procs, time.monotonic(), timeout=30)
+        if run.checks["all processes ready"]:
+            scripted_call(run)
+            show_email_files_and_status(run)
+        if args.keep_running:
+            step("running; press Ctrl-C to stop")
+            try:
+                while all(p.popen.poll() is None for p in procs):
+                    time.sleep(1)
+            except KeyboardInterrupt:
+                pass
+    finally:
+        stop_everything(run)
+    return finish(run, started)
+
+
+def prepare(args: argparse.Namespace) -> DemoRun | None:
+    """The work directory, the environment every process inherits, the config, the emulator's script and the
+    caller's WAV; None (after saying why) when the config or Redis is unusable."""
     config_path = Path(args.config) if args.config else ROOT / "config" / "ai-agent.yaml"
     workdir = Path(os.environ.get("VA_DEMO_WORKDIR") or tempfile.mkdtemp(prefix="voice-agent-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)
     prefix = f"va-demo-{os.getpid()}-{os.urandom(3).hex()}:"
     api_key = "sk-demo-" + os.urandom(12).hex()  # only the emulator accepts it; nothing reaches OpenAI
-    ari_password = "demo-" + os.urandom(6).hex()
     env = {
         "OPENAI_API_KEY": api_key,
         "REDIS_KEY_PREFIX": prefix,
         "REALTIME_PREWARM": "1",
         "OPENAI_REALTIME_URL": "ws://127.0.0.1:9/v1/realtime",
-    }  # replaced by the emulator's URL below
+    }  # replaced by the emulator's URL in start_simulators
     os.environ.update(env)
     try:
         loaded = load_config(config_path)
     except ConfigError as exc:
         print(exc)
-        return 1
-    config = loaded.config
+        return None
     for warning in loaded.warnings:
         print(f"config warning: {warning}")
-    client = redis_or_explain(config.redis.url)
+    client = redis_or_explain(loaded.config.redis.url)
     if client is None:
-        return 1
-    keys = Keys(prefix)
+        return None
     plan = demo_call.DEFAULT_PLAN
     timeline = demo_call.caller_timeline(plan)
     paths = {
@@ -300,133 +370,138 @@ def main(args: argparse.Namespace) -> int:
     }
     demo_call.write_emulator_script(paths["script"], plan)
     demo_call.write_caller_wav(paths["caller"], timeline)
+    return DemoRun(
+        workdir=workdir,
+        prefix=prefix,
+        api_key=api_key,
+        ari_password="demo-" + os.urandom(6).hex(),
+        config=loaded.config,
+        client=client,
+        keys=Keys(prefix),
+        plan=plan,
+        timeline=timeline,
+        paths=paths,
+        cluster=LocalCluster(config_path, workdir, env),
+        summary={"workdir": str(workdir), "prefix": prefix, "paths": {k: str(v) for k, v in paths.items()}},
+    )
 
-    cluster = LocalCluster(config_path, workdir, env)
-    checks: dict[str, bool] = {}
-    summary: dict = {"workdir": str(workdir), "prefix": prefix, "paths": {k: str(v) for k, v in paths.items()}}
-    sims: list[SimProcess] = []
-    procs: list[RoleProcess] = []
-    started = time.monotonic()
-    real = None  # the real Asterisk of --real-asterisk, stopped at the end
-    if args.real_asterisk:
-        step("a real Asterisk (Debian's package from the cache, a run directory of its own)")
-        real = start_or_explain(workdir / "asterisk")
-        if real is None:
-            client.close()
-            return 1
-        summary["asterisk"] = {"version": real.version, "ari_url": real.ari_url, "run_dir": str(real.run_dir)}
-    try:
-        step("simulators")
-        realtime = cluster.start_sim(
-            "realtime",
-            "--script",
-            str(paths["script"]),
-            "--wire-log",
-            str(paths["wire"]),
-            "--speed",
-            EMULATOR_SPEED,
-            "--api-key",
-            api_key,
-        )
-        if real is not None:
-            ari_url = real.ari_url
-            cluster.env.update(ASTERISK_ARI_USERNAME=real.user, ASTERISK_ARI_PASSWORD=real.password)
-        else:
-            ari_url = cluster.start_sim("asterisk", "--user", config.asterisk.username, "--password", ari_password).url
-            cluster.env.update(ASTERISK_ARI_PASSWORD=ari_password)
-        mail = cluster.start_sim("mail", "--dir", str(paths["mail"]))
-        sims = list(cluster.sims)
-        smtp_port = mail.url.rsplit(":", 1)[1]
-        cluster.env.update(
-            OPENAI_REALTIME_URL=realtime.url, ASTERISK_ARI_URL=ari_url, SMTP_HOST="127.0.0.1", SMTP_PORT=smtp_port
-        )
-        print(f"OpenAI Realtime emulator  {realtime.url}  (speed {EMULATOR_SPEED}x, wire log {paths['wire']})")
-        if real is not None:
-            print(f"real Asterisk {real.version} (ARI)  {ari_url}  (run dir {real.run_dir})")
-        else:
-            print(f"Asterisk 22.10.1 simulator (ARI)    {ari_url}")
-        print(f"mail server (SMTP)        {mail.url}  (messages in {paths['mail']})")
 
-        step("controller, two media workers, tool worker")
-        procs = [
-            cluster.start("controller"),
-            cluster.start("media-worker", *media_worker_args(0)),
-            cluster.start("media-worker", *media_worker_args(1)),
-            cluster.start("tool-worker"),
-        ]
-        checks["all processes ready"] = wait_ready_each(procs, time.monotonic(), timeout=30)
-        if checks["all processes ready"]:
-            step(f"a scripted call (the caller speaks from {paths['caller']})")
-            for seg in timeline.spoken():
-                print(f"  {seg.start_s:4.1f}s after the answer the caller says: {seg.line.text}")
-            if real is not None:
-                print(f"(Asterisk plays it into the call and records what the caller hears: {paths['heard']})")
-                call = run_pbx_call(real, client, keys, timeline, paths["caller"], paths["heard"])
-            else:
-                sim = SimControl(ari_url, config.asterisk.username, ari_password)
-                call = run_call(sim, client, keys, timeline, paths["caller"], paths["heard"])
-            summary["sim_call"] = call
-            checks["call set up"] = bool(call.get("answered") and call.get("call_id"))
-            result = report_call(client, keys, call.get("call_id"), paths["heard"], plan)
-            summary.update(result)
-            roles = {e["role"] for e in result["log"]}
-            checks["greeting heard"] = result["greeting_share"] > 0.3
-            checks["transcript has both roles"] = {"user", "assistant"} <= roles
-            checks["barge-in happened"] = bool(
-                demo_report.numbers(result["call"].get("bargein_ms")) or int(result["call"].get("truncations") or 0) > 0
-            )
-            step("the summary email (sent by a tool worker after the call)")
-            summary_mail = wait_for_mail(paths["mail"], timeout=15)
-            checks["summary email delivered"] = summary_mail is not None
-            if summary_mail is not None:
-                print(f"{summary_mail}\n  {mail_headline(summary_mail)}")
-            else:
-                print("no email arrived within 15 s")
-            step("files")
-            print(
-                f"caller-side recording  {paths['heard']}\ncaller's script        {paths['caller']}\n"
-                f"Realtime wire log      {paths['wire']}\nsummary email          {paths['mail']}/*.eml\n"
-                f"process logs           {workdir}/*.log"
-            )
-            step("voice-agent status")
-            print(render(asyncio.run(collect(config))))
-        if args.keep_running:
-            step("running; press Ctrl-C to stop")
-            try:
-                while all(p.popen.poll() is None for p in procs):
-                    time.sleep(1)
-            except KeyboardInterrupt:
-                pass
-    finally:
-        step("stopping (SIGTERM)")
-        codes = cluster.stop_all()
-        for pid, code in codes.items():
-            print(f"{pid}: exit {code}")
-        for s in sims:
-            print(f"sim {s.kind}: exit {s.popen.returncode}")
-        checks["everything exited 0"] = all(code == 0 for code in codes.values()) and all(
-            s.popen.returncode == 0 for s in sims
-        )
-        if real is not None:
-            left = asterisk_leftovers(real)
-            print(f"left in Asterisk: {left['channels']} channels, {left['bridges']} bridges")
-            checks["nothing left in Asterisk"] = left == {"channels": 0, "bridges": 0}
-            summary["asterisk"]["left"] = left
-            real.stop()
-            print(f"stopped the real Asterisk (logs in {real.run_dir / 'log'})")
-    after = asyncio.run(collect(config))
+def start_simulators(run: DemoRun) -> None:
+    """The Realtime emulator, the Asterisk simulator (unless a real Asterisk runs) and the mail server; the
+    roles' environment points at them."""
+    step("simulators")
+    cluster, paths = run.cluster, run.paths
+    realtime = cluster.start_sim(
+        "realtime",
+        "--script",
+        str(paths["script"]),
+        "--wire-log",
+        str(paths["wire"]),
+        "--speed",
+        EMULATOR_SPEED,
+        "--api-key",
+        run.api_key,
+    )
+    if run.real is not None:
+        run.ari_url = run.real.ari_url
+        cluster.env.update(ASTERISK_ARI_USERNAME=run.real.user, ASTERISK_ARI_PASSWORD=run.real.password)
+    else:
+        username = run.config.asterisk.username
+        run.ari_url = cluster.start_sim("asterisk", "--user", username, "--password", run.ari_password).url
+        cluster.env.update(ASTERISK_ARI_PASSWORD=run.ari_password)
+    mail = cluster.start_sim("mail", "--dir", str(paths["mail"]))
+    smtp_port = mail.url.rsplit(":", 1)[1]
+    cluster.env.update(
+        OPENAI_REALTIME_URL=realtime.url, ASTERISK_ARI_URL=run.ari_url, SMTP_HOST="127.0.0.1", SMTP_PORT=smtp_port
+    )
+    print(f"OpenAI Realtime emulator  {realtime.url}  (speed {EMULATOR_SPEED}x, wire log {paths['wire']})")
+    if run.real is not None:
+        print(f"real Asterisk {run.real.version} (ARI)  {run.ari_url}  (run dir {run.real.run_dir})")
+    else:
+        print(f"Asterisk 22.10.1 simulator (ARI)    {run.ari_url}")
+    print(f"mail server (SMTP)        {mail.url}  (messages in {paths['mail']})")
+
+
+def scripted_call(run: DemoRun) -> None:
+    """The call, its report, and the checks on what happened in it."""
+    paths = run.paths
+    step(f"a scripted call (the caller speaks from {paths['caller']})")
+    for seg in run.timeline.segments:
+        if seg.line is not None:
+            print(f"  {seg.start_s:4.1f}s after the answer the caller says: {seg.line.text}")
+    if run.real is not None:
+        print(f"(Asterisk plays it into the call and records what the caller hears: {paths['heard']})")
+        call = run_pbx_call(run.real, run.client, run.keys, run.timeline, paths["caller"], paths["heard"])
+    else:
+        sim = SimControl(run.ari_url, run.config.asterisk.username, run.ari_password)
+        call = run_call(sim, run.client, run.keys, run.timeline, paths["caller"], paths["heard"])
+    run.summary["sim_call"] = call
+    run.checks["call set up"] = bool(call.get("answered") and call.get("call_id"))
+    result = report_call(run.client, run.keys, call.get("call_id"), paths["heard"], run.plan)
+    run.summary.update(result)
+    roles = {e["role"] for e in result["log"]}
+    run.checks["greeting heard"] = result["greeting_share"] > 0.3
+    run.checks["transcript has both roles"] = {"user", "assistant"} <= roles
+    run.checks["barge-in happened"] = bool(
+        demo_report.numbers(result["call"].get("bargein_ms")) or int(result["call"].get("truncations") or 0) > 0
+    )
+
+
+def show_email_files_and_status(run: DemoRun) -> None:
+    paths = run.paths
+    step("the summary email (sent by a tool worker after the call)")
+    summary_mail = wait_for_mail(paths["mail"], timeout=15)
+    run.checks["summary email delivered"] = summary_mail is not None
+    if summary_mail is not None:
+        print(f"{summary_mail}\n  {mail_headline(summary_mail)}")
+    else:
+        print("no email arrived within 15 s")
+    step("files")
+    print(
+        f"caller-side recording  {paths['heard']}\ncaller's script        {paths['caller']}\n"
+        f"Realtime wire log      {paths['wire']}\nsummary email          {paths['mail']}/*.eml\n"
+        f"process logs           {run.workdir}/*.log"
+    )
+    step("voice-agent status")
+    print(render(asyncio.run(collect(run.config))))
+
+
+def stop_everything(run: DemoRun) -> None:
+    """SIGTERM to every process (and a real Asterisk stopped, after counting what is left in it)."""
+    step("stopping (SIGTERM)")
+    sims = list(run.cluster.sims)
+    codes = run.cluster.stop_all()
+    for pid, code in codes.items():
+        print(f"{pid}: exit {code}")
+    for s in sims:
+        print(f"sim {s.kind}: exit {s.popen.returncode}")
+    run.checks["everything exited 0"] = all(code == 0 for code in codes.values()) and all(
+        s.popen.returncode == 0 for s in sims
+    )
+    if run.real is not None:
+        left = asterisk_leftovers(run.real)
+        print(f"left in Asterisk: {left['channels']} channels, {left['bridges']} bridges")
+        run.checks["nothing left in Asterisk"] = left == {"channels": 0, "bridges": 0}
+        run.summary["asterisk"]["left"] = left
+        run.real.stop()
+        print(f"stopped the real Asterisk (logs in {run.real.own_run_dir / 'log'})")
+
+
+def finish(run: DemoRun, started: float) -> int:
+    """The deregistration check, the cluster's keys removed, the checks printed, demo.json written."""
+    after = asyncio.run(collect(run.config))
     left = len(after["controllers"]) + len(after["media_workers"]) + len(after["tool_workers"])
     print(f"registered processes left in Redis: {left}")
-    checks["all deregistered"] = left == 0
-    print(f"removed {purge(client, prefix)} keys under {prefix!r}")
-    client.close()
+    run.checks["all deregistered"] = left == 0
+    print(f"removed {purge(run.client, run.prefix)} keys under {run.prefix!r}")
+    run.client.close()
 
     step("checks")
-    for name, ok in checks.items():
+    for name, ok in run.checks.items():
         print(f"  {'ok  ' if ok else 'FAIL'}  {name}")
-    ok = bool(checks) and all(checks.values())
-    summary.update(checks=checks, ok=ok, seconds=round(time.monotonic() - started, 1))
-    (workdir / "demo.json").write_text(json.dumps(summary, indent=1, default=str), encoding="utf-8")
-    print(f"\ndemo {'OK' if ok else 'FAILED'} in {summary['seconds']}s (files in {workdir})")
+    ok = bool(run.checks) and all(run.checks.values())
+    run.summary.update(checks=run.checks, ok=ok, seconds=round(time.monotonic() - started, 1))
+    (run.workdir / "demo.json").write_text(json.dumps(run.summary, indent=1, default=str), encoding="utf-8")
+    print(f"\ndemo {'OK' if ok else 'FAILED'} in {run.summary['seconds']}s (files in {run.workdir})")
     sys.stdout.flush()
     return 0 if ok else 1

@@ -26,7 +26,6 @@ from sim.ari_app import AriApp, AriAppError
 APP = "va-demo-caller"
 EVENT_TIMEOUT_S = 10.0
 RECORDING_TIMEOUT_S = 5.0  # after the hangup, for Asterisk to finish the recording's file
-POLL_S = 0.1
 
 
 class DemoCallError(AriAppError):
@@ -80,8 +79,13 @@ class AriDemoCaller(AriApp):
         except asyncio.TimeoutError:
             raise DemoCallError(f"{what}: nothing within {timeout:g}s") from None
 
-    def gone(self) -> bool:
-        return self._event("gone").is_set()
+    async def until_gone(self, within_s: float) -> bool:
+        """True once the caller's channel is gone (the agent hung up), False when `within_s` pass first."""
+        try:
+            await asyncio.wait_for(self._event("gone").wait(), max(0.0, within_s))
+        except asyncio.TimeoutError:
+            return False
+        return True
 
     # --- the call --------------------------------------------------------------------------------------
     async def dial(self, context: str, caller_name: str, caller_number: str, answer_timeout: float = 10) -> float:
@@ -178,10 +182,8 @@ async def run_call(
         if on_answer is not None:
             on_answer(caller.peer_id)
         await caller.play(caller_wav)
-        end = answered + duration_s
-        while time.monotonic() < end and not caller.gone():
-            await asyncio.sleep(POLL_S)
-        result["hung_up_by"] = "agent" if caller.gone() else "caller"
+        agent_hung_up = await caller.until_gone(answered + duration_s - time.monotonic())
+        result["hung_up_by"] = "agent" if agent_hung_up else "caller"
         if result["hung_up_by"] == "agent":
             result["agent_hung_up_after_s"] = round(time.monotonic() - answered, 1)
         else:

@@ -32,18 +32,19 @@ import wave
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import redis
 import yaml
 
-from shared.config import ConfigError, load_config
+from shared.config import Config, ConfigError, load_config
 from shared.keys import Keys
 from sim import demo_call
 from sim import loadtest_report as rep
-from sim.cluster import LocalCluster, RoleProcess, http_get, purge, redis_or_explain
+from sim.cluster import LocalCluster, RoleProcess, SimProcess, http_get, purge, redis_or_explain
 from sim.loadtest_pbx import PbxTarget
-from sim.real_asterisk import start_or_explain
+from sim.real_asterisk import RealAsterisk, start_or_explain
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTEXT = "from-ai-agent-openai"  # the guide's Stasis context
@@ -104,7 +105,7 @@ class Http:
         self.url = url.rstrip("/")
         self.auth = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
-    def request(self, method: str, path: str, body: dict | None = None, timeout: float = 10) -> tuple[int, object]:
+    def request(self, method: str, path: str, body: dict | None = None, timeout: float = 10) -> tuple[int, Any]:
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(
             self.url + path,
@@ -174,6 +175,10 @@ class SimTarget:
         pass
 
 
+# Where the calls go: the simulator, or a real Asterisk.
+Target = SimTarget | PbxTarget
+
+
 # --- /proc and /metrics samples -------------------------------------------------------------------------------
 
 
@@ -223,6 +228,18 @@ class CallTrack:
     hung_up: bool = False
     failed: str = ""
 
+    def observe(self, state: str | None, now: float) -> None:
+        """What the target reports of the call (Ring | Up | ended) at `now` (s since the ramp started)."""
+        if state == "Up" and self.answered is None:
+            self.answered = now
+        if state == "ended" and self.ended is None:
+            self.ended = now
+            if self.answered is None:
+                self.failed = "ended_before_answer"
+        if self.answered is None and self.ended is None and self.placed is not None:
+            if now - self.placed > ANSWER_TIMEOUT_S:
+                self.failed = "not_answered"
+
 
 def schedule(calls: int, ramp: float, hold: float) -> list[CallTrack]:
     """Calls started evenly over the ramp; each hung up ramp + hold after its start (all up for `hold`)."""
@@ -254,86 +271,97 @@ def progress_line(elapsed: float, tracks: list[CallTrack], cpu_pct: float, lag_m
     )
 
 
-def drive(
-    target, tracks: list[CallTrack], procs: list[ProcStats], workers: list[RoleProcess], ramp: float, hold: float
-) -> dict:
-    """Place, watch and hang up every call on schedule; sample /proc and the tick lag each second.
+class Driver:
+    """Places, watches and hangs up every call on schedule; samples /proc and the tick lag each second.
     Bounded: it ends once every call is hung up or failed, or at ramp + hold + ramp + ANSWER_TIMEOUT_S."""
-    tty = sys.stdout.isatty()
-    print_every = 1.0 if tty else 5.0  # plain prints when not a TTY: fewer lines
-    start = time.monotonic()
-    deadline = 2 * ramp + hold + ANSWER_TIMEOUT_S + 5
-    timeline: list[dict] = []
-    next_sample, next_print = 0.0, 0.0
-    window: dict[str, float] = {}
-    last_cpu: tuple[float, float] | None = None
-    lag_ms = own_lag = 0.0
-    while True:
-        tick = time.monotonic()
-        now = tick - start
-        for t in tracks:
+
+    def __init__(
+        self,
+        target: Target,
+        tracks: list[CallTrack],
+        procs: list[ProcStats],
+        workers: list[RoleProcess],
+        ramp: float,
+        hold: float,
+    ):
+        self.target, self.tracks, self.procs, self.workers = target, tracks, procs, workers
+        self.ramp, self.hold = ramp, hold
+        self.tty = sys.stdout.isatty()
+        self.print_every = 1.0 if self.tty else 5.0  # plain prints when not a TTY: fewer lines
+        self.start = time.monotonic()
+        self.deadline = 2 * ramp + hold + ANSWER_TIMEOUT_S + 5
+        self.timeline: list[dict] = []
+        self.window: dict[str, float] = {}  # hold_start, hold_end (monotonic)
+        self.next_sample = self.next_print = 0.0
+        self.last_cpu: tuple[float, float] | None = None  # (s since start, CPU s of every process)
+        self.own_lag_ms = 0.0  # how late this loop's own ticks run
+
+    def run(self) -> dict:
+        while True:
+            tick = time.monotonic()
+            now = tick - self.start
+            self._place_and_hang_up(now)
+            if now >= self.next_sample:
+                self.next_sample = now + 1.0
+                self._sample(now)
+            if self._finished(now):
+                break
+            self.own_lag_ms = max(0.0, (time.monotonic() - tick) * 1000 - 50)
+            time.sleep(0.05)  # the callers live in other processes (or the target's own loop): a paced poll
+        if self.tty:
+            print()
+        self.window.setdefault("hold_start", self.start + self.ramp)
+        self.window.setdefault("hold_end", time.monotonic())
+        return {"timeline": self.timeline, "window": self.window, "started": self.start}
+
+    def _place_and_hang_up(self, now: float) -> None:
+        for t in self.tracks:
             if t.placed is None and not t.failed and now >= t.due:
-                t.channel = target.place(t.index)
-                t.placed = time.monotonic() - start
+                t.channel = self.target.place(t.index)
+                t.placed = time.monotonic() - self.start
                 if t.channel is None:
                     t.failed = "place"
             elif t.channel and not t.hung_up and not t.failed and now >= t.hangup_at:
-                target.hangup(t.channel)
+                self.target.hangup(t.channel)
                 t.hung_up = True
-        if now >= next_sample:
-            next_sample = now + 1.0
-            states = target.states()
-            for t in tracks:
-                if not t.channel or t.failed:
-                    continue
-                state = states.get(t.channel)
-                if state == "Up" and t.answered is None:
-                    t.answered = now
-                if state == "ended" and t.ended is None:
-                    t.ended = now
-                    if t.answered is None:
-                        t.failed = "ended_before_answer"
-                if (
-                    t.answered is None
-                    and t.ended is None
-                    and t.placed is not None
-                    and now - t.placed > ANSWER_TIMEOUT_S
-                ):
-                    t.failed = "not_answered"
-            for p in procs:
-                p.sample()
-            if "hold_start" not in window and now >= ramp:
-                window["hold_start"] = time.monotonic()
-            if "hold_end" not in window and now >= ramp + hold:
-                window["hold_end"] = time.monotonic()
-            total_cpu = sum(p.cpu[-1][1] for p in procs if p.cpu)
-            cpu_pct = 0.0 if last_cpu is None else 100 * (total_cpu - last_cpu[1]) / max(now - last_cpu[0], 1e-3)
-            last_cpu = (now, total_cpu)
-            lag_ms = max([rep.metric(scrape(w), "va_playout_tick_lag_p99_ms") for w in workers] or [0.0])
-            up = sum(1 for t in tracks if t.answered is not None and t.ended is None)
-            timeline.append(
-                {
-                    "t": round(now, 1),
-                    "up": up,
-                    "set_up": sum(1 for t in tracks if t.answered is not None),
-                    "failed": sum(1 for t in tracks if t.failed),
-                    "cpu_pct": round(cpu_pct, 1),
-                    "tick_lag_p99_ms": lag_ms,
-                }
-            )
-            if now >= next_print:
-                next_print = now + print_every
-                line = progress_line(now, tracks, cpu_pct, lag_ms, own_lag)
-                print(("\r" + line) if tty else line, end="" if tty else "\n", flush=True)
-        if all(t.failed or (t.hung_up and t.ended is not None) for t in tracks) or now > deadline:
-            break
-        own_lag = max(0.0, (time.monotonic() - tick) * 1000 - 50)
-        time.sleep(0.05)
-    if tty:
-        print()
-    window.setdefault("hold_start", start + ramp)
-    window.setdefault("hold_end", time.monotonic())
-    return {"timeline": timeline, "window": window, "started": start}
+
+    def _finished(self, now: float) -> bool:
+        return all(t.failed or (t.hung_up and t.ended is not None) for t in self.tracks) or now > self.deadline
+
+    def _sample(self, now: float) -> None:
+        """Once a second: the calls' states, the processes' CPU and memory, the workers' tick lag."""
+        states = self.target.states()
+        for t in self.tracks:
+            if t.channel and not t.failed:
+                t.observe(states.get(t.channel), now)
+        for p in self.procs:
+            p.sample()
+        if "hold_start" not in self.window and now >= self.ramp:
+            self.window["hold_start"] = time.monotonic()
+        if "hold_end" not in self.window and now >= self.ramp + self.hold:
+            self.window["hold_end"] = time.monotonic()
+        cpu_pct = self._cpu_pct(now)
+        lag_ms = max([rep.metric(scrape(w), "va_playout_tick_lag_p99_ms") for w in self.workers] or [0.0])
+        self.timeline.append(
+            {
+                "t": round(now, 1),
+                "up": sum(1 for t in self.tracks if t.answered is not None and t.ended is None),
+                "set_up": sum(1 for t in self.tracks if t.answered is not None),
+                "failed": sum(1 for t in self.tracks if t.failed),
+                "cpu_pct": round(cpu_pct, 1),
+                "tick_lag_p99_ms": lag_ms,
+            }
+        )
+        if now >= self.next_print:
+            self.next_print = now + self.print_every
+            line = progress_line(now, self.tracks, cpu_pct, lag_ms, self.own_lag_ms)
+            print(("\r" + line) if self.tty else line, end="" if self.tty else "\n", flush=True)
+
+    def _cpu_pct(self, now: float) -> float:
+        """CPU of every process since the previous sample, in % of one core."""
+        total_cpu = sum(p.cpu[-1][1] for p in self.procs if p.cpu)
+        last, self.last_cpu = self.last_cpu, (now, total_cpu)
+        return 0.0 if last is None else 100 * (total_cpu - last[1]) / max(now - last[0], 1e-3)
 
 
 def settle(client: redis.Redis, keys: Keys, timeout: float = SETTLE_TIMEOUT_S) -> list[dict]:
@@ -382,7 +410,7 @@ def process_figures(procs: list[ProcStats], window: dict, calls_up: int, run_s: 
 
 def build_result(
     args: argparse.Namespace,
-    target,
+    target: Target,
     tracks: list[CallTrack],
     records: list[dict],
     driven: dict,
@@ -459,16 +487,72 @@ def build_result(
     return result
 
 
+@dataclass
+class LoadRun:
+    """One load test's set-up: its files, its cluster's key prefix and environment, and what it started."""
+
+    workdir: Path
+    prefix: str
+    api_key: str
+    ari_password: str
+    config: Config
+    client: redis.Redis
+    keys: Keys
+    caller_wav: Path
+    script: Path
+    mail_dir: Path
+    cluster: LocalCluster
+    tracks: list[CallTrack]
+    target: Target | None = None
+    asterisk_run: RealAsterisk | None = None  # a real Asterisk this run started (--real-asterisk)
+
+
+@dataclass
+class Started:
+    """The processes of a load test's cluster, once ready."""
+
+    controller: RoleProcess
+    workers: list[RoleProcess]
+    tools: list[RoleProcess]
+    asterisk_sim: SimProcess | None  # None on a real Asterisk
+
+
 def main(args: argparse.Namespace) -> int:
+    if args.real_asterisk and args.ari_url:
+        print("--real-asterisk starts an Asterisk of its own: leave out --ari-url")
+        return 2
+    run = prepare(args)
+    if run is None:
+        return 1
+    print(
+        f"load test: {args.calls} calls over {args.ramp:g} s, held {args.hold:g} s, {args.workers} media "
+        f"worker(s), {args.tool_workers} tool worker(s); files in {run.workdir}",
+        flush=True,
+    )
+    started: Started | None = None
+    result: dict | None = None
+    try:
+        started = start_cluster(args, run)
+        if started is not None:
+            result = measure(args, run, started)
+    finally:
+        codes, removed = tear_down(run)
+    if started is None:
+        return 1  # what did not start has been said
+    if result is None:
+        print("the load test did not run to the end")
+        return 1
+    return report(args, run, result, codes, removed)
+
+
+def prepare(args: argparse.Namespace) -> LoadRun | None:
+    """The work directory, the environment every process inherits, the config, the caller's WAV and the
+    emulator's script; None (after saying why) when the config or Redis is unusable."""
     config_path = Path(args.config) if args.config else ROOT / "config" / "ai-agent.yaml"
     workdir = Path(os.environ.get("VA_LOADTEST_WORKDIR") or tempfile.mkdtemp(prefix="voice-agent-loadtest-"))
     workdir.mkdir(parents=True, exist_ok=True)
     prefix = f"va-loadtest-{os.getpid()}-{os.urandom(3).hex()}:"
     api_key = "sk-loadtest-" + os.urandom(12).hex()
-    ari_password = args.ari_password or "loadtest-" + os.urandom(6).hex()
-    if args.real_asterisk and args.ari_url:
-        print("--real-asterisk starts an Asterisk of its own: leave out --ari-url")
-        return 2
     real_pbx = bool(args.real_asterisk or args.ari_url)
     env = {
         "OPENAI_API_KEY": api_key,
@@ -480,131 +564,142 @@ def main(args: argparse.Namespace) -> int:
     if args.redis_url:
         env["REDIS_URL"] = args.redis_url
     os.environ.update(env)
-    write_config(
-        workdir / "config.yaml",
-        config_path,
-        args.profile,
-        args.calls,
-        SHIPPED_AI_CONTEXT if real_pbx else LOADTEST_CONTEXT,
-    )
+    context = SHIPPED_AI_CONTEXT if real_pbx else LOADTEST_CONTEXT
+    write_config(workdir / "config.yaml", config_path, args.profile, args.calls, context)
     try:
         config = load_config(workdir / "config.yaml").config
     except ConfigError as exc:
         print(exc)
-        return 1
+        return None
     client = redis_or_explain(config.redis.url)
     if client is None:
-        return 1
-    keys = Keys(prefix)
+        return None
     plan = demo_call.DEFAULT_PLAN
     timeline = demo_call.caller_timeline(plan)
     cycles = cycles_for(args.ramp + args.hold + 5, timeline)
-    paths = {
-        "script": workdir / "realtime-script.yaml",
-        "caller": workdir / "caller-says.wav",
-        "mail": workdir / "mail",
-    }
-    paths["script"].write_text(
-        yaml.safe_dump(emulator_script(plan, cycles), sort_keys=False, width=120), encoding="utf-8"
+    script = workdir / "realtime-script.yaml"
+    script.write_text(yaml.safe_dump(emulator_script(plan, cycles), sort_keys=False, width=120), encoding="utf-8")
+    caller_wav = workdir / "caller-says.wav"
+    write_caller_wav(caller_wav, timeline, cycles)
+    return LoadRun(
+        workdir=workdir,
+        prefix=prefix,
+        api_key=api_key,
+        ari_password=args.ari_password or "loadtest-" + os.urandom(6).hex(),
+        config=config,
+        client=client,
+        keys=Keys(prefix),
+        caller_wav=caller_wav,
+        script=script,
+        mail_dir=workdir / "mail",
+        cluster=LocalCluster(workdir / "config.yaml", workdir, env),
+        tracks=schedule(args.calls, args.ramp, args.hold),
     )
-    write_caller_wav(paths["caller"], timeline, cycles)
-    cluster = LocalCluster(workdir / "config.yaml", workdir, env)
-    tracks = schedule(args.calls, args.ramp, args.hold)
-    target = None
-    asterisk_run = None  # a real Asterisk this run started (--real-asterisk), stopped at the end
-    result: dict | None = None
-    print(
-        f"load test: {args.calls} calls over {args.ramp:g} s, held {args.hold:g} s, {args.workers} media "
-        f"worker(s), {args.tool_workers} tool worker(s); files in {workdir}",
-        flush=True,
+
+
+def start_cluster(args: argparse.Namespace, run: LoadRun) -> Started | None:
+    """The simulators (and a real Asterisk with --real-asterisk), then every role; None when one did not
+    become ready (its log is printed)."""
+    cluster = run.cluster
+    realtime = cluster.start_sim(
+        "realtime", "--script", str(run.script), "--speed", EMULATOR_SPEED, "--api-key", run.api_key
     )
-    try:
-        realtime = cluster.start_sim(
-            "realtime", "--script", str(paths["script"]), "--speed", EMULATOR_SPEED, "--api-key", api_key
+    mail = cluster.start_sim("mail", "--dir", str(run.mail_dir))
+    cluster.env.update(
+        OPENAI_REALTIME_URL=realtime.url,
+        SMTP_HOST="127.0.0.1",
+        SMTP_PORT=mail.url.rsplit(":", 1)[1],
+        ASTERISK_ARI_PASSWORD=run.ari_password,
+    )
+    if args.real_asterisk:
+        run.asterisk_run = start_or_explain(run.workdir / "asterisk")
+        if run.asterisk_run is None:
+            return None
+        args.ari_url, args.ari_user = run.asterisk_run.ari_url, run.asterisk_run.user
+        run.ari_password = run.asterisk_run.password
+        args.asterisk_version = run.asterisk_run.version
+        cluster.env.update(ASTERISK_ARI_PASSWORD=run.ari_password)
+    asterisk_sim = None
+    if args.ari_url:
+        cluster.env.update(ASTERISK_ARI_URL=args.ari_url, ASTERISK_ARI_USERNAME=args.ari_user)
+    else:
+        asterisk_sim = cluster.start_sim(
+            "asterisk", "--user", run.config.asterisk.username, "--password", run.ari_password
         )
-        mail = cluster.start_sim("mail", "--dir", str(paths["mail"]))
-        cluster.env.update(
-            OPENAI_REALTIME_URL=realtime.url,
-            SMTP_HOST="127.0.0.1",
-            SMTP_PORT=mail.url.rsplit(":", 1)[1],
-            ASTERISK_ARI_PASSWORD=ari_password,
-        )
-        if args.real_asterisk:
-            asterisk_run = start_or_explain(workdir / "asterisk")
-            if asterisk_run is None:
-                return 1
-            args.ari_url, args.ari_user, ari_password = asterisk_run.ari_url, asterisk_run.user, asterisk_run.password
-            args.asterisk_version = asterisk_run.version
-            cluster.env.update(ASTERISK_ARI_PASSWORD=ari_password)
-        if args.ari_url:
-            cluster.env.update(ASTERISK_ARI_URL=args.ari_url, ASTERISK_ARI_USERNAME=args.ari_user)
-        else:
-            asterisk = cluster.start_sim("asterisk", "--user", config.asterisk.username, "--password", ari_password)
-            cluster.env.update(ASTERISK_ARI_URL=asterisk.url)
-        controller = cluster.start("controller")
-        workers = [cluster.start("media-worker", *media_worker_args(i)) for i in range(args.workers)]
-        tools = [cluster.start("tool-worker") for _ in range(args.tool_workers)]
-        if not cluster.wait_ready(timeout=60):
-            for p in cluster.processes:
-                if not p.ready():
-                    print(f"{p.id} not ready: {p.readiness()}\n{p.log_text()[-1500:]}")
-            return 1
-        time.sleep(1.0)  # let the prewarm pools fill
-        if args.ari_url:
-            target = PbxTarget(args.ari_url, args.ari_user, ari_password, paths["caller"], args.ari_context)
-        else:
-            target = SimTarget(Http(asterisk.url, config.asterisk.username, ari_password), paths["caller"])
-        procs = [ProcStats(p.id, p.role, p.popen.pid) for p in [controller, *workers, *tools]]
-        procs += [ProcStats(f"sim-{s.kind}", "sim", s.popen.pid) for s in cluster.sims]
-        if asterisk_run is not None:
-            procs.append(ProcStats("asterisk", "asterisk", asterisk_run.pid))
-        for p in procs:
-            p.sample()
-        driven = drive(target, tracks, procs, workers, args.ramp, args.hold)
-        records = settle(client, keys)
-        for p in procs:
-            p.sample()
-        worker_metrics = {w.id: scrape(w) for w in workers}
-        controller_metrics = scrape(controller)
-        set_up = sum(1 for r in records if r.get("setup_ms"))
-        emails = count_mail(paths["mail"], set_up)
-        left = target.leftover()
-        active_left = int(client.scard(keys.calls_active))
-        result = build_result(
-            args,
-            target,
-            tracks,
-            records,
-            driven,
-            procs,
-            worker_metrics,
-            controller_metrics,
-            emails,
-            set_up,
-            left,
-            active_left,
-        )
-    finally:
-        if target is not None:
-            target.close()
-        codes = cluster.stop_all()
-        removed = purge(client, prefix)
-        client.close()
-        if asterisk_run is not None:
-            asterisk_run.stop()
-            print(f"stopped the real Asterisk (logs in {asterisk_run.run_dir / 'log'})")
-    bad_exits = {pid: code for pid, code in codes.items() if code != 0}
-    if result is None:
-        print("the load test did not run to the end")
-        return 1
+        cluster.env.update(ASTERISK_ARI_URL=asterisk_sim.url)
+    started = Started(
+        controller=cluster.start("controller"),
+        workers=[cluster.start("media-worker", *media_worker_args(i)) for i in range(args.workers)],
+        tools=[cluster.start("tool-worker") for _ in range(args.tool_workers)],
+        asterisk_sim=asterisk_sim,
+    )
+    if not cluster.wait_ready(timeout=60):
+        for proc in cluster.processes:
+            if not proc.ready():
+                print(f"{proc.id} not ready: {proc.readiness()}\n{proc.log_text()[-1500:]}")
+        return None
+    time.sleep(1.0)  # let the prewarm pools fill
+    return started
+
+
+def measure(args: argparse.Namespace, run: LoadRun, started: Started) -> dict:
+    """Drive the calls, let them settle, and gather every figure into the result."""
+    if started.asterisk_sim is None:
+        run.target = PbxTarget(args.ari_url, args.ari_user, run.ari_password, run.caller_wav, args.ari_context)
+    else:
+        http = Http(started.asterisk_sim.url, run.config.asterisk.username, run.ari_password)
+        run.target = SimTarget(http, run.caller_wav)
+    roles = [started.controller, *started.workers, *started.tools]
+    procs = [ProcStats(r.id, r.role, r.popen.pid) for r in roles]
+    procs += [ProcStats(f"sim-{s.kind}", "sim", s.popen.pid) for s in run.cluster.sims]
+    if run.asterisk_run is not None:
+        procs.append(ProcStats("asterisk", "asterisk", run.asterisk_run.pid))
+    for p in procs:
+        p.sample()
+    driven = Driver(run.target, run.tracks, procs, started.workers, args.ramp, args.hold).run()
+    records = settle(run.client, run.keys)
+    for p in procs:
+        p.sample()
+    set_up = sum(1 for r in records if r.get("setup_ms"))
+    return build_result(
+        args,
+        run.target,
+        run.tracks,
+        records,
+        driven,
+        procs,
+        {w.id: scrape(w) for w in started.workers},
+        scrape(started.controller),
+        count_mail(run.mail_dir, set_up),
+        set_up,
+        run.target.leftover(),
+        int(run.client.scard(run.keys.calls_active)),
+    )
+
+
+def tear_down(run: LoadRun) -> tuple[dict[str, int], int]:
+    """Stop everything this run started and remove its keys: (exit code per process, keys removed)."""
+    if run.target is not None:
+        run.target.close()
+    codes = run.cluster.stop_all()
+    removed = purge(run.client, run.prefix)
+    run.client.close()
+    if run.asterisk_run is not None:
+        run.asterisk_run.stop()
+        print(f"stopped the real Asterisk (logs in {run.asterisk_run.own_run_dir / 'log'})")
+    return codes, removed
+
+
+def report(args: argparse.Namespace, run: LoadRun, result: dict, codes: dict[str, int], removed: int) -> int:
+    """Print the report and the checks, write the JSON (and the plot); 0 when every check passed."""
     result["exit_codes"] = codes
-    result["checks"]["every process exited 0"] = not bad_exits
+    result["checks"]["every process exited 0"] = all(code == 0 for code in codes.values())
     result["ok"] = all(result["checks"].values())
     print("\n".join(rep.report_lines(result)))
-    print(f"removed {removed} keys under {prefix!r}")
+    print(f"removed {removed} keys under {run.prefix!r}")
     for name, ok in result["checks"].items():
         print(f"  {'ok  ' if ok else 'FAIL'}  {name}")
-    out = Path(args.out) if args.out else workdir / "results.json"
+    out = Path(args.out) if args.out else run.workdir / "results.json"
     out.write_text(json.dumps(result, indent=1), encoding="utf-8")
     print(f"results in {out}")
     if args.plot:

@@ -23,7 +23,7 @@ CLOSE_TIMEOUT_S = 30.0
 
 @dataclass
 class PbxCall:
-    state: str = "Ring"  # Ring -> Up -> ended (what drive() reads)
+    state: str = "Ring"  # Ring -> Up -> ended (what the load test's Driver reads)
     leg: CallerLeg | None = None
     error: str = ""
 
@@ -54,6 +54,7 @@ class PbxTarget:
         self.ari_url, self.user, self.password = ari_url, user, password
         self.errors: Counter = Counter()
         self.calls: dict[str, PbxCall] = {}
+        self._callers: list[Future] = []  # each caller's life; what is still running at close() is cancelled
         self._hangups: list[Future] = []
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True, name="pbx-callers")
@@ -72,7 +73,7 @@ class PbxTarget:
         """Start caller `index` (non-blocking: the ramp must not wait for answers); its key for states()."""
         key = f"caller-{index}"
         self.calls[key] = PbxCall()
-        asyncio.run_coroutine_threadsafe(self._call(self.calls[key]), self._loop)
+        self._callers.append(asyncio.run_coroutine_threadsafe(self._call(self.calls[key]), self._loop))
         return key
 
     async def _call(self, call: PbxCall) -> None:
@@ -105,12 +106,16 @@ class PbxTarget:
 
     def heard(self) -> dict:
         """What the callers heard: how many heard the agent, and answer -> first voiced frame at the caller."""
-        answered = [c.leg for c in self.calls.values() if c.leg is not None and c.leg.answered_at is not None]
+        answered = [
+            (c.leg, c.leg.answered_at)
+            for c in self.calls.values()
+            if c.leg is not None and c.leg.answered_at is not None
+        ]
         onsets = []
-        for leg in answered:
-            first = leg.first_voiced_after(leg.answered_at)
+        for leg, answered_at in answered:
+            first = leg.first_voiced_after(answered_at)
             if first is not None:
-                onsets.append(1000 * (first - leg.answered_at))
+                onsets.append(1000 * (first - answered_at))
         return {"answered": len(answered), "heard_agent": len(onsets), "greeting_onset_ms": onsets}
 
     def leftover(self) -> dict:
@@ -120,6 +125,9 @@ class PbxTarget:
                 done.result(HANGUP_TIMEOUT_S)
             except Exception as exc:  # a hangup that failed leaves its channels, which the count below shows
                 self.errors[f"caller:hangup_{type(exc).__name__}"] += 1
+        for caller in self._callers:
+            if caller.done() and not caller.cancelled() and caller.exception() is not None:
+                self.errors[f"caller:{type(caller.exception()).__name__}"] += 1
         counts = {}
         for kind in ("channels", "bridges"):
             items = self._run(self.pbx.request("GET", f"/{kind}"), OPEN_TIMEOUT_S)

@@ -35,11 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dir", required=True, help="where the .eml files go")
 
 
-async def _serve(args: argparse.Namespace) -> None:
+async def _serve(args: argparse.Namespace, directory: Path) -> None:
     from aiosmtpd.smtp import SMTP
 
-    directory = Path(args.dir)
-    directory.mkdir(parents=True, exist_ok=True)
     handler = MailDrop(directory)
     loop = asyncio.get_running_loop()
     server = await loop.create_server(lambda: SMTP(handler, hostname="sim-mail"), args.host, args.port)
@@ -59,5 +57,7 @@ def run(args: argparse.Namespace) -> int:
     except ImportError:
         print("voice-agent sim mail needs aiosmtpd (pip install aiosmtpd, or the project's test extra)")
         return 2
-    asyncio.run(_serve(args))
+    directory = Path(args.dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    asyncio.run(_serve(args, directory))
     return 0

@@ -162,12 +162,12 @@ class PbxCaller(AriApp):
             if done is not None and not done.done() and leg.dial_status not in ("", "RINGING", "PROGRESS"):
                 done.set_result(leg.dial_status)
         elif kind in ("StasisEnd", "ChannelDestroyed"):
-            leg = self.legs.get(event["channel"]["id"])
-            if leg is not None:
-                leg.gone.set()
-                done = self._answered.get(leg.id)
+            ended = self.legs.get(event["channel"]["id"])
+            if ended is not None:
+                ended.gone.set()
+                done = self._answered.get(ended.id)
                 if done is not None and not done.done():
-                    done.set_result(leg.dial_status or "HANGUP")
+                    done.set_result(ended.dial_status or "HANGUP")
 
     def _event_for(self, channel_id: str) -> asyncio.Event:
         return self._entered.setdefault(channel_id, asyncio.Event())

@@ -29,7 +29,7 @@ from aiohttp import web
 from controller.ari import models as m
 from controller.ari.capabilities import Capabilities, TransportUnavailable, capabilities_from, parse_version, probe
 from controller.ari.errors import AriError, AriUnavailable
-from controller.ari.events import EventStream, events_url
+from controller.ari.events import EventStream, Reconnect, events_url
 from controller.ari.ordered import KeyedDispatcher
 from controller.ari.rest import AriRest
 
@@ -1018,6 +1018,26 @@ async def test_on_connect_failure_retries(ari):
     await ari.ws_conns[1].drop("1011")
     await until(lambda: len(calls) == 3, what="third on_connect")
     assert calls == [True, True, False] and run.stream.connects == 3
+    await run.stop()
+
+
+@pytest.mark.parametrize("failure", [RuntimeError("reconcile bug"), Reconnect()])
+async def test_an_on_connect_that_asks_to_reconnect_is_not_logged_as_a_bug(ari, caplog, failure):
+    calls: list[bool] = []
+
+    async def on_connect(first: bool) -> None:
+        calls.append(first)
+        if len(calls) == 1:
+            raise failure
+
+    async def handler(event) -> None:
+        pass
+
+    run = Run(ari, handler, on_connect=on_connect)
+    await until(lambda: len(calls) >= 2 and run.stream.connected, what="second on_connect")
+    assert calls == [True, True]
+    # A bug is logged with its traceback; a passing failure (Reconnect) was explained by whoever raised it.
+    assert ("Traceback" in caplog.text) == isinstance(failure, RuntimeError)
     await run.stop()
 
 

@@ -28,7 +28,7 @@ from tests.test_controller_calls import (  # noqa: F401  (fixtures)
     until,
     workers,
 )
-from tool_worker.enqueue import summary_job_id, transcript_job_id
+from shared.email_queue import summary_job_id, transcript_job_id
 
 DESTINATIONS = {
     "sales": {"type": "extension", "target": "6001", "description": "Sales team"},  # answers after ~1 s

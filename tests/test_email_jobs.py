@@ -22,13 +22,14 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 from rq.job import Job
 
+from shared import email_queue
 from shared.config.schema import Config
 from shared.keys import Keys
 from sim.cluster import LocalCluster, free_port
 from sim.loadtest import scrape
 from sim.loadtest_report import metric
 from tests.conftest import wait_for
-from tool_worker import email_jobs, enqueue, render, smtp
+from tool_worker import email_jobs, render, smtp
 from tool_worker.smtp import SendFailed
 
 FROM = "AI Voice Agent <agent@example.com>"
@@ -96,7 +97,8 @@ def make_config(port: int, **email_settings) -> Config:
     )
 
 
-def write_call(client: redis.Redis, keys: Keys, state: str = "ended") -> str:
+def write_call(client: redis.Redis, keys: Keys) -> str:
+    """An ended call's record and log: the controller enqueues a call's emails only once it has ended."""
     call_id = str(uuid.uuid4())
     now = int(time.time() * 1000)
     record = {
@@ -105,10 +107,10 @@ def write_call(client: redis.Redis, keys: Keys, state: str = "ended") -> str:
         "context": "support",
         "created_ms": str(now - 125_000),
         "admitted_ms": str(now - 124_000),
-        "state": state,
+        "state": "ended",
+        "ended_ms": str(now - 4000),
+        "end_reason": "caller_hangup",
     }
-    if state == "ended":
-        record.update(ended_ms=str(now - 4000), end_reason="caller_hangup")
     client.hset(keys.call(call_id), mapping=record)
     client.expire(keys.call(call_id), 3600)
     for entry in [
@@ -371,24 +373,19 @@ def test_a_send_in_progress_elsewhere_is_not_doubled(inbox, conn, keys, rclient)
     assert failed.value.transient and inbox.messages == []
 
 
-def test_requests_during_a_live_call_wait_for_its_end(conn, keys, rclient):
-    call_id = write_call(rclient, keys, state="active")
+def test_each_confirmed_address_is_one_transcript_job_and_the_summary_keeps_its_reason(conn, keys, rclient):
+    call_id = write_call(rclient, keys)
     queue_key = f"rq:queue:{keys.queue('email')}"
-    first = enqueue.enqueue_transcript(conn, keys, call_id, "Bob@Example.org")
-    assert first == enqueue.enqueue_transcript(conn, keys, call_id, "bob@example.org")  # same address
-    second = enqueue.enqueue_transcript(conn, keys, call_id, "carol@example.org")
+    first = email_queue.enqueue_transcript(conn, keys, call_id, "Bob@Example.org")
+    assert first == email_queue.enqueue_transcript(conn, keys, call_id, "bob@example.org")  # same address
+    second = email_queue.enqueue_transcript(conn, keys, call_id, "carol@example.org")
     assert (first, second) == (f"request_transcript-{call_id}-1", f"request_transcript-{call_id}-2")
-    summary = enqueue.enqueue_summary(conn, keys, call_id, reason="tool")
-    assert rclient.llen(queue_key) == 0 and not Job.exists(first, connection=conn)
-    assert enqueue.release_call_jobs(conn, keys, call_id) == []  # still live
-
-    rclient.hset(keys.call(call_id), mapping={"state": "ended", "ended_ms": str(int(time.time() * 1000))})
-    assert enqueue.enqueue_summary(conn, keys, call_id) == summary
+    summary = email_queue.enqueue_summary(conn, keys, call_id, reason="tool")
     assert sorted(rclient.lrange(queue_key, 0, -1)) == sorted([summary, first, second])
-    # The summary asked for by the model keeps its reason; a repeat changes nothing.
+    # A repeat changes nothing: the summary asked for by the caller keeps its reason.
+    assert email_queue.enqueue_summary(conn, keys, call_id) == summary
     assert Job.fetch(summary, connection=conn).args[2] == "tool"
-    enqueue.enqueue_summary(conn, keys, call_id)
-    assert rclient.llen(queue_key) == 3 and not rclient.exists(enqueue.parked_key(keys, call_id))
+    assert rclient.llen(queue_key) == 3
 
 
 # --- through real tool-worker processes --------------------------------------------------------------------
@@ -440,12 +437,12 @@ def test_summary_arrives_once_with_the_transcript_however_often_enqueued(workers
     proc = start_worker(workers)
     call_id = write_call(rclient, keys)
     t0 = time.monotonic()
-    job_id = enqueue.enqueue_summary(conn, keys, call_id)
-    assert enqueue.enqueue_summary(conn, keys, call_id) == job_id == f"send_email_summary-{call_id}"
+    job_id = email_queue.enqueue_summary(conn, keys, call_id)
+    assert email_queue.enqueue_summary(conn, keys, call_id) == job_id == f"send_email_summary-{call_id}"
     wait_for(lambda: inbox.messages, timeout=10)
     latency = time.monotonic() - t0
     wait_for(lambda: job_status(conn, job_id) == "finished", timeout=10)
-    enqueue.enqueue_summary(conn, keys, call_id)  # after it finished: still the same job
+    email_queue.enqueue_summary(conn, keys, call_id)  # after it finished: still the same job
     time.sleep(0.5)
     assert len(inbox.messages) == 1, latency
     rcpts, msg = inbox.messages[0]
@@ -472,8 +469,8 @@ def test_summary_arrives_once_with_the_transcript_however_often_enqueued(workers
 def test_transcript_goes_to_the_confirmed_address_plus_bcc(workers, inbox, conn, keys, rclient):
     start_worker(workers)
     call_id = write_call(rclient, keys)
-    job_id = enqueue.enqueue_transcript(conn, keys, call_id, "bob@example.org")
-    assert enqueue.enqueue_transcript(conn, keys, call_id, "BOB@example.org") == job_id
+    job_id = email_queue.enqueue_transcript(conn, keys, call_id, "bob@example.org")
+    assert email_queue.enqueue_transcript(conn, keys, call_id, "BOB@example.org") == job_id
     wait_for(lambda: job_status(conn, job_id) == "finished", timeout=10)
     [(rcpts, msg)] = inbox.messages
     assert rcpts == ["bob@example.org", "audit@example.com"]
@@ -502,7 +499,7 @@ def test_worker_killed_mid_job_the_email_still_arrives_exactly_once(workers, inb
     first = start_worker(workers)
     call_id = write_call(rclient, keys)
     inbox.delays = [3.0]  # the first delivery hangs in DATA: the worker dies before the server's 250
-    job_id = enqueue.enqueue_summary(conn, keys, call_id)
+    job_id = email_queue.enqueue_summary(conn, keys, call_id)
     assert inbox.in_data.wait(10), first.log_text()
     # The whole worker goes, as when its container or host dies: the worker, its job process and scheduler.
     for pid in [first.popen.pid] + descendants(first.popen.pid):
@@ -528,12 +525,12 @@ def test_smtp_down_is_retried_with_backoff_then_recorded_as_failed(
 ):
     closed = free_port()
     cluster = LocalCluster(worker_config(tmp_path, closed), tmp_path, cluster_env)
-    monkeypatch.setenv(enqueue.RETRY_ENV, "1,1,1,1")
+    monkeypatch.setenv(email_queue.RETRY_ENV, "1,1,1,1")
     try:
         proc = start_worker(cluster)
         call_id = write_call(rclient, keys)
         t0 = time.monotonic()
-        job_id = enqueue.enqueue_summary(conn, keys, call_id)
+        job_id = email_queue.enqueue_summary(conn, keys, call_id)
         wait_for(lambda: job_status(conn, job_id) == "failed", timeout=30)
         elapsed = time.monotonic() - t0
         job = Job.fetch(job_id, connection=conn)
@@ -557,13 +554,13 @@ def test_smtp_down_is_retried_with_backoff_then_recorded_as_failed(
 def test_smtp_back_during_the_retries_delivers(tmp_path, cluster_env, conn, keys, rclient, monkeypatch):
     port = free_port()
     cluster = LocalCluster(worker_config(tmp_path, port), tmp_path, cluster_env)
-    monkeypatch.setenv(enqueue.RETRY_ENV, "2,2,2,2")
+    monkeypatch.setenv(email_queue.RETRY_ENV, "2,2,2,2")
     box = Inbox()
     controller = None
     try:
         start_worker(cluster)
         call_id = write_call(rclient, keys)
-        job_id = enqueue.enqueue_summary(conn, keys, call_id)
+        job_id = email_queue.enqueue_summary(conn, keys, call_id)
         wait_for(lambda: Job.fetch(job_id, connection=conn).meta.get("attempts", 0) >= 1, timeout=10)
         controller = Controller(box, hostname="127.0.0.1", port=port)
         controller.start()

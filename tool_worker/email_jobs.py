@@ -30,9 +30,9 @@ from rq import get_current_job
 from shared.config import load_config
 from shared.config.schema import Config
 from shared.email_address import validate_email
+from shared.email_queue import transcripts_key
 from shared.keys import Keys
 from tool_worker import render, smtp
-from tool_worker.enqueue import transcripts_key
 from tool_worker.smtp import SendFailed
 
 log = logging.getLogger("tool_worker.email")
@@ -94,7 +94,8 @@ def _text(value: Any) -> str:
 
 def read_call(conn: redis.Redis, keys: Keys, call_id: str) -> tuple[dict[str, str], list[dict[str, str]]]:
     call = {_text(k): _text(v) for k, v in conn.hgetall(keys.call(call_id)).items()}
-    entries = [{_text(k): _text(v) for k, v in fields.items()} for _, fields in conn.xrange(keys.call_log(call_id))]
+    call_log = conn.xrange(keys.call_log(call_id)) or []
+    entries = [{_text(k): _text(v) for k, v in fields.items()} for _, fields in call_log if fields is not None]
     if call:
         call.setdefault("id", call_id)
     return call, entries
@@ -287,7 +288,7 @@ def run_transcript(
     return deliver(conn, config, keys, outcome, call, message, recipients, arguments)
 
 
-# The RQ jobs (enqueue.py names them by these import paths).
+# The RQ jobs (shared/email_queue.py names them by these import paths).
 
 
 def send_email_summary(call_id: str, key_prefix: str, reason: str) -> dict:

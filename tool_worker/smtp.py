@@ -51,9 +51,13 @@ def _login(client: smtplib.SMTP, settings: Email, where: str) -> None:
     if mechanism is None:
         raise SendFailed(f"{where} does not offer AUTH PLAIN or LOGIN (use starttls or tls?)", False)
     client.user, client.password = settings.username, settings.password
-    auth = {"PLAIN": client.auth_plain, "LOGIN": client.auth_login, "CRAM-MD5": client.auth_cram_md5}[mechanism]
     try:
-        client.auth(mechanism, auth, initial_response_ok=mechanism != "CRAM-MD5")
+        if mechanism == "PLAIN":
+            client.auth("PLAIN", client.auth_plain)
+        elif mechanism == "LOGIN":
+            client.auth("LOGIN", client.auth_login)
+        else:
+            client.auth("CRAM-MD5", client.auth_cram_md5, initial_response_ok=False)
     except smtplib.SMTPAuthenticationError as exc:
         raise SendFailed(f"auth failed for {settings.username} ({exc.smtp_code})", False) from None
 
@@ -63,12 +67,28 @@ def send(
 ) -> dict[str, str]:
     """Send to the envelope `recipients` (To + Bcc); return the refused ones (address -> reply) when some were
     accepted. Raises SendFailed when none was."""
-    timeout = settings.timeout_ms / 1000
-    where = f"{settings.smtp_host}:{settings.smtp_port}"
     if settings.security != "none" and context is None:
         context = ssl.create_default_context()
+    client = _open(settings, context)
     try:
-        client = _connect(settings, timeout, context)
+        return _deliver(client, message, recipients, settings)
+    finally:
+        try:
+            client.quit()
+        except (smtplib.SMTPException, OSError):
+            client.close()
+
+
+def _where(settings: Email) -> str:
+    return f"{settings.smtp_host}:{settings.smtp_port}"
+
+
+def _open(settings: Email, context: ssl.SSLContext | None) -> smtplib.SMTP:
+    """A connected (and, with starttls or tls, encrypted) client; SendFailed when there is none."""
+    timeout = settings.timeout_ms / 1000
+    where = _where(settings)
+    try:
+        return _connect(settings, timeout, context)
     except ConnectionRefusedError:
         raise SendFailed(f"connection refused by {where}", True) from None
     except (socket.timeout, TimeoutError):
@@ -85,16 +105,15 @@ def send(
         raise SendFailed(f"{where} closed the connection", True) from None
     except OSError as exc:
         raise SendFailed(f"cannot reach {where}: {exc.strerror or exc.__class__.__name__}", True) from None
+
+
+def _deliver(client: smtplib.SMTP, message: EmailMessage, recipients: list[str], settings: Email) -> dict[str, str]:
+    """Log in when configured and send; the refused recipients, or SendFailed when none was accepted."""
+    where = _where(settings)
     try:
         if settings.username:
             _login(client, settings, where)
         refused = client.send_message(message, to_addrs=recipients)
-        return {
-            addr: f"{code} {text.decode(errors='replace') if isinstance(text, bytes) else text}"
-            for addr, (code, text) in refused.items()
-        }
-    except SendFailed:
-        raise
     except smtplib.SMTPRecipientsRefused as exc:
         codes = [code for code, _ in exc.recipients.values()]
         detail = ", ".join(f"{addr} ({code})" for addr, (code, _) in exc.recipients.items())
@@ -104,15 +123,14 @@ def send(
     except smtplib.SMTPResponseException as exc:  # DATA refused, or an unexpected reply
         raise SendFailed(f"message refused: {_reply(exc)}", exc.smtp_code < 500) from None
     except (socket.timeout, TimeoutError):
-        raise SendFailed(f"timeout talking to {where} after {timeout:g} s", True) from None
+        raise SendFailed(f"timeout talking to {where} after {settings.timeout_ms / 1000:g} s", True) from None
     except smtplib.SMTPServerDisconnected:
         raise SendFailed(f"{where} closed the connection", True) from None
     except ssl.SSLError as exc:
         raise SendFailed(f"TLS error with {where}: {exc.reason or exc.__class__.__name__}", True) from None
     except OSError as exc:
         raise SendFailed(f"connection to {where} failed: {exc.strerror or exc.__class__.__name__}", True) from None
-    finally:
-        try:
-            client.quit()
-        except (smtplib.SMTPException, OSError):
-            client.close()
+    return {
+        addr: f"{code} {text.decode(errors='replace') if isinstance(text, bytes) else text}"
+        for addr, (code, text) in refused.items()
+    }

@@ -25,8 +25,8 @@ from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.utils import as_text, current_timestamp, parse_composite_key
 
+from shared.email_queue import SUMMARY_FUNC, TRANSCRIPT_FUNC
 from shared.metrics import JOB_SECONDS, JOBS
-from tool_worker.enqueue import SUMMARY_FUNC, TRANSCRIPT_FUNC
 
 log = logging.getLogger("tool_worker")
 
@@ -47,6 +47,8 @@ def reclaim_abandoned(queue: Queue) -> list[str]:
     registry = queue.started_job_registry
     reclaimed: list[str] = []
     for entry in conn.zrangebyscore(registry.key, 0, current_timestamp()):
+        if not isinstance(entry, (bytes, str)):
+            continue  # a (member, score) pair: not asked for here
         job_id, _ = parse_composite_key(as_text(entry))
         job = Job.fetch(job_id, connection=conn) if conn.exists(Job.key_for(job_id)) else None
         if job is None or job.get_status() != JobStatus.STARTED:

@@ -1,7 +1,7 @@
 """What this Asterisk can carry: AudioSocket and its formats, WebSocket media, RTP formats.
 
 Read once at startup (and after a reconnect) from `GET /asterisk/info` and the two channel-driver modules.
-Version rules are from reference/asterisk-ari.md §1 (ChangeLogs checked against the tags):
+Version rules from Asterisk's ChangeLogs, checked against the release tags:
 - AudioSocket wideband kinds (slin16/slin24 …) came in 20.17 / 21.12 / 22.7 / 23.1; before, 8 kHz slin only.
 - chan_websocket (WebSocket media) came in 20.16 / 21.11 / 22.6 / 23.0.
 A major release newer than the table keeps everything; a loaded module is still required.
@@ -71,7 +71,7 @@ class Capabilities(Struct, frozen=True):
     audiosocket: bool
     audiosocket_formats: tuple[str, ...]
     websocket_media: bool
-    rtp_formats: tuple[str, ...] = ("ulaw", "slin")  # slin16 over RTP is one-way on 22.10 (ref §6.1)
+    rtp_formats: tuple[str, ...] = ("ulaw", "slin")  # slin16 over RTP is one-way on 22.10 (sim/asterisk/rtp.py)
     entity_id: str = ""
 
     def formats(self, transport: str) -> tuple[str, ...]:

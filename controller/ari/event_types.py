@@ -21,61 +21,61 @@ class _Event(msgspec.Struct, tag_field="type", frozen=True, kw_only=True):
     asterisk_id: str = ""
 
 
-class StasisStart(_Event, tag="StasisStart"):
+class StasisStart(_Event, tag="StasisStart", frozen=True):
     channel: Channel
     args: list[str] = []  # appArgs split on commas; externalMedia's `data`
     replace_channel: Channel | None = None
 
 
-class StasisEnd(_Event, tag="StasisEnd"):
+class StasisEnd(_Event, tag="StasisEnd", frozen=True):
     channel: Channel
 
 
-class ChannelStateChange(_Event, tag="ChannelStateChange"):
+class ChannelStateChange(_Event, tag="ChannelStateChange", frozen=True):
     channel: Channel
 
 
-class ChannelHangupRequest(_Event, tag="ChannelHangupRequest"):
+class ChannelHangupRequest(_Event, tag="ChannelHangupRequest", frozen=True):
     channel: Channel
     cause: int | None = None  # with soft=True a soft-hangup bitmask (32 = ARI DELETE), not Q.850
     soft: bool | None = None
     tech_cause: int | None = None
 
 
-class ChannelDestroyed(_Event, tag="ChannelDestroyed"):
+class ChannelDestroyed(_Event, tag="ChannelDestroyed", frozen=True):
     channel: Channel
     cause: int
     cause_txt: str
     tech_cause: int | None = None
 
 
-class ChannelVarset(_Event, tag="ChannelVarset"):
+class ChannelVarset(_Event, tag="ChannelVarset", frozen=True):
     variable: str
     value: str
     channel: Channel | None = None  # None for a global variable
 
 
-class ChannelDtmfReceived(_Event, tag="ChannelDtmfReceived"):
+class ChannelDtmfReceived(_Event, tag="ChannelDtmfReceived", frozen=True):
     channel: Channel
     digit: str
     duration_ms: int
 
 
-class ChannelEnteredBridge(_Event, tag="ChannelEnteredBridge"):
+class ChannelEnteredBridge(_Event, tag="ChannelEnteredBridge", frozen=True):
     bridge: Bridge
     channel: Channel
 
 
-class ChannelLeftBridge(_Event, tag="ChannelLeftBridge"):
+class ChannelLeftBridge(_Event, tag="ChannelLeftBridge", frozen=True):
     bridge: Bridge
     channel: Channel
 
 
-class BridgeDestroyed(_Event, tag="BridgeDestroyed"):
+class BridgeDestroyed(_Event, tag="BridgeDestroyed", frozen=True):
     bridge: Bridge
 
 
-class Dial(_Event, tag="Dial"):
+class Dial(_Event, tag="Dial", frozen=True):
     peer: Channel
     dialstatus: str  # "" first, then RINGING / ANSWER / BUSY …; no final event when a ringing leg is cancelled
     caller: Channel | None = None
@@ -84,15 +84,15 @@ class Dial(_Event, tag="Dial"):
     forwarded: Channel | None = None
 
 
-class PlaybackStarted(_Event, tag="PlaybackStarted"):
+class PlaybackStarted(_Event, tag="PlaybackStarted", frozen=True):
     playback: Playback
 
 
-class PlaybackFinished(_Event, tag="PlaybackFinished"):
+class PlaybackFinished(_Event, tag="PlaybackFinished", frozen=True):
     playback: Playback
 
 
-class ApplicationMoveFailed(_Event, tag="ApplicationMoveFailed"):
+class ApplicationMoveFailed(_Event, tag="ApplicationMoveFailed", frozen=True):
     channel: Channel
     destination: str
     args: list[str] = []
@@ -115,7 +115,7 @@ KnownEvent = (
     | ApplicationMoveFailed
 )
 
-KNOWN_TYPES = frozenset(cls.__struct_config__.tag for cls in KnownEvent.__args__)  # type: ignore[attr-defined]
+KNOWN_TYPES = frozenset(cls.__struct_config__.tag for cls in KnownEvent.__args__)
 
 
 class OtherEvent(msgspec.Struct, frozen=True):
@@ -166,7 +166,7 @@ def event_type(event: Event) -> str:
         return event.type or ""
     if isinstance(event, OtherEvent):
         return event.type
-    return event.__struct_config__.tag  # type: ignore[return-value]
+    return str(event.__struct_config__.tag)
 
 
 def _target_key(target_uri: str) -> str | None:

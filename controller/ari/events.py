@@ -4,7 +4,8 @@ Asterisk does not replay anything on reconnect (calls already in Stasis get no n
 `on_connect(first)` runs after every successful connect, once the previous connection's events are handled
 and before any event of the new one is dispatched: the controller reconciles there (GET /channels,
 /bridges). `first` stays True until an on_connect has succeeded. Events wait in the socket meanwhile, so
-none is lost. Decoding never raises: a malformed message
+none is lost. An on_connect that fails reconnects (with backoff) to run again: one that raises `Reconnect`
+has said why itself, anything else is logged with its traceback. Decoding never raises: a malformed message
 is logged, counted and skipped.
 """
 
@@ -33,6 +34,11 @@ log = logging.getLogger("ari")
 Handler = Callable[[Event], Awaitable[None]]
 KeyFn = Callable[[Event], "str | None"]
 OnConnect = Callable[[bool], Awaitable[None]]
+
+
+class Reconnect(Exception):
+    """Raised by an on_connect that failed for a passing reason it has logged: reconnect and run it again."""
+
 
 BAD_LOG_FIRST = 10  # log the first malformed messages of a process, then one in BAD_LOG_EVERY
 BAD_LOG_EVERY = 100
@@ -199,6 +205,9 @@ class EventStream:
                         )
                 try:
                     await self._on_connect(first)
+                except Reconnect:
+                    await ws.close(1011, "on_connect failed")
+                    return "on_connect failed"
                 except Exception:
                     log.exception("ARI events: on_connect failed; reconnecting")
                     await ws.close(1011, "on_connect failed")

@@ -13,7 +13,7 @@ import asyncio
 import base64
 import logging
 import time
-from typing import Any, TypeVar
+from typing import Any, NotRequired, TypedDict, TypeVar
 from urllib.parse import quote
 
 import aiohttp
@@ -28,6 +28,16 @@ log = logging.getLogger("ari")
 
 T = TypeVar("T")
 Params = dict[str, str | int | bool | None]
+
+
+class MediaTransport(TypedDict):
+    """How an externalMedia leg reaches its far end (`external_media`'s transport arguments)."""
+
+    external_host: str  # host:port, or "" for WebSocket server mode
+    encapsulation: str
+    transport: str
+    connection_type: NotRequired[str]
+
 
 _decoders: dict[Any, msgspec.json.Decoder] = {}
 _encode = msgspec.json.Encoder().encode

@@ -23,7 +23,7 @@ RETIRED_MODELS = {
     "gpt-4o-mini-realtime-preview": "gpt-realtime-2.1-mini",
     "gpt-4o-realtime-preview": "gpt-realtime-2.1",
 }
-# GA models with an announced shutdown date (reference/openai-realtime.md §0).
+# GA models with an announced shutdown date (OpenAI's deprecations page).
 SUNSETTING_MODELS = {
     "gpt-realtime": ("2027-01-20", "gpt-realtime-2.1"),
     "gpt-realtime-mini": ("2027-01-20", "gpt-realtime-2.1-mini"),
@@ -118,37 +118,58 @@ def build_session(
     return session
 
 
+class _Findings:
+    """The warnings and notes of one review, in the order they were found."""
+
+    def __init__(self) -> None:
+        self.warnings: list[Problem] = []
+        self.notes: list[Problem] = []
+
+    def warn(self, key: str, message: str) -> None:
+        self.warnings.append(Problem(f"{PATH}.{key}", message))
+
+    def note(self, key: str, message: str) -> None:
+        self.notes.append(Problem(f"{PATH}.{key}", message))
+
+
 def review(p: OpenAIRealtime, present: set[str], present_td: set[str]) -> tuple[list[Problem], list[Problem]]:
-    """(warnings, notes) for the beta-era keys the user wrote; `present` are the keys set in the YAML."""
-    warnings: list[Problem] = []
-    notes: list[Problem] = []
+    """(warnings, notes) for the beta-era keys the user wrote; `present` are the keys set in the YAML,
+    `present_td` those of the turn_detection block."""
+    found = _Findings()
+    _review_model(p, found)
+    _review_audio(p, present, found)
+    if "max_response_output_tokens" in present:
+        found.note("max_response_output_tokens", "sent as max_output_tokens")
+    _review_voice(p, present, found)
+    _review_turn_detection(p, present, present_td, found)
+    return found.warnings, found.notes
 
-    def warn(key: str, message: str) -> None:
-        warnings.append(Problem(f"{PATH}.{key}", message))
 
-    def note(key: str, message: str) -> None:
-        notes.append(Problem(f"{PATH}.{key}", message))
-
+def _review_model(p: OpenAIRealtime, found: _Findings) -> None:
     model = effective_model(p.model)
     if model != p.model:
-        warn(
+        found.warn(
             "model",
             f"'{p.model}' was retired with the beta Realtime API; using '{model}' instead "
             f"(set model: {model} to silence this warning)",
         )
     elif p.model in SUNSETTING_MODELS:
         date, successor = SUNSETTING_MODELS[p.model]
-        warn("model", f"'{p.model}' is scheduled to shut down on {date}; consider '{successor}'")
+        found.warn("model", f"'{p.model}' is scheduled to shut down on {date}; consider '{successor}'")
     if p.temperature is not None:
-        warn("temperature", "GA Realtime sessions have no temperature setting; the value is ignored")
+        found.warn("temperature", "GA Realtime sessions have no temperature setting; the value is ignored")
+
+
+def _review_audio(p: OpenAIRealtime, present: set[str], found: _Findings) -> None:
+    """Modalities, formats and sample rates."""
     if "modalities" in present:
         if "audio" not in p.modalities:
-            warn(
+            found.warn(
                 "modalities",
                 'no \'audio\': the agent will answer in text only and callers will hear silence; use ["text", "audio"]',
             )
         else:
-            note(
+            found.note(
                 "modalities",
                 'sent as output_modalities: ["audio"] (GA allows one output modality; '
                 "audio replies always carry their transcript)",
@@ -156,38 +177,43 @@ def review(p: OpenAIRealtime, present: set[str], present_td: set[str]) -> tuple[
     for key in ("input_audio_format", "output_audio_format"):
         if key in present:
             target = "audio.input.format" if key.startswith("input") else "audio.output.format"
-            note(key, f"sent as {target}: {ga_format(getattr(p, key))}")
+            found.note(key, f"sent as {target}: {ga_format(getattr(p, key))}")
     for key in ("input_audio_sample_rate", "output_audio_sample_rate"):
         fmt = getattr(p, key.replace("sample_rate", "format"))
         rate = getattr(p, key)
         if key in present and _FORMATS[fmt] != "audio/pcm" and rate != 8000:
-            warn(key, f"{fmt} is always 8000 Hz; {rate} is ignored")
-    if "max_response_output_tokens" in present:
-        note("max_response_output_tokens", "sent as max_output_tokens")
-    if "voice" in present:
-        if p.voice not in GA_VOICES:
-            warn(
-                "voice",
-                f"'{p.voice}' is not a known Realtime voice{suggest(p.voice, GA_VOICES)}; "
-                f"known voices: {', '.join(GA_VOICES)}",
-            )
-        note("voice", "sent as audio.output.voice")
+            found.warn(key, f"{fmt} is always 8000 Hz; {rate} is ignored")
+
+
+def _review_voice(p: OpenAIRealtime, present: set[str], found: _Findings) -> None:
+    if "voice" not in present:
+        return
+    if p.voice not in GA_VOICES:
+        found.warn(
+            "voice",
+            f"'{p.voice}' is not a known Realtime voice{suggest(p.voice, GA_VOICES)}; "
+            f"known voices: {', '.join(GA_VOICES)}",
+        )
+    found.note("voice", "sent as audio.output.voice")
+
+
+def _review_turn_detection(p: OpenAIRealtime, present: set[str], present_td: set[str], found: _Findings) -> None:
     if "turn_detection_enabled" in present and not p.turn_detection_enabled:
-        note("turn_detection_enabled", "false: sent as audio.input.turn_detection: null (the worker commits turns)")
+        found.note(
+            "turn_detection_enabled", "false: sent as audio.input.turn_detection: null (the worker commits turns)"
+        )
     if "turn_detection_type" in present:
         if p.turn_detection.type and p.turn_detection.type != p.turn_detection_type:
-            warn(
+            found.warn(
                 "turn_detection_type",
                 f"'{p.turn_detection_type}' conflicts with turn_detection.type "
                 f"'{p.turn_detection.type}'; the turn_detection block wins",
             )
         else:
-            note("turn_detection_type", "sent as audio.input.turn_detection.type")
+            found.note("turn_detection_type", "sent as audio.input.turn_detection.type")
     if "turn_detection" in present:
-        note("turn_detection", "sent as audio.input.turn_detection")
-        kind = turn_detection_type(p)
-        if kind == "semantic_vad":
+        found.note("turn_detection", "sent as audio.input.turn_detection")
+        if turn_detection_type(p) == "semantic_vad":
             ignored = sorted(present_td & {"threshold", "silence_duration_ms", "prefix_padding_ms", "idle_timeout_ms"})
             for key in ignored:
-                warn(f"turn_detection.{key}", "applies to server_vad only; semantic_vad ignores it")
-    return warnings, notes
+                found.warn(f"turn_detection.{key}", "applies to server_vad only; semantic_vad ignores it")

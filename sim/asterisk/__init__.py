@@ -19,13 +19,14 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from sim.asterisk.audio import CallerAudio, Recorder
     from sim.asterisk.dialplan import DEFAULT_DIALPLAN, Dialplan
-    from sim.asterisk.server import AsteriskSim, SimCall
+    from sim.asterisk.core import SimCall
+    from sim.asterisk.server import AsteriskSim
 
 __all__ = ["DEFAULT_DIALPLAN", "AsteriskSim", "CallerAudio", "Dialplan", "Recorder", "SimCall"]
 
 _LAZY = {
     "AsteriskSim": "sim.asterisk.server",
-    "SimCall": "sim.asterisk.server",
+    "SimCall": "sim.asterisk.core",
     "CallerAudio": "sim.asterisk.audio",
     "Recorder": "sim.asterisk.audio",
     "Dialplan": "sim.asterisk.dialplan",

@@ -189,7 +189,7 @@ class CallerAudio:
 class Recorder:
     """What one side heard, with the arrival time of every chunk (time.monotonic())."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._chunks: list[tuple[float, bytes, int]] = []
 
     def append(self, pcm: bytes, rate: int, t: float | None = None) -> None:
@@ -216,7 +216,9 @@ class Recorder:
     def pcm(self, rate: int | None = None) -> bytes:
         """Everything heard, back to back (arrival gaps not filled), at `rate` (default: the first chunk's)."""
         rate = rate or self.native_rate or 8000
-        out, run, run_rate = [], [], None
+        out: list[bytes] = []
+        run: list[bytes] = []
+        run_rate = 0  # the rate of the run being collected (0: none yet)
         # Resample runs of equal rate as a whole: per-chunk resampling would click at every chunk edge.
         for _, pcm, chunk_rate in self._chunks + [(0.0, b"", -1)]:
             if chunk_rate != run_rate and run:

@@ -1,7 +1,7 @@
 """AudioSocket as chan_audiosocket speaks it: Asterisk is the TCP client of the media worker.
 
 Wire: kind(1) | length(2, big-endian) | payload; audio is little-endian slin at the kind's rate
-(reference asterisk-ari.md §6.2). Asterisk does not re-time AudioSocket: what either side writes is
+(as a real Asterisk 22.10.1 sends it). Asterisk does not re-time AudioSocket: what either side writes is
 forwarded at once, so the sender owns the 20 ms clock.
 """
 
@@ -161,7 +161,9 @@ class AudioSocketLeg:
     def identify(self) -> None:
         """The UUID frame: chan_audiosocket sends it when the channel is called (audiosocket_call), which for
         externalMedia is in the dial thread after the ARI response."""
-        self._write(encode(KIND_UUID, self._raw_uuid))
+        if self._writer is None:
+            raise AudioSocketConnectError("the UUID frame before the connection is open")
+        self._write(self._writer, encode(KIND_UUID, self._raw_uuid))
 
     def deliver(self, pcm: bytes, rate: int) -> None:
         """Bridge audio toward the worker, in 20 ms frames written at once; dropped if the socket is gone."""
@@ -193,14 +195,15 @@ class AudioSocketLeg:
         await self._close_socket()
 
     def _send(self, kind: int, payload: bytes) -> None:
-        if not self.connected or self._writer.transport.get_write_buffer_size() > MAX_WRITE_BUFFER:
+        writer = self._writer
+        if writer is None or writer.is_closing() or writer.transport.get_write_buffer_size() > MAX_WRITE_BUFFER:
             self.dropped_out += 1
             return
         self.frames_out += 1
-        self._write(encode(kind, payload))
+        self._write(writer, encode(kind, payload))
 
-    def _write(self, data: bytes) -> None:
-        self._writer.write(data)
+    def _write(self, writer: asyncio.StreamWriter, data: bytes) -> None:
+        writer.write(data)
         self.bytes_out += len(data)
 
     async def _close_socket(self) -> None:

@@ -7,19 +7,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid as uuid_module
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any
 
 from sim.asterisk import events as ev
+from sim.asterisk.dialplan import Dialplan
 from sim.asterisk.errors import AriError, conflict, internal
 from sim.asterisk.state import Channel
 
 if TYPE_CHECKING:
-    from sim.asterisk.interpreter import Interpreter
     from sim.asterisk.pbx import Pbx
 
 log = logging.getLogger("sim.asterisk")
 
 ID_EXISTS = "Channel with given unique ID already exists"
+
+# Runs a channel's dialplan from (context, extension, priority): the interpreter's `run`.
+DialplanRunner = Callable[[Channel, str, str, int], Coroutine[Any, Any, None]]
 
 
 def parse_caller_id(text: str | None) -> tuple[str, str]:
@@ -53,13 +57,22 @@ class Watch:
 
 class Calls:
     def __init__(
-        self, pbx: Pbx, *, rtp_port_range: tuple[int, int], bind_host: str = "127.0.0.1", connect_timeout: float = 2.0
+        self,
+        pbx: Pbx,
+        dialplan: Dialplan,
+        *,
+        rtp_port_range: tuple[int, int],
+        bind_host: str = "127.0.0.1",
+        connect_timeout: float = 2.0,
     ):
         self.pbx = pbx
+        self.dialplan = dialplan
         self.rtp_port_range = rtp_port_range
         self.bind_host = bind_host
         self.connect_timeout = connect_timeout
-        self.interpreter: Interpreter | None = None
+        # The interpreter dials through us and we start the dialplan of what answers: it is handed in once both
+        # exist (until then a dialled far end runs no dialplan).
+        self.run_dialplan: DialplanRunner | None = None
 
     # --- requesting channels -----------------------------------------------------------------------------
     async def request(
@@ -112,9 +125,8 @@ class Calls:
             id="far-" + self.pbx.ids.token(6), name=name + ";far", tech=tech, state="Ring", local_half=2, hidden=True
         )
         near.local_peer, far.local_peer = far, near
-        plan = self.interpreter.dialplan if self.interpreter else None
         for context in ("agents", "from-internal"):
-            if plan is not None and plan.exists(context, target):
+            if self.dialplan.exists(context, target):
                 far.set_location(context, target, 1)
                 break
         else:
@@ -201,8 +213,8 @@ class Calls:
             call_media(near)
             watch.answered()
             return
-        if self.interpreter is not None:
-            self.pbx.run(far, self.interpreter.run(far, far.context, far.exten, far.priority), name="far")
+        if self.run_dialplan is not None:
+            self.pbx.run(far, self.run_dialplan(far, far.context, far.exten, far.priority), name="far")
         if timeout_s and timeout_s > 0:
             self.pbx.spawn(self._dial_timer(near, watch, timeout_s), name="dial-timeout")
 
@@ -294,7 +306,7 @@ class Calls:
         pbx = self.pbx
         pbx.emit(ev.dial("", near.dialstring or "", pbx.snap(near)), channels=[near])
         if near.tech == "Local":  # calling the Local pair puts its device in use (after Dial, trace 01)
-            near.device_busy = near.local_peer.device_busy = True
+            near.device_busy = near.far_end().device_busy = True
             pbx.device_state(pbx.device_name(near), "INUSE")
             pbx.device_state(pbx.device_name(near), "INUSE")
         self.dial_out(near, watch, timeout_s)
@@ -436,9 +448,9 @@ class OriginateWatch(Watch):
             data = self.app + ("," + self.app_args if self.app_args else "")
             near.ari_created = True
             pbx.run(near, self.calls.ari_stasis(near, self.app, args, data, dialplan_event=False), name="originated")
-        elif self.calls.interpreter is not None:
+        elif self.calls.run_dialplan is not None:
             near.set_location(self.context, self.extension, self.priority)
-            pbx.run(near, self.calls.interpreter.run(near, self.context, self.extension, self.priority))
+            pbx.run(near, self.calls.run_dialplan(near, self.context, self.extension, self.priority))
 
     def busy(self) -> None:
         self._dial("BUSY")

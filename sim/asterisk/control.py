@@ -15,17 +15,17 @@ Same credentials as ARI (Basic or api_key).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from aiohttp import web
 
-if TYPE_CHECKING:
-    from sim.asterisk.server import AsteriskSim
+from sim.asterisk.core import AsteriskCore, SimCall
+from sim.asterisk.rest import authenticate
+from sim.asterisk.websocket import EventsEndpoint
 
 
 class ControlApi:
-    def __init__(self, sim: AsteriskSim):
+    def __init__(self, sim: AsteriskCore, events: EventsEndpoint):
         self.sim = sim
+        self.events = events
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_post("/sim/calls", self.place)
@@ -38,7 +38,7 @@ class ControlApi:
         app.router.add_post("/sim/drop-event-sockets", self.drop)
 
     def _auth(self, request: web.Request) -> None:
-        if self.sim.rest.authenticate(request) is None:
+        if authenticate(request, self.sim.users) is None:
             raise web.HTTPUnauthorized(text='{"message": "Authentication required"}', content_type="application/json")
 
     async def _body(self, request: web.Request) -> dict:
@@ -53,7 +53,7 @@ class ControlApi:
             raise web.HTTPBadRequest(text='{"message": "a JSON object expected"}', content_type="application/json")
         return body
 
-    def _call(self, request: web.Request):
+    def _call(self, request: web.Request) -> SimCall:
         self._auth(request)
         call = self.sim.sim_calls.get(request.match_info["id"])
         if call is None:
@@ -123,5 +123,5 @@ class ControlApi:
 
     async def drop(self, request: web.Request) -> web.Response:
         body = await self._body(request)
-        await self.sim.drop_event_sockets(int(body.get("code", 1006)))
+        await self.events.drop_all(int(body.get("code", 1006)))
         return web.Response(status=204)

@@ -125,7 +125,9 @@ def parse_step(text: Any, context: str = "?", exten: str = "?") -> Step:
 
 def split_args(data: str) -> list[str]:
     """Split application arguments on commas that are not inside (), [] or quotes."""
-    out, depth, quote, cur = [], 0, False, []
+    out: list[str] = []
+    cur: list[str] = []
+    depth, quote = 0, False
     for c in data:
         if c == '"':
             quote = not quote

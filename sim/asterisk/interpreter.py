@@ -8,16 +8,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from functools import partial
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Awaitable, Callable
 
 from sim.asterisk import events as ev
+from sim.asterisk.calls import Calls, DialResult
 from sim.asterisk.dialplan import Dialplan, expand, parse_target, split_args, truthy
-from sim.asterisk.state import Channel, Hungup
+from sim.asterisk.state import Channel, Hungup, settle
 
 if TYPE_CHECKING:
-    from sim.asterisk.calls import Calls
     from sim.asterisk.pbx import Pbx
 
 log = logging.getLogger("sim.asterisk")
@@ -172,13 +173,13 @@ class Interpreter:
         for name in files:
             if not name:
                 continue
-            done = asyncio.get_running_loop().create_future()
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self.pbx.play(
                 ch,
                 [f"sound:{name}"],
                 "dp-" + self.pbx.ids.token(8),
                 None,
-                on_done=lambda d=done: d.done() or d.set_result(None),
+                on_done=partial(settle, done),
                 ari=False,
             )
             await done
@@ -256,7 +257,7 @@ class Interpreter:
         if ch.state != "Up":
             self.answer(ch)
         member = self.calls.phone("PJSIP", f"queue-{args[0] or 'default'}", None)
-        member.local_peer.set_location("sim-queue-member", "s", 1)
+        member.far_end().set_location("sim-queue-member", "s", 1)
         status = await self.dial(ch, [], timeout, moh=True, callees=[member])
         self.pbx.set_var(ch, "QUEUESTATUS", "CONTINUE" if status == "ANSWER" else "TIMEOUT")
         return None
@@ -265,82 +266,71 @@ class Interpreter:
         self,
         ch: Channel,
         targets: list[str],
-        timeout: float | None,
+        ring_s: float | None,
         *,
         moh: bool = False,
         callees: list[Channel] | None = None,
     ) -> str:
-        """Ring every target; bridge the first that answers with `ch` until one side hangs up."""
-        callees = list(callees or [])
-        for target in targets:
-            try:
-                callees.append(await self.calls.request(target))
-            except Exception:
-                log.warning("Dial(%s): cannot create a channel", target)
+        """Ring every target for up to `ring_s` (dialplan seconds; None: until one answers or all are gone);
+        bridge the first that answers with `ch` until one side hangs up."""
+        callees = list(callees or []) + await self._request_all(targets)
         if not callees:
             return "CHANUNAVAIL"
-        loop = asyncio.get_running_loop()
-        result: asyncio.Future[tuple[str, Channel | None]] = loop.create_future()
-        busy = set()
-
-        def make_watch(callee: Channel):
-            from sim.asterisk.calls import DialResult
-
-            def on_change(status: str) -> None:
-                if result.done():
-                    return
-                if status == "RINGING":
-                    self.pbx.set_state(callee, "Ringing")
-                    if ch.local_half == 2:
-                        self.calls.far_ringing(ch)  # ringing travels back through the Local channel
-                elif status == "ANSWER":
-                    self.pbx.set_state(callee, "Up")
-                    result.set_result(("ANSWER", callee))
-                elif status == "BUSY":
-                    busy.add(callee)
-                    if len(busy) == len(callees):
-                        result.set_result(("BUSY", None))
-
-            return DialResult(on_change)
-
+        race = _DialRace(self.pbx, self.calls, ch, callees)
         for callee in callees:
-            callee.on_destroy.append(
-                lambda c: (
-                    result.done() or (all(x.destroyed for x in callees) and result.set_result(("CHANUNAVAIL", None)))
-                )
-            )
-            self.calls.dial_out(callee, make_watch(callee), None)
-        self.pbx.set_moh(ch, True) if moh else self.pbx.set_ringback(ch, True)
+            callee.on_destroy.append(race.callee_destroyed)
+            self.calls.dial_out(callee, race.watch(callee), None)
+        self._waiting_sound(ch, moh, on=True)
         try:
-            try:
-                status, winner = await asyncio.wait_for(
-                    asyncio.shield(result), timeout * self.pbx.time_scale if timeout else None
-                )
-            except asyncio.TimeoutError:
-                status, winner = "NOANSWER", None
-            self.pbx.set_moh(ch, False) if moh else self.pbx.set_ringback(ch, False)
+            status, winner = await race.outcome(ring_s * self.pbx.time_scale if ring_s else None)
+            self._waiting_sound(ch, moh, on=False)
             for callee in callees:
                 if callee is not winner and not callee.destroyed:
                     self.pbx.hangup(callee, 26, soft=False, request_event=False)
             if winner is None:
                 return status
-            if ch.state != "Up":
-                self.answer(ch)
-            bridge = self.pbx.create_bridge("dial-" + self.pbx.ids.token(8), ["mixing"], "", stasis=False)
-            self.pbx.add_to_bridge(bridge, ch)
-            self.pbx.add_to_bridge(bridge, winner)
-            await winner.flag("ended").wait()
-            if not bridge.destroyed:
-                self.pbx.destroy_bridge(bridge)
+            await self._bridge_until_hangup(ch, winner)
             return "ANSWER"
         finally:
-            ch.moh and self.pbx.set_moh(ch, False)
-            ch.ringback and self.pbx.set_ringback(ch, False)
-            for callee in callees:
-                if not callee.destroyed:
-                    self.pbx.hangup(callee, 16, soft=False, request_event=False)
-            for bridge in [b for b in list(self.pbx.bridges.values()) if not b.stasis and ch in b.members]:
-                self.pbx.destroy_bridge(bridge)
+            self._end_dial(ch, callees)
+
+    async def _request_all(self, targets: list[str]) -> list[Channel]:
+        callees = []
+        for target in targets:
+            try:
+                callees.append(await self.calls.request(target))
+            except Exception:
+                log.warning("Dial(%s): cannot create a channel", target)
+        return callees
+
+    def _waiting_sound(self, ch: Channel, moh: bool, *, on: bool) -> None:
+        """What the caller hears while Dial() rings: music on hold (Queue) or ringback."""
+        if moh:
+            self.pbx.set_moh(ch, on)
+        else:
+            self.pbx.set_ringback(ch, on)
+
+    async def _bridge_until_hangup(self, ch: Channel, winner: Channel) -> None:
+        if ch.state != "Up":
+            self.answer(ch)
+        bridge = self.pbx.create_bridge("dial-" + self.pbx.ids.token(8), ["mixing"], "", stasis=False)
+        self.pbx.add_to_bridge(bridge, ch)
+        self.pbx.add_to_bridge(bridge, winner)
+        await winner.flag("ended").wait()
+        if not bridge.destroyed:
+            self.pbx.destroy_bridge(bridge)
+
+    def _end_dial(self, ch: Channel, callees: list[Channel]) -> None:
+        """However Dial() ended: no waiting sound, no callee and no dial bridge left."""
+        if ch.moh:
+            self.pbx.set_moh(ch, False)
+        if ch.ringback:
+            self.pbx.set_ringback(ch, False)
+        for callee in callees:
+            if not callee.destroyed:
+                self.pbx.hangup(callee, 16, soft=False, request_event=False)
+        for bridge in [b for b in list(self.pbx.bridges.values()) if not b.stasis and ch in b.members]:
+            self.pbx.destroy_bridge(bridge)
 
     async def app_voicemail(self, ch: Channel, data: str) -> None:
         """VoiceMail(box@context[,opts]): greeting, beep, then the caller's audio until hangup, '#' or the
@@ -352,13 +342,13 @@ class Interpreter:
         if ch.state != "Up":
             self.answer(ch)
         for prompt in ("vm-intro", "beep"):
-            done = asyncio.get_running_loop().create_future()
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self.pbx.play(
                 ch,
                 [f"sound:{prompt}"],
                 "vm-" + self.pbx.ids.token(8),
                 None,
-                on_done=lambda d=done: d.done() or d.set_result(None),
+                on_done=partial(settle, done),
                 ari=False,
             )
             await done
@@ -387,3 +377,42 @@ class Interpreter:
         self.voicemails.append(
             Voicemail(box, context, path, recorder.duration_ms, ch.caller_name, ch.caller_number, ch.id)
         )
+
+
+class _DialRace:
+    """Dial()'s callees racing to an outcome: the first to answer wins; all busy is BUSY; all gone is
+    CHANUNAVAIL."""
+
+    def __init__(self, pbx: Pbx, calls: Calls, caller: Channel, callees: list[Channel]):
+        self.pbx, self.calls, self.caller, self.callees = pbx, calls, caller, callees
+        self.result: asyncio.Future[tuple[str, Channel | None]] = asyncio.get_running_loop().create_future()
+        self.busy: set[Channel] = set()
+
+    def watch(self, callee: Channel) -> DialResult:
+        return DialResult(lambda status: self._changed(callee, status))
+
+    def _changed(self, callee: Channel, status: str) -> None:
+        if self.result.done():
+            return
+        if status == "RINGING":
+            self.pbx.set_state(callee, "Ringing")
+            if self.caller.local_half == 2:
+                self.calls.far_ringing(self.caller)  # ringing travels back through the Local channel
+        elif status == "ANSWER":
+            self.pbx.set_state(callee, "Up")
+            self.result.set_result(("ANSWER", callee))
+        elif status == "BUSY":
+            self.busy.add(callee)
+            if len(self.busy) == len(self.callees):
+                self.result.set_result(("BUSY", None))
+
+    def callee_destroyed(self, _callee: Channel) -> None:
+        if not self.result.done() and all(c.destroyed for c in self.callees):
+            self.result.set_result(("CHANUNAVAIL", None))
+
+    async def outcome(self, timeout_s: float | None) -> tuple[str, Channel | None]:
+        """(status, the callee that answered); NOANSWER once `timeout_s` has passed."""
+        try:
+            return await asyncio.wait_for(asyncio.shield(self.result), timeout_s)
+        except asyncio.TimeoutError:
+            return "NOANSWER", None

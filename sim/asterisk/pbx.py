@@ -12,13 +12,14 @@ import asyncio
 import contextlib
 import logging
 import time
+from functools import partial
 from typing import Any, Callable, Coroutine, Iterable
 
 from sim.asterisk import events as ev
 from sim.asterisk.apps import AppRegistry
 from sim.asterisk.ids import IdSource
 from sim.asterisk.stasis_delay import StasisDelay
-from sim.asterisk.state import Bridge, Channel, Hungup, Playback
+from sim.asterisk.state import Bridge, Channel, Hungup, Playback, settle
 from sim.asterisk.tones import ToneClock, media_pcm
 
 log = logging.getLogger("sim.asterisk")
@@ -182,7 +183,7 @@ class Pbx:
             raise Hungup
         return jump
 
-    def end_stasis(self, ch: Channel, jump: Jump | None = None) -> None:
+    def end_stasis(self, ch: Channel, jump: Jump | MoveTo | None = None) -> None:
         app_name = ch.stasis_app
         if app_name is None:
             return
@@ -194,7 +195,7 @@ class Pbx:
             ch.stasis_leave.set_result(jump)
 
     def move_to_app(self, ch: Channel, app: str, args: list[str]) -> None:
-        self.end_stasis(ch, MoveTo(app, args))  # type: ignore[arg-type]
+        self.end_stasis(ch, MoveTo(app, args))
 
     def continue_in_dialplan(self, ch: Channel, jump: Jump) -> None:
         if ch.bridge is not None:
@@ -457,10 +458,8 @@ class Pbx:
                         ),
                         apps=apps,
                     )
-                done = asyncio.get_running_loop().create_future()
-                handle = clock.play(
-                    media_pcm(playback.media[index], self.time_scale), lambda d=done: d.done() or d.set_result(None)
-                )
+                done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+                handle = clock.play(media_pcm(playback.media[index], self.time_scale), partial(settle, done))
                 await done
                 handle = None
         finally:

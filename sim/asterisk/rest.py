@@ -11,18 +11,17 @@ import logging
 import re
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
 from sim.asterisk.calls import split_host_port
+from sim.asterisk.core import AsteriskCore
 from sim.asterisk.errors import AriError, GENERIC_500, bad_request, conflict, not_found
 from sim.asterisk.ids import ast_time
 from sim.asterisk.params import Params
 from sim.asterisk.state import Bridge, Channel
 
-if TYPE_CHECKING:
-    from sim.asterisk.server import AsteriskSim
 
 log = logging.getLogger("sim.asterisk")
 
@@ -93,6 +92,24 @@ MODULES = {
 }
 
 
+def authenticate(request: web.Request, users: dict[str, str]) -> str | None:
+    """The ARI user of `request` (HTTP Basic, or `?api_key=user:pass`), or None."""
+    header = request.headers.get("Authorization", "")
+    if header.lower().startswith("basic "):
+        try:
+            user, _, password = base64.b64decode(header[6:]).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+        if users.get(user) == password:
+            return user
+    api_key = request.query.get("api_key")
+    if api_key:
+        user, _, password = api_key.partition(":")
+        if users.get(user) == password:
+            return user
+    return None
+
+
 @dataclass
 class RestRecord:
     method: str
@@ -114,10 +131,11 @@ class Route:
 
 
 class AriRest:
-    def __init__(self, sim: AsteriskSim):
+    def __init__(self, sim: AsteriskCore):
         self.sim = sim
         self.pbx = sim.pbx
         self.calls = sim.calls
+        self.log: list[RestRecord] = []  # every request, when sim.record
         r = self._route
         r("/asterisk/info", GET=self.asterisk_info)
         r("/asterisk/ping", GET=self.asterisk_ping)
@@ -168,29 +186,16 @@ class AriRest:
 
     # --- HTTP plumbing -----------------------------------------------------------------------------------
     def authenticate(self, request: web.Request) -> str | None:
-        header = request.headers.get("Authorization", "")
-        if header.lower().startswith("basic "):
-            try:
-                user, _, password = base64.b64decode(header[6:]).decode().partition(":")
-            except (binascii.Error, UnicodeDecodeError):
-                return None
-            if self.sim.users.get(user) == password:
-                return user
-        api_key = request.query.get("api_key")
-        if api_key:
-            user, _, password = api_key.partition(":")
-            if self.sim.users.get(user) == password:
-                return user
-        return None
+        return authenticate(request, self.sim.users)
 
     def resolve(self, path: str, method: str) -> tuple[Handler | None, dict[str, str], int]:
-        candidates = [r for r in self.routes if r.regex.match(path)]
-        candidates.sort(key=lambda r: not r.literal)
+        candidates = [(r, m) for r in self.routes if (m := r.regex.match(path))]
+        candidates.sort(key=lambda found: not found[0].literal)
         if not candidates:
             return None, {}, 404
-        for route in candidates:
+        for route, match in candidates:
             if method in route.methods:
-                return route.methods[method], route.regex.match(path).groupdict(), 200
+                return route.methods[method], match.groupdict(), 200
         return None, {}, 405
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -206,7 +211,7 @@ class AriRest:
         status, payload, headers = await self._dispatch(request, path, query, body)
         record = RestRecord(request.method, path, {k: v[0] for k, v in query.items()}, body, status, response=payload)
         if self.sim.record:
-            self.sim.rest_log.append(record)
+            self.log.append(record)
         if status == 204 or payload is None:
             return web.Response(status=status, headers=headers)
         return web.Response(
@@ -474,8 +479,7 @@ class AriRest:
         if not fmt:
             raise bad_request("format cannot be empty")
         if encapsulation == "audiosocket" and transport != "tcp":
-            # reference/asterisk-ari.md §4 (checked on 22.10.1): audiosocket over udp is a 400; when the
-            # reference and the source disagree, the reference wins.
+            # Checked on 22.10.1: audiosocket over udp is a 400.
             raise bad_request("The encapsulation and/or transport is not supported")
         if transport == "websocket" and encapsulation != "none":
             raise bad_request("encapsulation must be 'none' for websocket transport")
@@ -498,7 +502,7 @@ class AriRest:
             )
         if (encapsulation, transport) not in (("rtp", "udp"), ("audiosocket", "tcp")):
             raise AriError(501, "The encapsulation and/or transport is not supported")
-        if split_host_port(host_port or "") is None:
+        if not host_port or split_host_port(host_port) is None:
             raise bad_request("external_host must be <host>:<port>")
         data = p.get("data")
         if encapsulation == "audiosocket" and not data:

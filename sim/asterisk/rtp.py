@@ -1,6 +1,6 @@
 """UnicastRTP as chan_rtp does it: Asterisk binds a UDP port and sends to the external host.
 
-What a real Asterisk 22.10.1 showed (reference asterisk-ari.md §6.1): 12-byte header, V=2, one random SSRC
+What a real Asterisk 22.10.1 showed: 12-byte header, V=2, one random SSRC
 and initial sequence per channel, first timestamp = one frame, marker never set, slin payloads big-endian.
 Inbound, only static payload types decode; a dynamic one (slin16 is PT 118) is dropped without a word, so
 slin16 and wider over RTP are one-way.
@@ -178,7 +178,7 @@ class RtpLeg:
         infos = await loop.getaddrinfo(
             self.external_host, self.external_port, family=socket.AF_INET, type=socket.SOCK_DGRAM
         )
-        self._external_ips = {info[4][0] for info in infos}
+        self._external_ips = {str(info[4][0]) for info in infos}
         low, high = self.port_range
         evens = list(range(low + low % 2, high + 1, 2))  # RTP takes even ports (RTCP would be the odd one)
         start = random.randrange(len(evens))

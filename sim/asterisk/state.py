@@ -16,6 +16,12 @@ class Hungup(Exception):
     """Raised inside a channel's dialplan task when the channel is hung up."""
 
 
+def settle(done: asyncio.Future[None]) -> None:
+    """Resolve `done` unless it already is (a playback's end callback may come after a cancel)."""
+    if not done.done():
+        done.set_result(None)
+
+
 @dataclass(eq=False)
 class Channel:
     id: str
@@ -38,7 +44,8 @@ class Channel:
     # Stasis
     stasis_app: str | None = None  # the app whose Stasis() the channel is in
     stasis_args: list[str] = field(default_factory=list)
-    stasis_leave: asyncio.Future | None = None  # resolved with a (context, exten, priority) or None
+    # Resolved with where the channel goes: a (context, exten, priority), another app (pbx.MoveTo) or None.
+    stasis_leave: asyncio.Future | None = None
     subscribed: set[str] = field(default_factory=set)  # apps subscribed to it outside Stasis (ARI-created)
     ari_created: bool = False
     dialstring: str | None = None  # /channels/create: what /dial will dial
@@ -81,6 +88,12 @@ class Channel:
     @property
     def in_stasis(self) -> bool:
         return self.stasis_app is not None
+
+    def far_end(self) -> Channel:
+        """The other half of a Local pair or of a phone (an error for a channel that has none)."""
+        if self.local_peer is None:
+            raise ValueError(f"channel {self.name} has no other half")
+        return self.local_peer
 
     def set_location(self, context: str, exten: str, priority: int, app_name: str = "", app_data: str = "") -> None:
         self.context, self.exten, self.priority = context, exten, priority

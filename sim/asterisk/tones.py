@@ -58,7 +58,9 @@ def media_pcm(uri: str, scale: float = 1.0) -> bytes:
     return silence_pcm(ms, RATE) if hz == 0 else tone_pcm(hz, ms, RATE)
 
 
-class _Item:
+class Queued:
+    """One sound in a ToneClock's queue (`play` returns it, `cancel` takes it)."""
+
     def __init__(self, pcm: bytes, on_done: Callable[[], None] | None):
         self.pcm, self.pos, self.on_done = pcm, 0, on_done
 
@@ -70,23 +72,23 @@ class ToneClock:
         self.write = write
         self.moh = False
         self.ringback = False
-        self._queue: deque[_Item] = deque()
+        self._queue: deque[Queued] = deque()
         self._task: asyncio.Task | None = None
         self._moh_frames = [tone_pcm(hz, 500, RATE, MOH_DBFS) for hz in MOH_NOTES]
         self._ring = tone_pcm(RINGBACK_HZ, RINGBACK_ON_MS, RATE, RINGBACK_DBFS) + silence_pcm(RINGBACK_OFF_MS, RATE)
         self._tick = 0
 
-    def play(self, pcm: bytes, on_done: Callable[[], None] | None = None) -> object:
-        item = _Item(pcm, on_done)
+    def play(self, pcm: bytes, on_done: Callable[[], None] | None = None) -> Queued:
+        item = Queued(pcm, on_done)
         self._queue.append(item)
         self._kick()
         return item
 
-    def cancel(self, handle: object) -> None:
+    def cancel(self, handle: Queued) -> None:
         if handle in self._queue:
-            self._queue.remove(handle)  # type: ignore[arg-type]
-            if handle.on_done:  # type: ignore[attr-defined]
-                handle.on_done()  # type: ignore[attr-defined]
+            self._queue.remove(handle)
+            if handle.on_done:
+                handle.on_done()
 
     def set_moh(self, on: bool) -> None:
         self.moh = on

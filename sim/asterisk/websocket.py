@@ -9,23 +9,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from typing import TYPE_CHECKING
-
 from aiohttp import WSMsgType, web
 
 from sim.asterisk.apps import EventSocket
+from sim.asterisk.core import AsteriskCore
+from sim.asterisk.rest import authenticate
 
-if TYPE_CHECKING:
-    from sim.asterisk.server import AsteriskSim
+
+DETACH_WAIT_S = 1.0
 
 
 class EventsEndpoint:
-    def __init__(self, sim: AsteriskSim):
+    def __init__(self, sim: AsteriskCore):
         self.sim = sim
-        self.transports: dict[EventSocket, asyncio.BaseTransport] = {}
+        self.transports: dict[EventSocket, asyncio.Transport] = {}
+        self.detached: dict[EventSocket, asyncio.Event] = {}  # set once its handler has detached it
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        if self.sim.rest.authenticate(request) is None:
+        if authenticate(request, self.sim.users) is None:
             return web.json_response(
                 {"message": "Authentication required"},
                 status=401,
@@ -42,6 +43,7 @@ class EventsEndpoint:
         sock = EventSocket(ws, list(dict.fromkeys(apps)), subscribe_all)
         if request.transport is not None:
             self.transports[sock] = request.transport
+        detached = self.detached[sock] = asyncio.Event()
         self.sim.apps.attach(sock)
         writer = asyncio.get_running_loop().create_task(sock.writer(), name="ari-events-writer")
         try:
@@ -53,6 +55,8 @@ class EventsEndpoint:
         finally:
             self.transports.pop(sock, None)
             self.sim.apps.detach(sock)
+            self.detached.pop(sock, None)
+            detached.set()
             writer.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await writer
@@ -66,14 +70,17 @@ class EventsEndpoint:
 
     async def drop_all(self, code: int = 1006) -> None:
         """Close every events socket: 1006 = abruptly (TCP reset, no close frame), else a close frame."""
-        for sock in list(self.sim.apps.sockets):
-            transport = self.transports.get(sock)
-            if code == 1006 and transport is not None:
-                transport.abort()
-            else:
-                with contextlib.suppress(Exception):
-                    await sock.ws.close(code=code)
-        for _ in range(100):  # bounded: let the handlers notice and detach
-            if not self.sim.apps.sockets:
-                break
-            await asyncio.sleep(0.01)
+        waits = [asyncio.ensure_future(e.wait()) for e in self.detached.values()]
+        try:
+            for sock in list(self.sim.apps.sockets):
+                transport = self.transports.get(sock)
+                if code == 1006 and transport is not None:
+                    transport.abort()
+                else:
+                    with contextlib.suppress(Exception):
+                        await sock.ws.close(code=code)
+            if waits:  # the handlers notice and detach their sockets
+                await asyncio.wait(waits, timeout=DETACH_WAIT_S)
+        finally:
+            for w in waits:
+                w.cancel()

@@ -59,7 +59,7 @@ def frame_bytes(fmt: str) -> int:
 
 
 def _json_option(transport_data: str | None) -> bool:
-    return bool(transport_data) and "f(json)" in transport_data.replace(" ", "")
+    return transport_data is not None and "f(json)" in transport_data.replace(" ", "")
 
 
 class WebSocketMediaLeg:

@@ -12,6 +12,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from typing import Any
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -51,12 +52,21 @@ class RealAsterisk:
         self.stop()
 
     @property
+    def own_run_dir(self) -> Path:
+        """The run directory of an Asterisk the harness started; RealAsteriskUnavailable for any other."""
+        if self.run_dir is None:
+            raise RealAsteriskUnavailable(f"the Asterisk at {self.ari_url} was not started by the harness")
+        return self.run_dir
+
+    @property
     def installation(self) -> Installation:
+        if self.prefix is None:
+            raise RealAsteriskUnavailable(f"the Asterisk at {self.ari_url} was not started by the harness")
         return Installation(self.prefix, "", "")
 
     @property
     def conf(self) -> Path:
-        return self.run_dir / "etc" / "asterisk.conf"
+        return self.own_run_dir / "etc" / "asterisk.conf"
 
     def cli(self, command: str, timeout: float = CLI_TIMEOUT) -> str:
         """Run one CLI command through the run directory's control socket (`asterisk -rx`); its output."""
@@ -111,7 +121,7 @@ class RealAsterisk:
             time.sleep(0.05)
         return True
 
-    def ari(self, method: str, path: str, timeout: float = 5.0) -> tuple[int, object]:
+    def ari(self, method: str, path: str, timeout: float = 5.0) -> tuple[int, Any]:
         """One ARI request (`path` under /ari); (status, decoded JSON or None)."""
         req = urllib.request.Request(
             f"{self.ari_url}/ari{path}", method=method, headers={"Authorization": _basic(self.user, self.password)}
@@ -129,7 +139,7 @@ class RealAsterisk:
             return status, body.decode(errors="replace")
 
     def save_state(self) -> Path:
-        path = self.run_dir / STATE
+        path = self.own_run_dir / STATE
         state = {f.name: str(getattr(self, f.name)) for f in fields(self) if not f.name.startswith("_")}
         path.write_text(json.dumps(state, indent=1) + "\n")
         return path
@@ -229,13 +239,15 @@ def _wait_ready(ast: RealAsterisk, proc: subprocess.Popen, timeout: float) -> st
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RealAsteriskUnavailable(
-                f"Asterisk exited with {proc.returncode} while starting:\n" + _log_tail(ast.run_dir)
+                f"Asterisk exited with {proc.returncode} while starting:\n" + _log_tail(ast.own_run_dir)
             )
         status, info = ast.ari("GET", "/asterisk/info", timeout=1)
         if status == 200:
             return info["system"]["version"]
         time.sleep(0.05)
-    raise RealAsteriskUnavailable(f"ARI at {ast.ari_url} did not answer within {timeout}s:\n" + _log_tail(ast.run_dir))
+    raise RealAsteriskUnavailable(
+        f"ARI at {ast.ari_url} did not answer within {timeout}s:\n" + _log_tail(ast.own_run_dir)
+    )
 
 
 def _log_tail(run: Path, lines: int = 15) -> str:

@@ -952,6 +952,11 @@ SCENARIOS: dict[str, tuple[Callable, str]] = {
 MAX_ATTEMPTS = 40  # for scenarios that need a race to go one way
 
 
+def _save(path: Path, doc: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=1) + "\n")
+
+
 async def record(name: str, out: Path, log=print) -> dict:
     run, description = SCENARIOS[name]
     for attempt in range(1, MAX_ATTEMPTS + 1):
@@ -968,8 +973,7 @@ async def record(name: str, out: Path, log=print) -> dict:
             doc = rec.document(info["system"]["entity_id"], ast.version)
         finally:
             ast.stop()
-        out.mkdir(parents=True, exist_ok=True)
-        (out / f"{name}.json").write_text(json.dumps(doc, indent=1) + "\n")
+        await asyncio.to_thread(_save, out / f"{name}.json", doc)
         log(
             f"{name}: {sum(s['dir'] == 'rest' for s in doc['steps'])} requests, "
             f"{sum(s['dir'] == 'event' for s in doc['steps'])} events"
