@@ -13,7 +13,7 @@ The rules:
 - One response at a time: a request waits while a response is active or another request is on its way; a
   request the server refused (`conversation_already_has_active_response`) is sent again once it is free.
 - Tool outputs go out once the calling response is done and every call of it has its output; then one
-  reply is asked for if any of them wanted one.
+  reply is asked for if any of them wanted one. Until they are out, no request of ours is sent.
 - The farewell is the last thing said: once it is asked for, no other reply is asked for, new tool calls are
   refused, and a response the server starts on its own is cancelled.
 - After the end nothing happens: late audio, responses and tool results produce no action.
@@ -399,7 +399,7 @@ class CallState:
             if waiting is not None:  # one reply answers all the news
                 if note:
                     waiting.notes.append(note)
-                return []
+                return self._next()
         self._seq += 1
         key = f"req_{self._seq}_{purpose.value}"
         request = _Request(key, purpose, {**params, "metadata": {METADATA_KEY: key}})
@@ -408,9 +408,18 @@ class CallState:
         self._queue.append(request)
         return self._next()
 
+    def _asked(self, purpose: Purpose) -> bool:
+        """A request of that purpose is waiting or on its way."""
+        return (self._sent is not None and self._sent.purpose is purpose) or any(
+            r.purpose is purpose for r in self._queue
+        )
+
     def _next(self) -> list[Action]:
-        """Send the first waiting request if the conversation is free."""
+        """Send the first waiting request if the conversation is free: no response under way or on its way,
+        and no finished response still waiting for its tools' outputs (the reply must see them)."""
         if self._active is not None or self._sent is not None or not self._queue:
+            return []
+        if any(r.done and r.calls and not r.outputs_sent for r in self._responses.values()):
             return []
         request = self._sent = self._queue.popleft()
         actions: list[Action] = [AddSystemText(note) for note in request.notes]
@@ -486,7 +495,7 @@ class CallState:
         if event.status == "completed" and event.message_items and not response.items and not response.cut:
             actions += self._audioless(response, event)
         if response.purpose is Purpose.GREETING and not response.items and self.stage is Stage.GREETING:
-            if not any(r.purpose is Purpose.GREETING for r in self._queue):
+            if not self._asked(Purpose.GREETING):
                 self.stage = Stage.CONVERSATION  # no greeting will play: the caller is heard from now on
         actions += self._farewell_progress()
         actions += self._next()
@@ -582,6 +591,8 @@ class CallState:
             respond |= call.respond
         if respond and self.stage in (Stage.GREETING, Stage.CONVERSATION):
             actions += self._request(Purpose.REPLY, {})
+        else:
+            actions += self._next()  # a request held back for these outputs
         self._forget_finished()
         return actions
 
