@@ -80,6 +80,13 @@ class CallLog:
             if pending:
                 log.warning("call log still has %d entries unwritten", self._pending.qsize())
 
+    async def close(self) -> None:
+        """The call is over: write what is left (bounded by flush's wait), then stop the writer."""
+        await self.flush()
+        if self._writer is not None and not self._writer.done():
+            self._writer.cancel()
+            await asyncio.wait([self._writer])
+
     async def history(self) -> list[dict[str, Any]]:
         """The conversation so far, in the shape `RealtimeProtocol.replay` takes."""
         await self.flush()

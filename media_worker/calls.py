@@ -170,6 +170,8 @@ class CallManager:
     def _attach_audiosocket(session: CallSession, link: AudioSocketLink) -> None:
         link.expect(session.plan.format)
         session.attach(link)
+        if link.format and link.format != session.plan.format:
+            session.on_format(link.format)  # learnt from audio Asterisk sent while the connection was held
 
     def connect_websocket(self, ready: MediaReady) -> None:
         """The controller created the call's WebSocket media channel: connect to it (in a task of its own; the

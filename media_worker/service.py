@@ -11,9 +11,10 @@ import socket
 from media_worker import inbox
 from media_worker.audio.playout import PlayoutClock
 from media_worker.calls import CallManager
+from media_worker.context import WorkerContext
 from media_worker.realtime.client import ClientSettings
 from media_worker.realtime.pool import SessionPool
-from media_worker.context import WorkerContext
+from media_worker.tasks import TaskSet
 from media_worker.transport.audiosocket_server import AudioSocketServer
 from shared.messages import WorkerInfo
 from shared.netaddr import resolve_advertise_host
@@ -86,23 +87,19 @@ class MediaWorker(AsyncRole):
         self.calls = CallManager(ctx, listen_host=settings.listen_host, allowed_hosts=settings.allowed_media_hosts)
         self.pool.start()
         stop_reading = asyncio.Event()
-        tasks = [
-            asyncio.create_task(self.clock.run(self.stopping), name="playout-clock"),
-            asyncio.create_task(
-                inbox.consume(self.redis, self.keys.worker_inbox(self.id), self.calls.handle, stop_reading),
-                name="inbox",
-            ),
-            asyncio.create_task(self._leases(), name="leases"),
-        ]
+        tasks = TaskSet("media worker")
+        tasks.spawn(self.clock.run(self.stopping), "playout-clock")
+        tasks.spawn(
+            inbox.consume(self.redis, self.keys.worker_inbox(self.id), self.calls.handle, stop_reading), "inbox"
+        )
+        tasks.spawn(self._leases(), "leases")
         try:
             await self.stopping.wait()
             await self._drain()
         finally:
             stop_reading.set()
             await self.calls.stop_all("worker_stopping")
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await tasks.close()
             await self.pool.stop()
 
     async def _drain(self) -> None:

@@ -226,7 +226,7 @@ class CallSession:
         if self.client is not None:
             await self.client.close()
         self.heard.log_heard(self.audio.playout, final=True)
-        await self.log.flush()
+        await self.log.close()
         await self._save_stats()
         log.info(
             "call %s ended on the worker (%s): %d turns, %d barge-ins, %d gate closures",
