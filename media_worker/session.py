@@ -13,7 +13,6 @@ path reads its stage and allocates nothing of its own.
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import time
 from collections.abc import Callable
@@ -68,6 +67,7 @@ from media_worker.realtime.client import Closed, RealtimeClient, RealtimeError, 
 from media_worker.tasks import TaskSet
 from media_worker.tool_calls import FarewellSignals, ToolRunner
 from media_worker.transport.link import MediaLink
+from media_worker.uplink import Uplink
 from media_worker.usage import CallUsage
 from shared.config.ga_session import build_session
 from shared.logs import bind_call
@@ -77,7 +77,6 @@ from shared.metrics import (
     CALL_COST,
     COST,
     GATE_CLOSURES,
-    INPUT_LATENCY,
     OUTPUT_LATENCY,
     PADDED,
     RATE_LIMIT_LIMIT,
@@ -91,7 +90,6 @@ from shared.tool_schemas import realtime_tools
 
 log = logging.getLogger("session")
 
-PROBE_EVERY = 25  # input latency is sampled one frame in this many: the per-frame path stays free of histograms
 FRAME_MS = 20
 FLUSH_COUNT_TIMEOUT = 0.25  # a barge-in waits this long for Asterisk's count of the frames it flushed
 REQUEST_TIMEOUT_S = 10.0  # a response.create with neither response.created nor a refusal by then is given up
@@ -128,12 +126,7 @@ class CallSession:
         self._agent_idle = asyncio.Event()  # CallState.agent_idle, for the tools that wait on it
         self._items: dict[str, bool] = {}  # output item -> whether its audio plays
         self._last_playing: str | None = None
-        self._outgoing: collections.deque[bytes] = collections.deque()  # caller audio for the model
-        self._outgoing_ready = asyncio.Event()
-        self._queued_total = 0
-        self._sent_total = 0
-        self._probe_t: float | None = None
-        self._probe_seq = 0
+        self.uplink = Uplink()  # caller audio for the model
         self._first_delta_t: dict[str, float] = {}  # item -> when its first audio arrived, until it plays
 
     # --- lifecycle -------------------------------------------------------------------------------------
@@ -171,7 +164,7 @@ class CallSession:
             )
             ready = await self.client.start()
             log.info("Realtime session %s ready for call %s", ready.session_id, self.call_id)
-            self.tasks.spawn(self._send_forever(), f"append-{self.call_id}")
+            self.tasks.spawn(self.uplink.run(self.client.append), f"append-{self.call_id}")
             self._feed(SessionReady())
             await self._events_forever()
         except RealtimeError as exc:
@@ -261,7 +254,7 @@ class CallSession:
             fields.update(summary())
         await save_record(self.ctx.redis, self.ctx.keys.call(self.call_id), fields)
 
-    def _arm(self, name: str, delay: float, callback: Any, *args: Any) -> None:
+    def _arm(self, name: str, delay: float, callback: Callable[..., object], *args: object) -> None:
         previous = self._timers.pop(name, None)
         if previous is not None:
             previous.cancel()
@@ -286,7 +279,7 @@ class CallSession:
             case CreateResponse(key=key, params=params):
                 assert client is not None
                 client.create_response(event_id=key, **params)
-                self._arm("request", REQUEST_TIMEOUT_S, self._feed_later, RequestLost(key))
+                self._arm("request", REQUEST_TIMEOUT_S, self._feed, RequestLost(key))
                 if action.purpose is Purpose.GREETING:
                     self.stats.awaiting_first_frame = True
             case SendToolOutput(call_id=call_id, output=output):
@@ -321,10 +314,6 @@ class CallSession:
             case FarewellPlayed():
                 self._farewell.played.set()
 
-    def _feed_later(self, event: Event) -> None:
-        """A timer's event (a callback of the loop, outside any task)."""
-        self._feed(event)
-
     # --- the media link (MediaSink) --------------------------------------------------------------------
     def attach(self, link: MediaLink, live: bool = True) -> None:
         """Bind the media connection. `live=False` (RTP): we cannot send before Asterisk's first packet tells
@@ -345,7 +334,7 @@ class CallSession:
             timer.cancel()
         if not self.state.hears_caller:  # the greeting's guard holds: it ends with the greeting, or at the latest…
             greeting_timeout = self.ctx.config.media_worker.greeting_timeout_ms / 1000
-            self._arm("greeting", greeting_timeout, self._feed_later, GreetingTimedOut())
+            self._arm("greeting", greeting_timeout, self._feed, GreetingTimedOut())
         self.ctx.clock.add(self.call_id, self._tick)
         self.linked.set()
         assert self.link is not None
@@ -362,18 +351,16 @@ class CallSession:
             self._go_live()
         audio, state = self.audio, self.state
         audio.frames_in += 1
-        if audio.frames_in % PROBE_EVERY == 0 and self._probe_t is None:
-            self._probe_t = time.monotonic()
-            self._probe_seq = self._queued_total  # the append this frame becomes
+        self.uplink.sample(audio.frames_in)
         speaking = audio.gate.incoming(audio.gate_view(payload))
         if speaking != state.caller_speaking:  # an edge: the machine decides about barge-in
             self._feed(SpeechStarted(audio.agent_audible) if speaking else SpeechEnded())
         # Echo guard: while the agent talks and the gate hears no real speech, the server gets silence, so it
         # never takes our own voice for a caller turn. Within the greeting's guard the caller is not heard.
         if not state.hears_caller or (not speaking and audio.agent_audible):
-            self._queue_append(audio.provider_silence)
+            self.uplink.put(audio.provider_silence)
         else:
-            self._queue_append(audio.conv.to_provider(payload))
+            self.uplink.put(audio.conv.to_provider(payload))
 
     def on_dtmf(self, digit: str) -> None:
         if self.ctx.config.media_worker.dtmf_to_model and self.client is not None:
@@ -417,7 +404,7 @@ class CallSession:
         # Asterisk sends nothing while a Local/VAD-suppressing caller is silent; the server's clock must not
         # stall, so gaps become silence (jitter below INPUT_SLACK_FRAMES is left alone).
         if audio.caller_frame_missing():
-            self._queue_append(audio.provider_silence)
+            self.uplink.put(audio.provider_silence)
             if not audio.gate.absent() and state.caller_speaking:
                 self._feed(SpeechEnded())  # so the caller's next words are a new start (a barge-in)
 
@@ -458,24 +445,6 @@ class CallSession:
             self.client.truncate(item, max(played_ms - dropped * FRAME_MS, 0))
 
     # --- Realtime --------------------------------------------------------------------------------------
-    def _queue_append(self, pcm: bytes) -> None:
-        self._outgoing.append(pcm)
-        self._queued_total += 1
-        self._outgoing_ready.set()
-
-    async def _send_forever(self) -> None:
-        assert self.client is not None
-        out = self._outgoing
-        while True:
-            await self._outgoing_ready.wait()
-            self._outgoing_ready.clear()
-            while out:
-                await self.client.append(out.popleft())
-                self._sent_total += 1
-                if self._probe_t is not None and self._sent_total > self._probe_seq:
-                    INPUT_LATENCY.observe(time.monotonic() - self._probe_t)
-                    self._probe_t = None
-
     async def _events_forever(self) -> None:
         assert self.client is not None
         queue = self.client.events
