@@ -303,6 +303,7 @@ class CallSession:
                 self._barge_in()
             case DropItem(item_id=item_id):
                 self._items[item_id] = False
+                self.heard.skip(item_id)  # never played: its transcript is not what the caller heard
             case ReportAudioless(response_id=response_id, text=text, message_items=items):
                 AUDIOLESS.inc()
                 self.stats.audioless_responses += 1

@@ -19,6 +19,7 @@ from media_worker.calls import CallManager
 from media_worker.context import WorkerContext
 from media_worker.realtime.client import ClientSettings
 from media_worker.realtime.pool import SessionPool
+from media_worker.tasks import TaskSet
 from media_worker.transport.audiosocket_codec import HEADER, KIND_SLIN16, KIND_SLIN24, encode
 from media_worker.transport.audiosocket_server import AudioSocketServer
 from shared.config.schema import Config
@@ -171,3 +172,24 @@ async def test_stop_completes_even_when_a_task_ignores_its_cancellation(worker, 
     release.set()  # let the test's stubborn task go, or the loop could not close
     assert task is not None
     await task
+
+
+async def test_a_task_set_logs_a_failure_once_and_closes_idempotently(caplog):
+    tasks = TaskSet("call t")
+    caplog.set_level(logging.ERROR, logger="tasks")
+
+    async def fails() -> None:
+        raise RuntimeError("boom")
+
+    failing = tasks.spawn(fails(), "fails")
+    sleeping = tasks.spawn(asyncio.sleep(3600), "sleeps")
+    assert failing is not None and sleeping is not None
+    await asyncio.wait([failing])
+    await asyncio.sleep(0)  # the done callback runs
+    assert caplog.text.count("task fails failed") == 1 and len(tasks) == 1  # the failed one is let go
+    await tasks.close()
+    assert sleeping.cancelled() and len(tasks) == 0
+    await tasks.close()
+    late = fails()
+    assert tasks.spawn(late, "late") is None  # a closed set starts nothing (and closes the coroutine)
+    assert late.cr_frame is None
