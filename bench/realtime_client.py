@@ -35,7 +35,7 @@ async def one_call(url: str, seconds: float, received: list[int]) -> None:
     session = build_session(OpenAIRealtime(), instructions="benchmark")
     client = RealtimeClient(ClientSettings(url=url, model="gpt-realtime-2.1", api_key="bench"), session)
     await client.start()
-    await client.create_response()
+    client.create_response()
     frame = bytes(960)  # 20 ms of silence at 24 kHz: no VAD turn, so replies are never interrupted
     start = time.monotonic()
     n = 0
@@ -48,7 +48,7 @@ async def one_call(url: str, seconds: float, received: list[int]) -> None:
             if isinstance(item, AudioChunk):
                 got += len(item.data)
             elif isinstance(item, ev.ResponseDone):
-                await client.create_response()
+                client.create_response()
 
     reader = asyncio.create_task(drain())
     while (elapsed := time.monotonic() - start) < seconds:

@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.typing import EncodableT, FieldT
 
 from shared.keys import Keys
 
@@ -26,8 +27,8 @@ class CallLog:
         self.redis = redis
         self.key = keys.call_log(call_id)
         self.started = time.monotonic() if started is None else started
-        self._pending: asyncio.Queue[dict[str, str]] = asyncio.Queue()
-        self._writer: asyncio.Task | None = None
+        self._pending: asyncio.Queue[dict[FieldT, EncodableT]] = asyncio.Queue()
+        self._writer: asyncio.Task[None] | None = None
         self.written = 0
         self.failed = 0
 
@@ -52,7 +53,7 @@ class CallLog:
         )
 
     def _put(self, entry: dict[str, str]) -> None:
-        self._pending.put_nowait(entry)
+        self._pending.put_nowait({key: value for key, value in entry.items()})
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write(), name="call-log")
 
@@ -73,17 +74,26 @@ class CallLog:
 
     async def flush(self, timeout: float = 5.0) -> None:
         """Wait until everything logged so far is in Redis (call end)."""
-        if self._writer is not None:
-            try:
-                await asyncio.wait_for(asyncio.shield(self._writer), timeout)
-            except asyncio.TimeoutError:
+        if self._writer is not None and not self._writer.done():
+            # asyncio.wait, not wait_for: the writer goes on (the entries still get written) if we stop waiting.
+            _, pending = await asyncio.wait([self._writer], timeout=timeout)
+            if pending:
                 log.warning("call log still has %d entries unwritten", self._pending.qsize())
+
+    async def close(self) -> None:
+        """The call is over: write what is left (bounded by flush's wait), then stop the writer."""
+        await self.flush()
+        if self._writer is not None and not self._writer.done():
+            self._writer.cancel()
+            await asyncio.wait([self._writer])
 
     async def history(self) -> list[dict[str, Any]]:
         """The conversation so far, in the shape `RealtimeProtocol.replay` takes."""
         await self.flush()
         items: list[dict[str, Any]] = []
-        for _, fields in await self.redis.xrange(self.key):
+        for _, fields in await self.redis.xrange(self.key) or []:
+            if fields is None:
+                continue  # an entry deleted while we read
             f = {
                 (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
                 for k, v in fields.items()

@@ -10,7 +10,10 @@ import logging
 import msgspec
 import redis.asyncio as aioredis
 
-from media_worker.session import CallSession, WorkerContext
+from media_worker.context import WorkerContext
+from media_worker.session import CallSession
+from media_worker.tasks import TaskSet
+from media_worker.transport.audiosocket_server import AudioSocketLink
 from media_worker.transport.link import MediaLink, MediaSink
 from media_worker.transport.rtp_endpoint import RtpEndpoint
 from media_worker.transport.websocket_media import MediaConnectError, WebSocketMediaLink
@@ -26,6 +29,7 @@ MAX_HELD = 100
 # WebSocket media: start the clock this long after MEDIA_START even if Asterisk has sent no audio yet.
 WEBSOCKET_LIVE_AFTER = 0.5
 LEASE_MS = 3000  # renewed every second: a worker dead for 3 s has lost its calls
+STOP_ALL_TIMEOUT_S = 10.0  # a session's stop is bounded (CallSession's close timeout); this bounds them all
 
 
 class CallManager:
@@ -36,7 +40,10 @@ class CallManager:
         self.sessions: dict[str, CallSession] = {}
         self._rtp: dict[str, RtpEndpoint] = {}
         self._held: dict[str, _Held] = {}  # AudioSocket connections that came before their assignment
-        self._ws: dict[str, tuple[WebSocketMediaLink, asyncio.Task]] = {}  # connecting or connected
+        self._ws: dict[str, tuple[WebSocketMediaLink, asyncio.Task[None] | None]] = {}  # connecting or connected
+        self._tasks = TaskSet("calls")  # each session's reaper, each WebSocket media connect
+        self._no_calls = asyncio.Event()  # set while no session is on this worker (a drain waits for it)
+        self._no_calls.set()
 
     # --- inbox messages --------------------------------------------------------------------------------
     async def handle(self, kind: str, data: str | bytes) -> None:
@@ -73,6 +80,7 @@ class CallManager:
             current.stop("reassigned")
         session = CallSession(self.ctx, assignment)
         self.sessions[call_id] = session
+        self._no_calls.clear()
         if assignment.plan.transport == "rtp":
             endpoint = RtpEndpoint(
                 self.listen_host,
@@ -85,19 +93,19 @@ class CallManager:
                 await endpoint.open()
             except OSError as exc:
                 log.error("call %s: cannot open RTP port %d: %s", call_id, assignment.rtp_port, exc)
-                del self.sessions[call_id]
+                self._forget(session)
                 return
             self._rtp[call_id] = endpoint
         session.start()
         held = self._held.pop(call_id, None)
         if held is not None:
-            held.timer.cancel()
+            held.cancel_timer()
             if session.plan.transport == "audiosocket":
                 self._attach_audiosocket(session, held.link)
-                held.link.rebind(session)  # type: ignore[attr-defined]
+                held.link.rebind(session)
             else:
-                held.link.refuse()  # type: ignore[attr-defined]
-        asyncio.create_task(self._forget_when_done(session), name=f"reap-{call_id}")
+                held.link.refuse()
+        self._tasks.spawn(self._forget_when_done(session), f"reap-{call_id}")
         log.info(
             "call %s assigned (epoch %d, %s %s, context %s)",
             call_id,
@@ -119,17 +127,27 @@ class CallManager:
         if endpoint.set_peer(peer.host, peer.port):
             session.media_ready()
 
-    async def _forget_when_done(self, session: CallSession) -> None:
-        await session.finished.wait()
+    def _forget(self, session: CallSession) -> None:
         if self.sessions.get(session.call_id) is session:
             del self.sessions[session.call_id]
+        if not self.sessions:
+            self._no_calls.set()
+
+    async def wait_no_calls(self) -> None:
+        """Return once no call is left on this worker."""
+        await self._no_calls.wait()
+
+    async def _forget_when_done(self, session: CallSession) -> None:
+        await session.finished.wait()
+        self._forget(session)
         endpoint = self._rtp.pop(session.call_id, None)
         if endpoint is not None:
             endpoint.stop()
         ws = self._ws.pop(session.call_id, None)
         if ws is not None:
             link, task = ws
-            task.cancel()
+            if task is not None:
+                task.cancel()
             link.stop()  # no-op when the session closed it; otherwise (still connecting) it is aborted
         try:
             await self.ctx.redis.delete(self.ctx.keys.call_lease(session.call_id))
@@ -137,11 +155,10 @@ class CallManager:
             pass
 
     # --- media connections -----------------------------------------------------------------------------
-    def bind_audiosocket(self, call_uuid: str, peer_host: str, link: MediaLink) -> MediaSink | None:
+    def bind_audiosocket(self, call_uuid: str, peer_host: str, link: AudioSocketLink) -> MediaSink | None:
         session = self.sessions.get(call_uuid)
         if session is None and call_uuid not in self._held and len(self._held) < MAX_HELD:
             held = self._held[call_uuid] = _Held(self, call_uuid, peer_host, link)
-            held.timer = asyncio.get_running_loop().call_later(HOLD_UNASSIGNED_S, held.expire)
             return held
         if session is None or session.plan.transport != "audiosocket" or session.link is not None:
             log.warning("AudioSocket connection from %s for unknown call %s: refused", peer_host, call_uuid)
@@ -150,9 +167,11 @@ class CallManager:
         return session
 
     @staticmethod
-    def _attach_audiosocket(session: CallSession, link: MediaLink) -> None:
-        link.expect(session.plan.format)  # type: ignore[attr-defined]
+    def _attach_audiosocket(session: CallSession, link: AudioSocketLink) -> None:
+        link.expect(session.plan.format)
         session.attach(link)
+        if link.format and link.format != session.plan.format:
+            session.on_format(link.format)  # learnt from audio Asterisk sent while the connection was held
 
     def connect_websocket(self, ready: MediaReady) -> None:
         """The controller created the call's WebSocket media channel: connect to it (in a task of its own; the
@@ -184,7 +203,7 @@ class CallManager:
             log.error("call %s: unusable media URL: %s", ready.call_id, exc)
             session.stop("media_connect_failed")
             return
-        task = asyncio.create_task(self._connect_websocket(session, link), name=f"ws-media-{ready.call_id}")
+        task = self._tasks.spawn(self._connect_websocket(session, link), f"ws-media-{ready.call_id}")
         self._ws[ready.call_id] = (link, task)
 
     async def _connect_websocket(self, session: CallSession, link: WebSocketMediaLink) -> None:
@@ -200,12 +219,12 @@ class CallManager:
         the clock starts when the controller says the leg is bridged (media_bridged), or with the first frame
         Asterisk sends us (it sends only once bridged), whichever comes first; WEBSOCKET_LIVE_AFTER bounds the
         wait should both be lost."""
-        if session.finished.is_set() or session._stopping or session.link is not None:
+        if session.finished.is_set() or session.stopping or session.link is not None:
             return None
         session.attach(link, live=False)
 
         def live_anyway() -> None:
-            if not session.finished.is_set() and not session._stopping:
+            if not session.finished.is_set() and not session.stopping:
                 session.media_ready()
 
         asyncio.get_running_loop().call_later(WEBSOCKET_LIVE_AFTER, live_anyway)
@@ -218,7 +237,7 @@ class CallManager:
             or session.assignment.epoch != bridged.epoch
             or session.link is None
             or session.linked.is_set()
-            or session._stopping
+            or session.stopping
         ):
             return  # live already (the caller spoke first), or over
         session.media_ready()
@@ -235,20 +254,30 @@ class CallManager:
             await pipe.execute()
 
     async def stop_all(self, reason: str) -> None:
+        """Stop every call and wait until each has ended (each stop is bounded; so is the wait)."""
         sessions = list(self.sessions.values())
         for session in sessions:
             session.stop(reason)
-        if sessions:
-            await asyncio.wait([asyncio.create_task(s.finished.wait()) for s in sessions], timeout=5)
+        try:
+            async with asyncio.timeout(STOP_ALL_TIMEOUT_S):
+                for session in sessions:
+                    await session.finished.wait()
+        except TimeoutError:
+            left = [s.call_id for s in sessions if not s.finished.is_set()]
+            log.error("%d calls had not ended %.0f s after the stop: %s", len(left), STOP_ALL_TIMEOUT_S, left)
+        await self._tasks.close(finish_s=2.0)  # the reapers' cleanup (RTP ports, leases) finishes first
 
 
 class _Held:
     """The sink of an AudioSocket connection whose call is not assigned here yet: the caller's first frames
     are dropped (the session is not there to take them), and without an assignment in time it is refused."""
 
-    def __init__(self, calls: CallManager, call_uuid: str, peer_host: str, link: MediaLink):
+    def __init__(self, calls: CallManager, call_uuid: str, peer_host: str, link: AudioSocketLink):
         self.calls, self.call_uuid, self.peer_host, self.link = calls, call_uuid, peer_host, link
-        self.timer: asyncio.TimerHandle | None = None
+        self.timer = asyncio.get_running_loop().call_later(HOLD_UNASSIGNED_S, self.expire)
+
+    def cancel_timer(self) -> None:
+        self.timer.cancel()
 
     def on_audio(self, payload: bytes) -> None:
         pass
@@ -267,12 +296,11 @@ class _Held:
                 self.call_uuid,
                 HOLD_UNASSIGNED_S,
             )
-            self.link.refuse()  # type: ignore[attr-defined]
+            self.link.refuse()
 
     def _forget(self) -> bool:
         if self.calls._held.get(self.call_uuid) is not self:
             return False
         del self.calls._held[self.call_uuid]
-        if self.timer is not None:
-            self.timer.cancel()
+        self.timer.cancel()
         return True

@@ -30,14 +30,19 @@ async def consume(
                 log.warning("cannot read the inbox (%s); retrying", exc)
             failing = True
             try:
-                await asyncio.wait_for(stopping.wait(), 0.5)
-            except asyncio.TimeoutError:
+                async with asyncio.timeout(0.5):  # the retry's pause, cut short by a stop
+                    await stopping.wait()
+            except TimeoutError:
                 pass
             continue
         if failing:
             log.info("reading the inbox again")
             failing = False
-        for _, entries in batches or []:
+        if batches is None:
+            continue  # nothing new within block_ms
+        if not isinstance(batches, list):  # RESP2, the connection's protocol: [[stream, [(id, fields), ...]]]
+            raise TypeError(f"XREAD answered a {type(batches).__name__}, not RESP2's list")
+        for _, entries in batches:
             for entry_id, fields in entries:
                 last = entry_id
                 try:

@@ -11,9 +11,10 @@ import socket
 from media_worker import inbox
 from media_worker.audio.playout import PlayoutClock
 from media_worker.calls import CallManager
+from media_worker.context import WorkerContext
 from media_worker.realtime.client import ClientSettings
 from media_worker.realtime.pool import SessionPool
-from media_worker.session import WorkerContext
+from media_worker.tasks import TaskSet
 from media_worker.transport.audiosocket_server import AudioSocketServer
 from shared.messages import WorkerInfo
 from shared.netaddr import resolve_advertise_host
@@ -86,23 +87,19 @@ class MediaWorker(AsyncRole):
         self.calls = CallManager(ctx, listen_host=settings.listen_host, allowed_hosts=settings.allowed_media_hosts)
         self.pool.start()
         stop_reading = asyncio.Event()
-        tasks = [
-            asyncio.create_task(self.clock.run(self.stopping), name="playout-clock"),
-            asyncio.create_task(
-                inbox.consume(self.redis, self.keys.worker_inbox(self.id), self.calls.handle, stop_reading),
-                name="inbox",
-            ),
-            asyncio.create_task(self._leases(), name="leases"),
-        ]
+        tasks = TaskSet("media worker")
+        tasks.spawn(self.clock.run(self.stopping), "playout-clock")
+        tasks.spawn(
+            inbox.consume(self.redis, self.keys.worker_inbox(self.id), self.calls.handle, stop_reading), "inbox"
+        )
+        tasks.spawn(self._leases(), "leases")
         try:
             await self.stopping.wait()
             await self._drain()
         finally:
             stop_reading.set()
             await self.calls.stop_all("worker_stopping")
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await tasks.close()
             await self.pool.stop()
 
     async def _drain(self) -> None:
@@ -111,16 +108,19 @@ class MediaWorker(AsyncRole):
         grace = self.config.media_worker.drain_timeout_ms / 1000
         if not self.calls.sessions or grace <= 0:
             return
-        self.registration.info.draining = True
+        info = self.registration.info
+        if isinstance(info, WorkerInfo):
+            info.draining = True  # the controller's admission skips a draining worker
         try:
             await self.registration.heartbeat()
         except Exception:  # Redis down: the heartbeat stops anyway and the entry goes stale
             pass
         log.info("draining: waiting up to %.0f s for %d calls", grace, len(self.calls.sessions))
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + grace
-        while self.calls.sessions and loop.time() < deadline:
-            await asyncio.sleep(0.2)
+        try:
+            async with asyncio.timeout(grace):
+                await self.calls.wait_no_calls()
+        except TimeoutError:
+            log.info("drain time is up with %d calls left: they are ended", len(self.calls.sessions))
 
     async def _leases(self) -> None:
         assert self.calls is not None
@@ -131,7 +131,8 @@ class MediaWorker(AsyncRole):
             except Exception as exc:  # Redis hiccup: the next beat tries again
                 log.debug("lease renewal failed: %s", exc)
             TICK_LAG.set(self.clock.lag_ms.quantile(0.99) if self.clock.lag_ms.count else 0)
-            draining = self.registration is not None and self.registration.info.draining
+            info = self.registration.info if self.registration is not None else None
+            draining = isinstance(info, WorkerInfo) and info.draining
             capacity = self.config.media_worker.capacity
             WORKER_SLOTS_FREE.set(0 if draining else max(capacity - len(self.calls.sessions), 0))
 

@@ -5,6 +5,10 @@ about, never an exception and never silence. Call control (transfer, cancel_tran
 the controller's (it alone talks ARI): a request goes to `va:controller:inbox` with an idempotent id and the
 reply comes back in this worker's inbox. The emails are sent by the tool workers after the call, with the
 whole transcript: the tools here only record what was asked for in the call record.
+
+The runner returns each result to the call session (`ToolOutcome`), which sends it when the conversation
+allows; what a tool does afterwards (the farewell, waiting on a ringing transfer) goes through `ToolHost`,
+the few things the runner needs from the call.
 """
 
 from __future__ import annotations
@@ -13,23 +17,61 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
-from shared.messages import ControlReply, ControlRequest, inbox_fields
+from redis.typing import EncodableT, FieldT
+
+from media_worker.call_log import CallLog
+from media_worker.call_state import ToolCalled
+from media_worker.context import WorkerContext
+from shared.email_address import parse_spoken_email, spell_back
+from shared.messages import CallPlan, ControlReply, ControlRequest, inbox_fields
 from shared.metrics import TOOL_CALLS, TOOL_SECONDS
 from shared.tool_schemas import HangupArgs, TranscriptArgs, TransferArgs, parse_arguments
 
-if TYPE_CHECKING:
-    from media_worker.session import CallSession
-    from media_worker.realtime.protocol import FunctionCall
-
 log = logging.getLogger("tools")
-
-Result = tuple[dict[str, Any], bool, Callable[[], Awaitable[None]] | None]  # (output, respond, then)
 
 REPLY_TIMEOUT_S = 10.0
 FAREWELL_MAX_S = 30.0  # a farewell with audio plays out, up to this long
+ANNOUNCEMENT_MAX_S = 15.0  # the voicemail announcement plays out, up to this long, before the hand-off
+
+FollowUp = Callable[[], Coroutine[Any, Any, None]]
+
+
+@dataclass
+class ToolOutcome:
+    output: str  # JSON for the function_call_output
+    respond: bool  # the model should speak about it
+    then: FollowUp | None = None  # what the tool does once its output is in (the farewell, a ringing transfer)
+
+
+@dataclass
+class FarewellSignals:
+    started: asyncio.Event = field(default_factory=asyncio.Event)  # its audio began
+    played: asyncio.Event = field(default_factory=asyncio.Event)  # its audio is over (or the caller cut it)
+
+
+class ToolHost(Protocol):
+    """What the tools need from the call they run in (the call session)."""
+
+    def set_end_reason(self, reason: str) -> None: ...
+
+    def begin_farewell(self, instructions: str) -> FarewellSignals: ...
+
+    def cancel_farewell(self) -> None: ...
+
+    def tell_model(self, text: str) -> None:
+        """News from outside the conversation: the model is told and speaks about it when it can."""
+        ...
+
+    async def agent_finished(self) -> None:
+        """Return once nothing the agent says is being generated, waiting, or playing."""
+        ...
+
+
+Result = tuple[dict[str, Any], bool, FollowUp | None]  # (output, respond, then)
 
 
 def _out(**fields: Any) -> dict[str, Any]:
@@ -37,9 +79,14 @@ def _out(**fields: Any) -> dict[str, Any]:
 
 
 class ToolRunner:
-    def __init__(self, session: "CallSession"):
-        self.s = session
+    def __init__(self, ctx: WorkerContext, plan: CallPlan, call_log: CallLog, host: ToolHost):
+        self.ctx = ctx
+        self.plan = plan
+        self.call_id = plan.call_id
+        self.call_log = call_log
+        self.host = host
         self._replies: dict[str, asyncio.Queue[ControlReply]] = {}
+        self._hangup_by: str | None = None  # the tool call whose farewell and hang-up are under way
 
     # --- the controller's replies (from the worker inbox) ----------------------------------------------
     def on_reply(self, reply: ControlReply) -> None:
@@ -49,18 +96,16 @@ class ToolRunner:
 
     async def _request(self, action: str, tool_call_id: str, **fields: str) -> str:
         """Send a request to the controller; returns its id, whose replies `_reply` waits for."""
-        s = self.s
         request = ControlRequest(
-            request_id=f"{s.call_id}:{tool_call_id}:{action}",
-            call_id=s.call_id,
-            worker_id=s.ctx.worker_id,
+            request_id=f"{self.call_id}:{tool_call_id}:{action}",
+            call_id=self.call_id,
+            worker_id=self.ctx.worker_id,
             action=action,
             **fields,
         )
         self._replies[request.request_id] = asyncio.Queue()
-        await s.ctx.redis.xadd(
-            s.ctx.keys.controller_inbox, inbox_fields("control", request), maxlen=100_000, approximate=True
-        )
+        entry: dict[FieldT, EncodableT] = {key: value for key, value in inbox_fields("control", request).items()}
+        await self.ctx.redis.xadd(self.ctx.keys.controller_inbox, entry, maxlen=100_000, approximate=True)
         return request.request_id
 
     async def _reply(
@@ -68,25 +113,26 @@ class ToolRunner:
     ) -> ControlReply | None:
         """The next reply to a request (None on timeout); with `last`, the request is forgotten afterwards."""
         try:
-            return await asyncio.wait_for(self._replies[request_id].get(), timeout)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(timeout):
+                return await self._replies[request_id].get()
+        except TimeoutError:
             return None
         finally:
             if last:
                 self._replies.pop(request_id, None)
 
     # --- entry point -----------------------------------------------------------------------------------
-    async def run(self, call: "FunctionCall") -> None:
-        s = self.s
+    async def run(self, call: ToolCalled) -> ToolOutcome:
+        """Run one tool call to its result; never raises (a failure is a result the model can talk about)."""
         started = time.monotonic()
         status = "ok"
-        respond, after = True, None
+        respond, then = True, None
         try:
-            if call.name not in s.plan.tools:
+            if call.name not in self.plan.tools:
                 raise ValueError(f"the {call.name} tool is not available on this call")
             args = parse_arguments(call.name, call.arguments)
             handler = getattr(self, f"_{call.name}")
-            result, respond, after = await handler(call, args)
+            result, respond, then = await handler(call, args)
             if not result.get("ok", True):
                 status = "failed"
         except ValueError as exc:
@@ -100,15 +146,12 @@ class ToolRunner:
         output = json.dumps(result)
         TOOL_CALLS.labels(call.name, status).inc()
         TOOL_SECONDS.labels(call.name, status).observe(time.monotonic() - started)
-        s.log.tool(call.name, call.arguments, output, call.call_id)
-        if s.client is not None:
-            await s.client.function_output(call.call_id, output, respond=respond)
-        if after is not None:
-            asyncio.create_task(after(), name=f"tool-{call.name}")
+        self.call_log.tool(call.name, call.arguments, output, call.call_id)
+        return ToolOutcome(output, respond, then)
 
     # --- call control ----------------------------------------------------------------------------------
-    async def _transfer(self, call, args: TransferArgs) -> Result:
-        destinations = self.s.ctx.config.tools.transfer.destinations
+    async def _transfer(self, call: ToolCalled, args: TransferArgs) -> Result:
+        destinations = self.ctx.config.tools.transfer.destinations
         if args.destination not in destinations:
             # Only configured destinations: a caller cannot talk the agent into dialling an arbitrary number.
             allowed = ", ".join(sorted(destinations)) or "none are configured"
@@ -138,26 +181,26 @@ class ToolRunner:
         )
 
     async def _await_transfer(self, destination: str, request_id: str) -> None:
-        ring_s = self.s.ctx.config.tools.transfer.ring_timeout_ms / 1000
+        ring_s = self.ctx.config.tools.transfer.ring_timeout_ms / 1000
         reply = await self._reply(request_id, ring_s + REPLY_TIMEOUT_S)
         if reply is None or reply.status == "answered":
             if reply is not None:
-                self.s.end_reason = self.s.end_reason or "transferred"
+                self.host.set_end_reason("transferred")
             return
         note = {"busy": "the line was busy", "no_answer": "nobody answered", "cancelled": "it was cancelled"}.get(
             reply.status, reply.message or reply.status
         )
-        await self.s.tell_model(
+        self.host.tell_model(
             f"The transfer to {destination} did not go through: {note}. Tell the caller and offer to help another way."
         )
 
     def _transfer_outcome(self, destination: str, reply: ControlReply) -> dict[str, Any]:
         if reply.status == "answered":
-            self.s.end_reason = self.s.end_reason or "transferred"
+            self.host.set_end_reason("transferred")
             return _out(ok=True, status="answered", message=f"The caller is now connected to {destination}.")
         return _out(ok=False, status=reply.status, error=reply.message or f"the transfer was {reply.status}")
 
-    async def _cancel_transfer(self, call, args) -> Result:
+    async def _cancel_transfer(self, call: ToolCalled, args: object) -> Result:
         reply = await self._reply(await self._request("cancel_transfer", call.call_id))
         if reply is None:
             return _out(ok=False, error="could not reach the call controller"), True, None
@@ -169,25 +212,33 @@ class ToolRunner:
             )
         return _out(ok=False, status=reply.status, error=reply.message or "there is no transfer to cancel"), True, None
 
-    async def _hangup_call(self, call, args: HangupArgs) -> Result:
-        farewell = args.farewell.strip() or self.s.ctx.config.tools.hangup_call.farewell_message
+    async def _hangup_call(self, call: ToolCalled, args: HangupArgs) -> Result:
+        if self._hangup_by is not None:  # asked twice (two calls in one response): one farewell, one hang-up
+            return _out(ok=True, status="ending_call"), False, None
+        self._hangup_by = call.call_id
+        farewell = args.farewell.strip() or self.ctx.config.tools.hangup_call.farewell_message
         return _out(ok=True, status="ending_call"), False, lambda: self._farewell_then_hangup(call.call_id, farewell)
 
     async def _farewell_then_hangup(self, tool_call_id: str, farewell: str) -> None:
         """Say the farewell (tool_choice none: no more tools), let its audio play out, then hang up. The
-        guide's guard: if no farewell audio starts within `farewell_timeout_ms`, hang up anyway."""
-        s = self.s
-        guard = s.ctx.config.tools.hangup_call.farewell_timeout_ms / 1000
-        played = await s.say_and_wait(
-            f"Say exactly this farewell to the caller, and nothing else: {farewell}",
-            start_timeout=guard,
-            play_timeout=FAREWELL_MAX_S,
-        )
-        if not played:
+        guide's guard: if no farewell audio starts within `farewell_timeout_ms`, hang up anyway. It starts
+        once the tool's output is in, so the farewell is the model's answer to it."""
+        guard = self.ctx.config.tools.hangup_call.farewell_timeout_ms / 1000
+        signals = self.host.begin_farewell(f"Say exactly this farewell to the caller, and nothing else: {farewell}")
+        try:
+            async with asyncio.timeout(guard):
+                await signals.started.wait()
+        except TimeoutError:
             log.warning("the farewell had no audio within %.1f s: hanging up anyway", guard)
+        else:
+            try:
+                async with asyncio.timeout(FAREWELL_MAX_S):
+                    await signals.played.wait()
+            except TimeoutError:
+                log.warning("the farewell was still playing after %.0f s", FAREWELL_MAX_S)
         await self._control("hangup", tool_call_id, reason="agent_hangup")
 
-    async def _leave_voicemail(self, call, args) -> Result:
+    async def _leave_voicemail(self, call: ToolCalled, args: object) -> Result:
         return (
             _out(
                 ok=True,
@@ -199,8 +250,11 @@ class ToolRunner:
         )
 
     async def _drain_then_voicemail(self, tool_call_id: str) -> None:
-        s = self.s
-        await s.wait_quiet(start_timeout=3.0, play_timeout=15.0)  # the announcement, then the hand-off
+        try:
+            async with asyncio.timeout(ANNOUNCEMENT_MAX_S):
+                await self.host.agent_finished()  # the announcement, then the hand-off
+        except TimeoutError:
+            log.warning("the voicemail announcement was still under way after %.0f s", ANNOUNCEMENT_MAX_S)
         await self._control("voicemail", tool_call_id)
 
     async def _control(self, action: str, tool_call_id: str, **fields: str) -> None:
@@ -208,16 +262,18 @@ class ToolRunner:
         if reply is None or not reply.ok:
             why = "no answer from the controller" if reply is None else (reply.message or reply.status)
             log.error("%s failed: %s", action, why)
-            await self.s.tell_model(
+            if action == "hangup":
+                self._hangup_by = None
+                self.host.cancel_farewell()  # the call goes on: the model may speak again
+            self.host.tell_model(
                 f"Ending the call did not work ({why}). Apologise and stay with the caller."
                 if action == "hangup"
                 else f"Voicemail is not available ({why}). Offer to take a message yourself."
             )
 
     # --- emails (sent after the call by the tool workers) ----------------------------------------------
-    async def _send_email_summary(self, call, args) -> Result:
-        s = self.s
-        await s.ctx.redis.hset(s.ctx.keys.call(s.call_id), "summary_requested", "1")
+    async def _send_email_summary(self, call: ToolCalled, args: object) -> Result:
+        await self.ctx.redis.hset(self.ctx.keys.call(self.call_id), "summary_requested", "1")
         return (
             _out(
                 ok=True,
@@ -228,9 +284,7 @@ class ToolRunner:
             None,
         )
 
-    async def _request_transcript(self, call, args: TranscriptArgs) -> Result:
-        from shared.email_address import parse_spoken_email, spell_back
-
+    async def _request_transcript(self, call: ToolCalled, args: TranscriptArgs) -> Result:
         address = parse_spoken_email(args.email)
         if address is None:
             return (
@@ -254,13 +308,13 @@ class ToolRunner:
                 True,
                 None,
             )
-        s = self.s
-        key = s.ctx.keys.call(s.call_id)
-        current = await s.ctx.redis.hget(key, "transcript_to") or ""
-        addresses = [a for a in current.split(",") if a]
+        key = self.ctx.keys.call(self.call_id)
+        current = await self.ctx.redis.hget(key, "transcript_to") or ""
+        text = current.decode() if isinstance(current, bytes) else current
+        addresses = [a for a in text.split(",") if a]
         if address not in addresses:
             addresses.append(address)
-            await s.ctx.redis.hset(key, "transcript_to", ",".join(addresses))
+            await self.ctx.redis.hset(key, "transcript_to", ",".join(addresses))
         return (
             _out(
                 ok=True,

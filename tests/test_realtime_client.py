@@ -144,7 +144,7 @@ async def test_scripted_conversation_conforms_end_to_end(make_emulator, caplog):
     assert "openai-beta" not in {k.lower() for k in first.headers}
 
     # Greeting.
-    await client.create_response(instructions="Greet the caller.")
+    client.create_response(instructions="Greet the caller.")
     greeting = await until(client, done())
     assert audio_ms(greeting) > 0
     log.append({"role": "assistant", "text": "Hello, thanks for calling."})
@@ -159,7 +159,7 @@ async def test_scripted_conversation_conforms_end_to_end(make_emulator, caplog):
     assert any(isinstance(e, ev.SpeechStarted) for e in events)
     played = int(client.protocol.received_ms(answer_item) / 2)  # the caller heard half of what arrived
     assert played > 0
-    assert await client.truncate(answer_item, played) == played
+    assert client.truncate(answer_item, played) == played
     events = await until(client, lambda e: isinstance(e, ev.ItemTruncated))
     assert first.truncations[-1]["item_id"] == answer_item and first.truncations[-1]["audio_end_ms"] == played
 
@@ -178,7 +178,9 @@ async def test_scripted_conversation_conforms_end_to_end(make_emulator, caplog):
     events = await until(client, lambda e: isinstance(e, FunctionCall))
     call = events[-1]
     assert call.name == "hangup_call" and '"farewell"' in call.arguments
-    await client.function_output(call.call_id, '{"ok": true}')
+    await until(client, done())  # the output, and the reply to it, once the calling response is done
+    client.function_output(call.call_id, '{"ok": true}')
+    client.create_response()
     events = await until(client, lambda e: isinstance(e, ev.TranscriptDone) and e.transcript.startswith("Done."))
     assert events[-1].transcript == 'Done. {"ok": true}'
     assert first.function_outputs == [{"call_id": call.call_id, "output": '{"ok": true}'}]
@@ -255,7 +257,7 @@ async def test_bad_frames_are_reported_and_the_session_goes_on(make_emulator, ra
     await client.start()
     await emu.sessions[0].send_raw(raw)
     await until(client, lambda e: isinstance(e, expected))
-    await client.create_response()
+    client.create_response()
     events = await until(client, done())
     assert audio_ms(events) > 0
     await client.close()
@@ -274,7 +276,7 @@ async def test_server_closes(make_emulator, code, fatal):
     else:
         events = await until(client, lambda e: isinstance(e, Reconnected))
         assert str(code) in next(e for e in events if isinstance(e, Reconnecting)).cause
-        await client.create_response()
+        client.create_response()
         await until(client, done())
     await client.close()
 
@@ -307,7 +309,7 @@ async def test_a_stalled_response_is_abandoned_for_a_new_session(make_emulator):
     emu = await make_emulator(Script(default=Reply(text="A long answer " * 10, audio_ms=8000)), speed=1.0)
     client = RealtimeClient(settings(emu, stall_timeout_s=0.5, reconnect_backoff_s=0.05), session_config())
     await client.start()
-    await client.create_response()
+    client.create_response()
     await until(client, lambda e: isinstance(e, AudioChunk))
     emu.sessions[0].stall(5.0)
     events = await until(client, lambda e: isinstance(e, Reconnected), timeout=10)
@@ -337,7 +339,7 @@ async def test_prewarmed_connections_skip_the_handshake(make_emulator):
     client = RealtimeClient(settings(emu), session_config(), connection_source=pool.take)
     await client.start()
     assert emu.sessions.index(next(s for s in emu.sessions if s.config["tools"])) < opened  # a pooled one
-    await client.create_response()
+    client.create_response()
     await until(client, done())
     await client.close()
     await pool.stop()
@@ -351,7 +353,7 @@ async def test_close_while_audio_streams_in_ends_the_reader_at_once(make_emulato
     for _ in range(15):
         client = RealtimeClient(settings(emu, stall_timeout_s=60.0), session_config())
         await client.start()
-        await client.create_response(instructions="Greet.")
+        client.create_response(instructions="Greet.")
         await until(client, lambda e: isinstance(e, AudioChunk))
         async with asyncio.timeout(10):  # far below the 60 s stall timeout a swallowed cancel waits for
             await client.close()

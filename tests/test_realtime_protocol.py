@@ -16,6 +16,7 @@ from media_worker.realtime.protocol import (
     Phase,
     Ready,
     RealtimeProtocol,
+    ResponseRefused,
     ServerError,
     SessionRejected,
 )
@@ -213,7 +214,7 @@ def function_call_item(call_id: str, name: str = "hangup_call") -> dict:
     }
 
 
-def test_function_output_waits_for_the_calling_responses_done_then_one_response_create():
+def test_function_output_waits_for_the_calling_responses_done():
     p = ready_protocol()
     p.receive(frame(type="response.created", response={"id": "resp_f", "status": "in_progress", "output": []}))
     events = []
@@ -235,26 +236,37 @@ def test_function_output_waits_for_the_calling_responses_done_then_one_response_
     assert not any(isinstance(e, FunctionCall) for e in again)
 
     p.function_output("call_1", '{"ok": true}')
-    assert sent(p) == []  # the response is still active: the server would reject a response.create
+    assert sent(p) == []  # the response is still active: the server would reject the output
     p.receive(frame(type="response.done", response={"id": "resp_f", "status": "completed", "output": []}))
     out = sent(p)
-    assert [e["item"]["call_id"] for e in out] == ["call_1"]  # call_2 has no output yet: no response.create
+    assert [e["item"]["call_id"] for e in out] == ["call_1"]  # no response.create: that is the caller's choice
     p.function_output("call_2", '{"ok": true}')
-    out = sent(p)
-    assert [e["type"] for e in out] == ["conversation.item.create", "response.create"]
-    assert out[0]["item"] == {"type": "function_call_output", "call_id": "call_2", "output": '{"ok": true}'}
+    p.function_output("call_2", '{"ok": true}')  # a second output for the same call is not sent
+    [out] = sent(p)
+    assert out["item"] == {"type": "function_call_output", "call_id": "call_2", "output": '{"ok": true}'}
     with pytest.raises(KeyError):
         p.function_output("call_unknown", "{}")
 
 
-def test_function_output_without_reply():
+def test_a_refused_response_create_is_reported_by_its_event_id():
     p = ready_protocol()
-    p.receive(
-        frame(type="response.output_item.done", response_id="resp_h", output_index=0, item=function_call_item("call_h"))
-    )
-    p.receive(frame(type="response.done", response={"id": "resp_h", "status": "completed", "output": []}))
-    p.function_output("call_h", '{"hung_up": true}', respond=False)
-    assert [e["type"] for e in sent(p)] == ["conversation.item.create"]
+    p.create_response(event_id="req_7_farewell", tool_choice="none", metadata={"va_request": "req_7_farewell"})
+    [create] = sent(p)
+    assert create["event_id"] == "req_7_farewell"
+    assert create["response"]["metadata"] == {"va_request": "req_7_farewell"}
+    busy = "Conversation already has an active response in progress: resp_1."
+    [refused] = p.receive(error("conversation_already_has_active_response", busy, event_id="req_7_farewell"))
+    assert refused == ResponseRefused("req_7_farewell")
+    assert p.receive(error("conversation_already_has_active_response", busy)) == []  # nobody's request: benign
+
+
+def test_response_metadata_is_kept_on_created_and_done():
+    p = ready_protocol()
+    response = {"id": "resp_m", "status": "in_progress", "output": [], "metadata": {"va_request": "req_1_greeting"}}
+    [created] = p.receive(frame(type="response.created", response=response))
+    assert created.response.metadata == {"va_request": "req_1_greeting"}
+    [finished] = p.receive(frame(type="response.done", response={**response, "status": "completed"}))
+    assert finished.response.metadata == {"va_request": "req_1_greeting"}
 
 
 def error(code, message="m", **extra) -> str:

@@ -6,7 +6,9 @@ from __future__ import annotations
 import redis.asyncio as aioredis
 
 from media_worker.call_log import CallLog
-from media_worker.session import _cut, _swap16, wire_format
+from media_worker.call_audio import swap16 as _swap16
+from media_worker.call_audio import wire_format
+from media_worker.heard import cut as _cut
 from shared.keys import Keys
 
 

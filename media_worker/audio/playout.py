@@ -133,6 +133,20 @@ class PlayoutQueue:
         self.playing_item = None
         return current
 
+    def pending(self) -> list[tuple[str, bytes, bool]]:
+        """The audio queued and not played yet, per item in order, as (item, wire audio without padding, the
+        item's audio is complete). A format change re-queues it, converted, in a new queue."""
+        runs: list[tuple[str, bytearray]] = []
+        for item_id, frame, real in self._frames:
+            if not runs or runs[-1][0] != item_id:
+                runs.append((item_id, bytearray()))
+            runs[-1][1].extend(frame[:real])
+        if self._tail_item is not None and self._tail:
+            if not runs or runs[-1][0] != self._tail_item:
+                runs.append((self._tail_item, bytearray()))
+            runs[-1][1].extend(self._tail)
+        return [(item_id, bytes(audio), self._items[item_id].ended) for item_id, audio in runs]
+
     # -- what was played -------------------------------------------------------------------------------
 
     def _ms(self, nbytes: int) -> int:

@@ -28,6 +28,7 @@ from media_worker.realtime.protocol import (
     ServerError,
     SessionRejected,
 )
+from media_worker.tasks import TaskSet
 from shared.config.ga_session import effective_model
 from shared.config.schema import OpenAIRealtime
 from shared.metrics import REALTIME_CONNECT
@@ -161,7 +162,8 @@ class Closed(msgspec.Struct, frozen=True):
 
 
 class RealtimeClient:
-    """A call's Realtime session: `start()`, then read `events`, and `append()` the caller's audio."""
+    """A call's Realtime session: `start()`, then read `events`, `append()` the caller's audio, and queue
+    controls (`create_response`, `truncate`, …): they are written in order by one writer task."""
 
     def __init__(
         self,
@@ -169,22 +171,24 @@ class RealtimeClient:
         session: dict[str, Any],
         *,
         history: History | None = None,
-        is_quiet: Callable[[], bool] = lambda: True,
         connection_source: Callable[[], Awaitable[Connection]] | None = None,
     ):
         self.settings = settings
         self.session = session
         self.history = history
-        self.is_quiet = is_quiet  # the call session's view: playout idle
         self.events: asyncio.Queue[Any] = asyncio.Queue()
         self.protocol = RealtimeProtocol(session)
         self.expires_at: float | None = None
         self._source = connection_source or (lambda: Connection.open(settings))
         self._conn: Connection | None = None
-        self._reader: asyncio.Task | None = None
-        self._rotator: asyncio.Task | None = None
+        self._tasks = TaskSet("realtime client")
         self._closing = False
         self._connected = asyncio.Event()
+        self._controls_ready = asyncio.Event()  # the protocol's outbox has controls for the writer
+        # The call's side of "a quiet moment" (nothing playing, the caller silent), told by `set_idle`; the
+        # protocol's side is checked by the rotation itself. Set while nobody says otherwise.
+        self._idle = True
+        self._quiet_changed = asyncio.Event()
         self._switching = asyncio.Lock()  # a reconnect and a rotation never build sessions at once
         # Caller audio (append frames, with their PCM sizes) held while no session is connected.
         self._held: list[tuple[bytes, int]] = []
@@ -196,8 +200,9 @@ class RealtimeClient:
     async def start(self) -> Ready:
         """Connect, configure, and return once the session is ready. Raises RealtimeError naming the cause."""
         ready = await self._establish(rotation=False, replay=False)
-        self._reader = asyncio.create_task(self._read_forever(), name="realtime-reader")
-        self._rotator = asyncio.create_task(self._rotate_forever(), name="realtime-rotator")
+        self._tasks.spawn(self._read_forever(), "realtime-reader")
+        self._tasks.spawn(self._write_forever(), "realtime-writer")
+        self._tasks.spawn(self._rotate_forever(), "realtime-rotator")
         return ready
 
     async def _establish(self, *, rotation: bool, replay: bool) -> Ready:
@@ -256,12 +261,16 @@ class RealtimeClient:
 
     async def close(self) -> None:
         self._closing = True
-        for task in (self._rotator, self._reader):
-            if task is not None:
-                task.cancel()
-        await asyncio.gather(*(t for t in (self._rotator, self._reader) if t), return_exceptions=True)
+        await self._tasks.close()
         if self._conn is not None:
             await self._conn.close()
+
+    def set_idle(self, idle: bool) -> None:
+        """The call says whether it is at a quiet moment (nothing playing, the caller silent): the session
+        is rotated only then."""
+        if idle != self._idle:
+            self._idle = idle
+            self._quiet_changed.set()
 
     # --- sending ---------------------------------------------------------------------------------------
     @staticmethod
@@ -269,13 +278,20 @@ class RealtimeClient:
         for frame in protocol.take_outbox():
             await conn.ws.send(frame, text=True)
 
-    async def _send_controls(self) -> None:
-        if self._conn is None or not self._connected.is_set():
-            return  # kept in the outbox of a protocol that is being replaced; the replay covers it
-        try:
-            await self._flush(self._conn, self.protocol)
-        except websockets.ConnectionClosed:
-            pass  # the reader sees the close and reconnects
+    def _send_controls(self) -> None:
+        self._controls_ready.set()
+
+    async def _write_forever(self) -> None:
+        """The one writer of controls, so they go out in the order they were queued."""
+        while True:
+            await self._controls_ready.wait()
+            self._controls_ready.clear()
+            if self._conn is None or not self._connected.is_set():
+                continue  # kept in the outbox of a protocol that is being replaced; the replay covers it
+            try:
+                await self._flush(self._conn, self.protocol)
+            except websockets.ConnectionClosed:
+                pass  # the reader sees the close and reconnects
 
     async def append(self, pcm: bytes) -> None:
         """Send caller audio. While reconnecting it is held (up to `replay_buffer_ms`) and sent afterwards."""
@@ -301,44 +317,42 @@ class RealtimeClient:
             for frame, _ in held:
                 await conn.ws.send(frame, text=True)
 
-    async def create_response(self, **response: Any) -> None:
-        self.protocol.create_response(**response)
-        await self._send_controls()
+    # Controls: queued in the protocol at once (so their order is the call's), written by the writer task.
+    def create_response(self, *, event_id: str | None = None, **response: Any) -> None:
+        self.protocol.create_response(event_id=event_id, **response)
+        self._send_controls()
 
-    async def cancel_response(self) -> bool:
+    def cancel_response(self) -> bool:
         sent = self.protocol.cancel_response()
-        await self._send_controls()
+        self._send_controls()
         return sent
 
-    async def truncate(self, item_id: str, played_ms: float) -> int | None:
+    def truncate(self, item_id: str, played_ms: float) -> int | None:
         end = self.protocol.truncate(item_id, played_ms)
-        await self._send_controls()
+        self._send_controls()
         return end
 
-    async def delete_item(self, item_id: str) -> None:
+    def delete_item(self, item_id: str) -> None:
         self.protocol.delete_item(item_id)
-        await self._send_controls()
+        self._send_controls()
 
-    async def add_system_text(self, text: str, respond: bool = True) -> None:
+    def add_system_text(self, text: str) -> None:
         self.protocol.add_system_text(text)
-        if respond and self.protocol.active_response is None:
-            self.protocol.create_response()
-        await self._send_controls()
+        self._send_controls()
 
-    async def add_user_text(self, text: str, respond: bool = True) -> None:
+    def add_user_text(self, text: str) -> None:
         self.protocol.add_user_text(text)
-        if respond and self.protocol.active_response is None:
-            self.protocol.create_response()
-        await self._send_controls()
+        self._send_controls()
 
-    async def function_output(self, call_id: str, output: str, respond: bool = True) -> None:
-        self.protocol.function_output(call_id, output, respond)
-        await self._send_controls()
+    def function_output(self, call_id: str, output: str) -> None:
+        """Raises KeyError for a call the current session never made (one from before a reconnect)."""
+        self.protocol.function_output(call_id, output)
+        self._send_controls()
 
-    async def update_session(self, session: dict[str, Any]) -> None:
+    def update_session(self, session: dict[str, Any]) -> None:
         self.session = session
         self.protocol.update_session(session)
-        await self._send_controls()
+        self._send_controls()
 
     # --- receiving, reconnect, rotation ----------------------------------------------------------------
     async def _read_forever(self) -> None:
@@ -364,7 +378,9 @@ class RealtimeClient:
                         if isinstance(item, Fatal):
                             fatal = item
                     if protocol.outbox:
-                        await self._flush(conn, protocol)
+                        self._controls_ready.set()
+                    if protocol.quiet:
+                        self._quiet_changed.set()
                 await conn.ws.close(1000, "fatal error")
                 self._finish(f"Realtime session ended: {fatal.reason}")
                 return
@@ -374,7 +390,7 @@ class RealtimeClient:
                 cause, code = _close_reason(exc), _close_code(exc)
             except _Stalled as exc:
                 cause, code = f"the server stalled ({exc})", 1011
-                asyncio.create_task(conn.ws.close(1011, "stalled"))
+                self._tasks.spawn(conn.ws.close(1011, "stalled"), "realtime-close-stalled")
             if self._closing:
                 return
             if code in FATAL_CLOSE_CODES:
@@ -428,8 +444,9 @@ class RealtimeClient:
             if due > 0:
                 await asyncio.sleep(min(due, 60))
                 continue
-            while not (self.protocol.quiet and self.is_quiet()):
-                await asyncio.sleep(0.2)
+            while not (self.protocol.quiet and self._idle):
+                self._quiet_changed.clear()
+                await self._quiet_changed.wait()  # set by the reader (protocol quiet) and by set_idle
             RECONNECTS.labels("rotation").inc()
             try:
                 await self._establish(rotation=True, replay=True)

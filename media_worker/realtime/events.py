@@ -23,46 +23,46 @@ class ErrorDetail(msgspec.Struct, frozen=True):
     event_id: str | None = None
 
 
-class Error(_Event, tag="error"):
+class Error(_Event, tag="error", frozen=True):
     error: ErrorDetail
 
 
-class SessionCreated(_Event, tag="session.created"):
+class SessionCreated(_Event, tag="session.created", frozen=True):
     session: dict[str, Any]
 
 
-class SessionUpdated(_Event, tag="session.updated"):
+class SessionUpdated(_Event, tag="session.updated", frozen=True):
     session: dict[str, Any]
 
 
-class SpeechStarted(_Event, tag="input_audio_buffer.speech_started"):
+class SpeechStarted(_Event, tag="input_audio_buffer.speech_started", frozen=True):
     audio_start_ms: int
     item_id: str
 
 
-class SpeechStopped(_Event, tag="input_audio_buffer.speech_stopped"):
+class SpeechStopped(_Event, tag="input_audio_buffer.speech_stopped", frozen=True):
     audio_end_ms: int
     item_id: str
 
 
-class Committed(_Event, tag="input_audio_buffer.committed"):
+class Committed(_Event, tag="input_audio_buffer.committed", frozen=True):
     item_id: str
     previous_item_id: str | None = None
 
 
-class TimeoutTriggered(_Event, tag="input_audio_buffer.timeout_triggered"):
+class TimeoutTriggered(_Event, tag="input_audio_buffer.timeout_triggered", frozen=True):
     item_id: str
     audio_start_ms: int = 0
     audio_end_ms: int = 0
 
 
-class InputTranscript(_Event, tag="conversation.item.input_audio_transcription.completed"):
+class InputTranscript(_Event, tag="conversation.item.input_audio_transcription.completed", frozen=True):
     item_id: str
     transcript: str
     content_index: int = 0
 
 
-class InputTranscriptFailed(_Event, tag="conversation.item.input_audio_transcription.failed"):
+class InputTranscriptFailed(_Event, tag="conversation.item.input_audio_transcription.failed", frozen=True):
     item_id: str
     error: ErrorDetail
 
@@ -72,31 +72,31 @@ class ResponseInfo(msgspec.Struct, frozen=True):
     status: str = "in_progress"
     status_details: dict[str, Any] | None = None
     output: list[dict[str, Any]] = []
-    metadata: dict[str, Any] | None = None
+    metadata: dict[str, Any] | None = None  # echoed from our response.create: tells our responses apart
     usage: dict[str, Any] | None = None  # only on response.done
 
 
-class ResponseCreated(_Event, tag="response.created"):
+class ResponseCreated(_Event, tag="response.created", frozen=True):
     response: ResponseInfo
 
 
-class ResponseDone(_Event, tag="response.done"):
+class ResponseDone(_Event, tag="response.done", frozen=True):
     response: ResponseInfo
 
 
-class OutputItemAdded(_Event, tag="response.output_item.added"):
+class OutputItemAdded(_Event, tag="response.output_item.added", frozen=True):
     response_id: str
     output_index: int
     item: dict[str, Any]
 
 
-class OutputItemDone(_Event, tag="response.output_item.done"):
+class OutputItemDone(_Event, tag="response.output_item.done", frozen=True):
     response_id: str
     output_index: int
     item: dict[str, Any]
 
 
-class AudioDelta(_Event, tag="response.output_audio.delta"):
+class AudioDelta(_Event, tag="response.output_audio.delta", frozen=True):
     response_id: str
     item_id: str
     delta: bytes  # msgspec decodes the base64 in C, straight from the frame
@@ -104,30 +104,30 @@ class AudioDelta(_Event, tag="response.output_audio.delta"):
     content_index: int = 0
 
 
-class AudioDone(_Event, tag="response.output_audio.done"):
+class AudioDone(_Event, tag="response.output_audio.done", frozen=True):
     response_id: str
     item_id: str
 
 
-class TranscriptDelta(_Event, tag="response.output_audio_transcript.delta"):
+class TranscriptDelta(_Event, tag="response.output_audio_transcript.delta", frozen=True):
     response_id: str
     item_id: str
     delta: str
 
 
-class TranscriptDone(_Event, tag="response.output_audio_transcript.done"):
+class TranscriptDone(_Event, tag="response.output_audio_transcript.done", frozen=True):
     response_id: str
     item_id: str
     transcript: str
 
 
-class TextDone(_Event, tag="response.output_text.done"):
+class TextDone(_Event, tag="response.output_text.done", frozen=True):
     response_id: str
     item_id: str
     text: str
 
 
-class FunctionArgumentsDone(_Event, tag="response.function_call_arguments.done"):
+class FunctionArgumentsDone(_Event, tag="response.function_call_arguments.done", frozen=True):
     response_id: str
     item_id: str
     call_id: str
@@ -135,26 +135,26 @@ class FunctionArgumentsDone(_Event, tag="response.function_call_arguments.done")
     name: str | None = None
 
 
-class ItemTruncated(_Event, tag="conversation.item.truncated"):
+class ItemTruncated(_Event, tag="conversation.item.truncated", frozen=True):
     item_id: str
     audio_end_ms: int
     content_index: int = 0
 
 
-class ItemDeleted(_Event, tag="conversation.item.deleted"):
+class ItemDeleted(_Event, tag="conversation.item.deleted", frozen=True):
     item_id: str
 
 
-class ItemAdded(_Event, tag="conversation.item.added"):
+class ItemAdded(_Event, tag="conversation.item.added", frozen=True):
     item: dict[str, Any]
     previous_item_id: str | None = None
 
 
-class InputCleared(_Event, tag="input_audio_buffer.cleared"):
+class InputCleared(_Event, tag="input_audio_buffer.cleared", frozen=True):
     pass
 
 
-class RateLimits(_Event, tag="rate_limits.updated"):
+class RateLimits(_Event, tag="rate_limits.updated", frozen=True):
     rate_limits: list[dict[str, Any]] = []
 
 

@@ -12,6 +12,7 @@ import logging
 import time
 
 from media_worker.realtime.client import ClientSettings, Connection
+from media_worker.tasks import TaskSet
 from shared.metrics import POOL_READY, POOL_TAKES
 
 log = logging.getLogger("realtime.pool")
@@ -24,16 +25,14 @@ class SessionPool:
         self.max_idle_s = max_idle_s
         self._ready: list[Connection] = []
         self._wakeup = asyncio.Event()
-        self._task: asyncio.Task | None = None
+        self._tasks = TaskSet("realtime pool")  # the refill loop and the closes of stale connections
 
     def start(self) -> None:
         if self.size > 0:
-            self._task = asyncio.create_task(self._refill_forever(), name="realtime-pool")
+            self._tasks.spawn(self._refill_forever(), "realtime-pool")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await self._tasks.close()
         ready, self._ready = self._ready, []
         await asyncio.gather(*(c.close() for c in ready), return_exceptions=True)
         POOL_READY.set(0)
@@ -52,7 +51,7 @@ class SessionPool:
             if conn.usable and now - conn.opened_at < self.max_idle_s:
                 POOL_TAKES.labels("pool").inc()
                 return conn
-            asyncio.create_task(conn.close())
+            self._tasks.spawn(conn.close(), "realtime-pool-close")
         POOL_TAKES.labels("new").inc()
         return await Connection.open(self.settings)
 
@@ -62,7 +61,7 @@ class SessionPool:
             now = time.monotonic()
             for conn in [c for c in self._ready if not c.usable or now - c.opened_at >= self.max_idle_s]:
                 self._ready.remove(conn)
-                asyncio.create_task(conn.close())
+                self._tasks.spawn(conn.close(), "realtime-pool-close")
             if len(self._ready) < self.size:
                 try:
                     self._ready.append(await Connection.open(self.settings))
@@ -76,6 +75,7 @@ class SessionPool:
                 continue
             self._wakeup.clear()
             try:
-                await asyncio.wait_for(self._wakeup.wait(), 30)
-            except asyncio.TimeoutError:
+                async with asyncio.timeout(30):  # a look at the idle connections' age now and then
+                    await self._wakeup.wait()
+            except TimeoutError:
                 pass

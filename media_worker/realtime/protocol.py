@@ -11,6 +11,7 @@ import binascii
 import enum
 import logging
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -91,6 +92,12 @@ class FunctionCall(msgspec.Struct, frozen=True):
     arguments: str
 
 
+class ResponseRefused(msgspec.Struct, frozen=True):
+    """Our `response.create` (by its event id) was refused: another response was active at the server."""
+
+    event_id: str
+
+
 class ServerError(msgspec.Struct, frozen=True):
     """An error that is neither benign nor fatal: logged and counted by the session."""
 
@@ -117,7 +124,7 @@ class RealtimeProtocol:
         self._calls: dict[str, str] = {}  # call_id -> response_id
         self._response_calls: dict[str, list[str]] = {}  # response_id -> its call ids
         self._finished: set[str] = set()  # responses whose response.done arrived
-        self._outputs: dict[str, tuple[str, bool]] = {}  # call_id -> (output, respond) not sent yet
+        self._outputs: dict[str, str] = {}  # call_id -> output not sent yet
         self._answered: set[str] = set()  # call ids whose output was sent
         self._out_bpm = BYTES_PER_MS[session["audio"]["output"]["format"]["type"]]
 
@@ -126,8 +133,8 @@ class RealtimeProtocol:
         self._seq += 1
         return f"evt_client_{self._seq}"
 
-    def _send(self, event: dict[str, Any]) -> str:
-        event_id = self._event_id()
+    def _send(self, event: dict[str, Any], event_id: str | None = None) -> str:
+        event_id = event_id or self._event_id()
         self.outbox.append(_encode({"event_id": event_id, **event}))
         return event_id
 
@@ -145,8 +152,11 @@ class RealtimeProtocol:
             self.session = session
         self._update_event_id = self._send({"type": "session.update", "session": self.session})
 
-    def create_response(self, **response: Any) -> None:
-        self._send({"type": "response.create", "response": response} if response else {"type": "response.create"})
+    def create_response(self, *, event_id: str | None = None, **response: Any) -> None:
+        """`response.create`; a refusal because another response is active comes back as ResponseRefused with
+        this `event_id`."""
+        event = {"type": "response.create", "response": response} if response else {"type": "response.create"}
+        self._send(event, event_id)
 
     def cancel_response(self) -> bool:
         """Cancel the active response, if there is one (a cancel with none active only earns an error)."""
@@ -198,25 +208,23 @@ class RealtimeProtocol:
     def clear_input(self) -> None:
         self._send({"type": "input_audio_buffer.clear"})
 
-    def function_output(self, call_id: str, output: str, respond: bool = True) -> None:
-        """Queue a tool's result; it goes out once the calling response is done, and once every call of that
-        response has its output, one `response.create` follows (if any of them asked for it)."""
+    def function_output(self, call_id: str, output: str) -> None:
+        """Send a tool's result; it goes out once the calling response is done (the server rejects it while
+        that response is active). Whether a reply follows is the caller's choice (`create_response`)."""
         if call_id not in self._calls:
             raise KeyError(f"unknown function call id {call_id!r}")
         if call_id in self._answered or call_id in self._outputs:
             return
-        self._outputs[call_id] = (output, respond)
+        self._outputs[call_id] = output
         self._flush_outputs(self._calls[call_id])
 
     def _flush_outputs(self, response_id: str) -> None:
         if response_id not in self._finished:
             return
-        respond = False
         for call_id in self._response_calls.get(response_id, []):
-            pending = self._outputs.pop(call_id, None)
-            if pending is None:
+            output = self._outputs.pop(call_id, None)
+            if output is None:
                 continue
-            output, wants_reply = pending
             self._send(
                 {
                     "type": "conversation.item.create",
@@ -224,10 +232,6 @@ class RealtimeProtocol:
                 }
             )
             self._answered.add(call_id)
-            respond |= wants_reply
-        calls = self._response_calls.get(response_id, [])
-        if respond and calls and all(c in self._answered for c in calls):
-            self.create_response()
 
     def replay(self, items: list[dict[str, Any]]) -> None:
         """Rebuild the conversation on a new session (after a reconnect or a rotation) from the call's log.
@@ -270,15 +274,13 @@ class RealtimeProtocol:
     def receive(self, frame: str | bytes) -> list[Any]:
         """Decode one frame, update the state, and return what the call session should see."""
         event = ev.decode(frame)
-        kind = type(event)
-        if kind is ev.AudioDelta:
+        if type(event) is ev.AudioDelta:  # the hot path first
             return self._on_audio(event)
-        if kind is ev.Malformed or kind is ev.Other:
-            if kind is ev.Malformed:
-                self.malformed += 1
+        if type(event) is ev.Malformed:
+            self.malformed += 1
             return [event]
-        handler = self._HANDLERS.get(kind)
-        return handler(self, event) if handler else [event]
+        handler = _HANDLERS.get(type(event))
+        return handler(self, event) if handler is not None else [event]
 
     def _on_audio(self, event: ev.AudioDelta) -> list[Any]:
         data = event.delta
@@ -310,6 +312,8 @@ class RealtimeProtocol:
         self.errors[code] += 1
         if err.event_id is not None and err.event_id == self._update_event_id:
             return [SessionRejected(err.code, err.message, err.param)]
+        if code == "conversation_already_has_active_response" and err.event_id is not None:
+            return [ResponseRefused(err.event_id)]
         if code in BENIGN_CODES or (code == "invalid_value" and "already shorter" in err.message):
             log.debug("benign Realtime error %s: %s", code, err.message)
             return []
@@ -366,20 +370,21 @@ class RealtimeProtocol:
         self._item_done.discard(event.item_id)
         return [event]
 
-    _HANDLERS = {
-        ev.SessionCreated: _on_session_created,
-        ev.SessionUpdated: _on_session_updated,
-        ev.Error: _on_error,
-        ev.ResponseCreated: _on_response_created,
-        ev.ResponseDone: _on_response_done,
-        ev.OutputItemDone: _on_output_item_done,
-        ev.AudioDone: _on_audio_done,
-        ev.SpeechStarted: _on_speech_started,
-        ev.SpeechStopped: _on_speech_stopped,
-        ev.ItemDeleted: _on_item_deleted,
-    }
-
     @property
     def quiet(self) -> bool:
         """No response generating and the caller not mid-utterance: a safe moment to rotate the session."""
         return self.phase is Phase.READY and self.active_response is None and not self.user_speaking
+
+
+_HANDLERS: dict[type, Callable[[RealtimeProtocol, Any], list[Any]]] = {
+    ev.SessionCreated: RealtimeProtocol._on_session_created,
+    ev.SessionUpdated: RealtimeProtocol._on_session_updated,
+    ev.Error: RealtimeProtocol._on_error,
+    ev.ResponseCreated: RealtimeProtocol._on_response_created,
+    ev.ResponseDone: RealtimeProtocol._on_response_done,
+    ev.OutputItemDone: RealtimeProtocol._on_output_item_done,
+    ev.AudioDone: RealtimeProtocol._on_audio_done,
+    ev.SpeechStarted: RealtimeProtocol._on_speech_started,
+    ev.SpeechStopped: RealtimeProtocol._on_speech_stopped,
+    ev.ItemDeleted: RealtimeProtocol._on_item_deleted,
+}

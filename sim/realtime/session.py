@@ -234,8 +234,12 @@ class EmulatedSession:
             log.error("session %s: task failed", self.id, exc_info=task.exception())
 
     async def wait_stall(self) -> None:
+        """Sleep out a stall; `stall()` may extend it meanwhile, so the deadline is read again after each."""
         loop = asyncio.get_running_loop()
-        while (left := self._stalled_until - loop.time()) > 0:
+        while True:
+            left = self._stalled_until - loop.time()
+            if left <= 0:
+                return
             await asyncio.sleep(left)
 
     # --- fault hooks for tests ------------------------------------------------------------------------
@@ -285,8 +289,12 @@ class EmulatedSession:
                 task.cancel()
 
     async def _expire_later(self) -> None:
-        # Measured on the emulator's clock, so a test clock can move it; frames re-check it too.
-        while (left := self.emu.max_session_s - (self.emu.clock() - self.started)) > 0:
+        # Measured on the emulator's clock, which a test may move, so the time left is read again after
+        # each sleep (frames re-check it too).
+        while True:
+            left = self.emu.max_session_s - (self.emu.clock() - self.started)
+            if left <= 0:
+                break
             await asyncio.sleep(left)
         await self._expire()
 

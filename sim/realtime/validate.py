@@ -374,22 +374,11 @@ def apply_session_update(update: Any, current: dict[str, Any], audio_present: bo
     if "tool_choice" in session:
         _tool_choice(session["tool_choice"], "session.tool_choice")
     if "tracing" in session:
-        tracing = session["tracing"]
-        if tracing not in (None, "auto"):
-            _keys(as_object(tracing, "session.tracing"), {"group_id", "metadata", "workflow_name"}, "session.tracing")
-        if current.get("tracing") is not None and tracing != current["tracing"]:
-            raise Rejected(
-                "invalid_value", "Tracing configuration cannot be modified once it has been enabled.", "session.tracing"
-            )
-    if "truncation" in session and session["truncation"] not in ("auto", "disabled"):
-        trunc = as_object(session["truncation"], "session.truncation")
-        _keys(trunc, {"type", "retention_ratio", "token_limits"}, "session.truncation")
-        _require(trunc, ("type", "retention_ratio"), "session.truncation")
-        one_of(trunc["type"], ("retention_ratio",), "session.truncation.type")
-        in_range(trunc["retention_ratio"], 0, 1, "session.truncation.retention_ratio")
-    if "include" in session and session["include"] is not None:
-        for i, value in enumerate(as_array(session["include"], "session.include")):
-            one_of(value, ("item.input_audio_transcription.logprobs",), f"session.include[{i}]")
+        _tracing(session["tracing"], current.get("tracing"))
+    if "truncation" in session:
+        _truncation(session["truncation"])
+    if "include" in session:
+        _include(session["include"])
     if "prompt" in session:
         _prompt(session["prompt"], "session.prompt")
     if "reasoning" in session:
@@ -401,6 +390,32 @@ def apply_session_update(update: Any, current: dict[str, Any], audio_present: bo
     merged = copy.deepcopy(current)
     _merge(merged, {k: v for k, v in session.items() if k != "type"})
     return merged
+
+
+def _tracing(tracing: Any, current: Any) -> None:
+    if tracing not in (None, "auto"):
+        _keys(as_object(tracing, "session.tracing"), {"group_id", "metadata", "workflow_name"}, "session.tracing")
+    if current is not None and tracing != current:
+        raise Rejected(
+            "invalid_value", "Tracing configuration cannot be modified once it has been enabled.", "session.tracing"
+        )
+
+
+def _include(include: Any) -> None:
+    if include is None:
+        return
+    for i, value in enumerate(as_array(include, "session.include")):
+        one_of(value, ("item.input_audio_transcription.logprobs",), f"session.include[{i}]")
+
+
+def _truncation(truncation: Any) -> None:
+    if truncation in ("auto", "disabled"):
+        return
+    trunc = as_object(truncation, "session.truncation")
+    _keys(trunc, {"type", "retention_ratio", "token_limits"}, "session.truncation")
+    _require(trunc, ("type", "retention_ratio"), "session.truncation")
+    one_of(trunc["type"], ("retention_ratio",), "session.truncation.type")
+    in_range(trunc["retention_ratio"], 0, 1, "session.truncation.retention_ratio")
 
 
 def _merge(target: dict, update: dict) -> None:
@@ -441,47 +456,11 @@ def check_response_params(params: Any, item_exists) -> dict[str, Any]:
     if "conversation" in params:
         one_of(params["conversation"], ("auto", "none"), "response.conversation")
     if params.get("metadata") is not None:
-        metadata = as_object(params["metadata"], "response.metadata")
-        if len(metadata) > MAX_METADATA_KEYS:
-            raise Rejected(
-                "object_above_max_properties",
-                "Invalid 'response.metadata': too many properties. "
-                f"Expected an object with at most {MAX_METADATA_KEYS} properties, but got "
-                f"{len(metadata)} properties instead.",
-                "response.metadata",
-            )
-        for key, value in metadata.items():
-            if len(key) > 64:
-                raise Rejected(
-                    "invalid_value",
-                    f"Invalid 'response.metadata': keys must be at most 64 characters long.",
-                    "response.metadata",
-                )
-            if not isinstance(value, str) or len(value) > 512:
-                raise Rejected(
-                    "invalid_value",
-                    f"Invalid 'response.metadata.{key}': values must be strings of at most 512 characters.",
-                    f"response.metadata.{key}",
-                )
+        _metadata(params["metadata"])
     if "input" in params:
-        for i, item in enumerate(as_array(params["input"], "response.input")):
-            item = as_object(item, f"response.input[{i}]")
-            _require(item, ("type",), f"response.input[{i}]")
-            if item["type"] == "item_reference" and not item_exists(item.get("id")):
-                raise Rejected(
-                    "invalid_value",
-                    f"Invalid 'response.input[{i}].id': item with id '{item.get('id')}' not found in the conversation.",
-                    f"response.input[{i}].id",
-                )
+        _response_input(params["input"], item_exists)
     if "audio" in params:
-        audio = as_object(params["audio"], "response.audio")
-        _keys(audio, {"output"}, "response.audio")
-        out = as_object(audio.get("output", {}), "response.audio.output")
-        _keys(out, {"format", "voice"}, "response.audio.output")
-        if "format" in out:
-            _format(out["format"], "response.audio.output.format")
-        if "voice" in out:
-            _voice(out["voice"], "response.audio.output.voice")
+        _response_audio(params["audio"])
     if "prompt" in params:
         _prompt(params["prompt"], "response.prompt")
     if "reasoning" in params:
@@ -489,3 +468,52 @@ def check_response_params(params: Any, item_exists) -> dict[str, Any]:
     if "parallel_tool_calls" in params:
         _boolean(params["parallel_tool_calls"], "response.parallel_tool_calls")
     return params
+
+
+def _metadata(raw: Any) -> None:
+    """`response.metadata`: at most 16 string values (echoed on response.created and response.done)."""
+    metadata = as_object(raw, "response.metadata")
+    if len(metadata) > MAX_METADATA_KEYS:
+        raise Rejected(
+            "object_above_max_properties",
+            "Invalid 'response.metadata': too many properties. "
+            f"Expected an object with at most {MAX_METADATA_KEYS} properties, but got "
+            f"{len(metadata)} properties instead.",
+            "response.metadata",
+        )
+    for key, value in metadata.items():
+        if len(key) > 64:
+            raise Rejected(
+                "invalid_value",
+                "Invalid 'response.metadata': keys must be at most 64 characters long.",
+                "response.metadata",
+            )
+        if not isinstance(value, str) or len(value) > 512:
+            raise Rejected(
+                "invalid_value",
+                f"Invalid 'response.metadata.{key}': values must be strings of at most 512 characters.",
+                f"response.metadata.{key}",
+            )
+
+
+def _response_input(raw: Any, item_exists) -> None:
+    for i, item in enumerate(as_array(raw, "response.input")):
+        item = as_object(item, f"response.input[{i}]")
+        _require(item, ("type",), f"response.input[{i}]")
+        if item["type"] == "item_reference" and not item_exists(item.get("id")):
+            raise Rejected(
+                "invalid_value",
+                f"Invalid 'response.input[{i}].id': item with id '{item.get('id')}' not found in the conversation.",
+                f"response.input[{i}].id",
+            )
+
+
+def _response_audio(raw: Any) -> None:
+    audio = as_object(raw, "response.audio")
+    _keys(audio, {"output"}, "response.audio")
+    out = as_object(audio.get("output", {}), "response.audio.output")
+    _keys(out, {"format", "voice"}, "response.audio.output")
+    if "format" in out:
+        _format(out["format"], "response.audio.output.format")
+    if "voice" in out:
+        _voice(out["voice"], "response.audio.output.voice")
