@@ -185,7 +185,7 @@ ServerEvent = (
     | RateLimits
 )
 
-KNOWN_TYPES = frozenset(cls.__struct_config__.tag for cls in ServerEvent.__args__)  # type: ignore[attr-defined]
+KNOWN_TYPES = frozenset(cls.__struct_config__.tag for cls in ServerEvent.__args__)
 
 
 class Other(msgspec.Struct, frozen=True):

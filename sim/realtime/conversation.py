@@ -45,8 +45,8 @@ class Conversation:
         self.items.insert(index, item)
         if count_turn and item.get("type") == "message" and item.get("role") == "user":
             self.user_turns += 1
-        if item.get("type") == "function_call":
-            self.call_ids.add(item.get("call_id"))
+        if item.get("type") == "function_call" and item.get("call_id"):
+            self.call_ids.add(item["call_id"])
         return self.items[index - 1]["id"] if index else None
 
     def previous_of(self, item_id: str) -> str | None:

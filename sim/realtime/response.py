@@ -22,13 +22,12 @@ import json
 import logging
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from sim.realtime.hosts import ResponseHost
 from sim.realtime.script import Reply, ToolCall
 from sim.realtime.voice import BYTES_PER_MS, default_ms
 
-if TYPE_CHECKING:
-    from sim.realtime.session import EmulatedSession
 
 log = logging.getLogger("sim.realtime")
 
@@ -61,7 +60,7 @@ class Part:
 
 
 class Response:
-    def __init__(self, session: "EmulatedSession", params: dict[str, Any], reply: Reply, in_conversation: bool):
+    def __init__(self, session: ResponseHost, params: dict[str, Any], reply: Reply, in_conversation: bool):
         self.s = session
         self.id = session.ids.new("resp")
         self.params = params
@@ -148,7 +147,7 @@ class Response:
             await self._render(parts)
             for part in parts:
                 self._check()
-                if part.kind == "call":
+                if part.call is not None:  # kind "call"
                     await self._function_call(part.call)
                 elif part.kind == "text":
                     await self._text_item(part)
@@ -243,7 +242,7 @@ class Response:
         out keeps its share (a call is all or nothing), later parts are dropped. True if anything was cut."""
 
         def cost(p: Part) -> int:
-            if p.kind == "call":
+            if p.call is not None:  # kind "call"
                 return text_tokens(_arguments(p.call))
             return text_tokens(p.text) + (int(p.ms * AUDIO_TOKENS_PER_S / 1000) if audio else 0)
 
@@ -456,7 +455,7 @@ class Response:
         self.s.response_done(self)
 
     def _object(self, usage: dict | None = None) -> dict[str, Any]:
-        details = None
+        details: dict[str, Any] | None = None
         if self.status == "cancelled":
             details = {"type": "cancelled", "reason": self.cancel_reason}
         elif self.status == "incomplete":

@@ -108,7 +108,7 @@ class Emulator:
             ping_timeout=20,
         )
         self.host = host
-        self.port = self._server.sockets[0].getsockname()[1]
+        self.port = next(iter(self._server.sockets)).getsockname()[1]
         log.info("Realtime emulator listening on %s", self.url)
 
     async def stop(self) -> None:

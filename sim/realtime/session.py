@@ -13,7 +13,7 @@ import copy
 import logging
 import random
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 import numpy as np
@@ -22,6 +22,7 @@ from websockets.exceptions import ConnectionClosed
 
 from sim.realtime import g711, validate
 from sim.realtime.conversation import Conversation
+from sim.realtime.hosts import EmulatorHost
 from sim.realtime.ids import Ids
 from sim.realtime.response import Response, tokens
 from sim.realtime.script import Reply
@@ -29,8 +30,6 @@ from sim.realtime.vad import EnergyVad
 from sim.realtime.validate import Rejected
 from sim.realtime.voice import BYTES_PER_MS
 
-if TYPE_CHECKING:
-    from sim.realtime.server import Emulator
 
 log = logging.getLogger("sim.realtime")
 
@@ -102,7 +101,7 @@ def minutes(seconds: float) -> str:
 
 class EmulatedSession:
     def __init__(
-        self, emu: "Emulator", ws: ServerConnection, headers: dict[str, str], query: dict[str, str], index: int
+        self, emu: EmulatorHost, ws: ServerConnection, headers: dict[str, str], query: dict[str, str], index: int
     ):
         self.emu = emu
         self.ws = ws
