@@ -1,4 +1,4 @@
-"""One model response: a task that streams a scripted reply in the GA event order (reference §1.5, §2, §3).
+"""One model response: a task that streams a scripted reply in the GA event order.
 
 Per item, the order is fixed:
   audio:         output_item.added → conversation.item.added → content_part.added → (transcript delta,
@@ -329,7 +329,7 @@ class Response:
             await self._first_delta()
             while emitted < len(audio):
                 size = self._chunk_size()
-                # The transcript runs ahead of the audio it describes (reference §1.5 step 10).
+                # The transcript runs ahead of the audio it describes.
                 want = min(len(text), int(len(text) * ((emitted + size) / len(audio) + TRANSCRIPT_LEAD)))
                 ahead = ""
                 while said < len(pieces) and len(sent_text) + len(ahead) < want:
@@ -415,7 +415,7 @@ class Response:
             raise Cancelled
 
     async def _function_call(self, call: ToolCall) -> None:
-        """Once started, a call is finished: a client must never see half a call (reference §8 #18)."""
+        """Once started, a call is finished: a client must never see half a call; the real server never splits one either."""
         s = self.s
         args = _arguments(call)
         item = {

@@ -1,4 +1,4 @@
-"""One emulated Realtime session: the server's side of one WebSocket connection (reference §1, §3, §4, §8).
+"""One emulated Realtime session: the server's side of one WebSocket connection.
 
 The reader handles client events one at a time, in order; each response streams from a task of its own
 (`response.py`). Every connection is a fresh session with an empty conversation, as in production.
@@ -176,7 +176,7 @@ class EmulatedSession:
     ) -> None:
         error = {"type": kind, "code": code, "message": message, "param": param, "event_id": client_event_id}
         if self.emu.error_delay_ms:
-            # As seen in the field: an error may arrive after later events (reference §4).
+            # As seen in the field: an error may arrive after later events.
             async def later() -> None:
                 await asyncio.sleep(self.emu.error_delay_ms / 1000)
                 await self._quietly(self.send("error", error=error))
@@ -628,7 +628,7 @@ class EmulatedSession:
                 "user": ("input_text", "input_audio", "input_image"),
                 "system": ("input_text",),
                 "assistant": ("output_text",),
-            }[role]  # assistant audio cannot be created (reference §1.4)
+            }[role]  # assistant audio cannot be created by a client, as on the GA server
             content = []
             for i, part in enumerate(validate.as_array(item["content"], "item.content")):
                 path = f"item.content[{i}]"

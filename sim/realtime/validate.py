@@ -1,4 +1,4 @@
-"""The GA server's input rules, with its error codes and message wording (reference §1.2, §1.3, §2, §4).
+"""The GA server's input rules, with its error codes and message wording (as the GA server answers them).
 
 Three checks live here: the envelope of every client event (`check_event`), `session.update`
 (`apply_session_update`) and the `response` of `response.create` (`check_response_params`). Any violation
@@ -236,7 +236,7 @@ def _tools(value: Any, path: str) -> None:
     for i, tool in enumerate(as_array(value, path)):
         here = f"{path}[{i}]"
         tool = as_object(tool, here)
-        # Required keys before unknown ones: a nested Chat Completions tool fails on its name (reference §2).
+        # Required keys before unknown ones: a nested Chat Completions tool fails on its name (as the GA server does).
         _require(tool, ("type",), here)
         one_of(tool["type"], ("function",), f"{here}.type")  # MCP tools are not emulated
         _require(tool, ("name",), here)
