@@ -1,4 +1,4 @@
-"""The GA server's input rules, with its error codes and message wording (as the GA server answers them).
+"""The GA server's input rules, with the error codes and message wording it answers with.
 
 Three checks live here: the envelope of every client event (`check_event`), `session.update`
 (`apply_session_update`) and the `response` of `response.create` (`check_response_params`). Any violation
