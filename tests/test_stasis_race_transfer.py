@@ -2,7 +2,7 @@
 before the new leg is in Stasis (ari_channel_thread() runs Stasis after the response), and until its
 StasisStart POST /channels/{id}/dial answers 409 "Channel not in Stasis application". With every ARI-made
 channel held out of Stasis for 50-150 ms the controller must still set the call up and then ring, answer and
-bridge the transfer leg. (Its worker is the test's AudioSocket listener; see test_controller_tools.)"""
+bridge the transfer leg. (Its worker is the test's AudioSocket listener; see test_call_control.)"""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from tests.test_controller_calls import (  # noqa: F401  (fixtures)
     until,
     workers,
 )
-from tests.test_controller_tools import active_call, bridged, controller, requests_to, setup  # noqa: F401
+from tests.test_call_control import active_call, bridged, controller, requests_to, setup  # noqa: F401
 from tests.test_stasis_race import LATE_STASIS_MS
 
 
