@@ -17,7 +17,7 @@ from shared.keys import Keys
 from sim.asterisk import AsteriskSim
 from sim.asterisk.audio import CallerAudio
 from sim.cluster import LocalCluster
-from sim.realtime import Emulator
+from sim.realtime import Emulator, Script
 from sim.realtime import voice
 from tests.ari_harness import ARI_PASSWORD, ARI_USER, write_config
 from tests.conftest import TEST_API_KEY

@@ -254,7 +254,7 @@ async def test_an_unknown_context_falls_back_without_a_slot(sim, listener, worke
 async def test_an_unknown_provider_with_hangup_fallback_plays_the_prompt(sim, listener, workers, controller):
     await workers(listener.port)
     await controller(fallback={"action": "hangup", "prompt": "sound:ss-noservice"})
-    call = await sim.place_call(variables={"AI_PROVIDER": "deepgram"})
+    await sim.place_call(variables={"AI_PROVIDER": "deepgram"})
     await until(lambda: any(r.method == "POST" and r.path.endswith("/play") for r in sim.rest_log))
     await until(nothing_left(sim))
     assert not listener.connections
