@@ -547,6 +547,7 @@ async def test_01_inbound():
     assert all(p[0][1] & 0x80 == 0 for p in packets)  # marker bit never set
 
 
+@pytest.mark.slow  # measured 2.5 s
 async def test_01_inbound_subscribe_all():
     # with subscribeAll the app also sees the ;2 half, ChannelCreated/Dialplan/CallerId, DeviceStateChanged,
     # BridgeCreated, and ChannelDestroyed for both halves of the caller

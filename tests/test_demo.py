@@ -132,6 +132,7 @@ def demo_run(tmp_path_factory):
     return proc, summary, workdir
 
 
+@pytest.mark.slow  # measured 24.4 s
 @pytest.mark.timeout(120)
 def test_demo_exits_0_and_prints_the_conversation(demo_run):
     proc, summary, _ = demo_run

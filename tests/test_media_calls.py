@@ -31,6 +31,9 @@ from tests.media_harness import (  # noqa: F401  (fixtures)
     worker_stats,
 )
 
+# slow tier: every test here runs a controller and media workers as processes (measured 2.5 s or more each)
+pytestmark = pytest.mark.slow
+
 PROFILES = {"slin24": "telephony_pcm16_24k", "slin": "telephony_slin_8k", "ulaw_rtp": "telephony_ulaw_8k"}
 
 

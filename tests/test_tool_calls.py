@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 
+import pytest
+
 from sim.asterisk.audio import CallerAudio
 from sim.realtime import Reply, Script, ToolCall
 from tests.media_harness import (  # noqa: F401  (fixtures)
@@ -21,6 +23,9 @@ from tests.media_harness import (  # noqa: F401  (fixtures)
     until,
     worker_stats,
 )
+
+# slow tier: every test here runs a controller and media workers as processes (measured 2.5 s or more each)
+pytestmark = pytest.mark.slow
 
 DESTINATIONS = {
     "tools": {

@@ -27,6 +27,9 @@ from tests.media_harness import (  # noqa: F401  (fixtures)
 )
 from tests.test_media_calls import tone24k
 
+# slow tier: every test here runs a controller and media workers as processes (measured 2.5 s or more each)
+pytestmark = pytest.mark.slow
+
 PROFILES = {"ulaw": "websocket_ulaw_8k", "slin24": "websocket_pcm16_24k"}
 
 
