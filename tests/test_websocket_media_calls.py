@@ -12,6 +12,7 @@ import pytest
 from sim.asterisk.audio import CallerAudio, rms_dbfs
 from sim.realtime import Reply, Script
 from tests.media_harness import (  # noqa: F401  (fixtures)
+    agent_audible_ms,
     aredis,
     assert_wire_conforms,
     call_of,
@@ -66,7 +67,10 @@ async def test_a_websocket_call_end_to_end(fmt, sim, emulator, cluster_up, aredi
     timeline = loud_ms(call.heard)
     first_audible = next(t for t, loud in timeline if loud)
     assert first_audible < 1000, first_audible
-    assert sum(loud for t, loud in timeline) * 20 > 1500
+    # The caller heard all the agent said: every audible frame of the 2.7 s the model sent (voiced ~1.4 s with
+    # the synthetic voice, ~1.8 s with espeak-ng), give or take a frame at each edge.
+    sent_ms, heard_ms = agent_audible_ms(emu), sum(loud for t, loud in timeline) * 20
+    assert sent_ms > 1000 and heard_ms >= sent_ms - 80, (heard_ms, sent_ms)
     record = await until(lambda: worker_stats(aredis, keys, call_id))
     assert float(record["greeting_ms"]) < 1000 and record["worker_end_reason"] in ("media_closed", "caller_hangup")
     # Our clock meets Asterisk's timer: its queue (sampled every 5 s) never builds up.
