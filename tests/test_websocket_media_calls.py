@@ -28,12 +28,10 @@ from tests.media_harness import (  # noqa: F401  (fixtures)
 )
 from tests.test_media_calls import tone24k
 
-# slow tier: every test here runs a controller and media workers as processes (measured 2.5 s or more each)
-pytestmark = pytest.mark.slow
-
 PROFILES = {"ulaw": "websocket_ulaw_8k", "slin24": "websocket_pcm16_24k"}
 
 
+@pytest.mark.slow  # measured 10.6 s
 @pytest.mark.parametrize("fmt", list(PROFILES))
 async def test_a_websocket_call_end_to_end(fmt, sim, emulator, cluster_up, aredis, keys):
     script = Script(
@@ -82,6 +80,7 @@ async def test_a_websocket_call_end_to_end(fmt, sim, emulator, cluster_up, aredi
     assert_wire_conforms(emu)
 
 
+@pytest.mark.slow  # measured 11.7 s
 async def test_websocket_barge_in_flushes_asterisks_queue_and_truncates_to_what_was_heard(
     sim, emulator, cluster_up, aredis, keys
 ):
@@ -126,6 +125,7 @@ async def test_websocket_barge_in_flushes_asterisks_queue_and_truncates_to_what_
     await until(lambda: not sim.channels and not sim.bridges)
 
 
+# Not slow, although it takes 5 s: the fast tier's one call on WebSocket media (controller and worker).
 async def test_caller_hangs_up_mid_greeting_on_websocket(sim, emulator, cluster_up, aredis, keys):
     emu = await emulator(Script(greeting=Reply(text="A long greeting.", audio_ms=5000)), speed=4.0)
     cluster = await cluster_up(emu, contexts={"t": {"profile": "websocket_ulaw_8k"}})
@@ -140,6 +140,7 @@ async def test_caller_hangs_up_mid_greeting_on_websocket(sim, emulator, cluster_
     assert "Traceback" not in worker_log and "ERROR" not in worker_log
 
 
+@pytest.mark.slow  # measured 6.1 s
 async def test_a_silent_caller_hears_the_greeting_at_once_on_websocket(sim, emulator, cluster_up, aredis, keys):
     """A caller who says nothing sends no frame (as on the real PBX): the controller's media_bridged starts the
     worker's clock, not the caller's first frame (nor the 0.5 s safety net)."""
