@@ -126,7 +126,7 @@ def call_seconds(
 
 def run_interleaved(variants: dict[str, Callable[[], float]], rounds: int) -> dict[str, float]:
     results: dict[str, list[float]] = {name: [] for name in variants}
-    for name, fn in variants.items():  # warm-up
+    for fn in variants.values():  # warm-up
         fn()
     for _ in range(rounds):
         for name, fn in variants.items():
@@ -160,7 +160,7 @@ def playout_variant(seconds: int) -> Callable[[], float]:
         q = PlayoutQueue(160, silence("ulaw"))
         t0 = time.process_time()
         for s in range(seconds):
-            for i, delta in enumerate(deltas[s * 10 : (s + 1) * 10]):
+            for delta in deltas[s * 10 : (s + 1) * 10]:
                 q.push(f"item{s}", delta)
                 for _ in range(5):
                     q.tick()
@@ -180,7 +180,7 @@ def gate_variant(rate: int, seconds: int) -> Callable[[], float]:
     def run() -> float:
         gate = SpeechGate(rate)
         t0 = time.process_time()
-        for o, i in zip(outs, incs):
+        for o, i in zip(outs, incs, strict=True):
             gate.outgoing(o)
             gate.incoming(i)
         return (time.process_time() - t0) * 1e6 / seconds

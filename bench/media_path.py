@@ -64,6 +64,10 @@ def quantile(rows: list[tuple[float, float]], q: float) -> float | None:
     return None
 
 
+def as_ms(seconds: float | None) -> str:
+    return "n/a" if seconds is None else f"{seconds * 1000:.2f} ms"
+
+
 def gauge(metrics: str, name: str) -> float:
     match = re.search(rf"^{name} ([0-9.e+-]+)$", metrics, re.M)
     return float(match.group(1)) if match else float("nan")
@@ -136,8 +140,7 @@ async def run(args: argparse.Namespace) -> None:
             rows = histogram(metrics, name)
             p50, p99 = quantile(rows, 0.5), quantile(rows, 0.99)
             n = int(rows[-1][1]) if rows else 0
-            fmt = lambda v: "n/a" if v is None else f"{v * 1000:.2f} ms"
-            print(f"  {label:<36} p50 {fmt(p50)}, p99 {fmt(p99)} (n={n})")
+            print(f"  {label:<36} p50 {as_ms(p50)}, p99 {as_ms(p99)} (n={n})")
         print(
             f"  playout tick lag p99 {gauge(metrics, 'va_playout_tick_lag_p99_ms'):.2f} ms, underruns "
             f"{gauge(metrics, 'va_playout_underruns_total'):.0f}, calls active at the end "

@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import importlib.util
 import json
 import os
@@ -41,6 +42,7 @@ import sys
 import tempfile
 import time
 import uuid
+from asyncio.subprocess import DEVNULL, PIPE
 from pathlib import Path
 
 import numpy as np
@@ -295,7 +297,7 @@ class Bench:
             for _ in range(rounds):
                 await leg.say(self.voices.of(self.voices.question))
                 spoken = time.monotonic() - self.voices.question_tail  # the last voiced frame went out here
-                answer = await wait_value(lambda: leg.first_voiced_after(spoken), 10)
+                answer = await wait_value(functools.partial(leg.first_voiced_after, spoken), 10)
                 if answer is None:
                     out["problems"].append("no answer heard")
                     return
@@ -311,7 +313,7 @@ class Bench:
                     out["problems"].append("agent went on talking over the barge-in")
                 else:
                     out["barge"].append((last - barge) * 1000)
-                reply = await wait_value(lambda: leg.first_voiced_after(barge_end), 5)  # "Sorry, go ahead."
+                reply = await wait_value(functools.partial(leg.first_voiced_after, barge_end), 5)  # "Sorry, go ahead."
                 await quiet(leg, reply or barge_end, timeout=SORRY_MS / 1000 + 5)
         finally:
             with contextlib.suppress(asyncio.TimeoutError, CallerError):
@@ -503,6 +505,21 @@ def merge_ramps(runs: list[dict], commit: str) -> dict:
     return total
 
 
+async def short_commit(tree: Path) -> str:
+    """The checked-out commit of `tree`, abbreviated ("?" when it is not a git checkout)."""
+    git = await asyncio.create_subprocess_exec(
+        "git", "-C", str(tree), "rev-parse", "--short", "HEAD", stdout=PIPE, stderr=DEVNULL
+    )
+    try:
+        async with asyncio.timeout(10):
+            out, _ = await git.communicate()
+    except TimeoutError:
+        git.kill()
+        await git.wait()
+        return "?"
+    return out.decode().strip() or "?"
+
+
 def before_cluster(tree: Path):
     """LocalCluster as defined in another checkout: its roles run with that tree as cwd (so its code)."""
     spec = importlib.util.spec_from_file_location("before_cluster", tree / "sim" / "cluster.py")
@@ -617,8 +634,8 @@ async def run(args: argparse.Namespace) -> dict:
                             "\n".join(ramp_lines("this tree", r, args.ramp_calls, args.ramp_s, args.hold)), flush=True
                         )
             if args.before_tree:
-                tree = Path(args.before_tree).resolve()
-                head = os.popen(f"git -C {tree} rev-parse --short HEAD 2>/dev/null").read().strip() or "?"
+                tree = await asyncio.to_thread(Path(args.before_tree).resolve)
+                head = await short_commit(tree)
                 print(f"\nbefore the fix: the roles of {tree} (commit {head}), audiosocket-slin24:", flush=True)
                 runs = []
                 for n in range(args.before_runs):

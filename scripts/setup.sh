@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up a development machine (Debian/Ubuntu): Python venv in .venv with the project and its test extra,
+# Set up a development machine (Debian/Ubuntu): Python venv in .venv with the project and its dev extra,
 # Debian packages the tests and demo use, and a Redis server on 127.0.0.1:6379.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,7 +28,7 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip 2>/dev/null || true
-.venv/bin/python -m pip install -q -e ".[test]"
+.venv/bin/python -m pip install -q -e ".[dev]"  # the test extra and CI's gates (ruff, mypy, import-linter)
 # The real-PBX tests (pytest -m realpbx) need Debian's asterisk package unpacked into a cache (once; nothing is
 # installed on the system). Without it setup goes on and those tests are skipped, loudly.
 if ! scripts/real-asterisk install >&2; then

@@ -5,6 +5,7 @@ record and log from Redis."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import itertools
 import math
 import time
@@ -12,13 +13,14 @@ import time
 import numpy as np
 import pytest
 import redis.asyncio as aioredis
+import soxr
 
 from shared.keys import Keys
 from sim.asterisk import AsteriskSim
 from sim.asterisk.audio import CallerAudio
 from sim.cluster import LocalCluster
-from sim.realtime import Emulator
-from sim.realtime import voice
+from sim.realtime import Emulator, Script
+from sim.realtime import g711, voice
 from tests.ari_harness import ARI_PASSWORD, ARI_USER, write_config
 from tests.conftest import TEST_API_KEY
 from tests.realtime_schema import check_client_event, check_server_event
@@ -143,11 +145,36 @@ def assert_wire_conforms(emu: Emulator) -> None:
 
 def loud_ms(heard, rate: int = 8000, floor_dbfs: float = -40.0) -> list[tuple[float, bool]]:
     """The caller's timeline as (time, audible) per 20 ms frame."""
-    pcm = np.frombuffer(heard.pcm(rate), dtype="<i2").astype(np.float64)
+    return audible_frames(np.frombuffer(heard.pcm(rate), dtype="<i2"), rate, floor_dbfs)
+
+
+def audible_frames(samples: np.ndarray, rate: int = 8000, floor_dbfs: float = -40.0) -> list[tuple[float, bool]]:
+    """(time, audible) per 20 ms frame of PCM16 samples."""
+    pcm = samples.astype(np.float64)
     n = rate // 50
     frames = pcm[: len(pcm) // n * n].reshape(-1, n)
     rms = np.sqrt((frames**2).mean(axis=1)) + 1e-9
     return [(i * 20.0, 20 * math.log10(r / 32768) > floor_dbfs) for i, r in enumerate(rms)]
+
+
+def agent_audible_ms(emu: Emulator) -> float:
+    """How much of the agent audio the emulator sent is audible, judged as `loud_ms` judges what the caller
+    heard (20 ms frames at 8 kHz above -40 dBFS). It depends on the voice: espeak-ng speaks more of a line's
+    length than the synthetic voice used without it, whose syllables have gaps."""
+    total = 0.0
+    for session in emu.sessions:
+        fmt = session.config["audio"]["output"]["format"]["type"]
+        wire = b"".join(
+            base64.b64decode(e["delta"]) for e in session.sent if e["type"] == "response.output_audio.delta"
+        )
+        if not wire:
+            continue
+        if fmt == "audio/pcm":
+            pcm = soxr.resample(np.frombuffer(wire, dtype="<i2").astype(np.float32), 24000, 8000)
+        else:
+            pcm = g711.decode(wire, fmt).astype(np.float32)
+        total += 20.0 * sum(loud for _, loud in audible_frames(pcm))
+    return total
 
 
 async def worker_stats(aredis, keys, call_id):

@@ -10,7 +10,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
 import sys
 import time
 import uuid
@@ -638,32 +637,29 @@ async def test_version_is_configurable(tmp_path):
 
 async def test_cli_process_and_control_api(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "voice_agent.cli",
-            "sim",
-            "asterisk",
-            "--port",
-            "0",
-            "--user",
-            "u",
-            "--password",
-            "p",
-            "--workdir",
-            str(tmp_path),
-            "--time-scale",
-            "0.05",
-        ],
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "voice_agent.cli",
+        "sim",
+        "asterisk",
+        "--port",
+        "0",
+        "--user",
+        "u",
+        "--password",
+        "p",
+        "--workdir",
+        str(tmp_path),
+        "--time-scale",
+        "0.05",
         cwd=ROOT,
         env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+        stdout=asyncio.subprocess.PIPE,  # its stderr goes to pytest's capture, shown when the test fails
     )
+    assert proc.stdout is not None
     try:
-        line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 15)
+        line = (await asyncio.wait_for(proc.stdout.readline(), 15)).decode()
         assert line.startswith("listening on http://127.0.0.1:")
         url = line.split()[-1]
         auth = {"Authorization": aiohttp.encode_basic_auth("u", "p")}
@@ -706,11 +702,11 @@ async def test_cli_process_and_control_api(tmp_path):
             async with s.get(f"{url}/sim/state") as r:
                 assert r.status == 401
         proc.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(asyncio.to_thread(proc.wait), 10) == 0
+        assert await asyncio.wait_for(proc.wait(), 10) == 0
     finally:
-        if proc.poll() is None:
+        if proc.returncode is None:
             proc.kill()
-            proc.wait()
+            await proc.wait()
 
 
 # --- the dialplan, sans I/O --------------------------------------------------------------------------------------

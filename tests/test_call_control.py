@@ -30,6 +30,9 @@ from tests.test_controller_calls import (  # noqa: F401  (fixtures)
 )
 from shared.email_queue import summary_job_id, transcript_job_id
 
+# slow tier: every test here runs a controller and media workers as processes (measured 2.5 s or more each)
+pytestmark = pytest.mark.slow
+
 DESTINATIONS = {
     "sales": {"type": "extension", "target": "6001", "description": "Sales team"},  # answers after ~1 s
     # The phones themselves: the simulator's from-internal Dial() passes neither ringing nor busy back to our

@@ -115,6 +115,7 @@ async def state_is(aredis, keys, call_id, state):
 # ------------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # measured 2.8 s
 async def test_a_call_is_answered_bridged_given_media_and_leaves_nothing_behind(
     sim, listener, workers, controller, aredis, keys
 ):
@@ -147,6 +148,7 @@ async def test_a_call_is_answered_bridged_given_media_and_leaves_nothing_behind(
     await until(conn.closed.is_set)
 
 
+@pytest.mark.slow  # measured 4.8 s
 async def test_the_worker_ending_the_media_leg_sends_the_caller_to_the_fallback(
     sim, listener, workers, controller, aredis, keys
 ):
@@ -162,6 +164,7 @@ async def test_the_worker_ending_the_media_leg_sends_the_caller_to_the_fallback(
     assert (await call_record(aredis, keys, conn.uuid))["end_reason"] == "media_lost"
 
 
+@pytest.mark.slow  # measured 2.9 s
 async def test_a_worker_that_refuses_the_media_leg_is_replaced(sim, listener, workers, controller, aredis, keys):
     closed = AudioSocketListener()
     await closed.start()
@@ -180,6 +183,7 @@ async def test_a_worker_that_refuses_the_media_leg_is_replaced(sim, listener, wo
     await until(nothing_left(sim))
 
 
+@pytest.mark.slow  # measured 3.6 s
 async def test_a_controller_restart_mid_call_reconciles(sim, listener, workers, controller, aredis, keys):
     worker = await workers(listener.port)
     cluster, proc = await controller()
@@ -210,6 +214,7 @@ async def test_a_controller_restart_mid_call_reconciles(sim, listener, workers, 
     assert await worker.active() == 0
 
 
+@pytest.mark.slow  # measured 6.3 s
 async def test_full_capacity_queues_the_call_then_falls_back(sim, listener, workers, controller, aredis, keys):
     worker = await workers(listener.port, capacity=1)
     _, proc = await controller(queue_timeout_ms=1500)
@@ -228,6 +233,7 @@ async def test_full_capacity_queues_the_call_then_falls_back(sim, listener, work
     await until(nothing_left(sim))
 
 
+@pytest.mark.slow  # measured 2.8 s
 async def test_a_queued_call_gets_the_first_free_slot(sim, listener, workers, controller, aredis, keys):
     await workers(listener.port, capacity=1)
     await controller(queue_timeout_ms=20_000)
@@ -242,6 +248,7 @@ async def test_a_queued_call_gets_the_first_free_slot(sim, listener, workers, co
     await until(nothing_left(sim))
 
 
+@pytest.mark.slow  # measured 2.8 s
 async def test_an_unknown_context_falls_back_without_a_slot(sim, listener, workers, controller, aredis, keys):
     worker = await workers(listener.port)
     await controller()
@@ -251,10 +258,11 @@ async def test_an_unknown_context_falls_back_without_a_slot(sim, listener, worke
     assert await aredis.scard(keys.calls_active) == 0
 
 
+@pytest.mark.slow  # measured 5.3 s
 async def test_an_unknown_provider_with_hangup_fallback_plays_the_prompt(sim, listener, workers, controller):
     await workers(listener.port)
     await controller(fallback={"action": "hangup", "prompt": "sound:ss-noservice"})
-    call = await sim.place_call(variables={"AI_PROVIDER": "deepgram"})
+    await sim.place_call(variables={"AI_PROVIDER": "deepgram"})
     await until(lambda: any(r.method == "POST" and r.path.endswith("/play") for r in sim.rest_log))
     await until(nothing_left(sim))
     assert not listener.connections
@@ -266,6 +274,7 @@ async def test_without_a_controller_stasis_fails_into_the_dialplan_fallback(sim)
     await until(lambda: any("ss-noservice" in step for step in call.trail))
 
 
+@pytest.mark.slow  # measured 2.9 s
 async def test_a_dropped_events_websocket_reconnects(sim, listener, workers, controller, aredis, keys):
     await workers(listener.port)
     await controller()
@@ -281,6 +290,7 @@ async def test_a_dropped_events_websocket_reconnects(sim, listener, workers, con
     await until(no_active_calls(aredis, keys))
 
 
+@pytest.mark.slow  # measured 3.4 s
 async def test_fifty_concurrent_call_setups(sim, listener, workers, controller, aredis, keys):
     await workers(listener.port, capacity=60)
     await controller()
@@ -300,6 +310,7 @@ async def test_fifty_concurrent_call_setups(sim, listener, workers, controller, 
     await until(no_active_calls(aredis, keys))
 
 
+@pytest.mark.slow  # measured 2.8 s
 async def test_an_rtp_profile_gets_ulaw_external_media_on_the_reserved_port(
     sim, listener, workers, controller, aredis, keys
 ):
@@ -321,6 +332,7 @@ async def test_an_rtp_profile_gets_ulaw_external_media_on_the_reserved_port(
     assert await aredis.smembers(keys.worker_rtp_ports(worker.id)) == set()
 
 
+@pytest.mark.slow  # measured 2.7 s
 @pytest.mark.parametrize("sim", ["18.20.0"], indirect=True)
 async def test_an_older_asterisk_gets_8khz_audiosocket(sim, listener, workers, controller, aredis, keys):
     worker = await workers(listener.port)

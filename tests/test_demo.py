@@ -3,6 +3,7 @@ both simulators as processes) whose printed transcript, recording and Realtime w
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 import os
@@ -13,8 +14,10 @@ from collections import Counter
 import numpy as np
 import pytest
 import redis
+import soxr
 
 from sim import demo_call, demo_report
+from sim.realtime import g711
 from sim.realtime.script import Script
 from tests.conftest import REDIS_URL, ROOT
 from tests.realtime_schema import check_client_event, check_server_event
@@ -60,7 +63,10 @@ def test_caller_pcm_is_speech_where_the_caller_talks_and_digital_silence_elsewhe
             assert not part.any()
         else:
             assert 0.5 * seg.line.ms <= seg.ms <= seg.line.ms
-            assert demo_report.voiced_share(part, RATE, 0, seg.ms / 1000) > 0.6
+            # Speech from the segment's start to its end, with no pause between words long enough to split it
+            # (either voice: espeak-ng's words, or the synthetic voice's syllables).
+            ((start, end),) = demo_report.voiced_spans(part, RATE)
+            assert start < 0.1 and end > seg.ms / 1000 - 0.1, (seg.line.text, start, end, seg.ms)
 
 
 def test_caller_speaks_with_the_synthetic_voice_when_espeak_is_missing(monkeypatch):
@@ -132,6 +138,7 @@ def demo_run(tmp_path_factory):
     return proc, summary, workdir
 
 
+@pytest.mark.slow  # measured 24.4 s
 @pytest.mark.timeout(120)
 def test_demo_exits_0_and_prints_the_conversation(demo_run):
     proc, summary, _ = demo_run
@@ -151,6 +158,7 @@ def test_demo_exits_0_and_prints_the_conversation(demo_run):
     assert left == []  # the demo cleaned up its key prefix
 
 
+@pytest.mark.slow  # shares the demo run above
 @pytest.mark.timeout(120)
 def test_demo_recording_holds_the_agent_speaking(demo_run):
     proc, summary, workdir = demo_run
@@ -159,20 +167,59 @@ def test_demo_recording_holds_the_agent_speaking(demo_run):
     assert len(samples) / rate > 15
     agent = [e for e in summary["log"] if e["role"] == "assistant"]
     assert len(agent) == 4
-    full = {PLAN.greeting.text: PLAN.greeting.ms, **{a.text: a.ms for a in PLAN.answers}}
-    for entry in agent:  # logged when the caller finished hearing it: the audio lies just before t_ms
-        end_s = entry["t_ms"] / 1000
-        if entry["text"] in full:
-            ms = full[entry["text"]]
-            share = demo_report.voiced_share(samples, rate, end_s - 0.9 * ms / 1000, end_s - 0.15 * ms / 1000)
-        else:  # the interrupted line: the caller heard its start
-            share = demo_report.voiced_share(samples, rate, end_s - 1.0, end_s - 0.1)
-        assert share > 0.7, (entry, share)
     # Between the agent's lines the caller hears silence: the speech spans are the agent's four lines.
-    assert len(demo_report.voiced_spans(samples, rate)) == 4
-    assert demo_report.voiced_share(samples, rate, 0, 2) > 0.7  # the greeting, at once
+    spans = demo_report.voiced_spans(samples, rate)
+    assert len(spans) == 4
+    assert spans[0][0] < 0.5  # the greeting, at once
+    # Each span is the line the model sent, as the model sent it: compared with the audio in the wire log,
+    # not with levels or voiced shares of one voice (espeak-ng's, or the synthetic one without it).
+    sent = agent_audio_sent(workdir / "realtime-wire.jsonl", rate)
+    full_lines = {PLAN.greeting.text, *(a.text for a in PLAN.answers)}
+    for entry, (start, end), said in zip(agent, spans, sent, strict=True):
+        # Logged when the caller finished hearing it: the audio lies just before t_ms.
+        assert start < entry["t_ms"] / 1000 < end + 0.5, (entry, start, end)
+        said_spans = demo_report.voiced_spans(said, rate)
+        said_start, said_end = said_spans[0][0], said_spans[-1][1]
+        if entry["text"] in full_lines:  # heard whole
+            assert end - start > said_end - said_start - 0.2, (entry, start, end, said_end - said_start)
+        else:  # the interrupted line (cut short in the log too): the caller heard its start only
+            assert end - start < said_end - said_start - 1.0, (entry, start, end, said_end - said_start)
+        heard = samples[int(start * rate) : int(end * rate)]
+        said = said[int(said_start * rate) :][: len(heard)]
+        assert abs(rms_dbfs(heard) - rms_dbfs(said)) < 1.0, (entry, rms_dbfs(heard), rms_dbfs(said))
 
 
+def agent_audio_sent(wire_log: Path, rate: int) -> list[np.ndarray]:
+    """The audio of each agent item, in order, as the emulator sent it (its wire log), at `rate`."""
+    formats: dict[str, str] = {}
+    items: dict[str, bytearray] = {}
+    item_format: dict[str, str] = {}
+    for line in wire_log.read_text().splitlines():
+        record = json.loads(line)
+        event = record["event"]
+        if event["type"] == "session.updated":
+            formats[record["session"]] = event["session"]["audio"]["output"]["format"]["type"]
+        elif record["dir"] == "out" and event["type"] == "response.output_audio.delta":
+            items.setdefault(event["item_id"], bytearray()).extend(base64.b64decode(event["delta"]))
+            item_format[event["item_id"]] = formats[record["session"]]
+    out = []
+    for item_id, wire in items.items():
+        if item_format[item_id] == "audio/pcm":
+            pcm, wire_rate = np.frombuffer(bytes(wire), dtype="<i2"), 24000
+        else:
+            pcm, wire_rate = g711.decode(bytes(wire), item_format[item_id]), 8000
+        if wire_rate != rate:
+            pcm = np.clip(np.rint(soxr.resample(pcm.astype(np.float32), wire_rate, rate)), -32768, 32767)
+        out.append(pcm.astype(np.int16))
+    return out
+
+
+def rms_dbfs(samples: np.ndarray) -> float:
+    x = samples.astype(np.float64)
+    return float(20 * np.log10(np.sqrt(np.mean(x * x)) / 32768 + 1e-12))
+
+
+@pytest.mark.slow  # shares the demo run above
 @pytest.mark.timeout(120)
 def test_demo_wire_log_validates_strictly(demo_run):
     proc, summary, workdir = demo_run

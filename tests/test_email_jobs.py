@@ -495,6 +495,7 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+@pytest.mark.slow  # measured 8.3 s
 def test_worker_killed_mid_job_the_email_still_arrives_exactly_once(workers, inbox, conn, keys, rclient):
     first = start_worker(workers)
     call_id = write_call(rclient, keys)
@@ -520,6 +521,7 @@ def test_worker_killed_mid_job_the_email_still_arrives_exactly_once(workers, inb
     assert rclient.hget(keys.call(call_id), "summary_email") == "sent"
 
 
+@pytest.mark.slow  # measured 6.5 s
 def test_smtp_down_is_retried_with_backoff_then_recorded_as_failed(
     tmp_path, cluster_env, conn, keys, rclient, monkeypatch
 ):
@@ -551,6 +553,7 @@ def test_smtp_down_is_retried_with_backoff_then_recorded_as_failed(
         cluster.stop_all()
 
 
+@pytest.mark.slow  # measured 4.6 s
 def test_smtp_back_during_the_retries_delivers(tmp_path, cluster_env, conn, keys, rclient, monkeypatch):
     port = free_port()
     cluster = LocalCluster(worker_config(tmp_path, port), tmp_path, cluster_env)

@@ -136,6 +136,7 @@ def test_real_pbx_caller_failures_are_counted_by_kind():
 # --- one real run ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # measured 18.5 s
 @pytest.mark.timeout(120)
 def test_small_real_run_sets_up_every_call_and_leaves_nothing(tmp_path):
     out = tmp_path / "results.json"

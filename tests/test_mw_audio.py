@@ -4,6 +4,7 @@ and the echo-aware speech gate. Quality properties (rejection, flatness, delay) 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 import warnings
 
@@ -222,7 +223,7 @@ def test_converter_round_trip(wire, provider):
     frames = chunked(wire_bytes(wire, x), conv.wire_frame_bytes)
     up = [conv.to_provider(f) for f in frames]
     if conv.passthrough:
-        assert all(a is b for a, b in zip(up, frames))  # no work at all
+        assert all(a is b for a, b in zip(up, frames, strict=True))  # no work at all
         assert conv.to_wire(b"abc") == b"abc"
         return
     # Every 20 ms wire frame becomes about 20 ms of provider audio at once (no batching, no hold-back).
@@ -390,7 +391,7 @@ async def test_clock_absolute_deadlines_no_drift_and_late_skip():
     # once for slot 10 (50 ms late); slots 11 and 12 were skipped, not sent in a burst.
     assert slots[10] == 12.515 and all(abs(s - round(s)) * 20 <= 1.0 for s in slots[:10] + slots[11:])
     assert round(slots[11]) == 13
-    assert all(b > a for a, b in zip(slots, slots[1:]))
+    assert all(b > a for a, b in itertools.pairwise(slots))
     assert clock.late_ticks == 2 and round(slots[-1]) == 101  # 100 sends over 102 slots, 2 skipped
     assert len(other) == len(sent)  # one wakeup ticks every call
     assert clock.lag_ms.count == 100 and clock.lag_ms.max >= 50.0 and clock.lag_ms.quantile(0.5) <= 0.5

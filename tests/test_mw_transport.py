@@ -447,12 +447,12 @@ async def test_many_calls_at_once(server, calls):
     uuids = [str(uuid.uuid4()) for _ in range(50)]
     calls.known.update(uuids)
     peers = [await asterisk(server) for _ in uuids]
-    for (reader, writer), u in zip(peers, uuids):
+    for (_, writer), u in zip(peers, uuids, strict=True):
         writer.write(frame(0x01, uuid.UUID(u).bytes) + frame(0x13, u.encode().ljust(960, b"\0")))
     await until(lambda: all(calls.sinks.get(u) and calls.sinks[u].audio for u in uuids))
     assert all(calls.sinks[u].audio == [u.encode().ljust(960, b"\0")] for u in uuids)
     assert server.connections == 50
-    for reader, writer in peers:
+    for _, writer in peers:
         writer.close()
     await until(lambda: server.connections == 0)
     assert all(calls.sinks[u].hangups == ["closed"] for u in uuids)

@@ -31,6 +31,9 @@ from tests.conftest import ROOT
 from tests.prom_exprs import PROMETHEUS as PROMETHEUS_DIR
 from tests.prom_exprs import alert_rules, base_name, dashboard_queries, metric_names
 
+# slow tier: a real Prometheus scrapes a demo call (measured 26 s)
+pytestmark = pytest.mark.slow
+
 PROMETHEUS = shutil.which("prometheus")
 ALERTS = PROMETHEUS_DIR / "alerts.yml"
 # A clean demo call has no Realtime error, tool call, control request, queued call or reconcile clean-up: the

@@ -309,8 +309,8 @@ async def test_session_update_merges_and_replies_with_the_full_config(emulator):
         (
             {"type": "realtime", "tools": [HANGUP, {"type": "function", "name": "hang.up"}]},
             "invalid_value",
-            "Invalid 'session.tools[1].name': string does not match pattern. Expected a string that matches the pattern "
-            "'^[a-zA-Z0-9_-]+$'.",
+            "Invalid 'session.tools[1].name': string does not match pattern. "
+            "Expected a string that matches the pattern '^[a-zA-Z0-9_-]+$'.",
             "session.tools[1].name",
         ),
         (

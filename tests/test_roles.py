@@ -41,6 +41,7 @@ def rq_worker_names(url: str, queue_name: str) -> set[str]:
         conn.close()
 
 
+# Not slow, although it takes 2.7 s: the fast tier's one start of every role, read back by `voice-agent status`.
 def test_roles_start_register_serve_health_and_stop_cleanly(cluster, cluster_env, rclient, prefix, redis_url):
     keys = Keys(prefix)
     controller, worker, tools = (cluster.start(role) for role in ROLES)
@@ -102,6 +103,7 @@ def test_tool_worker_runs_jobs_from_each_configured_queue(cluster, prefix, redis
     conn.close()
 
 
+@pytest.mark.slow  # measured 5.2 s
 def test_status_marks_a_killed_worker_dead(cluster, cluster_env):
     worker = cluster.start("media-worker")
     assert cluster.wait_ready(timeout=30)
@@ -116,6 +118,7 @@ def test_status_marks_a_killed_worker_dead(cluster, cluster_env):
     assert status_json(cluster_env)["capacity"] == 0  # a dead worker offers nothing
 
 
+@pytest.mark.slow  # measured 4.0 s
 @pytest.mark.parametrize("role", ROLES)
 def test_role_started_while_redis_is_down_waits_then_connects(role, tmp_path, private_redis, prefix):
     server = private_redis()
@@ -160,6 +163,7 @@ def test_role_started_while_redis_is_down_waits_then_connects(role, tmp_path, pr
         cluster.stop_all()
 
 
+@pytest.mark.slow  # measured 3.3 s
 @pytest.mark.parametrize("role", ["controller", "media-worker"])
 def test_redis_outage_mid_run_then_recovery_reregisters(role, tmp_path, private_redis, prefix):
     server = private_redis()
@@ -200,6 +204,7 @@ def test_sigterm_while_waiting_for_redis_stops_cleanly(role, tmp_path, private_r
     assert "Traceback" not in proc.log_text()
 
 
+@pytest.mark.slow  # measured 2.9 s
 def test_secrets_never_reach_logs_or_status(tmp_path, private_redis, prefix):
     server = private_redis(password="redis-pass-" + "q9" * 6)
     server.start()
@@ -250,6 +255,7 @@ def test_bad_config_stops_a_role_with_the_error_not_a_traceback(tmp_path):
     assert "Traceback" not in res.stderr
 
 
+@pytest.mark.slow  # measured 4.1 s
 def test_an_idle_tool_worker_exits_on_sigterm_at_once(cluster):
     """RQ's pubsub thread blocks in 60 s reads and redis-py joins it at shutdown: an idle worker used to need up
     to a minute (and was killed after the 15 s stop timeout). The stop timeout here is far below that minute."""

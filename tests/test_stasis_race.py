@@ -19,6 +19,9 @@ from sim.realtime import Reply, Script
 from tests.ari_harness import ARI_PASSWORD, ARI_USER
 from tests.media_harness import aredis, cluster_up, emulator, keys, loud_ms, until  # noqa: F401  (fixtures)
 
+# slow tier: every test here runs a controller and media workers as processes (measured 2.5 s or more each)
+pytestmark = pytest.mark.slow
+
 LATE_STASIS_MS = (50, 150)
 CALLS = 5
 FALLBACK = "Playback(ss-noservice)"  # the shipped fallback context's first step

@@ -23,6 +23,9 @@ from tests.test_controller_calls import (  # noqa: F401  (fixtures)
 from tests.test_call_control import active_call, bridged, controller, requests_to, setup  # noqa: F401
 from tests.test_stasis_race import LATE_STASIS_MS
 
+# slow tier: every test here runs a controller and media workers as processes (measured 2.5 s or more each)
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 async def sim(tmp_path):

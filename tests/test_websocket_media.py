@@ -315,9 +315,9 @@ class Sink:
 async def test_the_link_starts_on_media_start_flushes_with_a_count_and_hears_the_hangup(ari):
     _, url = await make_leg(ari, fmt="slin")
     sink = Sink()
-    link = WebSocketMediaLink(url, "slin", call_id="c1", on_started=lambda link: sink)
+    link = WebSocketMediaLink(url, "slin", call_id="c1", on_started=lambda link: sink, connect_timeout=2)
     assert not link.send(bytes(320)) and link.stats.dropped_out == 1  # not started: nothing to send to
-    await link.connect(timeout=2)
+    await link.connect()
     assert link.format == "slin" and link.frame_bytes == 320 and link.control.channel_id == "em1"
     await ari.wait("StasisStart", "em1")
     leg = next(iter(ari.sim.websocket_media.legs.values()))
@@ -338,8 +338,8 @@ async def test_the_link_starts_on_media_start_flushes_with_a_count_and_hears_the
 
 async def test_the_link_speaks_json_to_an_asterisk_configured_for_it(ari):
     _, url = await make_leg(ari, fmt="slin16", transport_data="f(json)")
-    link = WebSocketMediaLink(url, "slin16", on_started=lambda link: Sink())
-    await link.connect(timeout=2)
+    link = WebSocketMediaLink(url, "slin16", on_started=lambda link: Sink(), connect_timeout=2)
+    await link.connect()
     leg = next(iter(ari.sim.websocket_media.legs.values()))
     for _ in range(20):
         link.send(bytes(640))
@@ -349,21 +349,26 @@ async def test_the_link_speaks_json_to_an_asterisk_configured_for_it(ari):
 
 async def test_the_link_refuses_and_fails_clearly(ari):
     _, url = await make_leg(ari)
-    refused = WebSocketMediaLink(url, "ulaw", on_started=lambda link: None)
+    refused = WebSocketMediaLink(url, "ulaw", on_started=lambda link: None, connect_timeout=2)
     with pytest.raises(MediaConnectError, match="not taken"):
-        await refused.connect(timeout=2)
+        await refused.connect()
     await ari.wait("ChannelDestroyed", "em1")  # our close hung the channel up
     with pytest.raises(MediaConnectError, match="404"):
-        await WebSocketMediaLink(url, "ulaw", on_started=lambda link: Sink()).connect(timeout=2)
+        await WebSocketMediaLink(url, "ulaw", on_started=lambda link: Sink(), connect_timeout=2).connect()
     _, url2 = await make_leg(ari, fmt="slin16", channel_id="em2")
     with pytest.raises(MediaConnectError, match="expects ulaw"):
-        await WebSocketMediaLink(url2, "ulaw", on_started=lambda link: Sink()).connect(timeout=2)
+        await WebSocketMediaLink(url2, "ulaw", on_started=lambda link: Sink(), connect_timeout=2).connect()
     with pytest.raises(MediaConnectError, match="cannot connect"):
-        await WebSocketMediaLink("ws://127.0.0.1:9/media/x", "ulaw", on_started=lambda link: Sink()).connect(1)
+        await WebSocketMediaLink(
+            "ws://127.0.0.1:9/media/x", "ulaw", on_started=lambda link: Sink(), connect_timeout=1
+        ).connect()
     silent = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)  # accepts, never upgrades
     port = silent.sockets[0].getsockname()[1]
     with pytest.raises(MediaConnectError, match="no MEDIA_START within 0.3 s"):
-        await WebSocketMediaLink(f"ws://127.0.0.1:{port}/media/x", "ulaw", on_started=lambda link: Sink()).connect(0.3)
+        slow = WebSocketMediaLink(
+            f"ws://127.0.0.1:{port}/media/x", "ulaw", on_started=lambda link: Sink(), connect_timeout=0.3
+        )
+        await slow.connect()
     silent.close()
     with pytest.raises(ValueError):
         WebSocketMediaLink("ws://h/media/x", "g722", on_started=lambda link: Sink())

@@ -40,7 +40,7 @@ class LagHistogram:
     def cumulative(self) -> list[tuple[float, int]]:
         """(le, count) pairs in Prometheus order, +Inf last."""
         out, seen = [], 0
-        for le, n in zip((*self.buckets, float("inf")), self.counts):
+        for le, n in zip((*self.buckets, float("inf")), self.counts, strict=True):
             seen += n
             out.append((le, seen))
         return out

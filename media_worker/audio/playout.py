@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable
 
 from media_worker.audio.lag import LagHistogram
 
@@ -84,10 +84,11 @@ class PlayoutQueue:
             self._pad_tail()
 
     def _pad_tail(self) -> None:
-        if self._tail:
-            real = len(self._tail)
-            self._frames.append((self._tail_item, bytes(self._tail) + self._silence[real:], real))
-            self._tail.clear()
+        tail, item_id = self._tail, self._tail_item
+        if tail and item_id is not None:  # push() names the item before its audio reaches the tail
+            real = len(tail)
+            self._frames.append((item_id, bytes(tail) + self._silence[real:], real))
+        tail.clear()
         self._tail_item = None
 
     # -- draining --------------------------------------------------------------------------------------
@@ -181,7 +182,7 @@ class PlayoutClock:
         frame_ms: int = 20,
         *,
         clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], object] = asyncio.sleep,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.frame_ms = frame_ms
         self._period = frame_ms / 1000.0

@@ -45,5 +45,8 @@ async def resolve_allow_list(entries: Sequence[str]) -> HostAllowList:
             infos = await loop.getaddrinfo(entry, None, type=socket.SOCK_STREAM)
         except OSError as exc:
             raise ValueError(f"allowed host {entry!r} does not resolve: {exc}") from exc
-        networks.extend(ipaddress.ip_network(info[4][0].split("%", 1)[0]) for info in infos)
+        for *_, sockaddr in infos:
+            host = sockaddr[0]  # an IPv4 or IPv6 address (a scope id after %): SOCK_STREAM lookups give no other
+            if isinstance(host, str):
+                networks.append(ipaddress.ip_network(host.split("%", 1)[0]))
     return HostAllowList(networks)

@@ -41,10 +41,11 @@ MAX_WRITE_BUFFER = 64 * 1024
 # After close(), a peer that does not take the rest of the buffer (and the 0x00) is reset after this long:
 # no socket is left half-closed (the anchor's CLOSE-WAIT pile-up, its issue #616).
 CLOSE_LINGER = 1.0
+STOP_GRACE = CLOSE_LINGER + 0.5  # stop(): links still open by then (their linger timer did not fire) are reset
 _pack = HEADER.pack
 
 
-class AudioSocketLink:
+class AudioSocketLink(asyncio.Protocol):
     """One AudioSocket connection: the asyncio protocol and the call's MediaLink.
 
     The format is learnt from the first audio frame's kind (Asterisk sends audio only once the caller
@@ -126,7 +127,7 @@ class AudioSocketLink:
         sock = transport.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        server._links.add(self)
+        server._add_link(self)
         self._timer = asyncio.get_running_loop().call_later(server.uuid_timeout, self._uuid_timed_out)
 
     def data_received(self, data: bytes) -> None:
@@ -147,14 +148,14 @@ class AudioSocketLink:
         stats = self.stats
         sink = self._sink
         for kind, payload in frames:
-            if kind == self._in_kind:  # the hot path: audio of the link's format
-                stats.frames_in += 1
-                sink.on_audio(payload)
-            elif sink is None:
+            if sink is None:  # the first frame: the call UUID
                 if not self._bind(kind, payload):
                     return False
                 sink = self._sink
                 continue
+            if kind == self._in_kind:  # the hot path: audio of the link's format
+                stats.frames_in += 1
+                sink.on_audio(payload)
             elif kind in FORMAT_BY_KIND and self._in_kind < 0:
                 self._learn_format(kind)
                 stats.frames_in += 1
@@ -191,7 +192,7 @@ class AudioSocketLink:
             self._timer = None
         self._transport = None
         self._raw_transport = None
-        self._server._links.discard(self)
+        self._server._forget_link(self)
         self._finish("closed")
 
     def pause_writing(self) -> None:
@@ -330,7 +331,9 @@ class AudioSocketServer:
         self.max_write_buffer = max_write_buffer
         self.refused = 0
         self._links: set[AudioSocketLink] = set()
-        self._server: asyncio.AbstractServer | None = None
+        self._no_links = asyncio.Event()  # set while _links is empty, so stop() can wait for the last close
+        self._no_links.set()
+        self._server: asyncio.Server | None = None
 
     @property
     def port(self) -> int:
@@ -341,6 +344,15 @@ class AudioSocketServer:
     @property
     def connections(self) -> int:
         return len(self._links)
+
+    def _add_link(self, link: AudioSocketLink) -> None:
+        self._links.add(link)
+        self._no_links.clear()
+
+    def _forget_link(self, link: AudioSocketLink) -> None:
+        self._links.discard(link)
+        if not self._links:
+            self._no_links.set()
 
     async def start(self) -> None:
         self.allow_list = await resolve_allow_list(self.allowed_hosts)
@@ -355,18 +367,18 @@ class AudioSocketServer:
             ) from exc
         log.info("AudioSocket server listening on %s:%d", self.host, self.port)
 
-    async def stop(self, timeout: float = CLOSE_LINGER) -> None:
+    async def stop(self) -> None:
         """Stop listening and end every link (sinks get on_hangup("stopped")); returns once all are closed."""
         server, self._server = self._server, None
         if server is not None:
             server.close()
         for link in list(self._links):
             link._stop()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout + 0.5
-        while self._links and loop.time() < deadline:
-            await asyncio.sleep(0.01)
-        for link in list(self._links):
-            link._abort_if_open()
+        try:
+            async with asyncio.timeout(STOP_GRACE):
+                await self._no_links.wait()
+        except TimeoutError:
+            for link in list(self._links):
+                link._abort_if_open()
         if server is not None:
             await server.wait_closed()

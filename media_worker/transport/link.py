@@ -27,11 +27,12 @@ class MediaSink(Protocol):
     """Implemented by the call session. Called on the event loop; must not block.
 
     on_audio gets one wire frame as received: AudioSocket: slin little-endian at the link's rate; RTP: the
-    payload, ulaw bytes or slin *big-endian*; WebSocket: one BINARY message, ulaw or slin little-endian. on_hangup is called exactly once per link that had a sink,
-    with "hangup" (0x00 from Asterisk), "closed" (EOF or reset), "error" (0xff, a protocol error, a socket
-    error) or "stopped" (the server or endpoint was stopped) — and never after the session itself called
-    link.close(). A sink may also define on_format(fmt: str): the AudioSocket link calls it once if the
-    first audio frame's kind differs from the format the session expected.
+    payload, ulaw bytes or slin *big-endian*; WebSocket: one BINARY message, ulaw or slin little-endian.
+    on_hangup is called exactly once per link that had a sink, with "hangup" (0x00 from Asterisk), "closed"
+    (EOF or reset), "error" (0xff, a protocol error, a socket error) or "stopped" (the server or endpoint was
+    stopped) — and never after the session itself called link.close(). A sink may also define
+    on_format(fmt: str): the AudioSocket link calls it once if the first audio frame's kind differs from the
+    format the session expected.
     """
 
     def on_audio(self, payload: bytes) -> None: ...

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
+from typing import Any, Protocol, cast
 
 from media_worker.transport.allowlist import HostAllowList, resolve_allow_list
 from media_worker.transport.link import LinkStats, MediaLink, MediaSink
@@ -52,7 +53,8 @@ class RtpEndpoint:
     **Sending starts once latched**: to the address the controller learnt from externalMedia (`set_peer`), or
     else to the source of Asterisk's first packet; send() returns False (counted in dropped_out) before either.
     The sink gets each payload as is, in arrival order (ulaw bytes, or slin big-endian: the audio module
-    converts); there is no jitter buffer and no DTMF (Asterisk does not forward RFC 4733 events to externalMedia; PT 101 is dropped as a foreign PT).
+    converts); there is no jitter buffer and no DTMF (Asterisk does not forward RFC 4733 events to
+    externalMedia; PT 101 is dropped as a foreign PT).
     """
 
     transport = "rtp"
@@ -88,7 +90,7 @@ class RtpEndpoint:
         self._sink_factory = sink_factory
         self._sink: MediaSink = _NoSink()
         self._allow = HostAllowList()
-        self._udp: asyncio.DatagramTransport | None = None  # None once closed
+        self._udp: _UdpTransport | None = None  # None once closed
         self._latched: tuple | None = None  # the source address we receive from and send to
         self._last_rx = 0.0  # monotonic time of the latched source's last accepted packet
         self._done = False
@@ -113,7 +115,7 @@ class RtpEndpoint:
             raise OSError(
                 exc.errno, f"RTP endpoint cannot bind UDP {self.host}:{self.port}: {exc.strerror or exc}"
             ) from exc
-        self._udp = transport
+        self._udp = cast(_UdpTransport, transport)
         try:
             self._sink = self._sink_factory(self)
         except BaseException:
@@ -223,7 +225,22 @@ class RtpEndpoint:
             self._finish("error")
 
 
-class _RtpProtocol(asyncio.DatagramProtocol):
+class _UdpTransport(Protocol):
+    """What the endpoint uses of asyncio's UDP transport. Both of them (selector, proactor) have
+    get_write_buffer_size; the DatagramTransport base class just does not declare it."""
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any: ...
+    def get_write_buffer_size(self) -> int: ...
+    def sendto(self, data: bytes, addr: tuple) -> None: ...
+    def close(self) -> None: ...
+
+
+class _RtpProtocol(asyncio.BaseProtocol):
+    """asyncio's datagram protocol interface (datagram_received, error_received). Not a DatagramProtocol
+    subclass: there datagram_received is a method, and here it is the endpoint's bound method itself."""
+
+    datagram_received: Callable[[bytes, tuple], None]
+
     def __init__(self, endpoint: RtpEndpoint):
         self.datagram_received = endpoint._received  # bound once: no extra hop per packet
         self._endpoint = endpoint

@@ -290,8 +290,7 @@ class ControlState:
 
     def receive(self, text: str | bytes) -> Event:
         event = parse_event(text)
-        kind = type(event)
-        if kind is MediaStart:
+        if isinstance(event, MediaStart):
             # Asterisk reads commands in the format it writes events in (chan_websocket.conf or `f(json)`):
             # follow MEDIA_START's, so a JSON-configured Asterisk does not refuse our plain-text commands.
             json = text.lstrip()[:1] in ("{", b"{")
@@ -302,16 +301,16 @@ class ControlState:
             self.frame_size = event.optimal_frame_size
             self.channel_id = event.channel_id
             self.connection_id = event.connection_id
-        elif kind is MediaXoff:
+        elif isinstance(event, MediaXoff):
             self.paused = True
-        elif kind is MediaXon:
+        elif isinstance(event, MediaXon):
             self.paused = False
-        elif kind is Status:
+        elif isinstance(event, Status):
             self.paused = event.queue_full
             self.answered = self._status_waiters.popleft() if self._status_waiters else ""
             if self.answered == "flush":
                 self.flushed_frames = event.queue_length
-        elif kind is Error:
+        elif isinstance(event, Error):
             self.errors += 1
         return event
 

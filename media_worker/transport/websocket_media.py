@@ -42,10 +42,11 @@ import logging
 import socket
 import ssl as ssl_module
 from collections.abc import Callable
+from typing import cast
 
 from websockets.client import ClientProtocol
 from websockets.exceptions import InvalidURI
-from websockets.frames import Opcode
+from websockets.frames import Frame, Opcode
 from websockets.http11 import Response
 from websockets.protocol import State
 from websockets.typing import Subprotocol
@@ -77,8 +78,9 @@ class MediaConnectError(Exception):
 class WebSocketMediaLink(asyncio.Protocol):
     """One call's media WebSocket: the asyncio protocol and the call's MediaLink.
 
-    `connect()` returns once MEDIA_START has arrived; `on_started(link)` is then called (inside the protocol
-    callback, before any audio is delivered) and returns the sink, or None to refuse (the link closes).
+    `connect()` returns once MEDIA_START has arrived (or fails after `connect_timeout` seconds);
+    `on_started(link)` is then called (inside the protocol callback, before any audio is delivered) and
+    returns the sink, or None to refuse (the link closes).
     on_hangup reasons: "hangup" (Asterisk closed with 1000: the channel was hung up), "closed" (another
     close code, EOF or a reset), "error" (a protocol error), "stopped" (the worker stops).
     """
@@ -94,6 +96,7 @@ class WebSocketMediaLink(asyncio.Protocol):
         call_id: str = "",
         json: bool = False,
         max_write_buffer: int = MAX_WRITE_BUFFER,
+        connect_timeout: float = CONNECT_TIMEOUT,
     ):
         if fmt not in wc.RATE_BY_FORMAT:
             raise ValueError(f"WebSocket media format {fmt!r} is not one of {sorted(wc.RATE_BY_FORMAT)}")
@@ -102,6 +105,7 @@ class WebSocketMediaLink(asyncio.Protocol):
         self.stats = LinkStats()
         self.peer = ""
         self.max_write_buffer = max_write_buffer
+        self.connect_timeout = connect_timeout
         self.control = wc.ControlState(json=json)
         self._set_format(fmt)
         self._on_started = on_started
@@ -126,8 +130,9 @@ class WebSocketMediaLink(asyncio.Protocol):
 
     # ------------------------------------------------------------------ connecting
 
-    async def connect(self, timeout: float = CONNECT_TIMEOUT) -> None:
+    async def connect(self) -> None:
         """Open the socket, upgrade, and wait for MEDIA_START. Raises MediaConnectError."""
+        timeout = self.connect_timeout
         loop = asyncio.get_running_loop()
         self._opened = loop.create_future()
         uri = self._uri
@@ -235,21 +240,23 @@ class WebSocketMediaLink(asyncio.Protocol):
         for event in ws.events_received():
             if self._done:
                 break
-            if type(event) is not Response:
+            if isinstance(event, Frame):
                 opcode = event.opcode
                 if opcode is Opcode.BINARY:  # the hot path: one 20 ms frame of caller audio
                     sink = self._sink
                     if sink is not None:
                         self.stats.frames_in += 1
-                        sink.on_audio(event.data)
+                        # Received frames hold bytes (the parser reads bytes; only frames we build may hold
+                        # a bytearray or memoryview): the cast only says so to the type checker.
+                        sink.on_audio(cast(bytes, event.data))
                 elif opcode is Opcode.TEXT:
-                    self._control(event.data)
+                    self._control(cast(bytes, event.data))
                 elif opcode is Opcode.CLOSE:
                     received = ws.close_rcvd  # close_code is only set once TCP is closed too
                     code = received.code if received is not None else None
                     self._fail_open(f"closed by Asterisk ({code})")
                     self._end("hangup" if code == NORMAL_CLOSURE else "closed")
-            else:
+            elif isinstance(event, Response):
                 self._handshake(event)
         transport = self._transport
         if transport is not None:
@@ -302,10 +309,9 @@ class WebSocketMediaLink(asyncio.Protocol):
             self.stats.bad_in += 1
             log.warning("WebSocket media %s: unreadable control message: %s", self.call_id, exc)
             return
-        kind = type(event)
-        if kind is wc.MediaStart:
+        if isinstance(event, wc.MediaStart):
             self._started(event)
-        elif kind is wc.Status:
+        elif isinstance(event, wc.Status):
             if control.answered == "query":
                 self.queue_samples += 1
                 self.queue_total += event.queue_length
@@ -317,19 +323,19 @@ class WebSocketMediaLink(asyncio.Protocol):
                 if future is not None and not future.done():
                     future.set_result(event.queue_length)
                     self._flush_future = None
-        elif kind is wc.DtmfEnd:
+        elif isinstance(event, wc.DtmfEnd):
             if self._sink is not None and event.digit:
                 self.stats.dtmf_in += 1
                 self._sink.on_dtmf(event.digit[:1])
-        elif kind is wc.MediaXoff:
+        elif isinstance(event, wc.MediaXoff):
             self.xoff += 1
             log.warning("WebSocket media %s: Asterisk's queue is full (XOFF): pausing", self.call_id)
-        elif kind is wc.MediaXon:
+        elif isinstance(event, wc.MediaXon):
             log.info("WebSocket media %s: XON: sending again", self.call_id)
-        elif kind is wc.Error:
+        elif isinstance(event, wc.Error):
             self.stats.bad_in += 1
             log.warning("WebSocket media %s: Asterisk reports an error: %s", self.call_id, event.error_text)
-        elif kind is wc.Unknown:
+        elif isinstance(event, wc.Unknown):
             log.info("WebSocket media %s: unknown event %s", self.call_id, event.name)
 
     def _started(self, event: wc.MediaStart) -> None:

@@ -415,7 +415,7 @@ class Response:
             raise Cancelled
 
     async def _function_call(self, call: ToolCall) -> None:
-        """Once started, a call is finished: a client must never see half a call; the real server never splits one either."""
+        """Once started, a call is finished: a client never sees half a call (nor does the real server send one)."""
         s = self.s
         args = _arguments(call)
         item = {

@@ -30,12 +30,13 @@ def real_asterisk(request, tmp_path_factory) -> RealAsterisk:
     ast.stop()
 
 
-@pytest.hookimpl(tryfirst=True)  # before -m selects: every test in this folder is a real-PBX test
+@pytest.hookimpl(tryfirst=True)  # before -m selects: every test in this folder is a real-PBX test, and slow
 def pytest_collection_modifyitems(items):
     here = Path(__file__).parent
     for item in items:
         if here in item.path.parents:
             item.add_marker(pytest.mark.realpbx)
+            item.add_marker(pytest.mark.slow)
 
 
 def _live(ast: RealAsterisk) -> dict[str, dict[str, str]]:
