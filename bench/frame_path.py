@@ -3,7 +3,7 @@
     .venv/bin/python bench/frame_path.py [--seconds 20] [--rounds 21] [--json out.json]
 
 One call-second is 50 caller frames of 20 ms in and 10 `response.output_audio.delta` events of 100 ms out (GA
-field layout), with 50 playout ticks, as in reference/perf-anchors.md. Per profile and direction:
+field layout), with 50 playout ticks, as in bench/media_audio.py. Per profile and direction:
 - in:   caller frame -> `input_audio_buffer.append` JSON text (codec, resample, base64, framing);
 - out:  delta JSON text -> wire frames queued for the clock (decode, base64, resample, codec, framing);
 - tick: the 20 ms clock taking one frame from the queue.

@@ -3,7 +3,7 @@
     .venv/bin/python bench/media_audio.py [--seconds 20] [--rounds 7]
 
 One call-second is 50 wire frames of 20 ms in (`to_provider`) and 10 model deltas of 100 ms out (`to_wire`),
-as in reference/perf-anchors.md; base64/JSON are not included here (bench/realtime_codec.py has them).
+the load every benchmark here uses; base64/JSON are not included here (bench/realtime_codec.py has them).
 Variants run interleaved round by round and report the median µs of CPU per call-second. The baselines
 run on the same frames: `numpy.interp` with a one-sample carry (the anchor's default resampler) and a
 soxr VHQ stream (Pipecat's default), each with the same μ-law tables where the pairing has μ-law.

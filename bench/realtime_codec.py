@@ -38,7 +38,7 @@ def main() -> None:
     rng = random.Random(1)
     frame = bytes(rng.getrandbits(8) for _ in range(20 * bytes_per_ms))
 
-    # Model audio arrives in uneven deltas (reference §8 #14): build one call-second's worth of them.
+    # Model audio arrives in uneven deltas (as the GA server sends them): build one call-second's worth of them.
     deltas = []
     remaining = 1000 * bytes_per_ms
     while remaining > 0:

@@ -1,6 +1,6 @@
 """Strict validation of Realtime events against the official `openai` package's GA types.
 
-The SDK's unions are not strict on their own (reference/openai-realtime.md §5): the discriminator is
+The SDK's unions are not strict on their own: the discriminator is
 SDK-private, models accept unknown keys, and some required fields are Optional. This module re-wraps the
 unions with a real discriminator and walks `model_extra` for unknown keys. Client events must have no
 unknown key at all (the real server answers `unknown_parameter`); server events may carry the few keys the
@@ -15,7 +15,7 @@ from typing import Annotated, Any, Union, get_args
 from openai.types.realtime import RealtimeClientEvent, RealtimeServerEvent
 from pydantic import BaseModel, Field, TypeAdapter
 
-# Keys real servers send that the SDK does not model (reference §5): tolerated in server events only.
+# Keys real servers send that the SDK does not model: tolerated in server events only.
 SERVER_EXTRA_ALLOWED = {"$.session.id", "$.session.object", "$.session.expires_at", "$.obfuscation"}
 
 

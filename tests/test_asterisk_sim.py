@@ -603,7 +603,7 @@ async def test_auth_info_modules_and_body_params(sim, ari):
     assert (
         await ari.req("POST", "/channels", body={"endpoint": "Local/6001@agents", "app": APP, "variables": {"A": 1}})
     ) == (400, {"message": "Only string values in the 'variables' object allowed"})
-    # reference §4: audiosocket over udp is refused with 400 (a bogus encapsulation is the traces' 501)
+    # a real Asterisk 22.10.1 refuses audiosocket over udp with 400 (a bogus encapsulation is the traces' 501)
     status, body = await ari.req(
         "POST",
         "/channels/externalMedia",

@@ -1,7 +1,7 @@
 """Media worker transports: AudioSocket and RTP codecs on plain bytes, the server and endpoint on loopback sockets.
 
-The raw clients here play Asterisk by writing the bytes chan_audiosocket / chan_rtp write (reference
-asterisk-ari.md §6.1-6.2, ari-traces 01 and 03); the last tests drive the product with the simulator's legs.
+The raw clients here play Asterisk by writing the bytes chan_audiosocket / chan_rtp write (as recorded from
+Asterisk 22.10.1 in tests/fixtures/ari-traces 01 and 03); the last tests drive the product with the simulator's legs.
 """
 
 from __future__ import annotations

@@ -570,7 +570,7 @@ async def test_idle_timeout_prompts_the_caller(emulator, monkeypatch):
 
 
 def check_audio_item_order(events: list[dict], response_id: str) -> None:
-    """§1.5 steps 8–13 for every assistant audio item of a response."""
+    """The GA order of an assistant audio item's events (item added, content part, deltas, done) for every item."""
     by_item: dict[str, list[str]] = {}
     for e in events:
         item_id = e.get("item_id") or (e.get("item") or {}).get("id")

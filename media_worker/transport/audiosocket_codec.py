@@ -1,6 +1,6 @@
 """AudioSocket wire format (chan_audiosocket), sans-I/O: `kind(1) | length(2, big-endian) | payload`.
 
-Audio is signed 16-bit little-endian at the kind's rate (reference asterisk-ari.md §6.2). Only the three
+Audio is signed 16-bit little-endian at the kind's rate, as chan_audiosocket writes it. Only the three
 formats the product negotiates are accepted as audio; the other slin kinds are known (so a peer using one
 gets a precise error) but refused by the server.
 """
