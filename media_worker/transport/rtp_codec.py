@@ -1,8 +1,9 @@
 """RTP (RFC 3550) as externalMedia uses it, sans-I/O: parse any well-formed V=2 packet, build ours.
 
 Asterisk sends a 12-byte header, one SSRC per channel, a random first sequence number, and never sets the
-marker bit (seen on Asterisk 22.10.1: tests/fixtures/ari-traces). Only static payload types work toward Asterisk (chan_rtp has
-no receive map for dynamic ones), so the product uses PT 0 (ulaw) and PT 10 (slin 8 kHz, big-endian).
+marker bit (seen on Asterisk 22.10.1: tests/fixtures/ari-traces). Only static payload types work toward
+Asterisk (chan_rtp has no receive map for dynamic ones), so the product uses PT 0 (ulaw) and PT 10 (slin 8 kHz,
+big-endian).
 """
 
 from __future__ import annotations
