@@ -135,3 +135,36 @@ def test_a_cycle_through_type_annotations_is_a_cycle(made_up_tree: Path):
     result = lint_imports(made_up_tree)
     assert broken_contracts(result) == {NO_CYCLES}, result.stdout
     assert "No cycles are allowed in sim." in result.stdout
+
+
+# What `voice-agent <command> --help` leaves loaded: the command line is parsed in a fresh interpreter, which
+# then lists the packages of the project it imported.
+_LOADED = """
+import contextlib, io, sys
+from voice_agent.cli import main
+with contextlib.redirect_stdout(io.StringIO()):
+    try:
+        main(sys.argv[1:])
+    except SystemExit:
+        pass
+print(" ".join(sorted({m.split(".")[0] for m in sys.modules} & {"controller", "media_worker", "tool_worker", "sim"})))
+"""
+
+
+def loaded_by(*argv: str) -> set[str]:
+    result = subprocess.run(
+        [sys.executable, "-c", _LOADED, *argv], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True
+    )
+    return set(result.stdout.split())
+
+
+@pytest.mark.parametrize("role", ["controller", "media-worker", "tool-worker"])
+def test_a_role_process_loads_no_simulator_and_no_other_role(role: str):
+    # The composition root imports what a command needs when that command runs: a role's process (here up to
+    # its argument parsing) loads neither `sim` nor another role.
+    assert loaded_by(role, "--help") == set()
+
+
+def test_a_simulator_command_does_load_the_simulators():
+    # The check above can fail: the simulators' own commands do load `sim` to build their arguments.
+    assert loaded_by("sim", "asterisk", "--help") == {"sim"}

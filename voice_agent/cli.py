@@ -183,7 +183,41 @@ def _port_range(text: str) -> tuple[int, int]:
     return low, high
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _add_dev_commands(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    """The simulators, the real Asterisk and the load test: their arguments are defined in `sim`."""
+    sim = sub.add_parser("sim", help="the simulators: an OpenAI Realtime emulator and an Asterisk (ARI) simulator")
+    sims = sim.add_subparsers(dest="simulator", required=True, metavar="SIMULATOR")
+    realtime = sims.add_parser("realtime", help="run the OpenAI Realtime GA emulator")
+    from sim.realtime.cli import add_arguments as realtime_arguments
+
+    realtime_arguments(realtime)
+    realtime.set_defaults(func=cmd_sim_realtime)
+    asterisk = sims.add_parser("asterisk", help="run the Asterisk 22.10.1 (ARI) simulator")
+    from sim.asterisk.cli import add_arguments as asterisk_arguments
+
+    asterisk_arguments(asterisk)
+    asterisk.set_defaults(func=cmd_sim_asterisk)
+
+    mail = sims.add_parser("mail", help="run a local SMTP server that keeps every message as a .eml file")
+    from sim.mail import add_arguments as mail_arguments
+
+    mail_arguments(mail)
+    mail.set_defaults(func=cmd_sim_mail)
+
+    ra = sub.add_parser("real-asterisk", help="a real Asterisk 22 (Debian's package, cached) for tests and trials")
+    from sim.real_asterisk.__main__ import add_arguments as real_asterisk_arguments
+
+    real_asterisk_arguments(ra)
+    ra.set_defaults(func=cmd_real_asterisk)
+
+    lt = sub.add_parser("loadtest", help="N concurrent scripted calls through the cluster, with a report")
+    from sim.loadtest import add_arguments as loadtest_arguments
+
+    loadtest_arguments(lt)
+    lt.set_defaults(func=cmd_loadtest)
+
+
+def build_parser(with_dev_commands: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="voice-agent", description=__doc__)
     parser.add_argument("--config", help="config file (default: $AI_AGENT_CONFIG or config/ai-agent.yaml)")
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="overrides logging.level")
@@ -225,30 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
     hc.add_argument("--timeout", type=float, default=3.0, help="seconds (default: 3)")
     hc.set_defaults(func=cmd_healthcheck)
 
-    sim = sub.add_parser("sim", help="the simulators: an OpenAI Realtime emulator and an Asterisk (ARI) simulator")
-    sims = sim.add_subparsers(dest="simulator", required=True, metavar="SIMULATOR")
-    realtime = sims.add_parser("realtime", help="run the OpenAI Realtime GA emulator")
-    from sim.realtime.cli import add_arguments as realtime_arguments
-
-    realtime_arguments(realtime)
-    realtime.set_defaults(func=cmd_sim_realtime)
-    asterisk = sims.add_parser("asterisk", help="run the Asterisk 22.10.1 (ARI) simulator")
-    from sim.asterisk.cli import add_arguments as asterisk_arguments
-
-    asterisk_arguments(asterisk)
-    asterisk.set_defaults(func=cmd_sim_asterisk)
-
-    mail = sims.add_parser("mail", help="run a local SMTP server that keeps every message as a .eml file")
-    from sim.mail import add_arguments as mail_arguments
-
-    mail_arguments(mail)
-    mail.set_defaults(func=cmd_sim_mail)
-
-    ra = sub.add_parser("real-asterisk", help="a real Asterisk 22 (Debian's package, cached) for tests and trials")
-    from sim.real_asterisk.__main__ import add_arguments as real_asterisk_arguments
-
-    real_asterisk_arguments(ra)
-    ra.set_defaults(func=cmd_real_asterisk)
+    if with_dev_commands:
+        _add_dev_commands(sub)
 
     demo = sub.add_parser("demo", help="start the cluster locally, show it working, stop it cleanly")
     demo.add_argument("--keep-running", action="store_true", help="leave the cluster up until Ctrl-C")
@@ -259,16 +271,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.set_defaults(func=cmd_demo)
 
-    lt = sub.add_parser("loadtest", help="N concurrent scripted calls through the cluster, with a report")
-    from sim.loadtest import add_arguments as loadtest_arguments
-
-    loadtest_arguments(lt)
-    lt.set_defaults(func=cmd_loadtest)
     return parser
 
 
+# Commands whose arguments come from `sim`. A role's process has no business loading the simulators, so their
+# parsers are built only when the command line asks for one of them (or for the top-level help).
+DEV_COMMANDS = frozenset({"sim", "real-asterisk", "loadtest"})
+
+
+def _command_word(argv: list[str]) -> str | None:
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config")
+    pre.add_argument("--log-level")
+    pre.add_argument("command", nargs="?")
+    return pre.parse_known_args(argv)[0].command
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    command = _command_word(argv)
+    args = build_parser(with_dev_commands=command is None or command in DEV_COMMANDS).parse_args(argv)
     return int(args.func(args) or 0)
 
 
