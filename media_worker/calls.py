@@ -285,6 +285,9 @@ class _Held:
     def on_dtmf(self, digit: str) -> None:
         pass
 
+    def on_format(self, fmt: str) -> None:
+        pass  # the link keeps the format it learnt; the session is told when the connection is bound
+
     def on_hangup(self, reason: str) -> None:
         self._forget()
 

@@ -249,9 +249,8 @@ class CallSession:
             }
         )
         fields.update({f"tokens_{kind}": n for kind, n in usage.totals.items()})
-        summary = getattr(self.link, "summary", None)  # transport figures (WebSocket: Asterisk's queue depth)
-        if summary is not None:
-            fields.update(summary())
+        if self.link is not None:
+            fields.update(self.link.summary())
         await save_record(self.ctx.redis, self.ctx.keys.call(self.call_id), fields)
 
     def _arm(self, name: str, delay: float, callback: Callable[..., object], *args: object) -> None:
@@ -416,8 +415,7 @@ class CallSession:
         item = audio.playout.flush()
         # A transport that queues on Asterisk's side (WebSocket media) drops that queue too; its future
         # tells how many frames never played, so the truncation below is exact.
-        flush = getattr(self.link, "flush", None)
-        flushed = flush() if flush is not None else None
+        flushed = self.link.flush() if self.link is not None else None
         audio.conv.reset_wire()
         self._first_delta_t.clear()
         client = self.client

@@ -311,6 +311,9 @@ class Sink:
     def on_hangup(self, reason: str) -> None:
         self.hangups.append(reason)
 
+    def on_format(self, fmt: str) -> None:
+        raise AssertionError(f"a WebSocket link carries the negotiated format, yet reported {fmt}")
+
 
 async def test_the_link_starts_on_media_start_flushes_with_a_count_and_hears_the_hangup(ari):
     _, url = await make_leg(ari, fmt="slin")

@@ -108,6 +108,12 @@ class AudioSocketLink(asyncio.Protocol):
         self._done = True
         self._shutdown(HANGUP_FRAME if hangup else b"")
 
+    def flush(self) -> None:
+        return None  # Asterisk plays each frame as it arrives: nothing of ours is queued there
+
+    def summary(self) -> dict[str, int | float]:
+        return {}
+
     # ------------------------------------------------------------------ asyncio protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -247,9 +253,8 @@ class AudioSocketLink(asyncio.Protocol):
                 expected,
                 self.format,
             )
-            on_format = getattr(self._sink, "on_format", None)
-            if on_format is not None:
-                on_format(self.format)
+            if self._sink is not None:
+                self._sink.on_format(self.format)
 
     def _uuid_timed_out(self) -> None:
         self._timer = None

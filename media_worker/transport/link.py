@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Protocol
 
 import msgspec
@@ -30,9 +31,9 @@ class MediaSink(Protocol):
     payload, ulaw bytes or slin *big-endian*; WebSocket: one BINARY message, ulaw or slin little-endian.
     on_hangup is called exactly once per link that had a sink, with "hangup" (0x00 from Asterisk), "closed"
     (EOF or reset), "error" (0xff, a protocol error, a socket error) or "stopped" (the server or endpoint was
-    stopped) — and never after the session itself called link.close(). A sink may also define
-    on_format(fmt: str): the AudioSocket link calls it once if the first audio frame's kind differs from the
-    format the session expected.
+    stopped) — and never after the session itself called link.close(). on_format(fmt) is called once if
+    the first audio frame's kind differs from the format the session expected (AudioSocket: the frame's kind
+    says its format; the other transports carry the one negotiated).
     """
 
     def on_audio(self, payload: bytes) -> None: ...
@@ -40,6 +41,8 @@ class MediaSink(Protocol):
     def on_dtmf(self, digit: str) -> None: ...
 
     def on_hangup(self, reason: str) -> None: ...
+
+    def on_format(self, fmt: str) -> None: ...
 
 
 class MediaLink(Protocol):
@@ -58,8 +61,16 @@ class MediaLink(Protocol):
 
     def close(self, hangup: bool = True) -> None:
         """AudioSocket: send 0x00 (if hangup) then close; RTP: stop sending and close the socket; WebSocket:
-        HANGUP (if hangup) and a close frame. A transport may also define flush() (drop what Asterisk still
-        queues; WebSocket) and summary() (figures for the call record)."""
+        HANGUP (if hangup) and a close frame."""
+        ...
+
+    def flush(self) -> asyncio.Future[int] | None:
+        """Barge-in: drop what Asterisk still queues of our audio. The future gets the frames dropped; None
+        where Asterisk queues nothing of ours (AudioSocket, RTP: every frame is played as it arrives)."""
+        ...
+
+    def summary(self) -> dict[str, int | float]:
+        """Transport figures for the call record, once at the end (WebSocket: Asterisk's queue depth)."""
         ...
 
 

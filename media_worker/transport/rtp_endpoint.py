@@ -41,6 +41,9 @@ class _NoSink:
     def on_hangup(self, reason: str) -> None:
         pass
 
+    def on_format(self, fmt: str) -> None:
+        pass
+
 
 class RtpEndpoint:
     """The call's RTP socket and its MediaLink (open() returns the endpoint itself).
@@ -153,6 +156,12 @@ class RtpEndpoint:
         """Stop sending and release the port (RTP has no hangup message). No on_hangup follows."""
         self._done = True
         self._close_socket()
+
+    def flush(self) -> None:
+        return None  # Asterisk plays each frame as it arrives: nothing of ours is queued there
+
+    def summary(self) -> dict[str, int | float]:
+        return {}
 
     def stop(self) -> None:
         """The worker stops: the sink hears on_hangup("stopped"), then the port is released."""
