@@ -185,34 +185,30 @@ def _port_range(text: str) -> tuple[int, int]:
 
 def _add_dev_commands(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     """The simulators, the real Asterisk and the load test: their arguments are defined in `sim`."""
+    from sim.realtime.cli import add_arguments as realtime_arguments
+    from sim.asterisk.cli import add_arguments as asterisk_arguments
+    from sim.mail import add_arguments as mail_arguments
+    from sim.real_asterisk.__main__ import add_arguments as real_asterisk_arguments
+    from sim.loadtest import add_arguments as loadtest_arguments
+
     sim = sub.add_parser("sim", help="the simulators: an OpenAI Realtime emulator and an Asterisk (ARI) simulator")
     sims = sim.add_subparsers(dest="simulator", required=True, metavar="SIMULATOR")
     realtime = sims.add_parser("realtime", help="run the OpenAI Realtime GA emulator")
-    from sim.realtime.cli import add_arguments as realtime_arguments
-
     realtime_arguments(realtime)
     realtime.set_defaults(func=cmd_sim_realtime)
     asterisk = sims.add_parser("asterisk", help="run the Asterisk 22.10.1 (ARI) simulator")
-    from sim.asterisk.cli import add_arguments as asterisk_arguments
-
     asterisk_arguments(asterisk)
     asterisk.set_defaults(func=cmd_sim_asterisk)
 
     mail = sims.add_parser("mail", help="run a local SMTP server that keeps every message as a .eml file")
-    from sim.mail import add_arguments as mail_arguments
-
     mail_arguments(mail)
     mail.set_defaults(func=cmd_sim_mail)
 
     ra = sub.add_parser("real-asterisk", help="a real Asterisk 22 (Debian's package, cached) for tests and trials")
-    from sim.real_asterisk.__main__ import add_arguments as real_asterisk_arguments
-
     real_asterisk_arguments(ra)
     ra.set_defaults(func=cmd_real_asterisk)
 
     lt = sub.add_parser("loadtest", help="N concurrent scripted calls through the cluster, with a report")
-    from sim.loadtest import add_arguments as loadtest_arguments
-
     loadtest_arguments(lt)
     lt.set_defaults(func=cmd_loadtest)
 
