@@ -27,7 +27,28 @@ LOOP_LAG = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
     registry=None,
 )
-COMMON = (BUILD, REDIS_UP, REGISTERED, LOOP_LAG)
+# Redis connection pools (shared/redis_conn.py), `kind` = commands | streams. Zero in the tool worker (RQ's own).
+REDIS_POOL_WAIT = Histogram(
+    "va_redis_pool_wait_seconds",
+    "How long a Redis command waited for a pooled connection, counted only when none was free, by pool",
+    ["kind"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+    registry=None,
+)
+REDIS_POOL_TIMEOUTS = Counter(
+    "va_redis_pool_timeouts_total",
+    "Redis commands that found no free pooled connection within the wait timeout, by pool",
+    ["kind"],
+    registry=None,
+)
+# Inbox entries no reader could use (shared/dead_letters.py), `stream` = worker_inbox | controller_inbox.
+DEAD_LETTERS = Counter(
+    "va_stream_dead_letters_total",
+    "Inbox stream entries moved to the dead-letter stream instead of handled, by stream and reason",
+    ["stream", "reason"],
+    registry=None,
+)
+COMMON = (BUILD, REDIS_UP, REGISTERED, LOOP_LAG, REDIS_POOL_WAIT, REDIS_POOL_TIMEOUTS, DEAD_LETTERS)
 
 # --- controller: calls ----------------------------------------------------------------------------------
 CALLS_ACTIVE = Gauge("va_calls_active", "Calls this controller is running (queued, setting up or up)", registry=None)

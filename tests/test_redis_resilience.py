@@ -1,0 +1,51 @@
+"""Redis under stress and bad data: a burst of callers larger than a connection pool, and poison entries in the
+inbox streams (an entry no reader can decode must be dead-lettered, never end the reader)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from sim.cluster import http_get
+from tests.test_controller_calls import (  # noqa: F401  (fixtures)
+    aredis,
+    controller,
+    keys,
+    listener,
+    nothing_left,
+    no_active_calls,
+    sim,
+    until,
+    workers,
+)
+
+
+@pytest.mark.slow  # measured 9 s
+async def test_a_burst_of_150_callers_with_capacity_for_all_gets_no_fallback(
+    sim, listener, workers, controller, aredis, keys
+):
+    """150 StasisStarts within a few ms mean more Redis commands in flight than redis-py's default pool of 100
+    connections: they must wait for a connection, not fail the call into the fallback."""
+    await workers(listener.port, capacity=200)
+    _, proc = await controller(extra={"providers": {"openai_realtime": {"max_concurrent_sessions": 200}}})
+    calls = await asyncio.gather(
+        *(
+            sim.place_call(caller_name=f"Caller {i}", caller_number=str(1000 + i), send_silence=False)
+            for i in range(150)
+        )
+    )
+
+    def fallbacks() -> list[str]:
+        return [c.channel_id for c in calls if any("ss-noservice" in step for step in c.trail)]
+
+    def settled() -> bool:  # each caller reached the worker or the fallback
+        return len(listener.connections) + len(fallbacks()) >= len(calls)
+
+    await until(settled, timeout=60)
+    assert (len(fallbacks()), len(listener.connections)) == (0, 150)
+    metrics = http_get(proc.health_url + "/metrics")[1].decode()
+    assert "va_calls_admitted_total 150.0" in metrics
+    await asyncio.gather(*(c.hangup() for c in calls))
+    await until(nothing_left(sim), timeout=60)
+    await until(no_active_calls(aredis, keys), timeout=30)
