@@ -81,6 +81,7 @@ class Call:
     caller: Channel
     started: float = field(default_factory=time.monotonic)  # when StasisStart was handled
     route: Route | None = None
+    plan: CallPlan | None = None
     provider: str = "openai_realtime"
     reservation: Reserved | None = None
     bridge: str = ""
@@ -99,6 +100,10 @@ class Call:
     _bridge_made: bool = False
     _caller_bridged: bool = False
     _setup: asyncio.Task | None = None
+    _attempts: int = 0  # media legs made so far: each gets its own id (ids.media_channel_id)
+    # Set when the reserved worker refuses the assignment (AssignmentRefused, via the controller inbox).
+    _refusal: asyncio.Event = field(default_factory=asyncio.Event)
+    _refusal_reason: str = ""
     _teardown: asyncio.Task | None = None
     on_ended: Callable[["Call"], None] | None = None
 
@@ -151,6 +156,21 @@ class Call:
             log.warning("media leg %s ended while the call was active", self.media)
             self.end("media_lost", fallback=True)
 
+    def worker_refused(self, worker_id: str, epoch: int, reason: str) -> None:
+        """The reserved worker could not take the assignment (poison entry, an RTP port it cannot open): give
+        the call to another worker now, not after a media timeout. Epoch 0: the worker could not read it."""
+        reserved = self.reservation
+        if reserved is None or reserved.worker_id != worker_id or (epoch and epoch != reserved.epoch):
+            log.info("stale refusal of call %s by %s (epoch %d): ignored", self.call_id, worker_id, epoch)
+            return
+        log.warning("worker %s refused call %s (epoch %d): %s", worker_id, self.call_id, reserved.epoch, reason)
+        if self.state == "active":
+            if self._teardown is None:
+                self._setup = asyncio.create_task(self._move(worker_id, reason), name=f"move-{self.call_id}")
+            return
+        self._refusal_reason = reason
+        self._refusal.set()  # the setup under way gives up this worker (_connect)
+
     def playback_finished(self, playback_id: str) -> None:
         done = self.playback_done.get(playback_id)
         if done is not None:
@@ -165,7 +185,6 @@ class Call:
     # --- the call's work -------------------------------------------------------------------------------
     async def _run(self) -> None:
         bind_call(self.call_id)
-        d = self.deps
         try:
             try:
                 self.route = await self._route()
@@ -175,53 +194,78 @@ class Call:
                 self.end(exc.reason, fallback=True)
                 return
             self.provider = self.route.provider
-            plan = self._plan(self.route)
-            excluded: list[str] = []
-            for attempt in range(SETUP_ATTEMPTS):
-                reserved = await self._admit(plan, tuple(excluded), attempt)
-                if reserved is None:
-                    return  # queue timeout (fallback started) or caller gone
-                try:
-                    await self._connect(reserved, plan, attempt)
-                    break
-                except SetupFailed as exc:
-                    excluded.append(reserved.worker_id)
-                    await d.admission.release(self.call_id, self.provider, "setup_failed")
-                    self.reservation = None
-                    await self.drop_media()
-                    if self.caller_gone.is_set():
-                        return
-                    log.warning(
-                        "media setup on worker %s failed (%s)%s",
-                        reserved.worker_id,
-                        exc,
-                        "; trying another worker" if attempt + 1 < SETUP_ATTEMPTS else "",
-                    )
-            else:
-                CALLS_REJECTED.labels("setup_failed").inc()
-                self.end("setup_failed", fallback=True)
-                return
-            if self.caller_gone.is_set():
-                return  # teardown is already on its way
-            self.state = "active"
-            setup_ms = int((time.monotonic() - self.started) * 1000)
-            SETUP_SECONDS.observe(setup_ms / 1000)
-            await d.redis.hset(
-                d.keys.call(self.call_id),
-                mapping={"state": "active", "bridge": self.bridge, "media_channel": self.media, "setup_ms": setup_ms},
-            )
-            log.info(
-                "call %s up on worker %s (%s %s) in %d ms",
-                self.caller.id,
-                reserved.worker_id,
-                plan.transport,
-                plan.format,
-                setup_ms,
-            )
+            self.plan = self._plan(self.route)
+            await self._place(self.plan, [])
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("call setup failed")
+            self.end("setup_error", fallback=True)
+
+    async def _place(self, plan: CallPlan, excluded: list[str]) -> None:
+        """Admit the call and set its media up, on another worker when one fails (`excluded` grows); then the
+        call is active, or it has gone to the fallback (or the caller left)."""
+        d = self.deps
+        for attempt in range(SETUP_ATTEMPTS):
+            reserved = await self._admit(plan, tuple(excluded), self._attempts)
+            if reserved is None:
+                return  # queue timeout (fallback started) or caller gone
+            try:
+                await self._connect(reserved, plan, self._attempts)
+                break
+            except SetupFailed as exc:
+                self._attempts += 1
+                excluded.append(reserved.worker_id)
+                await d.admission.release(self.call_id, self.provider, "setup_failed")
+                self.reservation = None
+                await self.drop_media()
+                if self.caller_gone.is_set():
+                    return
+                log.warning(
+                    "media setup on worker %s failed (%s)%s",
+                    reserved.worker_id,
+                    exc,
+                    "; trying another worker" if attempt + 1 < SETUP_ATTEMPTS else "",
+                )
+        else:
+            CALLS_REJECTED.labels("setup_failed").inc()
+            self.end("setup_failed", fallback=True)
+            return
+        if self.caller_gone.is_set():
+            return  # teardown is already on its way
+        self.state = "active"
+        setup_ms = int((time.monotonic() - self.started) * 1000)
+        SETUP_SECONDS.observe(setup_ms / 1000)
+        await d.redis.hset(
+            d.keys.call(self.call_id),
+            mapping={"state": "active", "bridge": self.bridge, "media_channel": self.media, "setup_ms": setup_ms},
+        )
+        log.info(
+            "call %s up on worker %s (%s %s) in %d ms",
+            self.caller.id,
+            reserved.worker_id,
+            plan.transport,
+            plan.format,
+            setup_ms,
+        )
+
+    async def _move(self, worker_id: str, reason: str) -> None:
+        """The worker refused the assignment after the call was bridged: the same setup on another worker (the
+        caller stays answered and in the bridge; the refused worker's slot and media leg are let go)."""
+        bind_call(self.call_id)
+        d = self.deps
+        try:
+            self.state = "setting_up"
+            self._attempts += 1
+            await d.admission.release(self.call_id, self.provider, "worker_refused")
+            self.reservation = None
+            await self.drop_media()
+            if self.plan is not None and not self.caller_gone.is_set():
+                await self._place(self.plan, [worker_id])
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("moving the call off worker %s (%s) failed", worker_id, reason)
             self.end("setup_error", fallback=True)
 
     async def _route(self) -> Route:
@@ -303,6 +347,7 @@ class Call:
         while True:
             result = await d.admission.reserve(plan, fields, exclude=exclude)
             if isinstance(result, Reserved):
+                self._refusal.clear()  # a refusal concerns the reservation it names
                 self.reservation = result
                 self.admitted = True
                 CALLS_ADMITTED.inc()
@@ -364,20 +409,29 @@ class Call:
         self.media = ids.media_channel_id(self.call_id, attempt)
         timeout = self.deps.config.controller.ari_timeout_ms / 1000
         bridge_made = asyncio.create_task(self._make_bridge())
+        # Every step runs to its end (none is left in flight for a retry to trip over), then the first failure,
+        # if any, is raised; a timeout or the worker refusing the call cancels them all.
+        steps = asyncio.gather(
+            self._bridge_caller(bridge_made),
+            self._bridge_media(reserved, plan, bridge_made, timeout),
+            bridge_made,
+            return_exceptions=True,
+        )
+        refused = asyncio.create_task(self._refusal.wait())
+        finished = False
         try:
-            # Every step runs to its end (none is left in flight for a retry to trip over), then the first
-            # failure, if any, is raised.
-            results = await asyncio.wait_for(
-                asyncio.gather(
-                    self._bridge_caller(bridge_made),
-                    self._bridge_media(reserved, plan, bridge_made, timeout),
-                    bridge_made,
-                    return_exceptions=True,
-                ),
-                timeout,
-            )
-        except asyncio.TimeoutError as exc:
-            raise SetupFailed(f"an ARI step took longer than {timeout:.1f}s") from exc
+            await asyncio.wait((steps, refused), timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            finished = steps.done()
+        finally:
+            refused.cancel()
+            if not steps.done():
+                steps.cancel()
+                await asyncio.gather(steps, return_exceptions=True)
+        if self._refusal.is_set():  # even if the leg got bridged: nobody on that worker will speak
+            raise SetupFailed(f"the worker refused the assignment ({self._refusal_reason})")
+        if not finished:
+            raise SetupFailed(f"an ARI step took longer than {timeout:.1f}s")
+        results = steps.result()
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
             raise next((e for e in errors if isinstance(e, SetupFailed)), errors[0])

@@ -17,6 +17,7 @@ from media_worker.transport.audiosocket_server import AudioSocketLink
 from media_worker.transport.link import MediaLink, MediaSink
 from media_worker.transport.rtp_endpoint import RtpEndpoint
 from media_worker.transport.websocket_media import MediaConnectError, WebSocketMediaLink
+from shared.dead_letters import UNKNOWN_TYPE, PoisonEntry
 from shared.messages import Assignment, CallEnded, ControlReply, MediaBridged, MediaPeer, MediaReady
 from shared.websocket_url import redact
 
@@ -47,29 +48,27 @@ class CallManager:
 
     # --- inbox messages --------------------------------------------------------------------------------
     async def handle(self, kind: str, data: str | bytes) -> None:
-        try:
-            if kind == "assign":
-                await self.assign(msgspec.json.decode(data, type=Assignment))
-            elif kind == "control_result":
-                reply = msgspec.json.decode(data, type=ControlReply)
-                session = self.sessions.get(reply.call_id)
-                if session is not None:
-                    session.tools.on_reply(reply)
-            elif kind == "media_peer":
-                self.media_peer(msgspec.json.decode(data, type=MediaPeer))
-            elif kind == "media":
-                self.connect_websocket(msgspec.json.decode(data, type=MediaReady))
-            elif kind == "media_bridged":
-                self.websocket_bridged(msgspec.json.decode(data, type=MediaBridged))
-            elif kind == "end":
-                ended = msgspec.json.decode(data, type=CallEnded)
-                session = self.sessions.get(ended.call_id)
-                if session is not None:
-                    session.stop(f"controller: {ended.reason}")
-            else:
-                log.warning("unknown inbox message type %r", kind)
-        except msgspec.ValidationError as exc:
-            log.error("unusable %s message in the inbox: %s", kind, exc)
+        """One inbox message; what cannot be used raises (the inbox dead-letters it, and refuses an assign)."""
+        if kind == "assign":
+            await self.assign(msgspec.json.decode(data, type=Assignment))
+        elif kind == "control_result":
+            reply = msgspec.json.decode(data, type=ControlReply)
+            session = self.sessions.get(reply.call_id)
+            if session is not None:
+                session.tools.on_reply(reply)
+        elif kind == "media_peer":
+            self.media_peer(msgspec.json.decode(data, type=MediaPeer))
+        elif kind == "media":
+            self.connect_websocket(msgspec.json.decode(data, type=MediaReady))
+        elif kind == "media_bridged":
+            self.websocket_bridged(msgspec.json.decode(data, type=MediaBridged))
+        elif kind == "end":
+            ended = msgspec.json.decode(data, type=CallEnded)
+            session = self.sessions.get(ended.call_id)
+            if session is not None:
+                session.stop(f"controller: {ended.reason}")
+        else:
+            raise PoisonEntry(UNKNOWN_TYPE, f"unknown inbox message type {kind[:40]!r}")
 
     async def assign(self, assignment: Assignment) -> None:
         call_id = assignment.call_id
@@ -92,9 +91,8 @@ class CallManager:
             try:
                 await endpoint.open()
             except OSError as exc:
-                log.error("call %s: cannot open RTP port %d: %s", call_id, assignment.rtp_port, exc)
-                self._forget(session)
-                return
+                self._forget(session)  # the inbox refuses the call to the controller, which tries another worker
+                raise OSError(f"call {call_id}: cannot open RTP port {assignment.rtp_port}: {exc}") from exc
             self._rtp[call_id] = endpoint
         session.start()
         held = self._held.pop(call_id, None)

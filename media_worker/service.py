@@ -20,6 +20,7 @@ from shared.messages import WorkerInfo
 from shared.netaddr import resolve_advertise_host
 from shared.metrics import TICK_LAG, WORKER_CAPACITY, WORKER_SLOTS_FREE
 from shared.service import AsyncRole
+from shared.supervisor import Supervised
 from shared.version import VERSION
 
 log = logging.getLogger("media-worker")
@@ -42,10 +43,17 @@ class MediaWorker(AsyncRole):
         self.server: AudioSocketServer | None = None
         self.advertise_host = self.config.media_worker.advertise_host
         self.calls: CallManager | None = None
+        self.inbox: Supervised | None = None  # the inbox reader, restarted if it dies
+
+    def redis_pool_size(self) -> int:
+        # At most one command in flight per call (its call-log writer, a tool request, its figures at the end:
+        # each call's steps are sequential), plus the process's own: heartbeat, leases, metrics.
+        return self.config.media_worker.capacity + 16
 
     def ready_checks(self):
         checks = super().ready_checks()
         checks["audiosocket"] = lambda: None if self.server is not None else "AudioSocket server not listening"
+        checks["inbox"] = lambda: self.inbox.problem() if self.inbox is not None else "inbox reader not started"
         return checks
 
     async def prepare(self) -> None:
@@ -73,7 +81,7 @@ class MediaWorker(AsyncRole):
         return self.calls.bind_audiosocket(call_uuid, peer_host, link) if self.calls is not None else None
 
     async def serve(self) -> None:
-        assert self.redis is not None
+        assert self.redis is not None and self.streams is not None
         settings = self.config.media_worker
         ctx = WorkerContext(
             config=self.config,
@@ -89,9 +97,9 @@ class MediaWorker(AsyncRole):
         stop_reading = asyncio.Event()
         tasks = TaskSet("media worker")
         tasks.spawn(self.clock.run(self.stopping), "playout-clock")
-        tasks.spawn(
-            inbox.consume(self.redis, self.keys.worker_inbox(self.id), self.calls.handle, stop_reading), "inbox"
-        )
+        reading = inbox.Inbox(self.streams, self.keys, self.id, self.calls.handle)
+        self.inbox = Supervised("inbox reader", lambda: reading.consume(stop_reading))
+        reader = self.inbox.start()
         tasks.spawn(self._leases(), "leases")
         try:
             await self.stopping.wait()
@@ -99,6 +107,8 @@ class MediaWorker(AsyncRole):
         finally:
             stop_reading.set()
             await self.calls.stop_all("worker_stopping")
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
             await tasks.close()
             await self.pool.stop()
 

@@ -129,6 +129,17 @@ def inbox_fields(kind: str, message: msgspec.Struct) -> dict[FieldT, EncodableT]
     return {"type": kind.encode(), "data": _inbox_encoder.encode(message)}
 
 
+class AssignmentRefused(msgspec.Struct, kw_only=True):
+    """A media worker could not take a call's assignment (`va:controller:inbox`, type "assign_refused"): the
+    entry was poison, or taking it failed (an RTP port it cannot open). The controller gives the call to
+    another worker with a new epoch. `epoch` is 0 when the worker could not read it."""
+
+    call_id: str
+    epoch: int
+    worker_id: str
+    reason: str  # a shared.dead_letters reason
+
+
 class ControlRequest(msgspec.Struct, kw_only=True):
     """A media worker asks the controller to act on a call (`va:controller:inbox`, type "control").
 
