@@ -5,6 +5,7 @@ skipped, and the reader goes on; an assignment a worker cannot take is refused, 
 from __future__ import annotations
 
 import socket
+from functools import partial
 import uuid
 
 import pytest
@@ -62,7 +63,7 @@ async def test_non_utf8_entries_in_a_worker_inbox_are_dead_lettered_and_the_next
     for name in ("First", "Second"):
         call = await sim.place_call(caller_name=name)
         call_id = await call_of(aredis, keys, call.channel_id)
-        await until(lambda: greeted(aredis, keys, call_id), timeout=15)
+        await until(partial(greeted, aredis, keys, call_id), timeout=15)
         await call.hangup()
     await until(lambda: not sim.channels and not sim.bridges)
 
@@ -86,7 +87,7 @@ async def test_a_non_utf8_entry_in_the_controller_inbox_does_not_stop_the_next_h
     (wid,) = await aredis.zrange(keys.workers, 0, -1)
     call = await sim.place_call()
     call_id = await call_of(aredis, keys, call.channel_id)
-    await until(lambda: greeted(aredis, keys, call_id), timeout=15)
+    await until(partial(greeted, aredis, keys, call_id), timeout=15)
 
     await raw.xadd(keys.controller_inbox, {b"type": b"control", b"data": b'{"request_id":"' + NOT_UTF8 + b'"}'})
     await raw.xadd(keys.controller_inbox, {b"type": NOT_UTF8, b"data": b"{}"})
@@ -128,7 +129,7 @@ async def test_an_assignment_the_worker_cannot_take_is_refused_and_the_call_goes
         for name in ("First", "Second"):  # the least-loaded pick sends one of them to the first worker first
             call = await sim.place_call(caller_name=name, variables={"AI_CONTEXT": "u"})
             call_id = await call_of(aredis, keys, call.channel_id)
-            await until(lambda: greeted(aredis, keys, call_id), timeout=15)
+            await until(partial(greeted, aredis, keys, call_id), timeout=15)
             assert await aredis.hget(keys.call(call_id), "worker") == "worker-1-1"
             await call.hangup()
         await until(lambda: not sim.channels and not sim.bridges)
