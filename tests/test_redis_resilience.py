@@ -10,12 +10,14 @@ import pytest
 from sim.cluster import http_get
 from tests.test_controller_calls import (  # noqa: F401  (fixtures)
     aredis,
+    call_record,
     controller,
     keys,
     listener,
     nothing_left,
     no_active_calls,
     sim,
+    state_is,
     until,
     workers,
 )
@@ -49,3 +51,19 @@ async def test_a_burst_of_150_callers_with_capacity_for_all_gets_no_fallback(
     await asyncio.gather(*(c.hangup() for c in calls))
     await until(nothing_left(sim), timeout=60)
     await until(no_active_calls(aredis, keys), timeout=30)
+
+
+@pytest.mark.slow  # measured 3 s
+async def test_a_caller_name_that_is_not_utf8_still_reaches_the_agent(sim, listener, workers, controller, aredis, keys):
+    """The simulator, like Asterisk, sends the name's lone surrogate as a JSON escape ("\\udc80"): the StasisStart
+    was dropped as malformed, and the caller waited in silence."""
+    await workers(listener.port)
+    await controller()
+    call = await sim.place_call(caller_name="Al\udc80ice")
+    await listener.wait_for(1)
+    (conn,) = listener.connections.values()
+    record = await until(await state_is(aredis, keys, conn.uuid, "active"))
+    assert record
+    assert (await call_record(aredis, keys, conn.uuid))["caller_name"] == "Al\ufffdice"
+    await call.hangup()
+    await until(nothing_left(sim))
