@@ -287,9 +287,22 @@ ROLES: dict[str, tuple[MetricWrapperBase, ...]] = {
     "media-worker": MEDIA_WORKER,
     "tool-worker": TOOL_WORKER,
 }
+POOL_KINDS = ("commands", "streams")  # shared/redis_conn.py
+DEAD_LETTER_REASONS = ("not_utf8", "missing_field", "undecodable", "unknown_type", "handler_failed")
+
+
+def _stream_readers(stream: str) -> tuple:
+    """The label sets of a role that reads an inbox stream: its pools and its dead letters start at 0."""
+    return (
+        (REDIS_POOL_WAIT, tuple((kind,) for kind in POOL_KINDS)),
+        (REDIS_POOL_TIMEOUTS, tuple((kind,) for kind in POOL_KINDS)),
+        (DEAD_LETTERS, tuple((stream, reason) for reason in DEAD_LETTER_REASONS)),
+    )
+
+
 TOKEN_KINDS = ("input_text", "input_audio", "input_cached", "output_text", "output_audio")
 # Label values known in advance start at 0, so rate() and increase() see the first event after a restart.
-KNOWN_LABELS: dict[str, tuple[tuple[Counter, tuple[tuple[str, ...], ...]], ...]] = {
+KNOWN_LABELS: dict[str, tuple[tuple[MetricWrapperBase, tuple[tuple[str, ...], ...]], ...]] = {
     "controller": (
         (
             CALLS_REJECTED,
@@ -306,8 +319,12 @@ KNOWN_LABELS: dict[str, tuple[tuple[Counter, tuple[tuple[str, ...], ...]], ...]]
                 )
             ),
         ),
+        *_stream_readers("controller_inbox"),
     ),
-    "media-worker": ((TOKENS, tuple((kind,) for kind in TOKEN_KINDS)),),
+    "media-worker": (
+        (TOKENS, tuple((kind,) for kind in TOKEN_KINDS)),
+        *_stream_readers("worker_inbox"),
+    ),
 }  # the tool worker's job names live with its jobs: ToolWorker starts them at 0
 
 

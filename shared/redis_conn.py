@@ -63,13 +63,20 @@ class WaitingPool(aioredis.BlockingConnectionPool):
             REDIS_POOL_WAIT.labels(self.kind).observe(time.monotonic() - started)
 
 
-def client(url: str, *, pool_size: int, decode_responses: bool = True, kind: str = "commands") -> aioredis.Redis:
+def client(
+    url: str,
+    *,
+    pool_size: int,
+    decode_responses: bool = True,
+    kind: str = "commands",
+    wait_timeout_s: float = POOL_WAIT_TIMEOUT_S,
+) -> aioredis.Redis:
     """An asyncio client over a `WaitingPool` of `pool_size` connections (not connected yet)."""
     pool = WaitingPool.from_url(
         url,
         kind=kind,
         max_connections=pool_size,
-        timeout=POOL_WAIT_TIMEOUT_S,
+        timeout=wait_timeout_s,
         decode_responses=decode_responses,
         health_check_interval=10,
         socket_connect_timeout=2,

@@ -67,3 +67,38 @@ async def test_a_caller_name_that_is_not_utf8_still_reaches_the_agent(sim, liste
     assert (await call_record(aredis, keys, conn.uuid))["caller_name"] == "Al\ufffdice"
     await call.hangup()
     await until(nothing_left(sim))
+
+
+async def test_a_command_waits_for_a_free_connection_and_is_counted(redis_url):
+    from shared import metrics
+    from shared.redis_conn import client
+
+    waits = metrics.REDIS_POOL_WAIT.labels("commands")
+    before = waits._sum.get(), sum(b.get() for b in waits._buckets)
+    redis = client(redis_url, pool_size=1)
+    try:
+        assert await asyncio.gather(redis.ping(), redis.ping()) == [True, True]  # the second waited for the first
+    finally:
+        await redis.aclose()
+    assert sum(b.get() for b in waits._buckets) == before[1] + 1
+
+
+async def test_a_pool_wait_that_times_out_names_the_cause(redis_url, prefix):
+    from shared import metrics
+    from shared.redis_conn import PoolExhausted, client
+
+    timeouts = metrics.REDIS_POOL_TIMEOUTS.labels("commands")
+    before = timeouts._value.get()
+    redis = client(redis_url, pool_size=1, wait_timeout_s=0.1)
+    try:
+        holder = asyncio.create_task(redis.blpop([f"{prefix}nothing"], timeout=1))  # holds the one connection
+        for _ in range(200):  # bounded: until the blocking read has the connection
+            if redis.connection_pool._in_use_connections:
+                break
+            await asyncio.sleep(0.005)
+        with pytest.raises(PoolExhausted, match="all 1 connections of the commands pool are busy"):
+            await redis.ping()
+        await holder
+    finally:
+        await redis.aclose()
+    assert timeouts._value.get() == before + 1
