@@ -409,22 +409,22 @@ class Call:
         self.media = ids.media_channel_id(self.call_id, attempt)
         timeout = self.deps.config.controller.ari_timeout_ms / 1000
         bridge_made = asyncio.create_task(self._make_bridge())
-        # Every step runs to its end (none is left in flight for a retry to trip over), then the first failure,
-        # if any, is raised; a timeout or the worker refusing the call cancels them all.
-        steps = asyncio.gather(
-            self._bridge_caller(bridge_made),
-            self._bridge_media(reserved, plan, bridge_made, timeout),
-            bridge_made,
-            return_exceptions=True,
-        )
+        media = asyncio.create_task(self._bridge_media(reserved, plan, bridge_made, timeout))
+        # Every step runs to its end (none is left in flight for a retry to trip over: the bridge and the caller
+        # have fixed ids), then the first failure, if any, is raised. A refusal by the worker cancels only the
+        # media step (its leg has an id of this attempt, hung up by the retry); a timeout cancels them all.
+        steps = asyncio.gather(self._bridge_caller(bridge_made), media, bridge_made, return_exceptions=True)
         refused = asyncio.create_task(self._refusal.wait())
-        finished = False
+        deadline = asyncio.get_running_loop().time() + timeout
         try:
             await asyncio.wait((steps, refused), timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-            finished = steps.done()
+            if self._refusal.is_set() and not steps.done():
+                media.cancel()
+                await asyncio.wait((steps,), timeout=max(deadline - asyncio.get_running_loop().time(), 0))
         finally:
             refused.cancel()
-            if not steps.done():
+            finished = steps.done()
+            if not finished:
                 steps.cancel()
                 await asyncio.gather(steps, return_exceptions=True)
         if self._refusal.is_set():  # even if the leg got bridged: nobody on that worker will speak
@@ -438,7 +438,13 @@ class Call:
 
     async def _make_bridge(self) -> None:
         if not self._bridge_made:
-            await self.deps.rest.create_bridge(self.bridge, "mixing", name=self.call_id)
+            try:
+                await self.deps.rest.create_bridge(self.bridge, "mixing", name=self.call_id)
+            except AriError as exc:
+                # 409: it exists. Its id is this call's: an earlier attempt made it (its answer cut off by a
+                # timeout), and it is ours to use.
+                if exc.status != 409:
+                    raise
             self._bridge_made = True
 
     async def _bridge_caller(self, bridge_made: asyncio.Task[None]) -> None:
@@ -459,7 +465,7 @@ class Call:
             await self._tell_rtp_peer(reserved, leg)
         elif plan.transport == "websocket":  # the worker connects to Asterisk; the leg enters Stasis then
             await self._hand_websocket_to_worker(reserved, leg)
-        await bridge_made
+        await asyncio.shield(bridge_made)  # a cancelled media step must not cancel the (fixed-id) bridge's creation
         try:
             await self.legs.run(self.media, partial(d.rest.add_channel, self.bridge, self.media), stasis_wait_s)
         except NotInStasis as exc:

@@ -1,5 +1,6 @@
-"""Redis under stress and bad data: a burst of callers larger than a connection pool, and poison entries in the
-inbox streams (an entry no reader can decode must be dead-lettered, never end the reader)."""
+"""Redis under stress and bad data, through a controller process, the Asterisk simulator and test listeners
+standing in for the workers: a burst of callers larger than a connection pool, a caller name that is not UTF-8,
+a worker refusing a call it was given; and the pool's own waits."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import asyncio
 
 import pytest
 
+from shared.messages import AssignmentRefused, inbox_fields
 from sim.cluster import http_get
+from tests.ari_harness import AudioSocketListener
 from tests.test_controller_calls import (  # noqa: F401  (fixtures)
     aredis,
     call_record,
@@ -102,3 +105,38 @@ async def test_a_pool_wait_that_times_out_names_the_cause(redis_url, prefix):
     finally:
         await redis.aclose()
     assert timeouts._value.get() == before + 1
+
+
+@pytest.mark.slow  # measured 3 s
+async def test_a_call_refused_by_its_worker_once_up_moves_to_another_worker(
+    sim, listener, workers, controller, aredis, keys
+):
+    """The refusal can come after the call was bridged (AudioSocket connects, and the bridge is made, before the
+    worker reads the assignment): the call is moved, not left with a worker that will never speak."""
+    first = await workers(listener.port, capacity=10, wid="first")
+    await controller()
+    call = await sim.place_call()
+    await listener.wait_for(1)
+    (conn,) = listener.connections.values()
+    call_id = conn.uuid
+    await until(await state_is(aredis, keys, call_id, "active"))
+    assert (await call_record(aredis, keys, call_id))["worker"] == "first"
+
+    other = AudioSocketListener()
+    await other.start()
+    try:
+        second = await workers(other.port, capacity=10, wid="second")
+        refusal = AssignmentRefused(call_id=call_id, epoch=1, worker_id="first", reason="handler_failed")
+        await aredis.xadd(keys.controller_inbox, inbox_fields("assign_refused", refusal))
+        await other.wait_for(1)
+        assert call_id in other.connections
+        await until(await state_is(aredis, keys, call_id, "active"))
+        record = await call_record(aredis, keys, call_id)
+        assert (record["worker"], record["epoch"]) == ("second", "2")
+        assert await first.active() == 0 and await second.active() == 1
+        assert {c.id for c in sim.bridges[f"{call_id}-br"].members} == {call.channel_id, f"{call_id}-em1"}
+        await call.hangup()
+        await until(nothing_left(sim))
+        assert await second.active() == 0
+    finally:
+        await other.stop()
