@@ -566,7 +566,6 @@ async def endpoint():
         "ulaw",
         lambda link: sinks.append(Sink(link)) or sinks[-1],
         allowed_hosts=["127.0.0.1"],
-        relatch_after=0.3,
     )
     link = await ep.open()
     assert link is ep and len(sinks) == 1 and sinks[0].link is ep
@@ -650,27 +649,6 @@ async def test_endpoint_ignores_disallowed_hosts(endpoint):
     await until(lambda: endpoint.stats.dropped_source == 1)
     assert endpoint.latched is None and endpoint.test_sink.audio == []
     outsider.close()
-
-
-async def test_endpoint_relatches_only_after_silence(endpoint):
-    sink = endpoint.test_sink
-    first, second = await UdpPeer.open(), await UdpPeer.open()
-    first.send(endpoint, b"\x01" * 160)
-    await until(lambda: sink.audio)
-    second.send(endpoint, b"\x02" * 160, ssrc=0x999)
-    await until(lambda: endpoint.stats.dropped_source == 1)
-    await asyncio.sleep(0.35)  # relatch_after=0.3 of silence from the latched source
-    second.send(endpoint, b"\x03" * 160, ssrc=0x999)
-    await until(lambda: len(sink.audio) == 2)
-    assert sink.audio[1] == b"\x03" * 160 and endpoint.peer == f"127.0.0.1:{second.port}"
-    assert endpoint.stats.relatched == 1
-    assert endpoint.send(b"\x7f" * 160)
-    await until(lambda: second.received)
-    assert first.received == []
-    first.send(endpoint, b"\x04" * 160)  # the old source is now the stranger
-    await until(lambda: endpoint.stats.dropped_source == 2)
-    first.close()
-    second.close()
 
 
 async def test_endpoint_close_and_stop():
