@@ -161,8 +161,7 @@ class CallManager:
             held = self._held[call_uuid] = _Held(self, call_uuid, peer_host, link)
             return held
         if session is None or session.plan.transport != "audiosocket" or session.link is not None:
-            log.warning("AudioSocket connection from %s for unknown call %s: refused", peer_host, call_uuid)
-            return None
+            return None  # refused: the server counts it and logs it (once a minute per host)
         self._attach_audiosocket(session, link)
         return session
 
@@ -293,13 +292,7 @@ class _Held:
 
     def expire(self) -> None:
         if self._forget():
-            log.warning(
-                "AudioSocket connection from %s for unknown call %s: no assignment within %.0f s, refused",
-                self.peer_host,
-                self.call_uuid,
-                HOLD_UNASSIGNED_S,
-            )
-            self.link.refuse()
+            self.link.refuse()  # no assignment within HOLD_UNASSIGNED_S: counted and logged by the server
 
     def _forget(self) -> bool:
         if self.calls._held.get(self.call_uuid) is not self:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 import socket
 import struct
 import uuid
@@ -275,6 +276,23 @@ async def test_anything_but_a_uuid_first_is_refused(server, calls, first):
     assert await read_frame(reader) == (0xFF, b"")
     assert await at_eof(reader)
     assert calls.binds == [] and server.refused == 1
+
+
+async def test_refusals_are_counted_by_reason_and_logged_once_per_host(server, calls, caplog):
+    """A scan or a flood of unknown calls must not write a WARNING per connection (issue 16)."""
+    from shared.metrics import AUDIOSOCKET_REFUSED
+
+    before = AUDIOSOCKET_REFUSED.labels("unknown_call")._value.get()
+    stranger = bytes.fromhex("010010") + uuid.UUID(int=7).bytes
+    with caplog.at_level(logging.WARNING):
+        for _ in range(20):
+            reader, writer = await asterisk(server)
+            writer.write(stranger)
+            assert await read_frame(reader) == (0xFF, b"")
+            writer.close()
+    assert server.refused == 20 and AUDIOSOCKET_REFUSED.labels("unknown_call")._value.get() - before == 20
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(lines) == 1 and "127.0.0.1" in lines[0] and "unknown_call" in lines[0], lines
 
 
 async def test_a_disallowed_source_host_is_closed_before_reading(calls):

@@ -321,8 +321,10 @@ class RtpEndpoint:
         else:
             stats.dropped_source += 1
         _DROPPED[reason].inc()
-        if reason in ("host", "source", "ssrc"):
-            _refusals.refused(addr[0], reason, f"port {self.port} hears {self.peer or 'no one yet'}")
+        if reason == "host":
+            _refusals.refused(addr[0], reason, "not in media_worker.allowed_media_hosts")
+        elif reason in ("source", "ssrc"):
+            _refusals.refused(addr[0], reason, f"port {self.port} hears only {self.peer}")
 
     def _finish(self, reason: str) -> None:
         if not self._done:
