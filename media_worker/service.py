@@ -93,7 +93,9 @@ class MediaWorker(AsyncRole):
             pool=self.pool,
             realtime=self.realtime,
         )
-        self.calls = CallManager(ctx, listen_host=self.listen_host, allowed_hosts=self.allowed_hosts)
+        self.calls = CallManager(
+            ctx, listen_host=self.listen_host, allowed_hosts=self.allowed_hosts, rtp_ports=self.rtp_ports
+        )
         self.pool.start()
         stop_reading = asyncio.Event()
         tasks = TaskSet("media worker")

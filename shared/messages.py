@@ -137,7 +137,9 @@ class ControlRequest(msgspec.Struct, kw_only=True):
     request_id: str
     call_id: str
     worker_id: str
-    action: str  # transfer | cancel_transfer | hangup | voicemail
+    # transfer | cancel_transfer | hangup | voicemail; media_failed: the worker cannot take the call's media
+    # (RTP: its port would not open), so the controller frees the slot and retries or falls back
+    action: str
     destination: str = ""  # transfer: a key of tools.transfer.destinations (nothing else is ever dialled)
     reason: str = ""
 
