@@ -451,15 +451,17 @@ class Call:
             raise
 
     async def _tell_rtp_peer(self, reserved: Reserved, leg: Channel) -> None:
-        """Tell the worker where Asterisk's end of the RTP leg is, so it need not wait for a first packet (a
-        silent caller, or a phone with silence suppression, sends none)."""
+        """Tell the worker where Asterisk's end of the RTP leg is: it hears only that address (anyone could send
+        to its port) and sends there from the first frame (a silent caller, or a phone with silence
+        suppression, sends no packet it could learn it from). Without a usable address, an empty host tells
+        it to latch to the first packet instead."""
         found = leg.channelvars or {}
         host, port = found.get("UNICASTRTP_LOCAL_ADDRESS", ""), found.get("UNICASTRTP_LOCAL_PORT", "")
         if not host or not port.isdigit() or host in ("0.0.0.0", "::"):
-            log.info(
-                "externalMedia gave no usable RTP address (%r:%r): the worker waits for the first packet", host, port
+            log.warning(
+                "externalMedia gave no usable RTP address (%r:%r): the worker latches to the first packet", host, port
             )
-            return
+            host, port = "", "0"
         d = self.deps
         await d.redis.xadd(
             d.keys.worker_inbox(reserved.worker_id),

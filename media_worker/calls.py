@@ -162,7 +162,7 @@ class CallManager:
             )
 
     def _rtp_sink(self, session: CallSession, link: MediaLink) -> MediaSink:
-        session.attach(link, live=False)  # RTP: live once we know Asterisk's address (media_peer, first packet)
+        session.attach(link, live=False)  # RTP: live once we know Asterisk's address (media_peer, or first packet)
         return session
 
     def media_peer(self, peer: MediaPeer) -> None:
@@ -170,7 +170,9 @@ class CallManager:
         session = self.sessions.get(peer.call_id)
         if endpoint is None or session is None:
             return  # the call is over already
-        if endpoint.set_peer(peer.host, peer.port):
+        if not peer.host:
+            endpoint.peer_unknown()  # the session goes live with the first packet
+        elif endpoint.set_peer(peer.host, peer.port):
             session.media_ready()
 
     def _forget(self, session: CallSession) -> None:

@@ -114,7 +114,8 @@ class CallEnded(msgspec.Struct, kw_only=True):
 class MediaPeer(msgspec.Struct, kw_only=True):
     """Worker-inbox message (`type` = "media_peer"): where Asterisk takes the call's media. ExternalMedia RTP
     reports its own address and port in the channel's UNICASTRTP_LOCAL_ADDRESS/PORT: with it the worker sends
-    from its first frame, so a caller who stays silent still hears the greeting."""
+    from its first frame, so a caller who stays silent still hears the greeting, and hears nobody else on the
+    port. An empty host: the controller learnt no address, the worker latches to the first packet."""
 
     call_id: str
     host: str

@@ -169,8 +169,9 @@ PADDED = Counter(
 # --- media worker: media refused (the drop paths only; an accepted frame counts nothing here) --------------
 RTP_DROPPED = Counter(
     "va_rtp_dropped_total",
-    "RTP packets dropped, by reason (host: not an allowed host; source: not the call's address and port; "
-    "ssrc: another stream from that address; payload_type; own_ssrc: our audio looped back; malformed)",
+    "RTP packets dropped, by reason (host: not an allowed host; early: before Asterisk's address was reported; "
+    "source: not the call's address and port; ssrc: another stream from that address; payload_type; "
+    "own_ssrc: our audio looped back; malformed)",
     ["reason"],
     registry=None,
 )

@@ -592,8 +592,9 @@ async def endpoint():
     ep.close()
 
 
-async def test_endpoint_latches_to_the_first_good_source(endpoint):
+async def test_endpoint_latches_to_the_first_good_source_when_no_address_is_reported(endpoint):
     sink = endpoint.test_sink
+    endpoint.peer_unknown()
     assert (endpoint.transport, endpoint.format, endpoint.rate, endpoint.frame_bytes) == ("rtp", "ulaw", 8000, 160)
     assert endpoint.send(b"\xff" * 160) is False and endpoint.stats.dropped_out == 1  # no peer known yet
     asterisk_rtp = await UdpPeer.open()
@@ -635,6 +636,7 @@ async def test_endpoint_refuses_a_peer_outside_the_allow_list(endpoint):
 
 async def test_endpoint_drops_what_is_not_the_call(endpoint):
     sink = endpoint.test_sink
+    endpoint.peer_unknown()
     asterisk_rtp, stranger = await UdpPeer.open(), await UdpPeer.open()
     asterisk_rtp.transport.sendto(b"garbage", ("127.0.0.1", endpoint.local_port))  # shorter than a header
     asterisk_rtp.transport.sendto(b"\x40" * 20, ("127.0.0.1", endpoint.local_port))  # version 1
@@ -673,6 +675,7 @@ async def test_endpoint_close_and_stop():
     sinks: list[Sink] = []
     ep = RtpEndpoint("127.0.0.1", 0, "slin", lambda link: sinks.append(Sink(link)) or sinks[-1])
     await ep.open()
+    ep.peer_unknown()
     assert (ep.pt, ep.frame_bytes) == (10, 320)
     peer = await UdpPeer.open()
     peer.send(ep, b"\x12\x34" * 160, pt=10)  # slin goes to the sink big-endian, as it came
@@ -744,6 +747,7 @@ async def test_simulator_rtp_leg_against_the_endpoint():
         "127.0.0.1", 0, "ulaw", lambda link: sinks.append(Sink(link)) or sinks[-1], allowed_hosts=["127.0.0.1"]
     )
     await ep.open()
+    ep.peer_unknown()
     heard: list[bytes] = []
     leg = RtpLeg("127.0.0.1", ep.local_port, "ulaw", on_audio=lambda pcm, rate: heard.append(pcm))
     await leg.open()

@@ -83,6 +83,26 @@ async def test_the_worker_forgets_the_call_and_tells_the_controller(calls, why):
     assert report.request_id == "call-1:1:media_failed" and str(port) in report.reason
 
 
+async def test_media_peer_latches_the_reported_address_or_lets_the_first_packet_latch(calls):
+    from media_worker.transport.rtp_endpoint import Latch
+    from shared.messages import MediaPeer
+
+    holder = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    holder.bind(("127.0.0.1", 0))
+    low = holder.getsockname()[1]
+    holder.close()  # two free ports, most likely: the range is this one's and the next
+    calls.rtp_ports = (low, low + 1)
+    for call_id, port, host in (("call-r", low, "127.0.0.1"), ("call-u", low + 1, "")):
+        await calls.handle("assign", msgspec.json.encode(assignment(call_id, port)))
+        assert calls._rtp[call_id].latch is Latch.AWAITING_REPORT
+        await calls.handle(
+            "media_peer", msgspec.json.encode(MediaPeer(call_id=call_id, host=host, port=4000 if host else 0))
+        )
+    assert calls._rtp["call-r"].latch is Latch.REPORTED and calls._rtp["call-r"].latched == ("127.0.0.1", 4000)
+    assert calls.sessions["call-r"].linked.is_set()  # the greeting goes out before any packet
+    assert calls._rtp["call-u"].latch is Latch.AWAITING_FIRST and not calls.sessions["call-u"].linked.is_set()
+
+
 # ------------------------------------------------------------------------------------------------------------
 # The controller's side, through a controller process and the Asterisk simulator; the workers are
 # registrations (FakeWorker), and the test answers for the refusing one as its worker would.

@@ -1,7 +1,8 @@
 """Whose RTP an endpoint hears (issue 16: RTP stream takeover).
 
-Only the address and port Asterisk reported for the call's channel, and from there only the first SSRC; a
-first packet from elsewhere latches only until the report arrives; nothing ever re-latches to another source.
+Only the address and port Asterisk reported for the call's channel, and from there only the first SSRC;
+nothing before that report (unless the controller says it learnt no address: then the first packet, until a
+late report); nothing ever re-latches to another source.
 Datagrams are fed to `RtpEndpoint._received` with the addresses they would come from (the socket is open,
 but unused), and the endpoint's clock is a fake; one test at the end goes over real loopback sockets.
 """
@@ -102,23 +103,40 @@ def dropped(reason: str) -> float:
     return RTP_DROPPED.labels(reason)._value.get()
 
 
-def test_a_foreign_sender_that_speaks_first_is_replaced_by_the_reported_peer(ep, clock):
+def test_a_foreign_sender_that_speaks_first_is_not_heard_and_gets_nothing(ep, clock):
     """Measured in the issue: a sender that spoke first got 303 packets of the agent's audio, and its tone
-    went to the model. The first packet latches only until Asterisk's address is known."""
+    went to the model. Before Asterisk's address is reported nothing is heard or sent; then only it."""
+    before = dropped("early")
     ep._received(rtp(b"\x01" * 160, ssrc=0x666), FOREIGN)
-    assert ep.sink.audio == [b"\x01" * 160]  # before the report, an allowed host's first packet is taken
-    assert ep.set_peer(*ASTERISK)  # the report wins over the first packet's source
-    assert ep.latched == ASTERISK and ep.peer == "127.0.0.1:40002" and ep.stats.relatched == 1
+    assert ep.sink.audio == [] and ep.latched is None and dropped("early") - before == 1
+    assert ep.send(b"\x7f" * 160) is False and ep.wire.sent == []  # the greeting waits for the report
+    assert ep.set_peer(*ASTERISK)
+    assert ep.latched == ASTERISK and ep.peer == "127.0.0.1:40002"
     before = dropped("source")
     for seq in range(2, 12):
         clock.now += 0.02
         ep._received(rtp(b"\x02" * 160, ssrc=0x666, seq=seq), FOREIGN)
-    assert ep.sink.audio == [b"\x01" * 160]  # nothing more of the foreign tone reaches the session
-    assert ep.stats.dropped_source == 10 and dropped("source") - before == 10
+    assert ep.sink.audio == []  # nothing of the foreign tone reaches the session
+    assert ep.stats.dropped_source == 11 and dropped("source") - before == 10
     assert ep.send(b"\x7f" * 160)
     assert [addr for _, addr in ep.wire.sent] == [ASTERISK]  # the agent's audio goes to Asterisk only
     ep._received(rtp(b"\x03" * 160), ASTERISK)  # Asterisk's own stream, whatever its SSRC, is heard
-    assert ep.sink.audio[-1] == b"\x03" * 160
+    assert ep.sink.audio == [b"\x03" * 160]
+
+
+def test_a_late_report_replaces_a_first_packet_latch(ep, clock):
+    """The controller said it learnt no address (the worker latched to a first packet), and the address
+    comes after all: the reported address wins, and the first packet's source is a stranger from then on."""
+    ep.peer_unknown()
+    ep._received(rtp(b"\x01" * 160, ssrc=0x666), FOREIGN)
+    assert ep.sink.audio == [b"\x01" * 160] and ep.latched == FOREIGN
+    assert ep.set_peer(*ASTERISK)
+    assert ep.latched == ASTERISK and ep.stats.relatched == 1
+    ep._received(rtp(b"\x02" * 160, ssrc=0x666, seq=2), FOREIGN)
+    ep._received(rtp(b"\x03" * 160), ASTERISK)
+    assert ep.sink.audio == [b"\x01" * 160, b"\x03" * 160]
+    ep.send(b"\x7f" * 160)
+    assert [addr for _, addr in ep.wire.sent] == [ASTERISK]
 
 
 def test_a_foreign_sender_never_takes_over_after_a_silence(ep, clock):
@@ -138,13 +156,14 @@ def test_a_foreign_sender_never_takes_over_after_a_silence(ep, clock):
 
 
 def test_without_a_report_the_first_source_keeps_the_call(ep, clock):
-    """A controller that learnt no address (or whose message is late): the first source keeps the latch;
-    another one after any silence is still a stranger."""
+    """A controller that learnt no address: the first source keeps the latch; another one after any silence
+    is still a stranger."""
+    ep.peer_unknown()
     ep._received(rtp(b"\x01" * 160), ASTERISK)
     clock.now += 2.7
     ep._received(rtp(b"\x02" * 160, ssrc=0x666), FOREIGN)
     assert ep.sink.audio == [b"\x01" * 160] and ep.latched == ASTERISK
-    assert ep.set_peer(*ASTERISK)  # the report confirms the first source: its stream goes on
+    assert ep.set_peer(*ASTERISK)  # a report that confirms the first source: its stream goes on
     ep._received(rtp(b"\x03" * 160, seq=2), ASTERISK)
     assert ep.sink.audio == [b"\x01" * 160, b"\x03" * 160] and ep.stats.relatched == 0
     assert not ep.set_peer(*FOREIGN)  # once reported, never moved
@@ -169,10 +188,13 @@ def test_a_new_ssrc_from_asterisks_address_waits_for_the_old_one_to_fall_silent(
     assert ep.sink.audio[-1] == b"\x03" * 160 and ep.stats.dropped_ssrc == 2
 
 
-def test_before_the_report_only_an_allowed_host_latches(ep, clock):
+def test_a_host_outside_the_allow_list_is_never_heard_nor_taken_as_the_peer(ep, clock):
     before = dropped("host")
     ep._received(rtp(b"\x01" * 160), ("192.0.2.7", 40002))
     assert ep.latched is None and ep.sink.audio == [] and dropped("host") - before == 1
+    ep.peer_unknown()  # not even as the first packet
+    ep._received(rtp(b"\x01" * 160), ("192.0.2.7", 40002))
+    assert ep.latched is None and ep.sink.audio == [] and dropped("host") - before == 2
     assert not ep.set_peer("192.0.2.7", 40002)  # nor is a reported address outside the list taken
     assert ep.send(b"\x7f" * 160) is False and ep.wire.sent == []
 
@@ -219,7 +241,7 @@ async def test_over_loopback_a_foreign_sender_gets_nothing_and_is_not_heard():
     try:
         foreign.sendto(rtp(b"\x01" * 160, ssrc=0x666), to_ep)
         for _ in range(200):
-            if sinks[0].audio:
+            if ep.stats.dropped_source:
                 break
             await asyncio.sleep(0.005)
         assert ep.set_peer("127.0.0.1", asterisk.get_extra_info("sockname")[1])
@@ -228,13 +250,12 @@ async def test_over_loopback_a_foreign_sender_gets_nothing_and_is_not_heard():
             assert ep.send(b"\x7f" * 160)
         asterisk.sendto(rtp(b"\x05" * 160), to_ep)
         for _ in range(400):
-            if len(received["asterisk"]) == 20 and ep.stats.frames_in == 2 and ep.stats.dropped_source == 20:
+            if len(received["asterisk"]) == 20 and ep.stats.frames_in == 1 and ep.stats.dropped_source == 21:
                 break
             await asyncio.sleep(0.005)
         assert len(received["asterisk"]) == 20 and received["foreign"] == []
         assert {rtp_codec.parse(p).payload for p in received["asterisk"]} == {b"\x7f" * 160}
-        assert b"\x02" * 160 not in sinks[0].audio and sinks[0].audio[-1] == b"\x05" * 160
-        assert ep.stats.dropped_source == 20
+        assert sinks[0].audio == [b"\x05" * 160] and ep.stats.dropped_source == 21
     finally:
         ep.close()
         asterisk.close()

@@ -2,10 +2,11 @@
 
 Anyone who can reach the port could send to it, so the endpoint hears one stream only: from the address and
 port Asterisk reported for the call's channel (UNICASTRTP_LOCAL_ADDRESS/PORT, sent by the controller as
-`media_peer`), with the SSRC seen first from there. Until that report arrives, the first good packet from an
-allowed host is taken provisionally; the report then wins. Everything else is dropped and counted
-(`va_rtp_dropped_total` by reason), never latched to. RTP carries no hangup: the call ends by the controller
-(StasisEnd) or the session.
+`media_peer`), with the SSRC seen first from there. Nothing is heard or sent before that report: on loopback
+a stranger has Asterisk's own address, and only the port tells them apart. Only when the controller reports
+that it learnt no address does the first good packet from an allowed host latch (symmetric RTP). Everything
+else is dropped and counted (`va_rtp_dropped_total` by reason), never latched to. RTP carries no hangup: the
+call ends by the controller (StasisEnd) or the session.
 """
 
 from __future__ import annotations
@@ -40,15 +41,17 @@ MAX_WRITE_BUFFER = 64 * 1024
 # One log line per foreign source and reason a minute, for every endpoint of the process together.
 _refusals = RefusalLog(log, "RTP")
 _DROPPED = {
-    reason: RTP_DROPPED.labels(reason) for reason in ("host", "source", "ssrc", "payload_type", "own_ssrc", "malformed")
+    reason: RTP_DROPPED.labels(reason)
+    for reason in ("host", "early", "source", "ssrc", "payload_type", "own_ssrc", "malformed")
 }
 
 
 class Latch(enum.Enum):
     """Whose packets the endpoint hears, and where it sends."""
 
-    WAITING = "waiting"  # nothing known yet: the first good packet from an allowed host latches
-    FIRST_PACKET = "first_packet"  # the first packet's address and SSRC; Asterisk's reported address replaces it
+    AWAITING_REPORT = "awaiting_report"  # until the controller reports Asterisk's address: nothing heard or sent
+    AWAITING_FIRST = "awaiting_first"  # the controller learnt no address: the first good packet latches
+    FIRST_PACKET = "first_packet"  # that packet's address and SSRC; a late report of the address replaces it
     REPORTED = "reported"  # the address Asterisk reported for the channel (media_peer): final
 
 
@@ -71,12 +74,12 @@ class _NoSink:
 class RtpEndpoint:
     """The call's RTP socket and its MediaLink (open() returns the endpoint itself).
 
-    The latch (`Latch`): WAITING until either Asterisk's address is reported (`set_peer`: REPORTED) or a
-    well-formed packet with the link's payload type comes from an allowed host (FIRST_PACKET: its address and
-    SSRC). A report that names another address than the first packet's replaces it; once REPORTED, nothing
-    moves the latch again. Only the latched address and port are heard, and from it only the latched SSRC
-    (a new one after `ssrc_change_after` s of silence of the old). Packets carrying our own sender's SSRC
-    (our audio looped back) are dropped.
+    The latch (`Latch`): AWAITING_REPORT drops every packet until the controller reports Asterisk's address
+    (`set_peer`: REPORTED, final) or that it learnt none (`peer_unknown`: AWAITING_FIRST, then the first
+    well-formed packet with the link's payload type from an allowed host latches: FIRST_PACKET, its address
+    and SSRC; a report arriving after all still replaces it). Only the latched address and port are heard,
+    and from it only the latched SSRC (a new one after `ssrc_change_after` s of silence of the old). Packets
+    carrying our own sender's SSRC (our audio looped back) are dropped.
 
     **Sending starts once latched**: to the reported address from the first frame, or else to the source of
     Asterisk's first packet; send() returns False (counted in dropped_out) before either.
@@ -115,7 +118,7 @@ class RtpEndpoint:
         self.allowed_hosts = tuple(allowed_hosts)
         self.ssrc_change_after = ssrc_change_after
         self.max_write_buffer = max_write_buffer
-        self.latch = Latch.WAITING
+        self.latch = Latch.AWAITING_REPORT
         self._sink_factory = sink_factory
         self._sink: MediaSink = _NoSink()
         self._allow = HostAllowList()
@@ -131,7 +134,7 @@ class RtpEndpoint:
 
     @property
     def latched(self) -> tuple | None:
-        """Where we send (the latched source), or None while WAITING."""
+        """Where we send (the latched source), or None before the latch."""
         return self._dest
 
     @property
@@ -195,6 +198,13 @@ class RtpEndpoint:
         log.info("RTP :%d sends to %s:%d (told by the controller)", self.port, host, port)
         return True
 
+    def peer_unknown(self) -> None:
+        """The controller learnt no address for Asterisk's end (externalMedia reported none): the first good
+        packet from an allowed host latches, as symmetric RTP does."""
+        if self.latch is Latch.AWAITING_REPORT:
+            self.latch = Latch.AWAITING_FIRST
+            log.info("RTP :%d: Asterisk's address is unknown; latching to the first packet", self.port)
+
     def _socket_form(self, host: str) -> str:
         """The host as the socket reports senders: compressed, and IPv4-mapped on an IPv6 socket."""
         try:
@@ -238,7 +248,7 @@ class RtpEndpoint:
     # ------------------------------------------------------------------ receive path
 
     def _received(self, data: bytes, addr: tuple) -> None:
-        if addr[1] != self._src_port or addr[0] != self._src_host or self.latch is Latch.WAITING:
+        if addr[1] != self._src_port or addr[0] != self._src_host:  # also every packet before the latch
             self._from_elsewhere(data, addr)
             return
         packet = parse(data)
@@ -273,14 +283,17 @@ class RtpEndpoint:
         return True
 
     def _from_elsewhere(self, data: bytes, addr: tuple) -> None:
-        """A packet from an address other than the latched one: the first packet of the call (it latches),
-        or a foreign one (dropped)."""
+        """A packet from an address other than the latched one: the first packet of the call (it latches, when
+        no report is coming), or one to drop."""
         if self._done:
             return
         if not self._allow.allows(addr[0]):
             self._drop("host", addr)
             return
-        if self.latch is not Latch.WAITING:
+        if self.latch is Latch.AWAITING_REPORT:
+            self._drop("early", addr)
+            return
+        if self.latch is not Latch.AWAITING_FIRST:
             self._drop("source", addr)
             return
         packet = parse(data)
@@ -298,9 +311,7 @@ class RtpEndpoint:
         self._dest = addr  # as the socket reports it, so sendto reaches the same address
         self._ssrc = packet.ssrc
         self.peer = f"{addr[0]}:{addr[1]}"
-        log.info(
-            "RTP :%d latched to %s:%d (its first packet, before Asterisk's address was reported)", self.port, *addr[:2]
-        )
+        log.info("RTP :%d latched to %s:%d (its first packet: no address was reported)", self.port, *addr[:2])
         self._last_rx = time.monotonic()
         stats = self.stats
         stats.frames_in += 1
@@ -323,8 +334,8 @@ class RtpEndpoint:
         _DROPPED[reason].inc()
         if reason == "host":
             _refusals.refused(addr[0], reason, "not in media_worker.allowed_media_hosts")
-        elif reason in ("source", "ssrc"):
-            _refusals.refused(addr[0], reason, f"port {self.port} hears only {self.peer}")
+        elif reason in ("early", "source", "ssrc"):
+            _refusals.refused(addr[0], reason, f"port {self.port} hears only {self.peer or 'Asterisk, once reported'}")
 
     def _finish(self, reason: str) -> None:
         if not self._done:
