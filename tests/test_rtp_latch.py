@@ -260,3 +260,19 @@ async def test_over_loopback_a_foreign_sender_gets_nothing_and_is_not_heard():
         ep.close()
         asterisk.close()
         foreign.close()
+
+
+def test_the_refusal_log_reports_the_count_when_the_interval_has_passed(monkeypatch, caplog):
+    from media_worker.transport import refusals
+
+    fake = Clock()
+    monkeypatch.setattr(refusals, "time", fake)
+    book = refusals.RefusalLog(logging.getLogger("test.refusals"), "RTP", interval=60.0)
+    with caplog.at_level(logging.WARNING, logger="test.refusals"):
+        assert book.refused("192.0.2.7", "host", "port %d", 41800)
+        assert not any(book.refused("192.0.2.7", "host", "port %d", 41800) for _ in range(9))
+        assert book.refused("192.0.2.8", "host")  # another source has its own line
+        fake.now += 60.0
+        assert book.refused("192.0.2.7", "host", "port %d", 41800)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 3 and "port 41800" in lines[0] and "9 more since the last line" in lines[2]

@@ -22,8 +22,8 @@ class RefusalLog:
         self.interval = interval
         self._seen: dict[tuple[str, str], list] = {}  # (host, reason) -> [logged at (monotonic), refused since]
 
-    def refused(self, host: str, reason: str, detail: str = "") -> bool:
-        """Note one refusal; True if it was logged."""
+    def refused(self, host: str, reason: str, detail: str = "", *args: object) -> bool:
+        """Note one refusal; True if it was logged. `detail % args` is formatted only when it is logged."""
         now = time.monotonic()
         key = (host, reason)
         entry = self._seen.get(key)
@@ -39,7 +39,7 @@ class RefusalLog:
             self.what,
             host,
             reason,
-            f": {detail}" if detail else "",
+            f": {detail % args if args else detail}" if detail else "",
             f", {since} more since the last line" if since else "",
             self.interval,
         )

@@ -332,10 +332,12 @@ class RtpEndpoint:
         else:
             stats.dropped_source += 1
         _DROPPED[reason].inc()
+        # Logged (once a minute per host): strangers. Counted only: Asterisk's own packets that beat the
+        # report of its address (early), and what a legitimate stream may carry (malformed, PT, our SSRC).
         if reason == "host":
             _refusals.refused(addr[0], reason, "not in media_worker.allowed_media_hosts")
-        elif reason in ("early", "source", "ssrc"):
-            _refusals.refused(addr[0], reason, f"port {self.port} hears only {self.peer or 'Asterisk, once reported'}")
+        elif reason == "source" or reason == "ssrc":
+            _refusals.refused(addr[0], reason, "port %d hears only %s", self.port, self.peer)
 
     def _finish(self, reason: str) -> None:
         if not self._done:
