@@ -166,6 +166,21 @@ UNDERRUNS = Counter(
 PADDED = Counter(
     "va_input_padding_frames_total", "Silence frames appended where the caller's audio had gaps", registry=None
 )
+# --- media worker: media refused (the drop paths only; an accepted frame counts nothing here) --------------
+RTP_DROPPED = Counter(
+    "va_rtp_dropped_total",
+    "RTP packets dropped, by reason (host: not an allowed host; early: before Asterisk's address was reported; "
+    "source: not the call's address and port; ssrc: another stream from that address; payload_type; "
+    "own_ssrc: our audio looped back; malformed)",
+    ["reason"],
+    registry=None,
+)
+AUDIOSOCKET_REFUSED = Counter(
+    "va_audiosocket_refused_total",
+    "AudioSocket connections refused, by reason (host: not an allowed host; unknown_call; no_uuid; protocol)",
+    ["reason"],
+    registry=None,
+)
 # --- media worker: Realtime -----------------------------------------------------------------------------
 REALTIME_ERRORS = Counter(
     "va_realtime_errors_total", "Realtime error events by code (benign races excluded)", ["code"], registry=None
@@ -230,6 +245,8 @@ MEDIA_WORKER = (
     AUDIOLESS,
     UNDERRUNS,
     PADDED,
+    RTP_DROPPED,
+    AUDIOSOCKET_REFUSED,
     REALTIME_ERRORS,
     REALTIME_RECONNECTS,
     REALTIME_CONNECT,

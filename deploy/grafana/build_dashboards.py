@@ -261,6 +261,15 @@ DASHBOARDS = [
                         ("reconnect {{cause}}", per_minute("va_realtime_reconnects_total", "cause")),
                     ],
                 ),
+                (
+                    "ts",
+                    "Media refused per minute (foreign RTP, AudioSocket connections)",
+                    "short",
+                    [
+                        ("RTP {{reason}}", per_minute("va_rtp_dropped_total", "reason")),
+                        ("AudioSocket {{reason}}", per_minute("va_audiosocket_refused_total", "reason")),
+                    ],
+                ),
             ],
         ],
     },
