@@ -27,7 +27,15 @@ LOOP_LAG = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
     registry=None,
 )
-COMMON = (BUILD, REDIS_UP, REGISTERED, LOOP_LAG)
+HTTP_DROPPED = Counter(
+    "va_http_connections_dropped_total",
+    "Connections to /healthz, /readyz or /metrics closed unanswered or refused, by why (head_timeout, "
+    "response_timeout, evicted, over_capacity, bad_request: shared/http_server.py)",
+    ["reason"],
+    registry=None,
+)
+HTTP_DROP_REASONS = ("head_timeout", "response_timeout", "evicted", "over_capacity", "bad_request")
+COMMON = (BUILD, REDIS_UP, REGISTERED, LOOP_LAG, HTTP_DROPPED)
 
 # --- controller: calls ----------------------------------------------------------------------------------
 CALLS_ACTIVE = Gauge("va_calls_active", "Calls this controller is running (queued, setting up or up)", registry=None)
@@ -313,6 +321,8 @@ def register(role: str) -> None:
     for metric in COMMON + ROLES[role]:
         if metric not in REGISTRY._collector_to_names:  # noqa: SLF001 - no public "is registered"
             REGISTRY.register(metric)
+    for reason in HTTP_DROP_REASONS:
+        HTTP_DROPPED.labels(reason)
     for metric, label_sets in KNOWN_LABELS.get(role, ()):
         for values in label_sets:
             metric.labels(*values)

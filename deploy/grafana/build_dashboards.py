@@ -353,6 +353,14 @@ DASHBOARDS = [
                 ),
                 (
                     "ts",
+                    "Health and metrics connections dropped per minute, by reason",
+                    "short",
+                    [
+                        ("{{reason}}", per_minute("va_http_connections_dropped_total", "reason")),
+                    ],
+                ),
+                (
+                    "ts",
                     "Redis connected and registered (lowest process), by job",
                     "short",
                     [
