@@ -17,6 +17,7 @@ import pytest
 
 from media_worker.transport import rtp_codec, rtp_endpoint
 from media_worker.transport.rtp_endpoint import RtpEndpoint
+from media_worker.transport.refusals import RefusalLog
 from shared.metrics import RTP_DROPPED
 
 pytestmark = pytest.mark.timeout(10)
@@ -208,7 +209,7 @@ def test_our_own_ssrc_never_latches_nor_counts_as_a_stream(ep, clock):
 
 
 def test_refusals_are_logged_once_per_source_not_per_packet(ep, clock, caplog, monkeypatch):
-    monkeypatch.setattr(rtp_endpoint._refusals, "_seen", {})
+    monkeypatch.setattr(rtp_endpoint, "_refusals", RefusalLog(rtp_endpoint.log, "RTP"))
     assert ep.set_peer(*ASTERISK)
     with caplog.at_level(logging.WARNING, logger="media.rtp"):
         for seq in range(100):
@@ -263,11 +264,11 @@ async def test_over_loopback_a_foreign_sender_gets_nothing_and_is_not_heard():
 
 
 def test_the_refusal_log_reports_the_count_when_the_interval_has_passed(monkeypatch, caplog):
-    from media_worker.transport import refusals
+    import shared.logs
 
     fake = Clock()
-    monkeypatch.setattr(refusals, "time", fake)
-    book = refusals.RefusalLog(logging.getLogger("test.refusals"), "RTP", interval=60.0)
+    monkeypatch.setattr(shared.logs, "time", fake)
+    book = RefusalLog(logging.getLogger("test.refusals"), "RTP", interval=60.0)
     with caplog.at_level(logging.WARNING, logger="test.refusals"):
         assert book.refused("192.0.2.7", "host", "port %d", 41800)
         assert not any(book.refused("192.0.2.7", "host", "port %d", 41800) for _ in range(9))
@@ -275,4 +276,4 @@ def test_the_refusal_log_reports_the_count_when_the_interval_has_passed(monkeypa
         fake.now += 60.0
         assert book.refused("192.0.2.7", "host", "port %d", 41800)
     lines = [r.getMessage() for r in caplog.records]
-    assert len(lines) == 3 and "port 41800" in lines[0] and "9 more since the last line" in lines[2]
+    assert len(lines) == 3 and "port 41800" in lines[0] and "9 more like this" in lines[2]
