@@ -101,7 +101,7 @@ class Call:
     _caller_bridged: bool = False
     _setup: asyncio.Task | None = None
     _attempts: int = 0  # media legs made so far: each gets its own id (ids.media_channel_id)
-    # Set when the reserved worker refuses the assignment (AssignmentRefused, via the controller inbox).
+    # Set when the reserved worker cannot take the call (media_failed, via the controller inbox).
     _refusal: asyncio.Event = field(default_factory=asyncio.Event)
     _refusal_reason: str = ""
     _teardown: asyncio.Task | None = None
@@ -156,19 +156,21 @@ class Call:
             log.warning("media leg %s ended while the call was active", self.media)
             self.end("media_lost", fallback=True)
 
-    def worker_refused(self, worker_id: str, epoch: int, reason: str) -> None:
-        """The reserved worker could not take the assignment (poison entry, an RTP port it cannot open): give
-        the call to another worker now, not after a media timeout. Epoch 0: the worker could not read it."""
+    def media_failed(self, worker_id: str, why: str) -> None:
+        """The worker holding the reservation could not take the call (an RTP port that would not open, an
+        assignment it could not use: `media_failed` through the controller inbox). During the setup the attempt
+        fails at once (its slot and port are released, another worker is tried, then the fallback); once the
+        call is up, it is moved to another worker (`_move`), not left with one that will never speak."""
         reserved = self.reservation
-        if reserved is None or reserved.worker_id != worker_id or (epoch and epoch != reserved.epoch):
-            log.info("stale refusal of call %s by %s (epoch %d): ignored", self.call_id, worker_id, epoch)
-            return
-        log.warning("worker %s refused call %s (epoch %d): %s", worker_id, self.call_id, reserved.epoch, reason)
+        if reserved is None or reserved.worker_id != worker_id:
+            log.info("stale media_failed for call %s from %s: ignored", self.call_id, worker_id)
+            return  # an attempt already given up, or a stale report
+        log.warning("worker %s cannot take call %s (epoch %d): %s", worker_id, self.call_id, reserved.epoch, why)
         if self.state == "active":
             if self._teardown is None:
-                self._setup = asyncio.create_task(self._move(worker_id, reason), name=f"move-{self.call_id}")
+                self._setup = asyncio.create_task(self._move(worker_id, why), name=f"move-{self.call_id}")
             return
-        self._refusal_reason = reason
+        self._refusal_reason = why
         self._refusal.set()  # the setup under way gives up this worker (_connect)
 
     def playback_finished(self, playback_id: str) -> None:
@@ -257,7 +259,7 @@ class Call:
         try:
             self.state = "setting_up"
             self._attempts += 1
-            await d.admission.release(self.call_id, self.provider, "worker_refused")
+            await d.admission.release(self.call_id, self.provider, "media_failed")
             self.reservation = None
             await self.drop_media()
             if self.plan is not None and not self.caller_gone.is_set():
@@ -428,13 +430,14 @@ class Call:
                 steps.cancel()
                 await asyncio.gather(steps, return_exceptions=True)
         if self._refusal.is_set():  # even if the leg got bridged: nobody on that worker will speak
-            raise SetupFailed(f"the worker refused the assignment ({self._refusal_reason})")
+            raise SetupFailed(f"the worker cannot take the call: {self._refusal_reason}")
         if not finished:
             raise SetupFailed(f"an ARI step took longer than {timeout:.1f}s")
         results = steps.result()
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
             raise next((e for e in errors if isinstance(e, SetupFailed)), errors[0])
+        # No await from here to the state `active`: a later media_failed finds the call active (and moves it).
 
     async def _make_bridge(self) -> None:
         if not self._bridge_made:
@@ -492,15 +495,17 @@ class Call:
             raise
 
     async def _tell_rtp_peer(self, reserved: Reserved, leg: Channel) -> None:
-        """Tell the worker where Asterisk's end of the RTP leg is, so it need not wait for a first packet (a
-        silent caller, or a phone with silence suppression, sends none)."""
+        """Tell the worker where Asterisk's end of the RTP leg is: it hears only that address (anyone could send
+        to its port) and sends there from the first frame (a silent caller, or a phone with silence
+        suppression, sends no packet it could learn it from). Without a usable address, an empty host tells
+        it to latch to the first packet instead."""
         found = leg.channelvars or {}
         host, port = found.get("UNICASTRTP_LOCAL_ADDRESS", ""), found.get("UNICASTRTP_LOCAL_PORT", "")
         if not host or not port.isdigit() or host in ("0.0.0.0", "::"):
-            log.info(
-                "externalMedia gave no usable RTP address (%r:%r): the worker waits for the first packet", host, port
+            log.warning(
+                "externalMedia gave no usable RTP address (%r:%r): the worker latches to the first packet", host, port
             )
-            return
+            host, port = "", "0"
         d = self.deps
         await d.redis.xadd(
             d.keys.worker_inbox(reserved.worker_id),

@@ -30,7 +30,7 @@ from controller.transfer import local_endpoint, run_transfer
 from controller.transfer_leg import TransferLeg
 from shared.keys import Keys
 from shared import dead_letters
-from shared.messages import AssignmentRefused, ControlReply, ControlRequest, inbox_fields
+from shared.messages import ControlReply, ControlRequest, inbox_fields
 from shared.metrics import CONTROL_REQUESTS, CONTROL_SECONDS
 
 log = logging.getLogger("tools")
@@ -50,7 +50,6 @@ Send = Callable[[ControlReply], Awaitable[None]]
 
 _decode_request = msgspec.json.Decoder(ControlRequest).decode
 _decode_reply = msgspec.json.Decoder(ControlReply).decode
-_decode_refusal = msgspec.json.Decoder(AssignmentRefused).decode
 _encode = msgspec.json.Encoder().encode
 
 
@@ -159,10 +158,6 @@ class ControlInbox:
     async def _handle(self, entry_id: str, fields: dict) -> None:
         try:
             kind, data = dead_letters.message(fields)
-            if kind == "assign_refused":
-                self.actions.refused(_decode_refusal(data))
-                await self._ack(entry_id)
-                return
             if kind != "control":
                 raise dead_letters.PoisonEntry(dead_letters.UNKNOWN_TYPE, f"unknown entry type {kind[:40]!r}")
             request = _decode_request(data)
@@ -267,14 +262,6 @@ class CallControl:
         self.app = app
         self.deps = app.deps
 
-    def refused(self, refusal: AssignmentRefused) -> None:
-        """A worker could not take a call's assignment: the call goes to another worker (Call.worker_refused)."""
-        call = self.app.calls.get(refusal.call_id)
-        if call is None:
-            log.info("assignment of call %s refused by %s: not a call of ours", refusal.call_id, refusal.worker_id)
-            return
-        call.worker_refused(refusal.worker_id, refusal.epoch, refusal.reason)
-
     async def execute(self, request: ControlRequest, send: Send) -> None:
         def fail(status: str, message: str) -> Awaitable[None]:
             return send(reply_for(request, False, status, message))
@@ -284,10 +271,12 @@ class CallControl:
             "cancel_transfer": self._cancel_transfer,
             "hangup": self._hangup,
             "voicemail": self._voicemail,
+            "media_failed": self._media_failed,
         }.get(request.action)
         if handler is None:
             await fail(
-                "failed", f"unknown action {request.action!r}; use transfer, cancel_transfer, hangup or voicemail"
+                "failed",
+                f"unknown action {request.action!r}; use transfer, cancel_transfer, hangup, voicemail or media_failed",
             )
             return
         call = self.app.calls.get(request.call_id)
@@ -380,6 +369,11 @@ class CallControl:
         call.end("agent_hangup")
         await send(reply_for(request, True, "done"))
 
+    async def _media_failed(self, call: Call, request: ControlRequest, send: Send) -> None:
+        """The worker could not take the call: the setup attempt fails, or the live call moves to another worker."""
+        call.media_failed(request.worker_id, request.reason or "no reason given")
+        await send(reply_for(request, True, "done"))
+
     async def _voicemail(self, call: Call, request: ControlRequest, send: Send) -> None:
         if call.state != "active":
             await send(reply_for(request, False, "failed", f"the call is {call.state}, not with the agent"))
@@ -414,7 +408,7 @@ class CallControl:
 
 
 def _action_label(action: str) -> str:
-    return action if action in ("transfer", "cancel_transfer", "hangup", "voicemail") else "unknown"
+    return action if action in ("transfer", "cancel_transfer", "hangup", "voicemail", "media_failed") else "unknown"
 
 
 def _text(value) -> str:

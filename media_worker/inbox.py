@@ -5,9 +5,9 @@ only pauses reading: the position is kept and nothing is skipped.
 
 It is read as bytes and decoded entry by entry: an entry that cannot be used (not UTF-8, fields missing, JSON
 that is not its message, an unknown type, or a handler that raised) is dead-lettered (shared/dead_letters.py)
-and skipped, never the end of the reader. An assignment this worker could not take is refused to the
-controller (`assign_refused` in its inbox), which gives the call to another worker at once instead of leaving
-the caller in silence.
+and skipped, never the end of the reader. An assignment this worker could not use is reported to the
+controller (`media_failed`, through `refuse`), which gives the call to another worker at once instead of
+leaving the caller in silence.
 """
 
 from __future__ import annotations
@@ -18,16 +18,14 @@ from collections.abc import Awaitable, Callable
 
 import msgspec
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
 from shared import dead_letters
 from shared.keys import Keys
-from shared.messages import AssignmentRefused, inbox_fields
 
 log = logging.getLogger("inbox")
 
 Handler = Callable[[str, bytes], Awaitable[None]]
-CONTROLLER_INBOX_MAXLEN = 100_000  # as the workers' control requests
+Refuse = Callable[[str, int, str], Awaitable[None]]  # (call id, epoch, why): CallManager.media_failed
 
 
 class _CallRef(msgspec.Struct):
@@ -41,12 +39,12 @@ class Inbox:
     """The reader of one worker's inbox; its position outlives a restart of `consume` (shared/supervisor.py),
     so a restarted reader neither replays nor skips an entry."""
 
-    def __init__(self, streams: aioredis.Redis, keys: Keys, worker_id: str, handler: Handler):
+    def __init__(self, streams: aioredis.Redis, keys: Keys, worker_id: str, handler: Handler, refuse: Refuse):
         self.streams = streams  # a bytes client
         self.keys = keys
-        self.worker_id = worker_id
         self.key = keys.worker_inbox(worker_id)
         self.handler = handler  # gets each entry's type and data
+        self.refuse = refuse  # tells the controller about an assignment that could not be used
         self.last: bytes | str = "0-0"  # the id of the last entry handled (or dead-lettered)
 
     async def consume(self, stopping: asyncio.Event, block_ms: int = 1000) -> None:
@@ -92,25 +90,12 @@ class Inbox:
                 exc=exc,
             )
             if kind == "assign" or fields.get(b"type") == b"assign":
-                await _refuse(self.streams, self.keys, self.worker_id, fields.get(b"data"), reason)
+                await self._refuse(fields.get(b"data"), reason)
 
-
-async def _refuse(redis: aioredis.Redis, keys: Keys, worker_id: str, data: bytes | None, reason: str) -> None:
-    """Tell the controller this worker did not take the call, so it is given to another one."""
-    try:
-        ref = msgspec.json.decode(data or b"", type=_CallRef)
-    except msgspec.DecodeError:
-        log.error("an assignment without a readable call id was dead-lettered: the controller cannot be told")
-        return
-    refusal = AssignmentRefused(call_id=ref.call_id, epoch=ref.epoch, worker_id=worker_id, reason=reason)
-    try:
-        await redis.xadd(
-            keys.controller_inbox,
-            inbox_fields("assign_refused", refusal),
-            maxlen=CONTROLLER_INBOX_MAXLEN,
-            approximate=True,
-        )
-    except (RedisError, OSError) as exc:
-        log.error("call %s: could not refuse the assignment to the controller: %s", ref.call_id, exc)
-        return
-    log.warning("call %s (epoch %d): assignment refused to the controller (%s)", ref.call_id, ref.epoch, reason)
+    async def _refuse(self, data: bytes | None, reason: str) -> None:
+        try:
+            ref = msgspec.json.decode(data or b"", type=_CallRef)
+        except msgspec.DecodeError:
+            log.error("an assignment without a readable call id was dead-lettered: the controller cannot be told")
+            return
+        await self.refuse(ref.call_id, ref.epoch, f"the assignment could not be used ({reason})")

@@ -8,6 +8,7 @@ import socket
 from functools import partial
 import uuid
 
+import msgspec
 import pytest
 import redis.asyncio as aioredis
 
@@ -133,8 +134,11 @@ async def test_an_assignment_the_worker_cannot_take_is_refused_and_the_call_goes
             assert await aredis.hget(keys.call(call_id), "worker") == "worker-1-1"
             await call.hangup()
         await until(lambda: not sim.channels and not sim.bridges)
-        refusals = [f for _, f in await raw.xrange(keys.controller_inbox) if f[b"type"] == b"assign_refused"]
-        assert refusals and all(b'"worker_id":"worker-1-0"' in f[b"data"] for f in refusals)
+        requests = [
+            msgspec.json.decode(f[b"data"], type=ControlRequest) for _, f in await raw.xrange(keys.controller_inbox)
+        ]
+        refusals = [r for r in requests if r.action == "media_failed"]
+        assert refusals and all(r.worker_id == "worker-1-0" for r in refusals)
     finally:
         for s in held:
             s.close()

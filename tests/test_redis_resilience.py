@@ -8,7 +8,7 @@ import asyncio
 
 import pytest
 
-from shared.messages import AssignmentRefused, inbox_fields
+from shared.messages import ControlRequest, inbox_fields
 from sim.cluster import http_get
 from tests.ari_harness import AudioSocketListener
 from tests.test_controller_calls import (  # noqa: F401  (fixtures)
@@ -126,8 +126,14 @@ async def test_a_call_refused_by_its_worker_once_up_moves_to_another_worker(
     await other.start()
     try:
         second = await workers(other.port, capacity=10, wid="second")
-        refusal = AssignmentRefused(call_id=call_id, epoch=1, worker_id="first", reason="handler_failed")
-        await aredis.xadd(keys.controller_inbox, inbox_fields("assign_refused", refusal))
+        refusal = ControlRequest(
+            request_id=f"{call_id}:1:media_failed",
+            call_id=call_id,
+            worker_id="first",
+            action="media_failed",
+            reason="the assignment could not be used (handler_failed)",
+        )
+        await aredis.xadd(keys.controller_inbox, inbox_fields("control", refusal))
         await other.wait_for(1)
         assert call_id in other.connections
         await until(await state_is(aredis, keys, call_id, "active"))

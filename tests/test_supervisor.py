@@ -4,14 +4,14 @@
 from __future__ import annotations
 
 import asyncio
-
-from aiohttp.test_utils import TestClient, TestServer
+import json
 
 from controller.service import Controller
 from media_worker.service import MediaWorker
 from shared import health
 from shared.config import load_config
 from shared.supervisor import Supervised
+from sim.cluster import http_get
 from tests.conftest import CONFIG, TEST_API_KEY, TEST_ARI_PASSWORD
 
 ENV = {"OPENAI_API_KEY": TEST_API_KEY, "ASTERISK_ARI_PASSWORD": TEST_ARI_PASSWORD}
@@ -50,11 +50,13 @@ async def test_a_reader_that_keeps_dying_is_given_up_and_readiness_fails():
     reader = Supervised("inbox reader", dying([], 100), pause_s=0, max_restarts=2)
     await asyncio.wait_for(reader.start(), 5)
     assert "3 failures within 60 s, the last RuntimeError('boom')" in (reader.problem() or "")
-    app = health.make_app("media-worker", "w", {"inbox": reader.problem})
-    async with TestClient(TestServer(app)) as client:
-        response = await client.get("/readyz")
-        assert response.status == 503
-        assert "boom" in (await response.json())["failing"]["inbox"]
+    server = health.make_server("media-worker", "w", {"inbox": reader.problem})
+    port = await health.start(server, "127.0.0.1", 0)
+    try:
+        status, body = await asyncio.to_thread(http_get, f"http://127.0.0.1:{port}/readyz")
+    finally:
+        await server.close()
+    assert status == 503 and "boom" in json.loads(body)["failing"]["inbox"]
 
 
 async def test_the_roles_check_their_inbox_reader():
