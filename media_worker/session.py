@@ -120,6 +120,10 @@ class CallSession:
         self.end_reason = ""
         self._guard_ms = settings.greeting_guard_ms
         self._task: asyncio.Task[None] | None = None
+        # Set by _run's first step. A task cancelled before its first step never runs its body, not even its
+        # `finally`: such a session would never close, be counted, or set `finished`. So stop() cancels the
+        # task only once it runs; before that, _run sees `_stopping` as it begins and goes straight to its close.
+        self._running = False
         self._stopping = False
         self._timers: dict[str, asyncio.TimerHandle] = {}  # media, greeting, request: one of each at most
         self._farewell = FarewellSignals()
@@ -155,10 +159,13 @@ class CallSession:
         return session
 
     async def _run(self) -> None:
+        self._running = True
         bind_call(self.call_id)
         media_timeout = self.ctx.config.media_worker.media_timeout_ms / 1000
         self._arm("media", media_timeout, self._no_media)
         try:
+            if self._stopping:
+                return  # stopped before this task began (the end came in the same inbox read as the assignment)
             self.client = RealtimeClient(
                 self.ctx.realtime, self.session_config(), history=self.log.history, connection_source=self.ctx.pool.take
             )
@@ -203,7 +210,7 @@ class CallSession:
             return  # a second reason (the controller's end after the media hangup) must not cut the cleanup
         self._stopping = True
         self._feed(Hangup(reason))
-        if self._task is not None and not self._task.done():
+        if self._running and self._task is not None and not self._task.done():
             self._task.cancel()
 
     async def _close(self) -> None:

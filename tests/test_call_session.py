@@ -9,6 +9,7 @@ import logging
 import math
 import uuid
 
+import msgspec
 import numpy as np
 import pytest
 import redis.asyncio as aioredis
@@ -24,7 +25,8 @@ from media_worker.transport.audiosocket_codec import HEADER, KIND_SLIN16, KIND_S
 from media_worker.transport.audiosocket_server import AudioSocketServer
 from shared.config.schema import Config
 from shared.keys import Keys
-from shared.messages import Assignment, CallPlan
+from shared.messages import Assignment, CallEnded, CallPlan
+from shared.metrics import WORKER_CALLS
 from sim.realtime import Emulator, Reply, Script
 from tests.conftest import TEST_API_KEY
 from tests.media_harness import until
@@ -193,3 +195,24 @@ async def test_a_task_set_logs_a_failure_once_and_closes_idempotently(caplog):
     late = fails()
     assert tasks.spawn(late, "late") is None  # a closed set starts nothing (and closes the coroutine)
     assert late.cr_frame is None
+
+
+def inbox_message(kind: str, struct) -> tuple[str, str]:
+    return kind, msgspec.json.encode(struct).decode()
+
+
+@pytest.mark.parametrize("gap_s", [None, 0.0, 0.005, 0.02, 0.05])
+async def test_an_end_right_after_the_assignment_leaves_nothing(worker, gap_s):
+    """The controller's `end` follows the `assign` at once (the caller hung up on admission): in the same inbox
+    read (gap None: handled back to back, the session's task not yet started), or a few ms later (the session
+    is taking its connection, or configuring it). Either way the session ends: it leaves the worker's calls,
+    `va_worker_calls_active` comes back down, and no Realtime session stays open."""
+    w, emu = worker
+    call_id = str(uuid.uuid4())
+    before = WORKER_CALLS._value.get()
+    await w.calls.handle(*inbox_message("assign", Assignment(call_id=call_id, epoch=1, plan=plan(call_id, "slin"))))
+    if gap_s is not None:
+        await asyncio.sleep(gap_s)
+    await w.calls.handle(*inbox_message("end", CallEnded(call_id=call_id, reason="caller_hangup")))
+    await until(lambda: call_id not in w.calls.sessions and WORKER_CALLS._value.get() == before, timeout=10)
+    await until(lambda: not emu.open_sessions(), timeout=5)

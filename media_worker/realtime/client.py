@@ -117,10 +117,15 @@ class Connection:
             async with asyncio.timeout(settings.handshake_timeout_s):
                 first = await ws.recv()
         except asyncio.TimeoutError:
-            await ws.close(1000, "no session.created")
+            await discard(ws, "no session.created")
             raise RealtimeError(f"no session.created within {settings.handshake_timeout_s:g}s") from None
         except websockets.ConnectionClosed as exc:
             raise RealtimeError(_close_reason(exc)) from None
+        except BaseException:
+            # Cancelled (the call ended while its session was opening): nobody else holds this socket, and
+            # its keepalive would keep it open for good.
+            await discard(ws, "cancelled")
+            raise
         return cls(ws, first, started)
 
     @property
@@ -129,6 +134,16 @@ class Connection:
 
     async def close(self) -> None:
         await self.ws.close(1000, "done")
+
+
+async def discard(ws: ClientConnection, reason: str) -> None:
+    """Close a connection nobody will use. A cancellation while it closes aborts the socket instead: a
+    closing handshake cut short could leave it open, and the server would keep the session."""
+    try:
+        await ws.close(1000, reason)
+    except BaseException:
+        ws.transport.abort()
+        raise
 
 
 def _close_reason(exc: websockets.ConnectionClosed) -> str:
@@ -210,6 +225,8 @@ class RealtimeClient:
             return await self._establish_locked(rotation=rotation, replay=replay)
 
     async def _establish_locked(self, *, rotation: bool, replay: bool) -> Ready:
+        if self._closing:
+            raise RealtimeError("the session is closed")
         started = time.monotonic()
         conn = await self._source()
         protocol = RealtimeProtocol(self.session)
@@ -222,8 +239,10 @@ class RealtimeClient:
                 self.replayed = len(items)
                 await self._flush(conn, protocol)
             await self._release_held(conn)
+            if self._closing:  # close() came while this connection was being set up: it is not ours to keep
+                raise RealtimeError("the session was closed while it was being set up")
         except BaseException:
-            await conn.ws.close(1000, "handshake failed")
+            await discard(conn.ws, "handshake failed")
             raise
         REALTIME_CONNECT.observe(time.monotonic() - started)
         old = self._conn
@@ -260,10 +279,14 @@ class RealtimeClient:
                 raise RealtimeError(_close_reason(exc)) from None
 
     async def close(self) -> None:
+        """End the session: its tasks, then its connection. Idempotent; a start() or reconnect still under way
+        sees `_closing` before it would keep a new connection, and closes that one itself."""
         self._closing = True
+        self._connected.clear()
         await self._tasks.close()
-        if self._conn is not None:
-            await self._conn.close()
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await discard(conn.ws, "done")
 
     def set_idle(self, idle: bool) -> None:
         """The call says whether it is at a quiet moment (nothing playing, the caller silent): the session
