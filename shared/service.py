@@ -140,9 +140,10 @@ class AsyncRole:
     async def _heartbeats(self) -> None:
         while not self.stopping.is_set():
             try:
-                await asyncio.wait_for(self.stopping.wait(), self.heartbeat_s)
+                async with asyncio.timeout(self.heartbeat_s):
+                    await self.stopping.wait()
                 return
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             try:
                 await self._beat()
@@ -161,9 +162,10 @@ class AsyncRole:
         if self.registration is None:
             return
         try:
-            await asyncio.wait_for(self.registration.remove(), 3)
+            async with asyncio.timeout(3):
+                await self.registration.remove()
             log.info("deregistered %s", self.id)
-        except (asyncio.TimeoutError, *UNAVAILABLE) as exc:
+        except (TimeoutError, *UNAVAILABLE) as exc:
             log.warning("could not deregister (Redis: %s); the entry goes stale and is ignored", exc or "timeout")
         self.registered = False
         metrics.REGISTERED.set(0)
