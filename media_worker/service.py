@@ -42,10 +42,12 @@ class MediaWorker(AsyncRole):
         self.server: AudioSocketServer | None = None
         self.advertise_host = self.config.media_worker.advertise_host
         self.calls: CallManager | None = None
+        self.tasks = TaskSet("media worker")  # the clock, the inbox reader, the leases: /readyz fails if one dies
 
     def ready_checks(self):
         checks = super().ready_checks()
         checks["audiosocket"] = lambda: None if self.server is not None else "AudioSocket server not listening"
+        checks["tasks"] = lambda: self.tasks.failure or self.pool.failure
         return checks
 
     async def prepare(self) -> None:
@@ -87,20 +89,22 @@ class MediaWorker(AsyncRole):
         self.calls = CallManager(ctx, listen_host=settings.listen_host, allowed_hosts=settings.allowed_media_hosts)
         self.pool.start()
         stop_reading = asyncio.Event()
-        tasks = TaskSet("media worker")
-        tasks.spawn(self.clock.run(self.stopping), "playout-clock")
+        tasks = self.tasks
+        tasks.spawn(self.clock.run(self.stopping), "playout-clock", essential=True)
         tasks.spawn(
-            inbox.consume(self.redis, self.keys.worker_inbox(self.id), self.calls.handle, stop_reading), "inbox"
+            inbox.consume(self.redis, self.keys.worker_inbox(self.id), self.calls.handle, stop_reading),
+            "inbox",
+            essential=True,
         )
-        tasks.spawn(self._leases(), "leases")
+        tasks.spawn(self._leases(), "leases", essential=True)
         try:
             await self.stopping.wait()
             await self._drain()
         finally:
             stop_reading.set()
-            await self.calls.stop_all("worker_stopping")
+            # The idle prewarmed connections close while the calls do, not after them.
+            await asyncio.gather(self.calls.stop_all("worker_stopping"), self.pool.stop())
             await tasks.close()
-            await self.pool.stop()
 
     async def _drain(self) -> None:
         """SIGTERM: take no new calls (draining in the registry), give live ones their grace period."""

@@ -112,7 +112,7 @@ class CallSession:
         self.tools = ToolRunner(ctx, plan, self.log, self)
         self.usage = CallUsage(ctx.config.providers.openai_realtime.pricing)
         self.stats = CallStats()
-        self.tasks = TaskSet(f"call {self.call_id}")
+        self.tasks = TaskSet(f"call {self.call_id}", on_death=self._task_died)
         self.link: MediaLink | None = None
         self.client: RealtimeClient | None = None
         self.linked = asyncio.Event()
@@ -171,7 +171,7 @@ class CallSession:
             )
             ready = await self.client.start()
             log.info("Realtime session %s ready for call %s", ready.session_id, self.call_id)
-            self.tasks.spawn(self.uplink.run(self.client.append), f"append-{self.call_id}")
+            self.tasks.spawn(self.uplink.run(self.client.append), f"append-{self.call_id}", essential=True)
             self._feed(SessionReady())
             await self._events_forever()
         except RealtimeError as exc:
@@ -195,6 +195,9 @@ class CallSession:
             finally:
                 SESSIONS.dec()
                 self.finished.set()
+
+    def _task_died(self, why: str) -> None:
+        self.stop("session_error")  # a call whose uplink is dead would go on deaf
 
     def _no_media(self) -> None:
         if not self.linked.is_set():

@@ -417,3 +417,21 @@ async def test_the_pool_closes_a_connection_it_was_opening_when_stopped(make_emu
             await asyncio.sleep(0.01)
     await pool.stop()
     assert await open_sessions_drop_to(emu, 0) == 0
+
+
+async def test_a_reader_that_dies_closes_the_session_for_the_call(make_emulator, monkeypatch):
+    """An unexpected failure in the reader would leave the call with a session that never answers: the call is
+    told the session is closed."""
+    emu = await make_emulator(Script(default=Reply(text="Hi.")))
+    client = RealtimeClient(settings(emu), session_config())
+    await client.start()
+
+    def broken(frame: Any) -> list[Any]:
+        raise RuntimeError("a bug in the protocol")
+
+    monkeypatch.setattr(client.protocol, "receive", broken)
+    client.create_response()
+    seen = await until(client, lambda e: isinstance(e, Closed))
+    assert "realtime-reader died (RuntimeError)" in seen[-1].reason
+    await client.close()
+    assert await open_sessions_drop_to(emu, 0) == 0

@@ -196,7 +196,9 @@ class RealtimeClient:
         self.expires_at: float | None = None
         self._source = connection_source or (lambda: Connection.open(settings))
         self._conn: Connection | None = None
-        self._tasks = TaskSet("realtime client")
+        # A dead reader or writer would leave the call with a session that neither hears nor answers: the call
+        # is told the session is closed, and ends.
+        self._tasks = TaskSet("realtime client", on_death=lambda why: self._finish(f"Realtime client failed: {why}"))
         self._closing = False
         self._connected = asyncio.Event()
         self._controls_ready = asyncio.Event()  # the protocol's outbox has controls for the writer
@@ -215,9 +217,9 @@ class RealtimeClient:
     async def start(self) -> Ready:
         """Connect, configure, and return once the session is ready. Raises RealtimeError naming the cause."""
         ready = await self._establish(rotation=False, replay=False)
-        self._tasks.spawn(self._read_forever(), "realtime-reader")
-        self._tasks.spawn(self._write_forever(), "realtime-writer")
-        self._tasks.spawn(self._rotate_forever(), "realtime-rotator")
+        self._tasks.spawn(self._read_forever(), "realtime-reader", essential=True)
+        self._tasks.spawn(self._write_forever(), "realtime-writer", essential=True)
+        self._tasks.spawn(self._rotate_forever(), "realtime-rotator", essential=True)
         return ready
 
     async def _establish(self, *, rotation: bool, replay: bool) -> Ready:
