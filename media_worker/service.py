@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import socket
+import time
 
 from media_worker import inbox
 from media_worker.audio.playout import PlayoutClock
@@ -134,6 +135,7 @@ class MediaWorker(AsyncRole):
                 await self.calls.renew_leases()
             except Exception as exc:  # Redis hiccup: the next beat tries again
                 log.debug("lease renewal failed: %s", exc)
+            self.calls.every_second(time.monotonic())
             TICK_LAG.set(self.clock.lag_ms.quantile(0.99) if self.clock.lag_ms.count else 0)
             info = self.registration.info if self.registration is not None else None
             draining = isinstance(info, WorkerInfo) and info.draining

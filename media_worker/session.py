@@ -60,6 +60,7 @@ from media_worker.call_state import (
 )
 from media_worker.call_stats import CallStats, save_record
 from media_worker.context import WorkerContext
+from media_worker.flood import FLOOD_RATIO, FLOOD_SECONDS, FloodGuard
 from media_worker.heard import HeardTranscripts
 from media_worker.realtime import events as ev
 from media_worker.realtime import protocol as rp
@@ -77,6 +78,7 @@ from shared.metrics import (
     CALL_COST,
     COST,
     GATE_CLOSURES,
+    MEDIA_FLOODS,
     OUTPUT_LATENCY,
     PADDED,
     RATE_LIMIT_LIMIT,
@@ -84,6 +86,7 @@ from shared.metrics import (
     TOKENS,
     TRUNCATIONS,
     UNDERRUNS,
+    UPLINK_DROPPED,
 )
 from shared.metrics import WORKER_CALLS as SESSIONS
 from shared.tool_schemas import realtime_tools
@@ -130,7 +133,9 @@ class CallSession:
         self._agent_idle = asyncio.Event()  # CallState.agent_idle, for the tools that wait on it
         self._items: dict[str, bool] = {}  # output item -> whether its audio plays
         self._last_playing: str | None = None
-        self.uplink = Uplink()  # caller audio for the model
+        self.uplink = Uplink(len(self.audio.provider_silence) / FRAME_MS)  # caller audio for the model
+        self._dropped_published = 0  # of uplink.dropped, what the metric has been given
+        self.flood = FloodGuard()
         self._first_delta_t: dict[str, float] = {}  # item -> when its first audio arrived, until it plays
 
     # --- lifecycle -------------------------------------------------------------------------------------
@@ -196,6 +201,30 @@ class CallSession:
                 SESSIONS.dec()
                 self.finished.set()
 
+    def every_second(self, now: float) -> None:
+        """The worker's 1 s tick: publish what the frame path counted in plain ints, and end the call if its
+        media peer floods us (FloodGuard)."""
+        self._publish_drops()
+        audio = self.audio
+        if not self.linked.is_set() or self._stopping:
+            return
+        if self.flood.check(audio.bytes_in, audio.conv.wire_frame_bytes / FRAME_MS, now):
+            MEDIA_FLOODS.inc()
+            log.warning(
+                "the media peer %s sent audio faster than %g× real time for %d s (peak %.1f×): ending the call",
+                self.link.peer if self.link is not None else "?",
+                FLOOD_RATIO,
+                FLOOD_SECONDS,
+                self.flood.peak_ratio,
+            )
+            self.stop("media_flood")
+
+    def _publish_drops(self) -> None:
+        dropped = self.uplink.dropped
+        if dropped != self._dropped_published:
+            UPLINK_DROPPED.inc(dropped - self._dropped_published)
+            self._dropped_published = dropped
+
     def _task_died(self, why: str) -> None:
         self.stop("session_error")  # a call whose uplink is dead would go on deaf
 
@@ -243,6 +272,7 @@ class CallSession:
     async def _save_stats(self) -> None:
         audio, usage = self.audio, self.usage
         # Counted per tick by the queue and the clock; added to the metrics once per call, off the frame path.
+        self._publish_drops()
         UNDERRUNS.inc(audio.underruns)
         PADDED.inc(audio.padded_frames)
         GATE_CLOSURES.inc(audio.gate_closures)
@@ -254,6 +284,7 @@ class CallSession:
                 "gate_closures": audio.gate_closures,
                 "underruns": audio.underruns,
                 "padded_frames": audio.padded_frames,
+                "uplink_dropped": self.uplink.dropped,
                 "worker_end_reason": self.end_reason or "done",
                 "cost_usd": f"{usage.cost:.6f}",
             }
@@ -361,6 +392,7 @@ class CallSession:
             self._go_live()
         audio, state = self.audio, self.state
         audio.frames_in += 1
+        audio.bytes_in += len(payload)
         self.uplink.sample(audio.frames_in)
         speaking = audio.gate.incoming(audio.gate_view(payload))
         if speaking != state.caller_speaking:  # an edge: the machine decides about barge-in

@@ -166,6 +166,17 @@ UNDERRUNS = Counter(
 PADDED = Counter(
     "va_input_padding_frames_total", "Silence frames appended where the caller's audio had gaps", registry=None
 )
+# Counted in plain ints on the frame path, published on the worker's 1 s tick.
+UPLINK_DROPPED = Counter(
+    "va_uplink_dropped_frames_total",
+    "Caller frames dropped (oldest first) because the queue toward the model held its maximum (2 s)",
+    registry=None,
+)
+MEDIA_FLOODS = Counter(
+    "va_media_floods_total",
+    "Calls ended because their media peer sent audio faster than 2x real time for 3 s",
+    registry=None,
+)
 # --- media worker: Realtime -----------------------------------------------------------------------------
 REALTIME_ERRORS = Counter(
     "va_realtime_errors_total", "Realtime error events by code (benign races excluded)", ["code"], registry=None
@@ -230,6 +241,8 @@ MEDIA_WORKER = (
     AUDIOLESS,
     UNDERRUNS,
     PADDED,
+    UPLINK_DROPPED,
+    MEDIA_FLOODS,
     REALTIME_ERRORS,
     REALTIME_RECONNECTS,
     REALTIME_CONNECT,
