@@ -19,7 +19,7 @@ from tests.media_harness import aredis, cluster_up, emulator, keys, sim, until, 
 pytestmark = pytest.mark.slow
 
 FRAME = b"\x10\x01\x40" + bytes(320)  # one 20 ms slin frame (8 kHz, 16 bit): silence
-FLOOD_FOR_S = 8.0  # the worker must have closed the connection well before this (it ends a flood after 3 s)
+FLOOD_FOR_S = 20.0  # the worker ends a flood after 3 s; this is the bound for a loaded machine
 
 
 def rss_mb(pid: int) -> float:
