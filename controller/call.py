@@ -92,6 +92,8 @@ class Call:
     transfer: TransferLeg | None = None  # the controlled transfer ringing, or answered
     agent_leg: str = ""  # an answered transfer's leg, bridged with the caller
     extra_legs: set[str] = field(default_factory=set)  # transfer legs teardown must hang up
+    # Workers that could not take this call's media (media_failed), with why: their setup attempt fails.
+    media_refused: dict[str, str] = field(default_factory=dict)
     caller_gone: asyncio.Event = field(default_factory=asyncio.Event)
     ended: asyncio.Event = field(default_factory=asyncio.Event)
     playback_done: dict[str, asyncio.Event] = field(default_factory=dict)
@@ -150,6 +152,19 @@ class Call:
         if self.state == "active" and not self.caller_gone.is_set():
             log.warning("media leg %s ended while the call was active", self.media)
             self.end("media_lost", fallback=True)
+
+    def media_failed(self, worker_id: str, why: str) -> None:
+        """The worker holding the reservation could not take the media (an RTP port that would not open, an
+        unusable assignment): RTP has no connection it could refuse, so it says so through the controller
+        inbox. During the setup the attempt fails (its slot and port are released, another worker is tried,
+        then the fallback); once the call is up, the caller goes to the fallback."""
+        reserved = self.reservation
+        if reserved is None or reserved.worker_id != worker_id:
+            return  # an attempt already given up, or a stale report
+        log.warning("worker %s cannot take the media of call %s: %s", worker_id, self.call_id, why)
+        self.media_refused[worker_id] = why
+        if self.state == "active":
+            self.end("media_failed", fallback=True)
 
     def playback_finished(self, playback_id: str) -> None:
         done = self.playback_done.get(playback_id)
@@ -380,6 +395,10 @@ class Call:
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
             raise next((e for e in errors if isinstance(e, SetupFailed)), errors[0])
+        # No await from here to the state `active`: a later media_failed finds the call active.
+        refused = self.media_refused.get(reserved.worker_id)
+        if refused is not None:
+            raise SetupFailed(f"the worker cannot take the media: {refused}")
 
     async def _make_bridge(self) -> None:
         if not self._bridge_made:
@@ -431,15 +450,17 @@ class Call:
             raise
 
     async def _tell_rtp_peer(self, reserved: Reserved, leg: Channel) -> None:
-        """Tell the worker where Asterisk's end of the RTP leg is, so it need not wait for a first packet (a
-        silent caller, or a phone with silence suppression, sends none)."""
+        """Tell the worker where Asterisk's end of the RTP leg is: it hears only that address (anyone could send
+        to its port) and sends there from the first frame (a silent caller, or a phone with silence
+        suppression, sends no packet it could learn it from). Without a usable address, an empty host tells
+        it to latch to the first packet instead."""
         found = leg.channelvars or {}
         host, port = found.get("UNICASTRTP_LOCAL_ADDRESS", ""), found.get("UNICASTRTP_LOCAL_PORT", "")
         if not host or not port.isdigit() or host in ("0.0.0.0", "::"):
-            log.info(
-                "externalMedia gave no usable RTP address (%r:%r): the worker waits for the first packet", host, port
+            log.warning(
+                "externalMedia gave no usable RTP address (%r:%r): the worker latches to the first packet", host, port
             )
-            return
+            host, port = "", "0"
         d = self.deps
         await d.redis.xadd(
             d.keys.worker_inbox(reserved.worker_id),

@@ -253,10 +253,12 @@ class CallControl:
             "cancel_transfer": self._cancel_transfer,
             "hangup": self._hangup,
             "voicemail": self._voicemail,
+            "media_failed": self._media_failed,
         }.get(request.action)
         if handler is None:
             await fail(
-                "failed", f"unknown action {request.action!r}; use transfer, cancel_transfer, hangup or voicemail"
+                "failed",
+                f"unknown action {request.action!r}; use transfer, cancel_transfer, hangup, voicemail or media_failed",
             )
             return
         call = self.app.calls.get(request.call_id)
@@ -350,6 +352,11 @@ class CallControl:
         call.end("agent_hangup")
         await send(reply_for(request, True, "done"))
 
+    async def _media_failed(self, call: Call, request: ControlRequest, send: Send) -> None:
+        """The worker could not take the call's media: the setup attempt fails, or the live call falls back."""
+        call.media_failed(request.worker_id, request.reason or "no reason given")
+        await send(reply_for(request, True, "done"))
+
     async def _voicemail(self, call: Call, request: ControlRequest, send: Send) -> None:
         if call.state != "active":
             await send(reply_for(request, False, "failed", f"the call is {call.state}, not with the agent"))
@@ -385,7 +392,7 @@ class CallControl:
 
 
 def _action_label(action: str) -> str:
-    return action if action in ("transfer", "cancel_transfer", "hangup", "voicemail") else "unknown"
+    return action if action in ("transfer", "cancel_transfer", "hangup", "voicemail", "media_failed") else "unknown"
 
 
 def _text(value) -> str:

@@ -17,7 +17,16 @@ from media_worker.transport.audiosocket_server import AudioSocketLink
 from media_worker.transport.link import MediaLink, MediaSink
 from media_worker.transport.rtp_endpoint import RtpEndpoint
 from media_worker.transport.websocket_media import MediaConnectError, WebSocketMediaLink
-from shared.messages import Assignment, CallEnded, ControlReply, MediaBridged, MediaPeer, MediaReady
+from shared.messages import (
+    Assignment,
+    CallEnded,
+    ControlReply,
+    ControlRequest,
+    MediaBridged,
+    MediaPeer,
+    MediaReady,
+    inbox_fields,
+)
 from shared.websocket_url import redact
 
 log = logging.getLogger("calls")
@@ -33,10 +42,18 @@ STOP_ALL_TIMEOUT_S = 10.0  # a session's stop is bounded (CallSession's close ti
 
 
 class CallManager:
-    def __init__(self, ctx: WorkerContext, *, listen_host: str, allowed_hosts: list[str]):
+    def __init__(
+        self,
+        ctx: WorkerContext,
+        *,
+        listen_host: str,
+        allowed_hosts: list[str],
+        rtp_ports: tuple[int, int] = (1, 65535),
+    ):
         self.ctx = ctx
         self.listen_host = listen_host
         self.allowed_hosts = allowed_hosts
+        self.rtp_ports = rtp_ports  # this worker's range: an assignment's port outside it is refused
         self.sessions: dict[str, CallSession] = {}
         self._rtp: dict[str, RtpEndpoint] = {}
         self._held: dict[str, _Held] = {}  # AudioSocket connections that came before their assignment
@@ -82,20 +99,15 @@ class CallManager:
         self.sessions[call_id] = session
         self._no_calls.clear()
         if assignment.plan.transport == "rtp":
-            endpoint = RtpEndpoint(
-                self.listen_host,
-                assignment.rtp_port,
-                assignment.plan.format,
-                lambda link: self._rtp_sink(session, link),
-                allowed_hosts=self.allowed_hosts,
-            )
             try:
-                await endpoint.open()
-            except OSError as exc:
-                log.error("call %s: cannot open RTP port %d: %s", call_id, assignment.rtp_port, exc)
+                self._rtp[call_id] = await self._open_rtp(session, assignment)
+            except (OSError, ValueError) as exc:
+                # Asterisk would send to a port nobody hears, and RTP has no connection to refuse: the
+                # controller is told, so the slot and the port are freed and the call goes elsewhere.
+                log.error("call %s: RTP port %d not opened: %s", call_id, assignment.rtp_port, exc)
                 self._forget(session)
+                await self._media_failed(assignment, f"RTP port {assignment.rtp_port}: {exc}")
                 return
-            self._rtp[call_id] = endpoint
         session.start()
         held = self._held.pop(call_id, None)
         if held is not None:
@@ -115,8 +127,42 @@ class CallManager:
             assignment.plan.context,
         )
 
+    async def _open_rtp(self, session: CallSession, assignment: Assignment) -> RtpEndpoint:
+        low, high = self.rtp_ports
+        if not low <= assignment.rtp_port <= high:
+            raise ValueError(f"not in this worker's range {low}-{high}")
+        endpoint = RtpEndpoint(
+            self.listen_host,
+            assignment.rtp_port,
+            assignment.plan.format,
+            lambda link: self._rtp_sink(session, link),
+            allowed_hosts=self.allowed_hosts,
+        )
+        await endpoint.open()
+        return endpoint
+
+    async def _media_failed(self, assignment: Assignment, why: str) -> None:
+        """Tell the controller this worker cannot take the call's media (action media_failed)."""
+        request = ControlRequest(
+            request_id=f"{assignment.call_id}:{assignment.epoch}:media_failed",
+            call_id=assignment.call_id,
+            worker_id=self.ctx.worker_id,
+            action="media_failed",
+            reason=why,
+        )
+        try:
+            await self.ctx.redis.xadd(
+                self.ctx.keys.controller_inbox, inbox_fields("control", request), maxlen=100_000, approximate=True
+            )
+        except (aioredis.ConnectionError, aioredis.TimeoutError, OSError) as exc:
+            log.error(
+                "call %s: the controller could not be told (%s); the call is silent until it ends",
+                assignment.call_id,
+                exc,
+            )
+
     def _rtp_sink(self, session: CallSession, link: MediaLink) -> MediaSink:
-        session.attach(link, live=False)  # RTP: live once we know Asterisk's address (media_peer, first packet)
+        session.attach(link, live=False)  # RTP: live once we know Asterisk's address (media_peer, or first packet)
         return session
 
     def media_peer(self, peer: MediaPeer) -> None:
@@ -124,7 +170,9 @@ class CallManager:
         session = self.sessions.get(peer.call_id)
         if endpoint is None or session is None:
             return  # the call is over already
-        if endpoint.set_peer(peer.host, peer.port):
+        if not peer.host:
+            endpoint.peer_unknown()  # the session goes live with the first packet
+        elif endpoint.set_peer(peer.host, peer.port):
             session.media_ready()
 
     def _forget(self, session: CallSession) -> None:
@@ -161,8 +209,7 @@ class CallManager:
             held = self._held[call_uuid] = _Held(self, call_uuid, peer_host, link)
             return held
         if session is None or session.plan.transport != "audiosocket" or session.link is not None:
-            log.warning("AudioSocket connection from %s for unknown call %s: refused", peer_host, call_uuid)
-            return None
+            return None  # refused: the server counts it and logs it (once a minute per host)
         self._attach_audiosocket(session, link)
         return session
 
@@ -298,13 +345,7 @@ class _Held:
 
     def expire(self) -> None:
         if self._forget():
-            log.warning(
-                "AudioSocket connection from %s for unknown call %s: no assignment within %.0f s, refused",
-                self.peer_host,
-                self.call_uuid,
-                HOLD_UNASSIGNED_S,
-            )
-            self.link.refuse()
+            self.link.refuse()  # no assignment within HOLD_UNASSIGNED_S: counted and logged by the server
 
     def _forget(self) -> bool:
         if self.calls._held.get(self.call_uuid) is not self:

@@ -4,6 +4,7 @@ Realtime sessions (with a prewarmed pool), the inbox of assignments, and the cal
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import socket
@@ -16,6 +17,7 @@ from media_worker.context import WorkerContext
 from media_worker.realtime.client import ClientSettings
 from media_worker.realtime.pool import SessionPool
 from media_worker.tasks import TaskSet
+from media_worker.transport.allowlist import media_sources
 from media_worker.transport.audiosocket_server import AudioSocketServer
 from shared.messages import WorkerInfo
 from shared.netaddr import resolve_advertise_host
@@ -42,6 +44,8 @@ class MediaWorker(AsyncRole):
         self.clock = PlayoutClock()
         self.server: AudioSocketServer | None = None
         self.advertise_host = self.config.media_worker.advertise_host
+        self.listen_host = self.config.media_worker.listen_host  # "" until resolved: the advertised address
+        self.allowed_hosts: list[str] = []
         self.calls: CallManager | None = None
         self.tasks = TaskSet("media worker")  # the clock, the inbox reader, the leases: /readyz fails if one dies
 
@@ -51,25 +55,31 @@ class MediaWorker(AsyncRole):
         checks["tasks"] = lambda: self.tasks.failure or self.pool.failure
         return checks
 
-    async def prepare(self) -> None:
-        # Listening before registering: the controller may send Asterisk here as soon as we are in Redis.
-        settings = self.config.media_worker
-        self.server = AudioSocketServer(
-            settings.listen_host, self.audiosocket_port, bind=self._bind, allowed_hosts=settings.allowed_media_hosts
-        )
-        await self.server.start()
-        self.audiosocket_port = self.server.port
-
     async def before_register(self) -> None:
         # `auto` needs the route towards Redis, so it waits, like the connection, until Redis can be reached.
+        # Listening follows (the listen address defaults to the advertised one), still before registering:
+        # the controller may send Asterisk here as soon as we are in Redis.
         settings = self.config.media_worker
         self.advertise_host = await resolve_advertise_host(settings.advertise_host, self.config.redis.url)
+        self.listen_host = settings.listen_host or self.advertise_host
+        server = None
+        try:
+            self.allowed_hosts = media_sources(settings.allowed_media_hosts, self.config.asterisk.ari_url)
+            server = AudioSocketServer(
+                self.listen_host, self.audiosocket_port, bind=self._bind, allowed_hosts=self.allowed_hosts
+            )
+            await server.start()
+        except ValueError as exc:  # no host to take media from, or one that does not resolve: refuse to start
+            raise OSError(errno.EINVAL, str(exc)) from exc
+        self.server = server
+        self.audiosocket_port = self.server.port
         log.info(
-            "AudioSocket on %s:%d, RTP ports %d-%d, advertised as %s",
-            settings.listen_host,
+            "AudioSocket on %s:%d, RTP ports %d-%d, advertised as %s; media accepted from %s",
+            self.listen_host,
             self.audiosocket_port,
             *self.rtp_ports,
             self.advertise_host,
+            ", ".join(self.allowed_hosts),
         )
 
     def _bind(self, call_uuid: str, peer_host: str, link):
@@ -77,7 +87,6 @@ class MediaWorker(AsyncRole):
 
     async def serve(self) -> None:
         assert self.redis is not None
-        settings = self.config.media_worker
         ctx = WorkerContext(
             config=self.config,
             redis=self.redis,
@@ -87,7 +96,9 @@ class MediaWorker(AsyncRole):
             pool=self.pool,
             realtime=self.realtime,
         )
-        self.calls = CallManager(ctx, listen_host=settings.listen_host, allowed_hosts=settings.allowed_media_hosts)
+        self.calls = CallManager(
+            ctx, listen_host=self.listen_host, allowed_hosts=self.allowed_hosts, rtp_ports=self.rtp_ports
+        )
         self.pool.start()
         stop_reading = asyncio.Event()
         tasks = self.tasks

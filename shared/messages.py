@@ -114,7 +114,8 @@ class CallEnded(msgspec.Struct, kw_only=True):
 class MediaPeer(msgspec.Struct, kw_only=True):
     """Worker-inbox message (`type` = "media_peer"): where Asterisk takes the call's media. ExternalMedia RTP
     reports its own address and port in the channel's UNICASTRTP_LOCAL_ADDRESS/PORT: with it the worker sends
-    from its first frame, so a caller who stays silent still hears the greeting."""
+    from its first frame, so a caller who stays silent still hears the greeting, and hears nobody else on the
+    port. An empty host: the controller learnt no address, the worker latches to the first packet."""
 
     call_id: str
     host: str
@@ -137,7 +138,9 @@ class ControlRequest(msgspec.Struct, kw_only=True):
     request_id: str
     call_id: str
     worker_id: str
-    action: str  # transfer | cancel_transfer | hangup | voicemail
+    # transfer | cancel_transfer | hangup | voicemail; media_failed: the worker cannot take the call's media
+    # (RTP: its port would not open), so the controller frees the slot and retries or falls back
+    action: str
     destination: str = ""  # transfer: a key of tools.transfer.destinations (nothing else is ever dialled)
     reason: str = ""
 

@@ -27,7 +27,15 @@ LOOP_LAG = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
     registry=None,
 )
-COMMON = (BUILD, REDIS_UP, REGISTERED, LOOP_LAG)
+HTTP_DROPPED = Counter(
+    "va_http_connections_dropped_total",
+    "Connections to /healthz, /readyz or /metrics closed unanswered or refused, by why (head_timeout, "
+    "response_timeout, evicted, over_capacity, bad_request: shared/http_server.py)",
+    ["reason"],
+    registry=None,
+)
+HTTP_DROP_REASONS = ("head_timeout", "response_timeout", "evicted", "over_capacity", "bad_request")
+COMMON = (BUILD, REDIS_UP, REGISTERED, LOOP_LAG, HTTP_DROPPED)
 
 # --- controller: calls ----------------------------------------------------------------------------------
 CALLS_ACTIVE = Gauge("va_calls_active", "Calls this controller is running (queued, setting up or up)", registry=None)
@@ -177,6 +185,21 @@ MEDIA_FLOODS = Counter(
     "Calls ended because their media peer sent audio faster than 2x real time for 3 s",
     registry=None,
 )
+# --- media worker: media refused (the drop paths only; an accepted frame counts nothing here) --------------
+RTP_DROPPED = Counter(
+    "va_rtp_dropped_total",
+    "RTP packets dropped, by reason (host: not an allowed host; early: before Asterisk's address was reported; "
+    "source: not the call's address and port; ssrc: another stream from that address; payload_type; "
+    "own_ssrc: our audio looped back; malformed)",
+    ["reason"],
+    registry=None,
+)
+AUDIOSOCKET_REFUSED = Counter(
+    "va_audiosocket_refused_total",
+    "AudioSocket connections refused, by reason (host: not an allowed host; unknown_call; no_uuid; protocol)",
+    ["reason"],
+    registry=None,
+)
 # --- media worker: Realtime -----------------------------------------------------------------------------
 REALTIME_ERRORS = Counter(
     "va_realtime_errors_total", "Realtime error events by code (benign races excluded)", ["code"], registry=None
@@ -243,6 +266,8 @@ MEDIA_WORKER = (
     PADDED,
     UPLINK_DROPPED,
     MEDIA_FLOODS,
+    RTP_DROPPED,
+    AUDIOSOCKET_REFUSED,
     REALTIME_ERRORS,
     REALTIME_RECONNECTS,
     REALTIME_CONNECT,
@@ -309,6 +334,8 @@ def register(role: str) -> None:
     for metric in COMMON + ROLES[role]:
         if metric not in REGISTRY._collector_to_names:  # noqa: SLF001 - no public "is registered"
             REGISTRY.register(metric)
+    for reason in HTTP_DROP_REASONS:
+        HTTP_DROPPED.labels(reason)
     for metric, label_sets in KNOWN_LABELS.get(role, ()):
         for values in label_sets:
             metric.labels(*values)

@@ -98,9 +98,9 @@ class AsyncRole:
             loop.add_signal_handler(sig, self._on_signal, sig.name)
         metrics.register(self.role)
         metrics.BUILD.info({"version": VERSION, "role": self.role, "id": self.id})
-        app = health.make_app(self.role, self.id, self.ready_checks())
+        server = health.make_server(self.role, self.id, self.ready_checks())
         try:
-            runner, port = await health.start(app, self.health_host, self.health_port)
+            port = await health.start(server, self.health_host, self.health_port)
         except OSError as exc:
             log.error("cannot serve health on %s:%s: %s", self.health_host, self.health_port, exc.strerror)
             return 2
@@ -110,7 +110,7 @@ class AsyncRole:
             await self.prepare()
         except OSError as exc:
             log.error("cannot start: %s", exc)
-            await runner.cleanup()
+            await server.close()
             return 2
         lag = asyncio.create_task(loop_lag.watch(), name="loop-lag")
         try:
@@ -139,7 +139,7 @@ class AsyncRole:
         finally:
             lag.cancel()
             await self.cleanup()
-            await runner.cleanup()
+            await server.close()
             if self.redis is not None:
                 await self.redis.aclose()
         log.info("%s %s stopped", self.role, self.id)

@@ -19,7 +19,7 @@ from voice_agent.cli import _health, build_parser
 from shared.config import ConfigError, load_config
 from shared.config.load import CONFIG_ENV, DEFAULT_PATH
 from shared.config.envsubst import read_dotenv
-from shared.health import make_app
+from shared.health import make_server
 from tests.conftest import ROOT
 
 COMPOSE = ROOT / "docker-compose.yml"
@@ -35,7 +35,7 @@ SCALED = ("media_worker", "tool_worker")
 # Paths the image has of its own (Dockerfile: WORKDIR /app, COPY config config).
 IMAGE_FILES = {"/app/config": ROOT / "config"}
 WORKDIR = "/app"
-HEALTH_ROUTES = {route.resource.canonical for route in make_app("x", "y", {}).router.routes()}
+HEALTH_ROUTES = set(make_server("x", "y", {}).routes)
 
 
 # --- what compose does with the file ------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from shared.config.envsubst import EnvError, environment, expand, read_dotenv
 from shared.config.ga_session import build_session
 from shared.config.load import parse_config
 from tests.conftest import CONFIG, ROOT, TEST_API_KEY
+from voice_agent.cli import main as cli_main
 
 GUIDE = ROOT / "tests" / "fixtures" / "guide-config.yaml"
 ENV = {"OPENAI_API_KEY": TEST_API_KEY}
@@ -387,3 +388,21 @@ def test_advice_from_the_guide():
     loaded = parse_config("vad:\n  webrtc_aggressiveness: 0\n", "t.yaml", ENV)
     [w] = [w for w in loaded.warnings if w.path == "vad.webrtc_aggressiveness"]
     assert "MUST be 1" in w.message and w.line == 2
+
+
+def test_check_config_masks_the_secrets_in_a_urls_query(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", TEST_API_KEY)
+    good = tmp_path / "good.yaml"
+    good.write_text("providers:\n  openai_realtime:\n    base_url: wss://x/v1?api_key=sk-123&model=m\n")
+    assert cli_main(["check-config", str(good)]) == 0
+    out = capsys.readouterr()
+    assert "sk-123" not in out.out + out.err
+    assert "base_url: wss://x/v1?api_key=***&model=m" in out.out
+
+    bad = tmp_path / "bad.yaml"  # the URL is quoted in the error
+    bad.write_text("providers:\n  openai_realtime:\n    base_url: https://x/v1?api_key=sk-123\n")
+    with pytest.raises(SystemExit):
+        cli_main(["check-config", str(bad)])
+    out = capsys.readouterr()
+    assert "sk-123" not in out.out + out.err
+    assert "got 'https://x/v1?api_key=***'" in out.err

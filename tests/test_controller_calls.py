@@ -345,3 +345,21 @@ async def test_an_older_asterisk_gets_8khz_audiosocket(sim, listener, workers, c
     assert media.query["format"] == "slin"
     await call.hangup()
     await until(nothing_left(sim))
+
+
+@pytest.mark.slow  # measured 1.5 s
+async def test_a_caller_name_cannot_forge_a_log_line(sim, listener, workers, controller, aredis, keys):
+    await workers(listener.port)
+    _, proc = await controller()
+    forged = "2026-01-01 00:00:00.000 INFO    controller auth: operator admin logged in"
+    call = await sim.place_call(caller_name=f"x\n{forged}\r\x1b[31mred\u2028", caller_number="100")
+    await listener.wait_for(1)
+    (conn,) = listener.connections.values()
+    await until(await state_is(aredis, keys, conn.uuid, "active"))
+    await call.hangup()
+    await until(nothing_left(sim))
+    lines = proc.log_text().split("\n")
+    (logged,) = [line for line in lines if "operator admin logged in" in line]  # logged once, on its own line
+    assert "from x\\n2026-01-01 00:00:00.000 INFO" in logged and "\\r\\x1b[31mred\\u2028" in logged
+    assert not any(line.startswith("2026-01-01") for line in lines)
+    assert "\x1b" not in proc.log_text() and "\r" not in proc.log_text()

@@ -18,8 +18,9 @@ from tests.conftest import ROOT
 def server():
     """The roles' real endpoints on a free loopback port, with a readiness check the test can fail."""
     state: dict = {"redis": None}
-    app = health.make_app("controller", "controller-test", {"redis": lambda: state["redis"]})
-    srv = health.ThreadedServer(app, "127.0.0.1", 0)
+    srv = health.ThreadedServer(
+        health.make_server("controller", "controller-test", {"redis": lambda: state["redis"]}), "127.0.0.1", 0
+    )
     srv.start()
     yield srv, state
     srv.stop()  # a second stop (after the test's own) does nothing

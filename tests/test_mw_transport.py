@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 import socket
 import struct
 import uuid
@@ -275,6 +276,23 @@ async def test_anything_but_a_uuid_first_is_refused(server, calls, first):
     assert await read_frame(reader) == (0xFF, b"")
     assert await at_eof(reader)
     assert calls.binds == [] and server.refused == 1
+
+
+async def test_refusals_are_counted_by_reason_and_logged_once_per_host(server, calls, caplog):
+    """A scan or a flood of unknown calls must not write a WARNING per connection (issue 16)."""
+    from shared.metrics import AUDIOSOCKET_REFUSED
+
+    before = AUDIOSOCKET_REFUSED.labels("unknown_call")._value.get()
+    stranger = bytes.fromhex("010010") + uuid.UUID(int=7).bytes
+    with caplog.at_level(logging.WARNING):
+        for _ in range(20):
+            reader, writer = await asterisk(server)
+            writer.write(stranger)
+            assert await read_frame(reader) == (0xFF, b"")
+            writer.close()
+    assert server.refused == 20 and AUDIOSOCKET_REFUSED.labels("unknown_call")._value.get() - before == 20
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(lines) == 1 and "127.0.0.1" in lines[0] and "unknown_call" in lines[0], lines
 
 
 async def test_a_disallowed_source_host_is_closed_before_reading(calls):
@@ -566,7 +584,6 @@ async def endpoint():
         "ulaw",
         lambda link: sinks.append(Sink(link)) or sinks[-1],
         allowed_hosts=["127.0.0.1"],
-        relatch_after=0.3,
     )
     link = await ep.open()
     assert link is ep and len(sinks) == 1 and sinks[0].link is ep
@@ -575,8 +592,9 @@ async def endpoint():
     ep.close()
 
 
-async def test_endpoint_latches_to_the_first_good_source(endpoint):
+async def test_endpoint_latches_to_the_first_good_source_when_no_address_is_reported(endpoint):
     sink = endpoint.test_sink
+    endpoint.peer_unknown()
     assert (endpoint.transport, endpoint.format, endpoint.rate, endpoint.frame_bytes) == ("rtp", "ulaw", 8000, 160)
     assert endpoint.send(b"\xff" * 160) is False and endpoint.stats.dropped_out == 1  # no peer known yet
     asterisk_rtp = await UdpPeer.open()
@@ -618,6 +636,7 @@ async def test_endpoint_refuses_a_peer_outside_the_allow_list(endpoint):
 
 async def test_endpoint_drops_what_is_not_the_call(endpoint):
     sink = endpoint.test_sink
+    endpoint.peer_unknown()
     asterisk_rtp, stranger = await UdpPeer.open(), await UdpPeer.open()
     asterisk_rtp.transport.sendto(b"garbage", ("127.0.0.1", endpoint.local_port))  # shorter than a header
     asterisk_rtp.transport.sendto(b"\x40" * 20, ("127.0.0.1", endpoint.local_port))  # version 1
@@ -652,31 +671,11 @@ async def test_endpoint_ignores_disallowed_hosts(endpoint):
     outsider.close()
 
 
-async def test_endpoint_relatches_only_after_silence(endpoint):
-    sink = endpoint.test_sink
-    first, second = await UdpPeer.open(), await UdpPeer.open()
-    first.send(endpoint, b"\x01" * 160)
-    await until(lambda: sink.audio)
-    second.send(endpoint, b"\x02" * 160, ssrc=0x999)
-    await until(lambda: endpoint.stats.dropped_source == 1)
-    await asyncio.sleep(0.35)  # relatch_after=0.3 of silence from the latched source
-    second.send(endpoint, b"\x03" * 160, ssrc=0x999)
-    await until(lambda: len(sink.audio) == 2)
-    assert sink.audio[1] == b"\x03" * 160 and endpoint.peer == f"127.0.0.1:{second.port}"
-    assert endpoint.stats.relatched == 1
-    assert endpoint.send(b"\x7f" * 160)
-    await until(lambda: second.received)
-    assert first.received == []
-    first.send(endpoint, b"\x04" * 160)  # the old source is now the stranger
-    await until(lambda: endpoint.stats.dropped_source == 2)
-    first.close()
-    second.close()
-
-
 async def test_endpoint_close_and_stop():
     sinks: list[Sink] = []
     ep = RtpEndpoint("127.0.0.1", 0, "slin", lambda link: sinks.append(Sink(link)) or sinks[-1])
     await ep.open()
+    ep.peer_unknown()
     assert (ep.pt, ep.frame_bytes) == (10, 320)
     peer = await UdpPeer.open()
     peer.send(ep, b"\x12\x34" * 160, pt=10)  # slin goes to the sink big-endian, as it came
@@ -748,6 +747,7 @@ async def test_simulator_rtp_leg_against_the_endpoint():
         "127.0.0.1", 0, "ulaw", lambda link: sinks.append(Sink(link)) or sinks[-1], allowed_hosts=["127.0.0.1"]
     )
     await ep.open()
+    ep.peer_unknown()
     heard: list[bytes] = []
     leg = RtpLeg("127.0.0.1", ep.local_port, "ulaw", on_audio=lambda pcm, rate: heard.append(pcm))
     await leg.open()

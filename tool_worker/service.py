@@ -67,7 +67,7 @@ def run(
     metrics.register(ROLE)
     metrics.BUILD.info({"version": VERSION, "role": ROLE, "id": name})
     server = health.ThreadedServer(
-        health.make_app(ROLE, name, {"redis": redis_check, "registered": registered_check}), health_host, health_port
+        health.make_server(ROLE, name, {"redis": redis_check, "registered": registered_check}), health_host, health_port
     )
     try:
         port = server.start()

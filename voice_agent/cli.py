@@ -21,7 +21,7 @@ def _load(path: str | None) -> LoadedConfig:
     try:
         loaded = load_config(path)
     except ConfigError as exc:
-        print(exc, file=sys.stderr)
+        print(redact(str(exc)), file=sys.stderr)  # a value quoted in an error may hold a credential
         raise SystemExit(1) from None
     redact.register(loaded.secrets)
     return loaded
@@ -85,7 +85,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         out.append(f"# warning: {problem}")
     for problem in loaded.notes:
         out.append(f"# note: {problem}")
-    print("\n".join(out))
+    print(redact("\n".join(out)))
     if not args.quiet:
         print(yaml.safe_dump(loaded.masked(), sort_keys=False, allow_unicode=True, width=110))
     return 0

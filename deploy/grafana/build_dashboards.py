@@ -263,6 +263,15 @@ DASHBOARDS = [
                         ("reconnect {{cause}}", per_minute("va_realtime_reconnects_total", "cause")),
                     ],
                 ),
+                (
+                    "ts",
+                    "Media refused per minute (foreign RTP, AudioSocket connections)",
+                    "short",
+                    [
+                        ("RTP {{reason}}", per_minute("va_rtp_dropped_total", "reason")),
+                        ("AudioSocket {{reason}}", per_minute("va_audiosocket_refused_total", "reason")),
+                    ],
+                ),
             ],
         ],
     },
@@ -342,6 +351,14 @@ DASHBOARDS = [
                     "s",
                     [
                         ("{{job}}", quantile(0.99, "va_event_loop_lag_seconds", by="job")),
+                    ],
+                ),
+                (
+                    "ts",
+                    "Health and metrics connections dropped per minute, by reason",
+                    "short",
+                    [
+                        ("{{reason}}", per_minute("va_http_connections_dropped_total", "reason")),
                     ],
                 ),
                 (

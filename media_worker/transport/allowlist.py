@@ -1,4 +1,7 @@
-"""Which source hosts may reach a media socket: IP addresses, CIDR networks, or host names resolved once."""
+"""Which source hosts may reach a media socket: IP addresses, CIDR networks, or host names resolved once.
+
+By default only Asterisk: `media_worker.allowed_media_hosts`, or when that is empty the host of
+`asterisk.ari_url` (`media_sources`). "Any host" must be said explicitly (0.0.0.0/0 and ::/0)."""
 
 from __future__ import annotations
 
@@ -6,12 +9,27 @@ import asyncio
 import ipaddress
 import socket
 from collections.abc import Sequence
+from urllib.parse import urlsplit
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
+def media_sources(configured: Sequence[str], ari_url: str) -> list[str]:
+    """The hosts media is accepted from: the configured list, or else the host in Asterisk's ARI URL (the
+    media of a call comes from the Asterisk the controller talks to)."""
+    if configured:
+        return list(configured)
+    host = urlsplit(ari_url).hostname
+    if not host:
+        raise ValueError(
+            f"asterisk.ari_url {ari_url!r} names no host to take media from: set media_worker.allowed_media_hosts"
+        )
+    return [host]
+
+
 class HostAllowList:
-    """Empty = any host. Checked once per connection (AudioSocket) or per new RTP source, not per frame."""
+    """Empty = any host (only when built without entries; the worker always passes `media_sources`).
+    Checked once per connection (AudioSocket) or per packet not from the latched RTP source, not per frame."""
 
     def __init__(self, networks: Sequence[Network] = ()):
         self.networks = tuple(networks)

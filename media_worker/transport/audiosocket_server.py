@@ -31,6 +31,8 @@ from media_worker.transport.audiosocket_codec import (
     ProtocolError,
 )
 from media_worker.transport.link import LinkStats, MediaLink, MediaSink, frame_bytes
+from media_worker.transport.refusals import RefusalLog
+from shared.metrics import AUDIOSOCKET_REFUSED
 
 log = logging.getLogger("media.audiosocket")
 
@@ -99,7 +101,7 @@ class AudioSocketLink(asyncio.Protocol):
 
     def refuse(self) -> None:
         """Turn the connection away after all: 0xFF and close. No on_hangup follows."""
-        self._server.refused += 1
+        self._server._refused(self.peer, "unknown_call", f"call {self.call_uuid} not assigned here in time")
         self._done = True
         self._shutdown(ERROR_FRAME)
 
@@ -124,9 +126,8 @@ class AudioSocketLink(asyncio.Protocol):
         self.peer = f"{host}:{port}"
         server = self._server
         if not server.allow_list.allows(host):
-            server.refused += 1
+            server._refused(self.peer, "host", "not in media_worker.allowed_media_hosts")
             self._done = True
-            log.warning("AudioSocket connection from %s refused: host not allowed", self.peer)
             transport.abort()
             return
         self._transport = transport
@@ -227,8 +228,7 @@ class AudioSocketLink(asyncio.Protocol):
         if self._done:
             return False  # bind closed the link itself
         if sink is None:
-            server.refused += 1
-            log.warning("AudioSocket %s from %s refused: not a call of this worker", self.call_uuid, self.peer)
+            server._refused(self.peer, "unknown_call", f"call {self.call_uuid} is not on this worker")
             self._done = True
             self._shutdown(ERROR_FRAME)
             return False
@@ -259,18 +259,16 @@ class AudioSocketLink(asyncio.Protocol):
     def _uuid_timed_out(self) -> None:
         self._timer = None
         if self._sink is None and not self._done:
-            self._server.refused += 1
-            log.warning(
-                "AudioSocket connection from %s closed: no UUID within %.1f s", self.peer, self._server.uuid_timeout
-            )
+            self._server._refused(self.peer, "no_uuid", f"no call UUID within {self._server.uuid_timeout:.1f} s")
             self._done = True
             self._shutdown(b"")
 
     def _protocol_error(self, why: str) -> None:
         self.stats.bad_in += 1
-        if self._sink is None:
-            self._server.refused += 1  # never bound: a refusal, not a call that failed
-        log.warning("AudioSocket %s from %s: protocol error: %s", self.call_uuid or "(unbound)", self.peer, why)
+        if self._sink is None:  # never bound: a refusal, not a call that failed
+            self._server._refused(self.peer, "protocol", why)
+        else:
+            log.warning("AudioSocket %s from %s: protocol error: %s", self.call_uuid, self.peer, why)
         self._end("error", ERROR_FRAME)
 
     def _end(self, reason: str, last_frame: bytes) -> None:
@@ -335,6 +333,7 @@ class AudioSocketServer:
         self.max_payload = max_payload
         self.max_write_buffer = max_write_buffer
         self.refused = 0
+        self._refusals = RefusalLog(log, "AudioSocket connection")
         self._links: set[AudioSocketLink] = set()
         self._no_links = asyncio.Event()  # set while _links is empty, so stop() can wait for the last close
         self._no_links.set()
@@ -345,6 +344,12 @@ class AudioSocketServer:
         if self._server is not None and self._server.sockets:
             return self._server.sockets[0].getsockname()[1]
         return self._port
+
+    def _refused(self, peer: str, reason: str, detail: str) -> None:
+        """Count a refused connection (here and in the metric) and log it at most once a minute per host."""
+        self.refused += 1
+        AUDIOSOCKET_REFUSED.labels(reason).inc()
+        self._refusals.refused(peer.rpartition(":")[0] or peer, reason, detail)
 
     @property
     def connections(self) -> int:

@@ -19,9 +19,11 @@ class LinkStats(msgspec.Struct):
     bad_in: int = 0  # malformed input (AudioSocket protocol error, RTP that does not parse)
     dtmf_in: int = 0
     dropped_source: int = 0  # RTP from a host or port other than the latched source
+    dropped_ssrc: int = 0  # RTP from the latched source with another SSRC while the latched one flows
     dropped_pt: int = 0  # RTP with another payload type than the link's
     dropped_loop: int = 0  # RTP carrying our own SSRC (our audio looped back)
-    relatched: int = 0  # RTP source changes after the latched one fell silent
+    relatched: int = 0  # RTP: Asterisk's reported address replaced the source of the first packets
+    ssrc_changes: int = 0  # RTP: a new SSRC from the latched source after the old one fell silent
 
 
 class MediaSink(Protocol):

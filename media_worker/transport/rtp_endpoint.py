@@ -1,32 +1,58 @@
 """One UDP socket per RTP call, on the port the controller reserved for it (externalMedia `rtp`/`udp`).
 
-Asterisk's UnicastRTP channel sends from a port of its own choosing (rtp.conf range) that the worker is
-not told; we answer to wherever the call's packets come from (symmetric RTP, as Asterisk's `strictrtp`
-does on its side). RTP carries no hangup: the call ends by the controller (StasisEnd) or the session.
+Anyone who can reach the port could send to it, so the endpoint hears one stream only: from the address and
+port Asterisk reported for the call's channel (UNICASTRTP_LOCAL_ADDRESS/PORT, sent by the controller as
+`media_peer`), with the SSRC seen first from there. Nothing is heard or sent before that report: on loopback
+a stranger has Asterisk's own address, and only the port tells them apart. Only when the controller reports
+that it learnt no address does the first good packet from an allowed host latch (symmetric RTP). Everything
+else is dropped and counted (`va_rtp_dropped_total` by reason), never latched to. RTP carries no hangup: the
+call ends by the controller (StasisEnd) or the session.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
+import ipaddress
 import logging
+import socket
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, cast
 
 from media_worker.transport.allowlist import HostAllowList, resolve_allow_list
 from media_worker.transport.link import LinkStats, MediaLink, MediaSink
+from media_worker.transport.refusals import RefusalLog
 from media_worker.transport.rtp_codec import PT_BY_FORMAT, RtpSender, parse
+from shared.metrics import RTP_DROPPED
 
 log = logging.getLogger("media.rtp")
 
 SinkFactory = Callable[[MediaLink], MediaSink]
 RATE = 8000  # both product formats (ulaw, slin) are 8 kHz
 SAMPLES_PER_FRAME = RATE // 50
-# A latched source silent this long may be replaced by a new one (Asterisk re-INVITEd, or restarted the
-# channel on another port); shorter gaps are normal (no RTP while the caller is silent) and keep the latch.
-RELATCH_AFTER = 2.0
+# Asterisk may start a new SSRC on the same address (a bridge change, SRCCHANGE). A new SSRC from the call's
+# own address and port is taken only once the current one has been silent this long, so a packet forged with
+# Asterisk's address cannot cut into a stream that is flowing.
+SSRC_CHANGE_AFTER = 0.5
 # Datagrams asyncio may hold when the kernel refuses more (rare with UDP): beyond it, drop.
 MAX_WRITE_BUFFER = 64 * 1024
+
+# One log line per foreign source and reason a minute, for every endpoint of the process together.
+_refusals = RefusalLog(log, "RTP")
+_DROPPED = {
+    reason: RTP_DROPPED.labels(reason)
+    for reason in ("host", "early", "source", "ssrc", "payload_type", "own_ssrc", "malformed")
+}
+
+
+class Latch(enum.Enum):
+    """Whose packets the endpoint hears, and where it sends."""
+
+    AWAITING_REPORT = "awaiting_report"  # until the controller reports Asterisk's address: nothing heard or sent
+    AWAITING_FIRST = "awaiting_first"  # the controller learnt no address: the first good packet latches
+    FIRST_PACKET = "first_packet"  # that packet's address and SSRC; a late report of the address replaces it
+    REPORTED = "reported"  # the address Asterisk reported for the channel (media_peer): final
 
 
 class _NoSink:
@@ -48,13 +74,15 @@ class _NoSink:
 class RtpEndpoint:
     """The call's RTP socket and its MediaLink (open() returns the endpoint itself).
 
-    Symmetric RTP: the endpoint latches to the source (host, port) of the first well-formed packet from an
-    allowed host with the expected payload type. Packets from any other source are dropped and counted,
-    unless the latched source has been silent for `relatch_after` seconds: then the new source takes over.
-    Packets carrying our own sender's SSRC (our audio looped back) are dropped.
+    The latch (`Latch`): AWAITING_REPORT drops every packet until the controller reports Asterisk's address
+    (`set_peer`: REPORTED, final) or that it learnt none (`peer_unknown`: AWAITING_FIRST, then the first
+    well-formed packet with the link's payload type from an allowed host latches: FIRST_PACKET, its address
+    and SSRC; a report arriving after all still replaces it). Only the latched address and port are heard,
+    and from it only the latched SSRC (a new one after `ssrc_change_after` s of silence of the old). Packets
+    carrying our own sender's SSRC (our audio looped back) are dropped.
 
-    **Sending starts once latched**: to the address the controller learnt from externalMedia (`set_peer`), or
-    else to the source of Asterisk's first packet; send() returns False (counted in dropped_out) before either.
+    **Sending starts once latched**: to the reported address from the first frame, or else to the source of
+    Asterisk's first packet; send() returns False (counted in dropped_out) before either.
     The sink gets each payload as is, in arrival order (ulaw bytes, or slin big-endian: the audio module
     converts); there is no jitter buffer and no DTMF (Asterisk does not forward RFC 4733 events to
     externalMedia; PT 101 is dropped as a foreign PT).
@@ -70,7 +98,7 @@ class RtpEndpoint:
         sink_factory: SinkFactory,
         *,
         allowed_hosts: Sequence[str] = (),
-        relatch_after: float = RELATCH_AFTER,
+        ssrc_change_after: float = SSRC_CHANGE_AFTER,
         ssrc: int | None = None,
         max_write_buffer: int = MAX_WRITE_BUFFER,
     ):
@@ -88,19 +116,26 @@ class RtpEndpoint:
         self.peer = ""
         self.stats = LinkStats()
         self.allowed_hosts = tuple(allowed_hosts)
-        self.relatch_after = relatch_after
+        self.ssrc_change_after = ssrc_change_after
         self.max_write_buffer = max_write_buffer
+        self.latch = Latch.AWAITING_REPORT
         self._sink_factory = sink_factory
         self._sink: MediaSink = _NoSink()
         self._allow = HostAllowList()
         self._udp: _UdpTransport | None = None  # None once closed
-        self._latched: tuple | None = None  # the source address we receive from and send to
-        self._last_rx = 0.0  # monotonic time of the latched source's last accepted packet
+        self._family = socket.AF_INET
+        # The latched source, as the socket reports a sender (compared per packet), and where we send.
+        self._src_host = ""
+        self._src_port = 0
+        self._dest: tuple | None = None
+        self._ssrc: int | None = None  # the latched stream; None: the next good packet from the source sets it
+        self._last_rx = 0.0  # monotonic time of the last accepted packet
         self._done = False
 
     @property
     def latched(self) -> tuple | None:
-        return self._latched
+        """Where we send (the latched source), or None before the latch."""
+        return self._dest
 
     @property
     def local_port(self) -> int:
@@ -119,6 +154,9 @@ class RtpEndpoint:
                 exc.errno, f"RTP endpoint cannot bind UDP {self.host}:{self.port}: {exc.strerror or exc}"
             ) from exc
         self._udp = cast(_UdpTransport, transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            self._family = sock.family
         try:
             self._sink = self._sink_factory(self)
         except BaseException:
@@ -128,20 +166,59 @@ class RtpEndpoint:
         return self
 
     def set_peer(self, host: str, port: int) -> bool:
-        """Asterisk's end of the leg as the controller learnt it from externalMedia: send there from now on,
-        before any packet came. False if the endpoint is closed, the host is not allowed, or a source is
-        latched already."""
-        if self._done or self._udp is None or self._latched is not None or not self._allow.allows(host):
+        """Asterisk's end of the leg as the controller learnt it from externalMedia: from now on only packets
+        from there are heard, and we send there, before any packet came. False if the endpoint is closed, the
+        host is not allowed, or the peer was reported already."""
+        if self._done or self._udp is None or self.latch is Latch.REPORTED:
             return False
-        self._latched = (host, port)  # an IPv4 source is reported as (host, port): packets from it match
+        if not self._allow.allows(host):
+            log.error(
+                "RTP :%d: Asterisk reports its end at %s:%d, a host outside media_worker.allowed_media_hosts: "
+                "not taken (add Asterisk's media address to the list)",
+                self.port,
+                host,
+                port,
+            )
+            return False
+        src_host = self._socket_form(host)
+        if self.latch is Latch.FIRST_PACKET and (src_host, port) != (self._src_host, self._src_port):
+            log.warning(
+                "RTP :%d: the first packets came from %s, Asterisk reports %s:%d: only that is heard now",
+                self.port,
+                self.peer,
+                host,
+                port,
+            )
+            self.stats.relatched += 1
+            self._ssrc = None  # the reported address's own stream is learnt from its first packet
+        self.latch = Latch.REPORTED
+        self._src_host, self._src_port = src_host, port
+        self._dest = (src_host, port)
         self.peer = f"{host}:{port}"
         log.info("RTP :%d sends to %s:%d (told by the controller)", self.port, host, port)
         return True
 
+    def peer_unknown(self) -> None:
+        """The controller learnt no address for Asterisk's end (externalMedia reported none): the first good
+        packet from an allowed host latches, as symmetric RTP does."""
+        if self.latch is Latch.AWAITING_REPORT:
+            self.latch = Latch.AWAITING_FIRST
+            log.info("RTP :%d: Asterisk's address is unknown; latching to the first packet", self.port)
+
+    def _socket_form(self, host: str) -> str:
+        """The host as the socket reports senders: compressed, and IPv4-mapped on an IPv6 socket."""
+        try:
+            address = ipaddress.ip_address(host.split("%", 1)[0])
+        except ValueError:
+            return host
+        if self._family == socket.AF_INET6 and address.version == 4:
+            return f"::ffff:{address}"
+        return address.compressed
+
     # ------------------------------------------------------------------ MediaLink
 
     def send(self, payload: bytes) -> bool:
-        udp, dest = self._udp, self._latched
+        udp, dest = self._udp, self._dest
         if udp is None or dest is None or udp.get_write_buffer_size() > self.max_write_buffer:
             self.stats.dropped_out += 1
             return False
@@ -171,51 +248,96 @@ class RtpEndpoint:
     # ------------------------------------------------------------------ receive path
 
     def _received(self, data: bytes, addr: tuple) -> None:
-        if addr != self._latched and not self._accept_source(data, addr):
+        if addr[1] != self._src_port or addr[0] != self._src_host:  # also every packet before the latch
+            self._from_elsewhere(data, addr)
             return
         packet = parse(data)
-        stats = self.stats
         if packet is None:
-            stats.bad_in += 1
+            self._drop("malformed", addr)
             return
         if packet.pt != self.pt:
-            stats.dropped_pt += 1
+            self._drop("payload_type", addr)
             return
-        if packet.ssrc == self.sender.ssrc:
-            stats.dropped_loop += 1
+        now = time.monotonic()
+        if packet.ssrc != self._ssrc and not self._new_ssrc(packet.ssrc, now, addr):
             return
-        self._last_rx = time.monotonic()
+        self._last_rx = now
+        stats = self.stats
         stats.frames_in += 1
         stats.bytes_in += len(data)
         self._sink.on_audio(packet.payload)
 
-    def _accept_source(self, data: bytes, addr: tuple) -> bool:
-        """A packet from a source other than the latched one: latch (or re-latch) to it, or drop it."""
-        stats = self.stats
-        if self._done or not self._allow.allows(addr[0]):
-            stats.dropped_source += 1
+    def _new_ssrc(self, ssrc: int, now: float, addr: tuple) -> bool:
+        """Another SSRC from the latched address: our own audio back, the reported address's first stream,
+        or Asterisk's new stream once the old one fell silent."""
+        if ssrc == self.sender.ssrc:
+            self._drop("own_ssrc", addr)
             return False
+        if self._ssrc is not None:
+            if now - self._last_rx < self.ssrc_change_after:
+                self._drop("ssrc", addr)
+                return False
+            self.stats.ssrc_changes += 1
+            log.info("RTP :%d: %s changed SSRC %08x -> %08x after a silence", self.port, self.peer, self._ssrc, ssrc)
+        self._ssrc = ssrc
+        return True
+
+    def _from_elsewhere(self, data: bytes, addr: tuple) -> None:
+        """A packet from an address other than the latched one: the first packet of the call (it latches, when
+        no report is coming), or one to drop."""
+        if self._done:
+            return
+        if not self._allow.allows(addr[0]):
+            self._drop("host", addr)
+            return
+        if self.latch is Latch.AWAITING_REPORT:
+            self._drop("early", addr)
+            return
+        if self.latch is not Latch.AWAITING_FIRST:
+            self._drop("source", addr)
+            return
         packet = parse(data)
         if packet is None:
-            stats.bad_in += 1
-            return False
+            self._drop("malformed", addr)
+            return
         if packet.pt != self.pt:
-            stats.dropped_pt += 1
-            return False
+            self._drop("payload_type", addr)
+            return
         if packet.ssrc == self.sender.ssrc:
-            stats.dropped_loop += 1
-            return False
-        if self._latched is not None:
-            if time.monotonic() - self._last_rx < self.relatch_after:
-                stats.dropped_source += 1
-                return False
-            stats.relatched += 1
-            log.info("RTP :%d re-latched from %s to %s:%d", self.port, self.peer, addr[0], addr[1])
-        else:
-            log.info("RTP :%d latched to %s:%d", self.port, addr[0], addr[1])
-        self._latched = addr  # as the socket reports it, so the per-packet comparison is exact
+            self._drop("own_ssrc", addr)
+            return
+        self.latch = Latch.FIRST_PACKET
+        self._src_host, self._src_port = addr[0], addr[1]
+        self._dest = addr  # as the socket reports it, so sendto reaches the same address
+        self._ssrc = packet.ssrc
         self.peer = f"{addr[0]}:{addr[1]}"
-        return True
+        log.info("RTP :%d latched to %s:%d (its first packet: no address was reported)", self.port, *addr[:2])
+        self._last_rx = time.monotonic()
+        stats = self.stats
+        stats.frames_in += 1
+        stats.bytes_in += len(data)
+        self._sink.on_audio(packet.payload)
+
+    def _drop(self, reason: str, addr: tuple) -> None:
+        """Count a dropped packet (the link's figures and the metric); log a foreign source, rate-limited."""
+        stats = self.stats
+        if reason == "malformed":
+            stats.bad_in += 1
+        elif reason == "payload_type":
+            stats.dropped_pt += 1
+        elif reason == "own_ssrc":
+            stats.dropped_loop += 1
+        elif reason == "ssrc":
+            stats.dropped_ssrc += 1
+        else:
+            stats.dropped_source += 1
+        _DROPPED[reason].inc()
+        # Logged (once a minute per host): strangers. Counted only: Asterisk's own packets that beat the
+        # report of its address (early), and what a legitimate stream may carry (malformed, PT, our SSRC).
+        if reason == "host":
+            _refusals.refused(addr[0], reason, "not in media_worker.allowed_media_hosts")
+        elif reason == "source" or reason == "ssrc":
+            _refusals.refused(addr[0], reason, "port %d hears only %s", self.port, self.peer)
 
     def _finish(self, reason: str) -> None:
         if not self._done:

@@ -19,7 +19,7 @@ from shared.config import ga_session
 from shared.config.envsubst import EnvError, environment, expand
 from shared.config.schema import ALL_TOOLS, BUILTIN_PROFILES, Config
 from shared.config.validate import SKIP, Checker, Problem, suggest
-from shared.masking import mask_tree, secret_values
+from shared.masking import mask_tree, mask_url, secret_values
 
 CONFIG_ENV = "AI_AGENT_CONFIG"
 DEFAULT_PATH = Path("config/ai-agent.yaml")
@@ -180,11 +180,13 @@ def _check_references(config: Config, checker: Checker) -> None:
     for key in ("base_url",):
         url = getattr(provider, key)
         if not url.startswith(("ws://", "wss://")):
-            checker.add(f"providers.openai_realtime.{key}", f"expected a ws:// or wss:// URL, got {url!r}")
+            checker.add(f"providers.openai_realtime.{key}", f"expected a ws:// or wss:// URL, got {mask_url(url)!r}")
     if not config.asterisk.ari_url.startswith(("http://", "https://")):
-        checker.add("asterisk.ari_url", f"expected an http:// or https:// URL, got {config.asterisk.ari_url!r}")
+        checker.add(
+            "asterisk.ari_url", f"expected an http:// or https:// URL, got {mask_url(config.asterisk.ari_url)!r}"
+        )
     if not config.redis.url.startswith(("redis://", "rediss://", "unix://")):
-        checker.add("redis.url", f"expected a redis://, rediss:// or unix:// URL, got {config.redis.url!r}")
+        checker.add("redis.url", f"expected a redis://, rediss:// or unix:// URL, got {mask_url(config.redis.url)!r}")
     for i, address in enumerate(config.tools.send_email_summary.recipients):
         if "@" not in address:
             checker.add(f"tools.send_email_summary.recipients[{i}]", f"not an email address: {address!r}")

@@ -108,6 +108,9 @@ class Context(Base):
     voice: str | None = None
 
 
+RTP_FORMATS = ("ulaw", "slin")  # static payload types 0 and 10, both 8 kHz
+
+
 class Profile(Base):
     """How audio travels between Asterisk and a media worker, and what the model receives."""
 
@@ -117,6 +120,13 @@ class Profile(Base):
     format: Literal["slin", "slin16", "slin24", "ulaw"] = "slin24"
     # Model side: pcm16 at 24 kHz, or G.711 u-law at 8 kHz (no transcoding with a ulaw transport).
     provider_format: Literal["pcm16", "g711_ulaw"] = "pcm16"
+
+    def __post_init__(self) -> None:
+        if self.transport == "rtp" and self.format not in RTP_FORMATS:
+            raise ValueError(
+                f"format {self.format!r} cannot be carried over rtp: use ulaw or slin (Asterisk drops inbound "
+                "dynamic payload types, so slin16 and slin24 over RTP would be one-way)"
+            )
 
 
 BUILTIN_PROFILES: dict[str, Profile] = {
@@ -185,7 +195,9 @@ class ControllerSettings(Base):
 
 
 class MediaWorkerSettings(Base):
-    listen_host: NonEmpty = "0.0.0.0"
+    # The interface AudioSocket and the RTP ports listen on; empty: the advertised address (advertise_host,
+    # `auto` resolved), so nothing listens where Asterisk is not meant to reach. 0.0.0.0: every interface.
+    listen_host: str = ""
     # The address Asterisk dials for this worker's media; must be reachable from Asterisk. `auto`: the address
     # of the interface that routes towards Redis (a scaled container's own address).
     advertise_host: NonEmpty = "127.0.0.1"
@@ -199,7 +211,8 @@ class MediaWorkerSettings(Base):
     prewarm_sessions: Annotated[int, Meta(ge=0, le=100)] = 2
     health_host: NonEmpty = "127.0.0.1"
     health_port: PortOrZero = 15001
-    # Sources allowed to send media (IP, CIDR or host name); empty: any. Put the Asterisk host(s) here.
+    # Sources allowed to send media (IP, CIDR or host name); empty: the host of asterisk.ari_url. List every
+    # address Asterisk sends media from when that is not its ARI host; 0.0.0.0/0 and ::/0 allow any host.
     allowed_media_hosts: list[NonEmpty] = msgspec.field(default_factory=list)
     # The greeting cannot be interrupted during its first `greeting_guard_ms` (its own echo must not cut
     # it off); if its end is never seen, normal turn-taking returns after `greeting_timeout_ms` (the guide's 5 s).

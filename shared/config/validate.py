@@ -17,6 +17,8 @@ from typing import Any, Annotated
 import msgspec
 from msgspec import inspect as mi
 
+from shared.masking import mask_url
+
 
 @dataclass(frozen=True)
 class Problem:
@@ -58,6 +60,8 @@ def show(value: Any) -> str:
         return "a mapping"
     if isinstance(value, list):
         return "a list"
+    if isinstance(value, str) and "://" in value:
+        return repr(mask_url(value))  # a URL's credentials stay out of the error
     return repr(value)
 
 

@@ -1,0 +1,181 @@
+"""An RTP assignment the worker cannot take (issue 16: "a malformed RTP assignment leaks an admission slot").
+
+RTP has no connection the worker could refuse, so before the fix the controller never learnt of it: the slot
+and the port stayed reserved while the caller heard nothing (and an unusable format left a session behind
+on the worker, its lease renewed for ever). Now the worker forgets the call and tells the controller
+(`media_failed` in its inbox), whose setup attempt then fails: the slot and port are freed, and the call goes
+to another worker, or the fallback. Worker side in this process; controller side through real processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import msgspec
+import pytest
+import redis.asyncio as aioredis
+
+from media_worker.audio.playout import PlayoutClock
+from media_worker.calls import CallManager
+from media_worker.context import WorkerContext
+from media_worker.realtime.client import ClientSettings
+from media_worker.realtime.pool import SessionPool
+from shared.config.schema import Config
+from shared.keys import Keys
+from shared.messages import Assignment, CallPlan, ControlRequest, inbox_fields
+from sim.asterisk import AsteriskSim
+from tests.ari_harness import ARI_PASSWORD, ARI_USER, AudioSocketListener, FakeWorker, start_controller, write_config
+from tests.media_harness import until
+
+pytestmark = pytest.mark.timeout(30)
+RANGE = (31000, 31099)
+
+
+@pytest.fixture
+async def calls(redis_url, prefix):
+    redis = aioredis.Redis.from_url(redis_url)
+    settings = ClientSettings(url="ws://127.0.0.1:9/v1/realtime", model="gpt-realtime", api_key="sk-test")
+    ctx = WorkerContext(Config(), redis, Keys(prefix), "worker-t", PlayoutClock(), SessionPool(settings, 0), settings)
+    manager = CallManager(ctx, listen_host="127.0.0.1", allowed_hosts=["127.0.0.1"], rtp_ports=RANGE)
+    yield manager
+    await manager.stop_all("test_over")
+    await redis.aclose()
+
+
+def assignment(call_id: str, port: int, fmt: str = "ulaw") -> Assignment:
+    plan = CallPlan(
+        call_id=call_id,
+        caller_channel="caller-1",
+        context="t",
+        provider="openai_realtime",
+        profile="p",
+        transport="rtp",
+        format=fmt,
+        provider_format="g711_ulaw",
+    )
+    return Assignment(call_id=call_id, epoch=1, rtp_port=port, plan=plan)
+
+
+async def reports(calls: CallManager) -> list[ControlRequest]:
+    entries = await calls.ctx.redis.xrange(calls.ctx.keys.controller_inbox)
+    return [msgspec.json.decode(fields[b"data"], type=ControlRequest) for _, fields in entries]
+
+
+@pytest.mark.parametrize("why", ["port_taken", "out_of_range", "zero", "not_an_rtp_format"])
+async def test_the_worker_forgets_the_call_and_tells_the_controller(calls, why):
+    holder = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    holder.bind(("127.0.0.1", 0))
+    taken = holder.getsockname()[1]
+    calls.rtp_ports = (taken, taken + 1)  # the port is in range, and someone else holds it
+    port = {"port_taken": taken, "out_of_range": taken + 2, "zero": 0, "not_an_rtp_format": taken + 1}[why]
+    try:
+        await calls.handle(
+            "assign",
+            msgspec.json.encode(assignment("call-1", port, "slin16" if why == "not_an_rtp_format" else "ulaw")),
+        )
+    finally:
+        holder.close()
+    assert calls.sessions == {} and calls._rtp == {}
+    await asyncio.wait_for(calls.wait_no_calls(), 1)  # a drain does not wait for it
+    (report,) = await reports(calls)
+    assert (report.action, report.call_id, report.worker_id) == ("media_failed", "call-1", "worker-t")
+    assert report.request_id == "call-1:1:media_failed" and str(port) in report.reason
+
+
+async def test_media_peer_latches_the_reported_address_or_lets_the_first_packet_latch(calls):
+    from media_worker.transport.rtp_endpoint import Latch
+    from shared.messages import MediaPeer
+
+    holder = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    holder.bind(("127.0.0.1", 0))
+    low = holder.getsockname()[1]
+    holder.close()  # two free ports, most likely: the range is this one's and the next
+    calls.rtp_ports = (low, low + 1)
+    for call_id, port, host in (("call-r", low, "127.0.0.1"), ("call-u", low + 1, "")):
+        await calls.handle("assign", msgspec.json.encode(assignment(call_id, port)))
+        assert calls._rtp[call_id].latch is Latch.AWAITING_REPORT
+        await calls.handle(
+            "media_peer", msgspec.json.encode(MediaPeer(call_id=call_id, host=host, port=4000 if host else 0))
+        )
+    assert calls._rtp["call-r"].latch is Latch.REPORTED and calls._rtp["call-r"].latched == ("127.0.0.1", 4000)
+    assert calls.sessions["call-r"].linked.is_set()  # the greeting goes out before any packet
+    assert calls._rtp["call-u"].latch is Latch.AWAITING_FIRST and not calls.sessions["call-u"].linked.is_set()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The controller's side, through a controller process and the Asterisk simulator; the workers are
+# registrations (FakeWorker), and the test answers for the refusing one as its worker would.
+
+
+@pytest.fixture
+async def sim(tmp_path):
+    # The media leg enters Stasis 300 ms after externalMedia: the refusal arrives while the setup waits for it.
+    s = AsteriskSim(users={ARI_USER: ARI_PASSWORD}, workdir=tmp_path / "sim", stasis_delay_ms=(300, 300))
+    await s.start("127.0.0.1", 0)
+    yield s
+    await s.stop()
+
+
+async def refuse_assignments(aredis: aioredis.Redis, keys: Keys, worker_id: str, stop: asyncio.Event) -> None:
+    """What a worker whose RTP ports will not open does: media_failed for each call assigned to it."""
+    last = "0-0"
+    while not stop.is_set():
+        got = await aredis.xread({keys.worker_inbox(worker_id): last}, block=100)
+        for _, entries in got or []:
+            for entry_id, fields in entries:
+                last = entry_id
+                if fields[b"type"] != b"assign":
+                    continue
+                a = msgspec.json.decode(fields[b"data"], type=Assignment)
+                request = ControlRequest(
+                    request_id=f"{a.call_id}:{a.epoch}:media_failed",
+                    call_id=a.call_id,
+                    worker_id=worker_id,
+                    action="media_failed",
+                    reason=f"RTP port {a.rtp_port}: address already in use",
+                )
+                await aredis.xadd(keys.controller_inbox, inbox_fields("control", request))
+
+
+@pytest.mark.slow
+async def test_the_controller_frees_the_slot_and_port_and_tries_another_worker(
+    sim, tmp_path, cluster_env, redis_url, prefix
+):
+    aredis, keys = aioredis.Redis.from_url(redis_url), Keys(prefix)
+    listener = AudioSocketListener()
+    await listener.start()
+    bad = FakeWorker(aredis, keys, "refusing", listener.port, capacity=100)
+    good = FakeWorker(aredis, keys, "good", listener.port, capacity=10)
+    await bad.start()
+    await good.start()
+    stop = asyncio.Event()
+    refuser = asyncio.create_task(refuse_assignments(aredis, keys, "refusing", stop))
+    clusters: list = []
+    try:
+        config = write_config(
+            tmp_path / "controller.yaml", sim.url, contexts={"ulaw": {"profile": "telephony_ulaw_8k", "prompt": "Hi"}}
+        )
+        await start_controller(config, tmp_path, cluster_env, 1, clusters)
+        call = await sim.place_call(variables={"AI_CONTEXT": "ulaw"})
+
+        async def on_good():
+            ids = [m.decode() for m in await aredis.smembers(keys.calls_active)]
+            return ids and (await aredis.hget(keys.call(ids[0]), "state")) == b"active" and ids[0]
+
+        call_id = await until(on_good, timeout=15)
+        record = await aredis.hgetall(keys.call(call_id))
+        assert record[b"worker"] == b"good"
+        assert await bad.active() == 0 and await aredis.smembers(keys.worker_rtp_ports("refusing")) == set()
+        assert await good.active() == 1
+        await call.hangup()
+        await until(lambda: not sim.channels and not sim.bridges)
+    finally:
+        stop.set()
+        await refuser
+        for cluster in clusters:
+            cluster.stop_all()
+        await bad.stop()
+        await good.stop()
+        await listener.stop()
+        await aredis.aclose()
