@@ -345,8 +345,9 @@ class Call:
             # Slots are freed by other calls' ends, in this process or another, through Redis, which tells nobody:
             # the reservation is retried on a short period, and a caller hanging up ends the wait at once.
             try:
-                await asyncio.wait_for(self.caller_gone.wait(), QUEUE_POLL_S)
-            except asyncio.TimeoutError:
+                async with asyncio.timeout(QUEUE_POLL_S):
+                    await self.caller_gone.wait()
+            except TimeoutError:
                 pass
 
     async def _start_queue_music(self) -> None:
@@ -382,16 +383,14 @@ class Call:
         try:
             # Every step runs to its end (none is left in flight for a retry to trip over), then the first
             # failure, if any, is raised.
-            results = await asyncio.wait_for(
-                asyncio.gather(
+            async with asyncio.timeout(timeout):
+                results = await asyncio.gather(
                     self._bridge_caller(bridge_made),
                     self._bridge_media(reserved, plan, bridge_made, timeout),
                     bridge_made,
                     return_exceptions=True,
-                ),
-                timeout,
-            )
-        except asyncio.TimeoutError as exc:
+                )
+        except TimeoutError as exc:
             raise SetupFailed(f"an ARI step took longer than {timeout:.1f}s") from exc
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:

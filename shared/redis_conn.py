@@ -57,11 +57,12 @@ async def connect(url: str, stop: asyncio.Event | None = None) -> aioredis.Redis
             await asyncio.sleep(delay)
             continue
         try:
-            await asyncio.wait_for(stop.wait(), delay)
-            await client.aclose()
-            return None
-        except asyncio.TimeoutError:
-            pass
+            async with asyncio.timeout(delay):
+                await stop.wait()
+        except TimeoutError:
+            continue
+        await client.aclose()
+        return None
 
 
 def connect_sync(url: str, should_stop=lambda: False) -> redis.Redis | None:
