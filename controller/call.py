@@ -377,8 +377,9 @@ class Call:
             # Slots are freed by other calls' ends, in this process or another, through Redis, which tells nobody:
             # the reservation is retried on a short period, and a caller hanging up ends the wait at once.
             try:
-                await asyncio.wait_for(self.caller_gone.wait(), QUEUE_POLL_S)
-            except asyncio.TimeoutError:
+                async with asyncio.timeout(QUEUE_POLL_S):
+                    await self.caller_gone.wait()
+            except TimeoutError:
                 pass
 
     async def _start_queue_music(self) -> None:

@@ -120,8 +120,9 @@ class ControlInbox:
                 log.warning("controller inbox: %s; retrying in %.1f s", exc, backoff)
                 self._group_ok = False
                 try:
-                    await asyncio.wait_for(stopping.wait(), backoff)
-                except asyncio.TimeoutError:
+                    async with asyncio.timeout(backoff):
+                        await stopping.wait()
+                except TimeoutError:
                     pass
                 backoff = min(backoff * 2, 5.0)
 
@@ -350,8 +351,9 @@ class CallControl:
             await send(reply_for(request, False, "nothing_to_cancel", why))
             return
         try:
-            await asyncio.wait_for(attempt.finished.wait(), CANCEL_WAIT_S)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(CANCEL_WAIT_S):
+                await attempt.finished.wait()
+        except TimeoutError:
             log.warning("cancelled transfer leg %s took more than %.0f s to clean up", attempt.leg, CANCEL_WAIT_S)
         await send(reply_for(request, True, "cancelled", "the transfer was cancelled; the caller is back"))
 
@@ -402,8 +404,9 @@ class CallControl:
         attempt = call.transfer
         if attempt is not None and attempt.cancel():
             try:
-                await asyncio.wait_for(attempt.finished.wait(), CANCEL_WAIT_S)
-            except asyncio.TimeoutError:
+                async with asyncio.timeout(CANCEL_WAIT_S):
+                    await attempt.finished.wait()
+            except TimeoutError:
                 pass
 
 

@@ -70,8 +70,9 @@ async def _ring(call: Call, leg: TransferLeg, on_ringing: Callable[[], Awaitable
             await call.legs.run(leg.leg, dial, d.config.controller.ari_timeout_ms / 1000)
             await on_ringing()
         try:
-            return await asyncio.wait_for(asyncio.shield(leg.outcome), leg.timeout_s + GRACE_S)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(leg.timeout_s + GRACE_S):
+                return await asyncio.shield(leg.outcome)
+        except TimeoutError:
             status, message = "no_answer", f"no answer within {leg.timeout_s:g} s"
     except (AriError, NotInStasis) as exc:
         log.warning("transfer to %s failed: %s", leg.endpoint, exc)

@@ -27,6 +27,7 @@ class CallAudio:
         self.vad_aggressiveness = vad_aggressiveness
         self.provider_silence = silence(provider)
         self.frames_in = 0  # caller frames received, padding included
+        self.bytes_in = 0  # caller audio received (wire bytes, padding excluded): the flood guard's measure
         self.ticks = 0  # frames the clock sent
         self.padded_frames = 0
         self._retired_underruns = 0  # counted by the queue and gate a format change replaced

@@ -300,6 +300,11 @@ class CallManager:
                 )
             await pipe.execute()
 
+    def every_second(self, now: float) -> None:
+        """The worker's 1 s tick, for each call (metrics counted on the frame path, the flood guard)."""
+        for session in list(self.sessions.values()):
+            session.every_second(now)
+
     async def stop_all(self, reason: str) -> None:
         """Stop every call and wait until each has ended (each stop is bounded; so is the wait)."""
         sessions = list(self.sessions.values())

@@ -8,6 +8,7 @@ import errno
 import logging
 import os
 import socket
+import time
 
 from media_worker import inbox
 from media_worker.audio.playout import PlayoutClock
@@ -47,7 +48,7 @@ class MediaWorker(AsyncRole):
         self.listen_host = self.config.media_worker.listen_host  # "" until resolved: the advertised address
         self.allowed_hosts: list[str] = []
         self.calls: CallManager | None = None
-        self.inbox: Supervised | None = None  # the inbox reader, restarted if it dies
+        self.tasks = TaskSet("media worker")  # the clock, the inbox reader, the leases: /readyz fails if one dies
 
     def redis_pool_size(self) -> int:
         # At most one command in flight per call (its call-log writer, a tool request, its figures at the end:
@@ -57,7 +58,7 @@ class MediaWorker(AsyncRole):
     def ready_checks(self):
         checks = super().ready_checks()
         checks["audiosocket"] = lambda: None if self.server is not None else "AudioSocket server not listening"
-        checks["inbox"] = lambda: self.inbox.problem() if self.inbox is not None else "inbox reader not started"
+        checks["tasks"] = lambda: self.tasks.failure or self.pool.failure
         return checks
 
     async def before_register(self) -> None:
@@ -106,22 +107,20 @@ class MediaWorker(AsyncRole):
         )
         self.pool.start()
         stop_reading = asyncio.Event()
-        tasks = TaskSet("media worker")
-        tasks.spawn(self.clock.run(self.stopping), "playout-clock")
+        tasks = self.tasks
+        tasks.spawn(self.clock.run(self.stopping), "playout-clock", essential=True)
+        # The inbox reader is restarted if it dies (Supervised); given up, it dies as an essential task.
         reading = inbox.Inbox(self.streams, self.keys, self.id, self.calls.handle, self.calls.media_failed)
-        self.inbox = Supervised("inbox reader", lambda: reading.consume(stop_reading))
-        reader = self.inbox.start()
-        tasks.spawn(self._leases(), "leases")
+        tasks.spawn(Supervised("inbox reader", lambda: reading.consume(stop_reading)).run(), "inbox", essential=True)
+        tasks.spawn(self._leases(), "leases", essential=True)
         try:
             await self.stopping.wait()
             await self._drain()
         finally:
             stop_reading.set()
-            await self.calls.stop_all("worker_stopping")
-            reader.cancel()
-            await asyncio.gather(reader, return_exceptions=True)
+            # The idle prewarmed connections close while the calls do, not after them.
+            await asyncio.gather(self.calls.stop_all("worker_stopping"), self.pool.stop())
             await tasks.close()
-            await self.pool.stop()
 
     async def _drain(self) -> None:
         """SIGTERM: take no new calls (draining in the registry), give live ones their grace period."""
@@ -151,6 +150,7 @@ class MediaWorker(AsyncRole):
                 await self.calls.renew_leases()
             except Exception as exc:  # Redis hiccup: the next beat tries again
                 log.debug("lease renewal failed: %s", exc)
+            self.calls.every_second(time.monotonic())
             TICK_LAG.set(self.clock.lag_ms.quantile(0.99) if self.clock.lag_ms.count else 0)
             info = self.registration.info if self.registration is not None else None
             draining = isinstance(info, WorkerInfo) and info.draining

@@ -60,6 +60,7 @@ from media_worker.call_state import (
 )
 from media_worker.call_stats import CallStats, save_record
 from media_worker.context import WorkerContext
+from media_worker.flood import FLOOD_RATIO, FLOOD_SECONDS, FloodGuard
 from media_worker.heard import HeardTranscripts
 from media_worker.realtime import events as ev
 from media_worker.realtime import protocol as rp
@@ -77,6 +78,7 @@ from shared.metrics import (
     CALL_COST,
     COST,
     GATE_CLOSURES,
+    MEDIA_FLOODS,
     OUTPUT_LATENCY,
     PADDED,
     RATE_LIMIT_LIMIT,
@@ -84,6 +86,7 @@ from shared.metrics import (
     TOKENS,
     TRUNCATIONS,
     UNDERRUNS,
+    UPLINK_DROPPED,
 )
 from shared.metrics import WORKER_CALLS as SESSIONS
 from shared.tool_schemas import realtime_tools
@@ -112,7 +115,7 @@ class CallSession:
         self.tools = ToolRunner(ctx, plan, self.log, self)
         self.usage = CallUsage(ctx.config.providers.openai_realtime.pricing)
         self.stats = CallStats()
-        self.tasks = TaskSet(f"call {self.call_id}")
+        self.tasks = TaskSet(f"call {self.call_id}", on_death=self._task_died)
         self.link: MediaLink | None = None
         self.client: RealtimeClient | None = None
         self.linked = asyncio.Event()
@@ -120,13 +123,19 @@ class CallSession:
         self.end_reason = ""
         self._guard_ms = settings.greeting_guard_ms
         self._task: asyncio.Task[None] | None = None
+        # Set by _run's first step. A task cancelled before its first step never runs its body, not even its
+        # `finally`: such a session would never close, be counted, or set `finished`. So stop() cancels the
+        # task only once it runs; before that, _run sees `_stopping` as it begins and goes straight to its close.
+        self._running = False
         self._stopping = False
         self._timers: dict[str, asyncio.TimerHandle] = {}  # media, greeting, request: one of each at most
         self._farewell = FarewellSignals()
         self._agent_idle = asyncio.Event()  # CallState.agent_idle, for the tools that wait on it
         self._items: dict[str, bool] = {}  # output item -> whether its audio plays
         self._last_playing: str | None = None
-        self.uplink = Uplink()  # caller audio for the model
+        self.uplink = Uplink(len(self.audio.provider_silence) / FRAME_MS)  # caller audio for the model
+        self._dropped_published = 0  # of uplink.dropped, what the metric has been given
+        self.flood = FloodGuard()
         self._first_delta_t: dict[str, float] = {}  # item -> when its first audio arrived, until it plays
 
     # --- lifecycle -------------------------------------------------------------------------------------
@@ -155,16 +164,19 @@ class CallSession:
         return session
 
     async def _run(self) -> None:
+        self._running = True
         bind_call(self.call_id)
         media_timeout = self.ctx.config.media_worker.media_timeout_ms / 1000
         self._arm("media", media_timeout, self._no_media)
         try:
+            if self._stopping:
+                return  # stopped before this task began (the end came in the same inbox read as the assignment)
             self.client = RealtimeClient(
                 self.ctx.realtime, self.session_config(), history=self.log.history, connection_source=self.ctx.pool.take
             )
             ready = await self.client.start()
             log.info("Realtime session %s ready for call %s", ready.session_id, self.call_id)
-            self.tasks.spawn(self.uplink.run(self.client.append), f"append-{self.call_id}")
+            self.tasks.spawn(self.uplink.run(self.client.append), f"append-{self.call_id}", essential=True)
             self._feed(SessionReady())
             await self._events_forever()
         except RealtimeError as exc:
@@ -189,6 +201,33 @@ class CallSession:
                 SESSIONS.dec()
                 self.finished.set()
 
+    def every_second(self, now: float) -> None:
+        """The worker's 1 s tick: publish what the frame path counted in plain ints, and end the call if its
+        media peer floods us (FloodGuard)."""
+        self._publish_drops()
+        audio = self.audio
+        if not self.linked.is_set() or self._stopping:
+            return
+        if self.flood.check(audio.bytes_in, audio.conv.wire_frame_bytes / FRAME_MS, now):
+            MEDIA_FLOODS.inc()
+            log.warning(
+                "the media peer %s sent audio faster than %g× real time for %d s (peak %.1f×): ending the call",
+                self.link.peer if self.link is not None else "?",
+                FLOOD_RATIO,
+                FLOOD_SECONDS,
+                self.flood.peak_ratio,
+            )
+            self.stop("media_flood")
+
+    def _publish_drops(self) -> None:
+        dropped = self.uplink.dropped
+        if dropped != self._dropped_published:
+            UPLINK_DROPPED.inc(dropped - self._dropped_published)
+            self._dropped_published = dropped
+
+    def _task_died(self, why: str) -> None:
+        self.stop("session_error")  # a call whose uplink is dead would go on deaf
+
     def _no_media(self) -> None:
         if not self.linked.is_set():
             timeout = self.ctx.config.media_worker.media_timeout_ms / 1000
@@ -203,7 +242,7 @@ class CallSession:
             return  # a second reason (the controller's end after the media hangup) must not cut the cleanup
         self._stopping = True
         self._feed(Hangup(reason))
-        if self._task is not None and not self._task.done():
+        if self._running and self._task is not None and not self._task.done():
             self._task.cancel()
 
     async def _close(self) -> None:
@@ -233,6 +272,7 @@ class CallSession:
     async def _save_stats(self) -> None:
         audio, usage = self.audio, self.usage
         # Counted per tick by the queue and the clock; added to the metrics once per call, off the frame path.
+        self._publish_drops()
         UNDERRUNS.inc(audio.underruns)
         PADDED.inc(audio.padded_frames)
         GATE_CLOSURES.inc(audio.gate_closures)
@@ -244,6 +284,7 @@ class CallSession:
                 "gate_closures": audio.gate_closures,
                 "underruns": audio.underruns,
                 "padded_frames": audio.padded_frames,
+                "uplink_dropped": self.uplink.dropped,
                 "worker_end_reason": self.end_reason or "done",
                 "cost_usd": f"{usage.cost:.6f}",
             }
@@ -351,6 +392,7 @@ class CallSession:
             self._go_live()
         audio, state = self.audio, self.state
         audio.frames_in += 1
+        audio.bytes_in += len(payload)
         self.uplink.sample(audio.frames_in)
         speaking = audio.gate.incoming(audio.gate_view(payload))
         if speaking != state.caller_speaking:  # an edge: the machine decides about barge-in

@@ -195,6 +195,17 @@ UNDERRUNS = Counter(
 PADDED = Counter(
     "va_input_padding_frames_total", "Silence frames appended where the caller's audio had gaps", registry=None
 )
+# Counted in plain ints on the frame path, published on the worker's 1 s tick.
+UPLINK_DROPPED = Counter(
+    "va_uplink_dropped_frames_total",
+    "Caller frames dropped (oldest first) because the queue toward the model held its maximum (2 s)",
+    registry=None,
+)
+MEDIA_FLOODS = Counter(
+    "va_media_floods_total",
+    "Calls ended because their media peer sent audio faster than 2x real time for 3 s",
+    registry=None,
+)
 # --- media worker: media refused (the drop paths only; an accepted frame counts nothing here) --------------
 RTP_DROPPED = Counter(
     "va_rtp_dropped_total",
@@ -274,6 +285,8 @@ MEDIA_WORKER = (
     AUDIOLESS,
     UNDERRUNS,
     PADDED,
+    UPLINK_DROPPED,
+    MEDIA_FLOODS,
     RTP_DROPPED,
     AUDIOSOCKET_REFUSED,
     REALTIME_ERRORS,

@@ -127,11 +127,12 @@ async def connect(url: str, stop: asyncio.Event | None = None, *, pool_size: int
             await asyncio.sleep(delay)
             continue
         try:
-            await asyncio.wait_for(stop.wait(), delay)
-            await redis_client.aclose()
-            return None
-        except asyncio.TimeoutError:
-            pass
+            async with asyncio.timeout(delay):
+                await stop.wait()
+        except TimeoutError:
+            continue
+        await redis_client.aclose()
+        return None
 
 
 def connect_sync(url: str, should_stop=lambda: False) -> redis.Redis | None:

@@ -27,6 +27,11 @@ def new_instance_id(role: str) -> str:
     return f"{role}-{socket.gethostname()}-{os.getpid()}-{os.urandom(2).hex()}"
 
 
+def _log_death(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("task %s died", task.get_name(), exc_info=task.exception())
+
+
 class AsyncRole:
     role = "role"
 
@@ -46,6 +51,7 @@ class AsyncRole:
         self.registration: Registration | None = None
         self.registered = False
         self.started_ms = int(time.time() * 1000)
+        self._beats: asyncio.Task[None] | None = None
 
     # --- what each role provides -------------------------------------------------------------------------
     def process_info(self) -> ProcessInfo:
@@ -74,7 +80,16 @@ class AsyncRole:
         return {
             "redis": lambda: None if self.redis_ok else "Redis is unreachable",
             "registered": lambda: None if self.registered else "not registered in Redis",
+            "heartbeats": self._heartbeats_failure,
         }
+
+    def _heartbeats_failure(self) -> str | None:
+        """The heartbeat task died (anything but Redis being away, which it retries): the registration goes
+        stale while the process would look ready."""
+        beats = self._beats
+        if beats is None or not beats.done() or beats.cancelled() or beats.exception() is None:
+            return None
+        return f"heartbeats stopped ({type(beats.exception()).__name__})"
 
     # --- lifecycle -------------------------------------------------------------------------------------
     def _on_signal(self, signame: str) -> None:
@@ -119,7 +134,8 @@ class AsyncRole:
                 self.redis, self.keys, self.process_info(), record_ttl_ms=self.config.media_worker.stale_after_ms * 20
             )
             await self._beat()
-            beats = asyncio.create_task(self._heartbeats(), name="heartbeats")
+            beats = self._beats = asyncio.create_task(self._heartbeats(), name="heartbeats")
+            beats.add_done_callback(_log_death)
             try:
                 await self.serve()
             finally:
@@ -148,9 +164,10 @@ class AsyncRole:
     async def _heartbeats(self) -> None:
         while not self.stopping.is_set():
             try:
-                await asyncio.wait_for(self.stopping.wait(), self.heartbeat_s)
+                async with asyncio.timeout(self.heartbeat_s):
+                    await self.stopping.wait()
                 return
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             try:
                 await self._beat()
@@ -169,9 +186,10 @@ class AsyncRole:
         if self.registration is None:
             return
         try:
-            await asyncio.wait_for(self.registration.remove(), 3)
+            async with asyncio.timeout(3):
+                await self.registration.remove()
             log.info("deregistered %s", self.id)
-        except (asyncio.TimeoutError, *UNAVAILABLE) as exc:
+        except (TimeoutError, *UNAVAILABLE) as exc:
             log.warning("could not deregister (Redis: %s); the entry goes stale and is ignored", exc or "timeout")
         self.registered = False
         metrics.REGISTERED.set(0)

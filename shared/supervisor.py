@@ -40,7 +40,8 @@ class Supervised:
         self.task: asyncio.Task[None] | None = None
 
     def start(self) -> asyncio.Task[None]:
-        self.task = asyncio.create_task(self._loop(), name=self.name)
+        """Run the reader in a task of its own (`problem` reports on it)."""
+        self.task = asyncio.create_task(self.run(), name=self.name)
         return self.task
 
     def problem(self) -> str | None:
@@ -53,7 +54,9 @@ class Supervised:
             return f"{self.name} stopped"
         return None
 
-    async def _loop(self) -> None:
+    async def run(self) -> None:
+        """The reader, restarted as it dies; returns when it returns (told to stop), raises its last exception
+        once given up (an owner such as a TaskSet then counts the death)."""
         while True:
             try:
                 await self._run()
@@ -67,8 +70,8 @@ class Supervised:
                     self._deaths.popleft()
                 if len(self._deaths) > self._max_restarts:
                     self.given_up = f"{len(self._deaths)} failures within {self._window_s:.0f} s, the last {exc!r:.200}"
-                    log.error("%s: %s; not restarted again", self.name, self.given_up, exc_info=exc)
-                    return
+                    log.error("%s: %s; not restarted again", self.name, self.given_up)
+                    raise
                 log.error("%s died; restarting it in %.1f s", self.name, self._pause_s, exc_info=exc)
                 self.restarts += 1
             await asyncio.sleep(self._pause_s)

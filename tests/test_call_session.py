@@ -9,6 +9,7 @@ import logging
 import math
 import uuid
 
+import msgspec
 import numpy as np
 import pytest
 import redis.asyncio as aioredis
@@ -17,14 +18,15 @@ from media_worker.audio.playout import PlayoutClock
 from media_worker.call_state import Stage
 from media_worker.calls import CallManager
 from media_worker.context import WorkerContext
-from media_worker.realtime.client import ClientSettings
+from media_worker.realtime.client import ClientSettings, RealtimeClient
 from media_worker.realtime.pool import SessionPool
 from media_worker.tasks import TaskSet
 from media_worker.transport.audiosocket_codec import HEADER, KIND_SLIN16, KIND_SLIN24, encode
 from media_worker.transport.audiosocket_server import AudioSocketServer
 from shared.config.schema import Config
 from shared.keys import Keys
-from shared.messages import Assignment, CallPlan
+from shared.messages import Assignment, CallEnded, CallPlan
+from shared.metrics import WORKER_CALLS
 from sim.realtime import Emulator, Reply, Script
 from tests.conftest import TEST_API_KEY
 from tests.media_harness import until
@@ -193,3 +195,68 @@ async def test_a_task_set_logs_a_failure_once_and_closes_idempotently(caplog):
     late = fails()
     assert tasks.spawn(late, "late") is None  # a closed set starts nothing (and closes the coroutine)
     assert late.cr_frame is None
+
+
+def inbox_message(kind: str, struct) -> tuple[str, str]:
+    return kind, msgspec.json.encode(struct).decode()
+
+
+@pytest.mark.parametrize("gap_s", [None, 0.0, 0.005, 0.02, 0.05])
+async def test_an_end_right_after_the_assignment_leaves_nothing(worker, gap_s):
+    """The controller's `end` follows the `assign` at once (the caller hung up on admission): in the same inbox
+    read (gap None: handled back to back, the session's task not yet started), or a few ms later (the session
+    is taking its connection, or configuring it). Either way the session ends: it leaves the worker's calls,
+    `va_worker_calls_active` comes back down, and no Realtime session stays open."""
+    w, emu = worker
+    call_id = str(uuid.uuid4())
+    before = WORKER_CALLS._value.get()
+    await w.calls.handle(*inbox_message("assign", Assignment(call_id=call_id, epoch=1, plan=plan(call_id, "slin"))))
+    if gap_s is not None:
+        await asyncio.sleep(gap_s)
+    await w.calls.handle(*inbox_message("end", CallEnded(call_id=call_id, reason="caller_hangup")))
+    await until(lambda: call_id not in w.calls.sessions and WORKER_CALLS._value.get() == before, timeout=10)
+    await until(lambda: not emu.open_sessions(), timeout=5)
+
+
+async def test_an_essential_task_that_dies_is_reported_and_its_owner_told(caplog):
+    deaths: list[str] = []
+    tasks = TaskSet("media worker", on_death=deaths.append)
+    caplog.set_level(logging.ERROR, logger="tasks")
+
+    async def fails() -> None:
+        raise RuntimeError("boom")
+
+    helper = tasks.spawn(fails(), "helper")  # not essential: logged, nothing more
+    assert helper is not None
+    await asyncio.wait([helper])
+    await asyncio.sleep(0)
+    assert tasks.failure is None and not deaths
+    inbox = tasks.spawn(fails(), "inbox", essential=True)
+    assert inbox is not None
+    await asyncio.wait([inbox])
+    await asyncio.sleep(0)
+    assert tasks.failure == "media worker: task inbox died (RuntimeError)"
+    assert deaths == ["task inbox died (RuntimeError)"]
+    await tasks.close()
+
+
+async def test_a_call_whose_uplink_sender_dies_ends(worker, monkeypatch):
+    """The task that sends the caller's audio to the model fails: the call ends (it would go on deaf)."""
+    w, _ = worker
+    call_id = str(uuid.uuid4())
+
+    async def broken_append(self, pcm: bytes) -> None:
+        raise RuntimeError("append is broken")
+
+    monkeypatch.setattr(RealtimeClient, "append", broken_append)
+    await w.calls.assign(Assignment(call_id=call_id, epoch=1, plan=plan(call_id, "slin")))
+    session = w.calls.sessions[call_id]
+    reader, writer = await asyncio.open_connection("127.0.0.1", w.server.port)
+    writer.write(encode(0x01, uuid.UUID(call_id).bytes))
+    try:
+        await until(lambda: session.linked.is_set(), timeout=10)
+        async with asyncio.timeout(10):  # the clock pads the missing caller audio: the uplink sends, and fails
+            await session.finished.wait()
+        assert session.end_reason == "session_error"
+    finally:
+        writer.close()

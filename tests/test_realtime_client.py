@@ -359,3 +359,79 @@ async def test_close_while_audio_streams_in_ends_the_reader_at_once(make_emulato
             await client.close()
     await asyncio.sleep(0.2)
     assert not emu.open_sessions()
+
+
+async def open_sessions_drop_to(emu: Emulator, n: int, timeout: float = 5.0) -> int:
+    """Wait (bounded) until the emulator has at most `n` open sessions; return how many are open then."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while len(emu.open_sessions()) > n and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.02)
+    return len(emu.open_sessions())
+
+
+@pytest.mark.parametrize("when", ["connecting", "awaiting session.created"])
+async def test_a_start_cancelled_while_connecting_leaves_no_socket(make_emulator, when):
+    """The call ends while its Realtime session is being opened (TCP and HTTP upgrade, or the server has not
+    sent session.created yet): the half-open WebSocket is closed, not left open by its keepalive."""
+    emu = await make_emulator(Script(), session_created_delay_ms=300)
+    client = RealtimeClient(settings(emu), session_config())
+    start = asyncio.create_task(client.start())
+    if when == "awaiting session.created":
+        async with asyncio.timeout(5):
+            while not emu.sessions:
+                await asyncio.sleep(0.005)
+    else:
+        await asyncio.sleep(0)
+    start.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await start
+    await client.close()
+    assert await open_sessions_drop_to(emu, 0) == 0
+
+
+async def test_a_close_during_start_ends_the_session_start_was_opening(make_emulator):
+    """close() from another task while start() is still connecting: start() keeps nothing it opens after that
+    (it raises, and its connection is closed), so nothing outlives the stop."""
+    emu = await make_emulator(Script(), session_created_delay_ms=200)
+    client = RealtimeClient(settings(emu), session_config())
+    start = asyncio.create_task(client.start())
+    async with asyncio.timeout(5):
+        while not emu.sessions:
+            await asyncio.sleep(0.005)
+    await client.close()
+    with pytest.raises(RealtimeError, match="closed"):
+        await start
+    assert len(emu.sessions) == 1
+    assert await open_sessions_drop_to(emu, 0) == 0
+    with pytest.raises(RealtimeError, match="closed"):  # and a later start does not connect at all
+        await client.start()
+    assert len(emu.sessions) == 1
+
+
+async def test_the_pool_closes_a_connection_it_was_opening_when_stopped(make_emulator):
+    emu = await make_emulator(Script(), session_created_delay_ms=200)
+    pool = SessionPool(settings(emu), size=1)
+    pool.start()
+    async with asyncio.timeout(5):
+        while not emu.sessions:
+            await asyncio.sleep(0.01)
+    await pool.stop()
+    assert await open_sessions_drop_to(emu, 0) == 0
+
+
+async def test_a_reader_that_dies_closes_the_session_for_the_call(make_emulator, monkeypatch):
+    """An unexpected failure in the reader would leave the call with a session that never answers: the call is
+    told the session is closed."""
+    emu = await make_emulator(Script(default=Reply(text="Hi.")))
+    client = RealtimeClient(settings(emu), session_config())
+    await client.start()
+
+    def broken(frame: Any) -> list[Any]:
+        raise RuntimeError("a bug in the protocol")
+
+    monkeypatch.setattr(client.protocol, "receive", broken)
+    client.create_response()
+    seen = await until(client, lambda e: isinstance(e, Closed))
+    assert "realtime-reader died (RuntimeError)" in seen[-1].reason
+    await client.close()
+    assert await open_sessions_drop_to(emu, 0) == 0

@@ -3,12 +3,15 @@ barge-in, wire format names."""
 
 from __future__ import annotations
 
+import pytest
 import redis.asyncio as aioredis
 
 from media_worker.call_log import CallLog
 from media_worker.call_audio import swap16 as _swap16
 from media_worker.call_audio import wire_format
+from media_worker.flood import FLOOD_SECONDS, FloodGuard
 from media_worker.heard import cut as _cut
+from media_worker.uplink import MAX_MS, Uplink
 from shared.keys import Keys
 
 
@@ -44,3 +47,34 @@ def test_wire_formats_and_byte_swap():
     assert wire_format("rtp", "slin") == "slin_be" and wire_format("rtp", "ulaw") == "ulaw"
     assert wire_format("audiosocket", "slin") == "slin" and wire_format("audiosocket", "slin24") == "slin24"
     assert _swap16(b"\x01\x02\x03\x04") == b"\x02\x01\x04\x03"
+
+
+def test_the_uplink_holds_at_most_two_seconds_dropping_the_oldest():
+    """Frames come faster than they are sent (a flooding peer, a stalled socket): the queue toward the model
+    stops at MAX_MS of audio, the oldest frames go first, and each drop is counted."""
+    uplink = Uplink(bytes_per_ms=48)  # pcm16 24 kHz: 960 bytes a 20 ms frame
+    frames = [bytes([i % 256]) * 960 for i in range(1000)]  # 20 s of audio, nobody sending
+    for frame in frames:
+        uplink.put(frame)
+    assert len(uplink) == MAX_MS // 20 and uplink.dropped == 1000 - MAX_MS // 20
+    assert list(uplink._frames) == frames[-(MAX_MS // 20) :]  # the most recent speech is what is kept
+
+
+def test_a_backlog_is_not_a_flood_but_a_steady_flood_is():
+    guard = FloodGuard()
+    per_ms = 16  # slin 8 kHz
+    sent, t = 0, 0.0
+    assert not guard.check(sent, per_ms, t)
+    # Real time, then a 1.5 s backlog delivered at once after a stall, then real time again: never a flood.
+    for seconds_of_audio in (1.0, 1.0, 2.5, 1.0, 1.0, 1.0):
+        sent += int(seconds_of_audio * 1000 * per_ms)
+        t += 1.0
+        assert not guard.check(sent, per_ms, t)
+    # 20x real time: a flood once it has lasted FLOOD_SECONDS checks in a row.
+    verdicts = []
+    for _ in range(FLOOD_SECONDS):
+        sent += 20 * 1000 * per_ms
+        t += 1.0
+        verdicts.append(guard.check(sent, per_ms, t))
+    assert verdicts == [False] * (FLOOD_SECONDS - 1) + [True]
+    assert guard.peak_ratio == pytest.approx(20.0)

@@ -48,7 +48,7 @@ async def test_a_reader_that_dies_once_is_restarted_and_stays_ready():
 
 async def test_a_reader_that_keeps_dying_is_given_up_and_readiness_fails():
     reader = Supervised("inbox reader", dying([], 100), pause_s=0, max_restarts=2)
-    await asyncio.wait_for(reader.start(), 5)
+    await asyncio.wait_for(asyncio.gather(reader.start(), return_exceptions=True), 5)
     assert "3 failures within 60 s, the last RuntimeError('boom')" in (reader.problem() or "")
     server = health.make_server("media-worker", "w", {"inbox": reader.problem})
     port = await health.start(server, "127.0.0.1", 0)
@@ -59,14 +59,17 @@ async def test_a_reader_that_keeps_dying_is_given_up_and_readiness_fails():
     assert status == 503 and "boom" in json.loads(body)["failing"]["inbox"]
 
 
-async def test_the_roles_check_their_inbox_reader():
+async def test_the_roles_report_an_inbox_reader_given_up():
     loaded = load_config(CONFIG, env=ENV)
-    dead = Supervised("reader", dying([], 100), pause_s=0, max_restarts=0)
-    await asyncio.wait_for(dead.start(), 5)
     worker = MediaWorker(loaded, instance_id="w", health_host="127.0.0.1", health_port=0)
     controller = Controller(loaded, instance_id="c", health_host="127.0.0.1", health_port=0)
-    assert worker.ready_checks()["inbox"]() == "inbox reader not started"
     assert controller.ready_checks()["control_inbox"]() == "control inbox reader not started"
-    worker.inbox, controller.requests = dead, dead
-    assert "reader stopped: 1 failures" in (worker.ready_checks()["inbox"]() or "")
-    assert "reader stopped" in (controller.ready_checks()["control_inbox"]() or "")
+    # The worker's reader is an essential task of its TaskSet: given up, it is a death /readyz reports.
+    reader = Supervised("inbox reader", dying([], 100), pause_s=0, max_restarts=0)
+    task = worker.tasks.spawn(reader.run(), "inbox", essential=True)
+    await asyncio.wait({task}, timeout=5)
+    assert "task inbox died (RuntimeError)" in (worker.ready_checks()["tasks"]() or "")
+    # The controller's runs in a task of its own.
+    controller.requests = Supervised("control inbox reader", dying([], 100), pause_s=0, max_restarts=0)
+    await asyncio.gather(controller.requests.start(), return_exceptions=True)
+    assert "control inbox reader stopped: 1 failures" in (controller.ready_checks()["control_inbox"]() or "")

@@ -198,8 +198,9 @@ class EventStream:
             if self._on_connect is not None:
                 if not first:  # the previous connection's events first, so the reconcile sees settled state
                     try:
-                        await asyncio.wait_for(self._dispatcher.drained(), self._drain_timeout)
-                    except asyncio.TimeoutError:
+                        async with asyncio.timeout(self._drain_timeout):
+                            await self._dispatcher.drained()
+                    except TimeoutError:
                         log.warning(
                             "ARI events: %d events of the previous connection still pending", self._dispatcher.pending
                         )
@@ -258,8 +259,9 @@ class EventStream:
         pause = self._next_delay(delay)
         self.last_delays = (self.last_delays + [pause])[-20:]
         try:
-            await asyncio.wait_for(stopping.wait(), pause)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(pause):
+                await stopping.wait()
+        except TimeoutError:
             pass
 
 

@@ -93,8 +93,9 @@ class KeyedDispatcher(Generic[T]):
         """Let running handlers finish for up to `grace` seconds, then cancel the rest."""
         if grace > 0 and self._pending:
             try:
-                await asyncio.wait_for(self._idle.wait(), grace)
-            except asyncio.TimeoutError:
+                async with asyncio.timeout(grace):
+                    await self._idle.wait()
+            except TimeoutError:
                 pass
         tasks = list(self._tasks.values())
         for task in tasks:

@@ -240,6 +240,8 @@ DASHBOARDS = [
                     [
                         ("playout underruns (20 ms ticks)", per_minute("va_playout_underruns_total")),
                         ("caller padding frames", per_minute("va_input_padding_frames_total")),
+                        ("caller frames dropped (uplink full)", per_minute("va_uplink_dropped_frames_total")),
+                        ("calls ended: media peer flooding", per_minute("va_media_floods_total")),
                     ],
                 ),
                 (

@@ -117,10 +117,15 @@ class Connection:
             async with asyncio.timeout(settings.handshake_timeout_s):
                 first = await ws.recv()
         except asyncio.TimeoutError:
-            await ws.close(1000, "no session.created")
+            await discard(ws, "no session.created")
             raise RealtimeError(f"no session.created within {settings.handshake_timeout_s:g}s") from None
         except websockets.ConnectionClosed as exc:
             raise RealtimeError(_close_reason(exc)) from None
+        except BaseException:
+            # Cancelled (the call ended while its session was opening): nobody else holds this socket, and
+            # its keepalive would keep it open for good.
+            await discard(ws, "cancelled")
+            raise
         return cls(ws, first, started)
 
     @property
@@ -129,6 +134,16 @@ class Connection:
 
     async def close(self) -> None:
         await self.ws.close(1000, "done")
+
+
+async def discard(ws: ClientConnection, reason: str) -> None:
+    """Close a connection nobody will use. A cancellation while it closes aborts the socket instead: a
+    closing handshake cut short could leave it open, and the server would keep the session."""
+    try:
+        await ws.close(1000, reason)
+    except BaseException:
+        ws.transport.abort()
+        raise
 
 
 def _close_reason(exc: websockets.ConnectionClosed) -> str:
@@ -181,7 +196,9 @@ class RealtimeClient:
         self.expires_at: float | None = None
         self._source = connection_source or (lambda: Connection.open(settings))
         self._conn: Connection | None = None
-        self._tasks = TaskSet("realtime client")
+        # A dead reader or writer would leave the call with a session that neither hears nor answers: the call
+        # is told the session is closed, and ends.
+        self._tasks = TaskSet("realtime client", on_death=lambda why: self._finish(f"Realtime client failed: {why}"))
         self._closing = False
         self._connected = asyncio.Event()
         self._controls_ready = asyncio.Event()  # the protocol's outbox has controls for the writer
@@ -200,9 +217,9 @@ class RealtimeClient:
     async def start(self) -> Ready:
         """Connect, configure, and return once the session is ready. Raises RealtimeError naming the cause."""
         ready = await self._establish(rotation=False, replay=False)
-        self._tasks.spawn(self._read_forever(), "realtime-reader")
-        self._tasks.spawn(self._write_forever(), "realtime-writer")
-        self._tasks.spawn(self._rotate_forever(), "realtime-rotator")
+        self._tasks.spawn(self._read_forever(), "realtime-reader", essential=True)
+        self._tasks.spawn(self._write_forever(), "realtime-writer", essential=True)
+        self._tasks.spawn(self._rotate_forever(), "realtime-rotator", essential=True)
         return ready
 
     async def _establish(self, *, rotation: bool, replay: bool) -> Ready:
@@ -210,6 +227,8 @@ class RealtimeClient:
             return await self._establish_locked(rotation=rotation, replay=replay)
 
     async def _establish_locked(self, *, rotation: bool, replay: bool) -> Ready:
+        if self._closing:
+            raise RealtimeError("the session is closed")
         started = time.monotonic()
         conn = await self._source()
         protocol = RealtimeProtocol(self.session)
@@ -222,8 +241,10 @@ class RealtimeClient:
                 self.replayed = len(items)
                 await self._flush(conn, protocol)
             await self._release_held(conn)
+            if self._closing:  # close() came while this connection was being set up: it is not ours to keep
+                raise RealtimeError("the session was closed while it was being set up")
         except BaseException:
-            await conn.ws.close(1000, "handshake failed")
+            await discard(conn.ws, "handshake failed")
             raise
         REALTIME_CONNECT.observe(time.monotonic() - started)
         old = self._conn
@@ -260,10 +281,14 @@ class RealtimeClient:
                 raise RealtimeError(_close_reason(exc)) from None
 
     async def close(self) -> None:
+        """End the session: its tasks, then its connection. Idempotent; a start() or reconnect still under way
+        sees `_closing` before it would keep a new connection, and closes that one itself."""
         self._closing = True
+        self._connected.clear()
         await self._tasks.close()
-        if self._conn is not None:
-            await self._conn.close()
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await discard(conn.ws, "done")
 
     def set_idle(self, idle: bool) -> None:
         """The call says whether it is at a quiet moment (nothing playing, the caller silent): the session

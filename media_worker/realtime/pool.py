@@ -29,13 +29,18 @@ class SessionPool:
 
     def start(self) -> None:
         if self.size > 0:
-            self._tasks.spawn(self._refill_forever(), "realtime-pool")
+            self._tasks.spawn(self._refill_forever(), "realtime-pool", essential=True)
 
     async def stop(self) -> None:
         await self._tasks.close()
         ready, self._ready = self._ready, []
         await asyncio.gather(*(c.close() for c in ready), return_exceptions=True)
         POOL_READY.set(0)
+
+    @property
+    def failure(self) -> str | None:
+        """None while the refill loop runs (a ready check)."""
+        return self._tasks.failure
 
     @property
     def ready(self) -> int:

@@ -17,6 +17,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--speed", type=float, default=3.0, help="audio pace, times real time (0: burst)")
     parser.add_argument("--jitter-ms", type=float, default=0.0, help="random extra delay per audio chunk")
     parser.add_argument("--first-audio-delay-ms", type=int, default=0)
+    parser.add_argument(
+        "--session-created-delay-ms", type=int, default=0, help="wait before a new connection's session.created"
+    )
     parser.add_argument("--max-session-s", type=float, default=3600.0)
     parser.add_argument(
         "--truncate-shortfall-ms",
@@ -38,6 +41,7 @@ async def _serve(args: argparse.Namespace) -> None:
         seed=args.seed,
         speed=args.speed,
         first_audio_delay_ms=args.first_audio_delay_ms,
+        session_created_delay_ms=args.session_created_delay_ms,
         max_session_s=args.max_session_s,
         wire_log=args.wire_log,
         truncate_shortfall_ms=args.truncate_shortfall_ms,

@@ -20,6 +20,7 @@ class EmulatorHost(Protocol):
     seed: int
     speed: float
     first_audio_delay_ms: int
+    session_created_delay_ms: int
     max_session_s: float
     truncate_shortfall_ms: float
     error_delay_ms: int

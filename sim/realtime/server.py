@@ -46,6 +46,7 @@ class Emulator:
         seed: int = 0,
         speed: float = 3.0,
         first_audio_delay_ms: int = 0,
+        session_created_delay_ms: int = 0,
         max_session_s: float = 3600.0,
         wire_log: str | Path | None = None,
         truncate_shortfall_ms: float = 0,
@@ -59,7 +60,9 @@ class Emulator:
         """
         script: the replies (see `Script`). api_keys: accepted Bearer keys (None: any non-empty one).
         seed: ids, chunk sizes, splits and jitter. speed: audio pace, N× real time (0: burst).
-        first_audio_delay_ms: wait before a response's first delta. max_session_s: then session_expired + 1001.
+        first_audio_delay_ms: wait before a response's first delta. session_created_delay_ms: wait before a
+        new connection's `session.created` (the real service takes a few hundred ms).
+        max_session_s: then session_expired + 1001.
         wire_log: JSONL path. truncate_shortfall_ms: the server thinks emitted audio is this much shorter.
         error_delay_ms: errors arrive this much later. auto_respond_after_tool_output: respond to
         function_call_output unasked (the pipecat #3960 race). clock: seconds, for the wire log and expiry.
@@ -72,6 +75,7 @@ class Emulator:
         self.seed = seed
         self.speed = speed
         self.first_audio_delay_ms = first_audio_delay_ms
+        self.session_created_delay_ms = session_created_delay_ms
         self.max_session_s = max_session_s
         self.truncate_shortfall_ms = truncate_shortfall_ms
         self.error_delay_ms = error_delay_ms

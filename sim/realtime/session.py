@@ -270,6 +270,8 @@ class EmulatedSession:
     async def run(self) -> None:
         expiry = self.spawn(self._expire_later())
         try:
+            if self.emu.session_created_delay_ms:
+                await asyncio.sleep(self.emu.session_created_delay_ms / 1000)
             await self.send("session.created", session=copy.deepcopy(self.config))
             async for frame in self.ws:
                 if self._stalled_until:
