@@ -266,6 +266,11 @@ class EmailSummaryTool(Base):
 class TranscriptTool(Base):
     # Where the caller's copy comes from; the caller gives the address during the call.
     bcc: list[NonEmpty] = msgspec.field(default_factory=list)
+    # Distinct addresses one call may send its transcript to: a caller (or a confused model) cannot turn the
+    # agent into a mailer. Further addresses are refused and the model is told so.
+    max_addresses: Annotated[int, Meta(ge=1, le=20)] = 3
+    # request_transcript calls the model may make in any 60 s of one call; more are refused until it calms down.
+    max_calls_per_minute: Annotated[int, Meta(ge=1, le=120)] = 10
 
 
 class Tools(Base):
