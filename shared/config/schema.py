@@ -223,6 +223,9 @@ class ToolWorkerSettings(Base):
     queues: Annotated[list[NonEmpty], Meta(min_length=1)] = msgspec.field(default_factory=lambda: ["tools", "email"])
     health_host: NonEmpty = "127.0.0.1"
     health_port: PortOrZero = 15002
+    # On SIGTERM, a job in progress (a slow SMTP server) gets this long to finish; then it is stopped and put
+    # back at the front of its queue for another worker. Keep it below the orchestrator's stop grace period.
+    stop_grace_ms: Annotated[int, Meta(ge=0, le=60_000)] = 5000
 
 
 class TransferDestination(Base):
