@@ -384,6 +384,17 @@ def test_a_lock_left_by_a_killed_sender_is_waited_for_not_failed(inbox, conn, ke
     assert len(inbox.messages) == 1
 
 
+def test_a_queued_job_expires_after_a_week_not_never(conn, keys, rclient):
+    """Jobs that never ran (no tool worker) used to stay in Redis forever; a long TTL, so that none is dropped
+    before a worker could take it (RQ skips an expired job without a word)."""
+    call_id = write_call(rclient, keys)
+    for job_id in (
+        email_queue.enqueue_summary(conn, keys, call_id),
+        email_queue.enqueue_transcript(conn, keys, call_id, "bob@example.org"),
+    ):
+        assert 6 * 24 * 3600 < rclient.ttl(f"rq:job:{job_id}") <= 7 * 24 * 3600
+
+
 def test_each_confirmed_address_is_one_transcript_job_and_the_summary_keeps_its_reason(conn, keys, rclient):
     call_id = write_call(rclient, keys)
     queue_key = f"rq:queue:{keys.queue('email')}"
