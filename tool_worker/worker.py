@@ -170,9 +170,11 @@ class ToolWorker(Worker):
                     death_penalty_class=self.death_penalty_class,
                 )
             except DequeueTimeout:
+                wait_s = 1.0
                 continue
             except redis.ConnectionError as exc:
-                log.error("Redis is unreachable (%s); retrying in %g s", exc, wait_s)
+                # One line per outage, not one per attempt.
+                (log.error if wait_s == 1.0 else log.debug)("Redis is unreachable (%s); retrying", exc)
                 self._sleep_unless_stopped(wait_s)
                 wait_s = min(wait_s * 2, MAX_REDIS_WAIT_S)
                 continue
@@ -186,7 +188,7 @@ class ToolWorker(Worker):
     def _sleep_unless_stopped(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
         while not self._stop_requested and time.monotonic() < deadline:
-            time.sleep(min(0.1, deadline - time.monotonic()))
+            time.sleep(max(0.0, min(0.1, deadline - time.monotonic())))
 
     def teardown(self):
         try:
