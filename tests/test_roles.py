@@ -190,6 +190,37 @@ def test_redis_outage_mid_run_then_recovery_reregisters(role, tmp_path, private_
         cluster.stop_all()
 
 
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in open(f"/proc/{pid}/task/{pid}/children").read().split()]
+    except OSError:
+        return []
+
+
+@pytest.mark.slow  # measured 4 s
+def test_a_killed_tool_workers_scheduler_does_not_run_on(cluster):
+    """RQ's scheduler is a process of its own; when its worker was SIGKILLed (as after a lost SIGTERM) it ran
+    on for good, an orphan holding the scheduler lock."""
+    proc = cluster.start("tool-worker")
+    assert cluster.wait_ready([proc], 30), proc.log_text()[-2000:]
+    wait_for(lambda: _children(proc.popen.pid), timeout=10)  # the scheduler, forked once RQ registered
+    (scheduler,) = _children(proc.popen.pid)
+    proc.popen.kill()
+    proc.popen.wait(5)
+    try:
+        wait_for(lambda: not os.path.exists(f"/proc/{scheduler}") or "zombie" in _state(scheduler), timeout=10)
+    finally:
+        if os.path.exists(f"/proc/{scheduler}"):
+            os.kill(scheduler, signal.SIGKILL)
+
+
+def _state(pid: int) -> str:
+    try:
+        return open(f"/proc/{pid}/status").read().split("State:")[1].split("\n")[0].lower()
+    except (OSError, IndexError):
+        return "gone"
+
+
 @pytest.mark.slow  # measured 3 s
 def test_a_tool_worker_stops_on_sigterm_while_redis_is_away(tmp_path, private_redis, prefix):
     """RQ's teardown unregisters the worker from Redis: with Redis away that raised, and the worker exited 1

@@ -22,7 +22,8 @@ came before RQ's handlers (`early_stop`) is taken over when they are installed. 
 `tool_worker.stop_grace_ms`; then its work horse is killed and the job goes back to the front of its queue
 (not a failure: no retry is used), where another worker, or this one restarted, takes it; the email jobs'
 sent-marker and lock keep that to one delivery. Teardown waits a bounded time for RQ's scheduler process and
-pubsub thread (both joined without a timeout by RQ and redis-py).
+pubsub thread (both joined without a timeout by RQ and redis-py), and the scheduler process stops by itself
+once its worker is gone (`OwnedScheduler`).
 """
 
 from __future__ import annotations
@@ -37,7 +38,9 @@ from contextlib import suppress
 import redis
 from rq import Queue, Worker
 from rq.exceptions import DequeueTimeout, InvalidJobOperation, NoSuchJobError
+from rq.defaults import DEFAULT_LOGGING_DATE_FORMAT, DEFAULT_LOGGING_FORMAT
 from rq.job import Job, JobStatus
+from rq.scheduler import RQScheduler
 from rq.utils import as_text, current_timestamp, parse_composite_key
 from rq.utils import now as rq_now
 from rq.worker import WorkerStatus
@@ -104,6 +107,23 @@ def job_outcome(job: Job) -> str:
     return status.value if status is not None else "finished"
 
 
+class OwnedScheduler(RQScheduler):
+    """RQ's scheduler process, which also stops once its worker is gone: RQ's ran on as an orphan after a
+    SIGKILL of its worker, holding the scheduler lock and a Redis connection for good."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._worker_pid = os.getpid()  # built in the worker; its process is forked from there
+
+    def enqueue_scheduled_jobs(self):
+        # In the scheduler's own process (burst mode runs it in the worker's), re-parented: the worker died.
+        if os.getpid() != self._worker_pid and os.getppid() != self._worker_pid:
+            self.log.warning("Scheduler: its worker (PID %d) is gone; stopping", self._worker_pid)
+            self.request_stop()
+            return
+        super().enqueue_scheduled_jobs()
+
+
 class ToolWorker(Worker):
     def __init__(
         self, *args, stop_grace_s: float = 5.0, early_stop: Callable[[], bool] = lambda: False, **kwargs
@@ -118,6 +138,29 @@ class ToolWorker(Worker):
         for func in (SUMMARY_FUNC, TRANSCRIPT_FUNC):  # at 0 from the start: increase() then sees the first one
             for outcome in OUTCOMES:
                 JOBS.labels(task_name(func), outcome)
+
+    def _start_scheduler(self, burst=False, logging_level="INFO", date_format=None, log_format=None):
+        """RQ's, with the scheduler that stops when the worker is gone."""
+        self.scheduler = OwnedScheduler(
+            self.queues,
+            connection=self.connection,
+            logging_level=logging_level if logging_level is not None else self.log.level,
+            date_format=date_format or DEFAULT_LOGGING_DATE_FORMAT,
+            log_format=log_format or DEFAULT_LOGGING_FORMAT,
+            serializer=self.serializer,
+        )
+        self.scheduler.acquire_locks()
+        if not self.scheduler.acquired_locks:
+            return  # another worker's scheduler holds them; maintenance tries again
+        if burst:
+            try:
+                self.scheduler.register_birth()
+                self.scheduler.enqueue_scheduled_jobs()
+            finally:
+                self.scheduler.release_locks()
+                self.scheduler.register_death()
+        else:
+            self.scheduler.start()
 
     # --- stopping -------------------------------------------------------------------------------------
     def _install_signal_handlers(self):
