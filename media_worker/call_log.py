@@ -20,6 +20,9 @@ from shared.keys import Keys
 log = logging.getLogger("call_log")
 
 MAX_ENTRIES = 5000  # a two-hour call has a few hundred; the cap only guards against a runaway loop
+# Entries waiting for Redis (an outage: each waits up to ~3 s of retries). A call adds a few a minute, so the bound
+# is only reached by a runaway loop; then the newest entry is refused, counted in `failed` and logged once.
+MAX_PENDING = 1000
 
 
 class CallLog:
@@ -27,7 +30,7 @@ class CallLog:
         self.redis = redis
         self.key = keys.call_log(call_id)
         self.started = time.monotonic() if started is None else started
-        self._pending: asyncio.Queue[dict[FieldT, EncodableT]] = asyncio.Queue()
+        self._pending: asyncio.Queue[dict[FieldT, EncodableT]] = asyncio.Queue(MAX_PENDING)
         self._writer: asyncio.Task[None] | None = None
         self.written = 0
         self.failed = 0
@@ -53,7 +56,13 @@ class CallLog:
         )
 
     def _put(self, entry: dict[str, str]) -> None:
-        self._pending.put_nowait({key: value for key, value in entry.items()})
+        try:
+            self._pending.put_nowait({key: value for key, value in entry.items()})
+        except asyncio.QueueFull:
+            self.failed += 1
+            if self.failed == 1:
+                log.error("call log: %d entries wait for Redis already; dropping new ones", MAX_PENDING)
+            return
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write(), name="call-log")
 
@@ -80,9 +89,9 @@ class CallLog:
             if pending:
                 log.warning("call log still has %d entries unwritten", self._pending.qsize())
 
-    async def close(self) -> None:
+    async def close(self, timeout: float = 5.0) -> None:
         """The call is over: write what is left (bounded by flush's wait), then stop the writer."""
-        await self.flush()
+        await self.flush(timeout)
         if self._writer is not None and not self._writer.done():
             self._writer.cancel()
             await asyncio.wait([self._writer])

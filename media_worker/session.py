@@ -137,6 +137,7 @@ class CallSession:
         self._dropped_published = 0  # of uplink.dropped, what the metric has been given
         self.flood = FloodGuard()
         self._first_delta_t: dict[str, float] = {}  # item -> when its first audio arrived, until it plays
+        self._caller_turns = 0  # the caller's committed turns: request_transcript's read-back waits for one
 
     # --- lifecycle -------------------------------------------------------------------------------------
     @property
@@ -529,6 +530,9 @@ class CallSession:
     def _on_input_transcript(self, event: ev.InputTranscript) -> None:
         self.log.utterance("user", event.transcript, event.item_id)
 
+    def _on_committed(self, event: ev.Committed) -> None:
+        self._caller_turns += 1
+
     def _on_speech_stopped(self, event: ev.SpeechStopped) -> None:
         self.stats.turn_ended_at = time.monotonic()
         self.stats.awaiting_first_frame = True
@@ -585,12 +589,16 @@ class CallSession:
     async def agent_finished(self) -> None:
         await self._agent_idle.wait()
 
+    def caller_turns(self) -> int:
+        return self._caller_turns
+
 
 _EVENT_HANDLERS: dict[type, Callable[[CallSession, Any], None]] = {
     ev.AudioDone: CallSession._on_audio_done,
     ev.TranscriptDone: CallSession._on_transcript,
     ev.InputTranscript: CallSession._on_input_transcript,
     ev.SpeechStopped: CallSession._on_speech_stopped,
+    ev.Committed: CallSession._on_committed,
     ev.ResponseCreated: CallSession._on_response_created,
     ev.ResponseDone: CallSession._on_response_done,
     ev.RateLimits: CallSession._on_rate_limits,

@@ -26,6 +26,7 @@ from redis.typing import EncodableT, FieldT
 from media_worker.call_log import CallLog
 from media_worker.call_state import ToolCalled
 from media_worker.context import WorkerContext
+from media_worker.transcript_requests import FULL, NO_CALL, TranscriptRequests, Verdict, store_address
 from shared.email_address import parse_spoken_email, spell_back
 from shared.messages import CallPlan, ControlReply, ControlRequest, inbox_fields
 from shared.metrics import TOOL_CALLS, TOOL_SECONDS
@@ -70,6 +71,10 @@ class ToolHost(Protocol):
         """Return once nothing the agent says is being generated, waiting, or playing."""
         ...
 
+    def caller_turns(self) -> int:
+        """How many turns the caller has taken so far (input committed): a read-back is answered only after."""
+        ...
+
 
 Result = tuple[dict[str, Any], bool, FollowUp | None]  # (output, respond, then)
 
@@ -87,6 +92,8 @@ class ToolRunner:
         self.host = host
         self._replies: dict[str, asyncio.Queue[ControlReply]] = {}
         self._hangup_by: str | None = None  # the tool call whose farewell and hang-up are under way
+        limits = ctx.config.tools.request_transcript
+        self.transcripts = TranscriptRequests(limits.max_addresses, limits.max_calls_per_minute)
 
     # --- the controller's replies (from the worker inbox) ----------------------------------------------
     def on_reply(self, reply: ControlReply) -> None:
@@ -295,26 +302,54 @@ class ToolRunner:
                 True,
                 None,
             )
-        if not args.confirmed:
+        requests = self.transcripts
+        verdict = requests.decide(address, args.confirmed, self.host.caller_turns(), time.monotonic())
+        if verdict is Verdict.TOO_OFTEN:
+            return (
+                _out(
+                    ok=False,
+                    error=f"request_transcript was called more than {requests.max_calls_per_minute} times in a "
+                    "minute; stop calling it and talk with the caller",
+                ),
+                True,
+                None,
+            )
+        if verdict is Verdict.FULL:
+            return self._transcripts_full(requests.stored), True, None
+        if verdict is Verdict.AWAITING_CALLER:
+            return (
+                _out(
+                    ok=False,
+                    status="awaiting_caller",
+                    address=address,
+                    error="Not scheduled: the caller has not answered the read-back yet. Ask them whether the "
+                    "spelling is right and wait for their answer before calling again with confirmed true.",
+                ),
+                True,
+                None,
+            )
+        if verdict is not Verdict.STORE:  # READ_BACK, or UNCONFIRMED: confirmed before any read-back
+            first = "" if verdict is Verdict.READ_BACK else "Not scheduled yet: this address was not read back. "
             return (
                 _out(
                     ok=True,
                     status="confirm",
                     address=address,
                     spelled=spell_back(address),
-                    message="Read the spelling back to the caller. If they confirm, call request_transcript "
-                    "again with confirmed true.",
+                    message=f"{first}Read the spelling back to the caller and ask whether it is right. Only "
+                    "after the caller says yes, call request_transcript again with this address and "
+                    "confirmed true.",
                 ),
                 True,
                 None,
             )
-        key = self.ctx.keys.call(self.call_id)
-        current = await self.ctx.redis.hget(key, "transcript_to") or ""
-        text = current.decode() if isinstance(current, bytes) else current
-        addresses = [a for a in text.split(",") if a]
-        if address not in addresses:
-            addresses.append(address)
-            await self.ctx.redis.hset(key, "transcript_to", ",".join(addresses))
+        outcome, requests.stored = await store_address(
+            self.ctx.redis, self.ctx.keys.call(self.call_id), address, requests.max_addresses
+        )
+        if outcome == FULL:
+            return self._transcripts_full(requests.stored), True, None
+        if outcome == NO_CALL:
+            return _out(ok=False, error="the call record is gone; the transcript cannot be sent"), True, None
         return (
             _out(
                 ok=True,
@@ -324,4 +359,13 @@ class ToolRunner:
             ),
             True,
             None,
+        )
+
+    def _transcripts_full(self, stored: list[str]) -> dict[str, Any]:
+        return _out(
+            ok=False,
+            status="limit_reached",
+            scheduled=stored,
+            error=f"No more addresses: a call's transcript goes to at most {self.transcripts.max_addresses} "
+            f"address(es), and it is scheduled for {', '.join(stored)}. Tell the caller you cannot add another.",
         )

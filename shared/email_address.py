@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import re
 
-# A practical subset of RFC 5321: what callers have and what every MTA accepts.
-_LOCAL = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*$")
-_LABEL = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
-_TLD = re.compile(r"^[A-Za-z]{2,63}$|^xn--[A-Za-z0-9-]{1,59}$")
+# A practical subset of RFC 5321: what callers have and what every MTA accepts. Matched with fullmatch: a
+# `$` anchor also matches before a trailing newline, and "a@b.com\n" would pass into an SMTP envelope.
+_LOCAL = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
+_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+_TLD = re.compile(r"[A-Za-z]{2,63}|xn--[A-Za-z0-9-]{1,59}")
 _WRITTEN = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9.-]+")
 
 _SYMBOLS = {
@@ -86,12 +87,12 @@ def validate_email(addr: str) -> bool:
     if not isinstance(addr, str) or len(addr) > 254 or addr.count("@") != 1:
         return False
     local, domain = addr.split("@")
-    if not local or len(local) > 64 or not _LOCAL.match(local):
+    if not local or len(local) > 64 or not _LOCAL.fullmatch(local):
         return False
     labels = domain.split(".")
-    if len(labels) < 2 or not all(_LABEL.match(label) for label in labels):
+    if len(labels) < 2 or not all(_LABEL.fullmatch(label) for label in labels):
         return False
-    return bool(_TLD.match(labels[-1]))
+    return bool(_TLD.fullmatch(labels[-1]))
 
 
 def _normalise(addr: str) -> str:

@@ -26,6 +26,11 @@ QUEUE = "email"
 JOB_TIMEOUT_S = 60
 RESULT_TTL_S = 24 * 3600
 FAILURE_TTL_S = 7 * 24 * 3600
+# A job that never starts (no tool worker) expires from Redis after this long instead of staying forever, and
+# RQ then skips it without a word: so it is long. A week: the call record and log the job needs are kept that
+# long by default (call_retention_days), as is the sent-marker that keeps a late run from sending twice; and
+# RqNoWorkers alerts within minutes of the last tool worker going, so an operator has days to bring one back.
+QUEUED_TTL_S = 7 * 24 * 3600
 TRANSCRIPTS_TTL_S = 7 * 24 * 3600
 RETRY_INTERVALS = (2, 5, 15, 60)
 # Tests (and impatient operators) shorten the backoff: "1,1,1,1".
@@ -82,6 +87,7 @@ def _enqueue(conn: redis.Redis, keys: Keys, job_id: str, func: str, args: list[s
             args=args,
             job_id=job_id,
             timeout=JOB_TIMEOUT_S,
+            ttl=QUEUED_TTL_S,
             result_ttl=RESULT_TTL_S,
             failure_ttl=FAILURE_TTL_S,
             retry=Retry(max=4, interval=retry_intervals()),

@@ -76,7 +76,10 @@ def _email_argument(description: str) -> dict[str, Any]:
         "type": "object",
         "properties": {
             "email": {"type": "string", "description": description},
-            "confirmed": {"type": "boolean", "description": "True once the caller confirmed the spelling."},
+            "confirmed": {
+                "type": "boolean",
+                "description": "True only after you read the spelling back and the caller said it is right.",
+            },
         },
         "required": ["email"],
         "additionalProperties": False,
@@ -108,10 +111,11 @@ def definitions(config: Config) -> dict[str, dict[str, Any]]:
             "parameters": _NO_ARGS,
         },
         "request_transcript": {
-            "description": "Email the caller a transcript of this call after it ends. Call it first with the "
+            "description": "Email the caller a transcript of this call after it ends, to at most "
+            f"{config.tools.request_transcript.max_addresses} address(es) per call. Call it first with the "
             "address as the caller said it (e.g. 'john dot smith at example dot com'); read back "
-            "the spelling it returns, and once the caller confirms, call it again with "
-            "confirmed true.",
+            "the spelling it returns and ask the caller. Only after the caller says it is right, call it "
+            "again with confirmed true: a confirmation before the caller answered is not accepted.",
             "parameters": _email_argument("The caller's email address, as they said or spelled it."),
         },
     }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import select
 import signal
 import socket
@@ -57,13 +58,57 @@ def redis_or_explain(url: str) -> redis.Redis | None:
         return None
 
 
+# RQ's keys of one job: `rq:job:{id}` (and `:dependents`, `rq:job::{id}:dependencies`), `rq:results:{id}`,
+# `rq:executions:{id}`, `rq:execution:{id}:{execution}`. Job ids hold no ':' (RQ 2 refuses it).
+_RQ_JOB_KEY = re.compile(r"rq:(?:job:+|results:|executions?:)([A-Za-z0-9_-]+)")
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def purge(client: redis.Redis, prefix: str) -> int:
-    """Delete a cluster's keys (its prefix, and RQ's keys that embed its queue names); returns how many."""
+    """Delete a cluster's keys; returns how many. Its own are under its prefix; RQ's embed the prefix only in
+    queue names (`rq:queue:{prefix}email`, the registries): job ids do not carry it, so a job is the cluster's
+    when its `origin` is one of the cluster's queues. RQ's global sets (`rq:queues`, `rq:workers`) lose the
+    cluster's entries."""
     removed = 0
     for pattern in (f"{prefix}*", f"rq:*{prefix}*"):
         for key in client.scan_iter(match=pattern, count=500):
             removed += client.delete(key)
+    jobs = _rq_jobs_of(client, prefix)
+    if jobs:
+        for key in client.scan_iter(match="rq:*", count=500):
+            found = _RQ_JOB_KEY.match(_text(key))
+            if found is not None and found.group(1) in jobs:
+                removed += client.delete(key)
+    for queue in client.smembers("rq:queues"):
+        if _text(queue).startswith(f"rq:queue:{prefix}"):
+            client.srem("rq:queues", queue)
+    for worker in client.smembers("rq:workers"):
+        queues = client.hget(_text(worker), "queues")
+        if queues is not None and all(q.startswith(prefix) for q in _text(queues).split(",")):
+            client.srem("rq:workers", worker)
+            removed += client.delete(_text(worker))
     return removed
+
+
+def _rq_jobs_of(client: redis.Redis, prefix: str) -> set[str]:
+    """The ids of the RQ jobs whose queue (`origin`) is under `prefix`."""
+    ids = [
+        _text(key)[len("rq:job:") :]
+        for key in client.scan_iter(match="rq:job:*", count=500)
+        if _text(key).count(":") == 2
+    ]
+    with client.pipeline(transaction=False) as pipe:
+        for job_id in ids:
+            pipe.hget(f"rq:job:{job_id}", "origin")
+        origins = pipe.execute()
+    return {
+        job_id
+        for job_id, origin in zip(ids, origins, strict=True)
+        if origin is not None and _text(origin).startswith(prefix)
+    }
 
 
 @dataclass

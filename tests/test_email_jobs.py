@@ -364,13 +364,35 @@ def test_no_recipients_or_summaries_off_are_recorded_as_skipped(inbox, conn, key
     assert inbox.messages and rclient.hget(keys.call(other), "summary_email") == "sent"
 
 
-def test_a_send_in_progress_elsewhere_is_not_doubled(inbox, conn, keys, rclient):
+def test_a_send_in_progress_elsewhere_is_not_doubled(inbox, conn, keys, rclient, monkeypatch):
+    monkeypatch.setattr(email_jobs, "LOCK_WAIT_S", 0.5)  # waited for this long, then given up for a retry
     call_id = write_call(rclient, keys)
     msgid = render.message_id("send_email_summary", call_id, FROM)
     conn.set(email_jobs.marker_key(keys, msgid) + ":lock", "someone-else", px=5000)
     with pytest.raises(SendFailed) as failed:
         email_jobs.run_summary(conn, make_config(inbox.port), keys, call_id, "call_end")
     assert failed.value.transient and inbox.messages == []
+
+
+def test_a_lock_left_by_a_killed_sender_is_waited_for_not_failed(inbox, conn, keys, rclient):
+    """A work horse killed to stop its worker leaves its send lock for up to LOCK_TTL_MS, and its job is put
+    back at once: the next attempt waits for the lock rather than spend one of its retries."""
+    call_id = write_call(rclient, keys)
+    msgid = render.message_id("send_email_summary", call_id, FROM)
+    conn.set(email_jobs.marker_key(keys, msgid) + ":lock", "killed-horse", px=700)
+    assert email_jobs.run_summary(conn, make_config(inbox.port), keys, call_id, "call_end")["status"] == "sent"
+    assert len(inbox.messages) == 1
+
+
+def test_a_queued_job_expires_after_a_week_not_never(conn, keys, rclient):
+    """Jobs that never ran (no tool worker) used to stay in Redis forever; a long TTL, so that none is dropped
+    before a worker could take it (RQ skips an expired job without a word)."""
+    call_id = write_call(rclient, keys)
+    for job_id in (
+        email_queue.enqueue_summary(conn, keys, call_id),
+        email_queue.enqueue_transcript(conn, keys, call_id, "bob@example.org"),
+    ):
+        assert 6 * 24 * 3600 < rclient.ttl(f"rq:job:{job_id}") <= 7 * 24 * 3600
 
 
 def test_each_confirmed_address_is_one_transcript_job_and_the_summary_keeps_its_reason(conn, keys, rclient):
@@ -391,7 +413,7 @@ def test_each_confirmed_address_is_one_transcript_job_and_the_summary_keeps_its_
 # --- through real tool-worker processes --------------------------------------------------------------------
 
 
-def worker_config(tmp_path: Path, smtp_port: int) -> Path:
+def worker_config(tmp_path: Path, smtp_port: int, timeout_ms: int = 5000, stop_grace_ms: int = 5000) -> Path:
     path = tmp_path / "ai-agent.yaml"
     path.write_text(f"""
 company_name: Acme
@@ -400,6 +422,7 @@ redis:
   key_prefix: ${{REDIS_KEY_PREFIX}}
 tool_worker:
   queues: [tools, email]
+  stop_grace_ms: {stop_grace_ms}
 tools:
   send_email_summary:
     recipients: [ops@example.com]
@@ -409,7 +432,7 @@ email:
   smtp_host: 127.0.0.1
   smtp_port: {smtp_port}
   from_address: "{FROM}"
-  timeout_ms: 5000
+  timeout_ms: {timeout_ms}
 logging:
   level: info
 """)
@@ -519,6 +542,51 @@ def test_worker_killed_mid_job_the_email_still_arrives_exactly_once(workers, inb
     assert "abandoned by a dead worker; requeued" in second.log_text()
     assert len(email_entries(rclient, keys, call_id)) == 1
     assert rclient.hget(keys.call(call_id), "summary_email") == "sent"
+
+
+@pytest.mark.slow  # measured 9 s
+def test_sigterm_during_a_stalled_send_stops_the_worker_and_the_email_arrives_once(
+    tmp_path, cluster_env, inbox, conn, keys, rclient
+):
+    """A worker stopped while the SMTP server stalls in DATA used to wait for the whole send (its SMTP timeout,
+    up to the 60 s job timeout) before exiting. Now the job gets stop_grace_ms, then goes back to the front of
+    its queue (no retry used) and the next worker delivers it, once; the job queued behind it stays queued."""
+    cluster = LocalCluster(
+        worker_config(tmp_path, inbox.port, timeout_ms=30_000, stop_grace_ms=1000), tmp_path, cluster_env
+    )
+    try:
+        first = start_worker(cluster)
+        call_id = write_call(rclient, keys)
+        inbox.delays = [60.0]  # the first DATA stalls far beyond the grace
+        summary = email_queue.enqueue_summary(conn, keys, call_id)
+        assert inbox.in_data.wait(10), first.log_text()
+        transcript = email_queue.enqueue_transcript(conn, keys, call_id, "bob@example.org")  # queued behind it
+        t0 = time.monotonic()
+        first.popen.send_signal(signal.SIGTERM)
+        try:
+            code = first.popen.wait(8)
+        except subprocess.TimeoutExpired:
+            first.popen.kill()
+            first.popen.wait()
+            pytest.fail(f"not stopped within 8 s of SIGTERM:\n{first.log_text()[-3000:]}")
+        stopped_in = time.monotonic() - t0
+        assert code == 0, first.log_text()[-3000:]
+        assert "put back at the front" in first.log_text()
+        assert (job_status(conn, summary), job_status(conn, transcript)) == ("queued", "queued")
+        assert Job.fetch(summary, connection=conn).retries_left == 4  # stopping is not a failure
+        assert inbox.messages == []  # the stalled DATA never got its 250
+
+        start_worker(cluster)
+        wait_for(lambda: job_status(conn, summary) == job_status(conn, transcript) == "finished", timeout=30)
+        time.sleep(1.0)
+        ids = sorted(msg["Message-ID"].strip() for _, msg in inbox.messages)
+        assert ids == sorted(
+            [f"<send_email_summary.{call_id}@example.com>", f"<request_transcript.{call_id}.1@example.com>"]
+        ), stopped_in
+        assert rclient.hget(keys.call(call_id), "summary_email") == "sent"
+        assert len(email_entries(rclient, keys, call_id)) == 2
+    finally:
+        cluster.stop_all()
 
 
 @pytest.mark.slow  # measured 6.5 s

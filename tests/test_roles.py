@@ -190,6 +190,59 @@ def test_redis_outage_mid_run_then_recovery_reregisters(role, tmp_path, private_
         cluster.stop_all()
 
 
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in open(f"/proc/{pid}/task/{pid}/children").read().split()]
+    except OSError:
+        return []
+
+
+@pytest.mark.slow  # measured 4 s
+def test_a_killed_tool_workers_scheduler_does_not_run_on(cluster):
+    """RQ's scheduler is a process of its own; when its worker was SIGKILLed (as after a lost SIGTERM) it ran
+    on for good, an orphan holding the scheduler lock."""
+    proc = cluster.start("tool-worker")
+    assert cluster.wait_ready([proc], 30), proc.log_text()[-2000:]
+    wait_for(lambda: _children(proc.popen.pid), timeout=10)  # the scheduler, forked once RQ registered
+    (scheduler,) = _children(proc.popen.pid)
+    proc.popen.kill()
+    proc.popen.wait(5)
+    try:
+        wait_for(lambda: not os.path.exists(f"/proc/{scheduler}") or "zombie" in _state(scheduler), timeout=10)
+    finally:
+        if os.path.exists(f"/proc/{scheduler}"):
+            os.kill(scheduler, signal.SIGKILL)
+
+
+def _state(pid: int) -> str:
+    try:
+        return open(f"/proc/{pid}/status").read().split("State:")[1].split("\n")[0].lower()
+    except (OSError, IndexError):
+        return "gone"
+
+
+@pytest.mark.slow  # measured 3 s
+def test_a_tool_worker_stops_on_sigterm_while_redis_is_away(tmp_path, private_redis, prefix):
+    """RQ's teardown unregisters the worker from Redis: with Redis away that raised, and the worker exited 1
+    with a traceback. Now it exits 0 and says that its registration will expire by itself."""
+    server = private_redis()
+    server.start()
+    cluster = LocalCluster(
+        CONFIG,
+        tmp_path,
+        {"REDIS_URL": server.url, "REDIS_KEY_PREFIX": prefix, "OPENAI_API_KEY": TEST_API_KEY, **OFFLINE},
+    )
+    try:
+        proc = cluster.start("tool-worker")
+        assert cluster.wait_ready([proc], timeout=30), proc.log_text()
+        server.stop()
+        wait_for(lambda: proc.readiness().get("failing", {}).get("redis") == "Redis is unreachable")
+        assert cluster.stop(proc, timeout=5) == 0, proc.log_text()[-3000:]
+        assert "could not unregister from Redis" in proc.log_text()
+    finally:
+        cluster.stop_all()
+
+
 @pytest.mark.parametrize("role", ROLES)
 def test_sigterm_while_waiting_for_redis_stops_cleanly(role, tmp_path, private_redis, prefix):
     server = private_redis()  # never started
@@ -262,4 +315,26 @@ def test_an_idle_tool_worker_exits_on_sigterm_at_once(cluster):
     proc = cluster.start("tool-worker")
     assert cluster.wait_ready([proc], 30), proc.log_text()[-2000:]
     time.sleep(2)  # the pubsub thread is inside its blocking read
-    assert cluster.stop(proc, timeout=10) == 0, proc.log_text()[-2000:]
+    assert cluster.stop(proc, timeout=5) == 0, proc.log_text()[-2000:]
+
+
+@pytest.mark.slow  # measured 25 s
+def test_a_sigterm_as_the_tool_worker_turns_ready_is_never_lost(cluster):
+    """RQ registers the worker (so /readyz turns 200) before it installs its signal handlers; a SIGTERM in
+    between went to the service's early handler, whose flag nothing read: the worker never exited (about half
+    of the time, signalled the moment it turned ready)."""
+    for attempt in range(10):
+        proc = cluster.start("tool-worker", instance_id=f"tool-worker-ready-{attempt}-{os.getpid()}")
+        deadline = time.monotonic() + 30
+        while not proc.ready():  # polled tightly: the window is a few ms after registration
+            assert time.monotonic() < deadline and proc.popen.poll() is None, proc.log_text()[-2000:]
+            time.sleep(0.005)
+        proc.popen.send_signal(signal.SIGTERM)
+        try:
+            code = proc.popen.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.popen.kill()
+            proc.popen.wait()
+            pytest.fail(f"attempt {attempt}: SIGTERM at readiness lost\n{proc.log_text()[-2000:]}")
+        assert code == 0, proc.log_text()[-2000:]
+        assert "Traceback" not in proc.log_text()

@@ -35,6 +35,23 @@ async def test_call_log_round_trips_into_the_replay_shape(redis_url, prefix):
         await client.aclose()
 
 
+async def test_call_log_holds_a_bounded_backlog_while_redis_is_away(monkeypatch):
+    """Redis unreachable (a port nothing listens on): the entries wait, at most MAX_PENDING of them; the rest are
+    counted as failed, not held without bound."""
+    from media_worker import call_log
+
+    monkeypatch.setattr(call_log, "MAX_PENDING", 5)
+    client = aioredis.Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.2)
+    log = CallLog(client, Keys("va-test:"), "call-1")
+    try:
+        for i in range(12):
+            log.utterance("user", f"utterance {i}")
+        assert log._pending.qsize() == 5 and log.failed == 7  # the writer has not run yet
+    finally:
+        await log.close(timeout=0.1)
+        await client.aclose()
+
+
 def test_a_cut_transcript_ends_at_a_whole_word():
     text = "We are open on weekdays from eight in the morning until six."
     assert _cut(text, 1.0) == text

@@ -83,6 +83,10 @@ def test_unknown_words_join_the_address_rather_than_vanish():
         ("a" * 65 + "@b.com", False),
         ("a@" + "b" * 250 + ".com", False),
         ("a@b.xn--p1ai", True),
+        # `$` matched before a trailing newline: these went into the SMTP envelope.
+        ("a@b.com\n", False),
+        ("a\n@b.com", False),
+        ("a@b\n.com", False),
     ],
 )
 def test_validate_email(addr, ok):

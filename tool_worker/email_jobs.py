@@ -40,6 +40,8 @@ log = logging.getLogger("tool_worker.email")
 MARKER_TTL_S = 7 * 24 * 3600
 LOCK_TTL_MS = 5000  # a dead sender's lock is gone this soon
 LOCK_REFRESH_S = 1.0
+LOCK_WAIT_S = LOCK_TTL_MS / 1000 + 1.0  # a dead sender's lock is gone by then; a live one's is not
+LOCK_POLL_S = 0.25
 LOG_MAXLEN = 5000  # as media_worker.call_log
 
 SUMMARY = "send_email_summary"
@@ -157,8 +159,13 @@ class _Lock:
         self._thread: threading.Thread | None = None
 
     def __enter__(self) -> _Lock:
-        if not self.conn.set(self.key, self.token, nx=True, px=LOCK_TTL_MS):
-            raise SendFailed("another attempt is sending this message", True)
+        # A lock left by a sender that died (a work horse killed to stop its worker, then its job put back at
+        # once) expires within LOCK_TTL_MS: wait that long rather than spend one of the job's retries on it.
+        deadline = time.monotonic() + LOCK_WAIT_S
+        while not self.conn.set(self.key, self.token, nx=True, px=LOCK_TTL_MS):
+            if time.monotonic() >= deadline:
+                raise SendFailed("another attempt is sending this message", True)
+            time.sleep(LOCK_POLL_S)
         self._thread = threading.Thread(target=self._refresh, name="email-lock", daemon=True)
         self._thread.start()
         return self

@@ -1,7 +1,8 @@
 """The tool worker process: a real RQ worker on the configured queues, plus health endpoints.
 
-RQ is blocking, so the health endpoints run on their own loop in a thread; RQ owns the main thread and its
-signals (SIGTERM = warm shutdown: the current job finishes, then the worker unregisters).
+RQ is blocking, so the health endpoints run on their own loop in a thread; RQ owns the main thread. SIGTERM
+stops the worker: at once when idle; a job in progress gets `tool_worker.stop_grace_ms`, then goes back to its
+queue (`ToolWorker`). A signal before RQ's handlers are installed is kept here and handed over to them.
 """
 
 from __future__ import annotations
@@ -81,10 +82,17 @@ def run(
             return 0
         queues = [Queue(keys.queue(q), connection=conn) for q in config.tool_worker.queues]
         email_jobs.configure(config)  # the jobs (forked from here) send with this worker's config
-        worker = ToolWorker(queues, connection=conn, name=name)
+        worker = ToolWorker(
+            queues,
+            connection=conn,
+            name=name,
+            stop_grace_s=config.tool_worker.stop_grace_ms / 1000,
+            early_stop=lambda: stop["requested"],  # a signal before RQ's handlers are in is read once they are
+        )
         state["worker"] = worker
-        log.info("listening on queues %s", ", ".join(q.name for q in queues))
-        worker.work(burst=burst, logging_level=config.logging.level.upper(), with_scheduler=True)
+        if not stop["requested"]:
+            log.info("listening on queues %s", ", ".join(q.name for q in queues))
+            worker.work(burst=burst, logging_level=config.logging.level.upper(), with_scheduler=True)
     finally:
         server.stop()
         probe.close()

@@ -236,6 +236,9 @@ class ToolWorkerSettings(Base):
     queues: Annotated[list[NonEmpty], Meta(min_length=1)] = msgspec.field(default_factory=lambda: ["tools", "email"])
     health_host: NonEmpty = "127.0.0.1"
     health_port: PortOrZero = 15002
+    # On SIGTERM, a job in progress (a slow SMTP server) gets this long to finish; then it is stopped and put
+    # back at the front of its queue for another worker. Keep it below the orchestrator's stop grace period.
+    stop_grace_ms: Annotated[int, Meta(ge=0, le=60_000)] = 5000
 
 
 class TransferDestination(Base):
@@ -279,6 +282,11 @@ class EmailSummaryTool(Base):
 class TranscriptTool(Base):
     # Where the caller's copy comes from; the caller gives the address during the call.
     bcc: list[NonEmpty] = msgspec.field(default_factory=list)
+    # Distinct addresses one call may send its transcript to: a caller (or a confused model) cannot turn the
+    # agent into a mailer. Further addresses are refused and the model is told so.
+    max_addresses: Annotated[int, Meta(ge=1, le=20)] = 3
+    # request_transcript calls the model may make in any 60 s of one call; more are refused until it calms down.
+    max_calls_per_minute: Annotated[int, Meta(ge=1, le=120)] = 10
 
 
 class Tools(Base):
