@@ -81,6 +81,7 @@ class Call:
     caller: Channel
     started: float = field(default_factory=time.monotonic)  # when StasisStart was handled
     route: Route | None = None
+    plan: CallPlan | None = None
     provider: str = "openai_realtime"
     reservation: Reserved | None = None
     bridge: str = ""
@@ -92,8 +93,6 @@ class Call:
     transfer: TransferLeg | None = None  # the controlled transfer ringing, or answered
     agent_leg: str = ""  # an answered transfer's leg, bridged with the caller
     extra_legs: set[str] = field(default_factory=set)  # transfer legs teardown must hang up
-    # Workers that could not take this call's media (media_failed), with why: their setup attempt fails.
-    media_refused: dict[str, str] = field(default_factory=dict)
     caller_gone: asyncio.Event = field(default_factory=asyncio.Event)
     ended: asyncio.Event = field(default_factory=asyncio.Event)
     playback_done: dict[str, asyncio.Event] = field(default_factory=dict)
@@ -101,6 +100,10 @@ class Call:
     _bridge_made: bool = False
     _caller_bridged: bool = False
     _setup: asyncio.Task | None = None
+    _attempts: int = 0  # media legs made so far: each gets its own id (ids.media_channel_id)
+    # Set when the reserved worker cannot take the call (media_failed, via the controller inbox).
+    _refusal: asyncio.Event = field(default_factory=asyncio.Event)
+    _refusal_reason: str = ""
     _teardown: asyncio.Task | None = None
     on_ended: Callable[["Call"], None] | None = None
 
@@ -154,17 +157,21 @@ class Call:
             self.end("media_lost", fallback=True)
 
     def media_failed(self, worker_id: str, why: str) -> None:
-        """The worker holding the reservation could not take the media (an RTP port that would not open, an
-        unusable assignment): RTP has no connection it could refuse, so it says so through the controller
-        inbox. During the setup the attempt fails (its slot and port are released, another worker is tried,
-        then the fallback); once the call is up, the caller goes to the fallback."""
+        """The worker holding the reservation could not take the call (an RTP port that would not open, an
+        assignment it could not use: `media_failed` through the controller inbox). During the setup the attempt
+        fails at once (its slot and port are released, another worker is tried, then the fallback); once the
+        call is up, it is moved to another worker (`_move`), not left with one that will never speak."""
         reserved = self.reservation
         if reserved is None or reserved.worker_id != worker_id:
+            log.info("stale media_failed for call %s from %s: ignored", self.call_id, worker_id)
             return  # an attempt already given up, or a stale report
-        log.warning("worker %s cannot take the media of call %s: %s", worker_id, self.call_id, why)
-        self.media_refused[worker_id] = why
+        log.warning("worker %s cannot take call %s (epoch %d): %s", worker_id, self.call_id, reserved.epoch, why)
         if self.state == "active":
-            self.end("media_failed", fallback=True)
+            if self._teardown is None:
+                self._setup = asyncio.create_task(self._move(worker_id, why), name=f"move-{self.call_id}")
+            return
+        self._refusal_reason = why
+        self._refusal.set()  # the setup under way gives up this worker (_connect)
 
     def playback_finished(self, playback_id: str) -> None:
         done = self.playback_done.get(playback_id)
@@ -180,7 +187,6 @@ class Call:
     # --- the call's work -------------------------------------------------------------------------------
     async def _run(self) -> None:
         bind_call(self.call_id)
-        d = self.deps
         try:
             try:
                 self.route = await self._route()
@@ -190,53 +196,78 @@ class Call:
                 self.end(exc.reason, fallback=True)
                 return
             self.provider = self.route.provider
-            plan = self._plan(self.route)
-            excluded: list[str] = []
-            for attempt in range(SETUP_ATTEMPTS):
-                reserved = await self._admit(plan, tuple(excluded), attempt)
-                if reserved is None:
-                    return  # queue timeout (fallback started) or caller gone
-                try:
-                    await self._connect(reserved, plan, attempt)
-                    break
-                except SetupFailed as exc:
-                    excluded.append(reserved.worker_id)
-                    await d.admission.release(self.call_id, self.provider, "setup_failed")
-                    self.reservation = None
-                    await self.drop_media()
-                    if self.caller_gone.is_set():
-                        return
-                    log.warning(
-                        "media setup on worker %s failed (%s)%s",
-                        reserved.worker_id,
-                        exc,
-                        "; trying another worker" if attempt + 1 < SETUP_ATTEMPTS else "",
-                    )
-            else:
-                CALLS_REJECTED.labels("setup_failed").inc()
-                self.end("setup_failed", fallback=True)
-                return
-            if self.caller_gone.is_set():
-                return  # teardown is already on its way
-            self.state = "active"
-            setup_ms = int((time.monotonic() - self.started) * 1000)
-            SETUP_SECONDS.observe(setup_ms / 1000)
-            await d.redis.hset(
-                d.keys.call(self.call_id),
-                mapping={"state": "active", "bridge": self.bridge, "media_channel": self.media, "setup_ms": setup_ms},
-            )
-            log.info(
-                "call %s up on worker %s (%s %s) in %d ms",
-                self.caller.id,
-                reserved.worker_id,
-                plan.transport,
-                plan.format,
-                setup_ms,
-            )
+            self.plan = self._plan(self.route)
+            await self._place(self.plan, [])
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("call setup failed")
+            self.end("setup_error", fallback=True)
+
+    async def _place(self, plan: CallPlan, excluded: list[str]) -> None:
+        """Admit the call and set its media up, on another worker when one fails (`excluded` grows); then the
+        call is active, or it has gone to the fallback (or the caller left)."""
+        d = self.deps
+        for attempt in range(SETUP_ATTEMPTS):
+            reserved = await self._admit(plan, tuple(excluded), self._attempts)
+            if reserved is None:
+                return  # queue timeout (fallback started) or caller gone
+            try:
+                await self._connect(reserved, plan, self._attempts)
+                break
+            except SetupFailed as exc:
+                self._attempts += 1
+                excluded.append(reserved.worker_id)
+                await d.admission.release(self.call_id, self.provider, "setup_failed")
+                self.reservation = None
+                await self.drop_media()
+                if self.caller_gone.is_set():
+                    return
+                log.warning(
+                    "media setup on worker %s failed (%s)%s",
+                    reserved.worker_id,
+                    exc,
+                    "; trying another worker" if attempt + 1 < SETUP_ATTEMPTS else "",
+                )
+        else:
+            CALLS_REJECTED.labels("setup_failed").inc()
+            self.end("setup_failed", fallback=True)
+            return
+        if self.caller_gone.is_set():
+            return  # teardown is already on its way
+        self.state = "active"
+        setup_ms = int((time.monotonic() - self.started) * 1000)
+        SETUP_SECONDS.observe(setup_ms / 1000)
+        await d.redis.hset(
+            d.keys.call(self.call_id),
+            mapping={"state": "active", "bridge": self.bridge, "media_channel": self.media, "setup_ms": setup_ms},
+        )
+        log.info(
+            "call %s up on worker %s (%s %s) in %d ms",
+            self.caller.id,
+            reserved.worker_id,
+            plan.transport,
+            plan.format,
+            setup_ms,
+        )
+
+    async def _move(self, worker_id: str, reason: str) -> None:
+        """The worker refused the assignment after the call was bridged: the same setup on another worker (the
+        caller stays answered and in the bridge; the refused worker's slot and media leg are let go)."""
+        bind_call(self.call_id)
+        d = self.deps
+        try:
+            self.state = "setting_up"
+            self._attempts += 1
+            await d.admission.release(self.call_id, self.provider, "media_failed")
+            self.reservation = None
+            await self.drop_media()
+            if self.plan is not None and not self.caller_gone.is_set():
+                await self._place(self.plan, [worker_id])
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("moving the call off worker %s (%s) failed", worker_id, reason)
             self.end("setup_error", fallback=True)
 
     async def _route(self) -> Route:
@@ -318,6 +349,7 @@ class Call:
         while True:
             result = await d.admission.reserve(plan, fields, exclude=exclude)
             if isinstance(result, Reserved):
+                self._refusal.clear()  # a refusal concerns the reservation it names
                 self.reservation = result
                 self.admitted = True
                 CALLS_ADMITTED.inc()
@@ -380,29 +412,43 @@ class Call:
         self.media = ids.media_channel_id(self.call_id, attempt)
         timeout = self.deps.config.controller.ari_timeout_ms / 1000
         bridge_made = asyncio.create_task(self._make_bridge())
+        media = asyncio.create_task(self._bridge_media(reserved, plan, bridge_made, timeout))
+        # Every step runs to its end (none is left in flight for a retry to trip over: the bridge and the caller
+        # have fixed ids), then the first failure, if any, is raised. A refusal by the worker cancels only the
+        # media step (its leg has an id of this attempt, hung up by the retry); a timeout cancels them all.
+        steps = asyncio.gather(self._bridge_caller(bridge_made), media, bridge_made, return_exceptions=True)
+        refused = asyncio.create_task(self._refusal.wait())
+        deadline = asyncio.get_running_loop().time() + timeout
         try:
-            # Every step runs to its end (none is left in flight for a retry to trip over), then the first
-            # failure, if any, is raised.
-            async with asyncio.timeout(timeout):
-                results = await asyncio.gather(
-                    self._bridge_caller(bridge_made),
-                    self._bridge_media(reserved, plan, bridge_made, timeout),
-                    bridge_made,
-                    return_exceptions=True,
-                )
-        except TimeoutError as exc:
-            raise SetupFailed(f"an ARI step took longer than {timeout:.1f}s") from exc
+            await asyncio.wait((steps, refused), timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            if self._refusal.is_set() and not steps.done():
+                media.cancel()
+                await asyncio.wait((steps,), timeout=max(deadline - asyncio.get_running_loop().time(), 0))
+        finally:
+            refused.cancel()
+            finished = steps.done()
+            if not finished:
+                steps.cancel()
+                await asyncio.gather(steps, return_exceptions=True)
+        if self._refusal.is_set():  # even if the leg got bridged: nobody on that worker will speak
+            raise SetupFailed(f"the worker cannot take the call: {self._refusal_reason}")
+        if not finished:
+            raise SetupFailed(f"an ARI step took longer than {timeout:.1f}s")
+        results = steps.result()
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
             raise next((e for e in errors if isinstance(e, SetupFailed)), errors[0])
-        # No await from here to the state `active`: a later media_failed finds the call active.
-        refused = self.media_refused.get(reserved.worker_id)
-        if refused is not None:
-            raise SetupFailed(f"the worker cannot take the media: {refused}")
+        # No await from here to the state `active`: a later media_failed finds the call active (and moves it).
 
     async def _make_bridge(self) -> None:
         if not self._bridge_made:
-            await self.deps.rest.create_bridge(self.bridge, "mixing", name=self.call_id)
+            try:
+                await self.deps.rest.create_bridge(self.bridge, "mixing", name=self.call_id)
+            except AriError as exc:
+                # 409: it exists. Its id is this call's: an earlier attempt made it (its answer cut off by a
+                # timeout), and it is ours to use.
+                if exc.status != 409:
+                    raise
             self._bridge_made = True
 
     async def _bridge_caller(self, bridge_made: asyncio.Task[None]) -> None:
@@ -423,7 +469,7 @@ class Call:
             await self._tell_rtp_peer(reserved, leg)
         elif plan.transport == "websocket":  # the worker connects to Asterisk; the leg enters Stasis then
             await self._hand_websocket_to_worker(reserved, leg)
-        await bridge_made
+        await asyncio.shield(bridge_made)  # a cancelled media step must not cancel the (fixed-id) bridge's creation
         try:
             await self.legs.run(self.media, partial(d.rest.add_channel, self.bridge, self.media), stasis_wait_s)
         except NotInStasis as exc:

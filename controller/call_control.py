@@ -29,6 +29,7 @@ from controller.stasis import StasisApp
 from controller.transfer import local_endpoint, run_transfer
 from controller.transfer_leg import TransferLeg
 from shared.keys import Keys
+from shared import dead_letters
 from shared.messages import ControlReply, ControlRequest, inbox_fields
 from shared.metrics import CONTROL_REQUESTS, CONTROL_SECONDS
 
@@ -60,8 +61,19 @@ def request_key(keys: Keys, request_id: str) -> str:
 class ControlInbox:
     """Reads the controller inbox as one consumer of the group and runs each new request once."""
 
-    def __init__(self, redis: aioredis.Redis, keys: Keys, consumer: str, actions: "CallControl"):
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        keys: Keys,
+        consumer: str,
+        actions: "CallControl",
+        *,
+        streams: aioredis.Redis | None = None,
+    ):
         self.redis = redis
+        # The group reads go through a bytes client: an entry that is not UTF-8 is dead-lettered alone instead
+        # of failing every read (shared/dead_letters.py).
+        self.streams = streams or redis
         self.keys = keys
         self.consumer = consumer
         self.actions = actions
@@ -93,7 +105,7 @@ class ControlInbox:
                     for entry_id, fields in await self._claim():
                         self._dispatch(entry_id, fields)
                     next_claim = time.monotonic() + CLAIM_EVERY_S
-                got = await self.redis.xreadgroup(
+                got = await self.streams.xreadgroup(
                     GROUP, self.consumer, {self.keys.controller_inbox: ">"}, count=READ_COUNT, block=READ_BLOCK_MS
                 )
                 if not isinstance(got, list):  # RESP2, the connection's protocol: [[stream, [[id, fields], ...]]]
@@ -129,7 +141,7 @@ class ControlInbox:
         claimed: list[tuple[str, dict]] = []
         start = "0-0"
         for _ in range(100):  # bounded: 100 pages of 100
-            result = await self.redis.xautoclaim(
+            result = await self.streams.xautoclaim(
                 self.keys.controller_inbox, GROUP, self.consumer, min_idle_time=CLAIM_IDLE_MS, start_id=start, count=100
             )
             start, entries = result[0], result[1]
@@ -145,16 +157,23 @@ class ControlInbox:
         task.add_done_callback(self._tasks.discard)
 
     async def _handle(self, entry_id: str, fields: dict) -> None:
-        kind = _text(fields.get("type") or fields.get(b"type") or "")
-        data = fields.get("data") or fields.get(b"data")
-        if kind != "control" or data is None:
-            log.warning("controller inbox entry %s of type %r ignored", entry_id, kind)
-            await self._ack(entry_id)
-            return
         try:
-            request = _decode_request(data if isinstance(data, bytes) else data.encode())
-        except msgspec.DecodeError as exc:
-            log.warning("controller inbox entry %s is not a control request: %s", entry_id, exc)
+            kind, data = dead_letters.message(fields)
+            if kind != "control":
+                raise dead_letters.PoisonEntry(dead_letters.UNKNOWN_TYPE, f"unknown entry type {kind[:40]!r}")
+            request = _decode_request(data)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # poison: dead-lettered and acked, the reader goes on
+            await dead_letters.dead_letter(
+                self.streams,
+                self.keys,
+                stream=self.keys.controller_inbox,
+                label="controller_inbox",
+                entry_id=entry_id,
+                fields=fields,
+                exc=exc,
+            )
             await self._ack(entry_id)
             return
         key = request_key(self.keys, request.request_id)
@@ -353,7 +372,7 @@ class CallControl:
         await send(reply_for(request, True, "done"))
 
     async def _media_failed(self, call: Call, request: ControlRequest, send: Send) -> None:
-        """The worker could not take the call's media: the setup attempt fails, or the live call falls back."""
+        """The worker could not take the call: the setup attempt fails, or the live call moves to another worker."""
         call.media_failed(request.worker_id, request.reason or "no reason given")
         await send(reply_for(request, True, "done"))
 

@@ -23,11 +23,13 @@ from shared import health
 from shared.config import LoadedConfig
 from shared.messages import ProcessInfo
 from shared.service import AsyncRole
+from shared.supervisor import Supervised
 from shared.version import VERSION
 
 log = logging.getLogger("controller")
 
 DAY_MS = 86_400_000
+CONTROLLER_REDIS_POOL = 128
 
 
 class Controller(AsyncRole):
@@ -39,6 +41,7 @@ class Controller(AsyncRole):
         self.events: EventStream | None = None
         self.app: StasisApp | None = None
         self.reconciled = asyncio.Event()  # the first reconcile ran: control requests may act on calls
+        self.requests: Supervised | None = None  # the control inbox reader, restarted if it dies
 
     def process_info(self) -> ProcessInfo:
         return ProcessInfo(
@@ -51,8 +54,18 @@ class Controller(AsyncRole):
             health_url=self.health_url,
         )
 
+    def redis_pool_size(self) -> int:
+        # Each call's setup and teardown send their commands one after the other, and so does each control
+        # request: a burst of N callers has at most N commands in flight (plus the heartbeat, the cluster
+        # gauges and the inbox). Redis runs them one at a time anyway: beyond this many, a command waits a few
+        # ms for a connection (va_redis_pool_wait_seconds) instead of failing the call.
+        return CONTROLLER_REDIS_POOL
+
     def ready_checks(self) -> dict[str, health.ReadyCheck]:
         checks = super().ready_checks()
+        checks["control_inbox"] = lambda: (
+            self.requests.problem() if self.requests is not None else "control inbox reader not started"
+        )
         checks["ari"] = lambda: (
             None if self.events is not None and self.events.connected else "not connected to the ARI events WebSocket"
         )
@@ -61,7 +74,7 @@ class Controller(AsyncRole):
     async def serve(self) -> None:
         config = self.config
         ari = config.asterisk
-        assert self.redis is not None
+        assert self.redis is not None and self.streams is not None
         async with AriRest(
             ari.ari_url, ari.username, ari.password, timeout=config.controller.ari_timeout_ms / 1000
         ) as rest:
@@ -95,8 +108,9 @@ class Controller(AsyncRole):
                 key=self.app.key,
                 on_connect=self._connected,
             )
-            inbox = ControlInbox(self.redis, self.keys, self.id, CallControl(self.app))
-            requests = asyncio.create_task(inbox.run(self.stopping, self.reconciled), name="control-inbox")
+            inbox = ControlInbox(self.redis, self.keys, self.id, CallControl(self.app), streams=self.streams)
+            self.requests = Supervised("control inbox reader", lambda: inbox.run(self.stopping, self.reconciled))
+            requests = self.requests.start()
             gauges = asyncio.create_task(cluster_metrics.run(self.redis, self.keys, config), name="cluster-metrics")
             try:
                 await self.events.run(self.stopping)

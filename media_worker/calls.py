@@ -17,6 +17,7 @@ from media_worker.transport.audiosocket_server import AudioSocketLink
 from media_worker.transport.link import MediaLink, MediaSink
 from media_worker.transport.rtp_endpoint import RtpEndpoint
 from media_worker.transport.websocket_media import MediaConnectError, WebSocketMediaLink
+from shared.dead_letters import UNKNOWN_TYPE, PoisonEntry
 from shared.messages import (
     Assignment,
     CallEnded,
@@ -64,29 +65,27 @@ class CallManager:
 
     # --- inbox messages --------------------------------------------------------------------------------
     async def handle(self, kind: str, data: str | bytes) -> None:
-        try:
-            if kind == "assign":
-                await self.assign(msgspec.json.decode(data, type=Assignment))
-            elif kind == "control_result":
-                reply = msgspec.json.decode(data, type=ControlReply)
-                session = self.sessions.get(reply.call_id)
-                if session is not None:
-                    session.tools.on_reply(reply)
-            elif kind == "media_peer":
-                self.media_peer(msgspec.json.decode(data, type=MediaPeer))
-            elif kind == "media":
-                self.connect_websocket(msgspec.json.decode(data, type=MediaReady))
-            elif kind == "media_bridged":
-                self.websocket_bridged(msgspec.json.decode(data, type=MediaBridged))
-            elif kind == "end":
-                ended = msgspec.json.decode(data, type=CallEnded)
-                session = self.sessions.get(ended.call_id)
-                if session is not None:
-                    session.stop(f"controller: {ended.reason}")
-            else:
-                log.warning("unknown inbox message type %r", kind)
-        except msgspec.ValidationError as exc:
-            log.error("unusable %s message in the inbox: %s", kind, exc)
+        """One inbox message; what cannot be used raises (the inbox dead-letters it, and refuses an assign)."""
+        if kind == "assign":
+            await self.assign(msgspec.json.decode(data, type=Assignment))
+        elif kind == "control_result":
+            reply = msgspec.json.decode(data, type=ControlReply)
+            session = self.sessions.get(reply.call_id)
+            if session is not None:
+                session.tools.on_reply(reply)
+        elif kind == "media_peer":
+            self.media_peer(msgspec.json.decode(data, type=MediaPeer))
+        elif kind == "media":
+            self.connect_websocket(msgspec.json.decode(data, type=MediaReady))
+        elif kind == "media_bridged":
+            self.websocket_bridged(msgspec.json.decode(data, type=MediaBridged))
+        elif kind == "end":
+            ended = msgspec.json.decode(data, type=CallEnded)
+            session = self.sessions.get(ended.call_id)
+            if session is not None:
+                session.stop(f"controller: {ended.reason}")
+        else:
+            raise PoisonEntry(UNKNOWN_TYPE, f"unknown inbox message type {kind[:40]!r}")
 
     async def assign(self, assignment: Assignment) -> None:
         call_id = assignment.call_id
@@ -106,7 +105,7 @@ class CallManager:
                 # controller is told, so the slot and the port are freed and the call goes elsewhere.
                 log.error("call %s: RTP port %d not opened: %s", call_id, assignment.rtp_port, exc)
                 self._forget(session)
-                await self._media_failed(assignment, f"RTP port {assignment.rtp_port}: {exc}")
+                await self.media_failed(call_id, assignment.epoch, f"RTP port {assignment.rtp_port}: {exc}")
                 return
         session.start()
         held = self._held.pop(call_id, None)
@@ -141,11 +140,12 @@ class CallManager:
         await endpoint.open()
         return endpoint
 
-    async def _media_failed(self, assignment: Assignment, why: str) -> None:
-        """Tell the controller this worker cannot take the call's media (action media_failed)."""
+    async def media_failed(self, call_id: str, epoch: int, why: str) -> None:
+        """Tell the controller this worker cannot take the call (action media_failed): an RTP port that will
+        not open, or an assignment the inbox could not use (media_worker/inbox.py)."""
         request = ControlRequest(
-            request_id=f"{assignment.call_id}:{assignment.epoch}:media_failed",
-            call_id=assignment.call_id,
+            request_id=f"{call_id}:{epoch}:media_failed",
+            call_id=call_id,
             worker_id=self.ctx.worker_id,
             action="media_failed",
             reason=why,
@@ -157,7 +157,7 @@ class CallManager:
         except (aioredis.ConnectionError, aioredis.TimeoutError, OSError) as exc:
             log.error(
                 "call %s: the controller could not be told (%s); the call is silent until it ends",
-                assignment.call_id,
+                call_id,
                 exc,
             )
 

@@ -23,6 +23,7 @@ from shared.messages import WorkerInfo
 from shared.netaddr import resolve_advertise_host
 from shared.metrics import TICK_LAG, WORKER_CAPACITY, WORKER_SLOTS_FREE
 from shared.service import AsyncRole
+from shared.supervisor import Supervised
 from shared.version import VERSION
 
 log = logging.getLogger("media-worker")
@@ -48,6 +49,11 @@ class MediaWorker(AsyncRole):
         self.allowed_hosts: list[str] = []
         self.calls: CallManager | None = None
         self.tasks = TaskSet("media worker")  # the clock, the inbox reader, the leases: /readyz fails if one dies
+
+    def redis_pool_size(self) -> int:
+        # At most one command in flight per call (its call-log writer, a tool request, its figures at the end:
+        # each call's steps are sequential), plus the process's own: heartbeat, leases, metrics.
+        return self.config.media_worker.capacity + 16
 
     def ready_checks(self):
         checks = super().ready_checks()
@@ -86,7 +92,7 @@ class MediaWorker(AsyncRole):
         return self.calls.bind_audiosocket(call_uuid, peer_host, link) if self.calls is not None else None
 
     async def serve(self) -> None:
-        assert self.redis is not None
+        assert self.redis is not None and self.streams is not None
         ctx = WorkerContext(
             config=self.config,
             redis=self.redis,
@@ -103,11 +109,9 @@ class MediaWorker(AsyncRole):
         stop_reading = asyncio.Event()
         tasks = self.tasks
         tasks.spawn(self.clock.run(self.stopping), "playout-clock", essential=True)
-        tasks.spawn(
-            inbox.consume(self.redis, self.keys.worker_inbox(self.id), self.calls.handle, stop_reading),
-            "inbox",
-            essential=True,
-        )
+        # The inbox reader is restarted if it dies (Supervised); given up, it dies as an essential task.
+        reading = inbox.Inbox(self.streams, self.keys, self.id, self.calls.handle, self.calls.media_failed)
+        tasks.spawn(Supervised("inbox reader", lambda: reading.consume(stop_reading)).run(), "inbox", essential=True)
         tasks.spawn(self._leases(), "leases", essential=True)
         try:
             await self.stopping.wait()

@@ -17,6 +17,8 @@ class Keys:
         self.calls_active = f"{prefix}calls:active"
         # ZSET call id -> arrival time (ms): calls waiting for a free slot, first come first served.
         self.admission_queue = f"{prefix}admission:queue"
+        # STREAM: inbox entries no reader could use (shared/dead_letters.py), MAXLEN ~10 000.
+        self.dead_letters = f"{prefix}dead-letters"
 
     def worker(self, wid: str) -> str:
         """HASH: media address, capacity, active, draining, version, health URL."""

@@ -35,7 +35,28 @@ HTTP_DROPPED = Counter(
     registry=None,
 )
 HTTP_DROP_REASONS = ("head_timeout", "response_timeout", "evicted", "over_capacity", "bad_request")
-COMMON = (BUILD, REDIS_UP, REGISTERED, LOOP_LAG, HTTP_DROPPED)
+# Redis connection pools (shared/redis_conn.py), `kind` = commands | streams. Zero in the tool worker (RQ's own).
+REDIS_POOL_WAIT = Histogram(
+    "va_redis_pool_wait_seconds",
+    "How long a Redis command waited for a pooled connection, counted only when none was free, by pool",
+    ["kind"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+    registry=None,
+)
+REDIS_POOL_TIMEOUTS = Counter(
+    "va_redis_pool_timeouts_total",
+    "Redis commands that found no free pooled connection within the wait timeout, by pool",
+    ["kind"],
+    registry=None,
+)
+# Inbox entries no reader could use (shared/dead_letters.py), `stream` = worker_inbox | controller_inbox.
+DEAD_LETTERS = Counter(
+    "va_stream_dead_letters_total",
+    "Inbox stream entries moved to the dead-letter stream instead of handled, by stream and reason",
+    ["stream", "reason"],
+    registry=None,
+)
+COMMON = (BUILD, REDIS_UP, REGISTERED, LOOP_LAG, HTTP_DROPPED, REDIS_POOL_WAIT, REDIS_POOL_TIMEOUTS, DEAD_LETTERS)
 
 # --- controller: calls ----------------------------------------------------------------------------------
 CALLS_ACTIVE = Gauge("va_calls_active", "Calls this controller is running (queued, setting up or up)", registry=None)
@@ -304,9 +325,22 @@ ROLES: dict[str, tuple[MetricWrapperBase, ...]] = {
     "media-worker": MEDIA_WORKER,
     "tool-worker": TOOL_WORKER,
 }
+POOL_KINDS = ("commands", "streams")  # shared/redis_conn.py
+DEAD_LETTER_REASONS = ("not_utf8", "missing_field", "undecodable", "unknown_type", "handler_failed")
+
+
+def _stream_readers(stream: str) -> tuple:
+    """The label sets of a role that reads an inbox stream: its pools and its dead letters start at 0."""
+    return (
+        (REDIS_POOL_WAIT, tuple((kind,) for kind in POOL_KINDS)),
+        (REDIS_POOL_TIMEOUTS, tuple((kind,) for kind in POOL_KINDS)),
+        (DEAD_LETTERS, tuple((stream, reason) for reason in DEAD_LETTER_REASONS)),
+    )
+
+
 TOKEN_KINDS = ("input_text", "input_audio", "input_cached", "output_text", "output_audio")
 # Label values known in advance start at 0, so rate() and increase() see the first event after a restart.
-KNOWN_LABELS: dict[str, tuple[tuple[Counter, tuple[tuple[str, ...], ...]], ...]] = {
+KNOWN_LABELS: dict[str, tuple[tuple[MetricWrapperBase, tuple[tuple[str, ...], ...]], ...]] = {
     "controller": (
         (
             CALLS_REJECTED,
@@ -323,8 +357,12 @@ KNOWN_LABELS: dict[str, tuple[tuple[Counter, tuple[tuple[str, ...], ...]], ...]]
                 )
             ),
         ),
+        *_stream_readers("controller_inbox"),
     ),
-    "media-worker": ((TOKENS, tuple((kind,) for kind in TOKEN_KINDS)),),
+    "media-worker": (
+        (TOKENS, tuple((kind,) for kind in TOKEN_KINDS)),
+        *_stream_readers("worker_inbox"),
+    ),
 }  # the tool worker's job names live with its jobs: ToolWorker starts them at 0
 
 

@@ -1,4 +1,10 @@
-"""Connecting to Redis: one clear line and a retry with backoff while it is down, never a traceback."""
+"""Connecting to Redis: one clear line and a retry with backoff while it is down, never a traceback.
+
+Connection pools wait for a free connection instead of failing: redis-py's default pool raises
+`MaxConnectionsError` as soon as more commands are in flight than it has connections (a burst of callers did
+that), so every asyncio client here uses a `WaitingPool` (a BlockingConnectionPool) of a size the role
+chooses (`AsyncRole.redis_pool_size`), whose waits are measured and whose timeout is a clear error.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +16,7 @@ import redis
 import redis.asyncio as aioredis
 
 from shared.masking import mask_url
+from shared.metrics import REDIS_POOL_TIMEOUTS, REDIS_POOL_WAIT
 
 log = logging.getLogger("redis")
 
@@ -18,6 +25,70 @@ UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError
 
 BACKOFF_START_S = 0.25
 BACKOFF_MAX_S = 5.0
+# How long a command waits for a free pooled connection before it fails (as Redis being unreachable would).
+POOL_WAIT_TIMEOUT_S = 5.0
+# The bytes client of the stream readers: one blocking read per reader (the inbox, the controller's group read
+# and claim) plus their acks and dead letters.
+STREAM_POOL_SIZE = 8
+
+
+class PoolExhausted(redis.ConnectionError):
+    """No pooled connection became free within the wait timeout: the pool is too small for the load (or Redis
+    answers too slowly). A ConnectionError, so callers treat it as Redis being unavailable for that command."""
+
+
+class WaitingPool(aioredis.BlockingConnectionPool):
+    """A BlockingConnectionPool that counts its waits (`va_redis_pool_wait_seconds`, only when no connection
+    was free) and names the cause when a wait times out (`PoolExhausted`, `va_redis_pool_timeouts_total`)."""
+
+    def __init__(self, *, kind: str, **kwargs):
+        super().__init__(**kwargs)
+        self.kind = kind  # commands | streams: the metrics' label
+
+    async def get_connection(self, *args, **kwargs):
+        if self.can_get_connection():  # the common case: no wait, nothing to measure
+            return await super().get_connection()
+        started = time.monotonic()
+        try:
+            return await super().get_connection()
+        except redis.ConnectionError as exc:
+            if not isinstance(exc.__cause__, TimeoutError):
+                raise  # connecting failed: Redis itself is the problem
+            REDIS_POOL_TIMEOUTS.labels(self.kind).inc()
+            raise PoolExhausted(
+                f"no Redis connection free within {self.timeout:.0f} s: all {self.max_connections} connections of "
+                f"the {self.kind} pool are busy (too many commands in flight, or Redis is slow)"
+            ) from exc
+        finally:
+            REDIS_POOL_WAIT.labels(self.kind).observe(time.monotonic() - started)
+
+
+def client(
+    url: str,
+    *,
+    pool_size: int,
+    decode_responses: bool = True,
+    kind: str = "commands",
+    wait_timeout_s: float = POOL_WAIT_TIMEOUT_S,
+) -> aioredis.Redis:
+    """An asyncio client over a `WaitingPool` of `pool_size` connections (not connected yet)."""
+    pool = WaitingPool.from_url(
+        url,
+        kind=kind,
+        max_connections=pool_size,
+        timeout=wait_timeout_s,
+        decode_responses=decode_responses,
+        health_check_interval=10,
+        socket_connect_timeout=2,
+        socket_timeout=5,
+    )
+    return aioredis.Redis.from_pool(pool)
+
+
+def stream_client(url: str) -> aioredis.Redis:
+    """The stream readers' client: bytes, decoded field by field, so one entry that is not UTF-8 is that
+    entry's problem and not every read's (a decoding client fails the whole XREAD, on every retry)."""
+    return client(url, pool_size=STREAM_POOL_SIZE, decode_responses=False, kind="streams")
 
 
 class _Retry:
@@ -40,17 +111,16 @@ class _Retry:
         log.info("connected to Redis at %s", self.url)
 
 
-async def connect(url: str, stop: asyncio.Event | None = None) -> aioredis.Redis | None:
-    """An asyncio client that answered PING; waits for Redis as long as it takes, or None once `stop` is set."""
-    client = aioredis.Redis.from_url(
-        url, decode_responses=True, health_check_interval=10, socket_connect_timeout=2, socket_timeout=5
-    )
+async def connect(url: str, stop: asyncio.Event | None = None, *, pool_size: int = 32) -> aioredis.Redis | None:
+    """An asyncio client (str replies, a pool of `pool_size` connections) that answered PING; waits for Redis
+    as long as it takes, or None once `stop` is set."""
+    redis_client = client(url, pool_size=pool_size)
     retry = _Retry(url)
     while True:
         try:
-            await client.ping()
+            await redis_client.ping()
             retry.connected()
-            return client
+            return redis_client
         except UNAVAILABLE as exc:
             delay = retry.failed(exc)
         if stop is None:
@@ -61,7 +131,7 @@ async def connect(url: str, stop: asyncio.Event | None = None) -> aioredis.Redis
                 await stop.wait()
         except TimeoutError:
             continue
-        await client.aclose()
+        await redis_client.aclose()
         return None
 
 

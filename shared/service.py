@@ -16,7 +16,7 @@ from shared import health, loop_lag, metrics
 from shared.config import LoadedConfig
 from shared.keys import Keys
 from shared.messages import ProcessInfo
-from shared.redis_conn import UNAVAILABLE, connect
+from shared.redis_conn import UNAVAILABLE, connect, stream_client
 from shared.registry import Registration
 from shared.version import VERSION
 
@@ -46,6 +46,7 @@ class AsyncRole:
         self.heartbeat_s = self.config.media_worker.heartbeat_ms / 1000
         self.stopping = asyncio.Event()
         self.redis: aioredis.Redis | None = None
+        self.streams: aioredis.Redis | None = None  # bytes replies: the inbox readers' (shared/dead_letters.py)
         self.redis_ok = False
         self.registration: Registration | None = None
         self.registered = False
@@ -70,6 +71,10 @@ class AsyncRole:
     async def serve(self) -> None:
         """The role's own work; runs after registration and must return once `self.stopping` is set."""
         await self.stopping.wait()
+
+    def redis_pool_size(self) -> int:
+        """How many Redis commands this process may have in flight at once (more wait for a connection)."""
+        return 32
 
     def ready_checks(self) -> dict[str, health.ReadyCheck]:
         return {
@@ -114,9 +119,10 @@ class AsyncRole:
             return 2
         lag = asyncio.create_task(loop_lag.watch(), name="loop-lag")
         try:
-            self.redis = await connect(self.config.redis.url, self.stopping)
+            self.redis = await connect(self.config.redis.url, self.stopping, pool_size=self.redis_pool_size())
             if self.redis is None:
                 return 0
+            self.streams = stream_client(self.config.redis.url)
             self.redis_ok = True
             metrics.REDIS_UP.set(1)
             try:
@@ -142,6 +148,8 @@ class AsyncRole:
             await server.close()
             if self.redis is not None:
                 await self.redis.aclose()
+            if self.streams is not None:
+                await self.streams.aclose()
         log.info("%s %s stopped", self.role, self.id)
         return 0
 

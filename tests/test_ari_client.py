@@ -343,6 +343,21 @@ def test_unknown_types_and_fields():
     start["brand_new"] = {"x": 1}
     start["channel"]["tenantid"] = "t1"
     assert isinstance(m.decode_event(json.dumps(start)), m.StasisStart)
+
+
+def test_lone_surrogates_in_an_event_become_replacement_characters():
+    """Asterisk escapes bytes of a caller name or channel variable that are not UTF-8 as lone surrogates
+    ("\\udc80"): the StasisStart must still decode, into text any UTF-8 encoder (Redis, the logs) can write."""
+    start = copy.deepcopy(first_event("01-inbound.json", "StasisStart"))
+    start["channel"]["caller"]["name"] = "Al\udc80ice \ud83d\ude00"  # a lone one, and a real pair
+    start["channel"]["channelvars"] = {"AI_CONTEXT": "demo\udfff"}
+    data = json.dumps(start)  # ensure_ascii: the surrogates travel as escapes, as from Asterisk
+    assert "\\udc80" in data
+    event = m.decode_event(data)
+    assert isinstance(event, m.StasisStart)
+    assert event.channel.caller.name == "Al\ufffdice \U0001f600"
+    assert event.channel.channelvars == {"AI_CONTEXT": "demo\ufffd"}
+    event.channel.caller.name.encode()  # no UnicodeEncodeError on the way to Redis or a log
     del start["channel"]["channelvars"]
     assert m.decode_event(json.dumps(start)).channel.channelvars is None  # ari.conf without channelvars
 

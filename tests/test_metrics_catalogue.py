@@ -26,6 +26,7 @@ ALLOWED_LABELS = {
     "method",
     "type",
     "action",
+    "stream",  # worker_inbox | controller_inbox, never a key
 }
 
 

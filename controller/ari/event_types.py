@@ -12,6 +12,7 @@ from typing import Any
 
 import msgspec
 
+from controller.ari import json_text
 from controller.ari.resources import Bridge, Channel, Playback
 
 
@@ -141,14 +142,14 @@ _decode_any = msgspec.json.Decoder().decode
 
 def decode_event(data: bytes | str) -> Event:
     try:
-        return _decode_known(data)
+        return json_text.decode(_decode_known, data)  # a caller name that is not UTF-8 must not drop the call
     except msgspec.ValidationError as exc:
         error = str(exc)
     except msgspec.DecodeError as exc:
         return BadEvent(f"not JSON: {exc}")
     # Not one of ours, or one of ours with a bad shape: look at the raw object to tell which.
     try:
-        raw = _decode_any(data)
+        raw = json_text.decode(_decode_any, data)
     except msgspec.DecodeError as exc:  # pragma: no cover - the typed pass already parsed it
         return BadEvent(f"not JSON: {exc}")
     if not isinstance(raw, dict):

@@ -19,6 +19,7 @@ from urllib.parse import quote
 import aiohttp
 import msgspec
 
+from controller.ari import json_text
 from controller.ari.errors import AriError, AriUnavailable
 from controller.ari.resources import AsteriskInfo, Bridge, Channel, Module, Playback, Variable
 from shared.metrics import ARI_REQUEST_SECONDS as REQUEST_SECONDS
@@ -179,7 +180,7 @@ class AriRest:
     ) -> T:
         status, body = await self._call(name, http_method, path, params, variables=variables)
         try:
-            return _decoder(kind).decode(body)
+            return json_text.decode(_decoder(kind).decode, body)
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
             raise AriError(status, f"unexpected response body: {exc}", http_method, path) from None
 
@@ -189,7 +190,7 @@ class AriRest:
         if status == 404:
             return None
         try:
-            return _decoder(kind).decode(body)
+            return json_text.decode(_decoder(kind).decode, body)
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
             raise AriError(status, f"unexpected response body: {exc}", "GET", path) from None
 
@@ -230,7 +231,7 @@ class AriRest:
                 raise AriError(404, message, "GET", path)
             return None
         try:
-            return _decoder(Variable).decode(body).value
+            return json_text.decode(_decoder(Variable).decode, body).value
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
             raise AriError(status, f"unexpected response body: {exc}", "GET", path) from None
 

@@ -382,6 +382,29 @@ DASHBOARDS = [
             [
                 (
                     "ts",
+                    "Redis pool: waits for a free connection, by job and pool",
+                    "short",
+                    [
+                        ("p99 wait s {{job}} {{kind}}", quantile(0.99, "va_redis_pool_wait_seconds", by="job, kind")),
+                        ("waits/min {{job}} {{kind}}", per_minute("va_redis_pool_wait_seconds_count", "job, kind")),
+                        ("timeouts/min {{job}} {{kind}}", per_minute("va_redis_pool_timeouts_total", "job, kind")),
+                    ],
+                ),
+                (
+                    "ts",
+                    "Inbox entries dead-lettered (1h), by stream and reason",
+                    "short",
+                    [
+                        (
+                            "{{stream}} {{reason}}",
+                            "sum by (stream, reason) (increase(va_stream_dead_letters_total[1h]))",
+                        ),
+                    ],
+                ),
+            ],
+            [
+                (
+                    "ts",
                     "ARI events WebSocket",
                     "short",
                     [
