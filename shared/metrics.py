@@ -27,7 +27,11 @@ LOOP_LAG = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
     registry=None,
 )
-COMMON = (BUILD, REDIS_UP, REGISTERED, LOOP_LAG)
+# Set by the loop-lag watcher's tick: a count that keeps rising while the calls do not is a leaked task.
+ASYNCIO_TASKS = Gauge(
+    "va_process_asyncio_tasks", "Tasks not yet done on the process's event loop (sampled every 0.5 s)", registry=None
+)
+COMMON = (BUILD, REDIS_UP, REGISTERED, LOOP_LAG, ASYNCIO_TASKS)
 
 # --- controller: calls ----------------------------------------------------------------------------------
 CALLS_ACTIVE = Gauge("va_calls_active", "Calls this controller is running (queued, setting up or up)", registry=None)
