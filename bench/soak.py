@@ -42,6 +42,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import aiohttp
 import redis
@@ -432,10 +433,17 @@ def proc_fds(pid: int) -> int | None:
         return None
 
 
-def established_to(port: int) -> int:
-    """Established TCP connections whose local port is `port`: the server side of each client's connection
-    (the emulator's open WebSocket sessions, whichever process holds the client end)."""
-    count = 0
+@dataclass(frozen=True)
+class TcpSocket:
+    local_port: int
+    remote_port: int
+    established: bool
+    inode: str
+
+
+def tcp_sockets() -> list[TcpSocket]:
+    """Every TCP socket of this network namespace (/proc/net/tcp and tcp6), once per sample."""
+    out = []
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             lines = Path(table).read_text().splitlines()[1:]
@@ -443,9 +451,26 @@ def established_to(port: int) -> int:
             continue
         for line in lines:
             parts = line.split()
-            if len(parts) > 3 and parts[3] == "01" and int(parts[1].rsplit(":", 1)[1], 16) == port:
-                count += 1
-    return count
+            if len(parts) > 9:
+                local, remote = (int(a.rsplit(":", 1)[1], 16) for a in parts[1:3])
+                out.append(TcpSocket(local, remote, parts[3] == "01", parts[9]))
+    return out
+
+
+def established_to(sockets: list[TcpSocket], port: int) -> int:
+    """Established connections whose local port is `port`: the server side of each client's connection (the
+    emulator's open WebSocket sessions, whichever process holds the client end)."""
+    return sum(1 for s in sockets if s.established and s.local_port == port)
+
+
+def connections_to(pid: int, sockets: list[TcpSocket], port: int) -> int | None:
+    """How many of process `pid`'s open fds are TCP connections to remote port `port` (its Redis pool)."""
+    inodes = {s.inode for s in sockets if s.remote_port == port}
+    try:
+        links = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+    except OSError:
+        return None
+    return sum(1 for link in links if link.startswith("socket:[") and link[8:-1] in inodes)
 
 
 class Sampler:
@@ -464,9 +489,11 @@ class Sampler:
         workers: list[str],
         emulator_port: int,
         calls: Calls,
+        redis_url: str,
     ):
         self.http, self.redis, self.keys = http, rds, keys
         self.procs, self.workers, self.emulator_port, self.calls = procs, workers, emulator_port, calls
+        self.redis_port = urlparse(redis_url).port or 6379
         self.started = time.monotonic()
         self.samples: list[dict] = []
 
@@ -483,8 +510,10 @@ class Sampler:
         pool_ready = 0.0
         workers: dict[str, dict] = {w: {} for w in self.workers}
         controller_calls = None
+        sockets = tcp_sockets()
         for p in self.procs:
             entry: dict[str, Any] = {"role": p.role, "rss_mb": proc_rss_mb(p.pid), "fds": proc_fds(p.pid)}
+            entry["redis_conns"] = connections_to(p.pid, sockets, self.redis_port)
             if p.metrics_url:
                 scraped = await self.scrape(p)
                 entry["tasks"] = rep.metric(scraped, "va_process_asyncio_tasks") if scraped else None
@@ -495,7 +524,7 @@ class Sampler:
                 if p.role == "controller":
                     controller_calls = rep.metric(scraped, "va_calls_active") if scraped else None
             processes[p.id] = entry
-        emulator = established_to(self.emulator_port)
+        emulator = established_to(sockets, self.emulator_port)
         sample = {
             "t": round(now, 1),
             "phase": phase,
@@ -682,7 +711,7 @@ async def drive(soak: Soak, procs: list[Proc], roles: list[RoleProcess], sim_url
             soak.wavs,
             args,
         )
-        sampler = Sampler(http, rds, soak.keys, procs, workers, emulator_port, calls)
+        sampler = Sampler(http, rds, soak.keys, procs, workers, emulator_port, calls, soak.redis_url)
         await asyncio.sleep(2.0)  # the prewarm pools fill
         await calls.poll_sim()
         baseline = await sampler.take("idle")
