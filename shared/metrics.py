@@ -27,6 +27,10 @@ LOOP_LAG = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
     registry=None,
 )
+# Set by the loop-lag watcher's tick: a count that keeps rising while the calls do not is a leaked task.
+ASYNCIO_TASKS = Gauge(
+    "va_process_asyncio_tasks", "Tasks not yet done on the process's event loop (sampled every 0.5 s)", registry=None
+)
 HTTP_DROPPED = Counter(
     "va_http_connections_dropped_total",
     "Connections to /healthz, /readyz or /metrics closed unanswered or refused, by why (head_timeout, "
@@ -56,7 +60,17 @@ DEAD_LETTERS = Counter(
     ["stream", "reason"],
     registry=None,
 )
-COMMON = (BUILD, REDIS_UP, REGISTERED, LOOP_LAG, HTTP_DROPPED, REDIS_POOL_WAIT, REDIS_POOL_TIMEOUTS, DEAD_LETTERS)
+COMMON = (
+    BUILD,
+    REDIS_UP,
+    REGISTERED,
+    LOOP_LAG,
+    ASYNCIO_TASKS,
+    HTTP_DROPPED,
+    REDIS_POOL_WAIT,
+    REDIS_POOL_TIMEOUTS,
+    DEAD_LETTERS,
+)
 
 # --- controller: calls ----------------------------------------------------------------------------------
 CALLS_ACTIVE = Gauge("va_calls_active", "Calls this controller is running (queued, setting up or up)", registry=None)

@@ -299,6 +299,30 @@ async def test_worker_hangup_0x00_ends_the_media_channel_without_hangup_request(
     assert not call.ended
 
 
+async def test_a_media_leg_hung_up_before_its_life_starts_is_still_destroyed(sim, ari, worker):
+    """A DELETE handled in the loop turn that created the externalMedia leg cancels its life task before the
+    task's first step, so the life's own cleanup never runs: the soak found 24 of 999 such RTP legs left Down."""
+    await ari.connect()
+    for encapsulation in ("rtp", "audiosocket"):
+        channel_id = f"em-{encapsulation}"
+        await sim.calls.external_media(
+            app=APP,
+            host_port="127.0.0.1:9" if encapsulation == "rtp" else f"127.0.0.1:{worker.port}",
+            encapsulation=encapsulation,
+            fmt="ulaw" if encapsulation == "rtp" else "slin",
+            data=str(uuid.uuid4()),
+            channel_id=channel_id,
+            variables={},
+        )
+        ch = sim.pbx.find(channel_id)
+        assert ch is not None and not ch.dialplan_task.done()
+        sim.pbx.hangup(ch)  # in the same loop turn: the life task has not started
+        async with asyncio.timeout(5):
+            while channel_id in sim.channels:
+                await asyncio.sleep(0.01)
+        assert ch.destroyed
+
+
 async def test_a_life_cancelled_before_it_starts_leaves_no_coroutine_unawaited(sim, ari):
     """The same early hangup: the life coroutine (`Calls._external_life`) handed to the cancelled task was never
     awaited, and Python warned about it at garbage collection ("coroutine ... was never awaited")."""

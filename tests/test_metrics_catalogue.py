@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from media_worker.usage import CallUsage, charge, tokens
-from shared import metrics
+from shared import loop_lag, metrics
 from shared.config.schema import Pricing
 from shared.netaddr import local_address_towards, resolve_advertise_host
 
@@ -50,6 +52,36 @@ def test_each_role_exports_the_common_metrics_and_only_its_own():
     assert "va_calls_rejected_total" not in exported["media-worker"]
     assert "va_tool_jobs_total" not in exported["controller"]
     assert all("va_event_loop_lag_seconds_count" in text for text in exported.values())
+    assert all("va_process_asyncio_tasks " in text for text in exported.values())  # the soak's leaked-task figure
+
+
+async def test_loop_tick_counts_the_tasks_on_the_loop(monkeypatch):
+    monkeypatch.setattr(loop_lag, "INTERVAL_S", 0.001)  # the tick's pace, not what it records
+    asleep = [asyncio.create_task(asyncio.sleep(60)) for _ in range(7)]
+    watcher = asyncio.create_task(loop_lag.watch())
+    try:
+        await _tick()
+        assert metrics.ASYNCIO_TASKS._value.get() == len(asyncio.all_tasks())  # this test, the watcher, 7 sleepers
+        for task in asleep:
+            task.cancel()
+        await asyncio.gather(*asleep, return_exceptions=True)
+        await _tick()
+        assert metrics.ASYNCIO_TASKS._value.get() == 2  # ended tasks are not counted
+    finally:
+        watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
+
+
+async def _tick() -> None:
+    """Until the watcher has run one more tick (each tick observes the lag histogram once)."""
+    seen = metrics.LOOP_LAG._sum.get(), _lag_count()
+    async with asyncio.timeout(5):
+        while (metrics.LOOP_LAG._sum.get(), _lag_count()) == seen:
+            await asyncio.sleep(0.001)
+
+
+def _lag_count() -> float:
+    return sum(bucket.get() for bucket in metrics.LOOP_LAG._buckets)
 
 
 def test_register_is_idempotent():

@@ -1374,6 +1374,24 @@ async def test_many_concurrent_sessions(emulator):
     assert len({s.id for s in emu.sessions}) == 40 and all(s.sent == [] for s in emu.sessions)
 
 
+async def test_a_long_running_emulator_forgets_closed_sessions(emulator):
+    """`voice-agent sim realtime` (keep_closed off) holds only its open sessions: each closed one kept its
+    conversation's audio, and a soak's emulator grew by ~300 KB a call."""
+    kept, forgetful = await emulator(record=False), await emulator(record=False, keep_closed=False)
+    for emu in (kept, forgetful):
+        raws = [await open_raw(emu) for _ in range(3)]
+        assert len(emu.sessions) == 3
+        first_ids = {s.id for s in emu.sessions}
+        for raw in raws:
+            await raw.ws.close()
+        async with asyncio.timeout(10):
+            while len(emu.sessions) > (3 if emu is kept else 0) or emu.open_sessions():
+                await asyncio.sleep(0.01)
+    assert len(kept.sessions) == 3 and forgetful.sessions == []
+    await open_raw(forgetful)
+    assert forgetful.sessions[0].id not in first_ids  # each session still seeded by its own index
+
+
 # --- scripting, voice ------------------------------------------------------------------------------------------
 
 

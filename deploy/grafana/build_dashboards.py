@@ -372,6 +372,14 @@ DASHBOARDS = [
                 ),
                 (
                     "ts",
+                    "Asyncio tasks (largest process), by job",
+                    "short",
+                    [
+                        ("{{job}}", "max by (job) (va_process_asyncio_tasks)"),
+                    ],
+                ),
+                (
+                    "ts",
                     "Processes, by role and version",
                     "short",
                     [

@@ -35,6 +35,8 @@ from media_worker.transport.refusals import RefusalLog
 from shared.metrics import AUDIOSOCKET_REFUSED
 
 log = logging.getLogger("media.audiosocket")
+# Every reason exported from the start (at 0), so a dashboard shows "none" rather than "no data".
+_REFUSED = {reason: AUDIOSOCKET_REFUSED.labels(reason) for reason in ("host", "unknown_call", "no_uuid", "protocol")}
 
 Bind = Callable[[str, str, MediaLink], "MediaSink | None"]
 # Bytes we let asyncio hold for a peer that reads slower than we write (about 1.3 s of slin24): beyond it,
@@ -348,7 +350,7 @@ class AudioSocketServer:
     def _refused(self, peer: str, reason: str, detail: str) -> None:
         """Count a refused connection (here and in the metric) and log it at most once a minute per host."""
         self.refused += 1
-        AUDIOSOCKET_REFUSED.labels(reason).inc()
+        _REFUSED[reason].inc()
         self._refusals.refused(peer.rpartition(":")[0] or peer, reason, detail)
 
     @property

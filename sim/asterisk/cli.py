@@ -32,6 +32,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f"in Stasis, drawn per channel (env {ENV}; default %(default)s)",
     )
     parser.add_argument("--seed", type=int, help="seed of the Stasis delay draws (default: unseeded)")
+    parser.add_argument(
+        "--keep-ended-calls",
+        type=int,
+        default=1000,
+        help="ended callers kept for GET /sim/calls/{id} with what they heard (memory: a soak keeps few)",
+    )
 
 
 def _delay_ms(text: str) -> tuple[float, float]:
@@ -57,6 +63,7 @@ async def _serve(args: argparse.Namespace) -> None:
         stasis_delay_ms=args.stasis_delay_ms,
         seed=args.seed,
         record=False,
+        keep_ended_calls=max(0, args.keep_ended_calls),
     )  # a long-running process keeps no event/request history
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -224,6 +224,8 @@ class Pbx:
         if task is not None and not task.done():
             if task is not asyncio.current_task():
                 task.cancel()
+                # A task cancelled before its first step never runs `_life`, whose `finally` destroys the channel.
+                task.add_done_callback(lambda _: self.destroy(ch))
         else:
             self.destroy(ch)
 

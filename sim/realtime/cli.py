@@ -47,7 +47,8 @@ async def _serve(args: argparse.Namespace) -> None:
         truncate_shortfall_ms=args.truncate_shortfall_ms,
         jitter_ms=args.jitter_ms,
         record=False,
-    )  # a long-running process: the wire log is the record
+        keep_closed=False,
+    )  # a long-running process: the wire log is the record, and a closed session is forgotten
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

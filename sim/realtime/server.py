@@ -56,6 +56,7 @@ class Emulator:
         jitter_ms: float = 0.0,
         rate_limits: dict[str, Any] | None = None,
         record: bool = True,
+        keep_closed: bool = True,
     ):
         """
         script: the replies (see `Script`). api_keys: accepted Bearer keys (None: any non-empty one).
@@ -68,7 +69,8 @@ class Emulator:
         function_call_output unasked (the pipecat #3960 race). clock: seconds, for the wire log and expiry.
         jitter_ms: extra random delay per audio chunk (paced mode). rate_limits: {"placement": "done" |
         "created" | "none", "requests": N, "tokens": N}. record: keep every event in `EmulatedSession.sent`
-        and `.received` (turn off for long load runs: audio deltas add up).
+        and `.received` (turn off for long load runs: audio deltas add up). keep_closed: closed sessions stay in
+        `sessions` (a long-running process turns it off: each keeps its conversation's audio).
         """
         self.script = script or Script()
         self.api_keys = api_keys
@@ -84,8 +86,10 @@ class Emulator:
         self.jitter_ms = jitter_ms
         self.rate_limits = {**DEFAULT_RATE_LIMITS, **(rate_limits or {})}
         self.record = record
+        self.keep_closed = keep_closed
         self.wire = WireLog(wire_log, self.clock)
-        self.sessions: list[EmulatedSession] = []
+        self.sessions: list[EmulatedSession] = []  # every session, or only the open ones without keep_closed
+        self._opened = 0  # sessions accepted so far: each one's index (its ids' seed)
         self.host = "127.0.0.1"
         self.port = 0
         self._server: Server | None = None
@@ -170,8 +174,16 @@ class Emulator:
             key = name.lower()
             headers[key] = f"{headers[key]}, {value}" if key in headers else value
         query = dict(parse_qsl(urlsplit(request.path).query))
-        session = EmulatedSession(self, ws, headers, query, len(self.sessions))
+        session = EmulatedSession(self, ws, headers, query, self._opened)
+        self._opened += 1
         self.sessions.append(session)
+        try:
+            await self._serve(session, headers)
+        finally:
+            if not self.keep_closed:
+                self.sessions.remove(session)
+
+    async def _serve(self, session: EmulatedSession, headers: dict[str, str]) -> None:
         auth = headers.get("authorization", "")
         key = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
         if not key:
