@@ -31,6 +31,7 @@ from shared.config.schema import Config
 from shared.keys import Keys
 from shared.logs import bind_call
 from shared.messages import CallPlan, MediaBridged, MediaPeer, MediaReady, inbox_fields
+from shared.tasks import TaskSet
 from shared.websocket_url import media_url
 from shared.metrics import CALLS_ADMITTED, CALLS_ENDED, CALLS_QUEUED, CALLS_REJECTED, QUEUE_WAIT, SETUP_SECONDS
 
@@ -72,6 +73,8 @@ class CallDeps:
     controller_id: str
     # After the teardown of a call that reached a worker: e.g. enqueue the end-of-call emails.
     after_end: Callable[[str, str], Awaitable[object]] | None = None  # (call id, end reason); its result is ignored
+    # Every call's setup, move and teardown task: failures logged, all cancelled and awaited on stop (StasisApp.stop).
+    tasks: TaskSet = field(default_factory=lambda: TaskSet("calls"))
 
 
 @dataclass
@@ -109,7 +112,7 @@ class Call:
 
     # --- event entry points (fast) ---------------------------------------------------------------------
     def start(self) -> None:
-        self._setup = asyncio.create_task(self._run(), name=f"call-{self.call_id}")
+        self._setup = self.deps.tasks.spawn(self._run(), f"call-{self.call_id}")
 
     def caller_left(self) -> None:
         """StasisEnd of the caller: hung up, or gone to the dialplan (continue)."""
@@ -168,7 +171,7 @@ class Call:
         log.warning("worker %s cannot take call %s (epoch %d): %s", worker_id, self.call_id, reserved.epoch, why)
         if self.state == "active":
             if self._teardown is None:
-                self._setup = asyncio.create_task(self._move(worker_id, why), name=f"move-{self.call_id}")
+                self._setup = self.deps.tasks.spawn(self._move(worker_id, why), f"move-{self.call_id}")
             return
         self._refusal_reason = why
         self._refusal.set()  # the setup under way gives up this worker (_connect)
@@ -180,9 +183,7 @@ class Call:
 
     def end(self, reason: str, *, fallback: bool = False, hang_up_caller: bool = False) -> None:
         if self._teardown is None:
-            self._teardown = asyncio.create_task(
-                self._end(reason, fallback, hang_up_caller), name=f"end-{self.call_id}"
-            )
+            self._teardown = self.deps.tasks.spawn(self._end(reason, fallback, hang_up_caller), f"end-{self.call_id}")
 
     # --- the call's work -------------------------------------------------------------------------------
     async def _run(self) -> None:

@@ -32,6 +32,7 @@ from shared.keys import Keys
 from shared import dead_letters
 from shared.messages import ControlReply, ControlRequest, inbox_fields
 from shared.metrics import CONTROL_REQUESTS, CONTROL_SECONDS
+from shared.tasks import TaskSet
 
 log = logging.getLogger("tools")
 
@@ -79,19 +80,18 @@ class ControlInbox:
         self.actions = actions
         self.token = f"{consumer}:{uuid.uuid4().hex[:8]}"  # this process, even if a restart reuses the name
         self.in_flight: dict[str, str] = {}  # request id -> entry id, while its action runs here
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks = TaskSet("control requests")  # one per request being handled; a new set per run
         self._group_ok = False
 
     async def run(self, stopping: asyncio.Event, ready: asyncio.Event | None = None) -> None:
         """Until `stopping` (or cancelled); starts reading once `ready` is set (the first reconcile: requests
         act on calls this process must know first). Running actions are cancelled on the way out and stay
         pending for the next controller."""
+        self._tasks = TaskSet("control requests")  # a reader restarted by its supervisor gets a fresh set
         try:
             await self._loop(stopping, ready)
         finally:
-            for task in list(self._tasks):
-                task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await self._tasks.close()
 
     async def _loop(self, stopping: asyncio.Event, ready: asyncio.Event | None) -> None:
         if ready is not None:
@@ -152,9 +152,31 @@ class ControlInbox:
 
     # --- one entry --------------------------------------------------------------------------------------
     def _dispatch(self, entry_id, fields: dict) -> None:
-        task = asyncio.create_task(self._handle(_text(entry_id), fields), name=f"control-{_text(entry_id)}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(self._contained(_text(entry_id), fields), f"control-{_text(entry_id)}")
+
+    async def _contained(self, entry_id: str, fields: dict) -> None:
+        """One entry, whatever happens: Redis trouble leaves it pending (claimed again, see `_claim`); any other
+        exception is a bug or a corrupt record that would fail every retry: logged once, dead-lettered, acked."""
+        try:
+            await self._handle(entry_id, fields)
+        except asyncio.CancelledError:
+            raise
+        except (RedisError, OSError) as exc:
+            log.warning("control entry %s not handled (%s); left pending, to be claimed again", entry_id, exc)
+        except Exception as exc:
+            await dead_letters.dead_letter(
+                self.streams,
+                self.keys,
+                stream=self.keys.controller_inbox,
+                label="controller_inbox",
+                entry_id=entry_id,
+                fields=fields,
+                exc=exc,
+            )
+            try:
+                await self._ack(entry_id)
+            except (RedisError, OSError) as err:
+                log.warning("control entry %s not acked (%s)", entry_id, err)
 
     async def _handle(self, entry_id: str, fields: dict) -> None:
         try:

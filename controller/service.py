@@ -23,7 +23,7 @@ from shared import health
 from shared.config import LoadedConfig
 from shared.messages import ProcessInfo
 from shared.service import AsyncRole
-from shared.supervisor import Supervised
+from shared.supervisor import MAX_RESTARTS, RESTART_PAUSE_S, Supervised
 from shared.version import VERSION
 
 log = logging.getLogger("controller")
@@ -42,6 +42,7 @@ class Controller(AsyncRole):
         self.app: StasisApp | None = None
         self.reconciled = asyncio.Event()  # the first reconcile ran: control requests may act on calls
         self.requests: Supervised | None = None  # the control inbox reader, restarted if it dies
+        self.gauges: Supervised | None = None  # the cluster gauges' refresh loop, restarted if it dies
 
     def process_info(self) -> ProcessInfo:
         return ProcessInfo(
@@ -65,6 +66,9 @@ class Controller(AsyncRole):
         checks = super().ready_checks()
         checks["control_inbox"] = lambda: (
             self.requests.problem() if self.requests is not None else "control inbox reader not started"
+        )
+        checks["cluster_metrics"] = lambda: (
+            self.gauges.problem() if self.gauges is not None else "cluster metrics not started"
         )
         checks["ari"] = lambda: (
             None if self.events is not None and self.events.connected else "not connected to the ARI events WebSocket"
@@ -111,7 +115,8 @@ class Controller(AsyncRole):
             inbox = ControlInbox(self.redis, self.keys, self.id, CallControl(self.app), streams=self.streams)
             self.requests = Supervised("control inbox reader", lambda: inbox.run(self.stopping, self.reconciled))
             requests = self.requests.start()
-            gauges = asyncio.create_task(cluster_metrics.run(self.redis, self.keys, config), name="cluster-metrics")
+            self.gauges = self.cluster_gauges()
+            gauges = self.gauges.start()
             try:
                 await self.events.run(self.stopping)
             finally:
@@ -120,6 +125,18 @@ class Controller(AsyncRole):
                 await asyncio.gather(requests, gauges, return_exceptions=True)
                 await self.app.stop()
                 emails.close()
+
+    def cluster_gauges(self, *, pause_s: float = RESTART_PAUSE_S, max_restarts: int = MAX_RESTARTS) -> Supervised:
+        """The cluster gauges' loop: Redis trouble skips a round in it; anything else (a bug, a record of an
+        unexpected shape) is a death, restarted, then given up and failing /readyz as `cluster_metrics`."""
+        assert self.redis is not None
+        redis, keys, config = self.redis, self.keys, self.config
+        return Supervised(
+            "cluster metrics",
+            lambda: cluster_metrics.run(redis, keys, config),
+            pause_s=pause_s,
+            max_restarts=max_restarts,
+        )
 
     async def _connected(self, first: bool) -> None:
         """Runs before any event of a new events connection: learn what this Asterisk can do (it may have

@@ -28,6 +28,8 @@ from shared.metrics import CALLS_ACTIVE, RECONCILED
 
 log = logging.getLogger("stasis")
 
+TEARDOWN_FINISH_S = 2.0  # on stop, how long teardowns under way may run before they are cancelled
+
 
 @dataclass
 class Held:
@@ -141,11 +143,13 @@ class StasisApp:
 
     async def stop(self) -> None:
         """Controller shutdown: calls keep running in Asterisk and on the workers; the next controller adopts
-        them in reconcile. Only the tasks of this process stop."""
+        them in reconcile. Only the tasks of this process stop: setups at once, teardowns under way get a moment
+        to finish (what they leave is the next reconcile's). Idempotent."""
         for call in list(self.calls.values()):
             for task in (call._setup,):
                 if task is not None and not task.done():
                     task.cancel()
+        await self.deps.tasks.close(finish_s=TEARDOWN_FINISH_S)
 
     # --- reconcile ------------------------------------------------------------------------------------
     async def reconcile(self, first: bool) -> None:

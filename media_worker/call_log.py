@@ -13,9 +13,11 @@ import time
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.client import NEVER_DECODE
 from redis.typing import EncodableT, FieldT
 
 from shared.keys import Keys
+from shared.metrics import CALL_LOG_BAD_ENTRIES
 
 log = logging.getLogger("call_log")
 
@@ -97,16 +99,19 @@ class CallLog:
             await asyncio.wait([self._writer])
 
     async def history(self) -> list[dict[str, Any]]:
-        """The conversation so far, in the shape `RealtimeProtocol.replay` takes."""
+        """The conversation so far, in the shape `RealtimeProtocol.replay` takes. Read as bytes and decoded field
+        by field: an entry that is not UTF-8 (a corrupt entry, a Redis shared with something else) is kept with
+        its bad bytes replaced, one without a known role is skipped; both counted, neither fails the replay."""
         await self.flush()
         items: list[dict[str, Any]] = []
-        for _, fields in await self.redis.xrange(self.key) or []:
-            if fields is None:
+        # NEVER_DECODE: this read alone in bytes, whatever the client (a decoding one would raise on the whole read)
+        entries = await self.redis.execute_command("XRANGE", self.key, "-", "+", **{NEVER_DECODE: True}) or []
+        not_utf8 = malformed = 0
+        for _, fields in entries:
+            if not isinstance(fields, dict):
                 continue  # an entry deleted while we read
-            f = {
-                (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
-                for k, v in fields.items()
-            }
+            f, clean = _decoded(fields)
+            not_utf8 += not clean
             if f.get("role") == "tool":
                 items.append(
                     {
@@ -118,4 +123,25 @@ class CallLog:
                 )
             elif f.get("role") in ("user", "assistant"):
                 items.append({"role": f["role"], "text": f.get("text", "")})
+            else:
+                malformed += 1
+        if not_utf8 or malformed:
+            CALL_LOG_BAD_ENTRIES.labels("not_utf8").inc(not_utf8)
+            CALL_LOG_BAD_ENTRIES.labels("malformed").inc(malformed)
+            log.warning(
+                "call log %s: %d entries not UTF-8 (bad bytes replaced), %d skipped", self.key, not_utf8, malformed
+            )
         return items
+
+
+def _decoded(fields: dict[bytes, bytes]) -> tuple[dict[str, str], bool]:
+    """An entry's fields as text, bytes that are not UTF-8 replaced (U+FFFD); and whether none needed it."""
+    out: dict[str, str] = {}
+    clean = True
+    for name, value in fields.items():
+        try:
+            out[name.decode()] = value.decode()
+        except UnicodeDecodeError:
+            clean = False
+            out[name.decode(errors="replace")] = value.decode(errors="replace")
+    return out, clean

@@ -12,7 +12,7 @@ import redis.asyncio as aioredis
 
 from media_worker.context import WorkerContext
 from media_worker.session import CallSession
-from media_worker.tasks import TaskSet
+from shared.tasks import TaskSet
 from media_worker.transport.audiosocket_server import AudioSocketLink
 from media_worker.transport.link import MediaLink, MediaSink
 from media_worker.transport.rtp_endpoint import RtpEndpoint

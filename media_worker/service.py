@@ -16,7 +16,7 @@ from media_worker.calls import CallManager
 from media_worker.context import WorkerContext
 from media_worker.realtime.client import ClientSettings
 from media_worker.realtime.pool import SessionPool
-from media_worker.tasks import TaskSet
+from shared.tasks import TaskSet
 from media_worker.transport.allowlist import media_sources
 from media_worker.transport.audiosocket_server import AudioSocketServer
 from shared.messages import WorkerInfo

@@ -65,7 +65,7 @@ from media_worker.heard import HeardTranscripts
 from media_worker.realtime import events as ev
 from media_worker.realtime import protocol as rp
 from media_worker.realtime.client import Closed, RealtimeClient, RealtimeError, Reconnected
-from media_worker.tasks import TaskSet
+from shared.tasks import TaskSet
 from media_worker.tool_calls import FarewellSignals, ToolRunner
 from media_worker.transport.link import MediaLink
 from media_worker.uplink import Uplink

@@ -215,6 +215,13 @@ UPLINK_DROPPED = Counter(
     "Caller frames dropped (oldest first) because the queue toward the model held its maximum (2 s)",
     registry=None,
 )
+CALL_LOG_BAD_ENTRIES = Counter(
+    "va_call_log_bad_entries_total",
+    "Call-log entries read back for a replay that were not as written: not_utf8 (kept, bad bytes replaced), "
+    "malformed (skipped: no known role)",
+    ["reason"],
+    registry=None,
+)
 MEDIA_FLOODS = Counter(
     "va_media_floods_total",
     "Calls ended because their media peer sent audio faster than 2x real time for 3 s",
@@ -300,6 +307,7 @@ MEDIA_WORKER = (
     UNDERRUNS,
     PADDED,
     UPLINK_DROPPED,
+    CALL_LOG_BAD_ENTRIES,
     MEDIA_FLOODS,
     RTP_DROPPED,
     AUDIOSOCKET_REFUSED,
@@ -375,6 +383,7 @@ KNOWN_LABELS: dict[str, tuple[tuple[MetricWrapperBase, tuple[tuple[str, ...], ..
     ),
     "media-worker": (
         (TOKENS, tuple((kind,) for kind in TOKEN_KINDS)),
+        (CALL_LOG_BAD_ENTRIES, (("not_utf8",), ("malformed",))),
         *_stream_readers("worker_inbox"),
     ),
 }  # the tool worker's job names live with its jobs: ToolWorker starts them at 0

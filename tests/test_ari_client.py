@@ -842,6 +842,29 @@ async def test_dispatcher_close_cancels_stuck_handlers():
     assert d.pending == 0 and d.busy_keys == 0
 
 
+async def test_dispatcher_close_is_bounded_when_a_handler_swallows_its_cancellation(monkeypatch):
+    """On main close() waited for such a handler forever, and the controller's stop with it."""
+    from controller.ari import ordered
+
+    monkeypatch.setattr(ordered, "CLOSE_WAIT_S", 0.05, raising=False)
+    let_go = asyncio.Event()
+
+    async def handler(item: int) -> None:
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            await let_go.wait()  # a bug: cleanup that waits on something that never comes
+
+    d: KeyedDispatcher[int] = KeyedDispatcher(handler)
+    await d.put("k", 1)
+    await asyncio.sleep(0)  # the handler runs
+    try:
+        await asyncio.wait_for(d.close(), 5)
+    finally:
+        let_go.set()
+        await asyncio.sleep(0.01)
+
+
 # --- the events stream ------------------------------------------------------------------------------------
 
 

@@ -6,6 +6,7 @@ lifecycle, the CLI process and the control API. Event shapes are validated again
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import signal
@@ -13,6 +14,7 @@ import socket
 import sys
 import time
 import uuid
+import warnings
 from pathlib import Path
 
 import aiohttp
@@ -319,6 +321,31 @@ async def test_a_media_leg_hung_up_before_its_life_starts_is_still_destroyed(sim
             while channel_id in sim.channels:
                 await asyncio.sleep(0.01)
         assert ch.destroyed
+
+
+async def test_a_life_cancelled_before_it_starts_leaves_no_coroutine_unawaited(sim, ari):
+    """The same early hangup: the life coroutine (`Calls._external_life`) handed to the cancelled task was never
+    awaited, and Python warned about it at garbage collection ("coroutine ... was never awaited")."""
+    await ari.connect()
+    await sim.calls.external_media(
+        app=APP,
+        host_port="127.0.0.1:9",
+        encapsulation="rtp",
+        fmt="ulaw",
+        data=None,
+        channel_id="em-early",
+        variables={},
+    )
+    ch = sim.pbx.find("em-early")
+    assert ch is not None
+    task = ch.dialplan_task
+    sim.pbx.hangup(ch)  # in the same loop turn: the life task has not started
+    await asyncio.wait({task}, timeout=5)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ch.dialplan_task = task = None  # the last references: the coroutines are freed here
+        gc.collect()
+    assert not [w for w in caught if "never awaited" in str(w.message)]
 
 
 async def test_ari_delete_gives_cause_32_soft_and_channel_destroyed_only_for_ari_channels(sim, ari, worker):

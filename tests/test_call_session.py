@@ -20,7 +20,7 @@ from media_worker.calls import CallManager
 from media_worker.context import WorkerContext
 from media_worker.realtime.client import ClientSettings, RealtimeClient
 from media_worker.realtime.pool import SessionPool
-from media_worker.tasks import TaskSet
+from shared.tasks import TaskSet
 from media_worker.transport.audiosocket_codec import HEADER, KIND_SLIN16, KIND_SLIN24, encode
 from media_worker.transport.audiosocket_server import AudioSocketServer
 from shared.config.schema import Config

@@ -35,6 +35,29 @@ async def test_call_log_round_trips_into_the_replay_shape(redis_url, prefix):
         await client.aclose()
 
 
+async def test_the_replay_survives_call_log_entries_that_are_not_utf8_or_malformed(redis_url, prefix):
+    """The session's client decodes (as the worker's does): one non-UTF-8 entry used to fail the whole replay,
+    and with it the rebuilt conversation of a reconnect or a move to another worker."""
+    from shared import metrics
+
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    raw = aioredis.Redis.from_url(redis_url)
+    key = Keys(prefix).call_log("call-1")
+    bad = metrics.CALL_LOG_BAD_ENTRIES
+    before = bad.labels("not_utf8")._value.get(), bad.labels("malformed")._value.get()
+    try:
+        await raw.xadd(key, {b"role": b"user", b"text": b"caf\xe9 au lait", b"t_ms": b"1"})  # Latin-1, not UTF-8
+        await raw.xadd(key, {b"something": b"else"})  # not ours: no role
+        await raw.xadd(key, {b"role": b"assistant", b"text": b"Here you are.", b"t_ms": b"2"})
+        history = await CallLog(client, Keys(prefix), "call-1").history()
+    finally:
+        await client.aclose()
+        await raw.aclose()
+    assert history == [{"role": "user", "text": "caf\ufffd au lait"}, {"role": "assistant", "text": "Here you are."}]
+    after = bad.labels("not_utf8")._value.get(), bad.labels("malformed")._value.get()
+    assert (after[0] - before[0], after[1] - before[1]) == (1, 1)
+
+
 async def test_call_log_holds_a_bounded_backlog_while_redis_is_away(monkeypatch):
     """Redis unreachable (a port nothing listens on): the entries wait, at most MAX_PENDING of them; the rest are
     counted as failed, not held without bound."""

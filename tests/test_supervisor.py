@@ -6,6 +6,9 @@ from __future__ import annotations
 import asyncio
 import json
 
+import redis.asyncio as aioredis
+
+from controller import cluster_metrics
 from controller.service import Controller
 from media_worker.service import MediaWorker
 from shared import health
@@ -73,3 +76,27 @@ async def test_the_roles_report_an_inbox_reader_given_up():
     controller.requests = Supervised("control inbox reader", dying([], 100), pause_s=0, max_restarts=0)
     await asyncio.gather(controller.requests.start(), return_exceptions=True)
     assert "control inbox reader stopped: 1 failures" in (controller.ready_checks()["control_inbox"]() or "")
+
+
+async def test_the_cluster_gauges_loop_that_keeps_dying_is_restarted_then_fails_the_controllers_readiness(
+    monkeypatch, caplog, redis_url
+):
+    """On main it was a bare task: its death went unnoticed (no log until garbage collection, /readyz 200)."""
+
+    async def broken(*_args) -> None:
+        raise ValueError("a worker record of an unexpected shape")
+
+    monkeypatch.setattr(cluster_metrics, "refresh", broken)
+    controller = Controller(load_config(CONFIG, env=ENV), instance_id="c", health_host="127.0.0.1", health_port=0)
+    assert controller.ready_checks()["cluster_metrics"]() == "cluster metrics not started"
+    controller.redis = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        controller.gauges = controller.cluster_gauges(pause_s=0, max_restarts=1)
+        await asyncio.wait_for(asyncio.gather(controller.gauges.start(), return_exceptions=True), 5)
+    finally:
+        await controller.redis.aclose()
+    assert controller.gauges.restarts == 1
+    problem = controller.ready_checks()["cluster_metrics"]() or ""
+    assert "cluster metrics stopped: 2 failures" in problem and "ValueError" in problem
+    deaths = [r for r in caplog.records if r.name == "supervisor"]
+    assert len(deaths) == 2 and deaths[0].exc_info is not None  # each death logged once, the first with its traceback

@@ -223,6 +223,7 @@ class EventStream:
             return f"socket error: {exc}"
         finally:
             closer.cancel()
+            await asyncio.gather(closer, return_exceptions=True)  # owned: never left pending past its connection
             self.connected = False
             CONNECTED.set(0)
 

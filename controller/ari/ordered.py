@@ -16,6 +16,8 @@ from typing import Generic, TypeVar
 
 log = logging.getLogger("ari")
 
+CLOSE_WAIT_S = 2.0  # how long close() waits for cancelled handlers to end
+
 T = TypeVar("T")
 
 
@@ -100,5 +102,11 @@ class KeyedDispatcher(Generic[T]):
         tasks = list(self._tasks.values())
         for task in tasks:
             task.cancel()
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+        if not tasks:
+            return
+        # Bounded: a handler that swallows its cancellation must not hang the controller's stop.
+        _, stuck = await asyncio.wait(tasks, timeout=CLOSE_WAIT_S)
+        for task in stuck:
+            log.error(
+                "ARI event handler %s did not stop within %.1f s of being cancelled", task.get_name(), CLOSE_WAIT_S
+            )

@@ -400,12 +400,16 @@ DASHBOARDS = [
                 ),
                 (
                     "ts",
-                    "Inbox entries dead-lettered (1h), by stream and reason",
+                    "Inbox entries dead-lettered, call-log entries unusable (1h)",
                     "short",
                     [
                         (
                             "{{stream}} {{reason}}",
                             "sum by (stream, reason) (increase(va_stream_dead_letters_total[1h]))",
+                        ),
+                        (
+                            "call log replay: {{reason}}",
+                            "sum by (reason) (increase(va_call_log_bad_entries_total[1h]))",
                         ),
                     ],
                 ),

@@ -28,7 +28,7 @@ from media_worker.realtime.protocol import (
     ServerError,
     SessionRejected,
 )
-from media_worker.tasks import TaskSet
+from shared.tasks import TaskSet
 from shared.config.ga_session import effective_model
 from shared.config.schema import OpenAIRealtime
 from shared.metrics import REALTIME_CONNECT

@@ -12,7 +12,7 @@ import logging
 import time
 
 from media_worker.realtime.client import ClientSettings, Connection
-from media_worker.tasks import TaskSet
+from shared.tasks import TaskSet
 from shared.metrics import POOL_READY, POOL_TAKES
 
 log = logging.getLogger("realtime.pool")

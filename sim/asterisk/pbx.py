@@ -134,6 +134,9 @@ class Pbx:
     def run(self, ch: Channel, coro: Coroutine, name: str = "channel") -> None:
         """Run a channel's dialplan (or Stasis-only life); the channel is destroyed when it returns."""
         ch.dialplan_task = self.spawn(self._life(ch, coro), name=f"{name}:{ch.name}")
+        # A task cancelled before its first step (a hangup in the same loop turn) never awaits `coro`: close it,
+        # or Python warns "coroutine ... was never awaited" (a no-op once it ran).
+        ch.dialplan_task.add_done_callback(lambda _: coro.close())
 
     async def _life(self, ch: Channel, coro: Coroutine) -> None:
         try:
