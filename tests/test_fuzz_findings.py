@@ -4,13 +4,21 @@ and turn into failures (to be unmarked) once fixed."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from aiohttp import web
 
 from controller.ari.errors import AriError
 from controller.ari.event_types import BadEvent, decode_event
 from controller.ari.rest import AriRest
+from media_worker.realtime import events as ev
+from media_worker.realtime import protocol as rp
+from media_worker.session import _message_text, _record_rate_limits
 from media_worker.transport import websocket_codec as wc
+from media_worker.usage import CallUsage
+from shared.config.ga_session import build_session
+from shared.config.schema import OpenAIRealtime, Pricing
 
 DEEP = b"[" * 100_000 + b"]" * 100_000  # deeper than any recursive parser's stack
 
@@ -50,3 +58,45 @@ async def test_a_deeply_nested_ari_answer_is_an_ari_error():
                 await ari.info()
     finally:
         await runner.cleanup()
+
+
+# --- Realtime server events -----------------------------------------------------------------------------------
+
+
+def test_a_deeply_nested_realtime_event_is_malformed():
+    """Even an unknown field of a known event: msgspec recurses to skip it."""
+    event = ev.decode(b'{"type":"input_audio_buffer.cleared","event_id":"e","x":' + DEEP + b"}")
+    assert isinstance(event, ev.Malformed) and event.reason == "nested too deeply"
+
+
+@pytest.mark.parametrize(
+    ("expires_at", "tools"),
+    [(10**400, []), (1e308, []), (-1, []), (1_900_000_000, 5)],
+    ids=["int-beyond-float", "float-out-of-range", "negative", "tools-not-a-list"],
+)
+def test_session_updated_with_odd_expiry_or_tools_is_ready_without_them(expires_at, tools):
+    protocol = rp.RealtimeProtocol(build_session(OpenAIRealtime(), instructions="x", tools=[]))
+    protocol.receive(json.dumps({"type": "session.created", "event_id": "e1", "session": {"id": "s"}}))
+    updated = {"type": "session.updated", "event_id": "e2", "session": {"expires_at": expires_at, "tools": tools}}
+    [ready] = protocol.receive(json.dumps(updated))
+    assert isinstance(ready, rp.Ready) and ready.tools == 0
+    assert ready.expires_at == (1_900_000_000.0 if expires_at == 1_900_000_000 else None)
+
+
+ROUTED_SESSIONS = "routed to sessions (media_worker/session.py, usage.py: the translation of server events)"
+
+
+@pytest.mark.xfail(strict=True, raises=AttributeError, reason=ROUTED_SESSIONS)
+def test_a_response_done_whose_content_is_not_an_object_is_read():
+    assert _message_text([{"type": "message", "content": [None, {"transcript": "Hello."}]}]) == "Hello."
+
+
+@pytest.mark.xfail(strict=True, raises=OverflowError, reason=ROUTED_SESSIONS)
+def test_a_token_count_beyond_a_float_is_not_charged():
+    usage = CallUsage(Pricing())
+    usage.add({"input_token_details": {"text_tokens": 10**400}})
+
+
+@pytest.mark.xfail(strict=True, raises=OverflowError, reason=ROUTED_SESSIONS)
+def test_a_rate_limit_beyond_a_float_is_not_recorded():
+    _record_rate_limits([{"name": "requests", "limit": 10**400, "remaining": 1}])

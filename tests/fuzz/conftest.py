@@ -37,7 +37,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 def pytest_terminal_summary(terminalreporter) -> None:
-    from tests.fuzz.harness import COUNTS, MEMORY
+    from tests.fuzz.harness import COUNTS, MEMORY, ROUTED
 
     if not COUNTS:
         return
@@ -51,6 +51,8 @@ def pytest_terminal_summary(terminalreporter) -> None:
             else ""
         )
         terminalreporter.write_line(f"{name}: {count} inputs{grown}")
+    for finding, count in sorted(ROUTED.items()):
+        terminalreporter.write_line(f"known, routed to its owner: {finding}: hit by {count} inputs")
 
 
 @pytest.fixture

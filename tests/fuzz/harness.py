@@ -214,3 +214,36 @@ def garbled(draw: st.DrawFn, data: bytes) -> bytes:
         elif op == "truncate":
             del buf[pos:]
     return bytes(buf)
+
+
+def routed(exc: BaseException, known: dict[tuple[str, str, str], str]) -> bool:
+    """Whether `exc` is a finding already routed to another area's owner: raised (as that exception type) with
+    one of the `known` (file name, function) places as the innermost frame of product code. Each has a strict
+    xfail in tests/test_fuzz_findings.py. Such an input is counted and the run goes on; any other exception
+    fails the run."""
+    place = None
+    tb = exc.__traceback__
+    while tb is not None:
+        filename = tb.tb_frame.f_code.co_filename
+        if any(part in filename for part in PRODUCT):
+            place = (filename.rsplit("/", 1)[-1], tb.tb_frame.f_code.co_name, type(exc).__name__)
+        tb = tb.tb_next
+    if place in known:
+        ROUTED[known[place]] += 1
+        return True
+    return False
+
+
+ROUTED: Counter[str] = Counter()  # routed finding -> inputs that hit it in this session
+
+
+@st.composite
+def odd_numbered(draw: st.DrawFn, value: Any) -> Any:
+    """`value` with every number in it replaced by an odd one (huge, negative, float for int)."""
+    if isinstance(value, dict):
+        return {k: draw(odd_numbered(v)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [draw(odd_numbered(v)) for v in value]
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return draw(odd_numbers)
+    return value
