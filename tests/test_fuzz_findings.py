@@ -17,7 +17,9 @@ from media_worker.realtime import protocol as rp
 from media_worker.session import _message_text, _record_rate_limits
 from media_worker.transport import websocket_codec as wc
 from media_worker.usage import CallUsage
+from shared.config.envsubst import expand
 from shared.config.ga_session import build_session
+from shared.config.load import ConfigError, parse_config
 from shared.config.schema import OpenAIRealtime, Pricing
 
 DEEP = b"[" * 100_000 + b"]" * 100_000  # deeper than any recursive parser's stack
@@ -100,3 +102,32 @@ def test_a_token_count_beyond_a_float_is_not_charged():
 @pytest.mark.xfail(strict=True, raises=OverflowError, reason=ROUTED_SESSIONS)
 def test_a_rate_limit_beyond_a_float_is_not_recorded():
     _record_rate_limits([{"name": "requests", "limit": 10**400, "remaining": 1}])
+
+
+# --- YAML config ----------------------------------------------------------------------------------------------
+
+BILLION_LAUGHS = "".join(
+    f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10) if i else ', '.join(['lol'] * 10)}]\n" for i in range(9)
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        (BILLION_LAUGHS, "more than 100000 values once its aliases are expanded"),
+        ("a: &a [*a]\n", "nested deeper than 64 levels"),
+        ("x: " + "[" * 3000 + "]" * 3000 + "\n", "nested too deeply"),
+        ("media_worker: {capacity: 1" + "0" * 5000 + "}\n", "a value cannot be built"),
+        ("a: 2024-13-01\n", "a value cannot be built: month must be in 1..12"),
+        ("a: !!timestamp x\n", "a value cannot be built"),
+    ],
+    ids=["billion-laughs", "recursive-alias", "deep-nesting", "int-of-5000-digits", "bad-date", "bad-timestamp-tag"],
+)
+def test_a_hostile_yaml_document_is_a_config_error(text, why):
+    with pytest.raises(ConfigError, match=why):
+        parse_config(text, "hostile.yaml", {})
+
+
+def test_a_placeholder_whose_value_yaml_cannot_build_stays_a_string():
+    assert expand("${V}", {"V": "2024-13-01"}) == "2024-13-01"
+    assert expand("${V}", {"V": "[" * 3000}) == "[" * 3000
