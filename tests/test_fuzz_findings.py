@@ -4,14 +4,27 @@ and turn into failures (to be unmarked) once fixed."""
 
 from __future__ import annotations
 
+import asyncio
+import binascii
 import json
+import socket
+import threading
+from email.message import EmailMessage
 
+import msgspec
 import pytest
+import redis.asyncio as aioredis
 from aiohttp import web
 
 from controller.ari.errors import AriError
 from controller.ari.event_types import BadEvent, decode_event
 from controller.ari.rest import AriRest
+from controller.call_control import ControlInbox
+from media_worker.audio.playout import PlayoutClock
+from media_worker.calls import CallManager
+from media_worker.context import WorkerContext
+from media_worker.realtime.client import ClientSettings
+from media_worker.realtime.pool import SessionPool
 from media_worker.realtime import events as ev
 from media_worker.realtime import protocol as rp
 from media_worker.session import _message_text, _record_rate_limits
@@ -20,7 +33,12 @@ from media_worker.usage import CallUsage
 from shared.config.envsubst import expand
 from shared.config.ga_session import build_session
 from shared.config.load import ConfigError, parse_config
-from shared.config.schema import OpenAIRealtime, Pricing
+from shared.config.schema import Config, Email, OpenAIRealtime, Pricing
+from shared.keys import Keys
+from shared.messages import Assignment, CallEnded, CallPlan
+from tests.conftest import OFFLINE
+from tool_worker import smtp
+from tool_worker.smtp import SendFailed
 
 DEEP = b"[" * 100_000 + b"]" * 100_000  # deeper than any recursive parser's stack
 
@@ -131,3 +149,84 @@ def test_a_hostile_yaml_document_is_a_config_error(text, why):
 def test_a_placeholder_whose_value_yaml_cannot_build_stays_a_string():
     assert expand("${V}", {"V": "2024-13-01"}) == "2024-13-01"
     assert expand("${V}", {"V": "[" * 3000}) == "[" * 3000
+
+
+# --- inbox entries --------------------------------------------------------------------------------------------
+
+ROUTED_CALLS = "routed to sessions (media_worker/calls.py, session.py: the worker's inbox handler)"
+ROUTED_STREAMS = "routed to streams (controller/call_control.py: poison entries)"
+PLAN = CallPlan(call_id="c1", caller_channel="ch", context="t", provider="openai_realtime", profile="p",
+                transport="audiosocket", format="slin16", provider_format="pcm16")  # fmt: skip
+
+
+def worker_calls(redis_url: str, prefix: str) -> CallManager:
+    settings = ClientSettings(url=OFFLINE["OPENAI_REALTIME_URL"], model="m", api_key="k", reconnect_attempts=1)
+    redis = aioredis.Redis.from_url(redis_url)
+    ctx = WorkerContext(Config(), redis, Keys(prefix), "w", PlayoutClock(), SessionPool(settings, 0), settings)
+    return CallManager(ctx, listen_host="127.0.0.1", allowed_hosts=[])
+
+
+@pytest.mark.xfail(strict=True, raises=msgspec.DecodeError, reason=ROUTED_CALLS)
+async def test_worker_inbox_data_that_is_not_json_is_logged_not_raised(redis_url, prefix):
+    await worker_calls(redis_url, prefix).handle("assign", b"\xff not json")
+
+
+@pytest.mark.xfail(strict=True, reason=ROUTED_CALLS + ": the session stays registered (its slot, its lease)")
+@pytest.mark.parametrize(("fmt", "port"), [("slin16", 0), ("ulaw", 70000)], ids=["rtp-format", "rtp-port"])
+async def test_an_rtp_assignment_the_worker_cannot_open_leaves_no_session(redis_url, prefix, fmt, port):
+    calls = worker_calls(redis_url, prefix)
+    plan = msgspec.structs.replace(PLAN, transport="rtp", format=fmt)
+    try:
+        await calls.handle("assign", msgspec.json.encode(Assignment(call_id="c1", epoch=1, rtp_port=port, plan=plan)))
+    finally:
+        leaked = dict(calls.sessions)
+        calls.sessions.clear()
+    assert not leaked
+
+
+@pytest.mark.xfail(strict=True, raises=TimeoutError, reason=ROUTED_CALLS + ": stop() before the task's first step")
+async def test_a_call_ended_right_after_its_assignment_finishes(redis_url, prefix):
+    """The inbox handles `assign` then `end` back to back (a caller who hangs up at once): the session's task,
+    cancelled before its first step, never runs its `finally`, so `finished` is never set and the session keeps
+    its slot (and its lease, renewed every second) for ever."""
+    calls = worker_calls(redis_url, prefix)
+    await calls.handle("assign", msgspec.json.encode(Assignment(call_id="c1", epoch=1, plan=PLAN)))
+    session = calls.sessions["c1"]
+    await calls.handle("end", msgspec.json.encode(CallEnded(call_id="c1", reason="hangup")))
+    try:
+        async with asyncio.timeout(2):
+            await session.finished.wait()
+    finally:
+        calls.sessions.clear()
+
+
+@pytest.mark.xfail(strict=True, raises=UnicodeDecodeError, reason=ROUTED_STREAMS)
+async def test_a_controller_inbox_entry_whose_type_is_not_utf8_is_dropped(redis_url, prefix):
+    inbox = ControlInbox(aioredis.Redis.from_url(redis_url), Keys(prefix), "c", actions=None)  # type: ignore[arg-type]
+    await inbox._handle("1-0", {b"type": b"\xffcontrol", b"data": b"{}"})
+
+
+# --- SMTP answers ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.xfail(strict=True, raises=binascii.Error, reason="routed to mail (tool_worker/smtp.py)")
+def test_an_auth_challenge_that_is_not_base64_is_a_send_failure():
+    """The server offers AUTH PLAIN and answers it with a 334 whose challenge is not base64."""
+    replies = [b"220 hi\r\n", b"250-hi\r\n250 AUTH PLAIN\r\n", b"334 OK\r\n", b"221 bye\r\n"]
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+
+        def serve() -> None:
+            conn, _ = listener.accept()
+            with conn, conn.makefile("rb") as lines:
+                conn.sendall(replies[0])
+                for reply in replies[1:]:
+                    if not lines.readline():
+                        return
+                    conn.sendall(reply)
+
+        threading.Thread(target=serve, daemon=True).start()
+        email = Email(smtp_port=listener.getsockname()[1], username="u", password="p", timeout_ms=2000)
+        message = EmailMessage()
+        message["From"], message["To"] = "a@localhost", "b@example.com"
+        with pytest.raises(SendFailed):
+            smtp.send(message, ["b@example.com"], email)

@@ -1,0 +1,233 @@
+"""Inbox stream entries: one entry's decode and handling, with any `type` and `data` (bytes, not always UTF-8,
+not always JSON, near-valid messages of every kind) — the worker's CallManager.handle and the controller's
+ControlInbox._handle, each against the real Redis (DB of VA_TEST_REDIS_URL, a key prefix per test).
+
+Allowed outcomes: the entry is handled or logged and dropped; nothing raises (the readers log what does and go
+on, but a poison entry must not cost more than itself); no session, held connection, RTP port or request stays
+behind once the entry's call is stopped; no task is left over."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+
+import pytest
+import redis.asyncio as aioredis
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from controller.call_control import ControlInbox, reply_for
+from media_worker.audio.playout import PlayoutClock
+from media_worker.calls import CallManager
+from media_worker.context import WorkerContext
+from media_worker.realtime.client import ClientSettings
+from media_worker.realtime.pool import SessionPool
+from media_worker.session import CLOSE_TIMEOUT_S
+from shared.config.schema import Config
+from shared.keys import Keys
+from tests.conftest import OFFLINE
+from tests.fuzz.harness import EXAMPLE_TIMEOUT_S, examples, garbled, json_values, leftover_tasks, mutated, routed
+
+pytestmark = [pytest.mark.fuzz, pytest.mark.slow]
+
+CALL = "00000000-0000-4000-8000-0000000000aa"
+PLAN = {
+    "call_id": CALL,
+    "caller_channel": "caller-1",
+    "context": "support",
+    "provider": "openai_realtime",
+    "profile": "default",
+    "transport": "audiosocket",
+    "format": "slin16",
+    "provider_format": "pcm16",
+    "greeting": "",
+    "tools": ["hangup_call"],
+}
+MESSAGES = {
+    "assign": {"call_id": CALL, "epoch": 1, "rtp_port": 0, "plan": PLAN},
+    "control_result": {"request_id": "r1", "call_id": CALL, "ok": True, "status": "done", "message": "", "final": True},
+    "media_peer": {"call_id": CALL, "host": "127.0.0.1", "port": 4000},
+    "media": {"call_id": CALL, "epoch": 1, "url": "ws://127.0.0.1:9/media/c1", "channel_id": "m1"},
+    "media_bridged": {"call_id": CALL, "epoch": 1},
+    "end": {"call_id": CALL, "reason": "hangup"},
+}
+KEYS = sorted({k for m in MESSAGES.values() for k in m} | set(PLAN))
+TRANSPORTS = ["audiosocket", "rtp", "websocket", "sip", ""]
+FORMATS = ["slin", "slin16", "slin24", "ulaw", "alaw", ""]
+
+
+@st.composite
+def plans(draw: st.DrawFn) -> dict:
+    """A valid assignment's plan with the fields a worker acts on drawn from the valid and invalid values."""
+    return {
+        **PLAN,
+        "transport": draw(st.sampled_from(TRANSPORTS)),
+        "format": draw(st.sampled_from(FORMATS)),
+        "provider_format": draw(st.sampled_from(["pcm16", "g711_ulaw", "x"])),
+    }
+
+
+def _json(value) -> bytes:
+    return json.dumps(value).encode()
+
+
+worker_entries = st.one_of(
+    st.sampled_from(sorted(MESSAGES)).flatmap(lambda k: st.tuples(st.just(k), mutated(MESSAGES[k], KEYS).map(_json))),
+    st.builds(
+        lambda p, port: ("assign", _json({**MESSAGES["assign"], "plan": p, "rtp_port": port})),
+        plans(),
+        st.sampled_from([0, 1, 65535, 65536, 70000, -1, 2**40]),
+    ),  # fmt: skip
+    st.sampled_from(sorted(MESSAGES)).flatmap(lambda k: st.tuples(st.just(k), garbled(_json(MESSAGES[k])))),
+    st.tuples(
+        st.sampled_from([*MESSAGES, "", "ASSIGN", "x"]) | st.text(max_size=8),
+        st.binary(max_size=30) | json_values.map(_json),
+    ),  # fmt: skip
+    st.tuples(st.sampled_from(sorted(MESSAGES)), st.sampled_from([b"\xff\xfe", b'{"call_id": "\xff"}', b""])),
+)
+
+# Crashes found here in another area's code (see tests/test_fuzz_findings.py): tolerated until fixed there.
+ROUTED_WORKER = {
+    ("calls.py", "handle", "DecodeError"): "calls.CallManager.handle: data that is not JSON raises DecodeError",
+    ("rtp_endpoint.py", "__init__", "ValueError"): "calls.CallManager.assign: an RTP plan with a non-RTP format",
+    ("rtp_endpoint.py", "open", "OverflowError"): "calls.CallManager.assign: an RTP port outside 0..65535",
+    ("convert.py", "silence", "KeyError"): "calls.CallManager.assign: a plan with an unknown provider_format",
+    ("convert.py", "__init__", "ValueError"): "calls.CallManager.assign: a plan with an unknown wire format",
+}
+
+
+@pytest.fixture
+def worker(loop, redis_url, prefix):
+    settings_ = ClientSettings(url=OFFLINE["OPENAI_REALTIME_URL"], model="gpt-realtime", api_key="sk-fuzz",
+                               reconnect_attempts=1, open_timeout_s=1.0)  # fmt: skip
+    redis = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    ctx = WorkerContext(
+        Config(), redis, Keys(prefix), "worker-fuzz", PlayoutClock(), SessionPool(settings_, 0), settings_
+    )
+    calls = CallManager(ctx, listen_host="127.0.0.1", allowed_hosts=[])
+    stop = asyncio.Event()
+    ticking = loop.create_task(ctx.clock.run(stop))
+    yield calls
+    loop.run_until_complete(calls.stop_all("fuzz over"))
+    stop.set()
+    loop.run_until_complete(ticking)
+    loop.run_until_complete(redis.aclose())
+
+
+@pytest.mark.surface("inbox (worker)")
+@settings(max_examples=examples())
+@given(entries=st.lists(worker_entries, min_size=1, max_size=4))
+def test_worker_inbox_takes_any_entry(surface, loop, worker, entries):
+    calls = worker
+    surface.example()
+    before = set(asyncio.all_tasks(loop))
+
+    async def one() -> None:
+        async with asyncio.timeout(CLOSE_TIMEOUT_S + EXAMPLE_TIMEOUT_S):  # a session's end may take CLOSE_TIMEOUT_S
+            for kind, data in entries:
+                try:
+                    await calls.handle(kind, data)
+                except Exception as exc:
+                    if not routed(exc, ROUTED_WORKER):
+                        raise
+                    _forget_unstarted(calls)
+                # The session's task gets its first step (a stop before it would leave it unfinished for ever:
+                # routed, see tests/test_fuzz_findings.py).
+                await asyncio.sleep(0)
+            # The controller ends each call (type "end"): every session, port and connection is then released.
+            for call_id in list(calls.sessions):
+                await calls.handle("end", _json({"call_id": call_id, "reason": "fuzz"}))
+            await calls.wait_no_calls()
+            me = asyncio.current_task()
+            while leftover_tasks(loop, before | {me}):  # each reaper releases its call's port and lease, then ends
+                await asyncio.sleep(0.001)
+        await asyncio.sleep(0)
+
+    loop.run_until_complete(one())
+    leaked = {name: len(getattr(calls, name)) for name in ("sessions", "_rtp", "_held", "_ws")}
+    assert not any(leaked.values()), leaked
+    assert not leftover_tasks(loop, before)
+
+
+def _forget_unstarted(calls: CallManager) -> None:
+    """The session a routed assign crash left registered but never started (its RTP endpoint raised): it would
+    hold its slot, and renew its lease, for ever. Dropped here so that the run goes on (see ROUTED_WORKER)."""
+    for call_id, session in list(calls.sessions.items()):
+        if session.plan.transport == "rtp" and call_id not in calls._rtp:
+            del calls.sessions[call_id]
+
+
+# --- the controller's inbox -----------------------------------------------------------------------------------
+
+REQUEST = {
+    "request_id": "req-1",
+    "call_id": CALL,
+    "worker_id": "w1",
+    "action": "hangup",
+    "destination": "",
+    "reason": "",
+}
+
+
+class Actions:
+    """Stands in for CallControl: replies at once (the fuzz is of the entry, not of the actions)."""
+
+    async def execute(self, request, send) -> None:
+        await send(reply_for(request, True, "done"))
+
+
+text_or_bytes = (
+    st.sampled_from(["control", b"control", b"\xffcontrol", "", b""]) | st.text(max_size=6) | st.binary(max_size=6)
+)
+control_data = st.one_of(
+    mutated(REQUEST, sorted(REQUEST)).map(_json),
+    st.builds(lambda rid: _json({**REQUEST, "request_id": rid}), st.text(max_size=8)),
+    garbled(_json(REQUEST)),
+    st.binary(max_size=30),
+    st.sampled_from([b"\xff", "text", None]),
+)
+
+
+@st.composite
+def control_fields(draw: st.DrawFn) -> dict:
+    fields: dict = {}
+    if draw(st.booleans()):
+        fields[draw(st.sampled_from(["type", b"type"]))] = draw(text_or_bytes)
+    if draw(st.integers(0, 4)):
+        fields[draw(st.sampled_from(["data", b"data"]))] = draw(control_data)
+    return fields
+
+
+ROUTED_CONTROLLER = {
+    ("call_control.py", "_text", "UnicodeDecodeError"): "call_control._handle: a type that is not UTF-8",
+}
+
+
+@pytest.fixture
+def control(loop, redis_url, prefix):
+    redis = aioredis.Redis.from_url(redis_url)
+    inbox = ControlInbox(redis, Keys(prefix), "controller-fuzz", Actions())  # type: ignore[arg-type]
+    yield inbox
+    loop.run_until_complete(redis.aclose())
+
+
+@pytest.mark.surface("inbox (controller)")
+@settings(max_examples=examples())
+@given(fields=control_fields())
+def test_controller_inbox_takes_any_entry(surface, loop, control, fields):
+    surface.example()
+    before = set(asyncio.all_tasks(loop))
+    entry_id = f"{uuid.uuid4().int % 10**12}-0"
+
+    async def one() -> None:
+        async with asyncio.timeout(EXAMPLE_TIMEOUT_S):
+            try:
+                await control._handle(entry_id, fields)
+            except Exception as exc:
+                if not routed(exc, ROUTED_CONTROLLER):
+                    raise
+
+    loop.run_until_complete(one())
+    assert not control.in_flight
+    assert not leftover_tasks(loop, before)
