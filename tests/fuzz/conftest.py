@@ -13,7 +13,12 @@ COMMON = {
     "derandomize": True,  # the seed is fixed: the same inputs on every run and every machine
     "database": None,
     "deadline": None,  # the time bound is ours (harness.time_bound, asyncio.timeout): a hard limit, not a flake
-    "suppress_health_check": [HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
+    "suppress_health_check": [
+        HealthCheck.function_scoped_fixture,
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.filter_too_much,
+    ],
     "print_blob": True,
 }
 

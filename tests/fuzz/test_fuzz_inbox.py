@@ -155,7 +155,7 @@ def _forget_unstarted(calls: CallManager) -> None:
     hold its slot, and renew its lease, for ever. Dropped here so that the run goes on (see ROUTED_WORKER)."""
     for call_id, session in list(calls.sessions.items()):
         if session.plan.transport == "rtp" and call_id not in calls._rtp:
-            del calls.sessions[call_id]
+            calls._forget(session)
 
 
 # --- the controller's inbox -----------------------------------------------------------------------------------
