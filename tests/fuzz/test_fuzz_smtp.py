@@ -122,7 +122,7 @@ ROUTED_HERE = {
 
 
 @pytest.mark.surface("smtp (answers)")
-@settings(max_examples=examples(0.5))  # a connection per input: 5,000 in the fuzz tier
+@settings(max_examples=examples())
 @given(script=st.lists(replies(), max_size=8), login=st.booleans(), recipients=st.integers(1, 3))
 def test_any_smtp_answers_are_a_result_or_send_failed(surface, server, script, login, recipients):
     surface.example()
