@@ -230,3 +230,8 @@ def test_an_auth_challenge_that_is_not_base64_is_a_send_failure():
         message["From"], message["To"] = "a@localhost", "b@example.com"
         with pytest.raises(SendFailed):
             smtp.send(message, ["b@example.com"], email)
+
+
+@pytest.mark.xfail(strict=True, raises=TypeError, reason=ROUTED_SESSIONS)
+def test_a_response_done_whose_content_is_not_a_list_is_read():
+    assert _message_text([{"type": "message", "content": -1}]) == ""
