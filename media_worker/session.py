@@ -615,13 +615,17 @@ def _record_rate_limits(limits: list[dict[str, Any]]) -> None:
             continue  # the gauges' label stays a closed set
         for gauge, field in ((RATE_LIMIT_REMAINING, "remaining"), (RATE_LIMIT_LIMIT, "limit")):
             value = entry.get(field)
-            if isinstance(value, (int, float)):
+            if isinstance(value, (int, float)) and abs(value) < 1e15:  # a JSON int beyond a float cannot be a gauge
                 gauge.labels(name).set(value)
 
 
 def _message_text(output: list[dict[str, Any]]) -> str:
     parts = []
     for item in output:
-        for content in item.get("content") or []:
-            parts.append(content.get("transcript") or content.get("text") or "")
+        contents = item.get("content") if isinstance(item, dict) else None
+        for content in contents if isinstance(contents, list) else ():
+            if isinstance(content, dict):
+                text = content.get("transcript") or content.get("text")
+                if isinstance(text, str):
+                    parts.append(text)
     return " ".join(p for p in parts if p)

@@ -13,9 +13,14 @@ from shared.config.schema import Pricing
 KINDS = ("input_text", "input_audio", "input_cached", "output_text", "output_audio")
 
 
+# A response is billed a few thousand tokens; a count beyond this is a malformed event, not usage (and a count
+# beyond a float would raise on the way to the price and the counters).
+MAX_TOKENS = 10**9
+
+
 def _int(d: Any, key: str) -> int:
     value = d.get(key) if isinstance(d, dict) else None
-    return value if isinstance(value, int) and value > 0 else 0
+    return value if isinstance(value, int) and 0 < value <= MAX_TOKENS else 0
 
 
 def tokens(usage: dict[str, Any] | None) -> dict[str, int]:

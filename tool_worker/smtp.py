@@ -7,6 +7,7 @@ authentication failure, a server without STARTTLS).
 
 from __future__ import annotations
 
+import binascii
 import smtplib
 import socket
 import ssl
@@ -60,6 +61,8 @@ def _login(client: smtplib.SMTP, settings: Email, where: str) -> None:
             client.auth("CRAM-MD5", client.auth_cram_md5, initial_response_ok=False)
     except smtplib.SMTPAuthenticationError as exc:
         raise SendFailed(f"auth failed for {settings.username} ({exc.smtp_code})", False) from None
+    except (binascii.Error, ValueError) as exc:  # a 334 challenge that is not base64: the server is not speaking SMTP
+        raise SendFailed(f"{where} sent an AUTH {mechanism} challenge that is not base64 ({exc})", False) from None
 
 
 def send(

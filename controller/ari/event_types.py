@@ -147,11 +147,15 @@ def decode_event(data: bytes | str) -> Event:
         error = str(exc)
     except msgspec.DecodeError as exc:
         return BadEvent(f"not JSON: {exc}")
+    except RecursionError:  # msgspec's depth guard: arrays or objects nested deeper than the stack allows
+        return BadEvent("nested too deeply")
     # Not one of ours, or one of ours with a bad shape: look at the raw object to tell which.
     try:
         raw = json_text.decode(_decode_any, data)
-    except msgspec.DecodeError as exc:  # pragma: no cover - the typed pass already parsed it
+    except msgspec.DecodeError as exc:  # the typed pass stops at the first mistyped field: the rest may be garbage
         return BadEvent(f"not JSON: {exc}")
+    except RecursionError:  # nested too deeply inside a field the typed pass never looked into
+        return BadEvent("nested too deeply")
     if not isinstance(raw, dict):
         return BadEvent(f"not an object: {type(raw).__name__}")
     kind = raw.get("type")

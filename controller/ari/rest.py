@@ -81,11 +81,21 @@ def ari_base(base_url: str) -> str:
 def _error_message(body: bytes) -> str:
     try:
         data = msgspec.json.decode(body)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):  # not JSON, or nested deeper than the stack allows
         return body[:200].decode("utf-8", "replace").strip()
     if isinstance(data, dict) and isinstance(data.get("message"), str):
         return data["message"]
     return body[:200].decode("utf-8", "replace").strip()
+
+
+def _decode_body(kind: Any, body: bytes, status: int, http_method: str, path: str) -> Any:
+    """A 2xx answer's body as `kind`; AriError when it is not one (not JSON, mistyped, nested too deeply)."""
+    try:
+        return json_text.decode(_decoder(kind).decode, body)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise AriError(status, f"unexpected response body: {exc}", http_method, path) from None
+    except RecursionError:  # msgspec's depth guard, in a free-form field (AsteriskInfo.config)
+        raise AriError(status, "unexpected response body: nested too deeply", http_method, path) from None
 
 
 class AriRest:
@@ -179,20 +189,14 @@ class AriRest:
         variables: dict[str, str] | None = None,
     ) -> T:
         status, body = await self._call(name, http_method, path, params, variables=variables)
-        try:
-            return json_text.decode(_decoder(kind).decode, body)
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            raise AriError(status, f"unexpected response body: {exc}", http_method, path) from None
+        return _decode_body(kind, body, status, http_method, path)
 
     async def _optional(self, kind: type[T], name: str, path: str, params: Params | None = None) -> T | None:
         """GET that maps 404 to None."""
         status, body = await self._call(name, "GET", path, params, allow=frozenset({404}))
         if status == 404:
             return None
-        try:
-            return json_text.decode(_decoder(kind).decode, body)
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            raise AriError(status, f"unexpected response body: {exc}", "GET", path) from None
+        return _decode_body(kind, body, status, "GET", path)
 
     async def _gone_ok(self, name: str, http_method: str, path: str, params: Params | None = None) -> bool:
         """A removal: True if done, False if the object was already gone (404)."""
@@ -230,10 +234,7 @@ class AriRest:
             if "channel" in message.lower():
                 raise AriError(404, message, "GET", path)
             return None
-        try:
-            return json_text.decode(_decoder(Variable).decode, body).value
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            raise AriError(status, f"unexpected response body: {exc}", "GET", path) from None
+        return _decode_body(Variable, body, status, "GET", path).value
 
     # --- channels: control ---------------------------------------------------------------------------------
 

@@ -211,10 +211,12 @@ def decode(frame: str | bytes) -> ServerEvent | Other | Malformed:
     except msgspec.ValidationError as exc:
         try:
             head = _decode_type(frame)
-        except (msgspec.ValidationError, msgspec.DecodeError):
+        except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
             return Malformed(f"no event type: {exc}")
         if head.type in KNOWN_TYPES:
             return Malformed(str(exc), head.type)
         return head
     except msgspec.DecodeError as exc:
         return Malformed(f"not JSON: {exc}")
+    except RecursionError:  # msgspec's depth guard (skipping an unknown field recurses too)
+        return Malformed("nested too deeply")

@@ -44,6 +44,7 @@ FATAL_CODES = frozenset(
 FATAL_CLOSE_CODES = frozenset({3000, 4000})
 
 BYTES_PER_MS = {"audio/pcm": 48, "audio/pcmu": 8, "audio/pcma": 8}
+MAX_UNIX_TIME = 2**40  # seconds: year 36812; a session's `expires_at` beyond it is not a time
 TRUNCATE_MARGIN_MS = 20  # the server's idea of an item's length runs a little short (pipecat #2106)
 
 _APPEND_HEAD = b'{"type":"input_audio_buffer.append","audio":"'
@@ -302,9 +303,9 @@ class RealtimeProtocol:
             self.malformed += 1
             return [ev.Malformed("session.updated before session.created", "session.updated")]
         self.phase = Phase.READY
-        tools = len(event.session.get("tools") or [])
-        expires = event.session.get("expires_at")
-        return [Ready(self.session_id, tools, float(expires) if isinstance(expires, (int, float)) else None)]
+        tools = event.session.get("tools")
+        count = len(tools) if isinstance(tools, list) else 0
+        return [Ready(self.session_id, count, _unix_time(event.session.get("expires_at")))]
 
     def _on_error(self, event: ev.Error) -> list[Any]:
         err = event.error
@@ -374,6 +375,14 @@ class RealtimeProtocol:
     def quiet(self) -> bool:
         """No response generating and the caller not mid-utterance: a safe moment to rotate the session."""
         return self.phase is Phase.READY and self.active_response is None and not self.user_speaking
+
+
+def _unix_time(value: Any) -> float | None:
+    """A Unix time in seconds, or None for what cannot be one: not a number, or out of range (JSON carries
+    integers of any size, and float() of one beyond 1e308 raises)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if 0 < value < MAX_UNIX_TIME else None
 
 
 _HANDLERS: dict[type, Callable[[RealtimeProtocol, Any], list[Any]]] = {

@@ -151,6 +151,8 @@ def _parse_json(text: str) -> Event:
         data = msgspec.json.decode(text)
     except msgspec.DecodeError as exc:
         raise ControlError(f"control message is not JSON: {exc}") from None
+    except RecursionError:  # msgspec's depth guard: arrays or objects nested deeper than the stack allows
+        raise ControlError("control message is nested too deeply") from None
     if not isinstance(data, dict) or not isinstance(data.get("event"), str):
         raise ControlError(f"JSON control message without an event name: {text[:80]!r}")
     name = data["event"]

@@ -51,7 +51,7 @@ def expand(value: str, env: Mapping[str, str]) -> str | int | float | bool | Non
     if whole:
         try:
             scalar = yaml.safe_load(expanded) if expanded.strip() else expanded
-        except yaml.YAMLError:
+        except Exception:  # not YAML (YAMLError), or a scalar PyYAML cannot build (ValueError, RecursionError …)
             return expanded
         if isinstance(scalar, (int, float, bool)) or scalar is None:
             return scalar

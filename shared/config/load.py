@@ -23,6 +23,9 @@ from shared.masking import mask_tree, mask_url, secret_values
 
 CONFIG_ENV = "AI_AGENT_CONFIG"
 DEFAULT_PATH = Path("config/ai-agent.yaml")
+# Bounds on the document as a tree (aliases expanded): the shipped config has about 200 values, 6 levels deep.
+MAX_VALUES = 100_000
+MAX_DEPTH = 64
 
 
 class ConfigError(Exception):
@@ -77,12 +80,20 @@ def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, st
 def parse_config(text: str, source: str, env: Mapping[str, str]) -> LoadedConfig:
     try:
         root_node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        raise ConfigError(source, [_yaml_problem(exc)]) from None
+    except RecursionError:  # PyYAML's composer recurses once per level of nesting
+        raise ConfigError(source, [Problem("", "not a usable configuration: nested too deeply")]) from None
+    too_big = _too_big(root_node)
+    if too_big:
+        raise ConfigError(source, [Problem("", f"not a usable configuration: {too_big}")])
+    try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark else None
-        reason = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(source, [Problem("", f"not valid YAML: {reason}", line)]) from None
+        raise ConfigError(source, [_yaml_problem(exc)]) from None
+    except Exception as exc:  # PyYAML's constructors let Python's own errors through on a bad scalar
+        # (an integer of 5,000 digits: ValueError; `!!timestamp x`: AttributeError): the value cannot be built.
+        raise ConfigError(source, [Problem("", f"not valid YAML: a value cannot be built: {exc}")]) from None
     if raw is None:
         raw = {}
     checker = Checker({})
@@ -114,6 +125,33 @@ def parse_config(text: str, source: str, env: Mapping[str, str]) -> LoadedConfig
     warnings = [replace(p, line=checker.lines.get(p.path)) for p in warnings]
     notes = [replace(p, line=checker.lines.get(p.path)) for p in notes]
     return LoadedConfig(config, source, warnings, notes, secret_values(msgspec.to_builtins(config)))
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> Problem:
+    mark = getattr(exc, "problem_mark", None)
+    reason = getattr(exc, "problem", None) or str(exc)
+    return Problem("", f"not valid YAML: {reason}", mark.line + 1 if mark else None)
+
+
+def _too_big(root: yaml.Node | None) -> str:
+    """Why the document cannot be a config, or "": the values it holds once its aliases are expanded, counted
+    without expanding them. A billion-laughs document (aliases of aliases) is small as text and enormous as
+    a tree, and a recursive alias (`a: &a [*a]`) is infinite; both would hang what walks the tree."""
+    stack = [(root, 1)] if root is not None else []
+    values = 0
+    while stack:
+        node, depth = stack.pop()
+        values += 1
+        if values > MAX_VALUES:
+            return f"more than {MAX_VALUES} values once its aliases are expanded"
+        if depth > MAX_DEPTH:
+            return f"nested deeper than {MAX_DEPTH} levels (a recursive alias?)"
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                stack += ((key_node, depth + 1), (value_node, depth + 1))
+        elif isinstance(node, yaml.SequenceNode):
+            stack += ((item, depth + 1) for item in node.value)
+    return ""
 
 
 def _map_lines(node: yaml.Node, path: str, checker: Checker) -> None:
