@@ -635,6 +635,26 @@ async def test_endpoint_latches_to_the_first_good_source_when_no_address_is_repo
     asterisk_rtp.close()
 
 
+async def test_endpoint_reads_allocate_no_large_buffer(endpoint):
+    """asyncio's default read is a 256 KiB bytes object per datagram, shrunk to the ~200 B received: glibc's heap
+    then grew with calls in the soak."""
+    sink = endpoint.test_sink
+    endpoint.peer_unknown()
+    asterisk_rtp = await UdpPeer.open()
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        for i in range(20):
+            asterisk_rtp.send(endpoint, bytes([i]) * 160, seq=100 + i, ts=160 * (i + 1))
+            await until(lambda i=i: len(sink.audio) > i)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert sink.audio == [bytes([i]) * 160 for i in range(20)]
+    assert peak < 64 * 1024, f"{peak} B traced at the peak: a read allocated a large buffer"
+    asterisk_rtp.close()
+
+
 async def test_endpoint_sends_to_the_address_the_controller_learnt_before_any_packet(endpoint):
     """A silent caller sends no RTP: Asterisk's address from externalMedia lets the greeting out anyway."""
     asterisk_rtp = await UdpPeer.open()
