@@ -15,6 +15,7 @@ import pytest
 
 from media_worker.realtime import events as ev
 from media_worker.realtime.client import (
+    BufferedClientConnection,
     ClientSettings,
     Closed,
     Connection,
@@ -343,6 +344,24 @@ async def test_prewarmed_connections_skip_the_handshake(make_emulator):
     await until(client, done())
     await client.close()
     await pool.stop()
+
+
+async def test_the_connection_reads_into_a_buffer_of_its_own(make_emulator, monkeypatch):
+    """A plain asyncio.Protocol gets a 256 KiB bytes object per read, shrunk to what came: glibc's heap then grew
+    with calls in the soak. Reads go through the connection's own buffer instead, and whole messages still come."""
+    reads: list[int] = []
+    buffer_updated = BufferedClientConnection.buffer_updated
+    monkeypatch.setattr(
+        BufferedClientConnection, "buffer_updated", lambda self, n: (reads.append(n), buffer_updated(self, n))[1]
+    )
+    emu = await make_emulator(Script(greeting=Reply(text="Welcome.", audio_ms=3_000)))
+    client = RealtimeClient(settings(emu), session_config())
+    await client.start()
+    client.create_response(instructions="Greet.")
+    seen = await until(client, done())
+    assert audio_ms(seen) == pytest.approx(3_000, abs=20)
+    assert reads and max(reads) <= 64 * 1024
+    await client.close()
 
 
 async def test_close_while_audio_streams_in_ends_the_reader_at_once(make_emulator):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import tracemalloc
 
 import aiohttp
 import pytest
@@ -337,6 +338,32 @@ async def test_the_link_starts_on_media_start_flushes_with_a_count_and_hears_the
         await asyncio.sleep(0.01)
     assert sink.hangups == ["hangup"]  # Asterisk closed with 1000
     assert not link.send(bytes(320))
+
+
+async def test_reading_frames_allocates_no_large_buffer(ari):
+    """Each read goes into the link's own buffer. A plain asyncio.Protocol gets a 256 KiB bytes object per read,
+    shrunk to the ~1 KB received: glibc's heap then grew with every call (the soak)."""
+    _, url = await make_leg(ari, fmt="slin")
+    sink = Sink()
+    link = WebSocketMediaLink(url, "slin", call_id="c1", on_started=lambda link: sink, connect_timeout=2)
+    await link.connect()
+    leg = next(iter(ari.sim.websocket_media.legs.values()))
+    frames = [bytes([i]) * 320 for i in range(20)]
+    await ari.wait("StasisStart", "em1")  # ARI's events read before measuring (aiohttp reads 256 KiB too)
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        for i, payload in enumerate(frames):  # one read per frame, as Asterisk paces them
+            leg.deliver(payload, 8000)
+            async with asyncio.timeout(2):
+                while len(sink.audio) <= i:
+                    await asyncio.sleep(0.005)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert sink.audio == frames
+    assert peak < 128 * 1024, f"{peak} B traced at the peak: a read allocated a large buffer"
+    link.close()
 
 
 async def test_the_link_speaks_json_to_an_asterisk_configured_for_it(ari):

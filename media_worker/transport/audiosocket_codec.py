@@ -68,7 +68,8 @@ class AudioSocketParser:
     def pending(self) -> int:
         return len(self._buf)
 
-    def feed(self, data: bytes) -> list[tuple[int, bytes]]:
+    def feed(self, data: bytes | memoryview) -> list[tuple[int, bytes]]:
+        """`data` may be a view of a buffer its owner reuses: every frame and the kept tail are copies."""
         if self._buf:
             data = self._buf + data
             self._buf = b""
@@ -85,8 +86,8 @@ class AudioSocketParser:
             end = offset + HEADER_SIZE + length
             if end > size:
                 break
-            frames.append((kind, data[offset + HEADER_SIZE : end]))
+            frames.append((kind, bytes(data[offset + HEADER_SIZE : end])))  # bytes(bytes) is no copy
             offset = end
         if offset < size:
-            self._buf = data[offset:]
+            self._buf = bytes(data[offset:])
         return frames

@@ -37,6 +37,10 @@ SAMPLES_PER_FRAME = RATE // 50
 SSRC_CHANGE_AFTER = 0.5
 # Datagrams asyncio may hold when the kernel refuses more (rare with UDP): beyond it, drop.
 MAX_WRITE_BUFFER = 64 * 1024
+# asyncio reads each datagram into a new bytes object of its transport's max_size (256 KiB), shrunk to the ~200 B
+# received: 50 a second per call, which left glibc's heap growing with calls in the soak. Our packets are at most
+# 12 + 320 B (+ a CSRC list or an extension); a longer datagram is cut to this size.
+READ_SIZE = 4096
 
 # One log line per foreign source and reason a minute, for every endpoint of the process together.
 _refusals = RefusalLog(log, "RTP")
@@ -154,6 +158,8 @@ class RtpEndpoint:
                 exc.errno, f"RTP endpoint cannot bind UDP {self.host}:{self.port}: {exc.strerror or exc}"
             ) from exc
         self._udp = cast(_UdpTransport, transport)
+        if hasattr(transport, "max_size"):  # CPython's selector transport: how much each recvfrom asks for
+            cast(Any, transport).max_size = READ_SIZE
         sock = transport.get_extra_info("socket")
         if sock is not None:
             self._family = sock.family

@@ -65,6 +65,9 @@ CONNECT_TIMEOUT = 3.0  # TCP + HTTP upgrade + MEDIA_START
 CLOSE_LINGER = 1.0  # after our close frame, the socket is reset if Asterisk does not close it
 NORMAL_CLOSURE = 1000
 MAX_RECEIVE = 64 * 1024  # Asterisk sends one frame per message (≤ 960 B): anything this big is wrong
+# Each link reads into a buffer of its own: a plain asyncio.Protocol gets a new bytes object per read, allocated
+# at 256 KiB and shrunk to the ~1 KB received, which left glibc's heap growing with calls (the soak).
+READ_BUFFER = 16 * 1024
 STATUS_EVERY = 250  # frames (5 s) between GET_STATUS samples of Asterisk's queue depth
 
 Started = Callable[["WebSocketMediaLink"], "MediaSink | None"]
@@ -75,7 +78,7 @@ class MediaConnectError(Exception):
     no MEDIA_START in time)."""
 
 
-class WebSocketMediaLink(asyncio.Protocol):
+class WebSocketMediaLink(asyncio.BufferedProtocol):
     """One call's media WebSocket: the asyncio protocol and the call's MediaLink.
 
     `connect()` returns once MEDIA_START has arrived (or fails after `connect_timeout` seconds);
@@ -116,6 +119,7 @@ class WebSocketMediaLink(asyncio.Protocol):
             raise ValueError(f"not a WebSocket URL: {redact(url)}: {exc}") from None
         self._transport: asyncio.Transport | None = None  # None once closed: send() drops from then on
         self._raw_transport: asyncio.Transport | None = None
+        self._read_view = memoryview(bytearray(READ_BUFFER))  # asyncio reads into it
         self._sink: MediaSink | None = None
         self._opened: asyncio.Future[None] | None = None  # resolved at MEDIA_START
         self._flush_future: asyncio.Future[int] | None = None
@@ -232,6 +236,12 @@ class WebSocketMediaLink(asyncio.Protocol):
         ws = self._ws
         ws.send_request(ws.connect())
         transport.writelines(ws.data_to_send())
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._read_view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(bytes(self._read_view[:nbytes]))  # the parser keeps what it is given: a copy
 
     def data_received(self, data: bytes) -> None:
         ws = self._ws
