@@ -17,7 +17,7 @@ from media_worker.transport.audiosocket_server import AudioSocketLink
 from media_worker.transport.link import MediaLink, MediaSink
 from media_worker.transport.rtp_endpoint import RtpEndpoint
 from media_worker.transport.websocket_media import MediaConnectError, WebSocketMediaLink
-from shared.dead_letters import UNKNOWN_TYPE, PoisonEntry
+from shared.dead_letters import UNDECODABLE, UNKNOWN_TYPE, PoisonEntry
 from shared.messages import (
     Assignment,
     CallEnded,
@@ -89,6 +89,11 @@ class CallManager:
 
     async def assign(self, assignment: Assignment) -> None:
         call_id = assignment.call_id
+        if assignment.plan.call_id != call_id:  # the session, its lease and its reaper go by the plan's id
+            raise PoisonEntry(
+                UNDECODABLE,
+                f"the assignment of call {call_id[:40]!r} carries a plan for {assignment.plan.call_id[:40]!r}",
+            )
         current = self.sessions.get(call_id)
         if current is not None:
             if assignment.epoch <= current.assignment.epoch:

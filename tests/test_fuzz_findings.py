@@ -33,6 +33,7 @@ from media_worker.usage import CallUsage
 from shared.config.envsubst import expand
 from shared.config.ga_session import build_session
 from shared.config.load import ConfigError, parse_config
+from shared.dead_letters import PoisonEntry
 from shared.config.schema import Config, Email, OpenAIRealtime, Pricing
 from shared.keys import Keys
 from shared.messages import Assignment, CallEnded, CallPlan
@@ -165,6 +166,16 @@ async def test_worker_inbox_data_that_is_not_json_raises_for_the_dead_letters(re
     with pytest.raises(msgspec.DecodeError):
         await calls.handle("assign", b"\xff not json")
     assert not calls.sessions
+
+
+async def test_an_assignment_whose_plan_is_for_another_call_is_refused(redis_url, prefix):
+    """The fuzzer's worker-inbox run hung after 862 inputs: an assign whose call id differs from its plan's left a
+    finished session registered for ever (the reaper forgot it by the plan's id), so the worker never drained."""
+    calls = worker_calls(redis_url, prefix)
+    wrong = Assignment(call_id="c1-other", epoch=1, plan=PLAN)
+    with pytest.raises(PoisonEntry, match="carries a plan for"):
+        await calls.handle("assign", msgspec.json.encode(wrong))
+    assert not calls.sessions and calls._no_calls.is_set()
 
 
 @pytest.mark.parametrize(("fmt", "port"), [("slin16", 0), ("ulaw", 70000)], ids=["rtp-format", "rtp-port"])

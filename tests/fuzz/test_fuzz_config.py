@@ -101,7 +101,7 @@ documents = st.one_of(
 @given(text=documents)
 def test_any_document_loads_or_is_a_config_error(surface, text):
     surface.example()
-    with time_bound(15.0):  # the deep-nesting documents take about a second (PyYAML is pure Python); more loaded
+    with time_bound(15.0):  # the deep-nesting documents take about a second of CPU (PyYAML is pure Python)
         try:
             loaded = parse_config(text, "fuzz.yaml", ENV)
         except ConfigError as exc:

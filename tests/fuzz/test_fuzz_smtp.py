@@ -128,7 +128,7 @@ def test_any_smtp_answers_are_a_result_or_send_failed(surface, server, script, l
     settings_ = Email(smtp_port=server.server_address[1], timeout_ms=500,
                       username="agent" if login else "", password="s3cret-pw" if login else "")  # fmt: skip
     rcpts = [f"r{i}@example.com" for i in range(recipients)]
-    with time_bound(10.0):  # each of the dialogue's few reads is bounded by the 0.5 s timeout
+    with time_bound(10.0, waits=True):  # each of the dialogue's few reads is bounded by the 0.5 s timeout
         try:
             refused = send(message(), rcpts, settings_)
         except SendFailed as exc:
