@@ -7,6 +7,7 @@ import signal
 import threading
 import time
 
+import pytest
 import redis
 from rq import Queue
 
@@ -30,6 +31,7 @@ class _Scheduler:
         self.released = True
 
 
+@pytest.mark.slow  # 3 s: it waits out the scheduler's stop bound
 def test_a_scheduler_that_missed_its_signal_is_killed_not_waited_for(redis_url, prefix):
     conn = redis.Redis.from_url(redis_url)
     worker = ToolWorker([Queue(Keys(prefix).queue("email"), connection=conn)], connection=conn, name="stop-test")
