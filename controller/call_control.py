@@ -179,25 +179,11 @@ class ControlInbox:
                 log.warning("control entry %s not acked (%s)", entry_id, err)
 
     async def _handle(self, entry_id: str, fields: dict) -> None:
-        try:
-            kind, data = dead_letters.message(fields)
-            if kind != "control":
-                raise dead_letters.PoisonEntry(dead_letters.UNKNOWN_TYPE, f"unknown entry type {kind[:40]!r}")
-            request = _decode_request(data)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # poison: dead-lettered and acked, the reader goes on
-            await dead_letters.dead_letter(
-                self.streams,
-                self.keys,
-                stream=self.keys.controller_inbox,
-                label="controller_inbox",
-                entry_id=entry_id,
-                fields=fields,
-                exc=exc,
-            )
-            await self._ack(entry_id)
-            return
+        """One entry; a poison one raises (PoisonEntry, a decode error), and `_contained` dead-letters and acks it."""
+        kind, data = dead_letters.message(fields)
+        if kind != "control":
+            raise dead_letters.PoisonEntry(dead_letters.UNKNOWN_TYPE, f"unknown entry type {kind[:40]!r}")
+        request = _decode_request(data)
         key = request_key(self.keys, request.request_id)
         if request.request_id in self.in_flight:
             if self.in_flight[request.request_id] != entry_id:  # a second delivery while the first runs

@@ -205,9 +205,15 @@ async def test_a_call_ended_right_after_its_assignment_finishes(redis_url, prefi
         calls.sessions.clear()
 
 
-async def test_a_controller_inbox_entry_whose_type_is_not_utf8_is_dropped(redis_url, prefix):
-    inbox = ControlInbox(aioredis.Redis.from_url(redis_url), Keys(prefix), "c", actions=None)  # type: ignore[arg-type]
-    await inbox._handle("1-0", {b"type": b"\xffcontrol", b"data": b"{}"})
+async def test_a_controller_inbox_entry_whose_type_is_not_utf8_is_dead_lettered(redis_url, prefix):
+    redis = aioredis.Redis.from_url(redis_url)
+    try:
+        inbox = ControlInbox(redis, Keys(prefix), "c", actions=None)  # type: ignore[arg-type]
+        await inbox._contained("1-0", {b"type": b"\xffcontrol", b"data": b"{}"})
+        [(_, letter)] = await redis.xrange(Keys(prefix).dead_letters)
+        assert letter[b"reason"] == b"not_utf8" and not inbox.in_flight
+    finally:
+        await redis.aclose()
 
 
 # --- SMTP answers ---------------------------------------------------------------------------------------------

@@ -205,7 +205,7 @@ def test_controller_inbox_takes_any_entry(surface, loop, control, fields):
 
     async def one() -> None:
         async with asyncio.timeout(EXAMPLE_TIMEOUT_S):
-            await control._handle(entry_id, fields)
+            await control._contained(entry_id, fields)
 
     loop.run_until_complete(one())
     assert not control.in_flight
