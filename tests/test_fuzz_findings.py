@@ -129,12 +129,27 @@ BILLION_LAUGHS = "".join(
     [
         (BILLION_LAUGHS, "more than 100000 values once its aliases are expanded"),
         ("a: &a [*a]\n", "nested deeper than 64 levels"),
-        ("x: " + "[" * 3000 + "]" * 3000 + "\n", "nested too deeply"),
+        (
+            "x: " + "[" * 3000 + "]" * 3000 + "\n",
+            "line 1: not a usable configuration: nested deeper than 64 levels",
+        ),
+        (
+            "".join(f"{'  ' * i}k{i}:\n" for i in range(80)) + "  " * 80 + "v\n",
+            "line 65: not a usable configuration: nested deeper than 64 levels",
+        ),
         ("media_worker: {capacity: 1" + "0" * 5000 + "}\n", "a value cannot be built"),
         ("a: 2024-13-01\n", "a value cannot be built: month must be in 1..12"),
         ("a: !!timestamp x\n", "a value cannot be built"),
     ],
-    ids=["billion-laughs", "recursive-alias", "deep-nesting", "int-of-5000-digits", "bad-date", "bad-timestamp-tag"],
+    ids=[
+        "billion-laughs",
+        "recursive-alias",
+        "deep-flow-nesting",
+        "deep-block-nesting",
+        "int-of-5000-digits",
+        "bad-date",
+        "bad-timestamp-tag",
+    ],
 )
 def test_a_hostile_yaml_document_is_a_config_error(text, why):
     with pytest.raises(ConfigError, match=why):

@@ -79,6 +79,9 @@ def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, st
 
 def parse_config(text: str, source: str, env: Mapping[str, str]) -> LoadedConfig:
     try:
+        too_deep = _too_deep(text)
+        if too_deep:
+            raise ConfigError(source, [too_deep])
         root_node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
         raise ConfigError(source, [_yaml_problem(exc)]) from None
@@ -131,6 +134,32 @@ def _yaml_problem(exc: yaml.YAMLError) -> Problem:
     mark = getattr(exc, "problem_mark", None)
     reason = getattr(exc, "problem", None) or str(exc)
     return Problem("", f"not valid YAML: {reason}", mark.line + 1 if mark else None)
+
+
+_OPENS = (
+    yaml.BlockMappingStartToken,
+    yaml.BlockSequenceStartToken,
+    yaml.FlowMappingStartToken,
+    yaml.FlowSequenceStartToken,
+)
+_CLOSES = (yaml.BlockEndToken, yaml.FlowMappingEndToken, yaml.FlowSequenceEndToken)
+
+
+def _too_deep(text: str) -> Problem | None:
+    """Why the document nests too deeply to be a config, judged from its tokens before anything is built.
+    PyYAML's parser and composer cost far more per level than its scanner (a 1,000-deep document takes most of
+    a second of CPU to compose, and recurses once per level); the scanner keeps no stack of its own."""
+    depth = 0
+    for token in yaml.scan(text, Loader=yaml.SafeLoader):
+        if isinstance(token, _OPENS):
+            depth += 1
+            if depth > MAX_DEPTH:
+                return Problem(
+                    "", f"not a usable configuration: nested deeper than {MAX_DEPTH} levels", token.start_mark.line + 1
+                )
+        elif isinstance(token, _CLOSES):
+            depth -= 1
+    return None
 
 
 def _too_big(root: yaml.Node | None) -> str:

@@ -3,7 +3,8 @@
 Inputs: the shipped config mutated (values replaced, keys dropped or added, placeholders put in), any YAML
 document, any text, the shipped text garbled, and the documents that attack a YAML loader: aliases of aliases
 (billion laughs), recursive aliases, deep nesting, scalars PyYAML cannot build. Allowed outcomes: a loaded
-config, or a ConfigError whose message says why; never another exception, never a hang (60 s of CPU per document)."""
+config, or a ConfigError whose message says why; never another exception, never a hang (the
+harness's CPU bound per document)."""
 
 from __future__ import annotations
 
@@ -101,10 +102,7 @@ documents = st.one_of(
 @given(text=documents)
 def test_any_document_loads_or_is_a_config_error(surface, text):
     surface.example()
-    # The deep-nesting documents take about a second of CPU (PyYAML is pure Python); in the fuzz tier, with
-    # tracemalloc on and hypothesis's heap grown, a 318- and a 721-deep one each once took over 15 s of CPU on their
-    # first run and under 2 s on replay (cause not pinned down; no hang): the bound leaves room for such outliers.
-    with time_bound(60.0):
+    with time_bound():  # deep documents are refused from their tokens, before PyYAML builds anything
         try:
             loaded = parse_config(text, "fuzz.yaml", ENV)
         except ConfigError as exc:
