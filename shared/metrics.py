@@ -119,7 +119,11 @@ EMAILS_ENQUEUED = Counter(
 )
 # --- controller: ARI ------------------------------------------------------------------------------------
 ARI_REQUESTS = Counter(
-    "va_ari_requests_total", "ARI REST requests by client method and HTTP status", ["method", "status"], registry=None
+    "va_ari_requests_total",
+    "ARI REST requests by client method and outcome: a documented HTTP status, another by its class (4xx), "
+    "timeout, unavailable, body_too_long",
+    ["method", "status"],
+    registry=None,
 )
 ARI_REQUEST_SECONDS = Histogram(
     "va_ari_request_seconds",

@@ -31,7 +31,7 @@ from controller.ari.capabilities import Capabilities, TransportUnavailable, capa
 from controller.ari.errors import AriError, AriUnavailable
 from controller.ari.events import EventStream, Reconnect, events_url
 from controller.ari.ordered import KeyedDispatcher
-from controller.ari.rest import AriRest
+from controller.ari.rest import AriRest, status_label
 
 ROOT = Path(__file__).resolve().parent.parent
 TRACES = ROOT / "tests" / "fixtures" / "ari-traces"
@@ -1164,3 +1164,43 @@ async def test_metrics_have_low_cardinality_labels(ari, rest):
     assert value("va_ari_connected") == 0
     ids = [s.labels for metric in REGISTRY.collect() if metric.name.startswith("va_ari") for s in metric.samples]
     assert not any("chan-123" in v for labels in ids for v in labels.values())
+
+
+def test_a_status_label_is_documented_or_a_class():
+    assert [status_label(s) for s in (200, 404, 503, 299, 418, 599, 600, 0)] == [
+        "200",
+        "404",
+        "503",
+        "2xx",
+        "4xx",
+        "5xx",
+        "invalid",
+        "invalid",
+    ]
+
+
+async def test_an_odd_status_is_counted_by_its_class(ari, rest):
+    from prometheus_client import REGISTRY
+
+    from shared import metrics
+
+    metrics.register("controller")
+    before = REGISTRY.get_sample_value("va_ari_requests_total", {"method": "hangup", "status": "4xx"}) or 0.0
+    for status in (418, 451, 499):
+        ari.replies.append((status, {"message": "odd"}))
+        with pytest.raises(AriError):
+            await rest.hangup("chan-1")
+    assert REGISTRY.get_sample_value("va_ari_requests_total", {"method": "hangup", "status": "4xx"}) == before + 3
+    assert REGISTRY.get_sample_value("va_ari_requests_total", {"method": "hangup", "status": "418"}) is None
+
+
+async def test_an_answer_over_the_body_limit_is_an_ari_error_not_held(ari):
+    client = AriRest(ari.base_url, USER, PASSWORD, timeout=2.0, max_body_bytes=1000)
+    try:
+        ari.replies.append((200, [{"id": f"c{i}", "name": "PJSIP/x", "state": "Up"} for i in range(100)]))
+        with pytest.raises(AriError, match="over the 1000-byte limit"):
+            await client.list_channels()
+        ari.replies.append((200, []))
+        assert await client.list_channels() == []  # the client goes on
+    finally:
+        await client.close()

@@ -28,6 +28,12 @@ from shared.metrics import ARI_REQUESTS as REQUESTS
 log = logging.getLogger("ari")
 
 T = TypeVar("T")
+# The largest answer read: GET /channels of a busy Asterisk is about 1 KB a channel. A longer body (a broken or
+# hostile server) is refused as it streams in, not held whole.
+MAX_BODY_BYTES = 16 * 1024 * 1024
+# The statuses ARI's swagger documents, plus the server errors a proxy or a restarting Asterisk answers; any
+# other is counted by its class ("4xx"), so a broken server cannot mint label values.
+_STATUS_LABELS = {code: str(code) for code in (200, 204, 400, 401, 403, 404, 409, 412, 422, 500, 501, 502, 503, 504)}
 Params = dict[str, str | int | bool | None]
 
 
@@ -98,15 +104,31 @@ def _decode_body(kind: Any, body: bytes, status: int, http_method: str, path: st
         raise AriError(status, "unexpected response body: nested too deeply", http_method, path) from None
 
 
+def status_label(status: int) -> str:
+    """The `status` label of va_ari_requests_total: a documented status as itself, any other by its class."""
+    label = _STATUS_LABELS.get(status)
+    if label is not None:
+        return label
+    return f"{status // 100}xx" if 100 <= status <= 599 else "invalid"
+
+
 class AriRest:
     def __init__(
-        self, base_url: str, username: str, password: str, *, timeout: float = 5.0, max_connections: int = 256
+        self,
+        base_url: str,
+        username: str,
+        password: str,
+        *,
+        timeout: float = 5.0,
+        max_connections: int = 256,
+        max_body_bytes: int = MAX_BODY_BYTES,
     ):
         self.base = ari_base(base_url)
         self.username = username
         self._headers = {"Authorization": basic_auth(username, password), "User-Agent": "asterisk-ai-voice-agent"}
         self.timeout = timeout
         self.max_connections = max_connections
+        self.max_body_bytes = max_body_bytes
         self._session: aiohttp.ClientSession | None = None
 
     def __repr__(self) -> str:
@@ -159,19 +181,34 @@ class AriRest:
         started = time.perf_counter()
         try:
             async with self._http().request(http_method, self.base + path, **kwargs) as resp:
-                body = await resp.read()
                 status = resp.status
+                body = await self._read_body(resp, http_method, path)
+        except AriError:  # the body was over the limit
+            self._count(name, "body_too_long", started)
+            raise
         except asyncio.TimeoutError:
             self._count(name, "timeout", started)
             raise AriUnavailable(0, f"no answer within {self.timeout:g}s", http_method, path) from None
         except aiohttp.ClientError as exc:
             self._count(name, "unavailable", started)
             raise AriUnavailable(0, f"{type(exc).__name__}: {exc}", http_method, path) from None
-        self._count(name, str(status), started)
+        self._count(name, status_label(status), started)
         log.debug("ARI %s %s -> %d (%.1f ms)", http_method, path, status, (time.perf_counter() - started) * 1000)
         if 200 <= status < 300 or status in allow:
             return status, body
         raise AriError(status, _error_message(body), http_method, path)
+
+    async def _read_body(self, resp: aiohttp.ClientResponse, http_method: str, path: str) -> bytes:
+        limit = self.max_body_bytes
+        too_long = f"an answer body over the {limit}-byte limit"
+        if resp.content_length is not None and resp.content_length > limit:
+            raise AriError(resp.status, f"{too_long} ({resp.content_length} bytes announced)", http_method, path)
+        body = bytearray()
+        async for chunk in resp.content.iter_chunked(65536):
+            body += chunk
+            if len(body) > limit:
+                raise AriError(resp.status, too_long, http_method, path)
+        return bytes(body)
 
     @staticmethod
     def _count(name: str, status: str, started: float) -> None:
