@@ -86,7 +86,7 @@ redis.call('ZREM', KEYS[3], call_id)
 local fields = cjson.decode(ARGV[8])
 for k, v in pairs(fields) do redis.call('HSET', call_key, k, v) end
 redis.call('HSET', call_key, 'state', 'admitted', 'worker', best, 'rtp_port', rtp_port, 'admitted_ms', now,
-           'provider_counted', '1', 'moves', moves)
+           'provider_counted', '1', 'moves', moves, 'plan', ARGV[7])  -- kept: an adopting controller can move it
 redis.call('PERSIST', call_key)
 redis.call('XADD', prefix .. 'worker:' .. best .. ':inbox', 'MAXLEN', '~', 10000, '*', 'type', 'assign',
            'data', '{"call_id":' .. cjson.encode(call_id) .. ',"epoch":' .. epoch .. ',"rtp_port":' .. rtp_port

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 from dataclasses import dataclass, field
 
+import msgspec
 import redis.asyncio as aioredis
 
 from controller import ids
@@ -173,10 +174,27 @@ class Call:
         if leg != self.media:
             return  # the leg of a setup attempt that was given up
         reserved = self.reservation
-        if self.state == "active" and not self.caller_gone.is_set() and reserved is not None:
+        if self.state == "active" and not self.caller_gone.is_set():
             log.warning("media leg %s ended while the call was active", self.media)
+            if reserved is None or self.plan is None:  # adopted without a plan to move it with
+                self.end("media_lost", fallback=True)
+                return
             self.state = "moving"
             self._setup = self.deps.tasks.spawn(self._media_lost(reserved), f"media-lost-{self.call_id}")
+
+    def restore(self, record: dict[str, str]) -> None:
+        """An adopted call (reconcile after a controller restart): what its record says about its plan, worker
+        and media leg, so a worker lost later can still be replaced (without them: the fallback, as before)."""
+        try:
+            self.plan = msgspec.json.decode(record.get("plan", ""), type=CallPlan)
+            self.reservation = Reserved(record["worker"], "", 0, int(record.get("rtp_port") or 0), int(record["epoch"]))
+        except (KeyError, ValueError, msgspec.DecodeError):
+            return  # a record from before plans were kept, or one without a worker (a move under way)
+        self.moves = int(record.get("moves") or 0)
+        owner = ids.owner(self.media)
+        suffix = owner[1].removeprefix("em") if owner is not None else ""
+        self._attempts = int(suffix) if suffix.isdigit() else 0
+        self._bridge_made = self._caller_bridged = True
 
     def worker_lost(self, worker_id: str, lost_at_ms: int) -> bool:
         """The worker watch found `worker_id` dead (last heard from at `lost_at_ms`, Redis time). An active call

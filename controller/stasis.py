@@ -311,6 +311,7 @@ class StasisApp:
             call.extra_legs.add(agent_leg)
         else:
             call.state = "active"
+            call.restore(record)  # its plan and worker: movable if that worker dies
         self.calls[call_id] = call
         self.by_caller[caller.id] = call
         CALLS_ACTIVE.set(len(self.calls))

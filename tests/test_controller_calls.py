@@ -211,6 +211,33 @@ async def test_a_media_leg_lost_without_the_workers_note_moves_the_call_to_anoth
     assert int(await aredis.get(keys.provider_sessions("openai_realtime"))) == 0
 
 
+@pytest.mark.slow
+async def test_a_call_adopted_by_a_restarted_controller_can_still_be_moved(
+    sim, listener, workers, controller, aredis, keys
+):
+    await workers(listener.port, wid="first")
+    _, proc = await controller()
+    call = await sim.place_call(caller_name="Bob", caller_number="100")
+    await listener.wait_for(1)
+    (conn,) = listener.connections.values()
+    call_id = conn.uuid
+    await until(await state_is(aredis, keys, call_id, "active"))
+    proc.popen.kill()
+    proc.popen.wait()
+    await controller()  # reconcile adopts the call, with its plan and worker from the record
+    await workers(listener.port, wid="second")
+    await listener.hang_up(call_id)  # the first worker is lost
+
+    async def moved():
+        record = await call_record(aredis, keys, call_id)
+        return record.get("worker") == "second" and record.get("state") == "active"
+
+    await until(moved)
+    assert {c.id for c in sim.bridges[f"{call_id}-br"].members} == {call.channel_id, f"{call_id}-em1"}
+    await call.hangup()
+    await until(nothing_left(sim))
+
+
 @pytest.mark.slow  # measured 2.9 s
 async def test_a_worker_that_refuses_the_media_leg_is_replaced(sim, listener, workers, controller, aredis, keys):
     closed = AudioSocketListener()
