@@ -204,7 +204,7 @@ class Call:
             return False
         if self.state == "active":
             return self.rehome(worker_id, "worker_dead", lost_at_ms)
-        if self.state == "setting_up":
+        if self.state in ("setting_up", "moving"):  # a setup (or a move) toward it: another worker at once
             self._refusal_reason = "the worker died"
             self._refusal.set()
             return True
@@ -235,8 +235,8 @@ class Call:
             log.info("stale media_failed for call %s from %s: ignored", self.call_id, worker_id)
             return  # an attempt already given up, or a stale report
         log.warning("worker %s cannot take call %s (epoch %d): %s", worker_id, self.call_id, reserved.epoch, why)
-        if self.state in ("active", "moving"):
-            self.rehome(worker_id, "media_failed")  # a move already under way (state moving) is left to finish
+        if self.state == "active":
+            self.rehome(worker_id, "media_failed")
             return
         self._refusal_reason = why
         self._refusal.set()  # the setup under way gives up this worker (_connect)
