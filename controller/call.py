@@ -105,6 +105,9 @@ class Call:
     state: str = "new"
     moves: int = 0  # times the call was moved to another worker after it was up (MAX_MOVES)
     _move_reason: str = ""  # what the move under way is for: worker_dead | media_lost | media_failed
+    # A worker lost while a transfer rang (the caller hears hold music): (worker id, reason, lost at), moved once
+    # the transfer did not connect (transfer_settled); an answered transfer needs no worker at all.
+    _deferred_move: tuple[str, str, int] | None = None
     admitted: bool = False  # a worker slot was reserved at some point (the call had a conversation)
     end_hint: str = ""  # why the caller is about to leave Stasis (agent_hangup, voicemail, transferred)
     transfer: TransferLeg | None = None  # the controlled transfer ringing, or answered
@@ -179,6 +182,8 @@ class Call:
             if reserved is None or self.plan is None:  # adopted without a plan to move it with
                 self.end("media_lost", fallback=True)
                 return
+            if self._defer_move(reserved.worker_id, "media_lost", 0):
+                return
             self.state = "moving"
             self._setup = self.deps.tasks.spawn(self._media_lost(reserved), f"media-lost-{self.call_id}")
 
@@ -221,9 +226,27 @@ class Call:
             or self.caller_gone.is_set()
         ):
             return False
+        if self._defer_move(worker_id, reason, lost_at_ms):
+            return True
         self.state = "moving"
         self._setup = self.deps.tasks.spawn(self._move(worker_id, reason, lost_at_ms), f"move-{self.call_id}")
         return True
+
+    def _defer_move(self, worker_id: str, reason: str, lost_at_ms: int) -> bool:
+        """A transfer is ringing: the caller hears hold music, and a new agent would talk over it (and never
+        learn the transfer's outcome, which goes to the worker that asked for it). The move waits for it."""
+        if self.transfer is None or not self.transfer.pending:
+            return False
+        log.warning("worker %s lost while a transfer rings: the call moves if the transfer does not connect", worker_id)
+        self._deferred_move = (worker_id, reason, lost_at_ms)
+        return True
+
+    def transfer_settled(self) -> None:
+        """The transfer's outcome is in (controller/call_control.py): a move it held back runs now, unless the
+        transfer connected (the call no longer needs a worker)."""
+        deferred, self._deferred_move = self._deferred_move, None
+        if deferred is not None and self.state == "active":
+            self.rehome(*deferred)
 
     def media_failed(self, worker_id: str, why: str) -> None:
         """The worker holding the reservation could not take the call (an RTP port that would not open, an
