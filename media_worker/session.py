@@ -280,7 +280,7 @@ class CallSession:
             await self.client.close()
         self.heard.log_heard(self.audio.playout, final=True)
         await self.log.close()
-        if self.end_reason == MOVED:
+        if self.end_reason == MOVED or await self._moved_away():
             log.info("call %s moved to another worker: its session here stopped", self.call_id)
             return  # the figures are the new worker's to write
         await self._save_stats()
@@ -292,6 +292,16 @@ class CallSession:
             len(self.stats.bargein_ms),
             self.audio.gate_closures,
         )
+
+    async def _moved_away(self) -> bool:
+        """The call record names another epoch: the call was moved while this session was not looking (a wedged
+        worker that woke to its media connection closed, before it read the `end` of the move)."""
+        try:
+            async with asyncio.timeout(HANGUP_NOTE_TIMEOUT_S):
+                epoch = await self.ctx.redis.hget(self.ctx.keys.call(self.call_id), "epoch")
+        except (TimeoutError, *UNAVAILABLE):
+            return False
+        return epoch is not None and int(epoch) != self.assignment.epoch
 
     async def _say_hanging_up(self) -> None:
         try:

@@ -164,11 +164,12 @@ async def _logged(aredis, keys, call_id: str, text: str) -> bool:
     return any(e.get("text") == text for e in await log_entries(aredis, keys, call_id))
 
 
+@pytest.mark.parametrize("transport", ["rtp", "audiosocket"])
 async def test_a_wedged_worker_is_found_its_calls_move_and_it_stays_silent_when_it_wakes(
-    sim, emulator, cluster_up, aredis, keys
+    transport, sim, emulator, cluster_up, aredis, keys
 ):
     emu = await emulator(script(), speed=4.0)
-    cluster = await cluster_up(emu, contexts={"t": {"profile": PROFILES["rtp"], "greeting": "Hi"}}, workers=2)
+    cluster = await cluster_up(emu, contexts={"t": {"profile": PROFILES[transport], "greeting": "Hi"}}, workers=2)
     call = await sim.place_call(variables={"AI_CONTEXT": "t"}, audio=caller_audio())
     call_id = await call_of(aredis, keys, call.channel_id)
     await until(lambda: answered(aredis, keys, call_id), timeout=20)
@@ -185,7 +186,7 @@ async def test_a_wedged_worker_is_found_its_calls_move_and_it_stays_silent_when_
         detected = time.monotonic() - stopped_at
         heard_at = await until(lambda: first_audible_after(call.heard, stopped_at), timeout=10)
         heard_ms = (heard_at - stopped_at) * 1000
-        print(f"\nSIGSTOP: moved after {detected * 1000:.0f} ms, agent heard after {heard_ms:.0f} ms")
+        print(f"\n{transport} SIGSTOP: moved after {detected * 1000:.0f} ms, agent heard after {heard_ms:.0f} ms")
         # Taken out of admission: not in the live set any more.
         assert await aredis.zscore(keys.workers, victim) is None
     finally:
