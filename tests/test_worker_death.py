@@ -150,6 +150,11 @@ async def test_a_killed_workers_call_moves_to_the_survivor_with_its_conversation
 
     await call.hangup()
     await nothing_leaked(sim, aredis, keys, survivor)
+    # Every Realtime session that served the call is closed, the dead worker's and the new one (only prewarmed,
+    # never used ones stay open).
+    used = [s for s in emu.sessions if any(e["type"] == "response.create" for e in s.received)]
+    assert len(used) == 2
+    await until(lambda: all(s.closed for s in used), timeout=10)
     await until(lambda: aredis.hget(keys.call(call_id), "worker_end_reason"), timeout=10)
     # One summary job, enqueued once for the whole call.
     controller = next(p for p in cluster.processes if p.role == "controller")
