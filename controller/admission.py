@@ -15,31 +15,42 @@ import msgspec
 import redis.asyncio as aioredis
 
 from shared.keys import Keys
-from shared.messages import CallPlan
+from shared.messages import MOVED, CallPlan
 
 _RESERVE = """
 -- KEYS: 1 workers zset, 2 calls:active set, 3 admission queue zset, 4 provider session counter
 -- ARGV: 1 prefix, 2 call id, 3 stale_after_ms, 4 provider limit, 5 needs rtp (0/1), 6 queue stale ms,
---       7 plan json, 8 call fields json, 9.. excluded worker ids
+--       7 plan json, 8 call fields json, 9 moves (0: a new call), 10 lost_at_ms, 11.. excluded worker ids
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local prefix, call_id = ARGV[1], ARGV[2]
+local moves = tonumber(ARGV[9])
+local call_key = prefix .. 'call:' .. call_id
+-- A call being moved already holds its provider session (drop_worker keeps it): it neither counts again nor
+-- waits in the line (the caller is mid-conversation: a worker now, or the fallback).
+local counted = moves > 0 and redis.call('HGET', call_key, 'provider_counted') == '1'
+    and redis.call('HGET', call_key, 'state') ~= 'ended'
 
--- A head left by a controller that died long ago must not block the line forever.
-local head = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
-while head[1] and head[1] ~= call_id and tonumber(head[2]) < now - tonumber(ARGV[6]) do
-  redis.call('ZREM', KEYS[3], head[1])
-  head = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
-end
 local function wait(reason)
+  if moves > 0 then return {'unavailable', reason} end
   redis.call('ZADD', KEYS[3], 'NX', now, call_id)
   return {'queued', reason, redis.call('ZRANK', KEYS[3], call_id)}
 end
-if head[1] and head[1] ~= call_id then return wait('behind') end
-if (tonumber(redis.call('GET', KEYS[4]) or '0')) >= tonumber(ARGV[4]) then return wait('provider_limit') end
+if moves == 0 then
+  -- A head left by a controller that died long ago must not block the line forever.
+  local head = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
+  while head[1] and head[1] ~= call_id and tonumber(head[2]) < now - tonumber(ARGV[6]) do
+    redis.call('ZREM', KEYS[3], head[1])
+    head = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
+  end
+  if head[1] and head[1] ~= call_id then return wait('behind') end
+end
+if not counted and (tonumber(redis.call('GET', KEYS[4]) or '0')) >= tonumber(ARGV[4]) then
+  return wait('provider_limit')
+end
 
 local excluded = {}
-for i = 9, #ARGV do excluded[ARGV[i]] = true end
+for i = 11, #ARGV do excluded[ARGV[i]] = true end
 local best, best_load, best_active, best_info = nil, nil, nil, nil
 local live = redis.call('ZRANGEBYSCORE', KEYS[1], now - tonumber(ARGV[3]), '+inf')
 for _, wid in ipairs(live) do
@@ -67,19 +78,19 @@ if ARGV[5] == '1' then
   redis.call('SADD', used, rtp_port)
 end
 
-local call_key = prefix .. 'call:' .. call_id
 local epoch = redis.call('HINCRBY', call_key, 'epoch', 1)
 redis.call('HINCRBY', prefix .. 'worker:' .. best, 'active', 1)
-redis.call('INCR', KEYS[4])
+if not counted then redis.call('INCR', KEYS[4]) end
 redis.call('SADD', KEYS[2], call_id)
 redis.call('ZREM', KEYS[3], call_id)
 local fields = cjson.decode(ARGV[8])
 for k, v in pairs(fields) do redis.call('HSET', call_key, k, v) end
 redis.call('HSET', call_key, 'state', 'admitted', 'worker', best, 'rtp_port', rtp_port, 'admitted_ms', now,
-           'provider_counted', '1')
+           'provider_counted', '1', 'moves', moves, 'plan', ARGV[7])  -- kept: an adopting controller can move it
 redis.call('PERSIST', call_key)
 redis.call('XADD', prefix .. 'worker:' .. best .. ':inbox', 'MAXLEN', '~', 10000, '*', 'type', 'assign',
            'data', '{"call_id":' .. cjson.encode(call_id) .. ',"epoch":' .. epoch .. ',"rtp_port":' .. rtp_port
+           .. ',"moves":' .. moves .. ',"lost_at_ms":' .. (tonumber(ARGV[10]) > 0 and ARGV[10] or now)
            .. ',"plan":' .. ARGV[7] .. '}')  -- the plan verbatim: cjson would turn [] into {}
 return {'ok', best, best_info[4], best_info[5], rtp_port, epoch}
 """
@@ -141,6 +152,23 @@ return 1
 )
 
 
+_DROP_WORKER = (
+    _FREE
+    + """
+-- A call moving off its worker (dead, or it gave the call up): free that worker's slot and RTP port and tell it
+-- the call moved (it stops the session without hanging up), while the call itself stays live and keeps its
+-- provider session for the next worker. KEYS: 1 call hash. ARGV: 1 prefix, 2 call id, 3 reason (moved)
+local state = redis.call('HGET', KEYS[1], 'state')
+if state == false or state == 'ended' or redis.call('HGET', KEYS[1], 'worker_released') == '1' then return 0 end
+local wid = redis.call('HGET', KEYS[1], 'worker')
+if not wid or wid == '' then return 0 end
+free_worker(KEYS[1], wid)
+redis.call('HSET', KEYS[1], 'worker', '', 'rtp_port', 0, 'state', 'moving')
+return 1
+"""
+)
+
+
 @dataclass(frozen=True)
 class Reserved:
     worker_id: str
@@ -154,6 +182,14 @@ class Reserved:
 class Queued:
     reason: str  # behind | provider_limit | no_capacity | no_rtp_port
     position: int  # 0 = head of the line
+
+
+@dataclass(frozen=True)
+class Unavailable:
+    """A move found no worker: the call goes to the fallback at once (a caller mid-conversation never waits in
+    the admission line)."""
+
+    reason: str  # provider_limit | no_capacity | no_rtp_port
 
 
 _json = msgspec.json.Encoder()
@@ -180,11 +216,20 @@ class Admission:
         self._reserve = redis.register_script(_RESERVE)
         self._release = redis.register_script(_RELEASE)
         self._release_worker = redis.register_script(_RELEASE_WORKER)
+        self._drop_worker = redis.register_script(_DROP_WORKER)
 
     async def reserve(
-        self, plan: CallPlan, call_fields: dict[str, str], *, exclude: tuple[str, ...] = ()
-    ) -> Reserved | Queued:
-        """Take a slot for `plan` (or a place in the line). `call_fields` go into the call record."""
+        self,
+        plan: CallPlan,
+        call_fields: dict[str, str],
+        *,
+        exclude: tuple[str, ...] = (),
+        moves: int = 0,
+        lost_at_ms: int = 0,
+    ) -> Reserved | Queued | Unavailable:
+        """Take a slot for `plan` (or a place in the line). `call_fields` go into the call record. `moves` > 0:
+        the call is moving off a worker (`drop_worker` first): never queued (`Unavailable` instead), and the
+        assignment tells the new worker to resume the conversation."""
         keys = [
             self.keys.workers,
             self.keys.calls_active,
@@ -200,12 +245,16 @@ class Admission:
             self.queue_stale_ms,
             _json.encode(plan),
             _json.encode(call_fields),
+            moves,
+            lost_at_ms,
             *exclude,
         ]
         result = await self._reserve(keys=keys, args=args)
         kind = _text(result[0])
         if kind == "queued":
             return Queued(_text(result[1]), int(result[2]))
+        if kind == "unavailable":
+            return Unavailable(_text(result[1]))
         return Reserved(_text(result[1]), _text(result[2]), int(result[3]), int(result[4]), int(result[5]))
 
     async def release(self, call_id: str, provider: str, reason: str) -> bool:
@@ -224,6 +273,12 @@ class Admission:
         answered transfer); `release` later ends the call without freeing them twice."""
         keys = [self.keys.call(call_id), self.keys.provider_sessions(provider)]
         return bool(await self._release_worker(keys=keys, args=[self.keys.prefix, call_id, reason]))
+
+    async def drop_worker(self, call_id: str) -> bool:
+        """The call moves off its worker: that worker's slot and port are freed and it is told (`end`, reason
+        `moved`); the call stays live with its provider session. False if the call had no worker to drop."""
+        keys = [self.keys.call(call_id)]
+        return bool(await self._drop_worker(keys=keys, args=[self.keys.prefix, call_id, MOVED]))
 
     async def leave_queue(self, call_id: str) -> None:
         await self.redis.zrem(self.keys.admission_queue, call_id)

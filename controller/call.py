@@ -15,11 +15,12 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 from dataclasses import dataclass, field
 
+import msgspec
 import redis.asyncio as aioredis
 
 from controller import ids
 from controller import websocket_media as wsm
-from controller.admission import Admission, Queued, Reserved
+from controller.admission import Admission, Queued, Reserved, Unavailable
 from controller.ari.capabilities import Capabilities, TransportUnavailable
 from controller.ari.errors import AriError, quietly
 from controller.ari.resources import Channel
@@ -30,16 +31,26 @@ from controller.transfer_leg import TransferLeg
 from shared.config.schema import Config
 from shared.keys import Keys
 from shared.logs import bind_call
-from shared.messages import CallPlan, MediaBridged, MediaPeer, MediaReady, inbox_fields
+from shared.messages import WORKER_HANGUP_FIELD, CallPlan, MediaBridged, MediaPeer, MediaReady, inbox_fields
 from shared.tasks import TaskSet
 from shared.websocket_url import media_url
-from shared.metrics import CALLS_ADMITTED, CALLS_ENDED, CALLS_QUEUED, CALLS_REJECTED, QUEUE_WAIT, SETUP_SECONDS
+from shared.metrics import (
+    CALLS_ADMITTED,
+    CALLS_ENDED,
+    CALLS_QUEUED,
+    CALLS_REJECTED,
+    FALLBACKS,
+    QUEUE_WAIT,
+    SETUP_SECONDS,
+    TAKEOVERS,
+)
 
 log = logging.getLogger("call")
 
 QUEUE_POLL_S = 0.1
 SETUP_ATTEMPTS = 2  # a worker that refuses the media connection gets one replacement
 INBOX_MAXLEN = 10_000  # as the admission script's assignments
+MAX_MOVES = 3  # a call that loses its worker this many times goes to the fallback the next time
 
 
 class SetupFailed(Exception):
@@ -89,8 +100,14 @@ class Call:
     reservation: Reserved | None = None
     bridge: str = ""
     media: str = ""
-    # new | queued | setting_up | active | handing_off | transferred | ending | ended
+    # new | queued | setting_up | active | moving | handing_off | transferred | ending | ended
+    # (moving: the call lost its media worker and is being set up on another one, the caller still bridged)
     state: str = "new"
+    moves: int = 0  # times the call was moved to another worker after it was up (MAX_MOVES)
+    _move_reason: str = ""  # what the move under way is for: worker_dead | media_lost | media_failed
+    # A worker lost while a transfer rang (the caller hears hold music): (worker id, reason, lost at), moved once
+    # the transfer did not connect (transfer_settled); an answered transfer needs no worker at all.
+    _deferred_move: tuple[str, str, int] | None = None
     admitted: bool = False  # a worker slot was reserved at some point (the call had a conversation)
     end_hint: str = ""  # why the caller is about to leave Stasis (agent_hangup, voicemail, transferred)
     transfer: TransferLeg | None = None  # the controlled transfer ringing, or answered
@@ -151,13 +168,85 @@ class Call:
         self.legs.entered(leg)
 
     def media_left(self, leg: str) -> None:
-        """StasisEnd of a media leg: the worker closed it (or died) while the caller is still here."""
+        """StasisEnd of a media leg: the worker closed it (or died) while the caller is still here. A worker
+        that ends a call on purpose says so first (WORKER_HANGUP_FIELD): then the fallback, as before; without
+        it the worker is taken for lost (AudioSocket and WebSocket legs end the moment a worker dies) and the
+        call is moved. The state goes to `moving` here, synchronously, so the worker watch finding the same
+        worker dead a moment later does not start a second move."""
         self.legs.left(leg)
         if leg != self.media:
             return  # the leg of a setup attempt that was given up
+        reserved = self.reservation
         if self.state == "active" and not self.caller_gone.is_set():
             log.warning("media leg %s ended while the call was active", self.media)
-            self.end("media_lost", fallback=True)
+            if reserved is None or self.plan is None:  # adopted without a plan to move it with
+                self.end("media_lost", fallback=True)
+                return
+            if self._defer_move(reserved.worker_id, "media_lost", 0):
+                return
+            self.state = "moving"
+            self._setup = self.deps.tasks.spawn(self._media_lost(reserved), f"media-lost-{self.call_id}")
+
+    def restore(self, record: dict[str, str]) -> None:
+        """An adopted call (reconcile after a controller restart): what its record says about its plan, worker
+        and media leg, so a worker lost later can still be replaced (without them: the fallback, as before)."""
+        try:
+            self.plan = msgspec.json.decode(record.get("plan", ""), type=CallPlan)
+            self.reservation = Reserved(record["worker"], "", 0, int(record.get("rtp_port") or 0), int(record["epoch"]))
+        except (KeyError, ValueError, msgspec.DecodeError):
+            return  # a record from before plans were kept, or one without a worker (a move under way)
+        self.moves = int(record.get("moves") or 0)
+        owner = ids.owner(self.media)
+        suffix = owner[1].removeprefix("em") if owner is not None else ""
+        self._attempts = int(suffix) if suffix.isdigit() else 0
+        self._bridge_made = self._caller_bridged = True
+
+    def worker_lost(self, worker_id: str, lost_at_ms: int) -> bool:
+        """The worker watch found `worker_id` dead (last heard from at `lost_at_ms`, Redis time). An active call
+        on it is moved; a setup under way toward it gives that worker up at once. True if this call was on it."""
+        reserved = self.reservation
+        if reserved is None or reserved.worker_id != worker_id:
+            return False
+        if self.state == "active":
+            return self.rehome(worker_id, "worker_dead", lost_at_ms)
+        if self.state in ("setting_up", "moving"):  # a setup (or a move) toward it: another worker at once
+            self._refusal_reason = "the worker died"
+            self._refusal.set()
+            return True
+        return False
+
+    def rehome(self, worker_id: str, reason: str, lost_at_ms: int = 0) -> bool:
+        """Move the active call off `worker_id` (once: a second trigger finds the state `moving`)."""
+        reserved = self.reservation
+        if (
+            self.state != "active"
+            or reserved is None
+            or reserved.worker_id != worker_id
+            or self._teardown is not None
+            or self.caller_gone.is_set()
+        ):
+            return False
+        if self._defer_move(worker_id, reason, lost_at_ms):
+            return True
+        self.state = "moving"
+        self._setup = self.deps.tasks.spawn(self._move(worker_id, reason, lost_at_ms), f"move-{self.call_id}")
+        return True
+
+    def _defer_move(self, worker_id: str, reason: str, lost_at_ms: int) -> bool:
+        """A transfer is ringing: the caller hears hold music, and a new agent would talk over it (and never
+        learn the transfer's outcome, which goes to the worker that asked for it). The move waits for it."""
+        if self.transfer is None or not self.transfer.pending:
+            return False
+        log.warning("worker %s lost while a transfer rings: the call moves if the transfer does not connect", worker_id)
+        self._deferred_move = (worker_id, reason, lost_at_ms)
+        return True
+
+    def transfer_settled(self) -> None:
+        """The transfer's outcome is in (controller/call_control.py): a move it held back runs now, unless the
+        transfer connected (the call no longer needs a worker)."""
+        deferred, self._deferred_move = self._deferred_move, None
+        if deferred is not None and self.state == "active":
+            self.rehome(*deferred)
 
     def media_failed(self, worker_id: str, why: str) -> None:
         """The worker holding the reservation could not take the call (an RTP port that would not open, an
@@ -170,8 +259,7 @@ class Call:
             return  # an attempt already given up, or a stale report
         log.warning("worker %s cannot take call %s (epoch %d): %s", worker_id, self.call_id, reserved.epoch, why)
         if self.state == "active":
-            if self._teardown is None:
-                self._setup = self.deps.tasks.spawn(self._move(worker_id, why), f"move-{self.call_id}")
+            self.rehome(worker_id, "media_failed")
             return
         self._refusal_reason = why
         self._refusal.set()  # the setup under way gives up this worker (_connect)
@@ -205,21 +293,25 @@ class Call:
             log.exception("call setup failed")
             self.end("setup_error", fallback=True)
 
-    async def _place(self, plan: CallPlan, excluded: list[str]) -> None:
+    async def _place(self, plan: CallPlan, excluded: list[str], lost_at_ms: int = 0) -> None:
         """Admit the call and set its media up, on another worker when one fails (`excluded` grows); then the
-        call is active, or it has gone to the fallback (or the caller left)."""
+        call is active, or it has gone to the fallback (or the caller left). A moved call (`moves` > 0) keeps
+        its record live and its provider session between attempts (`drop_worker`, not `release`)."""
         d = self.deps
         for attempt in range(SETUP_ATTEMPTS):
-            reserved = await self._admit(plan, tuple(excluded), self._attempts)
+            reserved = await self._admit(plan, tuple(excluded), self._attempts, lost_at_ms)
             if reserved is None:
-                return  # queue timeout (fallback started) or caller gone
+                return  # queue timeout or no worker for a move (fallback started), or caller gone
             try:
                 await self._connect(reserved, plan, self._attempts)
                 break
             except SetupFailed as exc:
                 self._attempts += 1
                 excluded.append(reserved.worker_id)
-                await d.admission.release(self.call_id, self.provider, "setup_failed")
+                if self.moves:
+                    await d.admission.drop_worker(self.call_id)
+                else:
+                    await d.admission.release(self.call_id, self.provider, "setup_failed")
                 self.reservation = None
                 await self.drop_media()
                 if self.caller_gone.is_set():
@@ -231,12 +323,29 @@ class Call:
                     "; trying another worker" if attempt + 1 < SETUP_ATTEMPTS else "",
                 )
         else:
+            if self.moves:
+                TAKEOVERS.labels("fallback", "move_failed").inc()
+                self.end("move_failed", fallback=True)
+                return
             CALLS_REJECTED.labels("setup_failed").inc()
             self.end("setup_failed", fallback=True)
             return
         if self.caller_gone.is_set():
             return  # teardown is already on its way
         self.state = "active"
+        if self.moves:
+            TAKEOVERS.labels("moved", self._move_reason).inc()
+            await d.redis.hset(
+                d.keys.call(self.call_id), mapping={"state": "active", "media_channel": self.media, "moves": self.moves}
+            )
+            log.info(
+                "call %s moved to worker %s (move %d, %s)",
+                self.caller.id,
+                reserved.worker_id,
+                self.moves,
+                self._move_reason,
+            )
+            return
         setup_ms = int((time.monotonic() - self.started) * 1000)
         SETUP_SECONDS.observe(setup_ms / 1000)
         await d.redis.hset(
@@ -252,19 +361,44 @@ class Call:
             setup_ms,
         )
 
-    async def _move(self, worker_id: str, reason: str) -> None:
-        """The worker refused the assignment after the call was bridged: the same setup on another worker (the
-        caller stays answered and in the bridge; the refused worker's slot and media leg are let go)."""
+    async def _media_lost(self, reserved: Reserved) -> None:
+        """The active call's media leg ended (state already `moving`): the worker's own hang-up, or its death."""
         bind_call(self.call_id)
         d = self.deps
         try:
-            self.state = "setting_up"
+            ended_by_worker = await d.redis.hget(d.keys.call(self.call_id), WORKER_HANGUP_FIELD)
+        except Exception:
+            log.exception("cannot tell whether worker %s ended the call: moving it", reserved.worker_id)
+            ended_by_worker = None
+        if ended_by_worker is not None and int(ended_by_worker) == reserved.epoch:
+            log.info("worker %s ended its media leg on purpose: fallback", reserved.worker_id)
+            self.end("media_lost", fallback=True)
+            return
+        await self._move(reserved.worker_id, "media_lost", 0)
+
+    async def _move(self, worker_id: str, reason: str, lost_at_ms: int) -> None:
+        """The call lost its worker after it was up (dead, wedged, or it gave the call up): the same setup on
+        another worker. The caller stays answered and in the bridge, nothing is re-dialled; the lost worker's
+        slot and media leg are let go, and its provider session passes to the new worker. The new worker is
+        told it resumes (`moves`): it replays the call log and does not greet again. Never queued: no free
+        worker, or MAX_MOVES reached, and the caller goes to the fallback at once."""
+        bind_call(self.call_id)
+        d = self.deps
+        try:
+            self.state = "moving"
+            self._move_reason = reason
+            if self.moves >= MAX_MOVES:
+                log.warning("call moved %d times already: fallback", self.moves)
+                TAKEOVERS.labels("fallback", "too_many_moves").inc()
+                self.end("too_many_moves", fallback=True)
+                return
+            self.moves += 1
             self._attempts += 1
-            await d.admission.release(self.call_id, self.provider, "media_failed")
             self.reservation = None
-            await self.drop_media()
+            await asyncio.gather(d.admission.drop_worker(self.call_id), self.drop_media())
             if self.plan is not None and not self.caller_gone.is_set():
-                await self._place(self.plan, [worker_id])
+                log.info("moving the call off worker %s (%s)", worker_id, reason)
+                await self._place(self.plan, [worker_id], lost_at_ms)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -329,7 +463,9 @@ class Call:
             created_ms=int(time.time() * 1000),
         )
 
-    async def _admit(self, plan: CallPlan, exclude: tuple[str, ...], attempt: int) -> Reserved | None:
+    async def _admit(
+        self, plan: CallPlan, exclude: tuple[str, ...], attempt: int, lost_at_ms: int = 0
+    ) -> Reserved | None:
         d = self.deps
         fields = {
             "caller_channel": self.caller.id,
@@ -348,7 +484,12 @@ class Call:
         deadline = time.monotonic() + settings.queue_timeout_ms / 1000
         queued_at: float | None = None
         while True:
-            result = await d.admission.reserve(plan, fields, exclude=exclude)
+            result = await d.admission.reserve(plan, fields, exclude=exclude, moves=self.moves, lost_at_ms=lost_at_ms)
+            if isinstance(result, Unavailable):
+                log.warning("no worker to move the call to (%s): fallback", result.reason)
+                TAKEOVERS.labels("fallback", "no_worker").inc()
+                self.end("no_worker", fallback=True)
+                return None
             if isinstance(result, Reserved):
                 self._refusal.clear()  # a refusal concerns the reservation it names
                 self.reservation = result
@@ -587,6 +728,7 @@ class Call:
         d = self.deps
         fb = d.config.controller.fallback
         self.state = "handing_off"
+        FALLBACKS.labels(reason).inc()
         if fb.action == "continue":
             log.info("fallback (%s): continue to %s,%s,%d", reason, fb.context, fb.extension, fb.priority)
             try:

@@ -350,6 +350,7 @@ class CallControl:
             transfer,
             lambda: send(reply_for(request, True, "ringing", f"ringing {request.destination}", final=False)),
         )
+        call.transfer_settled()  # a worker lost while it rang: the call moves now (not if it connected)
         await send(reply_for(request, status == "answered", status, message))
 
     async def _cancel_transfer(self, call: Call, request: ControlRequest, send: Send) -> None:

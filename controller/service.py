@@ -19,6 +19,7 @@ from controller.call import CallDeps
 from controller.call_emails import CallEmails
 from controller.stasis import StasisApp
 from controller.call_control import CallControl, ControlInbox
+from controller.worker_watch import WorkerWatch
 from shared import health
 from shared.config import LoadedConfig
 from shared.messages import ProcessInfo
@@ -43,6 +44,7 @@ class Controller(AsyncRole):
         self.reconciled = asyncio.Event()  # the first reconcile ran: control requests may act on calls
         self.requests: Supervised | None = None  # the control inbox reader, restarted if it dies
         self.gauges: Supervised | None = None  # the cluster gauges' refresh loop, restarted if it dies
+        self.watch: Supervised | None = None  # the worker watch (dead workers' calls moved), restarted if it dies
 
     def process_info(self) -> ProcessInfo:
         return ProcessInfo(
@@ -70,6 +72,7 @@ class Controller(AsyncRole):
         checks["cluster_metrics"] = lambda: (
             self.gauges.problem() if self.gauges is not None else "cluster metrics not started"
         )
+        checks["worker_watch"] = lambda: self.watch.problem() if self.watch is not None else "worker watch not started"
         checks["ari"] = lambda: (
             None if self.events is not None and self.events.connected else "not connected to the ARI events WebSocket"
         )
@@ -117,12 +120,22 @@ class Controller(AsyncRole):
             requests = self.requests.start()
             self.gauges = self.cluster_gauges()
             gauges = self.gauges.start()
+            app = self.app
+            watch = WorkerWatch(
+                self.redis,
+                self.keys,
+                stale_after_ms=config.media_worker.stale_after_ms,
+                on_death=lambda dead: app.worker_died(dead.worker_id, dead.last_beat_ms),
+            )
+            self.watch = Supervised("worker watch", lambda: watch.run(self.stopping, self.reconciled))
+            watching = self.watch.start()
             try:
                 await self.events.run(self.stopping)
             finally:
                 requests.cancel()  # not waiting for its blocking read to time out
                 gauges.cancel()
-                await asyncio.gather(requests, gauges, return_exceptions=True)
+                watching.cancel()
+                await asyncio.gather(requests, gauges, watching, return_exceptions=True)
                 await self.app.stop()
                 emails.close()
 

@@ -135,6 +135,11 @@ class StasisApp:
         if call is not None:
             call.caller_left()
 
+    def worker_died(self, worker_id: str, lost_at_ms: int) -> int:
+        """The worker watch found a media worker dead: each call of ours on it is moved (or its setup gives that
+        worker up). Returns how many calls were on it."""
+        return sum(call.worker_lost(worker_id, lost_at_ms) for call in list(self.calls.values()))
+
     def _forget(self, call: Call) -> None:
         self.calls.pop(call.call_id, None)
         if self.by_caller.get(call.caller.id) is call:
@@ -306,6 +311,7 @@ class StasisApp:
             call.extra_legs.add(agent_leg)
         else:
             call.state = "active"
+            call.restore(record)  # its plan and worker: movable if that worker dies
         self.calls[call_id] = call
         self.by_caller[caller.id] = call
         CALLS_ACTIVE.set(len(self.calls))

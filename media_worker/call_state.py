@@ -28,6 +28,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+# A call moved here from a worker that died: a system message, then the first reply (the conversation so far
+# was replayed from the call log just before). No `instructions` on that response: they would replace the
+# session's own instructions (the agent's prompt) for it.
+RESUME_NOTE = (
+    "The phone line dropped for a moment and the call has just been reconnected; the conversation so far is "
+    "above. Do not greet the caller again. Say in a few words that the line dropped for a moment, then carry on "
+    "where you left off; if the caller was in the middle of saying something, ask them to go on."
+)
 AUDIOLESS_RETRIES = 1  # a reply that came without audio is asked again aloud this many times in a row
 METADATA_KEY = "va_request"  # the response.metadata key that carries our request key
 
@@ -38,6 +46,14 @@ class Stage(enum.Enum):
     CONVERSATION = "conversation"  # turn-taking: the caller can interrupt the agent
     FAREWELL = "farewell"  # the farewell is asked for or playing: nothing else will be said
     ENDED = "ended"  # the call is over: nothing more is sent
+
+
+class Opening(enum.Enum):
+    """How the agent opens once the Realtime session is ready."""
+
+    GREET = "greet"  # a new call with a greeting: say it, within its guard
+    LISTEN = "listen"  # a new call without a greeting: the caller speaks first
+    RESUME = "resume"  # a call moved from another worker: no greeting; a short "the line dropped" reply
 
 
 class Purpose(enum.Enum):
@@ -305,8 +321,9 @@ class _Call:
 class CallState:
     """One call's stage, its responses, its tool calls and its farewell. `handle(event)` returns the actions."""
 
-    def __init__(self, greeting: str = ""):
-        self.greeting = greeting
+    def __init__(self, greeting: str = "", *, resumed: bool = False):
+        self.greeting = "" if resumed else greeting
+        self.opening = Opening.RESUME if resumed else Opening.GREET if greeting else Opening.LISTEN
         self.stage = Stage.STARTING
         self.farewell = Farewell.NONE
         self.greeting_item: str | None = None  # the greeting's first audio item (its guard is measured on it)
@@ -353,7 +370,10 @@ class CallState:
     def _on_ready(self, event: SessionReady) -> list[Action]:
         if self.stage is not Stage.STARTING:
             return []
-        if not self.greeting:
+        if self.opening is Opening.RESUME:
+            self.stage = Stage.CONVERSATION
+            return self._request(Purpose.REPLY, {}, note=RESUME_NOTE)
+        if self.opening is Opening.LISTEN:
             self.stage = Stage.CONVERSATION
             return []
         self.stage = Stage.GREETING

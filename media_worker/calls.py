@@ -19,6 +19,7 @@ from media_worker.transport.rtp_endpoint import RtpEndpoint
 from media_worker.transport.websocket_media import MediaConnectError, WebSocketMediaLink
 from shared.dead_letters import UNDECODABLE, UNKNOWN_TYPE, PoisonEntry
 from shared.messages import (
+    MOVED,
     Assignment,
     CallEnded,
     ControlReply,
@@ -39,6 +40,24 @@ MAX_HELD = 100
 # WebSocket media: start the clock this long after MEDIA_START even if Asterisk has sent no audio yet.
 WEBSOCKET_LIVE_AFTER = 0.5
 LEASE_MS = 3000  # renewed every second: a worker dead for 3 s has lost its calls
+
+_RENEW_LEASES = """
+-- KEYS: per call, its record and its lease. ARGV: 1 worker id, 2 lease ms, 3.. each call's epoch.
+-- 1 per call whose record still has our epoch (lease renewed), 0 where another epoch took it (a move). A record
+-- that is missing (a Redis restarted without its data) proves nothing: the lease is renewed, the call goes on.
+local out = {}
+for i = 1, #KEYS, 2 do
+  local epoch = ARGV[2 + (i + 1) / 2]
+  local current = redis.call('HGET', KEYS[i], 'epoch')
+  if current == false or current == epoch then
+    redis.call('SET', KEYS[i + 1], ARGV[1] .. ':' .. epoch, 'PX', ARGV[2])
+    table.insert(out, 1)
+  else
+    table.insert(out, 0)
+  end
+end
+return out
+"""
 STOP_ALL_TIMEOUT_S = 10.0  # a session's stop is bounded (CallSession's close timeout); this bounds them all
 
 
@@ -62,6 +81,7 @@ class CallManager:
         self._tasks = TaskSet("calls")  # each session's reaper, each WebSocket media connect
         self._no_calls = asyncio.Event()  # set while no session is on this worker (a drain waits for it)
         self._no_calls.set()
+        self._renew = ctx.redis.register_script(_RENEW_LEASES)
 
     # --- inbox messages --------------------------------------------------------------------------------
     async def handle(self, kind: str, data: str | bytes) -> None:
@@ -83,7 +103,8 @@ class CallManager:
             ended = msgspec.json.decode(data, type=CallEnded)
             session = self.sessions.get(ended.call_id)
             if session is not None:
-                session.stop(f"controller: {ended.reason}")
+                # A move: the call goes on elsewhere; this session stops without hanging up or writing figures.
+                session.stop(MOVED if ended.reason == MOVED else f"controller: {ended.reason}")
         else:
             raise PoisonEntry(UNKNOWN_TYPE, f"unknown inbox message type {kind[:40]!r}")
 
@@ -296,14 +317,25 @@ class CallManager:
 
     # --- leases and shutdown ---------------------------------------------------------------------------
     async def renew_leases(self) -> None:
+        """Renew the lease of each call whose record still names this epoch; a call whose epoch moved on (it was
+        moved to another worker while this one was wedged, and the `end` in the inbox is not read yet) is
+        stopped here, without hanging up: it is not ours to end."""
         if not self.sessions:
             return
-        async with self.ctx.redis.pipeline(transaction=False) as pipe:
-            for call_id, session in self.sessions.items():
-                pipe.set(
-                    self.ctx.keys.call_lease(call_id), f"{self.ctx.worker_id}:{session.assignment.epoch}", px=LEASE_MS
+        sessions = [s for s in self.sessions.values() if not s.stopping]
+        keys = self.ctx.keys
+        reply = await self._renew(
+            keys=[k for s in sessions for k in (keys.call(s.call_id), keys.call_lease(s.call_id))],
+            args=[self.ctx.worker_id, LEASE_MS, *(s.assignment.epoch for s in sessions)],
+        )
+        for session, held in zip(sessions, reply, strict=True):
+            if not int(held) and not session.stopping:
+                log.warning(
+                    "call %s was moved to another worker (epoch %d is no longer its own): stopping its session here",
+                    session.call_id,
+                    session.assignment.epoch,
                 )
-            await pipe.execute()
+                session.stop(MOVED)
 
     def every_second(self, now: float) -> None:
         """The worker's 1 s tick, for each call (metrics counted on the frame path, the flood guard)."""

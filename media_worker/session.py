@@ -72,7 +72,8 @@ from media_worker.uplink import Uplink
 from media_worker.usage import CallUsage
 from shared.config.ga_session import build_session
 from shared.logs import bind_call
-from shared.messages import Assignment
+from shared.messages import MOVED, WORKER_HANGUP_FIELD, Assignment
+from shared.redis_conn import UNAVAILABLE
 from shared.metrics import (
     AUDIOLESS,
     CALL_COST,
@@ -83,6 +84,7 @@ from shared.metrics import (
     PADDED,
     RATE_LIMIT_LIMIT,
     RATE_LIMIT_REMAINING,
+    TAKEOVER_GAP,
     TOKENS,
     TRUNCATIONS,
     UNDERRUNS,
@@ -97,6 +99,7 @@ FRAME_MS = 20
 FLUSH_COUNT_TIMEOUT = 0.25  # a barge-in waits this long for Asterisk's count of the frames it flushed
 REQUEST_TIMEOUT_S = 10.0  # a response.create with neither response.created nor a refusal by then is given up
 CLOSE_TIMEOUT_S = 8.0  # the end of a call (Realtime close, log flush, figures) never takes longer
+HANGUP_NOTE_TIMEOUT_S = 0.5  # the call record's "this worker hangs up" note waits this long at most
 
 
 class CallSession:
@@ -109,7 +112,10 @@ class CallSession:
         self.audio = CallAudio(
             wire_format(plan.transport, plan.format), plan.provider_format, ctx.config.vad.webrtc_aggressiveness
         )
-        self.state = CallState(plan.greeting)
+        self.resumed = assignment.moves > 0  # moved here from a worker that lost the call: no new greeting
+        self.state = CallState(plan.greeting, resumed=self.resumed)
+        # A moved call's takeover gap ends with its first frame of agent audio (TAKEOVER_GAP).
+        self._gap_from_ms = assignment.lost_at_ms if self.resumed else 0
         self.log = CallLog(ctx.redis, ctx.keys, self.call_id)
         self.heard = HeardTranscripts(self.log)
         self.tools = ToolRunner(ctx, plan, self.log, self)
@@ -175,8 +181,17 @@ class CallSession:
             self.client = RealtimeClient(
                 self.ctx.realtime, self.session_config(), history=self.log.history, connection_source=self.ctx.pool.take
             )
-            ready = await self.client.start()
-            log.info("Realtime session %s ready for call %s", ready.session_id, self.call_id)
+            ready = await self.client.start(replay=self.resumed)
+            if self.resumed:
+                log.info(
+                    "Realtime session %s ready for call %s, resumed (move %d): %d items replayed",
+                    ready.session_id,
+                    self.call_id,
+                    self.assignment.moves,
+                    self.client.replayed,
+                )
+            else:
+                log.info("Realtime session %s ready for call %s", ready.session_id, self.call_id)
             self.tasks.spawn(self.uplink.run(self.client.append), f"append-{self.call_id}", essential=True)
             self._feed(SessionReady())
             await self._events_forever()
@@ -254,12 +269,20 @@ class CallSession:
         await self.tasks.close()
         if self.link is not None:
             # We end the media leg ourselves only when the conversation broke (Asterisk then ends the leg and
-            # the controller sends the caller to the fallback); when the caller left it is already gone.
-            self.link.close(hangup=self.end_reason not in ("caller_hangup", "media_closed"))
+            # the controller sends the caller to the fallback); when the caller left it is already gone, and a
+            # moved call's leg was hung up by the controller. Before hanging up, the call record says so: the
+            # controller then knows the leg did not end because this worker died (it would move the call).
+            hangup = self.end_reason not in ("caller_hangup", "media_closed", MOVED)
+            if hangup:
+                await self._say_hanging_up()
+            self.link.close(hangup=hangup)
         if self.client is not None:
             await self.client.close()
         self.heard.log_heard(self.audio.playout, final=True)
         await self.log.close()
+        if self.end_reason == MOVED or await self._moved_away():
+            log.info("call %s moved to another worker: its session here stopped", self.call_id)
+            return  # the figures are the new worker's to write
         await self._save_stats()
         log.info(
             "call %s ended on the worker (%s): %d turns, %d barge-ins, %d gate closures",
@@ -269,6 +292,25 @@ class CallSession:
             len(self.stats.bargein_ms),
             self.audio.gate_closures,
         )
+
+    async def _moved_away(self) -> bool:
+        """The call record names another epoch: the call was moved while this session was not looking (a wedged
+        worker that woke to its media connection closed, before it read the `end` of the move)."""
+        try:
+            async with asyncio.timeout(HANGUP_NOTE_TIMEOUT_S):
+                epoch = await self.ctx.redis.hget(self.ctx.keys.call(self.call_id), "epoch")
+        except (TimeoutError, *UNAVAILABLE):
+            return False
+        return epoch is not None and int(epoch) != self.assignment.epoch
+
+    async def _say_hanging_up(self) -> None:
+        try:
+            async with asyncio.timeout(HANGUP_NOTE_TIMEOUT_S):
+                await self.ctx.redis.hset(
+                    self.ctx.keys.call(self.call_id), WORKER_HANGUP_FIELD, str(self.assignment.epoch)
+                )
+        except (TimeoutError, *UNAVAILABLE) as exc:
+            log.warning("could not note the hang-up in the call record (%s): the controller may move the call", exc)
 
     async def _save_stats(self) -> None:
         audio, usage = self.audio, self.usage
@@ -429,6 +471,14 @@ class CallSession:
                 if started is not None:
                     OUTPUT_LATENCY.observe(now - started)
             audio.gate.outgoing(audio.gate_view(frame))
+            if self._gap_from_ms:
+                TAKEOVER_GAP.observe(max(time.time() * 1000 - self._gap_from_ms, 0) / 1000)
+                log.info(
+                    "call %s: takeover gap %.0f ms (the lost worker last heard from, to our first agent frame)",
+                    self.call_id,
+                    time.time() * 1000 - self._gap_from_ms,
+                )
+                self._gap_from_ms = 0
             if stats.awaiting_first_frame:
                 greeting = self.state.greeting_item
                 stats.first_frame(now, greeting is not None and playout.playing_item == greeting)

@@ -80,6 +80,13 @@ class Assignment(msgspec.Struct, kw_only=True):
     epoch: int
     rtp_port: int = 0  # the reserved port when transport is rtp
     plan: CallPlan
+    # How often the call has been moved to another worker after it was up (its worker died or gave it up).
+    # Above 0 the worker resumes the conversation: no greeting, the call log replayed into the new Realtime
+    # session, then a short "the line dropped" reply. 0 (and old messages without the field): a new call.
+    moves: int = 0
+    # Redis time (ms) the previous worker was last heard from (its last heartbeat; the move itself when it was
+    # still beating): where the takeover gap is measured from.
+    lost_at_ms: int = 0
 
 
 class MediaReady(msgspec.Struct, kw_only=True):
@@ -104,8 +111,19 @@ class MediaBridged(msgspec.Struct, kw_only=True):
     epoch: int
 
 
+# The call record's field a media worker sets to its epoch just before it hangs up a call's media leg on purpose:
+# a media leg that ends without it lost its worker (a crash), and the controller moves the call instead of
+# sending the caller to the fallback.
+WORKER_HANGUP_FIELD = "worker_hangup_epoch"
+
+# CallEnded.reason when the call was not torn down but moved to another worker: the session stops without
+# hanging anything up and without writing its figures over the new worker's.
+MOVED = "moved"
+
+
 class CallEnded(msgspec.Struct, kw_only=True):
-    """Worker-inbox message (`type` = "end"): the controller tore the call down; stop its session."""
+    """Worker-inbox message (`type` = "end"): the controller tore the call down (or moved it: `MOVED`); stop its
+    session."""
 
     call_id: str
     reason: str

@@ -146,6 +146,34 @@ RQ_JOBS = Gauge(
     "va_rq_jobs", "RQ jobs by queue and state (queued, started, scheduled, failed)", ["queue", "state"], registry=None
 )
 RQ_WORKERS = Gauge("va_rq_workers", "RQ tool workers registered", registry=None)
+# --- controller: media workers that die, and the calls moved off them (controller/worker_watch.py, call.py) ----
+WORKER_DEATHS = Counter(
+    "va_worker_deaths_total",
+    "Media workers the worker watch declared dead (no heartbeat for stale_after_ms), by whether they held calls",
+    ["calls"],  # with_calls | idle
+    registry=None,
+)
+TAKEOVERS = Counter(
+    "va_call_takeovers_total",
+    "Calls that lost their media worker after they were up: moved to another worker (reason: what was lost) "
+    "or sent to the fallback (reason: why no move)",
+    ["outcome", "reason"],
+    registry=None,
+)
+FALLBACKS = Counter(
+    "va_call_fallbacks_total",
+    "Callers sent to the dialplan fallback (or its prompt), by the call's end reason",
+    ["reason"],
+    registry=None,
+)
+TAKEOVER_OUTCOMES = (
+    ("moved", "worker_dead"),  # the worker watch found its worker dead
+    ("moved", "media_lost"),  # its media leg ended with the worker not saying it ended the call
+    ("moved", "media_failed"),  # its worker reported it could not keep the call
+    ("fallback", "no_worker"),  # no other live worker with a free slot (never queued)
+    ("fallback", "too_many_moves"),
+    ("fallback", "move_failed"),  # the media setup on the new workers failed
+)
 CONTROLLER = (
     CALLS_ACTIVE,
     CALLS_ADMITTED,
@@ -167,6 +195,9 @@ CONTROLLER = (
     MEDIA_WORKERS,
     RQ_JOBS,
     RQ_WORKERS,
+    WORKER_DEATHS,
+    TAKEOVERS,
+    FALLBACKS,
 )
 
 # --- media worker: capacity -----------------------------------------------------------------------------
@@ -295,7 +326,16 @@ TOOL_SECONDS = Histogram(
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30),
     registry=None,
 )
+TAKEOVER_GAP = Histogram(
+    "va_takeover_gap_seconds",
+    "A moved call's takeover gap: from the last heartbeat of the worker that lost it (by Redis's clock; for a "
+    "worker still beating, the move) to the first frame of agent audio the new worker sends (by this host's "
+    "clock: assumes the hosts' clocks agree, NTP)",
+    buckets=(0.25, 0.5, 0.75, 1, 1.25, 1.5, 2, 3, 5, 10),
+    registry=None,
+)
 MEDIA_WORKER = (
+    TAKEOVER_GAP,
     WORKER_CAPACITY,
     WORKER_CALLS,
     WORKER_SLOTS_FREE,
@@ -383,6 +423,8 @@ KNOWN_LABELS: dict[str, tuple[tuple[MetricWrapperBase, tuple[tuple[str, ...], ..
                 )
             ),
         ),
+        (WORKER_DEATHS, (("with_calls",), ("idle",))),
+        (TAKEOVERS, TAKEOVER_OUTCOMES),
         *_stream_readers("controller_inbox"),
     ),
     "media-worker": (

@@ -9,7 +9,7 @@ import msgspec
 import pytest
 import redis.asyncio as aioredis
 
-from controller.admission import Admission, Queued, Reserved
+from controller.admission import Admission, Queued, Reserved, Unavailable
 from controller.contexts import Unroutable, resolve
 from shared.config import load_config
 from shared.keys import Keys
@@ -238,3 +238,48 @@ async def test_a_transferred_call_frees_its_worker_at_once_and_ends_once(env):
     assert int(await client.get(keys.provider_sessions("openai_realtime"))) == 1
     kinds = [f[b"type"] for _, f in await client.xrange(keys.worker_inbox("w1"))]
     assert kinds == [b"assign", b"end", b"assign"]  # one end for a, sent at the transfer
+
+
+async def test_a_move_never_queues_keeps_its_provider_session_and_frees_the_lost_worker(env):
+    client, keys = env
+    await add_worker(client, keys, "w1", 1, rtp=(20000, 20000))
+    await add_worker(client, keys, "w2", 1, rtp=(21000, 21000))
+    adm = admission(client, keys, limit=2)
+    first = await adm.reserve(plan("a", "rtp"), {})
+    assert isinstance(first, Reserved) and first.worker_id == "w1"
+    assert isinstance(await adm.reserve(plan("b", "rtp"), {}), Reserved)  # w2 now full, the provider at its limit
+    assert await adm.reserve(plan("c"), {}) == Queued("provider_limit", 0)  # a new call waits in line
+    # w1 dies: call a moves. Its slot and port on w1 are freed, w1 told; the provider session stays counted.
+    assert await adm.drop_worker("a")
+    assert not await adm.drop_worker("a")  # once
+    assert int(await client.hget(keys.worker("w1"), "active")) == 0
+    assert await client.scard(keys.worker_rtp_ports("w1")) == 0
+    (end,) = [f for _, f in await client.xrange(keys.worker_inbox("w1")) if f[b"type"] == b"end"]
+    assert b'"moved"' in end[b"data"]
+    assert int(await client.get(keys.provider_sessions("openai_realtime"))) == 2
+    # The only other worker is full: no place in the line (c is waiting at its head), the fallback at once.
+    moved = await adm.reserve(plan("a", "rtp"), {}, exclude=("w1",), moves=1, lost_at_ms=1234)
+    assert moved == Unavailable("no_capacity")
+    assert await client.zrank(keys.admission_queue, "a") is None
+    # With a worker free (w1 back, say), the move takes it ahead of the queue, without counting a session twice.
+    again = await adm.reserve(plan("a", "rtp"), {}, moves=1, lost_at_ms=1234)
+    assert isinstance(again, Reserved) and again.epoch == 2 and again.rtp_port == 20000
+    assert int(await client.get(keys.provider_sessions("openai_realtime"))) == 2
+    assignment = decode_assignment([f for _, f in await client.xrange(keys.worker_inbox("w1"))][-1])
+    assert assignment.moves == 1 and assignment.lost_at_ms == 1234 and assignment.epoch == 2
+    # Its release frees the new worker and the session once.
+    assert await adm.release("a", "openai_realtime", "caller_hangup")
+    assert int(await client.get(keys.provider_sessions("openai_realtime"))) == 1
+    assert int(await client.hget(keys.worker("w1"), "active")) == 0
+
+
+async def test_a_move_after_a_release_counts_the_provider_session_again(env):
+    client, keys = env
+    await add_worker(client, keys, "w1", 2)
+    adm = admission(client, keys, limit=1)
+    assert isinstance(await adm.reserve(plan("a"), {}), Reserved)
+    await adm.release("a", "openai_realtime", "setup_failed")  # the call's record ended (a failed setup attempt)
+    assert int(await client.get(keys.provider_sessions("openai_realtime"))) == 0
+    assert isinstance(await adm.reserve(plan("a"), {}, moves=1), Reserved)
+    assert int(await client.get(keys.provider_sessions("openai_realtime"))) == 1
+    assert await adm.reserve(plan("b"), {}, moves=1) == Unavailable("provider_limit")

@@ -470,3 +470,29 @@ async def test_every_call_gets_a_summary_when_configured(sim, listener, workers,
     call, call_id = await active_call(sim, listener, aredis, keys)
     await call.hangup()
     await until(lambda: email_jobs(redis_url, keys) == {summary_job_id(call_id)})
+
+
+async def test_a_worker_lost_while_a_transfer_rings_is_replaced_once_the_transfer_fails(
+    sim, listener, workers, setup, aredis, keys
+):
+    side = await setup(transfer={"ring_timeout_ms": 1500})
+    call, call_id = await active_call(sim, listener, aredis, keys)
+    await workers(listener.port, wid="spare")
+    rid = await side.request(call_id, "transfer", "slow")
+    assert (await side.replies(rid))[0].status == "ringing"
+    await listener.hang_up(call_id)  # the worker dies while the caller hears hold music
+    await until(lambda: f"{call_id}-em" not in bridged(sim, call_id))
+    await asyncio.sleep(0.3)
+    # No move yet: a new agent would talk over the hold music and never hear how the transfer ended.
+    assert sim.channels[call.channel_id].moh and (await call_record(aredis, keys, call_id))["moves"] == "0"
+    final = await side.final(rid, timeout=6)
+    assert final.status == "no_answer"
+
+    async def moved():
+        record = await call_record(aredis, keys, call_id)
+        return record.get("worker") == "spare" and record.get("state") == "active"
+
+    await until(moved)
+    assert bridged(sim, call_id) == {call.channel_id, f"{call_id}-em1"} and not sim.channels[call.channel_id].moh
+    await call.hangup()
+    await until(nothing_left(sim))

@@ -362,3 +362,19 @@ def test_quiet_needs_nothing_under_way_and_the_caller_silent():
 def test_greeting_events_outside_the_greeting_change_nothing(stage_event):
     m = conversation()
     assert m.handle(stage_event) == () and m.stage is Stage.CONVERSATION
+
+
+def test_a_resumed_call_does_not_greet_again_and_speaks_first_after_a_note():
+    m = CallState("Hello Dana.", resumed=True)
+    assert m.stage is Stage.STARTING and m.hears_caller  # no greeting guard: the caller is heard at once
+    actions = m.handle(SessionReady())
+    note, create = actions
+    assert isinstance(note, AddSystemText) and "Do not greet" in note.text
+    # A reply, not a greeting; no `instructions`: they would replace the agent's own prompt for that response.
+    assert isinstance(create, CreateResponse) and create.purpose is Purpose.REPLY
+    assert "instructions" not in create.params
+    assert m.stage is Stage.CONVERSATION and m.greeting_item is None
+    assert m.handle(ResponseCreated("resp_r", create.key)) == ()
+    assert m.handle(AudioStarted("resp_r", "item_r")) == ()
+    assert m.stage is Stage.CONVERSATION  # never the greeting stage: the caller can interrupt the apology
+    assert m.handle(SpeechStarted(agent_audible=True))[0] == BargeIn()

@@ -11,6 +11,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from shared.keys import Keys
+from shared.messages import WORKER_HANGUP_FIELD
 from sim.asterisk import AsteriskSim
 from sim.cluster import LocalCluster, http_get
 from tests.ari_harness import (
@@ -158,10 +159,83 @@ async def test_the_worker_ending_the_media_leg_sends_the_caller_to_the_fallback(
     await listener.wait_for(1)
     (conn,) = listener.connections.values()
     await until(await state_is(aredis, keys, conn.uuid, "active"))
+    # A worker ending a call on purpose notes it (its epoch) in the call record before it hangs up.
+    epoch = (await call_record(aredis, keys, conn.uuid))["epoch"]
+    await aredis.hset(keys.call(conn.uuid), WORKER_HANGUP_FIELD, epoch)
     await listener.hang_up(conn.uuid)
     await until(lambda: any("ss-noservice" in step for step in call.trail))  # the fallback context ran
     await until(nothing_left(sim))
     assert (await call_record(aredis, keys, conn.uuid))["end_reason"] == "media_lost"
+
+
+@pytest.mark.slow
+async def test_a_media_leg_lost_without_the_workers_note_moves_the_call_to_another_worker(
+    sim, listener, workers, controller, aredis, keys
+):
+    first = await workers(listener.port, wid="first")
+    await controller()
+    call = await sim.place_call(caller_name="Bob", caller_number="100")
+    await listener.wait_for(1)
+    (conn,) = listener.connections.values()
+    call_id = conn.uuid
+    await until(await state_is(aredis, keys, call_id, "active"))
+    second = await workers(listener.port, wid="second")  # only now: the call went to `first`
+    assert (await call_record(aredis, keys, call_id))["worker"] == "first"
+    await listener.hang_up(call_id)  # as a worker that died: the socket closes, nothing noted
+
+    async def moved():
+        record = await call_record(aredis, keys, call_id)
+        return record.get("worker") == "second" and record.get("state") == "active"
+
+    await until(moved)
+    # The caller stayed in the same bridge with the new media leg; no fallback ran.
+    bridge = sim.bridges[f"{call_id}-br"]
+    assert {c.id for c in bridge.members} == {call.channel_id, f"{call_id}-em1"}
+    assert not any("ss-noservice" in step for step in call.trail)
+    assignments = [
+        decode_assignment(fields)
+        for _, fields in await aredis.xrange(keys.worker_inbox("second"))
+        if fields[b"type"] == b"assign"
+    ]
+    (assignment,) = assignments
+    assert assignment.moves == 1 and assignment.epoch == 2 and assignment.lost_at_ms > 0
+    # The first worker's slot is free and it was told the call moved; the provider session is counted once.
+    assert await first.active() == 0 and await second.active() == 1
+    ends = [f for _, f in await aredis.xrange(keys.worker_inbox("first")) if f[b"type"] == b"end"]
+    assert len(ends) == 1 and b'"moved"' in ends[0][b"data"]
+    assert int(await aredis.get(keys.provider_sessions("openai_realtime"))) == 1
+    await call.hangup()
+    await until(nothing_left(sim))
+    await until(await state_is(aredis, keys, call_id, "ended"))
+    assert await first.active() == 0 and await second.active() == 0
+    assert int(await aredis.get(keys.provider_sessions("openai_realtime"))) == 0
+
+
+@pytest.mark.slow
+async def test_a_call_adopted_by_a_restarted_controller_can_still_be_moved(
+    sim, listener, workers, controller, aredis, keys
+):
+    await workers(listener.port, wid="first")
+    _, proc = await controller()
+    call = await sim.place_call(caller_name="Bob", caller_number="100")
+    await listener.wait_for(1)
+    (conn,) = listener.connections.values()
+    call_id = conn.uuid
+    await until(await state_is(aredis, keys, call_id, "active"))
+    proc.popen.kill()
+    proc.popen.wait()
+    await controller()  # reconcile adopts the call, with its plan and worker from the record
+    await workers(listener.port, wid="second")
+    await listener.hang_up(call_id)  # the first worker is lost
+
+    async def moved():
+        record = await call_record(aredis, keys, call_id)
+        return record.get("worker") == "second" and record.get("state") == "active"
+
+    await until(moved)
+    assert {c.id for c in sim.bridges[f"{call_id}-br"].members} == {call.channel_id, f"{call_id}-em1"}
+    await call.hangup()
+    await until(nothing_left(sim))
 
 
 @pytest.mark.slow  # measured 2.9 s

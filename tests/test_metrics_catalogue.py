@@ -29,6 +29,8 @@ ALLOWED_LABELS = {
     "type",
     "action",
     "stream",  # worker_inbox | controller_inbox, never a key
+    "calls",  # va_worker_deaths_total: with_calls | idle
+    "outcome",  # va_call_takeovers_total: moved | fallback
 }
 
 

@@ -319,6 +319,33 @@ DASHBOARDS = [
             [
                 (
                     "ts",
+                    "Media worker deaths and call takeovers (per minute)",
+                    "short",
+                    [
+                        ("worker deaths: {{calls}}", per_minute("va_worker_deaths_total", "calls")),
+                        ("calls {{outcome}}: {{reason}}", per_minute("va_call_takeovers_total", "outcome, reason")),
+                    ],
+                ),
+                (
+                    "ts",
+                    "Takeover gap (lost worker's last beat to the new worker's first agent frame)",
+                    "s",
+                    [
+                        *percentiles("va_takeover_gap_seconds", (0.5, 0.95), window="15m"),
+                    ],
+                ),
+                (
+                    "ts",
+                    "Callers sent to the fallback, by reason (per minute)",
+                    "short",
+                    [
+                        ("{{reason}}", per_minute("va_call_fallbacks_total", "reason")),
+                    ],
+                ),
+            ],
+            [
+                (
+                    "ts",
                     "Admission queue",
                     "short",
                     [

@@ -233,9 +233,11 @@ class RealtimeClient:
         self.replayed = 0
 
     # --- lifecycle -------------------------------------------------------------------------------------
-    async def start(self) -> Ready:
-        """Connect, configure, and return once the session is ready. Raises RealtimeError naming the cause."""
-        ready = await self._establish(rotation=False, replay=False)
+    async def start(self, *, replay: bool = False) -> Ready:
+        """Connect, configure, and return once the session is ready. Raises RealtimeError naming the cause.
+        `replay`: the call began elsewhere (moved from a worker that died): its conversation so far, from the call
+        log, goes into the session before it is used."""
+        ready = await self._establish(rotation=False, replay=replay)
         self._tasks.spawn(self._read_forever(), "realtime-reader", essential=True)
         self._tasks.spawn(self._write_forever(), "realtime-writer", essential=True)
         self._tasks.spawn(self._rotate_forever(), "realtime-rotator", essential=True)

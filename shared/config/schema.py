@@ -205,9 +205,11 @@ class MediaWorkerSettings(Base):
     rtp_port_min: Port = 18080
     rtp_port_max: Port = 18199
     capacity: Annotated[int, Meta(ge=1, le=10_000)] = 200
-    heartbeat_ms: Annotated[int, Meta(ge=100, le=10_000)] = 1000
-    # A worker whose heartbeat is older than this is dead (3 s by default).
-    stale_after_ms: Annotated[int, Meta(ge=500, le=60_000)] = 3000
+    # Every process beats this often, from its event loop (a wedged loop stops beating). The controller's
+    # worker watch declares a worker dead once its last beat is older than `stale_after_ms`: 250/750 ms find
+    # a dead or wedged worker within 1 s of its last beat (three beats may be lost to a busy loop first).
+    heartbeat_ms: Annotated[int, Meta(ge=100, le=10_000)] = 250
+    stale_after_ms: Annotated[int, Meta(ge=500, le=60_000)] = 750
     prewarm_sessions: Annotated[int, Meta(ge=0, le=100)] = 2
     health_host: NonEmpty = "127.0.0.1"
     health_port: PortOrZero = 15001

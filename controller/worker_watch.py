@@ -1,0 +1,135 @@
+"""The worker watch: finds a media worker that died or wedged, within a second of its last heartbeat, takes it
+out of admission and has its calls moved to other workers.
+
+Each worker beats from its event loop every `heartbeat_ms` (250 ms) into the ZSET `{prefix}workers`, scored
+with Redis's clock. This task asks Redis every `POLL_S` for the members scored older than `stale_after_ms`
+(750 ms), in one Lua script that also removes them. Why a sorted set polled by score, and not key TTLs or
+keyspace notifications: an expiry in Redis fires when Redis gets round to it (lazily on access, or by its
+sampling sweep, which may take well over a second to reach a key), keyspace notifications are fire-and-forget
+pub/sub (a controller reconnecting or restarting loses the expiry for good, and they must be enabled in the
+server's config), and a dead worker whose key expired leaves nothing to say which worker it was. A ZRANGEBYSCORE
+on a sorted set that holds one member per worker costs Redis microseconds, answers the same to any controller,
+and a worker that is already gone when the controller starts is still found.
+
+The script judges staleness with Redis's own TIME at the moment it runs, so a worker whose late beat landed
+just before it is left alone, and removing the member is the record of the death: a second controller running
+the same script finds nothing, so each death is acted on once. From that moment the admission script (which
+reads only the live members of the set) gives the worker no new call. A worker that was only wedged and wakes
+up beats again and is back in the set; the calls it held were moved meanwhile and its sessions stop (the
+`end` messages with reason `moved` in its inbox, and the epoch check of its lease renewal).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+
+from shared.keys import Keys
+from shared.metrics import WORKER_DEATHS
+from shared.redis_conn import UNAVAILABLE
+
+log = logging.getLogger("worker-watch")
+
+POLL_S = 0.15  # detection ≤ stale_after_ms + POLL_S after the last beat (+ the script's round trip)
+
+_DECLARE_DEAD = """
+-- KEYS: 1 workers zset. ARGV: 1 prefix, 2 stale_after_ms
+-- Every worker whose last beat is older than stale_after_ms by Redis's clock now: removed from the set (admission
+-- no longer sees it), its record marked, and returned as {id, last beat ms, active calls} once.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local stale = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. (now - tonumber(ARGV[2])), 'WITHSCORES')
+local out = {}
+for i = 1, #stale, 2 do
+  local wid, beat = stale[i], stale[i + 1]
+  redis.call('ZREM', KEYS[1], wid)
+  local record = ARGV[1] .. 'worker:' .. wid
+  local active = redis.call('HGET', record, 'active') or '0'
+  if redis.call('EXISTS', record) == 1 then redis.call('HSET', record, 'dead_ms', now) end
+  table.insert(out, wid)
+  table.insert(out, beat)
+  table.insert(out, active)
+end
+return out
+"""
+
+
+@dataclass(frozen=True)
+class DeadWorker:
+    worker_id: str
+    last_beat_ms: int  # Redis time of its last heartbeat
+    active: int  # calls Redis counted on it when it was declared dead
+
+
+class WorkerWatch:
+    """`run()` polls until `stopping`; `on_death(dead)` gets each dead worker once and returns how many calls of
+    this controller it started moving off it."""
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        keys: Keys,
+        *,
+        stale_after_ms: int,
+        on_death: Callable[[DeadWorker], int],
+        poll_s: float = POLL_S,
+    ):
+        self.redis = redis
+        self.keys = keys
+        self.stale_after_ms = stale_after_ms
+        self.on_death = on_death
+        self.poll_s = poll_s
+        self._script = redis.register_script(_DECLARE_DEAD)
+
+    async def check(self) -> list[DeadWorker]:
+        """One poll: the workers declared dead by this call (each is handed to `on_death`)."""
+        reply = await self._script(keys=[self.keys.workers], args=[self.keys.prefix, self.stale_after_ms])
+        dead = [
+            DeadWorker(_text(reply[i]), int(float(_text(reply[i + 1]))), int(_text(reply[i + 2])))
+            for i in range(0, len(reply), 3)
+        ]
+        for worker in dead:
+            moving = self.on_death(worker)
+            WORKER_DEATHS.labels("with_calls" if moving or worker.active else "idle").inc()
+            log.warning(
+                "media worker %s is dead (last heartbeat %d ms ago by Redis's clock, %d calls counted on it): "
+                "no new calls for it; %d of its calls are being moved",
+                worker.worker_id,
+                await self._age_ms(worker.last_beat_ms),
+                worker.active,
+                moving,
+            )
+        return dead
+
+    async def _age_ms(self, beat_ms: int) -> int:
+        seconds, micros = await self.redis.time()
+        return int(seconds) * 1000 + int(micros) // 1000 - beat_ms
+
+    async def run(self, stopping: asyncio.Event, ready: asyncio.Event | None = None) -> None:
+        """Poll until `stopping`, from the moment `ready` is set (the controller's first reconcile: a death found
+        before it has adopted the calls would be recorded with nobody to move them). Redis being away skips a
+        round (the next one finds what it missed); anything else raises, for the supervisor to restart."""
+        while ready is not None and not ready.is_set() and not stopping.is_set():
+            try:
+                async with asyncio.timeout(self.poll_s):
+                    await ready.wait()
+            except TimeoutError:
+                pass
+        while not stopping.is_set():
+            try:
+                await self.check()
+            except UNAVAILABLE as exc:
+                log.debug("worker watch: Redis unavailable (%s)", exc)
+            try:
+                async with asyncio.timeout(self.poll_s):
+                    await stopping.wait()
+            except TimeoutError:
+                pass
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

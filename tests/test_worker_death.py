@@ -1,0 +1,246 @@
+"""A media worker that dies (kill -9) or wedges (SIGSTOP) in the middle of calls, through real processes: a
+controller and two media workers (subprocesses) on the real Redis, the Asterisk simulator and the Realtime
+emulator in this process. Each call moves to the survivor in its own bridge, the new Realtime session gets the
+conversation replayed from the call log, the agent does not greet again and speaks first, and nothing is left
+over once the caller hangs up. With no other worker the caller goes to the fallback."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import signal
+import time
+
+import pytest
+
+from shared.email_queue import summary_job_id
+from sim.asterisk.audio import CallerAudio
+from sim.realtime import Reply, Script
+from tests.media_harness import (  # noqa: F401  (fixtures)
+    aredis,
+    call_of,
+    caller_speech,
+    cluster_up,
+    emulator,
+    keys,
+    log_entries,
+    sim,
+    until,
+)
+
+pytestmark = pytest.mark.slow  # every test runs a controller and two media workers as processes
+
+PROFILES = {"audiosocket": "telephony_slin_8k", "rtp": "telephony_ulaw_8k", "websocket": "websocket_ulaw_8k"}
+GREETING = "Hello, thanks for calling. How can I help?"
+ANSWER = "We are open nine to five."
+RESUMED = "Sorry, the line dropped for a moment. Please go on."
+QUESTION = "When are you open?"
+
+
+def script() -> Script:
+    # `default` answers a response asked for right after a system message: the resume note.
+    return Script(
+        greeting=Reply(text=GREETING, audio_ms=1200),
+        turns={1: Reply(text=ANSWER, audio_ms=1000)},
+        transcripts={1: QUESTION},
+        default=Reply(text=RESUMED, audio_ms=1200),
+    )
+
+
+def caller_audio() -> CallerAudio:
+    return CallerAudio.silence(2500).then(caller_speech(QUESTION, 900)).then(CallerAudio.silence(20_000))
+
+
+def first_audible_after(heard, since: float, floor_dbfs: float = -40.0) -> float | None:
+    """When (time.monotonic()) the caller first heard agent audio after `since`: the first chunk above the floor."""
+    for t, chunk, _ in list(heard._chunks):  # noqa: SLF001 - the recorder's chunks with their arrival times
+        if t <= since or len(chunk) < 2:
+            continue
+        samples = memoryview(chunk).cast("h")
+        if 20 * math.log10(math.sqrt(sum(v * v for v in samples) / len(samples)) / 32768 + 1e-9) > floor_dbfs:
+            return t
+    return None
+
+
+async def answered(aredis, keys, call_id: str) -> bool:
+    roles = [e["role"] for e in await log_entries(aredis, keys, call_id)]
+    return roles.count("assistant") >= 2 and "user" in roles
+
+
+def process_of(cluster, worker_id: str):
+    return next(p for p in cluster.processes if p.id == worker_id)
+
+
+async def nothing_leaked(sim, aredis, keys, survivor: str) -> None:
+    await until(lambda: not sim.channels and not sim.bridges)
+    assert await aredis.scard(keys.calls_active) == 0
+    assert int(await aredis.get(keys.provider_sessions("openai_realtime")) or 0) == 0
+    assert int(await aredis.hget(keys.worker(survivor), "active") or 0) == 0
+    assert await aredis.scard(keys.worker_rtp_ports(survivor)) == 0
+
+
+def replayed_session(emu, text: str):
+    """The Realtime session that was given `text` as a user message by conversation.item.create (a replay)."""
+    for session in emu.sessions:
+        for event in session.received:
+            item = event.get("item") or {}
+            if event["type"] == "conversation.item.create" and item.get("role") == "user":
+                if any(c.get("text") == text for c in item.get("content", [])):
+                    return session
+    return None
+
+
+def greetings_asked(emu) -> int:
+    return sum(
+        1
+        for s in emu.sessions
+        for e in s.received
+        if e["type"] == "response.create" and "Greet the caller" in (e.get("response") or {}).get("instructions", "")
+    )
+
+
+@pytest.mark.parametrize("transport", list(PROFILES))
+async def test_a_killed_workers_call_moves_to_the_survivor_with_its_conversation(
+    transport, sim, emulator, cluster_up, aredis, keys
+):
+    emu = await emulator(script(), speed=4.0)
+    cluster = await cluster_up(emu, contexts={"t": {"profile": PROFILES[transport], "greeting": "Hi"}}, workers=2)
+    call = await sim.place_call(variables={"AI_CONTEXT": "t"}, audio=caller_audio())
+    call_id = await call_of(aredis, keys, call.channel_id)
+    await until(lambda: answered(aredis, keys, call_id), timeout=20)
+    await asyncio.sleep(0.3)  # the answer has played out: the caller hears nothing now
+    record = await aredis.hgetall(keys.call(call_id))
+    victim = record["worker"]
+    survivor = next(p.id for p in cluster.processes if p.role == "media-worker" and p.id != victim)
+    bridge = f"{call_id}-br"
+    assert call.channel_id in {c.id for c in sim.bridges[bridge].channels}
+
+    killed_at = time.monotonic()
+    process_of(cluster, victim).popen.kill()  # SIGKILL
+
+    async def moved():
+        r = await aredis.hgetall(keys.call(call_id))
+        return r.get("worker") == survivor and r.get("state") == "active"
+
+    await until(moved, timeout=10)
+    heard_at = await until(lambda: first_audible_after(call.heard, killed_at), timeout=10)
+    print(f"\n{transport}: kill -9 to the caller hearing the agent again: {(heard_at - killed_at) * 1000:.0f} ms")
+
+    # The same bridge: the caller never left it; a new media leg is in it, the dead one is gone.
+    assert set(sim.bridges) == {bridge}
+    members = {c.id for c in sim.bridges[bridge].channels}
+    assert call.channel_id in members and len(members) == 2 and f"{call_id}-em" not in members
+    # The new Realtime session got the conversation (the greeting, the question, the answer) before its first
+    # response, and the note that the line dropped; nobody asked for a second greeting.
+    session = replayed_session(emu, QUESTION)
+    assert session is not None
+    texts = [
+        c.get("text")
+        for e in session.received
+        if e["type"] == "conversation.item.create"
+        for c in (e.get("item") or {}).get("content", [])
+    ]
+    assert texts[:3] == [GREETING, QUESTION, ANSWER], texts
+    assert any("line dropped" in (t or "") for t in texts)
+    assert greetings_asked(emu) == 1
+    await until(lambda: _logged(aredis, keys, call_id, RESUMED), timeout=10)
+    entries = [e for e in await log_entries(aredis, keys, call_id) if e["role"] == "assistant"]
+    assert [e["text"] for e in entries].count(GREETING) == 1
+
+    await call.hangup()
+    await nothing_leaked(sim, aredis, keys, survivor)
+    # Every Realtime session that served the call is closed, the dead worker's and the new one (only prewarmed,
+    # never used ones stay open).
+    used = [s for s in emu.sessions if any(e["type"] == "response.create" for e in s.received)]
+    assert len(used) == 2
+    await until(lambda: all(s.closed for s in used), timeout=10)
+    await until(lambda: aredis.hget(keys.call(call_id), "worker_end_reason"), timeout=10)
+    # One summary job, enqueued once for the whole call.
+    controller = next(p for p in cluster.processes if p.role == "controller")
+    await until(lambda: f"call {call_id} ended" in controller.log_text(), timeout=10)
+    assert controller.log_text().count(f"call {call_id} ended (") == 1
+    assert await aredis.exists(f"rq:job:{summary_job_id(call_id)}")
+    takeover = await aredis.hget(keys.call(call_id), "moves")
+    assert takeover == "1"
+
+
+async def _logged(aredis, keys, call_id: str, text: str) -> bool:
+    return any(e.get("text") == text for e in await log_entries(aredis, keys, call_id))
+
+
+@pytest.mark.parametrize("transport", ["rtp", "audiosocket"])
+async def test_a_wedged_worker_is_found_its_calls_move_and_it_stays_silent_when_it_wakes(
+    transport, sim, emulator, cluster_up, aredis, keys
+):
+    emu = await emulator(script(), speed=4.0)
+    cluster = await cluster_up(emu, contexts={"t": {"profile": PROFILES[transport], "greeting": "Hi"}}, workers=2)
+    call = await sim.place_call(variables={"AI_CONTEXT": "t"}, audio=caller_audio())
+    call_id = await call_of(aredis, keys, call.channel_id)
+    await until(lambda: answered(aredis, keys, call_id), timeout=20)
+    await asyncio.sleep(0.3)
+    victim = await aredis.hget(keys.call(call_id), "worker")
+    survivor = next(p.id for p in cluster.processes if p.role == "media-worker" and p.id != victim)
+    wedged = process_of(cluster, victim)
+    old_session = next(s for s in emu.sessions if any(e["type"] == "response.create" for e in s.received))
+
+    stopped_at = time.monotonic()
+    os.kill(wedged.popen.pid, signal.SIGSTOP)
+    try:
+        await until(lambda: _on(aredis, keys, call_id, survivor), timeout=10)
+        detected = time.monotonic() - stopped_at
+        heard_at = await until(lambda: first_audible_after(call.heard, stopped_at), timeout=10)
+        heard_ms = (heard_at - stopped_at) * 1000
+        print(f"\n{transport} SIGSTOP: moved after {detected * 1000:.0f} ms, agent heard after {heard_ms:.0f} ms")
+        # Taken out of admission: not in the live set any more.
+        assert await aredis.zscore(keys.workers, victim) is None
+    finally:
+        os.kill(wedged.popen.pid, signal.SIGCONT)
+    asked_before = sum(1 for e in old_session.received if e["type"] == "response.create")
+    # Awake again: it reads the `end` (moved) in its inbox, or its lease renewal finds another epoch, and stops
+    # its session without hanging anything up or writing its figures; it beats again and is back in the set.
+    await until(lambda: "moved to another worker" in wedged.log_text(), timeout=10)
+    await until(lambda: aredis.zscore(keys.workers, victim), timeout=5)
+    await until(lambda: old_session.closed, timeout=10)
+    assert sum(1 for e in old_session.received if e["type"] == "response.create") == asked_before
+    assert await aredis.hget(keys.call(call_id), "worker_end_reason") is None  # nobody's figures yet
+    assert await aredis.hget(keys.call(call_id), "worker") == survivor
+
+    await call.hangup()
+    await nothing_leaked(sim, aredis, keys, survivor)
+    assert int(await aredis.hget(keys.worker(victim), "active") or 0) == 0
+    record = await until(lambda: _ended_record(aredis, keys, call_id), timeout=10)
+    assert record["end_reason"] == "caller_hangup" and record["moves"] == "1"
+
+
+async def _on(aredis, keys, call_id: str, worker: str) -> bool:
+    r = await aredis.hgetall(keys.call(call_id))
+    return r.get("worker") == worker and r.get("state") == "active"
+
+
+async def _ended_record(aredis, keys, call_id: str):
+    r = await aredis.hgetall(keys.call(call_id))
+    return r if r.get("state") == "ended" and "worker_end_reason" in r else None
+
+
+async def test_with_no_worker_left_the_caller_goes_to_the_fallback(sim, emulator, cluster_up, aredis, keys):
+    emu = await emulator(script(), speed=4.0)
+    cluster = await cluster_up(emu, contexts={"t": {"profile": PROFILES["rtp"], "greeting": "Hi"}}, workers=1)
+    call = await sim.place_call(variables={"AI_CONTEXT": "t"}, audio=caller_audio())
+    call_id = await call_of(aredis, keys, call.channel_id)
+    await until(lambda: answered(aredis, keys, call_id), timeout=20)
+    (worker,) = [p for p in cluster.processes if p.role == "media-worker"]
+    killed_at = time.monotonic()
+    worker.popen.kill()
+    await until(lambda: any("ss-noservice" in step for step in call.trail), timeout=10)  # the fallback context ran
+    print(f"\nno worker left: kill -9 to the fallback in {(time.monotonic() - killed_at) * 1000:.0f} ms")
+    await until(lambda: not sim.bridges)
+    record = await until(lambda: _ended(aredis, keys, call_id), timeout=10)
+    assert record["end_reason"] == "no_worker"
+    assert int(await aredis.get(keys.provider_sessions("openai_realtime")) or 0) == 0
+    assert await aredis.scard(keys.calls_active) == 0
+
+
+async def _ended(aredis, keys, call_id: str):
+    r = await aredis.hgetall(keys.call(call_id))
+    return r if r.get("state") == "ended" else None
