@@ -14,13 +14,18 @@ from dataclasses import dataclass
 import msgspec
 import redis.asyncio as aioredis
 
+from controller.leadership import FENCE_LUA, Leadership
 from shared.keys import Keys
 from shared.messages import CallPlan
 
-_RESERVE = """
--- KEYS: 1 workers zset, 2 calls:active set, 3 admission queue zset, 4 provider session counter
+_RESERVE = (
+    FENCE_LUA
+    + """
+-- KEYS: 1 workers zset, 2 calls:active set, 3 admission queue zset, 4 provider session counter, 5 leader lease,
+--       6 leader token counter
 -- ARGV: 1 prefix, 2 call id, 3 stale_after_ms, 4 provider limit, 5 needs rtp (0/1), 6 queue stale ms,
---       7 plan json, 8 call fields json, 9.. excluded worker ids
+--       7 plan json, 8 call fields json, 9-11 the fence (our lease value, token, ttl), 12.. excluded worker ids
+if not fence_ok(KEYS[5], KEYS[6], ARGV[9], ARGV[10], ARGV[11]) then return {'fenced'} end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local prefix, call_id = ARGV[1], ARGV[2]
@@ -39,7 +44,7 @@ if head[1] and head[1] ~= call_id then return wait('behind') end
 if (tonumber(redis.call('GET', KEYS[4]) or '0')) >= tonumber(ARGV[4]) then return wait('provider_limit') end
 
 local excluded = {}
-for i = 9, #ARGV do excluded[ARGV[i]] = true end
+for i = 12, #ARGV do excluded[ARGV[i]] = true end
 local best, best_load, best_active, best_info = nil, nil, nil, nil
 local live = redis.call('ZRANGEBYSCORE', KEYS[1], now - tonumber(ARGV[3]), '+inf')
 for _, wid in ipairs(live) do
@@ -83,6 +88,7 @@ redis.call('XADD', prefix .. 'worker:' .. best .. ':inbox', 'MAXLEN', '~', 10000
            .. ',"plan":' .. ARGV[7] .. '}')  -- the plan verbatim: cjson would turn [] into {}
 return {'ok', best, best_info[4], best_info[5], rtp_port, epoch}
 """
+)
 
 _FREE = """
 -- Free a call's worker slot and RTP port, and tell the worker (ARGV[1] prefix, ARGV[2] call id, ARGV[3] reason).
@@ -104,10 +110,13 @@ end
 """
 
 _RELEASE = (
-    _FREE
+    FENCE_LUA
+    + _FREE
     + """
--- KEYS: 1 call hash, 2 calls:active, 3 provider session counter, 4 admission queue, 5 call log
--- ARGV: 1 prefix, 2 call id, 3 reason, 4 retention ms
+-- KEYS: 1 call hash, 2 calls:active, 3 provider session counter, 4 admission queue, 5 call log, 6 leader lease,
+--       7 leader token counter
+-- ARGV: 1 prefix, 2 call id, 3 reason, 4 retention ms, 5-7 the fence (our lease value, token, ttl)
+if not fence_ok(KEYS[6], KEYS[7], ARGV[5], ARGV[6], ARGV[7]) then return -1 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZREM', KEYS[4], ARGV[2])
@@ -125,11 +134,13 @@ return 1
 )
 
 _RELEASE_WORKER = (
-    _FREE
+    FENCE_LUA
+    + _FREE
     + """
 -- A call that no longer needs its media worker (transferred to a person): free the worker's slot, RTP port and
--- the provider session now, not when the caller hangs up. KEYS: 1 call hash, 2 provider session counter.
--- ARGV: 1 prefix, 2 call id, 3 reason
+-- the provider session now, not when the caller hangs up. KEYS: 1 call hash, 2 provider session counter,
+-- 3 leader lease, 4 leader token counter. ARGV: 1 prefix, 2 call id, 3 reason, 4-6 the fence
+if not fence_ok(KEYS[3], KEYS[4], ARGV[4], ARGV[5], ARGV[6]) then return -1 end
 local state = redis.call('HGET', KEYS[1], 'state')
 if state == false or state == 'ended' or redis.call('HGET', KEYS[1], 'worker_released') == '1' then return 0 end
 local wid = redis.call('HGET', KEYS[1], 'worker')
@@ -169,8 +180,10 @@ class Admission:
         provider_limit: int,
         queue_timeout_ms: int,
         retention_ms: int,
+        fence: Leadership,
     ):
         self.redis = redis
+        self.fence = fence  # every script checks this process still leads (controller/leadership.py)
         self.keys = keys
         self.stale_after_ms = stale_after_ms
         self.provider_limit = provider_limit
@@ -190,6 +203,7 @@ class Admission:
             self.keys.calls_active,
             self.keys.admission_queue,
             self.keys.provider_sessions(plan.provider),
+            *self.fence.fence_keys(),
         ]
         args = [
             self.keys.prefix,
@@ -200,10 +214,13 @@ class Admission:
             self.queue_stale_ms,
             _json.encode(plan),
             _json.encode(call_fields),
+            *self.fence.fence_args(),
             *exclude,
         ]
         result = await self._reserve(keys=keys, args=args)
         kind = _text(result[0])
+        if kind == "fenced":
+            raise self.fence.refused()
         if kind == "queued":
             return Queued(_text(result[1]), int(result[2]))
         return Reserved(_text(result[1]), _text(result[2]), int(result[3]), int(result[4]), int(result[5]))
@@ -216,17 +233,26 @@ class Admission:
             self.keys.provider_sessions(provider),
             self.keys.admission_queue,
             self.keys.call_log(call_id),
+            *self.fence.fence_keys(),
         ]
-        return bool(await self._release(keys=keys, args=[self.keys.prefix, call_id, reason, self.retention_ms]))
+        args = [self.keys.prefix, call_id, reason, self.retention_ms, *self.fence.fence_args()]
+        return self._fenced(int(await self._release(keys=keys, args=args)))
 
     async def release_worker(self, call_id: str, provider: str, reason: str) -> bool:
         """Free the call's worker slot, RTP port and provider session while the call goes on without AI (an
         answered transfer); `release` later ends the call without freeing them twice."""
-        keys = [self.keys.call(call_id), self.keys.provider_sessions(provider)]
-        return bool(await self._release_worker(keys=keys, args=[self.keys.prefix, call_id, reason]))
+        keys = [self.keys.call(call_id), self.keys.provider_sessions(provider), *self.fence.fence_keys()]
+        args = [self.keys.prefix, call_id, reason, *self.fence.fence_args()]
+        return self._fenced(int(await self._release_worker(keys=keys, args=args)))
 
     async def leave_queue(self, call_id: str) -> None:
-        await self.redis.zrem(self.keys.admission_queue, call_id)
+        await self.fence.write(("ZREM", self.keys.admission_queue, call_id))
+
+    def _fenced(self, result: int) -> bool:
+        """A release script's answer: -1 refused by the fence (raises Fenced), else whether it released."""
+        if result < 0:
+            raise self.fence.refused()
+        return bool(result)
 
 
 def _text(value) -> str:

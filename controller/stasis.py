@@ -152,11 +152,15 @@ class StasisApp:
         await self.deps.tasks.close(finish_s=TEARDOWN_FINISH_S)
 
     # --- reconcile ------------------------------------------------------------------------------------
-    async def reconcile(self, first: bool) -> None:
-        """After every (re)connect: Asterisk replays nothing, so compare what it has with what Redis and this
-        process know, adopt live calls, and delete whatever belongs to no live call."""
+    async def reconcile(self, first: bool, why: str = "") -> None:
+        """After every (re)connect, and after Redis came back: Asterisk replays nothing and a teardown may not have
+        reached Redis, so compare what Asterisk has with what Redis and this process know, adopt live calls, finish
+        the ended ones, and delete whatever belongs to no live call."""
+        # The calls known before Asterisk is asked: a reconcile after a Redis outage runs while events flow, and a
+        # call whose caller entered Stasis after the listing must not be taken for one whose caller left.
+        known = list(self.calls.values())
         held = await self._what_is_held()
-        cleaned = self._end_calls_whose_caller_left(held)
+        cleaned = self._end_calls_whose_caller_left(held, known)
         adopted = 0
         for call_id, record in held.records.items():
             if call_id in self.calls:
@@ -173,8 +177,8 @@ class StasisApp:
         if adopted:
             RECONCILED.labels("adopted").inc(adopted)
         log.info(
-            "reconciled (%s connect): %d calls adopted, %d objects cleaned, %d calls live",
-            "first" if first else "re",
+            "reconciled (%s): %d calls adopted, %d objects cleaned, %d calls live",
+            why or ("first connect" if first else "reconnect"),
             adopted,
             cleaned,
             len(self.calls),
@@ -195,9 +199,9 @@ class StasisApp:
             records[call_id] = {_text(k): _text(v) for k, v in (await d.redis.hgetall(d.keys.call(call_id))).items()}
         return Held(in_stasis=in_stasis, existing={c.id for c in channels}, bridges=bridges, records=records)
 
-    def _end_calls_whose_caller_left(self, held: Held) -> int:
+    def _end_calls_whose_caller_left(self, held: Held, known: list[Call]) -> int:
         ended = 0
-        for call in list(self.calls.values()):
+        for call in known:
             if call.caller.id not in held.in_stasis and not call.caller_gone.is_set():
                 log.info("caller %s left while the events socket was down", call.caller.id)
                 call.caller_left()

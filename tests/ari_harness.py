@@ -14,6 +14,7 @@ import msgspec
 import redis.asyncio as aioredis
 import yaml
 
+from controller.leadership import LeaderState, Leadership
 from shared.keys import Keys
 from shared.messages import Assignment, WorkerInfo
 from shared.registry import Registration
@@ -165,3 +166,11 @@ def percentile(values: list[float], q: int) -> float:
     if len(values) == 1:
         return values[0]
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
+
+
+def lease_holder(redis: aioredis.Redis, keys: Keys, cid: str = "test-controller", lease_ms: int = 60_000) -> Leadership:
+    """A controller's leadership as if it held the lease (token 1): under a fresh prefix nobody has acquired one, so
+    its first fenced write takes the lease (controller/leadership.py: a lease that is gone, and no counter)."""
+    lead = Leadership(redis, keys, cid, lease_ms)
+    lead.token, lead.value, lead.state = 1, f"1:{cid}", LeaderState.LEADING
+    return lead

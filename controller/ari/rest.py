@@ -13,6 +13,7 @@ import asyncio
 import base64
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any, NotRequired, TypedDict, TypeVar
 from urllib.parse import quote
 
@@ -100,9 +101,19 @@ def _decode_body(kind: Any, body: bytes, status: int, http_method: str, path: st
 
 class AriRest:
     def __init__(
-        self, base_url: str, username: str, password: str, *, timeout: float = 5.0, max_connections: int = 256
+        self,
+        base_url: str,
+        username: str,
+        password: str,
+        *,
+        timeout: float = 5.0,
+        max_connections: int = 256,
+        gate: Callable[[], Awaitable[None]] | None = None,
     ):
         self.base = ari_base(base_url)
+        # Awaited before every request; raises (an AriError) when this process may not act on Asterisk now: a
+        # controller that does not hold the leadership lease (controller/leadership.py).
+        self.gate = gate
         self.username = username
         self._headers = {"Authorization": basic_auth(username, password), "User-Agent": "asterisk-ai-voice-agent"}
         self.timeout = timeout
@@ -150,6 +161,8 @@ class AriRest:
         allow: frozenset[int] = frozenset(),
     ) -> tuple[int, bytes]:
         """Send one request; return (status, body) for 2xx and for the statuses in `allow`, raise otherwise."""
+        if self.gate is not None:
+            await self.gate()
         kwargs: dict[str, Any] = {}
         if params:
             kwargs["params"] = query(params)
