@@ -74,20 +74,32 @@ class Controller(AsyncRole):
 
     def ready_checks(self) -> dict[str, health.ReadyCheck]:
         checks = super().ready_checks()
+        # A standby runs none of the leader's tasks: it is ready when Redis is (it can take over).
         checks["control_inbox"] = lambda: (
-            self.requests.problem() if self.requests is not None else "control inbox reader not started"
+            None
+            if self._standing_by()
+            else self.requests.problem()
+            if self.requests is not None
+            else "control inbox reader not started"
         )
         checks["cluster_metrics"] = lambda: (
-            self.gauges.problem() if self.gauges is not None else "cluster metrics not started"
+            None
+            if self._standing_by()
+            else self.gauges.problem()
+            if self.gauges is not None
+            else "cluster metrics not started"
         )
         checks["ari"] = self._ari_failure
         return checks
 
+    def _standing_by(self) -> bool:
+        return self.leadership is not None and self.leadership.state is LeaderState.STANDBY
+
     def _ari_failure(self) -> str | None:
         """A standby is ready without ARI (it must not connect the events WebSocket); a leader needs it."""
-        if self.leadership is None or self.leadership.state is LeaderState.STANDBY:
+        if self._standing_by():
             return None
-        if self.leadership.state is LeaderState.DEPOSED:
+        if self.leadership is not None and self.leadership.state is LeaderState.DEPOSED:
             return "deposed: another controller leads"
         return (
             None if self.events is not None and self.events.connected else "not connected to the ARI events WebSocket"
@@ -131,6 +143,7 @@ class Controller(AsyncRole):
             ari.password,
             timeout=config.controller.ari_timeout_ms / 1000,
             gate=leadership.may_act,
+            client_id=self.id,  # in the User-Agent: Asterisk's HTTP log tells the controllers apart
         ) as rest:
             admission = Admission(
                 self.redis,

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import msgspec
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 import yaml
 
 from controller.leadership import LeaderState, Leadership
@@ -111,7 +112,10 @@ class FakeWorker:
     async def _beat(self) -> None:
         while True:
             await asyncio.sleep(0.5)
-            await self.registration.heartbeat()
+            try:
+                await self.registration.heartbeat()
+            except RedisError:
+                pass  # Redis away (a test restarts it): beat again when it is back, like a worker
 
     async def active(self) -> int:
         return int(await self.redis.hget(self.keys.worker(self.id), "active") or 0)

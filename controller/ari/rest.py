@@ -109,13 +109,15 @@ class AriRest:
         timeout: float = 5.0,
         max_connections: int = 256,
         gate: Callable[[], Awaitable[None]] | None = None,
+        client_id: str = "",
     ):
         self.base = ari_base(base_url)
+        agent = f"asterisk-ai-voice-agent ({client_id})" if client_id else "asterisk-ai-voice-agent"
         # Awaited before every request; raises (an AriError) when this process may not act on Asterisk now: a
         # controller that does not hold the leadership lease (controller/leadership.py).
         self.gate = gate
         self.username = username
-        self._headers = {"Authorization": basic_auth(username, password), "User-Agent": "asterisk-ai-voice-agent"}
+        self._headers = {"Authorization": basic_auth(username, password), "User-Agent": agent}
         self.timeout = timeout
         self.max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
