@@ -15,6 +15,7 @@ from shared.keys import Keys
 from shared.messages import ControlRequest, inbox_fields
 from sim.cluster import LocalCluster, RoleProcess
 from tests.ari_harness import FakeWorker, start_controller, write_config
+from tests.test_roles import status_json
 from tests.test_controller_calls import (  # noqa: F401  (fixtures)
     aredis,
     call_record,
@@ -87,11 +88,19 @@ def hangup_request(call_id: str, worker_id: str) -> dict:
     return inbox_fields("control", request)
 
 
+def status_leadership(env: dict[str, str]) -> tuple[str | None, dict[str, str]]:
+    """`voice-agent status --json`: the leader, and each controller's leadership."""
+    status = status_json(env)
+    return status["leader"], {c["id"]: c["leadership"] for c in status["controllers"]}
+
+
 async def test_the_standby_takes_over_a_killed_leader_and_carries_the_calls_on(
-    sim, listener, workers, controllers, aredis, keys
+    sim, listener, workers, controllers, aredis, keys, cluster_env
 ):
     worker = await workers(listener.port)
     leader, standby = await controllers(2)
+    shown = await asyncio.to_thread(status_leadership, cluster_env)
+    assert shown == (leader.id, {leader.id: "leading", standby.id: "standby"})
     calls = await up_calls(sim, listener, aredis, keys, ["Stays", "Leaves", "Tool"])
 
     leader.popen.kill()  # kill -9: no cleanup, the lease stays until its TTL
@@ -101,6 +110,8 @@ async def test_the_standby_takes_over_a_killed_leader_and_carries_the_calls_on(
     await until(leads(standby), timeout=15)
     took = time.monotonic() - killed
     print(f"\nkill -9 of the leader -> the standby leads, ARI connected and calls reconciled: {took * 1000:.0f} ms")
+    leader_now, rows = await asyncio.to_thread(status_leadership, cluster_env)
+    assert leader_now == standby.id and rows[standby.id] == "leading"
 
     # The tool call is carried out by the new leader: the caller is hung up after the farewell.
     tool_call, tool_id = calls["Tool"]
