@@ -114,8 +114,8 @@ _RELEASE = (
     + _FREE
     + """
 -- KEYS: 1 call hash, 2 calls:active, 3 provider session counter, 4 admission queue, 5 call log, 6 leader lease,
---       7 leader token counter
--- ARGV: 1 prefix, 2 call id, 3 reason, 4 retention ms, 5-7 the fence (our lease value, token, ttl)
+--       7 leader token counter, 8 calls whose emails are pending
+-- ARGV: 1 prefix, 2 call id, 3 reason, 4 retention ms, 5-7 the fence (our lease value, token, ttl), 8 emails (0/1)
 if not fence_ok(KEYS[6], KEYS[7], ARGV[5], ARGV[6], ARGV[7]) then return -1 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -129,6 +129,7 @@ redis.call('SREM', KEYS[2], ARGV[2])
 redis.call('HSET', KEYS[1], 'state', 'ended', 'ended_ms', now, 'end_reason', ARGV[3], 'provider_counted', '0')
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 if redis.call('EXISTS', KEYS[5]) == 1 then redis.call('PEXPIRE', KEYS[5], ARGV[4]) end
+if ARGV[8] == '1' then redis.call('SADD', KEYS[8], ARGV[2]) end
 return 1
 """
 )
@@ -225,8 +226,10 @@ class Admission:
             return Queued(_text(result[1]), int(result[2]))
         return Reserved(_text(result[1]), _text(result[2]), int(result[3]), int(result[4]), int(result[5]))
 
-    async def release(self, call_id: str, provider: str, reason: str) -> bool:
-        """End the call's reservation (idempotent); True the first time."""
+    async def release(self, call_id: str, provider: str, reason: str, *, emails: bool = False) -> bool:
+        """End the call's reservation (idempotent); True the first time. `emails`: the call is to get its end-of-call
+        emails: the release that ends it also marks them pending (`keys.mail_pending`), in the same script, until
+        they are enqueued (`emails_enqueued`), so a controller that dies in between leaves them to a reconcile."""
         keys = [
             self.keys.call(call_id),
             self.keys.calls_active,
@@ -234,8 +237,9 @@ class Admission:
             self.keys.admission_queue,
             self.keys.call_log(call_id),
             *self.fence.fence_keys(),
+            self.keys.mail_pending,
         ]
-        args = [self.keys.prefix, call_id, reason, self.retention_ms, *self.fence.fence_args()]
+        args = [self.keys.prefix, call_id, reason, self.retention_ms, *self.fence.fence_args(), "1" if emails else "0"]
         return self._fenced(int(await self._release(keys=keys, args=args)))
 
     async def release_worker(self, call_id: str, provider: str, reason: str) -> bool:
@@ -244,6 +248,12 @@ class Admission:
         keys = [self.keys.call(call_id), self.keys.provider_sessions(provider), *self.fence.fence_keys()]
         args = [self.keys.prefix, call_id, reason, *self.fence.fence_args()]
         return self._fenced(int(await self._release_worker(keys=keys, args=args)))
+
+    async def emails_enqueued(self, call_id: str) -> None:
+        await self.fence.write(("SREM", self.keys.mail_pending, call_id))
+
+    async def mail_pending(self) -> list[str]:
+        return [_text(m) for m in await self.redis.smembers(self.keys.mail_pending)]
 
     async def leave_queue(self, call_id: str) -> None:
         await self.fence.write(("ZREM", self.keys.admission_queue, call_id))

@@ -567,7 +567,7 @@ class Call:
             await asyncio.gather(self.drop_media(), *(_quietly(d.rest.hangup(leg)) for leg in list(self.extra_legs)))
             self.extra_legs.clear()
             await _quietly(d.rest.destroy_bridge(ids.bridge_id(self.call_id)))
-            released = await d.admission.release(self.call_id, self.provider, reason)
+            released = await d.admission.release(self.call_id, self.provider, reason, emails=self.admitted)
         except Exception:
             log.exception("teardown of the call failed (reason %s); reconcile will finish it", reason)
             if d.unfinished is not None:

@@ -7,6 +7,7 @@ import logging
 import os
 import socket
 import time
+from functools import partial
 
 from redis.exceptions import RedisError
 
@@ -164,7 +165,7 @@ class Controller(AsyncRole):
                 app=ari.app_name,
                 capabilities=lambda: self.capabilities,
                 controller_id=self.id,
-                after_end=emails.call_ended,
+                after_end=partial(_mail, emails, admission),
                 unfinished=self.reconcile_wanted.set,
             )
             self.app = StasisApp(deps)
@@ -258,6 +259,12 @@ class Controller(AsyncRole):
                         await self.stopping.wait()
                 except TimeoutError:
                     pause = min(pause * 2, most)
+
+
+async def _mail(emails: CallEmails, admission: Admission, call_id: str, reason: str) -> None:
+    """After a call's release: enqueue its emails, then clear its pending mark (kept if enqueueing fails)."""
+    await emails.call_ended(call_id, reason)
+    await admission.emails_enqueued(call_id)
 
 
 async def _until(event: asyncio.Event, stopping: asyncio.Event) -> bool:

@@ -174,6 +174,7 @@ class StasisApp:
         for channel in held.in_stasis.values():
             cleaned += await self._reconcile_channel(channel, live)
         cleaned += await self._delete_orphan_bridges(held.bridges, live)
+        await self._enqueue_pending_emails()
         if adopted:
             RECONCILED.labels("adopted").inc(adopted)
         log.info(
@@ -242,7 +243,7 @@ class StasisApp:
             await _ignore_errors(d.rest.hangup(caller.id))  # the agent hung up while we were away
         await _ignore_errors(d.rest.destroy_bridge(ids.bridge_id(call_id)))
         reason = "transferred" if transferred else "reconciled" if caller is None else "reconciled_no_media"
-        if await d.admission.release(call_id, record.get("provider") or "openai_realtime", reason):
+        if await d.admission.release(call_id, record.get("provider") or "openai_realtime", reason, emails=True):
             await self._after_end(call_id, reason)
         RECONCILED.labels("call").inc()
         if caller is not None and not transferred:
@@ -284,6 +285,19 @@ class StasisApp:
                 RECONCILED.labels("bridge").inc()
                 deleted += 1
         return deleted
+
+    async def _enqueue_pending_emails(self) -> None:
+        """Ended calls whose emails a controller did not get to enqueue (it died, or lost Redis, right after the
+        release). Enqueueing is idempotent (stable job ids), so one whose own teardown is finishing meanwhile is
+        not mailed twice."""
+        d = self.deps
+        for call_id in await d.admission.mail_pending():
+            state = await d.redis.hget(d.keys.call(call_id), "state")
+            if state is None:  # the record expired (or Redis lost it): nothing to mail from
+                await d.admission.emails_enqueued(call_id)
+            elif _text(state) == "ended":
+                log.info("call %s: enqueueing the emails a previous teardown left pending", call_id)
+                await self._after_end(call_id, "reconciled")
 
     @staticmethod
     def _stale_transfer_leg(call: Call, leg: str) -> bool:

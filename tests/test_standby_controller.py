@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 
 from shared.keys import Keys
 from shared.messages import ControlRequest, inbox_fields
-from sim.cluster import LocalCluster, RoleProcess
+from sim.cluster import LocalCluster, RoleProcess, leading
 from tests.ari_harness import FakeWorker, start_controller, write_config
 from tests.test_roles import status_json
 from tests.test_controller_calls import (  # noqa: F401  (fixtures)
@@ -101,6 +101,7 @@ async def test_the_standby_takes_over_a_killed_leader_and_carries_the_calls_on(
     leader, standby = await controllers(2)
     shown = await asyncio.to_thread(status_leadership, cluster_env)
     assert shown == (leader.id, {leader.id: "leading", standby.id: "standby"})
+    assert leading([standby, leader]) is leader
     calls = await up_calls(sim, listener, aredis, keys, ["Stays", "Leaves", "Tool"])
 
     leader.popen.kill()  # kill -9: no cleanup, the lease stays until its TTL
@@ -112,6 +113,7 @@ async def test_the_standby_takes_over_a_killed_leader_and_carries_the_calls_on(
     print(f"\nkill -9 of the leader -> the standby leads, ARI connected and calls reconciled: {took * 1000:.0f} ms")
     leader_now, rows = await asyncio.to_thread(status_leadership, cluster_env)
     assert leader_now == standby.id and rows[standby.id] == "leading"
+    assert leading([leader, standby]) is standby
 
     # The tool call is carried out by the new leader: the caller is hung up after the farewell.
     tool_call, tool_id = calls["Tool"]
@@ -219,3 +221,21 @@ async def test_a_caller_who_hangs_up_while_redis_restarts_is_torn_down_once_it_i
     finally:
         await worker.stop()
         await client.aclose()
+
+
+async def test_emails_a_dead_leader_left_pending_are_enqueued_by_the_next_leader(sim, controllers, aredis, keys):
+    """The window between a call's release and the enqueueing of its emails: a leader killed there left the call
+    ended and its emails unsent. The release marks them pending in the same script; the next leader's reconcile
+    enqueues them, once."""
+    call_id = "7b0c2a8e-0000-4000-8000-00000000e1a1"
+    await aredis.hset(keys.call(call_id), mapping={"state": "ended", "end_reason": "caller_hangup", "worker": "w"})
+    await aredis.sadd(keys.mail_pending, call_id)
+    (leader,) = await controllers(1)
+    await until(lambda: mails_enqueued([leader], call_id) == 1)
+    await until(lambda: _not_pending(aredis, keys, call_id))
+    assert await aredis.exists(f"rq:job:send_email_summary-{call_id}")
+    assert "left pending" in leader.log_text()
+
+
+async def _not_pending(aredis, keys, call_id: str) -> bool:
+    return not await aredis.sismember(keys.mail_pending, call_id)
