@@ -132,6 +132,7 @@ class Leadership:
         self._write = redis.register_script(_WRITE)
         self._confirming = asyncio.Lock()
         self._unconfirmed = False  # a renewal failed since the last success: Redis may have lost writes meanwhile
+        self._failed_at = 0.0  # monotonic: when the last renewal failed
         LEADER.set(0)
 
     @property
@@ -170,7 +171,7 @@ class Leadership:
                 if current != holder:
                     holder = current
                     log.info("standing by: %s leads", holder.partition(":")[2] or "nobody")
-            except UNAVAILABLE as exc:
+            except (RedisError, OSError) as exc:  # Redis away or loading: poll again
                 log.debug("standby: Redis unavailable (%s)", exc)
             try:
                 async with asyncio.timeout(poll_s):
@@ -189,22 +190,27 @@ class Leadership:
                 return
             except TimeoutError:
                 pass
-            await self.confirm()
+            await self.confirm(force=True)
 
-    async def confirm(self) -> bool:
-        """Renew now; True when the lease is confirmed. Concurrent callers share one renewal."""
+    async def confirm(self, *, force: bool = False) -> bool:
+        """Renew now; True when the lease is confirmed. Without `force` (the ARI gate), callers that waited for a
+        renewal under way share its outcome instead of each sending one."""
         if self.state is LeaderState.DEPOSED:
             return False
+        asked = time.monotonic()
         async with self._confirming:
             started = time.monotonic()
-            if self.holds() and self.valid_until - started > self.lease_ms / 1000 * 0.75:
+            if not force and self.holds() and self.valid_until - started > self.lease_ms / 1000 * 0.75:
                 return True  # renewed by another caller a moment ago
+            if not force and self._failed_at >= asked:
+                return False  # a renewal that failed while this caller waited answers it too (no queue of timeouts)
             try:
                 async with asyncio.timeout(self.lease_ms / 2000):
                     ok = await self._renew(
                         keys=[self.lease_key, self.counter_key], args=[self.value, self.token, self.lease_ms]
                     )
-            except (TimeoutError, *UNAVAILABLE) as exc:
+            except (TimeoutError, RedisError, OSError) as exc:
+                self._failed_at = time.monotonic()
                 self._unconfirmed = True
                 if self.state is LeaderState.LEADING and time.monotonic() >= self.valid_until:
                     self.state = LeaderState.LAPSED
