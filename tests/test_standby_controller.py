@@ -38,8 +38,8 @@ def controllers(tmp_path, cluster_env, sim):
     first leads)."""
     clusters: list[LocalCluster] = []
 
-    async def start(n: int = 2, env: dict[str, str] | None = None) -> list[RoleProcess]:
-        config = write_config(tmp_path / "controller.yaml", sim.url)
+    async def start(n: int = 2, env: dict[str, str] | None = None, extra: dict | None = None) -> list[RoleProcess]:
+        config = write_config(tmp_path / "controller.yaml", sim.url, extra=extra)
         procs = []
         for i in range(n):
             _, proc = await start_controller(config, tmp_path, {**cluster_env, **(env or {})}, i + 1, clusters)
@@ -138,6 +138,33 @@ async def test_the_standby_takes_over_a_killed_leader_and_carries_the_calls_on(
     assert await worker.active() == 0
     for call_id in (tool_id, leaves_id, stays_id):
         assert mails_enqueued([leader, standby], call_id) == 1
+
+
+async def test_an_answered_transfer_is_carried_on_by_the_new_leader(sim, listener, workers, controllers, aredis, keys):
+    """The caller talks to a person (the AI has left) when the leader dies: the new leader adopts the transferred
+    call, and the caller's hangup is torn down by it (the agent's leg hung up, the bridge deleted), with one mail."""
+    worker = await workers(listener.port)
+    sales = {"sales": {"type": "extension", "target": "6001", "dialplan_context": "from-internal", "description": "x"}}
+    leader, standby = await controllers(2, extra={"tools": {"transfer": {"destinations": sales}}})
+    calls = await up_calls(sim, listener, aredis, keys, ["Transferred"])
+    call, call_id = calls["Transferred"]
+    request = ControlRequest(
+        request_id=f"{call_id}:1:transfer", call_id=call_id, worker_id=worker.id, action="transfer", destination="sales"
+    )
+    await aredis.xadd(keys.controller_inbox, inbox_fields("control", request))
+    await until(await state_is(aredis, keys, call_id, "transferred"))
+    leg = f"{call_id}-xfer1"
+    await until(lambda: {c.id for c in sim.bridges[f"{call_id}-br"].members} == {call.channel_id, leg})
+
+    leader.popen.kill()
+    await until(leads(standby), timeout=15)
+    assert f"adopted call {call_id}" in standby.log_text()
+    await call.hangup()
+    await until(nothing_left(sim))  # the agent's leg and the bridge, deleted by the new leader
+    await until(await state_is(aredis, keys, call_id, "ended"))
+    assert (await call_record(aredis, keys, call_id))["end_reason"] == "transferred"
+    await until(lambda: mails_enqueued([leader, standby], call_id) == 1)
+    assert await worker.active() == 0
 
 
 async def test_a_paused_leader_that_wakes_up_after_the_takeover_is_fenced_and_exits(
