@@ -248,7 +248,9 @@ class Controller(AsyncRole):
             while not self.stopping.is_set():
                 try:
                     async with self._reconciling:
-                        await self.app.reconcile(False, why="after a Redis outage or an unfinished teardown")
+                        await self.app.reconcile(
+                            False, why="after a Redis outage or an unfinished teardown", events_flowing=True
+                        )
                     break
                 except (AriError, RedisError, OSError) as exc:
                     log.info("reconcile after an outage failed (%s); trying again in %.2f s", exc, pause)

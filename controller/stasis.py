@@ -7,6 +7,7 @@ one call is handled in arrival order while calls proceed in parallel.
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from dataclasses import dataclass
 from functools import partial
 
@@ -29,6 +30,7 @@ from shared.metrics import CALLS_ACTIVE, RECONCILED
 log = logging.getLogger("stasis")
 
 TEARDOWN_FINISH_S = 2.0  # on stop, how long teardowns under way may run before they are cancelled
+DEPARTED_KEPT = 10_000  # callers whose StasisEnd was seen, remembered for a reconcile running while events flow
 
 
 @dataclass
@@ -50,6 +52,9 @@ class StasisApp:
         self.deps = deps
         self.calls: dict[str, Call] = {}  # call id -> call
         self.by_caller: dict[str, Call] = {}  # caller channel id -> call
+        # Callers whose StasisEnd was handled (the newest DEPARTED_KEPT): a reconcile after a Redis outage lists
+        # Asterisk's channels while events flow, and must not take a caller that left since for a new call.
+        self.departed: OrderedDict[str, None] = OrderedDict()
 
     # --- routing --------------------------------------------------------------------------------------
     def key(self, event: Event) -> str:
@@ -100,6 +105,7 @@ class StasisApp:
             else:
                 call.leg_entered(channel.id)
             return
+        self.departed.pop(channel.id, None)  # back in Stasis (from the dialplan): a caller again
         if channel.name.startswith(ids.MEDIA_PREFIXES) or channel.id in self.by_caller:
             return  # someone else's media leg, or a duplicate
         self._new_call(channel)
@@ -131,6 +137,9 @@ class StasisApp:
                 call.legs.left(channel.id)
                 call.transfer_leg_event(channel.id, left=True)
             return
+        self.departed[channel.id] = None
+        if len(self.departed) > DEPARTED_KEPT:
+            self.departed.popitem(last=False)
         call = self.by_caller.get(channel.id)
         if call is not None:
             call.caller_left()
@@ -152,7 +161,7 @@ class StasisApp:
         await self.deps.tasks.close(finish_s=TEARDOWN_FINISH_S)
 
     # --- reconcile ------------------------------------------------------------------------------------
-    async def reconcile(self, first: bool, why: str = "") -> None:
+    async def reconcile(self, first: bool, why: str = "", *, events_flowing: bool = False) -> None:
         """After every (re)connect, and after Redis came back: Asterisk replays nothing and a teardown may not have
         reached Redis, so compare what Asterisk has with what Redis and this process know, adopt live calls, finish
         the ended ones, and delete whatever belongs to no live call."""
@@ -171,8 +180,10 @@ class StasisApp:
                 await self._finish_teardown(call_id, record, held)
                 cleaned += 1
         live = set(self.calls)
+        # While events flow, a caller listed in Stasis may have left since (its StasisEnd already handled).
+        departed = set(self.departed) if events_flowing else set()
         for channel in held.in_stasis.values():
-            cleaned += await self._reconcile_channel(channel, live)
+            cleaned += await self._reconcile_channel(channel, live, departed)
         cleaned += await self._delete_orphan_bridges(held.bridges, live)
         await self._enqueue_pending_emails()
         if adopted:
@@ -250,12 +261,16 @@ class StasisApp:
             # A caller stuck half set up: start over as a new call rather than leave them in silence.
             self._new_call(caller)
 
-    async def _reconcile_channel(self, channel: Channel, live: set[str]) -> int:
+    async def _reconcile_channel(self, channel: Channel, live: set[str], departed: set[str]) -> int:
         """One channel in our Stasis app: a leg of a call that is gone, a transfer leg nobody rings any more, or
         a caller nobody took. Returns the number of objects cleaned (0 or 1)."""
         mine = ids.owner(channel.id)
         if mine is None:
-            if channel.id not in self.by_caller and not channel.name.startswith(ids.MEDIA_PREFIXES):
+            if (
+                channel.id not in self.by_caller
+                and channel.id not in departed
+                and not channel.name.startswith(ids.MEDIA_PREFIXES)
+            ):
                 # A caller that entered Stasis while no controller was listening (no StasisStart will come).
                 log.info("caller %s is in Stasis with no call: taking it", channel.id)
                 self._new_call(channel)
