@@ -169,6 +169,8 @@ class StasisApp:
         # call whose caller entered Stasis after the listing must not be taken for one whose caller left.
         known = list(self.calls.values())
         held = await self._what_is_held()
+        if events_flowing:  # a caller listed in Stasis whose StasisEnd was handled since has left: not to adopt or take
+            held.in_stasis = {cid: c for cid, c in held.in_stasis.items() if cid not in self.departed}
         cleaned = self._end_calls_whose_caller_left(held, known)
         adopted = 0
         for call_id, record in held.records.items():
@@ -180,10 +182,8 @@ class StasisApp:
                 await self._finish_teardown(call_id, record, held)
                 cleaned += 1
         live = set(self.calls)
-        # While events flow, a caller listed in Stasis may have left since (its StasisEnd already handled).
-        departed = set(self.departed) if events_flowing else set()
         for channel in held.in_stasis.values():
-            cleaned += await self._reconcile_channel(channel, live, departed)
+            cleaned += await self._reconcile_channel(channel, live)
         cleaned += await self._delete_orphan_bridges(held.bridges, live)
         await self._enqueue_pending_emails()
         if adopted:
@@ -261,16 +261,12 @@ class StasisApp:
             # A caller stuck half set up: start over as a new call rather than leave them in silence.
             self._new_call(caller)
 
-    async def _reconcile_channel(self, channel: Channel, live: set[str], departed: set[str]) -> int:
+    async def _reconcile_channel(self, channel: Channel, live: set[str]) -> int:
         """One channel in our Stasis app: a leg of a call that is gone, a transfer leg nobody rings any more, or
         a caller nobody took. Returns the number of objects cleaned (0 or 1)."""
         mine = ids.owner(channel.id)
         if mine is None:
-            if (
-                channel.id not in self.by_caller
-                and channel.id not in departed
-                and not channel.name.startswith(ids.MEDIA_PREFIXES)
-            ):
+            if channel.id not in self.by_caller and not channel.name.startswith(ids.MEDIA_PREFIXES):
                 # A caller that entered Stasis while no controller was listening (no StasisStart will come).
                 log.info("caller %s is in Stasis with no call: taking it", channel.id)
                 self._new_call(channel)

@@ -1,7 +1,8 @@
 """A reconcile after a Redis outage runs while ARI events keep flowing (controller/service.py,
 `_reconcile_after_outages`): between its listing of Asterisk's channels and its pass over them, a caller may leave
-and its StasisEnd be handled. Such a caller must not be taken for one that entered Stasis unseen (a ghost call,
-a slot, a summary mail). The StasisApp runs in the test with a stand-in for ARI and the real Redis."""
+and its StasisEnd be handled. Such a caller must be neither taken for one that entered Stasis unseen (a ghost call,
+a slot, a summary mail) nor adopted with a call left by another controller (a call nobody would end). The
+StasisApp runs in the test with a stand-in for ARI and the real Redis."""
 
 from __future__ import annotations
 
@@ -82,6 +83,18 @@ async def test_a_caller_whose_stasis_end_was_handled_is_not_taken_by_a_reconcile
         app._stasis_end(gone)  # its StasisEnd came after Asterisk listed it
         await app.reconcile(False, why="test", events_flowing=True)
         assert set(app.by_caller) == {"waiting-1"}  # the one nobody saw enter is taken, the one that left is not
+        await app.stop()
+
+        # A call of a dead controller whose caller hangs up between the listing and the adoption: finished (its
+        # slot released, once), not adopted as a live call nobody would ever end.
+        keys = Keys(prefix)
+        await redis.hset(keys.call("c9"), mapping={"state": "active", "caller_channel": "gone-2", "media_channel": "m"})
+        await redis.sadd(keys.calls_active, "c9")
+        late = caller("gone-2")
+        app = await app_listing(redis, keys, [late, Channel(id="m", name="AudioSocket/x")])
+        app._stasis_end(late)
+        await app.reconcile(False, why="test", events_flowing=True)
+        assert not app.calls and (await redis.hget(keys.call("c9"), "state")) == b"ended"
         await app.stop()
 
         # On a (re)connect no event is handled during the reconcile: a caller listed in Stasis is there, even one
