@@ -102,6 +102,7 @@ def plan(quick: bool, json_path: Path, before_tree: Path | None = None) -> list[
         Run("media_audio", ["bench/media_audio.py", "--seconds", "5" if q else "10", "--rounds", "3" if q else "7"]),
         Run("call_setup", ["bench/call_setup.py", "--sequential", "10" if q else "20", "--burst", "20" if q else "30"]),
         Run("realtime_client", ["bench/realtime_client.py", "--calls", "20", "--seconds", "5" if q else "10"]),
+        Run("takeover", ["bench/takeover.py", "--rounds", "5" if q else "10", "--calls", "5"]),
     ]
     for profile in MEDIA_PROFILES:
         runs.append(
@@ -370,6 +371,20 @@ def budget_rows(runs: dict[str, Run]) -> list[tuple[str, str, str, str]]:
                 "n/a" if one is None else f"{one:.0f}",
                 "≥ 200",
                 verdict(one, 200.0, lower_is_better=False, unit="calls"),
+            )
+        )
+    takeover = runs.get("takeover")
+    if takeover is not None:
+        p95 = grab(
+            r"kill -9 of the leader -> standby leads, reconciled\s+n=\d+\s+p50\s+[0-9.]+\s+p95\s+([0-9.]+)",
+            takeover.stdout,
+        )
+        rows.append(
+            (
+                "leading controller killed → standby leads, ARI connected, calls reconciled, p95 (simulator)",
+                "n/a" if p95 is None else f"{p95:.0f} ms",
+                "≤ 2000 ms",
+                verdict(p95, 2000.0),
             )
         )
     rows += realpbx_budget_rows(runs.get("realpbx"))

@@ -14,13 +14,19 @@ from dataclasses import dataclass
 import msgspec
 import redis.asyncio as aioredis
 
+from controller.leadership import FENCE_LUA, Leadership
 from shared.keys import Keys
 from shared.messages import MOVED, CallPlan
 
-_RESERVE = """
--- KEYS: 1 workers zset, 2 calls:active set, 3 admission queue zset, 4 provider session counter
+_RESERVE = (
+    FENCE_LUA
+    + """
+-- KEYS: 1 workers zset, 2 calls:active set, 3 admission queue zset, 4 provider session counter, 5 leader lease,
+--       6 leader token counter
 -- ARGV: 1 prefix, 2 call id, 3 stale_after_ms, 4 provider limit, 5 needs rtp (0/1), 6 queue stale ms,
---       7 plan json, 8 call fields json, 9 moves (0: a new call), 10 lost_at_ms, 11.. excluded worker ids
+--       7 plan json, 8 call fields json, 9 moves (0: a new call), 10 lost_at_ms, 11-13 the fence (our lease
+--       value, token, ttl), 14.. excluded worker ids
+if not fence_ok(KEYS[5], KEYS[6], ARGV[11], ARGV[12], ARGV[13]) then return {'fenced'} end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local prefix, call_id = ARGV[1], ARGV[2]
@@ -50,7 +56,7 @@ if not counted and (tonumber(redis.call('GET', KEYS[4]) or '0')) >= tonumber(ARG
 end
 
 local excluded = {}
-for i = 11, #ARGV do excluded[ARGV[i]] = true end
+for i = 14, #ARGV do excluded[ARGV[i]] = true end
 local best, best_load, best_active, best_info = nil, nil, nil, nil
 local live = redis.call('ZRANGEBYSCORE', KEYS[1], now - tonumber(ARGV[3]), '+inf')
 for _, wid in ipairs(live) do
@@ -94,6 +100,7 @@ redis.call('XADD', prefix .. 'worker:' .. best .. ':inbox', 'MAXLEN', '~', 10000
            .. ',"plan":' .. ARGV[7] .. '}')  -- the plan verbatim: cjson would turn [] into {}
 return {'ok', best, best_info[4], best_info[5], rtp_port, epoch}
 """
+)
 
 _FREE = """
 -- Free a call's worker slot and RTP port, and tell the worker (ARGV[1] prefix, ARGV[2] call id, ARGV[3] reason).
@@ -115,10 +122,13 @@ end
 """
 
 _RELEASE = (
-    _FREE
+    FENCE_LUA
+    + _FREE
     + """
--- KEYS: 1 call hash, 2 calls:active, 3 provider session counter, 4 admission queue, 5 call log
--- ARGV: 1 prefix, 2 call id, 3 reason, 4 retention ms
+-- KEYS: 1 call hash, 2 calls:active, 3 provider session counter, 4 admission queue, 5 call log, 6 leader lease,
+--       7 leader token counter, 8 calls whose emails are pending
+-- ARGV: 1 prefix, 2 call id, 3 reason, 4 retention ms, 5-7 the fence (our lease value, token, ttl), 8 emails (0/1)
+if not fence_ok(KEYS[6], KEYS[7], ARGV[5], ARGV[6], ARGV[7]) then return -1 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZREM', KEYS[4], ARGV[2])
@@ -131,16 +141,19 @@ redis.call('SREM', KEYS[2], ARGV[2])
 redis.call('HSET', KEYS[1], 'state', 'ended', 'ended_ms', now, 'end_reason', ARGV[3], 'provider_counted', '0')
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 if redis.call('EXISTS', KEYS[5]) == 1 then redis.call('PEXPIRE', KEYS[5], ARGV[4]) end
+if ARGV[8] == '1' then redis.call('SADD', KEYS[8], ARGV[2]) end
 return 1
 """
 )
 
 _RELEASE_WORKER = (
-    _FREE
+    FENCE_LUA
+    + _FREE
     + """
 -- A call that no longer needs its media worker (transferred to a person): free the worker's slot, RTP port and
--- the provider session now, not when the caller hangs up. KEYS: 1 call hash, 2 provider session counter.
--- ARGV: 1 prefix, 2 call id, 3 reason
+-- the provider session now, not when the caller hangs up. KEYS: 1 call hash, 2 provider session counter,
+-- 3 leader lease, 4 leader token counter. ARGV: 1 prefix, 2 call id, 3 reason, 4-6 the fence
+if not fence_ok(KEYS[3], KEYS[4], ARGV[4], ARGV[5], ARGV[6]) then return -1 end
 local state = redis.call('HGET', KEYS[1], 'state')
 if state == false or state == 'ended' or redis.call('HGET', KEYS[1], 'worker_released') == '1' then return 0 end
 local wid = redis.call('HGET', KEYS[1], 'worker')
@@ -153,11 +166,14 @@ return 1
 
 
 _DROP_WORKER = (
-    _FREE
+    FENCE_LUA
+    + _FREE
     + """
 -- A call moving off its worker (dead, or it gave the call up): free that worker's slot and RTP port and tell it
 -- the call moved (it stops the session without hanging up), while the call itself stays live and keeps its
--- provider session for the next worker. KEYS: 1 call hash. ARGV: 1 prefix, 2 call id, 3 reason (moved)
+-- provider session for the next worker. KEYS: 1 call hash, 2 leader lease, 3 leader token counter.
+-- ARGV: 1 prefix, 2 call id, 3 reason (moved), 4-6 the fence
+if not fence_ok(KEYS[2], KEYS[3], ARGV[4], ARGV[5], ARGV[6]) then return -1 end
 local state = redis.call('HGET', KEYS[1], 'state')
 if state == false or state == 'ended' or redis.call('HGET', KEYS[1], 'worker_released') == '1' then return 0 end
 local wid = redis.call('HGET', KEYS[1], 'worker')
@@ -205,8 +221,10 @@ class Admission:
         provider_limit: int,
         queue_timeout_ms: int,
         retention_ms: int,
+        fence: Leadership,
     ):
         self.redis = redis
+        self.fence = fence  # every script checks this process still leads (controller/leadership.py)
         self.keys = keys
         self.stale_after_ms = stale_after_ms
         self.provider_limit = provider_limit
@@ -235,6 +253,7 @@ class Admission:
             self.keys.calls_active,
             self.keys.admission_queue,
             self.keys.provider_sessions(plan.provider),
+            *self.fence.fence_keys(),
         ]
         args = [
             self.keys.prefix,
@@ -247,41 +266,63 @@ class Admission:
             _json.encode(call_fields),
             moves,
             lost_at_ms,
+            *self.fence.fence_args(),
             *exclude,
         ]
         result = await self._reserve(keys=keys, args=args)
         kind = _text(result[0])
+        if kind == "fenced":
+            raise self.fence.refused()
         if kind == "queued":
             return Queued(_text(result[1]), int(result[2]))
         if kind == "unavailable":
             return Unavailable(_text(result[1]))
         return Reserved(_text(result[1]), _text(result[2]), int(result[3]), int(result[4]), int(result[5]))
 
-    async def release(self, call_id: str, provider: str, reason: str) -> bool:
-        """End the call's reservation (idempotent); True the first time."""
+    async def release(self, call_id: str, provider: str, reason: str, *, emails: bool = False) -> bool:
+        """End the call's reservation (idempotent); True the first time. `emails`: the call is to get its end-of-call
+        emails: the release that ends it also marks them pending (`keys.mail_pending`), in the same script, until
+        they are enqueued (`emails_enqueued`), so a controller that dies in between leaves them to a reconcile."""
         keys = [
             self.keys.call(call_id),
             self.keys.calls_active,
             self.keys.provider_sessions(provider),
             self.keys.admission_queue,
             self.keys.call_log(call_id),
+            *self.fence.fence_keys(),
+            self.keys.mail_pending,
         ]
-        return bool(await self._release(keys=keys, args=[self.keys.prefix, call_id, reason, self.retention_ms]))
+        args = [self.keys.prefix, call_id, reason, self.retention_ms, *self.fence.fence_args(), "1" if emails else "0"]
+        return self._fenced(int(await self._release(keys=keys, args=args)))
 
     async def release_worker(self, call_id: str, provider: str, reason: str) -> bool:
         """Free the call's worker slot, RTP port and provider session while the call goes on without AI (an
         answered transfer); `release` later ends the call without freeing them twice."""
-        keys = [self.keys.call(call_id), self.keys.provider_sessions(provider)]
-        return bool(await self._release_worker(keys=keys, args=[self.keys.prefix, call_id, reason]))
+        keys = [self.keys.call(call_id), self.keys.provider_sessions(provider), *self.fence.fence_keys()]
+        args = [self.keys.prefix, call_id, reason, *self.fence.fence_args()]
+        return self._fenced(int(await self._release_worker(keys=keys, args=args)))
+
+    async def emails_enqueued(self, call_id: str) -> None:
+        await self.fence.write(("SREM", self.keys.mail_pending, call_id))
+
+    async def mail_pending(self) -> list[str]:
+        return [_text(m) for m in await self.redis.smembers(self.keys.mail_pending)]
 
     async def drop_worker(self, call_id: str) -> bool:
         """The call moves off its worker: that worker's slot and port are freed and it is told (`end`, reason
         `moved`); the call stays live with its provider session. False if the call had no worker to drop."""
-        keys = [self.keys.call(call_id)]
-        return bool(await self._drop_worker(keys=keys, args=[self.keys.prefix, call_id, MOVED]))
+        keys = [self.keys.call(call_id), *self.fence.fence_keys()]
+        args = [self.keys.prefix, call_id, MOVED, *self.fence.fence_args()]
+        return self._fenced(int(await self._drop_worker(keys=keys, args=args)))
 
     async def leave_queue(self, call_id: str) -> None:
-        await self.redis.zrem(self.keys.admission_queue, call_id)
+        await self.fence.write(("ZREM", self.keys.admission_queue, call_id))
+
+    def _fenced(self, result: int) -> bool:
+        """A release script's answer: -1 refused by the fence (raises Fenced), else whether it released."""
+        if result < 0:
+            raise self.fence.refused()
+        return bool(result)
 
 
 def _text(value) -> str:

@@ -26,6 +26,7 @@ from controller.ari.errors import AriError, quietly
 from controller.ari.resources import Channel
 from controller.ari.rest import AriRest, MediaTransport
 from controller.contexts import Route, Unroutable, resolve
+from controller.leadership import Leadership
 from controller.stasis_legs import NotInStasis, StasisLegs
 from controller.transfer_leg import TransferLeg
 from shared.config.schema import Config
@@ -86,6 +87,13 @@ class CallDeps:
     after_end: Callable[[str, str], Awaitable[object]] | None = None  # (call id, end reason); its result is ignored
     # Every call's setup, move and teardown task: failures logged, all cancelled and awaited on stop (StasisApp.stop).
     tasks: TaskSet = field(default_factory=lambda: TaskSet("calls"))
+    # A teardown that could not finish (Redis or ARI away): ask for a reconcile once they are back.
+    unfinished: Callable[[], None] | None = None
+
+    @property
+    def fence(self) -> Leadership:
+        """Writes of call state go through the admission's fence: refused once this controller no longer leads."""
+        return self.admission.fence
 
 
 @dataclass
@@ -335,8 +343,8 @@ class Call:
         self.state = "active"
         if self.moves:
             TAKEOVERS.labels("moved", self._move_reason).inc()
-            await d.redis.hset(
-                d.keys.call(self.call_id), mapping={"state": "active", "media_channel": self.media, "moves": self.moves}
+            await d.fence.hset(
+                d.keys.call(self.call_id), {"state": "active", "media_channel": self.media, "moves": str(self.moves)}
             )
             log.info(
                 "call %s moved to worker %s (move %d, %s)",
@@ -348,9 +356,9 @@ class Call:
             return
         setup_ms = int((time.monotonic() - self.started) * 1000)
         SETUP_SECONDS.observe(setup_ms / 1000)
-        await d.redis.hset(
+        await d.fence.hset(
             d.keys.call(self.call_id),
-            mapping={"state": "active", "bridge": self.bridge, "media_channel": self.media, "setup_ms": setup_ms},
+            {"state": "active", "bridge": self.bridge, "media_channel": self.media, "setup_ms": setup_ms},
         )
         log.info(
             "call %s up on worker %s (%s %s) in %d ms",
@@ -622,7 +630,7 @@ class Call:
             raise
         if plan.transport == "websocket":  # the worker's clock may start: what it sends is heard now
             await wsm.send_bridged(
-                d.redis, d.keys, reserved.worker_id, MediaBridged(call_id=self.call_id, epoch=reserved.epoch)
+                d.fence, d.keys, reserved.worker_id, MediaBridged(call_id=self.call_id, epoch=reserved.epoch)
             )
 
     async def _create_media_leg(self, reserved: Reserved, plan: CallPlan) -> Channel:
@@ -650,11 +658,10 @@ class Call:
             )
             host, port = "", "0"
         d = self.deps
-        await d.redis.xadd(
+        await d.fence.xadd(
             d.keys.worker_inbox(reserved.worker_id),
             inbox_fields("media_peer", MediaPeer(call_id=self.call_id, host=host, port=int(port))),
             maxlen=INBOX_MAXLEN,
-            approximate=True,
         )
 
     async def _hand_websocket_to_worker(self, reserved: Reserved, leg: Channel) -> None:
@@ -665,7 +672,7 @@ class Call:
             raise SetupFailed("externalMedia (websocket) answered without MEDIA_WEBSOCKET_CONNECTION_ID")
         d = self.deps
         await wsm.send_media_ready(
-            d.redis,
+            d.fence,
             d.keys,
             reserved.worker_id,
             MediaReady(
@@ -701,9 +708,11 @@ class Call:
             await asyncio.gather(self.drop_media(), *(_quietly(d.rest.hangup(leg)) for leg in list(self.extra_legs)))
             self.extra_legs.clear()
             await _quietly(d.rest.destroy_bridge(ids.bridge_id(self.call_id)))
-            released = await d.admission.release(self.call_id, self.provider, reason)
+            released = await d.admission.release(self.call_id, self.provider, reason, emails=self.admitted)
         except Exception:
             log.exception("teardown of the call failed (reason %s); reconcile will finish it", reason)
+            if d.unfinished is not None:
+                d.unfinished()
         finally:
             self.state = "ended"
             CALLS_ENDED.labels(reason).inc()

@@ -25,6 +25,7 @@ from redis.exceptions import RedisError, ResponseError
 from controller import ids
 from controller.ari.errors import AriError
 from controller.call import Call
+from controller.leadership import AriGated, Leadership
 from controller.stasis import StasisApp
 from controller.transfer import local_endpoint, run_transfer
 from controller.transfer_leg import TransferLeg
@@ -69,9 +70,11 @@ class ControlInbox:
         consumer: str,
         actions: "CallControl",
         *,
+        fence: Leadership,
         streams: aioredis.Redis | None = None,
     ):
         self.redis = redis
+        self.fence = fence  # the request records and the replies are written only while this process leads
         # The group reads go through a bytes client: an entry that is not UTF-8 is dead-lettered alone instead
         # of failing every read (shared/dead_letters.py).
         self.streams = streams or redis
@@ -97,14 +100,18 @@ class ControlInbox:
         if ready is not None:
             await _until_either(ready, stopping)
         next_claim = 0.0
+        # This process leads now (a standby that took over, or a restarted reader): whatever another consumer read
+        # and did not ack is claimed at once, not after CLAIM_IDLE_MS. Its reader, if still alive, is fenced.
+        claim_idle_ms = 0
         backoff = 0.25
         while not stopping.is_set():
             try:
                 await self._ensure_group()
                 if time.monotonic() >= next_claim:
-                    for entry_id, fields in await self._claim():
+                    for entry_id, fields in await self._claim(claim_idle_ms):
                         self._dispatch(entry_id, fields)
                     next_claim = time.monotonic() + CLAIM_EVERY_S
+                    claim_idle_ms = CLAIM_IDLE_MS
                 got = await self.streams.xreadgroup(
                     GROUP, self.consumer, {self.keys.controller_inbox: ">"}, count=READ_COUNT, block=READ_BLOCK_MS
                 )
@@ -136,13 +143,13 @@ class ControlInbox:
                 raise
         self._group_ok = True
 
-    async def _claim(self) -> list[tuple[str, dict]]:
+    async def _claim(self, min_idle_ms: int = CLAIM_IDLE_MS) -> list[tuple[str, dict]]:
         """Entries another (dead) consumer read but never acked."""
         claimed: list[tuple[str, dict]] = []
         start = "0-0"
         for _ in range(100):  # bounded: 100 pages of 100
             result = await self.streams.xautoclaim(
-                self.keys.controller_inbox, GROUP, self.consumer, min_idle_time=CLAIM_IDLE_MS, start_id=start, count=100
+                self.keys.controller_inbox, GROUP, self.consumer, min_idle_time=min_idle_ms, start_id=start, count=100
             )
             start, entries = result[0], result[1]
             claimed.extend((e, f) for e, f in entries if f is not None)  # None: trimmed from the stream
@@ -161,7 +168,9 @@ class ControlInbox:
             await self._handle(entry_id, fields)
         except asyncio.CancelledError:
             raise
-        except (RedisError, OSError) as exc:
+        except (RedisError, OSError, AriGated) as exc:
+            # Redis trouble, or this process is not (or no longer) the leader: another reader, or this one once
+            # it can act again, claims the entry.
             log.warning("control entry %s not handled (%s); left pending, to be claimed again", entry_id, exc)
         except Exception as exc:
             await dead_letters.dead_letter(
@@ -192,6 +201,7 @@ class ControlInbox:
             return  # our own entry, claimed back by the periodic claim: its task acks it
         self.in_flight[request.request_id] = entry_id  # before any await: a duplicate in the same batch waits
         try:
+            await self.fence.may_act()  # a deposed or lapsed leader leaves the request to the one that leads
             if not await self._take(request, key):
                 await self._ack(entry_id)
                 self.in_flight.pop(request.request_id, None)
@@ -224,8 +234,8 @@ class ControlInbox:
     async def _take(self, request: ControlRequest, key: str) -> bool:
         """True when this process is to execute the request; False when it was handled already (the stored
         reply has been sent again)."""
-        if await self.redis.hsetnx(key, "owner", self.token):
-            await self.redis.pexpire(key, REQUEST_TTL_MS)
+        took, _ = await self.fence.write(("HSETNX", key, "owner", self.token), ("PEXPIRE", key, REQUEST_TTL_MS))
+        if took:
             return True
         owner, stored = await self.redis.hmget(key, "owner", "reply")
         if _text(owner or "") == self.token or (stored is not None and _decode_reply(_bytes(stored)).final):
@@ -235,8 +245,7 @@ class ControlInbox:
             return False
         # Its owner (another process) died before the final reply: run it again (see the module docstring).
         log.info("request %s was left unfinished by %s: running it again", request.request_id, _text(owner or "?"))
-        await self.redis.hset(key, "owner", self.token)
-        await self.redis.pexpire(key, REQUEST_TTL_MS)
+        await self.fence.write(("HSET", key, "owner", self.token), ("PEXPIRE", key, REQUEST_TTL_MS))
         return True
 
     async def _resend(self, request: ControlRequest, key: str) -> None:
@@ -245,14 +254,15 @@ class ControlInbox:
             await self._send(request, _decode_reply(_bytes(stored)), remember=False)
 
     async def _send(self, request: ControlRequest, reply: ControlReply, *, remember: bool = True) -> None:
+        reply_to = self.keys.worker_inbox(request.worker_id)
+        entry = [p for pair in inbox_fields("control_result", reply).items() for p in pair]
+        append = ("XADD", reply_to, "MAXLEN", "~", REPLY_MAXLEN, "*", *entry)
         if remember:
-            await self.redis.hset(request_key(self.keys, request.request_id), "reply", _encode(reply))
-        await self.redis.xadd(
-            self.keys.worker_inbox(request.worker_id),
-            inbox_fields("control_result", reply),
-            maxlen=REPLY_MAXLEN,
-            approximate=True,
-        )
+            await self.fence.write(
+                ("HSET", request_key(self.keys, request.request_id), "reply", _encode(reply)), append
+            )
+        else:
+            await self.fence.write(append)
 
     async def _ack(self, entry_id: str) -> None:
         await self.redis.xack(self.keys.controller_inbox, GROUP, entry_id)
@@ -335,7 +345,7 @@ class CallControl:
             ok, message = await self._hand_off(call, "transferred", context, destination.target, destination.priority)
             await send(reply_for(request, ok, "answered" if ok else "failed", message))
             return
-        n = await self.deps.redis.hincrby(self.deps.keys.call(call.call_id), "transfers", 1)
+        (n,) = await self.deps.fence.write(("HINCRBY", self.deps.keys.call(call.call_id), "transfers", 1))
         transfer = TransferLeg(
             ids.transfer_channel_id(call.call_id, n),
             local_endpoint(destination.target, context),

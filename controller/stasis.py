@@ -7,6 +7,7 @@ one call is handled in arrival order while calls proceed in parallel.
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from dataclasses import dataclass
 from functools import partial
 
@@ -29,6 +30,7 @@ from shared.metrics import CALLS_ACTIVE, RECONCILED
 log = logging.getLogger("stasis")
 
 TEARDOWN_FINISH_S = 2.0  # on stop, how long teardowns under way may run before they are cancelled
+DEPARTED_KEPT = 10_000  # callers whose StasisEnd was seen, remembered for a reconcile running while events flow
 
 
 @dataclass
@@ -50,6 +52,9 @@ class StasisApp:
         self.deps = deps
         self.calls: dict[str, Call] = {}  # call id -> call
         self.by_caller: dict[str, Call] = {}  # caller channel id -> call
+        # Callers whose StasisEnd was handled (the newest DEPARTED_KEPT): a reconcile after a Redis outage lists
+        # Asterisk's channels while events flow, and must not take a caller that left since for a new call.
+        self.departed: OrderedDict[str, None] = OrderedDict()
 
     # --- routing --------------------------------------------------------------------------------------
     def key(self, event: Event) -> str:
@@ -100,6 +105,7 @@ class StasisApp:
             else:
                 call.leg_entered(channel.id)
             return
+        self.departed.pop(channel.id, None)  # back in Stasis (from the dialplan): a caller again
         if channel.name.startswith(ids.MEDIA_PREFIXES) or channel.id in self.by_caller:
             return  # someone else's media leg, or a duplicate
         self._new_call(channel)
@@ -131,6 +137,9 @@ class StasisApp:
                 call.legs.left(channel.id)
                 call.transfer_leg_event(channel.id, left=True)
             return
+        self.departed[channel.id] = None
+        if len(self.departed) > DEPARTED_KEPT:
+            self.departed.popitem(last=False)
         call = self.by_caller.get(channel.id)
         if call is not None:
             call.caller_left()
@@ -157,11 +166,17 @@ class StasisApp:
         await self.deps.tasks.close(finish_s=TEARDOWN_FINISH_S)
 
     # --- reconcile ------------------------------------------------------------------------------------
-    async def reconcile(self, first: bool) -> None:
-        """After every (re)connect: Asterisk replays nothing, so compare what it has with what Redis and this
-        process know, adopt live calls, and delete whatever belongs to no live call."""
+    async def reconcile(self, first: bool, why: str = "", *, events_flowing: bool = False) -> None:
+        """After every (re)connect, and after Redis came back: Asterisk replays nothing and a teardown may not have
+        reached Redis, so compare what Asterisk has with what Redis and this process know, adopt live calls, finish
+        the ended ones, and delete whatever belongs to no live call."""
+        # The calls known before Asterisk is asked: a reconcile after a Redis outage runs while events flow, and a
+        # call whose caller entered Stasis after the listing must not be taken for one whose caller left.
+        known = list(self.calls.values())
         held = await self._what_is_held()
-        cleaned = self._end_calls_whose_caller_left(held)
+        if events_flowing:  # a caller listed in Stasis whose StasisEnd was handled since has left: not to adopt or take
+            held.in_stasis = {cid: c for cid, c in held.in_stasis.items() if cid not in self.departed}
+        cleaned = self._end_calls_whose_caller_left(held, known)
         adopted = 0
         for call_id, record in held.records.items():
             if call_id in self.calls:
@@ -175,11 +190,12 @@ class StasisApp:
         for channel in held.in_stasis.values():
             cleaned += await self._reconcile_channel(channel, live)
         cleaned += await self._delete_orphan_bridges(held.bridges, live)
+        await self._enqueue_pending_emails()
         if adopted:
             RECONCILED.labels("adopted").inc(adopted)
         log.info(
-            "reconciled (%s connect): %d calls adopted, %d objects cleaned, %d calls live",
-            "first" if first else "re",
+            "reconciled (%s): %d calls adopted, %d objects cleaned, %d calls live",
+            why or ("first connect" if first else "reconnect"),
             adopted,
             cleaned,
             len(self.calls),
@@ -200,9 +216,9 @@ class StasisApp:
             records[call_id] = {_text(k): _text(v) for k, v in (await d.redis.hgetall(d.keys.call(call_id))).items()}
         return Held(in_stasis=in_stasis, existing={c.id for c in channels}, bridges=bridges, records=records)
 
-    def _end_calls_whose_caller_left(self, held: Held) -> int:
+    def _end_calls_whose_caller_left(self, held: Held, known: list[Call]) -> int:
         ended = 0
-        for call in list(self.calls.values()):
+        for call in known:
             if call.caller.id not in held.in_stasis and not call.caller_gone.is_set():
                 log.info("caller %s left while the events socket was down", call.caller.id)
                 call.caller_left()
@@ -243,7 +259,7 @@ class StasisApp:
             await _ignore_errors(d.rest.hangup(caller.id))  # the agent hung up while we were away
         await _ignore_errors(d.rest.destroy_bridge(ids.bridge_id(call_id)))
         reason = "transferred" if transferred else "reconciled" if caller is None else "reconciled_no_media"
-        if await d.admission.release(call_id, record.get("provider") or "openai_realtime", reason):
+        if await d.admission.release(call_id, record.get("provider") or "openai_realtime", reason, emails=True):
             await self._after_end(call_id, reason)
         RECONCILED.labels("call").inc()
         if caller is not None and not transferred:
@@ -285,6 +301,19 @@ class StasisApp:
                 RECONCILED.labels("bridge").inc()
                 deleted += 1
         return deleted
+
+    async def _enqueue_pending_emails(self) -> None:
+        """Ended calls whose emails a controller did not get to enqueue (it died, or lost Redis, right after the
+        release). Enqueueing is idempotent (stable job ids), so one whose own teardown is finishing meanwhile is
+        not mailed twice."""
+        d = self.deps
+        for call_id in await d.admission.mail_pending():
+            state = await d.redis.hget(d.keys.call(call_id), "state")
+            if state is None:  # the record expired (or Redis lost it): nothing to mail from
+                await d.admission.emails_enqueued(call_id)
+            elif _text(state) == "ended":
+                log.info("call %s: enqueueing the emails a previous teardown left pending", call_id)
+                await self._after_end(call_id, "reconciled")
 
     @staticmethod
     def _stale_transfer_leg(call: Call, leg: str) -> bool:

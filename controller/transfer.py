@@ -97,9 +97,7 @@ async def _connect(call: Call, leg: TransferLeg) -> None:
     if call.media:
         await _quietly(rest.remove_channel(call.bridge, call.media))
     await asyncio.gather(_quietly(rest.stop_moh(call.caller.id)), call.drop_media())
-    await call.deps.redis.hset(
-        call.deps.keys.call(call.call_id), mapping={"state": "transferred", "transfer_channel": leg.leg}
-    )
+    await call.deps.fence.hset(call.deps.keys.call(call.call_id), {"state": "transferred", "transfer_channel": leg.leg})
     # The AI is off the call: its worker slot and provider session are free for the next caller now.
     await call.deps.admission.release_worker(call.call_id, call.provider, "transferred")
     log.info("call %s transferred to %s", call.caller.id, leg.endpoint)

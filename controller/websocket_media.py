@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from controller.ari.resources import Channel
 from controller.ari.rest import MediaTransport
+from controller.leadership import Leadership
 from shared.config.schema import Config
 from shared.messages import MediaBridged, MediaReady, inbox_fields
 
@@ -30,11 +31,9 @@ def connection_id(channel: Channel) -> str:
     return (channel.channelvars or {}).get(CONNECTION_ID_VAR) or ""
 
 
-async def send_media_ready(redis, keys, worker_id: str, ready: MediaReady) -> None:
-    await redis.xadd(keys.worker_inbox(worker_id), inbox_fields("media", ready), maxlen=INBOX_MAXLEN, approximate=True)
+async def send_media_ready(fence: Leadership, keys, worker_id: str, ready: MediaReady) -> None:
+    await fence.xadd(keys.worker_inbox(worker_id), inbox_fields("media", ready), maxlen=INBOX_MAXLEN)
 
 
-async def send_bridged(redis, keys, worker_id: str, bridged: MediaBridged) -> None:
-    await redis.xadd(
-        keys.worker_inbox(worker_id), inbox_fields("media_bridged", bridged), maxlen=INBOX_MAXLEN, approximate=True
-    )
+async def send_bridged(fence: Leadership, keys, worker_id: str, bridged: MediaBridged) -> None:
+    await fence.xadd(keys.worker_inbox(worker_id), inbox_fields("media_bridged", bridged), maxlen=INBOX_MAXLEN)

@@ -64,7 +64,10 @@ def _json(status: int, body: object) -> Response:
     return Response(status, msgspec.json.encode(body), content_type="application/json; charset=utf-8")
 
 
-def make_server(role: str, instance_id: str, checks: dict[str, ReadyCheck]) -> HttpServer:
+def make_server(
+    role: str, instance_id: str, checks: dict[str, ReadyCheck], details: Callable[[], dict[str, str]] | None = None
+) -> HttpServer:
+    """`details`: more of the process's state for the /readyz body (a controller's leadership)."""
     renderer = MetricsRenderer()
 
     async def healthz() -> Response:
@@ -72,7 +75,9 @@ def make_server(role: str, instance_id: str, checks: dict[str, ReadyCheck]) -> H
 
     async def readyz() -> Response:
         failures = {name: reason for name, check in checks.items() if (reason := check()) is not None}
-        body = {"ready": not failures, "role": role, "id": instance_id, "failing": failures}
+        body: dict[str, object] = {"ready": not failures, "role": role, "id": instance_id, "failing": failures}
+        if details is not None:
+            body.update(details())
         return _json(503 if failures else 200, body)
 
     async def metrics() -> Response:

@@ -17,6 +17,13 @@ class Keys:
         self.calls_active = f"{prefix}calls:active"
         # ZSET call id -> arrival time (ms): calls waiting for a free slot, first come first served.
         self.admission_queue = f"{prefix}admission:queue"
+        # STRING `{token}:{controller id}` with a TTL: the leading controller's lease (controller/leadership.py).
+        self.leader = f"{prefix}leader"
+        # STRING counter: INCR'd on every acquisition of the lease; its value is the fencing token.
+        self.leader_token = f"{prefix}leader:token"
+        # SET of ended call ids whose end-of-call emails are still to be enqueued (added by the release that ended
+        # the call, removed once enqueued): a controller that dies in between leaves them to the next reconcile.
+        self.mail_pending = f"{prefix}calls:mail_pending"
         # STREAM: inbox entries no reader could use (shared/dead_letters.py), MAXLEN ~10 000.
         self.dead_letters = f"{prefix}dead-letters"
 

@@ -137,6 +137,22 @@ ARI_EVENTS = Counter(
 )
 ARI_RECONNECTS = Counter("va_ari_reconnects_total", "ARI events WebSocket reconnects", registry=None)
 ARI_CONNECTED = Gauge("va_ari_connected", "1 while the ARI events WebSocket is connected", registry=None)
+# --- controller: leadership (controller/leadership.py) ----------------------------------------------------
+LEADER = Gauge("va_controller_leader", "1 while this controller holds a confirmed leadership lease", registry=None)
+LEADER_CHANGES = Counter(
+    "va_controller_leader_changes_total", "Times this controller became or stopped being the leader", registry=None
+)
+TAKEOVER_SECONDS = Histogram(
+    "va_controller_takeover_seconds",
+    "Lease acquired by a standby to ARI events connected and the calls reconciled",
+    buckets=(0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10),
+    registry=None,
+)
+FENCED_WRITES = Counter(
+    "va_controller_fenced_writes_total",
+    "Writes of call state refused because this controller no longer held the leadership lease",
+    registry=None,
+)
 # --- controller: the cluster as Redis shows it (refreshed every few seconds; the same on every controller) ---
 CALLS_WAITING = Gauge("va_calls_waiting", "Calls in the admission queue now", registry=None)
 MEDIA_WORKERS = Gauge(
@@ -191,6 +207,10 @@ CONTROLLER = (
     ARI_EVENTS,
     ARI_RECONNECTS,
     ARI_CONNECTED,
+    LEADER,
+    LEADER_CHANGES,
+    TAKEOVER_SECONDS,
+    FENCED_WRITES,
     CALLS_WAITING,
     MEDIA_WORKERS,
     RQ_JOBS,

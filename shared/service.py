@@ -51,6 +51,7 @@ class AsyncRole:
         self.registration: Registration | None = None
         self.registered = False
         self.started_ms = int(time.time() * 1000)
+        self.exit_code = 0  # what run() returns after a stop: a role that had to give up says so
         self._beats: asyncio.Task[None] | None = None
 
     # --- what each role provides -------------------------------------------------------------------------
@@ -71,6 +72,10 @@ class AsyncRole:
     async def serve(self) -> None:
         """The role's own work; runs after registration and must return once `self.stopping` is set."""
         await self.stopping.wait()
+
+    def ready_details(self) -> dict[str, str]:
+        """What /readyz shows beside the checks."""
+        return {}
 
     def redis_pool_size(self) -> int:
         """How many Redis commands this process may have in flight at once (more wait for a connection)."""
@@ -103,7 +108,7 @@ class AsyncRole:
             loop.add_signal_handler(sig, self._on_signal, sig.name)
         metrics.register(self.role)
         metrics.BUILD.info({"version": VERSION, "role": self.role, "id": self.id})
-        server = health.make_server(self.role, self.id, self.ready_checks())
+        server = health.make_server(self.role, self.id, self.ready_checks(), self.ready_details)
         try:
             port = await health.start(server, self.health_host, self.health_port)
         except OSError as exc:
@@ -151,7 +156,7 @@ class AsyncRole:
             if self.streams is not None:
                 await self.streams.aclose()
         log.info("%s %s stopped", self.role, self.id)
-        return 0
+        return self.exit_code
 
     async def _beat(self) -> None:
         assert self.registration is not None

@@ -24,6 +24,7 @@ async def collect(config: Config) -> dict[str, Any]:
         controllers = await entries(client, keys.controllers, keys.controller, stale)
         workers = await entries(client, keys.workers, keys.worker, stale)
         active_calls = await client.scard(keys.calls_active)
+        lease = str(await client.get(keys.leader) or "")  # `{token}:{controller id}` (controller/leadership.py)
     finally:
         await client.aclose()
 
@@ -57,8 +58,10 @@ async def collect(config: Config) -> dict[str, Any]:
     finally:
         sync.close()
 
+    leader = lease.partition(":")[2]
     return {
         "redis": mask_url(config.redis.url),
+        "leader": leader or None,
         "prefix": keys.prefix,
         "time_ms": int(time.time() * 1000),
         "controllers": [
@@ -68,6 +71,8 @@ async def collect(config: Config) -> dict[str, Any]:
                 "heartbeat_age_ms": e.age_ms,
                 "health_url": e.info.get("health_url"),
                 "version": e.info.get("version"),
+                # the lease holder leads; a live one without it stands by, ready to take over
+                "leadership": "leading" if e.info.get("id") == leader else "standby" if e.live else "-",
             }
             for e in controllers
         ],
@@ -86,9 +91,10 @@ def render(status: dict[str, Any]) -> str:
 
     lines = [f"Redis {status['redis']} (key prefix {status['prefix']!r})"]
     controllers = status["controllers"]
-    lines.append(f"controllers: {sum(c['live'] for c in controllers)} live")
+    leader = status["leader"] or "none (no controller holds the lease)"
+    lines.append(f"controllers: {sum(c['live'] for c in controllers)} live; leader {leader}")
     for c in controllers:
-        lines.append(f"  {c['id']:<40} {liveness(c):<10} {c['health_url'] or ''}")
+        lines.append(f"  {c['id']:<40} {liveness(c):<10} {c['leadership']:<8} {c['health_url'] or ''}")
     workers = status["media_workers"]
     load = f"{status['active']}/{status['capacity']}" if status["capacity"] else "0/0"
     lines.append(

@@ -263,3 +263,16 @@ class LocalCluster:
                 sim.popen.wait()
         self.sims.clear()
         return codes
+
+
+def start_controllers(cluster: LocalCluster, count: int = 2) -> list[RoleProcess]:
+    """`count` controller processes: whichever takes the leadership lease first leads, the others stand by."""
+    return [cluster.start("controller") for _ in range(count)]
+
+
+def leading(controllers: list[RoleProcess]) -> RoleProcess | None:
+    """The controller whose /readyz says it leads (None while none does: a takeover under way)."""
+    for proc in controllers:
+        if proc.popen.poll() is None and proc.readiness().get("leadership") == "leading":
+            return proc
+    return None

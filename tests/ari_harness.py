@@ -12,8 +12,10 @@ from pathlib import Path
 
 import msgspec
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 import yaml
 
+from controller.leadership import LeaderState, Leadership
 from shared.keys import Keys
 from shared.messages import Assignment, WorkerInfo
 from shared.registry import Registration
@@ -110,7 +112,10 @@ class FakeWorker:
     async def _beat(self) -> None:
         while True:
             await asyncio.sleep(0.2)  # as a real worker's 250 ms: the controller's watch declares 750 ms dead
-            await self.registration.heartbeat()
+            try:
+                await self.registration.heartbeat()
+            except RedisError:
+                pass  # Redis away (a test restarts it): beat again when it is back, like a worker
 
     async def active(self) -> int:
         return int(await self.redis.hget(self.keys.worker(self.id), "active") or 0)
@@ -165,3 +170,11 @@ def percentile(values: list[float], q: int) -> float:
     if len(values) == 1:
         return values[0]
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
+
+
+def lease_holder(redis: aioredis.Redis, keys: Keys, cid: str = "test-controller", lease_ms: int = 60_000) -> Leadership:
+    """A controller's leadership as if it held the lease (token 1): under a fresh prefix nobody has acquired one, so
+    its first fenced write takes the lease (controller/leadership.py: a lease that is gone, and no counter)."""
+    lead = Leadership(redis, keys, cid, lease_ms)
+    lead.token, lead.value, lead.state = 1, f"1:{cid}", LeaderState.LEADING
+    return lead

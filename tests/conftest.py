@@ -95,10 +95,11 @@ def attach_asterisk(cluster: LocalCluster, password: str = TEST_ARI_PASSWORD) ->
 class PrivateRedis:
     """A redis-server of the test's own on a free port, to stop and start at will."""
 
-    def __init__(self, workdir: Path, password: str | None = None):
+    def __init__(self, workdir: Path, password: str | None = None, persist: bool = False):
         self.port = free_port()
         self.workdir = workdir
         self.password = password
+        self.persist = persist  # append-only file, fsync'd on every write: a restart keeps the data (compose's setup)
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -116,7 +117,9 @@ class PrivateRedis:
             "--save",
             "",
             "--appendonly",
-            "no",
+            "yes" if self.persist else "no",
+            "--appendfsync",
+            "always",
             "--dir",
             str(self.workdir),
         ]
@@ -146,8 +149,8 @@ def private_redis(tmp_path):
         pytest.fail("redis-server is not installed (scripts/setup.sh installs it)")
     servers: list[PrivateRedis] = []
 
-    def make(password: str | None = None) -> PrivateRedis:
-        server = PrivateRedis(tmp_path, password)
+    def make(password: str | None = None, persist: bool = False) -> PrivateRedis:
+        server = PrivateRedis(tmp_path, password, persist)
         servers.append(server)
         return server
 

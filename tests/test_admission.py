@@ -15,7 +15,7 @@ from shared.config import load_config
 from shared.keys import Keys
 from shared.messages import CallPlan, WorkerInfo
 from shared.registry import Registration
-from tests.ari_harness import decode_assignment
+from tests.ari_harness import decode_assignment, lease_holder
 from tests.conftest import CONFIG
 
 
@@ -65,7 +65,13 @@ def plan(call_id: str, transport: str = "audiosocket", provider: str = "openai_r
 
 def admission(client, keys, limit: int = 100) -> Admission:
     return Admission(
-        client, keys, stale_after_ms=3000, provider_limit=limit, queue_timeout_ms=30_000, retention_ms=60_000
+        client,
+        keys,
+        stale_after_ms=3000,
+        provider_limit=limit,
+        queue_timeout_ms=30_000,
+        retention_ms=60_000,
+        fence=lease_holder(client, keys),
     )
 
 

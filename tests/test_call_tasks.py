@@ -33,7 +33,7 @@ class StuckAdmission:
     def __init__(self) -> None:
         self.releasing = asyncio.Event()
 
-    async def release(self, *_args: Any) -> bool:
+    async def release(self, *_args: Any, **_kwargs: Any) -> bool:
         self.releasing.set()
         await asyncio.Event().wait()
         return True
@@ -69,7 +69,7 @@ async def test_stop_cancels_and_awaits_a_teardown_under_way(monkeypatch):
 
 async def test_a_call_task_that_raises_is_logged_when_it_ends(caplog):
     class Released:
-        async def release(self, *_args: Any) -> bool:
+        async def release(self, *_args: Any, **_kwargs: Any) -> bool:
             return False
 
     app = app_with(Released())

@@ -197,8 +197,11 @@ def check_structure(dep: Deployment) -> list[str]:
             if source and not source.startswith((".", "/", "~")) and source not in declared:
                 problems.append(f"{name}: volume {source!r} is not declared under volumes:")
     agents = dep.agents()
-    if sorted(parse_command(dep.services[a]).command for a in agents) != sorted(ROLES):
-        problems.append(f"one service per role expected, got {agents}")
+    commands = [parse_command(dep.services[a]).command for a in agents]
+    if sorted(set(commands)) != sorted(ROLES) or len(commands) != len(ROLES) + 1:
+        problems.append(f"one service per role and a standby controller expected, got {agents}")
+    if commands.count("controller") != 2:
+        problems.append(f"two controllers expected (one leads, one stands by), got {commands.count('controller')}")
     return problems
 
 
@@ -526,6 +529,12 @@ def test_a_short_stop_grace_period_is_reported(tmp_path):
     assert check_grace(production(raw)) == [
         "media_worker: stop_grace_period 60s is shorter than drain_timeout_ms (58 s) + 5 s"
     ]
+
+
+def test_a_single_controller_is_reported():
+    raw = mutated(lambda s: s.pop("controller_standby"))
+    problems = check_structure(production(raw))
+    assert "two controllers expected (one leads, one stands by), got 1" in problems, problems
 
 
 def test_a_prometheus_job_on_the_wrong_port_or_name_is_reported():

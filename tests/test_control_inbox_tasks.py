@@ -14,6 +14,7 @@ import redis.asyncio as aioredis
 from controller.call_control import GROUP, ControlInbox, request_key, reply_for
 from shared.keys import Keys
 from shared.messages import ControlRequest, inbox_fields
+from tests.ari_harness import lease_holder
 
 
 class Actions:
@@ -42,7 +43,7 @@ async def test_a_request_whose_handling_raises_is_dead_lettered_acked_and_the_re
     text, raw = clients
     keys = Keys(prefix)
     actions = Actions()
-    inbox = ControlInbox(text, keys, "c", actions, streams=raw)  # type: ignore[arg-type]
+    inbox = ControlInbox(text, keys, "c", actions, fence=lease_holder(text, keys), streams=raw)  # type: ignore[arg-type]
     poisoned, good = request(), request()
     # Another controller's record of the first request, with a reply that is not JSON: reading it raises.
     await text.hset(request_key(keys, poisoned.request_id), mapping={"owner": "other:1", "reply": "{not json"})

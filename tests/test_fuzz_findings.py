@@ -37,6 +37,7 @@ from shared.dead_letters import PoisonEntry
 from shared.config.schema import Config, Email, OpenAIRealtime, Pricing
 from shared.keys import Keys
 from shared.messages import Assignment, CallEnded, CallPlan
+from tests.ari_harness import lease_holder
 from tests.conftest import OFFLINE
 from tool_worker import smtp
 from tool_worker.smtp import SendFailed
@@ -223,7 +224,8 @@ async def test_a_call_ended_right_after_its_assignment_finishes(redis_url, prefi
 async def test_a_controller_inbox_entry_whose_type_is_not_utf8_is_dead_lettered(redis_url, prefix):
     redis = aioredis.Redis.from_url(redis_url)
     try:
-        inbox = ControlInbox(redis, Keys(prefix), "c", actions=None)  # type: ignore[arg-type]
+        fence = lease_holder(redis, Keys(prefix))
+        inbox = ControlInbox(redis, Keys(prefix), "c", actions=None, fence=fence)  # type: ignore[arg-type]
         await inbox._contained("1-0", {b"type": b"\xffcontrol", b"data": b"{}"})
         [(_, letter)] = await redis.xrange(Keys(prefix).dead_letters)
         assert letter[b"reason"] == b"not_utf8" and not inbox.in_flight

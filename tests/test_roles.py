@@ -63,7 +63,8 @@ def test_roles_start_register_serve_health_and_stop_cleanly(cluster, cluster_env
     for proc in (controller, worker, tools):
         code, body = http_get(proc.health_url + "/healthz")
         assert code == 200 and json.loads(body) == {"status": "ok", "role": proc.role, "id": proc.id}
-        assert proc.readiness() == {"ready": True, "role": proc.role, "id": proc.id, "failing": {}}
+        leads = {"leadership": "leading"} if proc is controller else {}  # the only controller: it leads
+        assert proc.readiness() == {"ready": True, "role": proc.role, "id": proc.id, "failing": {}, **leads}
         code, body = http_get(proc.health_url + "/metrics")
         text = body.decode()
         assert code == 200

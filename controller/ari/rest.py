@@ -13,6 +13,7 @@ import asyncio
 import base64
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any, NotRequired, TypedDict, TypeVar
 from urllib.parse import quote
 
@@ -122,10 +123,16 @@ class AriRest:
         timeout: float = 5.0,
         max_connections: int = 256,
         max_body_bytes: int = MAX_BODY_BYTES,
+        gate: Callable[[], Awaitable[None]] | None = None,
+        client_id: str = "",
     ):
         self.base = ari_base(base_url)
+        agent = f"asterisk-ai-voice-agent ({client_id})" if client_id else "asterisk-ai-voice-agent"
+        # Awaited before every request; raises (an AriError) when this process may not act on Asterisk now: a
+        # controller that does not hold the leadership lease (controller/leadership.py).
+        self.gate = gate
         self.username = username
-        self._headers = {"Authorization": basic_auth(username, password), "User-Agent": "asterisk-ai-voice-agent"}
+        self._headers = {"Authorization": basic_auth(username, password), "User-Agent": agent}
         self.timeout = timeout
         self.max_connections = max_connections
         self.max_body_bytes = max_body_bytes
@@ -172,6 +179,8 @@ class AriRest:
         allow: frozenset[int] = frozenset(),
     ) -> tuple[int, bytes]:
         """Send one request; return (status, body) for 2xx and for the statuses in `allow`, raise otherwise."""
+        if self.gate is not None:
+            await self.gate()
         kwargs: dict[str, Any] = {}
         if params:
             kwargs["params"] = query(params)

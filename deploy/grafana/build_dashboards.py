@@ -477,6 +477,27 @@ DASHBOARDS = [
                     ],
                 ),
             ],
+            [
+                (
+                    "ts",
+                    "Controller leadership: leaders (must be 1), changes, takeovers and fenced writes (1h)",
+                    "short",
+                    [
+                        ("leading controllers", "sum(va_controller_leader) or vector(0)"),
+                        ("leader changes (1h)", "sum(increase(va_controller_leader_changes_total[1h])) or vector(0)"),
+                        ("fenced writes (1h)", "sum(increase(va_controller_fenced_writes_total[1h])) or vector(0)"),
+                        ("takeovers (1h)", "sum(increase(va_controller_takeover_seconds_count[1h])) or vector(0)"),
+                    ],
+                ),
+                (
+                    "ts",
+                    "Takeover: lease taken to ARI connected and calls reconciled, p95 (1h)",
+                    "s",
+                    [
+                        ("p95", quantile(0.95, "va_controller_takeover_seconds", window="1h")),
+                    ],
+                ),
+            ],
         ],
     },
     {

@@ -192,6 +192,9 @@ class ControllerSettings(Base):
     fallback: Fallback = msgspec.field(default_factory=Fallback)
     # One ARI step (answer, bridge, externalMedia...) that takes longer than this fails the setup.
     ari_timeout_ms: Annotated[int, Meta(ge=100, le=60_000)] = 5000
+    # The leadership lease (controller/leadership.py): one controller leads, the others stand by and take over
+    # within about this long (plus one poll and a reconcile) after the leader dies; renewed every quarter of it.
+    leader_lease_ms: Annotated[int, Meta(ge=200, le=60_000)] = 1000
 
 
 class MediaWorkerSettings(Base):

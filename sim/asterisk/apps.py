@@ -181,9 +181,9 @@ class AppRegistry:
         message["application"] = app.name
         if self.record:
             self.sent_events[app.name].append(message)
-        text = json.dumps(message, separators=(",", ":"))
-        for sock in app.sockets:
-            sock.send(text)
+        # Like Asterisk 22 (tests/realpbx/test_two_app_connections.py): a second connection for an app takes its
+        # events over; the older one stays open and hears nothing more.
+        app.sockets[-1].send(json.dumps(message, separators=(",", ":")))
 
     def stamp(self) -> float:
         return time.monotonic()

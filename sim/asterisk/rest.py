@@ -119,6 +119,7 @@ class RestRecord:
     status: int
     t: float = field(default_factory=time.monotonic)
     response: Any = None
+    client: str = ""  # the User-Agent: which controller sent it (tests of a standby controller)
 
 
 class Route:
@@ -209,7 +210,15 @@ class AriRest:
             except ValueError:
                 body = None
         status, payload, headers = await self._dispatch(request, path, query, body)
-        record = RestRecord(request.method, path, {k: v[0] for k, v in query.items()}, body, status, response=payload)
+        record = RestRecord(
+            request.method,
+            path,
+            {k: v[0] for k, v in query.items()},
+            body,
+            status,
+            response=payload,
+            client=request.headers.get("User-Agent", ""),
+        )
         if self.sim.record:
             self.log.append(record)
         if status == 204 or payload is None:

@@ -28,6 +28,7 @@ from media_worker.realtime.pool import SessionPool
 from media_worker.session import CLOSE_TIMEOUT_S
 from shared.config.schema import Config
 from shared.keys import Keys
+from tests.ari_harness import lease_holder
 from tests.conftest import OFFLINE
 from tests.fuzz.harness import EXAMPLE_TIMEOUT_S, examples, garbled, json_values, leftover_tasks, mutated
 
@@ -190,7 +191,8 @@ def control_fields(draw: st.DrawFn) -> dict:
 @pytest.fixture
 def control(loop, redis_url, prefix):
     redis = aioredis.Redis.from_url(redis_url)
-    inbox = ControlInbox(redis, Keys(prefix), "controller-fuzz", Actions())  # type: ignore[arg-type]
+    fence = lease_holder(redis, Keys(prefix))
+    inbox = ControlInbox(redis, Keys(prefix), "controller-fuzz", Actions(), fence=fence)  # type: ignore[arg-type]
     yield inbox
     loop.run_until_complete(redis.aclose())
 
