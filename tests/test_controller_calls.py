@@ -224,7 +224,13 @@ async def test_a_call_adopted_by_a_restarted_controller_can_still_be_moved(
     await until(await state_is(aredis, keys, call_id, "active"))
     proc.popen.kill()
     proc.popen.wait()
-    await controller()  # reconcile adopts the call, with its plan and worker from the record
+    _, restarted = await controller()  # reconcile adopts the call, with its plan and worker from the record
+
+    # Ready is not leading: it waits for the killed one's lease to run out (up to leader_lease_ms), then reconciles.
+    def restarted_leads():
+        return restarted.readiness().get("leadership") == "leading"
+
+    await until(restarted_leads)
     await workers(listener.port, wid="second")
     await listener.hang_up(call_id)  # the first worker is lost
 
