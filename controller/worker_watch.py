@@ -17,12 +17,16 @@ the same script finds nothing, so each death is acted on once. From that moment 
 reads only the live members of the set) gives the worker no new call. A worker that was only wedged and wakes
 up beats again and is back in the set; the calls it held were moved meanwhile and its sessions stop (the
 `end` messages with reason `moved` in its inbox, and the epoch check of its lease renewal).
+
+After Redis was away (a restart, a partition) no worker could beat either, so every one would look dead: the
+watch judges nothing until the workers have had `stale_after_ms` to beat again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -119,9 +123,21 @@ class WorkerWatch:
                     await ready.wait()
             except TimeoutError:
                 pass
+        seen_at = time.monotonic()  # the last poll that found Redis answering
+        settle_until = 0.0
+        blind_s = self.poll_s + self.stale_after_ms / 2000
         while not stopping.is_set():
             try:
-                await self.check()
+                await self.redis.ping()
+                now = time.monotonic()
+                if now - seen_at > blind_s:
+                    # Redis was away (or this loop stalled): the workers could not beat meanwhile either, and every
+                    # one of them would look dead. They get a full stale_after_ms to beat again first.
+                    settle_until = now + self.stale_after_ms / 1000
+                    log.info("worker watch: Redis answers again; judging heartbeats from %d ms on", self.stale_after_ms)
+                seen_at = now
+                if now >= settle_until:
+                    await self.check()
             except UNAVAILABLE as exc:
                 log.debug("worker watch: Redis unavailable (%s)", exc)
             try:
