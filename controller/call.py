@@ -240,6 +240,13 @@ class Call:
         self._setup = self.deps.tasks.spawn(self._move(worker_id, reason, lost_at_ms), f"move-{self.call_id}")
         return True
 
+    def continue_move(self, reason: str) -> None:
+        """An adopted call with no media to speak through: the move its lost worker called for starts (or goes on)
+        here. The worker it had, if any, is given up like a dead one."""
+        worker_id = self.reservation.worker_id if self.reservation is not None else ""
+        self.state = "moving"
+        self._setup = self.deps.tasks.spawn(self._move(worker_id, reason, 0), f"move-{self.call_id}")
+
     def _defer_move(self, worker_id: str, reason: str, lost_at_ms: int) -> bool:
         """A transfer is ringing: the caller hears hold music, and a new agent would talk over it (and never
         learn the transfer's outcome, which goes to the worker that asked for it). The move waits for it."""

@@ -235,6 +235,11 @@ class StasisApp:
         if state == "active" and record.get("media_channel", "") in held.existing:
             self._adopt(call_id, caller, record)
             return True
+        if state in ("active", "moving") and record.get("plan"):
+            # Its media leg is gone (its worker died while no controller listened) or a move was cut short by the
+            # controller before us (state `moving`): the move goes on, with the conversation, not a new call.
+            self._adopt(call_id, caller, record).continue_move("adopted_without_media")
+            return True
         agent_id = record.get("transfer_channel", "")
         if state == "transferred" and agent_id in held.in_stasis:
             self._adopt(call_id, caller, record, agent_leg=agent_id)
@@ -326,7 +331,7 @@ class StasisApp:
             except Exception:
                 log.exception("after-call work of %s failed", call_id)
 
-    def _adopt(self, call_id: str, caller: Channel, record: dict[str, str], agent_leg: str = "") -> None:
+    def _adopt(self, call_id: str, caller: Channel, record: dict[str, str], agent_leg: str = "") -> Call:
         call = Call(self.deps, call_id, caller)
         call.on_ended = self._forget
         call.admitted = True
@@ -345,6 +350,7 @@ class StasisApp:
         self.by_caller[caller.id] = call
         CALLS_ACTIVE.set(len(self.calls))
         log.info("adopted call %s (caller %s, worker %s)", call_id, caller.id, record.get("worker"))
+        return call
 
 
 _ignore_errors = partial(quietly, what="reconcile step")

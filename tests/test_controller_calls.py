@@ -244,6 +244,38 @@ async def test_a_call_adopted_by_a_restarted_controller_can_still_be_moved(
     await until(nothing_left(sim))
 
 
+async def test_a_move_cut_short_by_the_controllers_death_goes_on_under_the_next_one(
+    sim, listener, workers, controller, aredis, keys
+):
+    """The controller died between giving the lost worker up (record: state `moving`, no worker) and placing the
+    call again: the next controller adopts it and moves it, in the same bridge, as the same call (not a new one,
+    which would greet again and send a second summary)."""
+    first = await workers(listener.port, wid="first")
+    _, proc = await controller()
+    call = await sim.place_call(caller_name="Bob", caller_number="100")
+    await listener.wait_for(1)
+    (conn,) = listener.connections.values()
+    call_id = conn.uuid
+    await until(await state_is(aredis, keys, call_id, "active"))
+    proc.popen.kill()
+    proc.popen.wait()
+    await aredis.hset(keys.call(call_id), mapping={"state": "moving", "worker": ""})  # where drop_worker left it
+    await first.stop()
+    await workers(listener.port, wid="second")
+    _, restarted = await controller()
+
+    async def moved():
+        record = await call_record(aredis, keys, call_id)
+        return record.get("worker") == "second" and record.get("state") == "active"
+
+    await until(moved)
+    assert {c.id for c in sim.bridges[f"{call_id}-br"].members} == {call.channel_id, f"{call_id}-em1"}
+    assert (await call_record(aredis, keys, call_id))["moves"] == "1"
+    assert await aredis.scard(keys.calls_active) == 1  # the same call, not a second one for the same caller
+    await call.hangup()
+    await until(nothing_left(sim))
+
+
 @pytest.mark.slow  # measured 2.9 s
 async def test_a_worker_that_refuses_the_media_leg_is_replaced(sim, listener, workers, controller, aredis, keys):
     closed = AudioSocketListener()
