@@ -7,10 +7,11 @@ import json
 import os
 import subprocess
 import sys
+from collections import Counter
 
 import pytest
 
-from sim import demo_call, loadtest
+from sim import chaos, demo_call, loadtest
 from sim import loadtest_report as rep
 from sim.realtime.script import Script
 from tests.conftest import REDIS_URL, ROOT
@@ -190,3 +191,144 @@ def test_small_real_run_sets_up_every_call_and_leaves_nothing(tmp_path):
     assert (tmp_path / "plot.svg").exists() or (tmp_path / "plot.png").exists()
     assert "load test OK" in proc.stdout
     assert result["errors"] == {}, result["errors"]  # a clean run reports no error of any kind
+
+
+# --- chaos: the spec, the judging of a call, the mails ----------------------------------------------------------
+
+
+def test_chaos_spec_parses_faults_in_time_order():
+    faults = chaos.parse_chaos(" restart-redis@60s,kill-worker@20 , kill-controller@40.5s,kill-tool-worker@500ms")
+    assert [(f.kind, f.at_s) for f in faults] == [
+        (chaos.FaultKind.KILL_TOOL_WORKER, 0.5),
+        (chaos.FaultKind.KILL_WORKER, 20.0),
+        (chaos.FaultKind.KILL_CONTROLLER, 40.5),
+        (chaos.FaultKind.RESTART_REDIS, 60.0),
+    ]
+    assert faults[1].name == "kill-worker@20s"
+    assert chaos.parse_chaos("stop-worker@1s")[0].kind is chaos.FaultKind.STOP_WORKER
+
+
+@pytest.mark.parametrize(
+    ("spec", "named"),
+    [
+        ("kill-worker@20s,explode@30s", "'explode'"),
+        ("kill-worker", "'kill-worker' has no time"),
+        ("kill-worker@soon", "'soon'"),
+        ("kill-worker@-3s", "'-3s'"),
+        ("kill-worker@20s,,kill-controller@30s", "empty fault"),
+        ("kill-worker@20s,", "empty fault"),
+        ("kill-worker@2h", "'2h'"),
+    ],
+)
+def test_chaos_spec_errors_name_the_bad_token(spec, named):
+    with pytest.raises(chaos.ChaosSpecError) as err:
+        chaos.parse_chaos(spec)
+    assert named in str(err.value)
+
+
+def test_chaos_schedule_needs_calls_up_and_something_to_hit():
+    ok = chaos.parse_chaos("kill-worker@5s,kill-tool-worker@9s")
+    chaos.check_schedule(ok, last_hangup_s=10.0, workers=2, tool_workers=1)
+    with pytest.raises(chaos.ChaosSpecError, match="kill-worker@12s comes after the last call"):
+        chaos.check_schedule(chaos.parse_chaos("kill-worker@12s"), 10.0, 2, 1)
+    with pytest.raises(chaos.ChaosSpecError, match="stop-worker@5s needs --workers 2"):
+        chaos.check_schedule(chaos.parse_chaos("stop-worker@5s"), 10.0, 1, 1)
+    with pytest.raises(chaos.ChaosSpecError, match="kill-tool-worker@5s needs --tool-workers 1"):
+        chaos.check_schedule(chaos.parse_chaos("kill-tool-worker@5s"), 10.0, 2, 0)
+
+
+def _call(voiced, spoke=(), end_t=None, scripted=True, reason="caller_hangup"):
+    return chaos.CallAtFault("c1", list(voiced), list(spoke), end_t, scripted, reason)
+
+
+def test_a_call_whose_agent_talks_on_through_the_fault_has_no_gap():
+    judged = chaos.judge(_call([(95.0, 103.0)], end_t=120.0), fault_t=100.0, run_end_t=130.0)
+    assert judged.outcome is chaos.Outcome.SURVIVED and judged.gap_s == 0.0
+
+
+def test_the_tail_a_dead_worker_had_sent_is_not_a_resumption():
+    # Agent audio until 100.05 (frames in flight at the kill), then 1.2 s of silence, then the new worker.
+    judged = chaos.judge(_call([(98.0, 100.05), (101.2, 103.0)], end_t=120.0), 100.0, 130.0)
+    assert judged.outcome is chaos.Outcome.SURVIVED and judged.gap_s == pytest.approx(1.2)
+
+
+def test_the_gap_counts_from_the_end_of_what_the_caller_said_meanwhile():
+    # The caller spoke 100.5-103.0 after the kill; the agent answered at 103.4: 0.4 s owed, not 3.4 s.
+    judged = chaos.judge(_call([(98.0, 100.0), (103.4, 105.0)], spoke=[(100.5, 103.0)], end_t=120.0), 100.0, 130.0)
+    assert judged.outcome is chaos.Outcome.SURVIVED and judged.gap_s == pytest.approx(0.4)
+
+
+def test_dead_air_when_the_agent_comes_back_late_or_never():
+    late = chaos.judge(_call([(98.0, 100.0), (102.5, 104.0)], end_t=120.0), 100.0, 130.0)
+    assert late.outcome is chaos.Outcome.DEAD_AIR and late.gap_s == pytest.approx(2.5)
+    never = chaos.judge(_call([(98.0, 100.0)], end_t=None), 100.0, 115.0)  # up to the end, in silence
+    assert never.outcome is chaos.Outcome.DEAD_AIR and never.gap_s is None
+    # Hung up by the script 1 s after the kill, before any audio could come: neither survived nor dead air.
+    short = chaos.judge(_call([(98.0, 100.0)], end_t=101.0), 100.0, 115.0)
+    assert short.outcome is chaos.Outcome.UNDECIDED
+
+
+def test_fallback_in_time_is_not_dead_air_but_late_fallback_is():
+    quick = chaos.judge(
+        _call([(98.0, 100.0), (100.3, 101.5)], end_t=102.0, scripted=False, reason="media_lost"), 100, 130
+    )
+    assert quick.outcome is chaos.Outcome.FALLBACK and quick.gap_s == pytest.approx(0.3)
+    silent = chaos.judge(_call([(98.0, 100.0)], end_t=101.0, scripted=False, reason="media_lost"), 100.0, 130.0)
+    assert silent.outcome is chaos.Outcome.FALLBACK
+    late = chaos.judge(
+        _call([(98.0, 100.0), (115.0, 116.0)], end_t=117.0, scripted=False, reason="media_lost"), 100, 130
+    )
+    assert late.outcome is chaos.Outcome.DEAD_AIR
+    # Resumed, then ended by something other than the script and not by the controller: dropped.
+    lost = chaos.judge(_call([(98.0, 100.0), (100.5, 101.0)], end_t=104.0, scripted=False, reason=""), 100, 130)
+    assert lost.outcome is chaos.Outcome.DROPPED
+
+
+def test_spoken_spans_repeat_the_timeline_from_when_the_caller_started():
+    assert chaos.spoken_spans(10.0, [(4.0, 6.0), (9.0, 10.0)], cycle_s=20.0, cycles=2) == [
+        (14.0, 16.0),
+        (19.0, 20.0),
+        (34.0, 36.0),
+        (39.0, 40.0),
+    ]
+    assert chaos.spoken_spans(None, [(4.0, 6.0)], 20.0, 2) == []
+
+
+def test_summaries_are_counted_by_call_from_the_message_ids(tmp_path):
+    for n, (call_id, kind) in enumerate(
+        [
+            ("a1", "send_email_summary"),
+            ("b2", "send_email_summary"),
+            ("b2", "send_email_summary"),
+            ("a1", "request_transcript"),
+        ]
+    ):
+        (tmp_path / f"{n:04d}.eml").write_bytes(
+            f"X-Envelope-From: x\r\nMessage-ID: <{kind}.{call_id}@example.com>\r\nSubject: s\r\n\r\nbody\r\n".encode()
+        )
+    found = chaos.summaries_by_call(tmp_path)
+    assert found == {"a1": 1, "b2": 2}
+    assert chaos.mail_faults(["a1", "b2", "c3"], found) == {"lost": ["c3"], "duplicated": ["b2"]}
+    assert chaos.summaries_by_call(tmp_path / "none") == {}
+
+
+def test_fault_result_and_failures_name_every_figure_that_is_not_zero():
+    record = chaos.FaultRecord(chaos.parse_chaos("kill-worker@6s")[0], t=100.0, target="w1", affected=["a", "b", "c"])
+    judged = [
+        chaos.Judged("a", chaos.Outcome.SURVIVED, 0.8),
+        chaos.Judged("b", chaos.Outcome.DEAD_AIR, 3.0),
+        chaos.Judged("c", chaos.Outcome.FALLBACK, 0.2),
+    ]
+    result = chaos.fault_result(record, judged, Counter({"a": 1, "b": 2}))
+    assert (result["affected"], result["survived"], result["dead_air"], result["fallback"]) == (3, 1, 1, 1)
+    assert result["gap_ms"]["n"] == 2 and result["gap_ms"]["max"] == 3000.0  # the fallback's is kept apart
+    assert result["fallback_heard_ms"]["n"] == 1
+    assert (result["mails_lost"], result["mails_duplicated"]) == (1, 1)
+    summary = {"faults": [result], "mails": {"calls": 3, "lost": [], "duplicated": []}, "leaks": {"rtp_ports": 2}}
+    assert chaos.failures(summary) == [
+        "kill-worker@6s: dead_air 1",
+        "kill-worker@6s: mails_lost 1",
+        "kill-worker@6s: mails_duplicated 1",
+        "leaked rtp_ports: 2",
+    ]
+    assert "NOT 0" in chaos.report_lines(summary)[-1]
