@@ -15,15 +15,15 @@ Faults (each bounded in time; `FAULT_TIMES` says how long each lasts):
 
 How a call is judged, from what the CALLER heard (times on this host's monotonic clock):
 
-- the next agent audio after the fault: the first voiced span still running IN_FLIGHT_S after the fault
-  (the frames a dead worker had already sent are not a resumption), from the fault on;
-- the caller-audible gap: from the moment the caller was owed agent audio to that next agent audio. Owed from
-  the fault, or from the end of the caller's own utterance when the caller spoke between the fault and the
-  agent's next audio (the agent answers the caller; the caller talking is not dead air). A silence after a
-  kill that the caller fills by speaking is counted from the end of that speech: the agent being ready to
-  listen shows, from the caller's side, only as the answer to what the caller says next;
-- dead air: up, not in the fallback, and a gap longer than DEAD_AIR_S (or no agent audio at all while the
-  call stayed up longer than DEAD_AIR_S after it was owed);
+- the next audio: the first voiced span the caller hears still running IN_FLIGHT_S after the fault (the
+  frames a dead worker had already sent are not a resumption), from the fault on;
+- the caller-audible gap: from the fault to that next audio (p50/p95/max over the calls not sent to the
+  fallback; the fallback's own prompt is timed apart);
+- the silence: the longest stretch between the fault and that next audio (or the call's end) in which the
+  caller neither heard speech nor spoke. The scripted caller talks on a schedule whatever it hears, so the time
+  it spends talking is not counted as dead air (a real caller talking is not waiting); what is left is the
+  time it sat in silence. In the undisturbed script that is at most about a second (a turn's wait);
+- dead air: a silence longer than DEAD_AIR_S after the fault (up, and not yet in the fallback's prompt);
 - survived: agent audio resumed without dead air, and the call lasted to its scripted hangup;
 - fallback: the controller ended it with a reason other than the caller's hangup (media_lost, setup_failed,
   ...: every such end in controller/call.py sends a caller still there to the dialplan's fallback).
@@ -130,7 +130,7 @@ class Outcome(enum.Enum):
     FALLBACK = "fallback"
     DEAD_AIR = "dead_air"
     DROPPED = "dropped"  # ended early without the fallback, or resumed and then lost
-    UNDECIDED = "undecided"  # hung up by the script within DEAD_AIR_S of being owed audio, before any came
+    UNDECIDED = "undecided"  # hung up by the script before any audio came, without DEAD_AIR_S of silence
 
 
 @dataclass
@@ -149,7 +149,8 @@ class CallAtFault:
 class Judged:
     call_id: str
     outcome: Outcome
-    gap_s: float | None  # owed -> next agent audio (None when none came)
+    gap_s: float | None  # the fault -> the next audio the caller heard (None when none came)
+    silence_s: float = 0.0  # the longest silence after the fault before it (the caller not speaking either)
 
 
 def spoken_spans(
@@ -169,34 +170,36 @@ def next_agent_audio(voiced: list[tuple[float, float]], fault_t: float) -> float
     return None
 
 
-def owed_from(spoke: list[tuple[float, float]], fault_t: float, until: float) -> float:
-    """When the caller was owed agent audio: the fault, or the end of the caller's last utterance before
-    `until` that was still going on or started after the fault."""
-    owed = fault_t
-    for start, end in spoke:
-        if start < until and end > fault_t:
-            owed = max(owed, min(end, until))
-    return owed
+def longest_silence(voiced: list[tuple[float, float]], spoke: list[tuple[float, float]], t0: float, t1: float) -> float:
+    """The longest stretch of [t0, t1] in which the caller neither heard speech nor spoke."""
+    longest, cursor = 0.0, t0
+    for start, end in sorted(voiced + spoke):
+        if end <= cursor:
+            continue
+        if start >= t1:
+            break
+        longest = max(longest, start - cursor)
+        cursor = max(cursor, end)
+    return max(longest, t1 - cursor)
 
 
 def judge(call: CallAtFault, fault_t: float, run_end_t: float) -> Judged:
     heard = next_agent_audio(call.voiced, fault_t)
-    fallback = bool(call.end_reason) and call.end_reason not in rep.NORMAL_END
     stop = call.end_t if call.end_t is not None else run_end_t
-    if heard is not None and (call.end_t is None or heard < call.end_t):
-        owed = owed_from(call.spoke, fault_t, heard)
-        gap = max(0.0, heard - owed)
-        if gap > DEAD_AIR_S:
-            return Judged(call.call_id, Outcome.DEAD_AIR, gap)
-        if fallback:
-            return Judged(call.call_id, Outcome.FALLBACK, gap)
-        return Judged(call.call_id, Outcome.SURVIVED if call.scripted_end else Outcome.DROPPED, gap)
-    if fallback:
-        return Judged(call.call_id, Outcome.FALLBACK, None)
-    owed = owed_from(call.spoke, fault_t, stop)
-    if stop - owed > DEAD_AIR_S:
-        return Judged(call.call_id, Outcome.DEAD_AIR, None)
-    return Judged(call.call_id, Outcome.UNDECIDED if call.scripted_end else Outcome.DROPPED, None)
+    if heard is not None and heard >= stop:
+        heard = None  # after the call ended: not for this caller
+    silence = longest_silence(call.voiced, call.spoke, fault_t, heard if heard is not None else stop)
+    resumed = None if heard is None else heard - fault_t
+    fallback = bool(call.end_reason) and call.end_reason not in rep.NORMAL_END
+    if silence > DEAD_AIR_S:
+        outcome = Outcome.DEAD_AIR
+    elif fallback:
+        outcome = Outcome.FALLBACK
+    elif heard is not None:
+        outcome = Outcome.SURVIVED if call.scripted_end else Outcome.DROPPED
+    else:
+        outcome = Outcome.UNDECIDED if call.scripted_end else Outcome.DROPPED
+    return Judged(call.call_id, outcome, resumed, silence)
 
 
 # --- mails ----------------------------------------------------------------------------------------------------
@@ -262,11 +265,15 @@ def fault_result(record: FaultRecord, judged: list[Judged], summaries: Counter) 
         "dropped": outcomes[Outcome.DROPPED],
         "undecided": outcomes[Outcome.UNDECIDED],
         "gap_ms": rep.summary(gaps_ms),
+        "silence_ms": rep.summary([1000 * j.silence_s for j in judged]),
         "fallback_heard_ms": rep.summary(fallback_ms),
         "mails_checked": len(record.mail_calls or record.affected),
         "mails_lost": len(mails["lost"]),
         "mails_duplicated": len(mails["duplicated"]),
-        "calls": {j.call_id: {"outcome": j.outcome.value, "gap_ms": _ms(j.gap_s)} for j in judged},
+        "calls": {
+            j.call_id: {"outcome": j.outcome.value, "gap_ms": _ms(j.gap_s), "silence_ms": _ms(j.silence_s)}
+            for j in judged
+        },
         "mail_problems": mails,
     }
 
@@ -298,7 +305,7 @@ def failures(chaos: dict) -> list[str]:
 
 def report_lines(chaos: dict) -> list[str]:
     lines = [
-        "chaos (per fault; gap = caller owed agent audio -> next agent audio heard, ms, calls not in the fallback)",
+        "chaos (per fault; gap = the fault -> the next agent audio the caller heard, ms, calls not in the fallback)",
         f"  {'fault':<26} {'target':<28} {'calls':>5} {'surv':>5} {'fallb':>5} {'dead':>5} {'drop':>5} "
         f"{'p50':>7} {'p95':>7} {'max':>7} {'mail lost/dup':>14}",
     ]
@@ -311,12 +318,24 @@ def report_lines(chaos: dict) -> list[str]:
         )
         if f["note"]:
             lines.append(f"    {f['note']}")
+        si = f["silence_ms"]
+        if si["n"]:
+            lines.append(
+                f"    longest silence after the fault (neither side speaking): p50 {rep.fmt_ms(si['p50'])}, "
+                f"max {rep.fmt_ms(si['max'])} ms; dead air above {1000 * DEAD_AIR_S:.0f} ms"
+            )
         fb = f["fallback_heard_ms"]
         if fb["n"]:
             lines.append(
                 f"    fallback heard (fault -> the dialplan's first audio): p50 {rep.fmt_ms(fb['p50'])}, "
                 f"max {rep.fmt_ms(fb['max'])} ms (n={fb['n']})"
             )
+    base = chaos.get("baseline_silence_ms")
+    if base and base["n"]:
+        lines.append(
+            f"  calls no fault touched, longest silence each (the script's own): p50 {rep.fmt_ms(base['p50'])}, "
+            f"max {rep.fmt_ms(base['max'])} ms (n={base['n']})"
+        )
     mails = chaos["mails"]
     lines.append(
         f"  mails over all {mails['calls']} calls set up: {len(mails['lost'])} lost, "

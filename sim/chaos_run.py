@@ -391,4 +391,22 @@ def chaos_result(
         faults.append(ch.fault_result(record, judged, summaries))
     set_up = sorted(r["_id"] for r in records if r.get("setup_ms"))
     mails = ch.mail_faults(set_up, summaries)
-    return {"faults": faults, "mails": {"calls": len(set_up), **mails}, "leaks": leaked}
+    # The same measure on the calls no fault touched: how long the script itself leaves the caller in silence.
+    touched = {c for record in runner.records for c in record.affected}
+    baseline = []
+    for call_id in set_up:
+        rec = by_id[call_id]
+        key = target.key_for(rec.get("caller_channel", ""))
+        end_t = wall_to_monotonic(rec.get("ended_ms"))
+        if call_id in touched or key is None or end_t is None:
+            continue
+        start_t, voiced = voices[key] if key in voices else target.voice(key)
+        if voiced:
+            spoke = ch.spoken_spans(start_t, lines, cycle_s, cycles)
+            baseline.append(1000 * ch.longest_silence(voiced, spoke, voiced[0][0], end_t - 0.3))
+    return {
+        "faults": faults,
+        "mails": {"calls": len(set_up), **mails},
+        "leaks": leaked,
+        "baseline_silence_ms": ch.rep.summary(baseline),
+    }
