@@ -22,7 +22,8 @@ How a call is judged, from what the CALLER heard (times on this host's monotonic
 - the silence: the longest stretch between the fault and that next audio (or the call's end) in which the
   caller neither heard speech nor spoke. The scripted caller talks on a schedule whatever it hears, so the time
   it spends talking is not counted as dead air (a real caller talking is not waiting); what is left is the
-  time it sat in silence. In the undisturbed script that is at most about a second (a turn's wait);
+  time it sat in silence. In the undisturbed script that is about 1.3 s at most (a turn's wait, measured on the
+  calls no fault touched and reported beside the faults);
 - dead air: a silence longer than DEAD_AIR_S after the fault (up, and not yet in the fallback's prompt);
 - survived: agent audio resumed without dead air, and the call lasted to its scripted hangup;
 - fallback: the controller ended it with a reason other than the caller's hangup (media_lost, setup_failed,
