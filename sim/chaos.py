@@ -247,12 +247,18 @@ class FaultRecord:
     note: str = ""
 
 
-def fault_result(record: FaultRecord, judged: list[Judged], summaries: Counter) -> dict:
+def fault_result(
+    record: FaultRecord, judged: list[Judged], summaries: Counter, caller_of: dict[str, str] | None = None
+) -> dict:
+    """One fault's figures. `summaries` are counted by caller when `caller_of` (call id -> caller channel) is
+    given: a caller admitted twice (two controllers both taking it) and mailed twice is a duplicate."""
     outcomes = Counter(j.outcome for j in judged)
     # A call sent to the fallback hears the dialplan's prompt, not the agent: its gap is kept apart.
     gaps_ms = [1000 * j.gap_s for j in judged if j.gap_s is not None and j.outcome is not Outcome.FALLBACK]
     fallback_ms = [1000 * j.gap_s for j in judged if j.gap_s is not None and j.outcome is Outcome.FALLBACK]
-    mails = mail_faults(record.mail_calls or record.affected, summaries)
+    checked = record.mail_calls or record.affected
+    keys = sorted({(caller_of or {}).get(c, c) for c in checked})
+    mails = mail_faults(keys, summaries)
     return {
         "fault": record.fault.name,
         "kind": record.fault.kind.value,
@@ -268,7 +274,7 @@ def fault_result(record: FaultRecord, judged: list[Judged], summaries: Counter) 
         "gap_ms": rep.summary(gaps_ms),
         "silence_ms": rep.summary([1000 * j.silence_s for j in judged]),
         "fallback_heard_ms": rep.summary(fallback_ms),
-        "mails_checked": len(record.mail_calls or record.affected),
+        "mails_checked": len(keys),
         "mails_lost": len(mails["lost"]),
         "mails_duplicated": len(mails["duplicated"]),
         "calls": {
@@ -297,7 +303,7 @@ def failures(chaos: dict) -> list[str]:
     mails = chaos["mails"]
     for key in ("lost", "duplicated"):
         if mails[key]:
-            out.append(f"all calls: mails {key} {len(mails[key])}")
+            out.append(f"all callers: summaries {key} {len(mails[key])}")
     for key, value in chaos["leaks"].items():
         if value:
             out.append(f"leaked {key}: {value}")
@@ -339,9 +345,15 @@ def report_lines(chaos: dict) -> list[str]:
         )
     mails = chaos["mails"]
     lines.append(
-        f"  mails over all {mails['calls']} calls set up: {len(mails['lost'])} lost, "
+        f"  summaries over all {mails['calls']} callers admitted (one each): {len(mails['lost'])} lost, "
         f"{len(mails['duplicated'])} duplicated"
     )
+    server = chaos.get("mail_server")
+    if server:
+        lines.append(
+            f"  mail server: {server['data']} messages reached DATA, {server['accepted']} accepted (a sender "
+            "killed mid-DATA leaves nothing there)"
+        )
     lines.append("  leaks: " + ", ".join(f"{k} {v}" for k, v in chaos["leaks"].items()))
     bad = failures(chaos)
     lines.append("  must-be-0 figures: " + ("all 0" if not bad else "NOT 0: " + "; ".join(bad)))

@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -342,6 +343,14 @@ def leaks(client: redis.Redis, keys: Keys) -> dict[str, int]:
     }
 
 
+def mail_server_counts(log: str) -> dict[str, int] | None:
+    """From `voice-agent sim mail`'s output with --data-delay-ms: messages that reached DATA, and accepted."""
+    data = log.count(": holding it ")
+    if not data:
+        return None
+    return {"data": data, "accepted": log.count("accepted message ")}
+
+
 def wall_to_monotonic(ms: str | None) -> float | None:
     """A Redis-server time in ms (this host's clock: the server is local) on this process's monotonic clock."""
     if not ms:
@@ -360,10 +369,15 @@ def chaos_result(
     mail_dir: Path,
     leaked: dict[str, int],
     run_end_t: float,
+    mail_log: str = "",
 ) -> dict:
     """Every fault judged from what its callers heard, the mails of every call, and the leaks."""
     by_id = {r["_id"]: r for r in records}
-    summaries = ch.summaries_by_call(mail_dir)
+    # Mails are counted by caller: one summary per caller admitted, however many call ids it was given.
+    caller_of = {r["_id"]: r.get("caller_channel") or r["_id"] for r in records}
+    summaries: Counter = Counter()
+    for call_id, n in ch.summaries_by_call(mail_dir).items():
+        summaries[caller_of.get(call_id, call_id)] += n
     voices: dict[str, tuple[float | None, list[tuple[float, float]]]] = {}
     faults = []
     for record in runner.records:
@@ -388,9 +402,10 @@ def chaos_result(
                 end_reason=end_reason,
             )
             judged.append(ch.judge(call, record.t, run_end_t))
-        faults.append(ch.fault_result(record, judged, summaries))
+        faults.append(ch.fault_result(record, judged, summaries, caller_of))
     set_up = sorted(r["_id"] for r in records if r.get("setup_ms"))
-    mails = ch.mail_faults(set_up, summaries)
+    callers = sorted(set(caller_of.values()))
+    mails = ch.mail_faults(callers, summaries)
     # The same measure on the calls no fault touched: how long the script itself leaves the caller in silence.
     touched = {c for record in runner.records for c in record.affected}
     baseline = []
@@ -406,7 +421,8 @@ def chaos_result(
             baseline.append(1000 * ch.longest_silence(voiced, spoke, voiced[0][0], end_t - 0.3))
     return {
         "faults": faults,
-        "mails": {"calls": len(set_up), **mails},
+        "mails": {"calls": len(callers), **mails},
+        "mail_server": mail_server_counts(mail_log),
         "leaks": leaked,
         "baseline_silence_ms": ch.rep.summary(baseline),
     }

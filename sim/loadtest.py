@@ -774,6 +774,7 @@ def measure(args: argparse.Namespace, run: LoadRun, started: Started) -> dict:
             run.mail_dir,
             leaks(run.client, run.keys),
             run_end_t,
+            "".join(sim.log_text() for sim in run.cluster.sims if sim.kind == "mail"),
         )
     return build_result(
         args,

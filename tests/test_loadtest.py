@@ -331,16 +331,18 @@ def test_fault_result_and_failures_name_every_figure_that_is_not_zero():
         chaos.Judged("b", chaos.Outcome.DEAD_AIR, 3.0),
         chaos.Judged("c", chaos.Outcome.FALLBACK, 0.2),
     ]
-    result = chaos.fault_result(record, judged, Counter({"a": 1, "b": 2}))
+    # Counted by caller: call ids a and c are one caller admitted twice (x), b another (y).
+    result = chaos.fault_result(record, judged, Counter({"x": 1, "y": 2}), {"a": "x", "b": "y", "c": "x"})
     assert (result["affected"], result["survived"], result["dead_air"], result["fallback"]) == (3, 1, 1, 1)
     assert result["gap_ms"]["n"] == 2 and result["gap_ms"]["max"] == 3000.0  # the fallback's is kept apart
     assert result["fallback_heard_ms"]["n"] == 1
-    assert (result["mails_lost"], result["mails_duplicated"]) == (1, 1)
-    summary = {"faults": [result], "mails": {"calls": 3, "lost": [], "duplicated": []}, "leaks": {"rtp_ports": 2}}
+    assert (result["mails_checked"], result["mails_lost"], result["mails_duplicated"]) == (2, 0, 1)
+    assert chaos.fault_result(record, judged, Counter({"a": 1}))["mails_lost"] == 2  # by call id: b and c
+    summary = {"faults": [result], "mails": {"calls": 2, "lost": ["z"], "duplicated": []}, "leaks": {"rtp_ports": 2}}
     assert chaos.failures(summary) == [
         "kill-worker@6s: dead_air 1",
-        "kill-worker@6s: mails_lost 1",
         "kill-worker@6s: mails_duplicated 1",
+        "all callers: summaries lost 1",
         "leaked rtp_ports: 2",
     ]
     assert "NOT 0" in chaos.report_lines(summary)[-1]
