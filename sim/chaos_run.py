@@ -413,8 +413,8 @@ def chaos_result(
         rec = by_id[call_id]
         key = target.key_for(rec.get("caller_channel", ""))
         end_t = wall_to_monotonic(rec.get("ended_ms"))
-        if call_id in touched or key is None or end_t is None:
-            continue
+        if call_id in touched or key is None or end_t is None or rec.get("end_reason") not in ch.rep.NORMAL_END:
+            continue  # touched by a fault, or not run to the script's end (a fallback, a duplicate admission)
         start_t, voiced = voices[key] if key in voices else target.voice(key)
         if voiced:
             spoke = ch.spoken_spans(start_t, lines, cycle_s, cycles)
