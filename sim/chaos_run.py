@@ -418,7 +418,7 @@ def chaos_result(
         start_t, voiced = voices[key] if key in voices else target.voice(key)
         if voiced:
             spoke = ch.spoken_spans(start_t, lines, cycle_s, cycles)
-            baseline.append(1000 * ch.longest_silence(voiced, spoke, voiced[0][0], end_t - 0.3))
+            baseline.append(1000 * ch.owed_silence(voiced, spoke, voiced[0][0], end_t - 0.3))
     return {
         "faults": faults,
         "mails": {"calls": len(callers), **mails},

@@ -250,14 +250,15 @@ def test_the_tail_a_dead_worker_had_sent_is_not_a_resumption():
     # Agent audio until 100.05 (frames in flight at the kill), then silence, then the new worker at 101.2.
     judged = chaos.judge(_call([(98.0, 100.05), (101.2, 103.0)], end_t=120.0), 100.0, 130.0)
     assert judged.outcome is chaos.Outcome.SURVIVED
-    assert judged.gap_s == pytest.approx(1.2) and judged.silence_s == pytest.approx(1.15)
+    assert judged.gap_s == pytest.approx(1.2) and judged.silence_s == pytest.approx(1.2)  # owed from the fault
 
 
 def test_time_the_caller_spends_talking_is_not_silence():
-    # Kill at 100; the caller talks 100.5-103.0 into nothing, then waits; the agent answers at 103.4.
+    # Kill at 100 in a pause (the agent had finished); the caller talks 100.5-103.0 into nothing, then waits;
+    # the agent answers at 103.4: owed from 103.0, a wait of 0.4 s.
     judged = chaos.judge(_call([(98.0, 100.0), (103.4, 105.0)], spoke=[(100.5, 103.0)], end_t=120.0), 100.0, 130.0)
     assert judged.outcome is chaos.Outcome.SURVIVED
-    assert judged.gap_s == pytest.approx(3.4) and judged.silence_s == pytest.approx(0.5)
+    assert judged.gap_s == pytest.approx(3.4) and judged.silence_s == pytest.approx(0.4)
     # The same call with the caller done at 101.0: 2.4 s of silence before the agent, dead air.
     dead = chaos.judge(_call([(98.0, 100.0), (103.4, 105.0)], spoke=[(100.5, 101.0)], end_t=120.0), 100.0, 130.0)
     assert dead.outcome is chaos.Outcome.DEAD_AIR and dead.silence_s == pytest.approx(2.4)
@@ -270,13 +271,22 @@ def test_longest_silence_between_overlapping_spans():
     assert chaos.longest_silence([(0.0, 9.0)], [], 1.0, 8.0) == 0.0
 
 
+def test_a_pause_the_script_leaves_after_the_agent_answered_is_not_owed():
+    # The agent answered the caller's line (101.0 -> 101.5..104.0); the next line starts at 109.5 (the WAV's
+    # next cycle): 5.5 s of quiet that nobody owes. A fault at 100.5, during the caller's wait, changes nothing.
+    call = _call([(98.0, 100.0), (101.5, 104.0), (110.5, 112.0)], spoke=[(100.2, 101.0), (109.5, 110.0)])
+    assert chaos.owed_silence(call.voiced, call.spoke, 100.5, 112.0) == pytest.approx(0.5)
+    assert chaos.longest_silence(call.voiced, call.spoke, 100.5, 112.0) == pytest.approx(5.5)  # what it is not
+    assert chaos.judge(call, 100.5, 130.0).outcome is chaos.Outcome.SURVIVED
+
+
 def test_dead_air_when_the_agent_comes_back_late_or_never():
-    late = chaos.judge(_call([(98.0, 100.0), (102.5, 104.0)], end_t=120.0), 100.0, 130.0)
+    late = chaos.judge(_call([(98.0, 100.05), (102.5, 104.0)], end_t=120.0), 100.0, 130.0)
     assert late.outcome is chaos.Outcome.DEAD_AIR and late.gap_s == pytest.approx(2.5)
-    never = chaos.judge(_call([(98.0, 100.0)], end_t=None), 100.0, 115.0)  # up to the end, in silence
+    never = chaos.judge(_call([(98.0, 100.05)], end_t=None), 100.0, 115.0)  # up to the end, in silence
     assert never.outcome is chaos.Outcome.DEAD_AIR and never.gap_s is None
     # Hung up by the script 1 s after the kill, before any audio could come: neither survived nor dead air.
-    short = chaos.judge(_call([(98.0, 100.0)], end_t=101.0), 100.0, 115.0)
+    short = chaos.judge(_call([(98.0, 100.05)], end_t=101.0), 100.0, 115.0)
     assert short.outcome is chaos.Outcome.UNDECIDED
 
 
@@ -288,7 +298,7 @@ def test_fallback_in_time_is_not_dead_air_but_late_fallback_is():
     silent = chaos.judge(_call([(98.0, 100.0)], end_t=101.0, scripted=False, reason="media_lost"), 100.0, 130.0)
     assert silent.outcome is chaos.Outcome.FALLBACK
     late = chaos.judge(
-        _call([(98.0, 100.0), (115.0, 116.0)], end_t=117.0, scripted=False, reason="media_lost"), 100, 130
+        _call([(98.0, 100.05), (115.0, 116.0)], end_t=117.0, scripted=False, reason="media_lost"), 100, 130
     )
     assert late.outcome is chaos.Outcome.DEAD_AIR
     # Resumed, then ended by something other than the script and not by the controller: dropped.
