@@ -19,12 +19,12 @@ How a call is judged, from what the CALLER heard (times on this host's monotonic
   frames a dead worker had already sent are not a resumption), from the fault on;
 - the caller-audible gap: from the fault to that next audio (p50/p95/max over the calls not sent to the
   fallback; the fallback's own prompt is timed apart);
-- the silence: the longest wait after the fault, up to that next audio (or the call's end), in which the
-  caller was owed the agent's voice and heard nothing: owed from the end of each thing the caller said, and
-  from the fault itself when the agent was speaking then (`owed_silence`). The scripted caller talks on a
-  schedule whatever it hears, so a wait ends when the caller speaks again, and a new one starts when it stops.
-  Undisturbed, the longest such wait is a turn's (about 1 s; measured on the calls no fault touched and
-  reported beside the faults);
+- the silence: the longest stretch between the fault and that next audio (or the call's end) in which the
+  caller neither heard speech nor spoke, leaving out the pause the script itself makes between two cycles of
+  its WAV (`script_pauses`: after the goodbye, before the next cycle's first line, ~5.6 s). The scripted caller
+  talks on a schedule whatever it hears; the time it spends talking is not counted (a caller talking is not
+  waiting). Undisturbed, the longest such stretch is about 1.3 s (a turn's wait; measured on the calls no
+  fault touched and reported beside the faults);
 - dead air: a silence longer than DEAD_AIR_S after the fault (up, and not yet in the fallback's prompt);
 - survived: agent audio resumed without dead air, and the call lasted to its scripted hangup;
 - fallback: the controller ended it with a reason other than the caller's hangup (media_lost, setup_failed,
@@ -145,6 +145,7 @@ class CallAtFault:
     end_t: float | None  # when the call ended (None: still up at the end of the run)
     scripted_end: bool  # the call ended by the script's hangup (end_reason caller_hangup after our hangup)
     end_reason: str
+    pauses: list[tuple[float, float]] = field(default_factory=list)  # the script's own quiet (`script_pauses`)
 
 
 @dataclass
@@ -163,6 +164,16 @@ def spoken_spans(
     if start_t is None:
         return []
     return [(start_t + c * cycle_s + a, start_t + c * cycle_s + b) for c in range(cycles) for a, b in lines]
+
+
+def script_pauses(
+    start_t: float | None, lines: list[tuple[float, float]], cycle_s: float, cycles: int
+) -> list[tuple[float, float]]:
+    """The quiet the script itself leaves between two cycles of its WAV: from the caller's last line of a cycle
+    (the agent says goodbye, then nothing) to its first line of the next (no greeting the second time)."""
+    if start_t is None or not lines:
+        return []
+    return [(start_t + (c - 1) * cycle_s + lines[-1][1], start_t + c * cycle_s + lines[0][0]) for c in range(1, cycles)]
 
 
 def next_agent_audio(voiced: list[tuple[float, float]], fault_t: float) -> float | None:
@@ -185,33 +196,12 @@ def longest_silence(voiced: list[tuple[float, float]], spoke: list[tuple[float, 
     return max(longest, t1 - cursor)
 
 
-def owed_silence(
-    voiced: list[tuple[float, float]], spoke: list[tuple[float, float]], fault_t: float, stop: float
-) -> float:
-    """The longest time after `fault_t` the caller waited for the agent while owed an answer.
-
-    The agent owes audio from the end of each of the caller's utterances, and from the fault itself when it was
-    speaking then (cut off mid-sentence). Each wait lasts until the agent is heard again (frames it had sent
-    before the fault do not count: IN_FLIGHT_S), the caller speaks again, or the call ends. A pause the script
-    leaves after the agent has answered (the caller thinking, the wait before the next cycle of the WAV) is not
-    owed, so it is not dead air."""
-    starts = [end for _, end in spoke if fault_t < end < stop]
-    if any(start <= fault_t < end for start, end in voiced):
-        starts.append(fault_t)
-    longest = 0.0
-    for begin in starts:
-        until = min([start for start, _ in spoke if start > begin] + [stop])
-        heard = next_agent_audio(voiced, begin)
-        longest = max(longest, min(heard if heard is not None else until, until) - begin)
-    return longest
-
-
 def judge(call: CallAtFault, fault_t: float, run_end_t: float) -> Judged:
     heard = next_agent_audio(call.voiced, fault_t)
     stop = call.end_t if call.end_t is not None else run_end_t
     if heard is not None and heard >= stop:
         heard = None  # after the call ended: not for this caller
-    silence = owed_silence(call.voiced, call.spoke, fault_t, heard if heard is not None else stop)
+    silence = longest_silence(call.voiced, call.spoke + call.pauses, fault_t, heard if heard is not None else stop)
     resumed = None if heard is None else heard - fault_t
     fallback = bool(call.end_reason) and call.end_reason not in rep.NORMAL_END
     if silence > DEAD_AIR_S:
@@ -350,7 +340,7 @@ def report_lines(chaos: dict) -> list[str]:
         si = f["silence_ms"]
         if si["n"]:
             lines.append(
-                f"    longest wait for the agent after the fault (owed, nothing heard): p50 {rep.fmt_ms(si['p50'])}, "
+                f"    longest silence after the fault (neither side speaking): p50 {rep.fmt_ms(si['p50'])}, "
                 f"max {rep.fmt_ms(si['max'])} ms; dead air above {1000 * DEAD_AIR_S:.0f} ms"
             )
         fb = f["fallback_heard_ms"]
@@ -362,7 +352,7 @@ def report_lines(chaos: dict) -> list[str]:
     base = chaos.get("baseline_silence_ms")
     if base and base["n"]:
         lines.append(
-            f"  calls no fault touched, longest wait for the agent each (the script's own): "
+            f"  calls no fault touched, longest silence each (the script's own): "
             f"p50 {rep.fmt_ms(base['p50'])}, "
             f"max {rep.fmt_ms(base['max'])} ms (n={base['n']})"
         )

@@ -397,6 +397,7 @@ def chaos_result(
                 call_id=call_id,
                 voiced=voiced,
                 spoke=ch.spoken_spans(start_t, lines, cycle_s, cycles),
+                pauses=ch.script_pauses(start_t, lines, cycle_s, cycles),
                 end_t=wall_to_monotonic(rec.get("ended_ms")),
                 scripted_end=key in hung_up_keys and end_reason in ch.rep.NORMAL_END,
                 end_reason=end_reason,
@@ -418,7 +419,8 @@ def chaos_result(
         start_t, voiced = voices[key] if key in voices else target.voice(key)
         if voiced:
             spoke = ch.spoken_spans(start_t, lines, cycle_s, cycles)
-            baseline.append(1000 * ch.owed_silence(voiced, spoke, voiced[0][0], end_t - 0.3))
+            quiet = spoke + ch.script_pauses(start_t, lines, cycle_s, cycles)
+            baseline.append(1000 * ch.longest_silence(voiced, quiet, voiced[0][0], end_t - 0.3))
     return {
         "faults": faults,
         "mails": {"calls": len(callers), **mails},

@@ -250,15 +250,14 @@ def test_the_tail_a_dead_worker_had_sent_is_not_a_resumption():
     # Agent audio until 100.05 (frames in flight at the kill), then silence, then the new worker at 101.2.
     judged = chaos.judge(_call([(98.0, 100.05), (101.2, 103.0)], end_t=120.0), 100.0, 130.0)
     assert judged.outcome is chaos.Outcome.SURVIVED
-    assert judged.gap_s == pytest.approx(1.2) and judged.silence_s == pytest.approx(1.2)  # owed from the fault
+    assert judged.gap_s == pytest.approx(1.2) and judged.silence_s == pytest.approx(1.15)
 
 
 def test_time_the_caller_spends_talking_is_not_silence():
-    # Kill at 100 in a pause (the agent had finished); the caller talks 100.5-103.0 into nothing, then waits;
-    # the agent answers at 103.4: owed from 103.0, a wait of 0.4 s.
+    # Kill at 100; the caller talks 100.5-103.0 into nothing, then waits; the agent answers at 103.4.
     judged = chaos.judge(_call([(98.0, 100.0), (103.4, 105.0)], spoke=[(100.5, 103.0)], end_t=120.0), 100.0, 130.0)
     assert judged.outcome is chaos.Outcome.SURVIVED
-    assert judged.gap_s == pytest.approx(3.4) and judged.silence_s == pytest.approx(0.4)
+    assert judged.gap_s == pytest.approx(3.4) and judged.silence_s == pytest.approx(0.5)
     # The same call with the caller done at 101.0: 2.4 s of silence before the agent, dead air.
     dead = chaos.judge(_call([(98.0, 100.0), (103.4, 105.0)], spoke=[(100.5, 101.0)], end_t=120.0), 100.0, 130.0)
     assert dead.outcome is chaos.Outcome.DEAD_AIR and dead.silence_s == pytest.approx(2.4)
@@ -271,13 +270,18 @@ def test_longest_silence_between_overlapping_spans():
     assert chaos.longest_silence([(0.0, 9.0)], [], 1.0, 8.0) == 0.0
 
 
-def test_a_pause_the_script_leaves_after_the_agent_answered_is_not_owed():
-    # The agent answered the caller's line (101.0 -> 101.5..104.0); the next line starts at 109.5 (the WAV's
-    # next cycle): 5.5 s of quiet that nobody owes. A fault at 100.5, during the caller's wait, changes nothing.
-    call = _call([(98.0, 100.0), (101.5, 104.0), (110.5, 112.0)], spoke=[(100.2, 101.0), (109.5, 110.0)])
-    assert chaos.owed_silence(call.voiced, call.spoke, 100.5, 112.0) == pytest.approx(0.5)
-    assert chaos.longest_silence(call.voiced, call.spoke, 100.5, 112.0) == pytest.approx(5.5)  # what it is not
-    assert chaos.judge(call, 100.5, 130.0).outcome is chaos.Outcome.SURVIVED
+def test_the_pause_between_two_cycles_of_the_script_is_not_dead_air():
+    # Lines at 4-6 s and 9-10 s of a 20 s cycle, from 100: between cycles the script is quiet 110 -> 124.
+    pauses = chaos.script_pauses(100.0, [(4.0, 6.0), (9.0, 10.0)], cycle_s=20.0, cycles=3)
+    assert pauses == [(110.0, 124.0), (130.0, 144.0)]
+    assert chaos.script_pauses(None, [(4.0, 6.0)], 20.0, 3) == [] and chaos.script_pauses(1.0, [], 20.0, 3) == []
+    # The agent's goodbye ends at 111.5; a fault at 112 in the pause; the agent answers the next line at 125.
+    spoke = [(109.0, 110.0), (124.0, 124.5)]
+    call = chaos.CallAtFault("c1", [(110.5, 111.5), (125.0, 126.0)], spoke, 140.0, True, "caller_hangup", pauses)
+    judged = chaos.judge(call, 112.0, 150.0)
+    assert judged.outcome is chaos.Outcome.SURVIVED and judged.silence_s == pytest.approx(0.5)
+    call.pauses = []  # without the script's pause: 12 s of "silence" that nobody was waiting through
+    assert chaos.judge(call, 112.0, 150.0).outcome is chaos.Outcome.DEAD_AIR
 
 
 def test_dead_air_when_the_agent_comes_back_late_or_never():
