@@ -659,6 +659,8 @@ def prepare(args: argparse.Namespace, faults: list[ch.Fault] | None = None) -> L
     script.write_text(yaml.safe_dump(emulator_script(plan, cycles), sort_keys=False, width=120), encoding="utf-8")
     caller_wav = workdir / "caller-says.wav"
     write_caller_wav(caller_wav, timeline, cycles)
+    for stale in (workdir / "mail").glob("*.eml"):  # a reused work directory: count this run's mail only
+        stale.unlink()
     return LoadRun(
         workdir=workdir,
         prefix=prefix,
