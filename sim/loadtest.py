@@ -40,8 +40,10 @@ import yaml
 
 from shared.config import Config, ConfigError, load_config
 from shared.keys import Keys
+from sim import chaos as ch
 from sim import demo_call
 from sim import loadtest_report as rep
+from sim.chaos_run import ChaosRunner, PrivateRedisServer, chaos_result, leaks
 from sim.cluster import LocalCluster, RoleProcess, SimProcess, http_get, purge, redis_or_explain
 from sim.loadtest_pbx import PbxTarget
 from sim.real_asterisk import RealAsterisk, start_or_explain
@@ -165,6 +167,17 @@ class SimTarget:
         if status not in (204, 404):
             self.errors[f"hangup:{status}"] += 1
 
+    def key_for(self, caller_channel: str) -> str | None:
+        return caller_channel  # the caller's channel is the one the controller sees
+
+    def voice(self, key: str) -> tuple[float | None, list[tuple[float, float]]]:
+        """When caller `key` started speaking, and the spans in which it heard speech (monotonic)."""
+        status, body = self.http.request("GET", f"/sim/calls/{key}/voice")
+        if status != 200:
+            self.errors[f"voice:{status}"] += 1
+            return None, []
+        return body.get("answered_t"), [(a, b) for a, b in body.get("voiced", [])]
+
     def leftover(self) -> dict:
         status, body = self.http.request("GET", "/sim/state")
         if status != 200:
@@ -253,10 +266,11 @@ def media_worker_args(index: int, span: int = 400) -> list[str]:
 
 
 def call_records(client: redis.Redis, keys: Keys) -> list[dict]:
+    """Every call hash, with its call id in `_id`."""
     records = []
     for key in client.scan_iter(match=keys.call("*"), count=500):
         if key.count(":") == keys.call("x").count(":"):  # the call hash, not its :log or :lease
-            records.append(client.hgetall(key))
+            records.append({**client.hgetall(key), "_id": key[len(keys.call("")) :]})
     return records
 
 
@@ -283,13 +297,17 @@ class Driver:
         workers: list[RoleProcess],
         ramp: float,
         hold: float,
+        chaos: ChaosRunner | None = None,
     ):
         self.target, self.tracks, self.procs, self.workers = target, tracks, procs, workers
         self.ramp, self.hold = ramp, hold
+        self.chaos = chaos
         self.tty = sys.stdout.isatty()
         self.print_every = 1.0 if self.tty else 5.0  # plain prints when not a TTY: fewer lines
         self.start = time.monotonic()
         self.deadline = 2 * ramp + hold + ANSWER_TIMEOUT_S + 5
+        if chaos is not None and chaos.faults:
+            self.deadline = max(self.deadline, chaos.faults[-1].at_s + chaos.extra_s)
         self.timeline: list[dict] = []
         self.window: dict[str, float] = {}  # hold_start, hold_end (monotonic)
         self.next_sample = self.next_print = 0.0
@@ -301,6 +319,8 @@ class Driver:
             tick = time.monotonic()
             now = tick - self.start
             self._place_and_hang_up(now)
+            if self.chaos is not None:
+                self.chaos.tick(now)
             if now >= self.next_sample:
                 self.next_sample = now + 1.0
                 self._sample(now)
@@ -326,7 +346,9 @@ class Driver:
                 t.hung_up = True
 
     def _finished(self, now: float) -> bool:
-        return all(t.failed or (t.hung_up and t.ended is not None) for t in self.tracks) or now > self.deadline
+        calls_done = all(t.failed or (t.hung_up and t.ended is not None) for t in self.tracks)
+        chaos_done = self.chaos is None or self.chaos.done(now)
+        return (calls_done and chaos_done) or now > self.deadline
 
     def _sample(self, now: float) -> None:
         """Once a second: the calls' states, the processes' CPU and memory, the workers' tick lag."""
@@ -341,7 +363,9 @@ class Driver:
         if "hold_end" not in self.window and now >= self.ramp + self.hold:
             self.window["hold_end"] = time.monotonic()
         cpu_pct = self._cpu_pct(now)
-        lag_ms = max([rep.metric(scrape(w), "va_playout_tick_lag_p99_ms") for w in self.workers] or [0.0])
+        down = self.chaos.down if self.chaos is not None else set()
+        live = [w for w in self.workers if w.id not in down]  # a stopped worker would stall each scrape 2 s
+        lag_ms = max([rep.metric(scrape(w), "va_playout_tick_lag_p99_ms") for w in live] or [0.0])
         self.timeline.append(
             {
                 "t": round(now, 1),
@@ -367,10 +391,16 @@ class Driver:
 def settle(client: redis.Redis, keys: Keys, timeout: float = SETTLE_TIMEOUT_S) -> list[dict]:
     """Wait until every call record is ended with the worker's figures and calls:active is empty."""
     deadline = time.monotonic() + timeout
+    records: list[dict] = []
     while True:
-        records = call_records(client, keys)
-        done = all(r.get("state") == "ended" and "worker_end_reason" in r for r in records)
-        if (done and not client.scard(keys.calls_active)) or time.monotonic() > deadline:
+        try:
+            records = call_records(client, keys)
+            done = all(r.get("state") == "ended" and "worker_end_reason" in r for r in records)
+            if done and not client.scard(keys.calls_active):
+                return records
+        except redis.RedisError:  # a Redis restarted by the chaos run: its first command may meet the old socket
+            pass
+        if time.monotonic() > deadline:
             return records
         time.sleep(0.2)
 
@@ -421,6 +451,7 @@ def build_result(
     emails_expected: int,
     left: dict,
     active_left: int,
+    chaos: dict | None = None,
 ) -> dict:
     answered = [t for t in tracks if t.answered is not None]
     set_up = [r for r in records if r.get("setup_ms")]
@@ -450,7 +481,9 @@ def build_result(
             "ramp": args.ramp,
             "hold": args.hold,
             "workers": args.workers,
+            "controllers": args.controllers,
             "tool_workers": args.tool_workers,
+            "chaos": args.chaos or None,
             "profile": args.profile,
             "target": target.kind,
             "asterisk": getattr(args, "asterisk_version", None),
@@ -483,6 +516,15 @@ def build_result(
         "none dropped": not dropped,
         "nothing left over": left.get("channels") == 0 and left.get("bridges") == 0 and active_left == 0,
     }
+    if chaos is not None:
+        # Under chaos a call may be set up late or go to the fallback: those are reported per fault. What must
+        # hold is the must-be-0 figures (dead air, mails lost or doubled, leaks), each named when it does not.
+        chaos["leaks"] = {"channels": left.get("channels"), "bridges": left.get("bridges"), **chaos["leaks"]}
+        result["chaos"] = chaos
+        result["checks"] = {
+            "chaos: must-be-0 figures are 0": not ch.failures(chaos),
+            "nothing left over": left.get("channels") == 0 and left.get("bridges") == 0 and active_left == 0,
+        }
     result["ok"] = all(result["checks"].values())
     return result
 
@@ -505,30 +547,50 @@ class LoadRun:
     tracks: list[CallTrack]
     target: Target | None = None
     asterisk_run: RealAsterisk | None = None  # a real Asterisk this run started (--real-asterisk)
+    faults: list[ch.Fault] = field(default_factory=list)
+    redis_server: PrivateRedisServer | None = None  # the run's own Redis (restart-redis)
+    chaos: ChaosRunner | None = None
 
 
 @dataclass
 class Started:
     """The processes of a load test's cluster, once ready."""
 
-    controller: RoleProcess
+    controllers: list[RoleProcess]  # the chaos run replaces a killed one in place
     workers: list[RoleProcess]
     tools: list[RoleProcess]
     asterisk_sim: SimProcess | None  # None on a real Asterisk
+
+    @property
+    def controller(self) -> RoleProcess:
+        """A live controller (the first, when all are)."""
+        return next((c for c in self.controllers if c.popen.poll() is None), self.controllers[0])
 
 
 def main(args: argparse.Namespace) -> int:
     if args.real_asterisk and args.ari_url:
         print("--real-asterisk starts an Asterisk of its own: leave out --ari-url")
         return 2
-    run = prepare(args)
+    try:
+        faults = ch.parse_chaos(args.chaos) if args.chaos else []
+        last_hangup = schedule(args.calls, args.ramp, args.hold)[-1].hangup_at if args.calls else 0.0
+        ch.check_schedule(faults, last_hangup, args.workers, args.tool_workers)
+    except ch.ChaosSpecError as exc:
+        print(exc)
+        return 2
+    if args.controllers < 1:
+        print("--controllers must be 1 or more")
+        return 2
+    run = prepare(args, faults)
     if run is None:
         return 1
     print(
         f"load test: {args.calls} calls over {args.ramp:g} s, held {args.hold:g} s, {args.workers} media "
-        f"worker(s), {args.tool_workers} tool worker(s); files in {run.workdir}",
+        f"worker(s), {args.controllers} controller(s), {args.tool_workers} tool worker(s); files in {run.workdir}",
         flush=True,
     )
+    if faults:
+        print("chaos: " + ", ".join(f.name for f in faults), flush=True)
     started: Started | None = None
     result: dict | None = None
     try:
@@ -545,12 +607,26 @@ def main(args: argparse.Namespace) -> int:
     return report(args, run, result, codes, removed)
 
 
-def prepare(args: argparse.Namespace) -> LoadRun | None:
+def prepare(args: argparse.Namespace, faults: list[ch.Fault] | None = None) -> LoadRun | None:
     """The work directory, the environment every process inherits, the config, the caller's WAV and the
     emulator's script; None (after saying why) when the config or Redis is unusable."""
     config_path = Path(args.config) if args.config else ROOT / "config" / "ai-agent.yaml"
     workdir = Path(os.environ.get("VA_LOADTEST_WORKDIR") or tempfile.mkdtemp(prefix="voice-agent-loadtest-"))
     workdir.mkdir(parents=True, exist_ok=True)
+    faults = faults or []
+    redis_server = None
+    if any(f.kind is ch.FaultKind.RESTART_REDIS for f in faults):
+        # Restarting the shared Redis would hit every other user of it: the run gets a redis-server of its own.
+        if args.redis_url:
+            print("restart-redis runs a redis-server of its own: --redis-url is not used")
+        try:
+            redis_server = PrivateRedisServer(workdir / "redis")
+            redis_server.start()
+        except RuntimeError as exc:
+            print(exc)
+            return None
+        args.redis_url = redis_server.url
+        print(f"chaos: the run's own redis-server on {redis_server.url} (AOF in {redis_server.directory})")
     prefix = f"va-loadtest-{os.getpid()}-{os.urandom(3).hex()}:"
     api_key = "sk-loadtest-" + os.urandom(12).hex()
     real_pbx = bool(args.real_asterisk or args.ari_url)
@@ -573,6 +649,8 @@ def prepare(args: argparse.Namespace) -> LoadRun | None:
         return None
     client = redis_or_explain(config.redis.url)
     if client is None:
+        if redis_server is not None:
+            redis_server.stop()
         return None
     plan = demo_call.DEFAULT_PLAN
     timeline = demo_call.caller_timeline(plan)
@@ -581,6 +659,8 @@ def prepare(args: argparse.Namespace) -> LoadRun | None:
     script.write_text(yaml.safe_dump(emulator_script(plan, cycles), sort_keys=False, width=120), encoding="utf-8")
     caller_wav = workdir / "caller-says.wav"
     write_caller_wav(caller_wav, timeline, cycles)
+    for stale in (workdir / "mail").glob("*.eml"):  # a reused work directory: count this run's mail only
+        stale.unlink()
     return LoadRun(
         workdir=workdir,
         prefix=prefix,
@@ -594,6 +674,8 @@ def prepare(args: argparse.Namespace) -> LoadRun | None:
         mail_dir=workdir / "mail",
         cluster=LocalCluster(workdir / "config.yaml", workdir, env),
         tracks=schedule(args.calls, args.ramp, args.hold),
+        faults=faults,
+        redis_server=redis_server,
     )
 
 
@@ -604,7 +686,10 @@ def start_cluster(args: argparse.Namespace, run: LoadRun) -> Started | None:
     realtime = cluster.start_sim(
         "realtime", "--script", str(run.script), "--speed", EMULATOR_SPEED, "--api-key", run.api_key
     )
-    mail = cluster.start_sim("mail", "--dir", str(run.mail_dir))
+    mail_delay_ms = args.mail_delay_ms
+    if mail_delay_ms is None:  # a tool worker killed mid-send needs a send to be in progress: a slow server
+        mail_delay_ms = 1000 if any(f.kind is ch.FaultKind.KILL_TOOL_WORKER for f in run.faults) else 0
+    mail = cluster.start_sim("mail", "--dir", str(run.mail_dir), "--data-delay-ms", str(mail_delay_ms))
     cluster.env.update(
         OPENAI_REALTIME_URL=realtime.url,
         SMTP_HOST="127.0.0.1",
@@ -628,7 +713,7 @@ def start_cluster(args: argparse.Namespace, run: LoadRun) -> Started | None:
         )
         cluster.env.update(ASTERISK_ARI_URL=asterisk_sim.url)
     started = Started(
-        controller=cluster.start("controller"),
+        controllers=[cluster.start("controller") for _ in range(args.controllers)],
         workers=[cluster.start("media-worker", *media_worker_args(i)) for i in range(args.workers)],
         tools=[cluster.start("tool-worker") for _ in range(args.tool_workers)],
         asterisk_sim=asterisk_sim,
@@ -649,18 +734,50 @@ def measure(args: argparse.Namespace, run: LoadRun, started: Started) -> dict:
     else:
         http = Http(started.asterisk_sim.url, run.config.asterisk.username, run.ari_password)
         run.target = SimTarget(http, run.caller_wav)
-    roles = [started.controller, *started.workers, *started.tools]
+    roles = [*started.controllers, *started.workers, *started.tools]
     procs = [ProcStats(r.id, r.role, r.popen.pid) for r in roles]
     procs += [ProcStats(f"sim-{s.kind}", "sim", s.popen.pid) for s in run.cluster.sims]
     if run.asterisk_run is not None:
         procs.append(ProcStats("asterisk", "asterisk", run.asterisk_run.pid))
     for p in procs:
         p.sample()
-    driven = Driver(run.target, run.tracks, procs, started.workers, args.ramp, args.hold).run()
+    if run.faults:
+        run.chaos = ChaosRunner(
+            run.faults,
+            run.cluster,
+            run.client,
+            run.keys,
+            started.controllers,
+            started.workers,
+            started.tools,
+            run.redis_server,
+        )
+    driven = Driver(run.target, run.tracks, procs, started.workers, args.ramp, args.hold, run.chaos).run()
+    if run.chaos is not None:
+        run.chaos.finish()
+    run_end_t = time.monotonic()
     records = settle(run.client, run.keys)
     for p in procs:
         p.sample()
     set_up = sum(1 for r in records if r.get("setup_ms"))
+    emails = count_mail(run.mail_dir, set_up)
+    chaos = None
+    if run.chaos is not None:
+        timeline = demo_call.caller_timeline(demo_call.DEFAULT_PLAN)
+        lines = [(seg.start_s, seg.start_s + seg.ms / 1000) for seg in timeline.spoken()]
+        chaos = chaos_result(
+            run.chaos,
+            records,
+            run.target,
+            {t.channel for t in run.tracks if t.channel and t.hung_up},
+            lines,
+            timeline.duration_s,
+            cycles_for(args.ramp + args.hold + 5, timeline),
+            run.mail_dir,
+            leaks(run.client, run.keys),
+            run_end_t,
+            "".join(sim.log_text() for sim in run.cluster.sims if sim.kind == "mail"),
+        )
     return build_result(
         args,
         run.target,
@@ -670,10 +787,11 @@ def measure(args: argparse.Namespace, run: LoadRun, started: Started) -> dict:
         procs,
         {w.id: scrape(w) for w in started.workers},
         scrape(started.controller),
-        count_mail(run.mail_dir, set_up),
+        emails,
         set_up,
         run.target.leftover(),
         int(run.client.scard(run.keys.calls_active)),
+        chaos,
     )
 
 
@@ -687,15 +805,20 @@ def tear_down(run: LoadRun) -> tuple[dict[str, int], int]:
     if run.asterisk_run is not None:
         run.asterisk_run.stop()
         print(f"stopped the real Asterisk (logs in {run.asterisk_run.own_run_dir / 'log'})")
+    if run.redis_server is not None:
+        run.redis_server.stop()
     return codes, removed
 
 
 def report(args: argparse.Namespace, run: LoadRun, result: dict, codes: dict[str, int], removed: int) -> int:
     """Print the report and the checks, write the JSON (and the plot); 0 when every check passed."""
     result["exit_codes"] = codes
-    result["checks"]["every process exited 0"] = all(code == 0 for code in codes.values())
+    killed = run.chaos.killed if run.chaos is not None else set()  # their -9 is the chaos's doing
+    result["checks"]["every process exited 0"] = all(code == 0 for pid, code in codes.items() if pid not in killed)
     result["ok"] = all(result["checks"].values())
     print("\n".join(rep.report_lines(result)))
+    if "chaos" in result:
+        print("\n".join(ch.report_lines(result["chaos"])))
     print(f"removed {removed} keys under {run.prefix!r}")
     for name, ok in result["checks"].items():
         print(f"  {'ok  ' if ok else 'FAIL'}  {name}")
@@ -718,6 +841,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hold", type=float, default=20.0, help="seconds all calls stay up together after the ramp")
     p.add_argument("--workers", type=int, default=2, help="media worker processes")
     p.add_argument("--tool-workers", type=int, default=1, help="tool worker processes")
+    p.add_argument(
+        "--controllers",
+        type=int,
+        default=1,
+        help="controller processes (with a standby controller, 2: one leads, one waits)",
+    )
+    p.add_argument(
+        "--chaos",
+        default="",
+        help="faults to inject, fault@time (s since the ramp started) comma-separated: kill-worker, "
+        "stop-worker, kill-controller, restart-redis, kill-tool-worker; e.g. kill-worker@20s,restart-redis@40s",
+    )
+    p.add_argument(
+        "--mail-delay-ms",
+        type=int,
+        default=None,
+        help="the mail server holds each DATA this long (default: 1000 with kill-tool-worker, else 0)",
+    )
     p.add_argument("--profile", default="telephony_pcm16_24k", help="media profile of the calls' context")
     p.add_argument("--out", help="JSON results (default: results.json in the work directory)")
     p.add_argument("--plot", help="PNG plot (SVG next to it without matplotlib)")

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections import Counter
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
-from sim.asterisk.audio import CallerAudio, read_wav
+from sim.asterisk.audio import CallerAudio, read_wav, spans
 from sim.pbx_caller import CallerError, CallerLeg, PbxCaller
 
 OPEN_TIMEOUT_S = 10.0
@@ -25,6 +26,7 @@ CLOSE_TIMEOUT_S = 30.0
 class PbxCall:
     state: str = "Ring"  # Ring -> Up -> ended (what the load test's Driver reads)
     leg: CallerLeg | None = None
+    said_at: float | None = None  # monotonic, when the caller started speaking its WAV
     error: str = ""
 
 
@@ -85,6 +87,7 @@ class PbxTarget:
             call.state = "ended"
             return
         call.state = "Up"
+        call.said_at = time.monotonic()
         await call.leg.say(CallerAudio.from_pcm(self.pcm, self.rate))  # returns early when the call ends
         await call.leg.gone.wait()
         call.state = "ended"
@@ -117,6 +120,17 @@ class PbxTarget:
             if first is not None:
                 onsets.append(1000 * (first - answered_at))
         return {"answered": len(answered), "heard_agent": len(onsets), "greeting_onset_ms": onsets}
+
+    def key_for(self, caller_channel: str) -> str | None:
+        """The caller key of the channel the controller sees (the Local half that entered Stasis)."""
+        return next((k for k, c in self.calls.items() if c.leg is not None and c.leg.peer_id == caller_channel), None)
+
+    def voice(self, key: str) -> tuple[float | None, list[tuple[float, float]]]:
+        """When caller `key` started speaking, and the spans in which it heard speech (monotonic)."""
+        call = self.calls.get(key)
+        if call is None or call.leg is None:
+            return None, []
+        return call.said_at, spans(list(call.leg.voiced))
 
     def leftover(self) -> dict:
         """Channels and bridges in Asterisk (all of them: it is ours) once every caller's hangup is done."""

@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 
 from sim.ari_app import AriApp, AriAppError
-from sim.asterisk.audio import CallerAudio, Recorder, rms_dbfs
+from sim.asterisk.audio import VOICED_DBFS, CallerAudio, Recorder, rms_dbfs
 from sim.asterisk.rtp import build_packet, decode_payload, encode_payload, parse_packet
 
 log = logging.getLogger("pbx-caller")
@@ -30,7 +30,6 @@ APP = "va-test-caller"
 RATE = 8000  # the caller's leg is a phone: slin at 8 kHz (RTP payload type 10, the static one chan_rtp takes)
 FORMAT, PT = "slin", 10
 FRAME_SAMPLES = RATE // 50
-VOICED_DBFS = -45.0  # a 20 ms frame louder than this holds speech (digital silence is -inf, comfort hiss ~-70)
 
 
 class CallerError(AriAppError):

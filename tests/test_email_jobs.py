@@ -25,6 +25,7 @@ from rq.job import Job
 from shared import email_queue
 from shared.config.schema import Config
 from shared.keys import Keys
+from sim.chaos import summaries_by_call
 from sim.cluster import LocalCluster, free_port
 from sim.loadtest import scrape
 from sim.loadtest_report import metric
@@ -542,6 +543,42 @@ def test_worker_killed_mid_job_the_email_still_arrives_exactly_once(workers, inb
     assert "abandoned by a dead worker; requeued" in second.log_text()
     assert len(email_entries(rclient, keys, call_id)) == 1
     assert rclient.hget(keys.call(call_id), "summary_email") == "sent"
+
+
+@pytest.mark.slow  # measured 9 s
+def test_worker_killed_while_the_mail_server_process_holds_its_data_sends_once_after_restart(
+    tmp_path, cluster_env, conn, keys, rclient
+):
+    """The chaos load test's path, all processes: `voice-agent sim mail` holds each DATA 2 s; inside that
+    window the tool worker, its work horse and its scheduler are SIGKILLed; a new tool worker is started. RQ
+    2.12 alone would leave the job in its StartedJobRegistry until the heartbeat expires and a maintenance pass
+    runs (minutes); the new worker's `reclaim_abandoned` puts it back, and the summary is on disk once: the
+    server dropped the copy whose client died before its 250."""
+    mail_dir = tmp_path / "mail"
+    cluster = LocalCluster(tmp_path / "ai-agent.yaml", tmp_path, cluster_env)
+    try:
+        mail = cluster.start_sim("mail", "--dir", str(mail_dir), "--data-delay-ms", "2000")
+        worker_config(tmp_path, int(mail.url.rsplit(":", 1)[1]))
+        first = start_worker(cluster)
+        call_id = write_call(rclient, keys)
+        job_id = email_queue.enqueue_summary(conn, keys, call_id)
+        wait_for(lambda: "holding it" in mail.log_text(), timeout=10)
+        for pid in [first.popen.pid] + descendants(first.popen.pid):
+            os.kill(pid, signal.SIGKILL)
+        first.popen.wait(5)
+        assert job_status(conn, job_id) == "started"  # as the dead worker left it
+        assert not list(mail_dir.glob("*.eml"))
+
+        second = start_worker(cluster)
+        wait_for(lambda: job_status(conn, job_id) == "finished", timeout=30)
+        time.sleep(2.5)  # longer than the server's hold: a late copy of the first attempt would be on disk now
+        assert summaries_by_call(mail_dir) == {call_id: 1}, mail.log_text()
+        assert mail.log_text().count("holding it") == 2  # two attempts reached DATA; one was accepted
+        assert "abandoned by a dead worker; requeued" in second.log_text()
+        assert rclient.hget(keys.call(call_id), "summary_email") == "sent"
+        assert len(email_entries(rclient, keys, call_id)) == 1
+    finally:
+        cluster.stop_all()
 
 
 @pytest.mark.slow  # measured 9 s

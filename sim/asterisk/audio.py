@@ -69,6 +69,9 @@ def silence_pcm(ms: int, rate: int) -> bytes:
     return bytes(2 * (ms * rate // 1000))
 
 
+VOICED_DBFS = -45.0  # a 20 ms frame louder than this holds speech (digital silence is -inf, comfort hiss ~-70)
+
+
 def rms_dbfs(pcm: bytes) -> float:
     """RMS relative to full scale (a full-scale square wave is 0 dBFS); -inf for silence or nothing."""
     samples = as_samples(pcm).astype(np.float64)
@@ -186,6 +189,17 @@ class CallerAudio:
         return chunk.tobytes(), speech
 
 
+def spans(times: list[float], join_s: float = 0.1) -> list[tuple[float, float]]:
+    """Sorted arrival times of voiced frames -> [(first, last)] runs, a gap longer than `join_s` starting a new one."""
+    out: list[tuple[float, float]] = []
+    for t in times:
+        if out and t - out[-1][1] <= join_s:
+            out[-1] = (out[-1][0], t)
+        else:
+            out.append((t, t))
+    return out
+
+
 class Recorder:
     """What one side heard, with the arrival time of every chunk (time.monotonic())."""
 
@@ -264,6 +278,7 @@ class CallerEndpoint:
         self.echo_db = echo_db
         self.on_audio = on_audio
         self.heard = Recorder()
+        self.voiced: list[float] = []  # arrival time (monotonic) of every heard chunk that holds speech
         self.sent = Recorder()
         self.finished = asyncio.Event()
         self.frames_sent = 0
@@ -291,7 +306,10 @@ class CallerEndpoint:
         """Audio reaching the caller's ear."""
         if not pcm:
             return
-        self.heard.append(pcm, rate)
+        now = time.monotonic()
+        self.heard.append(pcm, rate, now)
+        if rms_dbfs(pcm) > VOICED_DBFS:
+            self.voiced.append(now)
         if self.echo_db is None:
             return
         resampler = self._echo_resamplers.setdefault(rate, StreamResampler(rate, self.rate))

@@ -3,6 +3,9 @@
     POST /sim/calls                {context, exten, caller_name, caller_number, variables, audio_wav, rate,
                                     send_silence, echo_db}                       -> 201 {"id": channel id}
     GET  /sim/calls/{id}           state, trail, stasis_status, in_stasis, heard_ms, heard_dbfs, bridge
+    GET  /sim/calls/{id}/voice     {answered_t, voiced: [[t0, t1], ...]}: when the caller's audio started and
+                                   when it heard speech (time.monotonic() of this host: the harness on the same
+                                   machine compares it with its own clock)
     POST /sim/calls/{id}/hangup    the caller hangs up                          -> 204
     POST /sim/calls/{id}/dtmf      {digits}                                     -> 204
     POST /sim/calls/{id}/save      {path}: write what the caller heard as WAV   -> 200 {path, ms}
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from sim.asterisk.audio import spans
 from sim.asterisk.core import AsteriskCore, SimCall
 from sim.asterisk.rest import authenticate
 from sim.asterisk.websocket import EventsEndpoint
@@ -30,6 +34,7 @@ class ControlApi:
     def add_routes(self, app: web.Application) -> None:
         app.router.add_post("/sim/calls", self.place)
         app.router.add_get("/sim/calls/{id}", self.get)
+        app.router.add_get("/sim/calls/{id}/voice", self.voice)
         app.router.add_post("/sim/calls/{id}/hangup", self.hangup)
         app.router.add_post("/sim/calls/{id}/dtmf", self.dtmf)
         app.router.add_post("/sim/calls/{id}/save", self.save)
@@ -83,6 +88,16 @@ class ControlApi:
 
     async def get(self, request: web.Request) -> web.Response:
         return web.json_response(self._call(request).to_json())
+
+    async def voice(self, request: web.Request) -> web.Response:
+        call = self._call(request)
+        endpoint = call.endpoint
+        return web.json_response(
+            {
+                "answered_t": getattr(endpoint, "started_t", None),
+                "voiced": [list(span) for span in spans(getattr(endpoint, "voiced", []))],
+            }
+        )
 
     async def hangup(self, request: web.Request) -> web.Response:
         await self._call(request).hangup()
