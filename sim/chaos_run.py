@@ -22,7 +22,7 @@ import redis
 
 from shared.keys import Keys
 from sim import chaos as ch
-from sim.cluster import LocalCluster, RoleProcess, free_port, http_get
+from sim.cluster import LocalCluster, RoleProcess, free_port, leading
 
 REDIS_START_TIMEOUT_S = 10.0
 REDIS_STOP_TIMEOUT_S = 10.0
@@ -109,20 +109,10 @@ def descendants(pid: int) -> list[int]:
 
 
 def leader_of(controllers: list[RoleProcess]) -> RoleProcess | None:
-    """The leading controller among the live ones. A controller's /readyz may say whether it leads (a
-    `leader` or `role` field, as a standby controller reports it); without that, the first live one that is
-    ready, else the first live one."""
+    """The leading controller among the live ones (its /readyz says `"leadership": "leading"`), else the
+    first live one (a takeover under way: killing it is the fault asked for)."""
     alive = [c for c in controllers if c.popen.poll() is None]
-    if len(alive) <= 1:
-        return alive[0] if alive else None
-    ready = []
-    for c in alive:
-        state = c.readiness()
-        if state.get("leader") is True or state.get("role") == "leader":
-            return c
-        if http_get(c.health_url + "/readyz", timeout=0.5)[0] == 200:
-            ready.append(c)
-    return (ready or alive)[0]
+    return leading(alive) or (alive[0] if alive else None)
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """`voice-agent loadtest --real-asterisk --chaos kill-worker@6s`: a media worker SIGKILLed under calls through a
 real Asterisk 22, per transport, judged from what the callers (sim.pbx_caller legs) heard. The figures must add
-up and nothing may be left in Asterisk or Redis; that the calls go on without dead air is a strict xfail until
-live re-homing (issue 17) is merged."""
+up, nothing may be left in Asterisk or Redis, and the calls go on (moved live to the other worker) without dead
+air."""
 
 from __future__ import annotations
 
@@ -67,7 +67,6 @@ def test_kill_worker_on_the_real_asterisk_is_reported_consistently(chaos_run):
 
 
 @pytest.mark.timeout(240)
-@pytest.mark.xfail(strict=True, reason="issue 17: re-homing not merged yet")
 def test_kill_worker_on_the_real_asterisk_leaves_no_dead_air_and_the_calls_go_on(chaos_run):
     transport, _, result = chaos_run
     [fault] = result["chaos"]["faults"]
