@@ -260,8 +260,15 @@ def schedule(calls: int, ramp: float, hold: float) -> list[CallTrack]:
     return [CallTrack(i, i * step, i * step + ramp + hold) for i in range(calls)]
 
 
+# RTP ports, each set apart: the workers' from 12000 (below the ephemeral range, where the callers' and the
+# OS-picked ports live), the simulator's UnicastRTP legs at 10000 (as Asterisk's own rtp.conf starts), and a real
+# Asterisk's (sim.real_asterisk) from 20000 up. An overlap made a worker's bind fail on a port the simulator held.
+WORKER_RTP_BASE = 12000
+SIM_RTP_PORTS = "10000-10999"
+
+
 def media_worker_args(index: int, span: int = 400) -> list[str]:
-    low = 20000 + span * index
+    low = WORKER_RTP_BASE + span * index
     return ["--audiosocket-port", "0", "--rtp-ports", f"{low}-{low + span - 1}"]
 
 
@@ -550,6 +557,7 @@ class LoadRun:
     faults: list[ch.Fault] = field(default_factory=list)
     redis_server: PrivateRedisServer | None = None  # the run's own Redis (restart-redis)
     chaos: ChaosRunner | None = None
+    mail_delay_s: float = 0.0  # the mail server's hold of each message in DATA (--mail-delay-ms)
 
 
 @dataclass
@@ -689,6 +697,7 @@ def start_cluster(args: argparse.Namespace, run: LoadRun) -> Started | None:
     mail_delay_ms = args.mail_delay_ms
     if mail_delay_ms is None:  # a tool worker killed mid-send needs a send to be in progress: a slow server
         mail_delay_ms = 1000 if any(f.kind is ch.FaultKind.KILL_TOOL_WORKER for f in run.faults) else 0
+    run.mail_delay_s = mail_delay_ms / 1000
     mail = cluster.start_sim("mail", "--dir", str(run.mail_dir), "--data-delay-ms", str(mail_delay_ms))
     cluster.env.update(
         OPENAI_REALTIME_URL=realtime.url,
@@ -709,7 +718,13 @@ def start_cluster(args: argparse.Namespace, run: LoadRun) -> Started | None:
         cluster.env.update(ASTERISK_ARI_URL=args.ari_url, ASTERISK_ARI_USERNAME=args.ari_user)
     else:
         asterisk_sim = cluster.start_sim(
-            "asterisk", "--user", run.config.asterisk.username, "--password", run.ari_password
+            "asterisk",
+            "--user",
+            run.config.asterisk.username,
+            "--password",
+            run.ari_password,
+            "--rtp-ports",
+            SIM_RTP_PORTS,
         )
         cluster.env.update(ASTERISK_ARI_URL=asterisk_sim.url)
     started = Started(
@@ -760,7 +775,9 @@ def measure(args: argparse.Namespace, run: LoadRun, started: Started) -> dict:
     for p in procs:
         p.sample()
     set_up = sum(1 for r in records if r.get("setup_ms"))
-    emails = count_mail(run.mail_dir, set_up)
+    # A slow mail server (--mail-delay-ms) holds each message: the tool workers need that long per mail, in turn.
+    sending_s = set_up * run.mail_delay_s / max(args.tool_workers, 1)
+    emails = count_mail(run.mail_dir, set_up, MAIL_TIMEOUT_S + sending_s)
     chaos = None
     if run.chaos is not None:
         timeline = demo_call.caller_timeline(demo_call.DEFAULT_PLAN)
