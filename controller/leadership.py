@@ -163,9 +163,12 @@ class Leadership:
         """Poll for the lease until this process holds it (True) or `stopping` is set (False)."""
         holder = ""
         poll_s = min(self.lease_ms / 5000, 0.2)  # a dead leader's lease is taken within its TTL + one poll
+        # After Redis was away, the leader's lease has lapsed too, through no fault of the leader: it gets one TTL
+        # to confirm it again before this standby competes (a race won here would depose a healthy leader).
+        defer_until = 0.0
         while not stopping.is_set():
             try:
-                if await self.try_acquire():
+                if time.monotonic() >= defer_until and await self.try_acquire():
                     return True
                 current = _text(await self.redis.get(self.lease_key) or b"")
                 if current != holder:
@@ -173,6 +176,7 @@ class Leadership:
                     log.info("standing by: %s leads", holder.partition(":")[2] or "nobody")
             except (RedisError, OSError) as exc:  # Redis away or loading: poll again
                 log.debug("standby: Redis unavailable (%s)", exc)
+                defer_until = time.monotonic() + self.lease_ms / 1000
             try:
                 async with asyncio.timeout(poll_s):
                     await stopping.wait()
