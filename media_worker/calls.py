@@ -342,6 +342,25 @@ class CallManager:
         for session in list(self.sessions.values()):
             session.every_second(now)
 
+    async def hand_over(self, timeout: float) -> None:
+        """The worker stops with calls still up: ask the controller to move each to another worker (`media_failed`,
+        as for a worker that cannot keep a call) instead of ending them, which would send AudioSocket and WebSocket
+        callers to the fallback and leave RTP callers in silence. Waits, bounded, for the `moved` ends."""
+        sessions = [s for s in self.sessions.values() if not s.stopping]
+        if not sessions:
+            return
+        log.info("stopping with %d calls: asking the controller to move them to other workers", len(sessions))
+        await asyncio.gather(
+            *(self.media_failed(s.call_id, s.assignment.epoch, "the worker is stopping") for s in sessions)
+        )
+        try:
+            async with asyncio.timeout(timeout):
+                for session in sessions:
+                    await session.finished.wait()
+        except TimeoutError:
+            left = sum(not s.finished.is_set() for s in sessions)
+            log.warning("%d of %d calls were not moved within %.0f s: they are ended", left, len(sessions), timeout)
+
     async def stop_all(self, reason: str) -> None:
         """Stop every call and wait until each has ended (each stop is bounded; so is the wait)."""
         sessions = list(self.sessions.values())

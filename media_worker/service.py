@@ -28,6 +28,10 @@ from shared.version import VERSION
 
 log = logging.getLogger("media-worker")
 
+# A stopping worker's calls left after the drain are handed to other workers (live re-homing); this bounds the wait
+# for the controller to move them (a move takes well under a second). What is left then is ended.
+HANDOVER_TIMEOUT_S = 5.0
+
 
 class MediaWorker(AsyncRole):
     role = "media-worker"
@@ -116,6 +120,7 @@ class MediaWorker(AsyncRole):
         try:
             await self.stopping.wait()
             await self._drain()
+            await self.calls.hand_over(HANDOVER_TIMEOUT_S)  # the inbox still read: the controller's `moved` ends
         finally:
             stop_reading.set()
             # The idle prewarmed connections close while the calls do, not after them.
@@ -126,7 +131,7 @@ class MediaWorker(AsyncRole):
         """SIGTERM: take no new calls (draining in the registry), give live ones their grace period."""
         assert self.calls is not None and self.registration is not None
         grace = self.config.media_worker.drain_timeout_ms / 1000
-        if not self.calls.sessions or grace <= 0:
+        if not self.calls.sessions:
             return
         info = self.registration.info
         if isinstance(info, WorkerInfo):
@@ -135,6 +140,8 @@ class MediaWorker(AsyncRole):
             await self.registration.heartbeat()
         except Exception:  # Redis down: the heartbeat stops anyway and the entry goes stale
             pass
+        if grace <= 0:
+            return  # no grace: the calls are handed over at once
         log.info("draining: waiting up to %.0f s for %d calls", grace, len(self.calls.sessions))
         try:
             async with asyncio.timeout(grace):

@@ -213,6 +213,37 @@ async def test_a_wedged_worker_is_found_its_calls_move_and_it_stays_silent_when_
     assert record["end_reason"] == "caller_hangup" and record["moves"] == "1"
 
 
+@pytest.mark.parametrize("transport", ["rtp", "audiosocket"])
+async def test_a_stopped_worker_hands_its_calls_over(transport, sim, emulator, cluster_up, aredis, keys):
+    """SIGTERM with the default drain_timeout_ms 0 (a rolling restart): the calls move to the other worker, as for
+    a dead one, instead of ending (an RTP caller sat in silence, an AudioSocket one went to the fallback)."""
+    emu = await emulator(script(), speed=4.0)
+    cluster = await cluster_up(emu, contexts={"t": {"profile": PROFILES[transport], "greeting": "Hi"}}, workers=2)
+    call = await sim.place_call(variables={"AI_CONTEXT": "t"}, audio=caller_audio())
+    call_id = await call_of(aredis, keys, call.channel_id)
+    await until(lambda: answered(aredis, keys, call_id), timeout=20)
+    await asyncio.sleep(0.3)
+    victim = await aredis.hget(keys.call(call_id), "worker")
+    survivor = next(p.id for p in cluster.processes if p.role == "media-worker" and p.id != victim)
+    stopping = process_of(cluster, victim)
+
+    stopped_at = time.monotonic()
+    stopping.popen.send_signal(signal.SIGTERM)
+    await until(lambda: _on(aredis, keys, call_id, survivor), timeout=10)
+    heard_at = await until(lambda: first_audible_after(call.heard, stopped_at), timeout=10)
+    print(f"\n{transport} SIGTERM: agent heard again after {(heard_at - stopped_at) * 1000:.0f} ms")
+    assert await asyncio.to_thread(stopping.popen.wait, 15) == 0
+    assert not any("ss-noservice" in step for step in call.trail)  # not the fallback
+    assert await _logged(aredis, keys, call_id, RESUMED) or await until(
+        lambda: _logged(aredis, keys, call_id, RESUMED), timeout=10
+    )
+
+    await call.hangup()
+    await nothing_leaked(sim, aredis, keys, survivor)
+    record = await until(lambda: _ended_record(aredis, keys, call_id), timeout=10)
+    assert record["end_reason"] == "caller_hangup" and record["moves"] == "1"
+
+
 async def _on(aredis, keys, call_id: str, worker: str) -> bool:
     r = await aredis.hgetall(keys.call(call_id))
     return r.get("worker") == worker and r.get("state") == "active"
