@@ -100,7 +100,8 @@ async def test_a_non_utf8_entry_in_the_controller_inbox_does_not_stop_the_next_h
 
     await until(ended, timeout=10)
     letters = await dead_letters(raw, keys)
-    assert [f[b"reason"] for f in letters] == [b"undecodable", b"not_utf8"]
+    # Each entry is handled by a task of its own: the order of their dead letters is not a promise.
+    assert sorted(f[b"reason"] for f in letters) == [b"not_utf8", b"undecodable"]
     assert {f[b"stream"] for f in letters} == {keys.controller_inbox.encode()}
     # Acknowledged: nothing is left pending for a later claim to run again.
     assert (await raw.xpending(keys.controller_inbox, "controllers"))["pending"] == 0

@@ -43,6 +43,7 @@ MAY_BE_EMPTY = {
     "va-call-quality / Realtime errors and reconnects per minute",
     "va-capacity / Admission queue",
     "va-capacity / Reconcile clean-ups (1h), by kind",
+    "va-capacity / Callers sent to the fallback, by reason (per minute)",  # a labelled counter: no series until one
     "va-tools-email / Tool calls per minute, by tool and outcome",
     "va-tools-email / Tool call duration p95, by tool",
     "va-tools-email / Call-control requests per minute, by action and status",
