@@ -35,12 +35,12 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.realpbx import load, pct  # noqa: E402
 from shared.keys import Keys  # noqa: E402
 from sim.cluster import LocalCluster, purge  # noqa: E402
 from sim.pbx_caller import CallerError, PbxCaller  # noqa: E402
 from sim.real_asterisk import RealAsteriskUnavailable, connect, start  # noqa: E402
 from sim.realtime import Emulator, Reply, Script  # noqa: E402
-from tests.ari_harness import percentile  # noqa: E402
 from tests.conftest import OFFLINE, REDIS_URL, TEST_API_KEY  # noqa: E402
 from tests.media_harness import caller_speech  # noqa: E402
 from tests.realpbx.pbx_harness import pbx_config  # noqa: E402
@@ -64,16 +64,6 @@ def script() -> Script:
         transcripts={1: QUESTION},
         default=Reply(text="Sorry, the line dropped for a moment. Please go on.", audio_ms=1200),
     )
-
-
-def load() -> str:
-    return " ".join(f"{v:.2f}" for v in os.getloadavg())
-
-
-def pct(values: list[float]) -> dict:
-    if not values:
-        return {"n": 0, "p50": None, "p95": None, "max": None}
-    return {"n": len(values), "p50": percentile(values, 50), "p95": percentile(values, 95), "max": max(values)}
 
 
 async def wait_for(fn, timeout: float, interval: float = 0.02):

@@ -471,12 +471,13 @@ class CallSession:
                 if started is not None:
                     OUTPUT_LATENCY.observe(now - started)
             audio.gate.outgoing(audio.gate_view(frame))
-            if self._gap_from_ms:
-                TAKEOVER_GAP.observe(max(time.time() * 1000 - self._gap_from_ms, 0) / 1000)
+            if self._gap_from_ms:  # once per moved call: its first agent frame
+                gap_ms = max(time.time() * 1000 - self._gap_from_ms, 0)
+                TAKEOVER_GAP.observe(gap_ms / 1000)
                 log.info(
                     "call %s: takeover gap %.0f ms (the lost worker last heard from, to our first agent frame)",
                     self.call_id,
-                    time.time() * 1000 - self._gap_from_ms,
+                    gap_ms,
                 )
                 self._gap_from_ms = 0
             if stats.awaiting_first_frame:

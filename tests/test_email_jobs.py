@@ -26,6 +26,7 @@ from shared import email_queue
 from shared.config.schema import Config
 from shared.keys import Keys
 from sim.chaos import summaries_by_call
+from sim.chaos_run import descendants
 from sim.cluster import LocalCluster, free_port
 from sim.loadtest import scrape
 from sim.loadtest_report import metric
@@ -504,19 +505,6 @@ def test_transcript_goes_to_the_confirmed_address_plus_bcc(workers, inbox, conn,
     [entry] = email_entries(rclient, keys, call_id)
     assert entry["name"] == "email_transcript" and entry["arguments"] == '{"email":"bob@example.org"}'
     assert entry["output"].startswith("sent to bob@example.org (Message-ID <request_transcript.")
-
-
-def descendants(pid: int) -> list[int]:
-    found, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        try:
-            children = Path(f"/proc/{p}/task/{p}/children").read_text().split()
-        except OSError:
-            children = []
-        found += [int(c) for c in children]
-        todo += [int(c) for c in children]
-    return found
 
 
 @pytest.mark.slow  # measured 8.3 s
