@@ -95,6 +95,7 @@ return out
 
 
 class LeaderState(enum.Enum):
+    STARTING = "starting"  # has not asked for the lease yet: neither leads nor stands by (not ready)
     STANDBY = "standby"  # waiting for the lease; no ARI events connection, no control requests
     LEADING = "leading"  # holds the lease, confirmed within its TTL
     LAPSED = "lapsed"  # held it, but could not confirm it within the TTL (Redis away): no ARI request until it does
@@ -119,7 +120,7 @@ class Leadership:
         self.counter_key = keys.leader_token
         self.controller_id = controller_id
         self.lease_ms = lease_ms
-        self.state = LeaderState.STANDBY
+        self.state = LeaderState.STARTING
         self.token = 0
         self.value = ""  # `{token}:{controller id}` while we hold (or held) the lease
         self.valid_until = 0.0  # monotonic: the lease surely holds until then (renewal sent + TTL)
@@ -150,6 +151,8 @@ class Leadership:
             keys=[self.lease_key, self.counter_key], args=[self.controller_id, self.lease_ms]
         )
         if int(token) == 0:
+            if self.state is LeaderState.STARTING:
+                self.state = LeaderState.STANDBY
             return False
         self.token, self.value = int(token), _text(value)
         self.valid_until = sent + self.lease_ms / 1000
@@ -252,7 +255,7 @@ class Leadership:
         self.state = LeaderState.DEPOSED
         self.why_deposed = why
         LEADER.set(0)
-        if was is not LeaderState.STANDBY:
+        if was not in (LeaderState.STARTING, LeaderState.STANDBY):
             LEADER_CHANGES.inc()
         log.error("deposed: %s (lease token %d); acting no more, exiting to restart as a standby", why, self.token)
         self.deposed.set()

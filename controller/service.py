@@ -109,7 +109,9 @@ class Controller(AsyncRole):
         """A standby is ready without ARI (it must not connect the events WebSocket); a leader needs it."""
         if self._standing_by():
             return None
-        if self.leadership is not None and self.leadership.state is LeaderState.DEPOSED:
+        if self.leadership is None or self.leadership.state is LeaderState.STARTING:
+            return "starting: has not asked for the leadership lease yet"
+        if self.leadership.state is LeaderState.DEPOSED:
             return "deposed: another controller leads"
         return (
             None if self.events is not None and self.events.connected else "not connected to the ARI events WebSocket"

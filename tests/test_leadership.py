@@ -9,8 +9,11 @@ import redis.asyncio as aioredis
 
 from controller.admission import Admission
 from controller.leadership import AriGated, Fenced, LeaderState, Leadership
+from controller.service import Controller
+from shared.config import load_config
 from shared.keys import Keys
 from shared.metrics import FENCED_WRITES
+from tests.conftest import CONFIG, TEST_API_KEY, TEST_ARI_PASSWORD
 
 LEASE_MS = 60_000  # long: nothing here expires unless the test deletes the key
 
@@ -30,11 +33,31 @@ def controller(env, name: str) -> Leadership:
 async def test_one_controller_acquires_the_other_stands_by_and_the_token_grows(env):
     client, keys = env
     a, b = controller(env, "a"), controller(env, "b")
+    # Before its first attempt a controller neither leads nor stands by: its /readyz must not say ready yet.
+    assert a.state is LeaderState.STARTING and b.state is LeaderState.STARTING
     assert await a.try_acquire() and a.state is LeaderState.LEADING and a.token == 1
     assert not await b.try_acquire() and b.state is LeaderState.STANDBY
     assert await client.get(keys.leader) == b"1:a"
     await client.delete(keys.leader)  # a's lease ran out
     assert await b.try_acquire() and b.token == 2 and b.value == "2:b"
+
+
+async def test_a_controller_is_ready_as_a_standby_only_once_its_first_attempt_lost(env):
+    """Ready while it had not yet asked for the lease, a lone controller let the first callers in before it
+    had connected ARI (CI: 150 callers sent to the fallback, "Stasis app doesn't exist")."""
+    client, keys = env
+    env_vars = {"OPENAI_API_KEY": TEST_API_KEY, "ASTERISK_ARI_PASSWORD": TEST_ARI_PASSWORD}
+    ctl = Controller(load_config(CONFIG, env=env_vars), instance_id="b", health_host="127.0.0.1", health_port=0)
+    ctl.redis_ok, ctl.registered = True, True
+    ctl.leadership = controller(env, "b")
+
+    def failing() -> dict[str, str]:
+        return {name: problem for name, check in ctl.ready_checks().items() if (problem := check())}
+
+    assert failing().get("ari") == "starting: has not asked for the leadership lease yet"
+    assert await controller(env, "a").try_acquire()
+    assert not await ctl.leadership.try_acquire()
+    assert failing() == {}  # a standby: ready to take over, without ARI
 
 
 async def test_a_write_checks_the_lease_and_a_refused_one_deposes(env):
