@@ -23,6 +23,7 @@ from sim.asterisk.state import Bridge, Channel, Hungup, Playback, settle
 from sim.asterisk.tones import ToneClock, media_pcm
 
 log = logging.getLogger("sim.asterisk")
+SHUTDOWN_WAIT_S = 5.0  # how long shutdown waits for its cancelled tasks
 
 Jump = tuple[str, str, int]
 
@@ -489,11 +490,15 @@ class Pbx:
         for bridge in list(self.bridges.values()):
             bridge.destroyed = True
         self.bridges.clear()
-        for task in list(self._tasks):
+        tasks = list(self._tasks)
+        for task in tasks:
             task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if tasks:  # bounded: a task that swallows its cancellation must not hold the shutdown forever
+            _, stuck = await asyncio.wait(tasks, timeout=SHUTDOWN_WAIT_S)
+            for task in stuck:
+                log.warning(
+                    "simulator task %s did not stop within %.0f s of its cancellation", task.get_name(), SHUTDOWN_WAIT_S
+                )
 
     def info(self) -> dict[str, Any]:
         return {"channels": len(self.visible_channels()), "bridges": len(self.bridges)}

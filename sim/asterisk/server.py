@@ -62,7 +62,14 @@ class AsteriskSim(AsteriskCore):
         return await self.rest.handle(request)
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        self._runner = web.AppRunner(self.make_app(), access_log=None, handle_signals=False)
+        self._runner = web.AppRunner(
+            # aiohttp waits 60 s by default for handlers still running at cleanup: a stuck one held a test's
+            # teardown past its timeout. Asterisk does not wait for its ARI clients either.
+            self.make_app(),
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=2.0,
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)
         await site.start()
