@@ -12,7 +12,7 @@ import redis
 from rq import Queue
 
 from shared.keys import Keys
-from tool_worker.worker import SCHEDULER_STOP_S, ToolWorker
+from tool_worker.worker import SCHEDULER_STOP_S, StoppedWhileStarting, ToolWorker
 
 
 def _deaf_scheduler(deaf) -> None:
@@ -53,4 +53,58 @@ def test_a_scheduler_that_missed_its_signal_is_killed_not_waited_for(redis_url, 
         if process.is_alive():
             process.kill()
         process.join(5)
+        conn.close()
+
+
+def test_redis_lost_in_the_middle_of_the_start_is_waited_for(private_redis, prefix, monkeypatch):
+    """RQ registers the worker (/readyz then says ready) before it subscribes and sets its state: Redis lost in
+    between made the tool worker exit 1 with a traceback (seen in the tool-worker SIGTERM test, 1 run in 10).
+    Now the start is retried once Redis is back, and a stop request while waiting ends it quietly."""
+    server = private_redis()
+    server.start()
+    conn = redis.Redis.from_url(server.url, socket_connect_timeout=1, socket_timeout=1)
+    worker = ToolWorker([Queue(Keys(prefix).queue("email"), connection=conn)], connection=conn, name="start-test")
+    subscribe = ToolWorker.subscribe
+    restarted = threading.Timer(1.0, server.start)
+
+    def redis_dies_first(self) -> None:  # Redis goes away right after the registration, the first time only
+        if not restarted.is_alive() and not restarted.finished.is_set():
+            server.stop()
+            restarted.start()
+        subscribe(self)
+
+    monkeypatch.setattr(ToolWorker, "subscribe", redis_dies_first)
+    try:
+        worker.bootstrap()
+        assert conn.hget(worker.key, "state") == b"started"
+        assert conn.sismember(ToolWorker.redis_workers_keys, worker.key)
+    finally:
+        restarted.join(5)
+        worker.unsubscribe()
+        conn.close()
+
+
+def test_a_stop_while_waiting_for_redis_to_start_ends_the_start(private_redis, prefix, monkeypatch):
+    server = private_redis()
+    server.start()
+    conn = redis.Redis.from_url(server.url, socket_connect_timeout=1, socket_timeout=1)
+    stop = threading.Event()
+    worker = ToolWorker(
+        [Queue(Keys(prefix).queue("email"), connection=conn)],
+        connection=conn,
+        name="stop-start",
+        early_stop=stop.is_set,
+    )
+    subscribe = ToolWorker.subscribe
+
+    def redis_dies(self) -> None:
+        server.stop()
+        threading.Timer(0.3, stop.set).start()  # the signal comes while the worker waits for Redis
+        subscribe(self)
+
+    monkeypatch.setattr(ToolWorker, "subscribe", redis_dies)
+    try:
+        with pytest.raises(StoppedWhileStarting):
+            worker.bootstrap()
+    finally:
         conn.close()

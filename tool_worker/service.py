@@ -20,7 +20,7 @@ from shared.redis_conn import UNAVAILABLE, connect_sync
 from shared.service import new_instance_id
 from shared.version import VERSION
 from tool_worker import email_jobs
-from tool_worker.worker import ToolWorker
+from tool_worker.worker import StoppedWhileStarting, ToolWorker
 
 log = logging.getLogger("tool_worker")
 
@@ -92,7 +92,10 @@ def run(
         state["worker"] = worker
         if not stop["requested"]:
             log.info("listening on queues %s", ", ".join(q.name for q in queues))
-            worker.work(burst=burst, logging_level=config.logging.level.upper(), with_scheduler=True)
+            try:
+                worker.work(burst=burst, logging_level=config.logging.level.upper(), with_scheduler=True)
+            except StoppedWhileStarting:
+                log.info("stopped while waiting for Redis to finish starting")
     finally:
         server.stop()
         probe.close()

@@ -47,6 +47,7 @@ from rq.worker import WorkerStatus
 
 from shared.email_queue import SUMMARY_FUNC, TRANSCRIPT_FUNC
 from shared.metrics import JOB_SECONDS, JOBS
+from shared.redis_conn import UNAVAILABLE
 
 log = logging.getLogger("tool_worker")
 
@@ -124,6 +125,10 @@ class OwnedScheduler(RQScheduler):
         super().enqueue_scheduled_jobs()
 
 
+class StoppedWhileStarting(Exception):
+    """A stop request came while the worker waited for Redis to finish its start."""
+
+
 class ToolWorker(Worker):
     def __init__(
         self, *args, stop_grace_s: float = 5.0, early_stop: Callable[[], bool] = lambda: False, **kwargs
@@ -139,6 +144,27 @@ class ToolWorker(Worker):
             for outcome in OUTCOMES:
                 JOBS.labels(task_name(func), outcome)
 
+    def bootstrap(
+        self, logging_level="INFO", date_format=DEFAULT_LOGGING_DATE_FORMAT, log_format=DEFAULT_LOGGING_FORMAT
+    ):
+        """RQ's, retried while Redis is unreachable. Once RQ has registered the worker, /readyz says ready; Redis
+        lost before the rest of the start (subscribe, state) made the worker exit 1 with a traceback."""
+        wait_s = 0.5
+        while True:
+            try:
+                return super().bootstrap(logging_level, date_format, log_format)
+            except UNAVAILABLE as exc:
+                (log.error if wait_s == 0.5 else log.debug)("Redis went away while starting (%s); retrying", exc)
+            if self.pubsub_thread is not None:  # subscribed before the failure: subscribe afresh next time
+                self.unsubscribe()
+                self.pubsub_thread = None
+            self._sleep_unless_stopped(wait_s)
+            if self._early_stop():
+                raise StoppedWhileStarting
+            wait_s = min(wait_s * 2, MAX_REDIS_WAIT_S)
+            with suppress(*UNAVAILABLE):  # our own half-made registration: RQ refuses a name already alive
+                self.connection.delete(self.key)
+
     def _start_scheduler(self, burst=False, logging_level="INFO", date_format=None, log_format=None):
         """RQ's, with the scheduler that stops when the worker is gone."""
         self.scheduler = OwnedScheduler(
@@ -149,7 +175,11 @@ class ToolWorker(Worker):
             log_format=log_format or DEFAULT_LOGGING_FORMAT,
             serializer=self.serializer,
         )
-        self.scheduler.acquire_locks()
+        try:
+            self.scheduler.acquire_locks()
+        except UNAVAILABLE as exc:  # Redis went away meanwhile: maintenance tries again
+            log.warning("could not start the scheduler (Redis: %s); retrying later", exc)
+            return
         if not self.scheduler.acquired_locks:
             return  # another worker's scheduler holds them; maintenance tries again
         if burst:
@@ -230,7 +260,7 @@ class ToolWorker(Worker):
 
     def _sleep_unless_stopped(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
-        while not self._stop_requested and time.monotonic() < deadline:
+        while not (self._stop_requested or self._early_stop()) and time.monotonic() < deadline:
             time.sleep(max(0.0, min(0.1, deadline - time.monotonic())))
 
     def teardown(self):
