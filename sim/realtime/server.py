@@ -20,7 +20,7 @@ from urllib.parse import parse_qsl, urlsplit
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 
-from sim.realtime import voice
+from sim.realtime import models, voice
 from sim.realtime.script import Script
 from sim.realtime.session import EmulatedSession
 from sim.realtime.wirelog import WireLog
@@ -162,8 +162,36 @@ class Emulator:
     # --- connections -------------------------------------------------------------------------------------
     def _check_path(self, connection: ServerConnection, request: Request) -> Response | None:
         path = urlsplit(request.path).path.rstrip("/")
+        if path == models.PATH:
+            return self._models(connection, request)
         if path != PATH:
             return connection.respond(404, f"Not found: {path}\n")
+        return None
+
+    def _models(self, connection: ServerConnection, request: Request) -> Response:
+        """The REST model listing, with the same key rule as the WebSocket (plain HTTP, not an upgrade)."""
+        refused = self._key_refusal(request.headers.get("Authorization", ""))
+        if refused is None:
+            status, body = 200, models.listing()
+        else:
+            code, message = refused
+            # OpenAI's REST error has no code when the key is missing (the WebSocket's error event has one).
+            status, body = 401, models.error(message, code if message != NO_KEY_MESSAGE else None)
+        response = connection.respond(status, body)
+        response.headers["Content-Type"] = "application/json"
+        return response
+
+    def _key_refusal(self, authorization: str) -> tuple[str, str] | None:
+        """(code, message) when the Bearer key is missing or not accepted; None when it is."""
+        key = authorization[7:].strip() if authorization[:7].lower() == "bearer " else ""
+        if not key:
+            return "invalid_api_key", NO_KEY_MESSAGE
+        if self.api_keys is not None and key not in self.api_keys:
+            message = (
+                f"Incorrect API key provided: {_mask(key)}. You can find "
+                "your API key at https://platform.openai.com/account/api-keys."
+            )
+            return "invalid_api_key", message
         return None
 
     async def _handle(self, ws: ServerConnection) -> None:
@@ -184,18 +212,9 @@ class Emulator:
                 self.sessions.remove(session)
 
     async def _serve(self, session: EmulatedSession, headers: dict[str, str]) -> None:
-        auth = headers.get("authorization", "")
-        key = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
-        if not key:
-            await self._reject(session, "invalid_api_key", NO_KEY_MESSAGE, 3000)
-        elif self.api_keys is not None and key not in self.api_keys:
-            await self._reject(
-                session,
-                "invalid_api_key",
-                f"Incorrect API key provided: {_mask(key)}. You can find "
-                "your API key at https://platform.openai.com/account/api-keys.",
-                3000,
-            )
+        refused = self._key_refusal(headers.get("authorization", ""))
+        if refused is not None:
+            await self._reject(session, *refused, 3000)
         elif headers.get("openai-beta", "").replace(" ", "").startswith("realtime"):
             await self._reject(session, "beta_api_shape_disabled", BETA_MESSAGE, 4000)
         else:
