@@ -137,3 +137,26 @@ def _deliver(client: smtplib.SMTP, message: EmailMessage, recipients: list[str],
         addr: f"{code} {text.decode(errors='replace') if isinstance(text, bytes) else text}"
         for addr, (code, text) in refused.items()
     }
+
+
+def check_login(settings: Email, context: ssl.SSLContext | None = None) -> str:
+    """Connect, greet, encrypt as configured and log in when a username is set, then quit without sending
+    (`voice-agent doctor`). What was done, in words; SendFailed when a step fails."""
+    if settings.security != "none" and context is None:
+        context = ssl.create_default_context()
+    client = _open(settings, context)
+    where = _where(settings)
+    try:
+        client.ehlo_or_helo_if_needed()
+        if settings.username:
+            _login(client, settings, where)
+    except (smtplib.SMTPException, OSError) as exc:
+        raise SendFailed(f"{where} failed after connecting: {exc.__class__.__name__}", True) from None
+    finally:
+        try:
+            client.quit()
+        except (smtplib.SMTPException, OSError):
+            client.close()
+    security = {"none": "unencrypted", "starttls": "STARTTLS", "tls": "TLS"}[settings.security]
+    login = f", logged in as {settings.username}" if settings.username else ", no login (no username set)"
+    return f"{where}: connected, {security}{login}"

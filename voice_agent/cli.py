@@ -108,6 +108,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from voice_agent.doctor import run
+
+    return run(args)
+
+
 def cmd_healthcheck(args: argparse.Namespace) -> int:
     """Exit 0 when the URL answers 200; else one line saying why (the slim image has no curl)."""
     import urllib.error
@@ -247,6 +253,12 @@ def build_parser(with_dev_commands: bool = True) -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="live controllers, media workers (capacity, load) and tool workers")
     st.add_argument("--json", action="store_true", help="machine-readable output")
     st.set_defaults(func=cmd_status)
+
+    dr = sub.add_parser("doctor", help="check everything the cluster needs: ✔/✘ per check, the cause and the fix")
+    dr.add_argument("--json", action="store_true", help="machine-readable list of the checks")
+    dr.add_argument("--send-test-mail", metavar="ADDRESS", help="send one short test message to ADDRESS")
+    dr.add_argument("--timeout", type=float, default=5.0, help="seconds per check (default: 5)")
+    dr.set_defaults(func=cmd_doctor)
 
     hc = sub.add_parser(
         "healthcheck", help="GET a URL: exit 0 on HTTP 200, else say why and exit 1 (container healthchecks)"
