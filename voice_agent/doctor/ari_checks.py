@@ -33,7 +33,10 @@ async def ari_get(probe: Probe, path: str) -> tuple[int, Any]:
     auth = aiohttp.BasicAuth(settings.username, settings.password)
     async with aiohttp.ClientSession(auth=auth) as http:
         async with http.get(ari_base(probe.loaded.config) + path) as response:
-            body = await response.json(content_type=None) if response.content_length != 0 else None
+            try:
+                body = await response.json(content_type=None)
+            except ValueError:  # not ARI answering (an HTML error page): the status says enough
+                body = None
             return response.status, body
 
 
