@@ -276,6 +276,17 @@ def test_cli_refuses_missing_input_and_overwriting_it(tmp_path):
     assert old.read_text(encoding="utf-8") == "config_version: 6\n"
 
 
+def test_keys_with_line_breaks_stay_inside_the_header_comment(tmp_path):
+    doc = {"tools": {"evil\nproviders: {x: 1}": {"url": "http://x"}}, "dash\x1b[2Jboard": 1}
+    migration = migrate(doc, "old\nvoice: x.yaml", {"OPENAI_API_KEY": TEST_API_KEY}, NOW)
+    assert migration.valid, migration.errors
+    header = migration.text.split("\n\n", 1)[0]
+    assert all(line.startswith("#") for line in header.splitlines())
+    assert "\x1b" not in report(migration, "old", "new")
+    config = _loads(migration.text, tmp_path, {"OPENAI_API_KEY": TEST_API_KEY})
+    assert config.providers.openai_realtime.voice == "alloy"
+
+
 def test_read_old_rejects_what_is_not_a_config(tmp_path):
     path = tmp_path / "list.yaml"
     path.write_text("- a\n- b\n", encoding="utf-8")

@@ -301,17 +301,23 @@ def _strings(node: Any) -> Iterator[str]:
             yield from _strings(v)
 
 
+def printable(text: str) -> str:
+    """Old keys and paths in a comment or on a terminal: a newline would end the comment (and start YAML), an
+    escape sequence would reach the terminal."""
+    return "".join(c if c.isprintable() else "?" for c in text)
+
+
 def _header(source: str, doc: Mapping[str, Any], now: datetime, by_hand: list[Entry]) -> str:
     version = doc.get("config_version")
     lines = [
-        f"# Migrated by `voice-agent migrate-config` from {source}",
+        f"# Migrated by `voice-agent migrate-config` from {printable(source)}",
         "# (the existing voice agent's config" + (f", config_version {version}" if version is not None else "") + ")",
         f"# on {now:%Y-%m-%d %H:%M} UTC. The report it printed lists every old key: mapped, dropped (and why), or",
         "# left to you. Check this file with: voice-agent check-config <this file>",
     ]
     if by_hand:
         lines.append("# To do by hand:")
-        lines += [f"#   - {e.old}: {e.reason}" for e in by_hand]
+        lines += [printable(f"#   - {e.old}: {e.reason}") for e in by_hand]
     return "\n".join(lines) + "\n\n"
 
 
@@ -347,8 +353,8 @@ def migrate(doc: dict[str, Any], source: str, env: Mapping[str, str], now: datet
 
 
 def report(migration: Migration, source: str, target: str) -> str:
-    lines = [f"migrate-config: {source} -> {target}"]
-    lines += [f"  {entry}" for entry in migration.entries]
+    lines = [printable(f"migrate-config: {source} -> {target}")]
+    lines += [printable(f"  {entry}") for entry in migration.entries]
     if migration.unset:
         lines.append(f"set before starting (unset now, no default): {', '.join(migration.unset)}")
     for warning in migration.warnings:
