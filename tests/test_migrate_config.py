@@ -292,3 +292,14 @@ def test_read_old_rejects_what_is_not_a_config(tmp_path):
     path.write_text("- a\n- b\n", encoding="utf-8")
     with pytest.raises(Exception, match="the top level must be a mapping of sections, got list"):
         read_old(path)
+
+
+def test_every_rule_of_the_table_can_be_reached():
+    """A rule placed after a wildcard that already matches its keys would never apply: the order is the table's."""
+    from shared.config.migrate import match_rule
+    from shared.config.migrate_rules import RULES
+
+    for index, rule in enumerate(RULES):
+        parts = tuple(part.replace("*", "x") for part in rule.old.split("."))
+        first = next(i for i, candidate in enumerate(RULES) if match_rule(candidate, parts) is not None)
+        assert first == index, f"{rule.old!r} is shadowed by {RULES[first].old!r}"

@@ -107,7 +107,7 @@ def read_old(path: Path) -> dict[str, Any]:
 # Applying the rules.
 
 
-def _match(rule: Rule, parts: tuple[str, ...]) -> tuple[str, ...] | None:
+def match_rule(rule: Rule, parts: tuple[str, ...]) -> tuple[str, ...] | None:
     """The keys the pattern's wildcards matched, or None."""
     pattern = rule.old.split(".")
     if len(pattern) != len(parts):
@@ -153,7 +153,7 @@ class _Builder:
                 self.walk(value, (*parts, str(key)))
             return
         for rule in RULES:
-            keys = _match(rule, parts)
+            keys = match_rule(rule, parts)
             if keys is not None:
                 self.apply(rule, node, parts, keys)
                 return
