@@ -91,6 +91,38 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_migrate_config(args: argparse.Namespace) -> int:
+    """Exit 0: a valid config written; 1: written, but it does not validate (errors listed); 2: unreadable input."""
+    from datetime import UTC, datetime
+    from pathlib import Path
+
+    from shared.config.envsubst import environment
+    from shared.config.migrate import Unreadable, migrate, read_old, report
+
+    old = Path(args.old)
+    if args.output and Path(args.output).resolve() == old.resolve():
+        print(f"{args.output}: would overwrite the file being migrated; choose another output", file=sys.stderr)
+        return 2
+    try:
+        doc = read_old(old)
+    except Unreadable as exc:
+        print(redact(str(exc)), file=sys.stderr)
+        return 2
+    # The environment our loader would see (the old project's .env beside config/ works for both).
+    env = environment([Path(".env"), old.resolve().parent.parent / ".env"])
+    migration = migrate(doc, str(old), env, datetime.now(UTC))
+    if args.output:
+        try:
+            Path(args.output).write_text(migration.text, encoding="utf-8")
+        except OSError as exc:
+            print(f"{args.output}: cannot write: {exc.strerror or exc}", file=sys.stderr)
+            return 2
+    else:
+        sys.stdout.write(migration.text)
+    print(redact(report(migration, str(old), args.output or "stdout")), file=sys.stderr)
+    return 0 if migration.valid else 1
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from shared.redis_conn import UNAVAILABLE
     from shared.status import collect, render
@@ -249,6 +281,14 @@ def build_parser(with_dev_commands: bool = True) -> argparse.ArgumentParser:
     cc.add_argument("path", nargs="?", help="config file (default: as --config)")
     cc.add_argument("--quiet", "-q", action="store_true", help="only the verdict, warnings and notes")
     cc.set_defaults(func=cmd_check_config)
+
+    mc = sub.add_parser(
+        "migrate-config",
+        help="turn the existing voice agent's config/ai-agent.yaml into ours; report every key on stderr",
+    )
+    mc.add_argument("old", metavar="OLD.yaml", help="the existing voice agent's config file")
+    mc.add_argument("-o", "--output", metavar="NEW.yaml", help="write here instead of stdout")
+    mc.set_defaults(func=cmd_migrate_config)
 
     st = sub.add_parser("status", help="live controllers, media workers (capacity, load) and tool workers")
     st.add_argument("--json", action="store_true", help="machine-readable output")
