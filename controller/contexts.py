@@ -3,10 +3,10 @@
 
 from __future__ import annotations
 
-import string
 from dataclasses import dataclass
 
 from shared.config.schema import Config, Profile
+from shared.config.templates import Template
 
 PROVIDERS = ("openai_realtime",)
 
@@ -17,30 +17,6 @@ class Unroutable(Exception):
     def __init__(self, reason: str, detail: str):
         self.reason = reason  # low-cardinality, for metrics: unknown_context | unknown_provider | ...
         super().__init__(detail)
-
-
-class _Template(string.Formatter):
-    """str.format that leaves unknown `{names}` (and stray braces) as written instead of raising: a prompt
-    that talks about JSON must not break the call."""
-
-    def __init__(self, values: dict[str, str]):
-        self.values = values
-
-    def fill(self, text: str) -> str:
-        try:
-            parsed = list(self.parse(text))
-        except ValueError:  # an unmatched brace: leave the text alone
-            return text
-        out = []
-        for literal, field, spec, conv in parsed:
-            out.append(literal)
-            if field is None:
-                continue
-            if field in self.values and not spec and not conv:
-                out.append(self.values[field])
-            else:
-                out.append("{" + field + (("!" + conv) if conv else "") + ((":" + spec) if spec else "") + "}")
-        return "".join(out)
 
 
 @dataclass(frozen=True)
@@ -57,6 +33,7 @@ class Route:
 
 def template_values(config: Config, caller_name: str, caller_number: str) -> dict[str, str]:
     # An unnamed caller is greeted as "there" ("Hi there, ..."), never "Hi , ..." or "Hi None".
+    # The keys are TEMPLATE_VARIABLES (check-config judges prompts by that list; a test holds them equal).
     return {
         "caller_name": caller_name.strip() or "there",
         "caller_number": caller_number.strip(),
@@ -86,7 +63,7 @@ def resolve(
     profile = config.profile(profile_name)
     if profile is None:
         raise Unroutable("unknown_profile", f"profile {profile_name!r} of context {name!r} does not exist")
-    fill = _Template(template_values(config, caller_name, caller_number)).fill
+    fill = Template(template_values(config, caller_name, caller_number)).fill
     greeting = context.greeting if context.greeting is not None else settings.greeting
     tools: list[str] = list(context.tools if context.tools is not None else settings.tools)
     return Route(

@@ -10,21 +10,30 @@ import sys
 import msgspec
 import yaml
 
-from shared.config import ConfigError, LoadedConfig, load_config
+from shared.config import ConfigError, LoadedConfig, Problem, load_config
 from shared.logs import setup_logging
 from shared.masking import mask_url, redact
 
 log = logging.getLogger("voice-agent")
 
 
-def _load(path: str | None) -> LoadedConfig:
+def _load(path: str | None, *, require_api_key: bool = True) -> LoadedConfig:
+    """The config, or exit 1 naming its first error and how many there are (check-config lists them all)."""
     try:
-        loaded = load_config(path)
+        loaded = load_config(path, require_api_key=require_api_key)
     except ConfigError as exc:
-        print(redact(str(exc)), file=sys.stderr)  # a value quoted in an error may hold a credential
+        print(redact(exc.summary()), file=sys.stderr)  # a value quoted in an error may hold a credential
         raise SystemExit(1) from None
     redact.register(loaded.secrets)
     return loaded
+
+
+def _numbered(problems: list[Problem]) -> list[str]:
+    return [f"  {i:>2}. {p}" for i, p in enumerate(problems, start=1)]
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}{'s' if count != 1 else ''}"
 
 
 def _start_role(args: argparse.Namespace, role: str) -> LoadedConfig:
@@ -79,7 +88,16 @@ def cmd_tool_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    loaded = _load(args.path or args.config)
+    """Every error at once, numbered, with its line and key path (exit 1); or the config with secrets masked."""
+    try:
+        loaded = load_config(args.path or args.config, require_api_key=not args.no_secrets)
+    except ConfigError as exc:
+        out = [f"{exc.source}: {_plural(len(exc.problems), 'error')} in the configuration", *_numbered(exc.problems)]
+        if exc.warnings:
+            out += [f"and {_plural(len(exc.warnings), 'warning')}:", *_numbered(exc.warnings)]
+        print(redact("\n".join(out)), file=sys.stderr)  # a value quoted in an error may hold a credential
+        return 1
+    redact.register(loaded.secrets)
     out = [f"# {loaded.source}: OK"]
     for problem in loaded.warnings:
         out.append(f"# warning: {problem}")
@@ -127,7 +145,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from shared.redis_conn import UNAVAILABLE
     from shared.status import collect, render
 
-    loaded = _load(args.config)
+    loaded = _load(args.config, require_api_key=False)  # status reads Redis only; it opens no Realtime session
     try:
         status = asyncio.run(collect(loaded.config))
     except UNAVAILABLE as exc:
@@ -280,6 +298,11 @@ def build_parser(with_dev_commands: bool = True) -> argparse.ArgumentParser:
     cc = sub.add_parser("check-config", help="check the config; print it with secrets masked, or every error")
     cc.add_argument("path", nargs="?", help="config file (default: as --config)")
     cc.add_argument("--quiet", "-q", action="store_true", help="only the verdict, warnings and notes")
+    cc.add_argument(
+        "--no-secrets",
+        action="store_true",
+        help="do not require the OpenAI API key (checking a config on a machine that does not hold it)",
+    )
     cc.set_defaults(func=cmd_check_config)
 
     mc = sub.add_parser(

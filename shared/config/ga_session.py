@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from shared.config.schema import OpenAIRealtime, TurnDetection
-from shared.config.validate import Problem, suggest
+from shared.config.validate import Problem, Severity, suggest
 
 PATH = "providers.openai_realtime"
 
@@ -126,10 +126,10 @@ class _Findings:
         self.notes: list[Problem] = []
 
     def warn(self, key: str, message: str) -> None:
-        self.warnings.append(Problem(f"{PATH}.{key}", message))
+        self.warnings.append(Problem(f"{PATH}.{key}", message, severity=Severity.WARNING))
 
     def note(self, key: str, message: str) -> None:
-        self.notes.append(Problem(f"{PATH}.{key}", message))
+        self.notes.append(Problem(f"{PATH}.{key}", message, severity=Severity.NOTE))
 
 
 def review(p: OpenAIRealtime, present: set[str], present_td: set[str]) -> tuple[list[Problem], list[Problem]]:

@@ -15,11 +15,11 @@ from typing import Any
 import msgspec
 import yaml
 
-from shared.config import ga_session
+from shared.config import ga_session, rules
 from shared.config.envsubst import EnvError, environment, expand
-from shared.config.schema import ALL_TOOLS, BUILTIN_PROFILES, Config
-from shared.config.validate import SKIP, Checker, Problem, suggest
-from shared.masking import mask_tree, mask_url, secret_values
+from shared.config.schema import Config
+from shared.config.validate import SKIP, Checker, Problem, Severity
+from shared.masking import mask_tree, secret_values
 
 CONFIG_ENV = "AI_AGENT_CONFIG"
 DEFAULT_PATH = Path("config/ai-agent.yaml")
@@ -29,17 +29,29 @@ MAX_DEPTH = 64
 
 
 class ConfigError(Exception):
-    """The config cannot be used; `problems` lists every reason."""
+    """The config cannot be used; `problems` lists every error (file order), `warnings` what else was found."""
 
-    def __init__(self, source: str, problems: list[Problem]):
+    def __init__(self, source: str, problems: list[Problem], warnings: list[Problem] | None = None):
         self.source = source
         self.problems = sorted(problems, key=lambda p: p.line or 0)
+        self.warnings = sorted(warnings or [], key=lambda p: p.line or 0)
         super().__init__(str(self))
 
     def __str__(self) -> str:
         count = len(self.problems)
         head = f"{self.source}: {count} error{'s' if count != 1 else ''} in the configuration"
         return head + "".join(f"\n  - {p}" for p in self.problems)
+
+    def summary(self) -> str:
+        """What a role says before it refuses to start: the first error, how many there are, where to see all."""
+        first = f"{self.source}: {self.problems[0]}" if self.problems else f"{self.source}: not usable"
+        more = len(self.problems) - 1
+        if more <= 0:
+            return first
+        return (
+            f"{first}\n(and {more} more error{'s' if more != 1 else ''}: "
+            f"run `voice-agent check-config {self.source}` to list them all)"
+        )
 
 
 @dataclass
@@ -62,8 +74,15 @@ def resolve_path(path: str | os.PathLike[str] | None) -> Path:
     return DEFAULT_PATH
 
 
-def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> LoadedConfig:
-    """Read and check the config file. `env` replaces the environment and `.env` (tests)."""
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    *,
+    require_api_key: bool = True,
+) -> LoadedConfig:
+    """Read and check the config file. `env` replaces the environment and `.env` (tests). Commands that open
+    no Realtime session (status, check-config --no-secrets) pass `require_api_key=False`: an unset or
+    placeholder key is then no error; the roles keep the default."""
     source = resolve_path(path)
     try:
         text = source.read_text(encoding="utf-8")
@@ -74,10 +93,40 @@ def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, st
     if env is None:
         # .env beside the working directory first, then at the project root above config/.
         env = environment([Path(".env"), source.resolve().parent.parent / ".env"])
-    return parse_config(text, str(source), env)
+    return parse_config(text, str(source), env, require_api_key=require_api_key)
 
 
-def parse_config(text: str, source: str, env: Mapping[str, str]) -> LoadedConfig:
+def check(
+    path: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    *,
+    require_api_key: bool = True,
+) -> list[Problem]:
+    """Every problem of the config at `path` (default: as `load_config`): errors, then warnings, then notes
+    (`Problem.severity`), each in file order. Never raises for a bad config: for check-config and doctor."""
+    try:
+        loaded = load_config(path, env, require_api_key=require_api_key)
+    except ConfigError as exc:
+        return exc.problems + exc.warnings
+    return _by_line(loaded.warnings) + _by_line(loaded.notes)
+
+
+def check_text(
+    text: str, env: Mapping[str, str], *, source: str = "config", require_api_key: bool = True
+) -> list[Problem]:
+    """`check` of a document given as text, `env` standing for the environment and `.env`."""
+    try:
+        loaded = parse_config(text, source, env, require_api_key=require_api_key)
+    except ConfigError as exc:
+        return exc.problems + exc.warnings
+    return _by_line(loaded.warnings) + _by_line(loaded.notes)
+
+
+def _by_line(problems: list[Problem]) -> list[Problem]:
+    return sorted(problems, key=lambda p: p.line or 0)
+
+
+def parse_config(text: str, source: str, env: Mapping[str, str], *, require_api_key: bool = True) -> LoadedConfig:
     try:
         too_deep = _too_deep(text)
         if too_deep:
@@ -107,26 +156,36 @@ def parse_config(text: str, source: str, env: Mapping[str, str]) -> LoadedConfig
             source, [Problem("", f"the top level must be a mapping of sections, got {type(raw).__name__}")]
         )
 
-    expanded = _expand(raw, "", env, checker)
-    checker.check_struct(expanded, Config, "")
-    if checker.problems:
-        raise ConfigError(source, checker.problems)
-    config = msgspec.convert(expanded, Config)
+    # The API key's placeholder may stay unset for a command that opens no session.
+    optional = set() if require_api_key else {"providers.openai_realtime.api_key"}
+    expanded = _expand(raw, "", env, checker, optional)
+    cleaned = checker.check_struct(expanded, Config, "")
+    try:
+        # Every wrong value has been left out of `cleaned` (its default stands in), so the rules below run on
+        # the rest and every error is reported in one go.
+        config = msgspec.convert(cleaned, Config)
+    except (msgspec.ValidationError, TypeError):  # not expected; the errors found so far still go out
+        raise ConfigError(source, checker.problems or [Problem("", "the configuration cannot be built")]) from None
     provider = config.providers.openai_realtime
     if not provider.api_key and env.get("OPENAI_API_KEY"):
         # The guide puts the key in .env; a config without `api_key` uses it the same way.
         provider.api_key = env["OPENAI_API_KEY"]
+    rules.check(config, checker, require_api_key)
 
-    _check_references(config, checker)
-    if checker.problems:
-        raise ConfigError(source, checker.problems)
-
-    provider_raw = (raw.get("providers") or {}).get("openai_realtime") or {}
-    td_raw = provider_raw.get("turn_detection") or {}
-    warnings, notes = ga_session.review(config.providers.openai_realtime, set(provider_raw), set(td_raw))
-    warnings += _advice(config)
-    warnings = [replace(p, line=checker.lines.get(p.path)) for p in warnings]
-    notes = [replace(p, line=checker.lines.get(p.path)) for p in notes]
+    provider_raw = raw.get("providers") or {}
+    provider_raw = (provider_raw.get("openai_realtime") if isinstance(provider_raw, dict) else None) or {}
+    td_raw = (provider_raw.get("turn_detection") if isinstance(provider_raw, dict) else None) or {}
+    warnings, notes = ga_session.review(
+        config.providers.openai_realtime,
+        set(provider_raw) if isinstance(provider_raw, dict) else set(),
+        set(td_raw) if isinstance(td_raw, dict) else set(),
+    )
+    errors = [p for p in checker.problems if p.severity is Severity.ERROR]
+    warnings = [p for p in checker.problems if p.severity is Severity.WARNING] + warnings
+    warnings = _by_line([replace(p, line=checker.lines.get(p.path)) for p in warnings])
+    notes = _by_line([replace(p, line=checker.lines.get(p.path)) for p in notes])
+    if errors:
+        raise ConfigError(source, errors, warnings)
     return LoadedConfig(config, source, warnings, notes, secret_values(msgspec.to_builtins(config)))
 
 
@@ -203,86 +262,17 @@ def _map_lines(node: yaml.Node, path: str, checker: Checker) -> None:
             _map_lines(item, f"{path}[{i}]", checker)
 
 
-def _expand(value: Any, path: str, env: Mapping[str, str], checker: Checker) -> Any:
+def _expand(value: Any, path: str, env: Mapping[str, str], checker: Checker, optional: set[str]) -> Any:
     if isinstance(value, dict):
-        return {k: _expand(v, f"{path}.{k}" if path else str(k), env, checker) for k, v in value.items()}
+        return {k: _expand(v, f"{path}.{k}" if path else str(k), env, checker, optional) for k, v in value.items()}
     if isinstance(value, list):
-        return [_expand(v, f"{path}[{i}]", env, checker) for i, v in enumerate(value)]
+        return [_expand(v, f"{path}[{i}]", env, checker, optional) for i, v in enumerate(value)]
     if isinstance(value, str):
         try:
             return expand(value, env)
         except EnvError as exc:
+            if path in optional:
+                return ""
             checker.add(path, str(exc))
             return SKIP
     return value
-
-
-def _check_references(config: Config, checker: Checker) -> None:
-    """Rules that span sections: names that must point at something defined elsewhere."""
-    profiles = set(BUILTIN_PROFILES) | set(config.profiles)
-    if config.profile(config.default_profile) is None:
-        checker.add(
-            "default_profile",
-            f"unknown profile '{config.default_profile}'"
-            f"{suggest(config.default_profile, profiles)}; known: {', '.join(sorted(profiles))}",
-        )
-    for name, ctx in config.contexts.items():
-        if ctx.profile is not None and config.profile(ctx.profile) is None:
-            checker.add(
-                f"contexts.{name}.profile",
-                f"unknown profile '{ctx.profile}'"
-                f"{suggest(ctx.profile, profiles)}; known: {', '.join(sorted(profiles))}",
-            )
-    if config.default_context is not None and config.default_context not in config.contexts:
-        checker.add(
-            "default_context",
-            f"no context named '{config.default_context}'{suggest(config.default_context, config.contexts)}",
-        )
-    provider = config.providers.openai_realtime
-    if provider.enabled and not provider.api_key and "api.openai.com" in provider.base_url:
-        checker.add(
-            "providers.openai_realtime.api_key",
-            "required when the provider is enabled (set OPENAI_API_KEY in the environment or .env)",
-        )
-    for key in ("base_url",):
-        url = getattr(provider, key)
-        if not url.startswith(("ws://", "wss://")):
-            checker.add(f"providers.openai_realtime.{key}", f"expected a ws:// or wss:// URL, got {mask_url(url)!r}")
-    if not config.asterisk.ari_url.startswith(("http://", "https://")):
-        checker.add(
-            "asterisk.ari_url", f"expected an http:// or https:// URL, got {mask_url(config.asterisk.ari_url)!r}"
-        )
-    if not config.redis.url.startswith(("redis://", "rediss://", "unix://")):
-        checker.add("redis.url", f"expected a redis://, rediss:// or unix:// URL, got {mask_url(config.redis.url)!r}")
-    for i, address in enumerate(config.tools.send_email_summary.recipients):
-        if "@" not in address:
-            checker.add(f"tools.send_email_summary.recipients[{i}]", f"not an email address: {address!r}")
-
-
-def _advice(config: Config) -> list[Problem]:
-    """Settings that load but work against the guide's advice."""
-    out = []
-    if config.vad.webrtc_aggressiveness == 0:
-        out.append(
-            Problem(
-                "vad.webrtc_aggressiveness",
-                "0 lets the agent's own echo interrupt it; the guide says "
-                "it MUST be 1 (see Troubleshooting: Echo / Self-Interruption)",
-            )
-        )
-    provider = config.providers.openai_realtime
-    if provider.enabled and not provider.tools:
-        out.append(
-            Problem(
-                "providers.openai_realtime.tools",
-                f"no tools: the agent cannot transfer or hang up; available: {', '.join(ALL_TOOLS)}",
-            )
-        )
-    if not provider.greeting and any(ctx.greeting is None for ctx in config.contexts.values()):
-        out.append(
-            Problem(
-                "providers.openai_realtime.greeting",
-                "empty, and a context has no greeting of its own: those calls start in silence until the caller speaks",
-            )
-        )
-    return out

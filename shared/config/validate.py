@@ -9,6 +9,7 @@ the whole tree is clean.
 from __future__ import annotations
 
 import difflib
+import enum
 import types
 import typing
 from dataclasses import dataclass
@@ -20,6 +21,12 @@ from msgspec import inspect as mi
 from shared.masking import mask_url
 
 
+class Severity(enum.Enum):
+    ERROR = "error"  # the config cannot be used: the roles refuse to start
+    WARNING = "warning"  # it loads, but works against the guide or wastes what was configured
+    NOTE = "note"  # how a beta-era key is sent in the GA session; nothing to fix
+
+
 @dataclass(frozen=True)
 class Problem:
     """One finding about one key: an error, a warning or a note, with its YAML line when known."""
@@ -27,6 +34,7 @@ class Problem:
     path: str
     message: str
     line: int | None = None
+    severity: Severity = Severity.ERROR
 
     def __str__(self) -> str:
         where = f"line {self.line}: " if self.line else ""
@@ -136,68 +144,118 @@ def _struct_in(tp: Any) -> type[msgspec.Struct] | None:
     return None
 
 
+def _list_in(tp: Any) -> Any:
+    """The `list[...]` type in `tp` or `list[...] | None` (Annotated kept, for its length bounds), else None."""
+    base = _strip_annotated(tp)
+    if typing.get_origin(base) is list:
+        return tp
+    if typing.get_origin(base) in (typing.Union, types.UnionType):
+        lists = [a for a in typing.get_args(base) if typing.get_origin(_strip_annotated(a)) is list]
+        return lists[0] if len(lists) == 1 else None
+    return None
+
+
 class Checker:
-    """Walks raw values along the schema; `problems` collects what is wrong."""
+    """Walks raw values along the schema; `problems` collects what is wrong.
+
+    Each `check` also returns the value with every wrong part left out (SKIP for a value that must go): the
+    rest still builds a `Config` (defaults stand in for what was left out), so the rules that need the whole
+    config run too and the user sees every problem in one go."""
 
     def __init__(self, lines: dict[str, int]):
         self.lines = lines
         self.problems: list[Problem] = []
 
-    def add(self, path: str, message: str) -> None:
-        self.problems.append(Problem(path, message, self.lines.get(path)))
+    def add(self, path: str, message: str, severity: Severity = Severity.ERROR) -> None:
+        self.problems.append(Problem(path, message, self.lines.get(path), severity))
 
-    def check(self, value: Any, tp: Any, path: str) -> None:
+    def check(self, value: Any, tp: Any, path: str) -> Any:
         if isinstance(value, Skip):
-            return
+            return SKIP
         struct = _struct_in(tp)
         if struct is not None and not (value is None and struct is not _strip_annotated(tp)):
-            self.check_struct(value, struct, path)
-            return
+            return self.check_struct(value, struct, path)
         base = _strip_annotated(tp)
         origin, args = typing.get_origin(base), typing.get_args(base)
         if origin is dict and isinstance(value, dict) and _struct_in(args[1]):
-            for key, item in value.items():
-                if not isinstance(key, str) or not key:
-                    self.add(path, f"keys must be non-empty strings, got {show(key)}")
-                    continue
-                self.check(item, args[1], f"{path}.{key}")
-            return
-        if origin is list and isinstance(value, list):
+            return self._check_dict_of_structs(value, args[1], path)
+        list_type = _list_in(tp)
+        if list_type is not None and isinstance(value, list):
+            # Judge the items one by one: "tools[1]: expected one of ..., got 'hangup'", not "expected a list".
+            item_type = typing.get_args(_strip_annotated(list_type))[0]
             before = len(self.problems)
-            for i, item in enumerate(value):
-                self.check(item, args[0], f"{path}[{i}]")
-            if len(self.problems) > before:
-                return
-        self.check_leaf(value, tp, path)
+            items = [self.check(item, item_type, f"{path}[{i}]") for i, item in enumerate(value)]
+            if len(self.problems) > before or any(isinstance(item, Skip) for item in items):
+                return SKIP
+            return self.check_leaf(items, list_type, path)
+        return self.check_leaf(value, tp, path)
 
-    def check_leaf(self, value: Any, tp: Any, path: str) -> None:
+    def _check_dict_of_structs(self, value: dict[Any, Any], item_type: Any, path: str) -> dict[str, Any]:
+        out = {}
+        for key, item in value.items():
+            if not isinstance(key, str) or not key:
+                self.add(path, f"keys must be non-empty strings, got {show(key)}")
+                continue
+            cleaned = self.check(item, item_type, f"{path}.{key}")
+            if isinstance(cleaned, Skip):
+                # Keep the entry with its defaults when it has them, so a reference to it (default_context:
+                # sales) is not reported as a second, misleading error.
+                struct = _struct_in(item_type)
+                if struct is None or any(f.required for f in msgspec.structs.fields(struct)):
+                    continue
+                cleaned = {}
+            out[key] = cleaned
+        return out
+
+    def check_leaf(self, value: Any, tp: Any, path: str) -> Any:
         try:
             msgspec.convert(value, tp)
         except msgspec.ValidationError:
             ti = mi.type_info(tp)
             hint = suggest(value, _literal_values(ti)) if isinstance(value, str) else ""
             self.add(path, f"expected {describe(ti)}, got {show(value)}{hint}")
+            return SKIP
+        return value
 
-    def check_struct(self, value: Any, cls: type[msgspec.Struct], path: str) -> None:
+    def check_struct(self, value: Any, cls: type[msgspec.Struct], path: str) -> Any:
         if not isinstance(value, dict):
             self.add(path, f"expected a mapping of settings, got {show(value)}")
-            return
+            return SKIP
         fields = {f.encode_name: f for f in msgspec.structs.fields(cls)}
         before = len(self.problems)
+        cleaned = {}
         for key, item in value.items():
             child = f"{path}.{key}" if path else str(key)
             field = fields.get(key) if isinstance(key, str) else None
             if field is None:
                 self.add(child, f"unknown key{suggest(str(key), fields)}")
                 continue
-            self.check(item, field.type, child)
+            item = self.check(item, field.type, child)
+            if not isinstance(item, Skip):
+                cleaned[key] = item
+        missing = False
         for name, field in fields.items():
             if field.required and name not in value:
                 child = f"{path}.{name}" if path else name
                 self.problems.append(Problem(child, "required key is missing", self.lines.get(path)))
-        if len(self.problems) == before and not has_skip(value):
-            # Cross-field rules live in __post_init__; run them only on an otherwise clean subtree.
+                missing = True
+        if missing:
+            return SKIP
+        # Cross-field rules live in __post_init__ and run on what is left. Their message names the keys it
+        # concerns; one of those already reported wrong (or a placeholder that did not expand) means the rule
+        # judged a default, not the user's value: it stays quiet. Either way the struct is left out.
+        wrong_keys = {p.path[len(path) + 1 :].split(".")[0].split("[")[0] for p in self.problems[before:]}
+        try:
+            msgspec.convert(cleaned, cls)
+        except msgspec.ValidationError as exc:
+            message = str(exc).split(" - at `", 1)[0]
+            if not has_skip(value) and not any(key and key in message for key in wrong_keys):
+                self.add(path, message)
+            # Leave out the keys the rule names (their defaults agree) and keep the rest for the later rules.
+            rest = {key: item for key, item in cleaned.items() if key not in message}
             try:
-                msgspec.convert(value, cls)
-            except msgspec.ValidationError as exc:
-                self.add(path, str(exc).split(" - at `", 1)[0])
+                msgspec.convert(rest, cls)
+            except msgspec.ValidationError:
+                return SKIP
+            return rest
+        return cleaned
