@@ -284,7 +284,7 @@ def test_dotenv_file_and_environment_precedence(tmp_path, monkeypatch):
     assert loaded.config.providers.openai_realtime.api_key == "from-dotenv-key"
     bad = tmp_path / "bad.env"
     bad.write_text("JUST_A_WORD\n")
-    with pytest.raises(EnvError, match=r"bad\.env:1: expected KEY=VALUE"):
+    with pytest.raises(EnvError, match=r"bad\.env line 1: expected KEY=VALUE \(the line is not shown"):
         environment([bad])
 
 

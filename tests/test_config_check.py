@@ -266,3 +266,19 @@ def test_read_only_commands_need_no_api_key(tmp_path, redis_url, prefix):
     # The roles still require it.
     role = run_cli("--config", str(CONFIG), "media-worker", env=no_key)
     assert role.returncode == 1 and "providers.openai_realtime.api_key" in role.stderr
+
+
+def test_a_bad_env_file_is_a_config_error_that_does_not_quote_the_line(tmp_path, monkeypatch):
+    # Before: an EnvError traceback that printed the line, key included.
+    secret = "sk-proj-" + "s3cr3t" * 4
+    (tmp_path / ".env").write_text(f"COMPANY_NAME=x\nOPENAI_API_KEY {secret}\n")
+    config = tmp_path / "ai-agent.yaml"
+    config.write_text("company_name: ${COMPANY_NAME}\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    [problem] = check(config)
+    assert (
+        problem.message
+        == "the .env file: .env line 2: expected KEY=VALUE (the line is not shown: it may hold a secret)"
+    )
+    assert secret not in problem.message

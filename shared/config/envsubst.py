@@ -61,7 +61,11 @@ def expand(value: str, env: Mapping[str, str]) -> str | int | float | bool | Non
 def read_dotenv(path: Path) -> dict[str, str]:
     """Read KEY=VALUE lines; `export`, comments and single or double quotes are understood."""
     values: dict[str, str] = {}
-    for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise EnvError(f"{path}: cannot read it: {getattr(exc, 'strerror', None) or exc}") from None
+    for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
@@ -70,7 +74,8 @@ def read_dotenv(path: Path) -> dict[str, str]:
         key, sep, val = line.partition("=")
         key = key.strip()
         if not sep or not _NAME.match(key):
-            raise EnvError(f"{path}:{number}: expected KEY=VALUE, got {raw.strip()!r}")
+            # The line is not quoted: it may be a secret (`OPENAI_API_KEY sk-...`, a key pasted alone).
+            raise EnvError(f"{path} line {number}: expected KEY=VALUE (the line is not shown: it may hold a secret)")
         val = val.strip()
         if len(val) >= 2 and val[0] == val[-1] and val[0] in "'\"":
             quote, val = val[0], val[1:-1]

@@ -92,7 +92,10 @@ def load_config(
         raise ConfigError(str(source), [Problem("", f"cannot read the file: {exc.strerror}")]) from None
     if env is None:
         # .env beside the working directory first, then at the project root above config/.
-        env = environment([Path(".env"), source.resolve().parent.parent / ".env"])
+        try:
+            env = environment([Path(".env"), source.resolve().parent.parent / ".env"])
+        except EnvError as exc:
+            raise ConfigError(str(source), [Problem("", f"the .env file: {exc}")]) from None
     return parse_config(text, str(source), env, require_api_key=require_api_key)
 
 
