@@ -146,7 +146,7 @@ def test_out_of_range_and_not_allowed_values():
     assert tool_error.startswith("line 3: providers.openai_realtime.tools[1]: expected one of ")
     assert tool_error.endswith("got 'hangup' (did you mean 'hangup_call'?)")
     assert errors_of("media_worker:\n  rtp_port_min: 20000\n  rtp_port_max: 10000\n") == [
-        "line 1: media_worker: rtp_port_min must not be above rtp_port_max"
+        "line 1: media_worker: rtp_port_min (20000) must not be above rtp_port_max (10000)"
     ]
 
 
@@ -164,8 +164,12 @@ def test_unknown_keys_get_a_did_you_mean():
     assert errors_of("providers:\n  openai_realtime:\n    turn_detecton: {}\n") == [
         "line 3: providers.openai_realtime.turn_detecton: unknown key (did you mean 'turn_detection'?)"
     ]
-    assert errors_of("redis:\n  host: localhost\n") == ["line 2: redis.host: unknown key"]
-    assert errors_of("providers:\n  deepgram: {}\n") == ["line 2: providers.deepgram: unknown key"]
+    assert errors_of("redis:\n  host: localhost\n") == [
+        "line 2: redis.host: unknown key (this section takes: url, key_prefix)"
+    ]
+    assert errors_of("providers:\n  deepgram: {}\n") == [
+        "line 2: providers.deepgram: unknown key (this section takes: openai_realtime)"
+    ]
 
 
 def test_bad_placeholders():

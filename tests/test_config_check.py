@@ -91,7 +91,7 @@ def test_a_bad_key_leaves_the_rest_of_its_section_checked():
     # A cross-field rule of a section with another error is still reported ...
     both = errors("media_worker:\n  rtp_port_min: 20000\n  rtp_port_max: 10000\n  capacity: lots\n")
     assert both == {
-        "media_worker": "rtp_port_min must not be above rtp_port_max",
+        "media_worker": "rtp_port_min (20000) must not be above rtp_port_max (10000)",
         "media_worker.capacity": "expected an integer in [1, 10000], got 'lots'",
     }
     # ... unless it would only be judging the default that stands in for a wrong key.
@@ -282,3 +282,15 @@ def test_a_bad_env_file_is_a_config_error_that_does_not_quote_the_line(tmp_path,
         == "the .env file: .env line 2: expected KEY=VALUE (the line is not shown: it may hold a secret)"
     )
     assert secret not in problem.message
+
+
+def test_messages_say_what_was_wrong():
+    assert errors("tool_worker: {queues: []}\n") == {
+        "tool_worker.queues": "expected a list of at least 1 item, got an empty list"
+    }
+    assert errors("company_name: [a, b]\n") == {"company_name": "expected a string, got a list of 2 items"}
+    assert errors("media_worker: {heartbeat_ms: 1000, stale_after_ms: 800}\n") == {
+        "media_worker": "stale_after_ms (800) must be longer than heartbeat_ms (1000): every worker would look "
+        "dead between two beats"
+    }
+    assert errors("redis: {host: localhost}\n") == {"redis.host": "unknown key (this section takes: url, key_prefix)"}

@@ -232,9 +232,12 @@ class MediaWorkerSettings(Base):
 
     def __post_init__(self) -> None:
         if self.rtp_port_min > self.rtp_port_max:
-            raise ValueError("rtp_port_min must not be above rtp_port_max")
+            raise ValueError(f"rtp_port_min ({self.rtp_port_min}) must not be above rtp_port_max ({self.rtp_port_max})")
         if self.stale_after_ms <= self.heartbeat_ms:
-            raise ValueError("stale_after_ms must be longer than heartbeat_ms")
+            raise ValueError(
+                f"stale_after_ms ({self.stale_after_ms}) must be longer than heartbeat_ms ({self.heartbeat_ms}): "
+                "every worker would look dead between two beats"
+            )
 
 
 class ToolWorkerSettings(Base):

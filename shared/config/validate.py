@@ -67,7 +67,7 @@ def show(value: Any) -> str:
     if isinstance(value, dict):
         return "a mapping"
     if isinstance(value, list):
-        return "a list"
+        return f"a list of {len(value)} item{'s' if len(value) != 1 else ''}" if value else "an empty list"
     if isinstance(value, str) and "://" in value:
         return repr(mask_url(value))  # a URL's credentials stay out of the error
     return repr(value)
@@ -111,7 +111,9 @@ def describe(ti: mi.Type) -> str:
     if isinstance(ti, mi.LiteralType):
         return "one of " + ", ".join(repr(v) for v in ti.values)
     if isinstance(ti, mi.ListType):
-        return f"a list with at least {ti.min_length} item(s)" if ti.min_length else "a list"
+        if ti.min_length:
+            return f"a list of at least {ti.min_length} item{'s' if ti.min_length != 1 else ''}"
+        return "a list"
     if isinstance(ti, (mi.DictType, mi.StructType)):
         return "a mapping"
     if isinstance(ti, mi.NoneType):
@@ -153,6 +155,11 @@ def _list_in(tp: Any) -> Any:
         lists = [a for a in typing.get_args(base) if typing.get_origin(_strip_annotated(a)) is list]
         return lists[0] if len(lists) == 1 else None
     return None
+
+
+def _known_keys(fields: typing.Collection[str]) -> str:
+    """The keys a short section takes, for an unknown key with no close match (a long list would only hide it)."""
+    return f" (this section takes: {', '.join(fields)})" if len(fields) <= 8 else ""
 
 
 class Checker:
@@ -228,7 +235,7 @@ class Checker:
             child = f"{path}.{key}" if path else str(key)
             field = fields.get(key) if isinstance(key, str) else None
             if field is None:
-                self.add(child, f"unknown key{suggest(str(key), fields)}")
+                self.add(child, f"unknown key{suggest(str(key), fields) or _known_keys(fields)}")
                 continue
             item = self.check(item, field.type, child)
             if not isinstance(item, Skip):
