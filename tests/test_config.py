@@ -48,7 +48,12 @@ def test_guide_config_loads_and_maps_to_a_ga_session():
     assert loaded.config.vad.webrtc_aggressiveness == 1
 
     warned = {p.path: p for p in loaded.warnings}
-    assert set(warned) == {"providers.openai_realtime.model", "providers.openai_realtime.temperature"}
+    # The guide offers the transfer tool but configures no destination to transfer to.
+    assert set(warned) == {
+        "providers.openai_realtime.model",
+        "providers.openai_realtime.temperature",
+        "tools.transfer.destinations",
+    }
     assert "retired" in warned["providers.openai_realtime.model"].message
     assert "'gpt-realtime-2.1'" in warned["providers.openai_realtime.model"].message
     assert warned["providers.openai_realtime.temperature"].line == 11  # the guide's `temperature:` line

@@ -294,3 +294,11 @@ def test_messages_say_what_was_wrong():
         "dead between two beats"
     }
     assert errors("redis: {host: localhost}\n") == {"redis.host": "unknown key (this section takes: url, key_prefix)"}
+
+
+def test_transfer_offered_without_destinations():
+    offered = "contexts:\n  a: {tools: [transfer, hangup_call]}\n"
+    assert "tools.transfer.destinations" in warnings(offered)
+    with_one = offered + "tools:\n  transfer:\n    destinations: {sales: {target: '6001'}}\n"
+    assert "tools.transfer.destinations" not in warnings(with_one)
+    assert "tools.transfer.destinations" not in warnings("contexts:\n  a: {tools: [hangup_call]}\n")

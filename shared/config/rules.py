@@ -31,6 +31,7 @@ def check(config: Config, checker: Checker, require_api_key: bool) -> None:
     _timing(config, checker)
     _ports(config, checker)
     _vad(config, checker)
+    _tools(config, checker)
     _advice(config, checker)
 
 
@@ -192,6 +193,18 @@ def _vad(config: Config, checker: Checker) -> None:
             f"{path}.silence_duration_ms",
             f"{td.silence_duration_ms} ms: the agent would answer in the middle of the caller's sentences "
             f"(use {SILENCE_MIN_MS} or more; the guide uses 1000)",
+            WARNING,
+        )
+
+
+def _tools(config: Config, checker: Checker) -> None:
+    provider = config.providers.openai_realtime
+    in_use = set(provider.tools).union(*(ctx.tools or () for ctx in config.contexts.values()))
+    if "transfer" in in_use and not config.tools.transfer.destinations and not _reported(checker, "tools.transfer"):
+        checker.add(
+            "tools.transfer.destinations",
+            "none, but the transfer tool is offered to the model: every transfer it tries is refused "
+            "(only configured destinations are ever dialled)",
             WARNING,
         )
 
