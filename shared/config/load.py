@@ -105,8 +105,9 @@ def check(
     *,
     require_api_key: bool = True,
 ) -> list[Problem]:
-    """Every problem of the config at `path` (default: as `load_config`): errors, then warnings, then notes
-    (`Problem.severity`), each in file order. Never raises for a bad config: for check-config and doctor."""
+    """Every problem of the config at `path` (default: as `load_config`), each in file order within its kind
+    (`Problem.severity`): the errors and warnings of an unusable config, or the warnings and notes of a usable
+    one. Never raises for a bad config: for check-config and doctor."""
     try:
         loaded = load_config(path, env, require_api_key=require_api_key)
     except ConfigError as exc:
@@ -175,14 +176,9 @@ def parse_config(text: str, source: str, env: Mapping[str, str], *, require_api_
         provider.api_key = env["OPENAI_API_KEY"]
     rules.check(config, checker, require_api_key)
 
-    provider_raw = raw.get("providers") or {}
-    provider_raw = (provider_raw.get("openai_realtime") if isinstance(provider_raw, dict) else None) or {}
-    td_raw = (provider_raw.get("turn_detection") if isinstance(provider_raw, dict) else None) or {}
-    warnings, notes = ga_session.review(
-        config.providers.openai_realtime,
-        set(provider_raw) if isinstance(provider_raw, dict) else set(),
-        set(td_raw) if isinstance(td_raw, dict) else set(),
-    )
+    provider_keys = _keys_at(cleaned, "providers", "openai_realtime")
+    td_keys = _keys_at(cleaned, "providers", "openai_realtime", "turn_detection")
+    warnings, notes = ga_session.review(config.providers.openai_realtime, provider_keys, td_keys)
     errors = [p for p in checker.problems if p.severity is Severity.ERROR]
     warnings = [p for p in checker.problems if p.severity is Severity.WARNING] + warnings
     warnings = _by_line([replace(p, line=checker.lines.get(p.path)) for p in warnings])
@@ -190,6 +186,13 @@ def parse_config(text: str, source: str, env: Mapping[str, str], *, require_api_
     if errors:
         raise ConfigError(source, errors, warnings)
     return LoadedConfig(config, source, warnings, notes, secret_values(msgspec.to_builtins(config)))
+
+
+def _keys_at(tree: Any, *path: str) -> set[str]:
+    """The keys the user wrote (and got right) in the section at `path`."""
+    for key in path:
+        tree = tree.get(key) if isinstance(tree, dict) else None
+    return set(tree) if isinstance(tree, dict) else set()
 
 
 def _yaml_problem(exc: yaml.YAMLError) -> Problem:
