@@ -92,11 +92,12 @@ def _templates(config: Config, checker: Checker) -> None:
     known = ", ".join("{" + v + "}" for v in TEMPLATE_VARIABLES)
     for path, text in texts:
         for name in unknown_variables(text):
+            # Close to a variable: a typo, an error. Otherwise a warning: braces may be meant as written (a
+            # prompt about a form to fill in), or come from another project's prompt ({current_date}).
             close = difflib.get_close_matches(name, TEMPLATE_VARIABLES, n=1, cutoff=0.6)
             hint = f" (did you mean {{{close[0]}}}?)" if close else ""
-            checker.add(
-                path, f"unknown template variable {{{name}}}{hint}: it would be said as written; known: {known}"
-            )
+            message = f"unknown template variable {{{name}}}{hint}: it would be said as written; known: {known}"
+            checker.add(path, message, Severity.ERROR if close else WARNING)
 
 
 def _secrets(config: Config, checker: Checker, require_api_key: bool) -> None:
