@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime
 import logging
 import sys
 
@@ -106,6 +107,39 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         print(render(status))
     return 0
+
+
+def cmd_usage(args: argparse.Namespace) -> int:
+    import redis.asyncio as aioredis
+
+    from shared.keys import Keys
+    from shared.redis_conn import UNAVAILABLE
+    from shared.usage_limits import read, render
+
+    loaded = _load(args.config)
+    config = loaded.config
+
+    async def collect() -> dict:
+        client = aioredis.Redis.from_url(config.redis.url, socket_connect_timeout=2)
+        try:
+            return await read(client, Keys(config.redis.key_prefix), config.limits, args.month)
+        finally:
+            await client.aclose()
+
+    try:
+        report = asyncio.run(collect())
+    except UNAVAILABLE as exc:
+        print(f"Redis at {mask_url(config.redis.url)} is unreachable: {exc}", file=sys.stderr)
+        return 1
+    print(msgspec.json.encode(report).decode() if args.json else render(report))
+    return 0
+
+
+def _month(text: str) -> str:
+    try:
+        return datetime.datetime.strptime(text, "%Y-%m").strftime("%Y-%m")
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a month as YYYY-MM, got {text!r}") from None
 
 
 def cmd_healthcheck(args: argparse.Namespace) -> int:
@@ -247,6 +281,11 @@ def build_parser(with_dev_commands: bool = True) -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="live controllers, media workers (capacity, load) and tool workers")
     st.add_argument("--json", action="store_true", help="machine-readable output")
     st.set_defaults(func=cmd_status)
+
+    us = sub.add_parser("usage", help="sessions, minutes and estimated spend today and this month, beside the caps")
+    us.add_argument("--json", action="store_true", help="machine-readable output")
+    us.add_argument("--month", type=_month, metavar="YYYY-MM", help="that month instead of today and this month")
+    us.set_defaults(func=cmd_usage)
 
     hc = sub.add_parser(
         "healthcheck", help="GET a URL: exit 0 on HTTP 200, else say why and exit 1 (container healthchecks)"

@@ -7,6 +7,7 @@ keys are mapped and reviewed by `ga_session.review`.
 from __future__ import annotations
 
 import os
+import zoneinfo
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -254,6 +255,12 @@ def _check_references(config: Config, checker: Checker) -> None:
         )
     if not config.redis.url.startswith(("redis://", "rediss://", "unix://")):
         checker.add("redis.url", f"expected a redis://, rediss:// or unix:// URL, got {mask_url(config.redis.url)!r}")
+    try:
+        zoneinfo.ZoneInfo(config.limits.timezone)
+    except (ValueError, zoneinfo.ZoneInfoNotFoundError):
+        checker.add(
+            "limits.timezone", f"unknown time zone {config.limits.timezone!r} (an IANA name: UTC, Europe/Berlin)"
+        )
     for i, address in enumerate(config.tools.send_email_summary.recipients):
         if "@" not in address:
             checker.add(f"tools.send_email_summary.recipients[{i}]", f"not an email address: {address!r}")
