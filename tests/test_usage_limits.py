@@ -139,3 +139,11 @@ def test_an_unknown_time_zone_is_a_config_error_naming_the_key(tmp_path):
     path.write_text(CONFIG.read_text() + "\nlimits:\n  timezone: Mars/Olympus\n")
     with pytest.raises(ConfigError, match=r"limits\.timezone.*unknown time zone 'Mars/Olympus'"):
         load_config(path, env={"OPENAI_API_KEY": "sk-test"})
+
+
+def test_the_summary_mail_says_the_call_reached_its_time_limit():
+    from tool_worker.render import render_summary
+
+    config = load_config(CONFIG, env={"OPENAI_API_KEY": "sk-test"}).config
+    body = render_summary({"id": "c1", "end_reason": "time_limit"}, [], config).get_body(("plain",))
+    assert body is not None and "the call reached its time limit" in body.get_content()

@@ -324,7 +324,7 @@ class Limits(Base):
     sessions_per_day: Annotated[int, Meta(ge=1, le=10_000_000)] | None = None  # the guide's default tier: 500
     spend_per_day_usd: Annotated[float, Meta(gt=0.0, le=10_000_000.0)] | None = None
     spend_per_month_usd: Annotated[float, Meta(gt=0.0, le=100_000_000.0)] | None = None
-    max_call_duration_s: Annotated[int, Meta(ge=10, le=86_400)] | None = None
+    max_call_duration_s: Annotated[int, Meta(ge=5, le=86_400)] | None = None
     # What the agent says at `max_call_duration_s` before it hangs up (the hangup tool's farewell path).
     duration_farewell: NonEmpty = (
         "I'm sorry, we have reached the time limit for this call. Thank you for calling, goodbye!"
