@@ -16,16 +16,19 @@ import redis.asyncio as aioredis
 
 from controller.leadership import FENCE_LUA, Leadership
 from shared.keys import Keys
+from shared.config.schema import Limits
 from shared.messages import MOVED, CallPlan
+from shared.usage_limits import DAY_TTL_S, MONTH_TTL_S, Cap, cap_args, periods
 
 _RESERVE = (
     FENCE_LUA
     + """
 -- KEYS: 1 workers zset, 2 calls:active set, 3 admission queue zset, 4 provider session counter, 5 leader lease,
---       6 leader token counter
+--       6 leader token counter, 7 today's usage hash, 8 this month's usage hash (shared/usage_limits.py)
 -- ARGV: 1 prefix, 2 call id, 3 stale_after_ms, 4 provider limit, 5 needs rtp (0/1), 6 queue stale ms,
 --       7 plan json, 8 call fields json, 9 moves (0: a new call), 10 lost_at_ms, 11-13 the fence (our lease
---       value, token, ttl), 14.. excluded worker ids
+--       value, token, ttl), 14-16 the caps (sessions per day, spend per day, spend per month; 0: off),
+--       17 context, 18 day ttl s, 19 month ttl s, 20.. excluded worker ids
 if not fence_ok(KEYS[5], KEYS[6], ARGV[11], ARGV[12], ARGV[13]) then return {'fenced'} end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -42,6 +45,22 @@ local function wait(reason)
   redis.call('ZADD', KEYS[3], 'NX', now, call_id)
   return {'queued', reason, redis.call('ZRANK', KEYS[3], call_id)}
 end
+if moves == 0 and redis.call('HEXISTS', call_key, 'usage_day') == 0 then
+  -- Usage caps: a new call is refused once one is reached. A call already counted (one in progress, moving, or
+  -- retried on another worker) is never cut off. `crossed:<cap>` is set by the first refusal only, so the
+  -- controller logs each crossing once.
+  local function limited(cap, hash)
+    redis.call('ZREM', KEYS[3], call_id)
+    return {'limited', cap, redis.call('HSETNX', hash, 'crossed:' .. cap, '1')}
+  end
+  local day = redis.call('HMGET', KEYS[7], 'sessions', 'spend_usd')
+  local cap_sessions, cap_day, cap_month = tonumber(ARGV[14]), tonumber(ARGV[15]), tonumber(ARGV[16])
+  if cap_sessions > 0 and (tonumber(day[1]) or 0) >= cap_sessions then return limited('sessions_per_day', KEYS[7]) end
+  if cap_day > 0 and (tonumber(day[2]) or 0) >= cap_day then return limited('spend_per_day', KEYS[7]) end
+  if cap_month > 0 and (tonumber(redis.call('HGET', KEYS[8], 'spend_usd')) or 0) >= cap_month then
+    return limited('spend_per_month', KEYS[8])
+  end
+end
 if moves == 0 then
   -- A head left by a controller that died long ago must not block the line forever.
   local head = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
@@ -56,7 +75,7 @@ if not counted and (tonumber(redis.call('GET', KEYS[4]) or '0')) >= tonumber(ARG
 end
 
 local excluded = {}
-for i = 14, #ARGV do excluded[ARGV[i]] = true end
+for i = 20, #ARGV do excluded[ARGV[i]] = true end
 local best, best_load, best_active, best_info = nil, nil, nil, nil
 local live = redis.call('ZRANGEBYSCORE', KEYS[1], now - tonumber(ARGV[3]), '+inf')
 for _, wid in ipairs(live) do
@@ -94,6 +113,17 @@ for k, v in pairs(fields) do redis.call('HSET', call_key, k, v) end
 redis.call('HSET', call_key, 'state', 'admitted', 'worker', best, 'rtp_port', rtp_port, 'admitted_ms', now,
            'provider_counted', '1', 'moves', moves, 'plan', ARGV[7])  -- kept: an adopting controller can move it
 redis.call('PERSIST', call_key)
+if redis.call('HEXISTS', call_key, 'usage_day') == 0 then
+  -- One session per call, counted where it is admitted (not again on a retry or a move); its seconds are
+  -- added to the same day and month by the release (record_minutes).
+  for i, ttl in ipairs({ARGV[18], ARGV[19]}) do
+    redis.call('HINCRBY', KEYS[6 + i], 'sessions', 1)
+    redis.call('HINCRBY', KEYS[6 + i], 'ctx:' .. ARGV[17] .. ':sessions', 1)
+    redis.call('EXPIRE', KEYS[6 + i], ttl)
+  end
+  redis.call('HSET', call_key, 'usage_day', KEYS[7], 'usage_month', KEYS[8])
+end
+if redis.call('HEXISTS', call_key, 'usage_from_ms') == 0 then redis.call('HSET', call_key, 'usage_from_ms', now) end
 redis.call('XADD', prefix .. 'worker:' .. best .. ':inbox', 'MAXLEN', '~', 10000, '*', 'type', 'assign',
            'data', '{"call_id":' .. cjson.encode(call_id) .. ',"epoch":' .. epoch .. ',"rtp_port":' .. rtp_port
            .. ',"moves":' .. moves .. ',"lost_at_ms":' .. (tonumber(ARGV[10]) > 0 and ARGV[10] or now)
@@ -113,6 +143,19 @@ local function free_worker(call_key, wid)
   if port and port ~= '0' then redis.call('SREM', wkey .. ':rtp_ports', port) end
   redis.call('XADD', wkey .. ':inbox', 'MAXLEN', '~', 10000, '*', 'type', 'end',
              'data', cjson.encode({call_id = ARGV[2], reason = ARGV[3]}))
+end
+-- The call's seconds with the AI since `usage_from_ms`, into the usage hashes its session was counted in.
+local function record_minutes(call_key)
+  local f = redis.call('HMGET', call_key, 'usage_day', 'usage_month', 'usage_from_ms', 'context')
+  if not (f[1] and f[2] and f[3]) then return end
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local seconds = math.max(now - tonumber(f[3]), 0) / 1000
+  for _, hash in ipairs({f[1], f[2]}) do
+    redis.call('HINCRBYFLOAT', hash, 'seconds', seconds)
+    redis.call('HINCRBYFLOAT', hash, 'ctx:' .. (f[4] or '') .. ':seconds', seconds)
+  end
+  redis.call('HDEL', call_key, 'usage_from_ms')
 end
 local function free_session(call_key, counter)
   if redis.call('HGET', call_key, 'provider_counted') == '1' and tonumber(redis.call('GET', counter) or '0') > 0 then
@@ -137,6 +180,7 @@ if state == 'ended' then return 0 end
 local wid = redis.call('HGET', KEYS[1], 'worker')
 if wid and wid ~= '' and redis.call('HGET', KEYS[1], 'worker_released') ~= '1' then free_worker(KEYS[1], wid) end
 free_session(KEYS[1], KEYS[3])
+record_minutes(KEYS[1])
 redis.call('SREM', KEYS[2], ARGV[2])
 redis.call('HSET', KEYS[1], 'state', 'ended', 'ended_ms', now, 'end_reason', ARGV[3], 'provider_counted', '0')
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
@@ -159,6 +203,7 @@ if state == false or state == 'ended' or redis.call('HGET', KEYS[1], 'worker_rel
 local wid = redis.call('HGET', KEYS[1], 'worker')
 if wid and wid ~= '' then free_worker(KEYS[1], wid) end
 free_session(KEYS[1], KEYS[2])
+record_minutes(KEYS[1])  -- the AI's part of the call ends here
 redis.call('HSET', KEYS[1], 'worker_released', '1', 'provider_counted', '0')
 return 1
 """
@@ -201,6 +246,14 @@ class Queued:
 
 
 @dataclass(frozen=True)
+class Limited:
+    """A usage cap is reached (shared/usage_limits.py): the new call goes to the fallback."""
+
+    cap: Cap
+    first: bool  # this refusal is the cap's first in its period: the one to log
+
+
+@dataclass(frozen=True)
 class Unavailable:
     """A move found no worker: the call goes to the fallback at once (a caller mid-conversation never waits in
     the admission line)."""
@@ -222,6 +275,7 @@ class Admission:
         queue_timeout_ms: int,
         retention_ms: int,
         fence: Leadership,
+        limits: Limits | None = None,
     ):
         self.redis = redis
         self.fence = fence  # every script checks this process still leads (controller/leadership.py)
@@ -231,6 +285,7 @@ class Admission:
         # A queue entry older than this belongs to a call nobody is waiting for any more.
         self.queue_stale_ms = queue_timeout_ms + 10_000
         self.retention_ms = retention_ms
+        self.limits = limits or Limits()
         self._reserve = redis.register_script(_RESERVE)
         self._release = redis.register_script(_RELEASE)
         self._release_worker = redis.register_script(_RELEASE_WORKER)
@@ -244,16 +299,19 @@ class Admission:
         exclude: tuple[str, ...] = (),
         moves: int = 0,
         lost_at_ms: int = 0,
-    ) -> Reserved | Queued | Unavailable:
+    ) -> Reserved | Queued | Unavailable | Limited:
         """Take a slot for `plan` (or a place in the line). `call_fields` go into the call record. `moves` > 0:
         the call is moving off a worker (`drop_worker` first): never queued (`Unavailable` instead), and the
         assignment tells the new worker to resume the conversation."""
+        now = periods(self.limits)
         keys = [
             self.keys.workers,
             self.keys.calls_active,
             self.keys.admission_queue,
             self.keys.provider_sessions(plan.provider),
             *self.fence.fence_keys(),
+            self.keys.usage_day(now.day),
+            self.keys.usage_month(now.month),
         ]
         args = [
             self.keys.prefix,
@@ -267,6 +325,10 @@ class Admission:
             moves,
             lost_at_ms,
             *self.fence.fence_args(),
+            *cap_args(self.limits),
+            plan.context,
+            DAY_TTL_S,
+            MONTH_TTL_S,
             *exclude,
         ]
         result = await self._reserve(keys=keys, args=args)
@@ -275,6 +337,8 @@ class Admission:
             raise self.fence.refused()
         if kind == "queued":
             return Queued(_text(result[1]), int(result[2]))
+        if kind == "limited":
+            return Limited(Cap(_text(result[1])), int(result[2]) == 1)
         if kind == "unavailable":
             return Unavailable(_text(result[1]))
         return Reserved(_text(result[1]), _text(result[2]), int(result[3]), int(result[4]), int(result[5]))

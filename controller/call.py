@@ -20,7 +20,7 @@ import redis.asyncio as aioredis
 
 from controller import ids
 from controller import websocket_media as wsm
-from controller.admission import Admission, Queued, Reserved, Unavailable
+from controller.admission import Admission, Limited, Queued, Reserved, Unavailable
 from controller.ari.capabilities import Capabilities, TransportUnavailable
 from controller.ari.errors import AriError, quietly
 from controller.ari.resources import Channel
@@ -34,6 +34,7 @@ from shared.keys import Keys
 from shared.logs import bind_call
 from shared.messages import WORKER_HANGUP_FIELD, CallPlan, MediaBridged, MediaPeer, MediaReady, inbox_fields
 from shared.tasks import TaskSet
+from shared.usage_limits import Cap
 from shared.websocket_url import media_url
 from shared.metrics import (
     CALLS_ADMITTED,
@@ -500,6 +501,11 @@ class Call:
         queued_at: float | None = None
         while True:
             result = await d.admission.reserve(plan, fields, exclude=exclude, moves=self.moves, lost_at_ms=lost_at_ms)
+            if isinstance(result, Limited):
+                if queued_at is not None:
+                    await self._stop_queue_music()
+                self._refuse_over_limit(result)
+                return None
             if isinstance(result, Unavailable):
                 log.warning("no worker to move the call to (%s): fallback", result.reason)
                 TAKEOVERS.labels("fallback", "no_worker").inc()
@@ -538,6 +544,23 @@ class Call:
                     await self.caller_gone.wait()
             except TimeoutError:
                 pass
+
+    def _refuse_over_limit(self, limited: Limited) -> None:
+        """A usage cap is reached: this new call goes to the fallback. The cap's first refusal in its period (in
+        the whole cluster) is logged as a warning; the calls after it only at debug (the metric counts them)."""
+        cap, limits = limited.cap, self.deps.config.limits
+        if limited.first:
+            log.warning(
+                "usage cap %s reached (limits.%s = %s): new calls go to the fallback until it resets "
+                "(calls in progress finish); see `voice-agent usage`",
+                cap.value,
+                _CAP_KEYS[cap],
+                getattr(limits, _CAP_KEYS[cap]),
+            )
+        else:
+            log.debug("usage cap %s reached: call %s goes to the fallback", cap.value, self.caller.id)
+        CALLS_REJECTED.labels(cap.reason).inc()
+        self.end(cap.reason, fallback=True)
 
     async def _start_queue_music(self) -> None:
         rest, settings = self.deps.rest, self.deps.config.controller
@@ -768,6 +791,13 @@ class Call:
         if not self.caller_gone.is_set():
             await _quietly(d.rest.hangup(self.caller.id, "normal"))
 
+
+# The `limits:` key of each cap, for the log line that names it.
+_CAP_KEYS = {
+    Cap.SESSIONS_PER_DAY: "sessions_per_day",
+    Cap.SPEND_PER_DAY: "spend_per_day_usd",
+    Cap.SPEND_PER_MONTH: "spend_per_month_usd",
+}
 
 # A cleanup step whose object may already be gone; status 0 (Asterisk unreachable) is left to reconcile.
 _quietly = partial(quietly, expected=(0, 404, 409))

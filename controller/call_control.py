@@ -31,7 +31,7 @@ from controller.transfer import local_endpoint, run_transfer
 from controller.transfer_leg import TransferLeg
 from shared.keys import Keys
 from shared import dead_letters
-from shared.messages import ControlReply, ControlRequest, inbox_fields
+from shared.messages import TIME_LIMIT, ControlReply, ControlRequest, inbox_fields
 from shared.metrics import CONTROL_REQUESTS, CONTROL_SECONDS
 from shared.tasks import TaskSet
 
@@ -379,7 +379,9 @@ class CallControl:
     # --- hangup / voicemail -------------------------------------------------------------------------------
     async def _hangup(self, call: Call, request: ControlRequest, send: Send) -> None:
         await self._stop_transfer(call)
-        call.end_hint = "agent_hangup"
+        # The agent's own hang-up, or the one at the duration cap (the summary mail says which).
+        reason = TIME_LIMIT if request.reason == TIME_LIMIT else "agent_hangup"
+        call.end_hint = reason
         try:
             await self.deps.rest.hangup(call.caller.id, "normal")  # False: already gone, fine too
         except AriError as exc:
@@ -387,7 +389,7 @@ class CallControl:
                 call.end_hint = ""
                 await send(reply_for(request, False, "failed", str(exc)))
                 return
-        call.end("agent_hangup")
+        call.end(reason)
         await send(reply_for(request, True, "done"))
 
     async def _media_failed(self, call: Call, request: ControlRequest, send: Send) -> None:

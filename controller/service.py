@@ -165,6 +165,7 @@ class Controller(AsyncRole):
                 queue_timeout_ms=config.controller.queue_timeout_ms,
                 retention_ms=config.call_retention_days * DAY_MS,
                 fence=leadership,
+                limits=config.limits,
             )
             emails = CallEmails(config, self.keys, config.redis.url)
             deps = CallDeps(

@@ -18,6 +18,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from redis.exceptions import RedisError
+
 from media_worker.call_audio import CallAudio, wire_format
 from media_worker.call_log import CallLog
 from media_worker.call_state import (
@@ -92,6 +94,7 @@ from shared.metrics import (
 )
 from shared.metrics import WORKER_CALLS as SESSIONS
 from shared.tool_schemas import realtime_tools
+from shared.usage_limits import SpendBook
 
 log = logging.getLogger("session")
 
@@ -100,6 +103,7 @@ FLUSH_COUNT_TIMEOUT = 0.25  # a barge-in waits this long for Asterisk's count of
 REQUEST_TIMEOUT_S = 10.0  # a response.create with neither response.created nor a refusal by then is given up
 CLOSE_TIMEOUT_S = 8.0  # the end of a call (Realtime close, log flush, figures) never takes longer
 HANGUP_NOTE_TIMEOUT_S = 0.5  # the call record's "this worker hangs up" note waits this long at most
+SPEND_WRITE_TIMEOUT_S = 2.0  # one response's cost into the usage counters (a Redis away: logged, not retried)
 
 
 class CallSession:
@@ -120,6 +124,8 @@ class CallSession:
         self.heard = HeardTranscripts(self.log)
         self.tools = ToolRunner(ctx, plan, self.log, self)
         self.usage = CallUsage(ctx.config.providers.openai_realtime.pricing)
+        self.spend = SpendBook(ctx.redis, ctx.keys, ctx.config.limits)  # the cluster's usage counters
+        self._spend_writes: set[asyncio.Task[None]] = set()  # awaited by _close, so none is lost at the end
         self.stats = CallStats()
         self.tasks = TaskSet(f"call {self.call_id}", on_death=self._task_died)
         self.link: MediaLink | None = None
@@ -267,6 +273,8 @@ class CallSession:
         for timer in self._timers.values():
             timer.cancel()
         await self.tasks.close()
+        if self._spend_writes:
+            await asyncio.wait(self._spend_writes, timeout=SPEND_WRITE_TIMEOUT_S)
         if self.link is not None:
             # We end the media leg ourselves only when the conversation broke (Asterisk then ends the leg and
             # the controller sends the caller to the fallback); when the caller left it is already gone, and a
@@ -420,9 +428,31 @@ class CallSession:
             greeting_timeout = self.ctx.config.media_worker.greeting_timeout_ms / 1000
             self._arm("greeting", greeting_timeout, self._feed, GreetingTimedOut())
         self.ctx.clock.add(self.call_id, self._tick)
+        self._arm_time_limit()
         self.linked.set()
         assert self.link is not None
         log.info("media connected: %s %s from %s", self.link.transport, self.plan.format, self.link.peer or "?")
+
+    def _arm_time_limit(self) -> None:
+        """`limits.max_call_duration_s`, counted from the call's creation (a moved call keeps its start)."""
+        limit_s = self.ctx.config.limits.max_call_duration_s
+        if limit_s is not None:
+            elapsed_s = max(time.time() - self.plan.created_ms / 1000, 0.0)
+            self._arm("time_limit", max(limit_s - elapsed_s, 0.0), self._time_limit_reached)
+
+    def _time_limit_reached(self) -> None:
+        if self._stopping:
+            return
+        limits = self.ctx.config.limits
+        farewell = self.tools.end_at_time_limit(limits.duration_farewell)
+        if farewell is None:
+            return  # the agent is hanging up already
+        log.info(
+            "call %s reached limits.max_call_duration_s (%d s): farewell, then hang-up",
+            self.call_id,
+            limits.max_call_duration_s,
+        )
+        self.tasks.spawn(farewell, f"time-limit-{self.call_id}")
 
     def on_format(self, fmt: str) -> None:
         """Asterisk sends another AudioSocket format than the call asked for: follow it both ways."""
@@ -602,8 +632,19 @@ class CallSession:
             if n:
                 TOKENS.labels(token_kind).inc(n)
         COST.inc(cost)
+        if cost > 0:  # into the cluster's counters now, not at the end: a long call counts while it runs
+            task = asyncio.create_task(self._record_spend(cost), name=f"spend-{self.call_id}")
+            self._spend_writes.add(task)
+            task.add_done_callback(self._spend_writes.discard)
         messages = tuple(str(o.get("id", "")) for o in response.output if o.get("type") == "message")
         self._feed(ResponseDone(response.id, response.status, messages, _message_text(response.output)))
+
+    async def _record_spend(self, usd: float) -> None:
+        try:
+            async with asyncio.timeout(SPEND_WRITE_TIMEOUT_S):
+                await self.spend.record_spend(self.plan.context, usd)
+        except (TimeoutError, OSError, RedisError) as exc:
+            log.warning("a response's cost (%.6f USD) is missing from the usage counters: %s", usd, exc)
 
     def _on_function_call(self, call: rp.FunctionCall) -> None:
         self._feed(ToolCalled(call.response_id, call.call_id, call.name, call.arguments))

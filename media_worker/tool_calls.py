@@ -28,7 +28,7 @@ from media_worker.call_state import ToolCalled
 from media_worker.context import WorkerContext
 from media_worker.transcript_requests import FULL, NO_CALL, TranscriptRequests, Verdict, store_address
 from shared.email_address import parse_spoken_email, spell_back
-from shared.messages import CallPlan, ControlReply, ControlRequest, inbox_fields
+from shared.messages import TIME_LIMIT, CallPlan, ControlReply, ControlRequest, inbox_fields
 from shared.metrics import TOOL_CALLS, TOOL_SECONDS
 from shared.tool_schemas import HangupArgs, TranscriptArgs, TransferArgs, parse_arguments
 
@@ -226,7 +226,15 @@ class ToolRunner:
         farewell = args.farewell.strip() or self.ctx.config.tools.hangup_call.farewell_message
         return _out(ok=True, status="ending_call"), False, lambda: self._farewell_then_hangup(call.call_id, farewell)
 
-    async def _farewell_then_hangup(self, tool_call_id: str, farewell: str) -> None:
+    def end_at_time_limit(self, farewell: str) -> Coroutine[Any, Any, None] | None:
+        """`limits.max_call_duration_s` reached: the hangup tool's farewell and hang-up, with the end reason
+        `time_limit` (the summary mail says so). None if a hang-up is already under way."""
+        if self._hangup_by is not None:
+            return None
+        self._hangup_by = TIME_LIMIT
+        return self._farewell_then_hangup(TIME_LIMIT, farewell, reason=TIME_LIMIT)
+
+    async def _farewell_then_hangup(self, tool_call_id: str, farewell: str, reason: str = "agent_hangup") -> None:
         """Say the farewell (tool_choice none: no more tools), let its audio play out, then hang up. The
         guide's guard: if no farewell audio starts within `farewell_timeout_ms`, hang up anyway. It starts
         once the tool's output is in, so the farewell is the model's answer to it."""
@@ -243,7 +251,7 @@ class ToolRunner:
                     await signals.played.wait()
             except TimeoutError:
                 log.warning("the farewell was still playing after %.0f s", FAREWELL_MAX_S)
-        await self._control("hangup", tool_call_id, reason="agent_hangup")
+        await self._control("hangup", tool_call_id, reason=reason)
 
     async def _leave_voicemail(self, call: ToolCalled, args: object) -> Result:
         return (

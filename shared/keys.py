@@ -56,6 +56,14 @@ class Keys:
     def call_log(self, call_id: str) -> str:
         return f"{self.prefix}call:{call_id}:log"
 
+    def usage_day(self, day: str) -> str:
+        """HASH: the cluster's usage on `day` (YYYY-MM-DD, limits.timezone), shared/usage_limits.py."""
+        return f"{self.prefix}usage:day:{day}"
+
+    def usage_month(self, month: str) -> str:
+        """HASH: the cluster's usage in `month` (YYYY-MM), shared/usage_limits.py."""
+        return f"{self.prefix}usage:month:{month}"
+
     def queue(self, name: str) -> str:
         """RQ queue name: the prefix keeps clusters that share a Redis apart."""
         return f"{self.prefix}{name}"

@@ -120,6 +120,9 @@ WORKER_HANGUP_FIELD = "worker_hangup_epoch"
 # hanging anything up and without writing its figures over the new worker's.
 MOVED = "moved"
 
+# ControlRequest.reason of a hang-up at `limits.max_call_duration_s`; it becomes the call's end reason.
+TIME_LIMIT = "time_limit"
+
 
 class CallEnded(msgspec.Struct, kw_only=True):
     """Worker-inbox message (`type` = "end"): the controller tore the call down (or moved it: `MOVED`); stop its

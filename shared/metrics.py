@@ -440,6 +440,10 @@ KNOWN_LABELS: dict[str, tuple[tuple[MetricWrapperBase, tuple[tuple[str, ...], ..
                     "unknown_profile",
                     "queue_timeout",
                     "setup_failed",
+                    # usage limits (shared/usage_limits.py): a cap reached
+                    "limit_sessions_per_day",
+                    "limit_spend_per_day",
+                    "limit_spend_per_month",
                 )
             ),
         ),

@@ -14,6 +14,7 @@ from email.message import EmailMessage
 from email.utils import formatdate, getaddresses, parseaddr
 
 from shared.config.schema import Config
+from shared.messages import TIME_LIMIT
 
 ROLE_LABELS = {"user": "Caller", "assistant": "Agent", "tool": "Action"}
 _ID_SAFE = re.compile(r"[^A-Za-z0-9._-]")
@@ -93,13 +94,17 @@ def _action_text(entry: dict) -> str:
     return f"{name}{args} -> {entry.get('output') or ''}".strip()
 
 
+# End reasons a reader of the mail would not guess from their code.
+_END_REASONS = {TIME_LIMIT: "the call reached its time limit (limits.max_call_duration_s); the agent said goodbye"}
+
+
 def _facts(call: dict) -> list[tuple[str, str]]:
     return [
         ("Caller", caller_label(call)),
         ("Time", format_times(call_start_ms(call))),
         ("Duration", format_duration(duration_s(call))),
         ("Context", call.get("context") or "-"),
-        ("End reason", call.get("end_reason") or "-"),
+        ("End reason", _END_REASONS.get(call.get("end_reason") or "", call.get("end_reason") or "-")),
         ("Call id", call.get("id") or call.get("call_id") or "-"),
     ]
 

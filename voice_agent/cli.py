@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime
 import logging
 import sys
 
@@ -164,6 +165,39 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def cmd_usage(args: argparse.Namespace) -> int:
+    import redis.asyncio as aioredis
+
+    from shared.keys import Keys
+    from shared.redis_conn import UNAVAILABLE
+    from shared.usage_limits import read, render
+
+    loaded = _load(args.config, require_api_key=False)  # usage reads Redis only
+    config = loaded.config
+
+    async def collect() -> dict:
+        client = aioredis.Redis.from_url(config.redis.url, socket_connect_timeout=2)
+        try:
+            return await read(client, Keys(config.redis.key_prefix), config.limits, args.month)
+        finally:
+            await client.aclose()
+
+    try:
+        report = asyncio.run(collect())
+    except UNAVAILABLE as exc:
+        print(f"Redis at {mask_url(config.redis.url)} is unreachable: {exc}", file=sys.stderr)
+        return 1
+    print(msgspec.json.encode(report).decode() if args.json else render(report))
+    return 0
+
+
+def _month(text: str) -> str:
+    try:
+        return datetime.datetime.strptime(text, "%Y-%m").strftime("%Y-%m")
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a month as YYYY-MM, got {text!r}") from None
+
+
 def cmd_healthcheck(args: argparse.Namespace) -> int:
     """Exit 0 when the URL answers 200; else one line saying why (the slim image has no curl)."""
     import urllib.error
@@ -322,6 +356,10 @@ def build_parser(with_dev_commands: bool = True) -> argparse.ArgumentParser:
     dr.add_argument("--send-test-mail", metavar="ADDRESS", help="send one short test message to ADDRESS")
     dr.add_argument("--timeout", type=float, default=5.0, help="seconds per check (default: 5)")
     dr.set_defaults(func=cmd_doctor)
+    us = sub.add_parser("usage", help="sessions, minutes and estimated spend today and this month, beside the caps")
+    us.add_argument("--json", action="store_true", help="machine-readable output")
+    us.add_argument("--month", type=_month, metavar="YYYY-MM", help="that month instead of today and this month")
+    us.set_defaults(func=cmd_usage)
 
     hc = sub.add_parser(
         "healthcheck", help="GET a URL: exit 0 on HTTP 200, else say why and exit 1 (container healthchecks)"

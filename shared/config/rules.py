@@ -6,6 +6,7 @@ warnings to the checker; a rule that involves a key already reported stays quiet
 from __future__ import annotations
 
 import difflib
+import zoneinfo
 from urllib.parse import urlsplit
 
 from shared.config.placeholders import is_placeholder
@@ -32,6 +33,7 @@ def check(config: Config, checker: Checker, require_api_key: bool) -> None:
     _ports(config, checker)
     _vad(config, checker)
     _tools(config, checker)
+    _limits(config, checker)
     _advice(config, checker)
 
 
@@ -81,6 +83,15 @@ def _urls(config: Config, checker: Checker) -> None:
         )
     if not config.redis.url.startswith(("redis://", "rediss://", "unix://")):
         checker.add("redis.url", f"expected a redis://, rediss:// or unix:// URL, got {mask_url(config.redis.url)!r}")
+
+
+def _limits(config: Config, checker: Checker) -> None:
+    try:
+        zoneinfo.ZoneInfo(config.limits.timezone)
+    except (ValueError, zoneinfo.ZoneInfoNotFoundError):
+        checker.add(
+            "limits.timezone", f"unknown time zone {config.limits.timezone!r} (an IANA name: UTC, Europe/Berlin)"
+        )
 
 
 def _templates(config: Config, checker: Checker) -> None:

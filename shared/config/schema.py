@@ -320,6 +320,21 @@ class Logging(Base):
     format: Literal["console", "json"] = "console"
 
 
+class Limits(Base):
+    """Usage caps, enforced cluster-wide in Redis (shared/usage_limits.py). Each is off when null. A cap reached
+    sends new calls to the dialplan fallback; calls in progress finish (at `max_call_duration_s` with a farewell)."""
+
+    sessions_per_day: Annotated[int, Meta(ge=1, le=10_000_000)] | None = None  # the guide's default tier: 500
+    spend_per_day_usd: Annotated[float, Meta(gt=0.0, le=10_000_000.0)] | None = None
+    spend_per_month_usd: Annotated[float, Meta(gt=0.0, le=100_000_000.0)] | None = None
+    max_call_duration_s: Annotated[int, Meta(ge=5, le=86_400)] | None = None
+    # What the agent says at `max_call_duration_s` before it hangs up (the hangup tool's farewell path).
+    duration_farewell: NonEmpty = (
+        "I'm sorry, we have reached the time limit for this call. Thank you for calling, goodbye!"
+    )
+    timezone: NonEmpty = "UTC"  # an IANA name (Europe/Berlin): when "day" and "month" begin
+
+
 class Config(Base):
     company_name: str = "our company"
     default_context: str | None = None
@@ -337,6 +352,7 @@ class Config(Base):
     tools: Tools = msgspec.field(default_factory=Tools)
     email: Email = msgspec.field(default_factory=Email)
     logging: Logging = msgspec.field(default_factory=Logging)
+    limits: Limits = msgspec.field(default_factory=Limits)
 
     def profile(self, name: str) -> Profile | None:
         return self.profiles.get(name) or BUILTIN_PROFILES.get(name)
