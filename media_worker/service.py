@@ -4,9 +4,11 @@ Realtime sessions (with a prewarmed pool), the inbox of assignments, and the cal
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import errno
 import logging
 import os
+import signal
 import socket
 import time
 
@@ -15,10 +17,13 @@ from media_worker.audio.playout import PlayoutClock
 from media_worker.calls import CallManager
 from media_worker.context import WorkerContext
 from media_worker.realtime.client import ClientSettings
+from media_worker.realtime.key_health import KeyHealth
 from media_worker.realtime.pool import SessionPool
 from shared.tasks import TaskSet
 from media_worker.transport.allowlist import media_sources
 from media_worker.transport.audiosocket_server import AudioSocketServer
+from shared.config import ConfigError, load_config
+from shared.masking import redact
 from shared.messages import WorkerInfo
 from shared.netaddr import resolve_advertise_host
 from shared.metrics import TICK_LAG, WORKER_CAPACITY, WORKER_SLOTS_FREE
@@ -45,7 +50,11 @@ class MediaWorker(AsyncRole):
         WORKER_SLOTS_FREE.set(settings.capacity)
         provider = self.config.providers.openai_realtime
         self.realtime = ClientSettings.from_config(provider)
-        self.pool = SessionPool(self.realtime, settings.prewarm_sessions if provider.enabled else 0)
+        self.key_health = KeyHealth()
+        self.pool = SessionPool(
+            self.realtime, settings.prewarm_sessions if provider.enabled else 0, key_health=self.key_health
+        )
+        self.ctx: WorkerContext | None = None
         self.clock = PlayoutClock()
         self.server: AudioSocketServer | None = None
         self.advertise_host = self.config.media_worker.advertise_host
@@ -63,7 +72,43 @@ class MediaWorker(AsyncRole):
         checks = super().ready_checks()
         checks["audiosocket"] = lambda: None if self.server is not None else "AudioSocket server not listening"
         checks["tasks"] = lambda: self.tasks.failure or self.pool.failure
+        checks["openai_key"] = self.key_health.failing
         return checks
+
+    async def prepare(self) -> None:
+        # From the start: SIGHUP's default action would end the process (and its calls).
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._on_sighup)
+
+    def _on_sighup(self) -> None:
+        log.info("received SIGHUP: re-reading the OpenAI key")
+        self.tasks.spawn(self.reload_key(), "reload-key")
+
+    async def reload_key(self) -> None:
+        """Re-read the config as at the start (the file, `.env`, OPENAI_API_KEY_FILE) and use its key for new
+        sessions and the prewarm pool; calls in progress keep their open sessions. Only the key, organization
+        and project are taken: other changes need a restart. A config that no longer loads changes nothing."""
+        try:
+            loaded = await asyncio.to_thread(load_config, self.loaded.source)
+        except ConfigError as exc:
+            log.error("SIGHUP: the config does not load, the key is unchanged:\n%s", redact(str(exc)))
+            return
+        redact.register(loaded.secrets)
+        provider = loaded.config.providers.openai_realtime
+        new = dataclasses.replace(
+            self.realtime, api_key=provider.api_key, organization=provider.organization, project=provider.project
+        )
+        if new == self.realtime:
+            log.info("SIGHUP: the OpenAI key is unchanged; the next open tries it at once")
+            self.key_health.rotated()
+            return
+        self.realtime = new
+        if self.ctx is not None:
+            self.ctx.realtime = new
+        self.pool.use_settings(new)
+        log.info("SIGHUP: new OpenAI key in use for new sessions; %d calls keep their sessions", self._calls())
+
+    def _calls(self) -> int:
+        return len(self.calls.sessions) if self.calls is not None else 0
 
     async def before_register(self) -> None:
         # `auto` needs the route towards Redis, so it waits, like the connection, until Redis can be reached.
@@ -106,6 +151,7 @@ class MediaWorker(AsyncRole):
             pool=self.pool,
             realtime=self.realtime,
         )
+        self.ctx = ctx
         self.calls = CallManager(
             ctx, listen_host=self.listen_host, allowed_hosts=self.allowed_hosts, rtp_ports=self.rtp_ports
         )

@@ -486,3 +486,26 @@ def catalogue() -> dict[str, tuple[str, str, tuple[str, ...]]]:
                 raise TypeError(f"metric {name} has no type")
             out[name + _SUFFIX.get(kind, "")] = (kind, role, labels)
     return out
+
+
+# --- media worker: OpenAI key health (media_worker/realtime/key_health.py) ------------------------------------
+# Kinds, not the server's codes, as the label: a short fixed list (the code and message go to the log line).
+OPEN_FAILURE_KINDS = ("auth", "quota", "rate_limit", "server", "other")
+KEY_STATES = ("unknown", "accepted", "rejected", "no_quota")
+REALTIME_OPEN_FAILURES = Counter(
+    "va_realtime_open_failures_total",
+    "Realtime opens that failed, by kind (auth, quota: the key is blocked; rate_limit, server, other: retried)",
+    ["kind"],
+    registry=None,
+)
+REALTIME_KEY_STATE = Gauge(
+    "va_realtime_key_state",
+    "The OpenAI key as the worker's last opens saw it: 1 on the current state (unknown, accepted, rejected, no_quota)",
+    ["state"],
+    registry=None,
+)
+ROLES["media-worker"] += (REALTIME_OPEN_FAILURES, REALTIME_KEY_STATE)
+KNOWN_LABELS["media-worker"] += (
+    (REALTIME_OPEN_FAILURES, tuple((kind,) for kind in OPEN_FAILURE_KINDS)),
+    (REALTIME_KEY_STATE, tuple((state,) for state in KEY_STATES)),
+)

@@ -20,6 +20,8 @@ import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
 from media_worker.realtime import events as ev
+from media_worker.realtime import failures
+from media_worker.realtime.failures import Failure
 from media_worker.realtime.protocol import (
     FATAL_CLOSE_CODES,
     Fatal,
@@ -59,7 +61,12 @@ class BufferedClientConnection(ClientConnection, asyncio.BufferedProtocol):
 
 
 class RealtimeError(Exception):
-    """The session cannot be used; the message says why (shown in the call's log and metrics)."""
+    """The session cannot be used; the message says why (shown in the call's log and metrics). `failure`: what
+    kind of failure it was, when the API said (a refused key, no quota, a rate limit, a server fault)."""
+
+    def __init__(self, message: str, failure: Failure | None = None):
+        super().__init__(message)
+        self.failure = failure
 
 
 @dataclass(frozen=True)
@@ -131,7 +138,10 @@ class Connection:
             )
         except websockets.InvalidStatus as exc:
             status = exc.response.status_code
-            raise RealtimeError(f"the Realtime API refused the connection: HTTP {status}") from None
+            failure = failures.from_status(status, exc.response.body or b"")
+            raise RealtimeError(
+                f"the Realtime API refused the connection: HTTP {status} ({failure.reason})", failure
+            ) from None
         try:
             async with asyncio.timeout(settings.handshake_timeout_s):
                 first = await ws.recv()
@@ -139,12 +149,21 @@ class Connection:
             await discard(ws, "no session.created")
             raise RealtimeError(f"no session.created within {settings.handshake_timeout_s:g}s") from None
         except websockets.ConnectionClosed as exc:
-            raise RealtimeError(_close_reason(exc)) from None
+            frame = exc.rcvd
+            closed = failures.from_close(frame.code, frame.reason) if frame is not None else None
+            raise RealtimeError(_close_reason(exc), closed) from None
         except BaseException:
             # Cancelled (the call ended while its session was opening): nobody else holds this socket, and
             # its keepalive would keep it open for good.
             await discard(ws, "cancelled")
             raise
+        # A refused key or an empty account is an `error` event where session.created belongs (then a close):
+        # it is not an open connection, and must not be counted as one.
+        event = ev.decode(first)
+        if isinstance(event, ev.Error):
+            await discard(ws, "error instead of session.created")
+            failure = failures.from_error(event.error.code, event.error.type, event.error.message)
+            raise RealtimeError(f"the Realtime API refused the session: {failure.reason}: {failure.detail}", failure)
         return cls(ws, first, started)
 
     @property
@@ -472,7 +491,8 @@ class RealtimeClient:
                 self.events.put_nowait(Reconnected(self.replayed, rotation=False))
                 return True
             except (RealtimeError, OSError, websockets.WebSocketException) as exc:
-                if isinstance(exc, RealtimeError) and "rejected" in str(exc):
+                blocked = isinstance(exc, RealtimeError) and exc.failure is not None and exc.failure.kind.blocks_the_key
+                if blocked or (isinstance(exc, RealtimeError) and "rejected" in str(exc)):
                     self._finish(str(exc))
                     return False
                 log.warning("reconnect attempt %d/%d failed: %s", attempt, self.settings.reconnect_attempts, exc)

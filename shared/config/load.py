@@ -22,6 +22,9 @@ from shared.config.validate import SKIP, Checker, Problem, Severity
 from shared.masking import mask_tree, secret_values
 
 CONFIG_ENV = "AI_AGENT_CONFIG"
+# A file holding the key (Docker and Kubernetes secrets, systemd credentials): it wins over OPENAI_API_KEY, because
+# it can be rewritten and re-read on SIGHUP while the process environment cannot.
+KEY_FILE_ENV = "OPENAI_API_KEY_FILE"
 DEFAULT_PATH = Path("config/ai-agent.yaml")
 # Bounds on the document as a tree (aliases expanded): the shipped config has about 200 values, 6 levels deep.
 MAX_VALUES = 100_000
@@ -96,7 +99,29 @@ def load_config(
             env = environment([Path(".env"), source.resolve().parent.parent / ".env"])
         except EnvError as exc:
             raise ConfigError(str(source), [Problem("", f"the .env file: {exc}")]) from None
+    try:
+        env = _with_key_file(env, str(source))
+    except ConfigError:
+        if require_api_key:
+            raise  # a command that needs no key (status) runs without it, as with an unset key
     return parse_config(text, str(source), env, require_api_key=require_api_key)
+
+
+def _with_key_file(env: Mapping[str, str], source: str) -> Mapping[str, str]:
+    """`env` with OPENAI_API_KEY read from the file OPENAI_API_KEY_FILE names, when it names one."""
+    path = env.get(KEY_FILE_ENV)
+    if not path:
+        return env
+    try:
+        key = Path(path).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(source, [Problem("", f"{KEY_FILE_ENV}: cannot read {path}: {exc.strerror}")]) from None
+    except UnicodeDecodeError:
+        raise ConfigError(source, [Problem("", f"{KEY_FILE_ENV}: {path} is not UTF-8 text")]) from None
+    if not key or "\n" in key:
+        what = "is empty" if not key else "holds more than one line (expected the key alone)"
+        raise ConfigError(source, [Problem("", f"{KEY_FILE_ENV}: {path} {what}")])
+    return {**env, "OPENAI_API_KEY": key}
 
 
 def check(
