@@ -414,3 +414,21 @@ def test_check_config_masks_the_secrets_in_a_urls_query(tmp_path, capsys, monkey
     out = capsys.readouterr()
     assert "sk-123" not in out.out + out.err
     assert "got 'https://x/v1?api_key=***'" in out.err
+
+
+# --- OPENAI_API_KEY_FILE (the key a media worker re-reads on SIGHUP) ------------------------------------------
+
+
+def test_the_key_file_wins_over_the_environment_and_its_problems_are_named(tmp_path):
+    key_file = tmp_path / "openai.key"
+    key_file.write_text("sk-from-the-file-1234\n")  # the newline an editor adds is not part of the key
+    loaded = load_config(CONFIG, env={**ENV, "OPENAI_API_KEY_FILE": str(key_file)})
+    assert loaded.config.providers.openai_realtime.api_key == "sk-from-the-file-1234"
+    assert "sk-from-the-file-1234" in loaded.secrets  # masked in every log line and output
+
+    for content, problem in (("", "is empty"), ("sk-a\nsk-b\n", "holds more than one line")):
+        key_file.write_text(content)
+        with pytest.raises(ConfigError, match=f"OPENAI_API_KEY_FILE: {key_file} {problem}"):
+            load_config(CONFIG, env={**ENV, "OPENAI_API_KEY_FILE": str(key_file)})
+    with pytest.raises(ConfigError, match=r"OPENAI_API_KEY_FILE: cannot read .*missing\.key: No such file"):
+        load_config(CONFIG, env={**ENV, "OPENAI_API_KEY_FILE": str(tmp_path / "missing.key")})
