@@ -130,6 +130,23 @@ DASHBOARDS = [
             [
                 (
                     "ts",
+                    "OpenAI key state (media workers in each)",
+                    "short",
+                    [("{{state}}", "sum by (state) (va_realtime_key_state)")],
+                ),
+                (
+                    "ts",
+                    "Realtime opens refused per minute",
+                    "short",
+                    [
+                        ("all", per_minute("va_realtime_open_failures_total")),
+                        ("{{kind}}", per_minute("va_realtime_open_failures_total", "kind")),
+                    ],
+                ),
+            ],
+            [
+                (
+                    "ts",
                     "Realtime cost per hour (USD)",
                     "currencyUSD",
                     [
