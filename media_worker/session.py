@@ -104,6 +104,7 @@ REQUEST_TIMEOUT_S = 10.0  # a response.create with neither response.created nor 
 CLOSE_TIMEOUT_S = 8.0  # the end of a call (Realtime close, log flush, figures) never takes longer
 HANGUP_NOTE_TIMEOUT_S = 0.5  # the call record's "this worker hangs up" note waits this long at most
 SPEND_WRITE_TIMEOUT_S = 2.0  # one response's cost into the usage counters (a Redis away: logged, not retried)
+MEDIA_TO_HANG_UP_S = 3.0  # a call that failed during its setup waits this long, at most, until it can be hung up
 
 
 class CallSession:
@@ -268,6 +269,8 @@ class CallSession:
             self._task.cancel()
 
     async def _close(self) -> None:
+        if not self._stopping:  # the call failed on our side: it is ours to hang up
+            await self._wait_until_it_can_be_hung_up()
         self._feed(Hangup(self.end_reason or "done"))
         self.ctx.clock.remove(self.call_id)
         for timer in self._timers.values():
@@ -310,6 +313,30 @@ class CallSession:
         except (TimeoutError, *UNAVAILABLE):
             return False
         return epoch is not None and int(epoch) != self.assignment.epoch
+
+    async def _wait_until_it_can_be_hung_up(self) -> None:
+        """The session failed on our side, maybe during the call's setup (a refused OpenAI key fails in
+        milliseconds; Asterisk's media connection comes some 50 ms after the assignment, and the controller
+        marks the call active after that). Hung up too early, the leg is lost: no link yet, the connection is
+        held for an assignment that never comes, and its end is taken for a lost worker (the call is moved to
+        each worker in turn before the fallback); or the leg ends while the controller is still setting up, and
+        the caller waits in silence. So: wait for the media link, then for the record to say the call is active
+        at our epoch; then the hang-up sends the caller to the fallback at once. Bounded; marked stopping first,
+        so a stop() meanwhile does not cancel this cleanup."""
+        self._stopping = True
+        limit = min(self.ctx.config.media_worker.media_timeout_ms / 1000, MEDIA_TO_HANG_UP_S)
+        record = self.ctx.keys.call(self.call_id)
+        try:
+            async with asyncio.timeout(limit):
+                if self.link is None:
+                    await self.linked.wait()
+                while True:
+                    state, epoch = await self.ctx.redis.hmget(record, ["state", "epoch"])
+                    if _text(state) == "active" and _text(epoch) == str(self.assignment.epoch):
+                        return
+                    await asyncio.sleep(0.05)
+        except (TimeoutError, *UNAVAILABLE):
+            pass
 
     async def _say_hanging_up(self) -> None:
         try:
@@ -721,3 +748,7 @@ def _message_text(output: list[dict[str, Any]]) -> str:
                 if isinstance(text, str):
                     parts.append(text)
     return " ".join(p for p in parts if p)
+
+
+def _text(value: bytes | str | None) -> str:
+    return value.decode() if isinstance(value, bytes) else (value or "")

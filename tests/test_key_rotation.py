@@ -74,6 +74,19 @@ async def test_a_wrong_key_is_caught_at_once_and_sighup_rotations_keep_the_call(
         assert worker.log_text().count("the OpenAI key is rejected (invalid_api_key)") == 1  # one line per streak
         assert WRONG not in worker.log_text()
 
+        # A call meanwhile is not left in silence: its caller is in the dialplan fallback within seconds.
+        placed = time.monotonic()
+        refused = await sim.place_call(audio=CallerAudio.silence(8000))
+        await until(lambda: any("ss-noservice" in step for step in refused.trail), timeout=10)
+        to_fallback = time.monotonic() - placed
+        print(f"a call while the key is refused: in the fallback {to_fallback:.2f} s after it was placed")
+        # Hung up on purpose once the call is up, not left to look like a lost worker (moved, then the fallback
+        # 2 s later on one worker, more with several).
+        assert "ended its media leg on purpose: fallback" in controller.log_text()
+        assert to_fallback < 1.5, to_fallback  # measured 0.10 s (2.1 s before)
+        assert "Realtime session failed: " in worker.log_text() and "invalid_api_key" in worker.log_text()
+        await until(lambda: not sim.channels and not sim.bridges)
+
         # 3. The right key written, SIGHUP: ready again at the next open.
         key_file.write_text(KEY_A)
         worker.popen.send_signal(signal.SIGHUP)
