@@ -186,7 +186,11 @@ class CallSession:
             if self._stopping:
                 return  # stopped before this task began (the end came in the same inbox read as the assignment)
             self.client = RealtimeClient(
-                self.ctx.realtime, self.session_config(), history=self.log.history, connection_source=self.ctx.pool.take
+                self.ctx.realtime,
+                self.session_config(),
+                history=self.log.history,
+                connection_source=self.ctx.pool.take,
+                on_key_failure=self.ctx.pool.key_failed,
             )
             ready = await self.client.start(replay=self.resumed)
             if self.resumed:

@@ -25,7 +25,7 @@ def key_failing(worker) -> str:
     return worker.readiness().get("failing", {}).get("openai_key", "")
 
 
-@pytest.mark.slow  # measured 15 s
+@pytest.mark.slow  # measured 18 s
 async def test_a_wrong_key_is_caught_at_once_and_sighup_rotations_keep_the_call(
     sim, tmp_path, cluster_env, aredis, keys
 ):
@@ -91,6 +91,12 @@ async def test_a_wrong_key_is_caught_at_once_and_sighup_rotations_keep_the_call(
         key_file.write_text(KEY_A)
         worker.popen.send_signal(signal.SIGHUP)
         await until(lambda: asyncio.to_thread(worker.ready), timeout=10)
+        # A SIGHUP whose config no longer loads (an empty key file) changes nothing, and says why.
+        key_file.write_text("")
+        worker.popen.send_signal(signal.SIGHUP)
+        await until(lambda: "SIGHUP: the config does not load, the key is unchanged" in worker.log_text(), timeout=10)
+        assert "OPENAI_API_KEY_FILE: " in worker.log_text() and await asyncio.to_thread(worker.ready)
+        key_file.write_text(KEY_A)
 
         # 4. A call on the key A session; then key A is revoked and B written, SIGHUP.
         audio = CallerAudio.silence(5000).then(caller_speech("When are you open?", 900)).then(CallerAudio.silence(5000))

@@ -14,11 +14,13 @@ import pytest
 from websockets.asyncio.server import serve
 
 from media_worker.realtime import failures
-from media_worker.realtime.client import ClientSettings, Connection, RealtimeError
+from media_worker.realtime.client import ClientSettings, Closed, Connection, RealtimeClient, RealtimeError
 from media_worker.realtime.failures import Failure, FailureKind
 from media_worker.realtime.key_health import Backoff, KeyHealth, KeyState
 from media_worker.realtime.pool import SessionPool
-from sim.realtime import Emulator, Script
+from shared.config.ga_session import build_session
+from shared.config.schema import OpenAIRealtime
+from sim.realtime import Emulator, Reply, Script
 
 KEY = "sk-test-right-key"
 AUTH, QUOTA, RATE, SERVER, OTHER = (
@@ -178,6 +180,10 @@ async def emulator():
     await emu.stop()
 
 
+def session_config() -> dict:
+    return build_session(OpenAIRealtime(), instructions="You are a test agent.", tools=[])
+
+
 def settings(url: str, key: str) -> ClientSettings:
     return ClientSettings(url=url, model="gpt-realtime", api_key=key)
 
@@ -275,3 +281,27 @@ async def test_a_rotation_drops_the_idle_connections_of_the_old_key(emulator):
         await conn.close()
     finally:
         await pool.stop()
+
+
+async def test_quota_running_out_mid_call_blocks_the_key_for_the_next_calls():
+    quota = {"type": "insufficient_quota", "code": "insufficient_quota", "message": "You exceeded your current quota."}
+    emu = Emulator(script=Script(default=Reply(text="Hi.", server_error=quota)), api_keys={KEY}, seed=3, speed=0)
+    await emu.start("127.0.0.1", 0)
+    pool = SessionPool(settings(emu.url, KEY), size=0, key_health=KeyHealth(rng=random.Random(4)))
+    client = RealtimeClient(
+        settings(emu.url, KEY), session_config(), connection_source=pool.take, on_key_failure=pool.key_failed
+    )
+    try:
+        await client.start()
+        assert pool.key_health.state is KeyState.ACCEPTED
+        client.create_response()
+        async with asyncio.timeout(5):
+            while not isinstance(closed := await client.events.get(), Closed):
+                pass
+        assert "insufficient_quota" in closed.reason
+        assert pool.key_health.state is KeyState.NO_QUOTA
+        assert "no quota left (insufficient_quota)" in (pool.key_health.failing() or "")
+    finally:
+        await client.close()
+        await pool.stop()
+        await emu.stop()

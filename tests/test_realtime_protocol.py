@@ -289,7 +289,9 @@ def test_error_classes():
     assert p.receive(error("conversation_already_has_active_response")) == []
     assert p.receive(error("invalid_value", "Audio content of 2450ms is already shorter than 2535ms")) == []
     [fatal] = p.receive(error("insufficient_quota", "You exceeded your current quota"))
-    assert fatal == Fatal("insufficient_quota: You exceeded your current quota")
+    assert fatal == Fatal(
+        "insufficient_quota: You exceeded your current quota", "insufficient_quota", "invalid_request_error"
+    )
     [other] = p.receive(error("invalid_value", "Invalid value: 'x'", event_id="evt_client_9"))
     assert isinstance(other, ServerError) and other.event_id == "evt_client_9"
     assert p.errors["response_cancel_not_active"] == 1 and p.errors["insufficient_quota"] == 1

@@ -40,6 +40,8 @@ from shared.metrics import REALTIME_RECONNECTS as RECONNECTS
 log = logging.getLogger("realtime")
 
 History = Callable[[], Awaitable[list[dict[str, Any]]]]
+# Told when an open session meets a failure of the key or the account (insufficient_quota mid-call).
+KeyFailureReport = Callable[[Failure, "Connection"], None]
 # Each connection reads into a buffer of its own (see BufferedClientConnection); a longer message takes several reads.
 READ_BUFFER = 64 * 1024
 
@@ -119,6 +121,7 @@ class Connection:
         self.ws = ws
         self.first_frame = first_frame
         self.opened_at = opened_at
+        self.key_generation = 0  # which key it was opened with (the pool's KeyHealth generation)
 
     @classmethod
     async def open(cls, settings: ClientSettings) -> "Connection":
@@ -225,8 +228,10 @@ class RealtimeClient:
         *,
         history: History | None = None,
         connection_source: Callable[[], Awaitable[Connection]] | None = None,
+        on_key_failure: KeyFailureReport | None = None,
     ):
         self.settings = settings
+        self._on_key_failure = on_key_failure
         self.session = session
         self.history = history
         self.events: asyncio.Queue[Any] = asyncio.Queue()
@@ -447,6 +452,7 @@ class RealtimeClient:
                     if protocol.quiet:
                         self._quiet_changed.set()
                 await conn.ws.close(1000, "fatal error")
+                self._report(fatal, conn)
                 self._finish(f"Realtime session ended: {fatal.reason}")
                 return
             except websockets.ConnectionClosed as exc:
@@ -473,6 +479,13 @@ class RealtimeClient:
             log.error("Realtime fatal error: %s", item.reason)
         elif isinstance(item, ev.Malformed):
             log.warning("Realtime sent an unusable event (%s): %s", item.type or "no type", item.reason)
+
+    def _report(self, fatal: Fatal, conn: Connection) -> None:
+        if self._on_key_failure is None or (fatal.code is None and fatal.error_type is None):
+            return
+        failure = failures.from_error(fatal.code, fatal.error_type, fatal.reason)
+        if failure.kind.blocks_the_key:
+            self._on_key_failure(failure, conn)
 
     def _finish(self, reason: str) -> None:
         self._connected.clear()

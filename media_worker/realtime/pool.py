@@ -15,7 +15,7 @@ import logging
 import time
 
 from media_worker.realtime.client import ClientSettings, Connection, RealtimeError
-from media_worker.realtime.failures import FailureKind, advice
+from media_worker.realtime.failures import Failure, FailureKind, advice
 from media_worker.realtime.key_health import Backoff, KeyHealth
 from shared.tasks import TaskSet
 from shared.metrics import POOL_READY, POOL_TAKES
@@ -93,7 +93,13 @@ class SessionPool:
                 self.key_health.failed(exc.failure, generation)
             raise
         self.key_health.succeeded(generation)
+        conn.key_generation = generation
         return conn
+
+    def key_failed(self, failure: Failure, conn: Connection) -> None:
+        """An open session met a failure of the key or the account (`insufficient_quota` mid-call): the next
+        opens would fail the same way. Ignored for a connection of a key rotated away since."""
+        self.key_health.failed(failure, conn.key_generation)
 
     async def _refill_forever(self) -> None:
         transient = Backoff(0.5, 30.0)

@@ -77,6 +77,8 @@ class SessionRejected(msgspec.Struct, frozen=True):
 
 class Fatal(msgspec.Struct, frozen=True):
     reason: str
+    code: str | None = None  # the error event's code, when an error event was the cause
+    error_type: str | None = None
 
 
 class AudioChunk(msgspec.Struct, frozen=True):
@@ -319,7 +321,7 @@ class RealtimeProtocol:
             log.debug("benign Realtime error %s: %s", code, err.message)
             return []
         if code in FATAL_CODES:
-            return [Fatal(f"{code}: {err.message}")]
+            return [Fatal(f"{code}: {err.message}", err.code, err.type)]
         return [ServerError(err.code, err.message, err.param, err.event_id)]
 
     def _on_response_created(self, event: ev.ResponseCreated) -> list[Any]:
