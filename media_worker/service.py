@@ -99,7 +99,7 @@ class MediaWorker(AsyncRole):
         )
         if new == self.realtime:
             log.info("SIGHUP: the OpenAI key is unchanged; the next open tries it at once")
-            self.key_health.rotated()
+            self.key_health.retry_now()
             return
         self.realtime = new
         if self.ctx is not None:

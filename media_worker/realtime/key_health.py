@@ -107,6 +107,11 @@ class KeyHealth:
     def rotated(self) -> None:
         """A new key is in use: try it at once. The worker stays not ready until an open with it succeeds."""
         self.generation += 1
+        self.retry_now()
+
+    def retry_now(self) -> None:
+        """The operator says the cause may be fixed (SIGHUP with the same key: billing sorted out): the next open
+        is tried at once, and the backoff starts over."""
         self.retry_at = 0.0
         self._backoff.reset()
 
