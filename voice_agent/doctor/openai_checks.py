@@ -108,6 +108,9 @@ async def check_realtime(probe: Probe) -> Outcome:
     try:
         connection = await Connection.open(settings)
     except RealtimeError as exc:
+        refused = exc.failure
+        if refused is not None and refused.kind.blocks_the_key:  # an `error` event or 401/403/429 instead of a session
+            return fail(f"the Realtime API answered the handshake with {refused.detail or refused.reason}", KEY_FIX)
         return fail(f"the Realtime handshake failed: {exc}", "see the openai.models line; check base_url")
     elapsed_ms = (time.monotonic() - started) * 1000
     try:
