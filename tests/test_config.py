@@ -432,3 +432,6 @@ def test_the_key_file_wins_over_the_environment_and_its_problems_are_named(tmp_p
             load_config(CONFIG, env={**ENV, "OPENAI_API_KEY_FILE": str(key_file)})
     with pytest.raises(ConfigError, match=r"OPENAI_API_KEY_FILE: cannot read .*missing\.key: No such file"):
         load_config(CONFIG, env={**ENV, "OPENAI_API_KEY_FILE": str(tmp_path / "missing.key")})
+    # A command that needs no key (status) runs with a broken key file, as it does without a key.
+    env = {"OPENAI_API_KEY_FILE": str(tmp_path / "missing.key")}
+    assert load_config(CONFIG, env=env, require_api_key=False).config.providers.openai_realtime.api_key == ""
