@@ -65,12 +65,17 @@ def test_no_config_anywhere_names_every_path_tried(places, monkeypatch):
         load_config(None, env=ENV, system_path=places["system"])
 
 
-def test_the_dotenv_beside_a_system_config_is_read_and_not_the_one_above_it(places, monkeypatch):
+def test_the_dotenv_beside_a_system_config_is_read_not_the_one_above_it_nor_the_working_directorys(places, monkeypatch):
     places["system"].write_text("company_name: ${COMPANY}\n")
     (places["system"].parent / ".env").write_text(f"COMPANY=beside\nOPENAI_API_KEY={TEST_API_KEY}\n")
     (places["system"].parent.parent / ".env").write_text("COMPANY=above\n")
+    (places["workdir"].parent.parent / ".env").write_text("COMPANY=working-directory\n")
     monkeypatch.delenv("COMPANY", raising=False)
     assert load_config(places["system"]).config.company_name == "beside"
+
+    (places["system"].parent / ".env").write_text("JUST_A_WORD\n")
+    with pytest.raises(ConfigError, match=r"cannot use the \.env file: .*\.env:1: expected KEY=VALUE"):
+        load_config(places["system"])
 
 
 def voice_agent(*args: str, cwd: Path) -> subprocess.CompletedProcess:

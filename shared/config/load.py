@@ -91,10 +91,13 @@ def load_config(
     except OSError as exc:
         raise ConfigError(str(source), [Problem("", f"cannot read the file: {exc.strerror}")]) from None
     if env is None:
-        # .env in the working directory first, then the project's (above config/) or the one beside the file
-        # (/etc/voice-agent/.env; never /etc/.env).
+        # The config's own .env first: the project's (above config/) or the one beside the file (/etc/voice-agent/.env,
+        # also the services' EnvironmentFile; never /etc/.env); else the working directory's.
         folder = source.resolve().parent
-        env = environment([Path(".env"), (folder.parent if folder.name == "config" else folder) / ".env"])
+        try:
+            env = environment([(folder.parent if folder.name == "config" else folder) / ".env", Path(".env")])
+        except (EnvError, OSError) as exc:  # a malformed line, or a file this user may not read
+            raise ConfigError(str(source), [Problem("", f"cannot use the .env file: {exc}")]) from None
     return parse_config(text, str(source), env)
 
 
