@@ -31,6 +31,7 @@ from controller.transfer import local_endpoint, run_transfer
 from controller.transfer_leg import TransferLeg
 from shared.keys import Keys
 from shared import dead_letters
+from shared.logs import call_context
 from shared.messages import TIME_LIMIT, ControlReply, ControlRequest, inbox_fields
 from shared.metrics import CONTROL_REQUESTS, CONTROL_SECONDS
 from shared.tasks import TaskSet
@@ -193,6 +194,10 @@ class ControlInbox:
         if kind != "control":
             raise dead_letters.PoisonEntry(dead_letters.UNKNOWN_TYPE, f"unknown entry type {kind[:40]!r}")
         request = _decode_request(data)
+        with call_context(request.call_id):  # this task serves every call: each line names its own
+            await self._handle_request(entry_id, request)
+
+    async def _handle_request(self, entry_id: str, request: ControlRequest) -> None:
         key = request_key(self.keys, request.request_id)
         if request.request_id in self.in_flight:
             if self.in_flight[request.request_id] != entry_id:  # a second delivery while the first runs

@@ -317,7 +317,11 @@ class StasisApp:
             if state is None:  # the record expired (or Redis lost it): nothing to mail from
                 await d.admission.emails_enqueued(call_id)
             elif _text(state) == "ended":
-                log.info("call %s: enqueueing the emails a previous teardown left pending", call_id)
+                log.info(
+                    "call %s: enqueueing the emails a previous teardown left pending",
+                    call_id,
+                    extra={"call_id": call_id},
+                )
                 await self._after_end(call_id, "reconciled")
 
     @staticmethod
@@ -329,7 +333,7 @@ class StasisApp:
             try:
                 await self.deps.after_end(call_id, reason)
             except Exception:
-                log.exception("after-call work of %s failed", call_id)
+                log.exception("after-call work of %s failed", call_id, extra={"call_id": call_id})
 
     def _adopt(self, call_id: str, caller: Channel, record: dict[str, str], agent_leg: str = "") -> Call:
         call = Call(self.deps, call_id, caller)
@@ -349,7 +353,13 @@ class StasisApp:
         self.calls[call_id] = call
         self.by_caller[caller.id] = call
         CALLS_ACTIVE.set(len(self.calls))
-        log.info("adopted call %s (caller %s, worker %s)", call_id, caller.id, record.get("worker"))
+        log.info(
+            "adopted call %s (caller %s, worker %s)",
+            call_id,
+            caller.id,
+            record.get("worker"),
+            extra={"call_id": call_id},
+        )
         return call
 
 

@@ -29,7 +29,18 @@ from shared.messages import (
     MediaReady,
     inbox_fields,
 )
+from shared.logs import call_context
 from shared.websocket_url import redact
+
+InboxMessage = Assignment | ControlReply | MediaPeer | MediaReady | MediaBridged | CallEnded
+INBOX_TYPES: dict[str, type[InboxMessage]] = {
+    "assign": Assignment,
+    "control_result": ControlReply,
+    "media_peer": MediaPeer,
+    "media": MediaReady,
+    "media_bridged": MediaBridged,
+    "end": CallEnded,
+}
 
 log = logging.getLogger("calls")
 
@@ -86,27 +97,31 @@ class CallManager:
     # --- inbox messages --------------------------------------------------------------------------------
     async def handle(self, kind: str, data: str | bytes) -> None:
         """One inbox message; what cannot be used raises (the inbox dead-letters it, and refuses an assign)."""
-        if kind == "assign":
-            await self.assign(msgspec.json.decode(data, type=Assignment))
-        elif kind == "control_result":
-            reply = msgspec.json.decode(data, type=ControlReply)
-            session = self.sessions.get(reply.call_id)
+        message_type = INBOX_TYPES.get(kind)
+        if message_type is None:
+            raise PoisonEntry(UNKNOWN_TYPE, f"unknown inbox message type {kind[:40]!r}")
+        message = msgspec.json.decode(data, type=message_type)
+        with call_context(message.call_id):  # the inbox task serves every call: each line names its own
+            await self._dispatch(message)
+
+    async def _dispatch(self, message: InboxMessage) -> None:
+        if isinstance(message, Assignment):
+            await self.assign(message)
+        elif isinstance(message, ControlReply):
+            session = self.sessions.get(message.call_id)
             if session is not None:
-                session.tools.on_reply(reply)
-        elif kind == "media_peer":
-            self.media_peer(msgspec.json.decode(data, type=MediaPeer))
-        elif kind == "media":
-            self.connect_websocket(msgspec.json.decode(data, type=MediaReady))
-        elif kind == "media_bridged":
-            self.websocket_bridged(msgspec.json.decode(data, type=MediaBridged))
-        elif kind == "end":
-            ended = msgspec.json.decode(data, type=CallEnded)
-            session = self.sessions.get(ended.call_id)
+                session.tools.on_reply(message)
+        elif isinstance(message, MediaPeer):
+            self.media_peer(message)
+        elif isinstance(message, MediaReady):
+            self.connect_websocket(message)
+        elif isinstance(message, MediaBridged):
+            self.websocket_bridged(message)
+        else:
+            session = self.sessions.get(message.call_id)
             if session is not None:
                 # A move: the call goes on elsewhere; this session stops without hanging up or writing figures.
-                session.stop(MOVED if ended.reason == MOVED else f"controller: {ended.reason}")
-        else:
-            raise PoisonEntry(UNKNOWN_TYPE, f"unknown inbox message type {kind[:40]!r}")
+                session.stop(MOVED if message.reason == MOVED else f"controller: {message.reason}")
 
     async def assign(self, assignment: Assignment) -> None:
         call_id = assignment.call_id
@@ -283,7 +298,7 @@ class CallManager:
         try:
             await link.connect()
         except MediaConnectError as exc:
-            log.error("call %s: WebSocket media not connected: %s", session.call_id, exc)
+            session.logger.error("call %s: WebSocket media not connected: %s", session.call_id, exc)
             session.stop("media_connect_failed")
 
     def _websocket_started(self, session: CallSession, link: WebSocketMediaLink) -> MediaSink | None:
@@ -330,7 +345,7 @@ class CallManager:
         )
         for session, held in zip(sessions, reply, strict=True):
             if not int(held) and not session.stopping:
-                log.warning(
+                session.logger.warning(
                     "call %s was moved to another worker (epoch %d is no longer its own): stopping its session here",
                     session.call_id,
                     session.assignment.epoch,

@@ -73,7 +73,7 @@ from media_worker.transport.link import MediaLink
 from media_worker.uplink import Uplink
 from media_worker.usage import CallUsage
 from shared.config.ga_session import build_session
-from shared.logs import bind_call
+from shared.logs import CallLogger, bind_call
 from shared.messages import MOVED, WORKER_HANGUP_FIELD, Assignment
 from shared.redis_conn import UNAVAILABLE
 from shared.metrics import (
@@ -113,6 +113,7 @@ class CallSession:
         self.assignment = assignment
         plan = self.plan = assignment.plan
         self.call_id = plan.call_id
+        self.logger = CallLogger(log, self.call_id)  # the clock task logs barge-ins: not the call's context
         settings = ctx.config.media_worker
         self.audio = CallAudio(
             wire_format(plan.transport, plan.format), plan.provider_format, ctx.config.vad.webrtc_aggressiveness
@@ -194,7 +195,7 @@ class CallSession:
             )
             ready = await self.client.start(replay=self.resumed)
             if self.resumed:
-                log.info(
+                self.logger.info(
                     "Realtime session %s ready for call %s, resumed (move %d): %d items replayed",
                     ready.session_id,
                     self.call_id,
@@ -202,13 +203,13 @@ class CallSession:
                     self.client.replayed,
                 )
             else:
-                log.info("Realtime session %s ready for call %s", ready.session_id, self.call_id)
+                self.logger.info("Realtime session %s ready for call %s", ready.session_id, self.call_id)
             self.tasks.spawn(self.uplink.run(self.client.append), f"append-{self.call_id}", essential=True)
             self._feed(SessionReady())
             await self._events_forever()
         except RealtimeError as exc:
             self.end_reason = self.end_reason or "realtime_failed"
-            log.error("Realtime session failed: %s", exc)
+            self.logger.error("Realtime session failed: %s", exc)
         except asyncio.CancelledError:
             # stop(): the call ends here. The cancellation is taken back so that the timeouts of the close
             # below work as they would anywhere else.
@@ -217,13 +218,15 @@ class CallSession:
                 task.uncancel()
         except Exception:
             self.end_reason = self.end_reason or "session_error"
-            log.exception("call session failed")
+            self.logger.exception("call session failed")
         finally:
             try:
                 async with asyncio.timeout(CLOSE_TIMEOUT_S):
                     await self._close()
             except TimeoutError:
-                log.error("the end of call %s took over %.0f s; it was cut short", self.call_id, CLOSE_TIMEOUT_S)
+                self.logger.error(
+                    "the end of call %s took over %.0f s; it was cut short", self.call_id, CLOSE_TIMEOUT_S
+                )
             finally:
                 SESSIONS.dec()
                 self.finished.set()
@@ -237,7 +240,7 @@ class CallSession:
             return
         if self.flood.check(audio.bytes_in, audio.conv.wire_frame_bytes / FRAME_MS, now):
             MEDIA_FLOODS.inc()
-            log.warning(
+            self.logger.warning(
                 "the media peer %s sent audio faster than %g× real time for %d s (peak %.1f×): ending the call",
                 self.link.peer if self.link is not None else "?",
                 FLOOD_RATIO,
@@ -258,7 +261,7 @@ class CallSession:
     def _no_media(self) -> None:
         if not self.linked.is_set():
             timeout = self.ctx.config.media_worker.media_timeout_ms / 1000
-            log.warning("no media connection within %.0f s: dropping the call", timeout)
+            self.logger.warning("no media connection within %.0f s: dropping the call", timeout)
             self.stop("media_timeout")
 
     def stop(self, reason: str) -> None:
@@ -296,10 +299,10 @@ class CallSession:
         self.heard.log_heard(self.audio.playout, final=True)
         await self.log.close()
         if self.end_reason == MOVED or await self._moved_away():
-            log.info("call %s moved to another worker: its session here stopped", self.call_id)
+            self.logger.info("call %s moved to another worker: its session here stopped", self.call_id)
             return  # the figures are the new worker's to write
         await self._save_stats()
-        log.info(
+        self.logger.info(
             "call %s ended on the worker (%s): %d turns, %d barge-ins, %d gate closures",
             self.call_id,
             self.end_reason or "done",
@@ -349,7 +352,9 @@ class CallSession:
                     self.ctx.keys.call(self.call_id), WORKER_HANGUP_FIELD, str(self.assignment.epoch)
                 )
         except (TimeoutError, *UNAVAILABLE) as exc:
-            log.warning("could not note the hang-up in the call record (%s): the controller may move the call", exc)
+            self.logger.warning(
+                "could not note the hang-up in the call record (%s): the controller may move the call", exc
+            )
 
     async def _save_stats(self) -> None:
         audio, usage = self.audio, self.usage
@@ -409,7 +414,7 @@ class CallSession:
                 try:
                     client.function_output(call_id, output)
                 except KeyError:
-                    log.warning("tool output for %s not sent: the Realtime session was replaced", call_id)
+                    self.logger.warning("tool output for %s not sent: the Realtime session was replaced", call_id)
             case AddSystemText(text=text):
                 assert client is not None
                 client.add_system_text(text)
@@ -429,7 +434,7 @@ class CallSession:
             case ReportAudioless(response_id=response_id, text=text, message_items=items):
                 AUDIOLESS.inc()
                 self.stats.audioless_responses += 1
-                log.warning("response %s finished without audio (transcript %r)", response_id, text[:80])
+                self.logger.warning("response %s finished without audio (transcript %r)", response_id, text[:80])
                 for item_id in items:
                     self.heard.skip(item_id)
             case FarewellStarted():
@@ -462,7 +467,7 @@ class CallSession:
         self._arm_time_limit()
         self.linked.set()
         assert self.link is not None
-        log.info("media connected: %s %s from %s", self.link.transport, self.plan.format, self.link.peer or "?")
+        self.logger.info("media connected: %s %s from %s", self.link.transport, self.plan.format, self.link.peer or "?")
 
     def _arm_time_limit(self) -> None:
         """`limits.max_call_duration_s`, counted from the call's creation (a moved call keeps its start)."""
@@ -488,7 +493,7 @@ class CallSession:
     def on_format(self, fmt: str) -> None:
         """Asterisk sends another AudioSocket format than the call asked for: follow it both ways."""
         wire = wire_format(self.plan.transport, fmt)
-        log.warning("the media format is %s, not %s: converting to and from %s", fmt, self.audio.wire, wire)
+        self.logger.warning("the media format is %s, not %s: converting to and from %s", fmt, self.audio.wire, wire)
         self.audio.reformat(wire)
 
     def on_audio(self, payload: bytes) -> None:
@@ -535,7 +540,7 @@ class CallSession:
             if self._gap_from_ms:  # once per moved call: its first agent frame
                 gap_ms = max(time.time() * 1000 - self._gap_from_ms, 0)
                 TAKEOVER_GAP.observe(gap_ms / 1000)
-                log.info(
+                self.logger.info(
                     "call %s: takeover gap %.0f ms (the lost worker last heard from, to our first agent frame)",
                     self.call_id,
                     gap_ms,
@@ -582,7 +587,7 @@ class CallSession:
         played = audio.playout.played_ms(item)
         TRUNCATIONS.inc()
         stats.truncations += 1
-        log.info("barge-in: %s cut at %d ms of %d ms received", item, played, audio.playout.received_ms(item))
+        self.logger.info("barge-in: %s cut at %d ms of %d ms received", item, played, audio.playout.received_ms(item))
         self.heard.log_heard(audio.playout, item_cut=item)
         if flushed is None:
             client.truncate(item, played)
@@ -608,7 +613,7 @@ class CallSession:
                 self._on_audio_chunk(item)
             elif type(item) is Closed:
                 self.end_reason = self.end_reason or "realtime_closed"
-                log.error("Realtime session closed: %s", item.reason)
+                self.logger.error("Realtime session closed: %s", item.reason)
                 return
             else:
                 handler = _EVENT_HANDLERS.get(type(item))
@@ -682,7 +687,7 @@ class CallSession:
 
     def _on_reconnected(self, event: Reconnected) -> None:
         kind = "rotation" if event.rotation else "reconnect"
-        log.info("Realtime session replaced (%s): %d items replayed", kind, event.replayed)
+        self.logger.info("Realtime session replaced (%s): %d items replayed", kind, event.replayed)
         self._feed(SessionReplaced())
 
     def _on_rate_limits(self, event: ev.RateLimits) -> None:

@@ -15,6 +15,8 @@ import logging
 import sys
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import msgspec
 
@@ -65,6 +67,26 @@ def _traceback_lines(text: str) -> str:
 
 def bind_call(call_id: str) -> contextvars.Token[str]:
     return call_id_var.set(call_id)
+
+
+@contextmanager
+def call_context(call_id: str) -> Iterator[None]:
+    """The call id on every line logged inside the block, in a task that serves many calls (an inbox reader);
+    tasks created inside inherit it."""
+    token = call_id_var.set(call_id)
+    try:
+        yield
+    finally:
+        call_id_var.reset(token)
+
+
+class CallLogger(logging.LoggerAdapter):
+    """A logger for one call's object: its lines carry the call id whichever task logs them (the worker-wide
+    playout clock, a transport's reader), where the context variable is not the call's. Made once per call; a
+    line below the level costs what it costs on a plain logger (the adapter checks the level first)."""
+
+    def __init__(self, logger: logging.Logger, call_id: str):
+        super().__init__(logger, {"call_id": call_id})
 
 
 class _ContextFilter(logging.Filter):

@@ -417,8 +417,17 @@ def start_simulators(run: DemoRun) -> None:
     print(f"OpenAI Realtime emulator  {realtime.url}  (speed {EMULATOR_SPEED}x, wire log {paths['wire']})")
     if run.real is not None:
         print(f"real Asterisk {run.real.version} (ARI)  {run.ari_url}  (run dir {run.real.run_dir})")
+        stored = f"in {run.real.run_dir / 'etc' / 'ari.conf'}, " if run.real.run_dir is not None else ""
+        print(
+            f"  ARI user {run.real.user}, password {run.real.password}"
+            f" (made for this run; {stored}given to the agents as ASTERISK_ARI_PASSWORD)"
+        )
     else:
         print(f"Asterisk 22.10.1 simulator (ARI)    {run.ari_url}")
+        print(
+            f"  ARI user {run.config.asterisk.username}, password {run.ari_password} (made for this run: given to"
+            " the simulator on its command line and to the agents as ASTERISK_ARI_PASSWORD; written nowhere)"
+        )
     print(f"mail server (SMTP)        {mail.url}  (messages in {paths['mail']})")
 
 

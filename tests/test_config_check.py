@@ -281,9 +281,9 @@ def test_a_bad_env_file_is_a_config_error_that_does_not_quote_the_line(tmp_path,
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     [problem] = check(config)
-    assert (
-        problem.message
-        == "the .env file: .env line 2: expected KEY=VALUE (the line is not shown: it may hold a secret)"
+    assert problem.message == (
+        f"cannot use the .env file: {tmp_path / '.env'} line 2: expected KEY=VALUE"
+        " (the line is not shown: it may hold a secret)"
     )
     assert secret not in problem.message
 

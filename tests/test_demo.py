@@ -7,6 +7,7 @@ import base64
 import json
 from pathlib import Path
 import os
+import re
 import subprocess
 import sys
 from collections import Counter
@@ -244,3 +245,9 @@ def test_demo_wire_log_validates_strictly(demo_run):
         "out ResponseDoneEvent",
     ):
         assert seen[name], (name, seen)
+
+
+@pytest.mark.slow  # shares the demo run above
+def test_demo_prints_the_ari_password_it_set_and_where_it_is(demo_run):
+    proc, _, _ = demo_run
+    assert re.search(r"ARI user asterisk, password demo-[0-9a-f]{12} \(made for this run: given to", proc.stdout)

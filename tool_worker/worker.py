@@ -125,6 +125,21 @@ class OwnedScheduler(RQScheduler):
         super().enqueue_scheduled_jobs()
 
 
+class MaintenanceAtDebug(logging.Filter):
+    """RQ logs each maintenance pass at INFO, one line per queue: with maintenance every MAINTENANCE_S that is two
+    lines every 2 s from an idle worker. Those lines are moved to DEBUG (shown when the level is debug)."""
+
+    TEMPLATE = "Worker %s: cleaning registries for queue: %s"  # RQ's, in Worker.clean_registries
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg != self.TEMPLATE or record.levelno != logging.INFO:
+            return True
+        if not logging.getLogger(record.name).isEnabledFor(logging.DEBUG):
+            return False
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return True
+
+
 class StoppedWhileStarting(Exception):
     """A stop request came while the worker waited for Redis to finish its start."""
 
@@ -136,6 +151,8 @@ class ToolWorker(Worker):
         kwargs.setdefault("job_monitoring_interval", HEARTBEAT_S)
         kwargs.setdefault("maintenance_interval", MAINTENANCE_S)
         super().__init__(*args, **kwargs)
+        if not any(isinstance(f, MaintenanceAtDebug) for f in self.log.filters):
+            self.log.addFilter(MaintenanceAtDebug())
         self.stop_grace_s = stop_grace_s
         self._early_stop = early_stop  # whether a signal came before RQ's handlers were installed
         self._stop_at: float | None = None  # monotonic time of the stop request

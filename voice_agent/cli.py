@@ -14,6 +14,7 @@ import yaml
 from shared.config import ConfigError, LoadedConfig, Problem, load_config
 from shared.logs import setup_logging
 from shared.masking import mask_url, redact
+from shared.version import VERSION
 
 log = logging.getLogger("voice-agent")
 
@@ -305,7 +306,12 @@ def _add_dev_commands(sub: "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 def build_parser(with_dev_commands: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="voice-agent", description=__doc__)
-    parser.add_argument("--config", help="config file (default: $AI_AGENT_CONFIG or config/ai-agent.yaml)")
+    parser.add_argument("--version", action="version", version=f"voice-agent {VERSION}")
+    parser.add_argument(
+        "--config",
+        help="config file (default: $AI_AGENT_CONFIG, else /etc/voice-agent/ai-agent.yaml if it exists, "
+        "else config/ai-agent.yaml in the working directory)",
+    )
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="overrides logging.level")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

@@ -215,7 +215,7 @@ class PlayoutClock:
                 tick_fn()
             except Exception:  # one broken call must not stop the others' audio; log once, then drop it
                 self.errors += 1
-                log.exception("playout tick of %r failed; removed from the clock", key)
+                log.exception("playout tick of %r failed; removed from the clock", key, extra={"call_id": str(key)})
                 self.remove(key)
 
     async def run(self, stopping: asyncio.Event) -> None:

@@ -32,6 +32,7 @@ from media_worker.transport.audiosocket_codec import (
 )
 from media_worker.transport.link import LinkStats, MediaLink, MediaSink, frame_bytes
 from media_worker.transport.refusals import RefusalLog
+from shared.logs import CallLogger
 from shared.metrics import AUDIOSOCKET_REFUSED
 
 log = logging.getLogger("media.audiosocket")
@@ -191,7 +192,7 @@ class AudioSocketLink(asyncio.BufferedProtocol):
                 self._end("hangup", b"")
                 return False
             elif kind == KIND_ERROR:
-                log.warning("AudioSocket %s: Asterisk sent an error frame %s", self.call_uuid, payload.hex())
+                self._log.warning("AudioSocket %s: Asterisk sent an error frame %s", self.call_uuid, payload.hex())
                 self._end("error", b"")
                 return False
             elif kind in AUDIO_KINDS:
@@ -222,6 +223,12 @@ class AudioSocketLink(asyncio.BufferedProtocol):
     def resume_writing(self) -> None:
         pass
 
+    @property
+    def _log(self) -> logging.Logger | CallLogger:
+        """Once bound, its lines name the call (they are logged from the connection's callbacks, outside any
+        call's context); made per line logged, never per frame."""
+        return CallLogger(log, self.call_uuid) if self.call_uuid else log
+
     # ------------------------------------------------------------------ internals
 
     def _bind(self, kind: int, payload: bytes) -> bool:
@@ -237,7 +244,7 @@ class AudioSocketLink(asyncio.BufferedProtocol):
         try:
             sink = server.bind(self.call_uuid, self.peer.rpartition(":")[0], self)
         except Exception:
-            log.exception("AudioSocket %s: bind failed", self.call_uuid)
+            self._log.exception("AudioSocket %s: bind failed", self.call_uuid)
             sink = None
         if self._done:
             return False  # bind closed the link itself
@@ -247,7 +254,7 @@ class AudioSocketLink(asyncio.BufferedProtocol):
             self._shutdown(ERROR_FRAME)
             return False
         self._sink = sink
-        log.info("AudioSocket %s bound (peer %s, expecting %s)", self.call_uuid, self.peer, self.format or "?")
+        self._log.info("AudioSocket %s bound (peer %s, expecting %s)", self.call_uuid, self.peer, self.format or "?")
         return True
 
     def _set_format(self, kind: int) -> None:
@@ -261,7 +268,7 @@ class AudioSocketLink(asyncio.BufferedProtocol):
         self._set_format(kind)
         self._in_kind = kind
         if expected and expected != self.format:
-            log.warning(
+            self._log.warning(
                 "AudioSocket %s: expected %s, Asterisk sends %s; following Asterisk",
                 self.call_uuid,
                 expected,
@@ -282,7 +289,7 @@ class AudioSocketLink(asyncio.BufferedProtocol):
         if self._sink is None:  # never bound: a refusal, not a call that failed
             self._server._refused(self.peer, "protocol", why)
         else:
-            log.warning("AudioSocket %s from %s: protocol error: %s", self.call_uuid, self.peer, why)
+            self._log.warning("AudioSocket %s from %s: protocol error: %s", self.call_uuid, self.peer, why)
         self._end("error", ERROR_FRAME)
 
     def _end(self, reason: str, last_frame: bytes) -> None:
@@ -296,7 +303,7 @@ class AudioSocketLink(asyncio.BufferedProtocol):
         self._done = True
         sink = self._sink
         if sink is not None:
-            log.info("AudioSocket %s ended: %s", self.call_uuid, reason)
+            self._log.info("AudioSocket %s ended: %s", self.call_uuid, reason)
             sink.on_hangup(reason)
 
     def _shutdown(self, last_frame: bytes) -> None:

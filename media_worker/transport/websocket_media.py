@@ -54,6 +54,7 @@ from websockets.uri import parse_uri
 
 from media_worker.transport import websocket_codec as wc
 from media_worker.transport.link import LinkStats, MediaSink
+from shared.logs import CallLogger
 from shared.websocket_url import redact
 
 log = logging.getLogger("media.websocket")
@@ -105,6 +106,7 @@ class WebSocketMediaLink(asyncio.BufferedProtocol):
             raise ValueError(f"WebSocket media format {fmt!r} is not one of {sorted(wc.RATE_BY_FORMAT)}")
         self.url = url
         self.call_id = call_id
+        self._log = CallLogger(log, call_id)  # its callbacks run outside the call's context
         self.stats = LinkStats()
         self.peer = ""
         self.max_write_buffer = max_write_buffer
@@ -317,7 +319,7 @@ class WebSocketMediaLink(asyncio.BufferedProtocol):
             event = control.receive(text)
         except wc.ControlError as exc:
             self.stats.bad_in += 1
-            log.warning("WebSocket media %s: unreadable control message: %s", self.call_id, exc)
+            self._log.warning("WebSocket media %s: unreadable control message: %s", self.call_id, exc)
             return
         if isinstance(event, wc.MediaStart):
             self._started(event)
@@ -339,14 +341,14 @@ class WebSocketMediaLink(asyncio.BufferedProtocol):
                 self._sink.on_dtmf(event.digit[:1])
         elif isinstance(event, wc.MediaXoff):
             self.xoff += 1
-            log.warning("WebSocket media %s: Asterisk's queue is full (XOFF): pausing", self.call_id)
+            self._log.warning("WebSocket media %s: Asterisk's queue is full (XOFF): pausing", self.call_id)
         elif isinstance(event, wc.MediaXon):
-            log.info("WebSocket media %s: XON: sending again", self.call_id)
+            self._log.info("WebSocket media %s: XON: sending again", self.call_id)
         elif isinstance(event, wc.Error):
             self.stats.bad_in += 1
-            log.warning("WebSocket media %s: Asterisk reports an error: %s", self.call_id, event.error_text)
+            self._log.warning("WebSocket media %s: Asterisk reports an error: %s", self.call_id, event.error_text)
         elif isinstance(event, wc.Unknown):
-            log.info("WebSocket media %s: unknown event %s", self.call_id, event.name)
+            self._log.info("WebSocket media %s: unknown event %s", self.call_id, event.name)
 
     def _started(self, event: wc.MediaStart) -> None:
         if self._sink is not None:
@@ -364,7 +366,7 @@ class WebSocketMediaLink(asyncio.BufferedProtocol):
         try:
             sink = self._on_started(self)
         except Exception:
-            log.exception("WebSocket media %s: binding the call failed", self.call_id)
+            self._log.exception("WebSocket media %s: binding the call failed", self.call_id)
             sink = None
         if self._done:
             self._fail_open("closed while binding")
@@ -386,7 +388,7 @@ class WebSocketMediaLink(asyncio.BufferedProtocol):
 
     def _protocol_error(self, why: str) -> None:
         self.stats.bad_in += 1
-        log.warning("WebSocket media %s: %s", self.call_id, why)
+        self._log.warning("WebSocket media %s: %s", self.call_id, why)
         self._end("error")
 
     def _end(self, reason: str) -> None:
@@ -400,7 +402,7 @@ class WebSocketMediaLink(asyncio.BufferedProtocol):
         self._done = True
         sink = self._sink
         if sink is not None:
-            log.info("WebSocket media %s ended: %s", self.call_id, reason)
+            self._log.info("WebSocket media %s ended: %s", self.call_id, reason)
             sink.on_hangup(reason)
 
     def _shutdown(self, hangup: bool) -> None:

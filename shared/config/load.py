@@ -25,6 +25,10 @@ CONFIG_ENV = "AI_AGENT_CONFIG"
 # A file holding the key (Docker and Kubernetes secrets, systemd credentials): it wins over OPENAI_API_KEY, because
 # it can be rewritten and re-read on SIGHUP while the process environment cannot.
 KEY_FILE_ENV = "OPENAI_API_KEY_FILE"
+# Without --config or $AI_AGENT_CONFIG: an installed system's file when there is one (a service, or an operator
+# running `voice-agent status` from any directory, even from a checkout that carries the example config), else
+# the project's own file relative to the working directory (the demo, the tests, the container's /app).
+SYSTEM_PATH = Path("/etc/voice-agent/ai-agent.yaml")
 DEFAULT_PATH = Path("config/ai-agent.yaml")
 # Bounds on the document as a tree (aliases expanded): the shipped config has about 200 values, 6 levels deep.
 MAX_VALUES = 100_000
@@ -69,36 +73,50 @@ class LoadedConfig:
         return mask_tree(msgspec.to_builtins(self.config))
 
 
-def resolve_path(path: str | os.PathLike[str] | None) -> Path:
+def resolve_path(path: str | os.PathLike[str] | None, system_path: Path = SYSTEM_PATH) -> Path:
+    """--config, else $AI_AGENT_CONFIG, else `system_path` when it exists, else config/ai-agent.yaml."""
     if path:
         return Path(path)
     if os.environ.get(CONFIG_ENV):
         return Path(os.environ[CONFIG_ENV])
+    if system_path.is_file():
+        return system_path
     return DEFAULT_PATH
+
+
+def _not_found(path: str | os.PathLike[str] | None, system_path: Path) -> Problem:
+    if path or os.environ.get(CONFIG_ENV):
+        given = "the path given" if path else f"${CONFIG_ENV}"
+        return Problem("", f"file not found ({given}; relative paths are from {Path.cwd()})")
+    tried = f"{system_path}, {DEFAULT_PATH} (in {Path.cwd()})"
+    return Problem("", f"no config file: tried {tried}; pass --config PATH or set {CONFIG_ENV}")
 
 
 def load_config(
     path: str | os.PathLike[str] | None = None,
     env: Mapping[str, str] | None = None,
+    system_path: Path = SYSTEM_PATH,
     *,
     require_api_key: bool = True,
 ) -> LoadedConfig:
     """Read and check the config file. `env` replaces the environment and `.env` (tests). Commands that open
     no Realtime session (status, check-config --no-secrets) pass `require_api_key=False`: an unset or
     placeholder key is then no error; the roles keep the default."""
-    source = resolve_path(path)
+    source = resolve_path(path, system_path)
     try:
         text = source.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(str(source), [Problem("", f"file not found (set {CONFIG_ENV} or pass a path)")]) from None
+        raise ConfigError(str(source), [_not_found(path, system_path)]) from None
     except OSError as exc:
         raise ConfigError(str(source), [Problem("", f"cannot read the file: {exc.strerror}")]) from None
     if env is None:
-        # .env beside the working directory first, then at the project root above config/.
+        # The config's own .env first: the project's (above config/) or the one beside the file (/etc/voice-agent/.env,
+        # also the services' EnvironmentFile; never /etc/.env); else the working directory's.
+        folder = source.resolve().parent
         try:
-            env = environment([Path(".env"), source.resolve().parent.parent / ".env"])
-        except EnvError as exc:
-            raise ConfigError(str(source), [Problem("", f"the .env file: {exc}")]) from None
+            env = environment([(folder.parent if folder.name == "config" else folder) / ".env", Path(".env")])
+        except (EnvError, OSError) as exc:  # a malformed line, or a file this user may not read
+            raise ConfigError(str(source), [Problem("", f"cannot use the .env file: {exc}")]) from None
     try:
         env = _with_key_file(env, str(source))
     except ConfigError:

@@ -311,10 +311,15 @@ class AriRest:
         return {"name": name, "description": description, "use_count": 0, "status": "Running", "support_level": level}
 
     async def module(self, p: Params, m: dict) -> dict:
+        # As Asterisk 22.10.1 answers (res/ari/resource_asterisk.c): found the way `module show` finds a module
+        # (case-insensitive, ".so" optional), else 404; then described only under its exact file name, else 409.
         name = m["moduleName"]
-        if name not in MODULES:
-            raise not_found("Module could not be found in running modules")
-        return self._module(name)
+        if name in MODULES:
+            return self._module(name)
+        stem = name.lower().removesuffix(".so")
+        if any(known.removesuffix(".so") == stem for known in MODULES):
+            raise conflict("Module information could not be retrieved")
+        raise not_found("Module could not be found in running modules")
 
     async def global_var_get(self, p: Params, m: dict) -> dict:
         name = p.get("variable")
