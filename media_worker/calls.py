@@ -171,6 +171,15 @@ class CallManager:
         low, high = self.rtp_ports
         if not low <= assignment.rtp_port <= high:
             raise ValueError(f"not in this worker's range {low}-{high}")
+        # Admission gave this port to this call, so the call that held it before has ended for the controller;
+        # its session may still be winding down here (closing its Realtime session) with the socket bound, and
+        # the bind would fail (EADDRINUSE: the new caller sent to the fallback). Its media is over: release it.
+        stale = [cid for cid, held in self._rtp.items() if held.port == assignment.rtp_port]
+        for cid in stale:
+            log.info("call %s: RTP port %d released for call %s", cid, assignment.rtp_port, assignment.call_id)
+            self._rtp.pop(cid).stop()
+        if stale:
+            await asyncio.sleep(0)  # asyncio closes a datagram socket on the loop's next turn
         endpoint = RtpEndpoint(
             self.listen_host,
             assignment.rtp_port,

@@ -103,6 +103,24 @@ async def test_media_peer_latches_the_reported_address_or_lets_the_first_packet_
     assert calls._rtp["call-u"].latch is Latch.AWAITING_FIRST and not calls.sessions["call-u"].linked.is_set()
 
 
+async def test_a_port_given_again_is_taken_from_the_call_that_ended_for_the_controller(calls):
+    """The controller frees a call's RTP port when the call ends, while its session here may still be winding
+    down with the socket bound: the next call given that port failed to bind (EADDRINUSE), was refused and, with
+    no other worker, sent to the fallback (real Asterisk, callers hanging up right after the answer: 2 runs in 5)."""
+    holder = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    holder.bind(("127.0.0.1", 0))
+    port = holder.getsockname()[1]
+    holder.close()
+    calls.rtp_ports = (port, port)
+    await calls.handle("assign", msgspec.json.encode(assignment("call-old", port)))
+    old = calls._rtp["call-old"]
+    assert "call-old" in calls.sessions  # still winding down here, its socket bound
+    await calls.handle("assign", msgspec.json.encode(assignment("call-new", port)))
+    assert await reports(calls) == []  # no media_failed
+    assert calls._rtp["call-new"].local_port == port and "call-old" not in calls._rtp
+    assert old.local_port == port and old._udp is None  # the old endpoint was stopped: its socket closed
+
+
 # ------------------------------------------------------------------------------------------------------------
 # The controller's side, through a controller process and the Asterisk simulator; the workers are
 # registrations (FakeWorker), and the test answers for the refusing one as its worker would.
