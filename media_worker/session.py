@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from media_worker.audio.duck import DuckSettings
 from media_worker.call_audio import CallAudio, wire_format
 from media_worker.call_log import CallLog
 from media_worker.call_state import (
@@ -109,8 +110,9 @@ class CallSession:
         plan = self.plan = assignment.plan
         self.call_id = plan.call_id
         settings = ctx.config.media_worker
+        duck = DuckSettings(settings.bargein_duck_db, settings.bargein_fade_ms, settings.bargein_confirm_ms)
         self.audio = CallAudio(
-            wire_format(plan.transport, plan.format), plan.provider_format, ctx.config.vad.webrtc_aggressiveness
+            wire_format(plan.transport, plan.format), plan.provider_format, ctx.config.vad.webrtc_aggressiveness, duck
         )
         self.resumed = assignment.moves > 0  # moved here from a worker that lost the call: no new greeting
         self.state = CallState(plan.greeting, resumed=self.resumed)
@@ -325,6 +327,8 @@ class CallSession:
         fields.update(
             {
                 "gate_closures": audio.gate_closures,
+                "bargein_ducks": audio.ducks[0],
+                "bargein_restores": audio.ducks[1],
                 "underruns": audio.underruns,
                 "padded_frames": audio.padded_frames,
                 "uplink_dropped": self.uplink.dropped,
@@ -437,7 +441,10 @@ class CallSession:
         audio.frames_in += 1
         audio.bytes_in += len(payload)
         self.uplink.sample(audio.frames_in)
-        speaking = audio.gate.incoming(audio.gate_view(payload))
+        gate = audio.gate
+        speaking = gate.incoming(audio.gate_view(payload))
+        if gate.heard_caller and not speaking and audio.agent_audible and state.stage is not Stage.GREETING:
+            audio.ducker.onset()  # the first sign: duck now, the gate confirms (stop) or not (restore)
         if speaking != state.caller_speaking:  # an edge: the machine decides about barge-in
             self._feed(SpeechStarted(audio.agent_audible) if speaking else SpeechEnded())
         # Echo guard: while the agent talks and the gate hears no real speech, the server gets silence, so it
@@ -463,14 +470,15 @@ class CallSession:
         audio, stats = self.audio, self.stats
         playout = audio.playout
         frame, real = playout.tick()
-        link.send(frame)
+        out = audio.ducker.apply(frame, real)
+        link.send(out)
         now = time.monotonic()
         if real:
             if self._first_delta_t:
                 started = self._first_delta_t.pop(playout.playing_item or "", None)
                 if started is not None:
                     OUTPUT_LATENCY.observe(now - started)
-            audio.gate.outgoing(audio.gate_view(frame))
+            audio.gate.outgoing(audio.gate_view(out))  # what the caller hears (ducked) is what echoes back
             if self._gap_from_ms:  # once per moved call: its first agent frame
                 gap_ms = max(time.time() * 1000 - self._gap_from_ms, 0)
                 TAKEOVER_GAP.observe(gap_ms / 1000)
@@ -506,7 +514,9 @@ class CallSession:
     def _barge_in(self) -> None:
         audio, stats = self.audio, self.stats
         stats.bargein_at = time.monotonic()
-        item = audio.playout.flush()
+        # The next frame fades out (bargein_fade_ms) instead of stopping on a step; the rest is dropped.
+        audio.ducker.stop()
+        item = audio.playout.flush(keep_frames=1)
         # A transport that queues on Asterisk's side (WebSocket media) drops that queue too; its future
         # tells how many frames never played, so the truncation below is exact.
         flushed = self.link.flush() if self.link is not None else None
@@ -518,7 +528,7 @@ class CallSession:
         client.cancel_response()
         if item is None:
             return
-        played = audio.playout.played_ms(item)
+        played = audio.playout.played_ms(item) + audio.playout.queued_ms  # the fade frame still plays
         TRUNCATIONS.inc()
         stats.truncations += 1
         log.info("barge-in: %s cut at %d ms of %d ms received", item, played, audio.playout.received_ms(item))

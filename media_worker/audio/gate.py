@@ -84,10 +84,13 @@ class SpeechGate:
         self._gap = 0  # consecutive unvoiced frames
         self._burst_counted = False
         self.speaking = False
+        # This frame alone sounds like the caller (voiced, above the echo threshold): the first sign the
+        # playout ducks on, `start_frames` before the gate itself opens.
+        self.heard_caller = False
         self.closures = 0
         self.speech_starts = 0
 
-    def outgoing(self, pcm_at_rate: bytes) -> None:
+    def outgoing(self, pcm_at_rate: bytes | bytearray) -> None:
         """A frame we played (the echo reference), PCM16 LE at `rate`. Several calls between two caller
         frames keep the loudest; time advances with `incoming` (caller frames come every 20 ms)."""
         if len(pcm_at_rate) < 2:
@@ -100,19 +103,21 @@ class SpeechGate:
         """The caller level that our recent outgoing audio could not explain."""
         return max(max(self._out_levels), self._out_now) - self.echo_margin_db
 
-    def incoming(self, pcm_at_rate: bytes) -> bool:
+    def incoming(self, pcm_at_rate: bytes | bytearray) -> bool:
         """A caller frame (20 ms PCM16 LE at `rate`) -> True while speech is detected."""
         samples = np.frombuffer(pcm_at_rate, dtype="<i2", count=len(pcm_at_rate) // 2)
         x = samples.astype(np.float32)
         level = level_db(x) if len(x) else _SILENT_DB
         voiced = level > self.floor_dbfs and self._voiced(samples, x, level)
         above_echo = level > self.echo_threshold_db()
+        self.heard_caller = voiced and above_echo
         self._advance_echo_window()
         return self._step(voiced, above_echo)
 
     def absent(self) -> bool:
         """A caller frame that never came: a silent caller whose phone (or a Local channel) sends nothing. It
         counts as an unvoiced frame, so the gate closes as if silence had been sent."""
+        self.heard_caller = False
         self._advance_echo_window()
         return self._step(False, False)
 
