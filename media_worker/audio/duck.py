@@ -45,7 +45,7 @@ class _Level(enum.IntEnum):
 class DuckSettings(msgspec.Struct, frozen=True):
     """media_worker.bargein_* of the config."""
 
-    duck_db: float = -24.0  # the agent's level while a caller's onset waits for confirmation
+    duck_db: float = -30.0  # the agent's level while a caller's onset waits for confirmation
     fade_ms: int = 8  # the fade-out at a confirmed barge-in (and the duck's ramp down)
     confirm_ms: int = 400  # an onset nothing confirms within this long is restored
 

@@ -226,7 +226,7 @@ class MediaWorkerSettings(Base):
     # Barge-in: the caller's first voiced frame above the echo threshold ducks the agent by `bargein_duck_db`;
     # the gate's decision (3 frames later) fades it out over `bargein_fade_ms`; with no decision within
     # `bargein_confirm_ms` (a cough, echo) it ramps back up. 0 dB turns ducking off (fade-out only).
-    bargein_duck_db: Annotated[float, Meta(ge=-60, le=0)] = -24.0
+    bargein_duck_db: Annotated[float, Meta(ge=-60, le=0)] = -30.0
     bargein_confirm_ms: Annotated[int, Meta(ge=60, le=2000)] = 400
     bargein_fade_ms: Annotated[int, Meta(ge=1, le=20)] = 8
     # An assignment whose media never connects is dropped after this long.
