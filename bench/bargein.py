@@ -119,15 +119,17 @@ def stop_latencies(chunks: list[tuple[float, float]], onsets: list[float]) -> tu
 
 
 def burst_effects(chunks: list[tuple[float, float]], bursts: list[float]) -> list[tuple[bool, bool]]:
-    """Per noise burst (absolute times): did the agent dip below STOP_DBFS within 150 ms (ducked), and is it
-    audible again 0.5-0.9 s after it (restored, not stopped)."""
+    """Per noise burst (absolute times): was the agent held below STOP_DBFS from 50 to 350 ms after it (ducked:
+    at least 80 % of that time; the agent's own pauses make ~10 % of its speech), and is it audible again
+    0.5-0.9 s after it (restored, not stopped)."""
     times = np.array([c[0] for c in chunks])
     levels = np.array([c[1] for c in chunks])
     out = []
     for b in bursts:
-        soon = levels[(times >= b) & (times < b + 0.15)]
+        held = levels[(times >= b + 0.05) & (times < b + 0.35)]
         later = levels[(times >= b + 0.5) & (times < b + 0.9)]
-        out.append((bool(len(soon) and soon.min() < STOP_DBFS), bool(len(later) and later.max() >= STOP_DBFS)))
+        ducked = bool(len(held) and np.mean(held < STOP_DBFS) >= 0.8)
+        out.append((ducked, bool(len(later) and later.max() >= STOP_DBFS)))
     return out
 
 
