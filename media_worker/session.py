@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from media_worker.audio.duck import DuckSettings
+from media_worker.audio.duck import DuckSettings, Playback
 from media_worker.call_audio import CallAudio, wire_format
 from media_worker.call_log import CallLog
 from media_worker.call_state import (
@@ -470,7 +470,8 @@ class CallSession:
         audio, stats = self.audio, self.stats
         playout = audio.playout
         frame, real = playout.tick()
-        out = audio.ducker.apply(frame, real)
+        ducker = audio.ducker
+        out = frame if ducker.state is Playback.PLAYING else ducker.apply(frame, real)  # full level: no call
         link.send(out)
         now = time.monotonic()
         if real:

@@ -112,8 +112,12 @@ class Ducker:
     # -- the 20 ms tick ---------------------------------------------------------------------------------
 
     def apply(self, frame: bytes, real: bool) -> bytes | bytearray:
-        """The frame to send for this tick (`real`: agent audio, not the queue's silence)."""
+        """The frame to send for this tick (`real`: agent audio, not the queue's silence). PLAYING is always at
+        full level with no ramp pending (onset/stop leave it at once, a restore or a new reply enters it at
+        full level), so the caller may skip the call then."""
         state = self.state
+        if state is Playback.PLAYING:
+            return frame
         if state is Playback.DUCKED:
             self._frames_left -= 1
             if self._frames_left <= 0:  # nothing confirmed the onset: ramp back up
@@ -128,7 +132,7 @@ class Ducker:
         level, target = self._level, self._target
         self._level = target
         if level is _Level.FULL and target is _Level.FULL:
-            return frame  # the steady state: untouched, no work
+            return frame  # a new reply after the cut
         if not real or len(frame) != len(self._out):
             return frame  # silence stays silence; a short frame is not ours to scale
         return self._scale(frame, self._ramps[(level, target)])
