@@ -219,6 +219,8 @@ def run(
             bursts_heard_after=sum(back for _, back in effects),
             worker_bargein_ms=record.get("bargein_ms", ""),
             bargein_ducks=record.get("bargein_ducks"),
+            # one duck per interruption and per burst is expected; more: echo or noise taken for the caller
+            extra_ducks=max(int(record.get("bargein_ducks") or 0) - interruptions - len(plan.bursts_s), 0),
             bargein_restores=record.get("bargein_restores"),
             gate_closures=record.get("gate_closures"),
         )
@@ -245,7 +247,8 @@ def report(result: dict) -> str:
             f"noise burst per reply: the agent dipped at {result['bursts_ducked']} and was heard again after "
             f"{result['bursts_heard_after']} of {result['interruptions'] if result['burst_ms'] else 0})",
             f"worker's bargein_ms (gate decision -> first frame of the stop): p50 "
-            f"{pct(worker, 50):.0f} ms (n={len(worker)}); ducks {result['bargein_ducks']}, restored "
+            f"{pct(worker, 50):.0f} ms (n={len(worker)}); ducks {result['bargein_ducks']} "
+            f"({result['extra_ducks']} beyond one per interruption and burst), restored "
             f"{result['bargein_restores']}, gate closures {result['gate_closures']}",
             f"all: {lat}",
         ]

@@ -129,3 +129,26 @@ def test_the_gate_names_the_first_voiced_frame_before_it_opens():
     opened = [gate.incoming(voice) for _ in range(3)]
     assert gate.heard_caller
     assert opened == [False, False, True]  # the sign comes two frames before the gate opens
+
+
+def _voice(amplitude: float) -> bytes:
+    t = np.arange(N) / RATE
+    return (amplitude * np.sin(2 * np.pi * 200 * t) * (1 + 0.5 * np.sin(2 * np.pi * 7 * t))).astype("<i2").tobytes()
+
+
+@pytest.mark.parametrize(("echo_db", "signs"), [(None, True), (-15.0, False)])
+def test_the_first_sign_learns_the_lines_echo_return(echo_db: float | None, signs: bool):
+    """The agent talks (-12 dBFS) for 3 s; the line brings back nothing, or a -15 dB echo. Then a caller 25 dB
+    below the agent: the gate's own test (10 dB margin) does not take it, the first sign does on the quiet
+    line only (its measured return is far below), never on the echoing one."""
+    gate = SpeechGate(RATE, echo_margin_db=10.0, start_frames=3)
+    agent = _voice(8000)  # about -12 dBFS
+    back = _voice(8000 * 10 ** (echo_db / 20)) if echo_db is not None else frame(0)
+    for _ in range(150):
+        gate.outgoing(agent)
+        gate.incoming(back)
+        assert not gate.heard_caller and not gate.speaking
+    gate.outgoing(agent)
+    soft = _voice(8000 * 10 ** (-25 / 20))
+    assert gate.incoming(soft) is False  # the gate's test is unchanged: no barge-in on this frame
+    assert gate.heard_caller is signs
