@@ -30,6 +30,7 @@ ECHO_WINDOW_MS = 200
 # the loudest recent ratio of what came back to what we sent while the caller was silent, held and let down by
 # RETURN_DECAY_DB a frame, plus SIGN_SAFETY_DB. Never more sensitive than that, never less than the gate's test.
 RETURN_DECAY_DB = 0.2
+RETURN_FLOOR_DB = -60.0  # no line is quieter than this for the sign (the absolute floor_dbfs decides below it)
 SIGN_SAFETY_DB = 6.0
 FRAME_MS = 20
 _SILENT_DB = -200.0
@@ -127,7 +128,7 @@ class SpeechGate:
         if sent_db > self.floor_dbfs and not self.speaking and not above_echo:
             # We talk and the gate takes this for our echo (or noise, or a caller too soft to count): its
             # ratio to what we sent is the return the sign must clear. A soft caller only raises it (safe).
-            self.echo_return_db = max(level - sent_db, self.echo_return_db - RETURN_DECAY_DB)
+            self.echo_return_db = max(level - sent_db, self.echo_return_db - RETURN_DECAY_DB, RETURN_FLOOR_DB)
         self._advance_echo_window()
         return self._step(voiced, above_echo)
 
