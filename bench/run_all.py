@@ -153,6 +153,20 @@ def plan(quick: bool, json_path: Path, before_tree: Path | None = None) -> list[
             timeout=900,
         )
     )
+    # Barge-in as the caller hears it, through the real processes on the simulators.
+    runs.append(
+        Run(
+            "bargein",
+            [
+                "bench/bargein.py",
+                "--interruptions",
+                "8" if q else "22",
+                "--json",
+                str(json_path.with_name("bargein.json")),
+            ],
+            timeout=300,
+        )
+    )
     # The real Asterisk 22 (sim.real_asterisk): skipped, exit 0, when it cannot be had.
     before = ["--before-tree", str(before_tree), "--before-runs", "1" if q else "3"] if before_tree else []
     runs.append(
@@ -387,6 +401,7 @@ def budget_rows(runs: dict[str, Run]) -> list[tuple[str, str, str, str]]:
                 verdict(p95, 2000.0),
             )
         )
+    rows += bargein_rows(runs.get("bargein"))
     rows += realpbx_budget_rows(runs.get("realpbx"))
     rows += worker_death_rows(runs.get("worker_death"))
     for what, budget in [
@@ -394,6 +409,28 @@ def budget_rows(runs: dict[str, Run]) -> list[tuple[str, str, str, str]]:
     ]:
         rows.append((what, "not in bench/", budget, "not measured here"))
     return rows
+
+
+def bargein_rows(r: Run | None) -> list[tuple[str, str, str, str]]:
+    """bench/bargein.py: the caller's onset -> the agent below -40 dBFS at the caller, and false stops."""
+    what = "barge-in as the caller hears it: speech onset → agent below −40 dBFS, p50 / p95 (simulator, −15 dB echo)"
+    if r is None or not r.data or "error" in r.data:
+        return [(what, "not measured" if r is None else f"failed: {r.data.get('error', r.rc)}", "≤ 60 ms", "—")]
+    d = r.data
+    return [
+        (
+            what,
+            f"{d['p50_ms']:.0f} / {d['p95_ms']:.0f} ms (n={d['counted']})",
+            "≤ 60 ms",
+            verdict(d["p95_ms"], 60.0),
+        ),
+        (
+            "barge-in: false stops per call (a −15 dB echo, a 30 ms noise burst in every reply)",
+            f"{d['false_stops']} ({d['bursts_ducked']} of {d['interruptions']} bursts ducked and restored)",
+            "≤ 1",
+            verdict(float(d["false_stops"]), 1.0),
+        ),
+    ]
 
 
 def _ms(stats: dict | None, key: str = "p95") -> float | None:
@@ -728,6 +765,8 @@ def main() -> None:
                 r.data = json.loads(json_path.read_text())
             if r.name == "realpbx" and json_path.with_name("realpbx.json").exists():
                 r.data = json.loads(json_path.with_name("realpbx.json").read_text())
+            if r.name == "bargein" and json_path.with_name("bargein.json").exists():
+                r.data = json.loads(json_path.with_name("bargein.json").read_text())
             if r.name == "worker_death" and json_path.with_name("worker_death.json").exists():
                 r.data = json.loads(json_path.with_name("worker_death.json").read_text())
     write_report(args.out, runs, started, time.monotonic() - t0)

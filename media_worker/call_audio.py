@@ -9,6 +9,7 @@ the agent audio not yet played in the new format.
 from __future__ import annotations
 
 from media_worker.audio.convert import Converter, silence
+from media_worker.audio.duck import Ducker, DuckSettings
 from media_worker.audio.g711 import ulaw_decode
 from media_worker.audio.gate import SpeechGate
 from media_worker.audio.playout import PlayoutQueue
@@ -22,9 +23,10 @@ def wire_format(transport: str, fmt: str) -> str:
 
 
 class CallAudio:
-    def __init__(self, wire: str, provider: str, vad_aggressiveness: int):
+    def __init__(self, wire: str, provider: str, vad_aggressiveness: int, duck: DuckSettings | None = None):
         self.provider = provider
         self.vad_aggressiveness = vad_aggressiveness
+        self.duck_settings = duck or DuckSettings()
         self.provider_silence = silence(provider)
         self.frames_in = 0  # caller frames received, padding included
         self.bytes_in = 0  # caller audio received (wire bytes, padding excluded): the flood guard's measure
@@ -32,6 +34,7 @@ class CallAudio:
         self.padded_frames = 0
         self._retired_underruns = 0  # counted by the queue and gate a format change replaced
         self._retired_closures = 0
+        self._retired_ducks = (0, 0)  # (ducks, restores) of a ducker a format change replaced
         self._build(wire)
 
     def _build(self, wire: str) -> None:
@@ -39,10 +42,16 @@ class CallAudio:
         self.conv = Converter(wire, self.provider)
         self.playout = PlayoutQueue(self.conv.wire_frame_bytes, silence(wire))
         self.gate = SpeechGate(self.conv.wire_rate, self.vad_aggressiveness)
+        self.ducker = Ducker(wire, self.conv.wire_rate, self.duck_settings)
 
     @property
     def underruns(self) -> int:
         return self._retired_underruns + self.playout.underruns
+
+    @property
+    def ducks(self) -> tuple[int, int]:
+        """(agent ducked at a caller's onset, ducks restored because nothing confirmed a barge-in)."""
+        return self._retired_ducks[0] + self.ducker.ducks, self._retired_ducks[1] + self.ducker.restores
 
     @property
     def gate_closures(self) -> int:
@@ -53,7 +62,7 @@ class CallAudio:
         """Our audio is playing or queued."""
         return self.playout.playing_item is not None or not self.playout.idle
 
-    def gate_view(self, wire: bytes) -> bytes:
+    def gate_view(self, wire: bytes | bytearray) -> bytes | bytearray:
         """A wire frame as the gate takes it: PCM16 little-endian at the wire rate."""
         if self.wire == "ulaw":
             return ulaw_decode(wire)
@@ -78,6 +87,7 @@ class CallAudio:
         old_wire, old = self.wire, self.playout
         self._retired_underruns += old.underruns
         self._retired_closures += self.gate.closures
+        self._retired_ducks = self.ducks
         self._build(wire)
         back = Converter(old_wire, self.provider)  # old wire -> provider: the inverse of what queued it
         for item_id, audio, ended in old.pending():
@@ -89,7 +99,7 @@ class CallAudio:
                 self.playout.end_item(item_id)
 
 
-def swap16(data: bytes) -> bytes:
+def swap16(data: bytes | bytearray) -> bytes:
     b = bytearray(data)
     b[0::2], b[1::2] = data[1::2], data[0::2]
     return bytes(b)

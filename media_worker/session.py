@@ -20,6 +20,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
+from media_worker.audio.duck import DuckSettings, Playback
 from media_worker.call_audio import CallAudio, wire_format
 from media_worker.call_log import CallLog
 from media_worker.call_state import (
@@ -115,8 +116,9 @@ class CallSession:
         self.call_id = plan.call_id
         self.logger = CallLogger(log, self.call_id)  # the clock task logs barge-ins: not the call's context
         settings = ctx.config.media_worker
+        duck = DuckSettings(settings.bargein_duck_db, settings.bargein_fade_ms, settings.bargein_confirm_ms)
         self.audio = CallAudio(
-            wire_format(plan.transport, plan.format), plan.provider_format, ctx.config.vad.webrtc_aggressiveness
+            wire_format(plan.transport, plan.format), plan.provider_format, ctx.config.vad.webrtc_aggressiveness, duck
         )
         self.resumed = assignment.moves > 0  # moved here from a worker that lost the call: no new greeting
         self.state = CallState(plan.greeting, resumed=self.resumed)
@@ -369,6 +371,8 @@ class CallSession:
         fields.update(
             {
                 "gate_closures": audio.gate_closures,
+                "bargein_ducks": audio.ducks[0],
+                "bargein_restores": audio.ducks[1],
                 "underruns": audio.underruns,
                 "padded_frames": audio.padded_frames,
                 "uplink_dropped": self.uplink.dropped,
@@ -503,7 +507,10 @@ class CallSession:
         audio.frames_in += 1
         audio.bytes_in += len(payload)
         self.uplink.sample(audio.frames_in)
-        speaking = audio.gate.incoming(audio.gate_view(payload))
+        gate = audio.gate
+        speaking = gate.incoming(audio.gate_view(payload))
+        if gate.heard_caller and not speaking and audio.agent_audible and state.stage is not Stage.GREETING:
+            audio.ducker.onset()  # the first sign: duck now, the gate confirms (stop) or not (restore)
         if speaking != state.caller_speaking:  # an edge: the machine decides about barge-in
             self._feed(SpeechStarted(audio.agent_audible) if speaking else SpeechEnded())
         # Echo guard: while the agent talks and the gate hears no real speech, the server gets silence, so it
@@ -529,14 +536,16 @@ class CallSession:
         audio, stats = self.audio, self.stats
         playout = audio.playout
         frame, real = playout.tick()
-        link.send(frame)
+        ducker = audio.ducker
+        out = frame if ducker.state is Playback.PLAYING else ducker.apply(frame, real)  # full level: no call
+        link.send(out)
         now = time.monotonic()
         if real:
             if self._first_delta_t:
                 started = self._first_delta_t.pop(playout.playing_item or "", None)
                 if started is not None:
                     OUTPUT_LATENCY.observe(now - started)
-            audio.gate.outgoing(audio.gate_view(frame))
+            audio.gate.outgoing(audio.gate_view(out))  # what the caller hears (ducked) is what echoes back
             if self._gap_from_ms:  # once per moved call: its first agent frame
                 gap_ms = max(time.time() * 1000 - self._gap_from_ms, 0)
                 TAKEOVER_GAP.observe(gap_ms / 1000)
@@ -572,7 +581,9 @@ class CallSession:
     def _barge_in(self) -> None:
         audio, stats = self.audio, self.stats
         stats.bargein_at = time.monotonic()
-        item = audio.playout.flush()
+        # The next frame fades out (bargein_fade_ms) instead of stopping on a step; the rest is dropped.
+        audio.ducker.stop()
+        item = audio.playout.flush(keep_frames=1)
         # A transport that queues on Asterisk's side (WebSocket media) drops that queue too; its future
         # tells how many frames never played, so the truncation below is exact.
         flushed = self.link.flush() if self.link is not None else None
@@ -584,7 +595,7 @@ class CallSession:
         client.cancel_response()
         if item is None:
             return
-        played = audio.playout.played_ms(item)
+        played = audio.playout.played_ms(item) + audio.playout.queued_ms  # the fade frame still plays
         TRUNCATIONS.inc()
         stats.truncations += 1
         self.logger.info("barge-in: %s cut at %d ms of %d ms received", item, played, audio.playout.received_ms(item))

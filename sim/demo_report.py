@@ -13,7 +13,7 @@ import numpy as np
 LATENCIES = (
     ("greeting_ms", "answer -> first greeting frame"),
     ("turn_ms", "end of caller speech -> first agent frame"),
-    ("bargein_ms", "barge-in -> agent audio stopped"),
+    ("bargein_ms", "barge-in decided -> agent stopped (worker)"),
 )
 COUNTERS = ("gate_closures", "truncations", "audioless_responses", "underruns")
 ROLE_NAMES = {"user": "caller", "assistant": "agent", "tool": "tool"}

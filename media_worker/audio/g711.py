@@ -39,7 +39,7 @@ DECODE_TABLE_BE = DECODE_TABLE.astype(">i2")  # code -> big-endian int16 (RTP sl
 ENCODE_TABLE = _build_encode_table()  # uint16 bit pattern -> code
 
 
-def ulaw_decode(data: bytes) -> bytes:
+def ulaw_decode(data: bytes | bytearray) -> bytes:
     """μ-law codes -> PCM16 little-endian (one sample per byte)."""
     return DECODE_TABLE.take(np.frombuffer(data, dtype=np.uint8)).tobytes()
 

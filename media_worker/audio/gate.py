@@ -26,6 +26,12 @@ except ImportError:  # pragma: no cover - exercised only where the wheel is miss
     webrtcvad = None
 
 ECHO_WINDOW_MS = 200
+# The first sign (a duck, which is undone if nothing confirms it) may use the echo return this line really has:
+# the loudest recent ratio of what came back to what we sent while the caller was silent, held and let down by
+# RETURN_DECAY_DB a frame, plus SIGN_SAFETY_DB. Never more sensitive than that, never less than the gate's test.
+RETURN_DECAY_DB = 0.2
+RETURN_FLOOR_DB = -60.0  # no line is quieter than this for the sign (the absolute floor_dbfs decides below it)
+SIGN_SAFETY_DB = 6.0
 FRAME_MS = 20
 _SILENT_DB = -200.0
 _THIRDS = np.full(3, 1.0 / 3.0, dtype=np.float32)  # 24 kHz -> 8 kHz view for the VAD: mean of each three
@@ -84,10 +90,14 @@ class SpeechGate:
         self._gap = 0  # consecutive unvoiced frames
         self._burst_counted = False
         self.speaking = False
+        # This frame alone sounds like the caller (voiced, above the echo return this line has shown, see
+        # RETURN_DECAY_DB): the first sign the playout ducks on, before the gate itself opens.
+        self.heard_caller = False
+        self.echo_return_db = -echo_margin_db  # measured return (what comes back - what we sent), worst first
         self.closures = 0
         self.speech_starts = 0
 
-    def outgoing(self, pcm_at_rate: bytes) -> None:
+    def outgoing(self, pcm_at_rate: bytes | bytearray) -> None:
         """A frame we played (the echo reference), PCM16 LE at `rate`. Several calls between two caller
         frames keep the loudest; time advances with `incoming` (caller frames come every 20 ms)."""
         if len(pcm_at_rate) < 2:
@@ -96,23 +106,36 @@ class SpeechGate:
         if level > self._out_now:
             self._out_now = level
 
+    def sent_db(self) -> float:
+        """The loudest frame we sent within the echo window."""
+        return max(max(self._out_levels), self._out_now)
+
     def echo_threshold_db(self) -> float:
         """The caller level that our recent outgoing audio could not explain."""
-        return max(max(self._out_levels), self._out_now) - self.echo_margin_db
+        return self.sent_db() - self.echo_margin_db
 
-    def incoming(self, pcm_at_rate: bytes) -> bool:
+    def incoming(self, pcm_at_rate: bytes | bytearray) -> bool:
         """A caller frame (20 ms PCM16 LE at `rate`) -> True while speech is detected."""
         samples = np.frombuffer(pcm_at_rate, dtype="<i2", count=len(pcm_at_rate) // 2)
         x = samples.astype(np.float32)
         level = level_db(x) if len(x) else _SILENT_DB
         voiced = level > self.floor_dbfs and self._voiced(samples, x, level)
-        above_echo = level > self.echo_threshold_db()
+        sent_db = self.sent_db()
+        threshold_db = sent_db - self.echo_margin_db
+        above_echo = level > threshold_db
+        sign_db = min(sent_db + self.echo_return_db + SIGN_SAFETY_DB, threshold_db)
+        self.heard_caller = voiced and level > sign_db
+        if sent_db > self.floor_dbfs and not self.speaking and not above_echo:
+            # We talk and the gate takes this for our echo (or noise, or a caller too soft to count): its
+            # ratio to what we sent is the return the sign must clear. A soft caller only raises it (safe).
+            self.echo_return_db = max(level - sent_db, self.echo_return_db - RETURN_DECAY_DB, RETURN_FLOOR_DB)
         self._advance_echo_window()
         return self._step(voiced, above_echo)
 
     def absent(self) -> bool:
         """A caller frame that never came: a silent caller whose phone (or a Local channel) sends nothing. It
         counts as an unvoiced frame, so the gate closes as if silence had been sent."""
+        self.heard_caller = False
         self._advance_echo_window()
         return self._step(False, False)
 

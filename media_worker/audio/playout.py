@@ -107,19 +107,23 @@ class PlayoutQueue:
         playing = self.playing_item
         if playing is not None:
             count = self._items.get(playing)
-            if count is None or count.ended:
+            if count is None or count.ended or count.dropped:  # dropped: its fade-out frame was the last
                 self.playing_item = None
             else:
                 self.underruns += 1
         return self._silence, False
 
-    def flush(self) -> str | None:
-        """Barge-in: drop everything queued now (and ignore later audio of those items). Returns the item
-        that was playing, or the one about to play, i.e. the item a truncate must name."""
+    def flush(self, keep_frames: int = 0) -> str | None:
+        """Barge-in: drop everything queued now (and ignore later audio of those items), except the next
+        `keep_frames` frames of the item about to play (they carry the fade-out). Returns the item that was
+        playing, or the one about to play, i.e. the item a truncate must name."""
         current = self.playing_item
         if current is None and self._frames:
             current = self._frames[0][0]
         dropped = {item for item, _, _ in self._frames}
+        kept: list[tuple[str, bytes, int]] = []
+        while len(kept) < keep_frames and self._frames and self._frames[0][0] == current:
+            kept.append(self._frames.popleft())
         if self._tail_item is not None:
             dropped.add(self._tail_item)
         if current is not None:
@@ -129,6 +133,7 @@ class PlayoutQueue:
             if count is not None and not count.ended:
                 count.dropped = True
         self._frames.clear()
+        self._frames.extend(kept)
         self._tail.clear()
         self._tail_item = None
         self.playing_item = None

@@ -92,7 +92,7 @@ class AudioSocketLink(asyncio.BufferedProtocol):
         if self._in_kind < 0:
             self._set_format(KIND_BY_FORMAT[fmt])
 
-    def send(self, payload: bytes) -> bool:
+    def send(self, payload: bytes | bytearray) -> bool:
         transport = self._transport
         if transport is None or self._out_kind < 0 or transport.get_write_buffer_size() > self.max_write_buffer:
             self.stats.dropped_out += 1

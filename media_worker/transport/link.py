@@ -57,7 +57,7 @@ class MediaLink(Protocol):
     peer: str  # "host:port" of Asterisk's side ("" while an RTP endpoint has not latched)
     stats: LinkStats
 
-    def send(self, payload: bytes) -> bool:
+    def send(self, payload: bytes | bytearray) -> bool:
         """One wire frame toward Asterisk, written at once, never blocking; False (and counted) if dropped."""
         ...
 

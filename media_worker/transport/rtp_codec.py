@@ -84,7 +84,7 @@ class RtpSender:
         self.ts = random.getrandbits(32) if ts is None else ts & 0xFFFFFFFF  # the next packet's
         self._header = bytearray(HEADER.pack(0x80, pt, 0, 0, self.ssrc))
 
-    def packet(self, payload: bytes) -> bytes:
+    def packet(self, payload: bytes | bytearray) -> bytes:
         header = self._header
         seq, ts = self.seq, self.ts
         _SEQ_TS.pack_into(header, 2, seq, ts)

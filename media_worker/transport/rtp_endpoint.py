@@ -223,7 +223,7 @@ class RtpEndpoint:
 
     # ------------------------------------------------------------------ MediaLink
 
-    def send(self, payload: bytes) -> bool:
+    def send(self, payload: bytes | bytearray) -> bool:
         udp, dest = self._udp, self._dest
         if udp is None or dest is None or udp.get_write_buffer_size() > self.max_write_buffer:
             self.stats.dropped_out += 1

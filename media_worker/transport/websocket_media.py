@@ -165,7 +165,7 @@ class WebSocketMediaLink(asyncio.BufferedProtocol):
 
     # ------------------------------------------------------------------ the session's side (MediaLink)
 
-    def send(self, payload: bytes) -> bool:
+    def send(self, payload: bytes | bytearray) -> bool:
         transport = self._transport
         if (
             transport is None
@@ -176,7 +176,7 @@ class WebSocketMediaLink(asyncio.BufferedProtocol):
             self.stats.dropped_out += 1
             return False
         ws = self._ws
-        ws.send_binary(payload)
+        ws.send_binary(cast(bytes, payload))  # serialised (copied) at once: a reused buffer is safe to pass
         self._until_status -= 1
         if not self._until_status:
             self._until_status = STATUS_EVERY

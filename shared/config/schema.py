@@ -223,6 +223,12 @@ class MediaWorkerSettings(Base):
     # it off); if its end is never seen, normal turn-taking returns after `greeting_timeout_ms` (the guide's 5 s).
     greeting_guard_ms: Annotated[int, Meta(ge=0, le=10_000)] = 800
     greeting_timeout_ms: Annotated[int, Meta(ge=500, le=60_000)] = 5000
+    # Barge-in: the caller's first voiced frame over the agent ducks it by `bargein_duck_db`;
+    # the gate's decision (3 frames later) fades it out over `bargein_fade_ms`; with no decision within
+    # `bargein_confirm_ms` (a cough, echo) it ramps back up. 0 dB turns ducking off (fade-out only).
+    bargein_duck_db: Annotated[float, Meta(ge=-60, le=0)] = -30.0
+    bargein_confirm_ms: Annotated[int, Meta(ge=60, le=2000)] = 400
+    bargein_fade_ms: Annotated[int, Meta(ge=1, le=20)] = 8
     # An assignment whose media never connects is dropped after this long.
     media_timeout_ms: Annotated[int, Meta(ge=1000, le=120_000)] = 15_000
     # Keypad digits reach the model as short user messages ("The caller pressed 1").

@@ -215,6 +215,16 @@ class Recorder:
     def clear(self) -> None:
         self._chunks.clear()
 
+    def levels(self, window_ms: int = 5) -> list[tuple[float, float]]:
+        """(time, RMS dBFS; -200 for digital silence) of every `window_ms` of every chunk, in arrival order: a
+        chunk's windows are timed from its arrival, as a phone would play them."""
+        out = []
+        for t, pcm, rate in self._chunks:
+            step = 2 * max(1, rate * window_ms // 1000)
+            for k, start in enumerate(range(0, len(pcm) - step + 1, step)):
+                out.append((t + k * window_ms / 1000, max(rms_dbfs(pcm[start : start + step]), -200.0)))
+        return out
+
     def timeline(self) -> list[tuple[float, int, int]]:
         """(arrival time, samples, rate) of every chunk, in arrival order."""
         return [(t, len(pcm) // 2, rate) for t, pcm, rate in self._chunks]

@@ -6,6 +6,8 @@
     GET  /sim/calls/{id}/voice     {answered_t, voiced: [[t0, t1], ...]}: when the caller's audio started and
                                    when it heard speech (time.monotonic() of this host: the harness on the same
                                    machine compares it with its own clock)
+    GET  /sim/calls/{id}/heard     {answered_t, windows: [[t, dBFS], ...]}: the level of every 5 ms the caller
+                                   heard, timed from its chunk's arrival (bench/bargein.py measures on it)
     POST /sim/calls/{id}/hangup    the caller hangs up                          -> 204
     POST /sim/calls/{id}/dtmf      {digits}                                     -> 204
     POST /sim/calls/{id}/save      {path}: write what the caller heard as WAV   -> 200 {path, ms}
@@ -35,6 +37,7 @@ class ControlApi:
         app.router.add_post("/sim/calls", self.place)
         app.router.add_get("/sim/calls/{id}", self.get)
         app.router.add_get("/sim/calls/{id}/voice", self.voice)
+        app.router.add_get("/sim/calls/{id}/heard", self.heard)
         app.router.add_post("/sim/calls/{id}/hangup", self.hangup)
         app.router.add_post("/sim/calls/{id}/dtmf", self.dtmf)
         app.router.add_post("/sim/calls/{id}/save", self.save)
@@ -96,6 +99,15 @@ class ControlApi:
             {
                 "answered_t": getattr(endpoint, "started_t", None),
                 "voiced": [list(span) for span in spans(getattr(endpoint, "voiced", []))],
+            }
+        )
+
+    async def heard(self, request: web.Request) -> web.Response:
+        call = self._call(request)
+        return web.json_response(
+            {
+                "answered_t": getattr(call.endpoint, "started_t", None),
+                "windows": [[round(t, 4), round(db, 1)] for t, db in call.heard.levels()],
             }
         )
 
