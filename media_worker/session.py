@@ -680,11 +680,14 @@ class CallSession:
                 TOKENS.labels(token_kind).inc(n)
         COST.inc(cost)
         if cost > 0:  # into the cluster's counters now, not at the end: a long call counts while it runs
-            task = asyncio.create_task(self._record_spend(cost), name=f"spend-{self.call_id}")
-            self._spend_writes.add(task)
-            task.add_done_callback(self._spend_writes.discard)
+            self._spend_later(cost)
         messages = tuple(str(o.get("id", "")) for o in response.output if o.get("type") == "message")
         self._feed(ResponseDone(response.id, response.status, messages, _message_text(response.output)))
+
+    def _spend_later(self, usd: float) -> None:
+        task = asyncio.create_task(self._record_spend(usd), name=f"spend-{self.call_id}")
+        self._spend_writes.add(task)
+        task.add_done_callback(self._spend_writes.discard)
 
     async def _record_spend(self, usd: float) -> None:
         try:

@@ -151,12 +151,18 @@ ROUTED_HERE: dict[tuple[str, str, str], str] = {}
 
 
 class SessionShell:
-    """What CallSession's event handlers use of the session: its usage counter and `_feed` into the machine."""
+    """What CallSession's event handlers use of the session: its usage counter, `_feed` into the machine and
+    `_spend_later` (the cluster's usage counters, in Redis: summed here)."""
 
     def __init__(self):
         self.state = cs.CallState(greeting="Hello.")
         self.usage = CallUsage(Pricing())
         self.actions = 0
+        self.spent = 0.0
+
+    def _spend_later(self, usd: float) -> None:
+        assert usd > 0
+        self.spent += usd
 
     def _feed(self, event: cs.Event) -> None:
         for action in self.state.handle(event):
