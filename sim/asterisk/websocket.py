@@ -17,6 +17,7 @@ from sim.asterisk.rest import authenticate
 
 
 DETACH_WAIT_S = 1.0
+CLOSE_WAIT_S = 2.0  # a close frame's answer, before the connection is cut
 
 
 class EventsEndpoint:
@@ -77,8 +78,14 @@ class EventsEndpoint:
                 if code == 1006 and transport is not None:
                     transport.abort()
                 else:
-                    with contextlib.suppress(Exception):
-                        await sock.ws.close(code=code)
+                    try:
+                        # aiohttp's close() waits, with no bound, for the socket's reader to take the close: a
+                        # handler that is not reading held a test's teardown until its 120 s timeout.
+                        async with asyncio.timeout(CLOSE_WAIT_S):
+                            await sock.ws.close(code=code)
+                    except Exception:
+                        if transport is not None:
+                            transport.abort()
             if waits:  # the handlers notice and detach their sockets
                 await asyncio.wait(waits, timeout=DETACH_WAIT_S)
         finally:
