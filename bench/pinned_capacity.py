@@ -28,10 +28,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,6 +50,7 @@ SETTLE_S = 2.0  # the last calls of the ramp are set up within this: the hold's 
 SAMPLE_S = 0.5
 LAG_BUDGET_MS = 5.0
 CPU_BUDGET_MS = 2.5
+LINE_NUMBER = re.compile(r":\d+\)$")  # "tick (media_worker/calls.py:120)" -> "tick (media_worker/calls.py)"
 
 
 def pin(pid: int, cores: set[int]) -> int:
@@ -169,19 +172,53 @@ def loadtest_args(calls: int, args: argparse.Namespace) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def py_spy(pid: int, calls: int, loop: str, seconds: float) -> dict:
+def py_spy(pid: int, calls: int, loop: str, seconds: float) -> dict[str, object]:
     """A flame graph (SVG) and the collapsed stacks of the worker, recorded without pausing it (--nonblocking)."""
     out = ROOT / "bench" / "profiles"
     out.mkdir(parents=True, exist_ok=True)
     stem = out / f"worker-{loop}-{calls}"
     spy = Path(sys.executable).with_name("py-spy")
-    files = {}
+    files: dict[str, object] = {}
     for fmt, path in (("raw", stem.with_suffix(".collapsed")), ("flamegraph", stem.with_suffix(".svg"))):
         cmd = [str(spy), "record", "--nonblocking", "--pid", str(pid), "--duration", f"{seconds:g}"]
         cmd += ["--format", fmt, "-o", str(path)]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30)
         files[fmt] = str(path.relative_to(ROOT)) if proc.returncode == 0 else f"failed: {proc.stderr[-300:]}"
+    collapsed = stem.with_suffix(".collapsed")
+    if collapsed.exists():
+        top = top_functions(collapsed.read_text(encoding="utf-8"), 15)
+        text = [f"py-spy, {seconds:g} s at {calls} calls ({loop}), {top['samples']} samples; % of samples"]
+        for kind in ("self", "inclusive"):
+            text += ["", f"{kind}:"] + [f"  {p:5.1f}  {name}" for name, p in top.get(kind, [])]
+        stem.with_suffix(".top.txt").write_text("\n".join(text) + "\n", encoding="utf-8")
+        files["top"] = str(stem.with_suffix(".top.txt").relative_to(ROOT))
+        files["summary"] = top
     return files
+
+
+def top_functions(collapsed: str, n: int = 10) -> dict:
+    """From py-spy's collapsed stacks ("frame;frame;... count" per line): the functions with the most samples
+    on top of the stack (self) and anywhere in it (inclusive), in % of all samples."""
+    self_samples: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    total = 0
+    for line in collapsed.splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = [LINE_NUMBER.sub(")", frame) for frame in stack.split(";")[1:]]  # the first is the thread
+        if not frames:
+            continue
+        total += count
+        self_samples[frames[-1]] += count
+        for frame in set(frames):
+            inclusive[frame] += count
+
+    def pct(counter: Counter[str]) -> list[tuple[str, float]]:
+        return [(name, round(100 * c / total, 1)) for name, c in counter.most_common(n)]
+
+    return {"samples": total, "self": pct(self_samples), "inclusive": pct(inclusive)} if total else {"samples": 0}
 
 
 def one_run(calls: int, loop: str, args: argparse.Namespace, profile: bool = False) -> dict:

@@ -45,3 +45,15 @@ def test_core_busy_share_from_proc_stat():
     before = pc.Sample(0.0, 0.0, 0.0, {0: (100, 1000)}, [])
     after = pc.Sample(1.0, 0.0, 0.0, {0: (150, 1100)}, [])
     assert pc.core_busy_pct(before, after, 0) == 50.0
+
+
+def test_top_functions_from_collapsed_stacks():
+    collapsed = (
+        'process 1:"python";<module> (cli.py:1);run (playout.py:230);tick (calls.py:10) 6\n'
+        'process 1:"python";<module> (cli.py:1);run (playout.py:231);encode (protocol.py:5) 3\n'
+        'process 1:"python";<module> (cli.py:1);select (selectors.py:9) 1\n'
+    )
+    top = pc.top_functions(collapsed, 3)
+    assert top["samples"] == 10
+    assert top["self"] == [("tick (calls.py)", 60.0), ("encode (protocol.py)", 30.0), ("select (selectors.py)", 10.0)]
+    assert top["inclusive"][:2] == [("<module> (cli.py)", 100.0), ("run (playout.py)", 90.0)]
