@@ -169,7 +169,9 @@ def loadtest_args(calls: int, args: argparse.Namespace) -> argparse.Namespace:
     argv += ["--ramp", str(args.ramp), "--hold", str(args.hold), "--profile", args.media_profile]
     if args.redis_url:
         argv += ["--redis-url", args.redis_url]
-    return parser.parse_args(argv)
+    ns = parser.parse_args(argv)
+    ns.config = None  # the CLI's global --config: the shipped config/ai-agent.yaml
+    return ns
 
 
 def py_spy(pid: int, calls: int, loop: str, seconds: float) -> dict[str, object]:

@@ -43,3 +43,27 @@ def test_config_takes_asyncio_or_uvloop_only():
     assert "line 2: media_worker.event_loop: expected one of 'asyncio', 'uvloop', got 'trio'" in [
         str(p) for p in info.value.problems
     ]
+
+
+def test_the_health_server_answers_on_uvloop():
+    # uvloop's transports are not asyncio.Transport subclasses: the server took them for a wrong type.
+    pytest.importorskip("uvloop")
+    from shared.http_server import HttpServer, Response
+
+    async def ok() -> Response:
+        return Response.text(200, "ok")
+
+    async def fetch() -> int:
+        server = HttpServer({"/readyz": ok})
+        await server.start("127.0.0.1", 0)
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
+            async with asyncio.timeout(5):
+                status = await reader.readline()
+            writer.close()
+            return int(status.split()[1])
+        finally:
+            await server.close()
+
+    assert event_loop.run(fetch(), "uvloop") == 200
