@@ -50,6 +50,7 @@ SETTLE_S = 2.0  # the last calls of the ramp are set up within this: the hold's 
 SAMPLE_S = 0.5
 LAG_BUDGET_MS = 5.0
 CPU_BUDGET_MS = 2.5
+IDLE_FRAMES = ("EpollSelector.select (", "select (selectors.py")  # the loop waiting for I/O or its next timer
 LINE_NUMBER = re.compile(r":\d+\)$")  # "tick (media_worker/calls.py:120)" -> "tick (media_worker/calls.py)"
 
 
@@ -189,7 +190,10 @@ def py_spy(pid: int, calls: int, loop: str, seconds: float) -> dict[str, object]
     collapsed = stem.with_suffix(".collapsed")
     if collapsed.exists():
         top = top_functions(collapsed.read_text(encoding="utf-8"), 15)
-        text = [f"py-spy, {seconds:g} s at {calls} calls ({loop}), {top['samples']} samples; % of samples"]
+        text = [
+            f"py-spy --nonblocking, {seconds:g} s at {calls} calls ({loop}): {top['samples']} busy samples, "
+            f"{top['idle_pct']} % of all samples idle in the selector; % of the busy samples",
+        ]
         for kind in ("self", "inclusive"):
             text += ["", f"{kind}:"] + [f"  {p:5.1f}  {name}" for name, p in top.get(kind, [])]
         stem.with_suffix(".top.txt").write_text("\n".join(text) + "\n", encoding="utf-8")
@@ -200,17 +204,19 @@ def py_spy(pid: int, calls: int, loop: str, seconds: float) -> dict[str, object]
 
 def top_functions(collapsed: str, n: int = 10) -> dict:
     """From py-spy's collapsed stacks ("frame;frame;... count" per line): the functions with the most samples
-    on top of the stack (self) and anywhere in it (inclusive), in % of all samples."""
+    on top of the stack (self) and anywhere in it (inclusive), in % of the busy samples. A sample waiting in
+    the selector is the loop idle (py-spy --nonblocking counts it): counted apart, as `idle_pct`."""
     self_samples: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
-    total = 0
+    total = idle = 0
     for line in collapsed.splitlines():
         stack, _, count_text = line.rpartition(" ")
         if not stack or not count_text.isdigit():
             continue
         count = int(count_text)
-        frames = [LINE_NUMBER.sub(")", frame) for frame in stack.split(";")[1:]]  # the first is the thread
-        if not frames:
+        frames = [LINE_NUMBER.sub(")", frame) for frame in stack.split(";")]
+        if frames[-1].startswith(IDLE_FRAMES):
+            idle += count
             continue
         total += count
         self_samples[frames[-1]] += count
@@ -220,7 +226,14 @@ def top_functions(collapsed: str, n: int = 10) -> dict:
     def pct(counter: Counter[str]) -> list[tuple[str, float]]:
         return [(name, round(100 * c / total, 1)) for name, c in counter.most_common(n)]
 
-    return {"samples": total, "self": pct(self_samples), "inclusive": pct(inclusive)} if total else {"samples": 0}
+    if not total:
+        return {"samples": 0, "idle_pct": 100.0 if idle else None}
+    return {
+        "samples": total,
+        "idle_pct": round(100 * idle / (total + idle), 1),
+        "self": pct(self_samples),
+        "inclusive": pct(inclusive),
+    }
 
 
 def one_run(calls: int, loop: str, args: argparse.Namespace, profile: bool = False) -> dict:
@@ -338,9 +351,13 @@ def main() -> int:
     parser.add_argument("--profile-calls", type=int, default=0, help="then profile the worker at this count")
     parser.add_argument("--profile-loop", default="asyncio")
     parser.add_argument("--profile-s", type=float, default=20.0)
+    parser.add_argument("--top-of", type=Path, help="only print the top functions of a collapsed py-spy file")
     parser.add_argument("--out", type=Path, help="JSON of every run")
     parser.add_argument("--md", type=Path, help="the markdown table")
     args = parser.parse_args()
+    if args.top_of:
+        print(json.dumps(top_functions(args.top_of.read_text(encoding="utf-8"), 15), indent=1))
+        return 0
     if (os.cpu_count() or 1) < 2:
         print("needs 2 cores: one for the worker, one for the rest")
         return 2

@@ -49,11 +49,16 @@ def test_core_busy_share_from_proc_stat():
 
 def test_top_functions_from_collapsed_stacks():
     collapsed = (
-        'process 1:"python";<module> (cli.py:1);run (playout.py:230);tick (calls.py:10) 6\n'
-        'process 1:"python";<module> (cli.py:1);run (playout.py:231);encode (protocol.py:5) 3\n'
-        'process 1:"python";<module> (cli.py:1);select (selectors.py:9) 1\n'
+        "<module> (cli.py:1);run (playout.py:230);tick (calls.py:10) 6\n"
+        "<module> (cli.py:1);run (playout.py:231);encode (protocol.py:5) 3\n"
+        'process 1:"python";<module> (cli.py:1);EpollSelector.select (selectors.py:9) 10\n'
+        "<module> (cli.py:1);write (selector_events.py:3) 1\n"
     )
     top = pc.top_functions(collapsed, 3)
-    assert top["samples"] == 10
-    assert top["self"] == [("tick (calls.py)", 60.0), ("encode (protocol.py)", 30.0), ("select (selectors.py)", 10.0)]
+    assert top["samples"] == 10 and top["idle_pct"] == 50.0  # the selector's wait is idle, not work
+    assert top["self"] == [
+        ("tick (calls.py)", 60.0),
+        ("encode (protocol.py)", 30.0),
+        ("write (selector_events.py)", 10.0),
+    ]
     assert top["inclusive"][:2] == [("<module> (cli.py)", 100.0), ("run (playout.py)", 90.0)]
