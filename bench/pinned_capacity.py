@@ -14,6 +14,7 @@ Per run, over the hold (every call up; from `ramp + settle` to `ramp + hold` aft
 - frame slots the clock skipped in the hold (`va_playout_late_ticks`: a wakeup a whole 20 ms late or more, the
   frames that reached Asterisk late), and underruns (the call records, whole calls);
 - the worker's RSS growth per call (hold end against before the first call);
+- the share of the hold the worker's threads were runnable but waiting for core 0 (/proc/PID/task/*/schedstat);
 - each core's busy share from /proc/stat, and the worker's share of core 0: core 0's remainder is other load of
   this machine (the pin keeps the cluster off core 0, not the rest of the machine), and a core 1 near 100 %
   means the simulators, not the worker, were the limit: the worker's figures are then a floor.
@@ -77,6 +78,18 @@ def core_jiffies() -> dict[int, tuple[int, int]]:
     return out
 
 
+def runqueue_wait_s(pid: int) -> float:
+    """Seconds the threads of `pid` spent runnable but waiting for a CPU (/proc/PID/task/*/schedstat, field 2):
+    a loop that stalls while this grows was kept off its core by other work, not blocked on its own."""
+    total_ns = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total_ns += int((task / "schedstat").read_text().split()[1])
+        except (OSError, IndexError, ValueError):  # a thread that ended in between; no schedstats
+            continue
+    return total_ns / 1e9
+
+
 @dataclass
 class Sample:
     t: float  # monotonic
@@ -84,6 +97,7 @@ class Sample:
     worker_rss_mb: float
     cores: dict[int, tuple[int, int]]
     metrics: list  # the worker's /metrics, parsed
+    worker_wait_s: float = 0.0  # runnable, waiting for core 0
 
 
 @dataclass
@@ -110,6 +124,7 @@ class WorkerWatch:
                 rep.proc_rss_mb(status),
                 core_jiffies(),
                 metrics,
+                runqueue_wait_s(self.pid),
             )
         )
 
@@ -298,6 +313,7 @@ def one_run(calls: int, loop: str, args: argparse.Namespace, profile: bool = Fal
         ),
         rss_mb_per_call=round((last.worker_rss_mb - before.worker_rss_mb) / calls, 3),
         worker_rss_mb=round(last.worker_rss_mb, 1),
+        worker_runqueue_wait_pct=round(100 * (last.worker_wait_s - first.worker_wait_s) / span, 1),
         core0_busy_pct=core_busy_pct(first, last, WORKER_CORE),
         core1_busy_pct=core_busy_pct(first, last, CLUSTER_CORE),
         cluster_core_pct=round(sum(p["core_pct"] for p in others), 1),
