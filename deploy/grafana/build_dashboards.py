@@ -256,7 +256,7 @@ DASHBOARDS = [
                         (
                             "{{instance}} share > 5 ms",
                             'max by (instance) (1 - delta(va_playout_tick_lag_wakeups{le_ms="5"}[5m]) '
-                            '/ clamp_min(delta(va_playout_tick_lag_wakeups{le_ms="+Inf"}[5m]), 1))',
+                            '/ ignoring(le_ms) clamp_min(delta(va_playout_tick_lag_wakeups{le_ms="+Inf"}[5m]), 1))',
                         ),
                         ("{{instance}} latest wakeup (ms)", "max by (instance) (va_playout_tick_lag_max_ms)"),
                         ("{{instance}} skipped slots (5 m)", "max by (instance) (delta(va_playout_late_ticks[5m]))"),
