@@ -26,7 +26,14 @@ from shared.config import ConfigError, load_config
 from shared.masking import redact
 from shared.messages import WorkerInfo
 from shared.netaddr import resolve_advertise_host
-from shared.metrics import TICK_LAG, WORKER_CAPACITY, WORKER_SLOTS_FREE
+from shared.metrics import (
+    LATE_TICKS,
+    TICK_LAG,
+    TICK_LAG_MAX,
+    TICK_LAG_WAKEUPS,
+    WORKER_CAPACITY,
+    WORKER_SLOTS_FREE,
+)
 from shared.service import AsyncRole
 from shared.supervisor import Supervised
 from shared.version import VERSION
@@ -204,7 +211,7 @@ class MediaWorker(AsyncRole):
             except Exception as exc:  # Redis hiccup: the next beat tries again
                 log.debug("lease renewal failed: %s", exc)
             self.calls.every_second(time.monotonic())
-            TICK_LAG.set(self.clock.lag_ms.quantile(0.99) if self.clock.lag_ms.count else 0)
+            publish_lag(self.clock)
             info = self.registration.info if self.registration is not None else None
             draining = isinstance(info, WorkerInfo) and info.draining
             capacity = self.config.media_worker.capacity
@@ -230,3 +237,14 @@ class MediaWorker(AsyncRole):
             rtp_port_max=self.rtp_ports[1],
             capacity=settings.capacity,
         )
+
+
+def publish_lag(clock: PlayoutClock) -> None:
+    """The playout clock's lateness as gauges, on the 1 s beat: 15 buckets, two scrapes give any window's
+    percentiles (bench/pinned_capacity.py takes the hold's)."""
+    lag = clock.lag_ms
+    TICK_LAG.set(lag.quantile(0.99) if lag.count else 0)
+    for le, wakeups in lag.cumulative():
+        TICK_LAG_WAKEUPS.labels("+Inf" if le == float("inf") else f"{le:g}").set(wakeups)
+    TICK_LAG_MAX.set(lag.max)
+    LATE_TICKS.set(clock.late_ticks)

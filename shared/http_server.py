@@ -20,6 +20,7 @@ minute per reason.
 from __future__ import annotations
 
 import asyncio
+from typing import cast
 import enum
 import logging
 import re
@@ -141,7 +142,7 @@ class _Connection(asyncio.Protocol):
         self.peer = "?"
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        transport = cast(asyncio.Transport, transport)  # uvloop's implement it without subclassing it
         self._transport = transport
         peer = transport.get_extra_info("peername")
         self.peer = str(peer[0]) if isinstance(peer, tuple) else "?"

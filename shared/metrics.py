@@ -509,3 +509,24 @@ KNOWN_LABELS["media-worker"] += (
     (REALTIME_OPEN_FAILURES, tuple((kind,) for kind in OPEN_FAILURE_KINDS)),
     (REALTIME_KEY_STATE, tuple((state,) for state in KEY_STATES)),
 )
+
+
+# --- media worker: playout clock lateness in full (issue 19, bench/pinned_capacity.py) ------------------------
+# The lag histogram's cumulative bucket counts (media_worker/audio/lag.py's bounds, all set on the first beat),
+# published on the worker's 1 s beat, never per frame: two scrapes give the lag percentiles over any window, where
+# TICK_LAG above is a p99 over the process's whole life.
+TICK_LAG_WAKEUPS = Gauge(
+    "va_playout_tick_lag_wakeups",
+    "Playout clock wakeups at most `le_ms` ms late since the worker started (cumulative, like histogram buckets)",
+    ["le_ms"],
+    registry=None,
+)
+TICK_LAG_MAX = Gauge(
+    "va_playout_tick_lag_max_ms", "Latest playout clock wakeup since the worker started (ms)", registry=None
+)
+LATE_TICKS = Gauge(
+    "va_playout_late_ticks",
+    "20 ms frame slots the playout clock skipped (a wakeup a whole frame late or more) since the worker started",
+    registry=None,
+)
+ROLES["media-worker"] += (TICK_LAG_WAKEUPS, TICK_LAG_MAX, LATE_TICKS)

@@ -31,6 +31,7 @@ ALLOWED_LABELS = {
     "stream",  # worker_inbox | controller_inbox, never a key
     "calls",  # va_worker_deaths_total: with_calls | idle
     "outcome",  # va_call_takeovers_total: moved | fallback
+    "le_ms",  # va_playout_tick_lag_wakeups: the lag histogram's 15 fixed bucket bounds
 }
 
 

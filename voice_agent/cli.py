@@ -11,6 +11,7 @@ import sys
 import msgspec
 import yaml
 
+from shared import event_loop
 from shared.config import ConfigError, LoadedConfig, Problem, load_config
 from shared.logs import setup_logging
 from shared.masking import mask_url, redact
@@ -78,7 +79,11 @@ def cmd_media_worker(args: argparse.Namespace) -> int:
         audiosocket_port=args.audiosocket_port,
         rtp_ports=args.rtp_ports,
     )
-    return asyncio.run(worker.run())
+    try:
+        return event_loop.run(worker.run(), loaded.config.media_worker.event_loop)
+    except event_loop.EventLoopUnavailable as exc:
+        print(exc, file=sys.stderr)
+        return 2
 
 
 def cmd_tool_worker(args: argparse.Namespace) -> int:

@@ -248,6 +248,20 @@ DASHBOARDS = [
                         ("{{instance}}", "max by (instance) (va_playout_tick_lag_p99_ms)"),
                     ],
                 ),
+                (
+                    "ts",
+                    "Playout clock: wakeups > 5 ms late (share, 5 m), latest wakeup, skipped slots",
+                    "short",
+                    [
+                        (
+                            "{{instance}} share > 5 ms",
+                            'max by (instance) (1 - delta(va_playout_tick_lag_wakeups{le_ms="5"}[5m]) '
+                            '/ ignoring(le_ms) clamp_min(delta(va_playout_tick_lag_wakeups{le_ms="+Inf"}[5m]), 1))',
+                        ),
+                        ("{{instance}} latest wakeup (ms)", "max by (instance) (va_playout_tick_lag_max_ms)"),
+                        ("{{instance}} skipped slots (5 m)", "max by (instance) (delta(va_playout_late_ticks[5m]))"),
+                    ],
+                ),
             ],
             [
                 (

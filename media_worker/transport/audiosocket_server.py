@@ -8,6 +8,7 @@ in between. Nothing here awaits per frame: writes are immediate and bounded by t
 from __future__ import annotations
 
 import asyncio
+from typing import cast
 import logging
 import socket
 import uuid as uuid_module
@@ -127,7 +128,7 @@ class AudioSocketLink(asyncio.BufferedProtocol):
     # ------------------------------------------------------------------ asyncio protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        transport = cast(asyncio.Transport, transport)  # uvloop's implement it without subclassing it
         self._raw_transport = transport
         peer = transport.get_extra_info("peername") or ("?", 0)
         host, port = peer[0], peer[1]

@@ -22,6 +22,7 @@ NonEmpty = Annotated[str, Meta(min_length=1)]
 AudioFormat = Literal["pcm16", "g711_ulaw", "g711_alaw", "audio/pcm", "audio/pcmu", "audio/pcma"]
 Modality = Literal["text", "audio"]
 TurnDetectionType = Literal["server_vad", "semantic_vad", "none"]
+EventLoopKind = Literal["asyncio", "uvloop"]  # the media worker's (shared/event_loop.py)
 ToolName = Literal[
     "transfer",
     "cancel_transfer",
@@ -235,6 +236,8 @@ class MediaWorkerSettings(Base):
     dtmf_to_model: bool = True
     # On SIGTERM: stop taking calls (draining) and let live calls finish for up to this long.
     drain_timeout_ms: Millis = 0
+    # The worker's event loop: asyncio's own, or uvloop (the optional extra `[uvloop]`; bench/RESULTS.md has both).
+    event_loop: EventLoopKind = "asyncio"
 
     def __post_init__(self) -> None:
         if self.rtp_port_min > self.rtp_port_max:
