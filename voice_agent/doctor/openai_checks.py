@@ -3,7 +3,6 @@ model listed, then the Realtime handshake the media worker makes (its latency is
 
 from __future__ import annotations
 
-import re
 import time
 from urllib.parse import urlsplit
 
@@ -12,13 +11,12 @@ import msgspec
 
 from media_worker.realtime.client import ClientSettings, Connection, RealtimeError
 from shared.config.ga_session import effective_model
+from shared.config.placeholders import is_placeholder
 from shared.masking import mask_url
 from voice_agent.doctor.result import Outcome, fail, ok, warn
 from voice_agent.doctor.runner import Probe
 
 KEY_FIX = "put your key in OPENAI_API_KEY (.env) or providers.openai_realtime.api_key (platform.openai.com/api-keys)"
-# `.env.example`'s value and the other shapes people leave in place of a key.
-_PLACEHOLDER = re.compile(r"(your[_-].*|.*placeholder.*|.*changeme.*|<.*>|x{3,}|sk-(\.{3}|x+)|\.\.\.)", re.IGNORECASE)
 
 
 class _Error(msgspec.Struct):
@@ -53,7 +51,7 @@ async def check_key(probe: Probe) -> Outcome:
     key = probe.loaded.config.providers.openai_realtime.api_key
     if not key:
         return fail("no API key", KEY_FIX)
-    if _PLACEHOLDER.fullmatch(key.strip()):
+    if is_placeholder(key):
         return fail("the API key is a placeholder, not a key", KEY_FIX)
     return ok("an API key is set")
 
