@@ -399,6 +399,7 @@ LOCAL_VAD = "local utterance segmentation for pipelines: OpenAI's VAD takes turn
 BARGE_IN = "energy-based barge-in tuning: here the server's VAD with an echo-aware local gate decides"
 HANGUP_POLICY = "the model decides when to hang up (prompt and hangup_call tool); no phrase markers here"
 ENGINE_HINT = "an engine hint of the old project; nothing to set here"
+ARI_KEEPALIVE = "the controller's ARI connection keeps itself alive"
 
 
 RULES: tuple[Rule, ...] = (
@@ -428,8 +429,8 @@ RULES: tuple[Rule, ...] = (
     Rule("llm.*", drop=PIPELINES),
     # Asterisk: the old project reads host, port, credentials and scheme from ASTERISK_* only (see ENV_SECTIONS).
     Rule("asterisk.app_name", "asterisk.app_name"),
-    Rule("asterisk.ws_ping_interval_sec", drop="the controller's ARI connection keeps itself alive"),
-    Rule("asterisk.ws_ping_timeout_sec", drop="the controller's ARI connection keeps itself alive"),
+    Rule("asterisk.ws_ping_interval_sec", drop=ARI_KEEPALIVE),
+    Rule("asterisk.ws_ping_timeout_sec", drop=ARI_KEEPALIVE),
     Rule("asterisk.*", drop="ignored by the old project too (ASTERISK_* from the environment; see asterisk.ari_url)"),
     # Transports.
     Rule("audiosocket.host", "media_worker.listen_host", when_transport("audiosocket", listen_host)),
