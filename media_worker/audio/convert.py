@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 import soxr
 
-from media_worker.audio.fir import Downsampler, Upsampler, delay_samples, round_int16, to_pcm16
+from media_worker.audio.fir import PCM16_BE, PCM16_LE, Downsampler, Upsampler, delay_samples, round_int16, to_pcm16
 from media_worker.audio.g711 import DECODE_TABLE, DECODE_TABLE_BE, DECODE_TABLE_F32, ULAW_SILENCE, ulaw_encode_array
 
 WIRE_FORMATS = ("slin", "slin16", "slin24", "ulaw", "slin_be")  # slin_be = RTP slin (8 kHz big-endian)
@@ -40,6 +40,7 @@ _CODING = {
     "g711_ulaw": (8000, "ulaw"),
 }
 _BYTES_PER_SAMPLE = {"le": 2, "be": 2, "ulaw": 1}
+_PCM16 = {"le": PCM16_LE, "be": PCM16_BE}
 SOXR_UP_QUALITY = "QQ"  # 16k -> 24k, caller to model: no hold-back
 SOXR_DOWN_QUALITY = "LQ"  # 24k -> 16k, model to caller: anti-aliased
 
@@ -75,6 +76,8 @@ class _FirStage:
     def __init__(self, resampler: Upsampler | Downsampler, in_rate: int) -> None:
         self._fir = resampler
         self.process_array = resampler.process_array
+        # μ-law into the upsampler: decoded by table straight into its buffer (no intermediate array)
+        self.process_codes = resampler.process_codes if isinstance(resampler, Upsampler) else None
         # The delay in input samples: 1.5 ms at whichever rate feeds the filter.
         self._flush = np.zeros(delay_samples(resampler.factor) * in_rate // (8000 * resampler.factor), dtype=np.float32)
 
@@ -106,9 +109,15 @@ class _Path:
         out_rate, self._dst = _CODING[dst]
         self._stage = _make_stage(in_rate, out_rate)
         self._float_in = isinstance(self._stage, _FirStage)  # μ-law decodes straight to float for the FIR
+        self._decode_into = None
+        if isinstance(self._stage, _FirStage) and self._src == "ulaw":
+            self._decode_into = self._stage.process_codes
+        self._in_dtype, self._out_dtype = _PCM16.get(self._src, PCM16_LE), _PCM16.get(self._dst, PCM16_LE)
         self._carry = b""  # an odd byte of a 16-bit sample split across two calls
 
     def process(self, data: bytes) -> bytes:
+        if self._decode_into is not None:
+            return self._encode(self._decode_into(np.frombuffer(data, np.uint8), DECODE_TABLE_F32))
         x = self._decode(data)
         if self._stage is not None:
             x = self._stage.process_array(x)
@@ -133,7 +142,7 @@ class _Path:
             data, self._carry = self._carry + data, b""
         if len(data) & 1:
             data, self._carry = data[:-1], data[-1:]
-        return np.frombuffer(data, dtype="<i2" if self._src == "le" else ">i2")
+        return np.frombuffer(data, self._in_dtype)
 
     def _encode(self, x: np.ndarray) -> bytes:
         dst = self._dst
@@ -141,11 +150,11 @@ class _Path:
             return (DECODE_TABLE if dst == "le" else DECODE_TABLE_BE).take(x).tobytes()
         if x.dtype.kind == "f":
             if dst != "ulaw":
-                return to_pcm16(x, "<i2" if dst == "le" else ">i2")
+                return to_pcm16(x, self._out_dtype)
             x = round_int16(x)
         if dst == "ulaw":
             return ulaw_encode_array(x)
-        return x.astype("<i2" if dst == "le" else ">i2", copy=False).tobytes()
+        return x.astype(self._out_dtype, copy=False).tobytes()
 
 
 class Converter:
