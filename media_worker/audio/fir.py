@@ -133,7 +133,7 @@ class Upsampler:
         """Like `process_array(table[codes])`, decoding straight into the filter's buffer (μ-law)."""
         if len(codes) != self._n:
             self._resize(len(codes))
-        table.take(codes, out=self._in)
+        table.take(codes, out=self._in, mode="clip")  # "clip": no bounds pass (a uint8 code is < 256)
         return self._run()
 
     def process(self, pcm8k: bytes) -> bytes:
