@@ -62,7 +62,9 @@ def round_int16(y: np.ndarray, dtype: np.dtype = PCM16_LE) -> np.ndarray:
 
 def to_pcm16(y: np.ndarray, dtype: np.dtype = PCM16_LE) -> bytes:
     """Round and saturate float samples (in place) to int16 bytes; `dtype=PCM16_BE` for big-endian."""
-    return round_int16(y, dtype).tobytes()
+    np.rint(y, out=y)  # round_int16 inlined: one Python call less per frame
+    _clip(y, _LO, _HI, out=y)
+    return y.astype(dtype).tobytes()
 
 
 class Upsampler:
