@@ -43,6 +43,7 @@ _CODING = {
 }
 _BYTES_PER_SAMPLE = {"le": 2, "be": 2, "ulaw": 1}
 _PCM16 = {"le": PCM16_LE, "be": PCM16_BE}
+_CODES = np.dtype(np.uint8)  # a dtype object: np.uint8 (a type) is looked up on every call
 SOXR_UP_QUALITY = "QQ"  # 16k -> 24k, caller to model: no hold-back
 SOXR_DOWN_QUALITY = "LQ"  # 24k -> 16k, model to caller: anti-aliased
 
@@ -130,7 +131,7 @@ class _Path:
         return self._encode_float(self._resample(np.frombuffer(data, self._in_dtype)))
 
     def _ulaw_fir(self, data: bytes) -> bytes:
-        return self._encode_float(self._resample_codes(np.frombuffer(data, np.uint8), DECODE_TABLE_F32))
+        return self._encode_float(self._resample_codes(np.frombuffer(data, _CODES), DECODE_TABLE_F32))
 
     def _encode_float(self, y: np.ndarray) -> bytes:
         return ulaw_encode_array(round_int16(y)) if self._dst == "ulaw" else to_pcm16(y, self._out_dtype)
