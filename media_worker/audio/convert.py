@@ -119,7 +119,7 @@ class _Path:
         self.process: Callable[[bytes], bytes] = self._any
         if isinstance(self._stage, _FirStage):
             self._resample = self._stage.process_array
-            if self._src == "ulaw" and self._stage.process_codes is not None:
+            if self._src == "ulaw" and self._dst in _PCM16 and self._stage.process_codes is not None:
                 self._resample_codes = self._stage.process_codes
                 self.process = self._ulaw_fir
             elif self._src in _PCM16:
@@ -128,13 +128,11 @@ class _Path:
     def _pcm_fir(self, data: bytes) -> bytes:
         if self._carry or len(data) & 1:  # a sample split across calls: the general path keeps the odd byte
             return self._any(data)
-        return self._encode_float(self._resample(np.frombuffer(data, self._in_dtype)))
+        y = self._resample(np.frombuffer(data, self._in_dtype))
+        return ulaw_encode_array(round_int16(y)) if self._dst == "ulaw" else to_pcm16(y, self._out_dtype)
 
     def _ulaw_fir(self, data: bytes) -> bytes:
-        return self._encode_float(self._resample_codes(np.frombuffer(data, _CODES), DECODE_TABLE_F32))
-
-    def _encode_float(self, y: np.ndarray) -> bytes:
-        return ulaw_encode_array(round_int16(y)) if self._dst == "ulaw" else to_pcm16(y, self._out_dtype)
+        return to_pcm16(self._resample_codes(np.frombuffer(data, _CODES), DECODE_TABLE_F32), self._out_dtype)
 
     def _any(self, data: bytes) -> bytes:
         x = self._decode(data)
