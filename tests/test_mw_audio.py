@@ -218,16 +218,24 @@ def test_fir_matches_direct_convolution_in_frames_of_any_size(factor):
         assert np.max(np.abs(got - want)) <= 1.0  # float32 products against float64: at most 1 LSB apart
 
 
-def test_ulaw_into_the_fir_equals_decoding_first():
-    # μ-law is decoded straight into the upsampler's buffer: the same bytes as decoding, then resampling.
+def test_ulaw_plans_equal_the_linear_path_with_the_codec_apart():
+    # μ-law is decoded straight into the upsampler's buffer and encoded inline from the downsampler: the
+    # same bytes as decoding first / encoding after the linear (slin) path, in chunks of any size.
     rng = np.random.default_rng(7)
     codes = ulaw_encode(pcm(full_scale_test_signal(8000, 0.5, 7)))
+    model = pcm(full_scale_test_signal(24000, 0.5, 8))
     direct, via_linear = Converter("ulaw", "pcm16"), Converter("slin", "pcm16")
     i = 0
     while i < len(codes):
         n = int(rng.integers(1, 400))
         chunk = codes[i : i + n]
         assert direct.to_provider(chunk) == via_linear.to_provider(ulaw_decode(chunk))
+        i += n
+    i = 0
+    while i < len(model):
+        n = 2 * int(rng.integers(1, 3000))
+        chunk = model[i : i + n]
+        assert direct.to_wire(chunk) == ulaw_encode(via_linear.to_wire(chunk))
         i += n
 
 

@@ -26,7 +26,14 @@ import numpy as np
 import soxr
 
 from media_worker.audio.fir import PCM16_BE, PCM16_LE, Downsampler, Upsampler, delay_samples, round_int16, to_pcm16
-from media_worker.audio.g711 import DECODE_TABLE, DECODE_TABLE_BE, DECODE_TABLE_F32, ULAW_SILENCE, ulaw_encode_array
+from media_worker.audio.g711 import (
+    DECODE_TABLE,
+    DECODE_TABLE_BE,
+    DECODE_TABLE_F32,
+    ENCODE_TABLE,
+    ULAW_SILENCE,
+    ulaw_encode_array,
+)
 
 WIRE_FORMATS = ("slin", "slin16", "slin24", "ulaw", "slin_be")  # slin_be = RTP slin (8 kHz big-endian)
 PROVIDER_FORMATS = ("pcm16", "g711_ulaw")  # pcm16 = 24 kHz LE; g711_ulaw = 8 kHz
@@ -44,6 +51,7 @@ _CODING = {
 _BYTES_PER_SAMPLE = {"le": 2, "be": 2, "ulaw": 1}
 _PCM16 = {"le": PCM16_LE, "be": PCM16_BE}
 _CODES = np.dtype(np.uint8)  # a dtype object: np.uint8 (a type) is looked up on every call
+_PATTERNS = np.dtype("<u2")  # int16 LE samples seen as the μ-law encode table's indexes
 SOXR_UP_QUALITY = "QQ"  # 16k -> 24k, caller to model: no hold-back
 SOXR_DOWN_QUALITY = "LQ"  # 24k -> 16k, model to caller: anti-aliased
 
@@ -129,7 +137,9 @@ class _Path:
         if self._carry or len(data) & 1:  # a sample split across calls: the general path keeps the odd byte
             return self._any(data)
         y = self._resample(np.frombuffer(data, self._in_dtype))
-        return ulaw_encode_array(round_int16(y)) if self._dst == "ulaw" else to_pcm16(y, self._out_dtype)
+        if self._dst == "ulaw":  # ulaw_encode_array inline: the LE int16 bit patterns index the table
+            return ENCODE_TABLE.take(round_int16(y).view(_PATTERNS)).tobytes()
+        return to_pcm16(y, self._out_dtype)
 
     def _ulaw_fir(self, data: bytes) -> bytes:
         return to_pcm16(self._resample_codes(np.frombuffer(data, _CODES), DECODE_TABLE_F32), self._out_dtype)
