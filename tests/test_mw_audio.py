@@ -179,6 +179,18 @@ def test_fir_state_continuity_any_split(factor):
     assert np.max(np.abs(got - whole_down)) <= 1.0
 
 
+def test_fir_steady_stream_allocates_no_new_buffers():
+    # Per-frame path: after the first chunk, equal chunks reuse the filters' buffers (no allocation per call).
+    up, down = Upsampler3(), Downsampler3()
+    up.process(bytes(320))
+    down.process(bytes(4800))
+    up_buf, down_buf = up._flat, down._buf
+    for _ in range(5):
+        up.process(bytes(320))
+        down.process(bytes(4800))
+    assert up._flat is up_buf and down._buf is down_buf
+
+
 def test_fir_20ms_in_gives_20ms_out():
     up, down = Upsampler3(), Downsampler3()
     for _ in range(5):

@@ -171,33 +171,31 @@ class Downsampler:
         self._t1 = np.where((j1 >= 0) & (j1 < n), taps[np.clip(j1, 0, n)], 0).astype(np.float32)
         self._buf = np.zeros(0, dtype=np.float32)
         self._held = 0
-        self._grow(0)
+        self._grow(2)  # grows to the first chunk's size, then stays (a stream's chunks are alike)
         self.reset()
 
-    def _grow(self, total: int) -> None:
-        # Room for whole blocks past the input: the last block's products read up to two spans beyond the
-        # last output's window, where the taps are zero. The buffer starts as zeros and only ever holds
-        # input samples, so those reads are finite (0 · finite = 0) and the outputs kept stay exact.
-        span = self._span
-        blocks = total // span + 2
-        buf = np.zeros(blocks * span, dtype=np.float32)
+    def _grow(self, rows: int) -> None:
+        # Rows of `span` input samples: the products of `blocks` output blocks read blocks + 1 rows, past
+        # the input up to the last block's end, where the taps are zero. The buffer starts as zeros and only
+        # ever holds input samples, so those reads are finite (0 · finite = 0) and the outputs kept exact.
+        buf = np.zeros(rows * self._span, dtype=np.float32)
         buf[: self._held] = self._buf[: self._held]
         self._buf = buf
-        self._grid = buf.reshape(blocks, span)
-        self._y0 = np.empty((blocks, self.BLOCK), dtype=np.float32)
-        self._y1 = np.empty((blocks, self.BLOCK), dtype=np.float32)
+        self._grid = buf.reshape(rows, self._span)
+        self._y0 = np.empty((rows, self.BLOCK), dtype=np.float32)
+        self._y1 = np.empty((rows, self.BLOCK), dtype=np.float32)
 
     def process_array(self, x: np.ndarray) -> np.ndarray:
         """Any real samples at the high rate -> float32 at 8 kHz. The result is a reused buffer: valid
         until the next call."""
         held, k = self._held, self.factor
         total = held + len(x)
-        if total + 2 * self._span > len(self._buf):
-            self._grow(total)
-        buf = self._buf
-        buf[held:total] = x
         count = (total - self._ntaps) // k + 1 if total >= self._ntaps else 0
         blocks = -(-count // self.BLOCK)
+        if blocks + 1 > len(self._grid):  # the input fits too: it ends less than a span past the last output's
+            self._grow(blocks + 1)
+        buf = self._buf
+        buf[held:total] = x
         y0, y1, grid = self._y0[:blocks], self._y1[:blocks], self._grid
         np.dot(grid[:blocks], self._t0, out=y0)
         np.dot(grid[1 : blocks + 1], self._t1, out=y1)
