@@ -13,9 +13,10 @@ base64 + `json`, a bytearray pacer), Pipecat's default (soxr VHQ streams, `audio
 `ulaw2lin`/`lin2ulaw`, stdlib glue). Each variant runs interleaved round by round (A B C … A B C …) and is
 timed with `time.process_time`; the figures are medians and min–max over the rounds.
 
-Then resampler delay (impulse group delay *and* audio held back after each call: a soxr stream's delay does
-not show in an impulse, only as output missing between calls) and 24k -> 8k quality (alias rejection,
-pass-band ripple) for our FIR, soxr QQ/LQ/VHQ streams, `np.interp` and `audioop.ratecv`.
+Then the floor of our 8k <-> 24k conversion (its numpy calls alone, no glue), the resamplers' delay (impulse
+group delay *and* audio held back after each call: a soxr stream's delay does not show in an impulse, only
+as output missing between calls) and 24k -> 8k quality (alias rejection, pass-band ripple) for our FIR, soxr
+QQ/LQ/VHQ streams, `np.interp` and `audioop.ratecv`.
 """
 
 from __future__ import annotations
@@ -43,8 +44,8 @@ with warnings.catch_warnings():  # stdlib audioop up to 3.12 (deprecated), the a
 from media_audio import InterpResampler, speechlike  # noqa: E402
 
 from media_worker.audio.convert import Converter, silence  # noqa: E402
-from media_worker.audio.fir import Downsampler3, Upsampler3  # noqa: E402
-from media_worker.audio.g711 import ulaw_encode  # noqa: E402
+from media_worker.audio.fir import _HI, _LO, PCM16_LE, Downsampler3, Upsampler3, _clip  # noqa: E402
+from media_worker.audio.g711 import DECODE_TABLE_F32, ENCODE_TABLE, ulaw_encode  # noqa: E402
 from media_worker.audio.playout import PlayoutQueue  # noqa: E402
 from media_worker.realtime.protocol import AudioChunk, RealtimeProtocol  # noqa: E402
 
@@ -436,6 +437,59 @@ def quality_table() -> dict[str, dict[str, float]]:
     return {name: quality_24k_to_8k(make) for name, make in delay_resamplers(24000, 8000).items()}
 
 
+# -- floor: the numpy calls alone -------------------------------------------------------------------------------
+
+
+def floor_us(wire: str, seconds: int, rounds: int) -> dict[str, float]:
+    """The numpy calls our 8 kHz <-> 24 kHz conversion makes per call-second (media_worker/audio/fir.py and
+    convert.py), on arrays of the same shapes, with no Python around them beyond this loop: the floor of the
+    design, whatever the glue. in: 50 frames of 160 samples (decode into the buffer, row pairs, one product,
+    history, round, saturate, int16, bytes); out: 10 deltas of 2400 samples (into the buffer, two block
+    products and their sum, held samples, round, saturate, int16, μ-law or bytes)."""
+    frame = wire_frames(wire, 1)[0]
+    delta = np.frombuffer(speechlike(24000, 0.1, 3).tobytes(), np.int16).tobytes()
+    u8, u16 = np.dtype(np.uint8), np.dtype(np.uint16)
+    flat = np.zeros(192, np.float32)
+    x_in, hist, last = flat[32:], flat[:32], flat[160:]
+    pairs = np.zeros((5, 2, 32), np.float32)
+    pair_src = np.lib.stride_tricks.as_strided(flat, (5, 2, 32), (128, 128, 4))
+    rows, matrix, up_out = pairs.reshape(5, 64), np.ones((64, 96), np.float32), np.empty((5, 96), np.float32)
+    y_up = up_out.reshape(-1)
+    buf = np.zeros(2550, np.float32)
+    grid, taps0, taps1 = buf.reshape(34, 75), np.ones((75, 25), np.float32), np.ones((75, 25), np.float32)
+    y0, y1 = np.empty((32, 25), np.float32), np.empty((32, 25), np.float32)
+    y_down = y0.reshape(-1)
+    ulaw = wire == "ulaw"
+    clock = time.process_time
+    samples = []
+    for _ in range(rounds + 1):
+        t0 = clock()
+        for _ in range(seconds):
+            for _ in range(FRAMES_PER_S):
+                if ulaw:
+                    DECODE_TABLE_F32.take(np.frombuffer(frame, u8), out=x_in, mode="clip")
+                else:
+                    x_in[:] = np.frombuffer(frame, PCM16_LE)
+                np.copyto(pairs, pair_src)
+                np.dot(rows, matrix, out=up_out)
+                np.copyto(hist, last)
+                np.rint(y_up, out=y_up)
+                _clip(y_up, _LO, _HI, out=y_up)
+                y_up.astype(PCM16_LE).tobytes()
+            for _ in range(DELTAS_PER_S):
+                buf[72:2472] = np.frombuffer(delta, PCM16_LE)
+                np.dot(grid[:32], taps0, out=y0)
+                np.dot(grid[1:33], taps1, out=y1)
+                np.add(y0, y1, out=y0)
+                buf[:72] = buf[2400:2472]
+                np.rint(y_down, out=y_down)
+                _clip(y_down, _LO, _HI, out=y_down)
+                pcm = y_down.astype(PCM16_LE)
+                ENCODE_TABLE.take(pcm.view(u16)).tobytes() if ulaw else pcm.tobytes()
+        samples.append((clock() - t0) * 1e6 / seconds)
+    return {"median": statistics.median(samples[1:]), "min": min(samples[1:]), "max": max(samples[1:])}
+
+
 # -- report -----------------------------------------------------------------------------------------------------
 
 
@@ -450,6 +504,7 @@ def measure(seconds: int, rounds: int) -> dict[str, object]:
         "cpu": cpu,
         "delay": delay_table(),
         "quality": quality_table(),
+        "floor": {wire: floor_us(wire, seconds, rounds) for wire in ("slin", "ulaw")},
     }
 
 
@@ -486,6 +541,9 @@ def print_report(r: dict[str, object]) -> None:
             f"{d['held_mean_ms']:8.2f}/{d['held_max_ms']:<8.2f} {d['added_mean_ms']:9.2f}/{d['added_max_ms']:<8.2f}"
             f" {d['empty_calls_pct']:10.0f}%"
         )
+    print("\nfloor of our 8k <-> 24k conversion: its numpy calls alone, µs per call-second, median (min–max)")
+    for wire, f in r["floor"].items():
+        print(f"  {wire} 8k <-> pcm16 24k  {f['median']:5.0f} ({f['min']:.0f}–{f['max']:.0f})")
     print("\n24k -> 8k quality (100 ms chunks): rejection dB at 4.6 / 5 / 8 kHz, pass band 100 Hz–3.4 kHz")
     for name, q in r["quality"].items():
         print(

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from media_worker.audio.convert import PROVIDER_FORMATS, WIRE_FORMATS, Converter, silence
-from media_worker.audio.fir import Downsampler, Downsampler3, Upsampler, Upsampler3, delay_samples
+from media_worker.audio.fir import Downsampler, Downsampler3, Upsampler, Upsampler3, delay_samples, lowpass
 from media_worker.audio.g711 import ulaw_decode, ulaw_encode
 from media_worker.audio.gate import SpeechGate
 from media_worker.audio.playout import PlayoutClock, PlayoutQueue
@@ -179,11 +179,76 @@ def test_fir_state_continuity_any_split(factor):
     assert np.max(np.abs(got - whole_down)) <= 1.0
 
 
+def test_fir_steady_stream_allocates_no_new_buffers():
+    # Per-frame path: after the first chunk, equal chunks reuse the filters' buffers (no allocation per call).
+    up, down = Upsampler3(), Downsampler3()
+    up.process(bytes(320))
+    down.process(bytes(4800))
+    up_buf, down_buf = up._flat, down._buf
+    for _ in range(5):
+        up.process(bytes(320))
+        down.process(bytes(4800))
+    assert up._flat is up_buf and down._buf is down_buf
+
+
 def test_fir_20ms_in_gives_20ms_out():
     up, down = Upsampler3(), Downsampler3()
     for _ in range(5):
         assert len(up.process(bytes(320))) == 960
         assert len(down.process(bytes(960))) == 320
+
+
+def full_scale_test_signal(rate: int, seconds: float, seed: int) -> np.ndarray:
+    """A full-scale square wave (its ringing overshoots int16, so saturation is exercised), then noise."""
+    rng = np.random.default_rng(seed)
+    n = int(rate * seconds)
+    square = np.where(np.arange(n // 2) // (rate // 400) % 2 == 0, 32767, -32768)
+    return np.concatenate((square, rng.normal(0, 8000, n - n // 2))).clip(-32768, 32767)
+
+
+@pytest.mark.parametrize("factor", [2, 3])
+def test_fir_matches_direct_convolution_in_frames_of_any_size(factor):
+    # The block-matrix products against the textbook definition (np.convolve with the prototype), rounded
+    # and saturated, over frames of random sizes: rows, partial rows and buffer growth all take their turn.
+    h = lowpass(factor)
+    rng = np.random.default_rng(10 + factor)
+    x8 = full_scale_test_signal(8000, 0.5, factor)
+    stuffed = np.zeros(factor * len(x8))
+    stuffed[::factor] = x8
+    want_up = np.clip(np.rint(np.convolve(stuffed, h * factor)[: len(stuffed)]), -32768, 32767)
+    assert want_up.max() == 32767 and want_up.min() == -32768  # the ringing did overshoot
+    xh = full_scale_test_signal(8000 * factor, 0.5, factor + 1)
+    want_down = np.clip(np.rint(np.convolve(xh, h)[: len(xh) : factor]), -32768, 32767)
+    for resampler, x, want, most in ((Upsampler(factor), x8, want_up, 400), (Downsampler(factor), xh, want_down, 3000)):
+        parts, i = [], 0
+        while i < len(x):
+            n = int(rng.integers(1, most))
+            parts.append(resampler.process(pcm(x[i : i + n])))
+            i += n
+        got = samples(b"".join(parts))
+        assert len(got) == len(want)
+        assert np.max(np.abs(got - want)) <= 1.0  # float32 products against float64: at most 1 LSB apart
+
+
+def test_ulaw_plans_equal_the_linear_path_with_the_codec_apart():
+    # μ-law is decoded straight into the upsampler's buffer and encoded inline from the downsampler: the
+    # same bytes as decoding first / encoding after the linear (slin) path, in chunks of any size.
+    rng = np.random.default_rng(7)
+    codes = ulaw_encode(pcm(full_scale_test_signal(8000, 0.5, 7)))
+    model = pcm(full_scale_test_signal(24000, 0.5, 8))
+    direct, via_linear = Converter("ulaw", "pcm16"), Converter("slin", "pcm16")
+    i = 0
+    while i < len(codes):
+        n = int(rng.integers(1, 400))
+        chunk = codes[i : i + n]
+        assert direct.to_provider(chunk) == via_linear.to_provider(ulaw_decode(chunk))
+        i += n
+    i = 0
+    while i < len(model):
+        n = 2 * int(rng.integers(1, 3000))
+        chunk = model[i : i + n]
+        assert direct.to_wire(chunk) == ulaw_encode(via_linear.to_wire(chunk))
+        i += n
 
 
 # -- Converter ----------------------------------------------------------------------------------------------

@@ -50,8 +50,12 @@ def ulaw_encode(pcm: bytes) -> bytes:
     return ENCODE_TABLE.take(samples).tobytes()
 
 
+# int16 of either byte order -> the uint16 of the same order (dtype objects: a string costs a parse per call)
+_UNSIGNED = {np.dtype("<i2"): np.dtype("<u2"), np.dtype(">i2"): np.dtype(">u2")}
+
+
 def ulaw_encode_array(samples: np.ndarray) -> bytes:
     """int16/uint16 samples of any byte order -> μ-law codes (a big-endian view indexes the table correctly)."""
     if samples.dtype.kind == "i":
-        samples = samples.view(samples.dtype.str.replace("i", "u"))
+        samples = samples.view(_UNSIGNED[samples.dtype])
     return ENCODE_TABLE.take(samples).tobytes()
