@@ -76,6 +76,9 @@ RAMP_TALK_EVERY_S = 5.0  # during the ramp's hold each caller speaks this often;
 RAMP_REPLY_MS = 2000
 FRAME = 160  # samples in a 20 ms frame at 8 kHz
 SETUP_REASONS = {"setup_failed", "setup_error", "queue_timeout", "media_lost"}
+# Ended into the dialplan fallback: a setup reason, or the call's worker lost with no other to move it to
+# (`no_worker`: the worker watch declared it dead, e.g. its heartbeat stalled on a starved machine).
+FALLBACK_REASONS = SETUP_REASONS | {"no_worker"}
 BUDGETS = {"greeting": 100.0, "barge": 20.0}  # ms; the budget table is in run_all.py
 
 
@@ -428,7 +431,7 @@ class Bench:
             reasons[reason] = reasons.get(reason, 0) + 1
             if "error" in leg or not record.get("setup_ms") or reason in SETUP_REASONS - {"media_lost"}:
                 setup_failed += 1
-            if reason in SETUP_REASONS:
+            if reason in FALLBACK_REASONS:
                 fallback += 1
             if "error" not in leg and not leg["greeting"]:
                 no_greeting += 1
