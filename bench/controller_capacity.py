@@ -31,6 +31,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -43,6 +44,7 @@ import redis.asyncio as aioredis
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.pinned_capacity import core_jiffies, pin, runqueue_wait_s  # noqa: E402
 from shared.keys import Keys  # noqa: E402
 from sim.asterisk import AsteriskSim  # noqa: E402
 from sim.cluster import LocalCluster, http_get  # noqa: E402
@@ -56,8 +58,6 @@ from tests.ari_harness import (  # noqa: E402
     write_config,
 )
 from tests.conftest import purge  # noqa: E402
-
-from pinned_capacity import core_jiffies, pin, runqueue_wait_s  # noqa: E402 - bench/, this script's directory
 
 CONTROLLER_CORE = 0
 DRIVER_CORE = 1
@@ -245,6 +245,7 @@ async def run(args: argparse.Namespace) -> dict:
         await sim.stop()
         await client.aclose()
         purge(sync_redis.Redis.from_url(args.redis), prefix)
+        shutil.rmtree(workdir, ignore_errors=True)  # the controller's log: its tail is printed when it fails
     return out
 
 

@@ -896,6 +896,20 @@ def write_report(out: Path, runs: list[Run], started: dt.datetime, total: float)
     out.write_text("\n".join(lines))
 
 
+def load_figures(r: Run, json_path: Path) -> None:
+    """The JSON a bench wrote beside `json_path` (named after it) into r.data; nothing when it wrote none."""
+    if r.name == "frame_path":
+        if r.rc == 0:
+            r.data = json.loads(json_path.read_text())
+        return
+    written = json_path.with_name(f"{r.name}.json")
+    if r.name in ("realpbx", "bargein", "worker_death", "controller_capacity", "pinned_capacity") and written.exists():
+        r.data = json.loads(written.read_text())
+    if r.name == "pinned_capacity" and r.data:
+        table = json_path.with_name("pinned_capacity.md")  # its --md: the table RESULTS.md shows
+        r.data["table"] = table.read_text() if table.exists() else ""
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "RESULTS.md")
@@ -915,20 +929,7 @@ def main() -> None:
         runs = plan(args.quick, json_path, args.realpbx_before)
         for r in runs:
             run(r, timeout=r.timeout)
-            if r.name == "frame_path" and r.rc == 0:
-                r.data = json.loads(json_path.read_text())
-            if r.name == "realpbx" and json_path.with_name("realpbx.json").exists():
-                r.data = json.loads(json_path.with_name("realpbx.json").read_text())
-            if r.name == "bargein" and json_path.with_name("bargein.json").exists():
-                r.data = json.loads(json_path.with_name("bargein.json").read_text())
-            if r.name == "worker_death" and json_path.with_name("worker_death.json").exists():
-                r.data = json.loads(json_path.with_name("worker_death.json").read_text())
-            if r.name == "controller_capacity" and json_path.with_name("controller_capacity.json").exists():
-                r.data = json.loads(json_path.with_name("controller_capacity.json").read_text())
-            if r.name == "pinned_capacity" and json_path.with_name("pinned_capacity.json").exists():
-                r.data = json.loads(json_path.with_name("pinned_capacity.json").read_text())
-                table = json_path.with_name("pinned_capacity.md")
-                r.data["table"] = table.read_text() if table.exists() else ""
+            load_figures(r, json_path)
     write_report(args.out, runs, started, time.monotonic() - t0)
     print(f"wrote {args.out}")
 
