@@ -76,6 +76,9 @@ RAMP_TALK_EVERY_S = 5.0  # during the ramp's hold each caller speaks this often;
 RAMP_REPLY_MS = 2000
 FRAME = 160  # samples in a 20 ms frame at 8 kHz
 SETUP_REASONS = {"setup_failed", "setup_error", "queue_timeout", "media_lost"}
+# Ended into the dialplan fallback: a setup reason, or the call's worker lost with no other to move it to
+# (`no_worker`: the worker watch declared it dead, e.g. its heartbeat stalled on a starved machine).
+FALLBACK_REASONS = SETUP_REASONS | {"no_worker"}
 BUDGETS = {"greeting": 100.0, "barge": 20.0}  # ms; the budget table is in run_all.py
 
 
@@ -335,7 +338,7 @@ class Bench:
         before = self.live()
         try:
             async with (
-                self.cluster(emu, PROFILES[transport], {"media_worker": {"capacity": calls + 10}}, cluster_cls) as (
+                self.cluster(emu, PROFILES[transport], ramp_limits(calls), cluster_cls) as (
                     _,
                     ctl,
                     worker,
@@ -428,7 +431,7 @@ class Bench:
             reasons[reason] = reasons.get(reason, 0) + 1
             if "error" in leg or not record.get("setup_ms") or reason in SETUP_REASONS - {"media_lost"}:
                 setup_failed += 1
-            if reason in SETUP_REASONS:
+            if reason in FALLBACK_REASONS:
                 fallback += 1
             if "error" not in leg and not leg["greeting"]:
                 no_greeting += 1
@@ -444,6 +447,15 @@ class Bench:
             "redis_leases_left": leases,
             "errors": sorted({leg["error"][:120] for leg in legs if "error" in leg}),
         }
+
+
+def ramp_limits(calls: int) -> dict:
+    """Room for every ramp call at once: the worker's slots and the provider's session limit (100 shipped) are
+    raised above the count, so a ramp measures setup, not the admission queue."""
+    return {
+        "media_worker": {"capacity": calls + 10},
+        "providers": {"openai_realtime": {"max_concurrent_sessions": calls + 10}},
+    }
 
 
 async def worker_figures(keys: Keys, client, calls: int) -> dict:
@@ -605,7 +617,9 @@ async def run(args: argparse.Namespace) -> dict:
         if args.ari_url:
             ast = await asyncio.to_thread(connect, args.ari_url, args.ari_user, args.ari_password)
         else:
-            ast = await asyncio.to_thread(start, None, None, lambda *a: None)
+            # 4 RTP ports per call (an RTP stream and its RTCP at the caller's leg and at ours), at least the default
+            rtp_ports = max(200, 4 * (max(args.ramp_calls, args.at_once) + 10))
+            ast = await asyncio.to_thread(functools.partial(start, None, None, lambda *a: None, rtp_ports=rtp_ports))
     except (RealAsteriskUnavailable, OSError) as exc:
         result["skipped"] = f"real Asterisk unavailable: {exc}"
         return result
@@ -625,8 +639,9 @@ async def run(args: argparse.Namespace) -> dict:
             for transport in args.transports:
                 print(f"\n{transport} ({PROFILES[transport]}):", flush=True)
                 entry = result["transports"][transport] = {}
-                with phase(result, f"{transport} conversations"):
-                    entry.update(await conversations(bench, transport, args))
+                if args.calls:
+                    with phase(result, f"{transport} conversations"):
+                        entry.update(await conversations(bench, transport, args))
                 if transport in args.ramp_transports:
                     with phase(result, f"{transport} ramp"):
                         r = entry["ramp"] = await bench.ramp(transport, args.ramp_calls, args.ramp_s, args.hold)
@@ -678,7 +693,9 @@ def main() -> None:
     p.add_argument(
         "--transports", help="comma-separated, of: " + ", ".join(PROFILES) + " (none: only the --before-tree ramp)"
     )
-    p.add_argument("--calls", type=int, help="conversation calls per transport (default 16, quick 4)")
+    p.add_argument(
+        "--calls", type=int, help="conversation calls per transport (default 16, quick 4; 0: only the ramps)"
+    )
     p.add_argument("--at-once", type=int, default=4, help="conversation calls at a time")
     p.add_argument("--rounds", type=int, help="question + barge-in rounds per call (default 2, quick 1)")
     p.add_argument("--ramp-calls", type=int, help="calls in the ramp (default 50, quick 20)")
@@ -706,7 +723,7 @@ def main() -> None:
     unknown = [t for t in args.transports if t not in PROFILES]
     if unknown:
         p.error(f"unknown transport(s) {unknown}; known: {', '.join(PROFILES)}")
-    args.calls = args.calls or (4 if q else 16)
+    args.calls = args.calls if args.calls is not None else (4 if q else 16)
     args.rounds = args.rounds or (1 if q else 2)
     args.ramp_calls = args.ramp_calls or (20 if q else 50)
     args.hold = args.hold or (10.0 if q else 20.0)

@@ -4,8 +4,9 @@
 
 Each bench runs as its own subprocess (so one's CPU and threads do not disturb another), one after another;
 its stdout is kept verbatim in RESULTS.md and the figures with a budget are set beside it as "met"
-or "missed by N×". The whole run takes about 20 minutes on the project's 2-core machine, 8 of them on the real
-Asterisk (bench/realpbx.py, skipped when it cannot be had); `--quick` about 5.
+or "missed by N×". The whole run takes about 30 minutes on the project's 2-core machine, 8 of them on the real
+Asterisk (bench/realpbx.py, skipped when it cannot be had) and 7 pinned (bench/pinned_capacity.py); `--quick`
+about 7.
 """
 
 from __future__ import annotations
@@ -151,6 +152,45 @@ def plan(quick: bool, json_path: Path, before_tree: Path | None = None) -> list[
                 "10" if q else "20",
             ],
             timeout=900,
+        )
+    )
+    # One media worker pinned to a core of its own, per call count; the controller pinned likewise under a ramp.
+    runs.append(
+        Run(
+            "pinned_capacity",
+            [
+                "bench/pinned_capacity.py",
+                "--counts",
+                "25,50" if q else "25,50,100,150,200,250",
+                "--loops",
+                "asyncio",
+                "--ramp",
+                "5" if q else "10",
+                "--hold",
+                "10" if q else "30",
+                "--out",
+                str(json_path.with_name("pinned_capacity.json")),
+                "--md",
+                str(json_path.with_name("pinned_capacity.md")),
+            ],
+            timeout=300 if q else 1200,
+        )
+    )
+    runs.append(
+        Run(
+            "controller_capacity",
+            [
+                "bench/controller_capacity.py",
+                "--calls",
+                "100" if q else "200",
+                "--ramp",
+                "5" if q else "10",
+                "--hold",
+                "5" if q else "10",
+                "--json",
+                str(json_path.with_name("controller_capacity.json")),
+            ],
+            timeout=180,
         )
     )
     # Barge-in as the caller hears it, through the real processes on the simulators.
@@ -414,6 +454,8 @@ def budget_rows(runs: dict[str, Run]) -> list[tuple[str, str, str, str]]:
                 verdict(p95, 2000.0),
             )
         )
+    rows += pinned_rows(runs.get("pinned_capacity"))
+    rows += controller_rows(runs.get("controller_capacity"))
     rows += bargein_rows(runs.get("bargein"))
     rows += realpbx_budget_rows(runs.get("realpbx"))
     rows += worker_death_rows(runs.get("worker_death"))
@@ -454,6 +496,101 @@ def _pp(stats: dict | None) -> str:
     if not stats or not stats.get("n"):
         return "n/a"
     return f"{stats['p50']:.0f} / {stats['p95']:.0f} ms (n={stats['n']})"
+
+
+def pinned_rows(r: Run | None) -> list[tuple[str, str, str, str]]:
+    what = "calls per media worker process on a core of its own (pinned; lag p99 ≤ 5 ms, no underruns, all set up)"
+    runs = (r.data if r is not None else {}).get("runs") or []
+    if not runs:
+        return [(what, f"no figures (exit {r.rc})" if r is not None else "not run", "≥ 200", "not measured")]
+    counts = sorted({x["calls"] for x in runs})
+    passed = [x for x in runs if x.get("ok")]
+    best = max((x["calls"] for x in passed), default=0)
+    rows = [
+        (
+            f"{what}, largest count passing of {', '.join(str(c) for c in counts)}",
+            f"{best}" if passed else "none passed",
+            "≥ 200",
+            verdict(float(best), 200.0, lower_is_better=False, unit="calls"),
+        )
+    ]
+    for x in runs:
+        if "lag" not in x:
+            rows.append((f"pinned media worker, {x['calls']} calls ({x['loop']})", f"FAIL: {x['why']}", "—", "missed"))
+            continue
+        lag = x["lag"]
+        rows.append(
+            (
+                f"pinned media worker, {x['calls']} calls ({x['loop']}): CPU ms per call-second / lag p99 (bucket "
+                f"bound) / underruns; core 1 (the simulators) busy",
+                f"{x['worker_cpu_ms_per_call_s']:.2f} ms / {lag['p99_ms']} ms / {x['underruns']}; "
+                f"{x['core1_busy_pct']:.0f} %",
+                "≤ 2.5 ms / ≤ 5 ms / 0",
+                "met"
+                if x["worker_cpu_ms_per_call_s"] <= 2.5 and x["ok"]
+                else f"CPU {verdict(x['worker_cpu_ms_per_call_s'], 2.5)}; the run {'passed' if x['ok'] else 'failed'}",
+            )
+        )
+    return rows
+
+
+def controller_rows(r: Run | None) -> list[tuple[str, str, str, str]]:
+    d = r.data if r is not None else {}
+    if not d:
+        what = "controller at scale (bench/controller_capacity.py)"
+        return [(what, f"no figures (exit {r.rc})" if r is not None else "not run", "—", "not measured")]
+    label = f"controller (pinned) under {d['calls']} calls started over {d['ramp_s']:g} s, held {d['hold_s']:g} s"
+    s, lag = d["setup_ms"], d["loop_lag"]
+    ok = d["not_connected"] == 0 and d["left_active"] == 0
+    return [
+        (
+            f"{label}: set up / not connected / left active",
+            f"{d['set_up']}/{d['calls']} / {d['not_connected']} / {d['left_active']}",
+            "every call, nothing left over",
+            "met" if ok else "missed",
+        ),
+        (
+            f"{label}: ARI events received per second (per call); controller CPU ms per call, µs per event, % of "
+            "its core",
+            f"{d['events_per_s']:.0f} ({d['events_per_call']:g}); {d['cpu_ms_per_call']:.2f} ms, "
+            f"{d['cpu_us_per_event']:.0f} µs, {d['controller_core_pct']:.1f} %",
+            "no budget (docs/ARCHITECTURE.md#5-budgets has none for the controller's CPU)",
+            "figure only",
+        ),
+        (
+            f"{label}: StasisStart → media leg connected, p50 / p95 / p99 / max",
+            f"{s.get('p50', 0):.1f} / {s.get('p95', 0):.1f} / {s.get('p99', 0):.1f} / {s.get('max', 0):.1f} ms",
+            "no budget (`va_call_setup_seconds`)",
+            "figure only",
+        ),
+        (
+            f"{label}: event-loop lag p99 (0.5 s timer, bucket bound)",
+            "n/a" if lag["p99_ms"] is None else f"{lag['p99_ms']:g} ms (max {lag['max_ms']:g} ms)",
+            "≤ 100 ms (EventLoopLag alert)",
+            verdict(lag["p99_ms"], 100.0),
+        ),
+    ]
+
+
+def controller_table(d: dict) -> list[str]:
+    s, lag = d["setup_ms"], d["loop_lag"]
+    return [
+        f"The controller process pinned to core 0 (every thread); the Asterisk simulator, a test AudioSocket "
+        f"listener registered as the media worker, and the driver on core 1; Redis (shared) and the machine's "
+        f"other work not pinned. {d['calls']} calls started over {d['ramp_s']:g} s, each held {d['hold_s']:g} s, "
+        "callers silent (signalling only); figures from the first call placed to every call ended in Redis.",
+        "",
+        "| calls / ramp / hold | set up | ARI events (per call) | events/s | REST requests per call (errors) | "
+        "controller CPU ms/call | µs/event | % of core 0 | waiting for core 0 % | setup p50 / p95 / p99 / max ms "
+        "| loop lag p50 / p99 / max ms | RSS idle → peak MB | core 0 / core 1 busy % |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        f"| {d['calls']} / {d['ramp_s']:g} s / {d['hold_s']:g} s | {d['set_up']}/{d['calls']} | {d['events']} "
+        f"({d['events_per_call']:g}) | {d['events_per_s']:.0f} | {d['requests_per_call']:g} ({d['request_errors']}) "
+        f"| {d['cpu_ms_per_call']:.2f} | {d['cpu_us_per_event']:.0f} | {d['controller_core_pct']:.1f} | "
+        f"{d['runqueue_wait_pct']:.1f} | {s.get('p50', 0):.1f} / {s.get('p95', 0):.1f} / {s.get('p99', 0):.1f} / "
+        f"{s.get('max', 0):.1f} | {lag['p50_ms']} / {lag['p99_ms']} / {lag['max_ms']} | {d['rss_mb_idle']:.1f} → "
+        f"{d['rss_mb_peak']:.1f} | {d['core0_busy_pct']:.0f} / {d['core1_busy_pct']:.0f} |",
+    ]
 
 
 def worker_death_rows(r: Run | None) -> list[tuple[str, str, str, str]]:
@@ -732,6 +869,23 @@ def write_report(out: Path, runs: list[Run], started: dt.datetime, total: float)
     lines += [f"| {k} | {v} |" for k, v in machine()]
     lines += ["", "## Budgets", "", "| what | measured | budget | verdict |", "|---|---|---|---|"]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in budget_rows(by_name)]
+    pinned = by_name.get("pinned_capacity")
+    if pinned is not None and pinned.data.get("table"):
+        lines += ["", "## Pinned capacity: one media worker on a core of its own (bench/pinned_capacity.py)", ""]
+        lines += [
+            "The media worker pinned to core 0 (every thread); the Asterisk simulator, the Realtime emulator, the "
+            "mail server, the controller, the tool worker and the driver to core 1; Redis (shared) and the "
+            "machine's other work not pinned. One `voice-agent loadtest` run per count (asyncio loop), figures "
+            "over the hold; lag in the lag histogram's bucket bounds. A core 1 near 100 % means the simulators, "
+            "not the worker, were the limit: the worker's figures are then a floor. Each run's whole figures are "
+            "the `=>` lines of the bench's output below.",
+            "",
+            pinned.data["table"].rstrip(),
+        ]
+    controller = by_name.get("controller_capacity")
+    if controller is not None and controller.data:
+        lines += ["", "## Controller at scale (bench/controller_capacity.py)", ""]
+        lines += controller_table(controller.data)
     if by_name["frame_path"].data:
         lines += ["", "## Per-frame path against the alternatives (bench/frame_path.py)", ""]
         lines += frame_path_tables(by_name["frame_path"].data)
@@ -755,6 +909,20 @@ def write_report(out: Path, runs: list[Run], started: dt.datetime, total: float)
     out.write_text("\n".join(lines))
 
 
+def load_figures(r: Run, json_path: Path) -> None:
+    """The JSON a bench wrote beside `json_path` (named after it) into r.data; nothing when it wrote none."""
+    if r.name == "frame_path":
+        if r.rc == 0:
+            r.data = json.loads(json_path.read_text())
+        return
+    written = json_path.with_name(f"{r.name}.json")
+    if r.name in ("realpbx", "bargein", "worker_death", "controller_capacity", "pinned_capacity") and written.exists():
+        r.data = json.loads(written.read_text())
+    if r.name == "pinned_capacity" and r.data:
+        table = json_path.with_name("pinned_capacity.md")  # its --md: the table RESULTS.md shows
+        r.data["table"] = table.read_text() if table.exists() else ""
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "RESULTS.md")
@@ -774,14 +942,7 @@ def main() -> None:
         runs = plan(args.quick, json_path, args.realpbx_before)
         for r in runs:
             run(r, timeout=r.timeout)
-            if r.name == "frame_path" and r.rc == 0:
-                r.data = json.loads(json_path.read_text())
-            if r.name == "realpbx" and json_path.with_name("realpbx.json").exists():
-                r.data = json.loads(json_path.with_name("realpbx.json").read_text())
-            if r.name == "bargein" and json_path.with_name("bargein.json").exists():
-                r.data = json.loads(json_path.with_name("bargein.json").read_text())
-            if r.name == "worker_death" and json_path.with_name("worker_death.json").exists():
-                r.data = json.loads(json_path.with_name("worker_death.json").read_text())
+            load_figures(r, json_path)
     write_report(args.out, runs, started, time.monotonic() - t0)
     print(f"wrote {args.out}")
 

@@ -160,10 +160,17 @@ class RealAsterisk:
 
 
 def start(
-    run_dir: Path | str | None = None, cache_dir: Path | str | None = None, log=print, timeout: float = START_TIMEOUT
+    run_dir: Path | str | None = None,
+    cache_dir: Path | str | None = None,
+    log=print,
+    timeout: float = START_TIMEOUT,
+    rtp_ports: int = 200,
 ) -> RealAsterisk:
     """Install (cached) and start a real Asterisk in a fresh `run_dir` (default: a new one under the run root);
-    return once ARI answers."""
+    return once ARI answers. `rtp_ports`: the size of its RTP port range (rtp.conf); each RTP stream takes an
+    even port and its RTCP the next, so 200 ports hold 100 streams (50 calls with an RTP leg at both ends)."""
+    if rtp_ports < 2 or rtp_ports % 2:
+        raise ValueError(f"rtp_ports must be an even number >= 2, got {rtp_ports}")
     inst = install(cache_dir, log=log)
     run = Path(run_dir) if run_dir else default_run_root() / f"ast-{secrets.token_hex(4)}"
     run = run.resolve()
@@ -172,7 +179,7 @@ def start(
     if (run / STATE).exists() and RealAsterisk.from_state(run).running():
         raise RealAsteriskUnavailable(f"an Asterisk already runs in {run} (stop it first)")
     low = random.randrange(20000, 40000, 200)  # a range of its own, so instances rarely share RTP ports
-    cfg = confs.RunConfig(run, free_port(), (low, low + 199), confs.ari_user(), secrets.token_urlsafe(18))
+    cfg = confs.RunConfig(run, free_port(), (low, low + rtp_ports - 1), confs.ari_user(), secrets.token_urlsafe(18))
     try:
         confs.write_run_dir(inst, cfg)
         out = open(run / "log" / "asterisk.out", "wb")

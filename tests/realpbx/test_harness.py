@@ -3,6 +3,7 @@ product needs, and a Local channel originated into a test's Stasis app arrives t
 
 from __future__ import annotations
 
+import re
 import urllib.parse
 import uuid
 
@@ -131,3 +132,17 @@ def test_a_second_instance_runs_beside_the_first(real_asterisk, tmp_path_factory
     assert not second.running()
     assert second.ari("GET", "/asterisk/info")[0] == 0
     assert real_asterisk.ari("GET", "/asterisk/info")[0] == 200
+
+
+def test_an_instance_takes_a_wider_rtp_port_range(real_asterisk, tmp_path_factory):
+    """bench/realpbx.py's larger RTP ramps need 4 ports per call (an RTP stream and its RTCP at each end): the
+    default 200 hold 50 calls, and the 51st finds no port ("couldn't allocate a port for RTP instance")."""
+    needs_cli(real_asterisk)
+    with start(tmp_path_factory.mktemp("wide-rtp") / "ast", log=lambda *_: None, rtp_ports=440) as wide:
+        settings = wide.cli("rtp show settings")
+        first = re.search(r"Port start:\s+(\d+)", settings)
+        last = re.search(r"Port end:\s+(\d+)", settings)
+        assert first and last, settings
+        assert int(last.group(1)) - int(first.group(1)) + 1 == 440
+    with pytest.raises(ValueError, match="even number"):
+        start(tmp_path_factory.mktemp("odd-rtp") / "ast", log=lambda *_: None, rtp_ports=441)
