@@ -15,6 +15,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -136,17 +137,20 @@ async def test_a_worker_over_its_tick_lag_limit_queues_new_calls_and_keeps_its_o
         os.kill(worker.popen.pid, signal.SIGSTOP)
         await asyncio.sleep(0.15)
         os.kill(worker.popen.pid, signal.SIGCONT)
+        resumed = time.monotonic()
 
         async def overloaded():
             return await aredis.hget(keys.worker("worker-1"), "load_state") == "overloaded"
 
         await until(overloaded, timeout=5)
+        limited_after = time.monotonic() - resumed
         record = await aredis.hgetall(keys.worker("worker-1"))
         assert record["capacity"] == "2" and record["load_reason"].startswith("tick lag p99 "), record
 
         # A new call waits in the admission queue (hearing ringback) while the worker's two calls go on.
         heard_before = [loud_frames(call) for call in calls]
         waiting = await sim.place_call(audio=CallerAudio.silence(30000))
+        placed_at = time.monotonic()
 
         def queued() -> bool:
             return "no capacity (no_capacity): call " in controller.log_text()
@@ -169,6 +173,10 @@ async def test_a_worker_over_its_tick_lag_limit_queues_new_calls_and_keeps_its_o
         # the active set once admitted).
         third = await call_of(aredis, keys, waiting.channel_id)
         assert await aredis.hget(keys.call(third), "worker") == "worker-1"
+        print(
+            f"overloaded in Redis {limited_after:.2f} s after the stall; the waiting call admitted after "
+            f"{time.monotonic() - placed_at:.1f} s (8 good 1 s windows)"
+        )
         await until(lambda: loud_frames(waiting), timeout=10)
         assert await aredis.hget(keys.worker("worker-1"), "load_state") == "ok"
         log = worker.log_text()
