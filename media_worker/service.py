@@ -15,6 +15,7 @@ import time
 from media_worker import inbox
 from media_worker.audio.playout import PlayoutClock
 from media_worker.calls import CallManager
+from media_worker.load_governor import GovernorLimits, LoadGovernor, LoadState, Reading
 from media_worker.context import WorkerContext
 from media_worker.realtime.client import ClientSettings
 from media_worker.realtime.key_health import KeyHealth
@@ -31,7 +32,11 @@ from shared.metrics import (
     TICK_LAG,
     TICK_LAG_MAX,
     TICK_LAG_WAKEUPS,
+    LOAD_STATES,
     WORKER_CAPACITY,
+    WORKER_CAPACITY_ADVERTISED,
+    WORKER_CPU,
+    WORKER_LOAD_STATE,
     WORKER_SLOTS_FREE,
 )
 from shared.service import AsyncRole
@@ -54,7 +59,17 @@ class MediaWorker(AsyncRole):
         self.audiosocket_port = settings.audiosocket_port if audiosocket_port is None else audiosocket_port
         self.rtp_ports = rtp_ports or (settings.rtp_port_min, settings.rtp_port_max)
         WORKER_CAPACITY.set(settings.capacity)
+        WORKER_CAPACITY_ADVERTISED.set(settings.capacity)
         WORKER_SLOTS_FREE.set(settings.capacity)
+        WORKER_LOAD_STATE.labels(LoadState.OK.value).set(1)
+        admission = settings.admission
+        limits = GovernorLimits(
+            max_tick_lag_p99_ms=admission.max_tick_lag_p99_ms,
+            max_cpu_percent=admission.max_cpu_percent,
+            window_s=admission.window_s,
+            recover_s=admission.recover_s,
+        )
+        self.governor = LoadGovernor(settings.capacity, limits) if admission.enabled else None
         provider = self.config.providers.openai_realtime
         self.realtime = ClientSettings.from_config(provider)
         self.key_health = KeyHealth()
@@ -213,9 +228,39 @@ class MediaWorker(AsyncRole):
             self.calls.every_second(time.monotonic())
             publish_lag(self.clock)
             info = self.registration.info if self.registration is not None else None
-            draining = isinstance(info, WorkerInfo) and info.draining
+            active = len(self.calls.sessions)
             capacity = self.config.media_worker.capacity
-            WORKER_SLOTS_FREE.set(0 if draining else max(capacity - len(self.calls.sessions), 0))
+            if self.governor is not None and isinstance(info, WorkerInfo):
+                capacity = self._govern(self.governor, info, active)
+            draining = isinstance(info, WorkerInfo) and info.draining
+            WORKER_SLOTS_FREE.set(0 if draining else max(capacity - active, 0))
+
+    def _govern(self, governor: LoadGovernor, info: WorkerInfo, active: int) -> int:
+        """This second's measurement into the governor; its figure goes into the registration, which the next
+        heartbeat (within `heartbeat_ms`) writes where admission reads it. Returns the advertised capacity."""
+        lag = self.clock.lag_ms
+        before = governor.decision
+        now = Reading(lag_counts=tuple(lag.counts), cpu_s=time.process_time(), wall_s=time.monotonic())
+        decision = governor.observe(now, active, lag.buckets, lag.max)
+        info.capacity, info.load_state, info.load_reason = decision.advertised, decision.state.value, decision.reason
+        WORKER_CAPACITY_ADVERTISED.set(decision.advertised)
+        if governor.cpu_percent is not None:
+            WORKER_CPU.set(governor.cpu_percent)
+        if decision.state is not before.state:  # once per change, not every second
+            for state in LOAD_STATES:
+                WORKER_LOAD_STATE.labels(state).set(1 if state == decision.state.value else 0)
+            if decision.state is LoadState.OK:
+                log.info("load back under the limits: advertising the configured %d calls", decision.advertised)
+            else:
+                log.warning(
+                    "%s (%s): advertising %d calls of %d (%d in progress)",
+                    decision.state.value,
+                    decision.reason,
+                    decision.advertised,
+                    governor.configured,
+                    active,
+                )
+        return decision.advertised
 
     async def cleanup(self) -> None:
         if self.server is not None:
@@ -236,6 +281,7 @@ class MediaWorker(AsyncRole):
             rtp_port_min=self.rtp_ports[0],
             rtp_port_max=self.rtp_ports[1],
             capacity=settings.capacity,
+            capacity_configured=settings.capacity,
         )
 
 

@@ -31,8 +31,11 @@ class WorkerInfo(ProcessInfo, kw_only=True):
     audiosocket_port: int
     rtp_port_min: int
     rtp_port_max: int
-    capacity: int
+    capacity: int  # what admission reads: the configured capacity, or fewer while the worker limits itself
     draining: bool = False
+    capacity_configured: int = 0  # media_worker.capacity (0: a worker from before it was written)
+    load_state: str = "ok"  # ok | saturated | overloaded (media_worker/load_governor.py)
+    load_reason: str = ""  # the measurement behind a state other than ok
 
 
 def to_hash(record: msgspec.Struct) -> dict[str, str]:

@@ -221,10 +221,16 @@ CONTROLLER = (
 )
 
 # --- media worker: capacity -----------------------------------------------------------------------------
-WORKER_CAPACITY = Gauge("va_worker_capacity", "Calls this media worker accepts at once", registry=None)
+WORKER_CAPACITY = Gauge(
+    "va_worker_capacity",
+    "Calls this media worker accepts at once, as configured (media_worker.capacity)",
+    registry=None,
+)
 WORKER_CALLS = Gauge("va_worker_calls_active", "Calls on this media worker", registry=None)
 WORKER_SLOTS_FREE = Gauge(
-    "va_worker_slots_free", "Calls this media worker can still take (0 while draining)", registry=None
+    "va_worker_slots_free",
+    "Calls this media worker can still take: advertised capacity - calls (0 while draining)",
+    registry=None,
 )
 TICK_LAG = Gauge("va_playout_tick_lag_p99_ms", "p99 lateness of the 20 ms playout tick (ms)", registry=None)
 # --- media worker: conversation latency -----------------------------------------------------------------
@@ -530,3 +536,26 @@ LATE_TICKS = Gauge(
     registry=None,
 )
 ROLES["media-worker"] += (TICK_LAG_WAKEUPS, TICK_LAG_MAX, LATE_TICKS)
+
+
+# --- media worker: admission from measurement (media_worker/load_governor.py) --------------------------------
+# va_worker_capacity stays the configured figure; this is the one the worker advertises to admission.
+LOAD_STATES = ("ok", "saturated", "overloaded")  # media_worker.load_governor.LoadState's values
+WORKER_CAPACITY_ADVERTISED = Gauge(
+    "va_worker_capacity_advertised",
+    "Calls this media worker advertises to admission: the configured capacity, lowered while its measured tick "
+    "lag or CPU says it cannot take more (never below its calls in progress)",
+    registry=None,
+)
+WORKER_LOAD_STATE = Gauge(
+    "va_worker_load_state",
+    "The worker's admission state from its measurements: 1 on the current one (ok, saturated: CPU-bound, "
+    "overloaded: tick lag over its limit)",
+    ["state"],
+    registry=None,
+)
+WORKER_CPU = Gauge(
+    "va_worker_cpu_percent", "The media worker process's CPU over the admission window (% of one core)", registry=None
+)
+ROLES["media-worker"] += (WORKER_CAPACITY_ADVERTISED, WORKER_LOAD_STATE, WORKER_CPU)
+KNOWN_LABELS["media-worker"] += ((WORKER_LOAD_STATE, tuple((state,) for state in LOAD_STATES)),)

@@ -37,7 +37,10 @@ async def collect(config: Config) -> dict[str, Any]:
                 "live": entry.live,
                 "heartbeat_age_ms": entry.age_ms,
                 "media": f"{info.media_host}:{info.audiosocket_port}" if info else None,
-                "capacity": info.capacity if info else 0,
+                "capacity": info.capacity if info else 0,  # advertised: what admission reads
+                "capacity_configured": (info.capacity_configured or info.capacity) if info else 0,
+                "load_state": info.load_state if info else "ok",
+                "load_reason": info.load_reason if info else "",
                 "active": int(entry.info.get("active", 0)) if info else 0,
                 "draining": info.draining if info else False,
                 "version": entry.info.get("version"),
@@ -104,6 +107,8 @@ def render(status: dict[str, Any]) -> str:
     for w in workers:
         extra = f" media {w['media']}  calls {w['active']}/{w['capacity']}" if w["live"] else ""
         extra += "  draining" if w["draining"] else ""
+        if w["live"] and w["load_state"] != "ok":  # the worker limits itself: say to what and why
+            extra += f"  {w['load_state']}: {w['load_reason']} (configured {w['capacity_configured']})"
         lines.append(f"  {w['id']:<40} {liveness(w):<10}{extra}")
     lines.append(
         f"tool workers: {len(status['tool_workers'])}; queued jobs: "

@@ -83,10 +83,22 @@ def emulator_script(plan: demo_call.Plan, cycles: int) -> dict:
     return base
 
 
-def write_config(path: Path, source: Path, profile: str, calls: int, context: str = LOADTEST_CONTEXT) -> None:
+def write_config(
+    path: Path,
+    source: Path,
+    profile: str,
+    calls: int,
+    context: str = LOADTEST_CONTEXT,
+    *,
+    worker_admission: bool = False,
+) -> None:
     """The config with the calls' AI context (`loadtest` on the simulator; on a real Asterisk the one its dialplan
-    sets) in `profile`, and room for every call at the provider."""
+    sets) in `profile`, and room for every call at the provider. Workers take every call offered unless
+    `worker_admission`: the run measures what a worker carries, which a worker limiting its own admission from
+    its measurements (media_worker.admission) would hide by making calls wait."""
     data = yaml.safe_load(source.read_text(encoding="utf-8"))
+    if not worker_admission:
+        data.setdefault("media_worker", {}).setdefault("admission", {})["enabled"] = False
     data.setdefault("contexts", {})[context] = {
         "greeting": demo_call.DEFAULT_PLAN.greeting.text,
         "profile": profile,
@@ -649,7 +661,9 @@ def prepare(args: argparse.Namespace, faults: list[ch.Fault] | None = None) -> L
         env["REDIS_URL"] = args.redis_url
     os.environ.update(env)
     context = SHIPPED_AI_CONTEXT if real_pbx else LOADTEST_CONTEXT
-    write_config(workdir / "config.yaml", config_path, args.profile, args.calls, context)
+    write_config(
+        workdir / "config.yaml", config_path, args.profile, args.calls, context, worker_admission=args.worker_admission
+    )
     try:
         config = load_config(workdir / "config.yaml").config
     except ConfigError as exc:
@@ -877,6 +891,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="the mail server holds each DATA this long (default: 1000 with kill-tool-worker, else 0)",
     )
     p.add_argument("--profile", default="telephony_pcm16_24k", help="media profile of the calls' context")
+    p.add_argument(
+        "--worker-admission",
+        action="store_true",
+        help="keep media_worker.admission as configured (off by default: a worker that stops taking calls when "
+        "it measures an overload would make calls wait, where the run measures what it carries)",
+    )
     p.add_argument("--out", help="JSON results (default: results.json in the work directory)")
     p.add_argument("--plot", help="PNG plot (SVG next to it without matplotlib)")
     p.add_argument("--redis-url", help="overrides redis.url (default: the config's)")

@@ -196,6 +196,14 @@ def test_stale_after_a_single_heartbeat_is_a_warning():
     assert "media_worker.stale_after_ms" not in warnings("media_worker: {heartbeat_ms: 250, stale_after_ms: 750}\n")
 
 
+def test_admission_tick_lag_limit_of_a_frame_or_more():
+    path = "media_worker.admission.max_tick_lag_p99_ms"
+    assert "skip frames" in warnings("media_worker:\n  admission: {max_tick_lag_p99_ms: 20}\n")[path]
+    assert path not in warnings("media_worker:\n  admission: {max_tick_lag_p99_ms: 10}\n")
+    assert path not in warnings("media_worker:\n  admission: {enabled: false, max_tick_lag_p99_ms: 50}\n")
+    assert path in errors("media_worker:\n  admission: {max_tick_lag_p99_ms: 0}\n")
+
+
 def test_rtp_range_smaller_than_capacity_when_rtp_is_used():
     small = "media_worker: {rtp_port_min: 20000, rtp_port_max: 20009, capacity: 50}\n"
     message = warnings(small + "default_profile: telephony_ulaw_8k\n")["media_worker.rtp_port_max"]

@@ -327,6 +327,7 @@ DASHBOARDS = [
                     [
                         ("free {{instance}}", "sum by (instance) (va_worker_slots_free)"),
                         ("capacity {{instance}}", "sum by (instance) (va_worker_capacity)"),
+                        ("advertised {{instance}}", "sum by (instance) (va_worker_capacity_advertised)"),
                     ],
                 ),
                 (
@@ -371,6 +372,24 @@ DASHBOARDS = [
                     "short",
                     [
                         ("{{reason}}", per_minute("va_call_fallbacks_total", "reason")),
+                    ],
+                ),
+            ],
+            [
+                (
+                    "ts",
+                    "Media workers by admission state (saturated: CPU-bound, overloaded: tick lag over its limit)",
+                    "short",
+                    [
+                        ("{{state}}", "sum by (state) (va_worker_load_state)"),
+                    ],
+                ),
+                (
+                    "ts",
+                    "Media worker CPU over the admission window (% of one core)",
+                    "short",
+                    [
+                        ("{{instance}}", "max by (instance) (va_worker_cpu_percent)"),
                     ],
                 ),
             ],

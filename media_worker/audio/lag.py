@@ -27,15 +27,7 @@ class LagHistogram:
 
     def quantile(self, q: float) -> float:
         """Upper bound of the bucket holding the q-quantile (the max for the +Inf bucket); 0 when empty."""
-        if self.count == 0:
-            return 0.0
-        rank = q * self.count
-        seen = 0
-        for i, n in enumerate(self.counts):
-            seen += n
-            if seen >= rank and n:
-                return self.buckets[i] if i < len(self.buckets) else self.max
-        return self.max
+        return quantile_of_counts(self.buckets, self.counts, q, self.max)
 
     def cumulative(self) -> list[tuple[float, int]]:
         """(le, count) pairs in Prometheus order, +Inf last."""
@@ -44,3 +36,18 @@ class LagHistogram:
             seen += n
             out.append((le, seen))
         return out
+
+
+def quantile_of_counts(buckets: tuple[float, ...], counts: list[int], q: float, top: float) -> float:
+    """The q-quantile of per-bucket counts (a histogram, or the difference of two snapshots of one: a window's):
+    the upper bound of the bucket holding it, `top` for the +Inf bucket; 0 when there are no counts."""
+    total = sum(counts)
+    if total == 0:
+        return 0.0
+    rank = q * total
+    seen = 0
+    for i, n in enumerate(counts):
+        seen += n
+        if seen >= rank and n:
+            return buckets[i] if i < len(buckets) else top
+    return top

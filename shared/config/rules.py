@@ -22,6 +22,8 @@ VAD_THRESHOLD_DEAF = 0.95
 VAD_THRESHOLD_JUMPY = 0.05
 # Shorter pauses than this end the caller's turn in the middle of a sentence.
 SILENCE_MIN_MS = 200
+# The media worker's playout frame: a wakeup this late skips a frame slot (media_worker/audio/playout.py).
+FRAME_MS = 20
 
 
 def check(config: Config, checker: Checker, require_api_key: bool) -> None:
@@ -158,6 +160,14 @@ def _timing(config: Config, checker: Checker) -> None:
             stale,
             f"{mw.stale_after_ms} is less than two heartbeats ({mw.heartbeat_ms} ms each): one late beat from a "
             "busy worker would declare it dead and move its calls (the default is three beats: 750/250)",
+            WARNING,
+        )
+    admission, lag = mw.admission, "media_worker.admission.max_tick_lag_p99_ms"
+    if admission.enabled and admission.max_tick_lag_p99_ms >= FRAME_MS and not _reported(checker, lag):
+        checker.add(
+            lag,
+            f"{admission.max_tick_lag_p99_ms:g} ms is a {FRAME_MS} ms frame or more: wakeups that late already skip "
+            "frames, so the audio degrades before the worker stops taking calls (the default is 10)",
             WARNING,
         )
 

@@ -198,6 +198,22 @@ class ControllerSettings(Base):
     leader_lease_ms: Annotated[int, Meta(ge=200, le=60_000)] = 1000
 
 
+class WorkerAdmission(Base):
+    """The worker advertises fewer calls than `capacity` when it measures it cannot take more
+    (media_worker/load_governor.py): no new calls while its playout tick lag p99 is over its limit; at most
+    what fits at the CPU each call costs when the CPU would cross its limit first. Calls in progress are kept."""
+
+    enabled: bool = True
+    # Over the window: the audio is at risk now; no new calls. Below a frame (20 ms): a frame late is a gap.
+    max_tick_lag_p99_ms: Annotated[float, Meta(gt=0.0, lt=1000.0)] = 10.0
+    # The process's CPU over the window, as a share of one core (the event loop runs on one).
+    max_cpu_percent: Annotated[float, Meta(gt=0.0, le=100.0)] = 85.0
+    # Measured over the last `window_s` seconds, judged every second; raised again only after `recover_s`
+    # judgements in a row allow it (lowered at once).
+    window_s: Annotated[int, Meta(ge=1, le=60)] = 5
+    recover_s: Annotated[int, Meta(ge=1, le=600)] = 5
+
+
 class MediaWorkerSettings(Base):
     # The interface AudioSocket and the RTP ports listen on; empty: the advertised address (advertise_host,
     # `auto` resolved), so nothing listens where Asterisk is not meant to reach. 0.0.0.0: every interface.
@@ -209,6 +225,7 @@ class MediaWorkerSettings(Base):
     rtp_port_min: Port = 18080
     rtp_port_max: Port = 18199
     capacity: Annotated[int, Meta(ge=1, le=10_000)] = 200
+    admission: WorkerAdmission = msgspec.field(default_factory=WorkerAdmission)
     # Every process beats this often, from its event loop (a wedged loop stops beating). The controller's
     # worker watch declares a worker dead once its last beat is older than `stale_after_ms`: 250/750 ms find
     # a dead or wedged worker within 1 s of its last beat (three beats may be lost to a busy loop first).
