@@ -72,6 +72,9 @@ def cluster_env(prefix, redis_url) -> dict[str, str]:
         "REDIS_KEY_PREFIX": prefix,
         "OPENAI_API_KEY": TEST_API_KEY,
         "LOG_LEVEL": "info",
+        # A worker limiting its own admission from its measured load (media_worker.admission) makes calls wait
+        # when the machine is busy: only the tests about that feature turn it on (test_admission_from_measurement).
+        "WORKER_ADMISSION": "false",
         **OFFLINE,
     }
 

@@ -47,7 +47,7 @@ def loud_frames(call) -> int:
 
 async def test_new_calls_go_to_the_worker_under_its_cpu_limit(sim, emulator, tmp_path, cluster_env, aredis, keys):
     emu = await emulator(GREETING, speed=4.0)
-    env = {**cluster_env, "OPENAI_REALTIME_URL": emu.url, "REALTIME_PREWARM": "1"}
+    env = {**cluster_env, "OPENAI_REALTIME_URL": emu.url, "REALTIME_PREWARM": "1", "WORKER_ADMISSION": "true"}
     normal = LocalCluster(write_config(tmp_path / "normal.yaml", sim.url), tmp_path, env)
     # 0.1 % of a core: below what a worker spends with no call at all (~1 % here: its clock, beats, metrics).
     # Its 1 s windows would see a shared test machine's late wakeups (20-50 ms were seen) as an overload: the
@@ -117,7 +117,7 @@ async def test_a_worker_over_its_tick_lag_limit_queues_new_calls_and_keeps_its_o
     sim, emulator, tmp_path, cluster_env, aredis, keys
 ):
     emu = await emulator(GREETING, speed=4.0)
-    env = {**cluster_env, "OPENAI_REALTIME_URL": emu.url, "REALTIME_PREWARM": "1"}
+    env = {**cluster_env, "OPENAI_REALTIME_URL": emu.url, "REALTIME_PREWARM": "1", "WORKER_ADMISSION": "true"}
     # 1 s windows: the one stopped wakeup is the window's p99; 8 good windows before taking calls again. The
     # limit is well above what a shared test machine's scheduling adds (wakeups 20-50 ms late were seen).
     admission = {"max_tick_lag_p99_ms": 50, "window_s": 1, "recover_s": 8}
