@@ -206,7 +206,9 @@ class CallSession:
                 )
             else:
                 self.logger.info("Realtime session %s ready for call %s", ready.session_id, self.call_id)
-            self.tasks.spawn(self.uplink.run(self.client.append), f"append-{self.call_id}", essential=True)
+            self.tasks.spawn(
+                self.uplink.run(self.client.append, self.client.append_now), f"append-{self.call_id}", essential=True
+            )
             self._feed(SessionReady())
             await self._events_forever()
         except RealtimeError as exc:
