@@ -576,7 +576,7 @@ class CallSession:
         # Asterisk sends nothing while a Local/VAD-suppressing caller is silent; the server's clock must not
         # stall, so gaps become silence (jitter below INPUT_SLACK_FRAMES is left alone).
         if audio.caller_frame_missing():
-            self.uplink.put(audio.provider_silence)
+            self.uplink.put(audio.provider_silence, at_once=False)  # sent after the tick, not inside the clock's loop
             if not audio.gate.absent() and state.caller_speaking:
                 self._feed(SpeechEnded())  # so the caller's next words are a new start (a barge-in)
 

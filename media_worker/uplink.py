@@ -43,9 +43,11 @@ class Uplink:
     def __len__(self) -> int:
         return len(self._frames)
 
-    def put(self, pcm: bytes) -> None:
+    def put(self, pcm: bytes, *, at_once: bool = True) -> None:
+        """Queue a frame for the model; `at_once=False` leaves even an idle uplink's send to the task (the playout
+        clock's padding: its loop over every call does only the sends to Asterisk)."""
         frames = self._frames
-        if not frames and not self._sending and self._send_now is not None and self._sent_now(pcm):
+        if at_once and not frames and not self._sending and self._send_now is not None and self._sent_now(pcm):
             self._queued += 1
             self._sent += 1
             if self._probe_t is not None and self._sent > self._probe_seq:

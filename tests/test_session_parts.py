@@ -138,6 +138,13 @@ async def test_the_uplink_writes_at_once_when_nothing_waits_and_keeps_the_order_
         assert wire == [b"a", b"slow b", b"c", b"d"]
         uplink.put(b"e")
         assert wire[-1] == b"e"  # idle again: at once
+        uplink.put(b"pad f", at_once=False)  # the clock's padding: left to the task even when idle
+        uplink.put(b"g")  # and what follows it waits its turn
+        assert wire[-1] == b"e"
+        async with asyncio.timeout(5):
+            while len(wire) < 7:
+                await asyncio.sleep(0)
+        assert wire[-3:] == [b"e", b"pad f", b"g"]
     finally:
         task.cancel()
 
