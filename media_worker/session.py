@@ -206,7 +206,9 @@ class CallSession:
                 )
             else:
                 self.logger.info("Realtime session %s ready for call %s", ready.session_id, self.call_id)
-            self.tasks.spawn(self.uplink.run(self.client.append), f"append-{self.call_id}", essential=True)
+            self.tasks.spawn(
+                self.uplink.run(self.client.append, self.client.append_now), f"append-{self.call_id}", essential=True
+            )
             self._feed(SessionReady())
             await self._events_forever()
         except RealtimeError as exc:
@@ -539,12 +541,13 @@ class CallSession:
         ducker = audio.ducker
         out = frame if ducker.state is Playback.PLAYING else ducker.apply(frame, real)  # full level: no call
         link.send(out)
-        now = time.monotonic()
+        # The clock is read only for the rare frames that are measured (after the send, as the caller hears it):
+        # not once per call per tick.
         if real:
             if self._first_delta_t:
                 started = self._first_delta_t.pop(playout.playing_item or "", None)
                 if started is not None:
-                    OUTPUT_LATENCY.observe(now - started)
+                    OUTPUT_LATENCY.observe(time.monotonic() - started)
             audio.gate.outgoing(audio.gate_view(out))  # what the caller hears (ducked) is what echoes back
             if self._gap_from_ms:  # once per moved call: its first agent frame
                 gap_ms = max(time.time() * 1000 - self._gap_from_ms, 0)
@@ -557,9 +560,9 @@ class CallSession:
                 self._gap_from_ms = 0
             if stats.awaiting_first_frame:
                 greeting = self.state.greeting_item
-                stats.first_frame(now, greeting is not None and playout.playing_item == greeting)
+                stats.first_frame(time.monotonic(), greeting is not None and playout.playing_item == greeting)
         if stats.bargein_at is not None:
-            stats.barge_in_over(now)
+            stats.barge_in_over(time.monotonic())
         playing = playout.playing_item
         if playing != self._last_playing:
             finished, self._last_playing = self._last_playing, playing
@@ -573,7 +576,7 @@ class CallSession:
         # Asterisk sends nothing while a Local/VAD-suppressing caller is silent; the server's clock must not
         # stall, so gaps become silence (jitter below INPUT_SLACK_FRAMES is left alone).
         if audio.caller_frame_missing():
-            self.uplink.put(audio.provider_silence)
+            self.uplink.put(audio.provider_silence, at_once=False)  # sent after the tick, not inside the clock's loop
             if not audio.gate.absent() and state.caller_speaking:
                 self._feed(SpeechEnded())  # so the caller's next words are a new start (a barge-in)
 

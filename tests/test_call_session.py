@@ -249,6 +249,7 @@ async def test_a_call_whose_uplink_sender_dies_ends(worker, monkeypatch):
         raise RuntimeError("append is broken")
 
     monkeypatch.setattr(RealtimeClient, "append", broken_append)
+    monkeypatch.setattr(RealtimeClient, "append_now", lambda self, pcm: False)  # every frame through the task
     await w.calls.assign(Assignment(call_id=call_id, epoch=1, plan=plan(call_id, "slin")))
     session = w.calls.sessions[call_id]
     reader, writer = await asyncio.open_connection("127.0.0.1", w.server.port)

@@ -6,6 +6,7 @@ Every event either side put on the wire is validated against the official SDK's 
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import math
 from typing import Any
@@ -303,6 +304,36 @@ async def test_tcp_drop_reconnects_and_keeps_the_callers_audio(make_emulator):
     await until(client, lambda e: isinstance(e, Reconnected))
     events = await until(client, done())
     assert any(isinstance(e, ev.SpeechStarted) for e in events)  # the held audio reached the new session
+    await client.close()
+
+
+async def test_append_now_writes_at_once_while_connected_and_declines_during_an_outage(make_emulator):
+    """The per-frame path's direct append: the server gets exactly the audio, in order, with no task hop; while
+    no session is connected it sends nothing and says so, so the caller's audio goes the held way."""
+    emu = await make_emulator(Script(default=Reply(text="Heard you.")))
+    gate = asyncio.Event()
+    attempts = 0
+
+    async def slow_source() -> Connection:
+        nonlocal attempts
+        attempts += 1
+        if attempts > 1:
+            await gate.wait()
+        return await Connection.open(settings(emu))
+
+    client = RealtimeClient(settings(emu, reconnect_backoff_s=0.05), session_config(), connection_source=slow_source)
+    await client.start()
+    audio = tone(600) + bytes(700 * 48)
+    frames = [audio[i : i + 960] for i in range(0, len(audio), 960)]
+    assert all(client.append_now(frame) for frame in frames)  # no await between them: written within the call
+    await until(client, done())
+    appended = [e["audio"] for e in emu.sessions[0].received if e["type"] == "input_audio_buffer.append"]
+    assert b"".join(base64.b64decode(a) for a in appended) == audio
+    await emu.sessions[0].drop()
+    await until(client, lambda e: isinstance(e, Reconnecting))
+    assert not client.append_now(frames[0])  # no session: declined, nothing sent
+    gate.set()
+    await until(client, lambda e: isinstance(e, Reconnected))
     await client.close()
 
 

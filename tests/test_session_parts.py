@@ -3,6 +3,8 @@ barge-in, wire format names."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 import redis.asyncio as aioredis
 
@@ -98,6 +100,77 @@ def test_the_uplink_holds_at_most_two_seconds_dropping_the_oldest():
         uplink.put(frame)
     assert len(uplink) == MAX_MS // 20 and uplink.dropped == 1000 - MAX_MS // 20
     assert list(uplink._frames) == frames[-(MAX_MS // 20) :]  # the most recent speech is what is kept
+
+
+async def test_the_uplink_writes_at_once_when_nothing_waits_and_keeps_the_order_when_something_does():
+    """A frame that finds the uplink idle goes out through `send_now`, with no task hop; while the task awaits a
+    send (a full socket, a reconnect) later frames queue behind it, and `send_now` is not used until it is done."""
+    wire: list[bytes] = []
+    gate = asyncio.Event()
+    gate.set()
+
+    async def send(pcm: bytes) -> None:
+        await gate.wait()
+        wire.append(pcm)
+
+    def send_now(pcm: bytes) -> bool:
+        if pcm.startswith(b"slow"):
+            return False  # as RealtimeClient.append_now when the socket would make it wait
+        wire.append(pcm)
+        return True
+
+    uplink = Uplink(bytes_per_ms=48)
+    task = asyncio.create_task(uplink.run(send, send_now))
+    try:
+        await asyncio.sleep(0)
+        uplink.put(b"a")
+        assert wire == [b"a"]  # written within put()
+        gate.clear()
+        uplink.put(b"slow b")  # declined: queued for the task, whose send now waits
+        await asyncio.sleep(0)
+        uplink.put(b"c")  # must not overtake b
+        uplink.put(b"d")
+        assert wire == [b"a"] and len(uplink) == 2
+        gate.set()
+        async with asyncio.timeout(5):
+            while len(wire) < 4:
+                await asyncio.sleep(0)
+        assert wire == [b"a", b"slow b", b"c", b"d"]
+        uplink.put(b"e")
+        assert wire[-1] == b"e"  # idle again: at once
+        uplink.put(b"pad f", at_once=False)  # the clock's padding: left to the task even when idle
+        uplink.put(b"g")  # and what follows it waits its turn
+        assert wire[-1] == b"e"
+        async with asyncio.timeout(5):
+            while len(wire) < 7:
+                await asyncio.sleep(0)
+        assert wire[-3:] == [b"e", b"pad f", b"g"]
+    finally:
+        task.cancel()
+
+
+async def test_a_failing_direct_send_hands_the_uplink_to_its_task():
+    """A bug in the direct send must not cost the caller's audio: it is logged, and the task sends from then on."""
+    wire: list[bytes] = []
+
+    async def send(pcm: bytes) -> None:
+        wire.append(pcm)
+
+    def broken(pcm: bytes) -> bool:
+        raise RuntimeError("direct send is broken")
+
+    uplink = Uplink(bytes_per_ms=48)
+    task = asyncio.create_task(uplink.run(send, broken))
+    try:
+        await asyncio.sleep(0)
+        for frame in (b"a", b"b", b"c"):
+            uplink.put(frame)
+        async with asyncio.timeout(5):
+            while len(wire) < 3:
+                await asyncio.sleep(0)
+        assert wire == [b"a", b"b", b"c"]
+    finally:
+        task.cancel()
 
 
 def test_a_backlog_is_not_a_flood_but_a_steady_flood_is():

@@ -18,6 +18,7 @@ from urllib.parse import urlencode
 import msgspec
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.protocol import OPEN
 
 from media_worker.realtime import events as ev
 from media_worker.realtime import failures
@@ -373,6 +374,26 @@ class RealtimeClient:
             except websockets.ConnectionClosed:
                 self._connected.clear()
         self._hold(frame, len(pcm))
+
+    def append_now(self, pcm: bytes) -> bool:
+        """`append` without a task hop, for the per-frame path: written at once if the session is connected and
+        its socket takes it without waiting (what `ws.send` does before its drain, minus a coroutine and a context
+        manager per frame). False, with nothing sent, whenever `append` might wait or hold: the caller then
+        goes through `append`, in order."""
+        conn = self._conn
+        if conn is None or self._held or not self._connected.is_set():
+            return False
+        ws = conn.ws
+        if ws.protocol.state is not OPEN or ws.paused or ws.fragmented_send_waiter is not None:
+            return False
+        if ws.transport.is_closing():
+            return False
+        ws.protocol.send_text(RealtimeProtocol.append_frame(pcm))
+        try:
+            ws.send_data()
+        except OSError:  # as ws.send would: the connection is broken; the reader sees it close and reconnects
+            ws.transport.abort()
+        return True
 
     def _hold(self, frame: bytes, size: int) -> None:
         self._held.append((frame, size))
