@@ -98,6 +98,7 @@ class Sample:
     cores: dict[int, tuple[int, int]]
     metrics: list  # the worker's /metrics, parsed
     worker_wait_s: float = 0.0  # runnable, waiting for core 0
+    driver_cpu_s: float = 0.0  # this process (the load test's driver and this sampler), on core 1
 
 
 @dataclass
@@ -125,6 +126,7 @@ class WorkerWatch:
                 core_jiffies(),
                 metrics,
                 runqueue_wait_s(self.pid),
+                sum(os.times()[:2]),
             )
         )
 
@@ -317,6 +319,9 @@ def one_run(calls: int, loop: str, args: argparse.Namespace, profile: bool = Fal
         core0_busy_pct=core_busy_pct(first, last, WORKER_CORE),
         core1_busy_pct=core_busy_pct(first, last, CLUSTER_CORE),
         cluster_core_pct=round(sum(p["core_pct"] for p in others), 1),
+        # Core 1's share of each of its processes, in CPU ms per call-second: what a simulator costs per call.
+        core1_ms_per_call_s={p["id"]: p["cpu_ms_per_call_s"] for p in others},
+        driver_ms_per_call_s=round(1000 * (last.driver_cpu_s - first.driver_cpu_s) / (span * calls), 3),
         load_average=os.getloadavg()[0],
     )
     p99 = lag["p99_ms"]
