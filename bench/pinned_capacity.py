@@ -27,6 +27,7 @@ deadline; the whole bench by the counts and loops given. Redis (the shared serve
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import re
@@ -98,6 +99,7 @@ class Sample:
     cores: dict[int, tuple[int, int]]
     metrics: list  # the worker's /metrics, parsed
     worker_wait_s: float = 0.0  # runnable, waiting for core 0
+    driver_cpu_s: float = 0.0  # this process (the load test's driver and this sampler), on core 1
 
 
 @dataclass
@@ -125,6 +127,7 @@ class WorkerWatch:
                 core_jiffies(),
                 metrics,
                 runqueue_wait_s(self.pid),
+                sum(os.times()[:2]),
             )
         )
 
@@ -183,6 +186,7 @@ def loadtest_args(calls: int, args: argparse.Namespace) -> argparse.Namespace:
     lt.add_arguments(parser)
     argv = ["--calls", str(calls), "--workers", "1", "--tool-workers", "1"]
     argv += ["--ramp", str(args.ramp), "--hold", str(args.hold), "--profile", args.media_profile]
+    argv += ["--sim-loop", args.sim_loop]
     if args.redis_url:
         argv += ["--redis-url", args.redis_url]
     ns = parser.parse_args(argv)
@@ -257,7 +261,7 @@ def one_run(calls: int, loop: str, args: argparse.Namespace, profile: bool = Fal
     run = lt.prepare(ns)
     if run is None:
         return {"calls": calls, "loop": loop, "ok": False, "why": "the load test could not prepare"}
-    verdict: dict = {"calls": calls, "loop": loop}
+    verdict: dict = {"calls": calls, "loop": loop, "sim_loop": args.sim_loop}
     try:
         started = lt.start_cluster(ns, run)
         if started is None:
@@ -317,6 +321,9 @@ def one_run(calls: int, loop: str, args: argparse.Namespace, profile: bool = Fal
         core0_busy_pct=core_busy_pct(first, last, WORKER_CORE),
         core1_busy_pct=core_busy_pct(first, last, CLUSTER_CORE),
         cluster_core_pct=round(sum(p["core_pct"] for p in others), 1),
+        # Core 1's share of each of its processes, in CPU ms per call-second: what a simulator costs per call.
+        core1_ms_per_call_s={p["id"]: p["cpu_ms_per_call_s"] for p in others},
+        driver_ms_per_call_s=round(1000 * (last.driver_cpu_s - first.driver_cpu_s) / (span * calls), 3),
         load_average=os.getloadavg()[0],
     )
     p99 = lag["p99_ms"]
@@ -363,6 +370,12 @@ def main() -> int:
     parser.add_argument("--lag-ms", type=float, default=LAG_BUDGET_MS)
     parser.add_argument("--media-profile", default="telephony_pcm16_24k", help="the calls' media profile")
     parser.add_argument("--redis-url", default=os.environ.get("VA_TEST_REDIS_URL"))
+    parser.add_argument(
+        "--sim-loop",
+        choices=("asyncio", "uvloop"),
+        default="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
+        help="the simulators' event loop (default uvloop when installed: core 1 then holds more calls)",
+    )
     parser.add_argument("--stop-after-fail", type=int, default=2, help="stop a loop after this many failed counts")
     parser.add_argument("--profile-calls", type=int, default=0, help="then profile the worker at this count")
     parser.add_argument("--profile-loop", default="asyncio")

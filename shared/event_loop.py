@@ -16,25 +16,27 @@ class EventLoopUnavailable(RuntimeError):
     pass
 
 
-def loop_factory(kind: EventLoopKind) -> Callable[[], asyncio.AbstractEventLoop] | None:
+def loop_factory(
+    kind: EventLoopKind, setting: str = "media_worker.event_loop"
+) -> Callable[[], asyncio.AbstractEventLoop] | None:
     """The factory asyncio.Runner takes (None: the standard loop); raises EventLoopUnavailable, naming the fix,
-    when uvloop is asked for and not installed."""
+    when uvloop is asked for (by `setting`) and not installed."""
     if kind == "asyncio":
         return None
     try:
         import uvloop
     except ImportError:
         raise EventLoopUnavailable(
-            "media_worker.event_loop is uvloop, but uvloop is not installed: "
-            "pip install 'asterisk-ai-voice-agent[uvloop]', or set event_loop: asyncio"
+            f"{setting} is uvloop, but uvloop is not installed: "
+            f"pip install 'asterisk-ai-voice-agent[uvloop]', or set {setting} to asyncio"
         ) from None
     return uvloop.new_event_loop
 
 
-def run(main: Coroutine[Any, Any, int], kind: EventLoopKind) -> int:
-    """asyncio.run(main) on the loop `kind` names."""
+def run(main: Coroutine[Any, Any, int], kind: EventLoopKind, setting: str = "media_worker.event_loop") -> int:
+    """asyncio.run(main) on the loop `kind` names (`setting`: where it was asked for, for the error)."""
     try:
-        factory = loop_factory(kind)
+        factory = loop_factory(kind, setting)
     except EventLoopUnavailable:
         main.close()  # never awaited: close it rather than leave a warning behind
         raise

@@ -705,8 +705,11 @@ def start_cluster(args: argparse.Namespace, run: LoadRun) -> Started | None:
     """The simulators (and a real Asterisk with --real-asterisk), then every role; None when one did not
     become ready (its log is printed)."""
     cluster = run.cluster
+    sim_loop = getattr(args, "sim_loop", "asyncio")
     realtime = cluster.start_sim(
-        "realtime", "--script", str(run.script), "--speed", EMULATOR_SPEED, "--api-key", run.api_key
+        "realtime",
+        *("--script", str(run.script), "--speed", EMULATOR_SPEED, "--api-key", run.api_key),
+        *("--event-loop", sim_loop),
     )
     mail_delay_ms = args.mail_delay_ms
     if mail_delay_ms is None:  # a tool worker killed mid-send needs a send to be in progress: a slow server
@@ -739,6 +742,8 @@ def start_cluster(args: argparse.Namespace, run: LoadRun) -> Started | None:
             run.ari_password,
             "--rtp-ports",
             SIM_RTP_PORTS,
+            "--event-loop",
+            sim_loop,
         )
         cluster.env.update(ASTERISK_ARI_URL=asterisk_sim.url)
     started = Started(
@@ -896,6 +901,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="keep media_worker.admission as configured (off by default: a worker that stops taking calls when "
         "it measures an overload would make calls wait, where the run measures what it carries)",
+    )
+    p.add_argument(
+        "--sim-loop",
+        choices=("asyncio", "uvloop"),
+        default="asyncio",
+        help="the event loop of the Asterisk simulator and the Realtime emulator (uvloop: cheaper load generators)",
     )
     p.add_argument("--out", help="JSON results (default: results.json in the work directory)")
     p.add_argument("--plot", help="PNG plot (SVG next to it without matplotlib)")

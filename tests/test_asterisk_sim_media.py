@@ -13,10 +13,14 @@ import pytest
 
 from sim.asterisk import audiosocket as asock
 from sim.asterisk import rtp
+from sim.asterisk.control import ControlApi
+from sim.asterisk.frame_clock import FrameClock
 from sim.asterisk.audio import (
+    VOICED_DBFS,
     CallerAudio,
     CallerEndpoint,
     Recorder,
+    is_voiced,
     read_wav,
     resample,
     rms_dbfs,
@@ -540,6 +544,60 @@ def test_recorder_timeline_and_wav_round_trip(tmp_path):
     rec.save_wav(tmp_path / "heard.wav")
     assert read_wav(tmp_path / "heard.wav") == (rec.pcm(8000), 8000)
     assert rec.rms_dbfs() < rms_dbfs(tone_pcm(440, 40, 8000))
+
+
+def test_is_voiced_agrees_with_the_level_threshold():
+    for dbfs in np.linspace(-60, -30, 301):  # across VOICED_DBFS (-45) in 0.1 dB steps
+        pcm = tone_pcm(440, 20, 8000, dbfs=float(dbfs))
+        assert is_voiced(pcm) == (rms_dbfs(pcm) > VOICED_DBFS), dbfs
+    assert not is_voiced(b"") and not is_voiced(bytes(960))
+
+
+def test_fresh_copies_read_from_the_start_and_share_the_cut_frames():
+    script = CallerAudio.tone(440, 60, rate=8000).then(CallerAudio.silence(40))
+    first = script.frame(24000)
+    copy = script.fresh()
+    assert copy.position_ms == 0 and copy.frame(24000) == first
+    assert copy._frames is script._frames  # cut once for every caller of the file
+    assert [copy.frame(24000)[1] for _ in range(4)] == [True, True, False, False] and copy.frame(24000) is None
+
+
+def test_control_api_reads_a_wav_again_when_it_changed(tmp_path):
+    api = ControlApi.__new__(ControlApi)  # its WAV cache alone: no simulator behind it
+    api._wavs = {}
+    path = tmp_path / "caller.wav"
+    write_wav(path, tone_pcm(440, 100, 8000), 8000)
+    assert api.caller_audio(str(path)).duration_ms == 100
+    assert api.caller_audio(str(path)).frame(8000) == (tone_pcm(440, 100, 8000)[:320], True)  # a fresh read
+    write_wav(path, tone_pcm(300, 200, 8000), 8000)
+    assert api.caller_audio(str(path)).duration_ms == 200
+
+
+async def test_one_phone_failing_does_not_stop_the_others():
+    got: list[str] = []
+
+    def broken(pcm: bytes, rate: int) -> None:
+        got.append("broken")
+        raise RuntimeError("a bug in one caller's sink")
+
+    good = CallerEndpoint(None, 8000, on_audio=lambda pcm, rate: got.append("good"))
+    bad = CallerEndpoint(None, 8000, on_audio=broken)
+    good.start()
+    bad.start()
+    await wait_until(lambda: got.count("good") >= 5)
+    good.stop()
+    assert got.count("broken") == 1 and not bad.running and not good.running
+
+
+async def test_a_stopped_phone_restarted_runs_one_clock_not_two():
+    phone = CallerEndpoint(None, 8000)
+    phone.start()
+    phone.stop()
+    phone.start()  # the first ticket is still queued on the clock: it must stay dead
+    await wait_until(lambda: phone.frames_sent >= 3)
+    queued = FrameClock.of(asyncio.get_running_loop())._due
+    assert [(ticket.tick, ticket.active) for _, _, ticket in queued] == [(phone._tick, True)]  # the old one left
+    phone.stop()
 
 
 async def test_caller_frames_come_every_20ms():

@@ -11,6 +11,7 @@ import pytest
 from shared import event_loop
 from shared.config import ConfigError
 from shared.config.load import parse_config
+from sim.cluster import LocalCluster, http_get
 from tests.conftest import TEST_API_KEY
 
 
@@ -67,3 +68,24 @@ def test_the_health_server_answers_on_uvloop():
             await server.close()
 
     assert event_loop.run(fetch(), "uvloop") == 200
+
+
+def test_uvloop_missing_names_the_setting_that_asked_for_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "uvloop", None)
+    with pytest.raises(event_loop.EventLoopUnavailable, match=r"^--event-loop is uvloop, .* set --event-loop to"):
+        event_loop.run(loop_module(), "uvloop", setting="--event-loop")
+
+
+@pytest.mark.parametrize("kind", ["realtime", "asterisk"])
+def test_the_simulators_serve_on_uvloop(tmp_path, kind):
+    """The load test's generators on uvloop (`--sim-loop uvloop`): each starts, answers, and stops cleanly."""
+    pytest.importorskip("uvloop")
+    cluster = LocalCluster(tmp_path / "none.yaml", tmp_path, {})
+    sim = cluster.start_sim(kind, "--event-loop", "uvloop")
+    try:
+        base = sim.url.replace("ws://", "http://").split("/v1/")[0]
+        status, _ = http_get(base + ("/v1/models" if kind == "realtime" else "/ari/asterisk/info"))
+        assert status not in (0, 500)  # it answers HTTP on its loop (the ARI asks for credentials: 401)
+    finally:
+        cluster.stop_all()
+    assert sim.popen.returncode == 0

@@ -23,7 +23,7 @@ from websockets.asyncio.client import connect
 from sim.realtime import Emulator, Reply, Script, ToolCall
 from sim.realtime import g711, session as session_module, voice
 from sim.realtime.response import tokens
-from sim.realtime.vad import gate_dbfs
+from sim.realtime.vad import EnergyVad, gate_dbfs
 from tests.conftest import ROOT
 from tests.realtime_schema import check_client_event, check_server_event
 
@@ -1531,3 +1531,27 @@ def test_cli_serves_and_stops_on_sigterm(tmp_path):
         assert proc.wait(10) == 0
     assert "Traceback" not in proc.stderr.read()
     assert any('"response.done"' in line for line in wire.read_text().splitlines())
+
+
+def test_vad_events_do_not_depend_on_how_the_audio_is_chunked():
+    """The quiet-chunk shortcut (a chunk whose whole energy is under one window's gate) decides as the
+    window-by-window rule does: 20 ms appends, odd sizes and single 10 ms windows give the same events."""
+    rng = np.random.default_rng(7)
+    gate = 10 ** (gate_dbfs(0.5) / 20) * 32768  # RMS at the gate
+    levels = [0.2, 0.6, 0.9, 1.1, 3.0, 0.0, 0.95, 1.05, 0.3]  # x gate, 300 ms each: near and across it
+    audio = np.concatenate([rng.normal(0, level * gate, 7200) for level in levels]).clip(-32768, 32767)
+    samples = audio.astype(np.int16)
+
+    def events(sizes) -> list[tuple[str, int]]:
+        vad = EnergyVad(0.5, 300, 200, 24000)
+        out, at = [], 0
+        for size in sizes:
+            out += [(e.kind, e.ms) for e in vad.feed(samples[at : at + size])]
+            at += size
+        return out
+
+    by_frame = events([480] * (len(samples) // 480))
+    assert by_frame == events([240] * (len(samples) // 240))
+    odd = [int(n) for n in rng.integers(1, 1500, 200)]  # more than the whole signal: the last ones are empty
+    assert events(odd) == by_frame
+    assert [kind for kind, _ in by_frame].count("started") >= 2  # the signal does cross the gate

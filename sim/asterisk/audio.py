@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import soxr
 
+from sim.asterisk.frame_clock import FrameClock, Ticket
+
 FRAME_MS = 20
 _FULL_SCALE = 32768.0
 
@@ -55,7 +57,20 @@ class StreamResampler:
     def process(self, pcm: bytes) -> bytes:
         if self._stream is None or not pcm:
             return pcm
-        return to_pcm(self._stream.resample_chunk(as_samples(pcm).astype(np.float32)))
+        out = self._stream.resample_chunk(as_samples(pcm).astype(np.float32))
+        np.rint(out, out=out)  # to_pcm's rounding and clipping, in place: this runs for every frame
+        np.clip(out, -32768, 32767, out=out)
+        return out.astype("<i2").tobytes()
+
+
+def stream_resampler(resamplers: dict[int, StreamResampler], from_rate: int, to_rate: int) -> StreamResampler:
+    """The one resampler of a stream from `from_rate`, made on first use: its filter state carries across
+    frames. Not `setdefault(rate, StreamResampler(...))`: that builds a resampler per frame and throws it
+    away, which cost more than resampling the frame."""
+    resampler = resamplers.get(from_rate)
+    if resampler is None:
+        resampler = resamplers[from_rate] = StreamResampler(from_rate, to_rate)
+    return resampler
 
 
 def tone_pcm(hz: float, ms: int, rate: int, dbfs: float = -12) -> bytes:
@@ -70,6 +85,7 @@ def silence_pcm(ms: int, rate: int) -> bytes:
 
 
 VOICED_DBFS = -45.0  # a 20 ms frame louder than this holds speech (digital silence is -inf, comfort hiss ~-70)
+_VOICED_MEAN_SQUARE = (_FULL_SCALE * 10 ** (VOICED_DBFS / 20)) ** 2
 
 
 def rms_dbfs(pcm: bytes) -> float:
@@ -79,6 +95,13 @@ def rms_dbfs(pcm: bytes) -> float:
         return float("-inf")
     rms = math.sqrt(float(np.mean(samples * samples)))
     return 20 * math.log10(rms / _FULL_SCALE) if rms > 0 else float("-inf")
+
+
+def is_voiced(pcm: bytes) -> bool:
+    """rms_dbfs(pcm) > VOICED_DBFS, compared as a mean square (no log, no square root): every chunk a
+    simulated caller hears is checked."""
+    samples = as_samples(pcm).astype(np.float64)
+    return bool(samples.size) and float(np.dot(samples, samples)) > _VOICED_MEAN_SQUARE * samples.size
 
 
 def write_wav(path, pcm: bytes, rate: int) -> None:
@@ -122,7 +145,16 @@ class CallerAudio:
     def __init__(self, segments: list[_Segment] | None = None):
         self._segments: list[_Segment] = list(segments or [])
         self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # rate -> (samples, is-speech mask)
+        # rate -> every 20 ms frame, cut once: frame() is on each caller's 20 ms clock. Shared by fresh() copies.
+        self._frames: dict[int, list[tuple[bytes, bool]]] = {}
         self._pos_ms = 0.0  # read position, in time: the rate may differ between calls to frame()
+
+    def fresh(self) -> CallerAudio:
+        """The same audio, read from its start, sharing what was resampled and cut into frames: many callers
+        speaking one WAV hold one copy of it."""
+        copy = CallerAudio(self._segments)
+        copy._cache, copy._frames = self._cache, self._frames
+        return copy
 
     @classmethod
     def from_pcm(cls, pcm: bytes, rate: int) -> CallerAudio:
@@ -174,8 +206,27 @@ class CallerAudio:
             self._cache[rate] = (samples.astype("<i2"), mask)
         return self._cache[rate]
 
+    def _cut(self, rate: int) -> list[tuple[bytes, bool]]:
+        """Every frame at `rate` (a whole number of samples per frame), the last padded with silence."""
+        frames = self._frames.get(rate)
+        if frames is None:
+            samples, mask = self._timeline(rate)
+            n = samples_per_frame(rate)
+            count = -(-len(samples) // n)
+            padded = np.pad(samples, (0, count * n - len(samples))).reshape(count, n)
+            speech = np.asarray(np.pad(mask, (0, count * n - len(mask))).reshape(count, n).any(axis=1))
+            frames = self._frames[rate] = [(padded[i].tobytes(), bool(speech[i])) for i in range(count)]
+        return frames
+
     def frame(self, rate: int) -> tuple[bytes, bool] | None:
         """The next 20 ms at `rate` and whether it holds speech; None when the script is over."""
+        if rate * FRAME_MS % 1000 == 0:  # frames start at whole samples: read them from the cut
+            frames = self._cut(rate)
+            index = int(self._pos_ms) // FRAME_MS  # the position moves by whole frames
+            if index >= len(frames):
+                return None
+            self._pos_ms += FRAME_MS
+            return frames[index]
         samples, mask = self._timeline(rate)
         start = round(self._pos_ms * rate / 1000)
         if start >= len(samples):
@@ -263,7 +314,8 @@ class Recorder:
 class CallerEndpoint:
     """The phone side of a caller channel: speaks its CallerAudio on a 20 ms clock and records what it hears.
 
-    start(loop) runs a clock that calls on_audio(pcm, rate) every 20 ms at the phone's native rate. After the
+    start(loop) puts the phone on the loop's FrameClock (one clock for every phone), which calls
+    on_audio(pcm, rate) every 20 ms at the phone's native rate. After the
     script (or with no script) the line stays open: silence is sent if send_silence (a SIP trunk streams
     continuously), nothing otherwise (a Local channel sends only while its caller leg produces audio).
     Audio delivered to the phone is recorded in `heard`; with echo_db set it also comes back, attenuated,
@@ -295,22 +347,26 @@ class CallerEndpoint:
         self.started_t: float | None = None
         self._echo = bytearray()
         self._echo_resamplers: dict[int, StreamResampler] = {}
-        self._task: asyncio.Task | None = None
+        self._ticket: Ticket | None = None  # our place on the loop's FrameClock while running
+        self._t0 = 0.0  # loop time of frame 0 (the clock restarts it after a stall)
+        self._frames = 0  # frames since _t0
 
     @property
     def running(self) -> bool:
-        return self._task is not None and not self._task.done()
+        return self._ticket is not None and self._ticket.active
 
     def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         if self.running:
             return
         loop = loop or asyncio.get_running_loop()
-        self._task = loop.create_task(self._clock(loop), name="caller-endpoint-clock")
+        self.started_t = time.monotonic()
+        self._t0, self._frames = loop.time(), 0
+        self._ticket = FrameClock.of(loop).start(self._tick, self._t0)
 
     def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            self._task = None
+        if self._ticket is not None:
+            self._ticket.cancel()
+            self._ticket = None
 
     def deliver(self, pcm: bytes, rate: int) -> None:
         """Audio reaching the caller's ear."""
@@ -318,11 +374,11 @@ class CallerEndpoint:
             return
         now = time.monotonic()
         self.heard.append(pcm, rate, now)
-        if rms_dbfs(pcm) > VOICED_DBFS:
+        if is_voiced(pcm):
             self.voiced.append(now)
         if self.echo_db is None:
             return
-        resampler = self._echo_resamplers.setdefault(rate, StreamResampler(rate, self.rate))
+        resampler = stream_resampler(self._echo_resamplers, rate, self.rate)
         echo = as_samples(resampler.process(pcm)).astype(np.float64) * 10 ** (self.echo_db / 20)
         self._echo += to_pcm(echo)
 
@@ -340,18 +396,16 @@ class CallerEndpoint:
             pcm, on_line = to_pcm(mixed), True
         return pcm, on_line
 
-    async def _clock(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.started_t = time.monotonic()
-        t0, tick = loop.time(), 0
-        while True:
-            pcm, on_line = self._next_frame()
-            if on_line or self.send_silence:
-                self.frames_sent += 1
-                self.sent.append(pcm, self.rate)
-                if self.on_audio is not None:
-                    self.on_audio(pcm, self.rate)
-            tick += 1
-            delay = t0 + tick * FRAME_MS / 1000 - loop.time()
-            if delay < -self._MAX_LATE_S:
-                t0, tick, delay = loop.time(), 0, 0.0
-            await asyncio.sleep(max(0.0, delay))
+    def _tick(self, due: float, now: float) -> float:
+        """One frame, on the loop's FrameClock; returns when the next is due."""
+        pcm, on_line = self._next_frame()
+        if on_line or self.send_silence:
+            self.frames_sent += 1
+            self.sent.append(pcm, self.rate)
+            if self.on_audio is not None:
+                self.on_audio(pcm, self.rate)
+        self._frames += 1
+        next_at = self._t0 + self._frames * FRAME_MS / 1000
+        if next_at < now - self._MAX_LATE_S:
+            self._t0, self._frames, next_at = now, 0, now
+        return next_at

@@ -14,7 +14,7 @@ import time
 import uuid as uuid_module
 from collections.abc import Callable
 
-from sim.asterisk.audio import StreamResampler, samples_per_frame
+from sim.asterisk.audio import StreamResampler, stream_resampler, samples_per_frame
 
 KIND_HANGUP = 0x00
 KIND_UUID = 0x01
@@ -172,7 +172,7 @@ class AudioSocketLeg:
         if rate == self.rate and not self._pending:
             data = pcm  # pass-through, like a 2-party bridge: a short frame stays short
         else:
-            resampler = self._resamplers.setdefault(rate, StreamResampler(rate, self.rate))
+            resampler = stream_resampler(self._resamplers, rate, self.rate)
             self._pending += resampler.process(pcm)
             whole = len(self._pending) - len(self._pending) % self.frame_bytes
             data, self._pending[:whole] = bytes(self._pending[:whole]), b""

@@ -10,6 +10,8 @@ import asyncio
 import os
 import signal
 
+from shared import event_loop
+
 from sim.asterisk.stasis_delay import DEFAULT_MS, ENV, StasisDelay
 
 
@@ -33,6 +35,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=int, help="seed of the Stasis delay draws (default: unseeded)")
     parser.add_argument(
+        "--event-loop",
+        choices=("asyncio", "uvloop"),
+        default="asyncio",
+        help="the simulator's event loop (uvloop: the [uvloop] extra; the load test's benches use it when installed)",
+    )
+    parser.add_argument(
         "--keep-ended-calls",
         type=int,
         default=1000,
@@ -48,7 +56,7 @@ def _delay_ms(text: str) -> tuple[float, float]:
     return delay.min_ms, delay.max_ms
 
 
-async def _serve(args: argparse.Namespace) -> None:
+async def _serve(args: argparse.Namespace) -> int:
     from sim.asterisk.server import AsteriskSim
 
     low, _, high = args.rtp_ports.partition("-")
@@ -73,8 +81,12 @@ async def _serve(args: argparse.Namespace) -> None:
     print(f"listening on {sim.url}", flush=True)
     await stop.wait()
     await sim.stop()
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
-    asyncio.run(_serve(args))
-    return 0
+    try:
+        return event_loop.run(_serve(args), args.event_loop, setting="--event-loop")
+    except event_loop.EventLoopUnavailable as exc:
+        print(exc)
+        return 2

@@ -20,18 +20,36 @@ Same credentials as ARI (Basic or api_key).
 
 from __future__ import annotations
 
+import os
+import wave
+
 from aiohttp import web
 
-from sim.asterisk.audio import spans
+from sim.asterisk.audio import CallerAudio, spans
 from sim.asterisk.core import AsteriskCore, SimCall
 from sim.asterisk.rest import authenticate
 from sim.asterisk.websocket import EventsEndpoint
+
+WAVS_KEPT = 4
 
 
 class ControlApi:
     def __init__(self, sim: AsteriskCore, events: EventsEndpoint):
         self.sim = sim
         self.events = events
+        # path -> ((mtime, size), its audio): a load test's callers all speak one WAV, read and cut into
+        # frames once; each call reads a fresh() copy. The last few files only.
+        self._wavs: dict[str, tuple[tuple[int, int], CallerAudio]] = {}
+
+    def caller_audio(self, path: str) -> CallerAudio:
+        stat = os.stat(path)
+        version = (stat.st_mtime_ns, stat.st_size)
+        known = self._wavs.get(path)
+        if known is None or known[0] != version:
+            known = self._wavs[path] = (version, CallerAudio.from_wav(path))
+            while len(self._wavs) > WAVS_KEPT:
+                del self._wavs[next(iter(self._wavs))]
+        return known[1].fresh()
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_post("/sim/calls", self.place)
@@ -69,11 +87,9 @@ class ControlApi:
         return call
 
     async def place(self, request: web.Request) -> web.Response:
-        from sim.asterisk.audio import CallerAudio
-
         body = await self._body(request)
-        audio = CallerAudio.from_wav(body["audio_wav"]) if body.get("audio_wav") else None
         try:
+            audio = self.caller_audio(str(body["audio_wav"])) if body.get("audio_wav") else None
             call = await self.sim.place_call(
                 context=body.get("context", "from-ai-agent-openai"),
                 exten=str(body.get("exten", "s")),
@@ -85,7 +101,7 @@ class ControlApi:
                 send_silence=bool(body.get("send_silence", True)),
                 echo_db=body.get("echo_db"),
             )
-        except (TypeError, ValueError, OSError) as exc:
+        except (TypeError, ValueError, OSError, wave.Error) as exc:
             return web.json_response({"message": str(exc)}, status=400)
         return web.json_response({"id": call.channel_id}, status=201)
 

@@ -17,7 +17,7 @@ from collections.abc import Callable
 import msgspec
 import numpy as np
 
-from sim.asterisk.audio import StreamResampler, as_samples, samples_per_frame
+from sim.asterisk.audio import StreamResampler, stream_resampler, as_samples, samples_per_frame
 from sim.realtime import g711
 
 PT_BY_FORMAT = {
@@ -201,7 +201,7 @@ class RtpLeg:
         if rate == self.rate and not self._pending:
             data = pcm  # pass-through: a short final frame stays short, as Asterisk's did
         else:
-            resampler = self._resamplers.setdefault(rate, StreamResampler(rate, self.rate))
+            resampler = stream_resampler(self._resamplers, rate, self.rate)
             self._pending += resampler.process(pcm)
             whole = len(self._pending) - len(self._pending) % self.frame_bytes
             data, self._pending[:whole] = bytes(self._pending[:whole]), b""

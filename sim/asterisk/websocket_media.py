@@ -31,7 +31,7 @@ from collections.abc import Callable
 
 from aiohttp import WSMsgType, web
 
-from sim.asterisk.audio import StreamResampler, samples_per_frame
+from sim.asterisk.audio import StreamResampler, stream_resampler, samples_per_frame
 from sim.asterisk.rtp import decode_payload, encode_payload
 
 log = logging.getLogger("sim.asterisk.websocket")
@@ -284,7 +284,7 @@ class WebSocketMediaLeg:
         if rate == self.rate and not self._pending:
             data = pcm
         else:
-            resampler = self._resamplers.setdefault(rate, StreamResampler(rate, self.rate))
+            resampler = stream_resampler(self._resamplers, rate, self.rate)
             self._pending += resampler.process(pcm)
             whole = len(self._pending) - len(self._pending) % size
             data, self._pending[:whole] = bytes(self._pending[:whole]), b""

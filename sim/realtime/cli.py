@@ -6,6 +6,8 @@ import argparse
 import asyncio
 import signal
 
+from shared import event_loop
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1")
@@ -29,9 +31,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--api-key", action="append", help="an accepted key (repeatable; default: any non-empty)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--event-loop",
+        choices=("asyncio", "uvloop"),
+        default="asyncio",
+        help="the emulator's event loop (uvloop: the [uvloop] extra; the load test's benches use it when installed)",
+    )
 
 
-async def _serve(args: argparse.Namespace) -> None:
+async def _serve(args: argparse.Namespace) -> int:
     from sim.realtime.script import Script
     from sim.realtime.server import Emulator
 
@@ -57,8 +65,12 @@ async def _serve(args: argparse.Namespace) -> None:
     print(f"listening on {emu.url}", flush=True)
     await stop.wait()
     await emu.stop()
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
-    asyncio.run(_serve(args))
-    return 0
+    try:
+        return event_loop.run(_serve(args), args.event_loop, setting="--event-loop")
+    except event_loop.EventLoopUnavailable as exc:
+        print(exc)
+        return 2

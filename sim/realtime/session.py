@@ -157,14 +157,15 @@ class EmulatedSession:
     # --- the wire -------------------------------------------------------------------------------------
     async def send(self, kind: str, **fields: Any) -> None:
         event = {"type": kind, "event_id": self.ids.new("event"), **fields}
-        text = _encode(event).decode()
+        data = _encode(event)  # UTF-8 JSON, sent as a text frame as it is: no str round trip per audio delta
         if self._stalled_until:
             await self.wait_stall()
         if self.emu.record:
             self.sent.append(event)
         # Logged and handed to the socket without an await in between: the log order is the wire order.
-        self.emu.wire.write(self.id, "out", text, True)
-        await self.ws.send(text)
+        if self.emu.wire.enabled:
+            self.emu.wire.write(self.id, "out", data.decode(), True)
+        await self.ws.send(data, text=True)
 
     async def error(
         self,
@@ -335,7 +336,8 @@ class EmulatedSession:
                 "payload, but what was sent was not valid JSON.)",
             )
             return
-        self.emu.wire.write(self.id, "in", frame if "\n" not in frame else _encode(event).decode(), True)
+        if self.emu.wire.enabled:  # each append is a kilobyte or more: not scanned when nothing is logged
+            self.emu.wire.write(self.id, "in", frame if "\n" not in frame else _encode(event).decode(), True)
         if not isinstance(event, dict) or "type" not in event:
             eid = event.get("event_id") if isinstance(event, dict) else None
             await self.error(
