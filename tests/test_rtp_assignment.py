@@ -197,3 +197,63 @@ async def test_the_controller_frees_the_slot_and_port_and_tries_another_worker(
         await good.stop()
         await listener.stop()
         await aredis.aclose()
+
+
+@pytest.mark.slow
+async def test_a_failed_setup_with_no_other_worker_goes_to_the_fallback_not_the_head_of_the_line(
+    sim, tmp_path, cluster_env, redis_url, prefix
+):
+    """Real Asterisk, 100-call RTP ramps (issue 19): the only worker could not open one call's RTP port; the
+    retry, leaving that worker out, queued at the head of the admission line, and every call after it waited
+    behind it until its caller gave up. Now that call goes to the fallback with a warning, and the next is served."""
+    aredis, keys = aioredis.Redis.from_url(redis_url), Keys(prefix)
+    listener = AudioSocketListener()
+    await listener.start()
+    only = FakeWorker(aredis, keys, "only", listener.port, capacity=10)
+    await only.start()
+    refused = asyncio.Event()
+    clusters: list = []
+
+    async def refuse_the_first() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(refuse_assignments(aredis, keys, "only", stop))
+        await until(lambda: aredis.xlen(keys.controller_inbox), timeout=15)  # the first refusal is sent
+        stop.set()
+        await task
+        refused.set()
+
+    refuser = asyncio.create_task(refuse_the_first())
+    try:
+        config = write_config(
+            tmp_path / "controller.yaml", sim.url, contexts={"ulaw": {"profile": "telephony_ulaw_8k", "prompt": "Hi"}}
+        )
+        _, proc = await start_controller(config, tmp_path, cluster_env, 1, clusters)
+        first = await sim.place_call(variables={"AI_CONTEXT": "ulaw"})
+        await asyncio.wait_for(refused.wait(), 15)
+
+        # The fallback at once (the shipped fallback: the dialplan's announcement), not after the queue timeout.
+        await until(lambda: any("ss-noservice" in step for step in first.trail), timeout=10)
+        warning = "media setup failed on worker only and no other worker can take the call (no_capacity): fallback"
+        assert warning in proc.log_text()
+        second = await sim.place_call(variables={"AI_CONTEXT": "ulaw"})
+
+        async def second_active():
+            ids = [m.decode() for m in await aredis.smembers(keys.calls_active)]
+            for call_id in ids:
+                record = await aredis.hgetall(keys.call(call_id))
+                if record.get(b"caller_channel") == second.channel_id.encode() and record.get(b"state") == b"active":
+                    return call_id
+            return None
+
+        await until(second_active, timeout=15)
+        assert await aredis.zcard(keys.admission_queue) == 0
+        await second.hangup()
+        await until(lambda: not sim.channels and not sim.bridges)
+    finally:
+        refuser.cancel()
+        await asyncio.gather(refuser, return_exceptions=True)
+        for cluster in clusters:
+            cluster.stop_all()
+        await only.stop()
+        await listener.stop()
+        await aredis.aclose()
