@@ -100,8 +100,12 @@ if best == nil then return wait('no_capacity') end
 local rtp_port = 0
 if ARGV[5] == '1' then
   local used = prefix .. 'worker:' .. best .. ':rtp_ports'
+  -- Ports the worker could not bind (another process held them) are skipped until their time is up.
+  local blocked = prefix .. 'worker:' .. best .. ':rtp_blocked'
   for p = tonumber(best_info[6]), tonumber(best_info[7]) do
-    if redis.call('SISMEMBER', used, p) == 0 then rtp_port = p; break end
+    if redis.call('SISMEMBER', used, p) == 0 and (tonumber(redis.call('ZSCORE', blocked, p)) or 0) <= now then
+      rtp_port = p; break
+    end
   end
   if rtp_port == 0 then return wait('no_rtp_port') end
   redis.call('SADD', used, rtp_port)
