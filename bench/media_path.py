@@ -104,7 +104,7 @@ async def run(args: argparse.Namespace) -> None:
     contexts = {"bench": {"profile": args.profile, "prompt": "Benchmark."}}
     cluster = LocalCluster(write_config(workdir / "config.yaml", sim.url, contexts=contexts), workdir, env)
     controller = cluster.start("controller")
-    worker = cluster.start("media-worker", "--audiosocket-port", "0", "--rtp-ports", "32000-32999")
+    worker = cluster.start("media-worker", "--audiosocket-port", "0", "--rtp-ports", "21000-21999")
     try:
         if not await asyncio.to_thread(cluster.wait_ready, [controller, worker], 60):
             raise SystemExit(worker.log_text()[-2000:] + controller.log_text()[-2000:])

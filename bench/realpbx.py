@@ -217,7 +217,10 @@ class Bench:
             "REALTIME_PREWARM": "1",
         }
         cluster = cluster_cls(config, workdir, env)
-        low = 42000 + 400 * (self.n % 40)
+        # Below the kernel's ephemeral ports (32768-60999 on Linux), from which this process's callers bind their
+        # RTP sockets: a worker range in there was given a port a caller held (issue 19); and below the harness
+        # Asterisk's RTP range (20000 up).
+        low = 12000 + 400 * (self.n % 15)
         ctl = cluster.start("controller", instance_id=f"controller-{tag}")
         worker = cluster.start(
             "media-worker", "--audiosocket-port", "0", "--rtp-ports", f"{low}-{low + 399}", instance_id=f"worker-{tag}"
@@ -372,6 +375,10 @@ class Bench:
                 out["loop_lag"] = lag.summary()
                 out.update(await self.ramp_outcome(legs, keys, client))
                 out["cpu"] = cpu_window(samples, [leg for leg in legs if leg.get("answered_at")])
+                out["warnings"] = {
+                    "controller": log_problems(ctl.log_text()),
+                    "media worker": log_problems(worker.log_text()),
+                }
         finally:
             await emu.stop()
         # After the cluster stopped: anything of these calls still in Asterisk is an orphan.
@@ -447,6 +454,13 @@ class Bench:
             "redis_leases_left": leases,
             "errors": sorted({leg["error"][:120] for leg in legs if "error" in leg}),
         }
+
+
+def log_problems(text: str, shown: int = 3) -> dict:
+    """A role's WARNING and ERROR lines (the roles log at warning level here): how many, and the first few, so a
+    ramp that lost callers says why in its own report (issue 19's losses left only INFO lines)."""
+    lines = [line for line in text.splitlines() if " WARNING " in line or " ERROR " in line]
+    return {"count": len(lines), "first": [line[:300] for line in lines[:shown]]}
 
 
 def ramp_limits(calls: int) -> dict:
@@ -556,6 +570,9 @@ def ramp_lines(name: str, r: dict, calls: int, ramp_s: float, hold_s: float) -> 
     ]
     if r["errors"]:
         lines.append(f"    caller errors: {'; '.join(r['errors'])}")
+    for role, found in r.get("warnings", {}).items():
+        if found["count"]:
+            lines.append(f"    {role}: {found['count']} warning/error line(s), first: " + " | ".join(found["first"]))
     cpu = r.get("cpu") or {}
     if cpu:
         figures = "   ".join(f"{k} {'n/a' if v is None else f'{v:.3f}'}" for k, v in cpu["ms_per_call_s"].items())

@@ -40,8 +40,12 @@ local call_key = prefix .. 'call:' .. call_id
 local counted = moves > 0 and redis.call('HGET', call_key, 'provider_counted') == '1'
     and redis.call('HGET', call_key, 'state') ~= 'ended'
 
+-- Only a call's first attempt waits in the admission line. A move, or a retry after a worker failed the setup
+-- (it names the workers it leaves out), was admitted once already: it never queues. Queued, it would hold the
+-- head of the line with workers it may not use, and every new call behind it would wait for nothing.
+local first_attempt = moves == 0 and #ARGV < 20
 local function wait(reason)
-  if moves > 0 then return {'unavailable', reason} end
+  if not first_attempt then return {'unavailable', reason} end
   redis.call('ZADD', KEYS[3], 'NX', now, call_id)
   return {'queued', reason, redis.call('ZRANK', KEYS[3], call_id)}
 end
@@ -61,7 +65,7 @@ if moves == 0 and redis.call('HEXISTS', call_key, 'usage_day') == 0 then
     return limited('spend_per_month', KEYS[8])
   end
 end
-if moves == 0 then
+if first_attempt then
   -- A head left by a controller that died long ago must not block the line forever.
   local head = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
   while head[1] and head[1] ~= call_id and tonumber(head[2]) < now - tonumber(ARGV[6]) do
@@ -96,8 +100,12 @@ if best == nil then return wait('no_capacity') end
 local rtp_port = 0
 if ARGV[5] == '1' then
   local used = prefix .. 'worker:' .. best .. ':rtp_ports'
+  -- Ports the worker could not bind (another process held them) are skipped until their time is up.
+  local blocked = prefix .. 'worker:' .. best .. ':rtp_blocked'
   for p = tonumber(best_info[6]), tonumber(best_info[7]) do
-    if redis.call('SISMEMBER', used, p) == 0 then rtp_port = p; break end
+    if redis.call('SISMEMBER', used, p) == 0 and (tonumber(redis.call('ZSCORE', blocked, p)) or 0) <= now then
+      rtp_port = p; break
+    end
   end
   if rtp_port == 0 then return wait('no_rtp_port') end
   redis.call('SADD', used, rtp_port)
@@ -255,8 +263,8 @@ class Limited:
 
 @dataclass(frozen=True)
 class Unavailable:
-    """A move found no worker: the call goes to the fallback at once (a caller mid-conversation never waits in
-    the admission line)."""
+    """A move, or a retry after a failed setup, found no worker: the call goes to the fallback at once (a caller
+    already answered never waits in the admission line, where it would hold up the calls behind it)."""
 
     reason: str  # provider_limit | no_capacity | no_rtp_port
 
@@ -302,7 +310,8 @@ class Admission:
     ) -> Reserved | Queued | Unavailable | Limited:
         """Take a slot for `plan` (or a place in the line). `call_fields` go into the call record. `moves` > 0:
         the call is moving off a worker (`drop_worker` first): never queued (`Unavailable` instead), and the
-        assignment tells the new worker to resume the conversation."""
+        assignment tells the new worker to resume the conversation. `exclude` (a retry after workers failed the
+        setup): never queued either."""
         now = periods(self.limits)
         keys = [
             self.keys.workers,

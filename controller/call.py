@@ -133,6 +133,8 @@ class Call:
     # Set when the reserved worker cannot take the call (media_failed, via the controller inbox).
     _refusal: asyncio.Event = field(default_factory=asyncio.Event)
     _refusal_reason: str = ""
+    _waiting: Queued | None = None  # the admission line's last answer while the call waits in it
+    _waiting_since: float = 0.0  # monotonic: when it began waiting
     _teardown: asyncio.Task | None = None
     on_ended: Callable[["Call"], None] | None = None
 
@@ -143,6 +145,15 @@ class Call:
     def caller_left(self) -> None:
         """StasisEnd of the caller: hung up, or gone to the dialplan (continue)."""
         self.caller_gone.set()
+        if self.state == "queued" and self._waiting is not None:
+            # Never answered: only INFO said it waited. At scale this is how callers are lost without a trace.
+            log.warning(
+                "caller %s hung up after %.1f s in the admission line, never answered (waiting: %s, position %d)",
+                self.caller.id,
+                time.monotonic() - self._waiting_since,
+                self._waiting.reason,
+                self._waiting.position,
+            )
         self.end(self.end_hint or ("caller_hangup" if self.state != "handing_off" else "handed_off"))
 
     def transfer_leg_event(
@@ -507,6 +518,15 @@ class Call:
                 self._refuse_over_limit(result)
                 return None
             if isinstance(result, Unavailable):
+                if not self.moves:  # a retry after a failed setup: the caller is answered, and waits in no line
+                    log.warning(
+                        "media setup failed on worker %s and no other worker can take the call (%s): fallback",
+                        ", ".join(exclude),
+                        result.reason,
+                    )
+                    CALLS_REJECTED.labels("setup_failed").inc()
+                    self.end("setup_failed", fallback=True)
+                    return None
                 log.warning("no worker to move the call to (%s): fallback", result.reason)
                 TAKEOVERS.labels("fallback", "no_worker").inc()
                 self.end("no_worker", fallback=True)
@@ -521,8 +541,9 @@ class Call:
                     await self._stop_queue_music()
                 return result
             assert isinstance(result, Queued)
+            self._waiting = result
             if queued_at is None:
-                queued_at = time.monotonic()
+                queued_at = self._waiting_since = time.monotonic()
                 self.state = "queued"
                 CALLS_QUEUED.labels(result.reason).inc()
                 log.info("no capacity (%s): call %s waits, position %d", result.reason, self.caller.id, result.position)

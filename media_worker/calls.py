@@ -5,6 +5,7 @@ URL the controller sends once the media channel exists), and leases say who owns
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 
 import msgspec
@@ -29,6 +30,7 @@ from shared.messages import (
     MediaReady,
     inbox_fields,
 )
+from shared import rtp_ports
 from shared.logs import call_context
 from shared.websocket_url import redact
 
@@ -146,6 +148,8 @@ class CallManager:
                 # controller is told, so the slot and the port are freed and the call goes elsewhere.
                 log.error("call %s: RTP port %d not opened: %s", call_id, assignment.rtp_port, exc)
                 self._forget(session)
+                if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE:
+                    await self._block_port(assignment.rtp_port)
                 await self.media_failed(call_id, assignment.epoch, f"RTP port {assignment.rtp_port}: {exc}")
                 return
         session.start()
@@ -189,6 +193,22 @@ class CallManager:
         )
         await endpoint.open()
         return endpoint
+
+    async def _block_port(self, port: int) -> None:
+        """Another process holds `port` (none of our calls does: _open_rtp let go of those): admission is told to
+        skip it for a while, or every next call would be given it, and fail, again."""
+        try:
+            blocked = await rtp_ports.block(self.ctx.redis, self.ctx.keys.worker_rtp_blocked(self.ctx.worker_id), port)
+        except (aioredis.ConnectionError, aioredis.TimeoutError, OSError) as exc:
+            log.warning("RTP port %d: cannot set it aside (%s); it may be given again", port, exc)
+            return
+        log.warning(
+            "RTP port %d is held by another process: not given to calls for %d min (%d port(s) of %d-%d set aside)",
+            port,
+            rtp_ports.BLOCKED_FOR_MS // 60_000,
+            blocked,
+            *self.rtp_ports,
+        )
 
     async def media_failed(self, call_id: str, epoch: int, why: str) -> None:
         """Tell the controller this worker cannot take the call (action media_failed): an RTP port that will

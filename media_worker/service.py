@@ -23,6 +23,7 @@ from media_worker.realtime.pool import SessionPool
 from shared.tasks import TaskSet
 from media_worker.transport.allowlist import media_sources
 from media_worker.transport.audiosocket_server import AudioSocketServer
+from shared import rtp_ports
 from shared.config import ConfigError, load_config
 from shared.masking import redact
 from shared.messages import WorkerInfo
@@ -158,6 +159,9 @@ class MediaWorker(AsyncRole):
             self.advertise_host,
             ", ".join(self.allowed_hosts),
         )
+        overlap = rtp_ports.ephemeral_warning(*self.rtp_ports, rtp_ports.ephemeral_range())
+        if overlap is not None:
+            log.warning("%s", overlap)
 
     def _bind(self, call_uuid: str, peer_host: str, link):
         return self.calls.bind_audiosocket(call_uuid, peer_host, link) if self.calls is not None else None

@@ -49,6 +49,11 @@ class Keys:
         """SET: RTP ports of this worker reserved by live calls."""
         return f"{self.prefix}worker:{wid}:rtp_ports"
 
+    def worker_rtp_blocked(self, wid: str) -> str:
+        """ZSET: RTP ports of this worker that another process held (port -> until, ms by Redis's clock):
+        admission skips them until then (shared/rtp_ports.py)."""
+        return f"{self.prefix}worker:{wid}:rtp_blocked"
+
     def provider_sessions(self, provider: str) -> str:
         """STRING counter: live sessions of a provider, against its max_concurrent_sessions."""
         return f"{self.prefix}provider:{provider}:sessions"

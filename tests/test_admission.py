@@ -158,7 +158,40 @@ async def test_draining_stale_and_excluded_workers_get_nothing(env):
     adm = admission(client, keys)
     r = await adm.reserve(plan("a"), {})
     assert isinstance(r, Reserved) and r.worker_id == "ok"
-    assert await adm.reserve(plan("b"), {}, exclude=("ok",)) == Queued("no_capacity", 0)
+    # A retry that leaves its failed worker out finds none: it does not wait in the line (see below).
+    assert await adm.reserve(plan("b"), {}, exclude=("ok",)) == Unavailable("no_capacity")
+
+
+async def test_a_retry_never_waits_in_the_line_nor_holds_up_the_calls_behind_it(env):
+    """Real Asterisk, 100-call RTP ramps (issue 19): a worker failed one call's setup (an RTP port another
+    process held); the retry, leaving that worker out, found no other and queued at the head of the line, where
+    only the head may take a slot: every new call after it waited behind it, ringing, until its caller gave up
+    (56 and 65 of 100 callers never answered, no call record). Now the retry goes to the fallback at once."""
+    client, keys = env
+    await add_worker(client, keys, "w1", 10)
+    adm = admission(client, keys)
+    assert isinstance(await adm.reserve(plan("failed"), {}), Reserved)
+    await adm.release("failed", "openai_realtime", "setup_failed")
+    assert await adm.reserve(plan("failed"), {}, exclude=("w1",)) == Unavailable("no_capacity")
+    assert await client.zcard(keys.admission_queue) == 0
+    after = await adm.reserve(plan("next"), {})
+    assert isinstance(after, Reserved) and after.worker_id == "w1"
+
+
+async def test_a_retry_skips_the_line_it_already_waited_in(env):
+    """Admitted once already, the retry is not put behind calls that came after it."""
+    client, keys = env
+    await add_worker(client, keys, "w1", 1)
+    await add_worker(client, keys, "w2", 1)
+    adm = admission(client, keys)
+    assert (await adm.reserve(plan("a"), {})).worker_id == "w1"
+    assert (await adm.reserve(plan("b"), {})).worker_id == "w2"
+    assert await adm.reserve(plan("c"), {}) == Queued("no_capacity", 0)
+    await adm.release("b", "openai_realtime", "setup_failed")  # w2 failed b's setup: b retries, leaving w2 out
+    await adm.release("a", "openai_realtime", "caller_hangup")  # w1 is free, and c waits at the head
+    retry = await adm.reserve(plan("b"), {}, exclude=("w2",))
+    assert isinstance(retry, Reserved) and retry.worker_id == "w1"
+    assert await client.zrange(keys.admission_queue, 0, -1) == [b"c"]
 
 
 async def test_rtp_ports_are_unique_and_recycled(env):

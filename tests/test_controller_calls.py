@@ -360,6 +360,31 @@ async def test_a_queued_call_gets_the_first_free_slot(sim, listener, workers, co
     await until(nothing_left(sim))
 
 
+@pytest.mark.slow
+async def test_a_caller_who_gives_up_in_the_line_is_a_warning_naming_why_it_waited(
+    sim, listener, workers, controller, aredis, keys
+):
+    """Callers who hung up while queued were lost without a trace at the shipped log level (issue 19: 56 and 65
+    of 100 never answered, with no call record and only INFO lines): now each is a warning with the cause."""
+    await workers(listener.port, capacity=1)
+    _, proc = await controller(queue_timeout_ms=20_000)
+    first = await sim.place_call(caller_name="First")
+    await listener.wait_for(1)
+    second = await sim.place_call(caller_name="Second")
+    await until(lambda: any(r.path.endswith(f"/channels/{second.channel_id}/ring") for r in sim.rest_log))
+    await second.hangup()
+    line = f"caller {second.channel_id} hung up after"
+
+    def warned() -> bool:
+        return any(line in text and "WARNING" in text for text in proc.log_text().splitlines())
+
+    await until(warned)
+    (text,) = [t for t in proc.log_text().splitlines() if line in t]
+    assert "never answered (waiting: no_capacity, position 0)" in text
+    await first.hangup()
+    await until(nothing_left(sim))
+
+
 @pytest.mark.slow  # measured 2.8 s
 async def test_an_unknown_context_falls_back_without_a_slot(sim, listener, workers, controller, aredis, keys):
     worker = await workers(listener.port)

@@ -9,6 +9,7 @@ from urllib.parse import urlparse
 
 import pytest
 
+from controller.ari.rest import MAX_CONNECTIONS as ARI_MAX_CONNECTIONS
 from shared.config import load_config
 from shared.config.schema import Config
 
@@ -209,6 +210,14 @@ def test_http_conf_serves_the_configured_ari_port(config):
     assert general["enabled"] == "yes"
     assert general["bindaddr"] == "127.0.0.1"
     assert int(general["bindport"]) == urlparse(config.asterisk.ari_url).port == 8088
+
+
+def test_http_conf_admits_the_controllers_connections_with_room_for_others():
+    """Asterisk closes connections beyond sessionlimit unanswered (100 when unset, issue 19's ramps hit it): the
+    shipped limit holds the controller's whole pool twice over (another controller taking over, doctor, ...)."""
+    general = read("http.conf")["general"].keys
+    assert int(general["sessionlimit"]) >= 2 * ARI_MAX_CONNECTIONS
+    assert ARI_MAX_CONNECTIONS < 100  # and the pool fits an Asterisk whose http.conf does not set it
 
 
 # --- the dialplan --------------------------------------------------------------------------------------------

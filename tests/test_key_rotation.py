@@ -50,7 +50,7 @@ async def test_a_wrong_key_is_caught_at_once_and_sighup_rotations_keep_the_call(
     cluster = LocalCluster(write_config(tmp_path / "config.yaml", sim.url), tmp_path, env)
     try:
         controller = cluster.start("controller", instance_id="controller-keys")
-        worker = cluster.start("media-worker", "--audiosocket-port", "0", "--rtp-ports", "45200-45299")
+        worker = cluster.start("media-worker", "--audiosocket-port", "0", "--rtp-ports", "17200-17299")
         assert await asyncio.to_thread(cluster.wait_ready, [controller], 30), controller.log_text()[-3000:]
 
         # 1. Not ready, with the reason, soon after its first open.

@@ -16,16 +16,27 @@ import msgspec
 import pytest
 import redis.asyncio as aioredis
 
+from controller.admission import Admission, Queued, Reserved
 from media_worker.audio.playout import PlayoutClock
 from media_worker.calls import CallManager
 from media_worker.context import WorkerContext
 from media_worker.realtime.client import ClientSettings
 from media_worker.realtime.pool import SessionPool
+from shared import rtp_ports
 from shared.config.schema import Config
 from shared.keys import Keys
 from shared.messages import Assignment, CallPlan, ControlRequest, inbox_fields
 from sim.asterisk import AsteriskSim
-from tests.ari_harness import ARI_PASSWORD, ARI_USER, AudioSocketListener, FakeWorker, start_controller, write_config
+from tests.ari_harness import (
+    ARI_PASSWORD,
+    ARI_USER,
+    AudioSocketListener,
+    FakeWorker,
+    lease_holder,
+    start_controller,
+    write_config,
+)
+from tests.test_admission import add_worker
 from tests.media_harness import until
 
 pytestmark = pytest.mark.timeout(30)
@@ -121,6 +132,70 @@ async def test_a_port_given_again_is_taken_from_the_call_that_ended_for_the_cont
     assert old.local_port == port and old._udp is None  # the old endpoint was stopped: its socket closed
 
 
+def free_udp_run(n: int) -> int:
+    """The first of `n` consecutive UDP ports free on 127.0.0.1 now (below the ephemeral range)."""
+    for base in range(21000, 32000, 97):
+        socks = []
+        try:
+            for port in range(base, base + n):
+                sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                socks.append(sock)
+                sock.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in socks:
+                sock.close()
+    raise RuntimeError(f"no {n} consecutive free UDP ports")
+
+
+async def test_a_port_another_process_holds_is_not_given_to_the_calls_after_it(calls, prefix):
+    """Real Asterisk, 100-call RTP ramps (issue 19): a worker port in the ephemeral range was held by a socket of
+    another process; admission gave that same port (the first free one by its books) to one call after another,
+    and each failed. Now the worker sets the port aside and admission skips it. Worker, admission and Redis real."""
+    low = free_udp_run(3)
+    calls.rtp_ports = (low, low + 2)
+    redis, keys = calls.ctx.redis, calls.ctx.keys
+    await add_worker(redis, keys, calls.ctx.worker_id, 10, rtp=(low, low + 2))
+    adm = Admission(
+        redis,
+        keys,
+        stale_after_ms=3000,
+        provider_limit=100,
+        queue_timeout_ms=30_000,
+        retention_ms=60_000,
+        fence=lease_holder(redis, keys),
+    )
+    inbox = keys.worker_inbox(calls.ctx.worker_id)
+
+    async def admit_and_assign(call_id: str) -> int:
+        reserved = await adm.reserve(assignment(call_id, 0).plan, {})
+        assert isinstance(reserved, Reserved), reserved
+        (_, fields), *_ = await redis.xrevrange(inbox, count=1)
+        await calls.handle("assign", fields[b"data"])
+        return reserved.rtp_port
+
+    holder = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    holder.bind(("127.0.0.1", low))  # another process's socket, on the first port of the worker's range
+    try:
+        assert await admit_and_assign("call-1") == low
+        assert "call-1" not in calls.sessions  # refused: the controller is told, and releases the call
+        assert [r.action for r in await reports(calls)] == ["media_failed"]
+        await adm.release("call-1", "openai_realtime", "setup_failed")
+        given = [await admit_and_assign(f"call-{n}") for n in (2, 3)]
+        assert given == [low + 1, low + 2]
+        assert set(calls._rtp) == {"call-2", "call-3"}  # both opened
+        assert [r.action for r in await reports(calls)] == ["media_failed"]  # no new failure
+        # The range's other ports are taken: the held one is still not given, the next call waits.
+        assert await adm.reserve(assignment("call-4", 0).plan, {}) == Queued("no_rtp_port", 0)
+    finally:
+        holder.close()
+    blocked = await redis.zrange(keys.worker_rtp_blocked(calls.ctx.worker_id), 0, -1, withscores=True)
+    assert [int(port) for port, _ in blocked] == [low]
+    assert 0 < await redis.pttl(keys.worker_rtp_blocked(calls.ctx.worker_id)) <= rtp_ports.BLOCKED_FOR_MS
+
+
 # ------------------------------------------------------------------------------------------------------------
 # The controller's side, through a controller process and the Asterisk simulator; the workers are
 # registrations (FakeWorker), and the test answers for the refusing one as its worker would.
@@ -195,5 +270,65 @@ async def test_the_controller_frees_the_slot_and_port_and_tries_another_worker(
             cluster.stop_all()
         await bad.stop()
         await good.stop()
+        await listener.stop()
+        await aredis.aclose()
+
+
+@pytest.mark.slow
+async def test_a_failed_setup_with_no_other_worker_goes_to_the_fallback_not_the_head_of_the_line(
+    sim, tmp_path, cluster_env, redis_url, prefix
+):
+    """Real Asterisk, 100-call RTP ramps (issue 19): the only worker could not open one call's RTP port; the
+    retry, leaving that worker out, queued at the head of the admission line, and every call after it waited
+    behind it until its caller gave up. Now that call goes to the fallback with a warning, and the next is served."""
+    aredis, keys = aioredis.Redis.from_url(redis_url), Keys(prefix)
+    listener = AudioSocketListener()
+    await listener.start()
+    only = FakeWorker(aredis, keys, "only", listener.port, capacity=10)
+    await only.start()
+    refused = asyncio.Event()
+    clusters: list = []
+
+    async def refuse_the_first() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(refuse_assignments(aredis, keys, "only", stop))
+        await until(lambda: aredis.xlen(keys.controller_inbox), timeout=15)  # the first refusal is sent
+        stop.set()
+        await task
+        refused.set()
+
+    refuser = asyncio.create_task(refuse_the_first())
+    try:
+        config = write_config(
+            tmp_path / "controller.yaml", sim.url, contexts={"ulaw": {"profile": "telephony_ulaw_8k", "prompt": "Hi"}}
+        )
+        _, proc = await start_controller(config, tmp_path, cluster_env, 1, clusters)
+        first = await sim.place_call(variables={"AI_CONTEXT": "ulaw"})
+        await asyncio.wait_for(refused.wait(), 15)
+
+        # The fallback at once (the shipped fallback: the dialplan's announcement), not after the queue timeout.
+        await until(lambda: any("ss-noservice" in step for step in first.trail), timeout=10)
+        warning = "media setup failed on worker only and no other worker can take the call (no_capacity): fallback"
+        assert warning in proc.log_text()
+        second = await sim.place_call(variables={"AI_CONTEXT": "ulaw"})
+
+        async def second_active():
+            ids = [m.decode() for m in await aredis.smembers(keys.calls_active)]
+            for call_id in ids:
+                record = await aredis.hgetall(keys.call(call_id))
+                if record.get(b"caller_channel") == second.channel_id.encode() and record.get(b"state") == b"active":
+                    return call_id
+            return None
+
+        await until(second_active, timeout=15)
+        assert await aredis.zcard(keys.admission_queue) == 0
+        await second.hangup()
+        await until(lambda: not sim.channels and not sim.bridges)
+    finally:
+        refuser.cancel()
+        await asyncio.gather(refuser, return_exceptions=True)
+        for cluster in clusters:
+            cluster.stop_all()
+        await only.stop()
         await listener.stop()
         await aredis.aclose()

@@ -32,6 +32,14 @@ T = TypeVar("T")
 # The largest answer read: GET /channels of a busy Asterisk is about 1 KB a channel. A longer body (a broken or
 # hostile server) is refused as it streams in, not held whole.
 MAX_BODY_BYTES = 16 * 1024 * 1024
+# Asterisk serves at most http.conf's `sessionlimit` HTTP connections at once (100 when unset; the shipped
+# deploy/asterisk/http.conf sets 200) and closes any beyond it before answering ("HTTP session count exceeded"
+# in its log). The pool stays below Asterisk's default, leaving room for the events WebSocket, a standby
+# controller, `voice-agent doctor` and other ARI clients: a burst beyond it waits for a free connection (a few
+# ms each) instead of being refused. A 100-call ramp at 25 calls a second used 7 at most.
+MAX_CONNECTIONS = 64
+# Connections Asterisk closed without an answer are a warning at most this often (a burst refuses many).
+CLOSED_WARNING_EVERY_S = 60.0
 # The statuses ARI's swagger documents, plus the server errors a proxy or a restarting Asterisk answers; any
 # other is counted by its class ("4xx"), so a broken server cannot mint label values.
 _STATUS_LABELS = {code: str(code) for code in (200, 204, 400, 401, 403, 404, 409, 412, 422, 500, 501, 502, 503, 504)}
@@ -121,7 +129,7 @@ class AriRest:
         password: str,
         *,
         timeout: float = 5.0,
-        max_connections: int = 256,
+        max_connections: int = MAX_CONNECTIONS,
         max_body_bytes: int = MAX_BODY_BYTES,
         gate: Callable[[], Awaitable[None]] | None = None,
         client_id: str = "",
@@ -137,6 +145,8 @@ class AriRest:
         self.max_connections = max_connections
         self.max_body_bytes = max_body_bytes
         self._session: aiohttp.ClientSession | None = None
+        self._closed_unanswered = 0  # since the last warning about them
+        self._closed_warned_at = -CLOSED_WARNING_EVERY_S
 
     def __repr__(self) -> str:
         return f"AriRest({self.base!r}, user={self.username!r})"
@@ -150,8 +160,7 @@ class AriRest:
     def _http(self) -> aiohttp.ClientSession:
         # Created on first use: a ClientSession belongs to the running loop.
         if self._session is None or self._session.closed:
-            # Keep-alive connections for concurrent call setups (aiohttp's default pool of 100 would queue a
-            # burst of calls, each with several steps in flight).
+            # Keep-alive connections for concurrent call setups, no more than Asterisk accepts (MAX_CONNECTIONS).
             connector = aiohttp.TCPConnector(limit=self.max_connections, keepalive_timeout=30)
             self._session = aiohttp.ClientSession(
                 connector=connector,
@@ -198,6 +207,9 @@ class AriRest:
         except asyncio.TimeoutError:
             self._count(name, "timeout", started)
             raise AriUnavailable(0, f"no answer within {self.timeout:g}s", http_method, path) from None
+        except aiohttp.ServerDisconnectedError:
+            self._count(name, "unavailable", started)
+            raise AriUnavailable(0, self._closed_without_answer(), http_method, path) from None
         except aiohttp.ClientError as exc:
             self._count(name, "unavailable", started)
             raise AriUnavailable(0, f"{type(exc).__name__}: {exc}", http_method, path) from None
@@ -206,6 +218,24 @@ class AriRest:
         if 200 <= status < 300 or status in allow:
             return status, body
         raise AriError(status, _error_message(body), http_method, path)
+
+    def _closed_without_answer(self) -> str:
+        """Asterisk closed the connection before answering: what the request's error says, and a warning (at most
+        every CLOSED_WARNING_EVERY_S) naming the usual cause, which Asterisk itself logs only on its side."""
+        why = "Asterisk closed the connection without answering (http.conf sessionlimit reached, or restarting)"
+        self._closed_unanswered += 1
+        now = time.monotonic()
+        if now - self._closed_warned_at >= CLOSED_WARNING_EVERY_S:
+            log.warning(
+                "ARI: Asterisk closed %d connection(s) without answering: it refuses HTTP connections beyond "
+                "http.conf's sessionlimit (100 when unset; its log says 'HTTP session count exceeded'), or it is "
+                "restarting. This controller opens up to %d: set sessionlimit well above that (shipped: 200)",
+                self._closed_unanswered,
+                self.max_connections,
+            )
+            self._closed_unanswered = 0
+            self._closed_warned_at = now
+        return why
 
     async def _read_body(self, resp: aiohttp.ClientResponse, http_method: str, path: str) -> bytes:
         limit = self.max_body_bytes

@@ -178,7 +178,9 @@ def start(
         raise RealAsteriskUnavailable(f"run directory {run} is too long a path for Asterisk's control socket")
     if (run / STATE).exists() and RealAsterisk.from_state(run).running():
         raise RealAsteriskUnavailable(f"an Asterisk already runs in {run} (stop it first)")
-    low = random.randrange(20000, 40000, 200)  # a range of its own, so instances rarely share RTP ports
+    # A range of its own, so instances rarely share RTP ports; below the kernel's ephemeral ports (32768 up on
+    # Linux), where the test callers' sockets take theirs, and above the harnesses' media workers (below 20000).
+    low = random.randrange(20000, max(20001, 32768 - rtp_ports), 200)
     cfg = confs.RunConfig(run, free_port(), (low, low + rtp_ports - 1), confs.ari_user(), secrets.token_urlsafe(18))
     try:
         confs.write_run_dir(inst, cfg)

@@ -123,7 +123,7 @@ def pbx_cluster(tmp_path, cluster_env, real_asterisk):
 
 
 def _rtp_range(i: int, w: int) -> str:
-    low = 41000 + 200 * (i * 4 + w)
+    low = 14000 + 200 * (i * 4 + w)  # below the ephemeral ports and the harness Asterisk's RTP range (20000 up)
     return f"{low}-{low + 199}"
 
 

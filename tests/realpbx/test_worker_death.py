@@ -67,7 +67,7 @@ async def test_a_killed_worker_with_an_rtp_and_an_audiosocket_call_hands_both_ov
     try:
         procs = [cluster.start("controller", instance_id="controller-1")]
         victim = cluster.start(
-            "media-worker", "--audiosocket-port", "0", "--rtp-ports", "43000-43099", instance_id="victim"
+            "media-worker", "--audiosocket-port", "0", "--rtp-ports", "15000-15099", instance_id="victim"
         )
         assert await asyncio.to_thread(cluster.wait_ready, [*procs, victim], 30)
         legs, calls = {}, {}
@@ -75,7 +75,7 @@ async def test_a_killed_worker_with_an_rtp_and_an_audiosocket_call_hands_both_ov
             legs[transport] = await pbx.call(dialplan)
             calls[transport] = await call_of(aredis, keys, legs[transport].peer_id)
         survivor = cluster.start(
-            "media-worker", "--audiosocket-port", "0", "--rtp-ports", "43100-43199", instance_id="survivor"
+            "media-worker", "--audiosocket-port", "0", "--rtp-ports", "15100-15199", instance_id="survivor"
         )
         assert await asyncio.to_thread(cluster.wait_ready, [survivor], 30)
         for leg in legs.values():

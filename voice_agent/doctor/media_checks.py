@@ -8,6 +8,7 @@ import errno
 import socket
 from urllib.parse import urlsplit
 
+from shared import rtp_ports
 from voice_agent.doctor.ari_checks import transports_in_use
 from voice_agent.doctor.result import Outcome, fail, ok, skipped, warn
 from voice_agent.doctor.runner import Probe
@@ -64,6 +65,9 @@ def _rtp(probe: Probe) -> Outcome:
                 busy.append(port)
     if busy:
         return warn(f"UDP {len(busy)} of {low}-{high} in use (first {busy[0]}; a media worker running?)", IN_USE_FIX)
+    overlap = rtp_ports.ephemeral_warning(low, high, rtp_ports.ephemeral_range())
+    if overlap is not None:
+        return warn(overlap, "set media_worker.rtp_port_min/max outside the ephemeral range")
     return ok(f"UDP {low}-{high} free to bind (reachability from Asterisk is not checked: UDP has no handshake)")
 
 
