@@ -20,8 +20,34 @@ from shared.config.schema import Limits
 from shared.messages import MOVED, CallPlan
 from shared.usage_limits import DAY_TTL_S, MONTH_TTL_S, Cap, cap_args, periods
 
+# The worker admission gives a call to, shared by the scripts that must agree on it (reserve, move_options, and
+# the worker watch's "is any other worker free").
+PICK_WORKER_LUA = """
+-- The least-loaded live (beat within stale_ms of `now`), non-draining worker with a free slot, not in the set
+-- `excluded`: its id and its record's fields {capacity, active, draining, media_host, audiosocket_port,
+-- rtp_port_min, rtp_port_max}; nil if there is none.
+local function pick_worker(workers_key, prefix, stale_ms, now, excluded)
+  local best, best_load, best_active, best_info = nil, nil, nil, nil
+  for _, wid in ipairs(redis.call('ZRANGEBYSCORE', workers_key, now - stale_ms, '+inf')) do
+    if not excluded[wid] then
+      local f = redis.call('HMGET', prefix .. 'worker:' .. wid, 'capacity', 'active', 'draining', 'media_host',
+                           'audiosocket_port', 'rtp_port_min', 'rtp_port_max')
+      local cap, active = tonumber(f[1]), tonumber(f[2] or '0') or 0
+      if cap and f[3] ~= '1' and active < cap then
+        local load = active / cap
+        if best == nil or load < best_load or (load == best_load and active < best_active) then
+          best, best_load, best_active, best_info = wid, load, active, f
+        end
+      end
+    end
+  end
+  return best, best_info
+end
+"""
+
 _RESERVE = (
     FENCE_LUA
+    + PICK_WORKER_LUA
     + """
 -- KEYS: 1 workers zset, 2 calls:active set, 3 admission queue zset, 4 provider session counter, 5 leader lease,
 --       6 leader token counter, 7 today's usage hash, 8 this month's usage hash (shared/usage_limits.py)
@@ -80,21 +106,7 @@ end
 
 local excluded = {}
 for i = 20, #ARGV do excluded[ARGV[i]] = true end
-local best, best_load, best_active, best_info = nil, nil, nil, nil
-local live = redis.call('ZRANGEBYSCORE', KEYS[1], now - tonumber(ARGV[3]), '+inf')
-for _, wid in ipairs(live) do
-  if not excluded[wid] then
-    local f = redis.call('HMGET', prefix .. 'worker:' .. wid, 'capacity', 'active', 'draining', 'media_host',
-                         'audiosocket_port', 'rtp_port_min', 'rtp_port_max')
-    local cap, active = tonumber(f[1]), tonumber(f[2] or '0') or 0
-    if cap and f[3] ~= '1' and active < cap then
-      local load = active / cap
-      if best == nil or load < best_load or (load == best_load and active < best_active) then
-        best, best_load, best_active, best_info = wid, load, active, f
-      end
-    end
-  end
-end
+local best, best_info = pick_worker(KEYS[1], prefix, tonumber(ARGV[3]), now, excluded)
 if best == nil then return wait('no_capacity') end
 
 local rtp_port = 0
@@ -238,6 +250,24 @@ return 1
 )
 
 
+_MOVE_OPTIONS = (
+    PICK_WORKER_LUA
+    + """
+-- Where a call whose worker was declared dead can go (read only). KEYS: 1 workers zset. ARGV: 1 prefix,
+-- 2 stale_after_ms, 3 the lost worker's id. Returns {1 if it beats again (live), else 0, its process's
+-- started_ms ('' without a record), 1 if another worker has a free slot, else 0}.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local stale_ms, lost = tonumber(ARGV[2]), ARGV[3]
+local beat = redis.call('ZSCORE', KEYS[1], lost)
+local live = (beat and tonumber(beat) >= now - stale_ms) and 1 or 0
+local started = redis.call('HGET', ARGV[1] .. 'worker:' .. lost, 'started_ms') or ''
+local other = pick_worker(KEYS[1], ARGV[1], stale_ms, now, {[lost] = true})
+return {live, started, other and 1 or 0}
+"""
+)
+
+
 @dataclass(frozen=True)
 class Reserved:
     worker_id: str
@@ -263,10 +293,20 @@ class Limited:
 
 @dataclass(frozen=True)
 class Unavailable:
-    """A move, or a retry after a failed setup, found no worker: the call goes to the fallback at once (a caller
-    already answered never waits in the admission line, where it would hold up the calls behind it)."""
+    """A move, or a retry after a failed setup, found no worker: the call goes to the fallback (a caller already
+    answered never waits in the admission line, where it would hold up the calls behind it; a worker declared
+    dead is waited for before the move, `Call._await_worker`)."""
 
     reason: str  # provider_limit | no_capacity | no_rtp_port
+
+
+@dataclass(frozen=True)
+class MoveOptions:
+    """What a call whose worker was declared dead can do now (`Admission.move_options`)."""
+
+    lost_is_live: bool  # the lost worker beats again (a stalled loop that woke up, or a restart under its id)
+    lost_started_ms: str  # its process's start: tells a worker that woke up from one restarted under the same id
+    other_free: bool  # another live worker has a free slot: the move can go ahead
 
 
 _json = msgspec.json.Encoder()
@@ -298,6 +338,7 @@ class Admission:
         self._release = redis.register_script(_RELEASE)
         self._release_worker = redis.register_script(_RELEASE_WORKER)
         self._drop_worker = redis.register_script(_DROP_WORKER)
+        self._move_options = redis.register_script(_MOVE_OPTIONS)
 
     async def reserve(
         self,
@@ -387,6 +428,13 @@ class Admission:
         keys = [self.keys.call(call_id), *self.fence.fence_keys()]
         args = [self.keys.prefix, call_id, MOVED, *self.fence.fence_args()]
         return self._fenced(int(await self._drop_worker(keys=keys, args=args)))
+
+    async def move_options(self, lost_worker: str) -> MoveOptions:
+        """Whether `lost_worker` (declared dead) beats again, and whether another worker could take its calls now."""
+        live, started, other = await self._move_options(
+            keys=[self.keys.workers], args=[self.keys.prefix, self.stale_after_ms, lost_worker]
+        )
+        return MoveOptions(int(live) == 1, _text(started), int(other) == 1)
 
     async def leave_queue(self, call_id: str) -> None:
         await self.fence.write(("ZREM", self.keys.admission_queue, call_id))

@@ -9,6 +9,7 @@ Teardown runs once, whatever triggered it, and deletes every channel and bridge 
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -42,6 +43,7 @@ from shared.metrics import (
     CALLS_QUEUED,
     CALLS_REJECTED,
     FALLBACKS,
+    MOVE_WAITS,
     QUEUE_WAIT,
     SETUP_SECONDS,
     TAKEOVERS,
@@ -57,6 +59,14 @@ MAX_MOVES = 3  # a call that loses its worker this many times goes to the fallba
 
 class SetupFailed(Exception):
     pass
+
+
+class MoveWait(enum.Enum):
+    """How the wait of a call whose worker was declared dead, with no other worker free, ended (MOVE_WAITS)."""
+
+    RESUMED = "resumed"  # its worker beat again: the call stays with it, untouched
+    MOVED = "moved"  # another worker has a free slot (or the media leg ended meanwhile): the move goes ahead
+    FALLBACK = "fallback"  # controller.move_wait_ms passed: the move finds no worker and takes the fallback
 
 
 def media_transport(transport: str, reserved: Reserved) -> MediaTransport:
@@ -117,6 +127,8 @@ class Call:
     # A worker lost while a transfer rang (the caller hears hold music): (worker id, reason, lost at), moved once
     # the transfer did not connect (transfer_settled); an answered transfer needs no worker at all.
     _deferred_move: tuple[str, str, int] | None = None
+    _gone_media: str = ""  # the media leg whose StasisEnd came last (one ending during a move's wait)
+    _awaiting_worker: bool = False  # in `_await_worker`: its worker declared dead, nothing let go yet
     admitted: bool = False  # a worker slot was reserved at some point (the call had a conversation)
     end_hint: str = ""  # why the caller is about to leave Stasis (agent_hangup, voicemail, transferred)
     transfer: TransferLeg | None = None  # the controlled transfer ringing, or answered
@@ -196,6 +208,7 @@ class Call:
         self.legs.left(leg)
         if leg != self.media:
             return  # the leg of a setup attempt that was given up
+        self._gone_media = leg
         reserved = self.reservation
         if self.state == "active" and not self.caller_gone.is_set():
             log.warning("media leg %s ended while the call was active", self.media)
@@ -229,6 +242,8 @@ class Call:
             return False
         if self.state == "active":
             return self.rehome(worker_id, "worker_dead", lost_at_ms)
+        if self._awaiting_worker:
+            return True  # declared dead again while the call waits for it (`_await_worker`): it waits on
         if self.state in ("setting_up", "moving"):  # a setup (or a move) toward it: another worker at once
             self._refusal_reason = "the worker died"
             self._refusal.set()
@@ -408,12 +423,22 @@ class Call:
         another worker. The caller stays answered and in the bridge, nothing is re-dialled; the lost worker's
         slot and media leg are let go, and its provider session passes to the new worker. The new worker is
         told it resumes (`moves`): it replays the call log and does not greet again. Never queued: no free
-        worker, or MAX_MOVES reached, and the caller goes to the fallback at once."""
+        worker, or MAX_MOVES reached, and the caller goes to the fallback; a worker only declared dead (no
+        heartbeat) is waited for first when no other worker is free (`_await_worker`)."""
         bind_call(self.call_id)
         d = self.deps
         try:
             self.state = "moving"
             self._move_reason = reason
+            if reason == "worker_dead":
+                waited = await self._await_worker(worker_id)
+                if waited is MoveWait.RESUMED or self.caller_gone.is_set():
+                    return  # it stays with its worker, or the caller left (the teardown is on its way)
+                if self._media_gone() and self.reservation is not None:
+                    # Its media leg ended while the call waited: the worker's own hang-up (the fallback) or its
+                    # death (the move), told apart as for any lost leg.
+                    await self._media_lost(self.reservation)
+                    return
             if self.moves >= MAX_MOVES:
                 log.warning("call moved %d times already: fallback", self.moves)
                 TAKEOVERS.labels("fallback", "too_many_moves").inc()
@@ -431,6 +456,58 @@ class Call:
         except Exception:
             log.exception("moving the call off worker %s (%s) failed", worker_id, reason)
             self.end("setup_error", fallback=True)
+
+    async def _await_worker(self, worker_id: str) -> MoveWait | None:
+        """The worker watch declared `worker_id` dead, but nothing of the call has been let go yet: its record,
+        slot, epoch and media leg are as they were, and the worker (whose sessions stop only on an `end` or
+        another epoch) keeps the call if it wakes. A loop stalled by a busy machine beats again a few hundred ms
+        late; when no other worker is free, moving at once would send every call to the fallback. So the call
+        waits, up to `controller.move_wait_ms`, for that worker to beat again (the call goes on with it,
+        untouched: no greeting, no replay) or for another worker to have a slot (the move goes ahead); then the
+        move finds nobody and takes the fallback. None: another worker was free at once (no wait), or the
+        caller left."""
+        d = self.deps
+        wait_s = d.config.controller.move_wait_ms / 1000
+        options = await d.admission.move_options(worker_id)
+        if options.other_free or wait_s <= 0:
+            return None
+        started_ms = options.lost_started_ms  # a process restarted under the same id never held this call
+        since = time.monotonic()
+        self._refusal.clear()  # set meanwhile: the worker reported it cannot keep the call (media_failed)
+        self._awaiting_worker = True
+        outcome: MoveWait | None = None
+        try:
+            while outcome is None and not self.caller_gone.is_set():
+                try:
+                    async with asyncio.timeout(QUEUE_POLL_S):
+                        await self.caller_gone.wait()  # a hang-up ends the call (and cancels this wait) at once
+                except TimeoutError:
+                    pass
+                options = await d.admission.move_options(worker_id)
+                if self._media_gone() or self._refusal.is_set():
+                    outcome = MoveWait.MOVED  # nothing left on that worker to resume (`_move` tells why)
+                elif options.lost_is_live and options.lost_started_ms == started_ms:
+                    outcome = MoveWait.RESUMED
+                elif options.other_free:
+                    outcome = MoveWait.MOVED
+                elif time.monotonic() - since >= wait_s:
+                    outcome = MoveWait.FALLBACK
+        finally:
+            self._awaiting_worker = False
+            MOVE_WAITS.labels(outcome.value if outcome is not None else "ended").inc()
+        if outcome is MoveWait.RESUMED:
+            self.state = "active"
+            log.info(
+                "worker %s beats again %.1f s after it was declared dead: call %s stays with it",
+                worker_id,
+                time.monotonic() - since,
+                self.caller.id,
+            )
+        return outcome
+
+    def _media_gone(self) -> bool:
+        """The current media leg has ended (its StasisEnd came)."""
+        return bool(self.media) and self._gone_media == self.media
 
     async def _route(self) -> Route:
         vars_ = self.caller.channelvars

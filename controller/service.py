@@ -204,6 +204,7 @@ class Controller(AsyncRole):
                 self.keys,
                 stale_after_ms=config.media_worker.stale_after_ms,
                 on_death=lambda dead: app.worker_died(dead.worker_id, dead.last_beat_ms),
+                move_wait_ms=config.controller.move_wait_ms,
             )
             self.watch = Supervised("worker watch", lambda: watch.run(self.stopping, self.reconciled))
             watching = self.watch.start()

@@ -16,7 +16,11 @@ just before it is left alone, and removing the member is the record of the death
 the same script finds nothing, so each death is acted on once. From that moment the admission script (which
 reads only the live members of the set) gives the worker no new call. A worker that was only wedged and wakes
 up beats again and is back in the set; the calls it held were moved meanwhile and its sessions stop (the
-`end` messages with reason `moved` in its inbox, and the epoch check of its lease renewal).
+`end` messages with reason `moved` in its inbox, and the epoch check of its lease renewal). When no other
+worker has a free slot, the calls are not let go at once: they wait up to `controller.move_wait_ms` for the
+worker to beat again (then they stay with it, untouched) or for another worker (controller/call.py,
+`Call._await_worker`): at scale a busy machine stalls a loop past `stale_after_ms` that beats again a few
+hundred ms later, and moving at once sent every call of a lone worker to the fallback.
 
 After Redis was away (a restart, a partition) no worker could beat either, so every one would look dead: the
 watch judges nothing until the workers have had `stale_after_ms` to beat again.
@@ -32,6 +36,7 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
+from controller.admission import PICK_WORKER_LUA
 from shared.keys import Keys
 from shared.metrics import WORKER_DEATHS
 from shared.redis_conn import UNAVAILABLE
@@ -40,10 +45,13 @@ log = logging.getLogger("worker-watch")
 
 POLL_S = 0.15  # detection ≤ stale_after_ms + POLL_S after the last beat (+ the script's round trip)
 
-_DECLARE_DEAD = """
+_DECLARE_DEAD = (
+    PICK_WORKER_LUA
+    + """
 -- KEYS: 1 workers zset. ARGV: 1 prefix, 2 stale_after_ms
 -- Every worker whose last beat is older than stale_after_ms by Redis's clock now: removed from the set (admission
--- no longer sees it), its record marked, and returned as {id, last beat ms, active calls} once.
+-- no longer sees it), its record marked, and returned as {id, last beat ms, active calls} once, after one value
+-- saying whether a live worker still has a free slot (1) or not (0).
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local stale = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. (now - tonumber(ARGV[2])), 'WITHSCORES')
@@ -58,8 +66,10 @@ for i = 1, #stale, 2 do
   table.insert(out, beat)
   table.insert(out, active)
 end
+if #out > 0 then table.insert(out, 1, pick_worker(KEYS[1], ARGV[1], tonumber(ARGV[2]), now, {}) and 1 or 0) end
 return out
 """
+)
 
 
 @dataclass(frozen=True)
@@ -80,11 +90,13 @@ class WorkerWatch:
         *,
         stale_after_ms: int,
         on_death: Callable[[DeadWorker], int],
+        move_wait_ms: int = 0,
         poll_s: float = POLL_S,
     ):
         self.redis = redis
         self.keys = keys
         self.stale_after_ms = stale_after_ms
+        self.move_wait_ms = move_wait_ms  # controller.move_wait_ms: only for the log line; the calls do the waiting
         self.on_death = on_death
         self.poll_s = poll_s
         self._script = redis.register_script(_DECLARE_DEAD)
@@ -92,18 +104,32 @@ class WorkerWatch:
     async def check(self) -> list[DeadWorker]:
         """One poll: the workers declared dead by this call (each is handed to `on_death`)."""
         reply = await self._script(keys=[self.keys.workers], args=[self.keys.prefix, self.stale_after_ms])
+        other_free = bool(reply) and int(reply[0]) == 1
         dead = [
             DeadWorker(_text(reply[i]), int(float(_text(reply[i + 1]))), int(_text(reply[i + 2])))
-            for i in range(0, len(reply), 3)
+            for i in range(1, len(reply), 3)
         ]
         for worker in dead:
             moving = self.on_death(worker)
             WORKER_DEATHS.labels("with_calls" if moving or worker.active else "idle").inc()
+            age_ms = await self._age_ms(worker.last_beat_ms)
+            if moving and not other_free and self.move_wait_ms > 0:
+                # A stall (a busy machine) looks the same as a death until it ends: the calls wait (Call._await_worker).
+                log.warning(
+                    "media worker %s missed heartbeats for %d ms (by Redis's clock) with no other worker free: "
+                    "no new calls for it; its %d calls wait up to %.1f s for it to beat again (or for another "
+                    "worker) before the fallback",
+                    worker.worker_id,
+                    age_ms,
+                    moving,
+                    self.move_wait_ms / 1000,
+                )
+                continue
             log.warning(
                 "media worker %s is dead (last heartbeat %d ms ago by Redis's clock, %d calls counted on it): "
                 "no new calls for it; %d of its calls are being moved",
                 worker.worker_id,
-                await self._age_ms(worker.last_beat_ms),
+                age_ms,
                 worker.active,
                 moving,
             )

@@ -182,6 +182,14 @@ FALLBACKS = Counter(
     ["reason"],
     registry=None,
 )
+MOVE_WAITS = Counter(
+    "va_call_move_waits_total",
+    "Calls whose media worker was declared dead while no other worker had a free slot: how their wait "
+    "(controller.move_wait_ms) ended",
+    ["outcome"],  # resumed (the same worker beat again) | moved | fallback | ended (the call ended meanwhile)
+    registry=None,
+)
+MOVE_WAIT_OUTCOMES = ("resumed", "moved", "fallback", "ended")
 TAKEOVER_OUTCOMES = (
     ("moved", "worker_dead"),  # the worker watch found its worker dead
     ("moved", "media_lost"),  # its media leg ended with the worker not saying it ended the call
@@ -217,6 +225,7 @@ CONTROLLER = (
     RQ_WORKERS,
     WORKER_DEATHS,
     TAKEOVERS,
+    MOVE_WAITS,
     FALLBACKS,
 )
 
@@ -455,6 +464,7 @@ KNOWN_LABELS: dict[str, tuple[tuple[MetricWrapperBase, tuple[tuple[str, ...], ..
         ),
         (WORKER_DEATHS, (("with_calls",), ("idle",))),
         (TAKEOVERS, TAKEOVER_OUTCOMES),
+        (MOVE_WAITS, tuple((outcome,) for outcome in MOVE_WAIT_OUTCOMES)),
         *_stream_readers("controller_inbox"),
     ),
     "media-worker": (

@@ -322,3 +322,24 @@ async def test_a_move_after_a_release_counts_the_provider_session_again(env):
     assert isinstance(await adm.reserve(plan("a"), {}, moves=1), Reserved)
     assert int(await client.get(keys.provider_sessions("openai_realtime"))) == 1
     assert await adm.reserve(plan("b"), {}, moves=1) == Unavailable("provider_limit")
+
+
+async def test_move_options_tell_a_lost_worker_beating_again_from_another_worker_being_free(env):
+    """What a call whose worker was declared dead may do (Call._await_worker): wait while the lost worker is not
+    live and no other worker has a slot; resume when it beats again (its process's start tells a restart under
+    the same id apart); move once another live, non-draining worker has a free slot."""
+    client, keys = env
+    adm = admission(client, keys)
+    lost = await add_worker(client, keys, "lost", 2)
+    await client.zrem(keys.workers, "lost")  # as the worker watch declares it dead
+    await add_worker(client, keys, "full", 1)
+    assert isinstance(await adm.reserve(plan("a"), {}, exclude=("lost",)), Reserved)  # "full" has no slot now
+    await add_worker(client, keys, "leaving", 4, draining=True)
+    options = await adm.move_options("lost")
+    assert (options.lost_is_live, options.lost_started_ms, options.other_free) == (False, "0", False)
+
+    await lost.heartbeat()  # it wakes up and beats
+    assert (await adm.move_options("lost")).lost_is_live
+
+    await add_worker(client, keys, "spare", 1)
+    assert (await adm.move_options("lost")).other_free

@@ -260,16 +260,21 @@ async def _ended_record(aredis, keys, call_id: str):
 
 
 async def test_with_no_worker_left_the_caller_goes_to_the_fallback(sim, emulator, cluster_up, aredis, keys):
+    """RTP: nothing tells the controller the worker died but its heartbeats: the call waits for it (or another
+    worker) for controller.move_wait_ms (3 s in the shipped config), then takes the fallback."""
     emu = await emulator(script(), speed=4.0)
     cluster = await cluster_up(emu, contexts={"t": {"profile": PROFILES["rtp"], "greeting": "Hi"}}, workers=1)
     call = await sim.place_call(variables={"AI_CONTEXT": "t"}, audio=caller_audio())
     call_id = await call_of(aredis, keys, call.channel_id)
     await until(lambda: answered(aredis, keys, call_id), timeout=20)
     (worker,) = [p for p in cluster.processes if p.role == "media-worker"]
+    controller = next(p for p in cluster.processes if p.role == "controller")
     killed_at = time.monotonic()
     worker.popen.kill()
-    await until(lambda: any("ss-noservice" in step for step in call.trail), timeout=10)  # the fallback context ran
+    await until(lambda: "its 1 calls wait up to 3.0 s" in controller.log_text(), timeout=10)
+    await until(lambda: any("ss-noservice" in step for step in call.trail), timeout=15)  # the fallback context ran
     print(f"\nno worker left: kill -9 to the fallback in {(time.monotonic() - killed_at) * 1000:.0f} ms")
+    assert "stays with it" not in controller.log_text()
     await until(lambda: not sim.bridges)
     record = await until(lambda: _ended(aredis, keys, call_id), timeout=10)
     assert record["end_reason"] == "no_worker"
@@ -280,3 +285,75 @@ async def test_with_no_worker_left_the_caller_goes_to_the_fallback(sim, emulator
 async def _ended(aredis, keys, call_id: str):
     r = await aredis.hgetall(keys.call(call_id))
     return r if r.get("state") == "ended" else None
+
+
+QUESTION_2 = "Are you open on Sundays?"
+ANSWER_2 = "No, we are closed on Sundays."
+SECOND_QUESTION_AT_MS = 2500 + 900 + 9000  # caller audio: silence, the first question, silence, the second
+
+
+@pytest.mark.parametrize("transport", ["rtp", "audiosocket"])
+async def test_a_lone_worker_that_stalls_keeps_its_calls(transport, sim, emulator, cluster_up, aredis, keys):
+    """The only worker's loop stops for over a second (SIGSTOP: a busy machine, bench/pinned_capacity.py at 200
+    calls): the watch declares it dead, and with no other worker its call waits instead of going to the
+    fallback; the worker beats again and the call goes on with it, untouched (no move, no second greeting, no
+    replay), and the caller's next question is answered."""
+    emu = await emulator(
+        Script(
+            greeting=Reply(text=GREETING, audio_ms=1200),
+            turns={1: Reply(text=ANSWER, audio_ms=1000), 2: Reply(text=ANSWER_2, audio_ms=1000)},
+            transcripts={1: QUESTION, 2: QUESTION_2},
+            default=Reply(text=RESUMED, audio_ms=1200),
+        ),
+        speed=4.0,
+    )
+    cluster = await cluster_up(emu, contexts={"t": {"profile": PROFILES[transport], "greeting": "Hi"}}, workers=1)
+    audio = (
+        CallerAudio.silence(2500)
+        .then(caller_speech(QUESTION, 900))
+        .then(CallerAudio.silence(SECOND_QUESTION_AT_MS - 3400))
+        .then(caller_speech(QUESTION_2, 900))
+        .then(CallerAudio.silence(20_000))
+    )
+    call = await sim.place_call(variables={"AI_CONTEXT": "t"}, audio=audio)
+    call_id = await call_of(aredis, keys, call.channel_id)
+    await until(lambda: answered(aredis, keys, call_id), timeout=20)
+    (worker,) = [p for p in cluster.processes if p.role == "media-worker"]
+    controller = next(p for p in cluster.processes if p.role == "controller")
+    before = await aredis.hgetall(keys.call(call_id))
+    # The stall must be over well before the second question, which shows the caller is still heard and answered.
+    assert call.endpoint.audio.position_ms < SECOND_QUESTION_AT_MS - 4000, "the machine is too slow for this test"
+
+    stopped_at = time.monotonic()
+    os.kill(worker.popen.pid, signal.SIGSTOP)
+    try:
+        await until(lambda: _declared_dead(aredis, keys, worker.id), timeout=5)
+        await asyncio.sleep(max(0.0, 1.2 - (time.monotonic() - stopped_at)))
+    finally:
+        os.kill(worker.popen.pid, signal.SIGCONT)
+    print(f"\n{transport}: the lone worker stopped for {(time.monotonic() - stopped_at) * 1000:.0f} ms")
+
+    # Back in the live set, and the call is still its own: same worker, same epoch, never moved.
+    await until(lambda: aredis.zscore(keys.workers, worker.id), timeout=5)
+    await until(lambda: "stays with it" in controller.log_text() or _ended(aredis, keys, call_id), timeout=5)
+    after = await aredis.hgetall(keys.call(call_id))
+    assert (after["state"], after["worker"], after["epoch"]) == ("active", worker.id, before["epoch"]), after
+    assert after.get("moves", "0") == "0"
+    assert "its 1 calls wait up to 3.0 s" in controller.log_text()
+    assert "stays with it" in controller.log_text()
+    continued_at = time.monotonic()
+    await until(lambda: _logged(aredis, keys, call_id, ANSWER_2), timeout=20)
+    assert await until(lambda: first_audible_after(call.heard, continued_at), timeout=10)
+    assert not any("ss-noservice" in step for step in call.trail)  # not the fallback
+    assert "moved to another worker" not in worker.log_text()
+    assert greetings_asked(emu) == 1 and replayed_session(emu, QUESTION) is None
+    assert len([s for s in emu.sessions if any(e["type"] == "response.create" for e in s.received)]) == 1
+
+    await call.hangup()
+    await nothing_leaked(sim, aredis, keys, worker.id)
+    record = await until(lambda: _ended(aredis, keys, call_id), timeout=10)
+    assert record["end_reason"] == "caller_hangup"
+
+
+async def _declared_dead(aredis, keys, worker_id: str) -> bool:
+    return await aredis.hget(keys.worker(worker_id), "dead_ms") is not None

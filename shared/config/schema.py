@@ -196,6 +196,10 @@ class ControllerSettings(Base):
     # The leadership lease (controller/leadership.py): one controller leads, the others stand by and take over
     # within about this long (plus one poll and a reconcile) after the leader dies; renewed every quarter of it.
     leader_lease_ms: Annotated[int, Meta(ge=200, le=60_000)] = 1000
+    # A media worker declared dead (no heartbeat for media_worker.stale_after_ms) while no other worker has a
+    # free slot: its calls wait this long, in silence, for it to beat again (a loop stalled by a busy machine:
+    # the calls stay with it, untouched) or for another worker (they move), before the fallback. 0: at once.
+    move_wait_ms: Annotated[int, Meta(ge=0, le=60_000)] = 3000
 
 
 class WorkerAdmission(Base):
@@ -228,7 +232,8 @@ class MediaWorkerSettings(Base):
     admission: WorkerAdmission = msgspec.field(default_factory=WorkerAdmission)
     # Every process beats this often, from its event loop (a wedged loop stops beating). The controller's
     # worker watch declares a worker dead once its last beat is older than `stale_after_ms`: 250/750 ms find
-    # a dead or wedged worker within 1 s of its last beat (three beats may be lost to a busy loop first).
+    # a dead or wedged worker within 1 s of its last beat (three beats may be lost to a busy loop first). With
+    # no other worker free, its calls wait up to controller.move_wait_ms for it to beat again.
     heartbeat_ms: Annotated[int, Meta(ge=100, le=10_000)] = 250
     stale_after_ms: Annotated[int, Meta(ge=500, le=60_000)] = 750
     prewarm_sessions: Annotated[int, Meta(ge=0, le=100)] = 2
