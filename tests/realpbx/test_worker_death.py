@@ -1,11 +1,14 @@
 """A media worker killed (kill -9) in the middle of two calls on the real Asterisk 22, one over ExternalMedia RTP
 and one over AudioSocket: both calls move to the other worker in their own bridge, the conversation resumes from
 the call log without a second greeting, the callers hear the agent again, and nothing is left behind. The
-caller-audible gaps are printed (no threshold here: the budgets live in bench/)."""
+caller-audible gaps are printed (no threshold here: the budgets live in bench/). And the only worker stalled
+(SIGSTOP) past stale_after_ms: its calls wait for it and stay with it."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 
 import yaml
@@ -27,6 +30,8 @@ GREETING = "Hello, thanks for calling. How can I help?"
 ANSWER = "We are open from nine to five."
 RESUMED = "Sorry, the line dropped for a moment. Please go on."
 QUESTION = "When are you open?"
+QUESTION_2 = "Are you open on Sundays?"
+ANSWER_2 = "No, we are closed on Sundays."
 # The shipped dialplan: from-ai-agent-openai sets AI_CONTEXT=demo_openai, from-ai-agent-sales sets sales.
 TRANSPORTS = {
     "rtp": ("from-ai-agent-openai", "demo_openai", "telephony_ulaw_8k"),
@@ -37,8 +42,8 @@ TRANSPORTS = {
 def script() -> Script:
     return Script(
         greeting=Reply(text=GREETING, audio_ms=1200),
-        turns={1: Reply(text=ANSWER, audio_ms=1000)},
-        transcripts={1: QUESTION},
+        turns={1: Reply(text=ANSWER, audio_ms=1000), 2: Reply(text=ANSWER_2, audio_ms=1000)},
+        transcripts={1: QUESTION, 2: QUESTION_2},
         default=Reply(text=RESUMED, audio_ms=1200),  # the reply after the resume note (a system message)
     )
 
@@ -134,3 +139,78 @@ async def test_a_killed_worker_with_an_rtp_and_an_audiosocket_call_hands_both_ov
 
 async def _said(aredis, keys, call_id: str, text: str) -> bool:
     return any(f.get("text") == text for _, f in await aredis.xrange(keys.call_log(call_id)))
+
+
+async def test_the_only_worker_stalled_past_its_heartbeat_keeps_both_calls(
+    tmp_path, cluster_env, real_asterisk, emulator, aredis, keys, pbx
+):
+    """bench/realpbx.py's 100-call ramps found it: the lone worker's heartbeat 799 ms old, declared dead, and every
+    call went to the fallback while the worker would have beaten again a moment later. Now its calls wait for it
+    (controller.move_wait_ms) and go on with it: same worker, same epoch, the next question answered and heard."""
+    emu = await emulator(script(), speed=4.0)
+    config = pbx_config(tmp_path / "cluster.yaml", real_asterisk, "telephony_ulaw_8k")
+    data = yaml.safe_load(config.read_text())
+    for _, context, profile in TRANSPORTS.values():
+        data["contexts"][context]["profile"] = profile
+        data["contexts"][context]["greeting"] = "Hi"
+    config.write_text(yaml.safe_dump(data))
+    cluster = LocalCluster(config, tmp_path, {**cluster_env, "OPENAI_REALTIME_URL": emu.url, "REALTIME_PREWARM": "1"})
+    try:
+        controller = cluster.start("controller", instance_id="controller-1")
+        worker = cluster.start(
+            "media-worker", "--audiosocket-port", "0", "--rtp-ports", "43200-43299", instance_id="lone"
+        )
+        assert await asyncio.to_thread(cluster.wait_ready, [controller, worker], 30)
+        legs, calls = {}, {}
+        for transport, (dialplan, _, _) in TRANSPORTS.items():
+            legs[transport] = await pbx.call(dialplan)
+            calls[transport] = await call_of(aredis, keys, legs[transport].peer_id)
+        for leg in legs.values():
+            await until(lambda leg=leg: leg.first_voiced_after(leg.answered_at), timeout=5)  # the greeting
+        await asyncio.sleep(1.5)
+        for leg in legs.values():
+            await leg.say(caller_speech(QUESTION, 900))
+        for call_id in calls.values():
+            await until(lambda call_id=call_id: _answered(aredis, keys, call_id), timeout=15)
+        await asyncio.sleep(1.0)  # the answers have played out
+        epochs = {t: await aredis.hget(keys.call(c), "epoch") for t, c in calls.items()}
+
+        stopped_at = time.monotonic()
+        os.kill(worker.popen.pid, signal.SIGSTOP)
+        try:
+            await until(lambda: aredis.hget(keys.worker("lone"), "dead_ms"), timeout=5)  # declared dead
+            await asyncio.sleep(max(0.0, 1.2 - (time.monotonic() - stopped_at)))
+        finally:
+            os.kill(worker.popen.pid, signal.SIGCONT)
+        print(f"\nthe lone worker stopped for {(time.monotonic() - stopped_at) * 1000:.0f} ms")
+        await until(lambda: controller.log_text().count("stays with it") == 2 or _any_ended(aredis, keys, calls), 5)
+        for transport, call_id in calls.items():
+            record = await aredis.hgetall(keys.call(call_id))
+            assert (record["state"], record["worker"], record["epoch"]) == ("active", "lone", epochs[transport]), record
+            assert record.get("moves", "0") == "0" and record["media_channel"] == f"{call_id}-em", record
+
+        continued_at = time.monotonic()
+        for leg in legs.values():
+            await leg.say(caller_speech(QUESTION_2, 900))
+        for transport, leg in legs.items():
+            call_id = calls[transport]
+            await until(lambda call_id=call_id: _said(aredis, keys, call_id, ANSWER_2), timeout=15)
+            await until(lambda leg=leg: leg.first_voiced_after(continued_at), timeout=10)
+            entries = [f for _, f in await aredis.xrange(keys.call_log(call_id))]
+            texts = [e["text"] for e in entries if e["role"] == "assistant"]
+            assert texts.count(GREETING) == 1 and RESUMED not in texts, texts
+        assert "moved to another worker" not in worker.log_text()
+
+        for leg in legs.values():
+            await leg.hangup()
+        for call_id in calls.values():
+            await nothing_of_the_call_left(aredis, keys, call_id)
+        assert int(await aredis.get(keys.provider_sessions("openai_realtime")) or 0) == 0
+    finally:
+        codes = cluster.stop_all()
+    assert all(code == 0 for code in codes.values()), codes
+
+
+async def _any_ended(aredis, keys, calls: dict[str, str]) -> bool:
+    states = [await aredis.hget(keys.call(call_id), "state") for call_id in calls.values()]
+    return "ended" in states
