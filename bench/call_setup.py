@@ -13,27 +13,13 @@ import argparse
 import asyncio
 import os
 import sys
-import tempfile
-import uuid
 from pathlib import Path
-
-import redis as sync_redis
-import redis.asyncio as aioredis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from shared.keys import Keys  # noqa: E402
-from sim.asterisk import AsteriskSim  # noqa: E402
+from bench.controller_rig import ControllerRig  # noqa: E402
 from sim.cluster import LocalCluster  # noqa: E402
-from tests.ari_harness import (  # noqa: E402
-    ARI_PASSWORD,
-    ARI_USER,
-    AudioSocketListener,
-    FakeWorker,
-    percentile,
-    write_config,
-)
-from tests.conftest import purge  # noqa: E402
+from tests.ari_harness import percentile  # noqa: E402
 
 
 def summary(name: str, values: list[float]) -> str:
@@ -44,24 +30,9 @@ def summary(name: str, values: list[float]) -> str:
 
 
 async def run(args: argparse.Namespace) -> None:
-    prefix = f"va-bench-{uuid.uuid4().hex[:8]}:"
-    workdir = Path(tempfile.mkdtemp(prefix="bench-setup-"))
-    sim = AsteriskSim(users={ARI_USER: ARI_PASSWORD}, workdir=workdir / "sim")
-    await sim.start("127.0.0.1", 0)
-    listener = AudioSocketListener()
-    await listener.start()
-    client = aioredis.Redis.from_url(args.redis)
-    keys = Keys(prefix)
-    worker = FakeWorker(client, keys, "bench-worker", listener.port, capacity=args.burst + 10)
-    await worker.start()
-    env = {
-        "REDIS_URL": args.redis,
-        "REDIS_KEY_PREFIX": prefix,
-        "OPENAI_API_KEY": "bench",
-        "REALTIME_PREWARM": "0",
-        "LOG_LEVEL": "warning",
-    }
-    cluster = LocalCluster(write_config(workdir / "controller.yaml", sim.url), workdir, env)
+    rig = await ControllerRig.start(args.redis, "bench-setup-", capacity=args.burst + 10)
+    sim, listener, client, keys = rig.sim, rig.listener, rig.client, rig.keys
+    cluster = LocalCluster(rig.config(), rig.workdir, rig.env)
     proc = cluster.start("controller")
     try:
         if not await asyncio.to_thread(cluster.wait_ready, [proc], 30):
@@ -94,11 +65,7 @@ async def run(args: argparse.Namespace) -> None:
         print(summary(f"{args.burst} calls at once", burst))
     finally:
         cluster.stop_all()
-        await worker.stop()
-        await listener.stop()
-        await sim.stop()
-        await client.aclose()
-        purge(sync_redis.Redis.from_url(args.redis), prefix)
+        await rig.stop(keep_workdir=True)
 
 
 def main() -> None:

@@ -31,33 +31,18 @@ import argparse
 import asyncio
 import json
 import os
-import shutil
 import sys
-import tempfile
 import time
-import uuid
 from pathlib import Path
-
-import redis as sync_redis
-import redis.asyncio as aioredis
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.controller_rig import ControllerRig  # noqa: E402
 from bench.pinned_capacity import core_jiffies, pin, runqueue_wait_s  # noqa: E402
-from shared.keys import Keys  # noqa: E402
-from sim.asterisk import AsteriskSim  # noqa: E402
 from sim.cluster import LocalCluster, http_get  # noqa: E402
 from sim.loadtest_report import metric, parse_metrics, proc_cpu_seconds, proc_rss_mb  # noqa: E402
-from tests.ari_harness import (  # noqa: E402
-    ARI_PASSWORD,
-    ARI_USER,
-    AudioSocketListener,
-    FakeWorker,
-    percentile,
-    write_config,
-)
-from tests.conftest import purge  # noqa: E402
+from tests.ari_harness import percentile  # noqa: E402
 
 CONTROLLER_CORE = 0
 DRIVER_CORE = 1
@@ -131,27 +116,12 @@ def stats(values: list[float]) -> dict:
 
 
 async def run(args: argparse.Namespace) -> dict:
-    prefix = f"va-bench-ctl-{uuid.uuid4().hex[:8]}:"
-    workdir = Path(tempfile.mkdtemp(prefix="bench-ctl-"))
-    sim = AsteriskSim(users={ARI_USER: ARI_PASSWORD}, workdir=workdir / "sim")
-    await sim.start("127.0.0.1", 0)
-    listener = AudioSocketListener()
-    await listener.start()
-    client = aioredis.Redis.from_url(args.redis)
-    keys = Keys(prefix)
-    worker = FakeWorker(client, keys, "bench-worker", listener.port, capacity=args.calls + 10)
-    await worker.start()
-    env = {
-        "REDIS_URL": args.redis,
-        "REDIS_KEY_PREFIX": prefix,
-        "OPENAI_API_KEY": "bench",
-        "REALTIME_PREWARM": "0",
-        "LOG_LEVEL": "warning",
-    }
+    rig = await ControllerRig.start(args.redis, "bench-ctl-", capacity=args.calls + 10)
+    sim, listener, client, keys = rig.sim, rig.listener, rig.client, rig.keys
     # The provider's session limit (100 in the shipped config) would queue calls: this bench measures the
     # controller, not the queue, so every call gets a session at once (`--queue` keeps the shipped limit).
     extra = {} if args.queue else {"providers": {"openai_realtime": {"max_concurrent_sessions": args.calls + 10}}}
-    cluster = LocalCluster(write_config(workdir / "controller.yaml", sim.url, extra=extra), workdir, env)
+    cluster = LocalCluster(rig.config(extra), rig.workdir, rig.env)
     proc = cluster.start("controller")
     out: dict = {"calls": args.calls, "ramp_s": args.ramp, "hold_s": args.hold, "cores": os.cpu_count()}
     try:
@@ -240,12 +210,7 @@ async def run(args: argparse.Namespace) -> dict:
         out["ok"] = out["not_connected"] == 0 and out["left_active"] == 0
     finally:
         cluster.stop_all()
-        await worker.stop()
-        await listener.stop()
-        await sim.stop()
-        await client.aclose()
-        purge(sync_redis.Redis.from_url(args.redis), prefix)
-        shutil.rmtree(workdir, ignore_errors=True)  # the controller's log: its tail is printed when it fails
+        await rig.stop()  # its workdir too: the controller's log tail is printed when it fails
     return out
 
 

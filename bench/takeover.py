@@ -16,23 +16,18 @@ import argparse
 import asyncio
 import re
 import sys
-import tempfile
 import time
-import uuid
 from functools import partial
 from pathlib import Path
 
-import redis as sync_redis
-import redis.asyncio as aioredis
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from shared.keys import Keys  # noqa: E402
+from bench.controller_rig import ControllerRig  # noqa: E402
 from sim.asterisk import AsteriskSim  # noqa: E402
 from sim.cluster import LocalCluster, RoleProcess  # noqa: E402
-from tests.ari_harness import ARI_PASSWORD, ARI_USER, AudioSocketListener, FakeWorker, percentile, write_config  # noqa: E402
-from tests.conftest import purge  # noqa: E402
+from tests.ari_harness import percentile  # noqa: E402
 
 RECONCILED = re.compile(r"calls reconciled (\d+) ms after taking the lease")
 
@@ -66,22 +61,14 @@ def summary(name: str, values: list[float]) -> str:
 
 
 async def run(args: argparse.Namespace) -> None:
-    prefix = f"va-bench-{uuid.uuid4().hex[:8]}:"
-    workdir = Path(tempfile.mkdtemp(prefix="bench-takeover-"))
-    sim = AsteriskSim(users={ARI_USER: ARI_PASSWORD}, workdir=workdir / "sim")
-    await sim.start("127.0.0.1", 0)
-    listener = AudioSocketListener()
-    await listener.start()
-    client = aioredis.Redis.from_url(args.redis)
-    keys = Keys(prefix)
-    worker = FakeWorker(client, keys, "bench-worker", listener.port, capacity=args.calls * (args.rounds + 2))
-    await worker.start()
-    env = {"REDIS_URL": args.redis, "REDIS_KEY_PREFIX": prefix, "OPENAI_API_KEY": "bench", "LOG_LEVEL": "info"}
-    config = write_config(workdir / "controller.yaml", sim.url)
+    rig = await ControllerRig.start(args.redis, "bench-takeover-", capacity=args.calls * (args.rounds + 2))
+    sim, listener = rig.sim, rig.listener
+    env = {**rig.env, "LOG_LEVEL": "info"}  # the standby's "reconciled" line gives the time after the lease
+    config = rig.config()
     data = yaml.safe_load(config.read_text())
     data["controller"]["leader_lease_ms"] = args.lease_ms
     config.write_text(yaml.safe_dump(data))
-    cluster = LocalCluster(config, workdir, env)
+    cluster = LocalCluster(config, rig.workdir, env)
     total, after_lease = [], []
     started = iter(range(1, 1000))
 
@@ -120,13 +107,7 @@ async def run(args: argparse.Namespace) -> None:
         await wait(lambda: not sim.channels and not sim.bridges, 30, "every call torn down")
     finally:
         cluster.stop_all()
-        await worker.stop()
-        await client.aclose()
-        await listener.stop()
-        await sim.stop()
-        sync = sync_redis.Redis.from_url(args.redis)
-        purge(sync, prefix)
-        sync.close()
+        await rig.stop(keep_workdir=True)
     print(f"{args.rounds} takeovers, {args.calls} new calls up before each, lease {args.lease_ms} ms")
     print(summary("kill -9 of the leader -> standby leads, reconciled", total))
     print(summary("  of which lease taken -> ARI connected, reconciled", after_lease))
