@@ -356,6 +356,8 @@ DASHBOARDS = [
                     [
                         ("worker deaths: {{calls}}", per_minute("va_worker_deaths_total", "calls")),
                         ("calls {{outcome}}: {{reason}}", per_minute("va_call_takeovers_total", "outcome, reason")),
+                        # A lone worker declared dead: its calls waited (controller.move_wait_ms); how that ended.
+                        ("waited for a worker: {{outcome}}", per_minute("va_call_move_waits_total", "outcome")),
                     ],
                 ),
                 (
