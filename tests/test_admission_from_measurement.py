@@ -56,8 +56,8 @@ async def test_new_calls_go_to_the_worker_under_its_cpu_limit(sim, emulator, tmp
     limited_config = write_config(tmp_path / "limited.yaml", sim.url, extra={"media_worker": {"admission": admission}})
     limited = LocalCluster(limited_config, tmp_path, env)
     try:
-        procs = [normal.start("controller", instance_id="controller-1"), start_worker(normal, "worker-a", 46100)]
-        worker_b = start_worker(limited, "worker-b", 46200)
+        procs = [normal.start("controller", instance_id="controller-1"), start_worker(normal, "worker-a", 17300)]
+        worker_b = start_worker(limited, "worker-b", 17400)
         assert await asyncio.to_thread(normal.wait_ready, procs, 30), procs[0].log_text()[-3000:]
         assert await asyncio.to_thread(limited.wait_ready, [worker_b], 30), worker_b.log_text()[-3000:]
 
@@ -125,7 +125,7 @@ async def test_a_worker_over_its_tick_lag_limit_queues_new_calls_and_keeps_its_o
     cluster = LocalCluster(config, tmp_path, env)
     try:
         controller = cluster.start("controller", instance_id="controller-1")
-        worker = start_worker(cluster, "worker-1", 46300)
+        worker = start_worker(cluster, "worker-1", 17500)
         assert await asyncio.to_thread(cluster.wait_ready, [controller, worker], 30), worker.log_text()[-3000:]
         calls = [await sim.place_call(audio=CallerAudio.silence(30000)) for _ in range(2)]
         call_ids = [await call_of(aredis, keys, call.channel_id) for call in calls]

@@ -158,7 +158,7 @@ async def test_the_only_worker_stalled_past_its_heartbeat_keeps_both_calls(
     try:
         controller = cluster.start("controller", instance_id="controller-1")
         worker = cluster.start(
-            "media-worker", "--audiosocket-port", "0", "--rtp-ports", "43200-43299", instance_id="lone"
+            "media-worker", "--audiosocket-port", "0", "--rtp-ports", "15200-15299", instance_id="lone"
         )
         assert await asyncio.to_thread(cluster.wait_ready, [controller, worker], 30)
         legs, calls = {}, {}
