@@ -50,9 +50,7 @@ class Uplink:
         if at_once and not frames and not self._sending and self._send_now is not None and self._sent_now(pcm):
             self._queued += 1
             self._sent += 1
-            if self._probe_t is not None and self._sent > self._probe_seq:
-                INPUT_LATENCY.observe(time.monotonic() - self._probe_t)
-                self._probe_t = None
+            self._observe_probe()
             return
         frames.append(pcm)
         self._queued += 1
@@ -64,6 +62,12 @@ class Uplink:
             if self._probe_t is not None and self._sent == self._probe_seq + 1:
                 self._probe_t = None  # the sampled frame was the one dropped: no sample this time
         self._ready.set()
+
+    def _observe_probe(self) -> None:
+        """After a send: if the sampled frame has gone, its input latency is observed."""
+        if self._probe_t is not None and self._sent > self._probe_seq:
+            INPUT_LATENCY.observe(time.monotonic() - self._probe_t)
+            self._probe_t = None
 
     def _sent_now(self, pcm: bytes) -> bool:
         assert self._send_now is not None
@@ -98,6 +102,4 @@ class Uplink:
                     await send(frame)
                 finally:
                     self._sending = False
-                if self._probe_t is not None and self._sent > self._probe_seq:
-                    INPUT_LATENCY.observe(time.monotonic() - self._probe_t)
-                    self._probe_t = None
+                self._observe_probe()
