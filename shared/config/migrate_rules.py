@@ -384,7 +384,7 @@ def barge_in_enabled(value: Any, ctx: Ctx) -> Any:
 
 def http_tool(value: Any, ctx: Ctx) -> Any:
     if isinstance(value, Mapping) and "kind" in value:
-        raise Drop("not supported: HTTP lookup and webhook tools")
+        raise Drop(HTTP_TOOLS)
     raise NeedsHuman(f"unknown tool {ctx.keys[0]!r}")
 
 
@@ -400,6 +400,11 @@ BARGE_IN = "energy-based barge-in tuning: here the server's VAD with an echo-awa
 HANGUP_POLICY = "the model decides when to hang up (prompt and hangup_call tool); no phrase markers here"
 ENGINE_HINT = "an engine hint of the old project; nothing to set here"
 ARI_KEEPALIVE = "the controller's ARI connection keeps itself alive"
+HTTP_TOOLS = "not supported: HTTP lookup and webhook tools"
+RESEND_KEY = "Resend's key: mail goes through SMTP here"
+CALENDARS = "not supported: calendar tools"
+SECTION_NAME = "the section's name says it"
+INPUT_GAIN = "not supported: inbound gain control"
 
 
 RULES: tuple[Rule, ...] = (
@@ -451,8 +456,8 @@ RULES: tuple[Rule, ...] = (
     Rule(f"{PROVIDER}.api_key_env", f"{PROVIDER}.api_key", api_key_env),
     Rule(f"{PROVIDER}.api_key_file", human="the key is read from api_key or OPENAI_API_KEY: put it in .env"),
     Rule(f"{PROVIDER}.api_version", drop="the beta API is shut down; sessions here are always GA"),
-    Rule(f"{PROVIDER}.type", drop="the section's name says it"),
-    Rule(f"{PROVIDER}.name", drop="the section's name says it"),
+    Rule(f"{PROVIDER}.type", drop=SECTION_NAME),
+    Rule(f"{PROVIDER}.name", drop=SECTION_NAME),
     Rule(f"{PROVIDER}.model", f"{PROVIDER}.model"),
     Rule(f"{PROVIDER}.base_url", f"{PROVIDER}.base_url"),
     Rule(f"{PROVIDER}.voice", f"{PROVIDER}.voice"),
@@ -482,8 +487,8 @@ RULES: tuple[Rule, ...] = (
     Rule(f"{PROVIDER}.output_resampler", drop=AUDIO_FORMAT),
     Rule(f"{PROVIDER}.egress_pacer_enabled", drop=PACING),
     Rule(f"{PROVIDER}.egress_pacer_warmup_ms", drop=PACING),
-    Rule(f"{PROVIDER}.input_gain_target_rms", drop="not supported: inbound gain control"),
-    Rule(f"{PROVIDER}.input_gain_max_db", drop="not supported: inbound gain control"),
+    Rule(f"{PROVIDER}.input_gain_target_rms", drop=INPUT_GAIN),
+    Rule(f"{PROVIDER}.input_gain_max_db", drop=INPUT_GAIN),
     Rule(f"{PROVIDER}.continuous_input", drop=ENGINE_HINT),
     Rule(f"{PROVIDER}.capabilities", drop=ENGINE_HINT),
     Rule("providers.*", transform=other_provider),
@@ -496,12 +501,12 @@ RULES: tuple[Rule, ...] = (
     Rule("contexts.*.profile", drop=PROFILES),
     Rule("contexts.*.pipeline", drop=PIPELINES),
     Rule("contexts.*.name", drop="the context's key says it"),
-    Rule("contexts.*.pre_call_tools", drop="not supported: HTTP lookup and webhook tools"),
-    Rule("contexts.*.in_call_http_tools", drop="not supported: HTTP lookup and webhook tools"),
-    Rule("contexts.*.post_call_tools", drop="not supported: HTTP lookup and webhook tools"),
-    Rule("contexts.*.disable_global_pre_call_tools", drop="not supported: HTTP lookup and webhook tools"),
-    Rule("contexts.*.disable_global_in_call_tools", drop="not supported: HTTP lookup and webhook tools"),
-    Rule("contexts.*.disable_global_post_call_tools", drop="not supported: HTTP lookup and webhook tools"),
+    Rule("contexts.*.pre_call_tools", drop=HTTP_TOOLS),
+    Rule("contexts.*.in_call_http_tools", drop=HTTP_TOOLS),
+    Rule("contexts.*.post_call_tools", drop=HTTP_TOOLS),
+    Rule("contexts.*.disable_global_pre_call_tools", drop=HTTP_TOOLS),
+    Rule("contexts.*.disable_global_in_call_tools", drop=HTTP_TOOLS),
+    Rule("contexts.*.disable_global_post_call_tools", drop=HTTP_TOOLS),
     Rule("contexts.*.tool_overrides", human="per-context tool settings: set the tools section by hand"),
     Rule("contexts.*.connection_audio", drop="not supported: audio while the session connects"),
     Rule("contexts.*.background_music", drop="not supported: background music under the conversation"),
@@ -547,19 +552,19 @@ RULES: tuple[Rule, ...] = (
     Rule("tools.send_email_summary.from_email", "email.from_address", sender("send_email_summary")),
     Rule("tools.send_email_summary.from_name", transform=sender_name),
     Rule("tools.send_email_summary.provider", transform=mail_provider("send_email_summary")),
-    Rule("tools.send_email_summary.api_key", drop="Resend's key: mail goes through SMTP here"),
+    Rule("tools.send_email_summary.api_key", drop=RESEND_KEY),
     Rule("tools.send_email_summary.include_metadata", drop="the summary always names the call's details"),
     Rule("tools.request_transcript.enabled", f"{PROVIDER}.tools", enables("request_transcript")),
     Rule("tools.request_transcript.admin_email", "tools.request_transcript.bcc", address_list("request_transcript")),
     Rule("tools.request_transcript.from_email", "email.from_address", first_sender),
     Rule("tools.request_transcript.from_name", transform=sender_name),
     Rule("tools.request_transcript.provider", transform=mail_provider("request_transcript")),
-    Rule("tools.request_transcript.api_key", drop="Resend's key: mail goes through SMTP here"),
+    Rule("tools.request_transcript.api_key", drop=RESEND_KEY),
     Rule("tools.request_transcript.*", drop="the address is confirmed by the model with the caller here"),
     Rule("tools.extensions", human="a directory of live agents: add them to tools.transfer.destinations"),
     Rule("tools.check_extension_status", drop="not supported: extension status checks"),
-    Rule("tools.google_calendar", drop="not supported: calendar tools"),
-    Rule("tools.microsoft_calendar", drop="not supported: calendar tools"),
+    Rule("tools.google_calendar", drop=CALENDARS),
+    Rule("tools.microsoft_calendar", drop=CALENDARS),
     Rule("tools.*", transform=http_tool),
 )
 
