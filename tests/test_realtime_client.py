@@ -9,6 +9,7 @@ import asyncio
 import base64
 import logging
 import math
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
@@ -283,17 +284,25 @@ async def test_server_closes(make_emulator, code, fatal):
     await client.close()
 
 
+def held_reconnects(emu) -> tuple[Callable[[], Awaitable[Connection]], asyncio.Event]:
+    """A connection source whose first open goes through and whose reconnects wait for the event: caller audio
+    arrives while there is no session."""
+    gate = asyncio.Event()
+    opens = 0
+
+    async def source() -> Connection:
+        nonlocal opens
+        opens += 1
+        if opens > 1:
+            await gate.wait()
+        return await Connection.open(settings(emu))
+
+    return source, gate
+
+
 async def test_tcp_drop_reconnects_and_keeps_the_callers_audio(make_emulator):
     emu = await make_emulator(Script(default=Reply(text="Heard you.")))
-    gate = asyncio.Event()
-    attempts = 0
-
-    async def slow_source() -> Connection:
-        nonlocal attempts
-        attempts += 1
-        if attempts > 1:
-            await gate.wait()  # hold the reconnect so caller audio arrives while there is no session
-        return await Connection.open(settings(emu))
+    slow_source, gate = held_reconnects(emu)
 
     client = RealtimeClient(settings(emu, reconnect_backoff_s=0.05), session_config(), connection_source=slow_source)
     await client.start()
@@ -311,15 +320,7 @@ async def test_append_now_writes_at_once_while_connected_and_declines_during_an_
     """The per-frame path's direct append: the server gets exactly the audio, in order, with no task hop; while
     no session is connected it sends nothing and says so, so the caller's audio goes the held way."""
     emu = await make_emulator(Script(default=Reply(text="Heard you.")))
-    gate = asyncio.Event()
-    attempts = 0
-
-    async def slow_source() -> Connection:
-        nonlocal attempts
-        attempts += 1
-        if attempts > 1:
-            await gate.wait()
-        return await Connection.open(settings(emu))
+    slow_source, gate = held_reconnects(emu)
 
     client = RealtimeClient(settings(emu, reconnect_backoff_s=0.05), session_config(), connection_source=slow_source)
     await client.start()

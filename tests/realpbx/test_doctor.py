@@ -11,6 +11,19 @@ import sys
 from tests.conftest import CONFIG, REDIS_URL, ROOT
 
 
+def _doctor(env: dict[str, str]) -> tuple[subprocess.CompletedProcess, dict[str, dict]]:
+    """`voice-agent doctor --json` on the shipped config: the process and its results by check name."""
+    res = subprocess.run(
+        [sys.executable, "-m", "voice_agent.cli", "--config", str(CONFIG), "doctor", "--json", "--timeout", "5"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    return res, {r["check"]: r for r in json.loads(res.stdout)}
+
+
 def test_doctor_reads_the_real_asterisk(real_asterisk):
     env = {
         **os.environ,
@@ -21,15 +34,7 @@ def test_doctor_reads_the_real_asterisk(real_asterisk):
         "OPENAI_API_KEY": "sk-test-offline-key",
         "OPENAI_REALTIME_URL": "ws://127.0.0.1:9/v1/realtime",  # nothing answers: that check fails, offline
     }
-    res = subprocess.run(
-        [sys.executable, "-m", "voice_agent.cli", "--config", str(CONFIG), "doctor", "--json", "--timeout", "5"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-    )
-    results = {r["check"]: r for r in json.loads(res.stdout)}
+    res, results = _doctor(env)
     assert results["ari.connect"]["status"] == "ok", results["ari.connect"]
     assert real_asterisk.version in results["ari.connect"]["detail"]
     assert results["ari.modules"]["status"] == "ok", results["ari.modules"]
@@ -40,14 +45,6 @@ def test_doctor_reads_the_real_asterisk(real_asterisk):
     assert results["openai.models"]["status"] == "fail" and "cannot reach" in results["openai.models"]["detail"]
 
     wrong = {**env, "ASTERISK_ARI_PASSWORD": "not-" + real_asterisk.password}
-    res = subprocess.run(
-        [sys.executable, "-m", "voice_agent.cli", "--config", str(CONFIG), "doctor", "--json", "--timeout", "5"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env=wrong,
-        timeout=60,
-    )
-    results = {r["check"]: r for r in json.loads(res.stdout)}
+    res, results = _doctor(wrong)
     assert res.returncode == 1
     assert results["ari.connect"]["status"] == "fail" and "credentials" in results["ari.connect"]["detail"]

@@ -53,6 +53,17 @@ async def _answered(aredis, keys, call_id: str) -> bool:
     return roles.count("assistant") >= 2 and "user" in roles
 
 
+def _cluster(tmp_path, real_asterisk, cluster_env, emu) -> LocalCluster:
+    """A cluster on the real Asterisk whose contexts of TRANSPORTS use their profiles, with a short greeting."""
+    config = pbx_config(tmp_path / "cluster.yaml", real_asterisk, "telephony_ulaw_8k")
+    data = yaml.safe_load(config.read_text())
+    for _, context, profile in TRANSPORTS.values():
+        data["contexts"][context]["profile"] = profile
+        data["contexts"][context]["greeting"] = "Hi"
+    config.write_text(yaml.safe_dump(data))
+    return LocalCluster(config, tmp_path, {**cluster_env, "OPENAI_REALTIME_URL": emu.url, "REALTIME_PREWARM": "1"})
+
+
 async def _on(aredis, keys, call_id: str, worker: str) -> bool:
     record = await aredis.hgetall(keys.call(call_id))
     return record.get("worker") == worker and record.get("state") == "active"
@@ -62,13 +73,7 @@ async def test_a_killed_worker_with_an_rtp_and_an_audiosocket_call_hands_both_ov
     tmp_path, cluster_env, real_asterisk, emulator, aredis, keys, pbx
 ):
     emu = await emulator(script(), speed=4.0)
-    config = pbx_config(tmp_path / "cluster.yaml", real_asterisk, "telephony_ulaw_8k")
-    data = yaml.safe_load(config.read_text())
-    for _, context, profile in TRANSPORTS.values():
-        data["contexts"][context]["profile"] = profile
-        data["contexts"][context]["greeting"] = "Hi"
-    config.write_text(yaml.safe_dump(data))
-    cluster = LocalCluster(config, tmp_path, {**cluster_env, "OPENAI_REALTIME_URL": emu.url, "REALTIME_PREWARM": "1"})
+    cluster = _cluster(tmp_path, real_asterisk, cluster_env, emu)
     try:
         procs = [cluster.start("controller", instance_id="controller-1")]
         victim = cluster.start(
@@ -127,14 +132,19 @@ async def test_a_killed_worker_with_an_rtp_and_an_audiosocket_call_hands_both_ov
         ]
         assert len(replayed) == 2  # one new Realtime session per moved call, each given the conversation
 
-        for leg in legs.values():
-            await leg.hangup()
-        for call_id in calls.values():
-            await nothing_of_the_call_left(aredis, keys, call_id)
-        assert int(await aredis.get(keys.provider_sessions("openai_realtime")) or 0) == 0
+        await _hang_up_and_nothing_left(legs, calls, aredis, keys)
     finally:
         codes = cluster.stop_all()
     assert all(code == 0 for code in codes.values()), codes
+
+
+async def _hang_up_and_nothing_left(legs: dict, calls: dict[str, str], aredis, keys) -> None:
+    """The callers hang up: nothing of their calls is left, and no provider session is counted."""
+    for leg in legs.values():
+        await leg.hangup()
+    for call_id in calls.values():
+        await nothing_of_the_call_left(aredis, keys, call_id)
+    assert int(await aredis.get(keys.provider_sessions("openai_realtime")) or 0) == 0
 
 
 async def _said(aredis, keys, call_id: str, text: str) -> bool:
@@ -148,13 +158,7 @@ async def test_the_only_worker_stalled_past_its_heartbeat_keeps_both_calls(
     call went to the fallback while the worker would have beaten again a moment later. Now its calls wait for it
     (controller.move_wait_ms) and go on with it: same worker, same epoch, the next question answered and heard."""
     emu = await emulator(script(), speed=4.0)
-    config = pbx_config(tmp_path / "cluster.yaml", real_asterisk, "telephony_ulaw_8k")
-    data = yaml.safe_load(config.read_text())
-    for _, context, profile in TRANSPORTS.values():
-        data["contexts"][context]["profile"] = profile
-        data["contexts"][context]["greeting"] = "Hi"
-    config.write_text(yaml.safe_dump(data))
-    cluster = LocalCluster(config, tmp_path, {**cluster_env, "OPENAI_REALTIME_URL": emu.url, "REALTIME_PREWARM": "1"})
+    cluster = _cluster(tmp_path, real_asterisk, cluster_env, emu)
     try:
         controller = cluster.start("controller", instance_id="controller-1")
         worker = cluster.start(
@@ -201,11 +205,7 @@ async def test_the_only_worker_stalled_past_its_heartbeat_keeps_both_calls(
             assert texts.count(GREETING) == 1 and RESUMED not in texts, texts
         assert "moved to another worker" not in worker.log_text()
 
-        for leg in legs.values():
-            await leg.hangup()
-        for call_id in calls.values():
-            await nothing_of_the_call_left(aredis, keys, call_id)
-        assert int(await aredis.get(keys.provider_sessions("openai_realtime")) or 0) == 0
+        await _hang_up_and_nothing_left(legs, calls, aredis, keys)
     finally:
         codes = cluster.stop_all()
     assert all(code == 0 for code in codes.values()), codes
