@@ -104,13 +104,14 @@ class FakeWorker:
         self.registration = Registration(redis, keys, info, record_ttl_ms=60_000)
         self.redis, self.keys, self.id = redis, keys, wid
         self._task: asyncio.Task | None = None
+        self._stopping = False
 
     async def start(self) -> None:
         await self.registration.heartbeat()
         self._task = asyncio.create_task(self._beat())
 
     async def _beat(self) -> None:
-        while True:
+        while not self._stopping:
             await asyncio.sleep(0.2)  # as a real worker's 250 ms: the controller's watch declares 750 ms dead
             try:
                 await self.registration.heartbeat()
@@ -121,8 +122,12 @@ class FakeWorker:
         return int(await self.redis.hget(self.keys.worker(self.id), "active") or 0)
 
     async def stop(self) -> None:
+        # The flag ends the loop even when the cancellation is lost inside a Redis call: a beat loop left running
+        # kept the event loop's close waiting (two teardowns timed out at 120 s in CI, polling every 0.2 s).
+        self._stopping = True
         if self._task:
             self._task.cancel()
+            await asyncio.wait({self._task}, timeout=5)
         await self.registration.remove()
 
 
