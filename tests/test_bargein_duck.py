@@ -152,3 +152,25 @@ def test_the_first_sign_learns_the_lines_echo_return(echo_db: float | None, sign
     soft = _voice(8000 * 10 ** (-25 / 20))
     assert gate.incoming(soft) is False  # the gate's test is unchanged: no barge-in on this frame
     assert gate.heard_caller is signs
+
+
+def test_a_duck_does_not_teach_the_first_sign_a_quieter_line():
+    """While the agent is ducked (30 dB down) the line still brings back the echo of what was said before the
+    duck, then the echo of the ducked audio, under the floor. Neither says anything about the line's return:
+    the measured return stays where the talk before the duck put it, so the echo of the agent restored to full
+    level is not taken for the caller (a CI run ducked the agent again 60 ms after a restore this way)."""
+    gate = SpeechGate(RATE, echo_margin_db=10.0, start_frames=3)
+    loud, ducked = _voice(6000), _voice(6000 * 10 ** (-30 / 20))  # about -15 and -45 dBFS
+    echo_of = {loud: _voice(6000 * 10 ** (-15 / 20)), ducked: _voice(6000 * 10 ** (-45 / 20))}
+    played = [loud] * 100 + [ducked] * 20 + [loud] * 30
+    last = frame(0)
+    returns = []
+    for out in played:
+        gate.outgoing(out)
+        gate.incoming(echo_of.get(last, frame(0)))  # the echo of the frame before: one frame of line delay
+        returns.append(gate.echo_return_db)
+        assert not gate.heard_caller and not gate.speaking
+        last = out
+    before_duck = returns[99]
+    assert -16.0 < before_duck < -14.0  # the talk measured the line's -15 dB
+    assert min(returns[100:]) >= before_duck - 0.5

@@ -29,9 +29,13 @@ ECHO_WINDOW_MS = 200
 # The first sign (a duck, which is undone if nothing confirms it) may use the echo return this line really has:
 # the loudest recent ratio of what came back to what we sent while the caller was silent, held and let down by
 # RETURN_DECAY_DB a frame, plus SIGN_SAFETY_DB. Never more sensitive than that, never less than the gate's test.
+# The estimate is let down only while a quiet frame says something about the return: our latest frame is within
+# STEADY_DB of the loudest in the window (after a sudden drop, a duck or the end of a reply, what comes back is
+# still the echo of the louder past), and the echo the estimate predicts would be above `floor_dbfs`.
 RETURN_DECAY_DB = 0.2
 RETURN_FLOOR_DB = -60.0  # no line is quieter than this for the sign (the absolute floor_dbfs decides below it)
 SIGN_SAFETY_DB = 6.0
+STEADY_DB = 20.0
 FRAME_MS = 20
 _SILENT_DB = -200.0
 _THIRDS = np.full(3, 1.0 / 3.0, dtype=np.float32)  # 24 kHz -> 8 kHz view for the VAD: mean of each three
@@ -128,7 +132,11 @@ class SpeechGate:
         if sent_db > self.floor_dbfs and not self.speaking and not above_echo:
             # We talk and the gate takes this for our echo (or noise, or a caller too soft to count): its
             # ratio to what we sent is the return the sign must clear. A soft caller only raises it (safe).
-            self.echo_return_db = max(level - sent_db, self.echo_return_db - RETURN_DECAY_DB, RETURN_FLOOR_DB)
+            ratio = level - sent_db
+            if ratio > self.echo_return_db:
+                self.echo_return_db = ratio
+            elif self._out_now > sent_db - STEADY_DB and sent_db + self.echo_return_db > self.floor_dbfs:
+                self.echo_return_db = max(ratio, self.echo_return_db - RETURN_DECAY_DB, RETURN_FLOOR_DB)
         self._advance_echo_window()
         return self._step(voiced, above_echo)
 
