@@ -16,6 +16,8 @@ The rules:
   reply is asked for if any of them wanted one. Until they are out, no request of ours is sent.
 - The farewell is the last thing said: once it is asked for, no other reply is asked for, new tool calls are
   refused, and a response the server starts on its own is cancelled.
+- A moved call opens by listening (`Resume`): the agent speaks first only if the caller is not speaking when
+  the new worker takes over; otherwise the caller's turn comes first, and our reply only if none follows it.
 - After the end nothing happens: late audio, responses and tool results produce no action.
 """
 
@@ -54,6 +56,16 @@ class Opening(enum.Enum):
     GREET = "greet"  # a new call with a greeting: say it, within its guard
     LISTEN = "listen"  # a new call without a greeting: the caller speaks first
     RESUME = "resume"  # a call moved from another worker: no greeting; a short "the line dropped" reply
+
+
+class Resume(enum.Enum):
+    """A moved call's first reply. The new worker may take over while the caller is in the middle of a sentence:
+    the agent then lets them finish (their turn is answered, the note already in the conversation) instead of
+    talking over them, which would make the rest of their sentence sound like our own echo."""
+
+    NONE = "none"  # not a moved call, or its first reply is settled
+    LISTENING = "listening"  # the caller is being heard for a moment before the agent says anything
+    CALLER_FIRST = "caller_first"  # the caller was speaking: their turn comes first; our reply if none follows
 
 
 class Purpose(enum.Enum):
@@ -138,6 +150,16 @@ class GreetingTimedOut:
 
 
 @dataclass(frozen=True, slots=True)
+class ResumeListened:
+    """A moved call has been heard long enough to know whether the caller is speaking."""
+
+
+@dataclass(frozen=True, slots=True)
+class TurnOverdue:
+    """The caller stopped speaking and, within the server's end-of-turn wait, no response began."""
+
+
+@dataclass(frozen=True, slots=True)
 class ToolCalled:
     response_id: str
     call_id: str
@@ -195,6 +217,8 @@ Event = (
     | SpeechEnded
     | GreetingGuardPassed
     | GreetingTimedOut
+    | ResumeListened
+    | TurnOverdue
     | ToolCalled
     | ToolFinished
     | Note
@@ -262,6 +286,16 @@ class ReportAudioless:
 
 
 @dataclass(frozen=True, slots=True)
+class ListenFirst:
+    """Feed ResumeListened once the caller has been heard for a moment."""
+
+
+@dataclass(frozen=True, slots=True)
+class AwaitTurn:
+    """Feed TurnOverdue unless a response begins within the server's end-of-turn wait (the timer restarts)."""
+
+
+@dataclass(frozen=True, slots=True)
 class FarewellStarted:
     pass
 
@@ -281,6 +315,8 @@ Action = (
     | BargeIn
     | DropItem
     | ReportAudioless
+    | ListenFirst
+    | AwaitTurn
     | FarewellStarted
     | FarewellPlayed
 )
@@ -326,6 +362,7 @@ class CallState:
         self.opening = Opening.RESUME if resumed else Opening.GREET if greeting else Opening.LISTEN
         self.stage = Stage.STARTING
         self.farewell = Farewell.NONE
+        self.resume = Resume.NONE
         self.greeting_item: str | None = None  # the greeting's first audio item (its guard is measured on it)
         self.caller_speaking = False
         self._active: _Response | None = None  # the response the server is generating
@@ -372,7 +409,8 @@ class CallState:
             return []
         if self.opening is Opening.RESUME:
             self.stage = Stage.CONVERSATION
-            return self._request(Purpose.REPLY, {}, note=RESUME_NOTE)
+            self.resume = Resume.LISTENING
+            return [AddSystemText(RESUME_NOTE), ListenFirst()]
         if self.opening is Opening.LISTEN:
             self.stage = Stage.CONVERSATION
             return []
@@ -411,6 +449,24 @@ class CallState:
         if self.stage is Stage.GREETING:
             self.stage = Stage.CONVERSATION
         return []
+
+    # --- a moved call's first reply -----------------------------------------------------------------------
+    def _on_resume_listened(self, event: ResumeListened) -> list[Action]:
+        if self.resume is not Resume.LISTENING:
+            return []
+        if self.caller_speaking:
+            self.resume = Resume.CALLER_FIRST
+            return []
+        self.resume = Resume.NONE
+        return self._request(Purpose.REPLY, {})
+
+    def _on_turn_overdue(self, event: TurnOverdue) -> list[Action]:
+        # The server did not take what the caller said for a turn (too short, or too soft for its VAD): the agent
+        # speaks anyway, so the caller is not left in silence.
+        if self.resume is not Resume.CALLER_FIRST or self.caller_speaking or self.stage is Stage.FAREWELL:
+            return []
+        self.resume = Resume.NONE
+        return self._request(Purpose.REPLY, {})
 
     # --- requests and responses --------------------------------------------------------------------------
     def _request(self, purpose: Purpose, params: dict[str, Any], note: str | None = None) -> list[Action]:
@@ -469,6 +525,7 @@ class CallState:
             purpose = Purpose.SERVER
         response = self._response(event.response_id, purpose)
         self._active = response
+        self.resume = Resume.NONE  # whatever speaks first after a move (the caller's turn, a tool) settles it
         if purpose is Purpose.FAREWELL:
             self._farewell_response = response.id
         elif self.stage is Stage.FAREWELL:
@@ -563,7 +620,7 @@ class CallState:
 
     def _on_speech_ended(self, event: SpeechEnded) -> list[Action]:
         self.caller_speaking = False
-        return []
+        return [AwaitTurn()] if self.resume is Resume.CALLER_FIRST else []
 
     def _on_digit(self, event: KeypadDigit) -> list[Action]:
         if self.stage is Stage.FAREWELL:
@@ -655,6 +712,8 @@ _HANDLERS: dict[type, Callable[[CallState, Any], list[Action]]] = {
     SpeechEnded: CallState._on_speech_ended,
     GreetingGuardPassed: CallState._greeting_over,
     GreetingTimedOut: CallState._greeting_over,
+    ResumeListened: CallState._on_resume_listened,
+    TurnOverdue: CallState._on_turn_overdue,
     ToolCalled: CallState._on_tool_called,
     ToolFinished: CallState._on_tool_finished,
     Note: CallState._on_note,

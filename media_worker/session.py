@@ -13,6 +13,7 @@ path reads its stage and allocates nothing of its own.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -29,6 +30,7 @@ from media_worker.call_state import (
     AddSystemText,
     AddUserText,
     AudioStarted,
+    AwaitTurn,
     BargeIn,
     CallState,
     CancelResponse,
@@ -44,6 +46,7 @@ from media_worker.call_state import (
     Hangup,
     ItemPlayed,
     KeypadDigit,
+    ListenFirst,
     Note,
     Purpose,
     ReportAudioless,
@@ -51,6 +54,7 @@ from media_worker.call_state import (
     ResponseCreated,
     ResponseDone,
     ResponseRefused,
+    ResumeListened,
     RunTool,
     SendToolOutput,
     SessionReady,
@@ -60,6 +64,7 @@ from media_worker.call_state import (
     Stage,
     ToolCalled,
     ToolFinished,
+    TurnOverdue,
 )
 from media_worker.call_stats import CallStats, save_record
 from media_worker.context import WorkerContext
@@ -73,7 +78,7 @@ from media_worker.tool_calls import FarewellSignals, ToolRunner
 from media_worker.transport.link import MediaLink
 from media_worker.uplink import Uplink
 from media_worker.usage import CallUsage
-from shared.config.ga_session import build_session
+from shared.config.ga_session import build_session, ga_turn_detection
 from shared.logs import CallLogger, bind_call
 from shared.messages import MOVED, WORKER_HANGUP_FIELD, Assignment
 from shared.redis_conn import UNAVAILABLE
@@ -106,6 +111,9 @@ CLOSE_TIMEOUT_S = 8.0  # the end of a call (Realtime close, log flush, figures) 
 HANGUP_NOTE_TIMEOUT_S = 0.5  # the call record's "this worker hangs up" note waits this long at most
 SPEND_WRITE_TIMEOUT_S = 2.0  # one response's cost into the usage counters (a Redis away: logged, not retried)
 MEDIA_TO_HANG_UP_S = 3.0  # a call that failed during its setup waits this long, at most, until it can be hung up
+RESUME_LISTEN_S = 0.3  # a moved call's caller is heard this long (from the media) before the agent may speak
+TURN_GRACE_S = 1.0  # beyond the server's end-of-turn wait: its response to the caller's turn should have begun
+SEMANTIC_TURN_WAIT_S = {"low": 8.0, "medium": 4.0, "high": 2.0, "auto": 4.0}  # semantic_vad's longest waits
 
 
 class CallSession:
@@ -144,7 +152,7 @@ class CallSession:
         # task only once it runs; before that, _run sees `_stopping` as it begins and goes straight to its close.
         self._running = False
         self._stopping = False
-        self._timers: dict[str, asyncio.TimerHandle] = {}  # media, greeting, request: one of each at most
+        self._timers: dict[str, asyncio.TimerHandle] = {}  # media, greeting, request, turn: one of each at most
         self._farewell = FarewellSignals()
         self._agent_idle = asyncio.Event()  # CallState.agent_idle, for the tools that wait on it
         self._items: dict[str, bool] = {}  # output item -> whether its audio plays
@@ -443,10 +451,35 @@ class CallSession:
                 self.logger.warning("response %s finished without audio (transcript %r)", response_id, text[:80])
                 for item_id in items:
                     self.heard.skip(item_id)
-            case FarewellStarted():
-                self._farewell.started.set()
-            case FarewellPlayed():
-                self._farewell.played.set()
+            case ListenFirst() | AwaitTurn():
+                self._moved_call_opening(action)
+            case FarewellStarted() | FarewellPlayed():
+                (self._farewell.started if isinstance(action, FarewellStarted) else self._farewell.played).set()
+
+    def _moved_call_opening(self, action: ListenFirst | AwaitTurn) -> None:
+        if isinstance(action, ListenFirst):
+            self.tasks.spawn(self._listen_first(), f"listen-first-{self.call_id}")
+        else:
+            self._arm("turn", self._turn_wait_s(), self._feed, TurnOverdue())
+
+    async def _listen_first(self) -> None:
+        """A moved call: hear the caller for a moment (from the media's start) before the agent speaks."""
+        media_timeout = self.ctx.config.media_worker.media_timeout_ms / 1000
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(media_timeout):  # no media by then: the call ends anyway
+                await self.linked.wait()
+        await asyncio.sleep(RESUME_LISTEN_S)
+        self._feed(ResumeListened())
+
+    def _turn_wait_s(self) -> float:
+        """How long after the caller stops the server's response to their turn should have begun."""
+        provider = self.ctx.config.providers.openai_realtime
+        td = ga_turn_detection(provider)
+        if td is None or not td["create_response"]:
+            return TURN_GRACE_S  # the server answers no turn by itself
+        if td["type"] == "server_vad":
+            return td["silence_duration_ms"] / 1000 + TURN_GRACE_S
+        return SEMANTIC_TURN_WAIT_S.get(td.get("eagerness", "auto"), 4.0) + TURN_GRACE_S
 
     # --- the media link (MediaSink) --------------------------------------------------------------------
     def attach(self, link: MediaLink, live: bool = True) -> None:

@@ -12,6 +12,7 @@ from media_worker.call_state import (
     AddSystemText,
     AddUserText,
     AudioStarted,
+    AwaitTurn,
     BargeIn,
     CallState,
     CancelResponse,
@@ -27,6 +28,7 @@ from media_worker.call_state import (
     Hangup,
     ItemPlayed,
     KeypadDigit,
+    ListenFirst,
     Note,
     Purpose,
     ReportAudioless,
@@ -34,6 +36,7 @@ from media_worker.call_state import (
     ResponseCreated,
     ResponseDone,
     ResponseRefused,
+    ResumeListened,
     RunTool,
     SendToolOutput,
     SessionReady,
@@ -43,6 +46,7 @@ from media_worker.call_state import (
     Stage,
     ToolCalled,
     ToolFinished,
+    TurnOverdue,
 )
 
 
@@ -364,12 +368,20 @@ def test_greeting_events_outside_the_greeting_change_nothing(stage_event):
     assert m.handle(stage_event) == () and m.stage is Stage.CONVERSATION
 
 
-def test_a_resumed_call_does_not_greet_again_and_speaks_first_after_a_note():
+def resumed() -> CallState:
+    """A moved call, its session ready: the note is in, the caller is being heard before the agent speaks."""
     m = CallState("Hello Dana.", resumed=True)
     assert m.stage is Stage.STARTING and m.hears_caller  # no greeting guard: the caller is heard at once
-    actions = m.handle(SessionReady())
-    note, create = actions
+    note, listen = m.handle(SessionReady())
     assert isinstance(note, AddSystemText) and "Do not greet" in note.text
+    assert listen == ListenFirst()
+    assert m.stage is Stage.CONVERSATION and m.greeting_item is None
+    return m
+
+
+def test_a_resumed_call_does_not_greet_again_and_speaks_first_after_a_note():
+    m = resumed()
+    [create] = m.handle(ResumeListened())  # nobody spoke while the new worker listened
     # A reply, not a greeting; no `instructions`: they would replace the agent's own prompt for that response.
     assert isinstance(create, CreateResponse) and create.purpose is Purpose.REPLY
     assert "instructions" not in create.params
@@ -378,3 +390,38 @@ def test_a_resumed_call_does_not_greet_again_and_speaks_first_after_a_note():
     assert m.handle(AudioStarted("resp_r", "item_r")) == ()
     assert m.stage is Stage.CONVERSATION  # never the greeting stage: the caller can interrupt the apology
     assert m.handle(SpeechStarted(agent_audible=True))[0] == BargeIn()
+
+
+def test_a_caller_mid_sentence_at_the_move_is_answered_not_talked_over():
+    """The worker died while the caller spoke; the new one hears the rest of the sentence: the agent says
+    nothing over it, and the server's answer to the caller's turn is the first thing said (the note is in)."""
+    m = resumed()
+    m.handle(SpeechStarted(agent_audible=False))
+    assert m.handle(ResumeListened()) == ()
+    assert m.handle(SpeechEnded()) == (AwaitTurn(),)
+    assert m.handle(ResponseCreated("resp_turn", None)) == ()  # the server's turn
+    assert m.handle(TurnOverdue()) == ()  # its timer fires late: nothing more is asked for
+    assert m.handle(AudioStarted("resp_turn", "item_t")) == ()
+    assert m.handle(ResponseDone("resp_turn", "completed", ("item_t",))) == ()
+
+
+def test_a_caller_tail_the_server_never_took_for_a_turn_still_gets_a_reply():
+    """What the new worker heard of the sentence was too short or soft for the server's VAD: no turn comes, so
+    the agent speaks once the server's end-of-turn wait is over, and only if the caller is quiet then."""
+    m = resumed()
+    m.handle(SpeechStarted(agent_audible=False))
+    m.handle(ResumeListened())
+    assert m.handle(SpeechEnded()) == (AwaitTurn(),)
+    m.handle(SpeechStarted(agent_audible=False))  # the caller goes on
+    assert m.handle(TurnOverdue()) == ()  # the old timer: the caller is speaking
+    assert m.handle(SpeechEnded()) == (AwaitTurn(),)  # the session restarts it
+    [create] = m.handle(TurnOverdue())
+    assert isinstance(create, CreateResponse) and create.purpose is Purpose.REPLY
+    assert m.handle(TurnOverdue()) == ()  # once
+
+
+def test_listening_events_on_a_call_that_was_not_moved_change_nothing():
+    m = conversation()
+    assert m.handle(ResumeListened()) == () and m.handle(TurnOverdue()) == ()
+    m.handle(SpeechStarted(agent_audible=False))
+    assert m.handle(SpeechEnded()) == ()

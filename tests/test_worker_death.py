@@ -13,11 +13,12 @@ import signal
 import time
 from typing import Any, NamedTuple
 
+import numpy as np
 import pytest
 
 from shared.email_queue import summary_job_id
 from sim.asterisk.audio import CallerAudio
-from sim.realtime import Reply, Script
+from sim.realtime import Reply, Script, voice
 from tests.media_harness import (  # noqa: F401  (fixtures)
     aredis,
     call_of,
@@ -357,3 +358,57 @@ async def test_a_lone_worker_that_stalls_keeps_its_calls(transport, sim, emulato
 
 async def _declared_dead(aredis, keys, worker_id: str) -> bool:
     return await aredis.hget(keys.worker(worker_id), "dead_ms") is not None
+
+
+QUESTION2 = "And on Saturdays, are you open in the morning or only in the afternoon?"
+ANSWER2 = "On Saturdays we are open from ten to two."
+
+
+def soft_speech(text: str, ms: int, dbfs: float) -> CallerAudio:
+    """A caller's words at an RMS of `dbfs`: a quiet phone, well under the agent's level."""
+    speech = voice.speech(text, ms, "en-us+m3", seed=11).astype(np.float64)
+    speech *= 32768 * 10 ** (dbfs / 20) / max(float(np.sqrt(np.mean(speech**2))), 1.0)
+    return CallerAudio.from_pcm(np.clip(speech, -32768, 32767).astype("<i2").tobytes(), 24000)
+
+
+async def test_a_caller_mid_sentence_when_the_worker_dies_is_answered_not_talked_over(
+    sim, emulator, cluster_up, aredis, keys
+):
+    """The worker dies near the end of a caller's question spoken 16 dB under the agent's level (as the real
+    Asterisk's test callers are). The new worker hears the rest of it and the agent answers it. It used to say
+    "the line dropped" at once, over the caller: 16 dB under the agent, the rest of the question passed for our
+    own echo, never reached the model, and the caller waited in silence (a CI run on the real Asterisk)."""
+    emu = await emulator(
+        Script(
+            greeting=Reply(text=GREETING, audio_ms=1200),
+            turns={1: Reply(text=ANSWER, audio_ms=1000), 2: Reply(text=ANSWER2, audio_ms=1500)},
+            transcripts={1: QUESTION, 2: QUESTION2},
+            default=Reply(text=RESUMED, audio_ms=2500),  # long enough to cover the rest of the question
+        ),
+        speed=4.0,
+    )
+    cluster = await cluster_up(emu, contexts={"t": {"profile": PROFILES["audiosocket"], "greeting": "Hi"}}, workers=2)
+    question2_at_s = 2.5 + 0.9 + 3.5
+    audio = (
+        CallerAudio.silence(2500)
+        .then(caller_speech(QUESTION, 900))
+        .then(CallerAudio.silence(3500))
+        .then(soft_speech(QUESTION2, 2600, -32.0))
+        .then(CallerAudio.silence(20_000))
+    )
+    call = await sim.place_call(variables={"AI_CONTEXT": "t"}, audio=audio)
+    call_id = await call_of(aredis, keys, call.channel_id)
+    await until(lambda: answered(aredis, keys, call_id), timeout=20)
+    victim = await aredis.hget(keys.call(call_id), "worker")
+    started = call.endpoint.started_t
+    assert started is not None
+    # The worker dies with about 0.3 s of the question left: too little for the gate to tell the caller from our
+    # echo while the agent talks over it.
+    await asyncio.sleep(max(started + question2_at_s + 2.15 - time.monotonic(), 0))
+    process_of(cluster, victim).popen.kill()
+
+    await until(lambda: _logged(aredis, keys, call_id, ANSWER2), timeout=15)
+    assistant = [e["text"] for e in await log_entries(aredis, keys, call_id) if e["role"] == "assistant"]
+    assert RESUMED not in assistant, assistant  # nothing was said over the caller
+    assert assistant[-1] == ANSWER2
+    await call.hangup()
