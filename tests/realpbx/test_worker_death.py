@@ -64,6 +64,24 @@ def _cluster(tmp_path, real_asterisk, cluster_env, emu) -> LocalCluster:
     return LocalCluster(config, tmp_path, {**cluster_env, "OPENAI_REALTIME_URL": emu.url, "REALTIME_PREWARM": "1"})
 
 
+async def _calls_asked_and_answered(pbx, aredis, keys) -> tuple[dict, dict[str, str]]:
+    """A call per transport (legs and call ids by transport): greeted, asked QUESTION, answered, and quiet again
+    (the answers have played out)."""
+    legs, calls = {}, {}
+    for transport, (dialplan, _, _) in TRANSPORTS.items():
+        legs[transport] = await pbx.call(dialplan)
+        calls[transport] = await call_of(aredis, keys, legs[transport].peer_id)
+    for leg in legs.values():
+        await until(lambda leg=leg: leg.first_voiced_after(leg.answered_at), timeout=5)  # the greeting
+    await asyncio.sleep(1.5)
+    for leg in legs.values():
+        await leg.say(caller_speech(QUESTION, 900))
+    for call_id in calls.values():
+        await until(lambda call_id=call_id: _answered(aredis, keys, call_id), timeout=15)
+    await asyncio.sleep(1.0)
+    return legs, calls
+
+
 async def _on(aredis, keys, call_id: str, worker: str) -> bool:
     record = await aredis.hgetall(keys.call(call_id))
     return record.get("worker") == worker and record.get("state") == "active"
@@ -80,23 +98,13 @@ async def test_a_killed_worker_with_an_rtp_and_an_audiosocket_call_hands_both_ov
             "media-worker", "--audiosocket-port", "0", "--rtp-ports", "15000-15099", instance_id="victim"
         )
         assert await asyncio.to_thread(cluster.wait_ready, [*procs, victim], 30)
-        legs, calls = {}, {}
-        for transport, (dialplan, _, _) in TRANSPORTS.items():  # both on the only worker there is
-            legs[transport] = await pbx.call(dialplan)
-            calls[transport] = await call_of(aredis, keys, legs[transport].peer_id)
+        legs, calls = await _calls_asked_and_answered(pbx, aredis, keys)  # both on the only worker there is
+        for call_id in calls.values():
+            assert await aredis.hget(keys.call(call_id), "worker") == "victim"
         survivor = cluster.start(
             "media-worker", "--audiosocket-port", "0", "--rtp-ports", "15100-15199", instance_id="survivor"
         )
         assert await asyncio.to_thread(cluster.wait_ready, [survivor], 30)
-        for leg in legs.values():
-            await until(lambda leg=leg: leg.first_voiced_after(leg.answered_at), timeout=5)  # the greeting
-        await asyncio.sleep(1.5)
-        for leg in legs.values():
-            await leg.say(caller_speech(QUESTION, 900))
-        for call_id in calls.values():
-            await until(lambda call_id=call_id: _answered(aredis, keys, call_id), timeout=15)
-            assert await aredis.hget(keys.call(call_id), "worker") == "victim"
-        await asyncio.sleep(1.0)  # the answers have played out: silence on both lines
 
         killed_at = time.monotonic()
         victim.popen.kill()
@@ -165,18 +173,7 @@ async def test_the_only_worker_stalled_past_its_heartbeat_keeps_both_calls(
             "media-worker", "--audiosocket-port", "0", "--rtp-ports", "15200-15299", instance_id="lone"
         )
         assert await asyncio.to_thread(cluster.wait_ready, [controller, worker], 30)
-        legs, calls = {}, {}
-        for transport, (dialplan, _, _) in TRANSPORTS.items():
-            legs[transport] = await pbx.call(dialplan)
-            calls[transport] = await call_of(aredis, keys, legs[transport].peer_id)
-        for leg in legs.values():
-            await until(lambda leg=leg: leg.first_voiced_after(leg.answered_at), timeout=5)  # the greeting
-        await asyncio.sleep(1.5)
-        for leg in legs.values():
-            await leg.say(caller_speech(QUESTION, 900))
-        for call_id in calls.values():
-            await until(lambda call_id=call_id: _answered(aredis, keys, call_id), timeout=15)
-        await asyncio.sleep(1.0)  # the answers have played out
+        legs, calls = await _calls_asked_and_answered(pbx, aredis, keys)
         epochs = {t: await aredis.hget(keys.call(c), "epoch") for t, c in calls.items()}
 
         stopped_at = time.monotonic()
