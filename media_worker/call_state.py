@@ -463,7 +463,7 @@ class CallState:
     def _on_turn_overdue(self, event: TurnOverdue) -> list[Action]:
         # The server did not take what the caller said for a turn (too short, or too soft for its VAD): the agent
         # speaks anyway, so the caller is not left in silence.
-        if self.resume is not Resume.CALLER_FIRST or self.caller_speaking or self.stage is Stage.FAREWELL:
+        if self.resume is not Resume.CALLER_FIRST or self.caller_speaking:
             return []
         self.resume = Resume.NONE
         return self._request(Purpose.REPLY, {})
@@ -679,6 +679,7 @@ class CallState:
             return []  # one farewell per call
         self.stage = Stage.FAREWELL
         self.farewell = Farewell.ASKED
+        self.resume = Resume.NONE  # nothing but the farewell will be said: a moved call's reply is not owed
         self._queue = deque(r for r in self._queue if r.purpose is not Purpose.REPLY)
         return self._request(Purpose.FAREWELL, {"tool_choice": "none", "instructions": event.instructions})
 

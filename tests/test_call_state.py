@@ -425,3 +425,22 @@ def test_listening_events_on_a_call_that_was_not_moved_change_nothing():
     assert m.handle(ResumeListened()) == () and m.handle(TurnOverdue()) == ()
     m.handle(SpeechStarted(agent_audible=False))
     assert m.handle(SpeechEnded()) == ()
+
+
+@pytest.mark.parametrize("caller_first", [False, True])
+def test_a_farewell_while_a_moved_call_listens_is_the_last_thing_said(caller_first):
+    """The hang-up tool or the call's time limit asks for the farewell before the moved call's reply is due: the
+    "line dropped" reply is never asked for after it."""
+    m = resumed()
+    if caller_first:
+        m.handle(SpeechStarted(agent_audible=False))
+        m.handle(ResumeListened())
+        m.handle(SpeechEnded())
+    [farewell] = m.handle(FarewellRequested("Say goodbye."))
+    assert isinstance(farewell, CreateResponse) and farewell.purpose is Purpose.FAREWELL
+    assert m.handle(TurnOverdue() if caller_first else ResumeListened()) == ()
+    m.handle(ResponseCreated("resp_bye", farewell.key))
+    m.handle(AudioStarted("resp_bye", "item_bye"))
+    after = m.handle(ResponseDone("resp_bye", "completed", ("item_bye",))) + m.handle(ItemPlayed("item_bye"))
+    assert not any(isinstance(a, CreateResponse) for a in after), after  # nothing queued behind the farewell
+    assert FarewellPlayed() in after
